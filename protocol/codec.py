@@ -1,0 +1,164 @@
+"""Incremental, sans-I/O codec for Wharf frames.
+
+Wire layout of one frame::
+
+    +----------------+-----------------------------------------------+
+    | length: u32 BE | payload: msgpack array [type, request_id, ...] |
+    +----------------+-----------------------------------------------+
+
+``length`` counts payload bytes only and must be 1..max_frame_bytes.  A client
+connection starts with the 8-byte handshake ``b"WHARF\\x00" major minor`` before
+its first frame.  ``FrameDecoder.feed`` accepts bytes in any split and returns the
+complete frames as raw arrays (lists or tuples); it raises only ``FrameError``,
+``FrameTooLarge`` or ``ProtocolMismatch`` (all connection-fatal).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final
+
+import msgpack
+
+from .errors import FrameError, FrameTooLarge, ProtocolMismatch
+from .frames import HANDSHAKE_BYTES, MAGIC, PROTOCOL_VERSION, TYPE_OF, Frame
+
+LENGTH_BYTES: Final = 4
+DEFAULT_MAX_FRAME_BYTES: Final = 32 * 1024 * 1024
+# Compact the receive buffer once this many consumed bytes sit at its front.
+_COMPACT_AT_BYTES: Final = 256 * 1024
+
+_unpack_length = struct.Struct(">I").unpack_from
+_pack_length = struct.Struct(">I").pack
+
+
+class FrameDecoder:
+    """Bytes in, raw frame arrays out.  One per connection direction."""
+
+    __slots__ = ("_buf", "_pos", "_max", "_use_list", "_need_handshake", "closed")
+
+    def __init__(
+        self,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        *,
+        expect_handshake: bool = False,
+        use_list: bool = True,
+    ) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._max = max_frame_bytes
+        self._use_list = use_list
+        self._need_handshake = expect_handshake
+        self.closed = False
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        if self.closed:
+            return []
+        buf = self._buf
+        buf += data
+        if self._need_handshake:
+            if len(buf) < HANDSHAKE_BYTES:
+                if not MAGIC.startswith(bytes(buf[: len(MAGIC)])):
+                    self.closed = True
+                    raise ProtocolMismatch("bad magic: this port speaks the Wharf protocol")
+                return []
+            check_handshake(bytes(buf[:HANDSHAKE_BYTES]), self)
+            self._need_handshake = False
+            self._pos = HANDSHAKE_BYTES
+        frames: list[Any] = []
+        pos = self._pos
+        end = len(buf)
+        max_len = self._max
+        use_list = self._use_list
+        try:
+            while end - pos >= LENGTH_BYTES:
+                (length,) = _unpack_length(buf, pos)
+                if length > max_len:
+                    raise FrameTooLarge(
+                        f"frame of {length} bytes exceeds max_frame_bytes={max_len}",
+                        details={"length": length, "max_frame_bytes": max_len},
+                    )
+                if length == 0:
+                    raise FrameError("empty frame payload")
+                start = pos + LENGTH_BYTES
+                stop = start + length
+                if stop > end:
+                    break
+                frames.append(_decode_payload(memoryview(buf)[start:stop], use_list))
+                pos = stop
+        except Exception:
+            self.closed = True
+            raise
+        if pos == end:
+            buf.clear()
+            pos = 0
+        elif pos >= _COMPACT_AT_BYTES:
+            del buf[:pos]
+            pos = 0
+        self._pos = pos
+        return frames
+
+
+def check_handshake(head: bytes, decoder: FrameDecoder | None = None) -> None:
+    if not head.startswith(MAGIC):
+        if decoder is not None:
+            decoder.closed = True
+        raise ProtocolMismatch("bad magic: this port speaks the Wharf protocol")
+    major = head[len(MAGIC)]
+    if major != PROTOCOL_VERSION:
+        if decoder is not None:
+            decoder.closed = True
+        raise ProtocolMismatch(
+            f"protocol version {major} not supported; this broker speaks {PROTOCOL_VERSION}",
+            details={"supported": [PROTOCOL_VERSION]},
+        )
+
+
+def _decode_payload(payload: memoryview, use_list: bool) -> Any:
+    try:
+        raw = msgpack.unpackb(payload, raw=False, use_list=use_list, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise FrameError(f"payload is not valid msgpack: {exc.__class__.__name__}") from None
+    finally:
+        payload.release()
+    if (
+        not isinstance(raw, (list, tuple))
+        or len(raw) < 2
+        or type(raw[0]) is not int
+        or type(raw[1]) is not int
+    ):
+        raise FrameError("payload must be an array [type:int, request_id:int, ...]")
+    return raw
+
+
+class FrameEncoder:
+    """Frames out as bytes.  One per connection; not thread-safe."""
+
+    __slots__ = ("_packer",)
+
+    def __init__(self) -> None:
+        self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+
+    def encode_array(self, array: tuple[Any, ...] | list[Any]) -> bytes:
+        payload: bytes = self._packer.pack(array)
+        return _pack_length(len(payload)) + payload
+
+    def encode(self, frame: Frame) -> bytes:
+        payload: bytes = self._packer.pack((TYPE_OF[type(frame)], *frame))
+        return _pack_length(len(payload)) + payload
+
+
+_default_encoder = FrameEncoder()
+
+
+def encode(frame: Frame) -> bytes:
+    """Encode one frame (convenience for tests and cold paths)."""
+    return _default_encoder.encode(frame)
+
+
+def encode_array(array: tuple[Any, ...] | list[Any]) -> bytes:
+    return _default_encoder.encode_array(array)

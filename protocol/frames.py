@@ -1,0 +1,467 @@
+"""Frame types of the Wharf wire protocol (version 1).  No I/O here.
+
+Every frame on the wire is ``u32 big-endian length`` followed by a msgpack array::
+
+    [frame_type: int, request_id: int, field_2, field_3, ...]
+
+Each class below is one frame type; its fields after ``request_id`` are listed in
+order and documented byte-exactly in protocol/SPEC.md.  Forward compatibility:
+a receiver ignores trailing fields it does not know, and fields after the
+required ones may be omitted by the sender (the defaults below apply).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, NamedTuple
+
+from .errors import NotImplementedByBroker, ProtocolSyntaxError
+
+PROTOCOL_VERSION: Final = 1
+# Client opens with these 8 bytes: b"WHARF" 0x00 <major u8> <minor u8>.
+MAGIC: Final = b"WHARF\x00"
+HANDSHAKE: Final = MAGIC + bytes([PROTOCOL_VERSION, 0])
+HANDSHAKE_BYTES: Final = len(HANDSHAKE)
+
+# Frame type numbers (the first element of every frame array).
+ERROR: Final = 0
+HELLO: Final = 1
+AUTH: Final = 2
+AUTH_OK: Final = 3
+HEARTBEAT: Final = 4
+CLOSE: Final = 5
+CLOSE_OK: Final = 6
+OK: Final = 7
+EXCHANGE_DECLARE: Final = 10
+EXCHANGE_DELETE: Final = 11
+EXCHANGE_BIND: Final = 12
+EXCHANGE_UNBIND: Final = 13
+QUEUE_DECLARE: Final = 20
+QUEUE_BIND: Final = 21
+QUEUE_UNBIND: Final = 22
+QUEUE_PURGE: Final = 23
+QUEUE_DELETE: Final = 24
+PUBLISH: Final = 30
+PUBLISH_MANY: Final = 31
+CONFIRM: Final = 32
+PUBLISH_NACK: Final = 33
+RETURN: Final = 34
+CONSUME: Final = 40
+CANCEL: Final = 41
+CANCELLED: Final = 42
+DELIVER: Final = 43
+GET: Final = 44
+GET_OK: Final = 45
+ACK: Final = 50
+NACK: Final = 51
+REJECT: Final = 52
+ACK_MANY: Final = 53
+
+# PUBLISH / PUBLISH_MANY flag bits.
+FLAG_MANDATORY: Final = 0x01
+
+# Message property keys (the ``properties`` map).  Unknown keys are carried through.
+PROPERTY_KEYS: Final = (
+    "headers", "content_type", "content_encoding", "message_id", "correlation_id",
+    "reply_to", "timestamp", "type", "app_id", "user_id", "persistent", "priority",
+    "expiration",
+)
+
+Props = dict[str, Any] | None
+Args = dict[str, Any]
+
+_STR = (str,)
+_INT = (int,)
+_BOOL = (bool,)
+_BIN = (bytes,)
+_MAP = (dict,)
+_OPT_MAP = (dict, type(None))
+_LIST = (list, tuple)
+
+
+class Error(NamedTuple):
+    request_id: int
+    code: int
+    message: str
+    fatal: bool = False
+    details: dict[str, Any] | None = None
+
+
+class Hello(NamedTuple):
+    request_id: int
+    version: int
+    server: str
+    max_frame_bytes: int
+    max_message_bytes: int
+    heartbeat_s: int
+    mechanisms: list[str]
+
+
+class Auth(NamedTuple):
+    request_id: int
+    mechanism: str
+    username: str
+    password: str
+    heartbeat_s: int = 0
+    client_properties: dict[str, Any] | None = None
+
+
+class AuthOk(NamedTuple):
+    request_id: int
+    connection_id: str
+    heartbeat_s: int
+    server_properties: dict[str, Any] | None = None
+
+
+class Heartbeat(NamedTuple):
+    request_id: int = 0
+
+
+class Close(NamedTuple):
+    request_id: int
+    code: int = 0
+    reason: str = ""
+
+
+class CloseOk(NamedTuple):
+    request_id: int
+
+
+class Ok(NamedTuple):
+    request_id: int
+    result: dict[str, Any] | None = None
+
+
+class ExchangeDeclare(NamedTuple):
+    request_id: int
+    name: str
+    type: str = "direct"
+    durable: bool = False
+    auto_delete: bool = False
+    internal: bool = False
+    passive: bool = False
+    arguments: dict[str, Any] | None = None
+
+
+class ExchangeDelete(NamedTuple):
+    request_id: int
+    name: str
+    if_unused: bool = False
+
+
+class ExchangeBind(NamedTuple):
+    request_id: int
+    destination: str
+    source: str
+    routing_key: str = ""
+    arguments: dict[str, Any] | None = None
+
+
+class ExchangeUnbind(NamedTuple):
+    request_id: int
+    destination: str
+    source: str
+    routing_key: str = ""
+    arguments: dict[str, Any] | None = None
+
+
+class QueueDeclare(NamedTuple):
+    request_id: int
+    name: str
+    durable: bool = False
+    exclusive: bool = False
+    auto_delete: bool = False
+    passive: bool = False
+    arguments: dict[str, Any] | None = None
+
+
+class QueueBind(NamedTuple):
+    request_id: int
+    queue: str
+    exchange: str
+    routing_key: str = ""
+    arguments: dict[str, Any] | None = None
+
+
+class QueueUnbind(NamedTuple):
+    request_id: int
+    queue: str
+    exchange: str
+    routing_key: str = ""
+    arguments: dict[str, Any] | None = None
+
+
+class QueuePurge(NamedTuple):
+    request_id: int
+    queue: str
+
+
+class QueueDelete(NamedTuple):
+    request_id: int
+    queue: str
+    if_unused: bool = False
+    if_empty: bool = False
+
+
+class Publish(NamedTuple):
+    """``request_id`` is the publisher sequence number (0 = no confirm wanted)."""
+
+    request_id: int
+    exchange: str
+    routing_key: str
+    properties: dict[str, Any] | None
+    body: bytes
+    flags: int = 0
+
+
+class PublishMany(NamedTuple):
+    """Bodies get consecutive sequence numbers starting at ``request_id`` (0 = none)."""
+
+    request_id: int
+    exchange: str
+    routing_key: str
+    properties: dict[str, Any] | None
+    bodies: list[bytes]
+    flags: int = 0
+
+
+class Confirm(NamedTuple):
+    """Every sequence number <= ``up_to`` not already nacked is confirmed."""
+
+    request_id: int
+    up_to: int
+
+
+class PublishNack(NamedTuple):
+    request_id: int
+    seq: int
+    code: int
+    message: str
+
+
+class Return(NamedTuple):
+    request_id: int
+    seq: int
+    code: int
+    reason: str
+    exchange: str
+    routing_key: str
+    properties: dict[str, Any] | None
+    body: bytes
+
+
+class Consume(NamedTuple):
+    request_id: int
+    queue: str
+    consumer_tag: str = ""
+    prefetch: int = 0
+    no_ack: bool = False
+    exclusive: bool = False
+    arguments: dict[str, Any] | None = None
+
+
+class Cancel(NamedTuple):
+    request_id: int
+    consumer_tag: str
+
+
+class Cancelled(NamedTuple):
+    request_id: int
+    consumer_tag: str
+    code: int
+    reason: str
+
+
+# One delivery inside DELIVER / GET_OK:
+# [delivery_tag, redelivered, delivery_count, exchange, routing_key, properties, body]
+Delivery = tuple[int, bool, int, str, str, "dict[str, Any] | None", bytes]
+
+
+class Deliver(NamedTuple):
+    request_id: int
+    consumer_tag: str
+    deliveries: list[Any]
+
+
+class Get(NamedTuple):
+    request_id: int
+    queue: str
+    no_ack: bool = False
+
+
+class GetOk(NamedTuple):
+    request_id: int
+    delivery: Any
+    message_count: int = 0
+
+
+class Ack(NamedTuple):
+    request_id: int
+    delivery_tag: int
+    multiple: bool = False
+
+
+class Nack(NamedTuple):
+    request_id: int
+    delivery_tag: int
+    multiple: bool = False
+    requeue: bool = True
+
+
+class Reject(NamedTuple):
+    request_id: int
+    delivery_tag: int
+    requeue: bool = True
+
+
+class AckMany(NamedTuple):
+    request_id: int
+    delivery_tags: list[int]
+
+
+Frame = (
+    Error | Hello | Auth | AuthOk | Heartbeat | Close | CloseOk | Ok | ExchangeDeclare
+    | ExchangeDelete | ExchangeBind | ExchangeUnbind | QueueDeclare | QueueBind | QueueUnbind
+    | QueuePurge | QueueDelete | Publish | PublishMany | Confirm | PublishNack | Return
+    | Consume | Cancel | Cancelled | Deliver | Get | GetOk | Ack | Nack | Reject | AckMany
+)
+
+
+TYPE_OF: Final[dict[type, int]] = {
+    Error: ERROR,
+    Hello: HELLO,
+    Auth: AUTH,
+    AuthOk: AUTH_OK,
+    Heartbeat: HEARTBEAT,
+    Close: CLOSE,
+    CloseOk: CLOSE_OK,
+    Ok: OK,
+    ExchangeDeclare: EXCHANGE_DECLARE,
+    ExchangeDelete: EXCHANGE_DELETE,
+    ExchangeBind: EXCHANGE_BIND,
+    ExchangeUnbind: EXCHANGE_UNBIND,
+    QueueDeclare: QUEUE_DECLARE,
+    QueueBind: QUEUE_BIND,
+    QueueUnbind: QUEUE_UNBIND,
+    QueuePurge: QUEUE_PURGE,
+    QueueDelete: QUEUE_DELETE,
+    Publish: PUBLISH,
+    PublishMany: PUBLISH_MANY,
+    Confirm: CONFIRM,
+    PublishNack: PUBLISH_NACK,
+    Return: RETURN,
+    Consume: CONSUME,
+    Cancel: CANCEL,
+    Cancelled: CANCELLED,
+    Deliver: DELIVER,
+    Get: GET,
+    GetOk: GET_OK,
+    Ack: ACK,
+    Nack: NACK,
+    Reject: REJECT,
+    AckMany: ACK_MANY,
+}
+
+
+class _Spec(NamedTuple):
+    cls: Any
+    types: tuple[tuple[type, ...], ...]
+    required: int
+    defaults: tuple[Any, ...]
+
+
+# Accepted Python types per field (after msgpack decoding), in field order.
+_FIELD_TYPES: dict[type, tuple[tuple[type, ...], ...]] = {
+    Error: (_INT, _INT, _STR, _BOOL, _OPT_MAP),
+    Hello: (_INT, _INT, _STR, _INT, _INT, _INT, _LIST),
+    Auth: (_INT, _STR, _STR, _STR, _INT, _OPT_MAP),
+    AuthOk: (_INT, _STR, _INT, _OPT_MAP),
+    Heartbeat: (_INT,),
+    Close: (_INT, _INT, _STR),
+    CloseOk: (_INT,),
+    Ok: (_INT, _OPT_MAP),
+    ExchangeDeclare: (_INT, _STR, _STR, _BOOL, _BOOL, _BOOL, _BOOL, _OPT_MAP),
+    ExchangeDelete: (_INT, _STR, _BOOL),
+    ExchangeBind: (_INT, _STR, _STR, _STR, _OPT_MAP),
+    ExchangeUnbind: (_INT, _STR, _STR, _STR, _OPT_MAP),
+    QueueDeclare: (_INT, _STR, _BOOL, _BOOL, _BOOL, _BOOL, _OPT_MAP),
+    QueueBind: (_INT, _STR, _STR, _STR, _OPT_MAP),
+    QueueUnbind: (_INT, _STR, _STR, _STR, _OPT_MAP),
+    QueuePurge: (_INT, _STR),
+    QueueDelete: (_INT, _STR, _BOOL, _BOOL),
+    Publish: (_INT, _STR, _STR, _OPT_MAP, _BIN, _INT),
+    PublishMany: (_INT, _STR, _STR, _OPT_MAP, _LIST, _INT),
+    Confirm: (_INT, _INT),
+    PublishNack: (_INT, _INT, _INT, _STR),
+    Return: (_INT, _INT, _INT, _STR, _STR, _STR, _OPT_MAP, _BIN),
+    Consume: (_INT, _STR, _STR, _INT, _BOOL, _BOOL, _OPT_MAP),
+    Cancel: (_INT, _STR),
+    Cancelled: (_INT, _STR, _INT, _STR),
+    Deliver: (_INT, _STR, _LIST),
+    Get: (_INT, _STR, _BOOL),
+    GetOk: (_INT, (list, tuple, type(None)), _INT),
+    Ack: (_INT, _INT, _BOOL),
+    Nack: (_INT, _INT, _BOOL, _BOOL),
+    Reject: (_INT, _INT, _BOOL),
+    AckMany: (_INT, _LIST),
+}
+
+
+def _build_specs() -> dict[int, _Spec]:
+    specs: dict[int, _Spec] = {}
+    for cls, types in _FIELD_TYPES.items():
+        fields = cls._fields
+        assert len(fields) == len(types), cls
+        defaults = tuple(cls._field_defaults.get(f) for f in fields)
+        required = sum(1 for f in fields if f not in cls._field_defaults)
+        specs[TYPE_OF[cls]] = _Spec(cls, types, required, defaults)
+    return specs
+
+
+SPECS: Final[dict[int, _Spec]] = _build_specs()
+FRAME_NAMES: Final[dict[int, str]] = {t: s.cls.__name__ for t, s in SPECS.items()}
+
+
+def parse(raw: list[Any] | tuple[Any, ...]) -> Frame:
+    """Turn a decoded frame array into its typed frame.
+
+    ``raw`` has already been checked by the codec to be an array whose first two
+    elements are ints.  Raises ``NotImplementedByBroker`` for an unknown type and
+    ``ProtocolSyntaxError`` for missing or mistyped fields; both carry the request id
+    in ``details`` so the caller can answer the right request.
+    """
+    spec = SPECS.get(raw[0])
+    rid = raw[1]
+    if spec is None:
+        raise NotImplementedByBroker(
+            f"unknown frame type {raw[0]}", details={"request_id": rid, "frame_type": raw[0]}
+        )
+    types = spec.types
+    n = len(types)
+    values = list(raw[1 : n + 1])
+    got = len(values)
+    if got < spec.required:
+        raise ProtocolSyntaxError(
+            f"{spec.cls.__name__} needs {spec.required} fields after the type, got {got}",
+            details={"request_id": rid, "frame_type": raw[0]},
+        )
+    if got < n:
+        values.extend(spec.defaults[got:])
+    for i in range(n):
+        value = values[i]
+        allowed = types[i]
+        if not isinstance(value, allowed) or (allowed is _INT and isinstance(value, bool)):
+            if value is None and spec.defaults[i] is not None and i >= spec.required:
+                values[i] = spec.defaults[i]
+                continue
+            raise ProtocolSyntaxError(
+                f"{spec.cls.__name__}.{spec.cls._fields[i]} must be "
+                f"{'/'.join(t.__name__ for t in allowed)}, got {type(value).__name__}",
+                details={"request_id": rid, "frame_type": raw[0]},
+            )
+    frame: Frame = spec.cls._make(values)
+    return frame
+
+
+def as_array(frame: Frame) -> tuple[Any, ...]:
+    """The msgpack array for a frame: its type number followed by its fields."""
+    return (TYPE_OF[type(frame)], *frame)
