@@ -1,0 +1,740 @@
+"""One client connection: handshake, authentication, heartbeats, flow control, dispatch.
+
+A connection owns its socket, its delivery tags, its unacked table and its
+consumers.  Frames are decoded in ``data_received`` and handled synchronously;
+outgoing frames are buffered and written once per event-loop iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from wharf.protocol import frames as F
+from wharf.protocol.codec import FrameDecoder, FrameEncoder
+from wharf.protocol.errors import (
+    AccessRefused,
+    CommandInvalid,
+    ConnectionForced,
+    ContentTooLarge,
+    DeliveryAckTimeout,
+    HeartbeatTimeout,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    PreconditionFailed,
+    ResourceError,
+    ResourceLocked,
+    UnknownDeliveryTag,
+    Unroutable,
+    WharfError,
+)
+
+from .queues import Consumer, Message, Queue
+
+if TYPE_CHECKING:
+    from .server import Broker
+
+log = logging.getLogger("wharf.connection")
+
+SERVER_NAME: Final = "wharf"
+# Transport write-buffer watermarks: above HIGH we stop dispatching to this
+# connection's consumers and stop reading its publishes; below LOW we resume.
+WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
+WRITE_BUFFER_LOW_BYTES: Final = 1024 * 1024
+MAX_PREFETCH: Final = 1_000_000
+MAX_CONSUMER_TAG_CHARS: Final = 255
+
+_conn_ids = itertools.count(1)
+
+# Unacked table entry: (message, queue, consumer or None for basic.get).
+Unacked = tuple[Message, Queue, Consumer | None]
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.topology = broker.topology
+        self.settings = broker.settings
+        self.id = next(_conn_ids)
+        self.name = f"conn-{self.id}"
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.peer_host = ""
+        self.username = ""
+        self.client_properties: dict[str, Any] = {}
+        self.authenticated = False
+        self._auth_task: asyncio.Task[None] | None = None
+        self._decoder = FrameDecoder(self.settings.max_frame_bytes, expect_handshake=True, use_list=False)
+        self._encoder = FrameEncoder()
+        self._encode = self._encoder.encode_array
+        self._wbuf: list[bytes] = []
+        self._flush_scheduled = False
+        self._loop = asyncio.get_running_loop()
+        self.writable = True
+        self.closing = False
+        self.closed = False
+        self.heartbeat_s = 0
+        now = self._loop.time()
+        self.created_at = now
+        self.last_recv = now
+        self.last_send = now
+        # Publisher confirms: highest sequence number ready to confirm, not yet sent.
+        self._confirm_up_to = 0
+        # Deliveries.
+        self._next_tag = 0
+        self._unacked: dict[int, Unacked] = {}
+        # (first delivery tag of a batch, loop time it was sent) for the ack timeout.
+        self._delivery_times: deque[tuple[int, float]] = deque()
+        self.consumers: dict[str, Consumer] = {}
+        self._ctag_seq = itertools.count(1)
+        self.exclusive_queues: list[Queue] = []
+        self._handlers: dict[int, Callable[[Any], None]] = {
+            F.PUBLISH_MANY: self._on_publish_many,
+            F.PUBLISH: self._on_publish,
+            F.ACK_MANY: self._on_ack_many,
+            F.ACK: self._on_ack,
+            F.NACK: self._on_nack,
+            F.REJECT: self._on_reject,
+            F.HEARTBEAT: self._on_heartbeat,
+            F.GET: self._on_get,
+            F.CONSUME: self._on_consume,
+            F.CANCEL: self._on_cancel,
+            F.EXCHANGE_DECLARE: self._on_exchange_declare,
+            F.EXCHANGE_DELETE: self._on_exchange_delete,
+            F.EXCHANGE_BIND: self._on_exchange_bind,
+            F.EXCHANGE_UNBIND: self._on_exchange_unbind,
+            F.QUEUE_DECLARE: self._on_queue_declare,
+            F.QUEUE_BIND: self._on_queue_bind,
+            F.QUEUE_UNBIND: self._on_queue_unbind,
+            F.QUEUE_PURGE: self._on_queue_purge,
+            F.QUEUE_DELETE: self._on_queue_delete,
+            F.CLOSE: self._on_close,
+            F.CLOSE_OK: self._on_close_ok,
+        }
+
+    # -- transport callbacks -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they implement it.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_BUFFER_HIGH_BYTES, WRITE_BUFFER_LOW_BYTES)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer_host = str(peer[0])
+            self.peer = f"{peer[0]}:{peer[1]}"
+        broker = self.broker
+        if broker.stopping:
+            self.fatal(ConnectionForced("broker is shutting down"))
+            return
+        if len(broker.connections) >= self.settings.max_connections:
+            log.warning("refusing %s: max_connections=%d reached", self.peer, self.settings.max_connections)
+            self.fatal(ResourceError(f"connection limit {self.settings.max_connections} reached"))
+            return
+        broker.connections[self.id] = self
+        s = self.settings
+        self._send_frame(
+            F.Hello(0, F.PROTOCOL_VERSION, SERVER_NAME, s.max_frame_bytes, s.max_message_bytes,
+                    s.heartbeat_s, ["PLAIN"])
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.last_recv = self._loop.time()
+        try:
+            raws = self._decoder.feed(data)
+        except WharfError as exc:
+            self.fatal(exc)
+            return
+        for raw in raws:
+            if self.closing:
+                return
+            self._handle(raw)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        self.writable = False
+        if self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+        for c in list(self.consumers.values()):
+            c.queue.schedule_dispatch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.closing = True
+        if self._auth_task is not None and not self._auth_task.done():
+            self._auth_task.cancel()
+        for consumer in list(self.consumers.values()):
+            consumer.queue.remove_consumer(consumer)
+        self.consumers.clear()
+        self.requeue_unacked(None)
+        for q in self.exclusive_queues:
+            if self.topology.queues.get(q.name) is q:
+                self.topology.delete_queue_object(q)
+        self.exclusive_queues.clear()
+        self.broker.connections.pop(self.id, None)
+        self.broker.connection_closed(self)
+        if self.authenticated:
+            log.info("%s closed (%s, user %s)", self.name, self.peer, self.username,
+                     extra={"conn": self.name})
+
+    # -- output ----------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        self._wbuf.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _send_frame(self, frame: F.Frame) -> None:
+        self._send(self._encoder.encode(frame))
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._confirm_up_to:
+            self._wbuf.append(self._encode((F.CONFIRM, 0, self._confirm_up_to)))
+            self._confirm_up_to = 0
+        if not self._wbuf or self.transport is None or self.transport.is_closing():
+            self._wbuf.clear()
+            return
+        buf = self._wbuf
+        self._wbuf = []
+        self.transport.writelines(buf)
+        self.last_send = self._loop.time()
+
+    def send_error(self, request_id: int, exc: WharfError, *, fatal: bool = False) -> None:
+        details = exc.details or None
+        if details is not None:
+            details = {k: v for k, v in details.items() if k != "request_id"} or None
+        self._send(self._encode((F.ERROR, request_id, exc.code, exc.message, fatal, details)))
+
+    def fatal(self, exc: WharfError) -> None:
+        """Send a connection-fatal error and close once it is written."""
+        if self.closing:
+            return
+        if self.authenticated or exc.code != 505:
+            log.info("%s: closing with %d %s", self.name, exc.code, exc.message, extra={"conn": self.name})
+        self.send_error(0, exc, fatal=True)
+        self.closing = True
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def shutdown(self, reason: str) -> None:
+        """Broker shutdown: a fatal 320 then close."""
+        self.fatal(ConnectionForced(reason))
+
+    # -- dispatch ------------------------------------------------------------------
+
+    def _handle(self, raw: Any) -> None:
+        ftype = raw[0]
+        if not self.authenticated:
+            self._handle_unauthenticated(raw)
+            return
+        handler = self._handlers.get(ftype)
+        rid = raw[1]
+        try:
+            if handler is None:
+                if ftype in F.SPECS:
+                    raise CommandInvalid(f"frame {F.FRAME_NAMES[ftype]} is not sent by clients")
+                F.parse(raw)  # raises NotImplementedByBroker
+                return
+            handler(F.parse(raw))
+        except WharfError as exc:
+            self.send_error(rid, exc)
+        except Exception:
+            log.exception("%s: internal error handling frame type %s", self.name, ftype)
+            self.send_error(rid, InternalError("internal error; the broker logged it"))
+
+    def _handle_unauthenticated(self, raw: Any) -> None:
+        if raw[0] == F.HEARTBEAT:
+            return
+        if raw[0] != F.AUTH or self._auth_task is not None:
+            self.fatal(CommandInvalid("expected AUTH as the first frame"))
+            return
+        try:
+            frame = F.parse(raw)
+        except WharfError as exc:
+            self.fatal(exc)
+            return
+        assert isinstance(frame, F.Auth)
+        self._auth_task = self._loop.create_task(self._authenticate(frame))
+
+    async def _authenticate(self, frame: F.Auth) -> None:
+        if frame.mechanism != "PLAIN":
+            self.fatal(AccessRefused(f"auth mechanism {frame.mechanism!r} not supported; use PLAIN"))
+            return
+        try:
+            user = await self.broker.authenticator.authenticate(frame.username, frame.password, self.peer_host)
+        except WharfError as exc:
+            self.fatal(AccessRefused(exc.message))
+            return
+        if self.closing:
+            return
+        self.username = user.name
+        self.client_properties = frame.client_properties or {}
+        server_hb = self.settings.heartbeat_s
+        client_hb = frame.heartbeat_s
+        self.heartbeat_s = 0 if client_hb <= 0 else (min(client_hb, server_hb) if server_hb > 0 else client_hb)
+        self.authenticated = True
+        self.last_recv = self._loop.time()
+        self._send_frame(F.AuthOk(frame.request_id, self.name, self.heartbeat_s, {"product": "wharf"}))
+        log.info("%s opened from %s as %s", self.name, self.peer, self.username, extra={"conn": self.name})
+
+    def _ok(self, rid: int, result: dict[str, Any] | None = None) -> None:
+        self._send(self._encode((F.OK, rid, result)))
+
+    # -- periodic checks (called by the broker's ticker, ~1/s) ---------------------
+
+    def tick(self, now: float) -> None:
+        if self.closing:
+            return
+        if not self.authenticated:
+            if now - self.created_at > self.settings.handshake_timeout_s:
+                self.fatal(AccessRefused("handshake/authentication not completed in time"))
+            return
+        hb = self.heartbeat_s
+        if hb:
+            if now - self.last_recv > 2 * hb:
+                self.fatal(HeartbeatTimeout(f"no frame from the client for {2 * hb} s"))
+                return
+            if now - self.last_send >= hb / 2:
+                self._send(self._encode((F.HEARTBEAT, 0)))
+        self._check_ack_timeout(now)
+
+    def _check_ack_timeout(self, now: float) -> None:
+        unacked = self._unacked
+        times = self._delivery_times
+        if not unacked:
+            times.clear()
+            return
+        oldest = next(iter(unacked))
+        while len(times) > 1 and times[1][0] <= oldest:
+            times.popleft()
+        if not times:
+            return
+        timeout_s = self.settings.ack_timeout_ms / 1000.0
+        if now - times[0][1] <= timeout_s:
+            return
+        msg, queue, consumer = unacked[oldest]
+        reason = f"delivery {oldest} not acknowledged within {self.settings.ack_timeout_ms} ms"
+        log.warning("%s: %s; requeueing", self.name, reason, extra={"conn": self.name})
+        if consumer is None:
+            del unacked[oldest]
+            queue.requeue([msg])
+            self.send_error(0, DeliveryAckTimeout(reason, details={"delivery_tag": oldest}))
+        else:
+            self.server_cancel(consumer, DeliveryAckTimeout.code, reason)
+            self.requeue_unacked(consumer)
+
+    # -- publishing ----------------------------------------------------------------
+
+    def _check_publish(self, exchange_name: str, props: dict[str, Any] | None) -> Any:
+        ex = self.topology.exchanges.get(exchange_name)
+        if ex is None:
+            raise NotFound(f"no exchange '{exchange_name}'", details={"exchange": exchange_name})
+        if ex.internal:
+            raise AccessRefused(f"exchange '{exchange_name}' is internal")
+        if props:
+            self._check_properties(props)
+        return ex
+
+    def _check_properties(self, props: dict[str, Any]) -> None:
+        uid = props.get("user_id")
+        if uid is not None and uid != self.username:
+            raise PreconditionFailed(
+                f"user_id property set to {uid!r} but authenticated user was {self.username!r}"
+            )
+        prio = props.get("priority")
+        if prio is not None and (type(prio) is not int or not 0 <= prio <= 255):
+            raise InvalidArgument("priority must be an integer 0..255", details={"argument": "priority"})
+        exp = props.get("expiration")
+        if exp is not None and (type(exp) is not int or exp < 0):
+            raise InvalidArgument("expiration must be a non-negative integer (ms)", details={"argument": "expiration"})
+        hdrs = props.get("headers")
+        if hdrs is not None and not isinstance(hdrs, dict):
+            raise InvalidArgument("headers must be a map", details={"argument": "headers"})
+        ts = props.get("timestamp")
+        if ts is not None and type(ts) is not int:
+            raise InvalidArgument("timestamp must be integer epoch milliseconds", details={"argument": "timestamp"})
+
+    def _on_publish_many(self, f: F.PublishMany) -> None:
+        bodies = f.bodies
+        n = len(bodies)
+        if n == 0:
+            return
+        seq = f.request_id
+        props = f.properties
+        try:
+            ex = self._check_publish(f.exchange, props)
+            limit = self.settings.max_message_bytes
+            for body in bodies:
+                if type(body) is not bytes:
+                    raise InvalidArgument("PublishMany.bodies must be a list of bin")
+                if len(body) > limit:
+                    raise ContentTooLarge(f"message of {len(body)} bytes exceeds max_message_bytes={limit}")
+        except WharfError as exc:
+            self._nack(seq, n, exc)
+            return
+        self._route(ex, f.exchange, f.routing_key, props, bodies, seq, f.flags)
+
+    def _on_publish(self, f: F.Publish) -> None:
+        seq = f.request_id
+        props = f.properties
+        try:
+            ex = self._check_publish(f.exchange, props)
+            limit = self.settings.max_message_bytes
+            if len(f.body) > limit:
+                raise ContentTooLarge(f"message of {len(f.body)} bytes exceeds max_message_bytes={limit}")
+        except WharfError as exc:
+            self._nack(seq, 1, exc)
+            return
+        self._route(ex, f.exchange, f.routing_key, props, (f.body,), seq, f.flags)
+
+    def _route(
+        self,
+        ex: Any,
+        exchange: str,
+        routing_key: str,
+        props: dict[str, Any] | None,
+        bodies: list[bytes] | tuple[bytes, ...],
+        seq: int,
+        flags: int,
+    ) -> None:
+        n = len(bodies)
+        stats = self.broker.stats
+        stats.published += n
+        headers = props.get("headers") if props else None
+        queues = self.topology.route(ex, routing_key, headers)
+        if queues:
+            if n == 1:
+                for q in queues:
+                    q.enqueue(exchange, routing_key, props, bodies[0])
+            else:
+                for q in queues:
+                    q.enqueue_many(exchange, routing_key, props, bodies)
+        else:
+            stats.unroutable += n
+            if flags & F.FLAG_MANDATORY:
+                encode = self._encode
+                for i, body in enumerate(bodies):
+                    s = seq + i if seq else 0
+                    self._send(encode((F.RETURN, 0, s, Unroutable.code, "NO_ROUTE", exchange, routing_key, props, body)))
+        if seq:
+            last = seq + n - 1
+            if last > self._confirm_up_to:
+                self._confirm_up_to = last
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)
+
+    def _nack(self, seq: int, n: int, exc: WharfError) -> None:
+        self.broker.stats.publish_nacked += n
+        if not seq:
+            self.send_error(0, exc)
+            return
+        encode = self._encode
+        for s in range(seq, seq + n):
+            self._send(encode((F.PUBLISH_NACK, 0, s, exc.code, exc.message)))
+
+    # -- delivering ----------------------------------------------------------------
+
+    def deliver(self, consumer: Consumer, batch: list[Message]) -> None:
+        tag = self._next_tag
+        first = tag + 1
+        redelivered = 0
+        entries: list[tuple[Any, ...]] = []
+        append = entries.append
+        if consumer.no_ack:
+            for m in batch:
+                tag += 1
+                dc = m.delivery_count
+                if dc > 1:
+                    redelivered += 1
+                append((tag, dc > 1, dc, m.exchange, m.routing_key, m.properties, m.body))
+        else:
+            unacked = self._unacked
+            queue = consumer.queue
+            for m in batch:
+                tag += 1
+                dc = m.delivery_count
+                if dc > 1:
+                    redelivered += 1
+                unacked[tag] = (m, queue, consumer)
+                append((tag, dc > 1, dc, m.exchange, m.routing_key, m.properties, m.body))
+            self._delivery_times.append((first, self._loop.time()))
+        self._next_tag = tag
+        stats = self.broker.stats
+        stats.delivered += len(batch)
+        stats.redelivered += redelivered
+        self._send(self._encode((F.DELIVER, 0, consumer.tag, entries)))
+
+    def server_cancel(self, consumer: Consumer, code: int, reason: str) -> None:
+        """The broker ends a consumer (queue deleted, ack timeout)."""
+        if self.consumers.get(consumer.tag) is not consumer:
+            return
+        del self.consumers[consumer.tag]
+        consumer.queue.remove_consumer(consumer)
+        if not self.closing:
+            self._send(self._encode((F.CANCELLED, 0, consumer.tag, code, reason)))
+
+    def requeue_unacked(self, consumer: Consumer | None) -> None:
+        """Requeue this connection's unacked deliveries (all, or one consumer's)."""
+        unacked = self._unacked
+        if not unacked:
+            return
+        by_queue: dict[Queue, list[Message]] = {}
+        if consumer is None:
+            items = list(unacked.values())
+            unacked.clear()
+            for msg, queue, c in items:
+                by_queue.setdefault(queue, []).append(msg)
+                if c is not None:
+                    c.unacked -= 1
+        else:
+            tags = [t for t, e in unacked.items() if e[2] is consumer]
+            for t in tags:
+                msg, queue, _ = unacked.pop(t)
+                by_queue.setdefault(queue, []).append(msg)
+            consumer.unacked = 0
+        for queue, msgs in by_queue.items():
+            queue.requeue(msgs)
+
+    # -- acks ------------------------------------------------------------------------
+
+    def _unknown_tag(self, ack_id: int, tag: int) -> None:
+        self.send_error(
+            ack_id,
+            UnknownDeliveryTag(
+                f"unknown delivery tag {tag} (already acked, or never delivered on this connection)",
+                details={"delivery_tag": tag},
+            ),
+        )
+
+    def _settle(self, tags: list[int] | tuple[int, ...], ack_id: int) -> list[Unacked]:
+        """Pop unacked entries for ``tags``; reports unknown tags; returns the entries."""
+        unacked = self._unacked
+        out: list[Unacked] = []
+        bad = 0
+        for tag in tags:
+            entry = unacked.pop(tag, None)
+            if entry is None:
+                if not bad:
+                    self._unknown_tag(ack_id, tag)
+                bad += 1
+                continue
+            out.append(entry)
+        return out
+
+    def _tags_up_to(self, tag: int) -> list[int]:
+        out = []
+        for t in self._unacked:
+            if t > tag:
+                break
+            out.append(t)
+        return out
+
+    def _apply_acks(self, entries: list[Unacked]) -> None:
+        last_queue: Queue | None = None
+        for _msg, queue, consumer in entries:
+            queue.unacked_count -= 1
+            if consumer is not None:
+                consumer.unacked -= 1
+                if queue is not last_queue:
+                    last_queue = queue
+                    if consumer.active:
+                        queue.schedule_dispatch()
+        self.broker.stats.acked += len(entries)
+
+    def _on_ack_many(self, f: F.AckMany) -> None:
+        tags = f.delivery_tags
+        for t in tags:
+            if type(t) is not int:
+                raise InvalidArgument("AckMany.delivery_tags must be integers")
+        self._apply_acks(self._settle(tags, f.request_id))
+
+    def _on_ack(self, f: F.Ack) -> None:
+        if f.multiple:
+            tags = self._tags_up_to(f.delivery_tag) if f.delivery_tag else list(self._unacked)
+            if not tags and f.delivery_tag:
+                self._unknown_tag(f.request_id, f.delivery_tag)
+                return
+        else:
+            tags = [f.delivery_tag]
+        self._apply_acks(self._settle(tags, f.request_id))
+
+    def _reject(self, entries: list[Unacked], requeue: bool) -> None:
+        if requeue:
+            by_queue: dict[Queue, list[Message]] = {}
+            for msg, queue, consumer in entries:
+                by_queue.setdefault(queue, []).append(msg)
+                if consumer is not None:
+                    consumer.unacked -= 1
+            for queue, msgs in by_queue.items():
+                queue.requeue(msgs)
+            return
+        for _msg, queue, consumer in entries:
+            queue.settle(1)
+            if consumer is not None:
+                consumer.unacked -= 1
+                if consumer.active:
+                    queue.schedule_dispatch()
+        self.broker.stats.rejected += len(entries)
+
+    def _on_nack(self, f: F.Nack) -> None:
+        if f.multiple:
+            tags = self._tags_up_to(f.delivery_tag) if f.delivery_tag else list(self._unacked)
+            if not tags and f.delivery_tag:
+                self._unknown_tag(f.request_id, f.delivery_tag)
+                return
+        else:
+            tags = [f.delivery_tag]
+        self._reject(self._settle(tags, f.request_id), f.requeue)
+
+    def _on_reject(self, f: F.Reject) -> None:
+        self._reject(self._settle([f.delivery_tag], f.request_id), f.requeue)
+
+    def _on_heartbeat(self, f: F.Heartbeat) -> None:
+        return
+
+    # -- consumers -----------------------------------------------------------------
+
+    def _on_consume(self, f: F.Consume) -> None:
+        queue = self.topology.get_queue(f.queue, self)
+        if len(self.consumers) >= self.settings.max_consumers_per_connection:
+            raise ResourceError(
+                f"max_consumers_per_connection={self.settings.max_consumers_per_connection} reached"
+            )
+        if not 0 <= f.prefetch <= MAX_PREFETCH:
+            raise InvalidArgument(f"prefetch must be 0..{MAX_PREFETCH}", details={"argument": "prefetch"})
+        tag = f.consumer_tag or f"ctag-{self.id}.{next(self._ctag_seq)}"
+        if len(tag) > MAX_CONSUMER_TAG_CHARS:
+            raise InvalidArgument("consumer tag too long")
+        if tag in self.consumers:
+            raise PreconditionFailed(f"consumer tag '{tag}' already in use on this connection")
+        if queue.has_exclusive_consumer():
+            raise ResourceLocked(f"queue '{queue.name}' has an exclusive consumer")
+        if f.exclusive and queue.consumer_count:
+            raise ResourceLocked(f"queue '{queue.name}' already has consumers; cannot consume exclusively")
+        consumer = Consumer(tag, queue, self, f.prefetch, f.no_ack, f.exclusive, f.arguments, f.request_id)
+        self.consumers[tag] = consumer
+        self._ok(f.request_id, {"consumer_tag": tag})
+        queue.add_consumer(consumer)
+
+    def _on_cancel(self, f: F.Cancel) -> None:
+        consumer = self.consumers.pop(f.consumer_tag, None)
+        if consumer is not None:
+            # Unacked deliveries stay with the connection and can still be acked.
+            consumer.queue.remove_consumer(consumer)
+        self._ok(f.request_id, {"consumer_tag": f.consumer_tag})
+
+    def _on_get(self, f: F.Get) -> None:
+        queue = self.topology.get_queue(f.queue, self)
+        msg = queue.take()
+        if msg is None:
+            self._send(self._encode((F.GET_OK, f.request_id, None, 0)))
+            return
+        self._next_tag += 1
+        tag = self._next_tag
+        dc = msg.delivery_count
+        stats = self.broker.stats
+        stats.delivered += 1
+        if dc > 1:
+            stats.redelivered += 1
+        if not f.no_ack:
+            self._unacked[tag] = (msg, queue, None)
+            self._delivery_times.append((tag, self._loop.time()))
+            queue.unacked_count += 1
+        entry = (tag, dc > 1, dc, msg.exchange, msg.routing_key, msg.properties, msg.body)
+        self._send(self._encode((F.GET_OK, f.request_id, entry, queue.ready_count)))
+
+    # -- topology ------------------------------------------------------------------
+
+    def _on_exchange_declare(self, f: F.ExchangeDeclare) -> None:
+        self.topology.declare_exchange(
+            f.name, f.type, durable=f.durable, auto_delete=f.auto_delete, internal=f.internal,
+            passive=f.passive, arguments=f.arguments,
+        )
+        self._ok(f.request_id)
+
+    def _on_exchange_delete(self, f: F.ExchangeDelete) -> None:
+        self.topology.delete_exchange(f.name, f.if_unused)
+        self._ok(f.request_id)
+
+    def _on_exchange_bind(self, f: F.ExchangeBind) -> None:
+        dest = self.topology.get_exchange(f.destination)
+        self.topology.bind(dest, f.source, f.routing_key, f.arguments)
+        self._ok(f.request_id)
+
+    def _on_exchange_unbind(self, f: F.ExchangeUnbind) -> None:
+        dest = self.topology.get_exchange(f.destination)
+        self.topology.unbind(dest, f.source, f.routing_key, f.arguments)
+        self._ok(f.request_id)
+
+    def _on_queue_declare(self, f: F.QueueDeclare) -> None:
+        existed = f.name in self.topology.queues
+        q = self.topology.declare_queue(
+            f.name, owner=self, durable=f.durable, exclusive=f.exclusive, auto_delete=f.auto_delete,
+            passive=f.passive, arguments=f.arguments,
+        )
+        if q.exclusive_owner is self and not existed:
+            self.exclusive_queues.append(q)
+        self._ok(f.request_id, {"queue": q.name, "messages": q.ready_count, "consumers": q.consumer_count})
+
+    def _on_queue_bind(self, f: F.QueueBind) -> None:
+        q = self.topology.get_queue(f.queue, self)
+        self.topology.bind(q, f.exchange, f.routing_key, f.arguments)
+        self._ok(f.request_id)
+
+    def _on_queue_unbind(self, f: F.QueueUnbind) -> None:
+        q = self.topology.get_queue(f.queue, self)
+        self.topology.unbind(q, f.exchange, f.routing_key, f.arguments)
+        self._ok(f.request_id)
+
+    def _on_queue_purge(self, f: F.QueuePurge) -> None:
+        q = self.topology.get_queue(f.queue, self)
+        self._ok(f.request_id, {"messages": q.purge()})
+
+    def _on_queue_delete(self, f: F.QueueDelete) -> None:
+        n = self.topology.delete_queue(f.queue, self, f.if_unused, f.if_empty)
+        self._ok(f.request_id, {"messages": n})
+
+    # -- close ---------------------------------------------------------------------
+
+    def _on_close(self, f: F.Close) -> None:
+        self._send(self._encode((F.CLOSE_OK, f.request_id)))
+        self.closing = True
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _on_close_ok(self, f: F.CloseOk) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "peer": self.peer,
+            "user": self.username,
+            "heartbeat_s": self.heartbeat_s,
+            "consumers": len(self.consumers),
+            "unacked": len(self._unacked),
+            "client_properties": self.client_properties,
+        }
+

@@ -1,0 +1,206 @@
+"""The broker process: listeners, lifecycle, periodic checks, graceful shutdown.
+
+Shutdown sequence (SIGTERM/SIGINT or ``Broker.stop``):
+1. mark not ready (/readyz answers 503) and stop accepting connections;
+2. every connection gets a fatal ERROR 320 "broker shutting down" after its pending
+   frames (deliveries, confirms) and is closed;
+3. wait up to ``shutdown_timeout_s`` for the sockets to drain, then abort the rest;
+4. stop the HTTP listener and release the data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import IO, Any, Final
+
+from wharf.protocol.errors import WharfError
+
+from .auth import Authenticator
+from .config import Settings, configure_logging
+from .connection import Connection
+from .http import start_http_server
+from .queues import Queue
+from .topology import Topology
+
+log = logging.getLogger("wharf.server")
+
+TICK_S: Final = 1.0
+LISTEN_BACKLOG: Final = 1024
+LOCK_FILE: Final = "LOCK"
+
+
+class BrokerStats:
+    """Broker-wide counters: plain ints, read by the metrics collector at scrape time."""
+
+    __slots__ = ("published", "delivered", "acked", "redelivered", "unroutable", "rejected",
+                 "publish_nacked")
+
+    def __init__(self) -> None:
+        self.published = 0
+        self.delivered = 0
+        self.acked = 0
+        self.redelivered = 0
+        self.unroutable = 0
+        self.rejected = 0
+        self.publish_nacked = 0
+
+
+class DataDirLocked(WharfError):
+    code = 506
+
+
+class Broker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topology = Topology()
+        self.connections: dict[int, Connection] = {}
+        self.stats = BrokerStats()
+        self.authenticator = Authenticator(settings)
+        self.ready = False
+        self.stopping = False
+        self.port = settings.port
+        self.http_port = settings.http_port
+        self._server: asyncio.Server | None = None
+        self._http: asyncio.Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._lock_file: IO[str] | None = None
+        self._closed_waiters: set[asyncio.Future[None]] = set()
+
+    @property
+    def queues(self) -> dict[str, Queue]:
+        return self.topology.queues
+
+    @property
+    def exchanges(self) -> dict[str, Any]:
+        return self.topology.exchanges
+
+    @property
+    def consumer_count(self) -> int:
+        return sum(len(c.consumers) for c in self.connections.values())
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def _lock_data_dir(self) -> None:
+        data_dir = Path(self.settings.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        f = open(data_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the broker's lifetime
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise DataDirLocked(
+                f"data directory {data_dir.resolve()} is in use by another Wharf broker "
+                "(one broker per data directory)"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock_file = f
+
+    async def start(self) -> None:
+        s = self.settings
+        self._lock_data_dir()
+        loop = asyncio.get_running_loop()
+        http_host = s.http_host or s.host
+        self._http = await start_http_server(self, http_host, s.http_port)
+        self.http_port = self._http.sockets[0].getsockname()[1]
+        # Recovery happens before this point; the native port opens only when ready.
+        self._server = await loop.create_server(
+            lambda: Connection(self), s.host, s.port, backlog=LISTEN_BACKLOG, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ticker = loop.create_task(self._tick_loop())
+        self.ready = True
+        log.info("wharf ready: native %s:%d, http %s:%d, data %s", s.host, self.port, http_host,
+                 self.http_port, Path(s.data_dir).resolve())
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = loop.time()
+            for conn in list(self.connections.values()):
+                try:
+                    conn.tick(now)
+                except Exception:
+                    log.exception("%s: periodic check failed", conn.name)
+
+    def connection_closed(self, conn: Connection) -> None:
+        if not self.connections:
+            for w in self._closed_waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    async def stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.ready = False
+        log.info("shutting down: %d connections", len(self.connections))
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections.values()):
+            conn.shutdown("broker shutting down")
+        if self.connections:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._closed_waiters.add(waiter)
+            try:
+                await asyncio.wait_for(waiter, self.settings.shutdown_timeout_s)
+            except TimeoutError:
+                log.warning("%d connections did not close in %.1f s; aborting them",
+                            len(self.connections), self.settings.shutdown_timeout_s)
+                for conn in list(self.connections.values()):
+                    if conn.transport is not None:
+                        conn.transport.abort()
+            finally:
+                self._closed_waiters.discard(waiter)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        if self._http is not None:
+            self._http.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._http.wait_closed(), 1.0)
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+        log.info("stopped")
+
+
+async def serve(settings: Settings) -> int:
+    broker = Broker(settings)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await broker.start()
+    except DataDirLocked as exc:
+        log.error("%s", exc.message)
+        return 1
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        await broker.stop()
+        return 1
+    await stop.wait()
+    await broker.stop()
+    return 0
+
+
+def run(settings: Settings) -> int:
+    """Run a broker until SIGTERM/SIGINT; returns the process exit code."""
+    import uvloop
+
+    configure_logging(settings.log_level)
+    return uvloop.run(serve(settings))

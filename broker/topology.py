@@ -1,0 +1,278 @@
+"""The topology: exchanges, queues and the bindings between them, and routing.
+
+One owner for all definitions.  Connections call these methods; nothing else
+mutates exchanges, queues or bindings.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Any, Final
+
+from wharf.protocol.errors import (
+    AccessRefused,
+    InvalidArgument,
+    NotFound,
+    PreconditionFailed,
+    ResourceLocked,
+)
+
+from .exchanges import MAX_ROUTING_KEY_CHARS, Binding, Exchange
+from .queues import Queue
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+DEFAULT_EXCHANGE: Final = ""
+# Pre-declared exchanges, as in RabbitMQ.
+STANDARD_EXCHANGES: Final = (
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+)
+MAX_NAME_CHARS: Final = 255
+# How many exchange hops (e2e bindings, alternate exchanges) one publish may follow.
+MAX_ROUTE_HOPS: Final = 32
+
+
+def _check_name(kind: str, name: str) -> None:
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidArgument(f"{kind} name longer than {MAX_NAME_CHARS} characters")
+
+
+class Topology:
+    __slots__ = ("exchanges", "queues", "default_exchange", "_route_cache")
+
+    def __init__(self) -> None:
+        self.exchanges: dict[str, Exchange] = {}
+        self.queues: dict[str, Queue] = {}
+        self.default_exchange = Exchange(DEFAULT_EXCHANGE, "direct", durable=True)
+        self.exchanges[DEFAULT_EXCHANGE] = self.default_exchange
+        for name, kind in STANDARD_EXCHANGES:
+            self.exchanges[name] = Exchange(name, kind, durable=True)
+
+    # -- routing -------------------------------------------------------------------
+
+    def route(self, exchange: Exchange, routing_key: str, headers: dict[str, Any] | None) -> list[Queue]:
+        """Queues a message published to ``exchange`` reaches, each once."""
+        if exchange is self.default_exchange:
+            q = self.queues.get(routing_key)
+            return [q] if q is not None else []
+        dests = exchange.match(routing_key, headers)
+        if dests and exchange.alternate is None and all(type(d) is Queue for d in dests):
+            return dests
+        out: list[Queue] = []
+        self._route_into(exchange, routing_key, headers, out, set(), 0)
+        return out
+
+    def _route_into(
+        self,
+        exchange: Exchange,
+        routing_key: str,
+        headers: dict[str, Any] | None,
+        out: list[Queue],
+        visited: set[int],
+        hops: int,
+    ) -> bool:
+        """Append matching queues to ``out``; True if anything matched (for AE)."""
+        if id(exchange) in visited or hops > MAX_ROUTE_HOPS:
+            return False
+        visited.add(id(exchange))
+        matched = False
+        for dest in exchange.match(routing_key, headers):
+            if type(dest) is Queue:
+                matched = True
+                if dest not in out:
+                    out.append(dest)
+            elif self._route_into(dest, routing_key, headers, out, visited, hops + 1):
+                matched = True
+        if not matched and exchange.alternate is not None:
+            alt = self.exchanges.get(exchange.alternate)
+            if alt is not None:
+                matched = self._route_into(alt, routing_key, headers, out, visited, hops + 1)
+        return matched
+
+    # -- exchanges -----------------------------------------------------------------
+
+    def declare_exchange(
+        self,
+        name: str,
+        type_: str,
+        *,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        passive: bool,
+        arguments: dict[str, Any] | None,
+    ) -> Exchange:
+        _check_name("exchange", name)
+        existing = self.exchanges.get(name)
+        if passive:
+            if existing is None:
+                raise NotFound(f"no exchange '{name}'", details={"exchange": name})
+            return existing
+        if existing is not None:
+            if not existing.same_as(type_, durable, auto_delete, internal, arguments):
+                raise PreconditionFailed(
+                    f"exchange '{name}' exists with different attributes: "
+                    f"{existing.describe()}",
+                    details={"exchange": name},
+                )
+            return existing
+        if name == DEFAULT_EXCHANGE or name.startswith("amq."):
+            raise AccessRefused(f"exchange name '{name}' is reserved", details={"exchange": name})
+        ex = Exchange(name, type_, durable=durable, auto_delete=auto_delete, internal=internal,
+                      arguments=arguments)
+        self.exchanges[name] = ex
+        return ex
+
+    def get_exchange(self, name: str) -> Exchange:
+        ex = self.exchanges.get(name)
+        if ex is None:
+            raise NotFound(f"no exchange '{name}'", details={"exchange": name})
+        return ex
+
+    def delete_exchange(self, name: str, if_unused: bool) -> None:
+        if name == DEFAULT_EXCHANGE or name.startswith("amq."):
+            raise AccessRefused(f"exchange '{name}' cannot be deleted", details={"exchange": name})
+        ex = self.get_exchange(name)
+        if if_unused and ex.bindings:
+            raise PreconditionFailed(f"exchange '{name}' in use", details={"exchange": name})
+        for b in list(ex.bindings):
+            self._remove_binding(b, cascade=False)
+        for b in list(ex.incoming):
+            self._remove_binding(b, cascade=True)
+        del self.exchanges[name]
+
+    # -- queues --------------------------------------------------------------------
+
+    def declare_queue(
+        self,
+        name: str,
+        *,
+        owner: Connection,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        passive: bool,
+        arguments: dict[str, Any] | None,
+    ) -> Queue:
+        _check_name("queue", name)
+        if passive:
+            q = self.get_queue(name, owner)
+            return q
+        if not name:
+            name = "amq.gen-" + secrets.token_urlsafe(16)
+        elif name.startswith("amq."):
+            raise AccessRefused(f"queue name '{name}' is reserved (amq. prefix)", details={"queue": name})
+        existing = self.queues.get(name)
+        if existing is not None:
+            self._check_access(existing, owner)
+            if not existing.same_as(durable, exclusive, auto_delete, arguments):
+                raise PreconditionFailed(
+                    f"queue '{name}' exists with different attributes "
+                    f"(durable={existing.durable}, exclusive={existing.exclusive}, "
+                    f"auto_delete={existing.auto_delete}, arguments={existing.arguments})",
+                    details={"queue": name},
+                )
+            return existing
+        q = Queue(
+            name,
+            durable=durable,
+            exclusive_owner=owner if exclusive else None,
+            auto_delete=auto_delete,
+            arguments=arguments,
+        )
+        q.on_unused = self._queue_unused
+        self.queues[name] = q
+        # Every queue is bound to the default exchange by its name (implicitly).
+        return q
+
+    def _queue_unused(self, queue: Queue) -> None:
+        if self.queues.get(queue.name) is queue:
+            self.delete_queue_object(queue)
+
+    @staticmethod
+    def _check_access(queue: Queue, conn: Connection) -> None:
+        owner = queue.exclusive_owner
+        if owner is not None and owner is not conn:
+            raise ResourceLocked(
+                f"queue '{queue.name}' is exclusive to another connection", details={"queue": queue.name}
+            )
+
+    def get_queue(self, name: str, conn: Connection | None = None) -> Queue:
+        q = self.queues.get(name)
+        if q is None:
+            raise NotFound(f"no queue '{name}'", details={"queue": name})
+        if conn is not None:
+            self._check_access(q, conn)
+        return q
+
+    def delete_queue(self, name: str, conn: Connection, if_unused: bool, if_empty: bool) -> int:
+        q = self.get_queue(name, conn)
+        if if_unused and q.consumer_count:
+            raise PreconditionFailed(f"queue '{name}' has consumers", details={"queue": name})
+        if if_empty and q.ready_count:
+            raise PreconditionFailed(f"queue '{name}' is not empty", details={"queue": name})
+        return self.delete_queue_object(q)
+
+    def delete_queue_object(self, q: Queue) -> int:
+        n = q.purge()
+        q.deleted = True
+        self.queues.pop(q.name, None)
+        for b in list(q.bindings):
+            self._remove_binding(b, cascade=True)
+        for c in list(q.consumers):
+            c.connection.server_cancel(c, 404, f"queue '{q.name}' was deleted")
+        return n
+
+    # -- bindings ------------------------------------------------------------------
+
+    def bind(self, destination: Queue | Exchange, source_name: str, routing_key: str,
+             arguments: dict[str, Any] | None) -> None:
+        if source_name == DEFAULT_EXCHANGE:
+            raise AccessRefused("the default exchange cannot be bound to", details={"exchange": ""})
+        if len(routing_key) > MAX_ROUTING_KEY_CHARS:
+            raise InvalidArgument(f"routing key longer than {MAX_ROUTING_KEY_CHARS} characters")
+        source = self.get_exchange(source_name)
+        binding = Binding(source, destination, routing_key, arguments)
+        if source.add_binding(binding):
+            if isinstance(destination, Queue):
+                destination.bindings.append(binding)
+            else:
+                destination.incoming.append(binding)
+
+    def unbind(self, destination: Queue | Exchange, source_name: str, routing_key: str,
+               arguments: dict[str, Any] | None) -> None:
+        source = self.get_exchange(source_name)
+        binding = source.find_binding(destination, routing_key, arguments)
+        if binding is None:
+            # RabbitMQ answers unbind of a missing binding with success.
+            return
+        self._remove_binding(binding, cascade=True)
+
+    def _remove_binding(self, binding: Binding, *, cascade: bool) -> None:
+        source = binding.source
+        source.remove_binding(binding)
+        dest = binding.destination
+        holder = dest.bindings if isinstance(dest, Queue) else dest.incoming
+        if binding in holder:
+            holder.remove(binding)
+        # Auto-delete exchanges go when their last binding (as source) goes.
+        if cascade and source.auto_delete and not source.bindings and self.exchanges.get(source.name) is source:
+            self.delete_exchange(source.name, if_unused=False)
+
+    def bindings_of(self) -> list[dict[str, Any]]:
+        out = []
+        for ex in self.exchanges.values():
+            for b in ex.bindings:
+                out.append({
+                    "source": ex.name,
+                    "destination": b.destination.name,
+                    "destination_type": "queue" if isinstance(b.destination, Queue) else "exchange",
+                    "routing_key": b.routing_key,
+                    "arguments": b.arguments,
+                })
+        return out

@@ -1,0 +1,114 @@
+"""Queue state without sockets: FIFO, requeue to original position, round-robin, credit."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wharf.broker.queues import Consumer, Message, Queue
+
+
+class FakeConnection:
+    def __init__(self) -> None:
+        self.writable = True
+        self.delivered: list[tuple[str, list[Message]]] = []
+
+    def deliver(self, consumer: Consumer, batch: list[Message]) -> None:
+        self.delivered.append((consumer.tag, list(batch)))
+
+    def bodies(self) -> list[bytes]:
+        return [m.body for _, batch in self.delivered for m in batch]
+
+
+def _consumer(q: Queue, conn: Any, tag: str, prefetch: int = 0) -> Consumer:
+    c = Consumer(tag, q, conn, prefetch, False, False, None, 1)
+    q.add_consumer(c)
+    return c
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_fifo_and_prefetch_credit() -> None:
+    q = Queue("q")
+    q.enqueue_many("", "q", None, [b"%d" % i for i in range(10)])
+    conn = FakeConnection()
+    c = _consumer(q, conn, "c1", prefetch=3)
+    await _settle()
+    assert conn.bodies() == [b"0", b"1", b"2"]
+    assert q.ready_count == 7 and q.unacked_count == 3
+    c.unacked -= 2
+    q.settle(2)
+    q.schedule_dispatch()
+    await _settle()
+    assert conn.bodies() == [b"0", b"1", b"2", b"3", b"4"]
+
+
+async def test_requeue_returns_to_original_position() -> None:
+    q = Queue("q")
+    q.enqueue_many("", "q", None, [b"a", b"b", b"c", b"d"])
+    first = [q.take(), q.take()]
+    assert [m.body for m in first if m] == [b"a", b"b"]
+    q.unacked_count += 2
+    q.enqueue("", "q", None, b"e")
+    q.requeue([m for m in reversed(first) if m])  # requeue order does not matter
+    order = []
+    while (m := q.take()) is not None:
+        order.append((m.body, m.delivery_count))
+    assert order == [(b"a", 2), (b"b", 2), (b"c", 1), (b"d", 1), (b"e", 1)]
+
+
+async def test_round_robin_across_consumers() -> None:
+    q = Queue("q")
+    conn = FakeConnection()
+    _consumer(q, conn, "c1")
+    _consumer(q, conn, "c2")
+    q.enqueue_many("", "q", None, [b"%d" % i for i in range(6)])
+    await _settle()
+    per: dict[str, list[bytes]] = {}
+    for tag, batch in conn.delivered:
+        per.setdefault(tag, []).extend(m.body for m in batch)
+    assert per["c1"] == [b"0", b"2", b"4"]
+    assert per["c2"] == [b"1", b"3", b"5"]
+
+
+async def test_paused_connection_gets_nothing() -> None:
+    q = Queue("q")
+    conn = FakeConnection()
+    conn.writable = False
+    _consumer(q, conn, "c1")
+    q.enqueue("", "q", None, b"x")
+    await _settle()
+    assert conn.delivered == []
+    conn.writable = True
+    q.schedule_dispatch()
+    await _settle()
+    assert conn.bodies() == [b"x"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(st.sampled_from(["pub", "take", "requeue"]), max_size=60))
+def test_ready_order_is_always_position_order(ops: list[str]) -> None:
+    q = Queue("q")
+    out: list[Message] = []
+    n = 0
+    for op in ops:
+        if op == "pub":
+            q.enqueue("", "q", None, b"%d" % n)
+            n += 1
+        elif op == "take":
+            m = q.take()
+            if m is not None:
+                out.append(m)
+                q.unacked_count += 1
+        elif out:
+            q.requeue([out.pop(0)])
+    positions = []
+    while (m := q.take()) is not None:
+        positions.append(m.position)
+    assert positions == sorted(positions)
