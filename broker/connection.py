@@ -69,7 +69,9 @@ class Connection(asyncio.Protocol):
         self.client_properties: dict[str, Any] = {}
         self.authenticated = False
         self._auth_task: asyncio.Task[None] | None = None
-        self._decoder = FrameDecoder(self.settings.max_frame_bytes, expect_handshake=True, use_list=False)
+        self._decoder = FrameDecoder(
+            self.settings.max_frame_bytes, expect_handshake=True, use_list=False
+        )
         self._encoder = FrameEncoder()
         self._encode = self._encoder.encode_array
         self._wbuf: list[bytes] = []
@@ -133,14 +135,23 @@ class Connection(asyncio.Protocol):
             self.fatal(ConnectionForced("broker is shutting down"))
             return
         if len(broker.connections) >= self.settings.max_connections:
-            log.warning("refusing %s: max_connections=%d reached", self.peer, self.settings.max_connections)
+            log.warning(
+                "refusing %s: max_connections=%d reached", self.peer, self.settings.max_connections
+            )
             self.fatal(ResourceError(f"connection limit {self.settings.max_connections} reached"))
             return
         broker.connections[self.id] = self
         s = self.settings
         self._send_frame(
-            F.Hello(0, F.PROTOCOL_VERSION, SERVER_NAME, s.max_frame_bytes, s.max_message_bytes,
-                    s.heartbeat_s, ["PLAIN"])
+            F.Hello(
+                0,
+                F.PROTOCOL_VERSION,
+                SERVER_NAME,
+                s.max_frame_bytes,
+                s.max_message_bytes,
+                s.heartbeat_s,
+                ["PLAIN"],
+            )
         )
 
     def data_received(self, data: bytes) -> None:
@@ -190,8 +201,13 @@ class Connection(asyncio.Protocol):
         self.broker.connections.pop(self.id, None)
         self.broker.connection_closed(self)
         if self.authenticated:
-            log.info("%s closed (%s, user %s)", self.name, self.peer, self.username,
-                     extra={"conn": self.name})
+            log.info(
+                "%s closed (%s, user %s)",
+                self.name,
+                self.peer,
+                self.username,
+                extra={"conn": self.name},
+            )
 
     # -- output ----------------------------------------------------------------------
 
@@ -228,7 +244,13 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return
         if self.authenticated or exc.code != 505:
-            log.info("%s: closing with %d %s", self.name, exc.code, exc.message, extra={"conn": self.name})
+            log.info(
+                "%s: closing with %d %s",
+                self.name,
+                exc.code,
+                exc.message,
+                extra={"conn": self.name},
+            )
         self.send_error(0, exc, fatal=True)
         self.closing = True
         self._flush()
@@ -277,10 +299,14 @@ class Connection(asyncio.Protocol):
 
     async def _authenticate(self, frame: F.Auth) -> None:
         if frame.mechanism != "PLAIN":
-            self.fatal(AccessRefused(f"auth mechanism {frame.mechanism!r} not supported; use PLAIN"))
+            self.fatal(
+                AccessRefused(f"auth mechanism {frame.mechanism!r} not supported; use PLAIN")
+            )
             return
         try:
-            user = await self.broker.authenticator.authenticate(frame.username, frame.password, self.peer_host)
+            user = await self.broker.authenticator.authenticate(
+                frame.username, frame.password, self.peer_host
+            )
         except WharfError as exc:
             self.fatal(AccessRefused(exc.message))
             return
@@ -290,11 +316,21 @@ class Connection(asyncio.Protocol):
         self.client_properties = frame.client_properties or {}
         server_hb = self.settings.heartbeat_s
         client_hb = frame.heartbeat_s
-        self.heartbeat_s = 0 if client_hb <= 0 else (min(client_hb, server_hb) if server_hb > 0 else client_hb)
+        self.heartbeat_s = (
+            0 if client_hb <= 0 else (min(client_hb, server_hb) if server_hb > 0 else client_hb)
+        )
         self.authenticated = True
         self.last_recv = self._loop.time()
-        self._send_frame(F.AuthOk(frame.request_id, self.name, self.heartbeat_s, {"product": "wharf"}))
-        log.info("%s opened from %s as %s", self.name, self.peer, self.username, extra={"conn": self.name})
+        self._send_frame(
+            F.AuthOk(frame.request_id, self.name, self.heartbeat_s, {"product": "wharf"})
+        )
+        log.info(
+            "%s opened from %s as %s",
+            self.name,
+            self.peer,
+            self.username,
+            extra={"conn": self.name},
+        )
 
     def _ok(self, rid: int, result: dict[str, Any] | None = None) -> None:
         self._send(self._encode((F.OK, rid, result)))
@@ -362,16 +398,22 @@ class Connection(asyncio.Protocol):
             )
         prio = props.get("priority")
         if prio is not None and (type(prio) is not int or not 0 <= prio <= 255):
-            raise InvalidArgument("priority must be an integer 0..255", details={"argument": "priority"})
+            raise InvalidArgument(
+                "priority must be an integer 0..255", details={"argument": "priority"}
+            )
         exp = props.get("expiration")
         if exp is not None and (type(exp) is not int or exp < 0):
-            raise InvalidArgument("expiration must be a non-negative integer (ms)", details={"argument": "expiration"})
+            raise InvalidArgument(
+                "expiration must be a non-negative integer (ms)", details={"argument": "expiration"}
+            )
         hdrs = props.get("headers")
         if hdrs is not None and not isinstance(hdrs, dict):
             raise InvalidArgument("headers must be a map", details={"argument": "headers"})
         ts = props.get("timestamp")
         if ts is not None and type(ts) is not int:
-            raise InvalidArgument("timestamp must be integer epoch milliseconds", details={"argument": "timestamp"})
+            raise InvalidArgument(
+                "timestamp must be integer epoch milliseconds", details={"argument": "timestamp"}
+            )
 
     def _on_publish_many(self, f: F.PublishMany) -> None:
         bodies = f.bodies
@@ -387,7 +429,9 @@ class Connection(asyncio.Protocol):
                 if type(body) is not bytes:
                     raise InvalidArgument("PublishMany.bodies must be a list of bin")
                 if len(body) > limit:
-                    raise ContentTooLarge(f"message of {len(body)} bytes exceeds max_message_bytes={limit}")
+                    raise ContentTooLarge(
+                        f"message of {len(body)} bytes exceeds max_message_bytes={limit}"
+                    )
         except WharfError as exc:
             self._nack(seq, n, exc)
             return
@@ -400,7 +444,9 @@ class Connection(asyncio.Protocol):
             ex = self._check_publish(f.exchange, props)
             limit = self.settings.max_message_bytes
             if len(f.body) > limit:
-                raise ContentTooLarge(f"message of {len(f.body)} bytes exceeds max_message_bytes={limit}")
+                raise ContentTooLarge(
+                    f"message of {len(f.body)} bytes exceeds max_message_bytes={limit}"
+                )
         except WharfError as exc:
             self._nack(seq, 1, exc)
             return
@@ -434,7 +480,21 @@ class Connection(asyncio.Protocol):
                 encode = self._encode
                 for i, body in enumerate(bodies):
                     s = seq + i if seq else 0
-                    self._send(encode((F.RETURN, 0, s, Unroutable.code, "NO_ROUTE", exchange, routing_key, props, body)))
+                    self._send(
+                        encode(
+                            (
+                                F.RETURN,
+                                0,
+                                s,
+                                Unroutable.code,
+                                "NO_ROUTE",
+                                exchange,
+                                routing_key,
+                                props,
+                                body,
+                            )
+                        )
+                    )
         if seq:
             last = seq + n - 1
             if last > self._confirm_up_to:
@@ -521,7 +581,8 @@ class Connection(asyncio.Protocol):
         self.send_error(
             ack_id,
             UnknownDeliveryTag(
-                f"unknown delivery tag {tag} (already acked, or never delivered on this connection)",
+                f"unknown delivery tag {tag} "
+                "(already acked, or never delivered on this connection)",
                 details={"delivery_tag": tag},
             ),
         )
@@ -621,7 +682,9 @@ class Connection(asyncio.Protocol):
                 f"max_consumers_per_connection={self.settings.max_consumers_per_connection} reached"
             )
         if not 0 <= f.prefetch <= MAX_PREFETCH:
-            raise InvalidArgument(f"prefetch must be 0..{MAX_PREFETCH}", details={"argument": "prefetch"})
+            raise InvalidArgument(
+                f"prefetch must be 0..{MAX_PREFETCH}", details={"argument": "prefetch"}
+            )
         tag = f.consumer_tag or f"ctag-{self.id}.{next(self._ctag_seq)}"
         if len(tag) > MAX_CONSUMER_TAG_CHARS:
             raise InvalidArgument("consumer tag too long")
@@ -630,8 +693,12 @@ class Connection(asyncio.Protocol):
         if queue.has_exclusive_consumer():
             raise ResourceLocked(f"queue '{queue.name}' has an exclusive consumer")
         if f.exclusive and queue.consumer_count:
-            raise ResourceLocked(f"queue '{queue.name}' already has consumers; cannot consume exclusively")
-        consumer = Consumer(tag, queue, self, f.prefetch, f.no_ack, f.exclusive, f.arguments, f.request_id)
+            raise ResourceLocked(
+                f"queue '{queue.name}' already has consumers; cannot consume exclusively"
+            )
+        consumer = Consumer(
+            tag, queue, self, f.prefetch, f.no_ack, f.exclusive, f.arguments, f.request_id
+        )
         self.consumers[tag] = consumer
         self._ok(f.request_id, {"consumer_tag": tag})
         queue.add_consumer(consumer)
@@ -667,8 +734,13 @@ class Connection(asyncio.Protocol):
 
     def _on_exchange_declare(self, f: F.ExchangeDeclare) -> None:
         self.topology.declare_exchange(
-            f.name, f.type, durable=f.durable, auto_delete=f.auto_delete, internal=f.internal,
-            passive=f.passive, arguments=f.arguments,
+            f.name,
+            f.type,
+            durable=f.durable,
+            auto_delete=f.auto_delete,
+            internal=f.internal,
+            passive=f.passive,
+            arguments=f.arguments,
         )
         self._ok(f.request_id)
 
@@ -689,12 +761,20 @@ class Connection(asyncio.Protocol):
     def _on_queue_declare(self, f: F.QueueDeclare) -> None:
         existed = f.name in self.topology.queues
         q = self.topology.declare_queue(
-            f.name, owner=self, durable=f.durable, exclusive=f.exclusive, auto_delete=f.auto_delete,
-            passive=f.passive, arguments=f.arguments,
+            f.name,
+            owner=self,
+            durable=f.durable,
+            exclusive=f.exclusive,
+            auto_delete=f.auto_delete,
+            passive=f.passive,
+            arguments=f.arguments,
         )
         if q.exclusive_owner is self and not existed:
             self.exclusive_queues.append(q)
-        self._ok(f.request_id, {"queue": q.name, "messages": q.ready_count, "consumers": q.consumer_count})
+        self._ok(
+            f.request_id,
+            {"queue": q.name, "messages": q.ready_count, "consumers": q.consumer_count},
+        )
 
     def _on_queue_bind(self, f: F.QueueBind) -> None:
         q = self.topology.get_queue(f.queue, self)
@@ -737,4 +817,3 @@ class Connection(asyncio.Protocol):
             "unacked": len(self._unacked),
             "client_properties": self.client_properties,
         }
-

@@ -48,7 +48,9 @@ class Binding:
         return self._key
 
 
-def binding_key(destination: Any, routing_key: str, arguments: dict[str, Any] | None) -> tuple[Any, ...]:
+def binding_key(
+    destination: Any, routing_key: str, arguments: dict[str, Any] | None
+) -> tuple[Any, ...]:
     args = tuple(sorted((str(k), repr(v)) for k, v in (arguments or {}).items()))
     return (id(destination), routing_key, args)
 
@@ -110,7 +112,13 @@ class _TopicTrie:
         node.bindings = [b for b in node.bindings if b is not binding]
         # Prune empty branches so the trie does not grow with churn.
         for parent, word in reversed(path):
-            child = parent.star if word == "*" else parent.hash if word == "#" else parent.children.get(word)
+            child = (
+                parent.star
+                if word == "*"
+                else parent.hash
+                if word == "#"
+                else parent.children.get(word)
+            )
             if child is None or child.bindings or child.children or child.star or child.hash:
                 break
             if word == "*":
@@ -210,8 +218,20 @@ class Exchange:
     """A named router.  Owns its outgoing bindings."""
 
     __slots__ = (
-        "name", "type", "durable", "auto_delete", "internal", "arguments", "alternate",
-        "bindings", "_by_key", "_direct", "_trie", "_cache", "_fanout", "incoming",
+        "name",
+        "type",
+        "durable",
+        "auto_delete",
+        "internal",
+        "arguments",
+        "alternate",
+        "bindings",
+        "_by_key",
+        "_direct",
+        "_trie",
+        "_cache",
+        "_fanout",
+        "incoming",
     )
 
     def __init__(
@@ -237,7 +257,9 @@ class Exchange:
         self.arguments: dict[str, Any] = dict(arguments or {})
         alt = self.arguments.get("alternate-exchange")
         if alt is not None and not isinstance(alt, str):
-            raise InvalidArgument("alternate-exchange must be a string", details={"argument": "alternate-exchange"})
+            raise InvalidArgument(
+                "alternate-exchange must be a string", details={"argument": "alternate-exchange"}
+            )
         self.alternate: str | None = alt
         self.bindings: list[Binding] = []
         self._by_key: dict[tuple[Any, ...], Binding] = {}
@@ -249,7 +271,12 @@ class Exchange:
         self.incoming: list[Binding] = []
 
     def same_as(
-        self, type_: str, durable: bool, auto_delete: bool, internal: bool, arguments: dict[str, Any] | None
+        self,
+        type_: str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: dict[str, Any] | None,
     ) -> bool:
         return (
             self.type == type_
@@ -259,7 +286,9 @@ class Exchange:
             and self.arguments == dict(arguments or {})
         )
 
-    def find_binding(self, destination: Any, routing_key: str, arguments: dict[str, Any] | None) -> Binding | None:
+    def find_binding(
+        self, destination: Any, routing_key: str, arguments: dict[str, Any] | None
+    ) -> Binding | None:
         return self._by_key.get(binding_key(destination, routing_key, arguments))
 
     def add_binding(self, binding: Binding) -> bool:
@@ -292,7 +321,8 @@ class Exchange:
         # The destination stays routed if another binding still leads to it.
         if self.type == "direct":
             still = any(
-                b.destination is dest and b.routing_key == binding.routing_key for b in self.bindings
+                b.destination is dest and b.routing_key == binding.routing_key
+                for b in self.bindings
             )
             dests = self._direct.get(binding.routing_key)
             if dests is not None and not still:

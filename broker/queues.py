@@ -54,8 +54,16 @@ class Message:
 
 class Consumer:
     __slots__ = (
-        "tag", "queue", "connection", "prefetch", "no_ack", "exclusive", "arguments",
-        "unacked", "ack_id", "active",
+        "tag",
+        "queue",
+        "connection",
+        "prefetch",
+        "no_ack",
+        "exclusive",
+        "arguments",
+        "unacked",
+        "ack_id",
+        "active",
     )
 
     def __init__(
@@ -90,10 +98,26 @@ class Consumer:
 
 class Queue:
     __slots__ = (
-        "name", "durable", "exclusive_owner", "auto_delete", "arguments", "_ready",
-        "_requeued", "_consumers", "_rr", "unacked_count", "_next_position",
-        "_dispatch_scheduled", "_loop", "deleted", "had_consumer", "bindings",
-        "on_unused", "stats_delivered", "stats_published", "ready_bytes",
+        "name",
+        "durable",
+        "exclusive_owner",
+        "auto_delete",
+        "arguments",
+        "_ready",
+        "_requeued",
+        "_consumers",
+        "_rr",
+        "unacked_count",
+        "_next_position",
+        "_dispatch_scheduled",
+        "_loop",
+        "deleted",
+        "had_consumer",
+        "bindings",
+        "on_unused",
+        "stats_delivered",
+        "stats_published",
+        "ready_bytes",
     )
 
     def __init__(
@@ -146,7 +170,9 @@ class Queue:
     def consumers(self) -> list[Consumer]:
         return self._consumers
 
-    def same_as(self, durable: bool, exclusive: bool, auto_delete: bool, arguments: dict[str, Any] | None) -> bool:
+    def same_as(
+        self, durable: bool, exclusive: bool, auto_delete: bool, arguments: dict[str, Any] | None
+    ) -> bool:
         return (
             self.durable == durable
             and self.exclusive == exclusive
@@ -169,7 +195,11 @@ class Queue:
     # -- enqueue -------------------------------------------------------------------
 
     def enqueue_many(
-        self, exchange: str, routing_key: str, properties: dict[str, Any] | None, bodies: Iterable[bytes]
+        self,
+        exchange: str,
+        routing_key: str,
+        properties: dict[str, Any] | None,
+        bodies: Iterable[bytes],
     ) -> None:
         pos = self._next_position
         append = self._ready.append
@@ -186,7 +216,9 @@ class Queue:
         if self._consumers and not self._dispatch_scheduled:
             self.schedule_dispatch()
 
-    def enqueue(self, exchange: str, routing_key: str, properties: dict[str, Any] | None, body: bytes) -> None:
+    def enqueue(
+        self, exchange: str, routing_key: str, properties: dict[str, Any] | None, body: bytes
+    ) -> None:
         self._ready.append(Message(exchange, routing_key, properties, body, self._next_position))
         self._next_position += 1
         self.ready_bytes += len(body)

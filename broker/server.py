@@ -38,8 +38,15 @@ LOCK_FILE: Final = "LOCK"
 class BrokerStats:
     """Broker-wide counters: plain ints, read by the metrics collector at scrape time."""
 
-    __slots__ = ("published", "delivered", "acked", "redelivered", "unroutable", "rejected",
-                 "publish_nacked")
+    __slots__ = (
+        "published",
+        "delivered",
+        "acked",
+        "redelivered",
+        "unroutable",
+        "rejected",
+        "publish_nacked",
+    )
 
     def __init__(self) -> None:
         self.published = 0
@@ -118,8 +125,14 @@ class Broker:
         self.port = self._server.sockets[0].getsockname()[1]
         self._ticker = loop.create_task(self._tick_loop())
         self.ready = True
-        log.info("wharf ready: native %s:%d, http %s:%d, data %s", s.host, self.port, http_host,
-                 self.http_port, Path(s.data_dir).resolve())
+        log.info(
+            "wharf ready: native %s:%d, http %s:%d, data %s",
+            s.host,
+            self.port,
+            http_host,
+            self.http_port,
+            os.path.abspath(s.data_dir),
+        )
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -154,8 +167,11 @@ class Broker:
             try:
                 await asyncio.wait_for(waiter, self.settings.shutdown_timeout_s)
             except TimeoutError:
-                log.warning("%d connections did not close in %.1f s; aborting them",
-                            len(self.connections), self.settings.shutdown_timeout_s)
+                log.warning(
+                    "%d connections did not close in %.1f s; aborting them",
+                    len(self.connections),
+                    self.settings.shutdown_timeout_s,
+                )
                 for conn in list(self.connections.values()):
                     if conn.transport is not None:
                         conn.transport.abort()

@@ -55,7 +55,9 @@ class Topology:
 
     # -- routing -------------------------------------------------------------------
 
-    def route(self, exchange: Exchange, routing_key: str, headers: dict[str, Any] | None) -> list[Queue]:
+    def route(
+        self, exchange: Exchange, routing_key: str, headers: dict[str, Any] | None
+    ) -> list[Queue]:
         """Queues a message published to ``exchange`` reaches, each once."""
         if exchange is self.default_exchange:
             q = self.queues.get(routing_key)
@@ -116,15 +118,20 @@ class Topology:
         if existing is not None:
             if not existing.same_as(type_, durable, auto_delete, internal, arguments):
                 raise PreconditionFailed(
-                    f"exchange '{name}' exists with different attributes: "
-                    f"{existing.describe()}",
+                    f"exchange '{name}' exists with different attributes: {existing.describe()}",
                     details={"exchange": name},
                 )
             return existing
         if name == DEFAULT_EXCHANGE or name.startswith("amq."):
             raise AccessRefused(f"exchange name '{name}' is reserved", details={"exchange": name})
-        ex = Exchange(name, type_, durable=durable, auto_delete=auto_delete, internal=internal,
-                      arguments=arguments)
+        ex = Exchange(
+            name,
+            type_,
+            durable=durable,
+            auto_delete=auto_delete,
+            internal=internal,
+            arguments=arguments,
+        )
         self.exchanges[name] = ex
         return ex
 
@@ -166,7 +173,9 @@ class Topology:
         if not name:
             name = "amq.gen-" + secrets.token_urlsafe(16)
         elif name.startswith("amq."):
-            raise AccessRefused(f"queue name '{name}' is reserved (amq. prefix)", details={"queue": name})
+            raise AccessRefused(
+                f"queue name '{name}' is reserved (amq. prefix)", details={"queue": name}
+            )
         existing = self.queues.get(name)
         if existing is not None:
             self._check_access(existing, owner)
@@ -199,7 +208,8 @@ class Topology:
         owner = queue.exclusive_owner
         if owner is not None and owner is not conn:
             raise ResourceLocked(
-                f"queue '{queue.name}' is exclusive to another connection", details={"queue": queue.name}
+                f"queue '{queue.name}' is exclusive to another connection",
+                details={"queue": queue.name},
             )
 
     def get_queue(self, name: str, conn: Connection | None = None) -> Queue:
@@ -230,8 +240,13 @@ class Topology:
 
     # -- bindings ------------------------------------------------------------------
 
-    def bind(self, destination: Queue | Exchange, source_name: str, routing_key: str,
-             arguments: dict[str, Any] | None) -> None:
+    def bind(
+        self,
+        destination: Queue | Exchange,
+        source_name: str,
+        routing_key: str,
+        arguments: dict[str, Any] | None,
+    ) -> None:
         if source_name == DEFAULT_EXCHANGE:
             raise AccessRefused("the default exchange cannot be bound to", details={"exchange": ""})
         if len(routing_key) > MAX_ROUTING_KEY_CHARS:
@@ -244,8 +259,13 @@ class Topology:
             else:
                 destination.incoming.append(binding)
 
-    def unbind(self, destination: Queue | Exchange, source_name: str, routing_key: str,
-               arguments: dict[str, Any] | None) -> None:
+    def unbind(
+        self,
+        destination: Queue | Exchange,
+        source_name: str,
+        routing_key: str,
+        arguments: dict[str, Any] | None,
+    ) -> None:
         source = self.get_exchange(source_name)
         binding = source.find_binding(destination, routing_key, arguments)
         if binding is None:
@@ -261,18 +281,23 @@ class Topology:
         if binding in holder:
             holder.remove(binding)
         # Auto-delete exchanges go when their last binding (as source) goes.
-        if cascade and source.auto_delete and not source.bindings and self.exchanges.get(source.name) is source:
+        if (
+            cascade
+            and source.auto_delete
+            and not source.bindings
+            and self.exchanges.get(source.name) is source
+        ):
             self.delete_exchange(source.name, if_unused=False)
 
     def bindings_of(self) -> list[dict[str, Any]]:
-        out = []
-        for ex in self.exchanges.values():
-            for b in ex.bindings:
-                out.append({
-                    "source": ex.name,
-                    "destination": b.destination.name,
-                    "destination_type": "queue" if isinstance(b.destination, Queue) else "exchange",
-                    "routing_key": b.routing_key,
-                    "arguments": b.arguments,
-                })
-        return out
+        return [
+            {
+                "source": ex.name,
+                "destination": b.destination.name,
+                "destination_type": "queue" if isinstance(b.destination, Queue) else "exchange",
+                "routing_key": b.routing_key,
+                "arguments": b.arguments,
+            }
+            for ex in self.exchanges.values()
+            for b in ex.bindings
+        ]

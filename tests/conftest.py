@@ -18,10 +18,9 @@ from wharf.protocol import frames as F
 from wharf.protocol.codec import FrameDecoder, encode, encode_array
 
 
-@pytest.fixture(scope="session")
-def event_loop_policy() -> uvloop.EventLoopPolicy:
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     # The broker runs on uvloop in production; test it on the same loop.
-    return uvloop.EventLoopPolicy()
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -53,7 +53,9 @@ _pword = st.sampled_from(["a", "b", "c", "", "*", "#"])
 
 @settings(max_examples=300, deadline=None)
 @given(
-    patterns=st.lists(st.lists(_pword, min_size=1, max_size=4).map(".".join), min_size=1, max_size=6),
+    patterns=st.lists(
+        st.lists(_pword, min_size=1, max_size=4).map(".".join), min_size=1, max_size=6
+    ),
     key=st.lists(_word, min_size=1, max_size=5).map(".".join),
 )
 def test_topic_trie_agrees_with_reference(patterns: list[str], key: str) -> None:
@@ -114,14 +116,28 @@ def _topology_with_queues(*names: str) -> tuple[Topology, Any]:
     topo = Topology()
     owner: Any = FakeConn()
     for n in names:
-        topo.declare_queue(n, owner=owner, durable=False, exclusive=False, auto_delete=False,
-                           passive=False, arguments=None)
+        topo.declare_queue(
+            n,
+            owner=owner,
+            durable=False,
+            exclusive=False,
+            auto_delete=False,
+            passive=False,
+            arguments=None,
+        )
     return topo, owner
 
 
 def _declare(topo: Topology, name: str, kind: str, **kw: Any) -> Any:
-    return topo.declare_exchange(name, kind, durable=False, auto_delete=kw.get("auto_delete", False),
-                                 internal=False, passive=False, arguments=kw.get("arguments"))
+    return topo.declare_exchange(
+        name,
+        kind,
+        durable=False,
+        auto_delete=kw.get("auto_delete", False),
+        internal=False,
+        passive=False,
+        arguments=kw.get("arguments"),
+    )
 
 
 def test_default_exchange_routes_by_queue_name() -> None:
@@ -170,11 +186,25 @@ def test_declare_equivalence_and_reserved_names() -> None:
         _declare(topo, "x", "topic")
     with pytest.raises(AccessRefused):
         _declare(topo, "amq.custom", "direct")
-    topo.declare_queue("q", owner=owner, durable=True, exclusive=False, auto_delete=False,
-                       passive=False, arguments=None)
+    topo.declare_queue(
+        "q",
+        owner=owner,
+        durable=True,
+        exclusive=False,
+        auto_delete=False,
+        passive=False,
+        arguments=None,
+    )
     with pytest.raises(PreconditionFailed):
-        topo.declare_queue("q", owner=owner, durable=False, exclusive=False, auto_delete=False,
-                           passive=False, arguments=None)
+        topo.declare_queue(
+            "q",
+            owner=owner,
+            durable=False,
+            exclusive=False,
+            auto_delete=False,
+            passive=False,
+            arguments=None,
+        )
 
 
 def test_auto_delete_exchange_goes_with_last_binding() -> None:

@@ -1,0 +1,528 @@
+"""The SDK's asyncio protocol: framing, coalesced writes, dispatch, heartbeats.
+
+One ``ConnectionCore`` per TCP connection.  It owns the socket, the request table
+(request id -> future), the publisher-confirm tracker, the consumers by tag and the
+pending acks.  Frames arrive as raw msgpack arrays and are dispatched by their type
+number; the hot ones (DELIVER, CONFIRM, OK) are handled inline in ``data_received``.
+Outgoing frames are appended to a buffer that is written once per loop iteration.
+Nothing here awaits except the helpers that wait for the broker or for the transport
+to drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any, Final, Protocol, cast
+
+from wharf.protocol import frames as F
+from wharf.protocol.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameEncoder
+from wharf.protocol.errors import (
+    AccessRefused,
+    ConnectionLost,
+    FrameError,
+    HeartbeatTimeout,
+    ProtocolMismatch,
+    WharfError,
+    error_from_code,
+)
+
+from .confirms import ConfirmTracker
+
+log = logging.getLogger("wharf.client")
+
+# Frames the broker sends us can be large (deliver-many batches).
+MAX_RECEIVE_FRAME_BYTES: Final = 256 * 1024 * 1024
+# Above this many bytes waiting for the next flush, publishers write out at once and
+# then wait for the transport to drain, so the SDK never buffers without bound.
+MAX_PENDING_WRITE_BYTES: Final = 1024 * 1024
+TRANSPORT_HIGH_WATER_BYTES: Final = 4 * 1024 * 1024
+TRANSPORT_LOW_WATER_BYTES: Final = 1024 * 1024
+# Heartbeat ticks run every heartbeat/2; this many silent ticks = 2 heartbeats.
+SILENT_TICKS_BEFORE_TIMEOUT: Final = 4
+
+_HEARTBEAT_FRAME: Final = FrameEncoder().encode_array((F.HEARTBEAT, 0))
+
+
+def clone_error(exc: WharfError) -> WharfError:
+    """A fresh exception equal to ``exc`` (raising one instance twice piles up tracebacks)."""
+    return error_from_code(exc.code, exc.message, exc.details)
+
+
+class DeliverySink(Protocol):
+    """What the core needs from a consumer (``Consumer`` and the RPC reply consumer)."""
+
+    def on_deliver(self, entries: list[Any]) -> None: ...
+
+    def on_cancelled(self, error: WharfError) -> None: ...
+
+    def on_ack_error(self, error: WharfError) -> None: ...
+
+    def on_connection_lost(self, error: WharfError) -> None: ...
+
+
+class AckChannel:
+    """Settles deliveries for one ack id (a consumer's CONSUME request id, or 0 for GET).
+
+    Plain acks are collected and sent as one ACK_MANY per loop iteration.
+    """
+
+    __slots__ = ("ack_id", "tags", "_core")
+
+    def __init__(self, core: ConnectionCore, ack_id: int) -> None:
+        self.ack_id = ack_id
+        self.tags: list[int] = []
+        self._core = core
+
+    def ack(self, tag: int) -> None:
+        tags = self.tags
+        if not tags:
+            self._core.acks_pending(self)
+        tags.append(tag)
+
+    def settle(self, frame: tuple[Any, ...]) -> None:
+        """Queue an ACK(multiple)/NACK/REJECT frame, after any pending acks."""
+        self._core.send_settle(frame)
+
+
+class ConnectionCore(asyncio.Protocol):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._transport: asyncio.Transport | None = None
+        self._decoder = FrameDecoder(MAX_RECEIVE_FRAME_BYTES, use_list=True)
+        self.encode = FrameEncoder().encode_array
+        self._wbuf: list[bytes] = []
+        self._wbuf_bytes = 0
+        self._flush_scheduled = False
+        self._ack_dirty: list[AckChannel] = []
+        self._paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._rids = itertools.count(1)
+        # None = a request whose answer nobody waits for.
+        self._pending: dict[int, asyncio.Future[list[Any]] | None] = {}
+        self.confirms = ConfirmTracker()
+        self._consumers: dict[str, DeliverySink] = {}
+        self._sinks_by_ack_id: dict[int, DeliverySink] = {}
+        self._orphan_tags: set[str] = set()
+        self.get_channel = AckChannel(self, 0)
+        # A non-fatal error nobody was waiting for (ack id 0, unknown request id):
+        # raised from the next request on the connection.
+        self.stored_error: WharfError | None = None
+        self._handshake: asyncio.Future[list[Any]] | None = loop.create_future()
+        self._close_ok: asyncio.Future[None] | None = None
+        self._lost: asyncio.Future[None] = loop.create_future()
+        # Set once, when the connection becomes unusable; every later call raises it.
+        self.closed_error: WharfError | None = None
+        self.heartbeat_s = 0
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._received = False
+        self._wrote = False
+        self._silent_ticks = 0
+        self.connection_id = ""
+        self.server_properties: dict[str, Any] = {}
+        self.server_name = ""
+        self.max_frame_bytes = 0
+        self.max_message_bytes = 0
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(TRANSPORT_HIGH_WATER_BYTES, TRANSPORT_LOW_WATER_BYTES)
+        transport.write(F.HANDSHAKE)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed_error is not None:
+            return
+        self._received = True
+        try:
+            frames = self._decoder.feed(data)
+        except WharfError as exc:
+            self.fail(exc)
+            return
+        try:
+            for frame in frames:
+                ftype = frame[0]
+                if ftype == F.DELIVER:
+                    sink = self._consumers.get(frame[2])
+                    if sink is not None:
+                        sink.on_deliver(frame[3])
+                    else:
+                        self._orphan_delivery(frame)
+                elif ftype == F.CONFIRM:
+                    self.confirms.confirm(frame[2])
+                elif ftype == F.OK or ftype == F.GET_OK:
+                    fut = self._pending.pop(frame[1], None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(frame)
+                else:
+                    self._dispatch_other(ftype, frame)
+                    if self.closed_error is not None:
+                        return
+        except Exception as exc:  # a malformed frame from the broker: nothing sane to do
+            log.exception("wharf: cannot handle a frame from the broker")
+            self.fail(FrameError(f"malformed frame from the broker: {exc!r}"))
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f": {exc}" if exc is not None else " (closed by the broker)"
+        self.fail(ConnectionLost(f"connection to the broker lost{reason}"))
+        self._transport = None
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_drain_waiters()
+
+    # -- dispatch ------------------------------------------------------------------
+
+    def _dispatch_other(self, ftype: int, frame: list[Any]) -> None:
+        if ftype == F.PUBLISH_NACK:
+            self.confirms.nack(frame[2], frame[3], frame[4])
+        elif ftype == F.RETURN:
+            seq, code, reason, exchange, routing_key, props, body = frame[2:9]
+            if seq:
+                self.confirms.returned(seq, code, reason, exchange, routing_key, props, body)
+            else:
+                log.warning(
+                    "wharf: unroutable message to exchange %r, routing key %r returned "
+                    "(publish with confirm=True to get wharf.Unroutable raised)",
+                    exchange,
+                    routing_key,
+                )
+        elif ftype == F.ERROR:
+            self._on_error(frame)
+        elif ftype == F.CANCELLED:
+            tag = frame[2]
+            sink = self._consumers.pop(tag, None)
+            if sink is not None:
+                self._drop_ack_id(sink)
+                sink.on_cancelled(
+                    error_from_code(
+                        frame[3],
+                        f"consumer '{tag}' cancelled by the broker: {frame[4]}",
+                        {"consumer_tag": tag},
+                    )
+                )
+        elif ftype == F.HEARTBEAT:
+            pass
+        elif ftype == F.HELLO or ftype == F.AUTH_OK:
+            fut = self._handshake
+            if fut is not None and not fut.done():
+                fut.set_result(frame)
+        elif ftype == F.CLOSE:
+            code = frame[2] if len(frame) > 2 else 0
+            reason = frame[3] if len(frame) > 3 else ""
+            self.send(self.encode((F.CLOSE_OK, frame[1])))
+            self.flush()
+            if code:
+                error = error_from_code(code, f"broker closed the connection: {reason}")
+            else:
+                error = ConnectionLost(f"broker closed the connection: {reason or 'no reason'}")
+            self.fail(error)
+        elif ftype == F.CLOSE_OK:
+            self._closed_ok()
+        # Unknown frame types are ignored (forward compatibility).
+
+    def _closed_ok(self) -> None:
+        close_ok = self._close_ok
+        if close_ok is not None and not close_ok.done():
+            close_ok.set_result(None)
+
+    def _on_error(self, frame: list[Any]) -> None:
+        rid = frame[1]
+        fatal = bool(frame[4]) if len(frame) > 4 else False
+        details = frame[5] if len(frame) > 5 and isinstance(frame[5], dict) else None
+        error = error_from_code(frame[2], frame[3], details)
+        if fatal:
+            self.fail(error)
+            return
+        if rid in self._pending:
+            fut = self._pending.pop(rid)
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+            return
+        if self._handshake is not None:  # e.g. a refused AUTH not flagged fatal
+            self.fail(error)
+            return
+        sink = self._sinks_by_ack_id.get(rid)
+        if sink is not None:
+            sink.on_ack_error(error)
+        elif self.stored_error is None:
+            self.stored_error = error
+        else:
+            log.warning("wharf: error from the broker not yet reported: %s", error)
+
+    def _orphan_delivery(self, frame: list[Any]) -> None:
+        """Deliveries for a consumer we do not know (its CONSUME was abandoned):
+        requeue them and cancel that consumer once."""
+        encode = self.encode
+        for entry in frame[3]:
+            self.send(encode((F.NACK, 0, entry[0], False, True)))
+        tag = frame[2]
+        if tag not in self._orphan_tags:
+            self._orphan_tags.add(tag)
+            rid = next(self._rids)
+            self._pending[rid] = None
+            self.send(encode((F.CANCEL, rid, tag)))
+
+    # -- consumers -----------------------------------------------------------------
+
+    def add_consumer(self, tag: str, ack_id: int, sink: DeliverySink) -> None:
+        self._consumers[tag] = sink
+        self._sinks_by_ack_id[ack_id] = sink
+
+    def has_consumer(self, tag: str) -> bool:
+        return tag in self._consumers
+
+    def rename_consumer(self, old_tag: str, new_tag: str) -> None:
+        sink = self._consumers.pop(old_tag, None)
+        if sink is not None:
+            self._consumers[new_tag] = sink
+
+    def remove_consumer(self, tag: str, ack_id: int) -> None:
+        self._consumers.pop(tag, None)
+        self._sinks_by_ack_id.pop(ack_id, None)
+
+    def _drop_ack_id(self, sink: DeliverySink) -> None:
+        for ack_id, s in list(self._sinks_by_ack_id.items()):
+            if s is sink:
+                del self._sinks_by_ack_id[ack_id]
+
+    # -- writing -------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Queue an encoded frame for this loop iteration's write (acks go first)."""
+        if self._ack_dirty:
+            self._encode_acks()
+        self._wbuf.append(data)
+        self._wbuf_bytes += len(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def send_settle(self, frame: tuple[Any, ...]) -> None:
+        if self.closed_error is not None:
+            raise clone_error(self.closed_error)
+        self.send(self.encode(frame))
+
+    def acks_pending(self, channel: AckChannel) -> None:
+        if self.closed_error is not None:
+            raise clone_error(self.closed_error)
+        self._ack_dirty.append(channel)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def _encode_acks(self) -> None:
+        encode = self.encode
+        wbuf = self._wbuf
+        for channel in self._ack_dirty:
+            tags = channel.tags
+            if tags:
+                data = encode((F.ACK_MANY, channel.ack_id, tags))
+                tags.clear()
+                wbuf.append(data)
+                self._wbuf_bytes += len(data)
+        self._ack_dirty.clear()
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if self._ack_dirty:
+            self._encode_acks()
+        buf = self._wbuf
+        if not buf:
+            return
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
+            self._wrote = True
+        buf.clear()
+        self._wbuf_bytes = 0
+
+    def must_wait_writable(self) -> bool:
+        return self._paused or self._wbuf_bytes > MAX_PENDING_WRITE_BYTES
+
+    async def wait_writable(self) -> None:
+        """Backpressure: write out a full buffer, then wait while the transport is paused."""
+        if self._wbuf_bytes > MAX_PENDING_WRITE_BYTES:
+            self.flush()
+        while self._paused and self.closed_error is None:
+            waiter: asyncio.Future[None] = self.loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+        if self.closed_error is not None:
+            raise clone_error(self.closed_error)
+
+    def _wake_drain_waiters(self) -> None:
+        waiters = self._drain_waiters
+        self._drain_waiters = []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- requests ------------------------------------------------------------------
+
+    def check_usable(self) -> None:
+        """Raise the connection's close error, or a stored error from an earlier frame."""
+        if self.closed_error is not None:
+            raise clone_error(self.closed_error)
+        if self.stored_error is not None:
+            error = self.stored_error
+            self.stored_error = None
+            raise error
+
+    def new_request_id(self) -> int:
+        return next(self._rids)
+
+    def start_request(
+        self, ftype: int, *fields: Any, rid: int = 0
+    ) -> tuple[int, asyncio.Future[list[Any]]]:
+        """Send a request now; returns its id and the future of the response frame."""
+        if self.closed_error is not None:
+            raise clone_error(self.closed_error)
+        if not rid:
+            rid = next(self._rids)
+        fut: asyncio.Future[list[Any]] = self.loop.create_future()
+        self._pending[rid] = fut
+        self.send(self.encode((ftype, rid, *fields)))
+        return rid, fut
+
+    async def request(self, ftype: int, *fields: Any, check_after: bool = True) -> list[Any]:
+        """Send a request and wait for its OK/GET_OK frame (ERROR raises)."""
+        self.check_usable()
+        if self._paused or self._wbuf_bytes > MAX_PENDING_WRITE_BYTES:
+            await self.wait_writable()
+        rid, fut = self.start_request(ftype, *fields)
+        try:
+            frame = await fut
+        except asyncio.CancelledError:
+            self.abandon_request(rid)
+            raise
+        if check_after and self.stored_error is not None:
+            # The broker handles frames in order, so an error caused by something sent
+            # before this request (a bad ack) has arrived by now: report it here.
+            self.check_usable()
+        return frame
+
+    def abandon_request(self, rid: int) -> None:
+        """Nobody waits for this request any more: drop its answer when it comes."""
+        if rid in self._pending:
+            self._pending[rid] = None
+
+    # -- handshake, heartbeats, close ----------------------------------------------
+
+    async def handshake(
+        self, username: str, password: str, heartbeat_s: int, client_properties: dict[str, Any]
+    ) -> None:
+        assert self._handshake is not None
+        hello = await self._handshake
+        version, server, max_frame, max_message = hello[2:6]
+        mechanisms = hello[7] if len(hello) > 7 else ["PLAIN"]
+        if version != F.PROTOCOL_VERSION:
+            raise ProtocolMismatch(
+                f"broker speaks protocol version {version}; this SDK speaks {F.PROTOCOL_VERSION}"
+            )
+        if "PLAIN" not in mechanisms:
+            raise AccessRefused(f"broker offers auth mechanisms {mechanisms}; the SDK needs PLAIN")
+        self.server_name = server
+        # A broker that states no limit (0) gets the codec's default frame limit.
+        self.max_frame_bytes = max_frame if max_frame > 0 else DEFAULT_MAX_FRAME_BYTES
+        self.max_message_bytes = max_message if max_message > 0 else self.max_frame_bytes
+        self._handshake = self.loop.create_future()
+        rid = next(self._rids)
+        self.send(
+            self.encode((F.AUTH, rid, "PLAIN", username, password, heartbeat_s, client_properties))
+        )
+        auth_ok = await self._handshake
+        self._handshake = None
+        self.connection_id = auth_ok[2]
+        self.heartbeat_s = auth_ok[3]
+        props = auth_ok[4] if len(auth_ok) > 4 else None
+        self.server_properties = props if isinstance(props, dict) else {}
+        if self.heartbeat_s > 0:
+            self._heartbeat = self.loop.call_later(self.heartbeat_s / 2, self._heartbeat_tick)
+
+    def _heartbeat_tick(self) -> None:
+        if self.closed_error is not None:
+            return
+        if self._received:
+            self._received = False
+            self._silent_ticks = 0
+        else:
+            self._silent_ticks += 1
+            if self._silent_ticks >= SILENT_TICKS_BEFORE_TIMEOUT:
+                self.fail(
+                    HeartbeatTimeout(
+                        f"no frame from the broker for {2 * self.heartbeat_s} s "
+                        f"(heartbeat {self.heartbeat_s} s)"
+                    )
+                )
+                return
+        if not self._wrote and not self._wbuf and self._transport is not None:
+            # Written directly, so it does not count as traffic for the next tick.
+            self._transport.write(_HEARTBEAT_FRAME)
+        self._wrote = False
+        self._heartbeat = self.loop.call_later(self.heartbeat_s / 2, self._heartbeat_tick)
+
+    async def close(self, timeout_s: float) -> None:
+        """Send CLOSE, wait for CLOSE_OK and the socket to close (one timeout budget)."""
+        if self.closed_error is None and self._close_ok is None:
+            self._close_ok = self.loop.create_future()
+            self.send(self.encode((F.CLOSE, next(self._rids), 0, "client closed the connection")))
+        try:
+            async with asyncio.timeout(timeout_s):
+                if self._close_ok is not None:
+                    await asyncio.shield(self._close_ok)
+                self.fail(ConnectionLost("the connection was closed by the client"))
+                await asyncio.shield(self._lost)
+        except TimeoutError:
+            self.abort(ConnectionLost("the connection was closed by the client"))
+
+    def abort(self, error: WharfError) -> None:
+        self.fail(error)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def fail(self, error: WharfError) -> None:
+        """The connection is unusable: close the socket, fail everything waiting on it."""
+        if self.closed_error is not None:
+            return
+        self.closed_error = error
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        self.flush()  # a CLOSE_OK we owe, or our CLOSE, goes out before the socket closes
+        for channel in self._ack_dirty:
+            channel.tags.clear()
+        self._ack_dirty.clear()
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(clone_error(error))
+        if self._close_ok is not None and not self._close_ok.done():
+            self._close_ok.set_result(None)
+        pending = list(self._pending.values())
+        self._pending.clear()
+        for fut in pending:
+            if fut is not None and not fut.done():
+                fut.set_exception(clone_error(error))
+        self.confirms.fail_all(error)
+        sinks = list(self._consumers.values())
+        sinks.extend(s for s in self._sinks_by_ack_id.values() if s not in sinks)
+        self._consumers.clear()
+        self._sinks_by_ack_id.clear()
+        for sink in sinks:
+            sink.on_connection_lost(clone_error(error))
+        self._wake_drain_waiters()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+        elif self._transport is None and not self._lost.done():
+            self._lost.set_result(None)

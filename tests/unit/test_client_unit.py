@@ -1,0 +1,649 @@
+"""SDK logic without sockets: URLs, properties, confirm bookkeeping, and the connection
+core driven through a fake transport (broker frames in, client frames out)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+import wharf
+from wharf.confirms import ConfirmTracker
+from wharf.connection import Connection
+from wharf.core import ConnectionCore
+from wharf.message import build_properties, messages_from_entries
+from wharf.protocol import frames as F
+from wharf.protocol.codec import FrameDecoder, encode_array
+from wharf.protocol.errors import ERRORS_BY_CODE
+from wharf.url import parse_url
+
+# -- URL ---------------------------------------------------------------------------------
+
+
+def test_url_defaults() -> None:
+    p = parse_url("wharf://")
+    assert (p.host, p.port, p.username, p.password) == ("127.0.0.1", 5680, "guest", "guest")
+
+
+def test_url_full_and_percent_decoded() -> None:
+    p = parse_url("wharf://us%40er:p%3Ass%2Fw@broker.example:7000")
+    assert (p.host, p.port, p.username, p.password) == ("broker.example", 7000, "us@er", "p:ss/w")
+
+
+def test_url_default_port_and_ipv6() -> None:
+    assert parse_url("wharf://a:b@myhost").port == 5680
+    assert parse_url("wharf://a:b@[::1]:5681").host == "::1"
+    assert parse_url("wharf://a:b@host/").host == "host"
+
+
+def test_url_user_without_password() -> None:
+    p = parse_url("wharf://alice@host")
+    assert (p.username, p.password) == ("alice", "")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "amqp://guest:guest@host",
+        "host:5680",
+        "wharf://h:notaport",
+        "wharf://h/vhost",
+        "wharf://h?x=1",
+    ],
+)
+def test_url_rejects(url: str) -> None:
+    with pytest.raises(wharf.InvalidArgument):
+        parse_url(url)
+
+
+def test_url_error_hides_password() -> None:
+    with pytest.raises(wharf.InvalidArgument) as info:
+        parse_url("amqp://bob:s3cret@host")
+    assert "s3cret" not in str(info.value)
+
+
+# -- properties and messages -------------------------------------------------------------
+
+
+def _props(**kw: Any) -> dict[str, Any] | None:
+    names = ["headers", "content_type", "content_encoding", "message_id", "correlation_id"]
+    names += ["reply_to", "timestamp", "type", "app_id", "user_id", "priority", "expiration"]
+    args: dict[str, Any] = dict.fromkeys(names)
+    args["persistent"] = False
+    args.update(kw)
+    return build_properties(**args)
+
+
+def test_properties_empty_is_nil() -> None:
+    assert _props() is None
+
+
+def test_properties_only_set_keys() -> None:
+    assert _props(message_id="1", persistent=True, priority=0) == {
+        "message_id": "1",
+        "persistent": True,
+        "priority": 0,
+    }
+    assert _props(persistent=False, headers={}) == {"headers": {}}
+
+
+def test_properties_timestamp_datetime_to_epoch_ms() -> None:
+    ts = datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    assert _props(timestamp=ts) == {"timestamp": int(ts.timestamp() * 1000)}
+    assert _props(timestamp=1234) == {"timestamp": 1234}
+
+
+def test_message_from_entries() -> None:
+    props = {"headers": {"k": "v"}, "message_id": "m1", "persistent": True, "x-new": 1}
+    entries = [
+        [7, True, 3, "ex", "rk", props, b"body"],
+        [8, False, 1, "", "q", None, b"", "a future field"],
+    ]
+    first, second = messages_from_entries(entries, None)
+    assert (first.delivery_tag, first.redelivered, first.delivery_count) == (7, True, 3)
+    assert (first.exchange, first.routing_key, first.body) == ("ex", "rk", b"body")
+    assert first.headers == {"k": "v"} and first.message_id == "m1" and first.persistent
+    assert first.properties is not None and first.properties["x-new"] == 1
+    assert second.headers == {} and second.message_id is None and not second.persistent
+    assert second.delivery_tag == 8 and second.body == b""
+
+
+def test_every_error_class_is_exported() -> None:
+    for cls in ERRORS_BY_CODE.values():
+        assert getattr(wharf, cls.__name__) is cls
+    assert wharf.Unroutable.code == 312 and issubclass(wharf.Unroutable, wharf.WharfError)
+
+
+# -- confirm tracker -----------------------------------------------------------------------
+
+
+def _future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
+
+
+async def test_confirms_cumulative_over_batches() -> None:
+    t = ConfirmTracker()
+    a, b, c = _future(), _future(), _future()
+    assert t.add(1, a) == 1
+    assert t.add(3, b) == 2
+    assert t.add(1, c) == 5
+    t.confirm(3)
+    assert a.done() and not b.done() and not c.done()
+    t.confirm(5)
+    assert b.result() is None and c.result() is None
+    assert len(t) == 0
+
+
+async def test_confirms_stale_up_to_is_ignored() -> None:
+    t = ConfirmTracker()
+    a = _future()
+    t.add(2, a)
+    t.confirm(1)
+    t.confirm(0)
+    assert not a.done()
+    t.confirm(2)
+    assert a.done()
+
+
+async def test_nack_of_single_publish_resolves_without_confirm() -> None:
+    t = ConfirmTracker()
+    a, b = _future(), _future()
+    t.add(1, a)
+    t.add(1, b)
+    t.nack(1, 404, "no exchange 'x'")
+    with pytest.raises(wharf.NotFound) as info:
+        a.result()
+    assert info.value.details["seq"] == 1
+    assert not b.done() and len(t) == 1
+    t.confirm(2)
+    assert b.result() is None
+
+
+async def test_nack_later_batch_first_then_confirm_earlier() -> None:
+    t = ConfirmTracker()
+    a, b = _future(), _future()
+    t.add(1, a)
+    t.add(1, b)
+    t.nack(2, 311, "too large")
+    assert b.done() and not a.done()
+    t.confirm(1)
+    assert a.result() is None and len(t) == 0
+
+
+async def test_batch_with_a_nack_fails_with_indexes() -> None:
+    t = ConfirmTracker()
+    a = _future()
+    first = t.add(4, a)
+    t.nack(first + 2, 400, "bad priority")
+    assert not a.done()
+    t.confirm(first + 3)
+    with pytest.raises(wharf.InvalidArgument) as info:
+        a.result()
+    assert info.value.details["failed_indexes"] == [2]
+    assert info.value.details["failed_seqs"] == [first + 2]
+    assert info.value.details["count"] == 4
+
+
+async def test_whole_batch_nacked_resolves_at_once() -> None:
+    t = ConfirmTracker()
+    a = _future()
+    t.add(3, a)
+    for seq in (1, 2, 3):
+        t.nack(seq, 404, "no exchange")
+    with pytest.raises(wharf.NotFound) as info:
+        a.result()
+    assert info.value.details["failed_indexes"] == [0, 1, 2]
+    assert len(t) == 0
+
+
+async def test_return_then_confirm_raises_unroutable_with_message() -> None:
+    t = ConfirmTracker()
+    a = _future()
+    t.add(1, a)
+    t.returned(1, 312, "NO_ROUTE", "orders", "eu.x", {"message_id": "9"}, b"payload")
+    assert not a.done()
+    t.confirm(1)
+    with pytest.raises(wharf.Unroutable) as info:
+        a.result()
+    d = info.value.details
+    assert (d["exchange"], d["routing_key"], d["body"]) == ("orders", "eu.x", b"payload")
+    assert d["properties"] == {"message_id": "9"}
+
+
+async def test_confirm_skips_cancelled_publisher() -> None:
+    t = ConfirmTracker()
+    a, b = _future(), _future()
+    t.add(1, a)
+    t.add(1, b)
+    a.cancel()
+    t.confirm(2)
+    assert b.result() is None
+
+
+async def test_fail_all() -> None:
+    t = ConfirmTracker()
+    a, b = _future(), _future()
+    t.add(1, a)
+    t.add(2, b)
+    t.fail_all(wharf.ConnectionLost("gone"))
+    for f in (a, b):
+        with pytest.raises(wharf.ConnectionLost):
+            f.result()
+    assert len(t) == 0
+
+
+async def test_nack_for_unknown_seq_is_ignored() -> None:
+    t = ConfirmTracker()
+    a = _future()
+    t.add(1, a)
+    t.nack(99, 404, "x")
+    t.returned(42, 312, "NO_ROUTE", "", "", None, b"")
+    t.confirm(1)
+    assert a.result() is None
+
+
+# -- the connection core over a fake transport ------------------------------------------
+
+
+class FakeTransport(asyncio.Transport):
+    """Records writes; closing reports connection_lost on the next loop iteration."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.loop = loop
+        self.writes: list[bytes] = []
+        self.closing = False
+        self.protocol: ConnectionCore | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            assert self.protocol is not None
+            self.loop.call_soon(self.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+
+class Peer:
+    """The broker side: feeds frames to the core, decodes what the core wrote."""
+
+    def __init__(self, core: ConnectionCore, transport: FakeTransport) -> None:
+        self.core = core
+        self.transport = transport
+        self.decoder = FrameDecoder(expect_handshake=True, use_list=True)
+        self.read = 0
+
+    def send(self, *frame: Any) -> None:
+        self.core.data_received(encode_array(frame))
+
+    def frames(self) -> list[list[Any]]:
+        """Frames the client wrote since the last call."""
+        out: list[list[Any]] = []
+        for data in self.transport.writes[self.read :]:
+            out.extend(self.decoder.feed(data))
+        self.read = len(self.transport.writes)
+        return out
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def open_connection(
+    heartbeat_s: int = 0, max_frame_bytes: int = 1 << 20
+) -> tuple[Connection, Peer]:
+    loop = asyncio.get_running_loop()
+    core = ConnectionCore(loop)
+    transport = FakeTransport(loop)
+    transport.protocol = core
+    core.connection_made(transport)
+    peer = Peer(core, transport)
+    task = loop.create_task(core.handshake("guest", "guest", heartbeat_s, {}))
+    peer.send(F.HELLO, 0, 1, "wharf", max_frame_bytes, 1 << 19, 60, ["PLAIN"])
+    await settle()
+    (auth,) = peer.frames()
+    assert auth[:5] == [F.AUTH, auth[1], "PLAIN", "guest", "guest"]
+    peer.send(F.AUTH_OK, auth[1], "conn-1", heartbeat_s, {"product": "wharf"})
+    await task
+    return Connection(core, "fake", 5680), peer
+
+
+async def test_handshake_refused() -> None:
+    loop = asyncio.get_running_loop()
+    core = ConnectionCore(loop)
+    transport = FakeTransport(loop)
+    transport.protocol = core
+    core.connection_made(transport)
+    peer = Peer(core, transport)
+    task = loop.create_task(core.handshake("guest", "nope", 60, {}))
+    peer.send(F.HELLO, 0, 1, "wharf", 1 << 20, 1 << 19, 60, ["PLAIN"])
+    await settle()
+    peer.send(F.ERROR, 0, 403, "bad credentials", True, None)
+    with pytest.raises(wharf.AccessRefused):
+        await task
+    assert transport.closing
+
+
+async def test_request_ok_error_and_still_usable() -> None:
+    conn, peer = await open_connection()
+    declare = asyncio.ensure_future(conn.declare_queue("q1", durable=True))
+    await settle()
+    (frame,) = peer.frames()
+    assert frame == [F.QUEUE_DECLARE, frame[1], "q1", True, False, False, False, None]
+    peer.send(F.OK, frame[1], {"queue": "q1", "messages": 3, "consumers": 1})
+    assert await declare == wharf.QueueInfo("q1", 3, 1)
+
+    purge = asyncio.ensure_future(conn.purge_queue("nope"))
+    await settle()
+    (frame,) = peer.frames()
+    peer.send(F.ERROR, frame[1], 404, "no queue 'nope'", False, {"queue": "nope"})
+    with pytest.raises(wharf.NotFound) as info:
+        await purge
+    assert info.value.code == 404 and info.value.details == {"queue": "nope"}
+
+    delete = asyncio.ensure_future(conn.delete_queue("q1"))
+    await settle()
+    (frame,) = peer.frames()
+    peer.send(F.OK, frame[1], {"messages": 5})
+    assert await delete == 5
+
+
+async def test_writes_are_coalesced_per_iteration() -> None:
+    conn, peer = await open_connection()
+    before = len(peer.transport.writes)
+    for i in range(10):
+        await conn.publish("ex", "rk", b"m%d" % i, confirm=False)
+    assert len(peer.transport.writes) == before
+    await settle()
+    assert len(peer.transport.writes) == before + 1
+    frames = peer.frames()
+    assert [f[0] for f in frames] == [F.PUBLISH] * 10
+    assert frames[0] == [F.PUBLISH, 0, "ex", "rk", None, b"m0", 0]
+
+
+async def test_publish_confirm_and_properties() -> None:
+    conn, peer = await open_connection()
+    pub = asyncio.ensure_future(
+        conn.publish("ex", "rk", b"x", message_id="1", persistent=True, mandatory=True)
+    )
+    await settle()
+    (frame,) = peer.frames()
+    assert frame == [
+        F.PUBLISH, 1, "ex", "rk", {"message_id": "1", "persistent": True}, b"x", F.FLAG_MANDATORY,
+    ]  # fmt: skip
+    assert not pub.done()
+    peer.send(F.CONFIRM, 0, 1)
+    await pub
+
+
+async def test_publish_many_one_frame_consecutive_seqs() -> None:
+    conn, peer = await open_connection()
+    first = asyncio.ensure_future(conn.publish_many("ex", "rk", [b"a", b"b", b"c"]))
+    second = asyncio.ensure_future(conn.publish("ex", "rk", b"d"))
+    await settle()
+    frames = peer.frames()
+    assert frames[0] == [F.PUBLISH_MANY, 1, "ex", "rk", None, [b"a", b"b", b"c"], 0]
+    assert frames[1][:2] == [F.PUBLISH, 4]
+    peer.send(F.RETURN, 0, 2, 312, "NO_ROUTE", "ex", "rk", None, b"b")
+    peer.send(F.CONFIRM, 0, 4)
+    with pytest.raises(wharf.Unroutable) as info:
+        await first
+    assert info.value.details["failed_indexes"] == [1]
+    await second
+    await conn.publish_many("ex", "rk", [])  # empty: returns at once
+
+
+async def test_publish_many_split_over_frame_limit() -> None:
+    conn, peer = await open_connection(max_frame_bytes=200 * 1024)
+    bodies = [bytes(60 * 1024)] * 5
+    pub = asyncio.ensure_future(conn.publish_many("ex", "rk", bodies))
+    await settle()
+    frames = peer.frames()
+    assert len(frames) > 1
+    assert [f[1] for f in frames] == [
+        1 + sum(len(g[5]) for g in frames[:i]) for i in range(len(frames))
+    ]
+    assert sum(len(f[5]) for f in frames) == 5
+    peer.send(F.CONFIRM, 0, 5)
+    await pub
+
+
+async def test_publish_waits_while_transport_paused() -> None:
+    conn, peer = await open_connection()
+    conn._core.pause_writing()
+    pub = asyncio.ensure_future(conn.publish("ex", "rk", b"x", confirm=False))
+    await settle()
+    assert not pub.done() and peer.frames() == []
+    conn._core.resume_writing()
+    await pub
+    await settle()
+    assert [f[0] for f in peer.frames()] == [F.PUBLISH]
+
+
+async def test_body_over_broker_limit_is_refused_locally() -> None:
+    conn, _ = await open_connection()
+    with pytest.raises(wharf.ContentTooLarge):
+        await conn.publish("ex", "rk", bytes((1 << 19) + 1))
+
+
+async def start_consumer(
+    conn: Connection, peer: Peer, **kw: Any
+) -> tuple[wharf.Consumer, list[Any]]:
+    consumer = conn.consume("q", **kw)
+    start = asyncio.ensure_future(consumer.__aenter__())
+    await settle()
+    (frame,) = peer.frames()
+    assert frame[0] == F.CONSUME
+    peer.send(F.OK, frame[1], {"consumer_tag": frame[3]})
+    assert await start is consumer
+    return consumer, frame
+
+
+def entry(tag: int, body: bytes = b"m", count: int = 1) -> list[Any]:
+    return [tag, count > 1, count, "ex", "rk", None, body]
+
+
+async def test_acks_coalesced_and_flushed_before_nack() -> None:
+    conn, peer = await open_connection()
+    consumer, consume = await start_consumer(conn, peer, prefetch=10)
+    ack_id, tag = consume[1], consume[3]
+    assert consume == [F.CONSUME, ack_id, "q", tag, 10, False, False, None]
+    peer.send(F.DELIVER, 0, tag, [entry(1), entry(2), entry(3), entry(4)])
+    got = [await consumer.__anext__() for _ in range(4)]
+    assert [m.delivery_tag for m in got] == [1, 2, 3, 4]
+    await got[0].ack()
+    await got[1].ack()
+    await got[2].nack(requeue=False)
+    await got[3].ack()
+    await settle()
+    assert peer.frames() == [
+        [F.ACK_MANY, ack_id, [1, 2]],
+        [F.NACK, ack_id, 3, False, False],
+        [F.ACK_MANY, ack_id, [4]],
+    ]
+
+
+async def test_consumer_wait_for_timeout_loses_nothing() -> None:
+    conn, peer = await open_connection()
+    consumer, consume = await start_consumer(conn, peer)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(consumer.__anext__(), 0.01)
+    peer.send(F.DELIVER, 0, consume[3], [entry(1, b"a")])
+    msg = await asyncio.wait_for(consumer.__anext__(), 1)
+    assert msg.body == b"a"
+
+
+async def test_consumer_cancel_requeues_unyielded() -> None:
+    conn, peer = await open_connection()
+    consumer, consume = await start_consumer(conn, peer)
+    peer.send(F.DELIVER, 0, consume[3], [entry(1), entry(2), entry(3)])
+    first = await consumer.__anext__()
+    await first.ack()
+    cancel = asyncio.ensure_future(consumer.cancel())
+    await settle()
+    frames = peer.frames()
+    assert frames[0] == [F.ACK_MANY, consume[1], [1]]
+    assert frames[1][0] == F.CANCEL and frames[1][2] == consume[3]
+    peer.send(F.OK, frames[1][1], {"consumer_tag": consume[3]})
+    await cancel
+    await settle()
+    assert peer.frames() == [
+        [F.NACK, consume[1], 2, False, True],
+        [F.NACK, consume[1], 3, False, True],
+    ]
+    with pytest.raises(StopAsyncIteration):
+        await consumer.__anext__()
+
+
+async def test_server_cancel_raises_after_buffer_then_stops() -> None:
+    conn, peer = await open_connection()
+    consumer, consume = await start_consumer(conn, peer)
+    peer.send(F.DELIVER, 0, consume[3], [entry(1)])
+    peer.send(F.CANCELLED, 0, consume[3], 404, "queue deleted")
+    assert (await consumer.__anext__()).delivery_tag == 1
+    with pytest.raises(wharf.NotFound):
+        await consumer.__anext__()
+    with pytest.raises(StopAsyncIteration):
+        await consumer.__anext__()
+
+
+async def test_ack_error_routed_to_consumer_once() -> None:
+    conn, peer = await open_connection()
+    consumer, consume = await start_consumer(conn, peer)
+    peer.send(F.DELIVER, 0, consume[3], [entry(1), entry(2)])
+    peer.send(F.ERROR, consume[1], 407, "unknown delivery tag 9", False, {"delivery_tag": 9})
+    with pytest.raises(wharf.UnknownDeliveryTag):
+        await consumer.__anext__()
+    assert (await consumer.__anext__()).delivery_tag == 1
+    assert (await consumer.__anext__()).delivery_tag == 2
+
+
+async def test_get_ack_error_raised_from_next_request() -> None:
+    conn, peer = await open_connection()
+    get = asyncio.ensure_future(conn.get("q"))
+    await settle()
+    (frame,) = peer.frames()
+    assert frame == [F.GET, frame[1], "q", False]
+    peer.send(F.GET_OK, frame[1], entry(5, b"g"), 0)
+    msg = await get
+    assert msg is not None and msg.body == b"g"
+    await msg.ack()
+    await settle()
+    assert peer.frames() == [[F.ACK_MANY, 0, [5]]]
+    peer.send(F.ERROR, 0, 407, "unknown delivery tag 5", False, None)
+    with pytest.raises(wharf.UnknownDeliveryTag):
+        await conn.purge_queue("q")
+    purge = asyncio.ensure_future(conn.purge_queue("q"))
+    await settle()
+    (frame,) = peer.frames()
+    peer.send(F.OK, frame[1], {"messages": 0})
+    assert await purge == 0
+
+
+async def test_get_empty_queue() -> None:
+    conn, peer = await open_connection()
+    get = asyncio.ensure_future(conn.get("q", no_ack=True))
+    await settle()
+    (frame,) = peer.frames()
+    peer.send(F.GET_OK, frame[1], None, 0)
+    assert await get is None
+
+
+async def test_fatal_error_fails_everything() -> None:
+    conn, peer = await open_connection()
+    consumer, _ = await start_consumer(conn, peer)
+    pending = asyncio.ensure_future(conn.declare_exchange("x", "topic"))
+    pub = asyncio.ensure_future(conn.publish("x", "k", b"b"))
+    await settle()
+    peer.send(F.ERROR, 0, 320, "broker shutting down", True, None)
+    for fut in (pending, pub):
+        with pytest.raises(wharf.ConnectionForced):
+            await fut
+    with pytest.raises(wharf.ConnectionForced):
+        await consumer.__anext__()
+    assert conn.is_closed
+    with pytest.raises(wharf.ConnectionForced):
+        await conn.purge_queue("q")
+    await conn.close()
+
+
+async def test_server_close_answered_with_close_ok() -> None:
+    conn, peer = await open_connection()
+    peer.send(F.CLOSE, 9, 320, "maintenance")
+    assert peer.frames() == [[F.CLOSE_OK, 9]]
+    assert peer.transport.closing
+    with pytest.raises(wharf.ConnectionForced):
+        await conn.publish("x", "k", b"b")
+
+
+async def test_client_close_sends_close_and_is_idempotent() -> None:
+    conn, peer = await open_connection()
+    closing = asyncio.ensure_future(conn.close())
+    await settle()
+    (frame,) = peer.frames()
+    assert frame[0] == F.CLOSE
+    peer.send(F.CLOSE_OK, frame[1])
+    await closing
+    assert conn.is_closed and peer.transport.closing
+    await conn.close()
+    with pytest.raises(wharf.ConnectionLost):
+        await conn.declare_queue("q")
+
+
+async def test_heartbeat_sent_when_idle_and_timeout_when_silent() -> None:
+    conn, peer = await open_connection(heartbeat_s=10)
+    core = conn._core
+    peer.frames()
+    core._heartbeat_tick()  # the AUTH frame and AUTH_OK count as traffic in this window
+    assert peer.frames() == []
+    core._heartbeat_tick()  # silent 1
+    assert peer.frames() == [[F.HEARTBEAT, 0]]
+    core._heartbeat_tick()  # silent 2: a heartbeat every tick while idle
+    assert peer.frames() == [[F.HEARTBEAT, 0]]
+    peer.send(F.HEARTBEAT, 0)
+    for _ in range(4):  # received resets the count; then 4 silent ticks = 2 heartbeats
+        assert not conn.is_closed
+        core._heartbeat_tick()
+    assert not conn.is_closed
+    core._heartbeat_tick()
+    assert conn.is_closed
+    with pytest.raises(wharf.HeartbeatTimeout):
+        await conn.declare_queue("q")
+
+
+async def test_rpc_round_trip_and_timeout() -> None:
+    conn, peer = await open_connection()
+    call = asyncio.ensure_future(conn.rpc("", "rpc-q", b"req", timeout=5))
+    await settle()
+    (declare,) = peer.frames()
+    assert declare[0] == F.QUEUE_DECLARE and declare[2:7] == ["", False, True, True, False]
+    peer.send(F.OK, declare[1], {"queue": "amq.gen-1", "messages": 0, "consumers": 0})
+    await settle()
+    (consume,) = peer.frames()
+    assert consume[0] == F.CONSUME and consume[2] == "amq.gen-1" and consume[5] is True
+    peer.send(F.OK, consume[1], {"consumer_tag": consume[3]})
+    await settle()
+    (publish,) = peer.frames()
+    props = publish[4]
+    assert publish[0] == F.PUBLISH and props["reply_to"] == "amq.gen-1"
+    peer.send(F.CONFIRM, 0, publish[1])
+    reply = [1, False, 1, "", "amq.gen-1", {"correlation_id": props["correlation_id"]}, b"resp"]
+    peer.send(F.DELIVER, 0, consume[3], [reply])
+    assert (await call).body == b"resp"
+
+    with pytest.raises(TimeoutError):
+        await conn.rpc("", "rpc-q", b"req", timeout=0.05)
+    assert conn._rpc is not None and conn._rpc.waiters == {}
