@@ -77,6 +77,7 @@ class Broker:
         self._http: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._lock_file: IO[str] | None = None
+        self.data_path = settings.data_dir
         self._closed_waiters: set[asyncio.Future[None]] = set()
 
     @property
@@ -110,6 +111,7 @@ class Broker:
         f.write(f"{os.getpid()}\n")
         f.flush()
         self._lock_file = f
+        self.data_path = str(data_dir.resolve())
 
     async def start(self) -> None:
         s = self.settings
@@ -131,7 +133,7 @@ class Broker:
             self.port,
             http_host,
             self.http_port,
-            os.path.abspath(s.data_dir),
+            self.data_path,
         )
 
     async def _tick_loop(self) -> None:

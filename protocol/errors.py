@@ -9,7 +9,7 @@ the exception classes are generated from it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Final, NamedTuple
+from typing import Any, ClassVar, Final, NamedTuple, cast
 
 
 class ErrorSpec(NamedTuple):
@@ -61,11 +61,14 @@ class WharfError(Exception):
 
 
 def _make(spec: ErrorSpec) -> type[WharfError]:
-    cls = type(spec.name, (WharfError,), {"__doc__": spec.doc})
-    cls.code = spec.code
-    cls.fatal = spec.fatal
-    cls.retriable = spec.retriable
-    return cls
+    namespace = {
+        "__doc__": spec.doc,
+        "__module__": __name__,
+        "code": spec.code,
+        "fatal": spec.fatal,
+        "retriable": spec.retriable,
+    }
+    return cast("type[WharfError]", type(spec.name, (WharfError,), namespace))
 
 
 ERRORS_BY_CODE: Final[dict[int, type[WharfError]]] = {s.code: _make(s) for s in ERROR_TABLE}

@@ -12,6 +12,7 @@ required ones may be omitted by the sender (the defaults below apply).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 from .errors import NotImplementedByBroker, ProtocolSyntaxError
@@ -61,8 +62,18 @@ FLAG_MANDATORY: Final = 0x01
 
 # Message property keys (the ``properties`` map).  Unknown keys are carried through.
 PROPERTY_KEYS: Final = (
-    "headers", "content_type", "content_encoding", "message_id", "correlation_id",
-    "reply_to", "timestamp", "type", "app_id", "user_id", "persistent", "priority",
+    "headers",
+    "content_type",
+    "content_encoding",
+    "message_id",
+    "correlation_id",
+    "reply_to",
+    "timestamp",
+    "type",
+    "app_id",
+    "user_id",
+    "persistent",
+    "priority",
     "expiration",
 )
 
@@ -319,10 +330,38 @@ class AckMany(NamedTuple):
 
 
 Frame = (
-    Error | Hello | Auth | AuthOk | Heartbeat | Close | CloseOk | Ok | ExchangeDeclare
-    | ExchangeDelete | ExchangeBind | ExchangeUnbind | QueueDeclare | QueueBind | QueueUnbind
-    | QueuePurge | QueueDelete | Publish | PublishMany | Confirm | PublishNack | Return
-    | Consume | Cancel | Cancelled | Deliver | Get | GetOk | Ack | Nack | Reject | AckMany
+    Error
+    | Hello
+    | Auth
+    | AuthOk
+    | Heartbeat
+    | Close
+    | CloseOk
+    | Ok
+    | ExchangeDeclare
+    | ExchangeDelete
+    | ExchangeBind
+    | ExchangeUnbind
+    | QueueDeclare
+    | QueueBind
+    | QueueUnbind
+    | QueuePurge
+    | QueueDelete
+    | Publish
+    | PublishMany
+    | Confirm
+    | PublishNack
+    | Return
+    | Consume
+    | Cancel
+    | Cancelled
+    | Deliver
+    | Get
+    | GetOk
+    | Ack
+    | Nack
+    | Reject
+    | AckMany
 )
 
 
@@ -370,7 +409,7 @@ class _Spec(NamedTuple):
 
 
 # Accepted Python types per field (after msgpack decoding), in field order.
-_FIELD_TYPES: dict[type, tuple[tuple[type, ...], ...]] = {
+_FIELD_TYPES: dict[Any, tuple[tuple[type, ...], ...]] = {
     Error: (_INT, _INT, _STR, _BOOL, _OPT_MAP),
     Hello: (_INT, _INT, _STR, _INT, _INT, _INT, _LIST),
     Auth: (_INT, _STR, _STR, _STR, _INT, _OPT_MAP),
@@ -409,16 +448,56 @@ _FIELD_TYPES: dict[type, tuple[tuple[type, ...], ...]] = {
 def _build_specs() -> dict[int, _Spec]:
     specs: dict[int, _Spec] = {}
     for cls, types in _FIELD_TYPES.items():
-        fields = cls._fields
+        fields: tuple[str, ...] = cls._fields
+        field_defaults: dict[str, Any] = cls._field_defaults
         assert len(fields) == len(types), cls
-        defaults = tuple(cls._field_defaults.get(f) for f in fields)
-        required = sum(1 for f in fields if f not in cls._field_defaults)
+        defaults = tuple(field_defaults.get(f) for f in fields)
+        required = len([f for f in fields if f not in field_defaults])
         specs[TYPE_OF[cls]] = _Spec(cls, types, required, defaults)
     return specs
 
 
 SPECS: Final[dict[int, _Spec]] = _build_specs()
 FRAME_NAMES: Final[dict[int, str]] = {t: s.cls.__name__ for t, s in SPECS.items()}
+
+
+def _is_delivery(entry: Any) -> bool:
+    # [delivery_tag, redelivered, delivery_count, exchange, routing_key, properties, body, ...]
+    return (
+        type(entry) in _LIST
+        and len(entry) >= 7
+        and type(entry[0]) is int
+        and type(entry[1]) is bool
+        and type(entry[2]) is int
+        and type(entry[3]) is str
+        and type(entry[4]) is str
+        and (entry[5] is None or type(entry[5]) is dict)
+        and type(entry[6]) is bytes
+    )
+
+
+def _all_strs(items: Any) -> bool:
+    return all(type(item) is str for item in items)
+
+
+def _all_deliveries(items: Any) -> bool:
+    return all(_is_delivery(item) for item in items)
+
+
+def _delivery_or_nil(item: Any) -> bool:
+    return item is None or _is_delivery(item)
+
+
+# Element checks for array fields, by frame type: (field index, check, what it must hold).
+# Without them a list of the wrong things would pass parse() and fail in the receiver.
+# PublishMany.bodies and AckMany.delivery_tags are deliberately not checked here: the
+# broker checks them itself so that it can answer with PUBLISH_NACK per sequence number
+# (or an ERROR echoing the ack id) instead of an ERROR echoing a sequence number.
+_ITEM_CHECKS: Final[dict[int, tuple[tuple[int, Callable[[Any], bool], str], ...]]] = {
+    HELLO: ((6, _all_strs, "an array of str"),),
+    DELIVER: ((2, _all_deliveries, "an array of delivery entries"),),
+    GET_OK: ((1, _delivery_or_nil, "a delivery entry or nil"),),
+}
 
 
 def parse(raw: list[Any] | tuple[Any, ...]) -> Frame:
@@ -458,6 +537,14 @@ def parse(raw: list[Any] | tuple[Any, ...]) -> Frame:
                 f"{'/'.join(t.__name__ for t in allowed)}, got {type(value).__name__}",
                 details={"request_id": rid, "frame_type": raw[0]},
             )
+    checks = _ITEM_CHECKS.get(raw[0])
+    if checks is not None:
+        for i, check, expected in checks:
+            if not check(values[i]):
+                raise ProtocolSyntaxError(
+                    f"{spec.cls.__name__}.{spec.cls._fields[i]} must be {expected}",
+                    details={"request_id": rid, "frame_type": raw[0]},
+                )
     frame: Frame = spec.cls._make(values)
     return frame
 
