@@ -278,7 +278,13 @@ class Connection(asyncio.Protocol):
                 return
             handler(F.parse(raw))
         except WharfError as exc:
-            self.send_error(rid, exc)
+            if ftype == F.PUBLISH or ftype == F.PUBLISH_MANY:
+                # The request id of a publish is its sequence number: answer with nacks.
+                bodies = raw[5] if ftype == F.PUBLISH_MANY and len(raw) > 5 else None
+                count = len(bodies) if isinstance(bodies, (list, tuple)) and bodies else 1
+                self._nack(rid if rid > 0 else 0, count, exc)
+            else:
+                self.send_error(rid, exc)
         except Exception:
             log.exception("%s: internal error handling frame type %s", self.name, ftype)
             self.send_error(rid, InternalError("internal error; the broker logged it"))
