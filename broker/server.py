@@ -24,7 +24,7 @@ from wharf.protocol.errors import WharfError
 from .auth import Authenticator
 from .config import Settings, configure_logging
 from .connection import Connection
-from .http import start_http_server
+from .http import start_http_server, stop_http_server
 from .queues import Queue
 from .topology import Topology
 
@@ -187,9 +187,8 @@ class Broker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
         if self._http is not None:
-            self._http.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._http.wait_closed(), 1.0)
+            await stop_http_server(self._http)
+        self.authenticator.close()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
@@ -220,5 +219,5 @@ def run(settings: Settings) -> int:
     """Run a broker until SIGTERM/SIGINT; returns the process exit code."""
     import uvloop
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return uvloop.run(serve(settings))

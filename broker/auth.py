@@ -1,0 +1,308 @@
+"""Password hashing and the broker's PLAIN authenticator.
+
+Stored hash format (one string, ``$``-separated, base64 with padding)::
+
+    scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>      e.g. scrypt$16384$8$1$...$...
+
+Authentication rules:
+
+* The built-in ``guest`` user (password ``guest``) exists unless ``default_user_enabled``
+  is false or a configured ``[[users]]`` entry named guest replaces it.
+* Users listed in ``loopback_users`` may only connect from 127.0.0.0/8 or ::1
+  (IPv4-mapped ::ffff:127.x counts as loopback).  Checked after the password, so the
+  message reveals nothing to someone who does not know it.
+* scrypt costs ~50-100 ms of CPU and 16 MiB per check, so it runs in a small dedicated
+  thread pool (bounded memory) instead of on the event loop.
+* Repeated failures from one peer host are slowed down (see ``failure_delay_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+from wharf.protocol.errors import AccessRefused
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+log = logging.getLogger(__name__)
+
+SCRYPT_N: Final = 2**14
+SCRYPT_R: Final = 8
+SCRYPT_P: Final = 1
+SCRYPT_SALT_BYTES: Final = 16
+SCRYPT_KEY_BYTES: Final = 32
+# Bounds for hashes read from a config file, so a typo cannot ask for gigabytes of memory.
+SCRYPT_MAX_N: Final = 2**20
+SCRYPT_MAX_R: Final = 32
+SCRYPT_MAX_P: Final = 16
+# Concurrent scrypt checks; each holds 128 * r * n bytes (16 MiB at the defaults).
+SCRYPT_WORKERS: Final = 4
+
+DEFAULT_USER: Final = "guest"
+DEFAULT_PASSWORD: Final = "guest"
+DEFAULT_USER_TAGS: Final = ("administrator",)
+
+# Successful (user, password digest) pairs remembered so that a reconnect storm (a broker
+# restart or a network blip makes thousands of clients log in at once) costs one scrypt
+# per distinct credential instead of one per connection.  Only successes are cached, so
+# guessing passwords still pays a full scrypt per attempt.  The digest is an HMAC-SHA256
+# under a per-process random key: a memory dump does not yield a fast unsalted hash.
+AUTH_CACHE_MAX_ENTRIES: Final = 1_024
+
+# Failure slowdown: after the k-th recent failure from a host, that host's next result is
+# delayed by min(FAILURE_DELAY_BASE_S * 2**(k-1), FAILURE_DELAY_MAX_S).  A host's count is
+# forgotten after FAILURE_DECAY_S without a failure.  At most MAX_FAILURE_HOSTS hosts are
+# tracked; the one whose last failure is oldest is evicted first.
+FAILURE_DELAY_BASE_S: Final = 0.1
+FAILURE_DELAY_MAX_S: Final = 5.0
+FAILURE_DECAY_S: Final = 60.0
+MAX_FAILURE_HOSTS: Final = 10_000
+
+INVALID_CREDENTIALS: Final = "invalid credentials"
+
+
+class ScryptParams(NamedTuple):
+    n: int
+    r: int
+    p: int
+    salt: bytes
+    key: bytes
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _scrypt(password: str, n: int, r: int, p: int, salt: bytes, dklen: int) -> bytes:
+    # OpenSSL needs 128*r*(n+p+2) bytes; give it that plus slack instead of its 32 MiB cap.
+    maxmem = 128 * r * (n + p + 2) + 1024 * 1024
+    return hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=maxmem, dklen=dklen
+    )
+
+
+def hash_password(password: str) -> str:
+    """Hash ``password`` for a ``[[users]]`` entry (random salt, default scrypt cost)."""
+    salt = os.urandom(SCRYPT_SALT_BYTES)
+    key = _scrypt(password, SCRYPT_N, SCRYPT_R, SCRYPT_P, salt, SCRYPT_KEY_BYTES)
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(key)}"
+
+
+def parse_password_hash(stored: str) -> ScryptParams:
+    """Split a stored hash into its parts; ``ValueError`` says what is wrong with it."""
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt":
+        raise ValueError("password hash must look like scrypt$<n>$<r>$<p>$<salt>$<hash>")
+    try:
+        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+        salt = base64.b64decode(parts[4], validate=True)
+        key = base64.b64decode(parts[5], validate=True)
+    except (ValueError, binascii.Error):
+        raise ValueError("password hash has a non-numeric cost or bad base64") from None
+    if n < 2 or n > SCRYPT_MAX_N or n & (n - 1):
+        raise ValueError(f"scrypt n must be a power of two between 2 and {SCRYPT_MAX_N}")
+    if not 1 <= r <= SCRYPT_MAX_R or not 1 <= p <= SCRYPT_MAX_P:
+        raise ValueError(f"scrypt r must be 1..{SCRYPT_MAX_R} and p 1..{SCRYPT_MAX_P}")
+    if not salt or not key:
+        raise ValueError("password hash has an empty salt or key")
+    return ScryptParams(n, r, p, salt, key)
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """True if ``password`` matches ``stored``; a malformed ``stored`` never matches."""
+    try:
+        params = parse_password_hash(stored)
+    except ValueError:
+        return False
+    key = _scrypt(password, params.n, params.r, params.p, params.salt, len(params.key))
+    return hmac.compare_digest(key, params.key)
+
+
+def _burn_scrypt(password: str) -> bool:
+    """Do the work of a real check for an unknown user so timing does not reveal names."""
+    _scrypt(password, SCRYPT_N, SCRYPT_R, SCRYPT_P, b"\0" * SCRYPT_SALT_BYTES, SCRYPT_KEY_BYTES)
+    return False
+
+
+def failure_delay_s(failures: int) -> float:
+    """Delay before the next result for a host with ``failures`` recent failures."""
+    if failures <= 0:
+        return 0.0
+    # Cap the exponent: 2**(huge) would be a pointlessly large float.
+    return min(FAILURE_DELAY_BASE_S * (1 << min(failures - 1, 32)), FAILURE_DELAY_MAX_S)
+
+
+def is_loopback(peer_host: str) -> bool:
+    """127.0.0.0/8, ::1 and ::ffff:127.x are loopback; anything unparsable is not."""
+    try:
+        addr = ipaddress.ip_address(peer_host)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
+
+
+def _host_key(peer_host: str) -> str:
+    """Normalise so that ::ffff:10.0.0.1 and 10.0.0.1 share one failure record."""
+    try:
+        addr = ipaddress.ip_address(peer_host)
+    except ValueError:
+        return peer_host
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Account:
+    user: User
+    password_hash: str | None  # None: the built-in guest, compared in constant time
+
+
+@dataclass(slots=True)
+class _Failures:
+    count: int
+    last_failure: float
+
+
+class Authenticator:
+    """Checks PLAIN credentials against the configured users; one per broker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._accounts: dict[str, _Account] = {}
+        for cfg in settings.users:
+            try:
+                parse_password_hash(cfg.password_hash)
+            except ValueError as exc:
+                from .config import ConfigError  # config imports this module
+
+                raise ConfigError(f"users: {cfg.name!r}: {exc}") from None
+            self._accounts[cfg.name] = _Account(User(cfg.name, tuple(cfg.tags)), cfg.password_hash)
+        if settings.default_user_enabled and DEFAULT_USER not in self._accounts:
+            self._accounts[DEFAULT_USER] = _Account(User(DEFAULT_USER, DEFAULT_USER_TAGS), None)
+        self._loopback_users = frozenset(settings.loopback_users)
+        self._clock = clock
+        self._sleep = sleep
+        self._cache_key = os.urandom(32)
+        self._cache: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._failures: OrderedDict[str, _Failures] = OrderedDict()
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def authenticate(self, username: str, password: str, peer_host: str) -> User:
+        """Return the user or raise AccessRefused; slowed down after recent failures."""
+        host = _host_key(peer_host)
+        delay = failure_delay_s(self._recent_failures(host))
+        try:
+            user = await self._check(username, password, peer_host)
+        except AccessRefused as exc:
+            count = self._record_failure(host)
+            log.warning(
+                "authentication of user %r from %s refused: %s (%d recent failures from host)",
+                username,
+                peer_host,
+                exc.message,
+                count,
+            )
+            if delay > 0:
+                await self._sleep(delay)
+            raise
+        if delay > 0:
+            await self._sleep(delay)
+        return user
+
+    def close(self) -> None:
+        """Stop the scrypt worker threads (call at broker shutdown)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+    @property
+    def tracked_failure_hosts(self) -> int:
+        return len(self._failures)
+
+    async def _check(self, username: str, password: str, peer_host: str) -> User:
+        account = self._accounts.get(username)
+        if account is None:
+            await self._run_scrypt(_burn_scrypt, password)
+            raise AccessRefused(INVALID_CREDENTIALS)
+        if not await self._password_matches(account, password):
+            raise AccessRefused(INVALID_CREDENTIALS)
+        if username in self._loopback_users and not is_loopback(peer_host):
+            raise AccessRefused(
+                f"user {username!r} can only connect from loopback (127.0.0.1 or ::1); "
+                "create another user for remote access"
+            )
+        return account.user
+
+    async def _password_matches(self, account: _Account, password: str) -> bool:
+        if account.password_hash is None:
+            return hmac.compare_digest(password.encode("utf-8"), DEFAULT_PASSWORD.encode())
+        digest = hmac.digest(self._cache_key, password.encode("utf-8"), "sha256")
+        key = (account.user.name, digest)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return True
+        if not await self._run_scrypt(verify_password, password, account.password_hash):
+            return False
+        self._cache[key] = None
+        while len(self._cache) > AUTH_CACHE_MAX_ENTRIES:
+            self._cache.popitem(last=False)
+        return True
+
+    async def _run_scrypt(self, fn: Callable[..., bool], *args: str) -> bool:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(SCRYPT_WORKERS, thread_name_prefix="wharf-auth")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def _recent_failures(self, host: str) -> int:
+        record = self._failures.get(host)
+        if record is None:
+            return 0
+        if self._clock() - record.last_failure >= FAILURE_DECAY_S:
+            del self._failures[host]
+            return 0
+        return record.count
+
+    def _record_failure(self, host: str) -> int:
+        now = self._clock()
+        record = self._failures.pop(host, None)
+        if record is None or now - record.last_failure >= FAILURE_DECAY_S:
+            record = _Failures(0, now)
+        record.count += 1
+        record.last_failure = now
+        self._failures[host] = record  # re-inserted last: the map is ordered by last failure
+        while len(self._failures) > MAX_FAILURE_HOSTS:
+            self._failures.popitem(last=False)
+        return record.count

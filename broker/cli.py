@@ -1,0 +1,125 @@
+"""The ``wharf`` command: serve, hash-password, config check."""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import click
+
+from .auth import hash_password
+from .config import LOG_LEVELS, ConfigError, Settings, describe, load_settings
+
+
+def _version() -> str:
+    try:
+        return version("wharf")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"wharf {_version()}")
+        ctx.exit()
+
+
+def _load(config_path: str | None, overrides: dict[str, Any]) -> Settings:
+    try:
+        return load_settings(config_path, overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and exit.",
+)
+def main() -> None:
+    """Wharf message broker."""
+
+
+@main.command()
+@click.option("--host", help="Address for the native protocol listener [0.0.0.0].")
+@click.option("--port", type=click.IntRange(0, 65_535), help="Native protocol port [5680].")
+@click.option("--http-port", type=click.IntRange(0, 65_535), help="HTTP port [8680].")
+@click.option("--data-dir", help="Data directory [./data].")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="WHARF_CONFIG",
+    help="TOML config file (also $WHARF_CONFIG).",
+)
+@click.option(
+    "--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Log level [info]."
+)
+def serve(
+    host: str | None,
+    port: int | None,
+    http_port: int | None,
+    data_dir: str | None,
+    config_path: str | None,
+    log_level: str | None,
+) -> None:
+    """Run the broker until SIGTERM/SIGINT.
+
+    Settings come from defaults < --config file < WHARF_* environment variables
+    (WHARF_PORT, WHARF_DATA_DIR, ...) < these options.
+    """
+    overrides = {
+        "host": host,
+        "port": port,
+        "http_port": http_port,
+        "data_dir": data_dir,
+        "log_level": log_level,
+    }
+    settings = _load(config_path, overrides)
+    from .server import run  # imported here so other commands do not load the broker
+
+    sys.exit(run(settings))
+
+
+@main.command("hash-password")
+@click.argument("password", required=False)
+def hash_password_command(password: str | None) -> None:
+    """Print a scrypt hash of PASSWORD for a [[users]] password_hash.
+
+    Without PASSWORD, prompts for it with hidden input (preferred: an argument is visible
+    to other local users in the process list and shell history).
+    """
+    if password is None:
+        password = str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+    if not password:
+        raise click.ClickException("the password must not be empty")
+    click.echo(hash_password(password))
+
+
+@main.group()
+def config() -> None:
+    """Inspect configuration files."""
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print effective settings as JSON.")
+def config_check(file: str, as_json: bool) -> None:
+    """Validate FILE and print the effective settings (WHARF_* environment included)."""
+    effective = describe(_load(file, {}))
+    if as_json:
+        click.echo(json.dumps(effective, indent=2))
+        return
+    click.echo(f"{file}: OK")
+    for key, value in effective.items():
+        if key == "users":
+            shown = ", ".join(f"{u['name']} [{', '.join(u['tags'])}]" for u in value) or "-"
+        else:
+            shown = json.dumps(value)
+        click.echo(f"  {key} = {shown}")

@@ -1,0 +1,389 @@
+"""Broker settings: defaults, TOML file, ``WHARF_*`` environment variables, command line.
+
+Precedence, lowest to highest::
+
+    defaults  <  TOML file  <  WHARF_<FIELD> environment variables  <  command-line overrides
+
+TOML shape (every key optional; sizes are integers in bytes)::
+
+    host = "0.0.0.0"
+    port = 5680
+    max_message_bytes = 16777216
+    loopback_users = ["guest"]
+
+    [[users]]
+    name = "app"
+    password_hash = "scrypt$16384$8$1$<salt b64>$<hash b64>"   # from `wharf hash-password`
+    tags = ["administrator"]
+
+A ``[[users]]`` entry named ``guest`` replaces the built-in guest/guest user.  Unknown keys
+and bad values raise :class:`ConfigError` naming the key and where it came from: a typo in
+a config file should stop the broker, not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, TextIO
+
+from .auth import parse_password_hash
+
+MIB: Final = 1024 * 1024
+
+DEFAULT_HOST: Final = "0.0.0.0"
+DEFAULT_PORT: Final = 5680
+DEFAULT_HTTP_PORT: Final = 8680
+DEFAULT_DATA_DIR: Final = "./data"
+DEFAULT_LOG_LEVEL: Final = "info"
+DEFAULT_LOG_FORMAT: Final = "human"
+DEFAULT_MAX_FRAME_BYTES: Final = 32 * MIB
+DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * MIB
+DEFAULT_MAX_CONNECTIONS: Final = 10_000
+DEFAULT_MAX_CONSUMERS_PER_CONNECTION: Final = 1_024
+DEFAULT_HEARTBEAT_S: Final = 60
+# Like RabbitMQ's consumer_timeout: a delivery unacked this long is requeued (code 408).
+DEFAULT_ACK_TIMEOUT_MS: Final = 1_800_000
+DEFAULT_HANDSHAKE_TIMEOUT_S: Final = 10.0
+DEFAULT_SHUTDOWN_TIMEOUT_S: Final = 10.0
+
+# The frame length prefix is a u32; nothing larger can be framed.
+MAX_FRAME_BYTES_LIMIT: Final = 2**32 - 1
+MIN_FRAME_BYTES: Final = 4 * 1024
+MAX_HEARTBEAT_S: Final = 65_535
+
+ENV_PREFIX: Final = "WHARF_"
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS: Final = ("human", "json")
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or has a bad value; the message names the key."""
+
+
+@dataclass(slots=True)
+class UserConfig:
+    name: str
+    password_hash: str
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Settings:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    http_host: str | None = None  # None: same as host
+    http_port: int = DEFAULT_HTTP_PORT
+    data_dir: str = DEFAULT_DATA_DIR
+    log_level: str = DEFAULT_LOG_LEVEL
+    log_format: str = DEFAULT_LOG_FORMAT
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_consumers_per_connection: int = DEFAULT_MAX_CONSUMERS_PER_CONNECTION
+    heartbeat_s: int = DEFAULT_HEARTBEAT_S
+    ack_timeout_ms: int = DEFAULT_ACK_TIMEOUT_MS
+    handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S
+    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S
+    loopback_users: list[str] = field(default_factory=lambda: ["guest"])
+    default_user_enabled: bool = True
+    users: list[UserConfig] = field(default_factory=list)
+
+    @property
+    def http_bind_host(self) -> str:
+        """The address the HTTP endpoints listen on (``http_host`` or else ``host``)."""
+        return self.host if self.http_host is None else self.http_host
+
+
+# --- value checks -------------------------------------------------------------------------
+# Each check takes (where, value) and returns the normalised value or raises ConfigError.
+# ``where`` names the key and its source, e.g. "config.toml: port" or "WHARF_PORT".
+
+_Check = Callable[[str, Any], Any]
+
+
+def _bad(where: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(f"{where}: expected {expected}, got {value!r}")
+
+
+def _int_check(lo: int, hi: int | None = None) -> _Check:
+    def check(where: str, value: Any) -> int:
+        bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(where, f"an integer {bound}", value)
+        if value < lo or (hi is not None and value > hi):
+            raise _bad(where, f"an integer {bound}", value)
+        return value
+
+    return check
+
+
+def _float_check(lo: float, *, allow_equal: bool) -> _Check:
+    def check(where: str, value: Any) -> float:
+        bound = f">= {lo}" if allow_equal else f"> {lo}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _bad(where, f"a number {bound}", value)
+        if value < lo or (value == lo and not allow_equal) or value != value:
+            raise _bad(where, f"a number {bound}", value)
+        return float(value)
+
+    return check
+
+
+def _str_check(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _bad(where, "a non-empty string", value)
+    return value
+
+
+def _optional_str_check(where: str, value: Any) -> str | None:
+    return None if value is None else _str_check(where, value)
+
+
+def _choice_check(choices: tuple[str, ...]) -> _Check:
+    def check(where: str, value: Any) -> str:
+        if not isinstance(value, str) or value.lower() not in choices:
+            raise _bad(where, "one of " + ", ".join(choices), value)
+        return value.lower()
+
+    return check
+
+
+def _bool_check(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(where, "true or false", value)
+    return value
+
+
+def _str_list_check(where: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _bad(where, "a list of non-empty strings", value)
+    return list(value)
+
+
+def _users_check(where: str, value: Any) -> list[UserConfig]:
+    if not isinstance(value, list):
+        raise _bad(where, "an array of [[users]] tables", value)
+    users: list[UserConfig] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(value):
+        at = f"{where}[{i}]"
+        if isinstance(entry, UserConfig):
+            entry = dataclasses.asdict(entry)
+        if not isinstance(entry, dict):
+            raise _bad(at, "a table with name, password_hash, tags", entry)
+        unknown = set(entry) - {"name", "password_hash", "tags"}
+        if unknown:
+            raise ConfigError(f"{at}: unknown key {sorted(unknown)[0]!r}")
+        for required in ("name", "password_hash"):
+            if required not in entry:
+                raise ConfigError(f"{at}: missing key {required!r}")
+        name = _str_check(f"{at}.name", entry["name"])
+        if name in seen:
+            raise ConfigError(f"{at}.name: user {name!r} is defined twice")
+        seen.add(name)
+        password_hash = _str_check(f"{at}.password_hash", entry["password_hash"])
+        try:
+            parse_password_hash(password_hash)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{at}.password_hash: {exc} (create one with `wharf hash-password`)"
+            ) from None
+        tags = _str_list_check(f"{at}.tags", entry.get("tags", []))
+        users.append(UserConfig(name=name, password_hash=password_hash, tags=tags))
+    return users
+
+
+_CHECKS: Final[dict[str, _Check]] = {
+    "host": _str_check,
+    "port": _int_check(0, 65_535),
+    "http_host": _optional_str_check,
+    "http_port": _int_check(0, 65_535),
+    "data_dir": _str_check,
+    "log_level": _choice_check(LOG_LEVELS),
+    "log_format": _choice_check(LOG_FORMATS),
+    "max_frame_bytes": _int_check(MIN_FRAME_BYTES, MAX_FRAME_BYTES_LIMIT),
+    "max_message_bytes": _int_check(1, MAX_FRAME_BYTES_LIMIT),
+    "max_connections": _int_check(1),
+    "max_consumers_per_connection": _int_check(1),
+    "heartbeat_s": _int_check(0, MAX_HEARTBEAT_S),
+    "ack_timeout_ms": _int_check(1),
+    "handshake_timeout_s": _float_check(0.0, allow_equal=False),
+    "shutdown_timeout_s": _float_check(0.0, allow_equal=True),
+    "loopback_users": _str_list_check,
+    "default_user_enabled": _bool_check,
+    "users": _users_check,
+}
+assert set(_CHECKS) == {f.name for f in dataclasses.fields(Settings)}
+
+
+# --- environment variables ----------------------------------------------------------------
+
+
+def _parse_env(name: str, key: str, raw: str) -> Any:
+    """Turn a WHARF_* string into the Python type the key's check expects."""
+    default = _DEFAULTS[key]
+    if key == "users":
+        raise ConfigError(f"{name}: users can only be configured in the TOML file")
+    if key == "http_host":
+        return raw or None
+    if isinstance(default, bool):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise _bad(name, "true or false", raw)
+    if isinstance(default, int):
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise _bad(name, "an integer", raw) from None
+    if isinstance(default, float):
+        try:
+            return float(raw.strip())
+        except ValueError:
+            raise _bad(name, "a number", raw) from None
+    if isinstance(default, list):  # loopback_users: comma-separated
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    return raw
+
+
+_DEFAULTS: Final[dict[str, Any]] = {
+    f.name: getattr(Settings(), f.name) for f in dataclasses.fields(Settings)
+}
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def _read_toml(config_path: str) -> dict[str, Any]:
+    try:
+        with open(config_path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {config_path!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {config_path!r} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {config_path!r} is not valid TOML: {exc}") from None
+
+
+def validate_settings(settings: Settings) -> Settings:
+    """Check every field and the cross-field rules; returns ``settings`` (normalised)."""
+    for key, check in _CHECKS.items():
+        setattr(settings, key, check(key, getattr(settings, key)))
+    if settings.max_message_bytes > settings.max_frame_bytes:
+        raise ConfigError(
+            f"max_message_bytes ({settings.max_message_bytes}) must not exceed "
+            f"max_frame_bytes ({settings.max_frame_bytes}): a message travels in one frame"
+        )
+    return settings
+
+
+def load_settings(
+    config_path: str | None,
+    overrides: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build Settings from defaults < TOML file < WHARF_* env < ``overrides``.
+
+    ``overrides`` maps field names to command-line values; ``None`` means "not given".
+    ``environ`` defaults to ``os.environ`` (tests pass their own).
+    """
+    values: dict[str, Any] = {}
+    if config_path is not None:
+        for key, value in _read_toml(config_path).items():
+            if key not in _CHECKS:
+                raise ConfigError(f"{config_path}: unknown key {key!r}")
+            values[key] = _CHECKS[key](f"{config_path}: {key}", value)
+    env = os.environ if environ is None else environ
+    for key, check in _CHECKS.items():
+        name = ENV_PREFIX + key.upper()
+        raw = env.get(name)
+        if raw is not None:
+            values[key] = check(name, _parse_env(name, key, raw))
+    for key, value in overrides.items():
+        if key not in _CHECKS:
+            raise ConfigError(f"unknown setting {key!r}")
+        if value is not None:
+            values[key] = _CHECKS[key](key, value)
+    return validate_settings(Settings(**values))
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """Effective settings as a JSON-ready dict; password hashes are left out."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.name == "users":
+            value = [{"name": u.name, "tags": list(u.tags)} for u in value]
+        elif f.name == "http_host":
+            value = settings.http_bind_host
+        elif isinstance(value, list):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+# --- logging ------------------------------------------------------------------------------
+
+# Connection code logs with ``extra={"conn": <connection name>}``; both formats show it.
+CONN_ID_ATTR: Final = "conn"
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, [conn], [exc]."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        entry: dict[str, Any] = {
+            "ts": f"{ts}.{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        conn_id = getattr(record, CONN_ID_ATTR, None)
+        if conn_id is not None:
+            entry[CONN_ID_ATTR] = conn_id
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class HumanLogFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        conn_id = getattr(record, CONN_ID_ATTR, None)
+        if conn_id is None:
+            return line
+        head, sep, rest = line.partition(": ")
+        return f"{head} [{conn_id}]{sep}{rest}"
+
+
+class _WharfLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler configure_logging installed so a second call replaces it."""
+
+
+def configure_logging(level: str, fmt: str = "human", *, stream: TextIO | None = None) -> None:
+    """Send the root logger to ``stream`` (stderr) at ``level`` in "human" or "json" format."""
+    level = _choice_check(LOG_LEVELS)("log_level", level)
+    fmt = _choice_check(LOG_FORMATS)("log_format", fmt)
+    handler = _WharfLogHandler(sys.stderr if stream is None else stream)
+    handler.setFormatter(JsonLogFormatter() if fmt == "json" else HumanLogFormatter())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _WharfLogHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())

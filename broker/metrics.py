@@ -1,0 +1,132 @@
+"""Prometheus metrics read from the broker's plain counters at scrape time.
+
+The hot path never calls prometheus_client: queues and connections keep plain ints and
+``BrokerCollector.collect()`` turns them into metric families when /metrics is scraped.
+Scrapes run on the event loop thread (see http.py), so the reads need no locking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sized
+from typing import Final, Protocol
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+
+class QueueStats(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def ready_count(self) -> int: ...
+    @property
+    def unacked_count(self) -> int: ...
+    @property
+    def consumer_count(self) -> int: ...
+
+
+class BrokerStats(Protocol):
+    """Monotonic message counters kept as plain ints by the broker."""
+
+    @property
+    def published(self) -> int: ...
+    @property
+    def delivered(self) -> int: ...
+    @property
+    def acked(self) -> int: ...
+    @property
+    def redelivered(self) -> int: ...
+    @property
+    def unroutable(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+
+
+class MetricsBroker(Protocol):
+    """What the collector reads; read-only properties so plain attributes satisfy it."""
+
+    @property
+    def connections(self) -> Sized: ...
+    @property
+    def exchanges(self) -> Sized: ...
+    @property
+    def queues(self) -> Mapping[str, QueueStats]: ...
+    @property
+    def stats(self) -> BrokerStats: ...
+
+
+# (metric name without _total, BrokerStats attribute, help)
+_COUNTERS: Final = (
+    ("wharf_messages_published", "published", "Messages accepted from publishers."),
+    ("wharf_messages_delivered", "delivered", "Messages delivered to consumers (and GET)."),
+    ("wharf_messages_acked", "acked", "Deliveries acknowledged by consumers."),
+    ("wharf_messages_redelivered", "redelivered", "Messages delivered again after requeue."),
+    ("wharf_messages_unroutable", "unroutable", "Published messages that matched no queue."),
+    ("wharf_messages_nacked", "rejected", "Deliveries nacked or rejected by consumers."),
+)
+_QUEUE_GAUGES: Final = (
+    ("wharf_queue_messages_ready", "Messages ready for delivery, per queue."),
+    ("wharf_queue_messages_unacked", "Messages delivered and not yet acked, per queue."),
+    ("wharf_queue_consumers", "Consumers attached, per queue."),
+)
+
+
+class BrokerCollector:
+    """A prometheus_client custom collector over a duck-typed broker."""
+
+    def __init__(self, broker: MetricsBroker) -> None:
+        self._broker = broker
+
+    def describe(self) -> Iterator[Metric]:
+        # Lets the registry check names without calling collect() on a half-built broker.
+        totals, per_queue, counters = self._families()
+        yield from totals.values()
+        yield from per_queue
+        yield from counters
+
+    def collect(self) -> Iterator[Metric]:
+        broker = self._broker
+        totals, per_queue, counters = self._families()
+        ready, unacked, consumers = per_queue
+        queues = list(broker.queues.values())
+        consumer_sum = 0
+        for q in queues:
+            labels = [q.name]
+            ready.add_metric(labels, q.ready_count)
+            unacked.add_metric(labels, q.unacked_count)
+            consumers.add_metric(labels, q.consumer_count)
+            consumer_sum += q.consumer_count
+        totals["connections"].add_metric([], len(broker.connections))
+        totals["exchanges"].add_metric([], len(broker.exchanges))
+        totals["queues"].add_metric([], len(queues))
+        totals["consumers"].add_metric([], consumer_sum)
+        stats = broker.stats
+        for family, (_, attr, _) in zip(counters, _COUNTERS, strict=True):
+            family.add_metric([], getattr(stats, attr))
+        yield from totals.values()
+        yield from per_queue
+        yield from counters
+
+    @staticmethod
+    def _families() -> tuple[
+        dict[str, GaugeMetricFamily], list[GaugeMetricFamily], list[CounterMetricFamily]
+    ]:
+        totals = {
+            "connections": GaugeMetricFamily("wharf_connections", "Open client connections."),
+            "exchanges": GaugeMetricFamily("wharf_exchanges", "Declared exchanges."),
+            "queues": GaugeMetricFamily("wharf_queues", "Declared queues."),
+            "consumers": GaugeMetricFamily("wharf_consumers", "Consumers across all queues."),
+        }
+        per_queue = [GaugeMetricFamily(n, h, labels=["queue"]) for n, h in _QUEUE_GAUGES]
+        counters = [CounterMetricFamily(n, h, labels=[]) for n, _, h in _COUNTERS]
+        return totals, per_queue, counters
+
+
+def build_registry(broker: MetricsBroker) -> CollectorRegistry:
+    """A fresh registry: the broker's metrics plus process, platform and GC metrics."""
+    registry = CollectorRegistry()
+    registry.register(BrokerCollector(broker))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry

@@ -1,0 +1,296 @@
+"""Password hashing, the guest/loopback rules, failure slowdown and the success cache."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from wharf.broker import auth
+from wharf.broker.auth import (
+    Authenticator,
+    User,
+    failure_delay_s,
+    hash_password,
+    is_loopback,
+    parse_password_hash,
+    verify_password,
+)
+from wharf.broker.cli import main
+from wharf.broker.config import ConfigError, Settings, UserConfig
+from wharf.protocol.errors import AccessRefused, WharfError
+
+APP_HASH = hash_password("app-pw")  # scrypt is slow on purpose: hash once per module
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)  # recorded, not slept
+
+
+@pytest.fixture
+async def make_auth() -> AsyncIterator[Callable[..., tuple[Authenticator, FakeClock]]]:
+    made: list[Authenticator] = []
+
+    def make(**settings: Any) -> tuple[Authenticator, FakeClock]:
+        clock = FakeClock()
+        a = Authenticator(Settings(**settings), clock=clock, sleep=clock.sleep)
+        made.append(a)
+        return a, clock
+
+    yield make
+    for a in made:
+        a.close()
+
+
+# --- hashing ------------------------------------------------------------------------------
+
+
+def test_hash_format_and_verify() -> None:
+    stored = hash_password("correct horse")
+    scheme, n, r, p, salt, key = stored.split("$")
+    assert (scheme, n, r, p) == ("scrypt", "16384", "8", "1")
+    params = parse_password_hash(stored)
+    assert len(params.salt) == 16 and len(params.key) == 32
+    assert verify_password("correct horse", stored)
+    assert not verify_password("correct horsf", stored)
+    assert hash_password("correct horse") != stored  # random salt
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "",
+        "plain",
+        "bcrypt$1$2$3$AAAA$AAAA",
+        "scrypt$x$8$1$AAAA$AAAA",
+        "scrypt$1000$8$1$AAAA$AAAA",  # n not a power of two
+        "scrypt$16384$8$1$!!!$AAAA",
+        "scrypt$16384$8$1$$AAAA",
+        "scrypt$4294967296$8$1$AAAA$AAAA",  # would need far too much memory
+    ],
+)
+def test_malformed_hash_never_verifies(stored: str) -> None:
+    with pytest.raises(ValueError):
+        parse_password_hash(stored)
+    assert verify_password("anything", stored) is False
+
+
+def test_cli_hash_password() -> None:
+    result = CliRunner().invoke(main, ["hash-password", "x"])
+    assert result.exit_code == 0, result.output
+    assert verify_password("x", result.output.strip())
+
+
+def test_cli_hash_password_prompts() -> None:
+    result = CliRunner().invoke(main, ["hash-password"], input="pw\npw\n")
+    assert result.exit_code == 0, result.output
+    stored = result.output.strip().splitlines()[-1]
+    assert verify_password("pw", stored)
+    assert "pw\n" not in result.output.replace(stored, "")  # hidden input is not echoed
+
+
+# --- loopback rule ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", True),
+        ("127.3.2.1", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("10.0.0.1", False),
+        ("::ffff:10.0.0.1", False),
+        ("2001:db8::1", False),
+        ("", False),
+        ("localhost", False),
+    ],
+)
+def test_is_loopback(host: str, expected: bool) -> None:
+    assert is_loopback(host) is expected
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "::ffff:127.0.0.2"])
+async def test_guest_from_loopback(make_auth: Any, host: str) -> None:
+    a, _ = make_auth()
+    user = await a.authenticate("guest", "guest", host)
+    assert user == User("guest", ("administrator",))
+
+
+async def test_guest_refused_from_remote_host(make_auth: Any) -> None:
+    a, _ = make_auth()
+    with pytest.raises(AccessRefused) as info:
+        await a.authenticate("guest", "guest", "10.1.2.3")
+    assert "user 'guest' can only connect from loopback" in info.value.message
+    assert isinstance(info.value, WharfError) and info.value.code == 403
+
+
+async def test_empty_loopback_users_lets_guest_in_remotely(make_auth: Any) -> None:
+    a, _ = make_auth(loopback_users=[])
+    assert (await a.authenticate("guest", "guest", "10.1.2.3")).name == "guest"
+
+
+async def test_wrong_password_and_unknown_user(make_auth: Any) -> None:
+    a, _ = make_auth()
+    for username, password in [("guest", "nope"), ("nobody", "guest")]:
+        with pytest.raises(AccessRefused, match="invalid credentials"):
+            await a.authenticate(username, password, "127.0.0.1")
+
+
+async def test_default_user_disabled(make_auth: Any) -> None:
+    a, _ = make_auth(default_user_enabled=False)
+    with pytest.raises(AccessRefused, match="invalid credentials"):
+        await a.authenticate("guest", "guest", "127.0.0.1")
+
+
+async def test_configured_guest_replaces_default(make_auth: Any) -> None:
+    a, _ = make_auth(users=[UserConfig("guest", APP_HASH, ["monitoring"])])
+    with pytest.raises(AccessRefused):
+        await a.authenticate("guest", "guest", "127.0.0.1")
+    user = await a.authenticate("guest", "app-pw", "127.0.0.1")
+    assert user == User("guest", ("monitoring",))
+    with pytest.raises(AccessRefused, match="loopback"):  # still a loopback user
+        await a.authenticate("guest", "app-pw", "192.168.0.9")
+
+
+async def test_configured_user_from_anywhere(make_auth: Any) -> None:
+    a, _ = make_auth(users=[UserConfig("app", APP_HASH, ["administrator"])])
+    user = await a.authenticate("app", "app-pw", "203.0.113.7")
+    assert user == User("app", ("administrator",))
+    with pytest.raises(AccessRefused, match="invalid credentials"):
+        await a.authenticate("app", "wrong", "203.0.113.7")
+
+
+def test_bad_configured_hash_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="'app'"):
+        Authenticator(Settings(users=[UserConfig("app", "plaintext", [])]))
+
+
+# --- failure slowdown ---------------------------------------------------------------------
+
+
+def test_failure_delay_schedule() -> None:
+    assert [failure_delay_s(k) for k in range(0, 8)] == [0.0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0]
+    assert failure_delay_s(10_000) == 5.0
+
+
+async def test_failures_slow_down_that_host_only(make_auth: Any) -> None:
+    a, clock = make_auth()
+    for _ in range(4):
+        with pytest.raises(AccessRefused):
+            await a.authenticate("guest", "bad", "127.0.0.1")
+    # The first failure is answered at once; each later result waits for the earlier ones.
+    assert clock.slept == [0.1, 0.2, 0.4]
+    clock.slept.clear()
+    await a.authenticate("guest", "guest", "127.0.0.1")  # success is delayed too
+    assert clock.slept == [0.8]
+    clock.slept.clear()
+    await a.authenticate("guest", "guest", "::1")  # another host is not affected
+    assert clock.slept == []
+
+
+async def test_ipv4_mapped_address_shares_the_failure_record(make_auth: Any) -> None:
+    a, clock = make_auth(loopback_users=[])
+    with pytest.raises(AccessRefused):
+        await a.authenticate("guest", "bad", "10.0.0.1")
+    await a.authenticate("guest", "guest", "::ffff:10.0.0.1")
+    assert clock.slept == [0.1]
+
+
+async def test_failures_decay_after_quiet_period(make_auth: Any) -> None:
+    a, clock = make_auth()
+    for _ in range(3):
+        with pytest.raises(AccessRefused):
+            await a.authenticate("guest", "bad", "127.0.0.1")
+    clock.now += auth.FAILURE_DECAY_S - 1
+    clock.slept.clear()
+    await a.authenticate("guest", "guest", "127.0.0.1")
+    assert clock.slept == [0.4]  # still remembered
+    clock.now += auth.FAILURE_DECAY_S
+    clock.slept.clear()
+    await a.authenticate("guest", "guest", "127.0.0.1")
+    assert clock.slept == []
+    assert a.tracked_failure_hosts == 0
+
+
+async def test_failure_map_is_bounded(make_auth: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth, "MAX_FAILURE_HOSTS", 5)
+    a, clock = make_auth()
+    for i in range(20):
+        with pytest.raises(AccessRefused):
+            await a.authenticate("guest", "bad", f"127.0.0.{i + 1}")
+        clock.now += 0.001
+    assert a.tracked_failure_hosts == 5
+    clock.slept.clear()
+    await a.authenticate("guest", "guest", "127.0.0.1")  # oldest: evicted, so no delay
+    await a.authenticate("guest", "guest", "127.0.0.20")  # newest: still tracked
+    assert clock.slept == [0.1]
+
+
+async def test_one_warning_per_failure(make_auth: Any, caplog: pytest.LogCaptureFixture) -> None:
+    a, _ = make_auth()
+    with caplog.at_level("DEBUG", logger="wharf.broker.auth"):
+        with pytest.raises(AccessRefused):
+            await a.authenticate("guest", "bad", "127.0.0.1")
+        await a.authenticate("guest", "guest", "127.0.0.1")
+    records = [r for r in caplog.records if r.name == "wharf.broker.auth"]
+    assert [r.levelname for r in records] == ["WARNING"]
+    assert "bad" not in records[0].getMessage()  # never log the password
+
+
+# --- success cache ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = auth.verify_password
+
+    def counting(password: str, stored: str) -> bool:
+        calls.append(password)
+        return real(password, stored)
+
+    monkeypatch.setattr(auth, "verify_password", counting)
+    return calls
+
+
+async def test_cache_skips_scrypt_on_repeat_success(
+    make_auth: Any, scrypt_calls: list[str]
+) -> None:
+    a, _ = make_auth(users=[UserConfig("app", APP_HASH, [])])
+    for _ in range(3):
+        await a.authenticate("app", "app-pw", "10.0.0.1")
+    assert scrypt_calls == ["app-pw"]
+    # Failures are never cached: each wrong guess pays a scrypt.
+    for _ in range(2):
+        with pytest.raises(AccessRefused):
+            await a.authenticate("app", "guess", "10.0.0.1")
+    assert scrypt_calls == ["app-pw", "guess", "guess"]
+    assert a.cache_size == 1
+
+
+async def test_cache_is_bounded(
+    make_auth: Any, scrypt_calls: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "AUTH_CACHE_MAX_ENTRIES", 2)
+    users = [UserConfig(f"u{i}", APP_HASH, []) for i in range(4)]
+    a, _ = make_auth(users=users)
+    for u in users:
+        await a.authenticate(u.name, "app-pw", "10.0.0.1")
+    assert a.cache_size == 2
+    scrypt_calls.clear()
+    await a.authenticate("u3", "app-pw", "10.0.0.1")  # most recent: cached
+    assert scrypt_calls == []
+    await a.authenticate("u0", "app-pw", "10.0.0.1")  # evicted: verified again
+    assert scrypt_calls == ["app-pw"]
+    assert a.cache_size == 2
