@@ -53,6 +53,8 @@ DEFAULT_HEARTBEAT_S: Final = 60
 DEFAULT_ACK_TIMEOUT_MS: Final = 1_800_000
 DEFAULT_HANDSHAKE_TIMEOUT_S: Final = 10.0
 DEFAULT_SHUTDOWN_TIMEOUT_S: Final = 10.0
+DEFAULT_FSYNC_INTERVAL_MS: Final = 0
+DEFAULT_SEGMENT_BYTES: Final = 64 * MIB
 
 # The frame length prefix is a u32; nothing larger can be framed.
 MAX_FRAME_BYTES_LIMIT: Final = 2**32 - 1
@@ -95,6 +97,10 @@ class Settings:
     loopback_users: list[str] = field(default_factory=lambda: ["guest"])
     default_user_enabled: bool = True
     users: list[UserConfig] = field(default_factory=list)
+    # Message store: 0 = fsync before every confirm (group commit); N > 0 = fsync at most
+    # every N ms and confirm persistent messages before they are on disk (unsafe).
+    fsync_interval_ms: int = DEFAULT_FSYNC_INTERVAL_MS
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
 
     @property
     def http_bind_host(self) -> str:
@@ -220,6 +226,8 @@ _CHECKS: Final[dict[str, _Check]] = {
     "loopback_users": _str_list_check,
     "default_user_enabled": _bool_check,
     "users": _users_check,
+    "fsync_interval_ms": _int_check(0, 60_000),
+    "segment_bytes": _int_check(MIB),
 }
 assert set(_CHECKS) == {f.name for f in dataclasses.fields(Settings)}
 

@@ -27,6 +27,7 @@ from wharf.protocol.errors import (
     InvalidArgument,
     NotFound,
     PreconditionFailed,
+    ProtocolSyntaxError,
     ResourceError,
     ResourceLocked,
     UnknownDeliveryTag,
@@ -87,6 +88,9 @@ class Connection(asyncio.Protocol):
         self.last_send = now
         # Publisher confirms: highest sequence number ready to confirm, not yet sent.
         self._confirm_up_to = 0
+        # (first seq, last seq, store batch or 0) of publishes waiting for an fsync,
+        # and every publish after the first such one, in order.
+        self._confirm_waits: deque[tuple[int, int, int]] = deque()
         # Deliveries.
         self._next_tag = 0
         self._unacked: dict[int, Unacked] = {}
@@ -167,6 +171,11 @@ class Connection(asyncio.Protocol):
             if self.closing:
                 return
             self._handle(raw)
+        if self._decoder.error_pending:
+            try:
+                self._decoder.feed(b"")
+            except WharfError as exc:
+                self.fatal(exc)
 
     def eof_received(self) -> bool | None:
         return None
@@ -199,6 +208,7 @@ class Connection(asyncio.Protocol):
                 self.topology.delete_queue_object(q)
         self.exclusive_queues.clear()
         self.broker.connections.pop(self.id, None)
+        self.broker._store_waiting.discard(self)
         self.broker.connection_closed(self)
         if self.authenticated:
             log.info(
@@ -433,7 +443,7 @@ class Connection(asyncio.Protocol):
             limit = self.settings.max_message_bytes
             for body in bodies:
                 if type(body) is not bytes:
-                    raise InvalidArgument("PublishMany.bodies must be a list of bin")
+                    raise ProtocolSyntaxError("PublishMany.bodies must be a list of bin")
                 if len(body) > limit:
                     raise ContentTooLarge(
                         f"message of {len(body)} bytes exceeds max_message_bytes={limit}"
@@ -473,13 +483,17 @@ class Connection(asyncio.Protocol):
         stats.published += n
         headers = props.get("headers") if props else None
         queues = self.topology.route(ex, routing_key, headers)
+        stored = False
         if queues:
-            if n == 1:
-                for q in queues:
-                    q.enqueue(exchange, routing_key, props, bodies[0])
-            else:
-                for q in queues:
-                    q.enqueue_many(exchange, routing_key, props, bodies)
+            persistent = props is not None and props.get("persistent") is True
+            if persistent:
+                store = self.broker.store
+                if store is not None and store.failed is not None and any(q.store for q in queues):
+                    self._nack(seq, n, ResourceError(f"message store unavailable: {store.failed}"))
+                    return
+            for q in queues:
+                if q.enqueue_many(exchange, routing_key, props, bodies, persistent):
+                    stored = True
         else:
             stats.unroutable += n
             if flags & F.FLAG_MANDATORY:
@@ -503,11 +517,43 @@ class Connection(asyncio.Protocol):
                     )
         if seq:
             last = seq + n - 1
+            if stored or self._confirm_waits:
+                # Cumulative confirms: nothing after a message waiting for the disk may
+                # be confirmed before it.
+                store = self.broker.store
+                assert store is not None
+                self._confirm_waits.append((seq, last, store.batch if stored else 0))
+                self.broker.await_store(self)
+                return
             if last > self._confirm_up_to:
                 self._confirm_up_to = last
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 self._loop.call_soon(self._flush)
+
+    def store_committed(self, batch: int) -> bool:
+        """The store made ``batch`` durable (negative: that batch failed).
+
+        Releases the confirms it covers; returns True while more are waiting.
+        """
+        waits = self._confirm_waits
+        if batch < 0:
+            failed = -batch
+            while waits and waits[0][2] <= failed:
+                first, last, b = waits.popleft()
+                if b:
+                    self._nack(first, last - first + 1, ResourceError("message store write failed"))
+                elif last > self._confirm_up_to:
+                    self._confirm_up_to = last
+        else:
+            while waits and waits[0][2] <= batch:
+                last = waits.popleft()[1]
+                if last > self._confirm_up_to:
+                    self._confirm_up_to = last
+        if self._confirm_up_to and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return bool(waits)
 
     def _nack(self, seq: int, n: int, exc: WharfError) -> None:
         self.broker.stats.publish_nacked += n
@@ -617,22 +663,23 @@ class Connection(asyncio.Protocol):
         return out
 
     def _apply_acks(self, entries: list[Unacked]) -> None:
-        last_queue: Queue | None = None
-        for _msg, queue, consumer in entries:
+        woken: Queue | None = None
+        for msg, queue, consumer in entries:
+            if msg.seg is not None:
+                queue.forget(msg)
             queue.unacked_count -= 1
             if consumer is not None:
                 consumer.unacked -= 1
-                if queue is not last_queue:
-                    last_queue = queue
-                    if consumer.active:
-                        queue.schedule_dispatch()
+                if consumer.active and queue is not woken:
+                    woken = queue
+                    queue.schedule_dispatch()
         self.broker.stats.acked += len(entries)
 
     def _on_ack_many(self, f: F.AckMany) -> None:
         tags = f.delivery_tags
         for t in tags:
             if type(t) is not int:
-                raise InvalidArgument("AckMany.delivery_tags must be integers")
+                raise ProtocolSyntaxError("AckMany.delivery_tags must be integers")
         self._apply_acks(self._settle(tags, f.request_id))
 
     def _on_ack(self, f: F.Ack) -> None:
@@ -655,7 +702,9 @@ class Connection(asyncio.Protocol):
             for queue, msgs in by_queue.items():
                 queue.requeue(msgs)
             return
-        for _msg, queue, consumer in entries:
+        for msg, queue, consumer in entries:
+            if msg.seg is not None:
+                queue.forget(msg)
             queue.settle(1)
             if consumer is not None:
                 consumer.unacked -= 1
@@ -729,7 +778,10 @@ class Connection(asyncio.Protocol):
         stats.delivered += 1
         if dc > 1:
             stats.redelivered += 1
-        if not f.no_ack:
+        queue.note_delivered()
+        if f.no_ack:
+            queue.forget(msg)
+        else:
             self._unacked[tag] = (msg, queue, None)
             self._delivery_times.append((tag, self._loop.time()))
             queue.unacked_count += 1

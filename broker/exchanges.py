@@ -55,6 +55,11 @@ def binding_key(
     return (id(destination), routing_key, args)
 
 
+def topic_words(key: str) -> list[str]:
+    """Words of a topic key.  As in RabbitMQ, "" has no words; "a..b" has an empty one."""
+    return key.split(".") if key else []
+
+
 class _TopicNode:
     __slots__ = ("children", "star", "hash", "bindings")
 
@@ -68,7 +73,8 @@ class _TopicNode:
 class _TopicTrie:
     """Trie over dot-separated words; ``*`` matches one word, ``#`` zero or more.
 
-    Empty words are kept: ``"a..b"`` has three words ``a``, ``""``, ``b``.
+    Empty words are kept: ``"a..b"`` has three words ``a``, ``""``, ``b``; the key ``""``
+    has none (so ``*`` does not match it, ``#`` does), as in RabbitMQ.
     """
 
     __slots__ = ("root",)
@@ -78,7 +84,7 @@ class _TopicTrie:
 
     def add(self, binding: Binding) -> None:
         node = self.root
-        for word in binding.routing_key.split("."):
+        for word in topic_words(binding.routing_key):
             if word == "*":
                 if node.star is None:
                     node.star = _TopicNode()
@@ -97,7 +103,7 @@ class _TopicTrie:
     def remove(self, binding: Binding) -> None:
         path: list[tuple[_TopicNode, str]] = []
         node: _TopicNode | None = self.root
-        for word in binding.routing_key.split("."):
+        for word in topic_words(binding.routing_key):
             assert node is not None
             path.append((node, word))
             if word == "*":
@@ -129,7 +135,7 @@ class _TopicTrie:
                 del parent.children[word]
 
     def match(self, routing_key: str) -> list[Binding]:
-        words = routing_key.split(".")
+        words = topic_words(routing_key)
         out: list[Binding] = []
         seen: set[int] = set()
         self._match(self.root, words, 0, out, seen)
@@ -157,8 +163,8 @@ class _TopicTrie:
 
 def topic_matches(pattern: str, routing_key: str) -> bool:
     """Reference matcher (used by tests and the headers-free slow path)."""
-    pw = pattern.split(".")
-    kw = routing_key.split(".")
+    pw = topic_words(pattern)
+    kw = topic_words(routing_key)
 
     def rec(i: int, j: int) -> bool:
         if i == len(pw):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .store.segments import MessageStore, Segment
 
 # Messages handed out by one dispatch round before yielding to the event loop.
 DISPATCH_BATCH_MESSAGES: Final = 4096
@@ -34,7 +35,15 @@ DELIVER_FRAME_BODY_BYTES: Final = 1024 * 1024
 class Message:
     """One message as it sits in one queue.  The body is shared between queues."""
 
-    __slots__ = ("exchange", "routing_key", "properties", "body", "delivery_count", "position")
+    __slots__ = (
+        "exchange",
+        "routing_key",
+        "properties",
+        "body",
+        "delivery_count",
+        "position",
+        "seg",
+    )
 
     def __init__(
         self,
@@ -50,6 +59,8 @@ class Message:
         self.body = body
         self.delivery_count = 0
         self.position = position
+        # The store segment holding this message when it is persisted, else None.
+        self.seg: Segment | None = None
 
 
 class Consumer:
@@ -118,6 +129,9 @@ class Queue:
         "stats_delivered",
         "stats_published",
         "ready_bytes",
+        "uid",
+        "store",
+        "max_delivered",
     )
 
     def __init__(
@@ -151,6 +165,11 @@ class Queue:
         self.stats_published = 0
         self.stats_delivered = 0
         self.ready_bytes = 0
+        # Durable queues: a stable id in the store and the store itself.
+        self.uid = 0
+        self.store: MessageStore | None = None
+        # Highest position ever handed out (everything at or below it was delivered).
+        self.max_delivered = -1
 
     # -- introspection -------------------------------------------------------------
 
@@ -180,6 +199,14 @@ class Queue:
             and self.arguments == dict(arguments or {})
         )
 
+    def describe_definition(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "durable": self.durable,
+            "auto_delete": self.auto_delete,
+            "arguments": self.arguments,
+        }
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -199,43 +226,62 @@ class Queue:
         exchange: str,
         routing_key: str,
         properties: dict[str, Any] | None,
-        bodies: Iterable[bytes],
-    ) -> None:
+        bodies: list[bytes] | tuple[bytes, ...],
+        persistent: bool = False,
+    ) -> bool:
+        """Append messages; True if they were written to the store."""
         pos = self._next_position
-        append = self._ready.append
+        ready = self._ready
+        first = len(ready)
         size = 0
-        n = 0
         for body in bodies:
-            append(Message(exchange, routing_key, properties, body, pos))
+            ready.append(Message(exchange, routing_key, properties, body, pos))
             pos += 1
-            n += 1
             size += len(body)
+        stored = False
+        store = self.store
+        if persistent and store is not None:
+            seg = store.append_messages(
+                self.uid, self._next_position, exchange, routing_key, properties, bodies
+            )
+            for i in range(first, len(ready)):
+                ready[i].seg = seg
+            stored = True
         self._next_position = pos
         self.ready_bytes += size
-        self.stats_published += n
+        self.stats_published += len(bodies)
         if self._consumers and not self._dispatch_scheduled:
             self.schedule_dispatch()
+        return stored
 
-    def enqueue(
-        self, exchange: str, routing_key: str, properties: dict[str, Any] | None, body: bytes
-    ) -> None:
-        self._ready.append(Message(exchange, routing_key, properties, body, self._next_position))
-        self._next_position += 1
-        self.ready_bytes += len(body)
-        self.stats_published += 1
-        if self._consumers and not self._dispatch_scheduled:
-            self.schedule_dispatch()
+    def restore(self, messages: list[Message], next_position: int) -> None:
+        """Recovery: messages in position order, before any client connects."""
+        self._ready.extend(messages)
+        self.ready_bytes += sum(len(m.body) for m in messages)
+        self._next_position = max(self._next_position, next_position)
+
+    def forget(self, msg: Message) -> None:
+        """A stored message left the queue for good (acked, dropped, purged)."""
+        seg = msg.seg
+        if seg is not None and self.store is not None:
+            self.store.settle(self.uid, msg.position, seg)
+            msg.seg = None
 
     def requeue(self, messages: Iterable[Message]) -> None:
         """Put delivered messages back at their original positions."""
         if self.deleted:
+            for msg in messages:
+                self.forget(msg)
             return
         heap = self._requeued
+        store = self.store
         n = 0
         for msg in messages:
             heapq.heappush(heap, (msg.position, msg))
             self.ready_bytes += len(msg.body)
             n += 1
+            if store is not None and msg.seg is not None:
+                store.requeued(self.uid, msg.position, msg.delivery_count)
         self.unacked_count -= n
         if n and self._consumers:
             self.schedule_dispatch()
@@ -250,6 +296,7 @@ class Queue:
             msg = heapq.heappop(self._requeued)[1]
         elif self._ready:
             msg = self._ready.popleft()
+            self.max_delivered = msg.position
         else:
             return None
         self.ready_bytes -= len(msg.body)
@@ -258,6 +305,11 @@ class Queue:
 
     def purge(self) -> int:
         n = self.ready_count
+        if self.store is not None:
+            for msg in self._ready:
+                self.forget(msg)
+            for _, msg in self._requeued:
+                self.forget(msg)
         self._ready.clear()
         self._requeued.clear()
         self.ready_bytes = 0
@@ -328,9 +380,15 @@ class Queue:
             consumer.connection.deliver(consumer, batch)
             self._account(consumer, batch)
 
+    def note_delivered(self) -> None:
+        if self.store is not None and self.max_delivered >= 0:
+            self.store.delivered(self.uid, self.max_delivered)
+
     def _account(self, consumer: Consumer, batch: list[Message]) -> None:
         n = len(batch)
         self.stats_delivered += n
+        if self.store is not None:
+            self.store.delivered(self.uid, self.max_delivered)
         if not consumer.no_ack:
             consumer.unacked += n
             self.unacked_count += n

@@ -7,6 +7,7 @@ mutates exchanges, queues or bindings.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from wharf.protocol.errors import (
@@ -22,6 +23,7 @@ from .queues import Queue
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .store.segments import MessageStore
 
 DEFAULT_EXCHANGE: Final = ""
 # Pre-declared exchanges, as in RabbitMQ.
@@ -43,9 +45,14 @@ def _check_name(kind: str, name: str) -> None:
 
 
 class Topology:
-    __slots__ = ("exchanges", "queues", "default_exchange", "_route_cache")
+    __slots__ = ("exchanges", "queues", "default_exchange", "store", "on_change", "_loading")
 
     def __init__(self) -> None:
+        # Set by the broker: the message store for durable queues, and a callback that
+        # persists the durable definitions after each change.
+        self.store: MessageStore | None = None
+        self.on_change: Callable[[], None] | None = None
+        self._loading = False
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.default_exchange = Exchange(DEFAULT_EXCHANGE, "direct", durable=True)
@@ -115,6 +122,8 @@ class Topology:
             if existing is None:
                 raise NotFound(f"no exchange '{name}'", details={"exchange": name})
             return existing
+        if name == DEFAULT_EXCHANGE or name.startswith("amq."):
+            raise AccessRefused(f"exchange name '{name}' is reserved", details={"exchange": name})
         if existing is not None:
             if not existing.same_as(type_, durable, auto_delete, internal, arguments):
                 raise PreconditionFailed(
@@ -122,8 +131,6 @@ class Topology:
                     details={"exchange": name},
                 )
             return existing
-        if name == DEFAULT_EXCHANGE or name.startswith("amq."):
-            raise AccessRefused(f"exchange name '{name}' is reserved", details={"exchange": name})
         ex = Exchange(
             name,
             type_,
@@ -133,7 +140,13 @@ class Topology:
             arguments=arguments,
         )
         self.exchanges[name] = ex
+        if durable:
+            self._changed()
         return ex
+
+    def _changed(self) -> None:
+        if self.on_change is not None and not self._loading:
+            self.on_change()
 
     def get_exchange(self, name: str) -> Exchange:
         ex = self.exchanges.get(name)
@@ -152,6 +165,8 @@ class Topology:
         for b in list(ex.incoming):
             self._remove_binding(b, cascade=True)
         del self.exchanges[name]
+        if ex.durable:
+            self._changed()
 
     # -- queues --------------------------------------------------------------------
 
@@ -196,8 +211,15 @@ class Topology:
         )
         q.on_unused = self._queue_unused
         self.queues[name] = q
-        # Every queue is bound to the default exchange by its name (implicitly).
+        if durable and not exclusive:
+            # Exclusive queues go with their connection, so never outlive a restart.
+            self.attach_store(q, secrets.randbits(62) + 1)
+            self._changed()
         return q
+
+    def attach_store(self, q: Queue, uid: int) -> None:
+        q.uid = uid
+        q.store = self.store
 
     def _queue_unused(self, queue: Queue) -> None:
         if self.queues.get(queue.name) is queue:
@@ -236,6 +258,11 @@ class Topology:
             self._remove_binding(b, cascade=True)
         for c in list(q.consumers):
             c.connection.server_cancel(c, 404, f"queue '{q.name}' was deleted")
+        owner = q.exclusive_owner
+        if owner is not None and q in owner.exclusive_queues:
+            owner.exclusive_queues.remove(q)
+        if q.store is not None:
+            self._changed()
         return n
 
     # -- bindings ------------------------------------------------------------------
@@ -247,8 +274,10 @@ class Topology:
         routing_key: str,
         arguments: dict[str, Any] | None,
     ) -> None:
-        if source_name == DEFAULT_EXCHANGE:
-            raise AccessRefused("the default exchange cannot be bound to", details={"exchange": ""})
+        if source_name == DEFAULT_EXCHANGE or destination is self.default_exchange:
+            raise AccessRefused(
+                "the default exchange cannot take part in bindings", details={"exchange": ""}
+            )
         if len(routing_key) > MAX_ROUTING_KEY_CHARS:
             raise InvalidArgument(f"routing key longer than {MAX_ROUTING_KEY_CHARS} characters")
         source = self.get_exchange(source_name)
@@ -258,6 +287,14 @@ class Topology:
                 destination.bindings.append(binding)
             else:
                 destination.incoming.append(binding)
+            if self._is_durable_binding(binding):
+                self._changed()
+
+    @staticmethod
+    def _is_durable_binding(binding: Binding) -> bool:
+        dest = binding.destination
+        dest_durable = dest.store is not None if isinstance(dest, Queue) else dest.durable
+        return bool(binding.source.durable and dest_durable)
 
     def unbind(
         self,
@@ -280,6 +317,8 @@ class Topology:
         holder = dest.bindings if isinstance(dest, Queue) else dest.incoming
         if binding in holder:
             holder.remove(binding)
+        if self._is_durable_binding(binding):
+            self._changed()
         # Auto-delete exchanges go when their last binding (as source) goes.
         if (
             cascade
@@ -301,3 +340,65 @@ class Topology:
             for ex in self.exchanges.values()
             for b in ex.bindings
         ]
+
+    # -- durable definitions ---------------------------------------------------------
+
+    def durable_definitions(self) -> dict[str, Any]:
+        exchanges = [
+            ex.describe()
+            for ex in self.exchanges.values()
+            if ex.durable and ex.name != DEFAULT_EXCHANGE and not ex.name.startswith("amq.")
+        ]
+        queues = [
+            {**q.describe_definition(), "uid": q.uid}
+            for q in self.queues.values()
+            if q.store is not None
+        ]
+        bindings = [
+            {
+                "source": b.source.name,
+                "destination": b.destination.name,
+                "destination_type": "queue" if isinstance(b.destination, Queue) else "exchange",
+                "routing_key": b.routing_key,
+                "arguments": b.arguments,
+            }
+            for ex in self.exchanges.values()
+            for b in ex.bindings
+            if self._is_durable_binding(b)
+        ]
+        return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
+
+    def load_definitions(self, doc: dict[str, Any]) -> None:
+        """Re-create durable definitions at start-up (before clients connect)."""
+        self._loading = True
+        try:
+            for e in doc["exchanges"]:
+                if e["name"] not in self.exchanges:
+                    self.exchanges[e["name"]] = Exchange(
+                        e["name"],
+                        e["type"],
+                        durable=True,
+                        auto_delete=e.get("auto_delete", False),
+                        internal=e.get("internal", False),
+                        arguments=e.get("arguments"),
+                    )
+            for qd in doc["queues"]:
+                q = Queue(
+                    qd["name"],
+                    durable=True,
+                    auto_delete=qd.get("auto_delete", False),
+                    arguments=qd.get("arguments"),
+                )
+                q.on_unused = self._queue_unused
+                self.queues[q.name] = q
+                self.attach_store(q, int(qd["uid"]))
+            for b in doc["bindings"]:
+                dest: Queue | Exchange | None = (
+                    self.queues.get(b["destination"])
+                    if b["destination_type"] == "queue"
+                    else self.exchanges.get(b["destination"])
+                )
+                if dest is not None and b["source"] in self.exchanges:
+                    self.bind(dest, b["source"], b["routing_key"], b.get("arguments"))
+        finally:
+            self._loading = False

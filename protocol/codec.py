@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import msgpack
 
-from .errors import FrameError, FrameTooLarge, ProtocolMismatch
+from .errors import FrameError, FrameTooLarge, ProtocolMismatch, WharfError
 from .frames import HANDSHAKE_BYTES, MAGIC, PROTOCOL_VERSION, TYPE_OF, Frame
 
 LENGTH_BYTES: Final = 4
@@ -35,7 +35,7 @@ _pack_length = struct.Struct(">I").pack
 class FrameDecoder:
     """Bytes in, raw frame arrays out.  One per connection direction."""
 
-    __slots__ = ("_buf", "_pos", "_max", "_use_list", "_need_handshake", "closed")
+    __slots__ = ("_buf", "_pos", "_max", "_use_list", "_need_handshake", "closed", "_deferred")
 
     def __init__(
         self,
@@ -50,12 +50,26 @@ class FrameDecoder:
         self._use_list = use_list
         self._need_handshake = expect_handshake
         self.closed = False
+        self._deferred: WharfError | None = None
+
+    @property
+    def error_pending(self) -> bool:
+        return self._deferred is not None
 
     @property
     def buffered(self) -> int:
         return len(self._buf) - self._pos
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """Complete frames in ``data`` (plus what was buffered).
+
+        When good frames precede a bad one in the same input, they are returned and
+        the error is raised by the next call (``error_pending`` tells), so a caller
+        answers the good requests before closing.
+        """
+        if self._deferred is not None:
+            exc, self._deferred = self._deferred, None
+            raise exc
         if self.closed:
             return []
         buf = self._buf
@@ -90,8 +104,11 @@ class FrameDecoder:
                     break
                 frames.append(_decode_payload(memoryview(buf)[start:stop], use_list))
                 pos = stop
-        except Exception:
+        except WharfError as exc:
             self.closed = True
+            if frames:
+                self._deferred = exc
+                return frames
             raise
         if pos == end:
             buf.clear()

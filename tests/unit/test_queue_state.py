@@ -55,7 +55,7 @@ async def test_requeue_returns_to_original_position() -> None:
     first = [q.take(), q.take()]
     assert [m.body for m in first if m] == [b"a", b"b"]
     q.unacked_count += 2
-    q.enqueue("", "q", None, b"e")
+    q.enqueue_many("", "q", None, [b"e"])
     q.requeue([m for m in reversed(first) if m])  # requeue order does not matter
     order = []
     while (m := q.take()) is not None:
@@ -82,7 +82,7 @@ async def test_paused_connection_gets_nothing() -> None:
     conn = FakeConnection()
     conn.writable = False
     _consumer(q, conn, "c1")
-    q.enqueue("", "q", None, b"x")
+    q.enqueue_many("", "q", None, [b"x"])
     await _settle()
     assert conn.delivered == []
     conn.writable = True
@@ -99,7 +99,7 @@ def test_ready_order_is_always_position_order(ops: list[str]) -> None:
     n = 0
     for op in ops:
         if op == "pub":
-            q.enqueue("", "q", None, b"%d" % n)
+            q.enqueue_many("", "q", None, [b"%d" % n])
             n += 1
         elif op == "take":
             m = q.take()

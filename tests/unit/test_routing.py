@@ -35,9 +35,11 @@ class Dest:
         ("a.#.c", "a.c", True),
         ("a.#.c", "a.b.x.c", True),
         ("a.#.c", "a.b.x", False),
-        ("*", "", True),
+        ("*", "", False),  # "" has no words, as in RabbitMQ
         ("*", "a.b", False),
-        ("*.#", "", True),
+        ("*.#", "", False),
+        ("", "", True),
+        ("", "a", False),
         ("a..b", "a..b", True),
         ("a..b", "a.b", False),
         ("#.#", "x", True),

@@ -1,0 +1,1 @@
+"""The message store: segment files, group commit, recovery, durable definitions."""

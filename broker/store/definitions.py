@@ -1,0 +1,77 @@
+"""Durable definitions: exchanges, queues and bindings, written atomically.
+
+``<data_dir>/definitions.json`` is replaced as a whole on every change to a durable
+definition: write a temporary file, fsync it, rename it over the old one, fsync the
+directory.  A crash leaves either the old or the new file, never a mix.  Binary
+argument values are written as ``{"$bin": "<hex>"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Final
+
+DEFINITIONS_FILE: Final = "definitions.json"
+FORMAT_VERSION: Final = 1
+
+
+def _encode(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return {"$bin": obj.hex()}
+    if isinstance(obj, dict):
+        return {str(k): _encode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_encode(v) for v in obj]
+    return obj
+
+
+def _decode(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if len(obj) == 1 and "$bin" in obj and isinstance(obj["$bin"], str):
+            return bytes.fromhex(obj["$bin"])
+        return {k: _decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    return obj
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def save_definitions(data_dir: Path, definitions: dict[str, Any]) -> None:
+    doc = {"version": FORMAT_VERSION, **definitions}
+    data = json.dumps(_encode(doc), indent=1, sort_keys=True).encode()
+    write_atomically(data_dir / DEFINITIONS_FILE, data)
+
+
+def load_definitions(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / DEFINITIONS_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {"version": FORMAT_VERSION, "exchanges": [], "queues": [], "bindings": []}
+    doc = _decode(json.loads(raw))
+    if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported definitions format")
+    doc.setdefault("exchanges", [])
+    doc.setdefault("queues", [])
+    doc.setdefault("bindings", [])
+    return doc
