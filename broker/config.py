@@ -55,6 +55,8 @@ DEFAULT_HANDSHAKE_TIMEOUT_S: Final = 10.0
 DEFAULT_SHUTDOWN_TIMEOUT_S: Final = 10.0
 DEFAULT_FSYNC_INTERVAL_MS: Final = 0
 DEFAULT_SEGMENT_BYTES: Final = 64 * MIB
+DEFAULT_MEMORY_HIGH_WATERMARK: Final = 0.4
+DEFAULT_DISK_FREE_LIMIT_BYTES: Final = 50_000_000
 
 # The frame length prefix is a u32; nothing larger can be framed.
 MAX_FRAME_BYTES_LIMIT: Final = 2**32 - 1
@@ -101,6 +103,11 @@ class Settings:
     # every N ms and confirm persistent messages before they are on disk (unsafe).
     fsync_interval_ms: int = DEFAULT_FSYNC_INTERVAL_MS
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    # Resource alarms (as RabbitMQ's vm_memory_high_watermark and disk_free_limit):
+    # publishers are blocked while RSS is above this fraction of RAM (or of the cgroup
+    # limit), or free disk space under data_dir is below disk_free_limit_bytes.
+    memory_high_watermark: float = DEFAULT_MEMORY_HIGH_WATERMARK
+    disk_free_limit_bytes: int = DEFAULT_DISK_FREE_LIMIT_BYTES
 
     @property
     def http_bind_host(self) -> str:
@@ -228,6 +235,8 @@ _CHECKS: Final[dict[str, _Check]] = {
     "users": _users_check,
     "fsync_interval_ms": _int_check(0, 60_000),
     "segment_bytes": _int_check(MIB),
+    "memory_high_watermark": _float_check(0.0, allow_equal=False),
+    "disk_free_limit_bytes": _int_check(0),
 }
 assert set(_CHECKS) == {f.name for f in dataclasses.fields(Settings)}
 

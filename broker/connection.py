@@ -79,6 +79,7 @@ class Connection(asyncio.Protocol):
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
         self.writable = True
+        self._blocked_reading = False
         self.closing = False
         self.closed = False
         self.heartbeat_s = 0
@@ -187,10 +188,31 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writable = True
-        if self.transport is not None and not self.closing:
+        if self.transport is not None and not self.closing and not self._blocked_reading:
             self.transport.resume_reading()
         for c in list(self.consumers.values()):
             c.queue.schedule_dispatch()
+
+    # -- resource alarms -----------------------------------------------------------
+
+    def set_blocked(self, alarms: set[str]) -> None:
+        """The broker's alarms changed: tell the client, stop or resume reading."""
+        if not self.authenticated or self.closing:
+            return
+        if alarms:
+            self._send(self._encode((F.BLOCKED, 0, ",".join(sorted(alarms)))))
+            return
+        self._send(self._encode((F.UNBLOCKED, 0)))
+        if self._blocked_reading:
+            self._blocked_reading = False
+            if self.transport is not None and self.writable:
+                self.transport.resume_reading()
+
+    def _block_reading(self) -> None:
+        """A publish arrived during an alarm: read nothing more until it clears."""
+        self._blocked_reading = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
@@ -340,6 +362,8 @@ class Connection(asyncio.Protocol):
         self._send_frame(
             F.AuthOk(frame.request_id, self.name, self.heartbeat_s, {"product": "wharf"})
         )
+        if self.broker.alarms:
+            self.set_blocked(self.broker.alarms)
         log.info(
             "%s opened from %s as %s",
             self.name,
@@ -479,7 +503,10 @@ class Connection(asyncio.Protocol):
         flags: int,
     ) -> None:
         n = len(bodies)
-        stats = self.broker.stats
+        broker = self.broker
+        if broker.alarms and not self._blocked_reading:
+            self._block_reading()
+        stats = broker.stats
         stats.published += n
         headers = props.get("headers") if props else None
         queues = self.topology.route(ex, routing_key, headers)

@@ -251,6 +251,11 @@ def _route(broker: HttpBroker, registry: CollectorRegistry, request: _Request) -
     if request.path == "/healthz":
         return 200, JSON_CONTENT_TYPE, _json({"status": "ok"}), {}
     if request.path == "/readyz":
+        alarms = sorted(getattr(broker, "alarms", ()) or ())
+        if broker.ready and alarms:
+            # Serving, but publishers are blocked: not ready for more publishing load.
+            body = _json({"status": "blocked", "alarms": alarms})
+            return 503, JSON_CONTENT_TYPE, body, {}
         if broker.ready:
             return 200, JSON_CONTENT_TYPE, _json({"status": "ready"}), {}
         stopping = bool(getattr(broker, "stopping", False))

@@ -103,6 +103,21 @@ class BrokerCollector:
         stats = broker.stats
         for family, (_, attr, _) in zip(counters, _COUNTERS, strict=True):
             family.add_metric([], getattr(stats, attr))
+        alarm = GaugeMetricFamily(
+            "wharf_alarm", "1 while a resource alarm blocks publishers.", labels=["resource"]
+        )
+        raised: set[str] = getattr(broker, "alarms", set())
+        for resource in ("memory", "disk"):
+            alarm.add_metric([resource], 1 if resource in raised else 0)
+        yield alarm
+        store = getattr(broker, "store", None)
+        if store is not None:
+            yield GaugeMetricFamily(
+                "wharf_store_bytes", "Bytes in message store segments.", value=store.disk_bytes()
+            )
+            yield CounterMetricFamily(
+                "wharf_store_fsyncs", "fsync calls of the message store.", value=store.fsyncs
+            )
         yield from totals.values()
         yield from per_queue
         yield from counters

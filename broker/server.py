@@ -21,6 +21,7 @@ from typing import IO, Any, Final
 
 from wharf.protocol.errors import WharfError
 
+from .alarms import ResourceMonitor
 from .auth import Authenticator
 from .config import Settings, configure_logging
 from .connection import Connection
@@ -83,6 +84,9 @@ class Broker:
         self.data_path = settings.data_dir
         self._closed_waiters: set[asyncio.Future[None]] = set()
         self.store: MessageStore | None = None
+        self.monitor: ResourceMonitor | None = None
+        # Raised resource alarms ("memory", "disk"); publishers are blocked while non-empty.
+        self.alarms: set[str] = set()
         self._store_waiting: set[Connection] = set()
 
     @property
@@ -181,6 +185,10 @@ class Broker:
         s = self.settings
         self._lock_data_dir()
         self._recover()
+        self.monitor = ResourceMonitor(
+            self.data_path, s.memory_high_watermark, s.disk_free_limit_bytes
+        )
+        self.check_resources()
         loop = asyncio.get_running_loop()
         http_host = s.http_host or s.host
         self._http = await start_http_server(self, http_host, s.http_port)
@@ -206,11 +214,20 @@ class Broker:
         while True:
             await asyncio.sleep(TICK_S)
             now = loop.time()
+            self.check_resources()
             for conn in list(self.connections.values()):
                 try:
                     conn.tick(now)
                 except Exception:
                     log.exception("%s: periodic check failed", conn.name)
+
+    def check_resources(self) -> None:
+        monitor = self.monitor
+        if monitor is None or not monitor.check():
+            return
+        self.alarms = set(monitor.alarms)
+        for conn in list(self.connections.values()):
+            conn.set_blocked(self.alarms)
 
     def connection_closed(self, conn: Connection) -> None:
         if not self.connections:

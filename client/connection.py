@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import platform
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final
@@ -79,6 +79,16 @@ class Connection:
     @property
     def server_properties(self) -> dict[str, Any]:
         return self._core.server_properties
+
+    @property
+    def blocked(self) -> str | None:
+        """The broker's resource alarm ("memory", "disk") while it blocks publishing."""
+        return self._core.blocked
+
+    def on_blocked(self, callback: Callable[[str | None], None]) -> None:
+        """Call ``callback(reason)`` when the broker blocks publishing, ``callback(None)``
+        when it unblocks.  While blocked, publishes wait (the broker stops reading)."""
+        self._core.blocked_listeners.append(callback)
 
     @property
     def max_message_bytes(self) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Any, Final, Protocol, cast
 
 from wharf.protocol import frames as F
@@ -124,6 +125,9 @@ class ConnectionCore(asyncio.Protocol):
         self.server_name = ""
         self.max_frame_bytes = 0
         self.max_message_bytes = 0
+        # The broker's resource alarm while it blocks publishers (None when not blocked).
+        self.blocked: str | None = None
+        self.blocked_listeners: list[Callable[[str | None], None]] = []
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -215,6 +219,18 @@ class ConnectionCore(asyncio.Protocol):
                 )
         elif ftype == F.HEARTBEAT:
             pass
+        elif ftype == F.BLOCKED or ftype == F.UNBLOCKED:
+            reason = str(frame[2]) if ftype == F.BLOCKED and len(frame) > 2 else None
+            self.blocked = reason
+            if reason is None:
+                log.info("wharf: broker resource alarm cleared; publishing resumes")
+            else:
+                log.warning("wharf: broker blocked publishing (resource alarm: %s)", reason)
+            for callback in list(self.blocked_listeners):
+                try:
+                    callback(reason)
+                except Exception:
+                    log.exception("wharf: blocked/unblocked listener failed")
         elif ftype == F.HELLO or ftype == F.AUTH_OK:
             fut = self._handshake
             if fut is not None and not fut.done():

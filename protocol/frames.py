@@ -56,6 +56,8 @@ ACK: Final = 50
 NACK: Final = 51
 REJECT: Final = 52
 ACK_MANY: Final = 53
+BLOCKED: Final = 60
+UNBLOCKED: Final = 61
 
 # PUBLISH / PUBLISH_MANY flag bits.
 FLAG_MANDATORY: Final = 0x01
@@ -329,6 +331,17 @@ class AckMany(NamedTuple):
     delivery_tags: list[int]
 
 
+class Blocked(NamedTuple):
+    """Server -> client: a resource alarm; the broker stops reading publishes."""
+
+    request_id: int
+    reason: str
+
+
+class Unblocked(NamedTuple):
+    request_id: int
+
+
 Frame = (
     Error
     | Hello
@@ -362,6 +375,8 @@ Frame = (
     | Nack
     | Reject
     | AckMany
+    | Blocked
+    | Unblocked
 )
 
 
@@ -398,6 +413,8 @@ TYPE_OF: Final[dict[type, int]] = {
     Nack: NACK,
     Reject: REJECT,
     AckMany: ACK_MANY,
+    Blocked: BLOCKED,
+    Unblocked: UNBLOCKED,
 }
 
 
@@ -442,6 +459,8 @@ _FIELD_TYPES: dict[Any, tuple[tuple[type, ...], ...]] = {
     Nack: (_INT, _INT, _BOOL, _BOOL),
     Reject: (_INT, _INT, _BOOL),
     AckMany: (_INT, _LIST),
+    Blocked: (_INT, _STR),
+    Unblocked: (_INT,),
 }
 
 

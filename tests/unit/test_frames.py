@@ -59,6 +59,8 @@ SAMPLES: list[F.Frame] = [
     F.Nack(13, 3, True, False),
     F.Reject(0, 4, False),
     F.AckMany(13, [5, 6, 9]),
+    F.Blocked(0, "memory"),
+    F.Unblocked(0),
 ]
 
 SAMPLE_IDS = [type(f).__name__ for f in SAMPLES]
