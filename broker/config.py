@@ -56,6 +56,7 @@ DEFAULT_SHUTDOWN_TIMEOUT_S: Final = 10.0
 DEFAULT_FSYNC_INTERVAL_MS: Final = 0
 DEFAULT_SEGMENT_BYTES: Final = 64 * MIB
 DEFAULT_MEMORY_HIGH_WATERMARK: Final = 0.4
+DEFAULT_QUEUE_MEMORY_BUDGET_BYTES: Final = 128 * MIB
 DEFAULT_DISK_FREE_LIMIT_BYTES: Final = 50_000_000
 
 # The frame length prefix is a u32; nothing larger can be framed.
@@ -107,6 +108,9 @@ class Settings:
     # publishers are blocked while RSS is above this fraction of RAM (or of the cgroup
     # limit), or free disk space under data_dir is below disk_free_limit_bytes.
     memory_high_watermark: float = DEFAULT_MEMORY_HIGH_WATERMARK
+    # Per queue: beyond this many bytes of messages in memory, new messages are kept on
+    # disk with only a packed index in memory (see docs/storage.md, "Long queues").
+    queue_memory_budget_bytes: int = DEFAULT_QUEUE_MEMORY_BUDGET_BYTES
     disk_free_limit_bytes: int = DEFAULT_DISK_FREE_LIMIT_BYTES
 
     @property
@@ -236,6 +240,7 @@ _CHECKS: Final[dict[str, _Check]] = {
     "fsync_interval_ms": _int_check(0, 60_000),
     "segment_bytes": _int_check(MIB),
     "memory_high_watermark": _float_check(0.0, allow_equal=False),
+    "queue_memory_budget_bytes": _int_check(0),
     "disk_free_limit_bytes": _int_check(0),
 }
 assert set(_CHECKS) == {f.name for f in dataclasses.fields(Settings)}

@@ -515,7 +515,11 @@ class Connection(asyncio.Protocol):
             persistent = props is not None and props.get("persistent") is True
             if persistent:
                 store = self.broker.store
-                if store is not None and store.failed is not None and any(q.store for q in queues):
+                if (
+                    store is not None
+                    and store.failed is not None
+                    and any(q.persist for q in queues)
+                ):
                     self._nack(seq, n, ResourceError(f"message store unavailable: {store.failed}"))
                     return
             for q in queues:

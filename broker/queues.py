@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
+from .paging import PagedTail
+
 if TYPE_CHECKING:
     from .connection import Connection
     from .store.segments import MessageStore, Segment
@@ -30,6 +32,11 @@ if TYPE_CHECKING:
 DISPATCH_BATCH_MESSAGES: Final = 4096
 # Body bytes in one DELIVER frame before the batch is cut.
 DELIVER_FRAME_BODY_BYTES: Final = 1024 * 1024
+# Estimated memory of one in-memory message besides its body (objects, deque slot).
+MESSAGE_OVERHEAD_BYTES: Final = 200
+DEFAULT_QUEUE_MEMORY_BUDGET_BYTES: Final = 128 * 1024 * 1024
+# Messages read back from disk at a time when the in-memory head runs out.
+PAGE_IN_MESSAGES: Final = 4096
 
 
 class Message:
@@ -43,6 +50,7 @@ class Message:
         "delivery_count",
         "position",
         "seg",
+        "persisted",
     )
 
     def __init__(
@@ -59,8 +67,10 @@ class Message:
         self.body = body
         self.delivery_count = 0
         self.position = position
-        # The store segment holding this message when it is persisted, else None.
+        # The store segment holding this message's body (persisted, or paged out of a
+        # long queue), else None; ``persisted``: its settlement must be recorded.
         self.seg: Segment | None = None
+        self.persisted = False
 
 
 class Consumer:
@@ -132,6 +142,11 @@ class Queue:
         "uid",
         "store",
         "max_delivered",
+        "persist",
+        "memory_budget_bytes",
+        "_head_bytes",
+        "_tail",
+        "_paging_wait",
     )
 
     def __init__(
@@ -165,9 +180,16 @@ class Queue:
         self.stats_published = 0
         self.stats_delivered = 0
         self.ready_bytes = 0
-        # Durable queues: a stable id in the store and the store itself.
+        # The message store (persistence for durable queues, paging for long ones), this
+        # queue's id in it, and whether persistent messages are made durable.
         self.uid = 0
         self.store: MessageStore | None = None
+        self.persist = False
+        # Beyond this many bytes of messages in memory, new ones are paged to disk.
+        self.memory_budget_bytes = DEFAULT_QUEUE_MEMORY_BUDGET_BYTES
+        self._head_bytes = 0
+        self._tail = PagedTail()
+        self._paging_wait = False
         # Highest position ever handed out (everything at or below it was delivered).
         self.max_delivered = -1
 
@@ -179,7 +201,11 @@ class Queue:
 
     @property
     def ready_count(self) -> int:
-        return len(self._ready) + len(self._requeued)
+        return len(self._ready) + len(self._requeued) + len(self._tail)
+
+    @property
+    def paged_count(self) -> int:
+        return len(self._tail)
 
     @property
     def consumer_count(self) -> int:
@@ -229,43 +255,109 @@ class Queue:
         bodies: list[bytes] | tuple[bytes, ...],
         persistent: bool = False,
     ) -> bool:
-        """Append messages; True if they were written to the store."""
-        pos = self._next_position
-        ready = self._ready
-        first = len(ready)
-        size = 0
-        for body in bodies:
-            ready.append(Message(exchange, routing_key, properties, body, pos))
-            pos += 1
-            size += len(body)
-        stored = False
-        store = self.store
-        if persistent and store is not None:
-            seg = store.append_messages(
-                self.uid, self._next_position, exchange, routing_key, properties, bodies
-            )
-            for i in range(first, len(ready)):
-                ready[i].seg = seg
-            stored = True
-        self._next_position = pos
+        """Append messages; True if they were written to the store as persistent."""
+        first_pos = self._next_position
+        n = len(bodies)
+        self._next_position = first_pos + n
+        self.stats_published += n
+        sizes = [len(b) for b in bodies]
+        size = sum(sizes)
         self.ready_bytes += size
-        self.stats_published += len(bodies)
+        durable = persistent and self.persist
+        store = self.store
+        mem = size + n * MESSAGE_OVERHEAD_BYTES
+        if store is not None and (self._tail or self._head_bytes + mem > self.memory_budget_bytes):
+            # Long queue: keep only a packed index row per message; bodies stay on disk.
+            seg, offset = store.append_messages(
+                self.uid, first_pos, exchange, routing_key, properties, bodies, durable=durable
+            )
+            self._tail.append_batch(first_pos, sizes, seg.number, offset, durable)
+        else:
+            ready = self._ready
+            start = len(ready)
+            pos = first_pos
+            for body in bodies:
+                ready.append(Message(exchange, routing_key, properties, body, pos))
+                pos += 1
+            self._head_bytes += mem
+            if durable:
+                assert store is not None
+                seg, _ = store.append_messages(
+                    self.uid, first_pos, exchange, routing_key, properties, bodies
+                )
+                for i in range(start, len(ready)):
+                    m = ready[i]
+                    m.seg = seg
+                    m.persisted = True
         if self._consumers and not self._dispatch_scheduled:
             self.schedule_dispatch()
-        return stored
+        return durable
 
     def restore(self, messages: list[Message], next_position: int) -> None:
         """Recovery: messages in position order, before any client connects."""
         self._ready.extend(messages)
-        self.ready_bytes += sum(len(m.body) for m in messages)
+        n = sum(len(m.body) for m in messages)
+        self.ready_bytes += n
+        self._head_bytes += n + len(messages) * MESSAGE_OVERHEAD_BYTES
         self._next_position = max(self._next_position, next_position)
+
+    def restore_paged(
+        self, first_position: int, sizes: list[int], segment: int, offset: int, counts: list[int]
+    ) -> None:
+        """Recovery of a long queue: index rows only, bodies stay in the segment."""
+        tail = self._tail
+        start = len(tail.count)
+        tail.append_batch(first_position, sizes, segment, offset, True)
+        for i, c in enumerate(counts):
+            tail.count[start + i] = c
+        self.ready_bytes += sum(sizes)
 
     def forget(self, msg: Message) -> None:
         """A stored message left the queue for good (acked, dropped, purged)."""
         seg = msg.seg
         if seg is not None and self.store is not None:
-            self.store.settle(self.uid, msg.position, seg)
+            self.store.settle(self.uid, msg.position, seg, msg.persisted)
             msg.seg = None
+
+    def _page_in(self) -> bool:
+        """Load the next rows of the paged tail into memory; False if none could be."""
+        store = self.store
+        tail = self._tail
+        if store is None or not tail:
+            return False
+        rows = tail.peek(PAGE_IN_MESSAGES)
+        ready = self._ready
+        cache_key: tuple[int, int] | None = None
+        payload: Any = None
+        loaded = 0
+        for row in rows:
+            key = (row.segment, row.offset)
+            if key != cache_key:
+                if not store.readable(row.segment, row.offset):
+                    break  # still in the commit being written: try again after it
+                payload = store.read_record(row.segment, row.offset)
+                cache_key = key
+            m = Message(
+                payload[2], payload[3], payload[4], payload[5][row.body_index], row.position
+            )
+            m.delivery_count = row.delivery_count
+            m.seg = store.by_number.get(row.segment)
+            m.persisted = row.durable
+            ready.append(m)
+            self._head_bytes += row.size + MESSAGE_OVERHEAD_BYTES
+            loaded += 1
+        if loaded:
+            tail.pop_front(loaded)
+            return True
+        if not self._paging_wait:
+            self._paging_wait = True
+            store.after_commit(self._paging_resume)
+        return False
+
+    def _paging_resume(self) -> None:
+        self._paging_wait = False
+        if self._consumers:
+            self.schedule_dispatch()
 
     def requeue(self, messages: Iterable[Message]) -> None:
         """Put delivered messages back at their original positions."""
@@ -279,8 +371,9 @@ class Queue:
         for msg in messages:
             heapq.heappush(heap, (msg.position, msg))
             self.ready_bytes += len(msg.body)
+            self._head_bytes += len(msg.body) + MESSAGE_OVERHEAD_BYTES
             n += 1
-            if store is not None and msg.seg is not None:
+            if store is not None and msg.persisted and msg.seg is not None:
                 store.requeued(self.uid, msg.position, msg.delivery_count)
         self.unacked_count -= n
         if n and self._consumers:
@@ -294,25 +387,54 @@ class Queue:
         """Pop the next ready message (for basic.get); the caller records it as delivered."""
         if self._requeued:
             msg = heapq.heappop(self._requeued)[1]
-        elif self._ready:
+        elif self._ready or (self._tail and self._page_in()):
             msg = self._ready.popleft()
             self.max_delivered = msg.position
         else:
             return None
-        self.ready_bytes -= len(msg.body)
+        size = len(msg.body)
+        self.ready_bytes -= size
+        self._head_bytes -= size + MESSAGE_OVERHEAD_BYTES
         msg.delivery_count += 1
         return msg
 
+    def peek(self, n: int) -> list[Message]:
+        """Up to ``n`` ready messages in delivery order, without taking them."""
+        out = [m for _, m in heapq.nsmallest(n, self._requeued)]
+        for m in self._ready:
+            if len(out) >= n:
+                return out
+            out.append(m)
+        store = self.store
+        if store is None:
+            return out
+        for row in self._tail.peek(n - len(out)):
+            if not store.readable(row.segment, row.offset):
+                break
+            p = store.read_record(row.segment, row.offset)
+            m = Message(p[2], p[3], p[4], p[5][row.body_index], row.position)
+            m.delivery_count = row.delivery_count
+            out.append(m)
+        return out
+
     def purge(self) -> int:
         n = self.ready_count
-        if self.store is not None:
+        store = self.store
+        if store is not None:
             for msg in self._ready:
                 self.forget(msg)
             for _, msg in self._requeued:
                 self.forget(msg)
+            tail = self._tail
+            while tail:
+                for row in tail.pop_front(PAGE_IN_MESSAGES):
+                    seg = store.by_number.get(row.segment)
+                    if seg is not None:
+                        store.settle(self.uid, row.position, seg, row.durable)
         self._ready.clear()
         self._requeued.clear()
         self.ready_bytes = 0
+        self._head_bytes = 0
         return n
 
     # -- consumers -----------------------------------------------------------------

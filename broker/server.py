@@ -134,9 +134,10 @@ class Broker:
         )
         self.store = store
         self.topology.store = store
+        self.topology.memory_budget_bytes = self.settings.queue_memory_budget_bytes
         self.topology.load_definitions(load_definitions(data))
         rec = recover(msg_dir)
-        by_uid = {q.uid: q for q in self.topology.queues.values() if q.store is not None}
+        by_uid = {q.uid: q for q in self.topology.queues.values() if q.persist}
         dropped = drop_unknown_queues(rec, set(by_uid))
         restored = 0
         for uid, q in by_uid.items():

@@ -45,7 +45,15 @@ def _check_name(kind: str, name: str) -> None:
 
 
 class Topology:
-    __slots__ = ("exchanges", "queues", "default_exchange", "store", "on_change", "_loading")
+    __slots__ = (
+        "exchanges",
+        "queues",
+        "default_exchange",
+        "store",
+        "on_change",
+        "_loading",
+        "memory_budget_bytes",
+    )
 
     def __init__(self) -> None:
         # Set by the broker: the message store for durable queues, and a callback that
@@ -53,6 +61,7 @@ class Topology:
         self.store: MessageStore | None = None
         self.on_change: Callable[[], None] | None = None
         self._loading = False
+        self.memory_budget_bytes: int | None = None
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.default_exchange = Exchange(DEFAULT_EXCHANGE, "direct", durable=True)
@@ -211,15 +220,18 @@ class Topology:
         )
         q.on_unused = self._queue_unused
         self.queues[name] = q
-        if durable and not exclusive:
-            # Exclusive queues go with their connection, so never outlive a restart.
-            self.attach_store(q, secrets.randbits(62) + 1)
+        # Exclusive queues go with their connection, so never outlive a restart.
+        self.attach_store(q, secrets.randbits(62) + 1, persist=durable and not exclusive)
+        if q.persist:
             self._changed()
         return q
 
-    def attach_store(self, q: Queue, uid: int) -> None:
+    def attach_store(self, q: Queue, uid: int, *, persist: bool) -> None:
         q.uid = uid
         q.store = self.store
+        q.persist = persist and self.store is not None
+        if self.memory_budget_bytes is not None:
+            q.memory_budget_bytes = self.memory_budget_bytes
 
     def _queue_unused(self, queue: Queue) -> None:
         if self.queues.get(queue.name) is queue:
@@ -261,7 +273,7 @@ class Topology:
         owner = q.exclusive_owner
         if owner is not None and q in owner.exclusive_queues:
             owner.exclusive_queues.remove(q)
-        if q.store is not None:
+        if q.persist:
             self._changed()
         return n
 
@@ -293,7 +305,7 @@ class Topology:
     @staticmethod
     def _is_durable_binding(binding: Binding) -> bool:
         dest = binding.destination
-        dest_durable = dest.store is not None if isinstance(dest, Queue) else dest.durable
+        dest_durable = dest.persist if isinstance(dest, Queue) else dest.durable
         return bool(binding.source.durable and dest_durable)
 
     def unbind(
@@ -350,9 +362,7 @@ class Topology:
             if ex.durable and ex.name != DEFAULT_EXCHANGE and not ex.name.startswith("amq.")
         ]
         queues = [
-            {**q.describe_definition(), "uid": q.uid}
-            for q in self.queues.values()
-            if q.store is not None
+            {**q.describe_definition(), "uid": q.uid} for q in self.queues.values() if q.persist
         ]
         bindings = [
             {
@@ -391,7 +401,7 @@ class Topology:
                 )
                 q.on_unused = self._queue_unused
                 self.queues[q.name] = q
-                self.attach_store(q, int(qd["uid"]))
+                self.attach_store(q, int(qd["uid"]), persist=True)
             for b in doc["bindings"]:
                 dest: Queue | Exchange | None = (
                     self.queues.get(b["destination"])

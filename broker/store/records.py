@@ -9,7 +9,8 @@ A segment file is a sequence of records::
 ``crc32`` (zlib) covers the type byte and the payload.  Record types and payloads:
 
     MSGS       [queue_uid, first_position, exchange, routing_key, properties,
-                [body, ...], delivery_count]
+                [body, ...], delivery_count, flags]
+               flags bit 0: transient (paged out of memory only; ignored by recovery)
                consecutive positions first_position, first_position+1, ...
     ACKS       [queue_uid, [position, ...]]            settled (acked, dropped, purged)
     DELIVERED  [queue_uid, position]                   every position <= this one has
@@ -34,6 +35,9 @@ ACKS: Final = 2
 DELIVERED: Final = 3
 COUNTS: Final = 4
 RECORD_TYPES: Final = frozenset((MSGS, ACKS, DELIVERED, COUNTS))
+# MSGS flags (the record's 8th field): bodies paged out of a long queue's memory that
+# are not persistent; recovery skips them.
+FLAG_TRANSIENT: Final = 0x01
 
 HEADER: Final = struct.Struct(">IIB")
 HEADER_BYTES: Final = HEADER.size
@@ -49,6 +53,21 @@ def encode_record(rtype: int, payload: Any) -> bytes:
     body: bytes = _packer.pack(payload)
     crc = _crc32(body, _crc32(bytes((rtype,))))
     return _pack_header(len(body), crc, rtype) + body
+
+
+class CorruptRecord(Exception):
+    pass
+
+
+def decode_record(data: bytes) -> Any:
+    """Payload of one whole record (header included); raises CorruptRecord."""
+    if len(data) < HEADER_BYTES:
+        raise CorruptRecord("short record")
+    length, crc, rtype = HEADER.unpack_from(data, 0)
+    body = data[HEADER_BYTES : HEADER_BYTES + length]
+    if len(body) != length or _crc32(body, _crc32(bytes((rtype,)))) != crc:
+        raise CorruptRecord("record checksum mismatch")
+    return msgpack.unpackb(body, raw=False, strict_map_key=False)
 
 
 class Record(NamedTuple):

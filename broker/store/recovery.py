@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .records import ACKS, COUNTS, DELIVERED, MSGS, scan
+from .records import ACKS, COUNTS, DELIVERED, FLAG_TRANSIENT, MSGS, scan
 from .segments import Segment, list_segments
 
 log = logging.getLogger("wharf.store")
@@ -89,6 +89,8 @@ def recover(directory: Path) -> Recovered:
             p = rec.payload
             if rec.rtype == MSGS:
                 uid, first, exchange, routing_key, props, bodies, dc = p[:7]
+                if len(p) > 7 and p[7] & FLAG_TRANSIENT:
+                    continue  # a transient message paged to disk: gone after a restart
                 qmsgs = messages.get(uid)
                 if qmsgs is None:
                     qmsgs = messages[uid] = {}

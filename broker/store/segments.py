@@ -30,7 +30,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
-from .records import ACKS, COUNTS, DELIVERED, MSGS, encode_record
+from .records import (
+    ACKS,
+    COUNTS,
+    DELIVERED,
+    FLAG_TRANSIENT,
+    HEADER,
+    MSGS,
+    decode_record,
+    encode_record,
+)
 
 log = logging.getLogger("wharf.store")
 
@@ -108,6 +117,10 @@ class MessageStore:
         self._sync_log = os.environ.get(SYNC_LOG_ENV) or None
         self._closed = False
         self._unsynced: set[Segment] = set()
+        self._last_offset = 0
+        self._after_commit: list[Callable[[], None]] = []
+        self.by_number: dict[int, Segment] = {}
+        self._read_fds: dict[int, int] = {}
 
     # -- opening -------------------------------------------------------------------
 
@@ -123,6 +136,7 @@ class MessageStore:
             )
             self._loop.call_later(self.fsync_interval_ms / 1000.0, self._fsync_tick)
         self.segments = recovered
+        self.by_number = {seg.number: seg for seg in recovered}
         number = recovered[-1].number + 1 if recovered else 1
         self._roll(number)
 
@@ -130,6 +144,7 @@ class MessageStore:
         seg = Segment(number, segment_path(self.directory, number))
         seg.fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.segments.append(seg)
+        self.by_number[number] = seg
         self.active = seg
         return seg
 
@@ -141,6 +156,7 @@ class MessageStore:
         if seg.size >= self.segment_bytes:
             seg = self._roll(seg.number + 1)
         self._pending.append((seg, data))
+        self._last_offset = seg.size
         seg.size += len(data)
         self._pending_bytes += len(data)
         if not self._scheduled:
@@ -156,22 +172,39 @@ class MessageStore:
         properties: dict[str, Any] | None,
         bodies: list[bytes] | tuple[bytes, ...],
         delivery_count: int = 0,
-    ) -> Segment:
+        durable: bool = True,
+    ) -> tuple[Segment, int]:
+        """Append one MSGS record; returns its segment and byte offset.
+
+        ``durable=False`` stores the bodies of a long queue's transient messages (paging):
+        flagged so that recovery skips them, and settled without an ACK record.
+        """
         rec = encode_record(
             MSGS,
-            (queue_uid, first_position, exchange, routing_key, properties, bodies, delivery_count),
+            (
+                queue_uid,
+                first_position,
+                exchange,
+                routing_key,
+                properties,
+                bodies,
+                delivery_count,
+                0 if durable else FLAG_TRANSIENT,
+            ),
         )
         seg = self._append(rec)
         seg.live += len(bodies)
-        return seg
+        return seg, self._last_offset
 
-    def settle(self, queue_uid: int, position: int, seg: Segment) -> None:
+    def settle(self, queue_uid: int, position: int, seg: Segment, durable: bool = True) -> None:
         """A stored message was acked, dropped or purged."""
+        seg.live -= 1
+        if not durable:
+            return
         acks = self._acks.get(queue_uid)
         if acks is None:
             acks = self._acks[queue_uid] = []
         acks.append(position)
-        seg.live -= 1
         if not self._scheduled:
             self._schedule()
 
@@ -298,6 +331,10 @@ class MessageStore:
         self.durable_batch = batch
         for listener in list(self.listeners):
             listener(batch)
+        if self._after_commit:
+            callbacks, self._after_commit = self._after_commit, []
+            for cb in callbacks:
+                cb()
         self._collect_garbage()
         if self._pending or self._acks or self._watermarks or self._counts:
             self._commit()
@@ -306,6 +343,10 @@ class MessageStore:
         segs = self.segments
         while len(segs) > 1 and segs[0].live <= 0 and segs[0] is not self.active:
             seg = segs.pop(0)
+            self.by_number.pop(seg.number, None)
+            rfd = self._read_fds.pop(seg.number, None)
+            if rfd is not None:
+                os.close(rfd)
             if seg.fd >= 0:
                 os.close(seg.fd)
                 seg.fd = -1
@@ -313,6 +354,29 @@ class MessageStore:
                 os.unlink(seg.path)
             except FileNotFoundError:
                 pass
+
+    # -- reading back (paging) ------------------------------------------------------
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once after the next commit completes."""
+        self._after_commit.append(callback)
+        if not self._scheduled and not self._in_flight:
+            self._schedule()
+
+    def readable(self, segment: int, offset: int) -> bool:
+        """True once the record at ``offset`` has been written to the file."""
+        seg = self.by_number.get(segment)
+        return seg is not None and offset < seg.written_size
+
+    def read_record(self, segment: int, offset: int) -> Any:
+        """The payload of the record at ``offset`` (checksum verified)."""
+        fd = self._read_fds.get(segment)
+        if fd is None:
+            seg = self.by_number[segment]
+            fd = self._read_fds[segment] = os.open(seg.path, os.O_RDONLY)
+        head = os.pread(fd, HEADER.size, offset)
+        length = HEADER.unpack(head)[0]
+        return decode_record(head + os.pread(fd, length, offset + HEADER.size))
 
     # -- introspection / shutdown ---------------------------------------------------
 
@@ -354,6 +418,9 @@ class MessageStore:
             if seg.fd >= 0:
                 os.close(seg.fd)
                 seg.fd = -1
+        for rfd in self._read_fds.values():
+            os.close(rfd)
+        self._read_fds.clear()
         self._executor.shutdown(wait=True)
 
     def adopt(self, segments: Iterable[Segment]) -> None:
