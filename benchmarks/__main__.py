@@ -9,9 +9,10 @@ import argparse
 import sys
 from typing import Any
 
+from wharf.broker.perf import scenarios
+from wharf.broker.perf.common import emit
+
 from . import compare as compare_mod
-from . import scenarios
-from .common import emit
 
 
 def _positive(text: str) -> int:

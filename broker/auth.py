@@ -8,6 +8,8 @@ Authentication rules:
 
 * The built-in ``guest`` user (password ``guest``) exists unless ``default_user_enabled``
   is false or a configured ``[[users]]`` entry named guest replaces it.
+* Users live in a ``users.UserStore`` (``Authenticator.users``): the configured ones plus
+  runtime changes made through the management API, which override them (see users.py).
 * Users listed in ``loopback_users`` may only connect from 127.0.0.0/8 or ::1
   (IPv4-mapped ::ffff:127.x counts as loopback).  Checked after the password, so the
   message reveals nothing to someone who does not know it.
@@ -31,12 +33,13 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple, TypeVar
 
 from wharf.protocol.errors import AccessRefused
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .users import StoredUser
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ FAILURE_DECAY_S: Final = 60.0
 MAX_FAILURE_HOSTS: Final = 10_000
 
 INVALID_CREDENTIALS: Final = "invalid credentials"
+
+_T = TypeVar("_T")
 
 
 class ScryptParams(NamedTuple):
@@ -175,12 +180,6 @@ class User:
 
 
 @dataclass(slots=True)
-class _Account:
-    user: User
-    password_hash: str | None  # None: the built-in guest, compared in constant time
-
-
-@dataclass(slots=True)
 class _Failures:
     count: int
     last_failure: float
@@ -196,7 +195,10 @@ class Authenticator:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._accounts: dict[str, _Account] = {}
+        # Runtime user store (management API): users.py imports this module, hence here.
+        from .users import SOURCE_BUILTIN, SOURCE_CONFIG, StoredUser, UserStore
+
+        initial: dict[str, StoredUser] = {}
         for cfg in settings.users:
             try:
                 parse_password_hash(cfg.password_hash)
@@ -204,14 +206,20 @@ class Authenticator:
                 from .config import ConfigError  # config imports this module
 
                 raise ConfigError(f"users: {cfg.name!r}: {exc}") from None
-            self._accounts[cfg.name] = _Account(User(cfg.name, tuple(cfg.tags)), cfg.password_hash)
-        if settings.default_user_enabled and DEFAULT_USER not in self._accounts:
-            self._accounts[DEFAULT_USER] = _Account(User(DEFAULT_USER, DEFAULT_USER_TAGS), None)
+            initial[cfg.name] = StoredUser(
+                User(cfg.name, tuple(cfg.tags)), cfg.password_hash, SOURCE_CONFIG
+            )
+        if settings.default_user_enabled and DEFAULT_USER not in initial:
+            initial[DEFAULT_USER] = StoredUser(
+                User(DEFAULT_USER, DEFAULT_USER_TAGS), None, SOURCE_BUILTIN
+            )
+        # Effective users: config + runtime changes; the broker loads and persists these.
+        self.users = UserStore(initial.values())
         self._loopback_users = frozenset(settings.loopback_users)
         self._clock = clock
         self._sleep = sleep
         self._cache_key = os.urandom(32)
-        self._cache: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str, bytes], None] = OrderedDict()
         self._failures: OrderedDict[str, _Failures] = OrderedDict()
         self._executor: ThreadPoolExecutor | None = None
 
@@ -252,7 +260,7 @@ class Authenticator:
         return len(self._failures)
 
     async def _check(self, username: str, password: str, peer_host: str) -> User:
-        account = self._accounts.get(username)
+        account = self.users.get(username)
         if account is None:
             await self._run_scrypt(_burn_scrypt, password)
             raise AccessRefused(INVALID_CREDENTIALS)
@@ -265,11 +273,13 @@ class Authenticator:
             )
         return account.user
 
-    async def _password_matches(self, account: _Account, password: str) -> bool:
+    async def _password_matches(self, account: StoredUser, password: str) -> bool:
         if account.password_hash is None:
             return hmac.compare_digest(password.encode("utf-8"), DEFAULT_PASSWORD.encode())
         digest = hmac.digest(self._cache_key, password.encode("utf-8"), "sha256")
-        key = (account.user.name, digest)
+        # The stored hash is part of the key: after a password change (management API)
+        # the old password's cache entry can never match again.
+        key = (account.user.name, account.password_hash, digest)
         if key in self._cache:
             self._cache.move_to_end(key)
             return True
@@ -280,7 +290,11 @@ class Authenticator:
             self._cache.popitem(last=False)
         return True
 
-    async def _run_scrypt(self, fn: Callable[..., bool], *args: str) -> bool:
+    async def hash_password(self, password: str) -> str:
+        """``hash_password`` in the scrypt worker pool (management API: off the loop)."""
+        return await self._run_scrypt(hash_password, password)
+
+    async def _run_scrypt(self, fn: Callable[..., _T], *args: str) -> _T:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(SCRYPT_WORKERS, thread_name_prefix="wharf-auth")
         loop = asyncio.get_running_loop()

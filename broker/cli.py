@@ -11,6 +11,8 @@ import click
 
 from .auth import hash_password
 from .config import LOG_LEVELS, ConfigError, Settings, describe, load_settings
+from .ctl import ctl  # `wharf ctl`: the management API client (ctl.py)
+from .perf.command import bench  # `wharf bench`: load tests against a running broker
 
 
 def _version() -> str:
@@ -123,3 +125,7 @@ def config_check(file: str, as_json: bool) -> None:
         else:
             shown = json.dumps(value)
         click.echo(f"  {key} = {shown}")
+
+
+main.add_command(ctl)  # `wharf ctl ...` (ctl.py)
+main.add_command(bench)  # `wharf bench ...` (perf/command.py)

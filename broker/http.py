@@ -1,6 +1,7 @@
-"""A small HTTP/1.1 server for /metrics, /healthz and /readyz (no dependencies).
+"""A small HTTP/1.1 server for /metrics, /healthz, /readyz and /api (no dependencies).
 
-Only what probes and Prometheus need: GET/HEAD, keep-alive, Content-Length bodies.
+Only what probes, Prometheus and the management API (api.py) need: keep-alive,
+Content-Length bodies (kept up to MAX_API_BODY_BYTES for /api, discarded elsewhere).
 Every request head (request line + headers) must arrive within HEAD_TIMEOUT_S and fit in
 MAX_HEAD_BYTES; anything malformed gets a 4xx and the connection is closed.  A bad client
 only ever costs its own connection.
@@ -15,17 +16,22 @@ import logging
 import re
 import weakref
 from collections.abc import Mapping
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .metrics import MetricsBroker, build_registry
+
+if TYPE_CHECKING:
+    from .api import ManagementApi
 
 log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES: Final = 8 * 1024
 MAX_HEADER_COUNT: Final = 100
 MAX_BODY_BYTES: Final = 64 * 1024  # request bodies are read and discarded
+MAX_API_BODY_BYTES: Final = 1024 * 1024  # management API: bodies are kept for the handler
+API_PREFIX: Final = "/api"
 HEAD_TIMEOUT_S: Final = 10.0  # also how long an idle keep-alive connection is kept
 WRITE_TIMEOUT_S: Final = 10.0
 STOP_TIMEOUT_S: Final = 5.0
@@ -35,10 +41,14 @@ ALLOWED_METHODS: Final = ("GET", "HEAD")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _REASONS: Final = {
     200: "OK",
+    201: "Created",
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    409: "Conflict",
     413: "Content Too Large",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -64,15 +74,27 @@ class _BadRequest(Exception):
 
 
 class _Request:
-    __slots__ = ("headers", "keep_alive", "method", "path")
+    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query")
 
     def __init__(
-        self, method: str, path: str, headers: Mapping[str, str], keep_alive: bool
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        keep_alive: bool,
+        query: str = "",
+        body: bytes = b"",
     ) -> None:
         self.method = method
-        self.path = path
+        self.path = path  # as sent: still percent-encoded
         self.headers = headers
         self.keep_alive = keep_alive
+        self.query = query
+        self.body = body  # only kept for /api requests
+
+
+def _is_api(path: str) -> bool:
+    return path == API_PREFIX or path.startswith(API_PREFIX + "/")
 
 
 # Open connections per server (writer -> handler task), so stop_http_server can close idle
@@ -90,7 +112,10 @@ async def start_http_server(broker: HttpBroker, host: str, port: int) -> asyncio
     Stop it with ``await stop_http_server(server)``, which also closes idle keep-alive
     connections; a plain ``server.close()`` leaves those open for up to HEAD_TIMEOUT_S.
     """
+    from .api import build_api  # api.py imports the broker; only a full broker gets /api
+
     registry = build_registry(broker)
+    api = build_api(broker)
     connections: dict[asyncio.StreamWriter, asyncio.Task[Any]] = {}
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -98,7 +123,7 @@ async def start_http_server(broker: HttpBroker, host: str, port: int) -> asyncio
         if task is not None:
             connections[writer] = task
         try:
-            await _serve_connection(broker, registry, reader, writer)
+            await _serve_connection(broker, registry, reader, writer, api)
         finally:
             connections.pop(writer, None)
 
@@ -126,13 +151,16 @@ async def _serve_connection(
     registry: CollectorRegistry,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
+    api: ManagementApi | None = None,
 ) -> None:
+    peer = writer.get_extra_info("peername")
+    peer_host = str(peer[0]) if isinstance(peer, tuple) else ""
     try:
         keep_alive = True
         while keep_alive:
             try:
                 async with asyncio.timeout(HEAD_TIMEOUT_S):
-                    request = await _read_request(reader)
+                    request = await _read_request(reader, writer if api is not None else None)
                 if request is None:
                     return  # clean EOF between requests
             except _BadRequest as exc:
@@ -140,7 +168,17 @@ async def _serve_connection(
                 return
             except TimeoutError:
                 return  # idle keep-alive connection or a slow client: just close
-            status, content_type, body, extra = _route(broker, registry, request)
+            if api is not None and _is_api(request.path):
+                status, content_type, body, extra = await api.handle(
+                    request.method,
+                    request.path,
+                    request.query,
+                    request.headers,
+                    request.body,
+                    peer_host,
+                )
+            else:
+                status, content_type, body, extra = _route(broker, registry, request)
             keep_alive = request.keep_alive
             if request.method == "HEAD":
                 await _send(writer, status, body, keep_alive, content_type, extra, head=True)
@@ -156,8 +194,11 @@ async def _serve_connection(
             await writer.wait_closed()
 
 
-async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
-    """Read one request head (and discard its body); None on EOF before any byte."""
+async def _read_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None = None
+) -> _Request | None:
+    """Read one request head and its body (kept for /api when ``writer`` is given, else
+    discarded); None on EOF before any byte."""
     lines: list[bytes] = []
     total = 0
     while True:
@@ -180,16 +221,20 @@ async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
         lines.append(line)
         if len(lines) > MAX_HEADER_COUNT + 1:
             raise _BadRequest(431, f"more than {MAX_HEADER_COUNT} headers")
-    method, path, version = _parse_request_line(lines[0])
+    method, path, query, version = _parse_request_line(lines[0])
     headers = _parse_headers(lines[1:])
-    await _discard_body(reader, headers)
+    body = b""
+    if writer is not None and _is_api(path):
+        body = await _read_api_body(reader, writer, headers, version)
+    else:
+        await _discard_body(reader, headers)
     connection = headers.get("connection", "").lower()
     # HTTP/1.1 keeps the connection open unless asked not to; HTTP/1.0 only if asked to.
     keep_alive = "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
-    return _Request(method, path, headers, keep_alive)
+    return _Request(method, path, headers, keep_alive, query, body)
 
 
-def _parse_request_line(line: bytes) -> tuple[str, str, str]:
+def _parse_request_line(line: bytes) -> tuple[str, str, str, str]:
     parts = line.split(b" ")
     if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
         raise _BadRequest(400, "malformed request line")
@@ -199,10 +244,10 @@ def _parse_request_line(line: bytes) -> tuple[str, str, str]:
             raise _BadRequest(505, "only HTTP/1.0 and HTTP/1.1 are supported")
         raise _BadRequest(400, "malformed request line")
     try:
-        path = target.decode("ascii").split("?", 1)[0]
+        path, _, query = target.decode("ascii").partition("?")
     except UnicodeDecodeError:
         raise _BadRequest(400, "request target is not ASCII") from None
-    return method.decode("ascii"), path, version.decode("ascii")
+    return method.decode("ascii"), path, query, version.decode("ascii")
 
 
 def _parse_headers(lines: list[bytes]) -> dict[str, str]:
@@ -221,22 +266,44 @@ def _parse_headers(lines: list[bytes]) -> dict[str, str]:
     return headers
 
 
-async def _discard_body(reader: asyncio.StreamReader, headers: Mapping[str, str]) -> None:
+def _content_length(headers: Mapping[str, str], limit: int) -> int:
+    """The request body's length (0 without one); 4xx if it is malformed or over ``limit``."""
     if "transfer-encoding" in headers:
         raise _BadRequest(501, "Transfer-Encoding request bodies are not supported")
-    raw = headers.get("content-length")
-    if raw is None:
-        return
-    if not raw.isdigit():
+    raw = headers.get("content-length", "0")
+    # "²".isdigit() is True and int() refuses over 4300 digits: check before converting.
+    if not (raw.isascii() and raw.isdigit()):
         raise _BadRequest(400, "invalid Content-Length")
-    length = int(raw)
-    if length > MAX_BODY_BYTES:
-        raise _BadRequest(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
+    if len(raw.lstrip("0")) > len(str(limit)) or int(raw) > limit:
+        raise _BadRequest(413, f"request body exceeds {limit} bytes")
+    return int(raw)
+
+
+async def _discard_body(reader: asyncio.StreamReader, headers: Mapping[str, str]) -> None:
+    length = _content_length(headers, MAX_BODY_BYTES)
     if length:
         try:
             await reader.readexactly(length)
         except asyncio.IncompleteReadError:
             raise _BadRequest(400, "request body shorter than Content-Length") from None
+
+
+async def _read_api_body(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    headers: Mapping[str, str],
+    version: str,
+) -> bytes:
+    length = _content_length(headers, MAX_API_BODY_BYTES)
+    if not length:
+        return b""
+    if version == "HTTP/1.1" and "100-continue" in headers.get("expect", "").lower():
+        # curl sends this for bodies over 1 KiB and would otherwise wait a second.
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    try:
+        return await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise _BadRequest(400, "request body shorter than Content-Length") from None
 
 
 _Response = tuple[int, str, bytes, dict[str, str]]

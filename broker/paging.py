@@ -69,6 +69,15 @@ class PagedTail:
         self.count.extend([0] * n)
         self.durable.extend([1 if durable else 0] * n)
 
+    def append_row(self, row: PagedRow) -> None:
+        self.position.append(row.position)
+        self.segment.append(row.segment)
+        self.offset.append(row.offset)
+        self.index.append(row.body_index)
+        self.count.append(row.delivery_count)
+        self.size.append(row.size)
+        self.durable.append(1 if row.durable else 0)
+
     def peek(self, n: int) -> list[PagedRow]:
         s = self._start
         e = min(len(self.position), s + n)

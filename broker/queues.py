@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-from .paging import PagedTail
+from .paging import PagedRow, PagedTail
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -301,16 +301,10 @@ class Queue:
         self._head_bytes += n + len(messages) * MESSAGE_OVERHEAD_BYTES
         self._next_position = max(self._next_position, next_position)
 
-    def restore_paged(
-        self, first_position: int, sizes: list[int], segment: int, offset: int, counts: list[int]
-    ) -> None:
-        """Recovery of a long queue: index rows only, bodies stay in the segment."""
-        tail = self._tail
-        start = len(tail.count)
-        tail.append_batch(first_position, sizes, segment, offset, True)
-        for i, c in enumerate(counts):
-            tail.count[start + i] = c
-        self.ready_bytes += sum(sizes)
+    def restore_paged_row(self, row: PagedRow) -> None:
+        """Recovery of a long queue: an index row only; the body stays in its segment."""
+        self._tail.append_row(row)
+        self.ready_bytes += row.size
 
     def forget(self, msg: Message) -> None:
         """A stored message left the queue for good (acked, dropped, purged)."""

@@ -26,9 +26,10 @@ from .auth import Authenticator
 from .config import Settings, configure_logging
 from .connection import Connection
 from .http import start_http_server, stop_http_server
-from .queues import Message, Queue
+from .paging import PagedRow
+from .queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
 from .store.definitions import load_definitions, save_definitions
-from .store.recovery import drop_unknown_queues, recover
+from .store.recovery import Recovered, drop_unknown_queues, recover
 from .store.segments import MessageStore
 from .topology import Topology
 
@@ -135,30 +136,21 @@ class Broker:
         self.store = store
         self.topology.store = store
         self.topology.memory_budget_bytes = self.settings.queue_memory_budget_bytes
-        self.topology.load_definitions(load_definitions(data))
+        definitions = load_definitions(data)
+        self.topology.load_definitions(definitions)
+        # Runtime users (management API) override the configured ones; see users.py.
+        self.authenticator.users.load_runtime(definitions.get("users"))
         rec = recover(msg_dir)
         by_uid = {q.uid: q for q in self.topology.queues.values() if q.persist}
         dropped = drop_unknown_queues(rec, set(by_uid))
+        store.adopt(rec.segments)
         restored = 0
         for uid, q in by_uid.items():
-            stored = rec.messages.get(uid, {})
-            delivered_up_to = rec.delivered.get(uid, -1)
-            msgs: list[Message] = []
-            for pos in sorted(stored):
-                r = stored[pos]
-                m = Message(r.exchange, r.routing_key, r.properties, r.body, pos)
-                dc = r.delivery_count
-                if pos <= delivered_up_to and dc < 1:
-                    dc = 1  # handed out before the restart: redelivered next time
-                m.delivery_count = dc
-                m.seg = r.segment
-                msgs.append(m)
-            q.restore(msgs, rec.max_position.get(uid, -1) + 1)
-            q.max_delivered = delivered_up_to
-            restored += len(msgs)
+            restored += self._restore_queue(q, rec, uid)
         store.open_for_append(rec.segments)
         store.listeners.append(self._store_committed)
         self.topology.on_change = self._save_definitions
+        self.authenticator.users.on_change = self._save_definitions
         self._save_definitions()
         log.info(
             "recovered %d durable queues, %d messages from %d segments (%d records) in %.3f s%s",
@@ -170,8 +162,45 @@ class Broker:
             f"; {dropped} messages of deleted queues dropped" if dropped else "",
         )
 
+    def _restore_queue(self, q: Queue, rec: Recovered, uid: int) -> int:
+        """Rebuild one durable queue: the head in memory, the rest as paged index rows."""
+        store = self.store
+        assert store is not None
+        stored = rec.messages.get(uid, {})
+        delivered_up_to = rec.delivered.get(uid, -1)
+        budget = q.memory_budget_bytes
+        used = 0
+        head: list[Message] = []
+        paging = False
+        cache: tuple[int, int, Any] = (-1, -1, None)
+        for pos in sorted(stored):
+            r = stored[pos]
+            dc = r.delivery_count
+            if pos <= delivered_up_to and dc < 1:
+                dc = 1  # handed out before the restart: redelivered next time
+            used += r.size + MESSAGE_OVERHEAD_BYTES
+            if paging or used > budget:
+                paging = True
+                q.restore_paged_row(
+                    PagedRow(pos, r.segment.number, r.offset, r.index, dc, r.size, True)
+                )
+                continue
+            if cache[0] != r.segment.number or cache[1] != r.offset:
+                cache = (r.segment.number, r.offset, store.read_record(r.segment.number, r.offset))
+            payload = cache[2]
+            m = Message(payload[2], payload[3], payload[4], payload[5][r.index], pos)
+            m.delivery_count = dc
+            m.seg = r.segment
+            m.persisted = True
+            head.append(m)
+        q.restore(head, rec.max_position.get(uid, -1) + 1)
+        q.max_delivered = delivered_up_to
+        return len(stored)
+
     def _save_definitions(self) -> None:
-        save_definitions(Path(self.data_path), self.topology.durable_definitions())
+        definitions = self.topology.durable_definitions()
+        definitions["users"] = self.authenticator.users.runtime_records()  # management API
+        save_definitions(Path(self.data_path), definitions)
 
     def await_store(self, conn: Connection) -> None:
         self._store_waiting.add(conn)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import platform
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Final
@@ -14,10 +16,27 @@ from wharf.protocol import frames as F
 from wharf.protocol.errors import ConnectionLost, ContentTooLarge, InvalidArgument, WharfError
 
 from .consumer import Consumer
-from .core import ConnectionCore
+from .core import ConnectionCore, open_core
 from .message import Message, QueueInfo, build_properties, message_from_entry
+from .recovery import (
+    BLOCKED,
+    CLOSED,
+    DEFAULT_RECONNECT_MAX_DELAY_S,
+    DEFAULT_RECONNECT_WAIT_TIMEOUT_S,
+    DISCONNECTED,
+    UNBLOCKED,
+    BindingRecord,
+    ConnectionEvent,
+    ExchangeRecord,
+    QueueRecord,
+    Reconnector,
+    Topology,
+    run_callback,
+)
 from .rpc import RpcReplies
 from .url import DEFAULT_URL, parse_url
+
+log = logging.getLogger("wharf.client")
 
 __version__: Final = "0.1.0"
 
@@ -38,6 +57,10 @@ class Connection:
     Every method may raise a ``wharf.WharfError`` subclass; request-level errors
     leave the connection usable, connection-level ones (``ConnectionLost``,
     ``ConnectionForced``, ``HeartbeatTimeout``...) make every later call raise.
+
+    With ``reconnect=True`` a lost connection is replaced instead (see docs/sdk.md):
+    calls in flight raise ``ConnectionLost`` (retriable), later calls wait for the
+    new connection, and the declared topology and consumers are restored on it.
     """
 
     def __init__(self, core: ConnectionCore, host: str, port: int) -> None:
@@ -45,9 +68,17 @@ class Connection:
         self.host = host
         self.port = port
         self._rpc: RpcReplies | None = None
+        self._reconnector: Reconnector | None = None
+        self._closing = False
+        self._closed_reported = False
+        self._event_callbacks: list[Callable[[ConnectionEvent], object]] = []
+        self._event_tasks: set[asyncio.Task[Any]] = set()
+        self._blocked_callbacks: list[Callable[[str | None], None]] = []
+        self._blocked_reported: str | None = None
+        self._adopt(core)
 
     def __repr__(self) -> str:
-        state = "closed" if self.is_closed else "open"
+        state = "closed" if self.is_closed else "open" if self.is_connected else "reconnecting"
         return f"<wharf.Connection {self.host}:{self.port} {self.connection_id} {state}>"
 
     async def __aenter__(self) -> Connection:
@@ -65,7 +96,20 @@ class Connection:
 
     @property
     def is_closed(self) -> bool:
-        return self._core.closed_error is not None
+        """True once the connection is gone for good (with reconnect: closed by the
+        application, or the broker refused the reconnect)."""
+        if self._core.closed_error is None:
+            return False
+        return self._reconnector is None or not self._reconnector.reconnecting
+
+    @property
+    def is_connected(self) -> bool:
+        """False while reconnecting (and once closed)."""
+        return self._core.closed_error is None
+
+    @property
+    def reconnecting(self) -> bool:
+        return self._reconnector is not None and self._reconnector.reconnecting
 
     @property
     def connection_id(self) -> str:
@@ -88,15 +132,126 @@ class Connection:
     def on_blocked(self, callback: Callable[[str | None], None]) -> None:
         """Call ``callback(reason)`` when the broker blocks publishing, ``callback(None)``
         when it unblocks.  While blocked, publishes wait (the broker stops reading)."""
-        self._core.blocked_listeners.append(callback)
+        self._blocked_callbacks.append(callback)
+
+    def on_event(self, callback: Callable[[ConnectionEvent], object]) -> None:
+        """Call ``callback(event)`` (a ``wharf.ConnectionEvent``) on "disconnected",
+        "reconnected", "blocked", "unblocked", "queue_renamed", "recovery_error" and
+        "closed".  Callbacks run on the event loop and must not block; one that
+        returns a coroutine has it run as a task.  Exceptions are logged."""
+        self._event_callbacks.append(callback)
+
+    # -- connection lifecycle (internal) ------------------------------------------------
+
+    def _emit(self, event: ConnectionEvent) -> None:
+        for callback in list(self._event_callbacks):
+            run_callback(callback, event, self._event_tasks)
+
+    def _adopt(self, core: ConnectionCore) -> None:
+        core.on_fail = self._core_failed
+        core.blocked_listeners.append(lambda reason: self._core_blocked(core, reason))
+        if self._reconnector is not None:
+            core.recoverable = True
+
+    def _core_blocked(self, core: ConnectionCore, reason: str | None) -> None:
+        if core is self._core:
+            self._blocked_changed(reason)
+
+    def _blocked_changed(self, reason: str | None) -> None:
+        self._blocked_reported = reason
+        for callback in list(self._blocked_callbacks):
+            try:
+                callback(reason)
+            except Exception:
+                log.exception("wharf: blocked/unblocked listener failed")
+        event = ConnectionEvent(BLOCKED, reason=reason) if reason else ConnectionEvent(UNBLOCKED)
+        self._emit(event)
+
+    def _core_failed(self, core: ConnectionCore, error: WharfError) -> None:
+        if core is not self._core or self._closing:
+            return
+        self._emit(ConnectionEvent(DISCONNECTED, error=error))
+        reconnector = self._reconnector
+        if reconnector is not None and reconnector.final_error is None:
+            reconnector.connection_lost(error)
+        else:
+            self._report_closed(error)
+
+    def _report_closed(self, error: WharfError) -> None:
+        if not self._closed_reported:
+            self._closed_reported = True
+            self._emit(ConnectionEvent(CLOSED, error=error))
+
+    def _enable_reconnect(
+        self,
+        dial: Callable[[], Awaitable[ConnectionCore]],
+        max_delay_s: float,
+        wait_timeout_s: float | None,
+    ) -> None:
+        async def dial_and_adopt() -> ConnectionCore:
+            core = await dial()
+            self._adopt(core)
+            return core
+
+        self._reconnector = Reconnector(
+            self._core.loop,
+            dial=dial_and_adopt,
+            install=self._install,
+            emit=self._emit,
+            max_delay_s=max_delay_s,
+            wait_timeout_s=wait_timeout_s,
+        )
+        self._core.recoverable = True
+
+    def _install(self, core: ConnectionCore) -> None:
+        """A new connection, with topology and consumers restored, replaces the lost one."""
+        self._core = core
+        self._rpc = None  # the reply queue went with the old connection
+        if core.blocked != self._blocked_reported:
+            self._blocked_changed(core.blocked)
+
+    async def _live_core(self) -> ConnectionCore:
+        """The core to use: while reconnecting, wait (bounded) for the new one."""
+        core = self._core
+        reconnector = self._reconnector
+        if core.closed_error is not None and reconnector is not None and not self._closing:
+            core = await reconnector.wait_restored(core)
+        return core
+
+    async def _usable_core(self) -> ConnectionCore:
+        core = await self._live_core()
+        core.check_usable()
+        return core
+
+    async def _request(self, ftype: int, *fields: Any, check_after: bool = True) -> list[Any]:
+        core = self._core
+        if core.closed_error is not None:
+            core = await self._live_core()
+        return await core.request(ftype, *fields, check_after=check_after)
+
+    @property
+    def _topology(self) -> Topology | None:
+        """What to record for replay after a reconnect (None without reconnect)."""
+        reconnector = self._reconnector
+        return None if reconnector is None else reconnector.topology
 
     @property
     def max_message_bytes(self) -> int:
         return self._core.max_message_bytes
 
     async def close(self) -> None:
-        """Close cleanly (CLOSE, wait for CLOSE_OK, up to 5 s).  Idempotent."""
-        await self._core.close(CLOSE_TIMEOUT_S)
+        """Close cleanly (CLOSE, wait for CLOSE_OK, up to 5 s).  Idempotent.  With
+        reconnect, also stops reconnecting; calls waiting for it raise ConnectionLost."""
+        self._closing = True
+        core = self._core
+        core.recoverable = False
+        error = ConnectionLost("the connection was closed by the client")
+        if self._reconnector is not None:
+            await self._reconnector.stop(error)
+            core = self._core
+            core.recoverable = False
+        await core.close(CLOSE_TIMEOUT_S)
+        self._report_closed(error)
 
     # -- topology --------------------------------------------------------------------
 
@@ -111,12 +266,20 @@ class Connection:
         passive: bool = False,
         arguments: dict[str, Any] | None = None,
     ) -> None:
-        await self._core.request(
+        await self._request(
             F.EXCHANGE_DECLARE, name, type, durable, auto_delete, internal, passive, arguments
         )
+        topology = self._topology
+        if topology is not None and not passive:
+            topology.exchange_declared(
+                ExchangeRecord(name, type, durable, auto_delete, internal, arguments)
+            )
 
     async def delete_exchange(self, name: str, if_unused: bool = False) -> None:
-        await self._core.request(F.EXCHANGE_DELETE, name, if_unused)
+        await self._request(F.EXCHANGE_DELETE, name, if_unused)
+        topology = self._topology
+        if topology is not None:
+            topology.exchange_deleted(name)
 
     async def bind_exchange(
         self,
@@ -125,7 +288,10 @@ class Connection:
         routing_key: str = "",
         arguments: dict[str, Any] | None = None,
     ) -> None:
-        await self._core.request(F.EXCHANGE_BIND, destination, source, routing_key, arguments)
+        await self._request(F.EXCHANGE_BIND, destination, source, routing_key, arguments)
+        topology = self._topology
+        if topology is not None:
+            topology.bound(BindingRecord(destination, source, routing_key, arguments, True))
 
     async def unbind_exchange(
         self,
@@ -134,7 +300,10 @@ class Connection:
         routing_key: str = "",
         arguments: dict[str, Any] | None = None,
     ) -> None:
-        await self._core.request(F.EXCHANGE_UNBIND, destination, source, routing_key, arguments)
+        await self._request(F.EXCHANGE_UNBIND, destination, source, routing_key, arguments)
+        topology = self._topology
+        if topology is not None:
+            topology.unbound(BindingRecord(destination, source, routing_key, arguments, True))
 
     async def declare_queue(
         self,
@@ -146,14 +315,23 @@ class Connection:
         passive: bool = False,
         arguments: dict[str, Any] | None = None,
     ) -> QueueInfo:
-        """Declare a queue (``name=""``: the broker names it); returns its name and counts."""
-        frame = await self._core.request(
+        """Declare a queue (``name=""``: the broker names it); returns its name and counts.
+
+        With reconnect, a server-named queue is declared anew after a reconnect if it
+        is gone, under a new name (a "queue_renamed" event says which)."""
+        frame = await self._request(
             F.QUEUE_DECLARE, name, durable, exclusive, auto_delete, passive, arguments
         )
         result = _result(frame)
-        return QueueInfo(
+        info = QueueInfo(
             result.get("queue", name), result.get("messages", 0), result.get("consumers", 0)
         )
+        topology = self._topology
+        if topology is not None and not passive:
+            topology.queue_declared(
+                QueueRecord(info.name, durable, exclusive, auto_delete, arguments, not name)
+            )
+        return info
 
     async def bind_queue(
         self,
@@ -162,7 +340,10 @@ class Connection:
         routing_key: str = "",
         arguments: dict[str, Any] | None = None,
     ) -> None:
-        await self._core.request(F.QUEUE_BIND, queue, exchange, routing_key, arguments)
+        await self._request(F.QUEUE_BIND, queue, exchange, routing_key, arguments)
+        topology = self._topology
+        if topology is not None:
+            topology.bound(BindingRecord(queue, exchange, routing_key, arguments))
 
     async def unbind_queue(
         self,
@@ -171,16 +352,22 @@ class Connection:
         routing_key: str = "",
         arguments: dict[str, Any] | None = None,
     ) -> None:
-        await self._core.request(F.QUEUE_UNBIND, queue, exchange, routing_key, arguments)
+        await self._request(F.QUEUE_UNBIND, queue, exchange, routing_key, arguments)
+        topology = self._topology
+        if topology is not None:
+            topology.unbound(BindingRecord(queue, exchange, routing_key, arguments))
 
     async def purge_queue(self, name: str) -> int:
         """Drop the queue's ready messages; returns how many."""
-        frame = await self._core.request(F.QUEUE_PURGE, name)
+        frame = await self._request(F.QUEUE_PURGE, name)
         return int(_result(frame).get("messages", 0))
 
     async def delete_queue(self, name: str, if_unused: bool = False, if_empty: bool = False) -> int:
         """Delete a queue; returns how many messages it held."""
-        frame = await self._core.request(F.QUEUE_DELETE, name, if_unused, if_empty)
+        frame = await self._request(F.QUEUE_DELETE, name, if_unused, if_empty)
+        topology = self._topology
+        if topology is not None:
+            topology.queue_deleted(name)
         return int(_result(frame).get("messages", 0))
 
     # -- publishing ------------------------------------------------------------------
@@ -215,7 +402,7 @@ class Connection:
         """
         core = self._core
         if core.closed_error is not None or core.stored_error is not None:
-            core.check_usable()
+            core = await self._usable_core()
         if core.must_wait_writable():
             await core.wait_writable()
         if len(body) > core.max_message_bytes:
@@ -267,7 +454,7 @@ class Connection:
             return
         core = self._core
         if core.closed_error is not None or core.stored_error is not None:
-            core.check_usable()
+            core = await self._usable_core()
         if core.must_wait_writable():
             await core.wait_writable()
         if not isinstance(bodies, list | tuple):
@@ -329,11 +516,14 @@ class Connection:
             exclusive=exclusive,
             consumer_tag=consumer_tag,
             arguments=arguments,
+            owner=None if self._reconnector is None else _ConsumerOwner(self),
         )
 
     async def get(self, queue: str, no_ack: bool = False) -> Message | None:
         """Fetch one message (None when the queue is empty)."""
         core = self._core
+        if core.closed_error is not None:
+            core = await self._live_core()
         frame = await core.request(F.GET, queue, no_ack, check_after=False)
         entry = frame[2] if frame[0] == F.GET_OK and len(frame) > 2 else None
         msg = None
@@ -373,13 +563,15 @@ class Connection:
         key = the request's ``reply_to`` and the same ``correlation_id``.  An unroutable
         request raises ``wharf.Unroutable`` at once (``mandatory=True``).
         """
-        if self._rpc is None:
-            self._rpc = RpcReplies(self._core)
-        replies = self._rpc
         correlation_id = uuid.uuid4().hex
         fut: asyncio.Future[Message] = self._core.loop.create_future()
+        replies: RpcReplies | None = None
         try:
             async with asyncio.timeout(timeout):
+                core = await self._live_core()
+                replies = self._rpc
+                if replies is None or replies.core is not core:
+                    replies = self._rpc = RpcReplies(core)
                 reply_to = await replies.ensure_ready()
                 replies.waiters[correlation_id] = fut
                 await self.publish(
@@ -391,7 +583,8 @@ class Connection:
                 )  # fmt: skip
                 return await fut
         finally:
-            replies.waiters.pop(correlation_id, None)
+            if replies is not None:
+                replies.waiters.pop(correlation_id, None)
             if fut.done() and not fut.cancelled():
                 fut.exception()  # retrieved, whichever way this call ended
 
@@ -424,22 +617,59 @@ def _split_by_size(bodies: Sequence[bytes], room: int) -> list[tuple[int, Sequen
     return chunks
 
 
+class _ConsumerOwner:
+    """A reconnecting connection, as its consumers see it (``ConsumerOwner``)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def live_core(self) -> ConnectionCore:
+        return await self._conn._live_core()
+
+    def consumer_started(self, consumer: Consumer) -> None:
+        reconnector = self._conn._reconnector
+        if reconnector is not None:
+            reconnector.consumer_started(consumer)
+
+    def consumer_stopped(self, consumer: Consumer) -> None:
+        reconnector = self._conn._reconnector
+        if reconnector is not None:
+            reconnector.consumer_stopped(consumer)
+
+
 async def connect(
     url: str = DEFAULT_URL,
     *,
     heartbeat_s: int = DEFAULT_HEARTBEAT_S,
     timeout: float = DEFAULT_CONNECT_TIMEOUT_S,  # noqa: ASYNC109 (the whole call's budget)
     client_properties: dict[str, Any] | None = None,
+    reconnect: bool = False,
+    reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY_S,
+    reconnect_wait_timeout: float | None = DEFAULT_RECONNECT_WAIT_TIMEOUT_S,
 ) -> Connection:
     """Open a connection: TCP connect, handshake and authentication, all within
     ``timeout`` seconds (else ``TimeoutError``).
 
     ``url`` is ``wharf://user:password@host:port``.  A refused login raises
     ``wharf.AccessRefused``; an unreachable broker ``wharf.ConnectionLost``.
+
+    ``reconnect=True``: when the connection is lost later (not closed by you), dial
+    again with exponential backoff and full jitter (0.1 s doubling, capped at
+    ``reconnect_max_delay`` seconds), restore what this connection declared and
+    consumed, and fire events (``on_event``).  Calls made meanwhile wait up to
+    ``reconnect_wait_timeout`` seconds for the new connection (None: until it is
+    back or closed; 0: fail at once), then raise ``ConnectionLost``.  This first
+    connect is not retried.
     """
     params = parse_url(url)
     if heartbeat_s < 0:
         raise InvalidArgument("heartbeat_s must be >= 0 (0 turns heartbeats off)")
+    if reconnect and not reconnect_max_delay > 0:
+        raise InvalidArgument("reconnect_max_delay must be > 0 seconds")
+    if reconnect_wait_timeout is not None and reconnect_wait_timeout < 0:
+        raise InvalidArgument("reconnect_wait_timeout must be >= 0 seconds (or None)")
     props: dict[str, Any] = {
         "product": "wharf-python",
         "version": __version__,
@@ -447,30 +677,16 @@ async def connect(
     }
     if client_properties:
         props.update(client_properties)
-    loop = asyncio.get_running_loop()
-    core: ConnectionCore | None = None
-    where = f"{params.host}:{params.port}"
-    try:
-        async with asyncio.timeout(timeout):
-            try:
-                _, core = await loop.create_connection(
-                    lambda: ConnectionCore(loop), params.host, params.port
-                )
-            except OSError as exc:
-                raise ConnectionLost(
-                    f"cannot connect to the broker at {where}: {exc.strerror or exc}",
-                    details={"host": params.host, "port": params.port},
-                ) from exc
-            await core.handshake(params.username, params.password, heartbeat_s, props)
-    except TimeoutError:
-        if core is not None:
-            core.abort(ConnectionLost("connect timed out"))
-        raise TimeoutError(f"connecting to the broker at {where} took over {timeout} s") from None
-    except BaseException:
-        if core is not None:
-            core.abort(ConnectionLost("connect failed"))
-        raise
-    return Connection(core, params.host, params.port)
+    request_ids = itertools.count(1)
+    core = await open_core(params, heartbeat_s, timeout, props, request_ids)
+    conn = Connection(core, params.host, params.port)
+    if reconnect:
+        conn._enable_reconnect(
+            lambda: open_core(params, heartbeat_s, timeout, props, request_ids),
+            reconnect_max_delay,
+            reconnect_wait_timeout,
+        )
+    return conn
 
 
 __all__ = ["Connection", "connect"]

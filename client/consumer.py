@@ -7,7 +7,7 @@ import logging
 from collections import deque
 from collections.abc import Generator
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from wharf.protocol import frames as F
 from wharf.protocol.errors import PreconditionFailed, WharfError
@@ -26,6 +26,22 @@ _STARTING: Final = 1
 _ACTIVE: Final = 2
 _CANCELLING: Final = 3
 _CLOSED: Final = 4
+# reconnect=True only: the connection was lost and this consumer waits to be resumed
+# on the next one (_SUSPENDED), or its CONSUME is in flight there (_RESUMING).
+_SUSPENDED: Final = 5
+_RESUMING: Final = 6
+
+
+class ConsumerOwner(Protocol):
+    """What a consumer of a reconnecting ``Connection`` needs from it."""
+
+    async def live_core(self) -> ConnectionCore:
+        """The connection to use now (waits while reconnecting, within its bound)."""
+        ...
+
+    def consumer_started(self, consumer: Consumer) -> None: ...
+
+    def consumer_stopped(self, consumer: Consumer) -> None: ...
 
 
 class Consumer:
@@ -48,8 +64,11 @@ class Consumer:
         exclusive: bool,
         consumer_tag: str,
         arguments: dict[str, Any] | None,
+        owner: ConsumerOwner | None = None,
     ) -> None:
         self._core = core
+        # Set with reconnect=True: the consumer is resumed on each new connection.
+        self._owner = owner
         self.queue = queue
         self.prefetch = prefetch
         self.no_ack = no_ack
@@ -100,6 +119,8 @@ class Consumer:
         return self.__aenter__().__await__()
 
     async def _start(self) -> None:
+        if self._owner is not None:
+            self._core = await self._owner.live_core()
         core = self._core
         core.check_usable()
         if core.must_wait_writable():
@@ -147,6 +168,8 @@ class Consumer:
             self.consumer_tag = granted
         if self._state == _STARTING:
             self._state = _ACTIVE
+            if self._owner is not None:
+                self._owner.consumer_started(self)
 
     def _abandon(self) -> None:
         """``__aenter__`` was cancelled while CONSUME was in flight: cancel it on the
@@ -190,6 +213,10 @@ class Consumer:
             self._state = _CLOSED
             self._stopped = True
             return
+        if self._state == _SUSPENDED:
+            # Nothing to cancel on the broker: the connection it consumed on is gone.
+            self._finish()
+            return
         self._state = _CANCELLING
         core = self._core
         try:
@@ -212,6 +239,8 @@ class Consumer:
         core.remove_consumer(self.consumer_tag, self.ack_id)
         self._state = _CLOSED
         self._stopped = True
+        if self._owner is not None:
+            self._owner.consumer_stopped(self)
         buffer = self._buffer
         if buffer and not self.no_ack:
             if core.closed_error is None:
@@ -278,9 +307,11 @@ class Consumer:
             waiter.set_result(None)
 
     def on_cancelled(self, error: WharfError) -> None:
-        if self._state in (_STARTING, _ACTIVE):
+        if self._state in (_STARTING, _ACTIVE, _RESUMING):
             self._state = _CLOSED
             self._final = error
+            if self._owner is not None:
+                self._owner.consumer_stopped(self)
         self._wake()
 
     def on_ack_error(self, error: WharfError) -> None:
@@ -290,12 +321,64 @@ class Consumer:
             log.warning("wharf: consumer %r: further ack error: %s", self.consumer_tag, error)
         self._wake()
 
-    def on_connection_lost(self, error: WharfError) -> None:
+    def on_connection_lost(self, error: WharfError, resumable: bool) -> None:
         # The broker requeues everything unacked; buffered messages can no longer be
         # settled, so they are dropped rather than handed out.
+        self._buffer.clear()
+        if resumable and self._owner is not None and self._state in (_ACTIVE, _RESUMING):
+            self._state = _SUSPENDED  # iteration waits for the resume
+            return
+        self.end(error)
+
+    # -- reconnect (called by the Connection's recovery) -----------------------------
+
+    @property
+    def suspended(self) -> bool:
+        return self._state == _SUSPENDED
+
+    def end(self, error: WharfError) -> None:
+        """The consumer is over for good (connection closed, or it could not be
+        resumed): iteration raises ``error`` from now on."""
         self._buffer.clear()
         if self._state != _CLOSED or self._final is not None:
             self._final = error
             self._final_sticky = True
         self._state = _CLOSED
+        if self._owner is not None:
+            self._owner.consumer_stopped(self)
         self._wake()
+
+    async def resume(self, core: ConnectionCore) -> None:
+        """Consume again, on a new connection, with the same queue (``self.queue``,
+        updated if the queue was renamed), tag, prefetch and arguments.
+
+        Raises the broker's error; the caller decides whether to retry or ``end()``.
+        """
+        if self._state != _SUSPENDED:
+            return  # cancelled meanwhile
+        self._core = core
+        rid = core.new_request_id()
+        tag = self.consumer_tag
+        self.ack_id = rid
+        self._channel = None if self.no_ack else AckChannel(core, rid)
+        core.add_consumer(tag, rid, self)
+        self._state = _RESUMING
+        try:
+            _, fut = core.start_request(
+                F.CONSUME,
+                self.queue,
+                tag,
+                self.prefetch,
+                self.no_ack,
+                self.exclusive,
+                self.arguments,
+                rid=rid,
+            )
+            await fut
+        except BaseException:
+            core.remove_consumer(tag, rid)
+            if self._state == _RESUMING:
+                self._state = _SUSPENDED
+            raise
+        if self._state == _RESUMING:
+            self._state = _ACTIVE

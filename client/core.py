@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final, Protocol, cast
 
 from wharf.protocol import frames as F
@@ -30,6 +30,7 @@ from wharf.protocol.errors import (
 )
 
 from .confirms import ConfirmTracker
+from .url import ConnectParams
 
 log = logging.getLogger("wharf.client")
 
@@ -60,7 +61,9 @@ class DeliverySink(Protocol):
 
     def on_ack_error(self, error: WharfError) -> None: ...
 
-    def on_connection_lost(self, error: WharfError) -> None: ...
+    def on_connection_lost(self, error: WharfError, resumable: bool) -> None:
+        """The connection is gone.  ``resumable``: the ``Connection`` reconnects and
+        will resume this consumer on the new connection (``reconnect=True``)."""
 
 
 class AckChannel:
@@ -88,7 +91,9 @@ class AckChannel:
 
 
 class ConnectionCore(asyncio.Protocol):
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, request_ids: Iterator[int] | None = None
+    ) -> None:
         self.loop = loop
         self._transport: asyncio.Transport | None = None
         self._decoder = FrameDecoder(MAX_RECEIVE_FRAME_BYTES, use_list=True)
@@ -99,7 +104,9 @@ class ConnectionCore(asyncio.Protocol):
         self._ack_dirty: list[AckChannel] = []
         self._paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
-        self._rids = itertools.count(1)
+        # Shared by every connection a reconnecting ``Connection`` makes, so request
+        # ids, ack ids and SDK consumer tags never repeat across reconnects.
+        self._rids = request_ids if request_ids is not None else itertools.count(1)
         # None = a request whose answer nobody waits for.
         self._pending: dict[int, asyncio.Future[list[Any]] | None] = {}
         self.confirms = ConfirmTracker()
@@ -128,6 +135,13 @@ class ConnectionCore(asyncio.Protocol):
         # The broker's resource alarm while it blocks publishers (None when not blocked).
         self.blocked: str | None = None
         self.blocked_listeners: list[Callable[[str | None], None]] = []
+        # Set by a ``Connection`` with reconnect=True (and cleared by its close()): a
+        # loss is then reported as ConnectionLost whatever the cause, consumers are
+        # suspended rather than ended, and settling a delivery of this dead connection
+        # is a no-op (the broker has requeued it).
+        self.recoverable = False
+        # Called once, at the end of fail(): the owning Connection reacts to the loss.
+        self.on_fail: Callable[[ConnectionCore, WharfError], None] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -328,11 +342,16 @@ class ConnectionCore(asyncio.Protocol):
 
     def send_settle(self, frame: tuple[Any, ...]) -> None:
         if self.closed_error is not None:
+            if self.recoverable:
+                return  # a delivery of a lost connection: the broker requeued it
             raise clone_error(self.closed_error)
         self.send(self.encode(frame))
 
     def acks_pending(self, channel: AckChannel) -> None:
         if self.closed_error is not None:
+            if self.recoverable:
+                channel.tags.clear()
+                return
             raise clone_error(self.closed_error)
         self._ack_dirty.append(channel)
         if not self._flush_scheduled:
@@ -513,6 +532,14 @@ class ConnectionCore(asyncio.Protocol):
         """The connection is unusable: close the socket, fail everything waiting on it."""
         if self.closed_error is not None:
             return
+        resumable = self.recoverable
+        if resumable and error.code != ConnectionLost.code:
+            # With reconnect, callers see one retriable error whatever ended the
+            # connection; the cause is kept in the details.
+            error = ConnectionLost(
+                f"connection to the broker lost: {error}",
+                details={"cause_code": error.code, "cause": error.message},
+            )
         self.closed_error = error
         if self._heartbeat is not None:
             self._heartbeat.cancel()
@@ -536,9 +563,49 @@ class ConnectionCore(asyncio.Protocol):
         self._consumers.clear()
         self._sinks_by_ack_id.clear()
         for sink in sinks:
-            sink.on_connection_lost(clone_error(error))
+            sink.on_connection_lost(clone_error(error), resumable)
         self._wake_drain_waiters()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
         elif self._transport is None and not self._lost.done():
             self._lost.set_result(None)
+        on_fail = self.on_fail
+        if on_fail is not None:
+            try:
+                on_fail(self, error)
+            except Exception:
+                log.exception("wharf: connection-loss handler failed")
+
+
+async def open_core(
+    params: ConnectParams,
+    heartbeat_s: int,
+    timeout: float,  # noqa: ASYNC109 (the whole call's budget)
+    client_properties: dict[str, Any],
+    request_ids: Iterator[int] | None = None,
+) -> ConnectionCore:
+    """TCP connect, handshake and authentication, all within ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    core: ConnectionCore | None = None
+    where = f"{params.host}:{params.port}"
+    try:
+        async with asyncio.timeout(timeout):
+            try:
+                _, core = await loop.create_connection(
+                    lambda: ConnectionCore(loop, request_ids), params.host, params.port
+                )
+            except OSError as exc:
+                raise ConnectionLost(
+                    f"cannot connect to the broker at {where}: {exc.strerror or exc}",
+                    details={"host": params.host, "port": params.port},
+                ) from exc
+            await core.handshake(params.username, params.password, heartbeat_s, client_properties)
+    except TimeoutError:
+        if core is not None:
+            core.abort(ConnectionLost("connect timed out"))
+        raise TimeoutError(f"connecting to the broker at {where} took over {timeout} s") from None
+    except BaseException:
+        if core is not None:
+            core.abort(ConnectionLost("connect failed"))
+        raise
+    return core

@@ -17,7 +17,7 @@ class RpcReplies:
     by correlation id."""
 
     def __init__(self, core: ConnectionCore) -> None:
-        self._core = core
+        self.core = core
         self.queue = ""
         self.consumer_tag = ""
         self.ack_id = 0
@@ -32,7 +32,7 @@ class RpcReplies:
         async with self._lock:
             if self.ready:
                 return self.queue
-            core = self._core
+            core = self.core
             frame = await core.request(F.QUEUE_DECLARE, "", False, True, True, False, None)
             self.queue = frame[2]["queue"]
             rid = core.new_request_id()
@@ -69,7 +69,8 @@ class RpcReplies:
     def on_ack_error(self, error: WharfError) -> None:
         pass  # no_ack: there are no acks
 
-    def on_connection_lost(self, error: WharfError) -> None:
+    def on_connection_lost(self, error: WharfError, resumable: bool) -> None:
+        # Never resumed: after a reconnect the next rpc() makes a new reply queue.
         self.ready = False
         self._fail_waiters(error)
 

@@ -14,7 +14,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .records import ACKS, COUNTS, DELIVERED, FLAG_TRANSIENT, MSGS, scan
 from .segments import Segment, list_segments
@@ -24,13 +23,14 @@ log = logging.getLogger("wharf.store")
 
 @dataclass
 class RecoveredMessage:
-    __slots__ = ("exchange", "routing_key", "properties", "body", "delivery_count", "segment")
-    exchange: str
-    routing_key: str
-    properties: dict[str, Any] | None
-    body: bytes
-    delivery_count: int
+    """Where a live message is; bodies are not kept (a backlog may exceed memory)."""
+
+    __slots__ = ("segment", "offset", "index", "size", "delivery_count")
     segment: Segment
+    offset: int  # of the MSGS record in the segment
+    index: int  # of the body in the record
+    size: int
+    delivery_count: int
 
 
 @dataclass
@@ -88,7 +88,7 @@ def recover(directory: Path) -> Recovered:
         for rec in result.records:
             p = rec.payload
             if rec.rtype == MSGS:
-                uid, first, exchange, routing_key, props, bodies, dc = p[:7]
+                uid, first, _exchange, _routing_key, _props, bodies, dc = p[:7]
                 if len(p) > 7 and p[7] & FLAG_TRANSIENT:
                     continue  # a transient message paged to disk: gone after a restart
                 qmsgs = messages.get(uid)
@@ -99,7 +99,7 @@ def recover(directory: Path) -> Recovered:
                     old = qmsgs.get(pos)
                     if old is not None:
                         old.segment.live -= 1
-                    qmsgs[pos] = RecoveredMessage(exchange, routing_key, props, body, dc, seg)
+                    qmsgs[pos] = RecoveredMessage(seg, rec.offset, i, len(body), dc)
                     seg.live += 1
                 last = first + len(bodies) - 1
                 if last > max_pos.get(uid, -1):

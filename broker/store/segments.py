@@ -118,6 +118,10 @@ class MessageStore:
         self._closed = False
         self._unsynced: set[Segment] = set()
         self._last_offset = 0
+        self._unwritten: dict[tuple[int, int], bytes] = {}
+        self._unwritten_keys: list[tuple[int, int]] = []
+        # Tests set this to an exception to make the next fsync fail (as a dying disk would).
+        self.fail_fsync: OSError | None = None
         self._after_commit: list[Callable[[], None]] = []
         self.by_number: dict[int, Segment] = {}
         self._read_fds: dict[int, int] = {}
@@ -194,7 +198,12 @@ class MessageStore:
         )
         seg = self._append(rec)
         seg.live += len(bodies)
-        return seg, self._last_offset
+        offset = self._last_offset
+        # Readable (paging) before its commit writes it: served from memory until then.
+        key = (seg.number, offset)
+        self._unwritten[key] = rec
+        self._unwritten_keys.append(key)
+        return seg, offset
 
     def settle(self, queue_uid: int, position: int, seg: Segment, durable: bool = True) -> None:
         """A stored message was acked, dropped or purged."""
@@ -255,12 +264,14 @@ class MessageStore:
         pending = self._pending
         self._pending = []
         self._pending_bytes = 0
+        keys = self._unwritten_keys
+        self._unwritten_keys = []
         batch = self.batch
         self.batch += 1
         self._in_flight = True
         assert self._loop is not None
         fut = self._loop.run_in_executor(self._executor, self._write_batch, pending)
-        fut.add_done_callback(lambda f: self._committed(batch, pending, f))
+        fut.add_done_callback(lambda f: self._committed(batch, keys, f))
 
     def _write_batch(self, pending: list[tuple[Segment, bytes]]) -> None:
         """Worker thread: write each segment's bytes, fsync each touched file."""
@@ -289,6 +300,8 @@ class MessageStore:
         """Worker thread: fsync one segment (and its directory entry when new)."""
         if seg.fd < 0:
             return
+        if self.fail_fsync is not None:
+            raise self.fail_fsync
         os.fsync(seg.fd)
         self.fsyncs += 1
         seg.synced_size = seg.written_size
@@ -315,7 +328,7 @@ class MessageStore:
             self._loop.run_in_executor(self._executor, self._sync_unsynced)
         self._loop.call_later(self.fsync_interval_ms / 1000.0, self._fsync_tick)
 
-    def _committed(self, batch: int, pending: list[tuple[Segment, bytes]], fut: Any) -> None:
+    def _committed(self, batch: int, keys: list[tuple[int, int]], fut: Any) -> None:
         self._in_flight = False
         exc = fut.exception()
         if exc is not None:
@@ -329,6 +342,9 @@ class MessageStore:
                 listener(-batch)
             return
         self.durable_batch = batch
+        unwritten = self._unwritten
+        for key in keys:
+            unwritten.pop(key, None)
         for listener in list(self.listeners):
             listener(batch)
         if self._after_commit:
@@ -365,11 +381,16 @@ class MessageStore:
 
     def readable(self, segment: int, offset: int) -> bool:
         """True once the record at ``offset`` has been written to the file."""
+        if (segment, offset) in self._unwritten:
+            return True
         seg = self.by_number.get(segment)
         return seg is not None and offset < seg.written_size
 
     def read_record(self, segment: int, offset: int) -> Any:
         """The payload of the record at ``offset`` (checksum verified)."""
+        data = self._unwritten.get((segment, offset))
+        if data is not None:
+            return decode_record(data)
         fd = self._read_fds.get(segment)
         if fd is None:
             seg = self.by_number[segment]
@@ -424,4 +445,6 @@ class MessageStore:
         self._executor.shutdown(wait=True)
 
     def adopt(self, segments: Iterable[Segment]) -> None:
+        """Recovered segments, readable before ``open_for_append``."""
         self.segments = list(segments)
+        self.by_number = {seg.number: seg for seg in self.segments}

@@ -1,0 +1,1103 @@
+"""The management HTTP API under /api (JSON, RabbitMQ-management-like shapes).
+
+http.py parses requests and hands every ``/api`` request to ``ManagementApi.handle``; this
+module authenticates (HTTP basic, the broker's users), routes, validates and answers.
+docs/management.md is the user-facing reference; ``GET /api/openapi.json`` (built by
+``openapi_document`` at the end of this module) describes every endpoint.
+
+Rules:
+
+* Every request needs HTTP basic credentials of a broker user (same users, loopback rule
+  and failure slowdown as the native protocol).  Reads (GET/HEAD, and the non-destructive
+  ``POST /api/queues/{name}/get`` peek) are open to any user; writes need the
+  ``administrator`` tag; the user endpoints need it for reads too.
+* Names are percent-encoded path segments; the default exchange is ``amq.default``.
+* Errors are ``{"error": message, "code": wharf code}`` with the HTTP status from
+  ``http_status``; no input makes a handler raise past ``handle`` (500 + a log line).
+* Exclusive queues belong to their connection: shown, but not changed (409).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from wharf.protocol.errors import (
+    AccessRefused,
+    ConnectionForced,
+    ContentTooLarge,
+    InvalidArgument,
+    NotFound,
+    PreconditionFailed,
+    ResourceError,
+    WharfError,
+)
+
+from .users import (
+    ADMINISTRATOR_TAG,
+    MAX_PASSWORD_CHARS,
+    MAX_TAG_CHARS,
+    MAX_TAGS_PER_USER,
+    MAX_USER_NAME_CHARS,
+    PASSWORD_HASH_PATTERN,
+    TAG_PATTERN,
+    USER_NAME_PATTERN,
+    UserError,
+    check_password_hash,
+    check_tags,
+    check_user_name,
+)
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .exchanges import Exchange
+    from .queues import Queue
+    from .server import Broker
+    from .users import StoredUser
+
+log = logging.getLogger("wharf.api")
+
+JSON_CONTENT_TYPE: Final = "application/json"
+DEFAULT_EXCHANGE_ALIAS: Final = "amq.default"
+# Nesting depth allowed in request bodies (arguments, headers): deep JSON would make
+# the msgpack encoder or the definitions writer recurse without bound.
+MAX_BODY_DEPTH: Final = 32
+MAX_PEEK_COUNT: Final = 100
+# A peek stops adding messages once their bodies reach this many bytes (at least one).
+MAX_PEEK_BODY_BYTES: Final = 8 * 1024 * 1024
+# msgpack integers are 64-bit.
+MSGPACK_INT_MIN: Final = -(2**63)
+MSGPACK_INT_MAX: Final = 2**64 - 1
+AUTH_REALM: Final = 'Basic realm="wharf", charset="UTF-8"'
+
+# Wharf error code -> HTTP status; codes not listed are 400.
+_STATUS_BY_CODE: Final = {
+    311: 413,  # ContentTooLarge
+    403: 403,  # AccessRefused
+    404: 404,  # NotFound
+    405: 409,  # ResourceLocked: exclusive queue owned by a connection
+    406: 409,  # PreconditionFailed
+    506: 503,  # ResourceError: a limit, an alarm, or the store is unavailable
+    541: 500,  # InternalError
+}
+INTERNAL_ERROR_CODE: Final = 541
+METHOD_NOT_ALLOWED_CODE: Final = 540
+
+
+def http_status(code: int) -> int:
+    return _STATUS_BY_CODE.get(code, 400)
+
+
+class ApiError(Exception):
+    """An HTTP-level failure (401, 404 for a path, 405) with its Wharf code."""
+
+    def __init__(
+        self, status: int, code: int, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def wharf_version() -> str:
+    try:
+        return version("wharf")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# Stands in for "a connection" where topology methods check exclusive-queue ownership: it
+# owns nothing, so exclusive queues raise ResourceLocked and nothing is ever owned by it.
+_OPERATOR: Final = cast("Connection", object())
+
+
+# -- JSON in and out -------------------------------------------------------------------------
+
+
+def jsonable(value: Any, depth: int = 0) -> Any:
+    """Make broker values (msgpack-decoded: bytes, tuples, non-str keys, NaN) JSON-safe.
+
+    bytes become ``{"$bin": "<hex>"}`` as in definitions.json.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth > MAX_BODY_DEPTH * 2:
+        return None
+    if isinstance(value, bytes):
+        return {"$bin": value.hex()}
+    if isinstance(value, dict):
+        return {
+            (k if isinstance(k, str) else json.dumps(jsonable(k, depth + 1))): jsonable(
+                v, depth + 1
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, depth + 1) for v in value]
+    return str(value)
+
+
+def _dump(obj: Any) -> bytes:
+    return json.dumps(jsonable(obj), allow_nan=False).encode("utf-8")
+
+
+def check_wire_value(value: Any, where: str, depth: int = 0) -> None:
+    """Reject what msgpack cannot carry: ints beyond 64 bits, deep nesting, NaN."""
+    if depth > MAX_BODY_DEPTH:
+        raise InvalidArgument(f"{where}: nested deeper than {MAX_BODY_DEPTH} levels")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"{where}: lone surrogate in a string") from None
+        return
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if not MSGPACK_INT_MIN <= value <= MSGPACK_INT_MAX:
+            raise InvalidArgument(f"{where}: integer out of the 64-bit range")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidArgument(f"{where}: numbers must be finite")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_wire_value(k, where, depth + 1)
+            check_wire_value(v, f"{where}.{k}", depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_wire_value(v, f"{where}[{i}]", depth + 1)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object; an empty body is ``{}``."""
+    if not body.strip():
+        return {}
+    try:
+        doc = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise InvalidArgument("request body must be a JSON object (UTF-8)") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    check_wire_value(doc, "body")
+    return doc
+
+
+class Fields:
+    """Typed access to a JSON object's fields; unknown fields are an error (typos)."""
+
+    def __init__(self, doc: dict[str, Any], allowed: tuple[str, ...]) -> None:
+        for key in doc:
+            if key not in allowed:
+                raise InvalidArgument(
+                    f"unknown field {key!r}; expected one of: {', '.join(allowed)}",
+                    details={"argument": key},
+                )
+        self.doc = doc
+
+    def _bad(self, key: str, what: str) -> WharfError:
+        return InvalidArgument(f"field {key!r} must be {what}", details={"argument": key})
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        v = self.doc.get(key, default)
+        if type(v) is not bool:
+            raise self._bad(key, "true or false")
+        return v
+
+    def text(self, key: str, default: str | None = None) -> str:
+        v = self.doc.get(key, default)
+        if v is None:
+            raise InvalidArgument(f"field {key!r} is required", details={"argument": key})
+        if type(v) is not str:
+            raise self._bad(key, "a string")
+        return v
+
+    def opt_text(self, key: str) -> str | None:
+        return self.text(key) if key in self.doc else None
+
+    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
+        v = self.doc.get(key, default)
+        if type(v) is not int or not lo <= v <= hi:
+            raise self._bad(key, f"an integer {lo}..{hi}")
+        return v
+
+    def obj(self, key: str) -> dict[str, Any]:
+        v = self.doc.get(key)
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise self._bad(key, "an object")
+        return v
+
+
+def _query_flag(query: Mapping[str, str], key: str) -> bool:
+    raw = query.get(key)
+    if raw is None:
+        return False
+    value = raw.lower()
+    if value in ("", "true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise InvalidArgument(f"query parameter {key!r} must be true or false")
+
+
+def _check_properties(props: dict[str, Any], username: str) -> None:
+    """The same checks a PUBLISH gets on the native protocol (connection.py)."""
+    uid = props.get("user_id")
+    if uid is not None and uid != username:
+        raise PreconditionFailed(
+            f"user_id property set to {uid!r} but authenticated user was {username!r}"
+        )
+    for key, kind in (
+        ("content_type", str),
+        ("content_encoding", str),
+        ("message_id", str),
+        ("correlation_id", str),
+        ("reply_to", str),
+        ("type", str),
+        ("app_id", str),
+        ("user_id", str),
+        ("persistent", bool),
+    ):
+        v = props.get(key)
+        if v is not None and type(v) is not kind:
+            raise InvalidArgument(f"property {key!r} must be a {kind.__name__}")
+    for key, hi in (("priority", 255), ("expiration", MSGPACK_INT_MAX), ("timestamp", None)):
+        v = props.get(key)
+        if v is None:
+            continue
+        if type(v) is not int or (hi is not None and not 0 <= v <= hi):
+            raise InvalidArgument(
+                f"property {key!r} must be an integer" + (f" 0..{hi}" if hi else ""),
+                details={"argument": key},
+            )
+    hdrs = props.get("headers")
+    if hdrs is not None and not isinstance(hdrs, dict):
+        raise InvalidArgument("property 'headers' must be an object")
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Call:
+    """One authenticated, routed request."""
+
+    user: StoredUser
+    params: list[str]
+    query: dict[str, str]
+    body: bytes
+
+    def json(self, allowed: tuple[str, ...]) -> Fields:
+        return Fields(parse_body(self.body), allowed)
+
+
+Result = tuple[int, Any]
+Handler = Callable[[Call], Awaitable[Result]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: tuple[str, ...]  # literal segments, or "{...}" for a parameter
+    handler: Handler
+    admin: bool = False  # needs the administrator tag
+    query: tuple[str, ...] = field(default=())
+
+    def match(self, segments: list[str]) -> list[str] | None:
+        if len(segments) != len(self.path):
+            return None
+        params: list[str] = []
+        for pattern, seg in zip(self.path, segments, strict=True):
+            if pattern.startswith("{"):
+                params.append(seg)
+            elif pattern != seg:
+                return None
+        return params
+
+
+def build_api(broker: object) -> ManagementApi | None:
+    """The API for a full broker; None for stand-ins without topology (HTTP unit tests)."""
+    if not hasattr(broker, "topology") or not hasattr(broker, "authenticator"):
+        return None
+    return ManagementApi(cast("Broker", broker))
+
+
+class ManagementApi:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.version = wharf_version()
+        r = Route
+        self.routes: list[Route] = [
+            r("GET", ("overview",), self.overview),
+            r("GET", ("whoami",), self.whoami),
+            r("GET", ("openapi.json",), self.openapi),
+            r("GET", ("queues",), self.list_queues),
+            r("GET", ("queues", "{name}"), self.get_queue),
+            r("PUT", ("queues", "{name}"), self.put_queue, True),
+            r("DELETE", ("queues", "{name}"), self.delete_queue, True, ("if_unused", "if_empty")),
+            r("DELETE", ("queues", "{name}", "contents"), self.purge_queue, True),
+            r("POST", ("queues", "{name}", "get"), self.peek_queue),
+            r("GET", ("exchanges",), self.list_exchanges),
+            r("GET", ("exchanges", "{name}"), self.get_exchange),
+            r("PUT", ("exchanges", "{name}"), self.put_exchange, True),
+            r("DELETE", ("exchanges", "{name}"), self.delete_exchange, True, ("if_unused",)),
+            r("POST", ("exchanges", "{name}", "publish"), self.publish, True),
+            r("GET", ("bindings",), self.list_bindings),
+            r("POST", ("bindings",), self.add_binding, True),
+            r("DELETE", ("bindings",), self.remove_binding, True),
+            r("GET", ("connections",), self.list_connections),
+            r("GET", ("connections", "{name}"), self.get_connection),
+            r("DELETE", ("connections", "{name}"), self.close_connection, True),
+            r("GET", ("consumers",), self.list_consumers),
+            r("GET", ("users",), self.list_users, True),
+            r("GET", ("users", "{name}"), self.get_user, True),
+            r("PUT", ("users", "{name}"), self.put_user, True),
+            r("DELETE", ("users", "{name}"), self.delete_user, True),
+        ]
+
+    # -- entry point ---------------------------------------------------------------------
+
+    async def handle(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        peer_host: str,
+    ) -> tuple[int, str, bytes, dict[str, str]]:
+        """Answer one /api request: (status, content type, body, extra headers)."""
+        try:
+            status, result = await self._dispatch(method, path, query, headers, body, peer_host)
+            return status, JSON_CONTENT_TYPE, _dump(result), {}
+        except ApiError as exc:
+            return self._error(exc.status, exc.code, exc.message, exc.headers)
+        except WharfError as exc:
+            return self._error(http_status(exc.code), exc.code, exc.message)
+        except UserError as exc:
+            return self._error(400, InvalidArgument.code, str(exc))
+        except Exception:
+            log.exception("management API: %s %s failed", method, path)
+            msg = "internal error; the broker logged it"
+            return self._error(500, INTERNAL_ERROR_CODE, msg)
+
+    @staticmethod
+    def _error(
+        status: int, code: int, message: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, str, bytes, dict[str, str]]:
+        body = _dump({"error": message, "code": code})
+        return status, JSON_CONTENT_TYPE, body, headers or {}
+
+    async def _dispatch(
+        self,
+        method: str,
+        path: str,
+        raw_query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        peer_host: str,
+    ) -> Result:
+        user = await self._authenticate(headers.get("authorization"), peer_host)
+        if method == "HEAD":
+            method = "GET"  # http.py drops the body
+        segments = path[len("/api/") :].split("/") if path.startswith("/api/") else []
+        matched: Route | None = None
+        params: list[str] = []
+        allowed: list[str] = []
+        for route in self.routes:
+            found = route.match(segments)
+            if found is None:
+                continue
+            allowed.append(route.method)
+            if route.method == method:
+                matched, params = route, found
+        if matched is None:
+            if allowed:
+                raise ApiError(
+                    405,
+                    METHOD_NOT_ALLOWED_CODE,
+                    f"method {method} not allowed here",
+                    {"Allow": ", ".join(sorted(set(allowed)))},
+                )
+            raise ApiError(404, NotFound.code, f"no such API endpoint: {path}")
+        if matched.admin and not user.is_administrator:
+            raise AccessRefused(f"user {user.name!r} needs the administrator tag for this request")
+        try:
+            names = [urllib.parse.unquote(p, errors="strict") for p in params]
+            query = dict(urllib.parse.parse_qsl(raw_query, keep_blank_values=True, errors="strict"))
+        except UnicodeDecodeError:
+            raise InvalidArgument("path or query is not valid percent-encoded UTF-8") from None
+        if any(not n for n in names):
+            raise InvalidArgument("names in the path must not be empty")
+        for key in query:
+            if key not in matched.query:
+                raise InvalidArgument(f"unknown query parameter {key!r}")
+        return await matched.handler(Call(user, names, query, body))
+
+    async def _authenticate(self, authorization: str | None, peer_host: str) -> StoredUser:
+        challenge = {"WWW-Authenticate": AUTH_REALM}
+        if not authorization:
+            raise ApiError(401, AccessRefused.code, "authentication required", challenge)
+        scheme, _, encoded = authorization.partition(" ")
+        try:
+            if scheme.lower() != "basic":
+                raise ValueError("not basic")
+            raw = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (ValueError, binascii.Error):
+            raise ApiError(
+                401, AccessRefused.code, "use HTTP basic authentication", challenge
+            ) from None
+        username, sep, password = raw.partition(":")
+        if not sep:
+            raise ApiError(401, AccessRefused.code, "malformed basic credentials", challenge)
+        authenticator = self.broker.authenticator
+        try:
+            user = await authenticator.authenticate(username, password, peer_host)
+        except WharfError as exc:
+            raise ApiError(401, AccessRefused.code, exc.message, challenge) from None
+        stored = authenticator.users.get(user.name)
+        if stored is None:  # deleted while its password was being checked
+            raise ApiError(401, AccessRefused.code, "invalid credentials", challenge)
+        return stored
+
+    # -- overview ------------------------------------------------------------------------
+
+    async def overview(self, call: Call) -> Result:
+        b = self.broker
+        s = b.settings
+        stats = b.stats
+        queues = list(b.queues.values())
+        counters = (
+            "published",
+            "delivered",
+            "acked",
+            "redelivered",
+            "unroutable",
+            "rejected",
+            "publish_nacked",
+        )
+        return 200, {
+            "product": "wharf",
+            "version": self.version,
+            "ready": b.ready,
+            "object_totals": {
+                "connections": len(b.connections),
+                "queues": len(queues),
+                "exchanges": len(b.exchanges),
+                "consumers": b.consumer_count,
+            },
+            "queue_totals": {
+                "messages_ready": sum(q.ready_count for q in queues),
+                "messages_unacked": sum(q.unacked_count for q in queues),
+            },
+            "message_stats": {name: int(getattr(stats, name, 0)) for name in counters},
+            "alarms": sorted(b.alarms),
+            "listeners": [
+                {"protocol": "wharf", "host": s.host, "port": b.port},
+                {"protocol": "http", "host": s.http_bind_host, "port": b.http_port},
+            ],
+        }
+
+    async def whoami(self, call: Call) -> Result:
+        return 200, {"name": call.user.name, "tags": list(call.user.tags)}
+
+    async def openapi(self, call: Call) -> Result:
+        return 200, openapi_document(self.version)
+
+    # -- queues --------------------------------------------------------------------------
+
+    def _queue(self, name: str, *, change: bool = False) -> Queue:
+        return self.broker.topology.get_queue(name, _OPERATOR if change else None)
+
+    async def list_queues(self, call: Call) -> Result:
+        return 200, [q.describe() for q in self.broker.queues.values()]
+
+    async def get_queue(self, call: Call) -> Result:
+        return 200, self._queue(call.params[0]).describe()
+
+    async def put_queue(self, call: Call) -> Result:
+        name = call.params[0]
+        f = call.json(("durable", "auto_delete", "exclusive", "arguments"))
+        if f.flag("exclusive"):
+            raise InvalidArgument("exclusive queues belong to a connection: declare them there")
+        arguments = f.obj("arguments")
+        existed = name in self.broker.queues
+        q = self.broker.topology.declare_queue(
+            name,
+            owner=_OPERATOR,
+            durable=f.flag("durable"),
+            exclusive=False,
+            auto_delete=f.flag("auto_delete"),
+            passive=False,
+            arguments=arguments,
+        )
+        return (200 if existed else 201), q.describe()
+
+    async def delete_queue(self, call: Call) -> Result:
+        n = self.broker.topology.delete_queue(
+            call.params[0],
+            _OPERATOR,
+            _query_flag(call.query, "if_unused"),
+            _query_flag(call.query, "if_empty"),
+        )
+        return 200, {"messages": n}
+
+    async def purge_queue(self, call: Call) -> Result:
+        return 200, {"messages": self._queue(call.params[0], change=True).purge()}
+
+    async def peek_queue(self, call: Call) -> Result:
+        queue = self._queue(call.params[0])
+        f = call.json(("count", "encoding", "truncate"))
+        count = f.integer("count", 1, 1, MAX_PEEK_COUNT)
+        encoding = f.text("encoding", "auto")
+        if encoding not in ("auto", "base64"):
+            raise InvalidArgument("field 'encoding' must be 'auto' or 'base64'")
+        truncate = f.integer("truncate", 0, 0, MSGPACK_INT_MAX) or None
+        messages = queue.peek(count)
+        out: list[dict[str, Any]] = []
+        total = 0
+        for m in messages:
+            body = m.body
+            size = len(body)
+            if truncate is not None:
+                body = body[:truncate]
+            if out and total + len(body) > MAX_PEEK_BODY_BYTES:
+                break
+            total += len(body)
+            payload, payload_encoding = _encode_payload(body, encoding)
+            out.append(
+                {
+                    "payload": payload,
+                    "payload_encoding": payload_encoding,
+                    "payload_bytes": size,
+                    "exchange": m.exchange,
+                    "routing_key": m.routing_key,
+                    "properties": m.properties or {},
+                    "redelivered": m.delivery_count > 0,
+                    "delivery_count": m.delivery_count,
+                }
+            )
+        return 200, out
+
+    # -- exchanges -----------------------------------------------------------------------
+
+    @staticmethod
+    def _exchange_name(name: str) -> str:
+        return "" if name == DEFAULT_EXCHANGE_ALIAS else name
+
+    def _exchange(self, name: str) -> Exchange:
+        return self.broker.topology.get_exchange(self._exchange_name(name))
+
+    async def list_exchanges(self, call: Call) -> Result:
+        return 200, [ex.describe() for ex in self.broker.exchanges.values()]
+
+    async def get_exchange(self, call: Call) -> Result:
+        return 200, self._exchange(call.params[0]).describe()
+
+    async def put_exchange(self, call: Call) -> Result:
+        name = self._exchange_name(call.params[0])
+        f = call.json(("type", "durable", "auto_delete", "internal", "arguments"))
+        existed = name in self.broker.exchanges
+        ex = self.broker.topology.declare_exchange(
+            name,
+            f.text("type"),
+            durable=f.flag("durable"),
+            auto_delete=f.flag("auto_delete"),
+            internal=f.flag("internal"),
+            passive=False,
+            arguments=f.obj("arguments"),
+        )
+        return (200 if existed else 201), ex.describe()
+
+    async def delete_exchange(self, call: Call) -> Result:
+        name = self._exchange_name(call.params[0])
+        self.broker.topology.delete_exchange(name, _query_flag(call.query, "if_unused"))
+        return 200, {}
+
+    async def publish(self, call: Call) -> Result:
+        b = self.broker
+        ex = self._exchange(call.params[0])
+        f = call.json(("routing_key", "payload", "payload_encoding", "properties"))
+        routing_key = f.text("routing_key", "")
+        encoding = f.text("payload_encoding", "string")
+        text = f.text("payload")
+        if encoding == "string":
+            body = text.encode("utf-8")
+        elif encoding == "base64":
+            try:
+                body = base64.b64decode(text, validate=True)
+            except (ValueError, binascii.Error):
+                raise InvalidArgument("payload is not valid base64") from None
+        else:
+            raise InvalidArgument("field 'payload_encoding' must be 'string' or 'base64'")
+        props = f.obj("properties")
+        _check_properties(props, call.user.name)
+        if ex.internal:
+            raise AccessRefused(f"exchange '{ex.name}' is internal")
+        limit = b.settings.max_message_bytes
+        if len(body) > limit:
+            raise ContentTooLarge(f"message of {len(body)} bytes exceeds max_message_bytes={limit}")
+        persistent = props.get("persistent") is True
+        if b.alarms:
+            raise ResourceError(f"publishing is blocked by resource alarm(s): {sorted(b.alarms)}")
+        store = b.store
+        if persistent and store is not None and store.failed is not None:
+            raise ResourceError(f"message store unavailable: {store.failed}")
+        properties = props or None
+        queues = b.topology.route(ex, routing_key, props.get("headers"))
+        b.stats.published += 1
+        for q in queues:
+            q.enqueue_many(ex.name, routing_key, properties, (body,), persistent)
+        if not queues:
+            b.stats.unroutable += 1
+        return 200, {"routed": bool(queues)}
+
+    # -- bindings ------------------------------------------------------------------------
+
+    _BINDING_FIELDS: Final = (
+        "source",
+        "destination",
+        "destination_type",
+        "routing_key",
+        "arguments",
+    )
+
+    def _binding_args(self, call: Call) -> tuple[Queue | Exchange, str, str, dict[str, Any]]:
+        f = call.json(self._BINDING_FIELDS)
+        source = self._exchange_name(f.text("source"))
+        dest_name = f.text("destination")
+        dest_type = f.text("destination_type", "queue")
+        topology = self.broker.topology
+        dest: Queue | Exchange
+        if dest_type == "queue":
+            dest = topology.get_queue(dest_name, _OPERATOR)
+        elif dest_type == "exchange":
+            dest = topology.get_exchange(self._exchange_name(dest_name))
+        else:
+            raise InvalidArgument("field 'destination_type' must be 'queue' or 'exchange'")
+        return dest, source, f.text("routing_key", ""), f.obj("arguments")
+
+    @staticmethod
+    def _describe_binding(
+        dest: Queue | Exchange, source: str, routing_key: str, arguments: dict[str, Any]
+    ) -> dict[str, Any]:
+        from .queues import Queue
+
+        return {
+            "source": source,
+            "destination": dest.name,
+            "destination_type": "queue" if isinstance(dest, Queue) else "exchange",
+            "routing_key": routing_key,
+            "arguments": arguments,
+        }
+
+    async def list_bindings(self, call: Call) -> Result:
+        return 200, self.broker.topology.bindings_of()
+
+    async def add_binding(self, call: Call) -> Result:
+        dest, source, routing_key, arguments = self._binding_args(call)
+        topology = self.broker.topology
+        src = topology.exchanges.get(source)
+        existed = src is not None and src.find_binding(dest, routing_key, arguments) is not None
+        topology.bind(dest, source, routing_key, arguments)
+        return (200 if existed else 201), self._describe_binding(
+            dest, source, routing_key, arguments
+        )
+
+    async def remove_binding(self, call: Call) -> Result:
+        dest, source, routing_key, arguments = self._binding_args(call)
+        topology = self.broker.topology
+        src = topology.get_exchange(source)
+        if src.find_binding(dest, routing_key, arguments) is None:
+            raise NotFound("no such binding")
+        topology.unbind(dest, source, routing_key, arguments)
+        return 200, self._describe_binding(dest, source, routing_key, arguments)
+
+    # -- connections and consumers -------------------------------------------------------
+
+    def _connection(self, name: str) -> Connection:
+        for conn in self.broker.connections.values():
+            if conn.name == name:
+                return conn
+        raise NotFound(f"no connection '{name}'", details={"connection": name})
+
+    @staticmethod
+    def _describe_connection(conn: Connection) -> dict[str, Any]:
+        state = "closing" if conn.closing else ("open" if conn.authenticated else "starting")
+        return {**conn.describe(), "state": state}
+
+    async def list_connections(self, call: Call) -> Result:
+        return 200, [self._describe_connection(c) for c in self.broker.connections.values()]
+
+    async def get_connection(self, call: Call) -> Result:
+        return 200, self._describe_connection(self._connection(call.params[0]))
+
+    async def close_connection(self, call: Call) -> Result:
+        conn = self._connection(call.params[0])
+        log.info("%s: closed by operator %r", conn.name, call.user.name)
+        conn.fatal(ConnectionForced("closed by operator"))
+        return 200, {}
+
+    async def list_consumers(self, call: Call) -> Result:
+        return 200, [
+            {
+                "consumer_tag": c.tag,
+                "queue": c.queue.name,
+                "connection": conn.name,
+                "prefetch": c.prefetch,
+                "no_ack": c.no_ack,
+                "exclusive": c.exclusive,
+                "unacked": c.unacked,
+                "arguments": c.arguments,
+            }
+            for conn in self.broker.connections.values()
+            for c in conn.consumers.values()
+        ]
+
+    # -- users ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _describe_user(u: StoredUser) -> dict[str, Any]:
+        return {"name": u.name, "tags": list(u.tags), "source": u.source}
+
+    async def list_users(self, call: Call) -> Result:
+        return 200, [self._describe_user(u) for u in self.broker.authenticator.users.all()]
+
+    async def get_user(self, call: Call) -> Result:
+        u = self.broker.authenticator.users.get(call.params[0])
+        if u is None:
+            raise NotFound(f"no user '{call.params[0]}'")
+        return 200, self._describe_user(u)
+
+    async def put_user(self, call: Call) -> Result:
+        name = call.params[0]
+        check_user_name(name)
+        f = call.json(("password", "password_hash", "tags"))
+        password = f.opt_text("password")
+        password_hash = f.opt_text("password_hash")
+        if password is not None and password_hash is not None:
+            raise InvalidArgument("give password or password_hash, not both")
+        raw_tags = f.doc.get("tags")
+        store = self.broker.authenticator.users
+        existing = store.get(name)
+        tags: list[str]
+        if raw_tags is None:
+            tags = list(existing.tags) if existing is not None else []
+        elif isinstance(raw_tags, str):
+            tags = [t.strip() for t in raw_tags.split(",") if t.strip()]
+        elif isinstance(raw_tags, list) and all(isinstance(t, str) for t in raw_tags):
+            tags = list(raw_tags)
+        else:
+            raise InvalidArgument("field 'tags' must be a list of strings or 'a,b'")
+        clean_tags = check_tags(tags)
+        if existing is None and password is None and password_hash is None:
+            raise NotFound(f"no user {name!r}: give password or password_hash to create it")
+        if password is not None:
+            if not password or len(password) > MAX_PASSWORD_CHARS:
+                raise InvalidArgument(f"password must be 1..{MAX_PASSWORD_CHARS} characters")
+        elif password_hash is not None:
+            check_password_hash(password_hash)
+        keeps_admin = ADMINISTRATOR_TAG in clean_tags
+        self._check_not_last_admin(name, keeps_admin=keeps_admin)
+        if password is not None:
+            password_hash = await self.broker.authenticator.hash_password(password)
+            self._check_not_last_admin(name, keeps_admin=keeps_admin)  # changed meanwhile?
+        created = store.put(name, password_hash, clean_tags)
+        u = store.get(name)
+        assert u is not None
+        return (201 if created else 200), self._describe_user(u)
+
+    async def delete_user(self, call: Call) -> Result:
+        name = call.params[0]
+        store = self.broker.authenticator.users
+        if name not in store:
+            raise NotFound(f"no user '{name}'")
+        self._check_not_last_admin(name, keeps_admin=False)
+        store.delete(name)
+        closed = 0
+        for conn in list(self.broker.connections.values()):
+            if conn.authenticated and conn.username == name:
+                conn.fatal(ConnectionForced(f"user {name!r} was deleted"))
+                closed += 1
+        return 200, {"connections_closed": closed}
+
+    def _check_not_last_admin(self, name: str, *, keeps_admin: bool) -> None:
+        if keeps_admin:
+            return
+        admins = self.broker.authenticator.users.administrators()
+        if admins == [name]:
+            raise PreconditionFailed(
+                f"user {name!r} is the last administrator; create another one first"
+            )
+
+
+def _encode_payload(body: bytes, encoding: str) -> tuple[str, str]:
+    if encoding == "auto":
+        try:
+            return body.decode("utf-8"), "string"
+        except UnicodeDecodeError:
+            pass
+    return base64.b64encode(body).decode("ascii"), "base64"
+
+
+# -- OpenAPI 3 document ----------------------------------------------------------------------
+# Written by hand next to the handlers; tests/integration/test_openapi.py runs schemathesis
+# against it, so a handler and its description cannot drift apart unnoticed.  Schemas use a
+# short notation: "field:t" with t = s(tring) b(oolean) i(nteger) m(ap) l(ist of strings);
+# a trailing "!" marks a required field.
+
+_TYPES: Final[dict[str, dict[str, Any]]] = {
+    "s": {"type": "string"},
+    "b": {"type": "boolean"},
+    "i": {"type": "integer"},
+    "m": {"type": "object"},
+    "l": {"type": "array", "items": {"type": "string"}},
+}
+
+
+def _schema(fields: str, *, closed: bool = False, **special: Any) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    required: list[str] = []
+    for item in fields.split():
+        name, _, kind = item.partition(":")
+        if kind.endswith("!"):
+            kind = kind[:-1]
+            required.append(name)
+        props[name] = dict(_TYPES[kind])
+    for name, extra in special.items():
+        props[name] = {**props.get(name, {}), **extra}
+    out: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        out["required"] = required
+    if closed:
+        out["additionalProperties"] = False
+    return out
+
+
+def _enum(*values: Any) -> dict[str, Any]:
+    return {"enum": list(values)}
+
+
+_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
+    "Error": _schema("error:s! code:i!"),
+    "Empty": _schema(""),
+    "Overview": _schema(
+        "product:s version:s! ready:b object_totals:m! queue_totals:m! message_stats:m! "
+        "alarms:l! listeners:m!",
+        listeners={"type": "array", "items": _schema("protocol:s host:s port:i")},
+    ),
+    "WhoAmI": _schema("name:s! tags:l!"),
+    "Queue": _schema(
+        "name:s! durable:b! exclusive:b auto_delete:b! arguments:m! messages_ready:i! "
+        "messages_unacked:i consumers:i!"
+    ),
+    "QueueDeclare": _schema(
+        "durable:b auto_delete:b exclusive:b arguments:m", closed=True, exclusive=_enum(False)
+    ),
+    "MessageCount": _schema("messages:i!"),
+    "PeekRequest": _schema(
+        "count:i encoding:s truncate:i",
+        closed=True,
+        count={"minimum": 1, "maximum": MAX_PEEK_COUNT},
+        encoding=_enum("auto", "base64"),
+        truncate={"minimum": 0, "maximum": MSGPACK_INT_MAX},
+    ),
+    "PeekedMessage": _schema(
+        "payload:s! payload_encoding:s! payload_bytes:i! exchange:s! routing_key:s! "
+        "properties:m! redelivered:b! delivery_count:i!",
+        payload_encoding=_enum("string", "base64"),
+    ),
+    "Exchange": _schema("name:s! type:s! durable:b! auto_delete:b! internal:b! arguments:m!"),
+    "ExchangeDeclare": _schema(
+        "type:s! durable:b auto_delete:b internal:b arguments:m",
+        closed=True,
+        type=_enum("direct", "fanout", "topic", "headers"),
+    ),
+    "Publish": _schema(
+        "routing_key:s payload:s! payload_encoding:s properties:m",
+        closed=True,
+        payload_encoding=_enum("string", "base64"),
+        properties=_schema(
+            "headers:m content_type:s content_encoding:s message_id:s correlation_id:s "
+            "reply_to:s timestamp:i type:s app_id:s user_id:s persistent:b priority:i "
+            "expiration:i",
+            priority={"minimum": 0, "maximum": 255},
+            expiration={"minimum": 0},
+        ),
+    ),
+    "Routed": _schema("routed:b!"),
+    "Binding": _schema(
+        "source:s! destination:s! destination_type:s routing_key:s arguments:m",
+        closed=True,
+        destination={"minLength": 1, "maxLength": 255},
+        destination_type=_enum("queue", "exchange"),
+    ),
+    "Connection": _schema(
+        "name:s! peer:s! user:s! state:s! heartbeat_s:i consumers:i unacked:i client_properties:m",
+        state=_enum("starting", "open", "closing"),
+    ),
+    "Consumer": _schema(
+        "consumer_tag:s! queue:s! connection:s! prefetch:i no_ack:b exclusive:b unacked:i "
+        "arguments:m"
+    ),
+    "User": _schema("name:s! tags:l! source:s!", source=_enum("builtin", "config", "runtime")),
+    "UserPut": {
+        **_schema(
+            "password:s password_hash:s",
+            closed=True,
+            password={"minLength": 1, "maxLength": MAX_PASSWORD_CHARS},
+            password_hash={"pattern": PASSWORD_HASH_PATTERN},
+            tags={
+                "oneOf": [
+                    {
+                        "type": "array",
+                        "maxItems": MAX_TAGS_PER_USER,
+                        "items": {
+                            "type": "string",
+                            "maxLength": MAX_TAG_CHARS,
+                            "pattern": TAG_PATTERN,
+                        },
+                    },
+                    # "a,b": at most MAX_TAGS_PER_USER tags fit in this length.
+                    {
+                        "type": "string",
+                        "maxLength": 2 * MAX_TAGS_PER_USER,
+                        "pattern": r"^[^\u0000-\u001f\u007f]*$",
+                    },
+                ]
+            },
+        ),
+        "not": {"required": ["password", "password_hash"]},
+    },
+    "UserDeleted": _schema("connections_closed:i!"),
+}
+
+_ERRORS: Final = {
+    "400": "Bad request: malformed body, unknown field, bad value (code 400).",
+    "401": "Missing or wrong credentials (HTTP basic).",
+    "403": "Not permitted: needs the administrator tag, or a reserved name (code 403).",
+    "404": "No such queue, exchange, binding, connection or user (code 404).",
+    "409": "Precondition failed (406) or exclusive queue owned by a connection (405).",
+    "413": "Request body over 1 MiB, or message over max_message_bytes (code 311).",
+    "503": "Resource alarm or message store unavailable (code 506).",
+}
+
+# method, path, success status, response schema ([X]: array of X), request body schema,
+# boolean query flags, summary.  201 answers also allow 200 (already existed).
+_OPERATIONS: Final = """
+GET    /overview                 200 Overview      -               -  Broker version, totals, counters, alarms, listeners.
+GET    /whoami                   200 WhoAmI        -               -  The authenticated user.
+GET    /openapi.json             200 -             -               -  This document.
+GET    /queues                   200 [Queue]       -               -  All queues.
+GET    /queues/{name}            200 Queue         -               -  One queue.
+PUT    /queues/{name}            201 Queue         QueueDeclare    -  Declare a queue.
+DELETE /queues/{name}            200 MessageCount  -  if_unused,if_empty  Delete a queue.
+DELETE /queues/{name}/contents   200 MessageCount  -               -  Purge ready messages.
+POST   /queues/{name}/get        200 [PeekedMessage] PeekRequest   -  Peek without consuming.
+GET    /exchanges                200 [Exchange]    -               -  All exchanges.
+GET    /exchanges/{name}         200 Exchange      -               -  One exchange (amq.default: the default).
+PUT    /exchanges/{name}         201 Exchange      ExchangeDeclare -  Declare an exchange.
+DELETE /exchanges/{name}         200 Empty         -       if_unused  Delete an exchange.
+POST   /exchanges/{name}/publish 200 Routed        Publish         -  Publish a test message.
+GET    /bindings                 200 [Binding]     -               -  All bindings.
+POST   /bindings                 201 Binding       Binding         -  Bind.
+DELETE /bindings                 200 Binding       Binding         -  Unbind (404 if not bound).
+GET    /connections              200 [Connection]  -               -  Client connections.
+GET    /connections/{name}       200 Connection    -               -  One connection.
+DELETE /connections/{name}       200 Empty         -               -  Close a connection (320).
+GET    /consumers                200 [Consumer]    -               -  All consumers.
+GET    /users                    200 [User]        -               -  Users (administrators only).
+GET    /users/{name}             200 User          -               -  One user (administrators only).
+PUT    /users/{name}             201 User          UserPut         -  Create or change a user.
+DELETE /users/{name}             200 UserDeleted   -               -  Delete a user, close its connections.
+"""  # noqa: E501
+
+
+def _result_schema(name: str) -> dict[str, Any]:
+    if name == "-":
+        return {"type": "object"}
+    if name.startswith("["):
+        return {"type": "array", "items": _ref(name[1:-1])}
+    return _ref(name)
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def openapi_document(api_version: str) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    error = {"content": {JSON_CONTENT_TYPE: {"schema": _ref("Error")}}}
+    name_param = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "description": "Percent-encoded name (amq.default: the default exchange).",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    }
+    user_param = {
+        **name_param,
+        "description": "Percent-encoded user name.",
+        "schema": {
+            "type": "string",
+            "maxLength": MAX_USER_NAME_CHARS,
+            "pattern": USER_NAME_PATTERN,
+        },
+    }
+    for line in _OPERATIONS.strip().splitlines():
+        method, path, ok, result, body, flags, summary = line.split(maxsplit=6)
+        success = {"content": {JSON_CONTENT_TYPE: {"schema": _result_schema(result)}}}
+        responses: dict[str, Any] = {ok: {"description": "Success", **success}}
+        if ok == "201":
+            responses["200"] = {"description": "Already there (unchanged)", **success}
+        responses.update({k: {"description": v, **error} for k, v in _ERRORS.items()})
+        params: list[dict[str, Any]] = []
+        if "{name}" in path:
+            params.append(user_param if path.startswith("/users/") else name_param)
+        if flags != "-":
+            params += [
+                {"name": f, "in": "query", "required": False, "schema": _TYPES["b"]}
+                for f in flags.split(",")
+            ]
+        op_id = method.lower() + path.replace("{name}", "name").replace("/", "_").replace(".", "_")
+        op: dict[str, Any] = {"summary": summary, "operationId": op_id, "responses": responses}
+        if params:
+            op["parameters"] = params
+        if body != "-":
+            op["requestBody"] = {
+                "required": "required" in _SCHEMAS[body],
+                "content": {JSON_CONTENT_TYPE: {"schema": _ref(body)}},
+            }
+        paths.setdefault("/api" + path, {})[method.lower()] = op
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Wharf management API",
+            "version": api_version,
+            "description": "See docs/management.md.  Reads need any user; writes and the "
+            "user endpoints need the administrator tag.",
+        },
+        "security": [{"basic": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+            "schemas": _SCHEMAS,
+        },
+    }

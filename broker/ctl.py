@@ -1,0 +1,597 @@
+"""``wharf ctl``: manage a running broker over its HTTP management API (api.py).
+
+Only the standard library talks HTTP here (urllib), so the command works wherever the
+broker package is installed.  Output is an aligned table (or ``key: value`` lines) for
+people and, with ``--json``, the API's JSON answer for scripts.  Exit codes: 0 on
+success, 1 when the broker refuses or cannot be reached (message on stderr), 2 for usage
+errors (click's convention).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from typing import Any, Final
+
+import click
+
+DEFAULT_URL: Final = "http://127.0.0.1:8680"
+REQUEST_TIMEOUT_S: Final = 30.0
+# Payloads longer than this are cut in tables (``--json`` shows them whole).
+TABLE_PAYLOAD_CHARS: Final = 60
+DEFAULT_EXCHANGE_ALIAS: Final = "amq.default"
+
+
+class BrokerError(click.ClickException):
+    """The broker answered with an error, or could not be reached: exit code 1."""
+
+    exit_code = 1
+
+
+class ApiClient:
+    def __init__(self, url: str, user: str, password: str, as_json: bool) -> None:
+        self.base = url.rstrip("/")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        self.auth = f"Basic {token}"
+        self.as_json = as_json
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        query: dict[str, str] | None = None,
+    ) -> Any:
+        url = self.base + "/api" + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = json.dumps(body).encode("utf-8") if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Authorization", self.auth)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise BrokerError(_error_message(exc)) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise BrokerError(f"cannot reach the broker at {self.base}: {reason}") from None
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            raise BrokerError(f"the broker at {self.base} did not answer with JSON") from None
+
+    def show(self, result: Any, human: str | None = None) -> None:
+        """Print ``result`` as JSON with --json, else the human text (if any)."""
+        if self.as_json:
+            click.echo(json.dumps(result, indent=2, sort_keys=True))
+        elif human is not None:
+            click.echo(human)
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    try:
+        doc = json.loads(exc.read())
+        message, code = doc["error"], doc.get("code")
+    except (ValueError, KeyError, TypeError, OSError):
+        return f"HTTP {exc.code} {exc.reason}"
+    return f"{message} (HTTP {exc.code}" + (f", code {code})" if code is not None else ")")
+
+
+def seg(name: str) -> str:
+    """A name as one URL path segment ('/' and everything else percent-encoded)."""
+    return urllib.parse.quote(name, safe="")
+
+
+def exchange_seg(name: str) -> str:
+    return seg(name or DEFAULT_EXCHANGE_ALIAS)
+
+
+def parse_args(pairs: Sequence[str], what: str = "--arg") -> dict[str, Any]:
+    """``k=v`` pairs; v is JSON when it parses (10, true, "x", [..]) and a string else."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"{what} takes key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Aligned columns: numbers to the right, everything else to the left."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, c in enumerate(row):
+            widths[i] = max(widths[i], len(c))
+    numeric = [bool(rows) and all(_is_number(r[i]) for r in rows) for i in range(len(headers))]
+
+    def fmt(row: Sequence[str]) -> str:
+        parts = [
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(row, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([fmt(headers), *(fmt(r) for r in cells)])
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if v is None:
+        return "-"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True) if v else "-"
+    return str(v)
+
+
+def key_values(doc: dict[str, Any]) -> str:
+    width = max((len(k) for k in doc), default=0)
+    return "\n".join(f"{k.ljust(width)}  {_cell(v)}" for k, v in doc.items())
+
+
+pass_client = click.make_pass_decorator(ApiClient)
+
+
+@click.group()
+@click.option(
+    "--url",
+    envvar="WHARF_HTTP_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    help="Broker HTTP address (also $WHARF_HTTP_URL).",
+)
+@click.option("--user", envvar="WHARF_USER", default="guest", help="User [guest] ($WHARF_USER).")
+@click.option(
+    "--password",
+    envvar="WHARF_PASSWORD",
+    default="guest",
+    help="Password [guest] ($WHARF_PASSWORD; preferred: not visible in the process list).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer.")
+@click.pass_context
+def ctl(ctx: click.Context, url: str, user: str, password: str, as_json: bool) -> None:
+    """Manage a running broker over its HTTP management API.
+
+    Shell completion (bash): eval "$(_WHARF_COMPLETE=bash_source wharf)"
+    """
+    ctx.obj = ApiClient(url, user, password, as_json)
+
+
+@ctl.command()
+@pass_client
+def overview(c: ApiClient) -> None:
+    """Version, totals, message counters, alarms and listeners."""
+    o = c.request("GET", "/overview")
+    lines = {
+        "version": o["version"],
+        "ready": o["ready"],
+        **o["object_totals"],
+        **o["queue_totals"],
+        **{f"messages_{k}": v for k, v in o["message_stats"].items()},
+        "alarms": ", ".join(o["alarms"]) or "none",
+        "listeners": ", ".join(f"{x['protocol']} {x['host']}:{x['port']}" for x in o["listeners"]),
+    }
+    c.show(o, key_values(lines))
+
+
+# -- queues ------------------------------------------------------------------------------------
+
+
+@ctl.group()
+def queues() -> None:
+    """List, show, declare, delete, purge and peek at queues."""
+
+
+@queues.command("list")
+@pass_client
+def queues_list(c: ApiClient) -> None:
+    """All queues."""
+    qs = c.request("GET", "/queues")
+    rows = [
+        (
+            q["name"],
+            q["durable"],
+            q["auto_delete"],
+            q.get("exclusive", False),
+            q["messages_ready"],
+            q.get("messages_unacked", 0),
+            q["consumers"],
+        )
+        for q in qs
+    ]
+    headers = ("NAME", "DURABLE", "AUTO_DELETE", "EXCLUSIVE", "READY", "UNACKED", "CONSUMERS")
+    c.show(qs, table(headers, rows))
+
+
+@queues.command("show")
+@click.argument("name")
+@pass_client
+def queues_show(c: ApiClient, name: str) -> None:
+    """One queue's attributes and counts."""
+    q = c.request("GET", f"/queues/{seg(name)}")
+    c.show(q, key_values(q))
+
+
+@queues.command("declare")
+@click.argument("name")
+@click.option("--durable", is_flag=True, help="Survive a broker restart.")
+@click.option("--auto-delete", is_flag=True, help="Delete when the last consumer goes.")
+@click.option("--arg", "args", multiple=True, metavar="K=V", help="Queue argument (repeat).")
+@pass_client
+def queues_declare(
+    c: ApiClient, name: str, durable: bool, auto_delete: bool, args: tuple[str, ...]
+) -> None:
+    """Declare queue NAME (no change if it exists with the same attributes)."""
+    body = {"durable": durable, "auto_delete": auto_delete, "arguments": parse_args(args)}
+    q = c.request("PUT", f"/queues/{seg(name)}", body)
+    c.show(q, f"queue {q['name']} declared")
+
+
+@queues.command("delete")
+@click.argument("name")
+@click.option("--if-unused", is_flag=True, help="Only if it has no consumers.")
+@click.option("--if-empty", is_flag=True, help="Only if it has no ready messages.")
+@pass_client
+def queues_delete(c: ApiClient, name: str, if_unused: bool, if_empty: bool) -> None:
+    """Delete queue NAME and its messages."""
+    query = {k: "true" for k, v in (("if_unused", if_unused), ("if_empty", if_empty)) if v}
+    r = c.request("DELETE", f"/queues/{seg(name)}", query=query)
+    c.show(r, f"queue {name} deleted ({r['messages']} messages)")
+
+
+@queues.command("purge")
+@click.argument("name")
+@pass_client
+def queues_purge(c: ApiClient, name: str) -> None:
+    """Drop the ready messages of queue NAME."""
+    r = c.request("DELETE", f"/queues/{seg(name)}/contents")
+    c.show(r, f"queue {name} purged ({r['messages']} messages)")
+
+
+@queues.command("peek")
+@click.argument("name")
+@click.option("--count", type=click.IntRange(1, 100), default=1, show_default=True)
+@pass_client
+def queues_peek(c: ApiClient, name: str, count: int) -> None:
+    """Show messages at the head of queue NAME without consuming them."""
+    msgs = c.request("POST", f"/queues/{seg(name)}/get", {"count": count})
+    rows = []
+    for m in msgs:
+        payload = m["payload"]
+        if len(payload) > TABLE_PAYLOAD_CHARS:
+            payload = payload[: TABLE_PAYLOAD_CHARS - 3] + "..."
+        enc = "" if m["payload_encoding"] == "string" else " (base64)"
+        rows.append(
+            (
+                m["exchange"] or DEFAULT_EXCHANGE_ALIAS,
+                m["routing_key"],
+                m["delivery_count"],
+                m["payload_bytes"],
+                payload.encode("unicode_escape").decode("ascii") + enc,
+            )
+        )
+    headers = ("EXCHANGE", "ROUTING_KEY", "DELIVERIES", "BYTES", "PAYLOAD")
+    c.show(msgs, table(headers, rows) if rows else f"queue {name} has no ready messages")
+
+
+# -- exchanges ---------------------------------------------------------------------------------
+
+
+@ctl.group()
+def exchanges() -> None:
+    """List, declare and delete exchanges."""
+
+
+@exchanges.command("list")
+@pass_client
+def exchanges_list(c: ApiClient) -> None:
+    """All exchanges (the default exchange shows as amq.default)."""
+    exs = c.request("GET", "/exchanges")
+    rows = [
+        (
+            e["name"] or DEFAULT_EXCHANGE_ALIAS,
+            e["type"],
+            e["durable"],
+            e["auto_delete"],
+            e["internal"],
+            e["arguments"],
+        )
+        for e in exs
+    ]
+    headers = ("NAME", "TYPE", "DURABLE", "AUTO_DELETE", "INTERNAL", "ARGUMENTS")
+    c.show(exs, table(headers, rows))
+
+
+@exchanges.command("declare")
+@click.argument("name")
+@click.argument(
+    "type_", metavar="TYPE", type=click.Choice(["direct", "fanout", "topic", "headers"])
+)
+@click.option("--durable", is_flag=True, help="Survive a broker restart.")
+@click.option("--auto-delete", is_flag=True, help="Delete when its last binding goes.")
+@click.option("--internal", is_flag=True, help="Only other exchanges may publish to it.")
+@click.option("--arg", "args", multiple=True, metavar="K=V", help="Exchange argument (repeat).")
+@pass_client
+def exchanges_declare(
+    c: ApiClient,
+    name: str,
+    type_: str,
+    durable: bool,
+    auto_delete: bool,
+    internal: bool,
+    args: tuple[str, ...],
+) -> None:
+    """Declare exchange NAME of TYPE."""
+    body = {
+        "type": type_,
+        "durable": durable,
+        "auto_delete": auto_delete,
+        "internal": internal,
+        "arguments": parse_args(args),
+    }
+    e = c.request("PUT", f"/exchanges/{exchange_seg(name)}", body)
+    c.show(e, f"exchange {name} declared")
+
+
+@exchanges.command("delete")
+@click.argument("name")
+@click.option("--if-unused", is_flag=True, help="Only if it has no bindings.")
+@pass_client
+def exchanges_delete(c: ApiClient, name: str, if_unused: bool) -> None:
+    """Delete exchange NAME and its bindings."""
+    query = {"if_unused": "true"} if if_unused else None
+    r = c.request("DELETE", f"/exchanges/{exchange_seg(name)}", query=query)
+    c.show(r, f"exchange {name} deleted")
+
+
+# -- bindings ----------------------------------------------------------------------------------
+
+
+@ctl.group()
+def bindings() -> None:
+    """List, add and remove bindings."""
+
+
+@bindings.command("list")
+@pass_client
+def bindings_list(c: ApiClient) -> None:
+    """All bindings."""
+    bs = c.request("GET", "/bindings")
+    rows = [
+        (b["source"], b["destination_type"], b["destination"], b["routing_key"], b["arguments"])
+        for b in bs
+    ]
+    headers = ("SOURCE", "DEST_TYPE", "DESTINATION", "ROUTING_KEY", "ARGUMENTS")
+    c.show(bs, table(headers, rows))
+
+
+def _binding_options(f: Any) -> Any:
+    f = click.option("--arg", "args", multiple=True, metavar="K=V", help="Binding argument.")(f)
+    f = click.option("--routing-key", "-k", default="", help="Routing key (binding key).")(f)
+    f = click.option(
+        "--destination-type",
+        "-t",
+        type=click.Choice(["queue", "exchange"]),
+        default="queue",
+        show_default=True,
+    )(f)
+    f = click.argument("destination")(f)
+    return click.argument("source")(f)
+
+
+def _binding_body(
+    source: str, destination: str, destination_type: str, routing_key: str, args: tuple[str, ...]
+) -> dict[str, Any]:
+    return {
+        "source": source,
+        "destination": destination,
+        "destination_type": destination_type,
+        "routing_key": routing_key,
+        "arguments": parse_args(args),
+    }
+
+
+@bindings.command("add")
+@_binding_options
+@pass_client
+def bindings_add(
+    c: ApiClient,
+    source: str,
+    destination: str,
+    destination_type: str,
+    routing_key: str,
+    args: tuple[str, ...],
+) -> None:
+    """Bind DESTINATION (a queue, or an exchange with -t exchange) to exchange SOURCE."""
+    body = _binding_body(source, destination, destination_type, routing_key, args)
+    b = c.request("POST", "/bindings", body)
+    c.show(b, f"bound {destination_type} {destination} to {source} with key {routing_key!r}")
+
+
+@bindings.command("remove")
+@_binding_options
+@pass_client
+def bindings_remove(
+    c: ApiClient,
+    source: str,
+    destination: str,
+    destination_type: str,
+    routing_key: str,
+    args: tuple[str, ...],
+) -> None:
+    """Remove the binding of DESTINATION to SOURCE (same key and arguments)."""
+    body = _binding_body(source, destination, destination_type, routing_key, args)
+    b = c.request("DELETE", "/bindings", body)
+    c.show(b, f"unbound {destination_type} {destination} from {source}")
+
+
+# -- connections and consumers -------------------------------------------------------------------
+
+
+@ctl.group()
+def connections() -> None:
+    """List and close client connections."""
+
+
+@connections.command("list")
+@pass_client
+def connections_list(c: ApiClient) -> None:
+    """Client connections."""
+    cs = c.request("GET", "/connections")
+    rows = [
+        (x["name"], x["user"], x["peer"], x["state"], x.get("consumers", 0), x.get("unacked", 0))
+        for x in cs
+    ]
+    c.show(cs, table(("NAME", "USER", "PEER", "STATE", "CONSUMERS", "UNACKED"), rows))
+
+
+@connections.command("close")
+@click.argument("name")
+@pass_client
+def connections_close(c: ApiClient, name: str) -> None:
+    """Close connection NAME (the client gets error 320 "closed by operator")."""
+    r = c.request("DELETE", f"/connections/{seg(name)}")
+    c.show(r, f"connection {name} closed")
+
+
+@ctl.group()
+def consumers() -> None:
+    """List consumers."""
+
+
+@consumers.command("list")
+@pass_client
+def consumers_list(c: ApiClient) -> None:
+    """Consumers on every connection."""
+    cs = c.request("GET", "/consumers")
+    rows = [
+        (x["consumer_tag"], x["queue"], x["connection"], x["prefetch"], x["unacked"], x["no_ack"])
+        for x in cs
+    ]
+    headers = ("TAG", "QUEUE", "CONNECTION", "PREFETCH", "UNACKED", "NO_ACK")
+    c.show(cs, table(headers, rows))
+
+
+# -- users ---------------------------------------------------------------------------------------
+
+
+@ctl.group()
+def users() -> None:
+    """List, add and delete users; change passwords (administrators only)."""
+
+
+@users.command("list")
+@pass_client
+def users_list(c: ApiClient) -> None:
+    """Users, their tags and where they are defined (builtin, config, runtime)."""
+    us = c.request("GET", "/users")
+    rows = [(u["name"], ",".join(u["tags"]) or "-", u["source"]) for u in us]
+    c.show(us, table(("NAME", "TAGS", "SOURCE"), rows))
+
+
+def _new_password(password: str | None) -> str:
+    if password is None:
+        password = str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+    if not password:
+        raise click.UsageError("the password must not be empty")
+    return password
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--password", help="The password (prompted for, hidden, when omitted).")
+@click.option("--tags", default="", help="Comma-separated tags, e.g. administrator.")
+@pass_client
+def users_add(c: ApiClient, name: str, password: str | None, tags: str) -> None:
+    """Create user NAME (fails if it exists: use passwd to change a password)."""
+    if _user_exists(c, name):
+        raise BrokerError(f"user {name!r} already exists (use `wharf ctl users passwd`)")
+    body = {"password": _new_password(password), "tags": tags}
+    u = c.request("PUT", f"/users/{seg(name)}", body)
+    c.show(u, f"user {name} added")
+
+
+@users.command("passwd")
+@click.argument("name")
+@click.option("--password", help="The new password (prompted for, hidden, when omitted).")
+@pass_client
+def users_passwd(c: ApiClient, name: str, password: str | None) -> None:
+    """Change the password of user NAME (tags unchanged)."""
+    if not _user_exists(c, name):
+        raise BrokerError(f"no user {name!r}")
+    u = c.request("PUT", f"/users/{seg(name)}", {"password": _new_password(password)})
+    c.show(u, f"password of user {name} changed")
+
+
+@users.command("delete")
+@click.argument("name")
+@pass_client
+def users_delete(c: ApiClient, name: str) -> None:
+    """Delete user NAME and close its connections."""
+    r = c.request("DELETE", f"/users/{seg(name)}")
+    c.show(r, f"user {name} deleted ({r['connections_closed']} connections closed)")
+
+
+def _user_exists(c: ApiClient, name: str) -> bool:
+    try:
+        c.request("GET", f"/users/{seg(name)}")
+    except BrokerError as exc:
+        if "HTTP 404" in exc.message:
+            return False
+        raise
+    return True
+
+
+# -- publish -------------------------------------------------------------------------------------
+
+
+@ctl.command()
+@click.argument("exchange")
+@click.argument("routing_key")
+@click.argument("payload")
+@click.option("--base64", "is_base64", is_flag=True, help="PAYLOAD is base64 (binary bodies).")
+@click.option("--persistent", is_flag=True, help="Mark the message persistent.")
+@click.option("--property", "props", multiple=True, metavar="K=V", help="Message property.")
+@click.option("--header", "headers", multiple=True, metavar="K=V", help="Message header.")
+@pass_client
+def publish(
+    c: ApiClient,
+    exchange: str,
+    routing_key: str,
+    payload: str,
+    is_base64: bool,
+    persistent: bool,
+    props: tuple[str, ...],
+    headers: tuple[str, ...],
+) -> None:
+    """Publish a test message (EXCHANGE amq.default or "" for the default exchange)."""
+    properties = parse_args(props, "--property")
+    if headers:
+        properties["headers"] = parse_args(headers, "--header")
+    if persistent:
+        properties["persistent"] = True
+    body = {
+        "routing_key": routing_key,
+        "payload": payload,
+        "payload_encoding": "base64" if is_base64 else "string",
+        "properties": properties,
+    }
+    r = c.request("POST", f"/exchanges/{exchange_seg(exchange)}/publish", body)
+    c.show(r, "routed" if r["routed"] else "published, but routed to no queue")
