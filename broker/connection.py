@@ -39,6 +39,7 @@ from .queues import Consumer, Message, Queue
 
 if TYPE_CHECKING:
     from .server import Broker
+    from .store.segments import Segment
 
 log = logging.getLogger("wharf.connection")
 
@@ -657,6 +658,15 @@ class Connection(asyncio.Protocol):
             consumer.unacked = 0
         for queue, msgs in by_queue.items():
             queue.requeue(msgs)
+
+    def relocate(self, old: Segment) -> int:
+        """Compaction: copy forward this connection's unacked messages stored in ``old``."""
+        moved = 0
+        for msg, queue, _ in self._unacked.values():
+            if msg.seg is old and not queue.deleted:
+                queue.copy_forward(msg)
+                moved += 1
+        return moved
 
     # -- acks ------------------------------------------------------------------------
 

@@ -78,6 +78,11 @@ class PagedTail:
         self.size.append(row.size)
         self.durable.append(1 if row.durable else 0)
 
+    def rows_in_segment(self, segment: int) -> list[int]:
+        """Column indexes of the unconsumed rows stored in ``segment``."""
+        col = self.segment
+        return [i for i in range(self._start, len(col)) if col[i] == segment]
+
     def peek(self, n: int) -> list[PagedRow]:
         s = self._start
         e = min(len(self.position), s + n)

@@ -348,6 +348,69 @@ class Queue:
             store.after_commit(self._paging_resume)
         return False
 
+    # -- compaction -----------------------------------------------------------------
+
+    def copy_forward(self, msg: Message) -> None:
+        """Re-append a stored message to the active segment (compaction)."""
+        store = self.store
+        old = msg.seg
+        if store is None or old is None:
+            return
+        seg, _ = store.append_messages(
+            self.uid,
+            msg.position,
+            msg.exchange,
+            msg.routing_key,
+            msg.properties,
+            (msg.body,),
+            msg.delivery_count,
+            durable=msg.persisted,
+        )
+        msg.seg = seg
+        store.moved(old, 1)
+
+    def relocate(self, old: Segment) -> int:
+        """Copy every ready message stored in ``old`` forward; returns how many."""
+        store = self.store
+        if store is None:
+            return 0
+        moved = 0
+        for m in self._ready:
+            if m.seg is old:
+                self.copy_forward(m)
+                moved += 1
+        for _, m in self._requeued:
+            if m.seg is old:
+                self.copy_forward(m)
+                moved += 1
+        tail = self._tail
+        number = old.number
+        if tail and number in tail.segment:
+            cache: tuple[int, Any] = (-1, None)
+            n_tail = 0
+            for i in tail.rows_in_segment(number):
+                off = tail.offset[i]
+                if cache[0] != off:
+                    cache = (off, store.read_record(number, off))
+                p = cache[1]
+                seg, new_off = store.append_messages(
+                    self.uid,
+                    tail.position[i],
+                    p[2],
+                    p[3],
+                    p[4],
+                    (p[5][tail.index[i]],),
+                    tail.count[i],
+                    durable=bool(tail.durable[i]),
+                )
+                tail.segment[i] = seg.number
+                tail.offset[i] = new_off
+                tail.index[i] = 0
+                n_tail += 1
+            store.moved(old, n_tail)
+            moved += n_tail
+        return moved
+
     def _paging_resume(self) -> None:
         self._paging_wait = False
         if self._consumers:

@@ -245,11 +245,35 @@ class Broker:
             await asyncio.sleep(TICK_S)
             now = loop.time()
             self.check_resources()
+            self.compact_store()
             for conn in list(self.connections.values()):
                 try:
                     conn.tick(now)
                 except Exception:
                     log.exception("%s: periodic check failed", conn.name)
+
+    def compact_store(self) -> int:
+        """Copy the live messages out of a mostly-settled oldest segment so it can go.
+
+        Runs on the tick, one segment at a time; the old segment is deleted by the
+        store once the copies are on disk.  Returns how many messages were copied.
+        """
+        store = self.store
+        old = store.compaction_candidate() if store is not None else None
+        if store is None or old is None:
+            return 0
+        moved = 0
+        for q in list(self.topology.queues.values()):
+            moved += q.relocate(old)
+        for conn in list(self.connections.values()):
+            moved += conn.relocate(old)
+        log.info(
+            "compacted segment %d: %d live messages of %d copied forward",
+            old.number,
+            moved,
+            old.total,
+        )
+        return moved
 
     def check_resources(self) -> None:
         monitor = self.monitor

@@ -101,6 +101,7 @@ def recover(directory: Path) -> Recovered:
                         old.segment.live -= 1
                     qmsgs[pos] = RecoveredMessage(seg, rec.offset, i, len(body), dc)
                     seg.live += 1
+                    seg.total += 1
                 last = first + len(bodies) - 1
                 if last > max_pos.get(uid, -1):
                     max_pos[uid] = last

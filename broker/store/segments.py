@@ -45,19 +45,34 @@ log = logging.getLogger("wharf.store")
 
 SEGMENT_BYTES: Final = 64 * 1024 * 1024
 SEGMENT_SUFFIX: Final = ".seg"
+# Compaction: copy the live messages out of the oldest segment once fewer than this
+# fraction of the messages written to it are live and at least this many segments exist.
+COMPACT_LIVE_RATIO: Final = 0.5
+COMPACT_MIN_SEGMENTS: Final = 3
 # Environment variable naming a file where every fsynced length is logged, so tests
 # can simulate power loss by cutting files back to what was fsynced.
 SYNC_LOG_ENV: Final = "WHARF_TEST_SYNC_LOG"
 
 
 class Segment:
-    __slots__ = ("number", "path", "fd", "live", "size", "written_size", "synced_size", "new")
+    __slots__ = (
+        "number",
+        "path",
+        "fd",
+        "live",
+        "total",
+        "size",
+        "written_size",
+        "synced_size",
+        "new",
+    )
 
     def __init__(self, number: int, path: Path) -> None:
         self.number = number
         self.path = path
         self.fd = -1
         self.live = 0
+        self.total = 0  # messages ever written here (for the compaction ratio)
         self.size = 0
         self.written_size = 0
         self.synced_size = 0
@@ -119,6 +134,9 @@ class MessageStore:
         self._unsynced: set[Segment] = set()
         self._last_offset = 0
         self._unwritten: dict[tuple[int, int], bytes] = {}
+        # (batch, segment, n): copies made by compaction; the old segment's live count
+        # drops only once the batch holding the copies is on disk.
+        self._moved: list[tuple[int, Segment, int]] = []
         self._unwritten_keys: list[tuple[int, int]] = []
         # Tests set this to an exception to make the next fsync fail (as a dying disk would).
         self.fail_fsync: OSError | None = None
@@ -198,6 +216,7 @@ class MessageStore:
         )
         seg = self._append(rec)
         seg.live += len(bodies)
+        seg.total += len(bodies)
         offset = self._last_offset
         # Readable (paging) before its commit writes it: served from memory until then.
         key = (seg.number, offset)
@@ -345,6 +364,14 @@ class MessageStore:
         unwritten = self._unwritten
         for key in keys:
             unwritten.pop(key, None)
+        if self._moved:
+            still = []
+            for b, seg, n in self._moved:
+                if b <= batch:
+                    seg.live -= n
+                else:
+                    still.append((b, seg, n))
+            self._moved = still
         for listener in list(self.listeners):
             listener(batch)
         if self._after_commit:
@@ -370,6 +397,27 @@ class MessageStore:
                 os.unlink(seg.path)
             except FileNotFoundError:
                 pass
+
+    # -- compaction -------------------------------------------------------------------
+
+    def compaction_candidate(self) -> Segment | None:
+        """The oldest segment, if it is mostly settled and pins newer segments on disk."""
+        segs = self.segments
+        if len(segs) < COMPACT_MIN_SEGMENTS or self._moved or self.failed is not None:
+            return None
+        seg = segs[0]
+        if seg is self.active or seg.live <= 0 or seg.total <= 0:
+            return None
+        if seg.live / seg.total >= COMPACT_LIVE_RATIO:
+            return None
+        return seg
+
+    def moved(self, old: Segment, n: int) -> None:
+        """``n`` messages of ``old`` were copied forward in the batch now accumulating."""
+        if n:
+            self._moved.append((self.batch, old, n))
+            if not self._scheduled:
+                self._schedule()
 
     # -- reading back (paging) ------------------------------------------------------
 
@@ -403,7 +451,7 @@ class MessageStore:
 
     @property
     def idle(self) -> bool:
-        return not (
+        return not self._moved and not (
             self._in_flight or self._pending or self._acks or self._watermarks or self._counts
         )
 
