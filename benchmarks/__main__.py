@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--inflight", type=_positive, default=4, help="batches awaiting confirm per producer"
     )
     tp.add_argument("--raw", action="store_true", help="raw protocol client instead of the SDK")
+    tp.add_argument("--persistent", action="store_true", help="durable queue + persistent messages")
 
     lat = sub.add_parser("latency", help="publish-to-deliver percentiles at a fixed rate")
     _broker_options(lat)
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             inflight=args.inflight,
             raw=args.raw,
             timeout_s=args.timeout,
+            persistent=args.persistent,
         )
     elif args.scenario == "latency":
         result = scenarios.latency(

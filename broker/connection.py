@@ -311,16 +311,22 @@ class Connection(asyncio.Protocol):
                 return
             handler(F.parse(raw))
         except WharfError as exc:
-            if ftype == F.PUBLISH or ftype == F.PUBLISH_MANY:
-                # The request id of a publish is its sequence number: answer with nacks.
-                bodies = raw[5] if ftype == F.PUBLISH_MANY and len(raw) > 5 else None
-                count = len(bodies) if isinstance(bodies, (list, tuple)) and bodies else 1
-                self._nack(rid if rid > 0 else 0, count, exc)
-            else:
-                self.send_error(rid, exc)
+            self._fail_request(ftype, rid, raw, exc)
         except Exception:
             log.exception("%s: internal error handling frame type %s", self.name, ftype)
-            self.send_error(rid, InternalError("internal error; the broker logged it"))
+            self._fail_request(
+                ftype, rid, raw, InternalError("internal error; the broker logged it")
+            )
+
+    def _fail_request(self, ftype: int, rid: int, raw: Any, exc: WharfError) -> None:
+        if ftype == F.PUBLISH or ftype == F.PUBLISH_MANY:
+            # The request id of a publish is its sequence number: answer with nacks, so a
+            # later cumulative confirm can never cover a message that was not queued.
+            bodies = raw[5] if ftype == F.PUBLISH_MANY and len(raw) > 5 else None
+            count = len(bodies) if isinstance(bodies, (list, tuple)) and bodies else 1
+            self._nack(rid if rid > 0 else 0, count, exc)
+        else:
+            self.send_error(rid, exc)
 
     def _handle_unauthenticated(self, raw: Any) -> None:
         if raw[0] == F.HEARTBEAT:
@@ -887,7 +893,13 @@ class Connection(asyncio.Protocol):
 
     def _on_queue_purge(self, f: F.QueuePurge) -> None:
         q = self.topology.get_queue(f.queue, self)
-        self._ok(f.request_id, {"messages": q.purge()})
+        result = {"messages": q.purge()}
+        store = self.broker.store
+        if q.persist and store is not None and not store.idle:
+            # Answer once the purge's ack records are on disk, like a confirm.
+            store.after_commit(lambda: self._ok(f.request_id, result))
+            return
+        self._ok(f.request_id, result)
 
     def _on_queue_delete(self, f: F.QueueDelete) -> None:
         n = self.topology.delete_queue(f.queue, self, f.if_unused, f.if_empty)

@@ -444,6 +444,9 @@ class Queue:
         """Pop the next ready message (for basic.get); the caller records it as delivered."""
         if self._requeued:
             msg = heapq.heappop(self._requeued)[1]
+            if msg.persisted and self.store is not None:
+                # Redeliveries of requeued messages: keep the count growing across crashes.
+                self.store.requeued(self.uid, msg.position, msg.delivery_count + 1)
         elif self._ready or (self._tail and self._page_in()):
             msg = self._ready.popleft()
             self.max_delivered = msg.position

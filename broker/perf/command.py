@@ -52,6 +52,9 @@ def bench() -> None:
     help="publish_many batches awaiting confirm per producer",
 )
 @click.option("--raw", is_flag=True, help="raw protocol client instead of the SDK")
+@click.option(
+    "--persistent", is_flag=True, help="durable queue, persistent messages (fsync before confirm)"
+)
 @click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(0))
 def throughput_cmd(
     url: str,
@@ -65,6 +68,7 @@ def throughput_cmd(
     confirm: bool,
     inflight: int,
     raw: bool,
+    persistent: bool,
     timeout: float,
 ) -> None:
     """Publish/confirm/end-to-end msg/s and publish-to-deliver latency."""
@@ -81,6 +85,7 @@ def throughput_cmd(
         inflight=inflight,
         raw=raw,
         timeout_s=timeout,
+        persistent=persistent,
     )
     emit(result)
     if result.get("timed_out"):

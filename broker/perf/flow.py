@@ -69,6 +69,8 @@ class Plan:
     inflight: int = 4  # publish batches awaiting their confirm, per producer
     raw: bool = False
     timeout_s: float = 300.0
+    # Durable queue and persistent messages: confirms wait for the fsync.
+    persistent: bool = False
 
     def share(self, idx: int) -> int:
         """How many messages producer ``idx`` sends."""
@@ -162,7 +164,7 @@ async def _declare(plan: Plan) -> None:
     t = plan.target
     conn = await RawConnection.open(t.host, t.port, t.username, t.password)
     try:
-        await conn.declare_queue(plan.queue)
+        await conn.declare_queue(plan.queue, durable=plan.persistent)
     finally:
         await conn.close()
 
@@ -290,15 +292,16 @@ async def _sdk_producer(
     rate = plan.rate / plan.producers
     queue = plan.queue
     confirm = plan.confirm
+    persistent = plan.persistent
     inflight = asyncio.Semaphore(plan.inflight)
     tasks: set[asyncio.Task[None]] = set()
     failures: list[BaseException] = []
 
     async def send(bodies: list[bytes]) -> None:
         if len(bodies) == 1:
-            await conn.publish("", queue, bodies[0], confirm=confirm)
+            await conn.publish("", queue, bodies[0], confirm=confirm, persistent=persistent)
         else:
-            await conn.publish_many("", queue, bodies, confirm=confirm)
+            await conn.publish_many("", queue, bodies, confirm=confirm, persistent=persistent)
 
     async def send_confirmed(bodies: list[bytes]) -> None:
         try:
@@ -358,6 +361,7 @@ async def _raw_producer(
     encode = conn.encoder.encode_array
     write = conn.writer.write
     queue = plan.queue
+    props = {"persistent": True} if plan.persistent else None
     state = {"confirmed": 0, "nacked": 0}
     progress = asyncio.Event()
 
@@ -387,7 +391,7 @@ async def _raw_producer(
             if n == 1:
                 write(encode((F.PUBLISH, seq, "", queue, None, stamp(pad), 0)))
             else:
-                write(encode((F.PUBLISH_MANY, seq, "", queue, None, [stamp(pad)] * n, 0)))
+                write(encode((F.PUBLISH_MANY, seq, "", queue, props, [stamp(pad)] * n, 0)))
             sent += n
             if reader is not None:
                 while sent - state["confirmed"] > window:

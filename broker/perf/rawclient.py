@@ -99,9 +99,11 @@ class RawConnection:
         finally:
             self.pending.extendleft(reversed(skipped))
 
-    async def declare_queue(self, name: str, *, passive: bool = False) -> dict[str, Any]:
+    async def declare_queue(
+        self, name: str, *, passive: bool = False, durable: bool = False
+    ) -> dict[str, Any]:
         result = await self.call(
-            (F.QUEUE_DECLARE, self.next_rid(), name, False, False, False, passive, None)
+            (F.QUEUE_DECLARE, self.next_rid(), name, durable, False, False, passive, None)
         )
         return dict(result or {})
 

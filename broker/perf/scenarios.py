@@ -48,9 +48,11 @@ def throughput(
     inflight: int,
     raw: bool,
     timeout_s: float,
+    persistent: bool = False,
 ) -> dict[str, Any]:
     with broker_target(url) as target:
         plan = Plan(
+            persistent=persistent,
             target=target,
             queue=unique_name("tp"),
             count=count,

@@ -284,26 +284,7 @@ async def test_unacked_messages_come_back_in_order_redelivered(tmp_path: Path, m
             await conn.close()
 
 
-@pytest.mark.parametrize(
-    "mode",
-    [
-        "sigterm",
-        pytest.param(
-            "kill",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "BUG: after kill -9 a message that was requeued (COUNTS record, count 1) "
-                    "and then redelivered (count 2, in memory only) comes back with "
-                    "delivery_count 2, not 3: redelivering a requeued message writes no "
-                    "record (broker/queues.py take(), requeued-heap branch), so recovery "
-                    "(store/recovery.py COUNTS, server.py _restore_queue) restores the count "
-                    "stored at requeue time"
-                ),
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("mode", ["sigterm", "kill"])
 async def test_delivery_count_keeps_growing_across_a_restart(tmp_path: Path, mode: str) -> None:
     async with broker_process(tmp_path / "data") as bp:
         conn = await bp.connect()
