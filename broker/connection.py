@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -35,6 +36,7 @@ from wharf.protocol.errors import (
     WharfError,
 )
 
+from .policies.deadletter import REJECTED
 from .queues import Consumer, Message, Queue
 
 if TYPE_CHECKING:
@@ -529,9 +531,20 @@ class Connection(asyncio.Protocol):
                 ):
                     self._nack(seq, n, ResourceError(f"message store unavailable: {store.failed}"))
                     return
+            refused = 0
             for q in queues:
-                if q.enqueue_many(exchange, routing_key, props, bodies, persistent):
+                durable, accepted = q.enqueue_many(exchange, routing_key, props, bodies, persistent)
+                if durable:
                     stored = True
+                if accepted < n:
+                    refused = max(refused, n - accepted)
+            if refused:
+                # x-overflow reject-publish(-dlx): the last ``refused`` did not fit somewhere.
+                self._nack(
+                    seq + n - refused if seq else 0,
+                    refused,
+                    ResourceError("queue is full (x-max-length / x-overflow reject-publish)"),
+                )
         else:
             stats.unroutable += n
             if flags & F.FLAG_MANDATORY:
@@ -740,24 +753,20 @@ class Connection(asyncio.Protocol):
         self._apply_acks(self._settle(tags, f.request_id))
 
     def _reject(self, entries: list[Unacked], requeue: bool) -> None:
-        if requeue:
-            by_queue: dict[Queue, list[Message]] = {}
-            for msg, queue, consumer in entries:
-                by_queue.setdefault(queue, []).append(msg)
-                if consumer is not None:
-                    consumer.unacked -= 1
-            for queue, msgs in by_queue.items():
-                queue.requeue(msgs)
-            return
+        by_queue: dict[Queue, list[Message]] = {}
         for msg, queue, consumer in entries:
-            if msg.seg is not None:
-                queue.forget(msg)
-            queue.settle(1)
+            by_queue.setdefault(queue, []).append(msg)
             if consumer is not None:
                 consumer.unacked -= 1
-                if consumer.active:
+                if not requeue and consumer.active:
                     queue.schedule_dispatch()
-        self.broker.stats.rejected += len(entries)
+        for queue, msgs in by_queue.items():
+            if requeue:
+                queue.requeue(msgs)
+            else:
+                queue.reject(msgs, REJECTED)
+        if not requeue:
+            self.broker.stats.rejected += len(entries)
 
     def _on_nack(self, f: F.Nack) -> None:
         if f.multiple:
@@ -814,6 +823,7 @@ class Connection(asyncio.Protocol):
 
     def _on_get(self, f: F.Get) -> None:
         queue = self.topology.get_queue(f.queue, self)
+        queue.last_used = time.monotonic()
         msg = queue.take()
         if msg is None:
             self._send(self._encode((F.GET_OK, f.request_id, None, 0)))

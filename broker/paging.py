@@ -12,8 +12,9 @@ and only a row of fixed-width columns is kept here, in ``array`` objects:
     count     i32   delivery count
     size      i32   body bytes
     durable   i8    1 if the message is persistent in a durable queue
+    expires   i64   epoch ms when the message expires (0 = never)
 
-That is 41 bytes per message and no object for the garbage collector to traverse,
+That is 49 bytes per message and no object for the garbage collector to traverse,
 so a backlog of tens of millions fits in memory.  Messages are paged back in, a
 chunk at a time, when the in-memory head of the queue runs low.
 """
@@ -35,10 +36,21 @@ class PagedRow(NamedTuple):
     delivery_count: int
     size: int
     durable: bool
+    expires_at: int = 0
 
 
 class PagedTail:
-    __slots__ = ("position", "segment", "offset", "index", "count", "size", "durable", "_start")
+    __slots__ = (
+        "position",
+        "segment",
+        "offset",
+        "index",
+        "count",
+        "size",
+        "durable",
+        "expires",
+        "_start",
+    )
 
     def __init__(self) -> None:
         self.position = array("q")
@@ -48,6 +60,7 @@ class PagedTail:
         self.count = array("i")
         self.size = array("i")
         self.durable = array("b")
+        self.expires = array("q")
         self._start = 0
 
     def __len__(self) -> int:
@@ -57,10 +70,17 @@ class PagedTail:
         return len(self.position) > self._start
 
     def append_batch(
-        self, first_position: int, sizes: list[int], segment: int, offset: int, durable: bool
+        self,
+        first_position: int,
+        sizes: list[int],
+        segment: int,
+        offset: int,
+        durable: bool,
+        expires_at: int = 0,
     ) -> None:
         """Consecutive messages (of these body sizes) stored in one MSGS record."""
         n = len(sizes)
+        self.expires.extend([expires_at] * n)
         self.size.extend(sizes)
         self.position.extend(range(first_position, first_position + n))
         self.segment.extend([segment] * n)
@@ -77,6 +97,7 @@ class PagedTail:
         self.count.append(row.delivery_count)
         self.size.append(row.size)
         self.durable.append(1 if row.durable else 0)
+        self.expires.append(row.expires_at)
 
     def rows_in_segment(self, segment: int) -> list[int]:
         """Column indexes of the unconsumed rows stored in ``segment``."""
@@ -95,6 +116,7 @@ class PagedTail:
                 self.count[i],
                 self.size[i],
                 bool(self.durable[i]),
+                self.expires[i],
             )
             for i in range(s, e)
         ]
@@ -117,6 +139,7 @@ class PagedTail:
             self.count,
             self.size,
             self.durable,
+            self.expires,
         )
 
     def _compact(self) -> None:

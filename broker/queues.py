@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from .paging import PagedRow, PagedTail
+from .policies.arguments import QueueLimits, parse_queue_arguments
+from .policies.deadletter import DELIVERY_LIMIT, EXPIRED, MAXLEN
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -51,6 +54,7 @@ class Message:
         "position",
         "seg",
         "persisted",
+        "expires_at",
     )
 
     def __init__(
@@ -71,6 +75,8 @@ class Message:
         # long queue), else None; ``persisted``: its settlement must be recorded.
         self.seg: Segment | None = None
         self.persisted = False
+        # Epoch ms after which the message is dead (queue or message TTL); 0 = never.
+        self.expires_at = 0
 
 
 class Consumer:
@@ -147,6 +153,14 @@ class Queue:
         "_head_bytes",
         "_tail",
         "_paging_wait",
+        "limits",
+        "dead_letter",
+        "last_used",
+        "_expiry_timer",
+        "_has_ttl",
+        "stats_dead_lettered",
+        "stats_expired",
+        "stats_dropped",
     )
 
     def __init__(
@@ -190,6 +204,15 @@ class Queue:
         self._head_bytes = 0
         self._tail = PagedTail()
         self._paging_wait = False
+        # Policies: validated arguments; the topology's dead-letter router (None: drop).
+        self.limits: QueueLimits = parse_queue_arguments(self.arguments)
+        self.dead_letter: Callable[[Queue, list[Message], str], None] | None = None
+        self.last_used = time.monotonic()
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._has_ttl = self.limits.message_ttl_ms is not None
+        self.stats_dead_lettered: dict[str, int] = {}
+        self.stats_expired = 0
+        self.stats_dropped = 0
         # Highest position ever handed out (everything at or below it was delivered).
         self.max_delivered = -1
 
@@ -254,10 +277,25 @@ class Queue:
         properties: dict[str, Any] | None,
         bodies: list[bytes] | tuple[bytes, ...],
         persistent: bool = False,
-    ) -> bool:
-        """Append messages; True if they were written to the store as persistent."""
-        first_pos = self._next_position
+    ) -> tuple[bool, int]:
+        """Append messages.
+
+        Returns (written to the store as persistent, how many were accepted).  A bounded
+        queue with x-overflow reject-publish(-dlx) accepts only what fits; the caller
+        nacks the rest.
+        """
+        limits = self.limits
+        if limits.bounded and limits.overflow != "drop-head":
+            room = self._room(bodies)
+            if room < len(bodies):
+                refused = bodies[room:]
+                bodies = bodies[:room]
+                if limits.overflow == "reject-publish-dlx":
+                    self._dead_letter_new(exchange, routing_key, properties, refused, MAXLEN)
+                if not bodies:
+                    return False, 0
         n = len(bodies)
+        first_pos = self._next_position
         self._next_position = first_pos + n
         self.stats_published += n
         sizes = [len(b) for b in bodies]
@@ -265,13 +303,21 @@ class Queue:
         self.ready_bytes += size
         durable = persistent and self.persist
         store = self.store
+        expires_at = self._expiry_for(properties)
         mem = size + n * MESSAGE_OVERHEAD_BYTES
         if store is not None and (self._tail or self._head_bytes + mem > self.memory_budget_bytes):
             # Long queue: keep only a packed index row per message; bodies stay on disk.
             seg, offset = store.append_messages(
-                self.uid, first_pos, exchange, routing_key, properties, bodies, durable=durable
+                self.uid,
+                first_pos,
+                exchange,
+                routing_key,
+                properties,
+                bodies,
+                durable=durable,
+                expires_at=expires_at,
             )
-            self._tail.append_batch(first_pos, sizes, seg.number, offset, durable)
+            self._tail.append_batch(first_pos, sizes, seg.number, offset, durable, expires_at)
         else:
             ready = self._ready
             start = len(ready)
@@ -280,22 +326,177 @@ class Queue:
                 ready.append(Message(exchange, routing_key, properties, body, pos))
                 pos += 1
             self._head_bytes += mem
+            if expires_at:
+                for i in range(start, len(ready)):
+                    ready[i].expires_at = expires_at
             if durable:
                 assert store is not None
                 seg, _ = store.append_messages(
-                    self.uid, first_pos, exchange, routing_key, properties, bodies
+                    self.uid,
+                    first_pos,
+                    exchange,
+                    routing_key,
+                    properties,
+                    bodies,
+                    expires_at=expires_at,
                 )
                 for i in range(start, len(ready)):
                     m = ready[i]
                     m.seg = seg
                     m.persisted = True
+        if limits.bounded and limits.overflow == "drop-head":
+            self._drop_head_over_limit()
+        if expires_at and self._expiry_timer is None:
+            self._schedule_expiry()
         if self._consumers and not self._dispatch_scheduled:
             self.schedule_dispatch()
-        return durable
+        return durable, n
+
+    # -- policies: TTL, length limits, delivery limit, dead-lettering ------------------
+
+    def _expiry_for(self, properties: dict[str, Any] | None) -> int:
+        """Epoch ms at which a message published now expires (0 = never)."""
+        ttl = self.limits.message_ttl_ms
+        if properties:
+            exp = properties.get("expiration")
+            if exp is not None and (ttl is None or exp < ttl):
+                ttl = exp
+        if ttl is None:
+            return 0
+        self._has_ttl = True
+        # +1: a TTL of 0 still lets a consumer waiting right now take the message.
+        return int(time.time() * 1000) + ttl + 1
+
+    def _room(self, bodies: list[bytes] | tuple[bytes, ...]) -> int:
+        """How many of ``bodies`` fit under x-max-length / x-max-length-bytes."""
+        limits = self.limits
+        room = len(bodies)
+        if limits.max_length is not None:
+            room = max(0, min(room, limits.max_length - self.ready_count))
+        if limits.max_length_bytes is not None:
+            free = limits.max_length_bytes - self.ready_bytes
+            fit = 0
+            for body in bodies[:room]:
+                free -= len(body)
+                if free < 0:
+                    break
+                fit += 1
+            room = fit
+        return room
+
+    def _over_limit(self) -> bool:
+        limits = self.limits
+        return (limits.max_length is not None and self.ready_count > limits.max_length) or (
+            limits.max_length_bytes is not None and self.ready_bytes > limits.max_length_bytes
+        )
+
+    def _drop_head_over_limit(self) -> None:
+        dropped: list[Message] = []
+        while self._over_limit():
+            msg = self._pop_head()
+            if msg is None:
+                break
+            dropped.append(msg)
+        if dropped:
+            self._dead_letter_or_drop(dropped, MAXLEN)
+
+    def _dead_letter_new(
+        self,
+        exchange: str,
+        routing_key: str,
+        properties: dict[str, Any] | None,
+        bodies: list[bytes] | tuple[bytes, ...],
+        reason: str,
+    ) -> None:
+        msgs = [Message(exchange, routing_key, properties, b, -1) for b in bodies]
+        self._dead_letter_or_drop(msgs, reason)
+
+    def _dead_letter_or_drop(self, msgs: list[Message], reason: str) -> None:
+        """Messages leave this queue for ``reason``: to the dead-letter exchange or gone."""
+        if reason == EXPIRED:
+            self.stats_expired += len(msgs)
+        if self.dead_letter is not None and self.limits.dead_letter_exchange is not None:
+            counts = self.stats_dead_lettered
+            counts[reason] = counts.get(reason, 0) + len(msgs)
+            self.dead_letter(self, msgs, reason)  # enqueues copies first: then we forget
+        elif reason != EXPIRED:
+            self.stats_dropped += len(msgs)
+        for m in msgs:
+            self.forget(m)
+
+    def reject(self, msgs: list[Message], reason: str) -> None:
+        """Delivered messages settled without requeue (nack/reject, delivery limit)."""
+        self.unacked_count -= len(msgs)
+        self._dead_letter_or_drop(msgs, reason)
+
+    def _pop_head(self) -> Message | None:
+        """Remove the next ready message without delivering it (drop-head, expiry)."""
+        if self._requeued:
+            msg = heapq.heappop(self._requeued)[1]
+        elif self._ready or (self._tail and self._page_in()):
+            msg = self._ready.popleft()
+        else:
+            return None
+        size = len(msg.body)
+        self.ready_bytes -= size
+        self._head_bytes -= size + MESSAGE_OVERHEAD_BYTES
+        return msg
+
+    def _head(self) -> tuple[int, int] | None:
+        """(position, expires_at) of the next ready message."""
+        if self._requeued:
+            m = self._requeued[0][1]
+            return m.position, m.expires_at
+        if self._ready:
+            m = self._ready[0]
+            return m.position, m.expires_at
+        if self._tail:
+            row = self._tail.peek(1)[0]
+            return row.position, row.expires_at
+        return None
+
+    def expire_head(self) -> int:
+        """Dead-letter expired messages at the head; only the head is ever examined."""
+        if not self._has_ttl:
+            return 0
+        now = int(time.time() * 1000)
+        expired: list[Message] = []
+        while True:
+            head = self._head()
+            if head is None or not head[1] or head[1] > now:
+                break
+            msg = self._pop_head()
+            if msg is None:
+                break
+            expired.append(msg)
+        if expired:
+            self._dead_letter_or_drop(expired, EXPIRED)
+        return len(expired)
+
+    def _schedule_expiry(self) -> None:
+        if self.deleted:
+            return
+        head = self._head()
+        if head is None or not head[1]:
+            return
+        delay = max(0.0, head[1] / 1000.0 - time.time())
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        self._expiry_timer = loop.call_later(delay + 0.001, self._on_expiry_timer)
+
+    def _on_expiry_timer(self) -> None:
+        self._expiry_timer = None
+        if self.deleted:
+            return
+        self.expire_head()
+        self._schedule_expiry()
 
     def restore(self, messages: list[Message], next_position: int) -> None:
         """Recovery: messages in position order, before any client connects."""
         self._ready.extend(messages)
+        if any(m.expires_at for m in messages):
+            self._has_ttl = True
         n = sum(len(m.body) for m in messages)
         self.ready_bytes += n
         self._head_bytes += n + len(messages) * MESSAGE_OVERHEAD_BYTES
@@ -305,6 +506,8 @@ class Queue:
         """Recovery of a long queue: an index row only; the body stays in its segment."""
         self._tail.append_row(row)
         self.ready_bytes += row.size
+        if row.expires_at:
+            self._has_ttl = True
 
     def forget(self, msg: Message) -> None:
         """A stored message left the queue for good (acked, dropped, purged)."""
@@ -337,6 +540,7 @@ class Queue:
             m.delivery_count = row.delivery_count
             m.seg = store.by_number.get(row.segment)
             m.persisted = row.durable
+            m.expires_at = row.expires_at
             ready.append(m)
             self._head_bytes += row.size + MESSAGE_OVERHEAD_BYTES
             loaded += 1
@@ -365,6 +569,7 @@ class Queue:
             (msg.body,),
             msg.delivery_count,
             durable=msg.persisted,
+            expires_at=msg.expires_at,
         )
         msg.seg = seg
         store.moved(old, 1)
@@ -402,6 +607,7 @@ class Queue:
                     (p[5][tail.index[i]],),
                     tail.count[i],
                     durable=bool(tail.durable[i]),
+                    expires_at=tail.expires[i],
                 )
                 tail.segment[i] = seg.number
                 tail.offset[i] = new_off
@@ -417,22 +623,35 @@ class Queue:
             self.schedule_dispatch()
 
     def requeue(self, messages: Iterable[Message]) -> None:
-        """Put delivered messages back at their original positions."""
+        """Put delivered messages back at their original positions.
+
+        With x-delivery-limit, a message returned more times than the limit is
+        dead-lettered (reason delivery_limit) instead, as with RabbitMQ quorum queues.
+        """
         if self.deleted:
             for msg in messages:
                 self.forget(msg)
             return
         heap = self._requeued
         store = self.store
+        limit = self.limits.delivery_limit
+        over: list[Message] = []
         n = 0
         for msg in messages:
+            n += 1
+            if limit is not None and msg.delivery_count > limit:
+                over.append(msg)
+                continue
             heapq.heappush(heap, (msg.position, msg))
             self.ready_bytes += len(msg.body)
             self._head_bytes += len(msg.body) + MESSAGE_OVERHEAD_BYTES
-            n += 1
             if store is not None and msg.persisted and msg.seg is not None:
                 store.requeued(self.uid, msg.position, msg.delivery_count)
         self.unacked_count -= n
+        if over:
+            self._dead_letter_or_drop(over, DELIVERY_LIMIT)
+        if self._has_ttl and self._expiry_timer is None:
+            self._schedule_expiry()
         if n and self._consumers:
             self.schedule_dispatch()
 
@@ -442,6 +661,8 @@ class Queue:
 
     def take(self) -> Message | None:
         """Pop the next ready message (for basic.get); the caller records it as delivered."""
+        if self._has_ttl:
+            self.expire_head()
         if self._requeued:
             msg = heapq.heappop(self._requeued)[1]
             if msg.persisted and self.store is not None:
@@ -499,13 +720,22 @@ class Queue:
 
     # -- consumers -----------------------------------------------------------------
 
+    def start_expiry(self) -> None:
+        """After recovery: expire what is due and arm the head's timer."""
+        if self._has_ttl:
+            self.expire_head()
+            if self._expiry_timer is None:
+                self._schedule_expiry()
+
     def add_consumer(self, consumer: Consumer) -> None:
+        self.last_used = time.monotonic()
         self._consumers.append(consumer)
         self.had_consumer = True
         self.schedule_dispatch()
 
     def remove_consumer(self, consumer: Consumer) -> None:
         consumer.active = False
+        self.last_used = time.monotonic()
         try:
             self._consumers.remove(consumer)
         except ValueError:

@@ -148,6 +148,8 @@ class Broker:
         for uid, q in by_uid.items():
             restored += self._restore_queue(q, rec, uid)
         store.open_for_append(rec.segments)
+        for q in by_uid.values():
+            q.start_expiry()
         store.listeners.append(self._store_committed)
         self.topology.on_change = self._save_definitions
         self.authenticator.users.on_change = self._save_definitions
@@ -182,7 +184,9 @@ class Broker:
             if paging or used > budget:
                 paging = True
                 q.restore_paged_row(
-                    PagedRow(pos, r.segment.number, r.offset, r.index, dc, r.size, True)
+                    PagedRow(
+                        pos, r.segment.number, r.offset, r.index, dc, r.size, True, r.expires_at
+                    )
                 )
                 continue
             if cache[0] != r.segment.number or cache[1] != r.offset:
@@ -192,6 +196,7 @@ class Broker:
             m.delivery_count = dc
             m.seg = r.segment
             m.persisted = True
+            m.expires_at = r.expires_at
             head.append(m)
         q.restore(head, rec.max_position.get(uid, -1) + 1)
         q.max_delivered = delivered_up_to
@@ -246,6 +251,7 @@ class Broker:
             now = loop.time()
             self.check_resources()
             self.compact_store()
+            self.topology.expire_unused_queues()
             for conn in list(self.connections.values()):
                 try:
                     conn.tick(now)

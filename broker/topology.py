@@ -7,6 +7,7 @@ mutates exchanges, queues or bindings.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -19,7 +20,8 @@ from wharf.protocol.errors import (
 )
 
 from .exchanges import MAX_ROUTING_KEY_CHARS, Binding, Exchange
-from .queues import Queue
+from .policies.deadletter import is_cycle, with_death
+from .queues import Message, Queue
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -53,6 +55,7 @@ class Topology:
         "on_change",
         "_loading",
         "memory_budget_bytes",
+        "dead_letter_cycles",
     )
 
     def __init__(self) -> None:
@@ -62,6 +65,8 @@ class Topology:
         self.on_change: Callable[[], None] | None = None
         self._loading = False
         self.memory_budget_bytes: int | None = None
+        # Dead-lettered messages dropped because they would close a cycle (metrics).
+        self.dead_letter_cycles = 0
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.default_exchange = Exchange(DEFAULT_EXCHANGE, "direct", durable=True)
@@ -203,6 +208,7 @@ class Topology:
         existing = self.queues.get(name)
         if existing is not None:
             self._check_access(existing, owner)
+            existing.last_used = time.monotonic()
             if not existing.same_as(durable, exclusive, auto_delete, arguments):
                 raise PreconditionFailed(
                     f"queue '{name}' exists with different attributes "
@@ -227,6 +233,7 @@ class Topology:
         return q
 
     def attach_store(self, q: Queue, uid: int, *, persist: bool) -> None:
+        q.dead_letter = self._dead_letter
         q.uid = uid
         q.store = self.store
         q.persist = persist and self.store is not None
@@ -276,6 +283,45 @@ class Topology:
         if q.persist:
             self._changed()
         return n
+
+    # -- policies ------------------------------------------------------------------
+
+    def _dead_letter(self, queue: Queue, msgs: list[Message], reason: str) -> None:
+        """Route messages that died in ``queue`` through its dead-letter exchange.
+
+        The copies are enqueued before the caller settles the originals, so both land
+        in the same store commit, copies first: a crash can duplicate, never lose.
+        """
+        limits = queue.limits
+        name = limits.dead_letter_exchange
+        ex = self.exchanges.get(name) if name is not None else None
+        if ex is None:
+            return  # as RabbitMQ: a missing dead-letter exchange drops the message
+        now_ms = int(time.time() * 1000)
+        for m in msgs:
+            routing_key = limits.dead_letter_routing_key or m.routing_key
+            props = with_death(
+                m.properties,
+                queue=queue.name,
+                reason=reason,
+                exchange=m.exchange,
+                routing_key=m.routing_key,
+                now_ms=now_ms,
+            )
+            persistent = props.get("persistent") is True
+            for target in self.route(ex, routing_key, props.get("headers")):
+                if is_cycle(props, target.name):
+                    self.dead_letter_cycles += 1
+                    continue
+                target.enqueue_many(ex.name, routing_key, props, (m.body,), persistent)
+
+    def expire_unused_queues(self) -> None:
+        """x-expires: delete queues unused (no consumers, no get, no redeclare) that long."""
+        now = time.monotonic()
+        for q in list(self.queues.values()):
+            ttl = q.limits.expires_ms
+            if ttl is not None and not q.consumers and (now - q.last_used) * 1000 >= ttl:
+                self.delete_queue_object(q)
 
     # -- bindings ------------------------------------------------------------------
 

@@ -9,8 +9,9 @@ A segment file is a sequence of records::
 ``crc32`` (zlib) covers the type byte and the payload.  Record types and payloads:
 
     MSGS       [queue_uid, first_position, exchange, routing_key, properties,
-                [body, ...], delivery_count, flags]
+                [body, ...], delivery_count, flags, expires_at]
                flags bit 0: transient (paged out of memory only; ignored by recovery)
+               expires_at: epoch ms when the messages expire (TTL), 0 = never
                consecutive positions first_position, first_position+1, ...
     ACKS       [queue_uid, [position, ...]]            settled (acked, dropped, purged)
     DELIVERED  [queue_uid, position]                   every position <= this one has

@@ -25,12 +25,13 @@ log = logging.getLogger("wharf.store")
 class RecoveredMessage:
     """Where a live message is; bodies are not kept (a backlog may exceed memory)."""
 
-    __slots__ = ("segment", "offset", "index", "size", "delivery_count")
+    __slots__ = ("segment", "offset", "index", "size", "delivery_count", "expires_at")
     segment: Segment
     offset: int  # of the MSGS record in the segment
     index: int  # of the body in the record
     size: int
     delivery_count: int
+    expires_at: int
 
 
 @dataclass
@@ -91,6 +92,7 @@ def recover(directory: Path) -> Recovered:
                 uid, first, _exchange, _routing_key, _props, bodies, dc = p[:7]
                 if len(p) > 7 and p[7] & FLAG_TRANSIENT:
                     continue  # a transient message paged to disk: gone after a restart
+                expires_at = p[8] if len(p) > 8 else 0
                 qmsgs = messages.get(uid)
                 if qmsgs is None:
                     qmsgs = messages[uid] = {}
@@ -99,7 +101,7 @@ def recover(directory: Path) -> Recovered:
                     old = qmsgs.get(pos)
                     if old is not None:
                         old.segment.live -= 1
-                    qmsgs[pos] = RecoveredMessage(seg, rec.offset, i, len(body), dc)
+                    qmsgs[pos] = RecoveredMessage(seg, rec.offset, i, len(body), dc, expires_at)
                     seg.live += 1
                     seg.total += 1
                 last = first + len(bodies) - 1

@@ -195,6 +195,7 @@ class MessageStore:
         bodies: list[bytes] | tuple[bytes, ...],
         delivery_count: int = 0,
         durable: bool = True,
+        expires_at: int = 0,
     ) -> tuple[Segment, int]:
         """Append one MSGS record; returns its segment and byte offset.
 
@@ -212,6 +213,7 @@ class MessageStore:
                 bodies,
                 delivery_count,
                 0 if durable else FLAG_TRANSIENT,
+                expires_at,
             ),
         )
         seg = self._append(rec)

@@ -1,0 +1,1 @@
+"""Queue policies: argument validation, dead-lettering, TTL, length limits, delivery limits."""
