@@ -8,7 +8,7 @@ Scrapes run on the event loop thread (see http.py), so the reads need no locking
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sized
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -110,6 +110,7 @@ class BrokerCollector:
         for resource in ("memory", "disk"):
             alarm.add_metric([resource], 1 if resource in raised else 0)
         yield alarm
+        yield from self._policy_metrics(queues)
         store = getattr(broker, "store", None)
         if store is not None:
             yield GaugeMetricFamily(
@@ -121,6 +122,41 @@ class BrokerCollector:
         yield from totals.values()
         yield from per_queue
         yield from counters
+
+    def _policy_metrics(self, queues: list[Any]) -> Iterator[Metric]:
+        dead = CounterMetricFamily(
+            "wharf_queue_messages_dead_lettered",
+            "Messages dead-lettered from a queue, by reason.",
+            labels=["queue", "reason"],
+        )
+        expired = CounterMetricFamily(
+            "wharf_queue_messages_expired", "Messages that expired (TTL).", labels=["queue"]
+        )
+        dropped = CounterMetricFamily(
+            "wharf_queue_messages_dropped",
+            "Messages dropped without a dead-letter exchange (max-length, rejection).",
+            labels=["queue"],
+        )
+        paged = GaugeMetricFamily(
+            "wharf_queue_messages_paged", "Ready messages kept on disk.", labels=["queue"]
+        )
+        for q in queues:
+            for reason, n in getattr(q, "stats_dead_lettered", {}).items():
+                dead.add_metric([q.name, reason], n)
+            expired.add_metric([q.name], getattr(q, "stats_expired", 0))
+            dropped.add_metric([q.name], getattr(q, "stats_dropped", 0))
+            paged.add_metric([q.name], getattr(q, "paged_count", 0))
+        yield dead
+        yield expired
+        yield dropped
+        yield paged
+        topology = getattr(self._broker, "topology", None)
+        if topology is not None:
+            yield CounterMetricFamily(
+                "wharf_dead_letter_cycles_dropped",
+                "Dead-lettered messages dropped to break a cycle with no rejection.",
+                value=topology.dead_letter_cycles,
+            )
 
     @staticmethod
     def _families() -> tuple[
