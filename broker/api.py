@@ -41,6 +41,14 @@ from wharf.protocol.errors import (
     WharfError,
 )
 
+from .policies.arguments import OVERFLOW_MODES  # server-side policies
+from .policies.registry import (  # server-side policies
+    MAX_PATTERN_CHARS,
+    POLICY_KEYS,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    make_policy,
+)
 from .users import (
     ADMINISTRATOR_TAG,
     MAX_PASSWORD_CHARS,
@@ -370,6 +378,11 @@ class ManagementApi:
             r("GET", ("users", "{name}"), self.get_user, True),
             r("PUT", ("users", "{name}"), self.put_user, True),
             r("DELETE", ("users", "{name}"), self.delete_user, True),
+            # server-side policies
+            r("GET", ("policies",), self.list_policies),
+            r("GET", ("policies", "{name}"), self.get_policy),
+            r("PUT", ("policies", "{name}"), self.put_policy, True),
+            r("DELETE", ("policies", "{name}"), self.delete_policy, True),
         ]
 
     # -- entry point ---------------------------------------------------------------------
@@ -526,11 +539,15 @@ class ManagementApi:
     def _queue(self, name: str, *, change: bool = False) -> Queue:
         return self.broker.topology.get_queue(name, _OPERATOR if change else None)
 
+    def _describe_queue(self, q: Queue) -> dict[str, Any]:
+        # + "policy" and "effective_arguments" (server-side policies)
+        return {**q.describe(), **self.broker.topology.policy_view(q)}
+
     async def list_queues(self, call: Call) -> Result:
-        return 200, [q.describe() for q in self.broker.queues.values()]
+        return 200, [self._describe_queue(q) for q in self.broker.queues.values()]
 
     async def get_queue(self, call: Call) -> Result:
-        return 200, self._queue(call.params[0]).describe()
+        return 200, self._describe_queue(self._queue(call.params[0]))
 
     async def put_queue(self, call: Call) -> Result:
         name = call.params[0]
@@ -838,6 +855,34 @@ class ManagementApi:
                 closed += 1
         return 200, {"connections_closed": closed}
 
+    # -- server-side policies (policies/registry.py) ---------------------------------------
+
+    async def list_policies(self, call: Call) -> Result:
+        return 200, [p.describe() for p in self.broker.topology.policies.all()]
+
+    async def get_policy(self, call: Call) -> Result:
+        return 200, self.broker.topology.policies.get(call.params[0]).describe()
+
+    async def put_policy(self, call: Call) -> Result:
+        f = call.json(("pattern", "definition", "priority", "apply-to"))
+        if "definition" not in f.doc:
+            raise InvalidArgument(
+                "field 'definition' is required", details={"argument": "definition"}
+            )
+        policy = make_policy(
+            call.params[0],
+            f.text("pattern"),
+            f.doc["definition"],
+            f.integer("priority", 0, PRIORITY_MIN, PRIORITY_MAX),
+            f.text("apply-to", "queues"),
+        )
+        created = self.broker.topology.set_policy(policy)
+        return (201 if created else 200), policy.describe()
+
+    async def delete_policy(self, call: Call) -> Result:
+        self.broker.topology.delete_policy(call.params[0])
+        return 200, {}
+
     def _check_not_last_admin(self, name: str, *, keeps_admin: bool) -> None:
         if keeps_admin:
             return
@@ -895,6 +940,12 @@ def _enum(*values: Any) -> dict[str, Any]:
     return {"enum": list(values)}
 
 
+def _apply_to_queues(schema: dict[str, Any]) -> dict[str, Any]:
+    """Server-side policies: "apply-to" (not a Python name) is "queues" only."""
+    schema["properties"]["apply-to"].update(_enum("queues"))
+    return schema
+
+
 _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "Error": _schema("error:s! code:i!"),
     "Empty": _schema(""),
@@ -906,7 +957,8 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "WhoAmI": _schema("name:s! tags:l!"),
     "Queue": _schema(
         "name:s! durable:b! exclusive:b auto_delete:b! arguments:m! messages_ready:i! "
-        "messages_unacked:i consumers:i!"
+        "messages_unacked:i consumers:i! policy:s effective_arguments:m",
+        policy={"nullable": True},
     ),
     "QueueDeclare": _schema(
         "durable:b auto_delete:b exclusive:b arguments:m", closed=True, exclusive=_enum(False)
@@ -987,6 +1039,34 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "not": {"required": ["password", "password_hash"]},
     },
     "UserDeleted": _schema("connections_closed:i!"),
+    # server-side policies
+    "Policy": _apply_to_queues(_schema("name:s! pattern:s! definition:m! priority:i! apply-to:s!")),
+    "PolicyPut": _apply_to_queues(
+        _schema(
+            "pattern:s! definition:m! priority:i apply-to:s",
+            closed=True,
+            pattern={"maxLength": MAX_PATTERN_CHARS, "format": "regex"},
+            priority={"minimum": PRIORITY_MIN, "maximum": PRIORITY_MAX},
+            definition={
+                "minProperties": 1,
+                "additionalProperties": False,
+                "properties": {
+                    k: (
+                        {"type": "string"}
+                        if k in ("dead-letter-exchange", "dead-letter-routing-key")
+                        else {"enum": list(OVERFLOW_MODES)}
+                        if k == "overflow"
+                        else {
+                            "type": "integer",
+                            "minimum": 1 if k == "expires" else 0,
+                            "maximum": 2**63 - 1,
+                        }
+                    )
+                    for k in POLICY_KEYS
+                },
+            },
+        )
+    ),
 }
 
 _ERRORS: Final = {
@@ -1027,6 +1107,10 @@ GET    /users                    200 [User]        -               -  Users (adm
 GET    /users/{name}             200 User          -               -  One user (administrators only).
 PUT    /users/{name}             201 User          UserPut         -  Create or change a user.
 DELETE /users/{name}             200 UserDeleted   -               -  Delete a user, close its connections.
+GET    /policies                 200 [Policy]      -               -  Server-side queue policies.
+GET    /policies/{name}          200 Policy        -               -  One policy.
+PUT    /policies/{name}          201 Policy        PolicyPut       -  Create or replace a policy; applies to existing queues at once.
+DELETE /policies/{name}          200 Empty         -               -  Delete a policy; its queues fall back to their own arguments.
 """  # noqa: E501
 
 

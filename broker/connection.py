@@ -792,6 +792,11 @@ class Connection(asyncio.Protocol):
             raise ResourceError(
                 f"max_consumers_per_connection={self.settings.max_consumers_per_connection} reached"
             )
+        prio = (f.arguments or {}).get("x-priority", 0)
+        if type(prio) is not int:
+            raise InvalidArgument(
+                "consume argument x-priority must be an integer", details={"argument": "x-priority"}
+            )
         if not 0 <= f.prefetch <= MAX_PREFETCH:
             raise InvalidArgument(
                 f"prefetch must be 0..{MAX_PREFETCH}", details={"argument": "prefetch"}

@@ -559,6 +559,57 @@ def _user_exists(c: ApiClient, name: str) -> bool:
     return True
 
 
+# -- server-side policies -------------------------------------------------------------------------
+
+
+@ctl.group()
+def policies() -> None:
+    """List, set and delete server-side queue policies (administrators only for changes)."""
+
+
+@policies.command("list")
+@pass_client
+def policies_list(c: ApiClient) -> None:
+    """All policies, by name."""
+    ps = c.request("GET", "/policies")
+    rows = [(p["name"], p["pattern"], p["apply-to"], p["priority"], p["definition"]) for p in ps]
+    c.show(ps, table(("NAME", "PATTERN", "APPLY_TO", "PRIORITY", "DEFINITION"), rows))
+
+
+@policies.command("set")
+@click.argument("name")
+@click.argument("pattern")
+@click.argument("definition")
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher wins.")
+@click.option("--apply-to", type=click.Choice(["queues"]), default="queues", show_default=True)
+@pass_client
+def policies_set(
+    c: ApiClient, name: str, pattern: str, definition: str, priority: int, apply_to: str
+) -> None:
+    """Create or replace policy NAME for queues whose name matches PATTERN (a regex).
+
+    DEFINITION is a JSON object, e.g. '{"max-length": 1000, "dead-letter-exchange": "dlx"}'.
+    """
+    try:
+        doc = json.loads(definition)
+    except ValueError:
+        raise click.UsageError(f"DEFINITION must be a JSON object, got {definition!r}") from None
+    if not isinstance(doc, dict):
+        raise click.UsageError(f"DEFINITION must be a JSON object, got {definition!r}")
+    body = {"pattern": pattern, "definition": doc, "priority": priority, "apply-to": apply_to}
+    p = c.request("PUT", f"/policies/{seg(name)}", body)
+    c.show(p, f"policy {name} set")
+
+
+@policies.command("delete")
+@click.argument("name")
+@pass_client
+def policies_delete(c: ApiClient, name: str) -> None:
+    """Delete policy NAME (its queues fall back to their own arguments)."""
+    r = c.request("DELETE", f"/policies/{seg(name)}")
+    c.show(r, f"policy {name} deleted")
+
+
 # -- publish -------------------------------------------------------------------------------------
 
 

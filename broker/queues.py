@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .paging import PagedRow, PagedTail
 from .policies.arguments import QueueLimits, parse_queue_arguments
 from .policies.deadletter import DELIVERY_LIMIT, EXPIRED, MAXLEN
+from .policies.priority import PriorityReady, message_priority
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -91,6 +92,7 @@ class Consumer:
         "unacked",
         "ack_id",
         "active",
+        "priority",
     )
 
     def __init__(
@@ -114,6 +116,9 @@ class Consumer:
         self.unacked = 0
         self.ack_id = ack_id
         self.active = True
+        # x-priority consume argument (RabbitMQ consumer priorities); 0 by default.
+        prio = self.arguments.get("x-priority", 0)
+        self.priority = prio if type(prio) is int else 0
 
     def credit(self) -> int:
         if not self.connection.writable:
@@ -161,6 +166,7 @@ class Queue:
         "stats_dead_lettered",
         "stats_expired",
         "stats_dropped",
+        "_prio",
     )
 
     def __init__(
@@ -213,6 +219,9 @@ class Queue:
         self.stats_dead_lettered: dict[str, int] = {}
         self.stats_expired = 0
         self.stats_dropped = 0
+        # x-max-priority: ready messages live in per-priority deques (never paged).
+        mp = self.limits.max_priority
+        self._prio: PriorityReady | None = PriorityReady(mp) if mp else None
         # Highest position ever handed out (everything at or below it was delivered).
         self.max_delivered = -1
 
@@ -224,7 +233,13 @@ class Queue:
 
     @property
     def ready_count(self) -> int:
-        return len(self._ready) + len(self._requeued) + len(self._tail)
+        prio = self._prio
+        return len(self._ready) + len(self._requeued) + len(self._tail) + (len(prio) if prio else 0)
+
+    @property
+    def pages(self) -> bool:
+        """Whether this queue may keep messages on disk behind an index (not priority)."""
+        return self._prio is None
 
     @property
     def paged_count(self) -> int:
@@ -305,7 +320,11 @@ class Queue:
         store = self.store
         expires_at = self._expiry_for(properties)
         mem = size + n * MESSAGE_OVERHEAD_BYTES
-        if store is not None and (self._tail or self._head_bytes + mem > self.memory_budget_bytes):
+        if (
+            store is not None
+            and self._prio is None
+            and (self._tail or self._head_bytes + mem > self.memory_budget_bytes)
+        ):
             # Long queue: keep only a packed index row per message; bodies stay on disk.
             seg, offset = store.append_messages(
                 self.uid,
@@ -319,16 +338,15 @@ class Queue:
             )
             self._tail.append_batch(first_pos, sizes, seg.number, offset, durable, expires_at)
         else:
-            ready = self._ready
-            start = len(ready)
+            fresh: list[Message] = []
             pos = first_pos
             for body in bodies:
-                ready.append(Message(exchange, routing_key, properties, body, pos))
+                fresh.append(Message(exchange, routing_key, properties, body, pos))
                 pos += 1
             self._head_bytes += mem
             if expires_at:
-                for i in range(start, len(ready)):
-                    ready[i].expires_at = expires_at
+                for m in fresh:
+                    m.expires_at = expires_at
             if durable:
                 assert store is not None
                 seg, _ = store.append_messages(
@@ -340,10 +358,14 @@ class Queue:
                     bodies,
                     expires_at=expires_at,
                 )
-                for i in range(start, len(ready)):
-                    m = ready[i]
+                for m in fresh:
                     m.seg = seg
                     m.persisted = True
+            if self._prio is not None:
+                for m in fresh:
+                    self._prio.append(m)
+            else:
+                self._ready.extend(fresh)
         if limits.bounded and limits.overflow == "drop-head":
             self._drop_head_over_limit()
         if expires_at and self._expiry_timer is None:
@@ -431,6 +453,12 @@ class Queue:
 
     def _pop_head(self) -> Message | None:
         """Remove the next ready message without delivering it (drop-head, expiry)."""
+        if self._prio is not None:
+            msg = self._prio.pop_lowest()
+            if msg is not None:
+                self.ready_bytes -= len(msg.body)
+                self._head_bytes -= len(msg.body) + MESSAGE_OVERHEAD_BYTES
+            return msg
         if self._requeued:
             msg = heapq.heappop(self._requeued)[1]
         elif self._ready or (self._tail and self._page_in()):
@@ -443,7 +471,13 @@ class Queue:
         return msg
 
     def _head(self) -> tuple[int, int] | None:
-        """(position, expires_at) of the next ready message."""
+        """(position, expires_at) of the next ready message (soonest-expiring head)."""
+        if self._prio is not None:
+            timed = [m for m in self._prio.heads() if m.expires_at]
+            if not timed:
+                return None
+            first = min(timed, key=lambda m: m.expires_at)
+            return first.position, first.expires_at
         if self._requeued:
             m = self._requeued[0][1]
             return m.position, m.expires_at
@@ -461,7 +495,18 @@ class Queue:
             return 0
         now = int(time.time() * 1000)
         expired: list[Message] = []
-        while True:
+        prio = self._prio
+        if prio is not None:
+            while True:
+                due = [m for m in prio.heads() if m.expires_at and m.expires_at <= now]
+                if not due:
+                    break
+                for m in due:
+                    prio.remove(m)
+                    self.ready_bytes -= len(m.body)
+                    self._head_bytes -= len(m.body) + MESSAGE_OVERHEAD_BYTES
+                    expired.append(m)
+        while prio is None:
             head = self._head()
             if head is None or not head[1] or head[1] > now:
                 break
@@ -494,7 +539,11 @@ class Queue:
 
     def restore(self, messages: list[Message], next_position: int) -> None:
         """Recovery: messages in position order, before any client connects."""
-        self._ready.extend(messages)
+        if self._prio is not None:
+            for m in messages:
+                self._prio.append(m)
+        else:
+            self._ready.extend(messages)
         if any(m.expires_at for m in messages):
             self._has_ttl = True
         n = sum(len(m.body) for m in messages)
@@ -588,6 +637,10 @@ class Queue:
             if m.seg is old:
                 self.copy_forward(m)
                 moved += 1
+        for m in self._prio or ():
+            if m.seg is old:
+                self.copy_forward(m)
+                moved += 1
         tail = self._tail
         number = old.number
         if tail and number in tail.segment:
@@ -642,7 +695,10 @@ class Queue:
             if limit is not None and msg.delivery_count > limit:
                 over.append(msg)
                 continue
-            heapq.heappush(heap, (msg.position, msg))
+            if self._prio is not None:
+                self._prio.push_requeued(msg)
+            else:
+                heapq.heappush(heap, (msg.position, msg))
             self.ready_bytes += len(msg.body)
             self._head_bytes += len(msg.body) + MESSAGE_OVERHEAD_BYTES
             if store is not None and msg.persisted and msg.seg is not None:
@@ -663,7 +719,14 @@ class Queue:
         """Pop the next ready message (for basic.get); the caller records it as delivered."""
         if self._has_ttl:
             self.expire_head()
-        if self._requeued:
+        if self._prio is not None:
+            # Priority order breaks the position watermark: none is recorded.
+            msg = self._prio.pop()
+            if msg is None:
+                return None
+            if msg.delivery_count and msg.persisted and self.store is not None:
+                self.store.requeued(self.uid, msg.position, msg.delivery_count + 1)
+        elif self._requeued:
             msg = heapq.heappop(self._requeued)[1]
             if msg.persisted and self.store is not None:
                 # Redeliveries of requeued messages: keep the count growing across crashes.
@@ -681,6 +744,13 @@ class Queue:
 
     def peek(self, n: int) -> list[Message]:
         """Up to ``n`` ready messages in delivery order, without taking them."""
+        prio = self._prio
+        if prio is not None:
+            return heapq.nsmallest(
+                n,
+                prio,
+                key=lambda m: (-message_priority(m.properties, prio.max_priority), m.position),
+            )
         out = [m for _, m in heapq.nsmallest(n, self._requeued)]
         for m in self._ready:
             if len(out) >= n:
@@ -706,6 +776,9 @@ class Queue:
                 self.forget(msg)
             for _, msg in self._requeued:
                 self.forget(msg)
+            if self._prio is not None:
+                for msg in self._prio:
+                    self.forget(msg)
             tail = self._tail
             while tail:
                 for row in tail.pop_front(PAGE_IN_MESSAGES):
@@ -714,6 +787,8 @@ class Queue:
                         store.settle(self.uid, row.position, seg, row.durable)
         self._ready.clear()
         self._requeued.clear()
+        if self._prio is not None:
+            self._prio.clear()
         self.ready_bytes = 0
         self._head_bytes = 0
         return n
@@ -763,13 +838,25 @@ class Queue:
             return
         budget = DISPATCH_BATCH_MESSAGES
         consumers = self._consumers
+        if self.limits.single_active_consumer:
+            # Only the consumer that registered first gets messages; the next one takes
+            # over when it goes.
+            consumers = consumers[:1]
         if len(consumers) == 1:
             c = consumers[0]
             n = min(c.credit(), budget)
             if n > 0:
                 self._deliver_batch(c, n)
+        elif any(c.priority for c in consumers):
+            # Consumer priorities: lower-priority consumers get messages only while every
+            # higher-priority one is out of credit; round-robin among equals.
+            for prio in sorted({c.priority for c in consumers}, reverse=True):
+                group = [c for c in consumers if c.priority == prio]
+                budget = self._dispatch_round_robin(budget, group)
+                if budget <= 0 or not self.ready_count:
+                    break
         else:
-            budget = self._dispatch_round_robin(budget)
+            budget = self._dispatch_round_robin(budget, consumers)
         if self.ready_count and any(c.credit() > 0 for c in consumers):
             self.schedule_dispatch()
 
@@ -805,8 +892,7 @@ class Queue:
             consumer.unacked += n
             self.unacked_count += n
 
-    def _dispatch_round_robin(self, budget: int) -> int:
-        consumers = self._consumers
+    def _dispatch_round_robin(self, budget: int, consumers: list[Consumer]) -> int:
         k = len(consumers)
         batches: dict[int, list[Message]] = {}
         credits = [c.credit() for c in consumers]

@@ -181,7 +181,7 @@ class Broker:
             if pos <= delivered_up_to and dc < 1:
                 dc = 1  # handed out before the restart: redelivered next time
             used += r.size + MESSAGE_OVERHEAD_BYTES
-            if paging or used > budget:
+            if q.pages and (paging or used > budget):
                 paging = True
                 q.restore_paged_row(
                     PagedRow(

@@ -6,6 +6,7 @@ mutates exchanges, queues or bindings.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from wharf.protocol.errors import (
 
 from .exchanges import MAX_ROUTING_KEY_CHARS, Binding, Exchange
 from .policies.deadletter import is_cycle, with_death
+from .policies.registry import Policy, PolicyRegistry, effective_arguments, effective_limits
 from .queues import Message, Queue
 
 if TYPE_CHECKING:
@@ -40,6 +42,8 @@ MAX_NAME_CHARS: Final = 255
 # How many exchange hops (e2e bindings, alternate exchanges) one publish may follow.
 MAX_ROUTE_HOPS: Final = 32
 
+log = logging.getLogger("wharf.topology")
+
 
 def _check_name(kind: str, name: str) -> None:
     if len(name) > MAX_NAME_CHARS:
@@ -56,6 +60,7 @@ class Topology:
         "_loading",
         "memory_budget_bytes",
         "dead_letter_cycles",
+        "policies",
     )
 
     def __init__(self) -> None:
@@ -67,6 +72,8 @@ class Topology:
         self.memory_budget_bytes: int | None = None
         # Dead-lettered messages dropped because they would close a cycle (metrics).
         self.dead_letter_cycles = 0
+        # Server-side policies (policies/registry.py): limits applied by queue-name pattern.
+        self.policies = PolicyRegistry()
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.default_exchange = Exchange(DEFAULT_EXCHANGE, "direct", durable=True)
@@ -226,6 +233,7 @@ class Topology:
         )
         q.on_unused = self._queue_unused
         self.queues[name] = q
+        self.apply_policy(q)
         # Exclusive queues go with their connection, so never outlive a restart.
         self.attach_store(q, secrets.randbits(62) + 1, persist=durable and not exclusive)
         if q.persist:
@@ -314,6 +322,44 @@ class Topology:
                     self.dead_letter_cycles += 1
                     continue
                 target.enqueue_many(ex.name, routing_key, props, (m.body,), persistent)
+
+    # -- server-side policies (policies/registry.py) ----------------------------------
+    # A queue's limits are its x-arguments merged with the one policy matching its name.
+    # Queues read their limits at use time, so a change applies to existing queues without
+    # a redeclare; message TTLs are stamped at enqueue (messages already in the queue keep
+    # theirs), and a lowered max-length takes effect on the queue's next enqueue.
+
+    def apply_policy(self, q: Queue) -> None:
+        limits = effective_limits(q.arguments, self.policies.match(q.name))
+        if limits != q.limits:
+            q.limits = limits
+            if q.consumers:
+                q.schedule_dispatch()
+
+    def _apply_policies(self) -> None:
+        for q in self.queues.values():
+            self.apply_policy(q)
+
+    def set_policy(self, policy: Policy) -> bool:
+        """Add or replace a policy and apply it to existing queues; True if new."""
+        created = self.policies.put(policy)
+        self._apply_policies()
+        self._changed()
+        return created
+
+    def delete_policy(self, name: str) -> Policy:
+        policy = self.policies.delete(name)
+        self._apply_policies()
+        self._changed()
+        return policy
+
+    def policy_view(self, q: Queue) -> dict[str, Any]:
+        """The policy applying to ``q`` (name or None) and its effective arguments."""
+        policy = self.policies.match(q.name)
+        return {
+            "policy": policy.name if policy is not None else None,
+            "effective_arguments": effective_arguments(q.arguments, policy),
+        }
 
     def expire_unused_queues(self) -> None:
         """x-expires: delete queues unused (no consumers, no get, no redeclare) that long."""
@@ -422,12 +468,19 @@ class Topology:
             for b in ex.bindings
             if self._is_durable_binding(b)
         ]
-        return {"exchanges": exchanges, "queues": queues, "bindings": bindings}
+        return {
+            "exchanges": exchanges,
+            "queues": queues,
+            "bindings": bindings,
+            "policies": self.policies.records(),
+        }
 
     def load_definitions(self, doc: dict[str, Any]) -> None:
         """Re-create durable definitions at start-up (before clients connect)."""
         self._loading = True
         try:
+            for problem in self.policies.load(doc.get("policies") or []):
+                log.warning("definitions: policy skipped: %s", problem)
             for e in doc["exchanges"]:
                 if e["name"] not in self.exchanges:
                     self.exchanges[e["name"]] = Exchange(
@@ -447,6 +500,7 @@ class Topology:
                 )
                 q.on_unused = self._queue_unused
                 self.queues[q.name] = q
+                self.apply_policy(q)
                 self.attach_store(q, int(qd["uid"]), persist=True)
             for b in doc["bindings"]:
                 dest: Queue | Exchange | None = (

@@ -24,14 +24,17 @@ from wharf.protocol.errors import (
     WharfError,
 )
 
+from . import sync
 from .connection import Connection, __version__, connect
 from .consumer import Consumer
 from .message import Message, QueueInfo
+from .recovery import ConnectionEvent
 
 __all__ = [
     "AccessRefused",
     "CommandInvalid",
     "Connection",
+    "ConnectionEvent",
     "ConnectionForced",
     "ConnectionLost",
     "Consumer",
@@ -56,4 +59,5 @@ __all__ = [
     "WharfError",
     "__version__",
     "connect",
+    "sync",
 ]

@@ -16,7 +16,7 @@ from wharf.protocol import frames as F
 from wharf.protocol.errors import ConnectionLost, ContentTooLarge, InvalidArgument, WharfError
 
 from .consumer import Consumer
-from .core import ConnectionCore, open_core
+from .core import ConnectionCore, clone_error, open_core
 from .message import Message, QueueInfo, build_properties, message_from_entry
 from .recovery import (
     BLOCKED,
@@ -182,6 +182,12 @@ class Connection:
             self._closed_reported = True
             self._emit(ConnectionEvent(CLOSED, error=error))
 
+    def _recovery_event(self, event: ConnectionEvent) -> None:
+        if event.name == CLOSED and event.error is not None:
+            self._report_closed(event.error)  # "closed" fires once, whoever closes
+        else:
+            self._emit(event)
+
     def _enable_reconnect(
         self,
         dial: Callable[[], Awaitable[ConnectionCore]],
@@ -197,7 +203,7 @@ class Connection:
             self._core.loop,
             dial=dial_and_adopt,
             install=self._install,
-            emit=self._emit,
+            emit=self._recovery_event,
             max_delay_s=max_delay_s,
             wait_timeout_s=wait_timeout_s,
         )
@@ -214,8 +220,11 @@ class Connection:
         """The core to use: while reconnecting, wait (bounded) for the new one."""
         core = self._core
         reconnector = self._reconnector
-        if core.closed_error is not None and reconnector is not None and not self._closing:
-            core = await reconnector.wait_restored(core)
+        if core.closed_error is not None and reconnector is not None:
+            if reconnector.final_error is not None:
+                raise clone_error(reconnector.final_error)
+            if not self._closing:
+                core = await reconnector.wait_restored(core)
         return core
 
     async def _usable_core(self) -> ConnectionCore:

@@ -386,7 +386,9 @@ class Reconnector:
         self._task: asyncio.Task[None] | None = None
         # Resolved with the new core once reconnected (or failed with the final error).
         self._restored: asyncio.Future[ConnectionCore] | None = None
+        # The backoff exponent: reset only once a connection proved stable.
         self._attempt = 0
+        self._dials = 0  # dials in the current outage
         self._connected_since = loop.time()
         self._events: list[ConnectionEvent] = []
         # Set when reconnecting stopped for good (closed, or a non-retriable refusal).
@@ -416,6 +418,7 @@ class Reconnector:
             return
         if self.loop.time() - self._connected_since >= STABLE_CONNECTION_S:
             self._attempt = 0
+        self._dials = 0
         restored: asyncio.Future[ConnectionCore] = self.loop.create_future()
         restored.add_done_callback(_retrieve)
         self._restored = restored
@@ -474,6 +477,7 @@ class Reconnector:
             while True:
                 delay = self.backoff.delay_s(self._attempt)
                 self._attempt += 1
+                self._dials += 1
                 await asyncio.sleep(delay)  # backoff, not synchronisation
                 core = await self._dial_once()
                 if core is not None and await self._replay(core):
@@ -498,7 +502,7 @@ class Reconnector:
             reason = exc
         log.info(
             "wharf: reconnect attempt %d failed: %s (next within %.1f s)",
-            self._attempt,
+            self._dials,
             reason,
             self.backoff.ceiling_s(self._attempt),
         )
@@ -518,7 +522,7 @@ class Reconnector:
         except (WharfError, TimeoutError) as exc:
             log.warning(
                 "wharf: reconnect attempt %d: restoring the topology failed: %s; retrying",
-                self._attempt,
+                self._dials,
                 exc or "timed out",
             )
             core.abort(ConnectionLost(f"restoring the topology failed: {exc}"))
@@ -526,10 +530,9 @@ class Reconnector:
         return True
 
     def _succeed(self, core: ConnectionCore) -> None:
-        attempts = self._attempt
+        attempts = self._dials
         self._task = None
         self._connected_since = self.loop.time()
-        self._attempt = 0
         restored = self._restored
         self._restored = None
         self._install(core)

@@ -17,6 +17,7 @@ from wharf.message import build_properties, messages_from_entries
 from wharf.protocol import frames as F
 from wharf.protocol.codec import FrameDecoder, encode_array
 from wharf.protocol.errors import ERRORS_BY_CODE
+from wharf.recovery import Backoff, BindingRecord, ExchangeRecord, QueueRecord, Topology
 from wharf.url import parse_url
 
 # -- URL ---------------------------------------------------------------------------------
@@ -647,3 +648,394 @@ async def test_rpc_round_trip_and_timeout() -> None:
     with pytest.raises(TimeoutError):
         await conn.rpc("", "rpc-q", b"req", timeout=0.05)
     assert conn._rpc is not None and conn._rpc.waiters == {}
+
+
+# -- reconnect: backoff ------------------------------------------------------------------
+
+
+def test_backoff_ceiling_doubles_from_base_up_to_the_cap() -> None:
+    b = Backoff(0.1, 2.0, rng=lambda: 1.0)
+    assert [b.delay_s(n) for n in range(7)] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0])
+    assert b.ceiling_s(10_000) == 2.0  # no float overflow however long the outage
+    assert b.ceiling_s(-1) == pytest.approx(0.1)
+
+
+def test_backoff_full_jitter_spans_zero_to_the_ceiling() -> None:
+    assert Backoff(0.1, 30.0, rng=lambda: 0.0).delay_s(5) == 0.0
+    assert Backoff(0.1, 30.0, rng=lambda: 0.5).delay_s(3) == pytest.approx(0.4)
+    b = Backoff(0.1, 1.0)
+    delays = [b.delay_s(n) for n in range(50) for _ in range(20)]
+    assert all(0.0 <= d <= 1.0 for d in delays)
+    assert len(set(delays)) > 900  # random, not a fixed schedule
+
+
+@pytest.mark.parametrize(("base", "cap"), [(0.0, 1.0), (0.1, 0.0), (-1.0, 1.0)])
+def test_backoff_rejects_non_positive_delays(base: float, cap: float) -> None:
+    with pytest.raises(ValueError):
+        Backoff(base, cap)
+
+
+async def test_connect_rejects_bad_reconnect_settings() -> None:
+    with pytest.raises(wharf.InvalidArgument):
+        await wharf.connect("wharf://127.0.0.1:1", reconnect=True, reconnect_max_delay=0)
+    with pytest.raises(wharf.InvalidArgument):
+        await wharf.connect("wharf://127.0.0.1:1", reconnect_wait_timeout=-1)
+
+
+# -- reconnect: the recorded topology ----------------------------------------------------
+
+
+def _binding(queue: str, exchange: str, key: str = "") -> BindingRecord:
+    return BindingRecord(queue, exchange, key)
+
+
+def test_topology_keeps_declaration_order_and_forgets_deletions() -> None:
+    t = Topology()
+    t.exchange_declared(ExchangeRecord("b", "topic"))
+    t.exchange_declared(ExchangeRecord("a", "fanout"))
+    t.exchange_declared(ExchangeRecord("b", "topic"))  # a redeclare keeps its place
+    t.queue_declared(QueueRecord("q2"))
+    t.queue_declared(QueueRecord("q1"))
+    t.bound(_binding("q1", "a"))
+    t.bound(_binding("q2", "b", "k.#"))
+    t.bound(_binding("q1", "a"))  # the same binding twice is one binding
+    t.bound(BindingRecord("a", "b", "x", None, to_exchange=True))
+    assert list(t.exchanges) == ["b", "a"] and list(t.queues) == ["q2", "q1"]
+    assert [(b.destination, b.source) for b in t.bindings] == [("q1", "a"), ("q2", "b"), ("a", "b")]
+
+    t.queue_deleted("q1")  # its bindings go with it
+    assert list(t.queues) == ["q2"]
+    assert [(b.destination, b.source) for b in t.bindings] == [("q2", "b"), ("a", "b")]
+    t.exchange_deleted("a")  # as source and as destination
+    assert [(b.destination, b.source) for b in t.bindings] == [("q2", "b")]
+    t.unbound(_binding("q2", "b", "k.#"))
+    t.unbound(_binding("q2", "b", "other"))  # unknown: nothing happens
+    assert t.bindings == [] and len(t) == 2
+
+
+def test_topology_auto_delete_exchange_goes_with_its_last_binding() -> None:
+    t = Topology()
+    t.exchange_declared(ExchangeRecord("ad", "direct", auto_delete=True))
+    t.exchange_declared(ExchangeRecord("keep", "direct"))
+    t.queue_declared(QueueRecord("q"))
+    t.bound(_binding("q", "ad", "1"))
+    t.bound(_binding("q", "ad", "2"))
+    t.bound(_binding("q", "keep"))
+    t.unbound(_binding("q", "ad", "1"))
+    assert "ad" in t.exchanges
+    t.queue_deleted("q")  # removes the last binding from "ad"
+    assert list(t.exchanges) == ["keep"]
+
+
+def test_topology_auto_delete_queue_forgotten_when_unused() -> None:
+    t = Topology()
+    t.queue_declared(QueueRecord("ad", auto_delete=True))
+    t.queue_declared(QueueRecord("plain"))
+    t.bound(_binding("ad", "x"))
+    t.queue_unused("plain")
+    t.queue_unused("ad")
+    assert list(t.queues) == ["plain"] and t.bindings == []
+
+
+def test_topology_rename_keeps_order_and_bindings() -> None:
+    t = Topology()
+    t.queue_declared(QueueRecord("amq.gen-1", exclusive=True, server_named=True))
+    t.queue_declared(QueueRecord("later"))
+    t.bound(_binding("amq.gen-1", "x", "k"))
+    t.bound(BindingRecord("amq.gen-1", "y", "", None, to_exchange=True))  # an exchange!
+    t.queue_renamed("amq.gen-1", "amq.gen-2")
+    assert list(t.queues) == ["amq.gen-2", "later"]
+    assert t.queues["amq.gen-2"].name == "amq.gen-2"
+    assert t.bindings[0] == _binding("amq.gen-2", "x", "k")
+    assert t.bindings[1].destination == "amq.gen-1"
+
+
+# -- reconnect: the whole sequence over fake transports -----------------------------------
+
+
+class FakeBroker:
+    """Hands out fake connections to a reconnecting Connection: each ``dial`` gets a
+    new core and peer (handshake done), or the error in ``refuse``."""
+
+    def __init__(self) -> None:
+        self.peers: asyncio.Queue[Peer] = asyncio.Queue()
+        self.refuse: wharf.WharfError | None = None
+        self.dials = 0
+        self.dialed = asyncio.Event()
+
+    async def dial(self) -> ConnectionCore:
+        self.dials += 1
+        self.dialed.set()
+        if self.refuse is not None:
+            raise self.refuse
+        loop = asyncio.get_running_loop()
+        core = ConnectionCore(loop)
+        transport = FakeTransport(loop)
+        transport.protocol = core
+        core.connection_made(transport)
+        peer = Peer(core, transport)
+        task = loop.create_task(core.handshake("guest", "guest", 0, {}))
+        peer.send(F.HELLO, 0, 1, "wharf", 1 << 20, 1 << 19, 60, ["PLAIN"])
+        await settle()
+        (auth,) = peer.frames()
+        peer.send(F.AUTH_OK, auth[1], f"conn-{self.dials + 1}", 0, {})
+        await task
+        self.peers.put_nowait(peer)
+        return core
+
+    async def next_peer(self) -> Peer:
+        return await asyncio.wait_for(self.peers.get(), 5)
+
+
+async def open_reconnecting(
+    wait_timeout_s: float | None = 5.0,
+) -> tuple[Connection, Peer, FakeBroker, list[wharf.ConnectionEvent]]:
+    conn, peer = await open_connection()
+    broker = FakeBroker()
+    conn._enable_reconnect(broker.dial, 1.0, wait_timeout_s)
+    assert conn._reconnector is not None
+    conn._reconnector.backoff = Backoff(0.1, 1.0, rng=lambda: 0.0)  # no waiting in tests
+    events: list[wharf.ConnectionEvent] = []
+    conn.on_event(events.append)
+    return conn, peer, broker, events
+
+
+def answer(peer: Peer, frame: list[Any], renames: dict[str, str]) -> None:
+    """Answer a request as a broker that accepts everything would."""
+    ftype, rid = frame[0], frame[1]
+    if ftype == F.QUEUE_DECLARE:
+        name = frame[2] or renames.pop("", f"amq.gen-{rid}")
+        peer.send(F.OK, rid, {"queue": name, "messages": 0, "consumers": 0})
+    elif ftype == F.CONSUME:
+        peer.send(F.OK, rid, {"consumer_tag": frame[3]})
+    elif ftype not in (F.PUBLISH, F.PUBLISH_MANY, F.ACK, F.ACK_MANY, F.NACK, F.REJECT):
+        peer.send(F.OK, rid, None)
+
+
+async def serve_until_quiet(peer: Peer, renames: dict[str, str] | None = None) -> list[list[Any]]:
+    """Answer requests until the client sends nothing more; returns what it sent."""
+    seen: list[list[Any]] = []
+    while True:
+        await settle()
+        frames = peer.frames()
+        if not frames:
+            return seen
+        for frame in frames:
+            answer(peer, frame, renames if renames is not None else {})
+        seen.extend(frames)
+
+
+async def served(peer: Peer, aw: Any, renames: dict[str, str] | None = None) -> Any:
+    task = asyncio.ensure_future(aw)
+    await serve_until_quiet(peer, renames)
+    return await asyncio.wait_for(task, 5)
+
+
+async def test_reconnect_replays_topology_in_order_and_resumes_consumers() -> None:
+    conn, peer, broker, events = await open_reconnecting()
+    await served(peer, conn.declare_exchange("x", "topic", durable=True))
+    await served(peer, conn.declare_exchange("gone", "direct"))
+    await served(peer, conn.declare_queue("q", durable=True, arguments={"x-max-length": 5}))
+    tmp = await served(peer, conn.declare_queue("", exclusive=True), {"": "amq.gen-old"})
+    assert tmp.name == "amq.gen-old"
+    await served(peer, conn.bind_queue("q", "x", "a.*"))
+    await served(peer, conn.bind_queue("amq.gen-old", "x", "#"))
+    await served(peer, conn.declare_queue("tmp2"))
+    await served(peer, conn.delete_queue("tmp2"))
+    await served(peer, conn.delete_exchange("gone"))
+    await served(peer, conn.declare_queue("q", passive=True))  # passive: not recorded
+    on_q = await served(peer, conn.consume("q", prefetch=7).__aenter__())
+    on_tmp = await served(peer, conn.consume("amq.gen-old", no_ack=True).__aenter__())
+    old_ack_id = on_q.ack_id
+    peer.send(F.DELIVER, 0, on_q.consumer_tag, [entry(1, b"old")])
+    old = await on_q.__anext__()
+    waiting = asyncio.ensure_future(on_q.__anext__())
+    publish = asyncio.ensure_future(conn.publish("x", "a.b", b"in flight"))
+    await settle()
+    peer.frames()
+
+    peer.send(F.ERROR, 0, 320, "broker shutting down", True, None)
+    with pytest.raises(wharf.ConnectionLost) as info:  # not ConnectionForced: one error
+        await publish
+    assert info.value.retriable and info.value.details["cause_code"] == 320
+    assert [e.name for e in events] == ["disconnected"]
+    assert isinstance(events[0].error, wharf.ConnectionLost)
+    assert not conn.is_connected and not conn.is_closed and conn.reconnecting
+    await old.ack()  # a delivery of the lost connection: a no-op, no error
+    await old.nack()
+    assert not waiting.done()  # the iterator waits across the outage
+
+    peer2 = await broker.next_peer()
+    sent = await serve_until_quiet(peer2, {"": "amq.gen-new"})
+    assert [f[0] for f in sent] == [
+        F.EXCHANGE_DECLARE, F.QUEUE_DECLARE, F.QUEUE_DECLARE,
+        F.QUEUE_BIND, F.QUEUE_BIND, F.CONSUME, F.CONSUME,
+    ]  # fmt: skip
+    assert sent[0][2:] == ["x", "topic", True, False, False, False, None]
+    assert sent[1][2:] == ["q", True, False, False, False, {"x-max-length": 5}]
+    assert sent[2][2:] == ["", False, True, False, False, None]
+    assert sent[3][2:] == ["q", "x", "a.*", None]
+    assert sent[4][2:] == ["amq.gen-new", "x", "#", None]
+    assert sent[5][2:] == ["q", on_q.consumer_tag, 7, False, False, None]
+    assert sent[6][2:] == ["amq.gen-new", on_tmp.consumer_tag, 100, True, False, None]
+    await settle()
+    assert [e.name for e in events] == ["disconnected", "queue_renamed", "reconnected"]
+    assert (events[1].old_name, events[1].new_name) == ("amq.gen-old", "amq.gen-new")
+    assert on_tmp.queue == "amq.gen-new" and conn.is_connected
+    assert conn.connection_id == "conn-2"
+
+    peer2.send(F.DELIVER, 0, on_q.consumer_tag, [entry(1, b"new")])
+    msg = await asyncio.wait_for(waiting, 5)
+    assert msg.body == b"new"
+    await msg.ack()
+    await settle()
+    assert on_q.ack_id != old_ack_id
+    assert peer2.frames() == [[F.ACK_MANY, on_q.ack_id, [1]]]
+    assert peer.frames() == []  # nothing went to the dead connection
+
+
+async def test_requests_during_an_outage_wait_then_run_on_the_new_connection() -> None:
+    conn, peer, broker, events = await open_reconnecting(wait_timeout_s=5)
+    broker.refuse = wharf.ConnectionLost("refused")
+    peer.transport.close()
+    await settle()
+    assert events[0].name == "disconnected"
+    declare = asyncio.ensure_future(conn.declare_queue("later"))
+    async with asyncio.timeout(5):
+        while broker.dials < 3:  # dials keep failing (retriable) meanwhile
+            broker.dialed.clear()
+            await broker.dialed.wait()
+    assert not declare.done()
+    broker.refuse = None
+    peer2 = await broker.next_peer()
+    await serve_until_quiet(peer2)
+    assert (await asyncio.wait_for(declare, 5)).name == "later"
+    assert [e.name for e in events] == ["disconnected", "reconnected"]
+    assert events[1].attempt == broker.dials
+    # Lost again before the new connection proved stable: the backoff keeps growing.
+    reconnector = conn._reconnector
+    assert reconnector is not None and reconnector._attempt == broker.dials
+    peer2.transport.close()
+    await serve_until_quiet(await broker.next_peer())
+    assert reconnector._attempt == broker.dials and events[-1].attempt == 1
+
+
+async def test_fail_fast_during_an_outage_and_close_stops_reconnecting() -> None:
+    conn, peer, broker, events = await open_reconnecting(wait_timeout_s=0)
+    consumer = await served(peer, conn.consume("q").__aenter__())
+    broker.refuse = wharf.ConnectionLost("refused")
+    peer.transport.close()
+    await settle()
+    with pytest.raises(wharf.ConnectionLost) as info:
+        await conn.publish("", "q", b"x")
+    assert info.value.retriable and info.value.details["reconnecting"]
+    iterating = asyncio.ensure_future(consumer.__anext__())
+    await conn.close()
+    assert conn.is_closed and not conn.reconnecting
+    with pytest.raises(wharf.ConnectionLost):
+        await iterating
+    with pytest.raises(wharf.ConnectionLost):
+        await conn.declare_queue("q")
+    assert [e.name for e in events] == ["disconnected", "closed"]
+    dials = broker.dials
+    await settle()
+    assert broker.dials == dials
+
+
+async def test_refused_reconnect_closes_for_good() -> None:
+    conn, peer, broker, events = await open_reconnecting()
+    consumer = await served(peer, conn.consume("q").__aenter__())
+    broker.refuse = wharf.AccessRefused("user 'guest' was deleted")
+    peer.transport.close()
+    with pytest.raises(wharf.AccessRefused):
+        await asyncio.wait_for(consumer.__anext__(), 5)
+    assert [e.name for e in events] == ["disconnected", "closed"]
+    assert isinstance(events[1].error, wharf.AccessRefused)
+    assert conn.is_closed
+    with pytest.raises(wharf.AccessRefused):
+        await conn.publish("", "q", b"x")
+    await conn.close()
+    assert [e.name for e in events] == ["disconnected", "closed"]  # "closed" fires once
+
+
+async def test_retriable_recovery_error_retries_and_other_errors_skip_one_item() -> None:
+    conn, peer, broker, events = await open_reconnecting()
+    await served(peer, conn.declare_queue("excl", exclusive=True))
+    await served(peer, conn.bind_queue("excl", "gone-exchange"))
+    consumer = await served(peer, conn.consume("someone-elses").__aenter__())
+    peer.transport.close()
+
+    peer2 = await broker.next_peer()  # the lost connection still holds "excl": 405
+    await settle()
+    (declare,) = peer2.frames()
+    peer2.send(F.ERROR, declare[1], 405, "queue 'excl' is exclusive to another", False, None)
+    peer3 = await broker.next_peer()  # so the attempt was abandoned and retried
+    assert peer2.transport.closing
+    await settle()
+    (declare,) = peer3.frames()
+    answer(peer3, declare, {})
+    await settle()
+    (bind,) = peer3.frames()
+    peer3.send(F.ERROR, bind[1], 404, "no exchange 'gone-exchange'", False, None)
+    await settle()
+    (consume,) = peer3.frames()
+    peer3.send(F.ERROR, consume[1], 404, "no queue 'someone-elses'", False, None)
+    await settle()
+    assert conn.is_connected
+    names = [e.name for e in events]
+    assert names == ["disconnected", "recovery_error", "recovery_error", "reconnected"]
+    assert isinstance(events[1].error, wharf.NotFound) and "binding" in (events[1].old_name or "")
+    with pytest.raises(wharf.NotFound):  # that consumer could not be resumed: it ended
+        await consumer.__anext__()
+
+
+async def test_events_without_reconnect_and_blocked_events() -> None:
+    conn, peer = await open_connection()
+    events: list[wharf.ConnectionEvent] = []
+    reasons: list[str | None] = []
+    conn.on_event(events.append)
+    conn.on_blocked(reasons.append)
+    peer.send(F.BLOCKED, 0, "memory")
+    peer.send(F.UNBLOCKED, 0)
+    assert reasons == ["memory", None]
+    peer.send(F.ERROR, 0, 320, "broker shutting down", True, None)
+    assert [(e.name, e.reason) for e in events] == [
+        ("blocked", "memory"), ("unblocked", None), ("disconnected", None), ("closed", None),
+    ]  # fmt: skip
+    assert isinstance(events[2].error, wharf.ConnectionForced)  # unchanged without reconnect
+
+
+async def test_async_event_callbacks_run_as_tasks() -> None:
+    conn, peer = await open_connection()
+    seen = asyncio.Event()
+
+    async def callback(event: wharf.ConnectionEvent) -> None:
+        seen.set()
+
+    conn.on_event(callback)
+    peer.send(F.BLOCKED, 0, "disk")
+    await asyncio.wait_for(seen.wait(), 5)
+
+
+async def test_server_named_shared_queue_keeps_its_name_while_it_exists() -> None:
+    conn, peer, broker, events = await open_reconnecting()
+    kept = await served(peer, conn.declare_queue("", durable=True), {"": "amq.gen-a"})
+    lost = await served(peer, conn.declare_queue(""), {"": "amq.gen-b"})
+    assert (kept.name, lost.name) == ("amq.gen-a", "amq.gen-b")
+    peer.transport.close()
+
+    peer2 = await broker.next_peer()
+    await settle()
+    first, second = peer2.frames()
+    assert first[2:] == ["amq.gen-a", True, False, False, True, None]  # passive
+    assert second[2:] == ["amq.gen-b", False, False, False, True, None]
+    answer(peer2, first, {})
+    peer2.send(F.ERROR, second[1], 404, "no queue 'amq.gen-b'", False, None)
+    sent = await serve_until_quiet(peer2, {"": "amq.gen-c"})
+    assert [f[2:] for f in sent] == [["", False, False, False, False, None]]
+    await settle()
+    assert [(e.name, e.old_name, e.new_name) for e in events] == [
+        ("disconnected", None, None),
+        ("queue_renamed", "amq.gen-b", "amq.gen-c"),
+        ("reconnected", None, None),
+    ]
