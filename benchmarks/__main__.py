@@ -49,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tp.add_argument("--raw", action="store_true", help="raw protocol client instead of the SDK")
     tp.add_argument("--persistent", action="store_true", help="durable queue + persistent messages")
+    tp.add_argument(
+        "--queue-arg",
+        action="append",
+        default=[],
+        metavar="NAME=INT",
+        help="queue argument, e.g. x-max-priority=10 or x-message-ttl=60000 (repeatable)",
+    )
+    tp.add_argument(
+        "--priorities", type=int, default=0, help="publish batches with priorities 0..N-1"
+    )
 
     lat = sub.add_parser("latency", help="publish-to-deliver percentiles at a fixed rate")
     _broker_options(lat)
@@ -103,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             raw=args.raw,
             timeout_s=args.timeout,
             persistent=args.persistent,
+            queue_arguments={k: int(v) for k, v in (a.split("=", 1) for a in args.queue_arg)},
+            priorities=args.priorities,
         )
     elif args.scenario == "latency":
         result = scenarios.latency(

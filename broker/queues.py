@@ -362,8 +362,7 @@ class Queue:
                     m.seg = seg
                     m.persisted = True
             if self._prio is not None:
-                for m in fresh:
-                    self._prio.append(m)
+                self._prio.extend(fresh, properties)
             else:
                 self._ready.extend(fresh)
         if limits.bounded and limits.overflow == "drop-head":
@@ -489,19 +488,32 @@ class Queue:
             return row.position, row.expires_at
         return None
 
-    def expire_head(self) -> int:
+    def expire_head(self, now: int = 0) -> int:
         """Dead-letter expired messages at the head; only the head is ever examined."""
         if not self._has_ttl:
             return 0
-        now = int(time.time() * 1000)
+        if not now:
+            now = int(time.time() * 1000)
+        if self._prio is None:
+            # Fast path (once per delivered message): is the head due at all?
+            if self._requeued:
+                due = self._requeued[0][1].expires_at
+            elif self._ready:
+                due = self._ready[0].expires_at
+            elif self._tail:
+                due = self._tail.expires[self._tail._start]
+            else:
+                return 0
+            if not due or due > now:
+                return 0
         expired: list[Message] = []
         prio = self._prio
         if prio is not None:
             while True:
-                due = [m for m in prio.heads() if m.expires_at and m.expires_at <= now]
-                if not due:
+                heads_due = [m for m in prio.heads() if m.expires_at and m.expires_at <= now]
+                if not heads_due:
                     break
-                for m in due:
+                for m in heads_due:
                     prio.remove(m)
                     self.ready_bytes -= len(m.body)
                     self._head_bytes -= len(m.body) + MESSAGE_OVERHEAD_BYTES
@@ -715,10 +727,13 @@ class Queue:
         """``n`` delivered messages were acked or dropped."""
         self.unacked_count -= n
 
-    def take(self) -> Message | None:
-        """Pop the next ready message (for basic.get); the caller records it as delivered."""
+    def take(self, now_ms: int = 0) -> Message | None:
+        """Pop the next ready message; the caller records it as delivered.
+
+        ``now_ms``: the dispatch round's clock, so TTL checks cost no clock read each.
+        """
         if self._has_ttl:
-            self.expire_head()
+            self.expire_head(now_ms)
         if self._prio is not None:
             # Priority order breaks the position watermark: none is recorded.
             msg = self._prio.pop()
@@ -864,8 +879,9 @@ class Queue:
         batch: list[Message] = []
         size = 0
         take = self.take
+        now = int(time.time() * 1000) if self._has_ttl else 0
         while len(batch) < n:
-            msg = take()
+            msg = take(now)
             if msg is None:
                 break
             batch.append(msg)

@@ -71,6 +71,10 @@ class Plan:
     timeout_s: float = 300.0
     # Durable queue and persistent messages: confirms wait for the fsync.
     persistent: bool = False
+    # Queue arguments (x-max-priority, x-message-ttl, ...) and, if > 0, publish batches
+    # with priorities cycling 0..priorities-1.
+    queue_arguments: tuple[tuple[str, Any], ...] = ()
+    priorities: int = 0
 
     def share(self, idx: int) -> int:
         """How many messages producer ``idx`` sends."""
@@ -164,7 +168,9 @@ async def _declare(plan: Plan) -> None:
     t = plan.target
     conn = await RawConnection.open(t.host, t.port, t.username, t.password)
     try:
-        await conn.declare_queue(plan.queue, durable=plan.persistent)
+        await conn.declare_queue(
+            plan.queue, durable=plan.persistent, arguments=dict(plan.queue_arguments) or None
+        )
     finally:
         await conn.close()
 
@@ -297,11 +303,20 @@ async def _sdk_producer(
     tasks: set[asyncio.Task[None]] = set()
     failures: list[BaseException] = []
 
+    sent_batches = 0
+
     async def send(bodies: list[bytes]) -> None:
+        nonlocal sent_batches
+        prio = sent_batches % plan.priorities if plan.priorities else None
+        sent_batches += 1
         if len(bodies) == 1:
-            await conn.publish("", queue, bodies[0], confirm=confirm, persistent=persistent)
+            await conn.publish(
+                "", queue, bodies[0], confirm=confirm, persistent=persistent, priority=prio
+            )
         else:
-            await conn.publish_many("", queue, bodies, confirm=confirm, persistent=persistent)
+            await conn.publish_many(
+                "", queue, bodies, confirm=confirm, persistent=persistent, priority=prio
+            )
 
     async def send_confirmed(bodies: list[bytes]) -> None:
         try:

@@ -100,10 +100,15 @@ class RawConnection:
             self.pending.extendleft(reversed(skipped))
 
     async def declare_queue(
-        self, name: str, *, passive: bool = False, durable: bool = False
+        self,
+        name: str,
+        *,
+        passive: bool = False,
+        durable: bool = False,
+        arguments: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         result = await self.call(
-            (F.QUEUE_DECLARE, self.next_rid(), name, durable, False, False, passive, None)
+            (F.QUEUE_DECLARE, self.next_rid(), name, durable, False, False, passive, arguments)
         )
         return dict(result or {})
 

@@ -49,10 +49,14 @@ def throughput(
     raw: bool,
     timeout_s: float,
     persistent: bool = False,
+    queue_arguments: dict[str, Any] | None = None,
+    priorities: int = 0,
 ) -> dict[str, Any]:
     with broker_target(url) as target:
         plan = Plan(
             persistent=persistent,
+            queue_arguments=tuple(sorted((queue_arguments or {}).items())),
+            priorities=priorities,
             target=target,
             queue=unique_name("tp"),
             count=count,

@@ -27,20 +27,32 @@ def message_priority(properties: dict[str, object] | None, max_priority: int) ->
 
 
 class PriorityReady:
-    __slots__ = ("levels", "requeued", "count", "max_priority")
+    __slots__ = ("levels", "requeued", "count", "max_priority", "top")
 
     def __init__(self, max_priority: int) -> None:
         self.max_priority = max_priority
         self.levels: list[deque[Message]] = [deque() for _ in range(max_priority + 1)]
         self.requeued: list[tuple[int, int, Message]] = []
         self.count = 0
+        self.top = -1  # highest non-empty level, -1 when all are empty
 
     def __len__(self) -> int:
         return self.count
 
     def append(self, msg: Message) -> None:
-        self.levels[message_priority(msg.properties, self.max_priority)].append(msg)
+        p = message_priority(msg.properties, self.max_priority)
+        self.levels[p].append(msg)
         self.count += 1
+        if p > self.top:
+            self.top = p
+
+    def extend(self, msgs: list[Message], properties: dict[str, object] | None) -> None:
+        """Messages that share ``properties`` (one publish batch)."""
+        p = message_priority(properties, self.max_priority)
+        self.levels[p].extend(msgs)
+        self.count += len(msgs)
+        if p > self.top:
+            self.top = p
 
     def push_requeued(self, msg: Message) -> None:
         p = message_priority(msg.properties, self.max_priority)
@@ -48,10 +60,12 @@ class PriorityReady:
         self.count += 1
 
     def _top_level(self) -> int:
-        for p in range(self.max_priority, -1, -1):
-            if self.levels[p]:
-                return p
-        return -1
+        p = self.top
+        levels = self.levels
+        while p >= 0 and not levels[p]:
+            p -= 1
+        self.top = p
+        return p
 
     def head(self) -> Message | None:
         """The message that would be delivered next."""
@@ -63,15 +77,17 @@ class PriorityReady:
         return self.levels[p][0] if p >= 0 else None
 
     def pop(self) -> Message | None:
-        msg = self.head()
-        if msg is None:
+        p = self._top_level()
+        if self.requeued:
+            rp, rpos, rmsg = self.requeued[0]
+            if p < 0 or (rp, rpos) < (-p, self.levels[p][0].position):
+                heapq.heappop(self.requeued)
+                self.count -= 1
+                return rmsg
+        if p < 0:
             return None
-        if self.requeued and self.requeued[0][2] is msg:
-            heapq.heappop(self.requeued)
-        else:
-            self.levels[message_priority(msg.properties, self.max_priority)].popleft()
         self.count -= 1
-        return msg
+        return self.levels[p].popleft()
 
     def pop_lowest(self) -> Message | None:
         """Drop-head for a full priority queue: the oldest message of the lowest priority."""
