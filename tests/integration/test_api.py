@@ -634,4 +634,4 @@ async def test_openapi_document_lists_every_endpoint(broker: Broker) -> None:
     assert ("POST", "/api/queues/{name}/get") in ops
     assert ("DELETE", "/api/bindings") in ops
     assert ("PUT", "/api/users/{name}") in ops
-    assert len(ops) == 25
+    assert len(ops) == 29
