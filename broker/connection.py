@@ -123,6 +123,7 @@ class Connection(asyncio.Protocol):
             F.QUEUE_UNBIND: self._on_queue_unbind,
             F.QUEUE_PURGE: self._on_queue_purge,
             F.QUEUE_DELETE: self._on_queue_delete,
+            F.QUEUE_REPLAY: self._on_queue_replay,
             F.CLOSE: self._on_close,
             F.CLOSE_OK: self._on_close_ok,
         }
@@ -912,6 +913,18 @@ class Connection(asyncio.Protocol):
         store = self.broker.store
         if q.persist and store is not None and not store.idle:
             # Answer once the purge's ack records are on disk, like a confirm.
+            store.after_commit(lambda: self._ok(f.request_id, result))
+            return
+        self._ok(f.request_id, result)
+
+    def _on_queue_replay(self, f: F.QueueReplay) -> None:
+        if f.limit < 0 or f.max_deaths < 0:
+            raise InvalidArgument("limit and max_deaths must be >= 0")
+        q = self.topology.get_queue(f.queue, self)
+        result = {"moved": self.topology.replay(q, f.target, f.reason, f.limit, f.max_deaths)}
+        store = self.broker.store
+        if store is not None and not store.idle:
+            # Answer once the moves are on disk.
             store.after_commit(lambda: self._ok(f.request_id, result))
             return
         self._ok(f.request_id, result)

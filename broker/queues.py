@@ -469,6 +469,39 @@ class Queue:
         self._head_bytes -= size + MESSAGE_OVERHEAD_BYTES
         return msg
 
+    def extract(self, select: Callable[[Message], bool], limit: int = 0) -> list[Message]:
+        """Remove the ready messages ``select`` accepts (at most ``limit``, 0 = all), in
+        delivery order; the others keep their places.  Pages a long queue through memory.
+        """
+        taken: list[Message] = []
+        kept: list[Message] = []
+        prio = self._prio
+        while True:
+            if prio is not None:
+                msg = prio.pop()
+            elif self._requeued:
+                msg = heapq.heappop(self._requeued)[1]
+            elif self._ready or (self._tail and self._page_in()):
+                msg = self._ready.popleft()
+            else:
+                break
+            if msg is None:
+                break
+            if (not limit or len(taken) < limit) and select(msg):
+                taken.append(msg)
+                size = len(msg.body)
+                self.ready_bytes -= size
+                self._head_bytes -= size + MESSAGE_OVERHEAD_BYTES
+            else:
+                kept.append(msg)
+        # Everything left is back in position order, ahead of nothing else.
+        if prio is not None:
+            for m in kept:
+                prio.push_requeued(m)
+        else:
+            self._ready.extendleft(reversed(kept))
+        return taken
+
     def _head(self) -> tuple[int, int] | None:
         """(position, expires_at) of the next ready message (soonest-expiring head)."""
         if self._prio is not None:

@@ -361,6 +361,53 @@ class Topology:
             "effective_arguments": effective_arguments(q.arguments, policy),
         }
 
+    def replay(
+        self,
+        source: Queue,
+        target: str | None,
+        reason: str | None,
+        limit: int,
+        max_deaths: int,
+    ) -> int:
+        """Move dead-lettered messages from ``source`` back to where they died (DLQ replay).
+
+        Copies are enqueued before the originals are settled, in one store commit.
+        """
+        if target is not None and target not in self.queues:
+            raise NotFound(f"no queue '{target}'", details={"queue": target})
+
+        def last_death(m: Message) -> dict[str, Any]:
+            deaths = ((m.properties or {}).get("headers") or {}).get("x-death") or []
+            first = deaths[0] if deaths and isinstance(deaths[0], dict) else {}
+            return first
+
+        def destination(m: Message) -> Queue | None:
+            name = target
+            if name is None:
+                headers = (m.properties or {}).get("headers") or {}
+                name = headers.get("x-last-death-queue") or last_death(m).get("queue")
+            q = self.queues.get(name) if isinstance(name, str) else None
+            return q if q is not source else None
+
+        def select(m: Message) -> bool:
+            death = last_death(m)
+            if reason is not None and death.get("reason") != reason:
+                return False
+            count = death.get("count", 0)
+            if max_deaths and isinstance(count, int) and count > max_deaths:
+                return False
+            return destination(m) is not None
+
+        moved = source.extract(select, limit)
+        for m in moved:
+            dest = destination(m)
+            assert dest is not None
+            persistent = (m.properties or {}).get("persistent") is True
+            dest.enqueue_many(m.exchange, m.routing_key, m.properties, (m.body,), persistent)
+        for m in moved:
+            source.forget(m)
+        return len(moved)
+
     def expire_unused_queues(self) -> None:
         """x-expires: delete queues unused (no consumers, no get, no redeclare) that long."""
         now = time.monotonic()

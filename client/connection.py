@@ -371,6 +371,22 @@ class Connection:
         frame = await self._request(F.QUEUE_PURGE, name)
         return int(_result(frame).get("messages", 0))
 
+    async def replay_dead_letters(
+        self,
+        queue: str,
+        *,
+        target: str | None = None,
+        reason: str | None = None,
+        limit: int = 0,
+        max_deaths: int = 0,
+    ) -> int:
+        """Move dead-lettered messages from ``queue`` (a DLQ) back to the queue each one
+        last died in, or to ``target``; filter by the last death's ``reason`` and
+        ``max_deaths`` (its count), at most ``limit`` (0 = all).  Returns how many moved.
+        """
+        frame = await self._request(F.QUEUE_REPLAY, queue, target, reason, limit, max_deaths)
+        return int(_result(frame).get("moved", 0))
+
     async def delete_queue(self, name: str, if_unused: bool = False, if_empty: bool = False) -> int:
         """Delete a queue; returns how many messages it held."""
         frame = await self._request(F.QUEUE_DELETE, name, if_unused, if_empty)

@@ -41,6 +41,7 @@ QUEUE_BIND: Final = 21
 QUEUE_UNBIND: Final = 22
 QUEUE_PURGE: Final = 23
 QUEUE_DELETE: Final = 24
+QUEUE_REPLAY: Final = 25
 PUBLISH: Final = 30
 PUBLISH_MANY: Final = 31
 CONFIRM: Final = 32
@@ -208,6 +209,17 @@ class QueuePurge(NamedTuple):
     queue: str
 
 
+class QueueReplay(NamedTuple):
+    """Move dead-lettered messages out of ``queue`` (a DLQ) back to where they died."""
+
+    request_id: int
+    queue: str
+    target: str | None = None  # nil: the queue each message last died in
+    reason: str | None = None  # only messages whose last death had this reason
+    limit: int = 0  # at most this many (0 = all)
+    max_deaths: int = 0  # only messages that died at most this many times there (0 = any)
+
+
 class QueueDelete(NamedTuple):
     request_id: int
     queue: str
@@ -360,6 +372,7 @@ Frame = (
     | QueueUnbind
     | QueuePurge
     | QueueDelete
+    | QueueReplay
     | Publish
     | PublishMany
     | Confirm
@@ -398,6 +411,7 @@ TYPE_OF: Final[dict[type, int]] = {
     QueueUnbind: QUEUE_UNBIND,
     QueuePurge: QUEUE_PURGE,
     QueueDelete: QUEUE_DELETE,
+    QueueReplay: QUEUE_REPLAY,
     Publish: PUBLISH,
     PublishMany: PUBLISH_MANY,
     Confirm: CONFIRM,
@@ -444,6 +458,7 @@ _FIELD_TYPES: dict[Any, tuple[tuple[type, ...], ...]] = {
     QueueUnbind: (_INT, _STR, _STR, _STR, _OPT_MAP),
     QueuePurge: (_INT, _STR),
     QueueDelete: (_INT, _STR, _BOOL, _BOOL),
+    QueueReplay: (_INT, _STR, (str, type(None)), (str, type(None)), _INT, _INT),
     Publish: (_INT, _STR, _STR, _OPT_MAP, _BIN, _INT),
     PublishMany: (_INT, _STR, _STR, _OPT_MAP, _LIST, _INT),
     Confirm: (_INT, _INT),

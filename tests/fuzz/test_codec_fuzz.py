@@ -69,6 +69,7 @@ _BY_TYPES: dict[tuple[type, ...], st.SearchStrategy[Any]] = {
     (dict,): MAPS,
     (dict, type(None)): st.none() | MAPS,
     (list, tuple): st.lists(MSGPACK_VALUES, max_size=4),
+    (str, type(None)): st.none() | SMALL_TEXT,
 }
 
 
