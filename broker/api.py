@@ -362,6 +362,7 @@ class ManagementApi:
             r("DELETE", ("queues", "{name}"), self.delete_queue, True, ("if_unused", "if_empty")),
             r("DELETE", ("queues", "{name}", "contents"), self.purge_queue, True),
             r("POST", ("queues", "{name}", "get"), self.peek_queue),
+            r("POST", ("queues", "{name}", "replay"), self.replay_queue, True),
             r("GET", ("exchanges",), self.list_exchanges),
             r("GET", ("exchanges", "{name}"), self.get_exchange),
             r("PUT", ("exchanges", "{name}"), self.put_exchange, True),
@@ -578,6 +579,20 @@ class ManagementApi:
 
     async def purge_queue(self, call: Call) -> Result:
         return 200, {"messages": self._queue(call.params[0], change=True).purge()}
+
+    async def replay_queue(self, call: Call) -> Result:
+        """DLQ replay: move dead-lettered messages back to where they died."""
+        queue = self._queue(call.params[0], change=True)
+        f = call.json(("target", "reason", "limit", "max_deaths"))
+        target = f.text("target", "") or None
+        reason = f.text("reason", "") or None
+        limit = f.integer("limit", 0, 0, MSGPACK_INT_MAX)
+        max_deaths = f.integer("max_deaths", 0, 0, MSGPACK_INT_MAX)
+        moved = self.broker.topology.replay(queue, target, reason, limit, max_deaths)
+        store = self.broker.store
+        if store is not None:
+            await store.flush()  # answer once the moves are on disk
+        return 200, {"moved": moved}
 
     async def peek_queue(self, call: Call) -> Result:
         queue = self._queue(call.params[0])
@@ -964,6 +979,13 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "durable:b auto_delete:b exclusive:b arguments:m", closed=True, exclusive=_enum(False)
     ),
     "MessageCount": _schema("messages:i!"),
+    "Moved": _schema("moved:i!"),
+    "ReplayRequest": _schema(
+        "target:s reason:s limit:i max_deaths:i",
+        closed=True,
+        limit={"minimum": 0, "maximum": MSGPACK_INT_MAX},
+        max_deaths={"minimum": 0, "maximum": MSGPACK_INT_MAX},
+    ),
     "PeekRequest": _schema(
         "count:i encoding:s truncate:i",
         closed=True,
@@ -1091,6 +1113,7 @@ PUT    /queues/{name}            201 Queue         QueueDeclare    -  Declare a 
 DELETE /queues/{name}            200 MessageCount  -  if_unused,if_empty  Delete a queue.
 DELETE /queues/{name}/contents   200 MessageCount  -               -  Purge ready messages.
 POST   /queues/{name}/get        200 [PeekedMessage] PeekRequest   -  Peek without consuming.
+POST   /queues/{name}/replay     200 Moved         ReplayRequest   -  Move dead-lettered messages back where they died.
 GET    /exchanges                200 [Exchange]    -               -  All exchanges.
 GET    /exchanges/{name}         200 Exchange      -               -  One exchange (amq.default: the default).
 PUT    /exchanges/{name}         201 Exchange      ExchangeDeclare -  Declare an exchange.

@@ -265,6 +265,26 @@ def queues_purge(c: ApiClient, name: str) -> None:
     c.show(r, f"queue {name} purged ({r['messages']} messages)")
 
 
+@queues.command("replay")
+@click.argument("name")
+@click.option("--to", "target", help="Move to this queue (default: where each one died).")
+@click.option("--reason", help="Only messages whose last death had this reason.")
+@click.option("--limit", type=click.IntRange(0), default=0, help="At most this many (0 = all).")
+@click.option("--max-deaths", type=click.IntRange(0), default=0, help="Only if died <= N times.")
+@pass_client
+def queues_replay(
+    c: ApiClient, name: str, target: str | None, reason: str | None, limit: int, max_deaths: int
+) -> None:
+    """Move dead-lettered messages from queue NAME (a DLQ) back where they died."""
+    body: dict[str, Any] = {"limit": limit, "max_deaths": max_deaths}
+    if target:
+        body["target"] = target
+    if reason:
+        body["reason"] = reason
+    r = c.request("POST", f"/queues/{seg(name)}/replay", body)
+    c.show(r, f"{r['moved']} messages moved out of {name}")
+
+
 @queues.command("peek")
 @click.argument("name")
 @click.option("--count", type=click.IntRange(1, 100), default=1, show_default=True)

@@ -634,4 +634,27 @@ async def test_openapi_document_lists_every_endpoint(broker: Broker) -> None:
     assert ("POST", "/api/queues/{name}/get") in ops
     assert ("DELETE", "/api/bindings") in ops
     assert ("PUT", "/api/users/{name}") in ops
-    assert len(ops) == 29
+    assert len(ops) == 30
+
+
+async def test_replay_dead_letters_over_http(broker: Broker, conn: wharf.Connection) -> None:
+    await conn.declare_queue("api-dlq")
+    await conn.declare_queue(
+        "api-work",
+        arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "api-dlq"},
+    )
+    await conn.publish_many("", "api-work", [b"x", b"y"])
+    for _ in range(2):
+        m = await conn.get("api-work")
+        assert m is not None
+        await m.reject(requeue=False)
+    r = await api(broker, "POST", "/api/queues/api-dlq/replay", {"reason": "expired"})
+    assert r.status == 200 and r.json() == {"moved": 0}
+    r = await api(broker, "POST", "/api/queues/api-dlq/replay", {"limit": 1})
+    assert r.status == 200 and r.json() == {"moved": 1}
+    r = await api(broker, "POST", "/api/queues/api-dlq/replay", {"limit": -1})
+    assert r.status == 400
+    r = await api(broker, "POST", "/api/queues/api-dlq/replay", {"target": "nope"})
+    assert r.status == 404
+    back = await conn.get("api-work")
+    assert back is not None and back.body == b"x"
