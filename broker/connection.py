@@ -777,7 +777,23 @@ class Connection(asyncio.Protocol):
                 return
         else:
             tags = [f.delivery_tag]
-        self._reject(self._settle(tags, f.request_id), f.requeue)
+        entries = self._settle(tags, f.request_id)
+        if f.requeue and f.delay_ms > 0:
+            self._delay(entries, f.delay_ms)
+            return
+        self._reject(entries, f.requeue)
+
+    def _delay(self, entries: list[Unacked], delay_ms: int) -> None:
+        """nack with a delay: the messages come back to their queues after ``delay_ms``."""
+        by_queue: dict[Queue, list[Message]] = {}
+        for msg, queue, consumer in entries:
+            by_queue.setdefault(queue, []).append(msg)
+            if consumer is not None:
+                consumer.unacked -= 1
+                if consumer.active:
+                    queue.schedule_dispatch()
+        for queue, msgs in by_queue.items():
+            queue.delay(msgs, delay_ms)
 
     def _on_reject(self, f: F.Reject) -> None:
         self._reject(self._settle([f.delivery_tag], f.request_id), f.requeue)

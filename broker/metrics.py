@@ -140,12 +140,26 @@ class BrokerCollector:
         paged = GaugeMetricFamily(
             "wharf_queue_messages_paged", "Ready messages kept on disk.", labels=["queue"]
         )
+        delayed = GaugeMetricFamily(
+            "wharf_queue_messages_delayed",
+            "Messages waiting for a delayed retry.",
+            labels=["queue"],
+        )
+        retried = CounterMetricFamily(
+            "wharf_queue_messages_retried",
+            "Messages held back for a delayed retry (nack delay or x-retry-delays).",
+            labels=["queue"],
+        )
         for q in queues:
             for reason, n in getattr(q, "stats_dead_lettered", {}).items():
                 dead.add_metric([q.name, reason], n)
             expired.add_metric([q.name], getattr(q, "stats_expired", 0))
             dropped.add_metric([q.name], getattr(q, "stats_dropped", 0))
             paged.add_metric([q.name], getattr(q, "paged_count", 0))
+            delayed.add_metric([q.name], getattr(q, "delayed_count", 0))
+            retried.add_metric([q.name], getattr(q, "stats_retried", 0))
+        yield delayed
+        yield retried
         yield dead
         yield expired
         yield dropped

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .paging import PagedRow, PagedTail
 from .policies.arguments import QueueLimits, parse_queue_arguments
 from .policies.deadletter import DELIVERY_LIMIT, EXPIRED, MAXLEN
+from .policies.delayed import DelayedMessages
 from .policies.priority import PriorityReady, message_priority
 
 if TYPE_CHECKING:
@@ -167,6 +169,9 @@ class Queue:
         "stats_expired",
         "stats_dropped",
         "_prio",
+        "_delayed",
+        "_delay_timer",
+        "stats_retried",
     )
 
     def __init__(
@@ -222,6 +227,10 @@ class Queue:
         # x-max-priority: ready messages live in per-priority deques (never paged).
         mp = self.limits.max_priority
         self._prio: PriorityReady | None = PriorityReady(mp) if mp else None
+        # Delayed retry: rows of messages held back until their due time.
+        self._delayed = DelayedMessages()
+        self._delay_timer: asyncio.TimerHandle | None = None
+        self.stats_retried = 0
         # Highest position ever handed out (everything at or below it was delivered).
         self.max_delivered = -1
 
@@ -235,6 +244,10 @@ class Queue:
     def ready_count(self) -> int:
         prio = self._prio
         return len(self._ready) + len(self._requeued) + len(self._tail) + (len(prio) if prio else 0)
+
+    @property
+    def delayed_count(self) -> int:
+        return len(self._delayed)
 
     @property
     def pages(self) -> bool:
@@ -446,9 +459,115 @@ class Queue:
             self.forget(m)
 
     def reject(self, msgs: list[Message], reason: str) -> None:
-        """Delivered messages settled without requeue (nack/reject, delivery limit)."""
+        """Delivered messages settled without requeue (nack/reject, delivery limit).
+
+        With an x-retry-delays schedule, the n-th failure of a message is retried after
+        the n-th delay; past the schedule it is dead-lettered.
+        """
         self.unacked_count -= len(msgs)
-        self._dead_letter_or_drop(msgs, reason)
+        delays = self.limits.retry_delays_ms
+        if delays and self.store is not None:
+            later: list[Message] = []
+            for m in msgs:
+                attempt = m.delivery_count - 1
+                if 0 <= attempt < len(delays):
+                    self._hold(m, delays[attempt], self.limits.retry_jitter)
+                else:
+                    later.append(m)
+            msgs = later
+        if msgs:
+            self._dead_letter_or_drop(msgs, reason)
+
+    def delay(self, msgs: list[Message], delay_ms: int) -> None:
+        """nack with a delay: delivered messages come back after ``delay_ms``."""
+        self.unacked_count -= len(msgs)
+        if self.store is None or self.deleted:
+            self.unacked_count += len(msgs)
+            self.requeue(msgs)
+            return
+        for m in msgs:
+            self._hold(m, delay_ms, 0.0)
+
+    def _hold(self, msg: Message, delay_ms: int, jitter: float) -> None:
+        """Move a message's body to the store and keep only an index row until due."""
+        store = self.store
+        assert store is not None
+        spread = delay_ms * jitter
+        due = int(
+            time.time() * 1000 + delay_ms + (random.uniform(-spread, spread) if spread else 0)
+        )
+        old = msg.seg
+        seg, offset = store.append_messages(
+            self.uid,
+            msg.position,
+            msg.exchange,
+            msg.routing_key,
+            msg.properties,
+            (msg.body,),
+            msg.delivery_count,
+            durable=msg.persisted,
+            expires_at=msg.expires_at,
+        )
+        if old is not None:
+            store.moved(old, 1)
+        if msg.persisted:
+            store.delays(self.uid, msg.position, due)
+        row = PagedRow(
+            msg.position, seg.number, offset, 0, msg.delivery_count, len(msg.body),
+            msg.persisted, msg.expires_at,
+        )  # fmt: skip
+        self._delayed.add(delay_ms, row, due)
+        self.stats_retried += 1
+        if self._delay_timer is None:
+            self._schedule_delays()
+
+    def restore_delayed(self, row: PagedRow, due_ms: int) -> None:
+        """Recovery: a persistent message still waiting for its retry."""
+        self._delayed.add(0, row, due_ms)
+
+    def start_delays(self) -> None:
+        if len(self._delayed) and self._delay_timer is None:
+            self._schedule_delays()
+
+    def _schedule_delays(self) -> None:
+        due = self._delayed.next_due()
+        if due is None or self.deleted:
+            return
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        delay = max(0.0, due / 1000.0 - time.time())
+        self._delay_timer = loop.call_later(delay + 0.001, self._release_delayed)
+
+    def _release_delayed(self) -> None:
+        self._delay_timer = None
+        store = self.store
+        if self.deleted or store is None:
+            return
+        rows = self._delayed.pop_due(int(time.time() * 1000))
+        if rows:
+            cache: tuple[int, int, Any] = (-1, -1, None)
+            back: list[Message] = []
+            for row in rows:
+                if cache[0] != row.segment or cache[1] != row.offset:
+                    cache = (row.segment, row.offset, store.read_record(row.segment, row.offset))
+                p = cache[2]
+                m = Message(p[2], p[3], p[4], p[5][row.body_index], row.position)
+                m.delivery_count = row.delivery_count
+                m.seg = store.by_number.get(row.segment)
+                m.persisted = row.durable
+                m.expires_at = row.expires_at
+                back.append(m)
+            self.unacked_count += len(back)  # requeue() counts them out of "unacked"
+            self.requeue(back)
+        self._schedule_delays()
+
+    def drop_delayed(self) -> None:
+        store = self.store
+        for row in self._delayed.drain():
+            seg = store.by_number.get(row.segment) if store is not None else None
+            if store is not None and seg is not None:
+                store.settle(self.uid, row.position, seg, row.durable)
 
     def _pop_head(self) -> Message | None:
         """Remove the next ready message without delivering it (drop-head, expiry)."""
@@ -686,34 +805,39 @@ class Queue:
             if m.seg is old:
                 self.copy_forward(m)
                 moved += 1
-        tail = self._tail
-        number = old.number
-        if tail and number in tail.segment:
-            cache: tuple[int, Any] = (-1, None)
-            n_tail = 0
-            for i in tail.rows_in_segment(number):
-                off = tail.offset[i]
-                if cache[0] != off:
-                    cache = (off, store.read_record(number, off))
-                p = cache[1]
-                seg, new_off = store.append_messages(
-                    self.uid,
-                    tail.position[i],
-                    p[2],
-                    p[3],
-                    p[4],
-                    (p[5][tail.index[i]],),
-                    tail.count[i],
-                    durable=bool(tail.durable[i]),
-                    expires_at=tail.expires[i],
-                )
-                tail.segment[i] = seg.number
-                tail.offset[i] = new_off
-                tail.index[i] = 0
-                n_tail += 1
-            store.moved(old, n_tail)
-            moved += n_tail
+        for tail in (self._tail, *self._delayed.tails()):
+            moved += self._relocate_rows(tail, old)
         return moved
+
+    def _relocate_rows(self, tail: PagedTail, old: Segment) -> int:
+        store = self.store
+        number = old.number
+        if store is None or not tail or number not in tail.segment:
+            return 0
+        cache: tuple[int, Any] = (-1, None)
+        n_tail = 0
+        for i in tail.rows_in_segment(number):
+            off = tail.offset[i]
+            if cache[0] != off:
+                cache = (off, store.read_record(number, off))
+            p = cache[1]
+            seg, new_off = store.append_messages(
+                self.uid,
+                tail.position[i],
+                p[2],
+                p[3],
+                p[4],
+                (p[5][tail.index[i]],),
+                tail.count[i],
+                durable=bool(tail.durable[i]),
+                expires_at=tail.expires[i],
+            )
+            tail.segment[i] = seg.number
+            tail.offset[i] = new_off
+            tail.index[i] = 0
+            n_tail += 1
+        store.moved(old, n_tail)
+        return n_tail
 
     def _paging_resume(self) -> None:
         self._paging_wait = False

@@ -16,6 +16,7 @@ import fcntl
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -150,6 +151,7 @@ class Broker:
         store.open_for_append(rec.segments)
         for q in by_uid.values():
             q.start_expiry()
+            q.start_delays()
         store.listeners.append(self._store_committed)
         self.topology.on_change = self._save_definitions
         self.authenticator.users.on_change = self._save_definitions
@@ -175,11 +177,23 @@ class Broker:
         head: list[Message] = []
         paging = False
         cache: tuple[int, int, Any] = (-1, -1, None)
+        delayed = rec.delayed.get(uid, {})
+        now_ms = int(time.time() * 1000)
         for pos in sorted(stored):
             r = stored[pos]
             dc = r.delivery_count
             if pos <= delivered_up_to and dc < 1:
                 dc = 1  # handed out before the restart: redelivered next time
+            due = delayed.get(pos, 0)
+            if due > now_ms:
+                # Still waiting for a delayed retry: index row only, released when due.
+                q.restore_delayed(
+                    PagedRow(
+                        pos, r.segment.number, r.offset, r.index, dc, r.size, True, r.expires_at
+                    ),
+                    due,
+                )
+                continue
             used += r.size + MESSAGE_OVERHEAD_BYTES
             if q.pages and (paging or used > budget):
                 paging = True

@@ -279,6 +279,7 @@ class Topology:
 
     def delete_queue_object(self, q: Queue) -> int:
         n = q.purge()
+        q.drop_delayed()
         q.deleted = True
         self.queues.pop(q.name, None)
         for b in list(q.bindings):

@@ -85,11 +85,21 @@ class Message:
             else:
                 channel.ack(self.delivery_tag)
 
-    async def nack(self, requeue: bool = True, multiple: bool = False) -> None:
-        """Negatively acknowledge: requeue, or dead-letter/drop with ``requeue=False``."""
+    async def nack(self, requeue: bool = True, multiple: bool = False, delay_ms: int = 0) -> None:
+        """Negatively acknowledge: requeue, or dead-letter/drop with ``requeue=False``.
+
+        ``delay_ms`` (with ``requeue``): the broker keeps the message back that long before
+        it is ready again at its original position (Wharf's delayed retry).
+        """
         channel = self._channel
         if channel is not None:
-            channel.settle((F.NACK, channel.ack_id, self.delivery_tag, multiple, requeue))
+            if delay_ms:
+                frame: tuple[Any, ...] = (
+                    F.NACK, channel.ack_id, self.delivery_tag, multiple, requeue, delay_ms,
+                )  # fmt: skip
+            else:
+                frame = (F.NACK, channel.ack_id, self.delivery_tag, multiple, requeue)
+            channel.settle(frame)
 
     async def reject(self, requeue: bool = True) -> None:
         """Reject this one message (``nack`` without ``multiple``)."""

@@ -330,6 +330,7 @@ class Nack(NamedTuple):
     delivery_tag: int
     multiple: bool = False
     requeue: bool = True
+    delay_ms: int = 0  # with requeue: back in the queue after this long (Wharf)
 
 
 class Reject(NamedTuple):
@@ -471,7 +472,7 @@ _FIELD_TYPES: dict[Any, tuple[tuple[type, ...], ...]] = {
     Get: (_INT, _STR, _BOOL),
     GetOk: (_INT, (list, tuple, type(None)), _INT),
     Ack: (_INT, _INT, _BOOL),
-    Nack: (_INT, _INT, _BOOL, _BOOL),
+    Nack: (_INT, _INT, _BOOL, _BOOL, _INT),
     Reject: (_INT, _INT, _BOOL),
     AckMany: (_INT, _LIST),
     Blocked: (_INT, _STR),

@@ -13,6 +13,7 @@ from wharf.protocol.errors import InvalidArgument
 
 OVERFLOW_MODES: Final = ("drop-head", "reject-publish", "reject-publish-dlx")
 MAX_PRIORITY_LIMIT: Final = 255
+MAX_RETRY_DELAY_MS: Final = 7 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,11 @@ class QueueLimits:
     delivery_limit: int | None = None
     max_priority: int | None = None
     single_active_consumer: bool = False
+    # Wharf's delayed retry: on reject/nack without requeue, the n-th failure waits
+    # retry_delays_ms[n-1] (with +/- retry_jitter) and is redelivered; past the schedule
+    # the message is dead-lettered as usual.
+    retry_delays_ms: tuple[int, ...] = ()
+    retry_jitter: float = 0.0
 
     @property
     def bounded(self) -> bool:
@@ -76,7 +82,24 @@ def parse_queue_arguments(args: dict[str, Any] | None) -> QueueLimits:
             "queue argument x-single-active-consumer must be true or false",
             details={"argument": "x-single-active-consumer"},
         )
+    delays = args.get("x-retry-delays", [])
+    if not isinstance(delays, (list, tuple)) or not all(
+        type(d) is int and 0 <= d <= MAX_RETRY_DELAY_MS for d in delays
+    ):
+        raise InvalidArgument(
+            "queue argument x-retry-delays must be a list of integers "
+            f"0..{MAX_RETRY_DELAY_MS} (ms)",
+            details={"argument": "x-retry-delays"},
+        )
+    jitter = args.get("x-retry-jitter", 0.0)
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
+        raise InvalidArgument(
+            "queue argument x-retry-jitter must be a number 0..1",
+            details={"argument": "x-retry-jitter"},
+        )
     return QueueLimits(
+        retry_delays_ms=tuple(delays),
+        retry_jitter=float(jitter),
         dead_letter_exchange=_str(args, "x-dead-letter-exchange"),
         dead_letter_routing_key=_str(args, "x-dead-letter-routing-key"),
         message_ttl_ms=_int(args, "x-message-ttl", 0),

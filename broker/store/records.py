@@ -17,6 +17,7 @@ A segment file is a sequence of records::
     DELIVERED  [queue_uid, position]                   every position <= this one has
                                                        been handed to a consumer
     COUNTS     [queue_uid, [[position, delivery_count], ...]]   after requeues
+    DELAYS     [queue_uid, [[position, due_ms], ...]]   held for a delayed retry until due
 
 A message is identified by (queue_uid, position); the same message may appear in two
 segments after compaction copies it forward, and recovery keeps one copy.
@@ -35,7 +36,8 @@ MSGS: Final = 1
 ACKS: Final = 2
 DELIVERED: Final = 3
 COUNTS: Final = 4
-RECORD_TYPES: Final = frozenset((MSGS, ACKS, DELIVERED, COUNTS))
+DELAYS: Final = 5
+RECORD_TYPES: Final = frozenset((MSGS, ACKS, DELIVERED, COUNTS, DELAYS))
 # MSGS flags (the record's 8th field): bodies paged out of a long queue's memory that
 # are not persistent; recovery skips them.
 FLAG_TRANSIENT: Final = 0x01

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .records import ACKS, COUNTS, DELIVERED, FLAG_TRANSIENT, MSGS, scan
+from .records import ACKS, COUNTS, DELAYS, DELIVERED, FLAG_TRANSIENT, MSGS, scan
 from .segments import Segment, list_segments
 
 log = logging.getLogger("wharf.store")
@@ -43,6 +43,8 @@ class Recovered:
     delivered: dict[int, int] = field(default_factory=dict)
     # queue uid -> highest position any record names
     max_position: dict[int, int] = field(default_factory=dict)
+    # queue uid -> position -> epoch ms when a delayed retry is due
+    delayed: dict[int, dict[int, int]] = field(default_factory=dict)
     records: int = 0
     cut_bytes: int = 0
     seconds: float = 0.0
@@ -125,6 +127,11 @@ def recover(directory: Path) -> Recovered:
                     out.delivered[uid] = pos
                 if pos > max_pos.get(uid, -1):
                     max_pos[uid] = pos
+            elif rec.rtype == DELAYS:
+                uid, entries = p[:2]
+                qdelays = out.delayed.setdefault(uid, {})
+                for pos, due in entries:
+                    qdelays[pos] = due
             elif rec.rtype == COUNTS:
                 uid, counts = p[:2]
                 qmsgs = messages.get(uid)

@@ -33,6 +33,7 @@ from typing import Any, Final
 from .records import (
     ACKS,
     COUNTS,
+    DELAYS,
     DELIVERED,
     FLAG_TRANSIENT,
     HEADER,
@@ -240,6 +241,12 @@ class MessageStore:
 
     def delivered(self, queue_uid: int, position: int) -> None:
         self._watermarks[queue_uid] = position
+        if not self._scheduled:
+            self._schedule()
+
+    def delays(self, queue_uid: int, position: int, due_ms: int) -> None:
+        """A persistent message waits for a delayed retry until ``due_ms`` (epoch ms)."""
+        self._append(encode_record(DELAYS, (queue_uid, [[position, due_ms]])))
         if not self._scheduled:
             self._schedule()
 
