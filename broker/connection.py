@@ -37,6 +37,7 @@ from wharf.protocol.errors import (
 )
 
 from .policies.deadletter import REJECTED
+from .policies.registry import make_policy
 from .queues import Consumer, Message, Queue
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class Connection(asyncio.Protocol):
         self.peer = ""
         self.peer_host = ""
         self.username = ""
+        self.user_tags: tuple[str, ...] = ()
         self.client_properties: dict[str, Any] = {}
         self.authenticated = False
         self._auth_task: asyncio.Task[None] | None = None
@@ -124,6 +126,9 @@ class Connection(asyncio.Protocol):
             F.QUEUE_PURGE: self._on_queue_purge,
             F.QUEUE_DELETE: self._on_queue_delete,
             F.QUEUE_REPLAY: self._on_queue_replay,
+            F.POLICY_SET: self._on_policy_set,
+            F.POLICY_DELETE: self._on_policy_delete,
+            F.POLICY_LIST: self._on_policy_list,
             F.CLOSE: self._on_close,
             F.CLOSE_OK: self._on_close_ok,
         }
@@ -361,6 +366,7 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return
         self.username = user.name
+        self.user_tags = tuple(user.tags)
         self.client_properties = frame.client_properties or {}
         server_hb = self.settings.heartbeat_s
         client_hb = frame.heartbeat_s
@@ -944,6 +950,25 @@ class Connection(asyncio.Protocol):
             store.after_commit(lambda: self._ok(f.request_id, result))
             return
         self._ok(f.request_id, result)
+
+    # -- server-side policies ------------------------------------------------------
+
+    def _require_administrator(self) -> None:
+        if "administrator" not in self.user_tags:
+            raise AccessRefused(f"user '{self.username}' needs the administrator tag for this")
+
+    def _on_policy_set(self, f: F.PolicySet) -> None:
+        self._require_administrator()
+        policy = make_policy(f.name, f.pattern, f.definition, f.priority, f.apply_to)
+        self._ok(f.request_id, {"created": self.topology.set_policy(policy)})
+
+    def _on_policy_delete(self, f: F.PolicyDelete) -> None:
+        self._require_administrator()
+        self.topology.delete_policy(f.name)
+        self._ok(f.request_id)
+
+    def _on_policy_list(self, f: F.PolicyList) -> None:
+        self._ok(f.request_id, {"policies": [p.describe() for p in self.topology.policies.all()]})
 
     def _on_queue_delete(self, f: F.QueueDelete) -> None:
         n = self.topology.delete_queue(f.queue, self, f.if_unused, f.if_empty)

@@ -387,6 +387,32 @@ class Connection:
         frame = await self._request(F.QUEUE_REPLAY, queue, target, reason, limit, max_deaths)
         return int(_result(frame).get("moved", 0))
 
+    async def set_policy(
+        self,
+        name: str,
+        pattern: str,
+        definition: dict[str, Any],
+        *,
+        priority: int = 0,
+        apply_to: str = "queues",
+    ) -> bool:
+        """Create or replace a server-side queue policy (needs the administrator tag).
+
+        ``pattern`` is a regular expression searched in queue names; ``definition`` uses
+        RabbitMQ's keys (message-ttl, max-length, dead-letter-exchange, ...).  Returns True
+        if the policy is new.
+        """
+        frame = await self._request(F.POLICY_SET, name, pattern, definition, priority, apply_to)
+        return bool(_result(frame).get("created", False))
+
+    async def delete_policy(self, name: str) -> None:
+        await self._request(F.POLICY_DELETE, name)
+
+    async def list_policies(self) -> list[dict[str, Any]]:
+        frame = await self._request(F.POLICY_LIST)
+        policies = _result(frame).get("policies", [])
+        return list(policies) if isinstance(policies, list) else []
+
     async def delete_queue(self, name: str, if_unused: bool = False, if_empty: bool = False) -> int:
         """Delete a queue; returns how many messages it held."""
         frame = await self._request(F.QUEUE_DELETE, name, if_unused, if_empty)

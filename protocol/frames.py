@@ -42,6 +42,9 @@ QUEUE_UNBIND: Final = 22
 QUEUE_PURGE: Final = 23
 QUEUE_DELETE: Final = 24
 QUEUE_REPLAY: Final = 25
+POLICY_SET: Final = 26
+POLICY_DELETE: Final = 27
+POLICY_LIST: Final = 28
 PUBLISH: Final = 30
 PUBLISH_MANY: Final = 31
 CONFIRM: Final = 32
@@ -220,6 +223,26 @@ class QueueReplay(NamedTuple):
     max_deaths: int = 0  # only messages that died at most this many times there (0 = any)
 
 
+class PolicySet(NamedTuple):
+    """Create or replace a server-side queue policy (administrator only)."""
+
+    request_id: int
+    name: str
+    pattern: str
+    definition: dict[str, Any]
+    priority: int = 0
+    apply_to: str = "queues"
+
+
+class PolicyDelete(NamedTuple):
+    request_id: int
+    name: str
+
+
+class PolicyList(NamedTuple):
+    request_id: int
+
+
 class QueueDelete(NamedTuple):
     request_id: int
     queue: str
@@ -374,6 +397,9 @@ Frame = (
     | QueuePurge
     | QueueDelete
     | QueueReplay
+    | PolicySet
+    | PolicyDelete
+    | PolicyList
     | Publish
     | PublishMany
     | Confirm
@@ -413,6 +439,9 @@ TYPE_OF: Final[dict[type, int]] = {
     QueuePurge: QUEUE_PURGE,
     QueueDelete: QUEUE_DELETE,
     QueueReplay: QUEUE_REPLAY,
+    PolicySet: POLICY_SET,
+    PolicyDelete: POLICY_DELETE,
+    PolicyList: POLICY_LIST,
     Publish: PUBLISH,
     PublishMany: PUBLISH_MANY,
     Confirm: CONFIRM,
@@ -460,6 +489,9 @@ _FIELD_TYPES: dict[Any, tuple[tuple[type, ...], ...]] = {
     QueuePurge: (_INT, _STR),
     QueueDelete: (_INT, _STR, _BOOL, _BOOL),
     QueueReplay: (_INT, _STR, (str, type(None)), (str, type(None)), _INT, _INT),
+    PolicySet: (_INT, _STR, _STR, _MAP, _INT, _STR),
+    PolicyDelete: (_INT, _STR),
+    PolicyList: (_INT,),
     Publish: (_INT, _STR, _STR, _OPT_MAP, _BIN, _INT),
     PublishMany: (_INT, _STR, _STR, _OPT_MAP, _LIST, _INT),
     Confirm: (_INT, _INT),

@@ -321,3 +321,30 @@ async def test_ctl_policies_set_list_delete(broker: Broker) -> None:
     assert r.code == 0 and "policy ttl deleted" in r.out
     r = await run_ctl(broker, "policies", "delete", "ttl")
     assert r.code == 1 and "HTTP 404" in r.err
+
+
+async def test_policies_through_the_sdk(broker: Broker, conn: wharf.Connection) -> None:
+    await conn.declare_queue("sdkpol-dead")
+    await conn.declare_queue("sdkpol.work")
+    created = await conn.set_policy(
+        "sdk-ttl",
+        r"^sdkpol\.",
+        {"message-ttl": 20, "dead-letter-exchange": "", "dead-letter-routing-key": "sdkpol-dead"},
+        priority=3,
+    )
+    assert created is True
+    assert [p["name"] for p in await conn.list_policies()] == ["sdk-ttl"]
+    await conn.publish("", "sdkpol.work", b"expires")
+    got = None
+    for _ in range(200):
+        got = await conn.get("sdkpol-dead")
+        if got is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert got is not None and got.headers["x-death"][0]["reason"] == "expired"
+    await conn.delete_policy("sdk-ttl")
+    assert await conn.list_policies() == []
+    with pytest.raises(wharf.NotFound):
+        await conn.delete_policy("sdk-ttl")
+    with pytest.raises(wharf.InvalidArgument):
+        await conn.set_policy("bad", "(", {"message-ttl": 1})

@@ -61,6 +61,9 @@ SAMPLES: list[F.Frame] = [
     F.AckMany(13, [5, 6, 9]),
     F.Blocked(0, "memory"),
     F.QueueReplay(14, "dlq", None, "rejected", 10, 3),
+    F.PolicySet(15, "ttl", "^orders\\.", {"message-ttl": 1000}, 5, "queues"),
+    F.PolicyDelete(16, "ttl"),
+    F.PolicyList(17),
     F.Unblocked(0),
 ]
 
@@ -288,7 +291,7 @@ def test_documented_defaults(raw: list[Any], expected: F.Frame) -> None:
     assert F.parse(raw) == expected
 
 
-@pytest.mark.parametrize("ftype", [8, 9, 14, 26, 35, 46, 54, 99, 255, 70000, -1, 2**64 - 1])
+@pytest.mark.parametrize("ftype", [8, 9, 14, 29, 35, 46, 54, 99, 255, 70000, -1, 2**64 - 1])
 def test_unknown_frame_type(ftype: int) -> None:
     with pytest.raises(NotImplementedByBroker) as info:
         F.parse([ftype, 77, "whatever", {"a": 1}])
