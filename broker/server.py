@@ -144,6 +144,7 @@ class Broker:
         rec = recover(msg_dir)
         by_uid = {q.uid: q for q in self.topology.queues.values() if q.persist}
         dropped = drop_unknown_queues(rec, set(by_uid))
+        recovered_segments = len(rec.segments)
         store.adopt(rec.segments)
         restored = 0
         for uid, q in by_uid.items():
@@ -160,7 +161,7 @@ class Broker:
             "recovered %d durable queues, %d messages from %d segments (%d records) in %.3f s%s",
             len(by_uid),
             restored,
-            len(rec.segments),
+            recovered_segments,
             rec.records,
             rec.seconds,
             f"; {dropped} messages of deleted queues dropped" if dropped else "",
