@@ -41,6 +41,7 @@ from .policies.registry import make_policy
 from .queues import Consumer, Message, Queue
 
 if TYPE_CHECKING:
+    from .logs import TopicRegistry
     from .server import Broker
     from .store.segments import Segment
 
@@ -131,6 +132,15 @@ class Connection(asyncio.Protocol):
             F.POLICY_LIST: self._on_policy_list,
             F.CLOSE: self._on_close,
             F.CLOSE_OK: self._on_close_ok,
+            # --- log topics (broker/logs) ---
+            F.TOPIC_CREATE: self._on_topic_create,
+            F.TOPIC_DELETE: self._on_topic_delete,
+            F.TOPIC_DESCRIBE: self._on_topic_describe,
+            F.TOPIC_ALTER: self._on_topic_alter,
+            F.PRODUCE: self._on_produce,
+            F.FETCH: self._on_fetch,
+            F.LIST_OFFSETS: self._on_list_offsets,
+            # --- end log topics ---
         }
 
     # -- transport callbacks -------------------------------------------------------
@@ -973,6 +983,54 @@ class Connection(asyncio.Protocol):
     def _on_queue_delete(self, f: F.QueueDelete) -> None:
         n = self.topology.delete_queue(f.queue, self, f.if_unused, f.if_empty)
         self._ok(f.request_id, {"messages": n})
+
+    # -- log topics (broker/logs; docs/logs.md) ------------------------------------
+
+    def _topics(self) -> TopicRegistry:
+        logs = self.broker.logs
+        if logs is None:
+            raise CommandInvalid("log topics are not available before the broker has started")
+        return logs
+
+    def _on_topic_create(self, f: F.TopicCreate) -> None:
+        self._ok(f.request_id, self._topics().create(f.name, f.partitions, f.config))
+
+    def _on_topic_delete(self, f: F.TopicDelete) -> None:
+        self._topics().delete(f.name)
+        self._ok(f.request_id)
+
+    def _on_topic_describe(self, f: F.TopicDescribe) -> None:
+        self._ok(f.request_id, self._topics().get(f.name).describe())
+
+    def _on_topic_alter(self, f: F.TopicAlter) -> None:
+        self._ok(f.request_id, self._topics().alter(f.name, f.partitions))
+
+    def _on_produce(self, f: F.Produce) -> None:
+        part, base = self._topics().produce(f.topic, f.partition, f.records, f.acks)
+        result = {"partition": part.number, "base_offset": base}
+        if f.acks != "fsynced":
+            self._ok(f.request_id, result)
+            return
+        rid = f.request_id
+
+        def synced(fut: asyncio.Future[None]) -> None:
+            if self.closed:
+                return
+            exc = fut.exception()
+            if exc is None:
+                self._ok(rid, result)
+            elif isinstance(exc, WharfError):
+                self.send_error(rid, exc)
+            else:
+                self.send_error(rid, InternalError("fsync failed; the broker logged it"))
+
+        part.sync().add_done_callback(synced)
+
+    def _on_fetch(self, f: F.Fetch) -> None:
+        self._ok(f.request_id, self._topics().fetch(f.topic, f.partition, f.offset, f.max_bytes))
+
+    def _on_list_offsets(self, f: F.ListOffsets) -> None:
+        self._ok(f.request_id, self._topics().list_offsets(f.topic, f.partition))
 
     # -- close ---------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from .auth import Authenticator
 from .config import Settings, configure_logging
 from .connection import Connection
 from .http import start_http_server, stop_http_server
+from .logs import TopicRegistry  # log topics
 from .paging import PagedRow
 from .queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
 from .store.definitions import load_definitions, save_definitions
@@ -86,6 +87,7 @@ class Broker:
         self.data_path = settings.data_dir
         self._closed_waiters: set[asyncio.Future[None]] = set()
         self.store: MessageStore | None = None
+        self.logs: TopicRegistry | None = None  # log topics, opened in _recover()
         self.monitor: ResourceMonitor | None = None
         # Raised resource alarms ("memory", "disk"); publishers are blocked while non-empty.
         self.alarms: set[str] = set()
@@ -136,6 +138,7 @@ class Broker:
         )
         self.store = store
         self.topology.store = store
+        self.logs = TopicRegistry(Path(self.data_path) / "logs")  # log topics
         self.topology.memory_budget_bytes = self.settings.queue_memory_budget_bytes
         definitions = load_definitions(data)
         self.topology.load_definitions(definitions)
@@ -342,6 +345,9 @@ class Broker:
             except TimeoutError:
                 log.error("message store did not finish its last commit in time")
             self.store.close()
+        if self.logs is not None:  # log topics
+            self.logs.close()
+            self.logs = None
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

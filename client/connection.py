@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from wharf.protocol import frames as F
 from wharf.protocol.errors import ConnectionLost, ContentTooLarge, InvalidArgument, WharfError
@@ -587,6 +587,83 @@ class Connection:
             core.check_usable()
         return msg
 
+    # -- log topics (docs/logs.md) ----------------------------------------------------
+
+    async def create_topic(self, name: str, partitions: int = 1, **config: Any) -> dict[str, Any]:
+        """Create a log topic (a no-op if it exists with this partition count); returns
+        its description.  No topic settings are supported yet: passing any is an error."""
+        frame = await self._request(F.TOPIC_CREATE, name, partitions, config or None)
+        return _result(frame)
+
+    async def alter_topic(self, name: str, partitions: int) -> dict[str, Any]:
+        """Grow a topic to ``partitions`` partitions (it never shrinks)."""
+        return _result(await self._request(F.TOPIC_ALTER, name, partitions))
+
+    async def delete_topic(self, name: str) -> None:
+        await self._request(F.TOPIC_DELETE, name)
+
+    async def describe_topic(self, name: str) -> dict[str, Any]:
+        """``{"name", "partitions", "config", "offsets": [{"partition", "earliest",
+        "latest"}, ...]}``."""
+        return _result(await self._request(F.TOPIC_DESCRIBE, name))
+
+    async def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: dict[str, Any] | None = None,
+        partition: int | None = None,
+        acks: str = "written",
+        timestamp: int | None = None,
+    ) -> tuple[int, int]:
+        """Append one record; returns ``(partition, offset)``.  Without ``partition`` the
+        broker picks ``zlib.crc32(key) % partitions``, or round-robin without a key.
+        ``acks="fsynced"`` returns only once the record is on disk."""
+        return await self.produce_many(
+            topic,
+            [value],
+            key=key,
+            headers=headers,
+            partition=partition,
+            acks=acks,
+            timestamp=timestamp,
+        )
+
+    async def produce_many(
+        self,
+        topic: str,
+        values: Sequence[bytes],
+        key: bytes | None = None,
+        headers: dict[str, Any] | None = None,
+        partition: int | None = None,
+        acks: str = "written",
+        timestamp: int | None = None,
+    ) -> tuple[int, int]:
+        """Append ``values`` as one batch to one partition (all with the same key and
+        headers); returns ``(partition, offset of the first)``, the rest follow it."""
+        records = [[key, value, headers, timestamp] for value in values]
+        frame = await self._request(
+            F.PRODUCE, topic, -1 if partition is None else partition, records, acks
+        )
+        result = _result(frame)
+        return int(result["partition"]), int(result["base_offset"])
+
+    async def fetch(
+        self, topic: str, partition: int, offset: int, max_bytes: int = 1_048_576
+    ) -> list[Record]:
+        """Records of ``topic``/``partition`` from ``offset`` on (empty at the end)."""
+        frame = await self._request(F.FETCH, topic, partition, offset, max_bytes)
+        return [
+            Record(topic, partition, r[0], r[1], r[2], r[3] or {}, r[4])
+            for r in _result(frame).get("records", [])
+        ]
+
+    async def list_offsets(self, topic: str, partition: int) -> tuple[int, int]:
+        """``(earliest, latest)``; latest is the offset the next record will get."""
+        result = _result(await self._request(F.LIST_OFFSETS, topic, partition))
+        return int(result["earliest"]), int(result["latest"])
+
     async def rpc(
         self,
         exchange: str,
@@ -638,6 +715,18 @@ class Connection:
                 replies.waiters.pop(correlation_id, None)
             if fut.done() and not fut.cancelled():
                 fut.exception()  # retrieved, whichever way this call ended
+
+
+class Record(NamedTuple):
+    """One record read from a log topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: dict[str, Any]
+    timestamp: int  # epoch ms
 
 
 def _result(frame: list[Any]) -> dict[str, Any]:

@@ -62,6 +62,15 @@ REJECT: Final = 52
 ACK_MANY: Final = 53
 BLOCKED: Final = 60
 UNBLOCKED: Final = 61
+# --- log topics (broker/logs, docs/logs.md) ---
+TOPIC_CREATE: Final = 80
+TOPIC_DELETE: Final = 81
+TOPIC_DESCRIBE: Final = 82
+PRODUCE: Final = 83
+FETCH: Final = 84
+LIST_OFFSETS: Final = 85
+TOPIC_ALTER: Final = 86
+# --- end log topics ---
 
 # PUBLISH / PUBLISH_MANY flag bits.
 FLAG_MANDATORY: Final = 0x01
@@ -378,6 +387,60 @@ class Unblocked(NamedTuple):
     request_id: int
 
 
+# --- log topics ---
+class TopicCreate(NamedTuple):
+    request_id: int
+    name: str
+    partitions: int = 1
+    config: dict[str, Any] | None = None
+
+
+class TopicDelete(NamedTuple):
+    request_id: int
+    name: str
+
+
+class TopicDescribe(NamedTuple):
+    request_id: int
+    name: str
+
+
+class TopicAlter(NamedTuple):
+    """Grow a topic to ``partitions`` partitions (never shrinks)."""
+
+    request_id: int
+    name: str
+    partitions: int
+
+
+class Produce(NamedTuple):
+    """``records``: array of [key bin|nil, value bin, headers map|nil, timestamp int|nil];
+    ``partition`` -1 = by crc32(first key) % partitions, or round-robin without a key."""
+
+    request_id: int
+    topic: str
+    partition: int
+    records: list[Any]
+    acks: str = "written"
+
+
+class Fetch(NamedTuple):
+    request_id: int
+    topic: str
+    partition: int
+    offset: int
+    max_bytes: int = 1_048_576
+
+
+class ListOffsets(NamedTuple):
+    request_id: int
+    topic: str
+    partition: int
+
+
+# --- end log topics ---
+
+
 Frame = (
     Error
     | Hello
@@ -417,6 +480,13 @@ Frame = (
     | AckMany
     | Blocked
     | Unblocked
+    | TopicCreate
+    | TopicDelete
+    | TopicDescribe
+    | TopicAlter
+    | Produce
+    | Fetch
+    | ListOffsets
 )
 
 
@@ -459,6 +529,13 @@ TYPE_OF: Final[dict[type, int]] = {
     AckMany: ACK_MANY,
     Blocked: BLOCKED,
     Unblocked: UNBLOCKED,
+    TopicCreate: TOPIC_CREATE,
+    TopicDelete: TOPIC_DELETE,
+    TopicDescribe: TOPIC_DESCRIBE,
+    TopicAlter: TOPIC_ALTER,
+    Produce: PRODUCE,
+    Fetch: FETCH,
+    ListOffsets: LIST_OFFSETS,
 }
 
 
@@ -509,6 +586,13 @@ _FIELD_TYPES: dict[Any, tuple[tuple[type, ...], ...]] = {
     AckMany: (_INT, _LIST),
     Blocked: (_INT, _STR),
     Unblocked: (_INT,),
+    TopicCreate: (_INT, _STR, _INT, _OPT_MAP),
+    TopicDelete: (_INT, _STR),
+    TopicDescribe: (_INT, _STR),
+    TopicAlter: (_INT, _STR, _INT),
+    Produce: (_INT, _STR, _INT, _LIST, _STR),
+    Fetch: (_INT, _STR, _INT, _INT, _INT),
+    ListOffsets: (_INT, _STR, _INT),
 }
 
 

@@ -65,6 +65,13 @@ SAMPLES: list[F.Frame] = [
     F.PolicyDelete(16, "ttl"),
     F.PolicyList(17),
     F.Unblocked(0),
+    F.TopicCreate(18, "events", 6, {"future": 1}),
+    F.TopicDelete(19, "events"),
+    F.TopicDescribe(20, "events"),
+    F.TopicAlter(21, "events", 8),
+    F.Produce(22, "events", -1, [[b"k", b"v", {"h": "x"}, 1700000000000]], "fsynced"),
+    F.Fetch(23, "events", 2, 41, 65536),
+    F.ListOffsets(24, "events", 2),
 ]
 
 SAMPLE_IDS = [type(f).__name__ for f in SAMPLES]
@@ -291,7 +298,7 @@ def test_documented_defaults(raw: list[Any], expected: F.Frame) -> None:
     assert F.parse(raw) == expected
 
 
-@pytest.mark.parametrize("ftype", [8, 9, 14, 29, 35, 46, 54, 99, 255, 70000, -1, 2**64 - 1])
+@pytest.mark.parametrize("ftype", [8, 9, 14, 29, 35, 46, 54, 87, 99, 255, 70000, -1, 2**64 - 1])
 def test_unknown_frame_type(ftype: int) -> None:
     with pytest.raises(NotImplementedByBroker) as info:
         F.parse([ftype, 77, "whatever", {"a": 1}])
