@@ -82,6 +82,17 @@ class Message:
         self.expires_at = 0
 
 
+def message_from_row(payload: Any, row: PagedRow, store: MessageStore) -> Message:
+    """A packed index row (paged or delayed) back as a Message; ``payload`` is the MSGS
+    record that holds its body."""
+    m = Message(payload[2], payload[3], payload[4], payload[5][row.body_index], row.position)
+    m.delivery_count = row.delivery_count
+    m.seg = store.by_number.get(row.segment)
+    m.persisted = row.durable
+    m.expires_at = row.expires_at
+    return m
+
+
 class Consumer:
     __slots__ = (
         "tag",
@@ -551,13 +562,7 @@ class Queue:
             for row in rows:
                 if cache[0] != row.segment or cache[1] != row.offset:
                     cache = (row.segment, row.offset, store.read_record(row.segment, row.offset))
-                p = cache[2]
-                m = Message(p[2], p[3], p[4], p[5][row.body_index], row.position)
-                m.delivery_count = row.delivery_count
-                m.seg = store.by_number.get(row.segment)
-                m.persisted = row.durable
-                m.expires_at = row.expires_at
-                back.append(m)
+                back.append(message_from_row(cache[2], row, store))
             self.unacked_count += len(back)  # requeue() counts them out of "unacked"
             self.requeue(back)
         self._schedule_delays()
@@ -747,14 +752,7 @@ class Queue:
                     break  # still in the commit being written: try again after it
                 payload = store.read_record(row.segment, row.offset)
                 cache_key = key
-            m = Message(
-                payload[2], payload[3], payload[4], payload[5][row.body_index], row.position
-            )
-            m.delivery_count = row.delivery_count
-            m.seg = store.by_number.get(row.segment)
-            m.persisted = row.durable
-            m.expires_at = row.expires_at
-            ready.append(m)
+            ready.append(message_from_row(payload, row, store))
             self._head_bytes += row.size + MESSAGE_OVERHEAD_BYTES
             loaded += 1
         if loaded:
@@ -934,10 +932,7 @@ class Queue:
         for row in self._tail.peek(n - len(out)):
             if not store.readable(row.segment, row.offset):
                 break
-            p = store.read_record(row.segment, row.offset)
-            m = Message(p[2], p[3], p[4], p[5][row.body_index], row.position)
-            m.delivery_count = row.delivery_count
-            out.append(m)
+            out.append(message_from_row(store.read_record(row.segment, row.offset), row, store))
         return out
 
     def purge(self) -> int:
