@@ -498,15 +498,7 @@ class ManagementApi:
         s = b.settings
         stats = b.stats
         queues = list(b.queues.values())
-        counters = (
-            "published",
-            "delivered",
-            "acked",
-            "redelivered",
-            "unroutable",
-            "rejected",
-            "publish_nacked",
-        )
+        counters: tuple[str, ...] = type(stats).__slots__
         return 200, {
             "product": "wharf",
             "version": self.version,

@@ -759,25 +759,34 @@ class Connection(asyncio.Protocol):
                 raise ProtocolSyntaxError("AckMany.delivery_tags must be integers")
         self._apply_acks(self._settle(tags, f.request_id))
 
-    def _on_ack(self, f: F.Ack) -> None:
-        if f.multiple:
-            tags = self._tags_up_to(f.delivery_tag) if f.delivery_tag else list(self._unacked)
-            if not tags and f.delivery_tag:
-                self._unknown_tag(f.request_id, f.delivery_tag)
-                return
-        else:
-            tags = [f.delivery_tag]
-        self._apply_acks(self._settle(tags, f.request_id))
+    def _tags_for(self, ack_id: int, tag: int, multiple: bool) -> list[int] | None:
+        """The tags an ACK/NACK settles; None (after answering 407) if there are none."""
+        if not multiple:
+            return [tag]
+        tags = self._tags_up_to(tag) if tag else list(self._unacked)
+        if not tags and tag:
+            self._unknown_tag(ack_id, tag)
+            return None
+        return tags
 
-    def _reject(self, entries: list[Unacked], requeue: bool) -> None:
+    def _on_ack(self, f: F.Ack) -> None:
+        tags = self._tags_for(f.request_id, f.delivery_tag, f.multiple)
+        if tags is not None:
+            self._apply_acks(self._settle(tags, f.request_id))
+
+    def _release(self, entries: list[Unacked]) -> dict[Queue, list[Message]]:
+        """Return the consumers' credit for settled entries; messages grouped by queue."""
         by_queue: dict[Queue, list[Message]] = {}
         for msg, queue, consumer in entries:
             by_queue.setdefault(queue, []).append(msg)
             if consumer is not None:
                 consumer.unacked -= 1
-                if not requeue and consumer.active:
+                if consumer.active:
                     queue.schedule_dispatch()
-        for queue, msgs in by_queue.items():
+        return by_queue
+
+    def _reject(self, entries: list[Unacked], requeue: bool) -> None:
+        for queue, msgs in self._release(entries).items():
             if requeue:
                 queue.requeue(msgs)
             else:
@@ -786,13 +795,9 @@ class Connection(asyncio.Protocol):
             self.broker.stats.rejected += len(entries)
 
     def _on_nack(self, f: F.Nack) -> None:
-        if f.multiple:
-            tags = self._tags_up_to(f.delivery_tag) if f.delivery_tag else list(self._unacked)
-            if not tags and f.delivery_tag:
-                self._unknown_tag(f.request_id, f.delivery_tag)
-                return
-        else:
-            tags = [f.delivery_tag]
+        tags = self._tags_for(f.request_id, f.delivery_tag, f.multiple)
+        if tags is None:
+            return
         entries = self._settle(tags, f.request_id)
         if f.requeue and f.delay_ms > 0:
             self._delay(entries, f.delay_ms)
@@ -801,14 +806,7 @@ class Connection(asyncio.Protocol):
 
     def _delay(self, entries: list[Unacked], delay_ms: int) -> None:
         """nack with a delay: the messages come back to their queues after ``delay_ms``."""
-        by_queue: dict[Queue, list[Message]] = {}
-        for msg, queue, consumer in entries:
-            by_queue.setdefault(queue, []).append(msg)
-            if consumer is not None:
-                consumer.unacked -= 1
-                if consumer.active:
-                    queue.schedule_dispatch()
-        for queue, msgs in by_queue.items():
+        for queue, msgs in self._release(entries).items():
             queue.delay(msgs, delay_ms)
 
     def _on_reject(self, f: F.Reject) -> None:

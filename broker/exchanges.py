@@ -47,6 +47,16 @@ class Binding:
     def key(self) -> tuple[Any, ...]:
         return self._key
 
+    def describe(self) -> dict[str, Any]:
+        dest = self.destination
+        return {
+            "source": self.source.name,
+            "destination": dest.name,
+            "destination_type": "exchange" if isinstance(dest, Exchange) else "queue",
+            "routing_key": self.routing_key,
+            "arguments": self.arguments,
+        }
+
 
 def binding_key(
     destination: Any, routing_key: str, arguments: dict[str, Any] | None

@@ -507,20 +507,7 @@ class Queue:
         due = int(
             time.time() * 1000 + delay_ms + (random.uniform(-spread, spread) if spread else 0)
         )
-        old = msg.seg
-        seg, offset = store.append_messages(
-            self.uid,
-            msg.position,
-            msg.exchange,
-            msg.routing_key,
-            msg.properties,
-            (msg.body,),
-            msg.delivery_count,
-            durable=msg.persisted,
-            expires_at=msg.expires_at,
-        )
-        if old is not None:
-            store.moved(old, 1)
+        seg, offset = self._store_copy(msg)
         if msg.persisted:
             store.delays(self.uid, msg.position, due)
         row = PagedRow(
@@ -765,13 +752,13 @@ class Queue:
 
     # -- compaction -----------------------------------------------------------------
 
-    def copy_forward(self, msg: Message) -> None:
-        """Re-append a stored message to the active segment (compaction)."""
+    def _store_copy(self, msg: Message) -> tuple[Segment, int]:
+        """Append ``msg`` to the active segment as its own record; the old copy, if any,
+        is settled once the new one is on disk.  Returns (segment, offset)."""
         store = self.store
+        assert store is not None
         old = msg.seg
-        if store is None or old is None:
-            return
-        seg, _ = store.append_messages(
+        seg, offset = store.append_messages(
             self.uid,
             msg.position,
             msg.exchange,
@@ -782,8 +769,15 @@ class Queue:
             durable=msg.persisted,
             expires_at=msg.expires_at,
         )
-        msg.seg = seg
-        store.moved(old, 1)
+        if old is not None:
+            store.moved(old, 1)
+        return seg, offset
+
+    def copy_forward(self, msg: Message) -> None:
+        """Re-append a stored message to the active segment (compaction)."""
+        if self.store is None or msg.seg is None:
+            return
+        msg.seg = self._store_copy(msg)[0]
 
     def relocate(self, old: Segment) -> int:
         """Copy every ready message stored in ``old`` forward; returns how many."""

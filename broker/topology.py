@@ -481,17 +481,7 @@ class Topology:
             self.delete_exchange(source.name, if_unused=False)
 
     def bindings_of(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "source": ex.name,
-                "destination": b.destination.name,
-                "destination_type": "queue" if isinstance(b.destination, Queue) else "exchange",
-                "routing_key": b.routing_key,
-                "arguments": b.arguments,
-            }
-            for ex in self.exchanges.values()
-            for b in ex.bindings
-        ]
+        return [b.describe() for ex in self.exchanges.values() for b in ex.bindings]
 
     # -- durable definitions ---------------------------------------------------------
 
@@ -505,13 +495,7 @@ class Topology:
             {**q.describe_definition(), "uid": q.uid} for q in self.queues.values() if q.persist
         ]
         bindings = [
-            {
-                "source": b.source.name,
-                "destination": b.destination.name,
-                "destination_type": "queue" if isinstance(b.destination, Queue) else "exchange",
-                "routing_key": b.routing_key,
-                "arguments": b.arguments,
-            }
+            b.describe()
             for ex in self.exchanges.values()
             for b in ex.bindings
             if self._is_durable_binding(b)
