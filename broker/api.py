@@ -2,8 +2,9 @@
 
 http.py parses requests and hands every ``/api`` request to ``ManagementApi.handle``; this
 module authenticates (HTTP basic, the broker's users), routes, validates and answers.
-docs/management.md is the user-facing reference; ``GET /api/openapi.json`` (built by
-``openapi_document`` at the end of this module) describes every endpoint.
+Log topics and consumer groups are answered by api_logs.py, the request plumbing is in
+api_core.py.  docs/management.md is the user-facing reference; ``GET /api/openapi.json``
+(openapi.py) describes every endpoint.
 
 Rules:
 
@@ -21,12 +22,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
-import math
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -41,10 +39,26 @@ from wharf.protocol.errors import (
     WharfError,
 )
 
-from .policies.arguments import OVERFLOW_MODES  # server-side policies
+from .api_core import (
+    INTERNAL_ERROR_CODE,
+    JSON_CONTENT_TYPE,
+    MAX_PEEK_BODY_BYTES,
+    MAX_PEEK_COUNT,
+    METHOD_NOT_ALLOWED_CODE,
+    MSGPACK_INT_MAX,
+    ApiError,
+    Call,
+    Result,
+    Route,
+    dump_json,
+    http_status,
+    query_flag,
+)
+from .api_logs import LogsApi  # log topics and consumer groups
+from .exchanges import TopicTarget
+from .logs.routed import append_routed, routed_records, sync_in_background
+from .openapi import openapi_document
 from .policies.registry import (  # server-side policies
-    MAX_PATTERN_CHARS,
-    POLICY_KEYS,
     PRIORITY_MAX,
     PRIORITY_MIN,
     make_policy,
@@ -52,12 +66,6 @@ from .policies.registry import (  # server-side policies
 from .users import (
     ADMINISTRATOR_TAG,
     MAX_PASSWORD_CHARS,
-    MAX_TAG_CHARS,
-    MAX_TAGS_PER_USER,
-    MAX_USER_NAME_CHARS,
-    PASSWORD_HASH_PATTERN,
-    TAG_PATTERN,
-    USER_NAME_PATTERN,
     UserError,
     check_password_hash,
     check_tags,
@@ -73,48 +81,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wharf.api")
 
-JSON_CONTENT_TYPE: Final = "application/json"
 DEFAULT_EXCHANGE_ALIAS: Final = "amq.default"
-# Nesting depth allowed in request bodies (arguments, headers): deep JSON would make
-# the msgpack encoder or the definitions writer recurse without bound.
-MAX_BODY_DEPTH: Final = 32
-MAX_PEEK_COUNT: Final = 100
-# A peek stops adding messages once their bodies reach this many bytes (at least one).
-MAX_PEEK_BODY_BYTES: Final = 8 * 1024 * 1024
-# msgpack integers are 64-bit.
-MSGPACK_INT_MIN: Final = -(2**63)
-MSGPACK_INT_MAX: Final = 2**64 - 1
 AUTH_REALM: Final = 'Basic realm="wharf", charset="UTF-8"'
-
-# Wharf error code -> HTTP status; codes not listed are 400.
-_STATUS_BY_CODE: Final = {
-    311: 413,  # ContentTooLarge
-    403: 403,  # AccessRefused
-    404: 404,  # NotFound
-    405: 409,  # ResourceLocked: exclusive queue owned by a connection
-    406: 409,  # PreconditionFailed
-    506: 503,  # ResourceError: a limit, an alarm, or the store is unavailable
-    541: 500,  # InternalError
-}
-INTERNAL_ERROR_CODE: Final = 541
-METHOD_NOT_ALLOWED_CODE: Final = 540
-
-
-def http_status(code: int) -> int:
-    return _STATUS_BY_CODE.get(code, 400)
-
-
-class ApiError(Exception):
-    """An HTTP-level failure (401, 404 for a path, 405) with its Wharf code."""
-
-    def __init__(
-        self, status: int, code: int, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
 
 
 def wharf_version() -> str:
@@ -127,142 +95,6 @@ def wharf_version() -> str:
 # Stands in for "a connection" where topology methods check exclusive-queue ownership: it
 # owns nothing, so exclusive queues raise ResourceLocked and nothing is ever owned by it.
 _OPERATOR: Final = cast("Connection", object())
-
-
-# -- JSON in and out -------------------------------------------------------------------------
-
-
-def jsonable(value: Any, depth: int = 0) -> Any:
-    """Make broker values (msgpack-decoded: bytes, tuples, non-str keys, NaN) JSON-safe.
-
-    bytes become ``{"$bin": "<hex>"}`` as in definitions.json.
-    """
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if depth > MAX_BODY_DEPTH * 2:
-        return None
-    if isinstance(value, bytes):
-        return {"$bin": value.hex()}
-    if isinstance(value, dict):
-        return {
-            (k if isinstance(k, str) else json.dumps(jsonable(k, depth + 1))): jsonable(
-                v, depth + 1
-            )
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v, depth + 1) for v in value]
-    return str(value)
-
-
-def _dump(obj: Any) -> bytes:
-    return json.dumps(jsonable(obj), allow_nan=False).encode("utf-8")
-
-
-def check_wire_value(value: Any, where: str, depth: int = 0) -> None:
-    """Reject what msgpack cannot carry: ints beyond 64 bits, deep nesting, NaN."""
-    if depth > MAX_BODY_DEPTH:
-        raise InvalidArgument(f"{where}: nested deeper than {MAX_BODY_DEPTH} levels")
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidArgument(f"{where}: lone surrogate in a string") from None
-        return
-    if isinstance(value, bool) or value is None:
-        return
-    if isinstance(value, int):
-        if not MSGPACK_INT_MIN <= value <= MSGPACK_INT_MAX:
-            raise InvalidArgument(f"{where}: integer out of the 64-bit range")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidArgument(f"{where}: numbers must be finite")
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            check_wire_value(k, where, depth + 1)
-            check_wire_value(v, f"{where}.{k}", depth + 1)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            check_wire_value(v, f"{where}[{i}]", depth + 1)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_body(body: bytes) -> dict[str, Any]:
-    """The request body as a JSON object; an empty body is ``{}``."""
-    if not body.strip():
-        return {}
-    try:
-        doc = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise InvalidArgument("request body must be a JSON object (UTF-8)") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument("request body must be a JSON object")
-    check_wire_value(doc, "body")
-    return doc
-
-
-class Fields:
-    """Typed access to a JSON object's fields; unknown fields are an error (typos)."""
-
-    def __init__(self, doc: dict[str, Any], allowed: tuple[str, ...]) -> None:
-        for key in doc:
-            if key not in allowed:
-                raise InvalidArgument(
-                    f"unknown field {key!r}; expected one of: {', '.join(allowed)}",
-                    details={"argument": key},
-                )
-        self.doc = doc
-
-    def _bad(self, key: str, what: str) -> WharfError:
-        return InvalidArgument(f"field {key!r} must be {what}", details={"argument": key})
-
-    def flag(self, key: str, default: bool = False) -> bool:
-        v = self.doc.get(key, default)
-        if type(v) is not bool:
-            raise self._bad(key, "true or false")
-        return v
-
-    def text(self, key: str, default: str | None = None) -> str:
-        v = self.doc.get(key, default)
-        if v is None:
-            raise InvalidArgument(f"field {key!r} is required", details={"argument": key})
-        if type(v) is not str:
-            raise self._bad(key, "a string")
-        return v
-
-    def opt_text(self, key: str) -> str | None:
-        return self.text(key) if key in self.doc else None
-
-    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
-        v = self.doc.get(key, default)
-        if type(v) is not int or not lo <= v <= hi:
-            raise self._bad(key, f"an integer {lo}..{hi}")
-        return v
-
-    def obj(self, key: str) -> dict[str, Any]:
-        v = self.doc.get(key)
-        if v is None:
-            return {}
-        if not isinstance(v, dict):
-            raise self._bad(key, "an object")
-        return v
-
-
-def _query_flag(query: Mapping[str, str], key: str) -> bool:
-    raw = query.get(key)
-    if raw is None:
-        return False
-    value = raw.lower()
-    if value in ("", "true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    raise InvalidArgument(f"query parameter {key!r} must be true or false")
 
 
 def _check_properties(props: dict[str, Any], username: str) -> None:
@@ -298,46 +130,6 @@ def _check_properties(props: dict[str, Any], username: str) -> None:
     hdrs = props.get("headers")
     if hdrs is not None and not isinstance(hdrs, dict):
         raise InvalidArgument("property 'headers' must be an object")
-
-
-# -- requests --------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Call:
-    """One authenticated, routed request."""
-
-    user: StoredUser
-    params: list[str]
-    query: dict[str, str]
-    body: bytes
-
-    def json(self, allowed: tuple[str, ...]) -> Fields:
-        return Fields(parse_body(self.body), allowed)
-
-
-Result = tuple[int, Any]
-Handler = Callable[[Call], Awaitable[Result]]
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    method: str
-    path: tuple[str, ...]  # literal segments, or "{...}" for a parameter
-    handler: Handler
-    admin: bool = False  # needs the administrator tag
-    query: tuple[str, ...] = field(default=())
-
-    def match(self, segments: list[str]) -> list[str] | None:
-        if len(segments) != len(self.path):
-            return None
-        params: list[str] = []
-        for pattern, seg in zip(self.path, segments, strict=True):
-            if pattern.startswith("{"):
-                params.append(seg)
-            elif pattern != seg:
-                return None
-        return params
 
 
 def build_api(broker: object) -> ManagementApi | None:
@@ -384,6 +176,7 @@ class ManagementApi:
             r("GET", ("policies", "{name}"), self.get_policy),
             r("PUT", ("policies", "{name}"), self.put_policy, True),
             r("DELETE", ("policies", "{name}"), self.delete_policy, True),
+            *LogsApi(broker).routes(),  # log topics and consumer groups
         ]
 
     # -- entry point ---------------------------------------------------------------------
@@ -400,7 +193,7 @@ class ManagementApi:
         """Answer one /api request: (status, content type, body, extra headers)."""
         try:
             status, result = await self._dispatch(method, path, query, headers, body, peer_host)
-            return status, JSON_CONTENT_TYPE, _dump(result), {}
+            return status, JSON_CONTENT_TYPE, dump_json(result), {}
         except ApiError as exc:
             return self._error(exc.status, exc.code, exc.message, exc.headers)
         except WharfError as exc:
@@ -416,7 +209,7 @@ class ManagementApi:
     def _error(
         status: int, code: int, message: str, headers: dict[str, str] | None = None
     ) -> tuple[int, str, bytes, dict[str, str]]:
-        body = _dump({"error": message, "code": code})
+        body = dump_json({"error": message, "code": code})
         return status, JSON_CONTENT_TYPE, body, headers or {}
 
     async def _dispatch(
@@ -508,6 +301,7 @@ class ManagementApi:
                 "queues": len(queues),
                 "exchanges": len(b.exchanges),
                 "consumers": b.consumer_count,
+                "topics": len(b.logs.topics) if b.logs is not None else 0,
             },
             "queue_totals": {
                 "messages_ready": sum(q.ready_count for q in queues),
@@ -564,8 +358,8 @@ class ManagementApi:
         n = self.broker.topology.delete_queue(
             call.params[0],
             _OPERATOR,
-            _query_flag(call.query, "if_unused"),
-            _query_flag(call.query, "if_empty"),
+            query_flag(call.query, "if_unused"),
+            query_flag(call.query, "if_empty"),
         )
         return 200, {"messages": n}
 
@@ -652,7 +446,7 @@ class ManagementApi:
 
     async def delete_exchange(self, call: Call) -> Result:
         name = self._exchange_name(call.params[0])
-        self.broker.topology.delete_exchange(name, _query_flag(call.query, "if_unused"))
+        self.broker.topology.delete_exchange(name, query_flag(call.query, "if_unused"))
         return 200, {}
 
     async def publish(self, call: Call) -> Result:
@@ -685,13 +479,20 @@ class ManagementApi:
         if persistent and store is not None and store.failed is not None:
             raise ResourceError(f"message store unavailable: {store.failed}")
         properties = props or None
-        queues = b.topology.route(ex, routing_key, props.get("headers"))
+        topics: list[TopicTarget] = []
+        queues = b.topology.route(ex, routing_key, props.get("headers"), topics)
+        if topics:  # log topics bound to the exchange (docs/logs.md)
+            assert b.logs is not None
+            records = routed_records(ex.name, routing_key, properties, (body,))
+            parts = append_routed(b.logs, topics, records, persistent=persistent)
+            if persistent:
+                sync_in_background(parts, "HTTP publish")
         b.stats.published += 1
         for q in queues:
             q.enqueue_many(ex.name, routing_key, properties, (body,), persistent)
-        if not queues:
+        if not queues and not topics:
             b.stats.unroutable += 1
-        return 200, {"routed": bool(queues)}
+        return 200, {"routed": bool(queues or topics)}
 
     # -- bindings ------------------------------------------------------------------------
 
@@ -703,31 +504,45 @@ class ManagementApi:
         "arguments",
     )
 
-    def _binding_args(self, call: Call) -> tuple[Queue | Exchange, str, str, dict[str, Any]]:
+    def _binding_args(
+        self, call: Call
+    ) -> tuple[Queue | Exchange | TopicTarget, str, str, dict[str, Any]]:
         f = call.json(self._BINDING_FIELDS)
         source = self._exchange_name(f.text("source"))
         dest_name = f.text("destination")
         dest_type = f.text("destination_type", "queue")
         topology = self.broker.topology
-        dest: Queue | Exchange
+        dest: Queue | Exchange | TopicTarget
         if dest_type == "queue":
             dest = topology.get_queue(dest_name, _OPERATOR)
         elif dest_type == "exchange":
             dest = topology.get_exchange(self._exchange_name(dest_name))
+        elif dest_type == "topic":
+            dest = topology.topic_destination(dest_name)
         else:
-            raise InvalidArgument("field 'destination_type' must be 'queue' or 'exchange'")
+            raise InvalidArgument("field 'destination_type' must be 'queue', 'exchange' or 'topic'")
         return dest, source, f.text("routing_key", ""), f.obj("arguments")
 
     @staticmethod
     def _describe_binding(
-        dest: Queue | Exchange, source: str, routing_key: str, arguments: dict[str, Any]
+        dest: Queue | Exchange | TopicTarget,
+        source: str,
+        routing_key: str,
+        arguments: dict[str, Any],
     ) -> dict[str, Any]:
         from .queues import Queue
 
+        kind = (
+            "queue"
+            if isinstance(dest, Queue)
+            else "topic"
+            if isinstance(dest, TopicTarget)
+            else "exchange"
+        )
         return {
             "source": source,
             "destination": dest.name,
-            "destination_type": "queue" if isinstance(dest, Queue) else "exchange",
+            "destination_type": kind,
             "routing_key": routing_key,
             "arguments": arguments,
         }
@@ -907,296 +722,3 @@ def _encode_payload(body: bytes, encoding: str) -> tuple[str, str]:
         except UnicodeDecodeError:
             pass
     return base64.b64encode(body).decode("ascii"), "base64"
-
-
-# -- OpenAPI 3 document ----------------------------------------------------------------------
-# Written by hand next to the handlers; tests/integration/test_openapi.py runs schemathesis
-# against it, so a handler and its description cannot drift apart unnoticed.  Schemas use a
-# short notation: "field:t" with t = s(tring) b(oolean) i(nteger) m(ap) l(ist of strings);
-# a trailing "!" marks a required field.
-
-_TYPES: Final[dict[str, dict[str, Any]]] = {
-    "s": {"type": "string"},
-    "b": {"type": "boolean"},
-    "i": {"type": "integer"},
-    "m": {"type": "object"},
-    "l": {"type": "array", "items": {"type": "string"}},
-}
-
-
-def _schema(fields: str, *, closed: bool = False, **special: Any) -> dict[str, Any]:
-    props: dict[str, Any] = {}
-    required: list[str] = []
-    for item in fields.split():
-        name, _, kind = item.partition(":")
-        if kind.endswith("!"):
-            kind = kind[:-1]
-            required.append(name)
-        props[name] = dict(_TYPES[kind])
-    for name, extra in special.items():
-        props[name] = {**props.get(name, {}), **extra}
-    out: dict[str, Any] = {"type": "object", "properties": props}
-    if required:
-        out["required"] = required
-    if closed:
-        out["additionalProperties"] = False
-    return out
-
-
-def _enum(*values: Any) -> dict[str, Any]:
-    return {"enum": list(values)}
-
-
-def _apply_to_queues(schema: dict[str, Any]) -> dict[str, Any]:
-    """Server-side policies: "apply-to" (not a Python name) is "queues" only."""
-    schema["properties"]["apply-to"].update(_enum("queues"))
-    return schema
-
-
-_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
-    "Error": _schema("error:s! code:i!"),
-    "Empty": _schema(""),
-    "Overview": _schema(
-        "product:s version:s! ready:b object_totals:m! queue_totals:m! message_stats:m! "
-        "alarms:l! listeners:m!",
-        listeners={"type": "array", "items": _schema("protocol:s host:s port:i")},
-    ),
-    "WhoAmI": _schema("name:s! tags:l!"),
-    "Queue": _schema(
-        "name:s! durable:b! exclusive:b auto_delete:b! arguments:m! messages_ready:i! "
-        "messages_unacked:i consumers:i! policy:s effective_arguments:m",
-        policy={"nullable": True},
-    ),
-    "QueueDeclare": _schema(
-        "durable:b auto_delete:b exclusive:b arguments:m", closed=True, exclusive=_enum(False)
-    ),
-    "MessageCount": _schema("messages:i!"),
-    "Moved": _schema("moved:i!"),
-    "ReplayRequest": _schema(
-        "target:s reason:s limit:i max_deaths:i",
-        closed=True,
-        limit={"minimum": 0, "maximum": MSGPACK_INT_MAX},
-        max_deaths={"minimum": 0, "maximum": MSGPACK_INT_MAX},
-    ),
-    "PeekRequest": _schema(
-        "count:i encoding:s truncate:i",
-        closed=True,
-        count={"minimum": 1, "maximum": MAX_PEEK_COUNT},
-        encoding=_enum("auto", "base64"),
-        truncate={"minimum": 0, "maximum": MSGPACK_INT_MAX},
-    ),
-    "PeekedMessage": _schema(
-        "payload:s! payload_encoding:s! payload_bytes:i! exchange:s! routing_key:s! "
-        "properties:m! redelivered:b! delivery_count:i!",
-        payload_encoding=_enum("string", "base64"),
-    ),
-    "Exchange": _schema("name:s! type:s! durable:b! auto_delete:b! internal:b! arguments:m!"),
-    "ExchangeDeclare": _schema(
-        "type:s! durable:b auto_delete:b internal:b arguments:m",
-        closed=True,
-        type=_enum("direct", "fanout", "topic", "headers"),
-    ),
-    "Publish": _schema(
-        "routing_key:s payload:s! payload_encoding:s properties:m",
-        closed=True,
-        payload_encoding=_enum("string", "base64"),
-        properties=_schema(
-            "headers:m content_type:s content_encoding:s message_id:s correlation_id:s "
-            "reply_to:s timestamp:i type:s app_id:s user_id:s persistent:b priority:i "
-            "expiration:i",
-            priority={"minimum": 0, "maximum": 255},
-            expiration={"minimum": 0},
-        ),
-    ),
-    "Routed": _schema("routed:b!"),
-    "Binding": _schema(
-        "source:s! destination:s! destination_type:s routing_key:s arguments:m",
-        closed=True,
-        destination={"minLength": 1, "maxLength": 255},
-        destination_type=_enum("queue", "exchange"),
-    ),
-    "Connection": _schema(
-        "name:s! peer:s! user:s! state:s! heartbeat_s:i consumers:i unacked:i client_properties:m",
-        state=_enum("starting", "open", "closing"),
-    ),
-    "Consumer": _schema(
-        "consumer_tag:s! queue:s! connection:s! prefetch:i no_ack:b exclusive:b unacked:i "
-        "arguments:m"
-    ),
-    "User": _schema("name:s! tags:l! source:s!", source=_enum("builtin", "config", "runtime")),
-    "UserPut": {
-        **_schema(
-            "password:s password_hash:s",
-            closed=True,
-            password={"minLength": 1, "maxLength": MAX_PASSWORD_CHARS},
-            password_hash={"pattern": PASSWORD_HASH_PATTERN},
-            tags={
-                "oneOf": [
-                    {
-                        "type": "array",
-                        "maxItems": MAX_TAGS_PER_USER,
-                        "items": {
-                            "type": "string",
-                            "maxLength": MAX_TAG_CHARS,
-                            "pattern": TAG_PATTERN,
-                        },
-                    },
-                    # "a,b": at most MAX_TAGS_PER_USER tags fit in this length.
-                    {
-                        "type": "string",
-                        "maxLength": 2 * MAX_TAGS_PER_USER,
-                        "pattern": r"^[^\u0000-\u001f\u007f]*$",
-                    },
-                ]
-            },
-        ),
-        "not": {"required": ["password", "password_hash"]},
-    },
-    "UserDeleted": _schema("connections_closed:i!"),
-    # server-side policies
-    "Policy": _apply_to_queues(_schema("name:s! pattern:s! definition:m! priority:i! apply-to:s!")),
-    "PolicyPut": _apply_to_queues(
-        _schema(
-            "pattern:s! definition:m! priority:i apply-to:s",
-            closed=True,
-            pattern={"maxLength": MAX_PATTERN_CHARS, "format": "regex"},
-            priority={"minimum": PRIORITY_MIN, "maximum": PRIORITY_MAX},
-            definition={
-                "minProperties": 1,
-                "additionalProperties": False,
-                "properties": {
-                    k: (
-                        {"type": "string"}
-                        if k in ("dead-letter-exchange", "dead-letter-routing-key")
-                        else {"enum": list(OVERFLOW_MODES)}
-                        if k == "overflow"
-                        else {
-                            "type": "integer",
-                            "minimum": 1 if k == "expires" else 0,
-                            "maximum": 2**63 - 1,
-                        }
-                    )
-                    for k in POLICY_KEYS
-                },
-            },
-        )
-    ),
-}
-
-_ERRORS: Final = {
-    "400": "Bad request: malformed body, unknown field, bad value (code 400).",
-    "401": "Missing or wrong credentials (HTTP basic).",
-    "403": "Not permitted: needs the administrator tag, or a reserved name (code 403).",
-    "404": "No such queue, exchange, binding, connection or user (code 404).",
-    "409": "Precondition failed (406) or exclusive queue owned by a connection (405).",
-    "413": "Request body over 1 MiB, or message over max_message_bytes (code 311).",
-    "503": "Resource alarm or message store unavailable (code 506).",
-}
-
-# method, path, success status, response schema ([X]: array of X), request body schema,
-# boolean query flags, summary.  201 answers also allow 200 (already existed).
-_OPERATIONS: Final = """
-GET    /overview                 200 Overview      -               -  Broker version, totals, counters, alarms, listeners.
-GET    /whoami                   200 WhoAmI        -               -  The authenticated user.
-GET    /openapi.json             200 -             -               -  This document.
-GET    /queues                   200 [Queue]       -               -  All queues.
-GET    /queues/{name}            200 Queue         -               -  One queue.
-PUT    /queues/{name}            201 Queue         QueueDeclare    -  Declare a queue.
-DELETE /queues/{name}            200 MessageCount  -  if_unused,if_empty  Delete a queue.
-DELETE /queues/{name}/contents   200 MessageCount  -               -  Purge ready messages.
-POST   /queues/{name}/get        200 [PeekedMessage] PeekRequest   -  Peek without consuming.
-POST   /queues/{name}/replay     200 Moved         ReplayRequest   -  Move dead-lettered messages back where they died.
-GET    /exchanges                200 [Exchange]    -               -  All exchanges.
-GET    /exchanges/{name}         200 Exchange      -               -  One exchange (amq.default: the default).
-PUT    /exchanges/{name}         201 Exchange      ExchangeDeclare -  Declare an exchange.
-DELETE /exchanges/{name}         200 Empty         -       if_unused  Delete an exchange.
-POST   /exchanges/{name}/publish 200 Routed        Publish         -  Publish a test message.
-GET    /bindings                 200 [Binding]     -               -  All bindings.
-POST   /bindings                 201 Binding       Binding         -  Bind.
-DELETE /bindings                 200 Binding       Binding         -  Unbind (404 if not bound).
-GET    /connections              200 [Connection]  -               -  Client connections.
-GET    /connections/{name}       200 Connection    -               -  One connection.
-DELETE /connections/{name}       200 Empty         -               -  Close a connection (320).
-GET    /consumers                200 [Consumer]    -               -  All consumers.
-GET    /users                    200 [User]        -               -  Users (administrators only).
-GET    /users/{name}             200 User          -               -  One user (administrators only).
-PUT    /users/{name}             201 User          UserPut         -  Create or change a user.
-DELETE /users/{name}             200 UserDeleted   -               -  Delete a user, close its connections.
-GET    /policies                 200 [Policy]      -               -  Server-side queue policies.
-GET    /policies/{name}          200 Policy        -               -  One policy.
-PUT    /policies/{name}          201 Policy        PolicyPut       -  Create or replace a policy; applies to existing queues at once.
-DELETE /policies/{name}          200 Empty         -               -  Delete a policy; its queues fall back to their own arguments.
-"""  # noqa: E501
-
-
-def _result_schema(name: str) -> dict[str, Any]:
-    if name == "-":
-        return {"type": "object"}
-    if name.startswith("["):
-        return {"type": "array", "items": _ref(name[1:-1])}
-    return _ref(name)
-
-
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def openapi_document(api_version: str) -> dict[str, Any]:
-    paths: dict[str, dict[str, Any]] = {}
-    error = {"content": {JSON_CONTENT_TYPE: {"schema": _ref("Error")}}}
-    name_param = {
-        "name": "name",
-        "in": "path",
-        "required": True,
-        "description": "Percent-encoded name (amq.default: the default exchange).",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-    }
-    user_param = {
-        **name_param,
-        "description": "Percent-encoded user name.",
-        "schema": {
-            "type": "string",
-            "maxLength": MAX_USER_NAME_CHARS,
-            "pattern": USER_NAME_PATTERN,
-        },
-    }
-    for line in _OPERATIONS.strip().splitlines():
-        method, path, ok, result, body, flags, summary = line.split(maxsplit=6)
-        success = {"content": {JSON_CONTENT_TYPE: {"schema": _result_schema(result)}}}
-        responses: dict[str, Any] = {ok: {"description": "Success", **success}}
-        if ok == "201":
-            responses["200"] = {"description": "Already there (unchanged)", **success}
-        responses.update({k: {"description": v, **error} for k, v in _ERRORS.items()})
-        params: list[dict[str, Any]] = []
-        if "{name}" in path:
-            params.append(user_param if path.startswith("/users/") else name_param)
-        if flags != "-":
-            params += [
-                {"name": f, "in": "query", "required": False, "schema": _TYPES["b"]}
-                for f in flags.split(",")
-            ]
-        op_id = method.lower() + path.replace("{name}", "name").replace("/", "_").replace(".", "_")
-        op: dict[str, Any] = {"summary": summary, "operationId": op_id, "responses": responses}
-        if params:
-            op["parameters"] = params
-        if body != "-":
-            op["requestBody"] = {
-                "required": "required" in _SCHEMAS[body],
-                "content": {JSON_CONTENT_TYPE: {"schema": _ref(body)}},
-            }
-        paths.setdefault("/api" + path, {})[method.lower()] = op
-    return {
-        "openapi": "3.0.3",
-        "info": {
-            "title": "Wharf management API",
-            "version": api_version,
-            "description": "See docs/management.md.  Reads need any user; writes and the "
-            "user endpoints need the administrator tag.",
-        },
-        "security": [{"basic": []}],
-        "paths": paths,
-        "components": {
-            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
-            "schemas": _SCHEMAS,
-        },
-    }

@@ -58,6 +58,16 @@ DEFAULT_SEGMENT_BYTES: Final = 64 * MIB
 DEFAULT_MEMORY_HIGH_WATERMARK: Final = 0.4
 DEFAULT_QUEUE_MEMORY_BUDGET_BYTES: Final = 128 * MIB
 DEFAULT_DISK_FREE_LIMIT_BYTES: Final = 50_000_000
+# As Kafka's log.cleaner.backoff.ms: how often the log cleaner looks for work.
+DEFAULT_LOG_CLEANER_INTERVAL_MS: Final = 15_000
+# As Kafka's log.retention.check.interval.ms.
+DEFAULT_LOG_RETENTION_CHECK_INTERVAL_MS: Final = 300_000
+# Consumer groups, as Kafka's group.initial.rebalance.delay.ms,
+# group.min/max.session.timeout.ms and offsets.retention.minutes.
+DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS: Final = 3_000
+DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS: Final = 6_000
+DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS: Final = 1_800_000
+DEFAULT_OFFSETS_RETENTION_MS: Final = 7 * 86_400_000
 
 # The frame length prefix is a u32; nothing larger can be framed.
 MAX_FRAME_BYTES_LIMIT: Final = 2**32 - 1
@@ -112,6 +122,20 @@ class Settings:
     # disk with only a packed index in memory (see docs/storage.md, "Long queues").
     queue_memory_budget_bytes: int = DEFAULT_QUEUE_MEMORY_BUDGET_BYTES
     disk_free_limit_bytes: int = DEFAULT_DISK_FREE_LIMIT_BYTES
+    # Log topics with cleanup_policy "compact": the cleaner checks one partition at a
+    # time, at most this often (docs/logs.md, "Compaction").
+    log_cleaner_interval_ms: int = DEFAULT_LOG_CLEANER_INTERVAL_MS
+    # Log topics: how often partitions are checked for segments past their retention
+    # (and idle active segments past segment_ms are rolled); docs/logs.md, "Retention".
+    log_retention_check_interval_ms: int = DEFAULT_LOG_RETENTION_CHECK_INTERVAL_MS
+    # Consumer groups (docs/logs.md, "Consumer groups: broker semantics"): a join to an
+    # empty group waits this long for more members; session timeouts asked by members
+    # must lie within the bounds; a group without members loses its committed offsets
+    # this long after it became empty.
+    group_initial_rebalance_delay_ms: int = DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS
+    group_min_session_timeout_ms: int = DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS
+    group_max_session_timeout_ms: int = DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS
+    offsets_retention_ms: int = DEFAULT_OFFSETS_RETENTION_MS
 
     @property
     def http_bind_host(self) -> str:
@@ -242,6 +266,12 @@ _CHECKS: Final[dict[str, _Check]] = {
     "memory_high_watermark": _float_check(0.0, allow_equal=False),
     "queue_memory_budget_bytes": _int_check(0),
     "disk_free_limit_bytes": _int_check(0),
+    "log_cleaner_interval_ms": _int_check(10, 86_400_000),
+    "log_retention_check_interval_ms": _int_check(10, 86_400_000),
+    "group_initial_rebalance_delay_ms": _int_check(0, 3_600_000),
+    "group_min_session_timeout_ms": _int_check(1, 86_400_000),
+    "group_max_session_timeout_ms": _int_check(1, 86_400_000),
+    "offsets_retention_ms": _int_check(1),
 }
 assert set(_CHECKS) == {f.name for f in dataclasses.fields(Settings)}
 
@@ -306,6 +336,11 @@ def validate_settings(settings: Settings) -> Settings:
         raise ConfigError(
             f"max_message_bytes ({settings.max_message_bytes}) must not exceed "
             f"max_frame_bytes ({settings.max_frame_bytes}): a message travels in one frame"
+        )
+    if settings.group_min_session_timeout_ms > settings.group_max_session_timeout_ms:
+        raise ConfigError(
+            f"group_min_session_timeout_ms ({settings.group_min_session_timeout_ms}) must not "
+            f"exceed group_max_session_timeout_ms ({settings.group_max_session_timeout_ms})"
         )
     return settings
 

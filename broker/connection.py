@@ -36,12 +36,17 @@ from wharf.protocol.errors import (
     WharfError,
 )
 
+from .exchanges import TopicTarget
+from .logs.requests import LogRequests
+from .logs.routed import append_routed, routed_records
 from .policies.deadletter import REJECTED
 from .policies.registry import make_policy
 from .queues import Consumer, Message, Queue
 
 if TYPE_CHECKING:
     from .logs import TopicRegistry
+    from .logs.groups import GroupCoordinator
+    from .logs.partition import Partition
     from .server import Broker
     from .store.segments import Segment
 
@@ -59,6 +64,24 @@ _conn_ids = itertools.count(1)
 
 # Unacked table entry: (message, queue, consumer or None for basic.get).
 Unacked = tuple[Message, Queue, Consumer | None]
+
+
+class LogSyncWait:
+    """The fsyncs of log-topic partitions that persistent publishes of one event-loop
+    iteration wait for before their confirms (one ``Partition.sync()`` per partition,
+    asked once the iteration's appends are done, so it covers all of them)."""
+
+    __slots__ = ("partitions", "pending", "error")
+
+    def __init__(self) -> None:
+        self.partitions: dict[int, Partition] = {}
+        self.pending = 0
+        self.error: WharfError | None = None
+
+
+# A publish waiting for its confirm: (first seq, last seq, store batch or 0, log fsyncs
+# or None).  Every publish after the first waiting one waits too, in order.
+ConfirmWait = tuple[int, int, int, LogSyncWait | None]
 
 
 class Connection(asyncio.Protocol):
@@ -95,9 +118,13 @@ class Connection(asyncio.Protocol):
         self.last_send = now
         # Publisher confirms: highest sequence number ready to confirm, not yet sent.
         self._confirm_up_to = 0
-        # (first seq, last seq, store batch or 0) of publishes waiting for an fsync,
-        # and every publish after the first such one, in order.
-        self._confirm_waits: deque[tuple[int, int, int]] = deque()
+        # Publishes waiting for an fsync (message store or log topics), and every
+        # publish after the first such one, in order.
+        self._confirm_waits: deque[ConfirmWait] = deque()
+        # The newest message-store batch that failed (its publishes are nacked).
+        self._store_failed_batch = 0
+        # Log-topic fsyncs the persistent publishes of this loop iteration wait for.
+        self._log_sync: LogSyncWait | None = None
         # Deliveries.
         self._next_tag = 0
         self._unacked: dict[int, Unacked] = {}
@@ -106,6 +133,8 @@ class Connection(asyncio.Protocol):
         self.consumers: dict[str, Consumer] = {}
         self._ctag_seq = itertools.count(1)
         self.exclusive_queues: list[Queue] = []
+        # Log-topic produce acks and fetch long-polls (made at the first such request).
+        self._log_requests: LogRequests | None = None
         self._handlers: dict[int, Callable[[Any], None]] = {
             F.PUBLISH_MANY: self._on_publish_many,
             F.PUBLISH: self._on_publish,
@@ -140,7 +169,23 @@ class Connection(asyncio.Protocol):
             F.PRODUCE: self._on_produce,
             F.FETCH: self._on_fetch,
             F.LIST_OFFSETS: self._on_list_offsets,
+            F.FETCH_MANY: self._on_fetch_many,
+            F.TOPIC_LIST: self._on_topic_list,
+            F.INIT_PRODUCER: self._on_init_producer,
+            F.TOPIC_BIND: self._on_topic_bind,
+            F.TOPIC_UNBIND: self._on_topic_unbind,
             # --- end log topics ---
+            # --- consumer groups (broker/logs/groups.py) ---
+            F.GROUP_JOIN: self._on_group_join,
+            F.GROUP_HEARTBEAT: self._on_group_heartbeat,
+            F.GROUP_LEAVE: self._on_group_leave,
+            F.OFFSET_COMMIT: self._on_offset_commit,
+            F.OFFSET_FETCH: self._on_offset_fetch,
+            F.GROUP_LIST: self._on_group_list,
+            F.GROUP_DESCRIBE: self._on_group_describe,
+            F.GROUP_DELETE: self._on_group_delete,
+            F.GROUP_RESET_OFFSETS: self._on_group_reset_offsets,
+            # --- end consumer groups ---
         }
 
     # -- transport callbacks -------------------------------------------------------
@@ -250,6 +295,10 @@ class Connection(asyncio.Protocol):
         self.exclusive_queues.clear()
         self.broker.connections.pop(self.id, None)
         self.broker._store_waiting.discard(self)
+        if self._log_requests is not None:
+            self._log_requests.close()
+        if self.broker.groups is not None:
+            self.broker.groups.connection_closed(self.id)
         self.broker.connection_closed(self)
         if self.authenticated:
             log.info(
@@ -535,19 +584,31 @@ class Connection(asyncio.Protocol):
         stats = broker.stats
         stats.published += n
         headers = props.get("headers") if props else None
-        queues = self.topology.route(ex, routing_key, headers)
+        topology = self.topology
+        topics: list[TopicTarget] | None = [] if topology.topic_targets else None
+        queues = topology.route(ex, routing_key, headers, topics)
         stored = False
-        if queues:
-            persistent = props is not None and props.get("persistent") is True
+        persistent = props is not None and props.get("persistent") is True
+        if queues and persistent:
+            store = self.broker.store
+            if store is not None and store.failed is not None and any(q.persist for q in queues):
+                self._nack(seq, n, ResourceError(f"message store unavailable: {store.failed}"))
+                return
+        log_sync: LogSyncWait | None = None
+        if topics:
+            # Appended before the queues get the message: a refused append nacks it
+            # without a copy left in any queue.
+            try:
+                records = routed_records(exchange, routing_key, props, bodies)
+                parts = append_routed(self._topics(), topics, records, persistent=persistent)
+            except WharfError as exc:
+                self._nack(seq, n, exc)
+                return
             if persistent:
-                store = self.broker.store
-                if (
-                    store is not None
-                    and store.failed is not None
-                    and any(q.persist for q in queues)
-                ):
-                    self._nack(seq, n, ResourceError(f"message store unavailable: {store.failed}"))
-                    return
+                wait = self._log_sync_for(parts)
+                if seq:  # without a confirm (seq 0) the fsync happens, nothing waits
+                    log_sync = wait
+        if queues:
             refused = 0
             for q in queues:
                 durable, accepted = q.enqueue_many(exchange, routing_key, props, bodies, persistent)
@@ -562,7 +623,7 @@ class Connection(asyncio.Protocol):
                     refused,
                     ResourceError("queue is full (x-max-length / x-overflow reject-publish)"),
                 )
-        else:
+        elif not topics:
             stats.unroutable += n
             if flags & F.FLAG_MANDATORY:
                 encode = self._encode
@@ -585,13 +646,16 @@ class Connection(asyncio.Protocol):
                     )
         if seq:
             last = seq + n - 1
-            if stored or self._confirm_waits:
+            if stored or log_sync is not None or self._confirm_waits:
                 # Cumulative confirms: nothing after a message waiting for the disk may
                 # be confirmed before it.
-                store = self.broker.store
-                assert store is not None
-                self._confirm_waits.append((seq, last, store.batch if stored else 0))
-                self.broker.await_store(self)
+                batch = 0
+                if stored:
+                    store = self.broker.store
+                    assert store is not None
+                    batch = store.batch
+                    self.broker.await_store(self)
+                self._confirm_waits.append((seq, last, batch, log_sync))
                 return
             if last > self._confirm_up_to:
                 self._confirm_up_to = last
@@ -604,24 +668,72 @@ class Connection(asyncio.Protocol):
 
         Releases the confirms it covers; returns True while more are waiting.
         """
-        waits = self._confirm_waits
         if batch < 0:
-            failed = -batch
-            while waits and waits[0][2] <= failed:
-                first, last, b = waits.popleft()
-                if b:
-                    self._nack(first, last - first + 1, ResourceError("message store write failed"))
-                elif last > self._confirm_up_to:
-                    self._confirm_up_to = last
-        else:
-            while waits and waits[0][2] <= batch:
-                last = waits.popleft()[1]
-                if last > self._confirm_up_to:
-                    self._confirm_up_to = last
-        if self._confirm_up_to and not self._flush_scheduled:
+            self._store_failed_batch = max(self._store_failed_batch, -batch)
+        self._release_confirms()
+        return bool(self._confirm_waits)
+
+    def _release_confirms(self) -> None:
+        """Confirm (or nack) waiting publishes from the front, in order, as far as
+        the message store and log-topic fsyncs they wait for are done."""
+        waits = self._confirm_waits
+        store = self.broker.store
+        durable = store.durable_batch if store is not None else 0
+        failed = self._store_failed_batch
+        up_to = self._confirm_up_to
+        while waits:
+            first, last, batch, log_sync = waits[0]
+            error: WharfError | None = None
+            if log_sync is not None:
+                if log_sync.pending:
+                    break
+                error = log_sync.error
+            if batch > durable:
+                if batch > failed:
+                    break
+                error = ResourceError("message store write failed")
+            waits.popleft()
+            if error is not None:
+                self._nack(first, last - first + 1, error)
+            elif last > up_to:
+                up_to = last
+        self._confirm_up_to = up_to
+        if up_to and not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
-        return bool(waits)
+
+    def _log_sync_for(self, parts: list[Partition]) -> LogSyncWait:
+        """The fsync wait of this loop iteration, covering ``parts`` too."""
+        wait = self._log_sync
+        if wait is None:
+            wait = self._log_sync = LogSyncWait()
+            self._loop.call_soon(self._start_log_syncs)
+        for part in parts:
+            if id(part) not in wait.partitions:
+                wait.partitions[id(part)] = part
+                wait.pending += 1
+        return wait
+
+    def _start_log_syncs(self) -> None:
+        wait = self._log_sync
+        self._log_sync = None
+        if wait is None:
+            return
+
+        def synced(fut: asyncio.Future[None]) -> None:
+            exc = fut.exception()
+            if exc is not None and wait.error is None:
+                wait.error = (
+                    exc
+                    if isinstance(exc, WharfError)
+                    else InternalError("log topic fsync failed; the broker logged it")
+                )
+            wait.pending -= 1
+            if not wait.pending and not self.closed:
+                self._release_confirms()
+
+        for part in wait.partitions.values():
+            part.sync().add_done_callback(synced)
 
     def _nack(self, seq: int, n: int, exc: WharfError) -> None:
         self.broker.stats.publish_nacked += n
@@ -990,6 +1102,14 @@ class Connection(asyncio.Protocol):
             raise CommandInvalid("log topics are not available before the broker has started")
         return logs
 
+    def _logs(self) -> LogRequests:
+        requests = self._log_requests
+        if requests is None:
+            requests = self._log_requests = LogRequests(
+                self._topics, self._ok, self.send_error, self.name, self.settings.max_frame_bytes
+            )
+        return requests
+
     def _on_topic_create(self, f: F.TopicCreate) -> None:
         self._ok(f.request_id, self._topics().create(f.name, f.partitions, f.config))
 
@@ -1001,34 +1121,110 @@ class Connection(asyncio.Protocol):
         self._ok(f.request_id, self._topics().get(f.name).describe())
 
     def _on_topic_alter(self, f: F.TopicAlter) -> None:
-        self._ok(f.request_id, self._topics().alter(f.name, f.partitions))
+        self._ok(f.request_id, self._topics().alter(f.name, f.partitions, f.config))
+
+    def _on_topic_list(self, f: F.TopicList) -> None:
+        self._ok(f.request_id, {"topics": self._topics().describe_all()})
 
     def _on_produce(self, f: F.Produce) -> None:
-        part, base = self._topics().produce(f.topic, f.partition, f.records, f.acks)
-        result = {"partition": part.number, "base_offset": base}
-        if f.acks != "fsynced":
-            self._ok(f.request_id, result)
-            return
-        rid = f.request_id
+        self._logs().produce(f)
 
-        def synced(fut: asyncio.Future[None]) -> None:
-            if self.closed:
+    def _on_init_producer(self, f: F.InitProducer) -> None:
+        self._logs().init_producer(f)
+
+    def _on_fetch(self, f: F.Fetch) -> None:
+        self._logs().fetch(f)
+
+    def _on_fetch_many(self, f: F.FetchMany) -> None:
+        self._logs().fetch_many(f)
+
+    def _on_list_offsets(self, f: F.ListOffsets) -> None:
+        self._ok(f.request_id, self._topics().list_offsets(f.topic, f.partition, f.timestamp))
+
+    # -- topic bindings (exchanges routing into log topics; docs/logs.md) ----------
+
+    def _on_topic_bind(self, f: F.TopicBind) -> None:
+        self._topics()
+        self.topology.bind_topic(f.topic, f.exchange, f.routing_key, f.arguments)
+        self._ok(f.request_id)
+
+    def _on_topic_unbind(self, f: F.TopicUnbind) -> None:
+        self._topics()
+        self.topology.unbind_topic(f.topic, f.exchange, f.routing_key, f.arguments)
+        self._ok(f.request_id)
+
+    # -- consumer groups (broker/logs/groups.py; docs/logs.md) ---------------------
+
+    def _groups(self) -> GroupCoordinator:
+        groups = self.broker.groups
+        if groups is None:
+            raise CommandInvalid("consumer groups are not available before the broker has started")
+        return groups
+
+    def _ok_when_done(
+        self, rid: int, fut: asyncio.Future[Any], result: dict[str, Any] | None = None
+    ) -> None:
+        """Answer ``rid`` once ``fut`` is done: with its result (or ``result``) or error."""
+
+        def done(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled():
                 return
             exc = fut.exception()
+            if self.closed:
+                return
             if exc is None:
-                self._ok(rid, result)
+                self._ok(rid, result if result is not None else fut.result())
             elif isinstance(exc, WharfError):
                 self.send_error(rid, exc)
             else:
-                self.send_error(rid, InternalError("fsync failed; the broker logged it"))
+                self.send_error(rid, InternalError("internal error; the broker logged it"))
 
-        part.sync().add_done_callback(synced)
+        fut.add_done_callback(done)
 
-    def _on_fetch(self, f: F.Fetch) -> None:
-        self._ok(f.request_id, self._topics().fetch(f.topic, f.partition, f.offset, f.max_bytes))
+    def _on_group_join(self, f: F.GroupJoin) -> None:
+        client_id = self.client_properties.get("client_id")
+        fut = self._groups().join(
+            f.group,
+            f.topics,
+            f.member_id,
+            f.instance_id,
+            f.strategy,
+            f.session_timeout_ms,
+            f.rebalance_timeout_ms,
+            f.owned,
+            client_id=client_id if isinstance(client_id, str) else "",
+            client_host=self.peer_host,
+            conn_id=self.id,
+        )
+        self._ok_when_done(f.request_id, fut)
 
-    def _on_list_offsets(self, f: F.ListOffsets) -> None:
-        self._ok(f.request_id, self._topics().list_offsets(f.topic, f.partition))
+    def _on_group_heartbeat(self, f: F.GroupHeartbeat) -> None:
+        self._groups().heartbeat(f.group, f.member_id, f.generation)
+        self._ok(f.request_id)
+
+    def _on_group_leave(self, f: F.GroupLeave) -> None:
+        self._groups().leave(f.group, f.member_id)
+        self._ok(f.request_id)
+
+    def _on_offset_commit(self, f: F.OffsetCommit) -> None:
+        fut = self._groups().commit(f.group, f.member_id, f.generation, f.offsets)
+        self._ok_when_done(f.request_id, fut)
+
+    def _on_offset_fetch(self, f: F.OffsetFetch) -> None:
+        self._ok(f.request_id, self._groups().fetch_offsets(f.group, f.topics))
+
+    def _on_group_list(self, f: F.GroupList) -> None:
+        self._ok(f.request_id, {"groups": self._groups().list()})
+
+    def _on_group_describe(self, f: F.GroupDescribe) -> None:
+        self._ok(f.request_id, self._groups().describe(f.group))
+
+    def _on_group_delete(self, f: F.GroupDelete) -> None:
+        self._ok_when_done(f.request_id, self._groups().delete(f.group))
+
+    def _on_group_reset_offsets(self, f: F.GroupResetOffsets) -> None:
+        result, fut = self._groups().reset_offsets(f.group, f.topic, f.to, f.value, f.partitions)
+        self._ok_when_done(f.request_id, fut, result)
 
     # -- close ---------------------------------------------------------------------
 

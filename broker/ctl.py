@@ -1,152 +1,34 @@
 """``wharf ctl``: manage a running broker over its HTTP management API (api.py).
 
-Only the standard library talks HTTP here (urllib), so the command works wherever the
-broker package is installed.  Output is an aligned table (or ``key: value`` lines) for
-people and, with ``--json``, the API's JSON answer for scripts.  Exit codes: 0 on
-success, 1 when the broker refuses or cannot be reached (message on stderr), 2 for usage
-errors (click's convention).
+The HTTP client and the table formatting are in ctl_client.py; the topic and
+consumer-group commands in ctl_logs.py.  Exit codes: 0 on success, 1 when the broker
+refuses or cannot be reached (message on stderr), 2 for usage errors (click's
+convention).
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Sequence
 from typing import Any, Final
 
 import click
 
-DEFAULT_URL: Final = "http://127.0.0.1:8680"
-REQUEST_TIMEOUT_S: Final = 30.0
+from .ctl_client import (
+    DEFAULT_EXCHANGE_ALIAS,
+    DEFAULT_URL,
+    ApiClient,
+    BrokerError,
+    exchange_seg,
+    key_values,
+    parse_args,
+    pass_client,
+    seg,
+    table,
+)
+from .ctl_logs import groups, topics  # log topics and consumer groups
+
 # Payloads longer than this are cut in tables (``--json`` shows them whole).
 TABLE_PAYLOAD_CHARS: Final = 60
-DEFAULT_EXCHANGE_ALIAS: Final = "amq.default"
-
-
-class BrokerError(click.ClickException):
-    """The broker answered with an error, or could not be reached: exit code 1."""
-
-    exit_code = 1
-
-
-class ApiClient:
-    def __init__(self, url: str, user: str, password: str, as_json: bool) -> None:
-        self.base = url.rstrip("/")
-        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        self.auth = f"Basic {token}"
-        self.as_json = as_json
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None = None,
-        query: dict[str, str] | None = None,
-    ) -> Any:
-        url = self.base + "/api" + path
-        if query:
-            url += "?" + urllib.parse.urlencode(query)
-        data = json.dumps(body).encode("utf-8") if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method)
-        req.add_header("Authorization", self.auth)
-        req.add_header("Accept", "application/json")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise BrokerError(_error_message(exc)) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise BrokerError(f"cannot reach the broker at {self.base}: {reason}") from None
-        try:
-            return json.loads(raw) if raw else None
-        except ValueError:
-            raise BrokerError(f"the broker at {self.base} did not answer with JSON") from None
-
-    def show(self, result: Any, human: str | None = None) -> None:
-        """Print ``result`` as JSON with --json, else the human text (if any)."""
-        if self.as_json:
-            click.echo(json.dumps(result, indent=2, sort_keys=True))
-        elif human is not None:
-            click.echo(human)
-
-
-def _error_message(exc: urllib.error.HTTPError) -> str:
-    try:
-        doc = json.loads(exc.read())
-        message, code = doc["error"], doc.get("code")
-    except (ValueError, KeyError, TypeError, OSError):
-        return f"HTTP {exc.code} {exc.reason}"
-    return f"{message} (HTTP {exc.code}" + (f", code {code})" if code is not None else ")")
-
-
-def seg(name: str) -> str:
-    """A name as one URL path segment ('/' and everything else percent-encoded)."""
-    return urllib.parse.quote(name, safe="")
-
-
-def exchange_seg(name: str) -> str:
-    return seg(name or DEFAULT_EXCHANGE_ALIAS)
-
-
-def parse_args(pairs: Sequence[str], what: str = "--arg") -> dict[str, Any]:
-    """``k=v`` pairs; v is JSON when it parses (10, true, "x", [..]) and a string else."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise click.UsageError(f"{what} takes key=value, got {pair!r}")
-        try:
-            out[key] = json.loads(raw)
-        except ValueError:
-            out[key] = raw
-    return out
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Aligned columns: numbers to the right, everything else to the left."""
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        for i, c in enumerate(row):
-            widths[i] = max(widths[i], len(c))
-    numeric = [bool(rows) and all(_is_number(r[i]) for r in rows) for i in range(len(headers))]
-
-    def fmt(row: Sequence[str]) -> str:
-        parts = [
-            c.rjust(w) if num else c.ljust(w)
-            for c, w, num in zip(row, widths, numeric, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    return "\n".join([fmt(headers), *(fmt(r) for r in cells)])
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if v is None:
-        return "-"
-    if isinstance(v, (dict, list)):
-        return json.dumps(v, sort_keys=True) if v else "-"
-    return str(v)
-
-
-def key_values(doc: dict[str, Any]) -> str:
-    width = max((len(k) for k in doc), default=0)
-    return "\n".join(f"{k.ljust(width)}  {_cell(v)}" for k, v in doc.items())
-
-
-pass_client = click.make_pass_decorator(ApiClient)
 
 
 @click.group()
@@ -408,7 +290,7 @@ def _binding_options(f: Any) -> Any:
     f = click.option(
         "--destination-type",
         "-t",
-        type=click.Choice(["queue", "exchange"]),
+        type=click.Choice(["queue", "exchange", "topic"]),
         default="queue",
         show_default=True,
     )(f)
@@ -439,7 +321,8 @@ def bindings_add(
     routing_key: str,
     args: tuple[str, ...],
 ) -> None:
-    """Bind DESTINATION (a queue, or an exchange with -t exchange) to exchange SOURCE."""
+    """Bind DESTINATION (a queue; an exchange with -t exchange; a log topic with -t topic)
+    to exchange SOURCE."""
     body = _binding_body(source, destination, destination_type, routing_key, args)
     b = c.request("POST", "/bindings", body)
     c.show(b, f"bound {destination_type} {destination} to {source} with key {routing_key!r}")
@@ -666,3 +549,7 @@ def publish(
     }
     r = c.request("POST", f"/exchanges/{exchange_seg(exchange)}/publish", body)
     c.show(r, "routed" if r["routed"] else "published, but routed to no queue")
+
+
+ctl.add_command(topics)  # ctl_logs.py
+ctl.add_command(groups)  # ctl_logs.py

@@ -1,9 +1,10 @@
 """Exchange types and their routing.
 
-An exchange maps (routing key, headers) to a list of *destinations*: queues or other
-exchanges (exchange-to-exchange bindings).  Following bindings to further exchanges,
-applying alternate exchanges and de-duplicating queues is the topology's job
-(``Topology.route``); an exchange only answers "which of my bindings match".
+An exchange maps (routing key, headers) to a list of *destinations*: queues, other
+exchanges (exchange-to-exchange bindings) or log topics (``TopicTarget``).  Following
+bindings to further exchanges, applying alternate exchanges and de-duplicating queues
+is the topology's job (``Topology.route``); an exchange only answers "which of my
+bindings match".
 
 Routing results of direct and topic exchanges are cached per routing key; any change
 to an exchange's bindings clears its cache.
@@ -49,13 +50,31 @@ class Binding:
 
     def describe(self) -> dict[str, Any]:
         dest = self.destination
+        kind = (
+            "exchange"
+            if isinstance(dest, Exchange)
+            else "topic"
+            if isinstance(dest, TopicTarget)
+            else "queue"
+        )
         return {
             "source": self.source.name,
             "destination": dest.name,
-            "destination_type": "exchange" if isinstance(dest, Exchange) else "queue",
+            "destination_type": kind,
             "routing_key": self.routing_key,
             "arguments": self.arguments,
         }
+
+
+class TopicTarget:
+    """A log topic as a binding destination: messages routed to it are appended to the
+    topic (broker/logs/routed.py).  One per bound topic, kept by the topology."""
+
+    __slots__ = ("name", "bindings")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.bindings: list[Binding] = []
 
 
 def binding_key(

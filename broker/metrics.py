@@ -70,6 +70,15 @@ _QUEUE_GAUGES: Final = (
     ("wharf_queue_consumers", "Consumers attached, per queue."),
 )
 
+# Per log partition: (describe()["offsets"] key, metric name, help).  The latest offset
+# grows by one per record appended: rate() of it is the produce rate in records/s.
+_PARTITION_GAUGES: Final = (
+    ("earliest", "wharf_topic_partition_earliest_offset", "First offset still stored."),
+    ("latest", "wharf_topic_partition_latest_offset", "Offset the next record will get."),
+    ("bytes", "wharf_topic_partition_bytes", "Bytes in the partition's segment files."),
+    ("segments", "wharf_topic_partition_segments", "Segment files of the partition."),
+)
+
 
 class BrokerCollector:
     """A prometheus_client custom collector over a duck-typed broker."""
@@ -111,6 +120,8 @@ class BrokerCollector:
             alarm.add_metric([resource], 1 if resource in raised else 0)
         yield alarm
         yield from self._policy_metrics(queues)
+        yield from self._topic_metrics()
+        yield from self._group_metrics()
         store = getattr(broker, "store", None)
         if store is not None:
             yield GaugeMetricFamily(
@@ -118,6 +129,18 @@ class BrokerCollector:
             )
             yield CounterMetricFamily(
                 "wharf_store_fsyncs", "fsync calls of the message store.", value=store.fsyncs
+            )
+        cleaner = getattr(broker, "log_cleaner", None)
+        if cleaner is not None:  # compaction of log topics
+            yield CounterMetricFamily(
+                "wharf_log_cleaner_runs",
+                "Compaction passes completed over a log topic partition.",
+                value=cleaner.runs,
+            )
+            yield CounterMetricFamily(
+                "wharf_log_cleaner_bytes_removed",
+                "Bytes of log segments removed by compaction.",
+                value=cleaner.bytes_removed,
             )
         yield from totals.values()
         yield from per_queue
@@ -171,6 +194,65 @@ class BrokerCollector:
                 "Dead-lettered messages dropped to break a cycle with no rejection.",
                 value=topology.dead_letter_cycles,
             )
+
+    def _topic_metrics(self) -> Iterator[Metric]:
+        """Log topics: one sample per partition from the registry's describe()."""
+        logs = getattr(self._broker, "logs", None)
+        topics = list(logs.topics.values()) if logs is not None else []
+        count = GaugeMetricFamily("wharf_topics", "Log topics.", value=len(topics))
+        partitions = GaugeMetricFamily(
+            "wharf_topic_partitions", "Partitions of a log topic.", labels=["topic"]
+        )
+        families = {
+            key: GaugeMetricFamily(name, help_text, labels=["topic", "partition"])
+            for key, name, help_text in _PARTITION_GAUGES
+        }
+        for topic in topics:
+            info = topic.describe()
+            partitions.add_metric([info["name"]], info["partitions"])
+            for p in info["offsets"]:
+                labels = [info["name"], str(p["partition"])]
+                for key, family in families.items():
+                    family.add_metric(labels, p.get(key, 0))
+        yield count
+        yield partitions
+        yield from families.values()
+
+    def _group_metrics(self) -> Iterator[Metric]:
+        """Consumer groups: lag and committed offset per partition, members, rebalances."""
+        groups = getattr(self._broker, "groups", None)
+        if groups is None:
+            return
+        labels = ["group", "topic", "partition"]
+        lag = GaugeMetricFamily(
+            "wharf_group_lag",
+            "Records between a group's committed offset (or the earliest offset when it "
+            "has none) and the partition's latest offset.",
+            labels=labels,
+        )
+        committed = GaugeMetricFamily(
+            "wharf_group_committed_offset",
+            "A group's committed offset (the next offset it reads).",
+            labels=labels,
+        )
+        for group, topic, partition, offset, behind in groups.lag_rows():
+            row = [group, topic, str(partition)]
+            lag.add_metric(row, behind)
+            if offset >= 0:
+                committed.add_metric(row, offset)
+        members = GaugeMetricFamily(
+            "wharf_group_members", "Members of a consumer group.", labels=["group"]
+        )
+        rebalances = CounterMetricFamily(
+            "wharf_group_rebalances", "Generations formed by a consumer group.", labels=["group"]
+        )
+        for group, count, formed in groups.group_rows():
+            members.add_metric([group], count)
+            rebalances.add_metric([group], formed)
+        yield lag
+        yield committed
+        yield members
+        yield rebalances
 
     @staticmethod
     def _families() -> tuple[

@@ -28,6 +28,8 @@ from .config import Settings, configure_logging
 from .connection import Connection
 from .http import start_http_server, stop_http_server
 from .logs import TopicRegistry  # log topics
+from .logs.cleaner import LogCleaner  # log compaction
+from .logs.groups import GroupCoordinator
 from .paging import PagedRow
 from .queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
 from .store.definitions import load_definitions, save_definitions
@@ -88,6 +90,8 @@ class Broker:
         self._closed_waiters: set[asyncio.Future[None]] = set()
         self.store: MessageStore | None = None
         self.logs: TopicRegistry | None = None  # log topics, opened in _recover()
+        self.log_cleaner: LogCleaner | None = None  # compaction of log topics
+        self.groups: GroupCoordinator | None = None  # consumer groups, opened in _recover()
         self.monitor: ResourceMonitor | None = None
         # Raised resource alarms ("memory", "disk"); publishers are blocked while non-empty.
         self.alarms: set[str] = set()
@@ -138,7 +142,16 @@ class Broker:
         )
         self.store = store
         self.topology.store = store
-        self.logs = TopicRegistry(Path(self.data_path) / "logs")  # log topics
+        self.logs = TopicRegistry(  # log topics
+            Path(self.data_path) / "logs",
+            retention_check_interval_ms=self.settings.log_retention_check_interval_ms,
+            max_batch_bytes=self.settings.max_message_bytes,
+        )
+        self.topology.attach_topics(self.logs)  # topic bindings load with the definitions
+        self.log_cleaner = LogCleaner(self.logs, self.settings.log_cleaner_interval_ms)
+        self.groups = GroupCoordinator(
+            self.logs, Path(self.data_path) / "logs-internal" / "offsets", self.settings
+        )
         self.topology.memory_budget_bytes = self.settings.queue_memory_budget_bytes
         definitions = load_definitions(data)
         self.topology.load_definitions(definitions)
@@ -252,6 +265,10 @@ class Broker:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._ticker = loop.create_task(self._tick_loop())
+        if self.logs is not None:
+            self.logs.start()  # log retention timer
+        if self.log_cleaner is not None:
+            self.log_cleaner.start()  # log compaction
         self.ready = True
         log.info(
             "wharf ready: native %s:%d, http %s:%d, data %s",
@@ -270,6 +287,11 @@ class Broker:
             self.check_resources()
             self.compact_store()
             self.topology.expire_unused_queues()
+            if self.groups is not None:
+                try:
+                    self.groups.tick()
+                except Exception:
+                    log.exception("consumer groups: periodic check failed")
             for conn in list(self.connections.values()):
                 try:
                     conn.tick(now)
@@ -345,6 +367,14 @@ class Broker:
             except TimeoutError:
                 log.error("message store did not finish its last commit in time")
             self.store.close()
+        if self.groups is not None:  # consumer groups: the last offset commits
+            try:
+                await asyncio.wait_for(self.groups.close(), self.settings.shutdown_timeout_s)
+            except TimeoutError:
+                log.error("the offsets log did not finish its last commit in time")
+            self.groups = None
+        if self.log_cleaner is not None:  # log compaction: abandon a running pass
+            await self.log_cleaner.close()
         if self.logs is not None:  # log topics
             self.logs.close()
             self.logs = None

@@ -1,5 +1,8 @@
 """The topology: exchanges, queues and the bindings between them, and routing.
 
+Log topics can be binding destinations too (``TopicTarget``, docs/logs.md); the topic
+registry owns the topics, the topology only their bindings.
+
 One owner for all definitions.  Connections call these methods; nothing else
 mutates exchanges, queues or bindings.
 """
@@ -18,15 +21,18 @@ from wharf.protocol.errors import (
     NotFound,
     PreconditionFailed,
     ResourceLocked,
+    WharfError,
 )
 
-from .exchanges import MAX_ROUTING_KEY_CHARS, Binding, Exchange
+from .exchanges import MAX_ROUTING_KEY_CHARS, Binding, Exchange, TopicTarget
+from .logs.routed import append_routed, routed_records, sync_in_background
 from .policies.deadletter import is_cycle, with_death
 from .policies.registry import Policy, PolicyRegistry, effective_arguments, effective_limits
 from .queues import Message, Queue
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .logs import TopicRegistry
     from .store.segments import MessageStore
 
 DEFAULT_EXCHANGE: Final = ""
@@ -61,6 +67,8 @@ class Topology:
         "memory_budget_bytes",
         "dead_letter_cycles",
         "policies",
+        "topics",
+        "topic_targets",
     )
 
     def __init__(self) -> None:
@@ -74,6 +82,9 @@ class Topology:
         self.dead_letter_cycles = 0
         # Server-side policies (policies/registry.py): limits applied by queue-name pattern.
         self.policies = PolicyRegistry()
+        # Log topics (set by the broker) and the bound ones, as binding destinations.
+        self.topics: TopicRegistry | None = None
+        self.topic_targets: dict[str, TopicTarget] = {}
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.default_exchange = Exchange(DEFAULT_EXCHANGE, "direct", durable=True)
@@ -84,9 +95,15 @@ class Topology:
     # -- routing -------------------------------------------------------------------
 
     def route(
-        self, exchange: Exchange, routing_key: str, headers: dict[str, Any] | None
+        self,
+        exchange: Exchange,
+        routing_key: str,
+        headers: dict[str, Any] | None,
+        topics: list[TopicTarget] | None = None,
     ) -> list[Queue]:
-        """Queues a message published to ``exchange`` reaches, each once."""
+        """Queues a message published to ``exchange`` reaches, each once.  Log topics
+        it reaches are appended to ``topics`` (left out when None; they still count as
+        routed, so the alternate exchange is not used)."""
         if exchange is self.default_exchange:
             q = self.queues.get(routing_key)
             return [q] if q is not None else []
@@ -94,7 +111,7 @@ class Topology:
         if dests and exchange.alternate is None and all(type(d) is Queue for d in dests):
             return dests
         out: list[Queue] = []
-        self._route_into(exchange, routing_key, headers, out, set(), 0)
+        self._route_into(exchange, routing_key, headers, out, topics, set(), 0)
         return out
 
     def _route_into(
@@ -103,25 +120,34 @@ class Topology:
         routing_key: str,
         headers: dict[str, Any] | None,
         out: list[Queue],
+        topics: list[TopicTarget] | None,
         visited: set[int],
         hops: int,
     ) -> bool:
-        """Append matching queues to ``out``; True if anything matched (for AE)."""
+        """Append matching queues to ``out`` (topics to ``topics``); True if anything
+        matched (for AE)."""
         if id(exchange) in visited or hops > MAX_ROUTE_HOPS:
             return False
         visited.add(id(exchange))
         matched = False
         for dest in exchange.match(routing_key, headers):
-            if type(dest) is Queue:
+            kind = type(dest)
+            if kind is Queue:
                 matched = True
                 if dest not in out:
                     out.append(dest)
-            elif self._route_into(dest, routing_key, headers, out, visited, hops + 1):
+            elif kind is TopicTarget:
+                matched = True
+                if topics is not None and dest not in topics:
+                    topics.append(dest)
+            elif self._route_into(dest, routing_key, headers, out, topics, visited, hops + 1):
                 matched = True
         if not matched and exchange.alternate is not None:
             alt = self.exchanges.get(exchange.alternate)
             if alt is not None:
-                matched = self._route_into(alt, routing_key, headers, out, visited, hops + 1)
+                matched = self._route_into(
+                    alt, routing_key, headers, out, topics, visited, hops + 1
+                )
         return matched
 
     # -- exchanges -----------------------------------------------------------------
@@ -318,11 +344,36 @@ class Topology:
                 now_ms=now_ms,
             )
             persistent = props.get("persistent") is True
-            for target in self.route(ex, routing_key, props.get("headers")):
+            topics: list[TopicTarget] | None = [] if self.topic_targets else None
+            for target in self.route(ex, routing_key, props.get("headers"), topics):
                 if is_cycle(props, target.name):
                     self.dead_letter_cycles += 1
                     continue
                 target.enqueue_many(ex.name, routing_key, props, (m.body,), persistent)
+            if topics:
+                self._append_dead_lettered(topics, ex.name, routing_key, props, m.body, persistent)
+
+    def _append_dead_lettered(
+        self,
+        topics: list[TopicTarget],
+        exchange: str,
+        routing_key: str,
+        props: dict[str, Any],
+        body: bytes,
+        persistent: bool,
+    ) -> None:
+        """A dead-lettered message routed to log topics is appended to them.  Nothing
+        waits for it: a persistent one asks for an fsync, a failure is logged."""
+        registry = self.topics
+        assert registry is not None
+        try:
+            records = routed_records(exchange, routing_key, props, (body,))
+            parts = append_routed(registry, topics, records, persistent=persistent)
+        except WharfError as exc:
+            log.warning("dead-lettering to log topics via exchange '%s' failed: %s", exchange, exc)
+            return
+        if persistent:
+            sync_in_background(parts, "dead-lettered messages")
 
     # -- server-side policies (policies/registry.py) ----------------------------------
     # A queue's limits are its x-arguments merged with the one policy matching its name.
@@ -421,7 +472,7 @@ class Topology:
 
     def bind(
         self,
-        destination: Queue | Exchange,
+        destination: Queue | Exchange | TopicTarget,
         source_name: str,
         routing_key: str,
         arguments: dict[str, Any] | None,
@@ -435,22 +486,26 @@ class Topology:
         source = self.get_exchange(source_name)
         binding = Binding(source, destination, routing_key, arguments)
         if source.add_binding(binding):
-            if isinstance(destination, Queue):
-                destination.bindings.append(binding)
-            else:
+            if isinstance(destination, Exchange):
                 destination.incoming.append(binding)
+            else:
+                destination.bindings.append(binding)
+            if isinstance(destination, TopicTarget):
+                self.topic_targets[destination.name] = destination
             if self._is_durable_binding(binding):
                 self._changed()
 
     @staticmethod
     def _is_durable_binding(binding: Binding) -> bool:
         dest = binding.destination
+        if isinstance(dest, TopicTarget):
+            return bool(binding.source.durable)  # topics are always durable
         dest_durable = dest.persist if isinstance(dest, Queue) else dest.durable
         return bool(binding.source.durable and dest_durable)
 
     def unbind(
         self,
-        destination: Queue | Exchange,
+        destination: Queue | Exchange | TopicTarget,
         source_name: str,
         routing_key: str,
         arguments: dict[str, Any] | None,
@@ -466,9 +521,15 @@ class Topology:
         source = binding.source
         source.remove_binding(binding)
         dest = binding.destination
-        holder = dest.bindings if isinstance(dest, Queue) else dest.incoming
+        holder = dest.incoming if isinstance(dest, Exchange) else dest.bindings
         if binding in holder:
             holder.remove(binding)
+        if (
+            isinstance(dest, TopicTarget)
+            and not dest.bindings
+            and self.topic_targets.get(dest.name) is dest
+        ):
+            del self.topic_targets[dest.name]
         if self._is_durable_binding(binding):
             self._changed()
         # Auto-delete exchanges go when their last binding (as source) goes.
@@ -482,6 +543,53 @@ class Topology:
 
     def bindings_of(self) -> list[dict[str, Any]]:
         return [b.describe() for ex in self.exchanges.values() for b in ex.bindings]
+
+    # -- topic bindings (log topics as destinations; docs/logs.md) -------------------
+
+    def attach_topics(self, registry: TopicRegistry) -> None:
+        """Called by the broker once topics are recovered, before definitions load."""
+        self.topics = registry
+        registry.on_topic_deleted.append(self.topic_deleted)
+
+    def _topic_registry(self) -> TopicRegistry:
+        if self.topics is None:
+            raise NotFound("log topics are not available")
+        return self.topics
+
+    def topic_destination(self, topic: str) -> TopicTarget:
+        """Log topic ``topic`` as a binding destination (404 if there is no such topic).
+        ``bind`` registers it; an unbound one matches no binding."""
+        self._topic_registry().get(topic)
+        target = self.topic_targets.get(topic)
+        return target if target is not None else TopicTarget(topic)
+
+    def bind_topic(
+        self,
+        topic: str,
+        source_name: str,
+        routing_key: str,
+        arguments: dict[str, Any] | None,
+    ) -> None:
+        """Bind log topic ``topic`` to exchange ``source_name`` (404 if either is
+        missing).  Idempotent, like queue bindings."""
+        self.bind(self.topic_destination(topic), source_name, routing_key, arguments)
+
+    def unbind_topic(
+        self,
+        topic: str,
+        source_name: str,
+        routing_key: str,
+        arguments: dict[str, Any] | None,
+    ) -> None:
+        self.unbind(self.topic_destination(topic), source_name, routing_key, arguments)
+
+    def topic_deleted(self, topic: str) -> None:
+        """A log topic was deleted: its bindings go with it."""
+        target = self.topic_targets.pop(topic, None)
+        if target is None:
+            return
+        for b in list(target.bindings):
+            self._remove_binding(b, cascade=True)
 
     # -- durable definitions ---------------------------------------------------------
 
@@ -535,6 +643,9 @@ class Topology:
                 self.apply_policy(q)
                 self.attach_store(q, int(qd["uid"]), persist=True)
             for b in doc["bindings"]:
+                if b["destination_type"] == "topic":
+                    self._load_topic_binding(b)
+                    continue
                 dest: Queue | Exchange | None = (
                     self.queues.get(b["destination"])
                     if b["destination_type"] == "queue"
@@ -544,3 +655,18 @@ class Topology:
                     self.bind(dest, b["source"], b["routing_key"], b.get("arguments"))
         finally:
             self._loading = False
+
+    def _load_topic_binding(self, b: dict[str, Any]) -> None:
+        topic = b["destination"]
+        try:
+            self._topic_registry().get(topic)
+        except NotFound:
+            # The topic is gone (deleted, or its directory was removed): so is the binding.
+            log.warning(
+                "definitions: binding of exchange '%s' to missing log topic '%s' dropped",
+                b["source"],
+                topic,
+            )
+            return
+        if b["source"] in self.exchanges:
+            self.bind_topic(topic, b["source"], b["routing_key"], b.get("arguments"))

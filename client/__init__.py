@@ -10,16 +10,22 @@ from wharf.protocol.errors import (
     FrameError,
     FrameTooLarge,
     HeartbeatTimeout,
+    IllegalGeneration,
     InternalError,
     InvalidArgument,
     NotFound,
     NotImplementedByBroker,
+    OffsetOutOfRange,
+    OutOfOrderSequence,
     PreconditionFailed,
+    ProducerFenced,
     ProtocolMismatch,
     ProtocolSyntaxError,
+    RebalanceInProgress,
     ResourceError,
     ResourceLocked,
     UnknownDeliveryTag,
+    UnknownMember,
     Unroutable,
     WharfError,
 )
@@ -27,8 +33,10 @@ from wharf.protocol.errors import (
 from . import sync
 from .connection import Connection, __version__, connect
 from .consumer import Consumer
+from .logs import Producer, Record
 from .message import Message, QueueInfo
 from .recovery import ConnectionEvent
+from .stream import Stream, TopicPartition
 
 __all__ = [
     "AccessRefused",
@@ -43,18 +51,28 @@ __all__ = [
     "FrameError",
     "FrameTooLarge",
     "HeartbeatTimeout",
+    "IllegalGeneration",
     "InternalError",
     "InvalidArgument",
     "Message",
     "NotFound",
     "NotImplementedByBroker",
+    "OffsetOutOfRange",
+    "OutOfOrderSequence",
     "PreconditionFailed",
+    "Producer",
+    "ProducerFenced",
     "ProtocolMismatch",
     "ProtocolSyntaxError",
     "QueueInfo",
+    "RebalanceInProgress",
+    "Record",
     "ResourceError",
     "ResourceLocked",
+    "Stream",
+    "TopicPartition",
     "UnknownDeliveryTag",
+    "UnknownMember",
     "Unroutable",
     "WharfError",
     "__version__",

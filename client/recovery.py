@@ -145,6 +145,7 @@ class BindingRecord:
     routing_key: str = ""
     arguments: dict[str, Any] | None = field(default=None, compare=True)
     to_exchange: bool = False  # an exchange-to-exchange binding
+    to_topic: bool = False  # an exchange-to-log-topic binding
 
 
 class Topology:
@@ -170,7 +171,13 @@ class Topology:
 
     def queue_deleted(self, name: str) -> None:
         self.queues.pop(name, None)
-        self._drop_bindings(lambda b: not b.to_exchange and b.destination == name)
+        self._drop_bindings(
+            lambda b: not b.to_exchange and not b.to_topic and b.destination == name
+        )
+
+    def topic_deleted(self, name: str) -> None:
+        """Deleting a log topic removes its bindings (as the broker does)."""
+        self._drop_bindings(lambda b: b.to_topic and b.destination == name)
 
     def queue_unused(self, name: str) -> None:
         """This connection's last consumer of ``name`` went: an auto-delete queue is gone."""
@@ -186,7 +193,7 @@ class Topology:
             record.name = new
         self.bindings = [
             BindingRecord(new, b.source, b.routing_key, b.arguments, False)
-            if not b.to_exchange and b.destination == old
+            if not b.to_exchange and not b.to_topic and b.destination == old
             else b
             for b in self.bindings
         ]
@@ -317,13 +324,13 @@ class _Replay:
         records = list(self.topology.bindings)
         requests = [
             (
-                F.EXCHANGE_BIND if b.to_exchange else F.QUEUE_BIND,
+                F.EXCHANGE_BIND if b.to_exchange else F.TOPIC_BIND if b.to_topic else F.QUEUE_BIND,
                 (b.destination, b.source, b.routing_key, b.arguments),
             )
             for b in records
         ]
         for b, result in zip(records, await self._answers(requests), strict=True):
-            kind = "exchange" if b.to_exchange else "queue"
+            kind = "exchange" if b.to_exchange else "topic" if b.to_topic else "queue"
             self._ok(result, f"binding of {kind} '{b.destination}' to exchange '{b.source}'")
 
     async def _consumers(self) -> None:

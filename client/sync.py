@@ -20,7 +20,7 @@ import asyncio
 import concurrent.futures
 import functools
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
@@ -36,12 +36,14 @@ from .connection import (
 )
 from .connection import connect as _connect
 from .consumer import Consumer
+from .logs import Record
 from .message import Message
 from .recovery import (
     DEFAULT_RECONNECT_MAX_DELAY_S,
     DEFAULT_RECONNECT_WAIT_TIMEOUT_S,
     ConnectionEvent,
 )
+from .stream import Stream, TopicPartition
 from .url import DEFAULT_URL
 
 P = ParamSpec("P")
@@ -314,6 +316,108 @@ class SyncConsumer:
             pass  # the connection is already closed: nothing left to cancel
 
 
+class SyncStream:
+    """A started ``wharf.Stream``: a blocking iterator of records and a context manager.
+
+    ``for rec in stream`` blocks for the next record; with ``timeout`` set the
+    iteration ends when none arrives within that many seconds (the stream stays:
+    iterate again to go on).  ``on_assign``/``on_revoke`` callbacks run on the
+    client's loop thread.  Leaving the ``with`` block (or ``close()``) closes the
+    stream (auto-commit, leave the group).
+    """
+
+    def __init__(self, stream: Stream, runner: _LoopThread, timeout: float | None) -> None:
+        self.stream = stream
+        self.timeout = timeout
+        self._runner = runner
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<SyncStream {self.stream!r}>"
+
+    def __enter__(self) -> SyncStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Record]:
+        return self
+
+    def __next__(self) -> Record:
+        with self._lock:
+            record = self._runner.run(self._next(self.timeout), None)
+        if record is None:
+            raise StopIteration
+        return record
+
+    async def _next(self, timeout: float | None) -> Record | None:  # noqa: ASYNC109
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.stream.__anext__()
+        except (TimeoutError, StopAsyncIteration):
+            return None
+
+    def getmany(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109
+        max_records: int | None = None,
+    ) -> list[Record]:
+        """``Stream.getmany``: the records available now, waiting up to ``timeout``."""
+        with self._lock:
+            return self._runner.run(self.stream.getmany(timeout, max_records), None)
+
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        self._runner.run(self.stream.commit(offsets), None)
+
+    def committed(self, tp: TopicPartition) -> int | None:
+        return self._runner.run(self.stream.committed(tp), None)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._runner.call(lambda: self.stream.seek(tp, offset))
+
+    def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        self._runner.run(self.stream.seek_to_beginning(*tps), None)
+
+    def seek_to_end(self, *tps: TopicPartition) -> None:
+        self._runner.run(self.stream.seek_to_end(*tps), None)
+
+    def seek_to_timestamp(
+        self, tps: TopicPartition | Sequence[TopicPartition], timestamp: int
+    ) -> None:
+        self._runner.run(self.stream.seek_to_timestamp(tps, timestamp), None)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self._runner.call(lambda: self.stream.pause(*tps))
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self._runner.call(lambda: self.stream.resume(*tps))
+
+    def paused(self) -> set[TopicPartition]:
+        return self._runner.call(self.stream.paused)
+
+    def assignment(self) -> list[TopicPartition]:
+        return self._runner.call(self.stream.assignment)
+
+    def position(self, tp: TopicPartition) -> int | None:
+        return self._runner.call(lambda: self.stream.position(tp))
+
+    def lag(self) -> dict[TopicPartition, int]:
+        return self._runner.call(self.stream.lag)
+
+    def close(self) -> None:
+        """Close the stream (idempotent)."""
+        try:
+            self._runner.run(self.stream.close(), None)
+        except ConnectionLost:
+            pass  # the connection is already closed
+
+
 class SyncConnection:
     """A blocking ``wharf.Connection``: the same verbs, without ``await``.
 
@@ -409,6 +513,42 @@ class SyncConnection:
     publish = _blocking(Connection.publish)
     publish_many = _blocking(Connection.publish_many)
 
+    # -- log topics (docs/logs.md) ---------------------------------------------------
+
+    def create_topic(self, name: str, partitions: int = 1, **config: Any) -> dict[str, Any]:
+        return self._runner.run(
+            self._conn.create_topic(name, partitions, **config), self.call_timeout
+        )
+
+    def alter_topic(
+        self, name: str, partitions: int | None = None, **config: Any
+    ) -> dict[str, Any]:
+        return self._runner.run(
+            self._conn.alter_topic(name, partitions, **config), self.call_timeout
+        )
+
+    delete_topic = _blocking(Connection.delete_topic)
+    describe_topic = _blocking(Connection.describe_topic)
+    list_topics = _blocking(Connection.list_topics)
+    produce = _blocking(Connection.produce)
+    produce_many = _blocking(Connection.produce_many)
+    produce_records = _blocking(Connection.produce_records)
+    list_offsets = _blocking(Connection.list_offsets)
+    offset_for_time = _blocking(Connection.offset_for_time)
+
+    def fetch(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        max_bytes: int = 1_048_576,
+        max_wait: float = 0.0,
+    ) -> list[Record]:
+        """``Connection.fetch``; a long poll may last ``max_wait`` beyond ``call_timeout``."""
+        timeout = None if self.call_timeout is None else self.call_timeout + max_wait
+        fetch = self._conn.fetch(topic, partition, offset, max_bytes, max_wait)
+        return self._runner.run(fetch, timeout)
+
     def get(self, queue: str, no_ack: bool = False) -> SyncMessage | None:
         """Fetch one message (None when the queue is empty)."""
         message = self._runner.run(self._conn.get(queue, no_ack), self.call_timeout)
@@ -446,6 +586,33 @@ class SyncConnection:
 
     rpc = _blocking_message(Connection.rpc)
 
+    # -- consumer groups ------------------------------------------------------------
+
+    def subscribe(
+        self,
+        topics: str | Sequence[str],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        **options: Any,
+    ) -> SyncStream:
+        """Start a stream now: ``with conn.subscribe("events", group="g", timeout=5) as
+        records: for rec in records: ...``.  ``options`` are ``Connection.subscribe``'s;
+        ``timeout``: iteration ends after that many seconds without a record."""
+
+        async def start() -> Stream:
+            stream = self._conn.subscribe(topics, **options)
+            await stream.start()
+            return stream
+
+        stream = self._runner.run(start(), self.call_timeout)
+        return SyncStream(stream, self._runner, timeout)
+
+    list_groups = _blocking(Connection.list_groups)
+    describe_group = _blocking(Connection.describe_group)
+    delete_group = _blocking(Connection.delete_group)
+    reset_offsets = _blocking(Connection.reset_offsets)
+    committed_offsets = _blocking(Connection.committed_offsets)
+
 
 def connect(
     url: str = DEFAULT_URL,
@@ -480,4 +647,4 @@ def connect(
     return SyncConnection(conn, runner, call_timeout)
 
 
-__all__ = ["SyncConnection", "SyncConsumer", "SyncMessage", "connect"]
+__all__ = ["SyncConnection", "SyncConsumer", "SyncMessage", "SyncStream", "connect"]

@@ -31,6 +31,12 @@ ERROR_TABLE: Final[tuple[ErrorSpec, ...]] = (
     ErrorSpec(406, "PreconditionFailed", False, False, "equivalence or if-unused/if-empty check"),
     ErrorSpec(407, "UnknownDeliveryTag", False, False, "ack/nack/reject of unknown tag"),
     ErrorSpec(408, "DeliveryAckTimeout", False, True, "delivery unacked past ack timeout"),
+    ErrorSpec(409, "RebalanceInProgress", False, True, "consumer group is rebalancing: rejoin"),
+    ErrorSpec(410, "IllegalGeneration", False, False, "request from an old group generation"),
+    ErrorSpec(411, "UnknownMember", False, True, "member id not in the group: join again"),
+    ErrorSpec(412, "OutOfOrderSequence", False, False, "producer sequence number gap"),
+    ErrorSpec(413, "ProducerFenced", False, False, "producer epoch older than the current"),
+    ErrorSpec(416, "OffsetOutOfRange", False, False, "offset outside earliest..latest"),
     ErrorSpec(501, "FrameError", True, False, "malformed framing or msgpack payload"),
     ErrorSpec(502, "ProtocolSyntaxError", False, False, "frame fields have wrong types/count"),
     ErrorSpec(503, "CommandInvalid", False, False, "frame not valid in this state"),
@@ -85,6 +91,12 @@ ResourceLocked: type[WharfError] = _BY_NAME["ResourceLocked"]
 PreconditionFailed: type[WharfError] = _BY_NAME["PreconditionFailed"]
 UnknownDeliveryTag: type[WharfError] = _BY_NAME["UnknownDeliveryTag"]
 DeliveryAckTimeout: type[WharfError] = _BY_NAME["DeliveryAckTimeout"]
+RebalanceInProgress: type[WharfError] = _BY_NAME["RebalanceInProgress"]
+IllegalGeneration: type[WharfError] = _BY_NAME["IllegalGeneration"]
+UnknownMember: type[WharfError] = _BY_NAME["UnknownMember"]
+OutOfOrderSequence: type[WharfError] = _BY_NAME["OutOfOrderSequence"]
+ProducerFenced: type[WharfError] = _BY_NAME["ProducerFenced"]
+OffsetOutOfRange: type[WharfError] = _BY_NAME["OffsetOutOfRange"]
 FrameError: type[WharfError] = _BY_NAME["FrameError"]
 ProtocolSyntaxError: type[WharfError] = _BY_NAME["ProtocolSyntaxError"]
 CommandInvalid: type[WharfError] = _BY_NAME["CommandInvalid"]

@@ -70,6 +70,20 @@ PRODUCE: Final = 83
 FETCH: Final = 84
 LIST_OFFSETS: Final = 85
 TOPIC_ALTER: Final = 86
+FETCH_MANY: Final = 87
+TOPIC_LIST: Final = 88
+INIT_PRODUCER: Final = 89
+TOPIC_BIND: Final = 90
+TOPIC_UNBIND: Final = 91
+GROUP_JOIN: Final = 100
+GROUP_HEARTBEAT: Final = 101
+GROUP_LEAVE: Final = 102
+OFFSET_COMMIT: Final = 103
+OFFSET_FETCH: Final = 104
+GROUP_LIST: Final = 105
+GROUP_DESCRIBE: Final = 106
+GROUP_DELETE: Final = 107
+GROUP_RESET_OFFSETS: Final = 108
 # --- end log topics ---
 
 # PUBLISH / PUBLISH_MANY flag bits.
@@ -102,6 +116,9 @@ _BIN = (bytes,)
 _MAP = (dict,)
 _OPT_MAP = (dict, type(None))
 _LIST = (list, tuple)
+_OPT_INT = (int, type(None))
+_OPT_STR = (str, type(None))
+_OPT_LIST = (list, tuple, type(None))
 
 
 class Error(NamedTuple):
@@ -406,36 +423,167 @@ class TopicDescribe(NamedTuple):
 
 
 class TopicAlter(NamedTuple):
-    """Grow a topic to ``partitions`` partitions (never shrinks)."""
+    """Grow a topic to ``partitions`` partitions (never shrinks; nil = unchanged) and/or
+    change settings (``config`` keys replace the current values)."""
 
     request_id: int
     name: str
-    partitions: int
+    partitions: int | None = None
+    config: dict[str, Any] | None = None
+
+
+class TopicList(NamedTuple):
+    request_id: int
 
 
 class Produce(NamedTuple):
-    """``records``: array of [key bin|nil, value bin, headers map|nil, timestamp int|nil];
-    ``partition`` -1 = by crc32(first key) % partitions, or round-robin without a key."""
+    """Append one batch.  ``payload``: the records as protocol/records.py describes
+    (a msgpack array, gzip-compressed when ``codec`` is 1), stored as sent.
+    ``partition`` -1 = crc32(first record's key) % partitions, or round-robin without
+    a key.  ``acks``: "none" (no reply at all), "written" or "fsynced".  An idempotent
+    producer sets producer_id/epoch (from INIT_PRODUCER) and the sequence number of
+    the first record, counted per partition from 0."""
 
     request_id: int
     topic: str
     partition: int
-    records: list[Any]
+    payload: bytes
+    codec: int = 0
     acks: str = "written"
+    producer_id: int = -1
+    producer_epoch: int = -1
+    base_sequence: int = -1
 
 
 class Fetch(NamedTuple):
+    """Stored batches from ``offset`` on; waits up to ``max_wait_ms`` for data when
+    there is none yet (long poll)."""
+
     request_id: int
     topic: str
     partition: int
     offset: int
     max_bytes: int = 1_048_576
+    max_wait_ms: int = 0
+
+
+class FetchMany(NamedTuple):
+    """``partitions``: array of [topic, partition, offset, max_bytes].  Answers as soon
+    as any partition has data, or after ``max_wait_ms``."""
+
+    request_id: int
+    partitions: list[Any]
+    max_wait_ms: int = 0
+    max_bytes: int = 52_428_800
 
 
 class ListOffsets(NamedTuple):
+    """Earliest and latest offsets; with ``timestamp`` (epoch ms) also the first offset
+    whose record timestamp is >= it (latest when there is none)."""
+
     request_id: int
     topic: str
     partition: int
+    timestamp: int | None = None
+
+
+class InitProducer(NamedTuple):
+    """Allocate an idempotent producer id (answered with producer_id, producer_epoch)."""
+
+    request_id: int
+
+
+class TopicBind(NamedTuple):
+    """Append messages routed by ``exchange`` with ``routing_key`` to ``topic``."""
+
+    request_id: int
+    topic: str
+    exchange: str
+    routing_key: str = ""
+    arguments: dict[str, Any] | None = None
+
+
+class TopicUnbind(NamedTuple):
+    request_id: int
+    topic: str
+    exchange: str
+    routing_key: str = ""
+    arguments: dict[str, Any] | None = None
+
+
+class GroupJoin(NamedTuple):
+    """Join (or rejoin) a consumer group.  The answer comes when the group's next
+    generation is formed: {member_id, generation, assignment: [[topic, [partitions]]],
+    strategy, members}.  ``member_id`` "" for a new member; ``instance_id`` for static
+    membership; ``owned`` = [[topic, [partitions]]] the member holds (sticky)."""
+
+    request_id: int
+    group: str
+    topics: list[Any]
+    member_id: str = ""
+    instance_id: str | None = None
+    strategy: str = "range"
+    session_timeout_ms: int = 45_000
+    rebalance_timeout_ms: int = 60_000
+    owned: list[Any] | None = None
+
+
+class GroupHeartbeat(NamedTuple):
+    request_id: int
+    group: str
+    member_id: str
+    generation: int
+
+
+class GroupLeave(NamedTuple):
+    request_id: int
+    group: str
+    member_id: str
+
+
+class OffsetCommit(NamedTuple):
+    """``offsets``: array of [topic, partition, offset, metadata str|nil]; offset = the
+    next offset to read.  member_id "" and generation -1 commit for a group that has
+    no members (as Kafka's standalone commits)."""
+
+    request_id: int
+    group: str
+    member_id: str
+    generation: int
+    offsets: list[Any]
+
+
+class OffsetFetch(NamedTuple):
+    request_id: int
+    group: str
+    topics: list[Any] | None = None
+
+
+class GroupList(NamedTuple):
+    request_id: int
+
+
+class GroupDescribe(NamedTuple):
+    request_id: int
+    group: str
+
+
+class GroupDelete(NamedTuple):
+    request_id: int
+    group: str
+
+
+class GroupResetOffsets(NamedTuple):
+    """Move a group's committed offsets (only while it has no members): ``to`` is
+    "earliest", "latest", "offset" (``value`` = the offset) or "timestamp" (``value``
+    = epoch ms).  ``partitions`` nil = all partitions of the topic."""
+
+    request_id: int
+    group: str
+    topic: str
+    to: str
+    value: int | None = None
+    partitions: list[Any] | None = None
 
 
 # --- end log topics ---
@@ -487,6 +635,20 @@ Frame = (
     | Produce
     | Fetch
     | ListOffsets
+    | FetchMany
+    | TopicList
+    | InitProducer
+    | TopicBind
+    | TopicUnbind
+    | GroupJoin
+    | GroupHeartbeat
+    | GroupLeave
+    | OffsetCommit
+    | OffsetFetch
+    | GroupList
+    | GroupDescribe
+    | GroupDelete
+    | GroupResetOffsets
 )
 
 
@@ -536,6 +698,20 @@ TYPE_OF: Final[dict[type, int]] = {
     Produce: PRODUCE,
     Fetch: FETCH,
     ListOffsets: LIST_OFFSETS,
+    FetchMany: FETCH_MANY,
+    TopicList: TOPIC_LIST,
+    InitProducer: INIT_PRODUCER,
+    TopicBind: TOPIC_BIND,
+    TopicUnbind: TOPIC_UNBIND,
+    GroupJoin: GROUP_JOIN,
+    GroupHeartbeat: GROUP_HEARTBEAT,
+    GroupLeave: GROUP_LEAVE,
+    OffsetCommit: OFFSET_COMMIT,
+    OffsetFetch: OFFSET_FETCH,
+    GroupList: GROUP_LIST,
+    GroupDescribe: GROUP_DESCRIBE,
+    GroupDelete: GROUP_DELETE,
+    GroupResetOffsets: GROUP_RESET_OFFSETS,
 }
 
 
@@ -589,10 +765,24 @@ _FIELD_TYPES: dict[Any, tuple[tuple[type, ...], ...]] = {
     TopicCreate: (_INT, _STR, _INT, _OPT_MAP),
     TopicDelete: (_INT, _STR),
     TopicDescribe: (_INT, _STR),
-    TopicAlter: (_INT, _STR, _INT),
-    Produce: (_INT, _STR, _INT, _LIST, _STR),
-    Fetch: (_INT, _STR, _INT, _INT, _INT),
-    ListOffsets: (_INT, _STR, _INT),
+    TopicAlter: (_INT, _STR, _OPT_INT, _OPT_MAP),
+    TopicList: (_INT,),
+    Produce: (_INT, _STR, _INT, _BIN, _INT, _STR, _INT, _INT, _INT),
+    Fetch: (_INT, _STR, _INT, _INT, _INT, _INT),
+    FetchMany: (_INT, _LIST, _INT, _INT),
+    ListOffsets: (_INT, _STR, _INT, _OPT_INT),
+    InitProducer: (_INT,),
+    TopicBind: (_INT, _STR, _STR, _STR, _OPT_MAP),
+    TopicUnbind: (_INT, _STR, _STR, _STR, _OPT_MAP),
+    GroupJoin: (_INT, _STR, _LIST, _STR, _OPT_STR, _STR, _INT, _INT, _OPT_LIST),
+    GroupHeartbeat: (_INT, _STR, _STR, _INT),
+    GroupLeave: (_INT, _STR, _STR),
+    OffsetCommit: (_INT, _STR, _STR, _INT, _LIST),
+    OffsetFetch: (_INT, _STR, _OPT_LIST),
+    GroupList: (_INT,),
+    GroupDescribe: (_INT, _STR),
+    GroupDelete: (_INT, _STR),
+    GroupResetOffsets: (_INT, _STR, _STR, _STR, _OPT_INT, _OPT_LIST),
 }
 
 

@@ -1,21 +1,29 @@
-"""One partition of a log topic: append-only segment files, fetch by offset, recovery.
+"""One partition of a log topic: segments, appends, fetch, retention, recovery.
 
-Layout: ``<topic dir>/<partition>/<base_offset:020d>.log``.  A segment file is a
-sequence of batches, each a fixed header followed by a msgpack payload::
+Layout of ``<topic dir>/<partition>/``::
 
-    u32 payload_bytes | u64 base_offset | u32 record_count | u32 crc32(payload)
-    payload = msgpack array of records, one record = [key bin|nil, value bin,
-              headers map|nil, timestamp int (epoch ms)]
+    <base:020d>.log         batches (protocol/records.py), see segment.py
+    <base:020d>.index       sparse offset index   } of closed segments, see index.py
+    <base:020d>.timeindex   time index            }
+    <offset:020d>.snapshot  idempotent producer state below offset, see producers.py
 
-All integers are big-endian.  Offsets are consecutive: a batch's records get
-``base_offset .. base_offset + record_count - 1``.  On open, every segment is read
-back; a torn or corrupt tail of the *last* segment is cut off (the cut bytes are kept
-beside it in ``<segment>.torn-<unix ms>``) and logged.  Corruption in an earlier
-segment is refused: dropping it would silently skip valid batches after it.
+The last segment is the active one; appends go to it with one ``pwrite`` per batch
+(page cache only) and it is rolled when the next batch would pass ``segment_bytes``,
+when the batch's timestamp is ``segment_ms`` past the segment's first one, or (on
+the retention tick) when its first append is ``segment_ms`` old.  Rolling finishes
+the old segment in a worker thread: fsync its log, then write and fsync its index
+files and the producer snapshot, so index files on disk always describe durable data.
 
-Writes happen on the event loop (``os.write``, page cache only); ``sync()`` fsyncs
-in a worker thread and batches concurrent callers into one fsync (group commit).
-After a failed write or fsync the partition refuses further appends.
+``sync()`` fsyncs every segment with unsynced bytes in a worker thread, and the
+directory when a segment is new; callers arriving while an fsync runs share the next
+one (group commit).  After a failed write or fsync the partition refuses appends.
+
+Recovery reads the index files of closed segments and checks them against the log
+(index.py); only segments whose index files are missing or bad are scanned (and
+their indexes rewritten), plus the active segment, whose torn or corrupt tail is cut
+off and kept beside it in ``<segment>.torn-<unix ms>``.  A bad batch in a closed
+segment is refused unless every later segment is empty (a machine that lost power
+after a roll): dropping it would silently skip valid batches after it.
 """
 
 from __future__ import annotations
@@ -23,193 +31,281 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import struct
 import time
-import zlib
 from bisect import bisect_right
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Final
 
-import msgpack
+from wharf.protocol.errors import InternalError, OffsetOutOfRange, WharfError
+from wharf.protocol.records import LOG_APPEND_TIME, build_batch
 
-from wharf.protocol.errors import InternalError, InvalidArgument, WharfError
+from ..store.segments import SYNC_LOG_ENV
+from .index import ScanResult, SegmentIndex, load_index, scan_log, write_index_files
+from .producers import (
+    SNAPSHOTS_KEPT,
+    ProducerStates,
+    list_snapshots,
+    snapshot_name,
+    write_atomically,
+)
+from .segment import LOG_SUFFIX, Segment, segment_name
+from .topicconfig import DEFAULTS, TopicConfig
 
 log = logging.getLogger("wharf.logs")
 
-_HEADER: Final = struct.Struct(">IQII")
-HEADER_BYTES: Final = _HEADER.size
-SEGMENT_SUFFIX: Final = ".log"
-# A batch header claiming more than this is treated as corruption, not allocated.
-MAX_BATCH_BYTES: Final = 256 * 1024 * 1024
+__all__ = ["Partition", "segment_name"]
 
-# One stored record: [key, value, headers, timestamp].
-RecordIn = tuple[bytes | None, bytes, dict[str, Any] | None, int]
+TMP_SUFFIX: Final = ".tmp"
 
 
-class BatchRef(NamedTuple):
-    """Where one batch lives: in-memory index entry (one per batch)."""
-
-    base_offset: int
-    record_count: int
-    segment: int  # index into Partition._segments
-    position: int  # byte position of the payload in that segment file
-    payload_bytes: int
-
-
-def segment_name(base_offset: int) -> str:
-    return f"{base_offset:020d}{SEGMENT_SUFFIX}"
-
-
-def encode_batch(base_offset: int, records: list[RecordIn]) -> bytes:
-    payload: bytes = msgpack.packb(records, use_bin_type=True)
-    header = _HEADER.pack(len(payload), base_offset, len(records), zlib.crc32(payload))
-    return header + payload
-
-
-class OffsetOutOfRange(Exception):
-    pass
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class Partition:
-    """Owns the segment files of one partition and the index of its batches."""
+    """Owns the segment files of one partition."""
 
-    def __init__(self, path: Path, number: int) -> None:
+    def __init__(
+        self, path: Path, number: int, config: TopicConfig = DEFAULTS, topic: str = ""
+    ) -> None:
         self.path = path
         self.number = number
-        self._segments: list[tuple[int, int]] = []  # (base offset, fd), oldest first
-        self._batches: list[BatchRef] = []
-        self._batch_offsets: list[int] = []  # base offsets of _batches, for bisect
-        self.next_offset = 0
-        self._write_pos = 0  # end of the active (last) segment
+        self.topic = topic or path.parent.name
+        self.config = config
+        self.segments: list[Segment] = []
+        self._bases: list[int] = []  # base offsets of segments, for bisect
+        self.producers = ProducerStates()
         self.failed: WharfError | None = None
         self._sync_running = False
         self._sync_waiters: list[asyncio.Future[None]] = []
-        self._synced_through = 0  # bytes-written counter covered by the last fsync
-        self._written = 0
+        self._written = 0  # bytes appended since open (a counter for group commit)
+        self._synced_through = 0
+        self._waiters: list[Callable[[], None]] = []  # long-poll fetches
+        self._sync_log = os.environ.get(SYNC_LOG_ENV) or None
+        self.closed = False
         self._open()
-
-    # -- recovery ------------------------------------------------------------------
-
-    def _open(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        names = sorted(p.name for p in self.path.iterdir() if p.name.endswith(SEGMENT_SUFFIX))
-        if not names:
-            names = [segment_name(0)]
-        for i, name in enumerate(names):
-            seg_path = self.path / name
-            base = int(name[: -len(SEGMENT_SUFFIX)])
-            if i == 0:
-                self.next_offset = base
-            elif base != self.next_offset:
-                raise InternalError(
-                    f"log segment {seg_path} starts at offset {base}, expected {self.next_offset}"
-                )
-            fd = os.open(seg_path, os.O_RDWR | os.O_CREAT, 0o644)
-            self._segments.append((base, fd))
-            end = self._scan_segment(i, seg_path, fd, last=i == len(names) - 1)
-            self._write_pos = end
-        self._synced_through = self._written
-
-    def _scan_segment(self, index: int, seg_path: Path, fd: int, *, last: bool) -> int:
-        data = seg_path.read_bytes()
-        pos = 0
-        size = len(data)
-        while pos < size:
-            problem = self._check_batch(data, pos)
-            if problem is not None:
-                if not last:
-                    raise InternalError(
-                        f"log segment {seg_path} is corrupt at byte {pos} ({problem}) and is "
-                        "not the last segment; refusing to skip the batches after it"
-                    )
-                self._cut_tail(seg_path, fd, data, pos, problem)
-                return pos
-            length, base, count, _ = _HEADER.unpack_from(data, pos)
-            self._index(BatchRef(base, count, index, pos + HEADER_BYTES, length))
-            pos += HEADER_BYTES + length
-        return pos
-
-    def _check_batch(self, data: bytes, pos: int) -> str | None:
-        if len(data) - pos < HEADER_BYTES:
-            return "short header"
-        length, base, count, crc = _HEADER.unpack_from(data, pos)
-        if length > MAX_BATCH_BYTES or pos + HEADER_BYTES + length > len(data):
-            return "short payload"
-        if zlib.crc32(data[pos + HEADER_BYTES : pos + HEADER_BYTES + length]) != crc:
-            return "crc mismatch"
-        if base != self.next_offset or count <= 0:
-            return f"batch offset {base}+{count}, expected {self.next_offset}"
-        return None
-
-    def _cut_tail(self, seg_path: Path, fd: int, data: bytes, pos: int, problem: str) -> None:
-        side = seg_path.with_name(f"{seg_path.name}.torn-{int(time.time() * 1000)}")
-        side.write_bytes(data[pos:])
-        os.ftruncate(fd, pos)
-        os.fsync(fd)
-        log.warning(
-            "log %s: cut %d bytes at byte %d (%s); kept them in %s",
-            seg_path,
-            len(data) - pos,
-            pos,
-            problem,
-            side.name,
-        )
-
-    def _index(self, ref: BatchRef) -> None:
-        self._batches.append(ref)
-        self._batch_offsets.append(ref.base_offset)
-        self.next_offset = ref.base_offset + ref.record_count
 
     # -- offsets -------------------------------------------------------------------
 
     @property
     def earliest(self) -> int:
-        return self._segments[0][0]
+        """The log start offset: the base of the oldest segment."""
+        return self.segments[0].base_offset
 
     @property
     def latest(self) -> int:
         """The high watermark: the offset the next record will get."""
-        return self.next_offset
+        return self.segments[-1].next_offset
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    def describe(self) -> dict[str, int]:
+        return {
+            "partition": self.number,
+            "earliest": self.earliest,
+            "latest": self.latest,
+            "bytes": self.size_bytes,
+            "segments": len(self.segments),
+        }
 
     # -- append --------------------------------------------------------------------
 
-    def append(self, records: list[RecordIn]) -> int:
-        """Write one batch to the page cache; returns its base offset.  Not yet durable:
-        ``await sync()`` before telling anyone it is fsynced."""
+    def check_producer(self, pid: int, epoch: int, first_seq: int, count: int) -> int | None:
+        """For an idempotent append: the base offset of the batch it repeats, or None."""
+        return self.producers.check(pid, epoch, first_seq, count)
+
+    def append(
+        self,
+        payload: bytes,
+        *,
+        record_count: int,
+        last_offset_delta: int,
+        codec: int,
+        first_timestamp: int,
+        max_timestamp: int,
+        producer_id: int = -1,
+        producer_epoch: int = -1,
+        base_sequence: int = -1,
+        now_ms: int | None = None,
+    ) -> tuple[int, int]:
+        """Write one batch to the page cache; returns (base offset, log append time
+        or -1).  Not yet durable: ``await sync()`` before saying it is fsynced.
+        Idempotent producers: call ``check_producer`` first."""
         if self.failed is not None:
             raise self.failed
-        if not records:
-            raise InvalidArgument("a produce request needs at least one record")
-        base = self.next_offset
-        data = encode_batch(base, records)
-        fd = self._segments[-1][1]
-        start = self._write_pos
+        if now_ms is None:
+            now_ms = _now_ms()
+        attributes = codec
+        append_time = -1
+        if self.config.log_append_time:
+            attributes |= LOG_APPEND_TIME
+            first_timestamp = max_timestamp = append_time = now_ms
+        base = self.latest
+        last = base + last_offset_delta
+        data = build_batch(
+            base,
+            payload,
+            record_count=record_count,
+            last_offset_delta=last_offset_delta,
+            attributes=attributes,
+            first_timestamp=first_timestamp,
+            max_timestamp=max_timestamp,
+            producer_id=producer_id,
+            producer_epoch=producer_epoch,
+            base_sequence=base_sequence,
+        )
+        seg = self.segments[-1]
+        cfg = self.config
+        if seg.size and (
+            not seg.fits(len(data), last, cfg.segment_bytes)
+            or max_timestamp - seg.first_timestamp > cfg.segment_ms
+        ):
+            self.roll()
+            seg = self.segments[-1]
         try:
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(fd, view, start + len(data) - len(view))
-                view = view[n:]
+            seg.append(data, base, last, max_timestamp)
         except OSError as exc:
             raise self._fail(f"write failed: {exc}") from exc
-        self._write_pos = start + len(data)
+        if seg.first_append_ms < 0:
+            seg.first_append_ms = now_ms
         self._written += len(data)
-        self._index(
-            BatchRef(
-                base,
-                len(records),
-                len(self._segments) - 1,
-                start + HEADER_BYTES,
-                len(data) - HEADER_BYTES,
-            )
-        )
-        return base
+        if producer_id >= 0:
+            self.producers.record(producer_id, producer_epoch, base_sequence, base, last, now_ms)
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for wake in waiters:
+                wake()
+        return base, append_time
 
     def _fail(self, why: str) -> WharfError:
         log.error("log partition %s: %s; refusing further appends", self.path, why)
-        self.failed = InternalError(
-            f"partition {self.number} of this topic failed ({why}); the broker logged it"
-        )
+        if self.failed is None:
+            self.failed = InternalError(
+                f"partition {self.number} of topic '{self.topic}' failed ({why}); "
+                "the broker logged it"
+            )
         return self.failed
+
+    # -- rolling -------------------------------------------------------------------
+
+    def roll(self) -> None:
+        """Close the active segment (if it has data) and start a new one."""
+        old = self.segments[-1]
+        if old.size == 0:
+            return
+        old.index.finish()
+        base = old.next_offset
+        path = self.path / segment_name(base)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as exc:
+            raise self._fail(f"cannot create segment {path.name}: {exc}") from exc
+        seg = Segment(path, base, fd, 0)
+        seg.new = True
+        seg.synced_size = 0
+        self.segments.append(seg)
+        self._bases.append(base)
+        # Every closed segment not yet fsynced, oldest first: a segment's data must never
+        # be durable while an older one's is not (another roll may still be running).
+        unsynced = [s for s in self.segments[:-1] if s.synced_size < s.size]
+        job = _ClosedSegment(
+            [(os.dup(s.fd), str(s.path), s.size) for s in unsynced],
+            old.path,
+            old.index.offset_bytes(),
+            old.index.time_bytes(),
+            self.path / snapshot_name(base),
+            self.producers.snapshot_bytes(base),
+            self._sync_log,
+        )
+        sizes = [s.size for s in unsynced]
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (tools, unit tests): finish it now
+            job.run()
+            self._closed_segment_done(old, unsynced, sizes, None)
+            return
+
+        def done(fut: asyncio.Future[None]) -> None:
+            self._closed_segment_done(old, unsynced, sizes, fut.exception())
+
+        loop.run_in_executor(None, job.run).add_done_callback(done)
+
+    def _closed_segment_done(
+        self, old: Segment, synced: list[Segment], sizes: list[int], exc: BaseException | None
+    ) -> None:
+        if exc is not None:
+            if not self.closed:
+                self._fail(f"finishing segment {old.path.name} failed: {exc}")
+            return
+        for seg, size in zip(synced, sizes, strict=True):
+            seg.synced_size = max(seg.synced_size, size)
+        if not self.closed:
+            self._drop_old_snapshots()
+
+    def _drop_old_snapshots(self) -> None:
+        snaps = list_snapshots(self.path)
+        for offset, p in snaps[:-SNAPSHOTS_KEPT]:
+            if offset < self.latest:
+                _unlink(p)
+
+    def roll_if_idle(self, now_ms: int) -> bool:
+        """Roll the active segment when its first append is ``segment_ms`` old, so the
+        data of a quiet partition can expire."""
+        seg = self.segments[-1]
+        if seg.size and 0 <= seg.first_append_ms < now_ms - self.config.segment_ms:
+            self.roll()
+            return True
+        return False
+
+    # -- retention -----------------------------------------------------------------
+
+    def apply_retention(self, now_ms: int) -> int:
+        """Delete the oldest closed segments past retention_ms or beyond
+        retention_bytes (as Kafka); returns how many were deleted."""
+        cfg = self.config
+        if not cfg.deletes or self.failed is not None:
+            return 0
+        closed = self.segments[:-1]
+        doomed = 0
+        if cfg.retention_ms >= 0:
+            horizon = now_ms - cfg.retention_ms
+            for seg in closed:
+                if seg.max_timestamp >= horizon:
+                    break
+                doomed += 1
+        if cfg.retention_bytes >= 0:
+            excess = self.size_bytes - cfg.retention_bytes
+            n = 0
+            for seg in closed:
+                if excess - seg.size < 0:
+                    break
+                excess -= seg.size
+                n += 1
+            doomed = max(doomed, n)
+        if not doomed:
+            return 0
+        gone = self.segments[:doomed]
+        del self.segments[:doomed]
+        del self._bases[:doomed]
+        for seg in gone:
+            seg.delete_files()
+        snaps = list_snapshots(self.path)
+        for offset, p in snaps[:-1]:
+            if offset < self.earliest:
+                _unlink(p)
+        log.info(
+            "topic %s partition %d: retention deleted %d segments; log start is now %d",
+            self.topic,
+            self.number,
+            doomed,
+            self.earliest,
+        )
+        return doomed
+
+    # -- durability ----------------------------------------------------------------
 
     def sync(self) -> asyncio.Future[None]:
         """A future done once everything appended before the call is fsynced.  Calls
@@ -229,16 +325,23 @@ class Partition:
     def _start_sync(self, loop: asyncio.AbstractEventLoop) -> None:
         waiters, self._sync_waiters = self._sync_waiters, []
         target = self._written
-        # A dup'd descriptor keeps the file alive even if the topic is deleted meanwhile.
-        fd = os.dup(self._segments[-1][1])
+        dirty = [s for s in self.segments if s.synced_size < s.size or s.new]
+        # Duplicated descriptors stay valid if a segment is deleted meanwhile.
+        jobs = [(os.dup(s.fd), str(s.path), s.size) for s in dirty]
+        new_dir = self.path if any(s.new for s in dirty) else None
         self._sync_running = True
+        sync_log = self._sync_log
 
         def done(task: asyncio.Future[None]) -> None:
             self._sync_running = False
             exc = task.exception()
             if exc is None:
                 self._synced_through = max(self._synced_through, target)
-            else:
+                for seg, (_fd, _p, size) in zip(dirty, jobs, strict=True):
+                    seg.synced_size = max(seg.synced_size, size)
+                    if new_dir is not None:
+                        seg.new = False
+            elif not self.closed:
                 self._fail(f"fsync failed: {exc}")
             for w in waiters:
                 if w.done():
@@ -248,7 +351,7 @@ class Partition:
                 else:
                     w.set_exception(self.failed or InternalError("fsync failed"))
             if self._sync_waiters:
-                if self.failed is None and self._segments:
+                if self.failed is None and not self.closed:
                     self._start_sync(loop)
                 else:
                     for w in self._sync_waiters:
@@ -256,51 +359,303 @@ class Partition:
                             w.set_exception(self.failed or InternalError("partition closed"))
                     self._sync_waiters = []
 
-        loop.run_in_executor(None, _fsync_and_close, fd).add_done_callback(done)
+        loop.run_in_executor(None, _fsync_files, jobs, new_dir, sync_log).add_done_callback(done)
 
-    # -- fetch ---------------------------------------------------------------------
+    # -- reading -------------------------------------------------------------------
 
-    def fetch(self, offset: int, max_bytes: int) -> list[list[Any]]:
-        """Records from ``offset`` on as ``[offset, key, value, headers, timestamp]``.
-
-        Whole batches are read until their payload bytes pass ``max_bytes``; at least
-        one record is returned when there is one, so a big batch cannot stall a reader.
-        """
+    def check_offset(self, offset: int) -> None:
         if offset < self.earliest or offset > self.latest:
-            raise OffsetOutOfRange
+            raise OffsetOutOfRange(
+                f"offset {offset} is out of range for {self.topic}/{self.number}: valid "
+                f"offsets are {self.earliest}..{self.latest} (latest = the next offset "
+                "to be written)",
+                details={"earliest": self.earliest, "latest": self.latest, "offset": offset},
+            )
+
+    def fetch(self, offset: int, max_bytes: int, *, at_least_one: bool = True) -> list[memoryview]:
+        """Whole stored batches from the one holding ``offset`` on, up to ``max_bytes``
+        (``at_least_one``: even when the first batch is bigger); the first may start
+        before ``offset``.  Raises OffsetOutOfRange (416)."""
+        self.check_offset(offset)
         if offset == self.latest:
             return []
-        out: list[list[Any]] = []
-        i = bisect_right(self._batch_offsets, offset) - 1
+        segments = self.segments
+        out: list[memoryview] = []
         used = 0
-        batches = self._batches
-        while 0 <= i < len(batches):
-            ref = batches[i]
-            if out and used + ref.payload_bytes > max_bytes:
-                break
-            fd = self._segments[ref.segment][1]
-            payload = os.pread(fd, ref.payload_bytes, ref.position)
-            records = msgpack.unpackb(payload, raw=False)
-            for j, rec in enumerate(records):
-                o = ref.base_offset + j
-                if o >= offset:
-                    out.append([o, rec[0], rec[1], rec[2], rec[3]])
-            used += ref.payload_bytes
+        i = bisect_right(self._bases, offset) - 1
+        while i < len(segments) and used < max_bytes:
+            seg = segments[i]
+            got, whole = seg.read_from(
+                offset, max_bytes - used, at_least_one=at_least_one and not out
+            )
+            out += got
+            used += sum(len(b) for b in got)
+            if not whole:
+                break  # the next batch does not fit
+            offset = seg.next_offset  # on into the next segment
             i += 1
         return out
 
-    def close(self) -> None:
-        for _, fd in self._segments:
-            os.close(fd)
-        self._segments = []
+    def add_waiter(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` once at the next append (long-poll fetches)."""
+        self._waiters.append(wake)
+
+    def remove_waiter(self, wake: Callable[[], None]) -> None:
+        try:
+            self._waiters.remove(wake)
+        except ValueError:
+            pass
+
+    def offset_for_timestamp(self, timestamp: int) -> tuple[int, int]:
+        """(offset, timestamp) of the first record whose timestamp is >= ``timestamp``;
+        (latest, -1) when there is none.  -1 asks for latest, -2 for earliest."""
+        if timestamp == -1:
+            return self.latest, -1
+        if timestamp == -2:
+            return self.earliest, -1
+        for seg in self.segments:
+            found = seg.first_at_time(timestamp)
+            if found is not None:
+                return found
+        return self.latest, -1
+
+    # -- recovery ------------------------------------------------------------------
+
+    def _open(self) -> None:
+        path = self.path
+        path.mkdir(parents=True, exist_ok=True)
+        for tmp in path.glob(f"*{TMP_SUFFIX}"):
+            _unlink(tmp)
+        found: list[tuple[int, Path]] = []
+        for p in path.glob(f"*{LOG_SUFFIX}"):
+            stem = p.name[: -len(LOG_SUFFIX)]
+            if stem.isdigit():
+                found.append((int(stem), p))
+        found.sort()
+        if not found:
+            found = [(0, path / segment_name(0))]
+        rebuilt = 0
+        scans: dict[int, ScanResult] = {}
+        i = 0
+        while i < len(found):
+            base, seg_path = found[i]
+            fd = os.open(seg_path, os.O_RDWR | os.O_CREAT, 0o644)
+            seg = Segment(seg_path, base, fd, os.fstat(fd).st_size)
+            self.segments.append(seg)
+            self._bases.append(base)
+            if i < len(found) - 1:
+                end = found[i + 1][0]
+                idx = load_index(seg_path, base, seg.size, end)
+                if idx is not None and self._index_fits(seg, idx):
+                    seg.index = idx
+                    seg.next_offset = end
+                    i += 1
+                    continue
+                scan = scan_log(seg_path, base, end)
+                if scan.problem is None:
+                    scan.segment_index.finish()
+                    seg.index = scan.segment_index
+                    seg.next_offset = end
+                    write_index_files(
+                        seg_path,
+                        scan.segment_index.offset_bytes(),
+                        scan.segment_index.time_bytes(),
+                        self._synced,
+                    )
+                    scans[base] = scan
+                    rebuilt += 1
+                    i += 1
+                    continue
+                later = found[i + 1 :]
+                if any(p.stat().st_size for _b, p in later):
+                    raise InternalError(
+                        f"log segment {seg_path} is corrupt at byte {scan.valid_bytes} "
+                        f"({scan.problem}) and later segments hold data; refusing to skip "
+                        "the batches after it"
+                    )
+                for _b, p in later:
+                    Segment(p, _b, -1, 0).delete_files()
+                log.warning(
+                    "log %s: removed %d empty segments after a damaged one", path, len(later)
+                )
+                del found[i + 1 :]
+            # The active segment: scanned whole, torn tail cut.
+            scan = scan_log(seg_path, base)
+            if scan.problem is not None:
+                self._cut_tail(seg, scan.valid_bytes, scan.problem)
+            seg.size = seg.synced_size = scan.valid_bytes
+            seg.index = scan.segment_index
+            seg.next_offset = scan.next_offset
+            seg.first_timestamp = scan.first_timestamp
+            seg.first_append_ms = scan.first_timestamp
+            scans[base] = scan
+            i += 1
+        self._recover_producers(scans)
+        if rebuilt:
+            log.warning("log %s: rebuilt the indexes of %d segments", path, rebuilt)
+
+    @staticmethod
+    def _index_fits(seg: Segment, idx: SegmentIndex) -> bool:
+        """The last offset-index entry must point at a batch with that base offset."""
+        if not idx.positions:
+            return True
+        head = os.pread(seg.fd, 12, idx.positions[-1])
+        expected = seg.base_offset + idx.rel_offsets[-1]
+        return len(head) == 12 and int.from_bytes(head[4:12], "big") == expected
+
+    def _cut_tail(self, seg: Segment, valid: int, problem: str) -> None:
+        size = seg.size
+        with open(seg.path, "rb") as f:
+            f.seek(valid)
+            cut = f.read()
+        side = seg.path.with_name(f"{seg.path.name}.torn-{_now_ms()}")
+        side.write_bytes(cut)
+        os.ftruncate(seg.fd, valid)
+        os.fsync(seg.fd)
+        self._synced(seg.path, valid)
+        log.warning(
+            "log %s: cut %d bytes at byte %d (%s); kept them in %s",
+            seg.path,
+            size - valid,
+            valid,
+            problem,
+            side.name,
+        )
+
+    def _recover_producers(self, scans: dict[int, ScanResult]) -> None:
+        """Producer state: the newest usable snapshot plus the batches after it."""
+        end = self.latest
+        start = self.earliest
+        states: ProducerStates | None = None
+        snap_offset = start
+        for offset, p in reversed(list_snapshots(self.path)):
+            if offset > end:
+                _unlink(p)  # describes batches that are gone (torn tail, power loss)
+                continue
+            if states is not None:
+                continue
+            loaded = ProducerStates.from_snapshot(p.read_bytes())
+            if loaded is not None and loaded[0] == offset:
+                snap_offset, states = loaded
+        self.producers = states if states is not None else ProducerStates()
+        record = self.producers.record
+        for seg in self.segments:
+            if seg.next_offset <= snap_offset or seg.size == 0:
+                continue
+            scan = scans.get(seg.base_offset)
+            if scan is None:
+                scan = scan_log(seg.path, seg.base_offset)
+            for b in scan.producer_batches:
+                if b.base_offset >= snap_offset:
+                    record(
+                        b.producer_id,
+                        b.producer_epoch,
+                        b.base_sequence,
+                        b.base_offset,
+                        b.last_offset,
+                        b.max_timestamp,
+                    )
+
+    def _synced(self, path: Path, length: int) -> None:
+        if self._sync_log:
+            with open(self._sync_log, "a") as f:
+                f.write(f"{path} {length}\n")
+
+    # -- closing -------------------------------------------------------------------
+
+    def close(self, *, clean: bool = True) -> None:
+        """Close the files.  ``clean``: fsync what is unsynced and write a producer
+        snapshot first (broker shutdown); not when the topic is being deleted."""
+        if self.closed:
+            return
+        self.closed = True
         for w in self._sync_waiters:
             if not w.done():
                 w.set_exception(InternalError("the partition was closed"))
         self._sync_waiters = []
+        waiters, self._waiters = self._waiters, []
+        for wake in waiters:  # long polls answer now (with the topic gone, an error)
+            wake()
+        if clean and self.failed is None:
+            try:
+                jobs = [
+                    (os.dup(s.fd), str(s.path), s.size)
+                    for s in self.segments
+                    if s.synced_size < s.size or s.new
+                ]
+                _fsync_files(jobs, self.path, self._sync_log)
+                active = self.segments[-1]
+                if self.producers.producers and self.latest > active.base_offset:
+                    snap = self.path / snapshot_name(self.latest)
+                    write_atomically(snap, self.producers.snapshot_bytes(self.latest))
+                    self._synced(snap, snap.stat().st_size)
+            except OSError as exc:
+                log.error("log partition %s: closing cleanly failed: %s", self.path, exc)
+        for seg in self.segments:
+            seg.close()
 
 
-def _fsync_and_close(fd: int) -> None:
+class _ClosedSegment:
+    """Worker-thread part of a roll: the logs of the closed segments not yet fsynced
+    (the one just closed and any older) fsynced in order, then the closed segment's
+    index files and the producer snapshot written and fsynced."""
+
+    __slots__ = ("logs", "path", "offsets", "times", "snap_path", "snap", "sync_log")
+
+    def __init__(
+        self,
+        logs: list[tuple[int, str, int]],
+        path: Path,
+        offsets: bytes,
+        times: bytes,
+        snap_path: Path,
+        snap: bytes,
+        sync_log: str | None,
+    ) -> None:
+        self.logs = logs
+        self.path = path
+        self.offsets = offsets
+        self.times = times
+        self.snap_path = snap_path
+        self.snap = snap
+        self.sync_log = sync_log
+
+    def synced(self, path: Path, length: int) -> None:
+        if self.sync_log:
+            with open(self.sync_log, "a") as f:
+                f.write(f"{path} {length}\n")
+
+    def run(self) -> None:
+        _fsync_files(self.logs, None, self.sync_log)
+        write_index_files(self.path, self.offsets, self.times, self.synced)
+        write_atomically(self.snap_path, self.snap)
+        self.synced(self.snap_path, len(self.snap))
+
+
+def _fsync_files(
+    jobs: list[tuple[int, str, int]], directory: Path | None, sync_log: str | None
+) -> None:
+    """Worker thread: fsync each (dup'd fd, path, size) in order, then the directory;
+    every fd is closed."""
     try:
-        os.fsync(fd)
+        for fd, _p, _size in jobs:
+            os.fsync(fd)
+        if directory is not None:
+            dfd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
     finally:
-        os.close(fd)
+        for fd, _p, _size in jobs:
+            os.close(fd)
+    if sync_log:
+        with open(sync_log, "a") as f:
+            f.write("".join(f"{p} {size}\n" for _fd, p, size in jobs))
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,9 +1,11 @@
-"""The registry of log topics: create/grow/delete, produce, fetch, list offsets.
+"""The registry of log topics: create/alter/delete, produce, fetch, offsets, retention.
 
-On disk a topic is ``<logs dir>/<topic>/<partition>/`` (see partition.py for the
-segment format); there is no other metadata yet, so a restart rebuilds the topic list
-by scanning these directories.  A topic is created in a hidden ``.<name>.creating``
-directory and renamed into place, so a crash never leaves half a topic behind.
+On disk a topic is ``<logs dir>/<topic>/`` with ``topic.json`` (the settings it
+overrides, see topicconfig.py) and one directory per partition (partition.py).  A
+restart rebuilds the topic list by scanning these directories.  A topic is created
+in a hidden ``.<name>.creating`` directory and renamed into place, so a crash never
+leaves half a topic behind; the registry also keeps ``.producer_ids`` there
+(producers.py).
 
 Partitioning of a produce request with partition -1: ``zlib.crc32(key) %
 partition_count`` of the first record's key when it has one (stable across restarts
@@ -13,36 +15,74 @@ round-robin over the partitions.  All records of one request go to one partition
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import re
 import shutil
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
+
+import msgpack
 
 from wharf.protocol.errors import (
+    ContentTooLarge,
     InvalidArgument,
     NotFound,
     PreconditionFailed,
 )
+from wharf.protocol.records import CODECS, check_records, decompress, encode_records
 
-from .partition import OffsetOutOfRange, Partition, RecordIn, segment_name
+from .partition import Partition
+from .producers import ProducerIds, fsync_dir, write_atomically
+from .segment import segment_name
+from .topicconfig import DEFAULTS, TopicConfig, overrides
 
 log = logging.getLogger("wharf.logs")
 
 TOPIC_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,248}")
+TOPIC_FILE: Final = "topic.json"
 MAX_PARTITIONS: Final = 1024
 MAX_FETCH_BYTES: Final = 64 * 1024 * 1024
-ACKS_LEVELS: Final = ("written", "fsynced")
+ACKS_LEVELS: Final = ("none", "written", "fsynced")
+DEFAULT_RETENTION_CHECK_INTERVAL_MS: Final = 300_000
+# Limits of the batch header's fields (protocol/records.py).
+MAX_TIMESTAMP_MS: Final = 2**63 - 1
+MAX_PRODUCER_ID: Final = 2**63 - 1
+MAX_EPOCH: Final = 2**15 - 1
+MAX_SEQUENCE: Final = 2**31 - 1
+
+# One record handed to ``append_records``: (key, value, headers, timestamp ms).
+RecordIn = tuple[bytes | None, bytes | None, dict[str, Any] | None, int]
+
+
+class ProduceResult(NamedTuple):
+    partition: Partition
+    base_offset: int
+    duplicate: bool
+    log_append_time: int  # -1 unless the topic uses log-append time
+
+    def reply(self) -> dict[str, Any]:
+        return {
+            "partition": self.partition.number,
+            "base_offset": self.base_offset,
+            "duplicate": self.duplicate,
+            "log_append_time": self.log_append_time,
+        }
 
 
 class Topic:
-    def __init__(self, name: str, path: Path, partitions: list[Partition]) -> None:
+    def __init__(
+        self, name: str, path: Path, partitions: list[Partition], config: TopicConfig
+    ) -> None:
         self.name = name
         self.path = path
         self.partitions = partitions
+        self.config = config
         self._round_robin = 0
 
     def choose_partition(self, key: bytes | None) -> int:
@@ -62,32 +102,48 @@ class Topic:
             )
         return self.partitions[number]
 
+    def set_config(self, config: TopicConfig) -> None:
+        self.config = config
+        for p in self.partitions:
+            p.config = config
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "partitions": len(self.partitions),
-            "config": {},
-            "offsets": [
-                {"partition": p.number, "earliest": p.earliest, "latest": p.latest}
-                for p in self.partitions
-            ],
+            "config": self.config.to_map(),
+            "offsets": [p.describe() for p in self.partitions],
+            "internal": False,
         }
 
-    def close(self) -> None:
+    def close(self, *, clean: bool = True) -> None:
         for p in self.partitions:
-            p.close()
+            p.close(clean=clean)
 
 
 class TopicRegistry:
     """Owns every topic under one directory.  Handlers call it synchronously."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        retention_check_interval_ms: int = DEFAULT_RETENTION_CHECK_INTERVAL_MS,
+        max_batch_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
         self.root = root
         self.topics: dict[str, Topic] = {}
+        self.retention_check_interval_ms = retention_check_interval_ms
+        self.max_batch_bytes = max_batch_bytes
+        # Called with the topic name after a topic is deleted (groups, bindings).
+        self.on_topic_deleted: list[Callable[[str], None]] = []
+        self._timer: asyncio.TimerHandle | None = None
         root.mkdir(parents=True, exist_ok=True)
+        self.producer_ids = ProducerIds(root)
         self._recover()
 
     def _recover(self) -> None:
+        started = time.monotonic()
         for entry in sorted(self.root.iterdir()):
             if not entry.is_dir():
                 continue
@@ -104,33 +160,37 @@ class TopicRegistry:
             if count == 0:
                 log.warning("topic dir %s has no partitions; ignoring it", entry)
                 continue
-            parts = [Partition(entry / str(i), i) for i in range(count)]
-            self.topics[entry.name] = Topic(entry.name, entry, parts)
+            config = _load_config(entry)
+            parts = [Partition(entry / str(i), i, config, entry.name) for i in range(count)]
+            self.topics[entry.name] = Topic(entry.name, entry, parts, config)
         if self.topics:
-            log.info("recovered %d log topics", len(self.topics))
+            log.info(
+                "recovered %d log topics in %.3f s", len(self.topics), time.monotonic() - started
+            )
 
     def get(self, name: str) -> Topic:
         topic = self.topics.get(name)
         if topic is None:
-            raise NotFound(f"no topic '{name}'; create it with create_topic first")
+            raise NotFound(
+                f"no topic '{name}'; create it with create_topic first", details={"topic": name}
+            )
         return topic
+
+    def describe_all(self) -> list[dict[str, Any]]:
+        return [self.topics[name].describe() for name in sorted(self.topics)]
 
     # -- topic management ----------------------------------------------------------
 
     def create(self, name: str, partitions: int, config: dict[str, Any] | None) -> dict[str, Any]:
-        """Create a topic; re-creating one with the same partition count is a no-op."""
+        """Create a topic; re-creating one with the same partition count is a no-op
+        (settings given then must match the topic's, else 406)."""
         if not TOPIC_NAME_RE.fullmatch(name):
             raise InvalidArgument(
                 f"bad topic name {name!r}: use 1-249 of A-Z a-z 0-9 . _ - "
                 "(not starting with '.' or '-')"
             )
         _check_partition_count(partitions)
-        if config:
-            raise InvalidArgument(
-                f"topic settings {sorted(config)} are not supported yet; "
-                "create the topic without settings",
-                details={"unsupported": sorted(config)},
-            )
+        settings = DEFAULTS.with_changes(config or {})
         existing = self.topics.get(name)
         if existing is not None:
             if len(existing.partitions) != partitions:
@@ -139,85 +199,246 @@ class TopicRegistry:
                     f"not {partitions}; use alter_topic to add partitions",
                     details={"partitions": len(existing.partitions)},
                 )
+            if config and existing.config.with_changes(config) != existing.config:
+                raise PreconditionFailed(
+                    f"topic '{name}' exists with other settings; use alter_topic to change them",
+                    details={"config": existing.config.to_map()},
+                )
             return {**existing.describe(), "created": False}
         tmp = self.root / f".{name}.creating"
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _save_config(tmp, settings)
         for i in range(partitions):
             _make_partition_dir(tmp / str(i))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         final = self.root / name
         os.rename(tmp, final)
-        _fsync_dir(self.root)
-        topic = Topic(name, final, [Partition(final / str(i), i) for i in range(partitions)])
+        fsync_dir(self.root)
+        parts = [Partition(final / str(i), i, settings, name) for i in range(partitions)]
+        topic = Topic(name, final, parts, settings)
         self.topics[name] = topic
         log.info("created topic %s with %d partitions", name, partitions)
         return {**topic.describe(), "created": True}
 
-    def alter(self, name: str, partitions: int) -> dict[str, Any]:
-        """Grow a topic to ``partitions`` partitions (never shrinks)."""
+    def alter(
+        self, name: str, partitions: int | None, config: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Grow a topic to ``partitions`` partitions (never shrinks; None = as is)
+        and/or change settings (the keys given replace the current values)."""
         topic = self.get(name)
-        _check_partition_count(partitions)
+        new_config = topic.config.with_changes(config) if config else topic.config
         have = len(topic.partitions)
-        if partitions < have:
-            raise InvalidArgument(
-                f"topic '{name}' has {have} partitions; the count can grow but never shrink",
-                details={"partitions": have},
-            )
-        for i in range(have, partitions):
+        if partitions is not None:
+            _check_partition_count(partitions)
+            if partitions < have:
+                raise InvalidArgument(
+                    f"topic '{name}' has {have} partitions; the count can grow but never shrink",
+                    details={"partitions": have},
+                )
+        if new_config != topic.config:
+            _save_config(topic.path, new_config)
+            topic.set_config(new_config)
+            log.info("topic %s: settings now %s", name, overrides(new_config))
+        for i in range(have, partitions or have):
             # In order, each complete before the next: a crash leaves a contiguous prefix.
             _make_partition_dir(topic.path / str(i))
-            _fsync_dir(topic.path)
-            topic.partitions.append(Partition(topic.path / str(i), i))
+            fsync_dir(topic.path)
+            topic.partitions.append(Partition(topic.path / str(i), i, topic.config, name))
         return topic.describe()
 
     def delete(self, name: str) -> None:
         topic = self.get(name)
         del self.topics[name]
-        topic.close()
+        topic.close(clean=False)
         doomed = self.root / f".{name}.deleting-{int(time.time() * 1000)}"
         os.rename(topic.path, doomed)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         shutil.rmtree(doomed, ignore_errors=True)
         log.info("deleted topic %s", name)
+        for listener in list(self.on_topic_deleted):
+            try:
+                listener(name)
+            except Exception:
+                log.exception("a listener for the deletion of topic %s failed", name)
 
     # -- records -------------------------------------------------------------------
 
     def produce(
-        self, name: str, partition: int, records: list[Any], acks: str
-    ) -> tuple[Partition, int]:
-        """Append one batch; returns the partition and the batch's base offset.  With
-        acks="fsynced" the caller must ``await partition.sync()`` before replying."""
+        self,
+        name: str,
+        partition: int,
+        payload: bytes,
+        codec: int,
+        acks: str,
+        producer_id: int = -1,
+        producer_epoch: int = -1,
+        base_sequence: int = -1,
+    ) -> ProduceResult:
+        """Validate and append one produced batch, its payload stored unchanged.  With
+        acks="fsynced" the caller must ``await result.partition.sync()`` before
+        replying."""
         if acks not in ACKS_LEVELS:
             raise InvalidArgument(f"acks must be one of {', '.join(ACKS_LEVELS)}, got {acks!r}")
         topic = self.get(name)
-        batch = _check_records(records)
+        if codec not in CODECS.values():
+            raise InvalidArgument(f"unknown compression codec {codec}; known: {dict(CODECS)}")
+        if len(payload) > self.max_batch_bytes:
+            raise ContentTooLarge(
+                f"a batch of {len(payload)} bytes exceeds max_message_bytes="
+                f"{self.max_batch_bytes}; send smaller batches",
+                details={"size": len(payload), "max_message_bytes": self.max_batch_bytes},
+            )
+        raw = decompress(payload, codec)
+        try:
+            records = msgpack.unpackb(raw, raw=False, use_list=False)
+        except Exception as exc:  # msgpack raises several types for bad input
+            raise InvalidArgument(
+                f"batch payload is not a msgpack array of records: {exc}"
+            ) from None
+        info = check_records(records)
+        if info.max_timestamp > MAX_TIMESTAMP_MS:
+            raise InvalidArgument(f"record timestamps must be at most {MAX_TIMESTAMP_MS}")
+        if info.null_keys and topic.config.compacts:
+            raise InvalidArgument(
+                f"topic '{name}' is compacted (cleanup_policy={topic.config.cleanup_policy}): "
+                "every record needs a key"
+            )
         if partition == -1:
-            partition = topic.choose_partition(batch[0][0])
+            partition = topic.choose_partition(records[0][2])
         part = topic.partition(partition)
-        return part, part.append(batch)
+        if producer_id >= 0:
+            _check_producer_fields(producer_id, producer_epoch, base_sequence)
+            original = part.check_producer(
+                producer_id, producer_epoch, base_sequence, info.last_offset_delta + 1
+            )
+            if original is not None:
+                return ProduceResult(part, original, True, -1)
+        elif producer_id != -1:
+            raise InvalidArgument("producer_id must be >= 0, or -1 when not idempotent")
+        base, append_time = part.append(
+            payload,
+            record_count=info.count,
+            last_offset_delta=info.last_offset_delta,
+            codec=codec,
+            first_timestamp=info.first_timestamp,
+            max_timestamp=info.max_timestamp,
+            producer_id=producer_id,
+            producer_epoch=producer_epoch if producer_id >= 0 else -1,
+            base_sequence=base_sequence if producer_id >= 0 else -1,
+        )
+        return ProduceResult(part, base, False, append_time)
+
+    def append_records(
+        self, name: str, partition: int, records: Sequence[RecordIn], *, acks: str
+    ) -> tuple[Partition, int]:
+        """Append a batch the broker builds itself (``(key, value, headers, timestamp)``
+        tuples; partition -1 chooses as produce does).  With acks="fsynced" the caller
+        waits for ``partition.sync()``."""
+        if acks not in ACKS_LEVELS:
+            raise InvalidArgument(f"acks must be one of {', '.join(ACKS_LEVELS)}, got {acks!r}")
+        if not records:
+            raise InvalidArgument("a batch needs at least one record")
+        topic = self.get(name)
+        if topic.config.compacts and any(r[0] is None for r in records):
+            raise InvalidArgument(
+                f"topic '{name}' is compacted: every record needs a key (routing key or "
+                "x-partition-key)"
+            )
+        if partition == -1:
+            partition = topic.choose_partition(records[0][0])
+        part = topic.partition(partition)
+        payload, count = encode_records(records)
+        stamps = [r[3] for r in records]
+        base, _ = part.append(
+            payload,
+            record_count=count,
+            last_offset_delta=count - 1,
+            codec=0,
+            first_timestamp=min(stamps),
+            max_timestamp=max(stamps),
+        )
+        return part, base
 
     def fetch(self, name: str, partition: int, offset: int, max_bytes: int) -> dict[str, Any]:
-        if max_bytes <= 0 or max_bytes > MAX_FETCH_BYTES:
-            raise InvalidArgument(f"max_bytes must be 1..{MAX_FETCH_BYTES}, got {max_bytes}")
+        check_fetch_bytes(max_bytes)
         part = self.get(name).partition(partition)
-        try:
-            records = part.fetch(offset, max_bytes)
-        except OffsetOutOfRange:
-            raise InvalidArgument(
-                f"offset {offset} is out of range for {name}/{partition}: valid offsets are "
-                f"{part.earliest}..{part.latest} (latest = the next offset to be written)",
-                details={"earliest": part.earliest, "latest": part.latest, "offset": offset},
-            ) from None
-        return {"records": records, "high_watermark": part.latest}
+        return {
+            "batches": part.fetch(offset, max_bytes),
+            "high_watermark": part.latest,
+            "log_start": part.earliest,
+        }
 
-    def list_offsets(self, name: str, partition: int) -> dict[str, Any]:
+    def offset_for_timestamp(self, name: str, partition: int, ts: int) -> int:
+        """The first offset whose record timestamp is >= ``ts`` (latest when none)."""
+        return self.get(name).partition(partition).offset_for_timestamp(ts)[0]
+
+    def list_offsets(self, name: str, partition: int, ts: int | None = None) -> dict[str, Any]:
         part = self.get(name).partition(partition)
-        return {"earliest": part.earliest, "latest": part.latest}
+        out: dict[str, Any] = {"earliest": part.earliest, "latest": part.latest}
+        if ts is not None:
+            out["offset"], out["timestamp"] = part.offset_for_timestamp(ts)
+        return out
+
+    def init_producer(self) -> dict[str, int]:
+        return {"producer_id": self.producer_ids.allocate(), "producer_epoch": 0}
+
+    # -- retention -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run retention every ``retention_check_interval_ms`` on the running loop."""
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.retention_check_interval_ms / 1000, self._tick)
+
+    def _tick(self) -> None:
+        try:
+            self.check_retention(int(time.time() * 1000))
+        except Exception:
+            log.exception("log retention check failed")
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.retention_check_interval_ms / 1000, self._tick)
+
+    def check_retention(self, now_ms: int) -> int:
+        """Roll idle active segments, delete expired ones, forget silent producers;
+        returns the number of segments deleted."""
+        deleted = 0
+        for topic in list(self.topics.values()):
+            for part in topic.partitions:
+                if part.failed is not None:
+                    continue
+                try:
+                    part.roll_if_idle(now_ms)
+                    deleted += part.apply_retention(now_ms)
+                    part.producers.expire(now_ms)
+                except OSError as exc:
+                    log.error(
+                        "topic %s partition %d: retention failed: %s", topic.name, part.number, exc
+                    )
+        return deleted
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for topic in self.topics.values():
             topic.close()
         self.topics.clear()
+
+
+def _check_producer_fields(producer_id: int, epoch: int, sequence: int) -> None:
+    # The batch header holds them as i64, i16 and i32.
+    if producer_id > MAX_PRODUCER_ID or not 0 <= epoch <= MAX_EPOCH:
+        raise InvalidArgument(
+            f"producer_id must be 0..{MAX_PRODUCER_ID} and producer_epoch 0..{MAX_EPOCH} "
+            "(from INIT_PRODUCER)"
+        )
+    if not 0 <= sequence <= MAX_SEQUENCE:
+        raise InvalidArgument(f"base_sequence must be 0..{MAX_SEQUENCE}, got {sequence}")
+
+
+def check_fetch_bytes(max_bytes: int) -> None:
+    if not 0 < max_bytes <= MAX_FETCH_BYTES:
+        raise InvalidArgument(f"max_bytes must be 1..{MAX_FETCH_BYTES}, got {max_bytes}")
 
 
 def _check_partition_count(partitions: int) -> None:
@@ -225,27 +446,19 @@ def _check_partition_count(partitions: int) -> None:
         raise InvalidArgument(f"partitions must be 1..{MAX_PARTITIONS}, got {partitions}")
 
 
-def _check_records(records: list[Any]) -> list[RecordIn]:
-    if not isinstance(records, (list, tuple)) or not records:
-        raise InvalidArgument("records must be a non-empty array of [key, value, headers, ts]")
-    now_ms = int(time.time() * 1000)
-    out: list[RecordIn] = []
-    for i, rec in enumerate(records):
-        if not isinstance(rec, (list, tuple)) or len(rec) < 4:
-            raise InvalidArgument(f"record {i} must be an array [key, value, headers, timestamp]")
-        key, value, headers, ts = rec[0], rec[1], rec[2], rec[3]
-        if key is not None and not isinstance(key, bytes):
-            raise InvalidArgument(f"record {i}: key must be bin or nil")
-        if not isinstance(value, bytes):
-            raise InvalidArgument(f"record {i}: value must be bin")
-        if headers is not None and not isinstance(headers, dict):
-            raise InvalidArgument(f"record {i}: headers must be a map or nil")
-        if ts is None or ts == 0:
-            ts = now_ms  # nil/0: the broker's clock (create time otherwise)
-        elif not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
-            raise InvalidArgument(f"record {i}: timestamp must be epoch ms (int >= 0) or nil")
-        out.append((key, value, headers, ts))
-    return out
+def _load_config(topic_dir: Path) -> TopicConfig:
+    try:
+        data = json.loads((topic_dir / TOPIC_FILE).read_text())
+    except FileNotFoundError:
+        return DEFAULTS
+    except ValueError as exc:
+        raise InvalidArgument(f"{topic_dir / TOPIC_FILE} is not valid JSON: {exc}") from None
+    return DEFAULTS.with_changes(data.get("config") or {})
+
+
+def _save_config(topic_dir: Path, config: TopicConfig) -> None:
+    body = json.dumps({"config": overrides(config)}, indent=2, sort_keys=True) + "\n"
+    write_atomically(topic_dir / TOPIC_FILE, body.encode())
 
 
 def _make_partition_dir(path: Path) -> None:
@@ -255,12 +468,4 @@ def _make_partition_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path)

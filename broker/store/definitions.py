@@ -1,5 +1,8 @@
 """Durable definitions: exchanges, queues and bindings, written atomically.
 
+Bindings name their destination with ``destination_type`` "queue", "exchange" or
+"topic" (a log topic; restored once the topics are recovered, dropped if it is gone).
+
 ``<data_dir>/definitions.json`` is replaced as a whole on every change to a durable
 definition: write a temporary file, fsync it, rename it over the old one, fsync the
 directory.  A crash leaves either the old or the new file, never a mix.  Binary

@@ -70,6 +70,8 @@ _BY_TYPES: dict[tuple[type, ...], st.SearchStrategy[Any]] = {
     (dict, type(None)): st.none() | MAPS,
     (list, tuple): st.lists(MSGPACK_VALUES, max_size=4),
     (str, type(None)): st.none() | SMALL_TEXT,
+    (int, type(None)): st.none() | INTS,
+    (list, tuple, type(None)): st.none() | st.lists(MSGPACK_VALUES, max_size=4),
 }
 
 

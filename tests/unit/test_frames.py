@@ -68,10 +68,26 @@ SAMPLES: list[F.Frame] = [
     F.TopicCreate(18, "events", 6, {"future": 1}),
     F.TopicDelete(19, "events"),
     F.TopicDescribe(20, "events"),
-    F.TopicAlter(21, "events", 8),
-    F.Produce(22, "events", -1, [[b"k", b"v", {"h": "x"}, 1700000000000]], "fsynced"),
-    F.Fetch(23, "events", 2, 41, 65536),
-    F.ListOffsets(24, "events", 2),
+    F.TopicAlter(21, "events", 8, {"retention_ms": 86_400_000}),
+    F.Produce(22, "events", -1, b"\x91\x95\x00\x01\xc0\xc4\x01v\xc0", 1, "fsynced", 7, 0, 42),
+    F.Fetch(23, "events", 2, 41, 65536, 500),
+    F.ListOffsets(24, "events", 2, 1_700_000_000_000),
+    F.FetchMany(27, [["events", 0, 41, 65536], ["orders", 3, 0, 1024]], 500, 1_048_576),
+    F.TopicList(28),
+    F.InitProducer(29),
+    F.TopicBind(25, "audit", "orders", "eu.#", {"x-match": "any"}),
+    F.TopicUnbind(26, "audit", "orders", "eu.#", None),
+    F.GroupJoin(
+        30, "billing", ["events", "orders"], "", "w-1", "sticky", 10_000, 30_000, [["events", [0]]]
+    ),
+    F.GroupHeartbeat(31, "billing", "app-7f3e", 3),
+    F.GroupLeave(32, "billing", "app-7f3e"),
+    F.OffsetCommit(33, "billing", "app-7f3e", 3, [["events", 0, 42, "host-a"]]),
+    F.OffsetFetch(34, "billing", ["events"]),
+    F.GroupList(35),
+    F.GroupDescribe(36, "billing"),
+    F.GroupDelete(37, "billing"),
+    F.GroupResetOffsets(38, "billing", "events", "timestamp", 1_700_000_000_000, [0, 1]),
 ]
 
 SAMPLE_IDS = [type(f).__name__ for f in SAMPLES]
@@ -298,7 +314,7 @@ def test_documented_defaults(raw: list[Any], expected: F.Frame) -> None:
     assert F.parse(raw) == expected
 
 
-@pytest.mark.parametrize("ftype", [8, 9, 14, 29, 35, 46, 54, 87, 99, 255, 70000, -1, 2**64 - 1])
+@pytest.mark.parametrize("ftype", [8, 9, 14, 29, 35, 46, 54, 92, 99, 255, 70000, -1, 2**64 - 1])
 def test_unknown_frame_type(ftype: int) -> None:
     with pytest.raises(NotImplementedByBroker) as info:
         F.parse([ftype, 77, "whatever", {"a": 1}])

@@ -1,0 +1,154 @@
+"""Management API endpoints for log topics and consumer groups (docs/management.md).
+
+Topics come from the broker's ``TopicRegistry`` (logs/topics.py), groups from its group
+coordinator (logs/groups.py); both answer plain dicts, which these handlers pass on with
+little reshaping.  Same rules as the rest of the API (api.py): reads for any user,
+changes for administrators.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+from wharf.protocol.errors import InvalidArgument, ResourceError
+
+from .api_core import Call, Result, Route
+from .logs.group_model import RESET_TARGETS
+from .logs.topics import MAX_PARTITIONS
+
+if TYPE_CHECKING:
+    from .logs import TopicRegistry
+    from .logs.groups import GroupCoordinator
+    from .server import Broker
+
+DEFAULT_PARTITIONS: Final = 1  # as Kafka's num.partitions
+# Partitions named in one reset-offsets request.
+MAX_RESET_PARTITIONS: Final = MAX_PARTITIONS
+# Offsets and epoch-ms timestamps are signed 64-bit, as in Kafka.
+MAX_RESET_VALUE: Final = 2**63 - 1
+
+
+class LogsApi:
+    """Handlers for /api/topics and /api/groups."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def routes(self) -> list[Route]:
+        r = Route
+        return [
+            r("GET", ("topics",), self.list_topics),
+            r("GET", ("topics", "{name}"), self.get_topic),
+            r("PUT", ("topics", "{name}"), self.put_topic, True),
+            r("PATCH", ("topics", "{name}"), self.alter_topic, True),
+            r("DELETE", ("topics", "{name}"), self.delete_topic, True),
+            r("GET", ("groups",), self.list_groups),
+            r("GET", ("groups", "{name}"), self.get_group),
+            r("DELETE", ("groups", "{name}"), self.delete_group, True),
+            r("POST", ("groups", "{name}", "reset-offsets"), self.reset_offsets, True),
+        ]
+
+    # -- topics --------------------------------------------------------------------------
+
+    def _topics(self) -> TopicRegistry:
+        logs = self.broker.logs
+        if logs is None:
+            raise ResourceError("log topics are not available while the broker starts or stops")
+        return logs
+
+    async def list_topics(self, call: Call) -> Result:
+        return 200, self._topics().describe_all()
+
+    async def get_topic(self, call: Call) -> Result:
+        return 200, self._topics().get(call.params[0]).describe()
+
+    async def put_topic(self, call: Call) -> Result:
+        """Create a topic; 200 when it exists with the same partition count (and the
+        settings given, if any)."""
+        f = call.json(("partitions", "config"))
+        partitions = f.integer("partitions", DEFAULT_PARTITIONS, 1, MAX_PARTITIONS)
+        result = self._topics().create(call.params[0], partitions, f.obj("config"))
+        created = bool(result.pop("created", True))
+        return (201 if created else 200), result
+
+    async def alter_topic(self, call: Call) -> Result:
+        """Grow the partition count and/or change settings (given keys only)."""
+        f = call.json(("partitions", "config"))
+        if "partitions" not in f.doc and "config" not in f.doc:
+            raise InvalidArgument("give 'partitions', 'config' or both")
+        partitions = (
+            f.integer("partitions", 0, 1, MAX_PARTITIONS) if "partitions" in f.doc else None
+        )
+        config = f.obj("config") if "config" in f.doc else None
+        return 200, self._topics().alter(call.params[0], partitions, config)
+
+    async def delete_topic(self, call: Call) -> Result:
+        self._topics().delete(call.params[0])
+        return 200, {}
+
+    # -- consumer groups -----------------------------------------------------------------
+
+    def _groups(self) -> GroupCoordinator:
+        groups = self.broker.groups
+        if groups is None:
+            raise ResourceError(
+                "consumer groups are not available while the broker starts or stops"
+            )
+        return groups
+
+    async def list_groups(self, call: Call) -> Result:
+        return 200, self._groups().list()
+
+    async def get_group(self, call: Call) -> Result:
+        """The coordinator's description, each partition row with its member."""
+        doc = self._groups().describe(call.params[0])
+        owner = {
+            (topic, p): m["member_id"]
+            for m in doc["members"]
+            for topic, partitions in m["assignment"]
+            for p in partitions
+        }
+        for row in doc["offsets"]:
+            row["member"] = owner.get((row["topic"], row["partition"]))
+        return 200, doc
+
+    async def delete_group(self, call: Call) -> Result:
+        await self._groups().delete(call.params[0])  # answered once the tombstones are fsynced
+        return 200, {}
+
+    async def reset_offsets(self, call: Call) -> Result:
+        group = call.params[0]
+        f = call.json(("topic", "to", "value", "partitions"))
+        topic = f.text("topic")
+        to = f.text("to")
+        if to not in RESET_TARGETS:
+            raise InvalidArgument(
+                f"field 'to' must be one of: {', '.join(RESET_TARGETS)}",
+                details={"argument": "to"},
+            )
+        value = f.integer("value", 0, 0, MAX_RESET_VALUE) if "value" in f.doc else None
+        if value is None and to in ("offset", "timestamp"):
+            raise InvalidArgument(
+                f"field 'value' is required with to={to!r} "
+                + ("(the offset)" if to == "offset" else "(epoch milliseconds)"),
+                details={"argument": "value"},
+            )
+        partitions = _partition_list(f.doc.get("partitions")) if "partitions" in f.doc else None
+        result, synced = self._groups().reset_offsets(group, topic, to, value, partitions)
+        await synced
+        offsets = [{"topic": t, "partition": p, "offset": o} for t, p, o in result["offsets"]]
+        return 200, {"group": group, "topic": topic, "offsets": offsets}
+
+
+def _partition_list(raw: Any) -> list[int]:
+    if (
+        not isinstance(raw, list)
+        or len(raw) > MAX_RESET_PARTITIONS
+        or not all(type(p) is int and 0 <= p < MAX_PARTITIONS for p in raw)
+    ):
+        raise InvalidArgument(
+            f"field 'partitions' must be a list of at most {MAX_RESET_PARTITIONS} partition "
+            f"numbers 0..{MAX_PARTITIONS - 1}",
+            details={"argument": "partitions"},
+        )
+    return raw

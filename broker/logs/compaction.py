@@ -1,0 +1,404 @@
+"""Log compaction over segment files: keep the latest record per key (no asyncio).
+
+The pure part of Kafka's log cleaner; cleaner.py decides when a partition is cleaned
+and swaps the results in.  A pass over the closed segments of one partition, split at
+the cleaner checkpoint (the first offset no pass has covered yet, ``dirty_offset``):
+
+1. builds an *offset map*, key -> latest offset, over the dirty records (keys of 16
+   bytes or more are stored as a 16-byte BLAKE2b digest, and the map stops at a batch
+   boundary once it holds ``OFFSET_MAP_BUDGET_BYTES``, leaving the rest dirty for the
+   next pass);
+2. rewrites every closed segment up to where the map ends into
+   ``<segment>.log.cleaned`` (fsynced), dropping a record when the map holds a later
+   offset for its key, dropping records without a key (they cannot be compacted, as
+   in Kafka), and dropping a tombstone (nil value) once its batch's delete horizon
+   has passed.  A batch that keeps every record is copied byte for byte; a batch that
+   loses some is rebuilt with the same base offset, last offset delta (so the
+   producer's sequence numbers still add up), producer fields, codec and delete
+   horizon; a batch that loses all is left out, except the last batch of an
+   idempotent producer, which is kept whole.  The first pass that keeps a tombstone
+   stamps its batch's delete horizon (now + ``delete_retention_ms``; KIP-534).
+   Segments in which nothing changes are not rewritten.
+
+Offsets never change: the cleaned log has gaps, a segment keeps its name (its base
+offset) even when it ends up empty.  Everything here is blocking file I/O meant for a
+worker thread; ``abort`` (a threading.Event) stops a pass between two batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Final, NamedTuple
+
+import msgpack
+
+from wharf.protocol.errors import InvalidArgument
+from wharf.protocol.records import (
+    HEADER_BYTES,
+    LENGTH_BYTES,
+    MAX_BATCH_BYTES,
+    BatchHeader,
+    build_batch,
+    check_batch,
+    compress,
+    decompress,
+    read_header,
+    with_delete_horizon,
+)
+
+CLEANED_SUFFIX: Final = ".cleaned"
+# Soft bound on the offset map of one pass; what does not fit waits for the next pass.
+OFFSET_MAP_BUDGET_BYTES: Final = 64 * 1024 * 1024
+# What one map entry costs in CPython beyond its key bytes (dict slot, bytes and int
+# objects), for the budget above.
+_MAP_ENTRY_OVERHEAD_BYTES: Final = 110
+# Keys shorter than this are map keys as they are; longer ones become a digest of
+# exactly this length, so the two kinds never collide.
+_MAP_KEY_BYTES: Final = 16
+_READ_BUFFER_BYTES: Final = 1024 * 1024
+_COPY_CHUNK_BYTES: Final = 1024 * 1024
+
+
+class CorruptSegment(Exception):
+    """A closed segment does not read back as whole batches; the clean is abandoned."""
+
+
+class CleanAborted(Exception):
+    """The broker is stopping: the pass was abandoned between two batches."""
+
+
+class SegmentFile(NamedTuple):
+    """A closed segment as the cleaner sees it."""
+
+    base_offset: int
+    path: Path
+    size: int  # bytes to read; a closed segment no longer grows
+
+
+class CleanedSegment(NamedTuple):
+    base_offset: int
+    source: Path  # the segment file it replaces
+    cleaned: Path  # ``<segment>.log.cleaned``, fsynced
+    size: int
+
+
+@dataclass(slots=True)
+class CleanStats:
+    bytes_read: int = 0
+    bytes_removed: int = 0
+    records_removed: int = 0
+    tombstones_removed: int = 0
+    batches_rebuilt: int = 0
+    batches_dropped: int = 0
+    # Earliest delete horizon among the tombstones still in the cleaned range, or -1.
+    tombstone_horizon: int = -1
+
+    def note_horizon(self, horizon: int) -> None:
+        if self.tombstone_horizon < 0 or horizon < self.tombstone_horizon:
+            self.tombstone_horizon = horizon
+
+
+class CleanResult(NamedTuple):
+    segments: list[CleanedSegment]  # only those whose bytes changed, oldest first
+    end_offset: int  # the new checkpoint: first offset the offset map did not cover
+    stats: CleanStats
+
+
+# -- reading segments ------------------------------------------------------------------
+
+
+def map_key(key: bytes) -> bytes:
+    """The offset-map key for a record key (bounded size)."""
+    if len(key) < _MAP_KEY_BYTES:
+        return key
+    return hashlib.blake2b(key, digest_size=_MAP_KEY_BYTES).digest()
+
+
+def iter_batches(
+    f: IO[bytes], seg: SegmentFile, abort: threading.Event | None = None
+) -> Iterator[tuple[int, BatchHeader, bytes]]:
+    """``(position, header, batch bytes)`` for each batch of a closed segment; raises
+    CorruptSegment rather than skip anything."""
+    pos = 0
+    while pos < seg.size:
+        if abort is not None and abort.is_set():
+            raise CleanAborted
+        head = f.read(HEADER_BYTES)
+        if len(head) < HEADER_BYTES:
+            raise CorruptSegment(f"{seg.path}: short batch header at byte {pos}")
+        h = read_header(head)
+        if h.length < HEADER_BYTES - LENGTH_BYTES or h.length > MAX_BATCH_BYTES:
+            raise CorruptSegment(f"{seg.path}: bad batch length {h.length} at byte {pos}")
+        if pos + h.size > seg.size:
+            raise CorruptSegment(f"{seg.path}: batch at byte {pos} runs past the segment end")
+        batch = head + f.read(h.size - HEADER_BYTES)
+        problem = check_batch(batch)
+        if problem is not None:
+            raise CorruptSegment(f"{seg.path}: {problem} at byte {pos}")
+        yield pos, h, batch
+        pos += h.size
+
+
+def decode_batch(batch: bytes, h: BatchHeader) -> tuple[Any, ...]:
+    """The stored records ``[offset_delta, timestamp, key, value, headers, ...]``."""
+    try:
+        raw = decompress(memoryview(batch)[HEADER_BYTES:], h.codec)
+        records = msgpack.unpackb(raw, raw=False, use_list=False)
+    except (InvalidArgument, ValueError) as exc:
+        raise CorruptSegment(f"batch at offset {h.base_offset} does not decode: {exc}") from None
+    if type(records) is not tuple:
+        raise CorruptSegment(f"batch at offset {h.base_offset} is not an array of records")
+    return records
+
+
+# -- the offset map --------------------------------------------------------------------
+
+
+def segment_ends(segments: list[SegmentFile], limit_offset: int) -> list[int]:
+    """The first offset after each segment: the next one's base, or ``limit_offset``
+    (the active segment's base) for the last."""
+    if not segments:
+        return []
+    return [s.base_offset for s in segments[1:]] + [limit_offset]
+
+
+def build_offset_map(
+    segments: list[SegmentFile],
+    dirty_offset: int,
+    limit_offset: int,
+    budget_bytes: int = OFFSET_MAP_BUDGET_BYTES,
+    abort: threading.Event | None = None,
+) -> tuple[dict[bytes, int], int]:
+    """Latest offset per key over the records from ``dirty_offset`` to
+    ``limit_offset``; returns ``(map, end)`` where ``end`` is the first offset the map
+    does not cover (a batch boundary; ``limit_offset`` unless the budget ran out)."""
+    offsets: dict[bytes, int] = {}
+    used = 0
+    for seg, seg_end in zip(segments, segment_ends(segments, limit_offset), strict=True):
+        if seg_end <= dirty_offset:
+            continue
+        with open(seg.path, "rb", buffering=_READ_BUFFER_BYTES) as f:
+            for _, h, batch in iter_batches(f, seg, abort):
+                if h.next_offset <= dirty_offset:
+                    continue
+                if used >= budget_bytes and offsets:
+                    return offsets, max(h.base_offset, dirty_offset)
+                base = h.base_offset
+                for rec in decode_batch(batch, h):
+                    key = rec[2]
+                    offset = base + rec[0]
+                    if key is None or offset < dirty_offset:
+                        continue
+                    mk = map_key(key)
+                    if mk not in offsets:
+                        used += len(mk) + _MAP_ENTRY_OVERHEAD_BYTES
+                    offsets[mk] = offset
+    return offsets, max(limit_offset, dirty_offset)
+
+
+# -- cleaning --------------------------------------------------------------------------
+
+
+def clean_batch(
+    batch: bytes,
+    h: BatchHeader,
+    offsets: dict[bytes, int],
+    *,
+    now_ms: int,
+    delete_retention_ms: int,
+    keep_whole: bool,
+    stats: CleanStats,
+) -> bytes | None:
+    """The batch as it should be after cleaning: the same object when nothing changes,
+    a new batch when records go or a delete horizon is stamped, None when it goes."""
+    records = decode_batch(batch, h)
+    base = h.base_offset
+    horizon_passed = 0 <= h.delete_horizon <= now_ms
+    kept: list[Any] = []
+    tombstones = False
+    tombstones_removed = 0
+    for rec in records:
+        key = rec[2]
+        if key is None:
+            continue
+        offset = base + rec[0]
+        if offsets.get(map_key(key), offset) > offset:
+            continue
+        if rec[3] is None:
+            if horizon_passed:
+                tombstones_removed += 1
+                continue
+            tombstones = True
+        kept.append(rec)
+    if not kept and keep_whole:
+        # The last batch of an idempotent producer: its sequence numbers are what a
+        # restarted broker recovers the producer's state from.  Its tombstones wait
+        # for a later pass, after the producer has written again.
+        return batch
+    removed = len(records) - len(kept)
+    horizon = h.delete_horizon
+    if tombstones and horizon < 0:
+        horizon = now_ms + delete_retention_ms
+    if tombstones:
+        stats.note_horizon(horizon)
+    if removed == 0:
+        return batch if horizon == h.delete_horizon else with_delete_horizon(batch, horizon)
+    stats.records_removed += removed
+    stats.tombstones_removed += tombstones_removed
+    if not kept:
+        stats.batches_dropped += 1
+        return None
+    stats.batches_rebuilt += 1
+    if h.log_append_time:
+        first_ts, max_ts = h.first_timestamp, h.max_timestamp
+    else:
+        stamps = [rec[1] for rec in kept]
+        first_ts, max_ts = min(stamps), max(stamps)
+    payload = compress(msgpack.packb(kept, use_bin_type=True), h.codec)
+    return build_batch(
+        base,
+        payload,
+        record_count=len(kept),
+        last_offset_delta=h.last_offset_delta,
+        attributes=h.attributes,
+        first_timestamp=first_ts,
+        max_timestamp=max_ts,
+        producer_id=h.producer_id,
+        producer_epoch=h.producer_epoch,
+        base_sequence=h.base_sequence,
+        delete_horizon=horizon,
+    )
+
+
+def cleaned_path(segment: Path) -> Path:
+    return segment.with_name(segment.name + CLEANED_SUFFIX)
+
+
+def clean_segment(
+    seg: SegmentFile,
+    offsets: dict[bytes, int],
+    end_offset: int,
+    *,
+    now_ms: int,
+    delete_retention_ms: int,
+    keep_batches: Collection[int],
+    stats: CleanStats,
+    abort: threading.Event | None = None,
+) -> CleanedSegment | None:
+    """Write the cleaned copy of one segment to ``<segment>.cleaned`` and fsync it;
+    None (and no file) when cleaning changes nothing in it.  Batches at or after
+    ``end_offset`` are copied as they are."""
+    dest = cleaned_path(seg.path)
+    out: IO[bytes] | None = None
+    written = 0
+    try:
+        with open(seg.path, "rb", buffering=_READ_BUFFER_BYTES) as f:
+            for pos, h, batch in iter_batches(f, seg, abort):
+                stats.bytes_read += h.size
+                if h.base_offset >= end_offset:
+                    new: bytes | None = batch
+                else:
+                    new = clean_batch(
+                        batch,
+                        h,
+                        offsets,
+                        now_ms=now_ms,
+                        delete_retention_ms=delete_retention_ms,
+                        keep_whole=h.base_offset in keep_batches,
+                        stats=stats,
+                    )
+                if out is None and new is not batch:
+                    out = open(dest, "wb")  # noqa: SIM115 - closed below, on every path
+                    written = _copy_prefix(f.fileno(), out, pos)
+                if out is not None and new is not None:
+                    out.write(new)
+                    written += len(new)
+        if out is None:
+            return None
+        out.flush()
+        os.fsync(out.fileno())
+        out.close()
+        out = None
+    except BaseException:
+        if out is not None:
+            out.close()
+        with contextlib.suppress(FileNotFoundError):
+            dest.unlink()
+        raise
+    stats.bytes_removed += seg.size - written
+    return CleanedSegment(seg.base_offset, seg.path, dest, written)
+
+
+def _copy_prefix(fd: int, out: IO[bytes], length: int) -> int:
+    """Copy the first ``length`` bytes of ``fd`` (unchanged batches) into ``out``."""
+    pos = 0
+    while pos < length:
+        chunk = os.pread(fd, min(_COPY_CHUNK_BYTES, length - pos), pos)
+        if not chunk:
+            raise CorruptSegment(f"segment shrank while being cleaned (at byte {pos})")
+        out.write(chunk)
+        pos += len(chunk)
+    return pos
+
+
+def clean_partition(
+    segments: list[SegmentFile],
+    *,
+    dirty_offset: int,
+    limit_offset: int,
+    now_ms: int,
+    delete_retention_ms: int,
+    keep_batches: Collection[int] = (),
+    budget_bytes: int = OFFSET_MAP_BUDGET_BYTES,
+    abort: threading.Event | None = None,
+) -> CleanResult:
+    """One cleaning pass over the closed ``segments`` (oldest first, ending where the
+    active segment ``limit_offset`` begins).  Blocking file I/O: run it in a worker
+    thread.  On error no ``.cleaned`` file is left behind."""
+    offsets, end = build_offset_map(segments, dirty_offset, limit_offset, budget_bytes, abort)
+    stats = CleanStats()
+    cleaned: list[CleanedSegment] = []
+    try:
+        for seg in segments:
+            if seg.base_offset >= end:
+                break
+            done = clean_segment(
+                seg,
+                offsets,
+                end,
+                now_ms=now_ms,
+                delete_retention_ms=delete_retention_ms,
+                keep_batches=keep_batches,
+                stats=stats,
+                abort=abort,
+            )
+            if done is not None:
+                cleaned.append(done)
+    except BaseException:
+        discard(cleaned)
+        raise
+    return CleanResult(cleaned, end, stats)
+
+
+def discard(cleaned: list[CleanedSegment]) -> None:
+    """Remove the ``.cleaned`` files of a pass that will not be swapped in."""
+    for c in cleaned:
+        with contextlib.suppress(FileNotFoundError):
+            c.cleaned.unlink()
+
+
+def dirty_ratio(segments: list[SegmentFile], dirty_offset: int, limit_offset: int) -> float:
+    """Bytes of closed segments not yet covered by a clean / bytes of closed segments.
+    The segment holding ``dirty_offset`` counts as dirty."""
+    total = dirty = 0
+    for seg, seg_end in zip(segments, segment_ends(segments, limit_offset), strict=True):
+        total += seg.size
+        if seg_end > dirty_offset:
+            dirty += seg.size
+    return dirty / total if total else 0.0

@@ -1,0 +1,164 @@
+"""One segment file of a partition: ``<base_offset:020d>.log``.
+
+A segment is a plain concatenation of record batches (protocol/records.py: a 64-byte
+header with base offset, count, timestamps and CRC, then the producer's payload).
+Batches are written with one ``pwrite`` each on the event loop (page cache only);
+fsyncs run in worker threads (partition.py).  Reads are ``pread`` on the loop.
+
+The segment's ``SegmentIndex`` (index.py) finds the position of an offset and the
+offset of a timestamp without reading the log; ``next_offset`` is the offset after
+the segment's last batch (for a closed segment: the next segment's base).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+
+from wharf.protocol.records import HEADER, HEADER_BYTES, LENGTH_BYTES, decode_records
+
+from .index import INDEX_INTERVAL_BYTES, MAX_RELATIVE, SegmentIndex, index_paths
+
+LOG_SUFFIX: Final = ".log"
+SNAPSHOT_SUFFIX: Final = ".snapshot"
+
+
+def segment_name(base_offset: int) -> str:
+    return f"{base_offset:020d}{LOG_SUFFIX}"
+
+
+class Segment:
+    __slots__ = (
+        "base_offset",
+        "path",
+        "fd",
+        "size",
+        "next_offset",
+        "index",
+        "synced_size",
+        "new",
+        "first_timestamp",
+        "first_append_ms",
+    )
+
+    def __init__(self, path: Path, base_offset: int, fd: int, size: int) -> None:
+        self.base_offset = base_offset
+        self.path = path
+        self.fd = fd
+        self.size = size
+        self.next_offset = base_offset
+        self.index = SegmentIndex(base_offset)
+        self.synced_size = size
+        self.new = False  # directory entry not yet fsynced
+        self.first_timestamp = -1  # max_timestamp of the first batch (for segment_ms)
+        self.first_append_ms = -1  # broker clock at the first append (idle rolls)
+
+    def __repr__(self) -> str:
+        return f"<Segment {self.base_offset}..{self.next_offset} {self.size} bytes>"
+
+    @property
+    def max_timestamp(self) -> int:
+        return self.index.max_timestamp
+
+    def fits(self, batch_bytes: int, last_offset: int, segment_bytes: int) -> bool:
+        """Whether a batch can still go into this (active) segment."""
+        if self.size and self.size + batch_bytes > segment_bytes:
+            return False
+        return last_offset - self.base_offset <= MAX_RELATIVE and self.size < MAX_RELATIVE
+
+    def append(self, data: bytes, base: int, last: int, max_timestamp: int) -> None:
+        """Write one whole batch at the end (raises OSError)."""
+        pos = self.size
+        view = memoryview(data)
+        written = os.pwrite(self.fd, view, pos)
+        while written < len(data):
+            written += os.pwrite(self.fd, view[written:], pos + written)
+        if self.first_timestamp < 0:
+            self.first_timestamp = max_timestamp
+        self.index.observe(base - self.base_offset, pos, len(data), max_timestamp)
+        self.size = pos + len(data)
+        self.next_offset = last + 1
+
+    def read_from(
+        self, offset: int, max_bytes: int, *, at_least_one: bool
+    ) -> tuple[list[memoryview], bool]:
+        """Whole batches holding offsets >= ``offset``, the first one possibly starting
+        before it, until ``max_bytes`` would be passed (``at_least_one``: even the
+        first); and whether they reach the end of the segment."""
+        _rel, pos = self.index.position_for(offset)
+        end = self.size
+        out: list[memoryview] = []
+        if pos >= end:
+            return out, True
+        fd = self.fd
+        # One read covering the batches to skip (less than an index interval) and the
+        # answer; more only when the first batch wanted is bigger than that.
+        data = os.pread(fd, min(end - pos, max_bytes + 2 * INDEX_INTERVAL_BYTES), pos)
+        view = memoryview(data)
+        used = 0
+        i = 0
+        n = len(data)
+        while True:
+            if n - i < HEADER_BYTES:
+                if pos + i >= end:
+                    return out, True
+                if out:
+                    return out, False
+                # Still skipping: read on from the next batch.
+                pos += i
+                data = os.pread(fd, min(end - pos, max_bytes + INDEX_INTERVAL_BYTES), pos)
+                view = memoryview(data)
+                i = 0
+                n = len(data)
+                continue
+            length = int.from_bytes(view[i : i + 4], "big")
+            size = length + LENGTH_BYTES
+            base = int.from_bytes(view[i + 4 : i + 12], "big")
+            last = base + int.from_bytes(view[i + 12 : i + 16], "big")
+            if last < offset:
+                i += size
+                continue
+            if used + size > max_bytes and (out or not at_least_one):
+                return out, False
+            if i + size > n:
+                if out:
+                    return out, False
+                # The first batch wanted is not wholly in the buffer: read it alone.
+                out.append(memoryview(os.pread(fd, size, pos + i)))
+                return out, pos + i + size >= end
+            out.append(view[i : i + size])
+            used += size
+            i += size
+
+    def first_at_time(self, timestamp: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record with a timestamp >= ``timestamp``
+        in this segment, or None when it has none (scans from the time index's hint)."""
+        if self.index.max_timestamp < timestamp:
+            return None
+        start = self.index.offset_before_time(timestamp)
+        _rel, pos = self.index.position_for(start)
+        fd = self.fd
+        while pos < self.size:
+            head = HEADER.unpack(os.pread(fd, HEADER_BYTES, pos))
+            size = head[0] + LENGTH_BYTES
+            if head[7] >= timestamp:  # max_timestamp
+                for rec in decode_records(os.pread(fd, size, pos)):
+                    if rec[1] >= timestamp:
+                        return rec[0], rec[1]
+            pos += size
+        return None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def delete_files(self) -> None:
+        """Close and unlink the segment with its index files."""
+        self.close()
+        for p in (self.path, *index_paths(self.path)):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass

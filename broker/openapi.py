@@ -1,0 +1,423 @@
+"""The OpenAPI 3 document of the management API (``GET /api/openapi.json``).
+
+Written by hand next to the handlers (api.py, api_logs.py); tests/integration/
+test_openapi.py runs schemathesis against it, so a handler and its description cannot
+drift apart unnoticed.  Schemas use a short notation: "field:t" with t = s(tring)
+b(oolean) i(nteger) m(ap) l(ist of strings); a trailing "!" marks a required field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from .api_core import JSON_CONTENT_TYPE, MAX_PEEK_COUNT, MSGPACK_INT_MAX
+from .api_logs import MAX_RESET_PARTITIONS, MAX_RESET_VALUE
+from .logs.group_model import RESET_TARGETS
+from .logs.topicconfig import (
+    CLEANUP_POLICIES,
+    MAX_MS,
+    MAX_SEGMENT_BYTES,
+    MIN_SEGMENT_BYTES,
+    TIMESTAMP_TYPES,
+)
+from .logs.topics import MAX_PARTITIONS, TOPIC_NAME_RE
+from .policies.arguments import OVERFLOW_MODES  # server-side policies
+from .policies.registry import (  # server-side policies
+    MAX_PATTERN_CHARS,
+    POLICY_KEYS,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+)
+from .users import (
+    MAX_PASSWORD_CHARS,
+    MAX_TAG_CHARS,
+    MAX_TAGS_PER_USER,
+    MAX_USER_NAME_CHARS,
+    PASSWORD_HASH_PATTERN,
+    TAG_PATTERN,
+    USER_NAME_PATTERN,
+)
+
+_TYPES: Final[dict[str, dict[str, Any]]] = {
+    "s": {"type": "string"},
+    "b": {"type": "boolean"},
+    "i": {"type": "integer"},
+    "m": {"type": "object"},
+    "l": {"type": "array", "items": {"type": "string"}},
+}
+
+
+def _schema(fields: str, *, closed: bool = False, **special: Any) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    required: list[str] = []
+    for item in fields.split():
+        name, _, kind = item.partition(":")
+        if kind.endswith("!"):
+            kind = kind[:-1]
+            required.append(name)
+        props[name] = dict(_TYPES[kind])
+    for name, extra in special.items():
+        props[name] = {**props.get(name, {}), **extra}
+    out: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        out["required"] = required
+    if closed:
+        out["additionalProperties"] = False
+    return out
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _enum(*values: Any) -> dict[str, Any]:
+    return {"enum": list(values)}
+
+
+def _int_range(low: int, high: int = MAX_MS) -> dict[str, Any]:
+    return {"type": "integer", "minimum": low, "maximum": high}
+
+
+# Topic settings (logs/topicconfig.py); "delete,compact" is "compact,delete" normalised.
+_TOPIC_CONFIG: Final = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "retention_ms": _int_range(-1),
+        "retention_bytes": _int_range(-1),
+        "segment_bytes": _int_range(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
+        "segment_ms": _int_range(1),
+        "timestamp_type": _enum(*TIMESTAMP_TYPES),
+        "cleanup_policy": _enum(*CLEANUP_POLICIES, "delete,compact"),
+        "min_cleanable_dirty_ratio": {"type": "number", "minimum": 0, "maximum": 1},
+        "delete_retention_ms": _int_range(0),
+    },
+}
+
+
+def _apply_to_queues(schema: dict[str, Any]) -> dict[str, Any]:
+    """Server-side policies: "apply-to" (not a Python name) is "queues" only."""
+    schema["properties"]["apply-to"].update(_enum("queues"))
+    return schema
+
+
+_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
+    "Error": _schema("error:s! code:i!"),
+    "Empty": _schema(""),
+    "Overview": _schema(
+        "product:s version:s! ready:b object_totals:m! queue_totals:m! message_stats:m! "
+        "alarms:l! listeners:m!",
+        listeners={"type": "array", "items": _schema("protocol:s host:s port:i")},
+    ),
+    "WhoAmI": _schema("name:s! tags:l!"),
+    "Queue": _schema(
+        "name:s! durable:b! exclusive:b auto_delete:b! arguments:m! messages_ready:i! "
+        "messages_unacked:i consumers:i! policy:s effective_arguments:m",
+        policy={"nullable": True},
+    ),
+    "QueueDeclare": _schema(
+        "durable:b auto_delete:b exclusive:b arguments:m", closed=True, exclusive=_enum(False)
+    ),
+    "MessageCount": _schema("messages:i!"),
+    "Moved": _schema("moved:i!"),
+    "ReplayRequest": _schema(
+        "target:s reason:s limit:i max_deaths:i",
+        closed=True,
+        limit={"minimum": 0, "maximum": MSGPACK_INT_MAX},
+        max_deaths={"minimum": 0, "maximum": MSGPACK_INT_MAX},
+    ),
+    "PeekRequest": _schema(
+        "count:i encoding:s truncate:i",
+        closed=True,
+        count={"minimum": 1, "maximum": MAX_PEEK_COUNT},
+        encoding=_enum("auto", "base64"),
+        truncate={"minimum": 0, "maximum": MSGPACK_INT_MAX},
+    ),
+    "PeekedMessage": _schema(
+        "payload:s! payload_encoding:s! payload_bytes:i! exchange:s! routing_key:s! "
+        "properties:m! redelivered:b! delivery_count:i!",
+        payload_encoding=_enum("string", "base64"),
+    ),
+    "Exchange": _schema("name:s! type:s! durable:b! auto_delete:b! internal:b! arguments:m!"),
+    "ExchangeDeclare": _schema(
+        "type:s! durable:b auto_delete:b internal:b arguments:m",
+        closed=True,
+        type=_enum("direct", "fanout", "topic", "headers"),
+    ),
+    "Publish": _schema(
+        "routing_key:s payload:s! payload_encoding:s properties:m",
+        closed=True,
+        payload_encoding=_enum("string", "base64"),
+        properties=_schema(
+            "headers:m content_type:s content_encoding:s message_id:s correlation_id:s "
+            "reply_to:s timestamp:i type:s app_id:s user_id:s persistent:b priority:i "
+            "expiration:i",
+            priority={"minimum": 0, "maximum": 255},
+            expiration={"minimum": 0},
+        ),
+    ),
+    "Routed": _schema("routed:b!"),
+    "Binding": _schema(
+        "source:s! destination:s! destination_type:s routing_key:s arguments:m",
+        closed=True,
+        destination={"minLength": 1, "maxLength": 255},
+        destination_type=_enum("queue", "exchange", "topic"),
+    ),
+    "Connection": _schema(
+        "name:s! peer:s! user:s! state:s! heartbeat_s:i consumers:i unacked:i client_properties:m",
+        state=_enum("starting", "open", "closing"),
+    ),
+    "Consumer": _schema(
+        "consumer_tag:s! queue:s! connection:s! prefetch:i no_ack:b exclusive:b unacked:i "
+        "arguments:m"
+    ),
+    "User": _schema("name:s! tags:l! source:s!", source=_enum("builtin", "config", "runtime")),
+    "UserPut": {
+        **_schema(
+            "password:s password_hash:s",
+            closed=True,
+            password={"minLength": 1, "maxLength": MAX_PASSWORD_CHARS},
+            password_hash={"pattern": PASSWORD_HASH_PATTERN},
+            tags={
+                "oneOf": [
+                    {
+                        "type": "array",
+                        "maxItems": MAX_TAGS_PER_USER,
+                        "items": {
+                            "type": "string",
+                            "maxLength": MAX_TAG_CHARS,
+                            "pattern": TAG_PATTERN,
+                        },
+                    },
+                    # "a,b": at most MAX_TAGS_PER_USER tags fit in this length.
+                    {
+                        "type": "string",
+                        "maxLength": 2 * MAX_TAGS_PER_USER,
+                        "pattern": r"^[^\u0000-\u001f\u007f]*$",
+                    },
+                ]
+            },
+        ),
+        "not": {"required": ["password", "password_hash"]},
+    },
+    "UserDeleted": _schema("connections_closed:i!"),
+    # server-side policies
+    "Policy": _apply_to_queues(_schema("name:s! pattern:s! definition:m! priority:i! apply-to:s!")),
+    "PolicyPut": _apply_to_queues(
+        _schema(
+            "pattern:s! definition:m! priority:i apply-to:s",
+            closed=True,
+            pattern={"maxLength": MAX_PATTERN_CHARS, "format": "regex"},
+            priority={"minimum": PRIORITY_MIN, "maximum": PRIORITY_MAX},
+            definition={
+                "minProperties": 1,
+                "additionalProperties": False,
+                "properties": {
+                    k: (
+                        {"type": "string"}
+                        if k in ("dead-letter-exchange", "dead-letter-routing-key")
+                        else {"enum": list(OVERFLOW_MODES)}
+                        if k == "overflow"
+                        else {
+                            "type": "integer",
+                            "minimum": 1 if k == "expires" else 0,
+                            "maximum": 2**63 - 1,
+                        }
+                    )
+                    for k in POLICY_KEYS
+                },
+            },
+        )
+    ),
+    # log topics and consumer groups (api_logs.py)
+    "Topic": _schema(
+        "name:s! partitions:i! config:m! offsets:m! internal:b",
+        offsets={"type": "array", "items": _ref("TopicPartition")},
+    ),
+    "TopicPartition": _schema("partition:i! earliest:i! latest:i! bytes:i segments:i"),
+    "TopicPut": _schema(
+        "partitions:i config:m",
+        closed=True,
+        partitions={"minimum": 1, "maximum": MAX_PARTITIONS},
+        config=_TOPIC_CONFIG,
+    ),
+    "TopicAlter": {
+        **_schema(
+            "partitions:i config:m",
+            closed=True,
+            partitions={"minimum": 1, "maximum": MAX_PARTITIONS},
+            config=_TOPIC_CONFIG,
+        ),
+        "anyOf": [{"required": ["partitions"]}, {"required": ["config"]}],
+    },
+    "GroupSummary": _schema(
+        "group:s! state:s! members:i! generation:i! strategy:s",
+        strategy={"nullable": True},
+    ),
+    "Group": _schema(
+        "group:s! state:s! generation:i! strategy:s members:m! offsets:m!",
+        strategy={"nullable": True},
+        members={"type": "array", "items": _ref("GroupMember")},
+        offsets={"type": "array", "items": _ref("GroupOffset")},
+    ),
+    "GroupMember": _schema(
+        "member_id:s! instance_id:s client_host:s topics:l assignment:m",
+        instance_id={"nullable": True},
+        assignment={"type": "array", "items": {"type": "array"}},
+    ),
+    "GroupOffset": _schema(
+        "topic:s! partition:i! committed:i! latest:i! lag:i! member:s",
+        member={"nullable": True},
+    ),
+    "ResetOffsets": {
+        **_schema(
+            "topic:s! to:s! value:i partitions:m",
+            closed=True,
+            to=_enum(*RESET_TARGETS),
+            value={"minimum": 0, "maximum": MAX_RESET_VALUE},
+            partitions={
+                "type": "array",
+                "maxItems": MAX_RESET_PARTITIONS,
+                "items": {"type": "integer", "minimum": 0, "maximum": MAX_PARTITIONS - 1},
+            },
+        ),
+        # "offset" and "timestamp" need a value.
+        "anyOf": [{"properties": {"to": _enum("earliest", "latest")}}, {"required": ["value"]}],
+    },
+    "OffsetsReset": _schema(
+        "group:s! topic:s! offsets:m!",
+        offsets={"type": "array", "items": _schema("topic:s! partition:i! offset:i!")},
+    ),
+}
+
+_ERRORS: Final = {
+    "400": "Bad request: malformed body, unknown field, bad value (code 400).",
+    "401": "Missing or wrong credentials (HTTP basic).",
+    "403": "Not permitted: needs the administrator tag, or a reserved name (code 403).",
+    "404": "No such queue, exchange, binding, connection, user, topic or group (code 404).",
+    "409": "Precondition failed (406: also a group that has members), exclusive queue owned "
+    "by a connection (405), consumer group rebalancing (409).",
+    "413": "Request body over 1 MiB, or message over max_message_bytes (code 311).",
+    "503": "Resource alarm or message store unavailable (code 506).",
+}
+
+# method, path, success status, response schema ([X]: array of X), request body schema,
+# boolean query flags, summary.  201 answers also allow 200 (already existed).
+_OPERATIONS: Final = """
+GET    /overview                 200 Overview      -               -  Broker version, totals, counters, alarms, listeners.
+GET    /whoami                   200 WhoAmI        -               -  The authenticated user.
+GET    /openapi.json             200 -             -               -  This document.
+GET    /queues                   200 [Queue]       -               -  All queues.
+GET    /queues/{name}            200 Queue         -               -  One queue.
+PUT    /queues/{name}            201 Queue         QueueDeclare    -  Declare a queue.
+DELETE /queues/{name}            200 MessageCount  -  if_unused,if_empty  Delete a queue.
+DELETE /queues/{name}/contents   200 MessageCount  -               -  Purge ready messages.
+POST   /queues/{name}/get        200 [PeekedMessage] PeekRequest   -  Peek without consuming.
+POST   /queues/{name}/replay     200 Moved         ReplayRequest   -  Move dead-lettered messages back where they died.
+GET    /exchanges                200 [Exchange]    -               -  All exchanges.
+GET    /exchanges/{name}         200 Exchange      -               -  One exchange (amq.default: the default).
+PUT    /exchanges/{name}         201 Exchange      ExchangeDeclare -  Declare an exchange.
+DELETE /exchanges/{name}         200 Empty         -       if_unused  Delete an exchange.
+POST   /exchanges/{name}/publish 200 Routed        Publish         -  Publish a test message.
+GET    /bindings                 200 [Binding]     -               -  All bindings.
+POST   /bindings                 201 Binding       Binding         -  Bind.
+DELETE /bindings                 200 Binding       Binding         -  Unbind (404 if not bound).
+GET    /connections              200 [Connection]  -               -  Client connections.
+GET    /connections/{name}       200 Connection    -               -  One connection.
+DELETE /connections/{name}       200 Empty         -               -  Close a connection (320).
+GET    /consumers                200 [Consumer]    -               -  All consumers.
+GET    /users                    200 [User]        -               -  Users (administrators only).
+GET    /users/{name}             200 User          -               -  One user (administrators only).
+PUT    /users/{name}             201 User          UserPut         -  Create or change a user.
+DELETE /users/{name}             200 UserDeleted   -               -  Delete a user, close its connections.
+GET    /policies                 200 [Policy]      -               -  Server-side queue policies.
+GET    /policies/{name}          200 Policy        -               -  One policy.
+PUT    /policies/{name}          201 Policy        PolicyPut       -  Create or replace a policy; applies to existing queues at once.
+DELETE /policies/{name}          200 Empty         -               -  Delete a policy; its queues fall back to their own arguments.
+GET    /topics                   200 [Topic]       -               -  All log topics.
+GET    /topics/{name}            200 Topic         -               -  One topic: settings, offsets and size per partition.
+PUT    /topics/{name}            201 Topic         TopicPut        -  Create a topic (200: exists with this partition count).
+PATCH  /topics/{name}            200 Topic         TopicAlter      -  Grow the partition count and/or change settings.
+DELETE /topics/{name}            200 Empty         -               -  Delete a topic and its records.
+GET    /groups                   200 [GroupSummary] -              -  Consumer groups with members or committed offsets.
+GET    /groups/{name}            200 Group         -               -  Members, assignment, committed and latest offset, lag per partition.
+DELETE /groups/{name}            200 Empty         -               -  Delete a group without members and its committed offsets.
+POST   /groups/{name}/reset-offsets 200 OffsetsReset ResetOffsets  -  Move committed offsets of a group without members.
+"""  # noqa: E501
+
+
+def _result_schema(name: str) -> dict[str, Any]:
+    if name == "-":
+        return {"type": "object"}
+    if name.startswith("["):
+        return {"type": "array", "items": _ref(name[1:-1])}
+    return _ref(name)
+
+
+def openapi_document(api_version: str) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    error = {"content": {JSON_CONTENT_TYPE: {"schema": _ref("Error")}}}
+    name_param = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "description": "Percent-encoded name (amq.default: the default exchange).",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    }
+    user_param = {
+        **name_param,
+        "description": "Percent-encoded user name.",
+        "schema": {
+            "type": "string",
+            "maxLength": MAX_USER_NAME_CHARS,
+            "pattern": USER_NAME_PATTERN,
+        },
+    }
+    topic_param = {
+        **name_param,
+        "description": "Percent-encoded topic name.",
+        "schema": {"type": "string", "pattern": f"^{TOPIC_NAME_RE.pattern}$"},
+    }
+    group_param = {**name_param, "description": "Percent-encoded consumer group name."}
+    special_params = {"/users/": user_param, "/topics/": topic_param, "/groups/": group_param}
+    for line in _OPERATIONS.strip().splitlines():
+        method, path, ok, result, body, flags, summary = line.split(maxsplit=6)
+        success = {"content": {JSON_CONTENT_TYPE: {"schema": _result_schema(result)}}}
+        responses: dict[str, Any] = {ok: {"description": "Success", **success}}
+        if ok == "201":
+            responses["200"] = {"description": "Already there (unchanged)", **success}
+        responses.update({k: {"description": v, **error} for k, v in _ERRORS.items()})
+        params: list[dict[str, Any]] = []
+        if "{name}" in path:
+            prefix = path[: path.index("/", 1) + 1]
+            params.append(special_params.get(prefix, name_param))
+        if flags != "-":
+            params += [
+                {"name": f, "in": "query", "required": False, "schema": _TYPES["b"]}
+                for f in flags.split(",")
+            ]
+        op_id = method.lower() + path.replace("{name}", "name").replace("/", "_").replace(".", "_")
+        op: dict[str, Any] = {"summary": summary, "operationId": op_id, "responses": responses}
+        if params:
+            op["parameters"] = params
+        if body != "-":
+            op["requestBody"] = {
+                "required": any(k in _SCHEMAS[body] for k in ("required", "anyOf")),
+                "content": {JSON_CONTENT_TYPE: {"schema": _ref(body)}},
+            }
+        paths.setdefault("/api" + path, {})[method.lower()] = op
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Wharf management API",
+            "version": api_version,
+            "description": "See docs/management.md.  Reads need any user; writes and the "
+            "user endpoints need the administrator tag.",
+        },
+        "security": [{"basic": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+            "schemas": _SCHEMAS,
+        },
+    }
