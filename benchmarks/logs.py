@@ -28,23 +28,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import csv
 import multiprocessing as mp
 import os
-import queue as queue_mod
 import random
-import shutil
-import signal
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
-import traceback
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventT
 from pathlib import Path
 from typing import Any, Final
@@ -62,16 +55,12 @@ from wharf.broker.perf.common import (
     unique_name,
 )
 
+from .redis_side import REDIS_XRANGE_REQUESTS, Redis
+from .workers import POLL_S, Workers, run_worker, wait_event, workers
+
 SCENARIOS: Final = ("throughput", "latency", "rebalance")
-REDIS_STREAM: Final = "s"
-REDIS_XADD_PIPELINE: Final = 100
-REDIS_XRANGE_PIPELINE: Final = 10
-REDIS_XRANGE_REQUESTS: Final = 20_000
-REDIS_XRANGE_COUNT: Final = 1000
-REDIS_START_TIMEOUT_S: Final = 10.0
 WORKER_READY_TIMEOUT_S: Final = 60.0
 REBALANCE_TIMEOUT_S: Final = 60.0
-POLL_S: Final = 0.05
 GETMANY_TIMEOUT_S: Final = 1.0
 # A paced producer sleeps only when its next send is this far ahead.
 PACE_SLEEP_MIN_S: Final = 0.0005
@@ -97,112 +86,11 @@ class Spec:
     timeout_s: float = 600.0
 
 
-# ---------------------------------------------------------------- worker plumbing
-
-
-def _worker(
-    name: str,
-    events: mp.Queue[tuple[Any, ...]],
-    body: Callable[[], Coroutine[Any, Any, dict[str, Any]]],
-) -> None:
-    try:
-        res = run_async(body())
-    except BaseException as exc:  # report anything, including KeyboardInterrupt
-        events.put(("error", name, f"{exc!r}\n{traceback.format_exc()}"))
-        raise
-    events.put(("result", name, res))
-
-
-async def _wait_event(event: EventT) -> None:
-    await asyncio.to_thread(event.wait)
-
-
-class Workers:
-    """Spawned worker processes and the one queue of events they report on."""
-
-    def __init__(self) -> None:
-        self.ctx = mp.get_context("spawn")
-        self.events: mp.Queue[tuple[Any, ...]] = self.ctx.Queue()
-        self.go = self.ctx.Event()
-        self.stop = self.ctx.Event()
-        self.procs: dict[str, BaseProcess] = {}
-        self.killed: set[str] = set()
-
-    def start(self, name: str, target: Callable[..., None], *args: Any) -> None:
-        proc = self.ctx.Process(target=target, args=(name, *args), name=f"bench-{name}")
-        proc.start()
-        self.procs[name] = proc
-
-    def kill(self, name: str) -> None:
-        pid = self.procs[name].pid
-        assert pid is not None
-        self.killed.add(name)
-        os.kill(pid, signal.SIGKILL)
-
-    def next(self, timeout_s: float) -> tuple[Any, ...] | None:
-        """The next event (None after ``timeout_s``); a worker's error is raised here."""
-        try:
-            event = self.events.get(timeout=timeout_s)
-        except queue_mod.Empty:
-            dead = [
-                n
-                for n, p in self.procs.items()
-                if n not in self.killed and p.exitcode not in (None, 0)
-            ]
-            if dead:
-                raise RuntimeError(f"worker(s) died: {dead}") from None
-            return None
-        if event[0] == "error":
-            raise RuntimeError(f"{event[1]} failed: {event[2]}")
-        return event
-
-    def wait_for(
-        self,
-        kind: str,
-        names: set[str],
-        timeout_s: float,
-        other: Callable[[tuple[Any, ...]], None] | None = None,
-    ) -> dict[str, Any]:
-        """Wait until every worker in ``names`` reported ``kind``; their payloads.
-        Other events go to ``other`` (or are dropped)."""
-        got: dict[str, Any] = {}
-        deadline = time.monotonic() + timeout_s
-        while set(got) != names:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{sorted(names - set(got))} did not report {kind!r}")
-            event = self.next(POLL_S)
-            if event is None:
-                continue
-            if event[0] == kind and event[1] in names:
-                got[event[1]] = event[2] if len(event) > 2 else None
-            elif other is not None:
-                other(event)
-        return got
-
-    def close(self) -> None:
-        self.stop.set()
-        self.go.set()
-        for proc in self.procs.values():
-            proc.join(10)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
-
-
-@contextlib.contextmanager
-def _workers() -> Iterator[Workers]:
-    w = Workers()
-    try:
-        yield w
-    finally:
-        w.close()
-
-
 # ---------------------------------------------------------------- producer
 
 
 def producer_main(name: str, spec: Spec, events: mp.Queue[tuple[Any, ...]], go: EventT) -> None:
-    _worker(name, events, lambda: _produce(spec, name, events, go))
+    run_worker(name, events, lambda: _produce(spec, name, events, go))
 
 
 async def _produce(
@@ -227,7 +115,7 @@ async def _produce(
             window.release()
 
     events.put(("ready", name))
-    await _wait_event(go)
+    await wait_event(go)
     t_start = time.time_ns()
     t0 = time.perf_counter()
     sent = batches = 0
@@ -265,7 +153,7 @@ async def _produce(
 def consumer_main(
     name: str, spec: Spec, events: mp.Queue[tuple[Any, ...]], go: EventT, stop: EventT
 ) -> None:
-    _worker(name, events, lambda: _consume(spec, name, events, go, stop))
+    run_worker(name, events, lambda: _consume(spec, name, events, go, stop))
 
 
 async def _consume(
@@ -295,7 +183,7 @@ async def _consume(
     try:
         if not stamped:
             events.put(("ready", name))
-            await _wait_event(go)
+            await wait_event(go)
         t_start = time.time_ns()
         async with conn.subscribe(
             spec.topic, group=spec.group, auto_offset_reset="earliest"
@@ -314,7 +202,7 @@ async def _consume(
 
 
 def member_main(name: str, spec: Spec, events: mp.Queue[tuple[Any, ...]], stop: EventT) -> None:
-    _worker(name, events, lambda: _member(spec, name, events, stop))
+    run_worker(name, events, lambda: _member(spec, name, events, stop))
 
 
 async def _member(
@@ -409,14 +297,14 @@ def _wharf_throughput(args: argparse.Namespace) -> dict[str, Any]:
             group=group,
             timeout_s=args.timeout,
         )
-        with _workers() as w:
+        with workers() as w:
             w.start("producer", producer_main, spec, w.events, w.go)
             w.wait_for("ready", {"producer"}, WORKER_READY_TIMEOUT_S)
             cpu0 = _cpu_s(target.pid)
             w.go.set()
             prod = w.wait_for("result", {"producer"}, args.timeout)["producer"]
             cpu1 = _cpu_s(target.pid)
-        with _workers() as w:
+        with workers() as w:
             w.start("consumer", consumer_main, spec, w.events, w.go, w.stop)
             w.wait_for("ready", {"consumer"}, WORKER_READY_TIMEOUT_S)
             w.go.set()
@@ -434,93 +322,6 @@ def _wharf_throughput(args: argparse.Namespace) -> dict[str, Any]:
         "consume_group": args.consume_group,
         "broker_cpu_s": cpu,  # [producing, consuming]
     }
-
-
-# ---------------------------------------------------------------- Redis
-
-
-class Redis:
-    """A Redis server for the anchor figures (``--save '' --appendonly no``), started
-    here unless one already answers on the port."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None  # a server started here
-        self.problem: str | None = None
-        self.version = ""
-
-    def cli(self, *argv: str) -> str:
-        out = subprocess.run(
-            ["redis-cli", "-p", str(self.port), *argv],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        return out.stdout.strip()
-
-    def start(self) -> None:
-        for tool in ("redis-server", "redis-benchmark", "redis-cli"):
-            if shutil.which(tool) is None:
-                self.problem = (
-                    f"{tool} not found (install it with /work/shared/anchors/start_rabbitmq.sh); "
-                    "Wharf figures only"
-                )
-                return
-        if self.cli("PING") != "PONG":
-            self.proc = subprocess.Popen(
-                ["redis-server", "--save", "", "--appendonly", "no", "--port", str(self.port)],
-                stdout=subprocess.DEVNULL,
-                stdin=subprocess.DEVNULL,
-            )
-            deadline = time.monotonic() + REDIS_START_TIMEOUT_S
-            while self.cli("PING") != "PONG":
-                if time.monotonic() > deadline:
-                    self.problem = f"redis-server did not answer on port {self.port}"
-                    return
-                time.sleep(0.1)
-        for line in self.cli("INFO", "server").splitlines():
-            if line.startswith("redis_version:"):
-                self.version = line.split(":", 1)[1].strip()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.cli("SHUTDOWN", "NOSAVE")
-            try:
-                self.proc.wait(REDIS_START_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def bench(self, pipeline: int, requests: int, *command: str) -> dict[str, Any]:
-        argv = ["redis-benchmark", "-p", str(self.port), "-P", str(pipeline)]
-        argv += ["-n", str(requests), "--csv", *command]
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=1800, check=False)
-        rows = list(csv.reader(out.stdout.splitlines()))
-        shown = " ".join(a if a != "*" else "'*'" for a in argv)
-        if out.returncode or len(rows) < 2:
-            return {"cmd": shown, "error": (out.stderr or out.stdout)[-500:]}
-        return {"cmd": shown, "requests_s": round(float(rows[1][1]))}
-
-    def throughput(self, count: int, size: int, xrange_requests: int) -> dict[str, Any]:
-        self.cli("DEL", REDIS_STREAM)
-        xadd = self.bench(REDIS_XADD_PIPELINE, count, "XADD", REDIS_STREAM, "*", "f", "v" * size)
-        length = int(self.cli("XLEN", REDIS_STREAM) or 0)
-        xrange = self.bench(
-            REDIS_XRANGE_PIPELINE,
-            xrange_requests,
-            *("XRANGE", REDIS_STREAM, "-", "+", "COUNT", str(REDIS_XRANGE_COUNT)),
-        )
-        per_request = min(REDIS_XRANGE_COUNT, length)
-        entries_s = xrange.get("requests_s")
-        self.cli("DEL", REDIS_STREAM)
-        return {
-            "xadd": xadd,
-            "xrange": xrange,
-            "stream_length": length,
-            "produce_records_s": xadd.get("requests_s"),
-            "consume_records_s": None if entries_s is None else entries_s * per_request,
-        }
 
 
 # ---------------------------------------------------------------- scenarios
@@ -587,7 +388,7 @@ def _latency_run(args: argparse.Namespace) -> dict[str, Any]:
             rate=args.rate,
             timeout_s=args.seconds + 60,
         )
-        with _workers() as w:
+        with workers() as w:
             w.start("consumer", consumer_main, spec, w.events, w.go, w.stop)
             w.wait_for("ready", {"consumer"}, WORKER_READY_TIMEOUT_S)
             w.start("producer", producer_main, spec, w.events, w.go)
@@ -679,7 +480,7 @@ def _rebalance_run(args: argparse.Namespace) -> dict[str, Any]:
             session_s=args.session_timeout,
         )
         state = _Assignments(partitions)
-        with _workers() as w:
+        with workers() as w:
             first = {"m1", "m2"}
             for name in sorted(first):
                 w.start(name, member_main, spec, w.events, w.stop)

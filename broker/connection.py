@@ -3,6 +3,11 @@
 A connection owns its socket, its delivery tags, its unacked table and its
 consumers.  Frames are decoded in ``data_received`` and handled synchronously;
 outgoing frames are buffered and written once per event-loop iteration.
+
+The hot paths (publish, deliver, ack) are here; ``Connection`` takes the rest from
+mixins: publisher-confirm bookkeeping (confirms.py), the handlers of exchange, queue and
+policy frames (topology_frames.py) and of log-topic and consumer-group frames
+(logs/handlers.py).
 """
 
 from __future__ import annotations
@@ -36,17 +41,15 @@ from wharf.protocol.errors import (
     WharfError,
 )
 
+from .confirms import LogSyncWait, PublisherConfirms
 from .exchanges import TopicTarget
-from .logs.requests import LogRequests
+from .logs.handlers import LogFrames
 from .logs.routed import append_routed, routed_records
 from .policies.deadletter import REJECTED
-from .policies.registry import make_policy
 from .queues import Consumer, Message, Queue
+from .topology_frames import TopologyFrames
 
 if TYPE_CHECKING:
-    from .logs import TopicRegistry
-    from .logs.groups import GroupCoordinator
-    from .logs.partition import Partition
     from .server import Broker
     from .store.segments import Segment
 
@@ -66,25 +69,7 @@ _conn_ids = itertools.count(1)
 Unacked = tuple[Message, Queue, Consumer | None]
 
 
-class LogSyncWait:
-    """The fsyncs of log-topic partitions that persistent publishes of one event-loop
-    iteration wait for before their confirms (one ``Partition.sync()`` per partition,
-    asked once the iteration's appends are done, so it covers all of them)."""
-
-    __slots__ = ("partitions", "pending", "error")
-
-    def __init__(self) -> None:
-        self.partitions: dict[int, Partition] = {}
-        self.pending = 0
-        self.error: WharfError | None = None
-
-
-# A publish waiting for its confirm: (first seq, last seq, store batch or 0, log fsyncs
-# or None).  Every publish after the first waiting one waits too, in order.
-ConfirmWait = tuple[int, int, int, LogSyncWait | None]
-
-
-class Connection(asyncio.Protocol):
+class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol):
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.topology = broker.topology
@@ -116,15 +101,8 @@ class Connection(asyncio.Protocol):
         self.created_at = now
         self.last_recv = now
         self.last_send = now
-        # Publisher confirms: highest sequence number ready to confirm, not yet sent.
-        self._confirm_up_to = 0
-        # Publishes waiting for an fsync (message store or log topics), and every
-        # publish after the first such one, in order.
-        self._confirm_waits: deque[ConfirmWait] = deque()
-        # The newest message-store batch that failed (its publishes are nacked).
-        self._store_failed_batch = 0
-        # Log-topic fsyncs the persistent publishes of this loop iteration wait for.
-        self._log_sync: LogSyncWait | None = None
+        # Publisher confirms: what is ready to confirm and what waits for the disk.
+        self._init_confirms()
         # Deliveries.
         self._next_tag = 0
         self._unacked: dict[int, Unacked] = {}
@@ -133,8 +111,6 @@ class Connection(asyncio.Protocol):
         self.consumers: dict[str, Consumer] = {}
         self._ctag_seq = itertools.count(1)
         self.exclusive_queues: list[Queue] = []
-        # Log-topic produce acks and fetch long-polls (made at the first such request).
-        self._log_requests: LogRequests | None = None
         self._handlers: dict[int, Callable[[Any], None]] = {
             F.PUBLISH_MANY: self._on_publish_many,
             F.PUBLISH: self._on_publish,
@@ -146,46 +122,10 @@ class Connection(asyncio.Protocol):
             F.GET: self._on_get,
             F.CONSUME: self._on_consume,
             F.CANCEL: self._on_cancel,
-            F.EXCHANGE_DECLARE: self._on_exchange_declare,
-            F.EXCHANGE_DELETE: self._on_exchange_delete,
-            F.EXCHANGE_BIND: self._on_exchange_bind,
-            F.EXCHANGE_UNBIND: self._on_exchange_unbind,
-            F.QUEUE_DECLARE: self._on_queue_declare,
-            F.QUEUE_BIND: self._on_queue_bind,
-            F.QUEUE_UNBIND: self._on_queue_unbind,
-            F.QUEUE_PURGE: self._on_queue_purge,
-            F.QUEUE_DELETE: self._on_queue_delete,
-            F.QUEUE_REPLAY: self._on_queue_replay,
-            F.POLICY_SET: self._on_policy_set,
-            F.POLICY_DELETE: self._on_policy_delete,
-            F.POLICY_LIST: self._on_policy_list,
             F.CLOSE: self._on_close,
             F.CLOSE_OK: self._on_close_ok,
-            # --- log topics (broker/logs) ---
-            F.TOPIC_CREATE: self._on_topic_create,
-            F.TOPIC_DELETE: self._on_topic_delete,
-            F.TOPIC_DESCRIBE: self._on_topic_describe,
-            F.TOPIC_ALTER: self._on_topic_alter,
-            F.PRODUCE: self._on_produce,
-            F.FETCH: self._on_fetch,
-            F.LIST_OFFSETS: self._on_list_offsets,
-            F.FETCH_MANY: self._on_fetch_many,
-            F.TOPIC_LIST: self._on_topic_list,
-            F.INIT_PRODUCER: self._on_init_producer,
-            F.TOPIC_BIND: self._on_topic_bind,
-            F.TOPIC_UNBIND: self._on_topic_unbind,
-            # --- end log topics ---
-            # --- consumer groups (broker/logs/groups.py) ---
-            F.GROUP_JOIN: self._on_group_join,
-            F.GROUP_HEARTBEAT: self._on_group_heartbeat,
-            F.GROUP_LEAVE: self._on_group_leave,
-            F.OFFSET_COMMIT: self._on_offset_commit,
-            F.OFFSET_FETCH: self._on_offset_fetch,
-            F.GROUP_LIST: self._on_group_list,
-            F.GROUP_DESCRIBE: self._on_group_describe,
-            F.GROUP_DELETE: self._on_group_delete,
-            F.GROUP_RESET_OFFSETS: self._on_group_reset_offsets,
-            # --- end consumer groups ---
+            **self._topology_frame_handlers(),
+            **self._log_frame_handlers(),
         }
 
     # -- transport callbacks -------------------------------------------------------
@@ -295,10 +235,7 @@ class Connection(asyncio.Protocol):
         self.exclusive_queues.clear()
         self.broker.connections.pop(self.id, None)
         self.broker._store_waiting.discard(self)
-        if self._log_requests is not None:
-            self._log_requests.close()
-        if self.broker.groups is not None:
-            self.broker.groups.connection_closed(self.id)
+        self._logs_connection_lost()
         self.broker.connection_closed(self)
         if self.authenticated:
             log.info(
@@ -663,87 +600,6 @@ class Connection(asyncio.Protocol):
                 self._flush_scheduled = True
                 self._loop.call_soon(self._flush)
 
-    def store_committed(self, batch: int) -> bool:
-        """The store made ``batch`` durable (negative: that batch failed).
-
-        Releases the confirms it covers; returns True while more are waiting.
-        """
-        if batch < 0:
-            self._store_failed_batch = max(self._store_failed_batch, -batch)
-        self._release_confirms()
-        return bool(self._confirm_waits)
-
-    def _release_confirms(self) -> None:
-        """Confirm (or nack) waiting publishes from the front, in order, as far as
-        the message store and log-topic fsyncs they wait for are done."""
-        waits = self._confirm_waits
-        store = self.broker.store
-        durable = store.durable_batch if store is not None else 0
-        failed = self._store_failed_batch
-        up_to = self._confirm_up_to
-        while waits:
-            first, last, batch, log_sync = waits[0]
-            error: WharfError | None = None
-            if log_sync is not None:
-                if log_sync.pending:
-                    break
-                error = log_sync.error
-            if batch > durable:
-                if batch > failed:
-                    break
-                error = ResourceError("message store write failed")
-            waits.popleft()
-            if error is not None:
-                self._nack(first, last - first + 1, error)
-            elif last > up_to:
-                up_to = last
-        self._confirm_up_to = up_to
-        if up_to and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _log_sync_for(self, parts: list[Partition]) -> LogSyncWait:
-        """The fsync wait of this loop iteration, covering ``parts`` too."""
-        wait = self._log_sync
-        if wait is None:
-            wait = self._log_sync = LogSyncWait()
-            self._loop.call_soon(self._start_log_syncs)
-        for part in parts:
-            if id(part) not in wait.partitions:
-                wait.partitions[id(part)] = part
-                wait.pending += 1
-        return wait
-
-    def _start_log_syncs(self) -> None:
-        wait = self._log_sync
-        self._log_sync = None
-        if wait is None:
-            return
-
-        def synced(fut: asyncio.Future[None]) -> None:
-            exc = fut.exception()
-            if exc is not None and wait.error is None:
-                wait.error = (
-                    exc
-                    if isinstance(exc, WharfError)
-                    else InternalError("log topic fsync failed; the broker logged it")
-                )
-            wait.pending -= 1
-            if not wait.pending and not self.closed:
-                self._release_confirms()
-
-        for part in wait.partitions.values():
-            part.sync().add_done_callback(synced)
-
-    def _nack(self, seq: int, n: int, exc: WharfError) -> None:
-        self.broker.stats.publish_nacked += n
-        if not seq:
-            self.send_error(0, exc)
-            return
-        encode = self._encode
-        for s in range(seq, seq + n):
-            self._send(encode((F.PUBLISH_NACK, 0, s, exc.code, exc.message)))
-
     # -- delivering ----------------------------------------------------------------
 
     def deliver(self, consumer: Consumer, batch: list[Message]) -> None:
@@ -992,239 +848,6 @@ class Connection(asyncio.Protocol):
             queue.unacked_count += 1
         entry = (tag, dc > 1, dc, msg.exchange, msg.routing_key, msg.properties, msg.body)
         self._send(self._encode((F.GET_OK, f.request_id, entry, queue.ready_count)))
-
-    # -- topology ------------------------------------------------------------------
-
-    def _on_exchange_declare(self, f: F.ExchangeDeclare) -> None:
-        self.topology.declare_exchange(
-            f.name,
-            f.type,
-            durable=f.durable,
-            auto_delete=f.auto_delete,
-            internal=f.internal,
-            passive=f.passive,
-            arguments=f.arguments,
-        )
-        self._ok(f.request_id)
-
-    def _on_exchange_delete(self, f: F.ExchangeDelete) -> None:
-        self.topology.delete_exchange(f.name, f.if_unused)
-        self._ok(f.request_id)
-
-    def _on_exchange_bind(self, f: F.ExchangeBind) -> None:
-        dest = self.topology.get_exchange(f.destination)
-        self.topology.bind(dest, f.source, f.routing_key, f.arguments)
-        self._ok(f.request_id)
-
-    def _on_exchange_unbind(self, f: F.ExchangeUnbind) -> None:
-        dest = self.topology.get_exchange(f.destination)
-        self.topology.unbind(dest, f.source, f.routing_key, f.arguments)
-        self._ok(f.request_id)
-
-    def _on_queue_declare(self, f: F.QueueDeclare) -> None:
-        existed = f.name in self.topology.queues
-        q = self.topology.declare_queue(
-            f.name,
-            owner=self,
-            durable=f.durable,
-            exclusive=f.exclusive,
-            auto_delete=f.auto_delete,
-            passive=f.passive,
-            arguments=f.arguments,
-        )
-        if q.exclusive_owner is self and not existed:
-            self.exclusive_queues.append(q)
-        self._ok(
-            f.request_id,
-            {"queue": q.name, "messages": q.ready_count, "consumers": q.consumer_count},
-        )
-
-    def _on_queue_bind(self, f: F.QueueBind) -> None:
-        q = self.topology.get_queue(f.queue, self)
-        self.topology.bind(q, f.exchange, f.routing_key, f.arguments)
-        self._ok(f.request_id)
-
-    def _on_queue_unbind(self, f: F.QueueUnbind) -> None:
-        q = self.topology.get_queue(f.queue, self)
-        self.topology.unbind(q, f.exchange, f.routing_key, f.arguments)
-        self._ok(f.request_id)
-
-    def _on_queue_purge(self, f: F.QueuePurge) -> None:
-        q = self.topology.get_queue(f.queue, self)
-        result = {"messages": q.purge()}
-        store = self.broker.store
-        if q.persist and store is not None and not store.idle:
-            # Answer once the purge's ack records are on disk, like a confirm.
-            store.after_commit(lambda: self._ok(f.request_id, result))
-            return
-        self._ok(f.request_id, result)
-
-    def _on_queue_replay(self, f: F.QueueReplay) -> None:
-        if f.limit < 0 or f.max_deaths < 0:
-            raise InvalidArgument("limit and max_deaths must be >= 0")
-        q = self.topology.get_queue(f.queue, self)
-        result = {"moved": self.topology.replay(q, f.target, f.reason, f.limit, f.max_deaths)}
-        store = self.broker.store
-        if store is not None and not store.idle:
-            # Answer once the moves are on disk.
-            store.after_commit(lambda: self._ok(f.request_id, result))
-            return
-        self._ok(f.request_id, result)
-
-    # -- server-side policies ------------------------------------------------------
-
-    def _require_administrator(self) -> None:
-        if "administrator" not in self.user_tags:
-            raise AccessRefused(f"user '{self.username}' needs the administrator tag for this")
-
-    def _on_policy_set(self, f: F.PolicySet) -> None:
-        self._require_administrator()
-        policy = make_policy(f.name, f.pattern, f.definition, f.priority, f.apply_to)
-        self._ok(f.request_id, {"created": self.topology.set_policy(policy)})
-
-    def _on_policy_delete(self, f: F.PolicyDelete) -> None:
-        self._require_administrator()
-        self.topology.delete_policy(f.name)
-        self._ok(f.request_id)
-
-    def _on_policy_list(self, f: F.PolicyList) -> None:
-        self._ok(f.request_id, {"policies": [p.describe() for p in self.topology.policies.all()]})
-
-    def _on_queue_delete(self, f: F.QueueDelete) -> None:
-        n = self.topology.delete_queue(f.queue, self, f.if_unused, f.if_empty)
-        self._ok(f.request_id, {"messages": n})
-
-    # -- log topics (broker/logs; docs/logs.md) ------------------------------------
-
-    def _topics(self) -> TopicRegistry:
-        logs = self.broker.logs
-        if logs is None:
-            raise CommandInvalid("log topics are not available before the broker has started")
-        return logs
-
-    def _logs(self) -> LogRequests:
-        requests = self._log_requests
-        if requests is None:
-            requests = self._log_requests = LogRequests(
-                self._topics, self._ok, self.send_error, self.name, self.settings.max_frame_bytes
-            )
-        return requests
-
-    def _on_topic_create(self, f: F.TopicCreate) -> None:
-        self._ok(f.request_id, self._topics().create(f.name, f.partitions, f.config))
-
-    def _on_topic_delete(self, f: F.TopicDelete) -> None:
-        self._topics().delete(f.name)
-        self._ok(f.request_id)
-
-    def _on_topic_describe(self, f: F.TopicDescribe) -> None:
-        self._ok(f.request_id, self._topics().get(f.name).describe())
-
-    def _on_topic_alter(self, f: F.TopicAlter) -> None:
-        self._ok(f.request_id, self._topics().alter(f.name, f.partitions, f.config))
-
-    def _on_topic_list(self, f: F.TopicList) -> None:
-        self._ok(f.request_id, {"topics": self._topics().describe_all()})
-
-    def _on_produce(self, f: F.Produce) -> None:
-        self._logs().produce(f)
-
-    def _on_init_producer(self, f: F.InitProducer) -> None:
-        self._logs().init_producer(f)
-
-    def _on_fetch(self, f: F.Fetch) -> None:
-        self._logs().fetch(f)
-
-    def _on_fetch_many(self, f: F.FetchMany) -> None:
-        self._logs().fetch_many(f)
-
-    def _on_list_offsets(self, f: F.ListOffsets) -> None:
-        self._ok(f.request_id, self._topics().list_offsets(f.topic, f.partition, f.timestamp))
-
-    # -- topic bindings (exchanges routing into log topics; docs/logs.md) ----------
-
-    def _on_topic_bind(self, f: F.TopicBind) -> None:
-        self._topics()
-        self.topology.bind_topic(f.topic, f.exchange, f.routing_key, f.arguments)
-        self._ok(f.request_id)
-
-    def _on_topic_unbind(self, f: F.TopicUnbind) -> None:
-        self._topics()
-        self.topology.unbind_topic(f.topic, f.exchange, f.routing_key, f.arguments)
-        self._ok(f.request_id)
-
-    # -- consumer groups (broker/logs/groups.py; docs/logs.md) ---------------------
-
-    def _groups(self) -> GroupCoordinator:
-        groups = self.broker.groups
-        if groups is None:
-            raise CommandInvalid("consumer groups are not available before the broker has started")
-        return groups
-
-    def _ok_when_done(
-        self, rid: int, fut: asyncio.Future[Any], result: dict[str, Any] | None = None
-    ) -> None:
-        """Answer ``rid`` once ``fut`` is done: with its result (or ``result``) or error."""
-
-        def done(fut: asyncio.Future[Any]) -> None:
-            if fut.cancelled():
-                return
-            exc = fut.exception()
-            if self.closed:
-                return
-            if exc is None:
-                self._ok(rid, result if result is not None else fut.result())
-            elif isinstance(exc, WharfError):
-                self.send_error(rid, exc)
-            else:
-                self.send_error(rid, InternalError("internal error; the broker logged it"))
-
-        fut.add_done_callback(done)
-
-    def _on_group_join(self, f: F.GroupJoin) -> None:
-        client_id = self.client_properties.get("client_id")
-        fut = self._groups().join(
-            f.group,
-            f.topics,
-            f.member_id,
-            f.instance_id,
-            f.strategy,
-            f.session_timeout_ms,
-            f.rebalance_timeout_ms,
-            f.owned,
-            client_id=client_id if isinstance(client_id, str) else "",
-            client_host=self.peer_host,
-            conn_id=self.id,
-        )
-        self._ok_when_done(f.request_id, fut)
-
-    def _on_group_heartbeat(self, f: F.GroupHeartbeat) -> None:
-        self._groups().heartbeat(f.group, f.member_id, f.generation)
-        self._ok(f.request_id)
-
-    def _on_group_leave(self, f: F.GroupLeave) -> None:
-        self._groups().leave(f.group, f.member_id)
-        self._ok(f.request_id)
-
-    def _on_offset_commit(self, f: F.OffsetCommit) -> None:
-        fut = self._groups().commit(f.group, f.member_id, f.generation, f.offsets)
-        self._ok_when_done(f.request_id, fut)
-
-    def _on_offset_fetch(self, f: F.OffsetFetch) -> None:
-        self._ok(f.request_id, self._groups().fetch_offsets(f.group, f.topics))
-
-    def _on_group_list(self, f: F.GroupList) -> None:
-        self._ok(f.request_id, {"groups": self._groups().list()})
-
-    def _on_group_describe(self, f: F.GroupDescribe) -> None:
-        self._ok(f.request_id, self._groups().describe(f.group))
-
-    def _on_group_delete(self, f: F.GroupDelete) -> None:
-        self._ok_when_done(f.request_id, self._groups().delete(f.group))
-
-    def _on_group_reset_offsets(self, f: F.GroupResetOffsets) -> None:
-        result, fut = self._groups().reset_offsets(f.group, f.topic, f.to, f.value, f.partitions)
-        self._ok_when_done(f.request_id, fut, result)
 
     # -- close ---------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ Shutdown sequence (SIGTERM/SIGINT or ``Broker.stop``):
 2. every connection gets a fatal ERROR 320 "broker shutting down" after its pending
    frames (deliveries, confirms) and is closed;
 3. wait up to ``shutdown_timeout_s`` for the sockets to drain, then abort the rest;
-4. stop the HTTP listener and release the data directory.
+4. flush the message store, the offsets log and the log topics (waiting up to
+   ``shutdown_timeout_s`` for worker threads still finishing segment rolls);
+5. stop the HTTP listener and release the data directory.
 """
 
 from __future__ import annotations
@@ -377,6 +379,9 @@ class Broker:
             await self.log_cleaner.close()
         if self.logs is not None:  # log topics
             self.logs.close()
+            # Rolls finish in worker threads; a broker started next on this directory
+            # (even in this process) must not find their files half written.
+            await self.logs.wait_closed(self.settings.shutdown_timeout_s)
             self.logs = None
         if self._ticker is not None:
             self._ticker.cancel()

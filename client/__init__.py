@@ -7,6 +7,7 @@ from wharf.protocol.errors import (
     ConnectionLost,
     ContentTooLarge,
     DeliveryAckTimeout,
+    FencedInstanceId,
     FrameError,
     FrameTooLarge,
     HeartbeatTimeout,
@@ -34,6 +35,7 @@ from . import sync
 from .connection import Connection, __version__, connect
 from .consumer import Consumer
 from .logs import Producer, Record
+from .logs_api import FetchResult
 from .message import Message, QueueInfo
 from .recovery import ConnectionEvent
 from .stream import Stream, TopicPartition
@@ -48,6 +50,8 @@ __all__ = [
     "Consumer",
     "ContentTooLarge",
     "DeliveryAckTimeout",
+    "FencedInstanceId",
+    "FetchResult",
     "FrameError",
     "FrameTooLarge",
     "HeartbeatTimeout",

@@ -36,6 +36,11 @@ log = logging.getLogger("wharf.client")
 
 # Frames the broker sends us can be large (deliver-many batches).
 MAX_RECEIVE_FRAME_BYTES: Final = 256 * 1024 * 1024
+# Receive buffer capacity kept between frames (fetch answers are ~1 MiB per partition).
+RECEIVE_BUFFER_KEEP_BYTES: Final = 8 * 1024 * 1024
+# This many bytes waiting for the next flush are written at once: the broker starts on
+# a big frame (a produced batch) while the next one is being encoded.
+FLUSH_AT_BYTES: Final = 64 * 1024
 # Above this many bytes waiting for the next flush, publishers write out at once and
 # then wait for the transport to drain, so the SDK never buffers without bound.
 MAX_PENDING_WRITE_BYTES: Final = 1024 * 1024
@@ -45,6 +50,10 @@ TRANSPORT_LOW_WATER_BYTES: Final = 1024 * 1024
 SILENT_TICKS_BEFORE_TIMEOUT: Final = 4
 
 _HEARTBEAT_FRAME: Final = FrameEncoder().encode_array((F.HEARTBEAT, 0))
+
+
+# Called with the answer frame of a request, or with the error that ended it.
+ReplyCallback = Callable[[list[Any] | None, WharfError | None], None]
 
 
 def clone_error(exc: WharfError) -> WharfError:
@@ -90,13 +99,15 @@ class AckChannel:
         self._core.send_settle(frame)
 
 
-class ConnectionCore(asyncio.Protocol):
+class ConnectionCore(asyncio.BufferedProtocol):
     def __init__(
         self, loop: asyncio.AbstractEventLoop, request_ids: Iterator[int] | None = None
     ) -> None:
         self.loop = loop
         self._transport: asyncio.Transport | None = None
-        self._decoder = FrameDecoder(MAX_RECEIVE_FRAME_BYTES, use_list=True)
+        self._decoder = FrameDecoder(
+            MAX_RECEIVE_FRAME_BYTES, use_list=True, retain_bytes=RECEIVE_BUFFER_KEEP_BYTES
+        )
         self.encode = FrameEncoder().encode_array
         self._wbuf: list[bytes] = []
         self._wbuf_bytes = 0
@@ -108,7 +119,7 @@ class ConnectionCore(asyncio.Protocol):
         # ids, ack ids and SDK consumer tags never repeat across reconnects.
         self._rids = request_ids if request_ids is not None else itertools.count(1)
         # None = a request whose answer nobody waits for.
-        self._pending: dict[int, asyncio.Future[list[Any]] | None] = {}
+        self._pending: dict[int, asyncio.Future[list[Any]] | ReplyCallback | None] = {}
         self.confirms = ConfirmTracker()
         self._consumers: dict[str, DeliverySink] = {}
         self._sinks_by_ack_id: dict[int, DeliverySink] = {}
@@ -143,7 +154,7 @@ class ConnectionCore(asyncio.Protocol):
         # Called once, at the end of fail(): the owning Connection reacts to the loss.
         self.on_fail: Callable[[ConnectionCore, WharfError], None] | None = None
 
-    # -- asyncio.Protocol ----------------------------------------------------------
+    # -- asyncio.BufferedProtocol --------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -152,7 +163,23 @@ class ConnectionCore(asyncio.Protocol):
         transport.set_write_buffer_limits(TRANSPORT_HIGH_WATER_BYTES, TRANSPORT_LOW_WATER_BYTES)
         transport.write(F.HANDSHAKE)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # Bytes are received straight into the decoder's buffer.
+        return self._decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.closed_error is not None:
+            return
+        self._received = True
+        try:
+            frames = self._decoder.buffer_updated(nbytes)
+        except WharfError as exc:
+            self.fail(exc)
+            return
+        self._dispatch(frames)
+
     def data_received(self, data: bytes) -> None:
+        """Bytes from the broker handed over whole (the same as ``buffer_updated``)."""
         if self.closed_error is not None:
             return
         self._received = True
@@ -161,6 +188,9 @@ class ConnectionCore(asyncio.Protocol):
         except WharfError as exc:
             self.fail(exc)
             return
+        self._dispatch(frames)
+
+    def _dispatch(self, frames: list[Any]) -> None:
         try:
             for frame in frames:
                 ftype = frame[0]
@@ -173,9 +203,12 @@ class ConnectionCore(asyncio.Protocol):
                 elif ftype == F.CONFIRM:
                     self.confirms.confirm(frame[2])
                 elif ftype == F.OK or ftype == F.GET_OK:
-                    fut = self._pending.pop(frame[1], None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(frame)
+                    waiter = self._pending.pop(frame[1], None)
+                    if isinstance(waiter, asyncio.Future):
+                        if not waiter.done():
+                            waiter.set_result(frame)
+                    elif waiter is not None:
+                        _answer(waiter, frame)
                 else:
                     self._dispatch_other(ftype, frame)
                     if self.closed_error is not None:
@@ -277,9 +310,7 @@ class ConnectionCore(asyncio.Protocol):
             self.fail(error)
             return
         if rid in self._pending:
-            fut = self._pending.pop(rid)
-            if fut is not None and not fut.done():
-                fut.set_exception(error)
+            _settle(self._pending.pop(rid), error)
             return
         if self._handshake is not None:  # e.g. a refused AUTH not flagged fatal
             self.fail(error)
@@ -331,12 +362,15 @@ class ConnectionCore(asyncio.Protocol):
     # -- writing -------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Queue an encoded frame for this loop iteration's write (acks go first)."""
+        """Queue an encoded frame for this loop iteration's write (acks go first);
+        written at once when ``FLUSH_AT_BYTES`` are waiting."""
         if self._ack_dirty:
             self._encode_acks()
         self._wbuf.append(data)
         self._wbuf_bytes += len(data)
-        if not self._flush_scheduled:
+        if self._wbuf_bytes >= FLUSH_AT_BYTES:
+            self.flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
@@ -431,6 +465,16 @@ class ConnectionCore(asyncio.Protocol):
         self._pending[rid] = fut
         self.send(self.encode((ftype, rid, *fields)))
         return rid, fut
+
+    def start_request_cb(self, ftype: int, *fields: Any, callback: ReplyCallback) -> int:
+        """Send a request now; ``callback`` gets its answer as soon as it is read (no
+        future, no extra loop iteration), or the error that ended it.  Returns its id."""
+        if self.closed_error is not None:
+            raise clone_error(self.closed_error)
+        rid = next(self._rids)
+        self._pending[rid] = callback
+        self.send(self.encode((ftype, rid, *fields)))
+        return rid
 
     async def request(self, ftype: int, *fields: Any, check_after: bool = True) -> list[Any]:
         """Send a request and wait for its OK/GET_OK frame (ERROR raises)."""
@@ -554,9 +598,13 @@ class ConnectionCore(asyncio.Protocol):
             self._close_ok.set_result(None)
         pending = list(self._pending.values())
         self._pending.clear()
-        for fut in pending:
-            if fut is not None and not fut.done():
-                fut.set_exception(clone_error(error))
+        for waiter in pending:
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    waiter.set_exception(clone_error(error))
+            elif waiter is not None:
+                # Like a future's callbacks: after this loss is fully handled (on_fail).
+                self.loop.call_soon(_settle, waiter, clone_error(error))
         self.confirms.fail_all(error)
         sinks = list(self._consumers.values())
         sinks.extend(s for s in self._sinks_by_ack_id.values() if s not in sinks)
@@ -575,6 +623,27 @@ class ConnectionCore(asyncio.Protocol):
                 on_fail(self, error)
             except Exception:
                 log.exception("wharf: connection-loss handler failed")
+
+
+def _answer(callback: ReplyCallback, frame: list[Any]) -> None:
+    try:
+        callback(frame, None)
+    except Exception:
+        log.exception("wharf: a request's answer handler failed")
+
+
+def _settle(waiter: asyncio.Future[list[Any]] | ReplyCallback | None, error: WharfError) -> None:
+    """End a request with ``error``."""
+    if waiter is None:
+        return
+    if isinstance(waiter, asyncio.Future):
+        if not waiter.done():
+            waiter.set_exception(error)
+        return
+    try:
+        waiter(None, error)
+    except Exception:
+        log.exception("wharf: a request's error handler failed")
 
 
 async def open_core(

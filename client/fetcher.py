@@ -4,18 +4,19 @@ The request covers every partition of the record buffer's fetch positions except
 paused and failed ones, each at its fetch position, and long-polls up to
 ``fetch_max_wait``.  The next request goes out as soon as an answer is in while the
 buffer holds less than ``fetch_max_bytes`` of not-yet-handed-out batches, so records
-arrive while the application handles earlier ones.  No task: the request future's
-done-callback does the work.  A request made stale by a seek, pause or rebalance is
-abandoned (its answer is dropped) and a new one is sent at once.
+arrive while the application handles earlier ones (the stream lets the event loop
+run once per decoded piece while a request is in flight, so that an answer is read
+when it comes, not when the buffer runs dry).  No task: the connection calls back
+with the answer as soon as it is read.  A request made stale by a seek, pause or
+rebalance is abandoned (its answer is dropped) and a new one is sent at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Protocol
 
 from wharf.protocol import frames as F
-from wharf.protocol.errors import OffsetOutOfRange, WharfError, error_from_code
+from wharf.protocol.errors import ConnectionLost, OffsetOutOfRange, WharfError, error_from_code
 
 from .core import ConnectionCore, clone_error
 from .stream_buffer import RecordBuffer, TopicPartition
@@ -105,13 +106,22 @@ class Fetcher:
             return
         # At least one partition's worth, so a nearly full buffer still makes progress.
         max_bytes = min(max(room, per_partition), self.fetch_max_bytes)
-        rid, fut = core.start_request(F.FETCH_MANY, wire, self.max_wait_ms, max_bytes)
+
+        def answered(frame: list[Any] | None, error: WharfError | None) -> None:
+            self._answered(inflight, frame, error)
+
+        rid = core.start_request_cb(
+            F.FETCH_MANY, wire, self.max_wait_ms, max_bytes, callback=answered
+        )
         # Written now, not at the end of this loop iteration: the application may go
-        # through everything buffered before it yields to the loop, and the broker
-        # should be reading the next records meanwhile.
+        # through a whole piece before it yields to the loop, and the broker should
+        # be reading the next records meanwhile.
         core.flush()
         inflight = self._inflight = (rid, core, asked)
-        fut.add_done_callback(lambda f: self._answered(inflight, f))
+
+    @property
+    def in_flight(self) -> bool:
+        return self._inflight is not None
 
     def abandon(self) -> None:
         """Forget the request in flight: its answer will be dropped."""
@@ -125,19 +135,15 @@ class Fetcher:
         self.abandon()
         self.maybe_fetch()
 
-    def _answered(self, inflight: _Inflight, fut: asyncio.Future[list[Any]]) -> None:
-        if fut.cancelled():
-            return
-        error = fut.exception()
+    def _answered(
+        self, inflight: _Inflight, frame: list[Any] | None, error: WharfError | None
+    ) -> None:
         if self._inflight is not inflight:
             return  # abandoned
         self._inflight = None
-        if error is not None:
-            if isinstance(error, WharfError):
-                self.listener.fetch_failed(error)
-                return
-            raise error
-        frame = fut.result()
+        if error is not None or frame is None:
+            self.listener.fetch_failed(error or ConnectionLost("the fetch got no answer"))
+            return
         result = frame[2] if len(frame) > 2 and isinstance(frame[2], dict) else {}
         asked = inflight[2]
         buf = self.buf

@@ -15,7 +15,8 @@ import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final, NamedTuple
+from itertools import islice
+from typing import Any, Final, NamedTuple, NoReturn
 
 import msgpack
 
@@ -30,6 +31,8 @@ from wharf.protocol.records import (
     CODEC_NONE,
     CODECS,
     HEADER_BYTES,
+    MAX_BATCH_BYTES,
+    BatchHeader,
     compress,
     decompress,
     encode_records,
@@ -40,6 +43,29 @@ from wharf.protocol.records import (
 log = logging.getLogger("wharf.client")
 
 
+class NoHeaders(dict[str, Any]):
+    """The headers of every record that has none: one shared, read-only empty dict
+    (a fresh dict per record would cost more than the rest of its decoding)."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("the headers of a fetched record are read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_no_headers, ())
+
+
+NO_HEADERS: Final = NoHeaders()
+
+
+def _no_headers() -> NoHeaders:
+    return NO_HEADERS
+
+
 class Record(NamedTuple):
     """One record read from a log topic."""
 
@@ -48,11 +74,34 @@ class Record(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None  # None: a tombstone (compacted topics)
-    headers: dict[str, Any]
+    headers: dict[str, Any]  # read-only when the record has none (NO_HEADERS)
     timestamp: int  # epoch ms
 
 
 _new = tuple.__new__
+
+
+class _NoGC:
+    """``with _NoGC():`` no garbage collection in between: objects made in a burst and
+    then all kept (decoded records) or all dropped (a payload's arrays) are never
+    traversed by a collection, which would cost more than making them."""
+
+    __slots__ = ("_was_enabled",)
+
+    def __enter__(self) -> None:
+        self._was_enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._was_enabled:
+            gc.enable()
+
+
+# A stream decodes this many records at a time: fewer than the garbage collector's
+# default threshold (700 new objects), so that records handed out and dropped before
+# the next piece is decoded are never traversed by a collection (one Record per
+# record is the only tracked object that outlives the decoding).
+PIECE_RECORDS: Final = 500
 
 
 def records_from_batches(
@@ -60,46 +109,99 @@ def records_from_batches(
 ) -> list[Record]:
     """Decode fetched batches into records with offset >= ``min_offset``."""
     out: list[Record] = []
-    # A batch's records are made in one burst and all kept: a garbage collection in
-    # the middle would only traverse them (it costs more than the decoding).
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with _NoGC():
         for batch in batches:
-            out += _decode(topic, partition, batch, min_offset)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+            h = read_header(batch)
+            if h.next_offset <= min_offset:
+                continue
+            rows = msgpack.unpackb(
+                decompress(memoryview(batch)[HEADER_BYTES:], h.codec), raw=False, use_list=False
+            )
+            out += _records(topic, partition, h, rows, min_offset)
     return out
 
 
-def _decode(topic: str, partition: int, batch: bytes, min_offset: int) -> list[Record]:
-    h = read_header(batch)
-    if h.next_offset <= min_offset:
-        return []
-    rows = msgpack.unpackb(
-        decompress(memoryview(batch)[HEADER_BYTES:], h.codec), raw=False, use_list=False
-    )
+def _records(
+    topic: str, partition: int, h: BatchHeader, rows: Sequence[Any], min_offset: int
+) -> list[Record]:
+    """Records of ``rows`` (decoded records of the batch ``h``), from ``min_offset``."""
     base = h.base_offset
+    empty = NO_HEADERS
     if h.log_append_time:
         t = h.max_timestamp
         return [
-            _new(Record, (topic, partition, base + r[0], r[2], r[3], r[4] or {}, t))
+            _new(Record, (topic, partition, base + r[0], r[2], r[3], r[4] or empty, t))
             for r in rows
             if base + r[0] >= min_offset
         ]
-    if base < min_offset:
+    if rows and base + rows[0][0] < min_offset:
         rows = [r for r in rows if base + r[0] >= min_offset]
     try:
         return [
-            _new(Record, (topic, partition, base + o, k, v, hd or {}, ts))
+            _new(Record, (topic, partition, base + o, k, v, hd or empty, ts))
             for o, ts, k, v, hd in rows
         ]
     except ValueError:  # records with more fields than this SDK knows
         return [
-            _new(Record, (topic, partition, base + r[0], r[2], r[3], r[4] or {}, r[1]))
+            _new(Record, (topic, partition, base + r[0], r[2], r[3], r[4] or empty, r[1]))
             for r in rows
         ]
+
+
+class BatchReader:
+    """Decodes one batch at a time, ``PIECE_RECORDS`` records per ``read()``."""
+
+    __slots__ = ("_unpacker", "_header", "_topic", "_partition", "_min_offset", "left")
+
+    def __init__(self) -> None:
+        self._unpacker = _unpacker()
+        self._header: BatchHeader | None = None
+        self._topic = ""
+        self._partition = 0
+        self._min_offset = 0
+        self.left = 0  # records of the batch not read yet
+
+    def start(self, topic: str, partition: int, batch: bytes, min_offset: int) -> int:
+        """Begin reading ``batch`` from ``min_offset``; returns the offset after it (the
+        batch is skipped when that is not above ``min_offset``)."""
+        if self.left:
+            self.abandon()
+        h = read_header(batch)
+        if h.next_offset > min_offset:
+            self._unpacker.feed(decompress(memoryview(batch)[HEADER_BYTES:], h.codec))
+            self.left = self._unpacker.read_array_header()
+            self._header = h
+            self._topic = topic
+            self._partition = partition
+            self._min_offset = min_offset
+        return h.next_offset
+
+    def read(self) -> tuple[list[Record], int]:
+        """The next records (possibly none, when they are below the start offset) and
+        the offset after them (the batch's end once it is all read)."""
+        h = self._header
+        assert h is not None and self.left > 0
+        n = min(self.left, PIECE_RECORDS)
+        with _NoGC():
+            rows = list(islice(self._unpacker, n))
+            if len(rows) < n:
+                self.abandon()
+                raise InvalidArgument(f"corrupt batch at offset {h.base_offset}: records missing")
+            self.left -= n
+            records = _records(self._topic, self._partition, h, rows, self._min_offset)
+        if self.left:
+            return records, h.base_offset + rows[-1][0] + 1
+        return records, h.next_offset
+
+    def abandon(self) -> None:
+        """Forget the rest of the current batch."""
+        if self.left:
+            self._unpacker = _unpacker()
+            self.left = 0
+
+
+def _unpacker() -> msgpack.Unpacker:
+    return msgpack.Unpacker(raw=False, use_list=False, max_buffer_size=MAX_BATCH_BYTES)
 
 
 # -- producing -----------------------------------------------------------------------
@@ -145,16 +247,19 @@ def values_payload(
     if not values:
         raise InvalidArgument("produce needs at least one value")
     ts = now_ms() if timestamp is None else timestamp
-    return compress(encode_values(values, key, headers, ts), codec)
+    with _NoGC():  # the records' arrays live only until packed
+        payload = encode_values(values, key, headers, ts)
+    return compress(payload, codec)
 
 
 def records_payload(records: Sequence[RecordTuple], codec: int) -> bytes:
     if not records:
         raise InvalidArgument("produce needs at least one record")
     now = now_ms()
-    payload, _count = encode_records(
-        (key, value, headers, now if ts is None else ts) for key, value, headers, ts in records
-    )
+    with _NoGC():
+        payload, _count = encode_records(
+            (key, value, headers, now if ts is None else ts) for key, value, headers, ts in records
+        )
     return compress(payload, codec)
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from wharf.protocol import frames as F
 from wharf.protocol.errors import (
     ConnectionLost,
+    FencedInstanceId,
     IllegalGeneration,
     InvalidArgument,
     OffsetOutOfRange,
@@ -48,7 +49,9 @@ log = logging.getLogger("wharf.client")
 # again whether the connection is back.
 RETRY_DELAY_S: Final = 0.1
 
-# Errors a group member answers by joining again.
+# Errors a group member answers by joining again.  Other errors of the driver end the
+# stream (a lost connection aside), FencedInstanceId among them: a newer stream took
+# this static member's slot, and a join would only take it back.
 _REJOIN_CODES: Final = frozenset(
     {RebalanceInProgress.code, IllegalGeneration.code, UnknownMember.code}
 )
@@ -212,15 +215,22 @@ class Stream:
 
     async def _next_slow(self) -> Record:
         buf = self._buf
+        yielded = False
         while True:
             self._raise_pending()
-            if buf.idx < len(buf.cur) or self._activate():
-                idx = buf.idx
-                buf.idx = idx + 1
-                return buf.cur[idx]
-            if self._state != _RUNNING:
-                raise StopAsyncIteration
-            await self._wait()
+            if buf.idx >= len(buf.cur):
+                if not yielded and self._should_yield():
+                    yielded = True
+                    await asyncio.sleep(0)
+                    continue
+                if not self._activate():
+                    if self._state != _RUNNING:
+                        raise StopAsyncIteration
+                    await self._wait()
+                    continue
+            idx = buf.idx
+            buf.idx = idx + 1
+            return buf.cur[idx]
 
     async def getmany(
         self,
@@ -233,6 +243,9 @@ class Stream:
         if max_records is not None and max_records < 1:
             raise InvalidArgument("max_records must be >= 1")
         self._raise_pending()
+        if self._should_yield():
+            await asyncio.sleep(0)
+            self._raise_pending()
         records = self._take(max_records)
         if records or self._state != _RUNNING:
             return records
@@ -246,6 +259,13 @@ class Stream:
                         return records
         except TimeoutError:
             return []
+
+    def _should_yield(self) -> bool:
+        """Whether to let the event loop run before decoding the next piece: once per
+        piece while a fetch is in flight, so that its answer is read (and the next
+        request sent) while buffered records remain, not once they are all gone."""
+        buf = self._buf
+        return buf.idx >= len(buf.cur) and self._fetcher.in_flight and buf.undecoded()
 
     def _take(self, max_records: int | None) -> list[Record]:
         records = self._buf.take(max_records)
@@ -394,7 +414,9 @@ class Stream:
         is the next one to read), or the given ``{(topic, partition): offset}``.
 
         After a rebalance the stream lost track of raises ``IllegalGeneration`` (or
-        ``UnknownMember``): the partitions may belong to another member by now.
+        ``UnknownMember``): the partitions may belong to another member by now.  A
+        static member replaced by a newer one with its ``instance_id`` raises
+        ``FencedInstanceId``, and the stream ends.
         """
         if self.group is None:
             raise InvalidArgument("commit needs a group: subscribe(..., group=...)")
@@ -407,7 +429,9 @@ class Stream:
         try:
             await self._commit(targets)
         except WharfError as exc:
-            if exc.code in _REJOIN_CODES and self._manual is None:
+            if exc.code == FencedInstanceId.code:
+                self._end(exc)
+            elif exc.code in _REJOIN_CODES and self._manual is None:
                 self._heartbeat_due = 0.0  # find out now whether to rejoin
                 self._wake_driver()
             raise

@@ -37,6 +37,7 @@ from .connection import (
 from .connection import connect as _connect
 from .consumer import Consumer
 from .logs import Record
+from .logs_api import FetchResult
 from .message import Message
 from .recovery import (
     DEFAULT_RECONNECT_MAX_DELAY_S,
@@ -547,6 +548,20 @@ class SyncConnection:
         """``Connection.fetch``; a long poll may last ``max_wait`` beyond ``call_timeout``."""
         timeout = None if self.call_timeout is None else self.call_timeout + max_wait
         fetch = self._conn.fetch(topic, partition, offset, max_bytes, max_wait)
+        return self._runner.run(fetch, timeout)
+
+    def fetch_batch(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        max_bytes: int = 1_048_576,
+        max_wait: float = 0.0,
+    ) -> FetchResult:
+        """``Connection.fetch_batch``; a long poll may last ``max_wait`` beyond
+        ``call_timeout``."""
+        timeout = None if self.call_timeout is None else self.call_timeout + max_wait
+        fetch = self._conn.fetch_batch(topic, partition, offset, max_bytes, max_wait)
         return self._runner.run(fetch, timeout)
 
     def get(self, queue: str, no_ack: bool = False) -> SyncMessage | None:

@@ -8,9 +8,10 @@ Wire layout of one frame::
 
 ``length`` counts payload bytes only and must be 1..max_frame_bytes.  A client
 connection starts with the 8-byte handshake ``b"WHARF\\x00" major minor`` before
-its first frame.  ``FrameDecoder.feed`` accepts bytes in any split and returns the
-complete frames as raw arrays (lists or tuples); it raises only ``FrameError``,
-``FrameTooLarge`` or ``ProtocolMismatch`` (all connection-fatal).
+its first frame.  ``FrameDecoder.feed`` (or ``get_buffer`` + ``buffer_updated``)
+accepts bytes in any split and returns the complete frames as raw arrays (lists or
+tuples); it raises only ``FrameError``, ``FrameTooLarge`` or ``ProtocolMismatch`` (all
+connection-fatal).
 """
 
 from __future__ import annotations
@@ -27,15 +28,35 @@ LENGTH_BYTES: Final = 4
 DEFAULT_MAX_FRAME_BYTES: Final = 32 * 1024 * 1024
 # Compact the receive buffer once this many consumed bytes sit at its front.
 _COMPACT_AT_BYTES: Final = 256 * 1024
+# ``get_buffer`` offers at least this much room to receive into.
+RECEIVE_BYTES: Final = 256 * 1024
 
 _unpack_length = struct.Struct(">I").unpack_from
 _pack_length = struct.Struct(">I").pack
 
 
 class FrameDecoder:
-    """Bytes in, raw frame arrays out.  One per connection direction."""
+    """Bytes in, raw frame arrays out.  One per connection direction.
 
-    __slots__ = ("_buf", "_pos", "_max", "_use_list", "_need_handshake", "closed", "_deferred")
+    Bytes come in with ``feed(data)``, or are received straight into the decoder's
+    buffer (``asyncio.BufferedProtocol``): ``get_buffer()``, then
+    ``buffer_updated(nbytes)``, which saves a copy.  ``retain_bytes``: buffer capacity
+    kept while nothing is buffered (0: released every time, right for a server with
+    many mostly idle connections; a client receiving big frames keeps its buffer
+    rather than getting fresh memory from the system for every frame).
+    """
+
+    __slots__ = (
+        "_buf",
+        "_pos",
+        "_end",
+        "_max",
+        "_use_list",
+        "_retain",
+        "_need_handshake",
+        "closed",
+        "_deferred",
+    )
 
     def __init__(
         self,
@@ -43,11 +64,15 @@ class FrameDecoder:
         *,
         expect_handshake: bool = False,
         use_list: bool = True,
+        retain_bytes: int = 0,
     ) -> None:
+        # Received, not yet decoded: _buf[_pos:_end]; _buf[_end:] is free room.
         self._buf = bytearray()
         self._pos = 0
+        self._end = 0
         self._max = max_frame_bytes
         self._use_list = use_list
+        self._retain = retain_bytes
         self._need_handshake = expect_handshake
         self.closed = False
         self._deferred: WharfError | None = None
@@ -58,7 +83,7 @@ class FrameDecoder:
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return self._end - self._pos
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
         """Complete frames in ``data`` (plus what was buffered).
@@ -73,19 +98,83 @@ class FrameDecoder:
         if self.closed:
             return []
         buf = self._buf
-        buf += data
+        end = self._end
+        if end == len(buf):
+            buf += data
+        else:  # room left by get_buffer() or kept by retain_bytes
+            n = len(data)
+            if end + n <= len(buf):
+                buf[end : end + n] = data
+            else:
+                del buf[end:]
+                buf += data
+        self._end = end + len(data)
+        frames = self._decode()
+        pos = self._pos
+        if pos == self._end:
+            self._drained()
+        elif pos >= _COMPACT_AT_BYTES:
+            del buf[:pos]
+            self._end -= pos
+            self._pos = 0
+        return frames
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Room to receive into, for ``buffer_updated``: at least ``RECEIVE_BYTES``
+        and the rest of the frame being received."""
+        if self._pos == self._end:
+            self._drained()
+        buf = self._buf
+        pos = self._pos
+        end = self._end
+        want = RECEIVE_BYTES
+        if end - pos >= LENGTH_BYTES:
+            (length,) = _unpack_length(buf, pos)
+            if length <= self._max:
+                want = max(want, pos + LENGTH_BYTES + length - end)
+        if end + want > len(buf):
+            # Never resized in place: the transport may still hold a view of it.
+            pending = end - pos
+            if pending + want <= len(buf):
+                buf[:pending] = buf[pos:end]
+            else:
+                new = bytearray(pending + want)
+                new[:pending] = memoryview(buf)[pos:end]
+                self._buf = buf = new
+            self._pos = 0
+            self._end = end = pending
+        return memoryview(buf)[end:]
+
+    def buffer_updated(self, nbytes: int) -> list[Any]:
+        """``nbytes`` arrived in the view from ``get_buffer()``: the complete frames
+        (errors as with ``feed``)."""
+        self._end += nbytes
+        if self._deferred is not None:
+            exc, self._deferred = self._deferred, None
+            raise exc
+        if self.closed:
+            return []
+        return self._decode()
+
+    def _drained(self) -> None:
+        self._pos = self._end = 0
+        if len(self._buf) > self._retain:
+            self._buf = bytearray()
+
+    def _decode(self) -> list[Any]:
+        buf = self._buf
+        end = self._end
+        pos = self._pos
         if self._need_handshake:
-            if len(buf) < HANDSHAKE_BYTES:
-                if not MAGIC.startswith(bytes(buf[: len(MAGIC)])):
+            if end - pos < HANDSHAKE_BYTES:
+                if not MAGIC.startswith(bytes(buf[pos : min(end, pos + len(MAGIC))])):
                     self.closed = True
                     raise ProtocolMismatch("bad magic: this port speaks the Wharf protocol")
                 return []
-            check_handshake(bytes(buf[:HANDSHAKE_BYTES]), self)
+            check_handshake(bytes(buf[pos : pos + HANDSHAKE_BYTES]), self)
             self._need_handshake = False
-            self._pos = HANDSHAKE_BYTES
+            pos = self._pos = pos + HANDSHAKE_BYTES
         frames: list[Any] = []
-        pos = self._pos
-        end = len(buf)
         max_len = self._max
         use_list = self._use_list
         try:
@@ -106,16 +195,11 @@ class FrameDecoder:
                 pos = stop
         except WharfError as exc:
             self.closed = True
+            self._pos = pos
             if frames:
                 self._deferred = exc
                 return frames
             raise
-        if pos == end:
-            buf.clear()
-            pos = 0
-        elif pos >= _COMPACT_AT_BYTES:
-            del buf[:pos]
-            pos = 0
         self._pos = pos
         return frames
 
@@ -155,14 +239,24 @@ def _decode_payload(payload: memoryview, use_list: bool) -> Any:
 class FrameEncoder:
     """Frames out as bytes.  One per connection; not thread-safe."""
 
-    __slots__ = ("_packer",)
+    __slots__ = ("_packer", "_buffered")
 
     def __init__(self) -> None:
         self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+        self._buffered = msgpack.Packer(use_bin_type=True, autoreset=False)
 
     def encode_array(self, array: tuple[Any, ...] | list[Any]) -> bytes:
-        payload: bytes = self._packer.pack(array)
-        return _pack_length(len(payload)) + payload
+        # Packed into the packer's own buffer, then copied once behind the length: one
+        # new bytes object per frame, not two (for a fetch answer of a megabyte, fresh
+        # memory costs more in page faults than the copy; ~0.1 us more per small frame).
+        packer = self._buffered
+        packer.pack(array)
+        view: memoryview = packer.getbuffer()
+        try:
+            return _pack_length(len(view)) + view
+        finally:
+            view.release()
+            packer.reset()
 
     def encode(self, frame: Frame) -> bytes:
         payload: bytes = self._packer.pack((TYPE_OF[type(frame)], *frame))

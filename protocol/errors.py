@@ -36,6 +36,7 @@ ERROR_TABLE: Final[tuple[ErrorSpec, ...]] = (
     ErrorSpec(411, "UnknownMember", False, True, "member id not in the group: join again"),
     ErrorSpec(412, "OutOfOrderSequence", False, False, "producer sequence number gap"),
     ErrorSpec(413, "ProducerFenced", False, False, "producer epoch older than the current"),
+    ErrorSpec(414, "FencedInstanceId", False, False, "a newer member took this static instance id"),
     ErrorSpec(416, "OffsetOutOfRange", False, False, "offset outside earliest..latest"),
     ErrorSpec(501, "FrameError", True, False, "malformed framing or msgpack payload"),
     ErrorSpec(502, "ProtocolSyntaxError", False, False, "frame fields have wrong types/count"),
@@ -96,6 +97,7 @@ IllegalGeneration: type[WharfError] = _BY_NAME["IllegalGeneration"]
 UnknownMember: type[WharfError] = _BY_NAME["UnknownMember"]
 OutOfOrderSequence: type[WharfError] = _BY_NAME["OutOfOrderSequence"]
 ProducerFenced: type[WharfError] = _BY_NAME["ProducerFenced"]
+FencedInstanceId: type[WharfError] = _BY_NAME["FencedInstanceId"]
 OffsetOutOfRange: type[WharfError] = _BY_NAME["OffsetOutOfRange"]
 FrameError: type[WharfError] = _BY_NAME["FrameError"]
 ProtocolSyntaxError: type[WharfError] = _BY_NAME["ProtocolSyntaxError"]

@@ -103,7 +103,7 @@ def encode_records(
 ) -> tuple[bytes, int]:
     """Pack ``(key, value, headers, timestamp)`` tuples into a payload; returns
     ``(payload, count)``.  Offsets deltas are 0..count-1."""
-    packed = [[i, ts, key, value, headers] for i, (key, value, headers, ts) in enumerate(records)]
+    packed = [(i, ts, key, value, headers) for i, (key, value, headers, ts) in enumerate(records)]
     return msgpack.packb(packed, use_bin_type=True), len(packed)
 
 
@@ -112,7 +112,7 @@ def encode_values(
 ) -> bytes:
     """The payload for many values sharing one key, headers and timestamp (fast path)."""
     payload: bytes = msgpack.packb(
-        [[i, ts, key, value, headers] for i, value in enumerate(values)], use_bin_type=True
+        [(i, ts, key, value, headers) for i, value in enumerate(values)], use_bin_type=True
     )
     return payload
 
@@ -170,6 +170,10 @@ def check_records(records: Any) -> PayloadInfo:
         raise InvalidArgument("batch payload must be a msgpack array of records")
     if not records:
         raise InvalidArgument("a batch needs at least one record")
+    info = _check_plain_records(records)
+    if info is not None:
+        return info
+    # Records with more fields, or a bad one: check one by one and say which.
     first_ts = max_ts = -1
     null_keys = tombstones = False
     for i, rec in enumerate(records):
@@ -197,6 +201,36 @@ def check_records(records: Any) -> PayloadInfo:
         if ts > max_ts:
             max_ts = ts
     return PayloadInfo(len(records), len(records) - 1, first_ts, max_ts, null_keys, tombstones)
+
+
+def _check_plain_records(records: Sequence[Any]) -> PayloadInfo | None:
+    """``check_records`` for the usual batch, as one tight loop (half the time of the
+    general one); None when some record is not a valid 5-field record."""
+    first_ts = max_ts = -1
+    null_keys = tombstones = False
+    i = 0
+    try:
+        for delta, ts, key, value, headers in records:
+            if delta != i or delta.__class__ is not int or ts.__class__ is not int or ts < 0:
+                return None
+            if key.__class__ is not bytes:
+                if key is not None:
+                    return None
+                null_keys = True
+            if value.__class__ is not bytes:
+                if value is not None:
+                    return None
+                tombstones = True
+            if headers is not None and headers.__class__ is not dict:
+                return None
+            if ts > max_ts:
+                max_ts = ts
+            if ts < first_ts or first_ts < 0:
+                first_ts = ts
+            i += 1
+    except (TypeError, ValueError):  # a record that is not a 5-element array
+        return None
+    return PayloadInfo(i, i - 1, first_ts, max_ts, null_keys, tombstones)
 
 
 def build_batch(

@@ -24,6 +24,9 @@ MAX_SUBSCRIBED_TOPICS: Final = 10_000
 # As Kafka's offset.metadata.max.bytes.
 MAX_OFFSET_METADATA_CHARS: Final = 4096
 MAX_REBALANCE_TIMEOUT_MS: Final = 86_400_000
+# Member ids of static members replaced by a newer instance, kept per group so that the
+# old incarnation is told it was fenced (414) instead of rejoining (411); oldest dropped.
+MAX_FENCED_MEMBERS: Final = 1000
 RESET_TARGETS: Final = ("earliest", "latest", "offset", "timestamp")
 
 TopicPartitions = dict[str, list[int]]
@@ -79,6 +82,7 @@ class Group:
         self.leader: str | None = None
         self.members: dict[str, Member] = {}  # in join order
         self.instances: dict[str, str] = {}  # static instance id -> member id
+        self.fenced: dict[str, str] = {}  # replaced static member id -> instance id
         self.rebalance_started = 0.0
         self.rebalance_deadline = 0.0  # members not rejoined by then are removed
         self.initial_until = 0.0  # initial rebalance delay of a group that was Empty

@@ -33,12 +33,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wharf.protocol.errors import (
+    FencedInstanceId,
     IllegalGeneration,
     InvalidArgument,
     NotFound,
     PreconditionFailed,
     RebalanceInProgress,
     UnknownMember,
+    WharfError,
 )
 
 from .assignors import assign
@@ -46,6 +48,7 @@ from .group_model import (
     DEAD,
     EMPTY,
     MAX_CLIENT_ID_CHARS,
+    MAX_FENCED_MEMBERS,
     PREPARING,
     RESET_TARGETS,
     STABLE,
@@ -121,10 +124,12 @@ class GroupCoordinator:
                 )
         if member_id:
             g, m = self._member(group, member_id)
+            if instance_id is not None and static_id is not None and static_id != member_id:
+                raise _fenced(group, member_id, instance_id)
             if instance_id is not None and static_id != member_id:
                 raise UnknownMember(
-                    f"member '{member_id}' is not instance '{instance_id}' of group '{group}' "
-                    "(a newer instance replaced it); join again with an empty member id",
+                    f"member '{member_id}' is not instance '{instance_id}' of group '{group}'; "
+                    "join again with an empty member id",
                     details={"group": group},
                 )
         elif g is not None and static_id is not None:
@@ -178,18 +183,19 @@ class GroupCoordinator:
         new_id = f"{prefix}-{uuid.uuid4()}"
         del g.members[old_id]
         self._unbind_conn(g, old)
+        assert old.instance_id is not None
+        g.fenced[old_id] = old.instance_id
+        if len(g.fenced) > MAX_FENCED_MEMBERS:
+            del g.fenced[next(iter(g.fenced))]
         old.member_id = new_id
         old.client_id = client_id
         g.members[new_id] = old
-        assert old.instance_id is not None
         g.instances[old.instance_id] = new_id
         if g.leader == old_id:
             g.leader = new_id
         if old.joining:
             assert old.join is not None
-            old.join.set_exception(
-                UnknownMember(f"member '{old_id}' was replaced by a newer instance")
-            )
+            old.join.set_exception(_fenced(g.name, old_id, old.instance_id))
             old.join = None
         log.info(
             "group %s: static member %s rejoined as %s (was %s)",
@@ -231,6 +237,8 @@ class GroupCoordinator:
     def _member(self, group: str, member_id: str) -> tuple[Group, Member]:
         g = self.groups.get(group)
         m = g.members.get(member_id) if g is not None else None
+        if g is not None and m is None and member_id in g.fenced:
+            raise _fenced(group, member_id, g.fenced[member_id])
         if g is None or m is None:
             raise UnknownMember(
                 f"member '{member_id}' is not in group '{group}' (it was removed, fenced or "
@@ -702,6 +710,16 @@ class GroupCoordinator:
 
     # The management API and ctl call ``coordinator.list()`` and ``describe()``.
     list = list_groups
+
+
+def _fenced(group: str, member_id: str, instance_id: str) -> WharfError:
+    """A static member's older incarnation: a newer one joined with its instance id
+    (Kafka's FENCED_INSTANCE_ID).  It must stop, not rejoin and take the slot back."""
+    return FencedInstanceId(
+        f"member '{member_id}' of group '{group}' was replaced by a newer member with "
+        f"instance_id '{instance_id}'; two consumers must not share an instance_id",
+        details={"group": group, "instance_id": instance_id},
+    )
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import threading
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable
@@ -128,9 +129,11 @@ def write_index_files(
     log_path: Path, offset_data: bytes, time_data: bytes, on_synced: Callable[[Path, int], None]
 ) -> None:
     """Write both index files (temp file, fsync, rename) and fsync the directory.
-    Worker thread or start-up; ``on_synced(path, length)`` follows each fsync."""
+    Worker thread or start-up; ``on_synced(path, length)`` follows each fsync.  The
+    temp file's name is the writer's own (process and thread), so two writers of the
+    same file never share one."""
     for path, data in zip(index_paths(log_path), (offset_data, time_data), strict=True):
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             view = memoryview(data)

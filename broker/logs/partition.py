@@ -13,6 +13,8 @@ when the batch's timestamp is ``segment_ms`` past the segment's first one, or (o
 the retention tick) when its first append is ``segment_ms`` old.  Rolling finishes
 the old segment in a worker thread: fsync its log, then write and fsync its index
 files and the producer snapshot, so index files on disk always describe durable data.
+Broker shutdown waits for these jobs (``pending_jobs``) before the directory can be
+opened again.
 
 ``sync()`` fsyncs every segment with unsynced bytes in a worker thread, and the
 directory when a segment is new; callers arriving while an fsync runs share the next
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Final
 
 from wharf.protocol.errors import InternalError, OffsetOutOfRange, WharfError
-from wharf.protocol.records import LOG_APPEND_TIME, build_batch
+from wharf.protocol.records import LOG_APPEND_TIME, build_batch, decode_records, read_header
 
 from ..store.segments import SYNC_LOG_ENV
 from .index import ScanResult, SegmentIndex, load_index, scan_log, write_index_files
@@ -49,7 +51,7 @@ from .producers import (
     snapshot_name,
     write_atomically,
 )
-from .segment import LOG_SUFFIX, Segment, segment_name
+from .segment import LOG_SUFFIX, ReadArena, Segment, segment_name
 from .topicconfig import DEFAULTS, TopicConfig
 
 log = logging.getLogger("wharf.logs")
@@ -83,6 +85,8 @@ class Partition:
         self._synced_through = 0
         self._waiters: list[Callable[[], None]] = []  # long-poll fetches
         self._sync_log = os.environ.get(SYNC_LOG_ENV) or None
+        # Worker-thread jobs still running (rolls, fsyncs): shutdown waits for them.
+        self._jobs: set[asyncio.Future[None]] = set()
         self.closed = False
         self._open()
 
@@ -231,7 +235,7 @@ class Partition:
         def done(fut: asyncio.Future[None]) -> None:
             self._closed_segment_done(old, unsynced, sizes, fut.exception())
 
-        loop.run_in_executor(None, job.run).add_done_callback(done)
+        self._track(loop.run_in_executor(None, job.run)).add_done_callback(done)
 
     def _closed_segment_done(
         self, old: Segment, synced: list[Segment], sizes: list[int], exc: BaseException | None
@@ -359,7 +363,19 @@ class Partition:
                             w.set_exception(self.failed or InternalError("partition closed"))
                     self._sync_waiters = []
 
-        loop.run_in_executor(None, _fsync_files, jobs, new_dir, sync_log).add_done_callback(done)
+        job = loop.run_in_executor(None, _fsync_files, jobs, new_dir, sync_log)
+        self._track(job).add_done_callback(done)
+
+    def _track(self, job: asyncio.Future[None]) -> asyncio.Future[None]:
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+        return job
+
+    def pending_jobs(self) -> list[asyncio.Future[None]]:
+        """Worker-thread jobs not finished yet: the fsyncs and the index and snapshot
+        files of rolls.  A partition reopened on the same directory (a restart in
+        the same process) must not start before they end."""
+        return [job for job in self._jobs if not job.done()]
 
     # -- reading -------------------------------------------------------------------
 
@@ -372,11 +388,35 @@ class Partition:
                 details={"earliest": self.earliest, "latest": self.latest, "offset": offset},
             )
 
-    def fetch(self, offset: int, max_bytes: int, *, at_least_one: bool = True) -> list[memoryview]:
+    def fetch(
+        self,
+        offset: int,
+        max_bytes: int,
+        *,
+        at_least_one: bool = True,
+        arena: ReadArena | None = None,
+    ) -> list[memoryview]:
         """Whole stored batches from the one holding ``offset`` on, up to ``max_bytes``
         (``at_least_one``: even when the first batch is bigger); the first may start
-        before ``offset``.  Raises OffsetOutOfRange (416)."""
+        before ``offset``.  Read into ``arena`` when given (see ``ReadArena``).  Raises
+        OffsetOutOfRange (416).
+
+        None of the batches is only records below ``offset``: a compacted batch that
+        lost its records from ``offset`` on (it keeps its last offset) is skipped.  So
+        with ``at_least_one`` an empty answer means that no record at or after
+        ``offset`` exists yet, even when ``offset`` is below ``latest`` (a compacted
+        gap at the end of the log)."""
         self.check_offset(offset)
+        out = self._read(offset, max_bytes, at_least_one, arena)
+        if out and _ends_before(out[0], offset):
+            if len(out) > 1:
+                return out[1:]
+            out = self._read(read_header(out[0]).next_offset, max_bytes, at_least_one, arena)
+        return out
+
+    def _read(
+        self, offset: int, max_bytes: int, at_least_one: bool, arena: ReadArena | None
+    ) -> list[memoryview]:
         if offset == self.latest:
             return []
         segments = self.segments
@@ -386,7 +426,7 @@ class Partition:
         while i < len(segments) and used < max_bytes:
             seg = segments[i]
             got, whole = seg.read_from(
-                offset, max_bytes - used, at_least_one=at_least_one and not out
+                offset, max_bytes - used, at_least_one=at_least_one and not out, arena=arena
             )
             out += got
             used += sum(len(b) for b in got)
@@ -452,7 +492,20 @@ class Partition:
                     i += 1
                     continue
                 scan = scan_log(seg_path, base, end)
-                if scan.problem is None:
+                later = found[i + 1 :]
+                # Its index files are written only after its log is fsynced: a closed
+                # segment without them that ends before the next one's base, followed by
+                # empty segments only, lost its unsynced tail in a power loss just after
+                # a roll.  Its end is the log's end (as for a torn batch below), not the
+                # next base: offsets that hold nothing must not be handed out.  (A
+                # compacted segment may end early legitimately; it has its index files.)
+                unfinished = (
+                    scan.problem is None
+                    and scan.next_offset < end
+                    and not self.config.compacts
+                    and not any(p.stat().st_size for _b, p in later)
+                )
+                if scan.problem is None and not unfinished:
                     scan.segment_index.finish()
                     seg.index = scan.segment_index
                     seg.next_offset = end
@@ -466,7 +519,6 @@ class Partition:
                     rebuilt += 1
                     i += 1
                     continue
-                later = found[i + 1 :]
                 if any(p.stat().st_size for _b, p in later):
                     raise InternalError(
                         f"log segment {seg_path} is corrupt at byte {scan.valid_bytes} "
@@ -476,7 +528,9 @@ class Partition:
                 for _b, p in later:
                     Segment(p, _b, -1, 0).delete_files()
                 log.warning(
-                    "log %s: removed %d empty segments after a damaged one", path, len(later)
+                    "log %s: removed %d empty segments after a damaged or unfinished one",
+                    path,
+                    len(later),
                 )
                 del found[i + 1 :]
             # The active segment: scanned whole, torn tail cut.
@@ -652,6 +706,19 @@ def _fsync_files(
     if sync_log:
         with open(sync_log, "a") as f:
             f.write("".join(f"{p} {size}\n" for _fd, p, size in jobs))
+
+
+def _ends_before(batch: memoryview, offset: int) -> bool:
+    """Whether ``batch``, which starts before ``offset``, holds no record at or after
+    it: compaction removed its last records.  Only a batch with fewer records than
+    offsets (one that compaction rebuilt) is decoded to find out."""
+    h = read_header(batch)
+    if h.base_offset >= offset or h.record_count == h.last_offset_delta + 1:
+        return False
+    try:
+        return not decode_records(batch, offset)
+    except WharfError:
+        return False  # unreadable: the reader gets it as stored and reports it
 
 
 def _unlink(path: Path) -> None:

@@ -5,9 +5,10 @@ fetches waiting for data (dropped when the connection closes, at most
 ``MAX_PENDING_FETCHES``) and which kinds of ``acks="none"`` produce errors were
 already logged (each kind once per connection: nobody else hears of them).
 
-A long-poll (FETCH or FETCH_MANY with ``max_wait_ms`` > 0 and no data yet) registers
-a wake-up on every partition it asks for; the first append to any of them, or the
-end of the wait, answers it with whatever there is then.  Waits are capped at
+A long-poll (FETCH or FETCH_MANY with ``max_wait_ms`` > 0 and no batch at or after
+the offsets asked for: at the log end, or in a gap that compaction left at the end)
+registers a wake-up on every partition it asks for; the first append to any of them,
+or the end of the wait, answers it with whatever there is then.  Waits are capped at
 ``MAX_FETCH_WAIT_MS``.
 """
 
@@ -22,6 +23,7 @@ from wharf.protocol import frames as F
 from wharf.protocol.errors import InternalError, InvalidArgument, ResourceError, WharfError
 
 from .partition import Partition
+from .segment import ReadArena
 from .topics import MAX_FETCH_BYTES, TopicRegistry, check_fetch_bytes
 
 log = logging.getLogger("wharf.logs")
@@ -34,6 +36,11 @@ REPLY_OVERHEAD_BYTES: Final = 64 * 1024
 
 Reply = Callable[[int, dict[str, Any] | None], None]
 SendError = Callable[[int, WharfError], None]
+
+# FETCH_MANY answers are read into this, one answer at a time: each is encoded by
+# ``reply`` before the next is read (nothing awaits in between), so one arena serves
+# every connection of the process.
+_ARENA: Final = ReadArena()
 
 
 class _Poll:
@@ -134,11 +141,13 @@ class LogRequests:
         wait_ms = _check_wait(f.max_wait_ms)
         registry = self._registry()
         part = registry.get(f.topic).partition(f.partition)
-        part.check_offset(f.offset)
-        if wait_ms and f.offset == part.latest:
+        result = self._fetch_one(registry, f)
+        if wait_ms and not result["batches"]:
+            # Nothing at or after the offset: at the log end, or in a gap that
+            # compaction left before it.
             self._wait(_Poll(f.request_id, f, [part]), wait_ms)
             return
-        self._reply(f.request_id, self._fetch_one(registry, f))
+        self._reply(f.request_id, result)
 
     def _fetch_one(self, registry: TopicRegistry, f: F.Fetch) -> dict[str, Any]:
         return registry.fetch(
@@ -176,6 +185,8 @@ class LogRequests:
     ) -> tuple[list[list[Any]], bool, list[Partition]]:
         """(results, whether any has data or an error, partitions to wait on)."""
         budget = min(f.max_bytes, self._max_reply_bytes)
+        arena = _ARENA
+        arena.reset(budget + REPLY_OVERHEAD_BYTES)
         results: list[list[Any]] = []
         parts: list[Partition] = []
         answer_now = got = False
@@ -187,7 +198,11 @@ class LogRequests:
                 part.check_offset(offset)
                 # As Kafka: only the first batch of the answer may pass the limits.
                 limit = min(max_bytes, budget)
-                batches = part.fetch(offset, limit, at_least_one=not got) if limit > 0 else []
+                batches = (
+                    part.fetch(offset, limit, at_least_one=not got, arena=arena)
+                    if limit > 0
+                    else []
+                )
             except WharfError as exc:
                 hw, start = (part.latest, part.earliest) if part is not None else (-1, -1)
                 results.append([topic, number, exc.code, hw, start, exc.message])

@@ -24,8 +24,46 @@ LOG_SUFFIX: Final = ".log"
 SNAPSHOT_SUFFIX: Final = ".snapshot"
 
 
+# A fetch answer's reads go into one ReadArena of up to this many bytes.
+MAX_ARENA_BYTES: Final = 8 * 1024 * 1024
+
+
 def segment_name(base_offset: int) -> str:
     return f"{base_offset:020d}{LOG_SUFFIX}"
+
+
+def _pread(fd: int, size: int, pos: int) -> memoryview:
+    return memoryview(os.pread(fd, size, pos))
+
+
+class ReadArena:
+    """Memory the reads for one fetch answer go into, used again for the next answer:
+    fresh memory for every read of a megabyte would cost more in page faults than the
+    read itself.  Views from ``read`` stay valid only until ``reset()``, so whoever
+    resets it must be done with the previous answer (encoded it)."""
+
+    __slots__ = ("_buf", "_used")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._used = 0
+
+    def reset(self, size_hint: int) -> None:
+        """Start a new answer of about ``size_hint`` bytes."""
+        self._used = 0
+        size = min(size_hint, MAX_ARENA_BYTES)
+        if len(self._buf) < size:
+            # A new buffer (views of the old one may still exist; they keep it alive).
+            self._buf = bytearray(size)
+
+    def read(self, fd: int, size: int, pos: int) -> memoryview:
+        used = self._used
+        if used + size > len(self._buf):
+            return _pread(fd, size, pos)
+        view = memoryview(self._buf)[used : used + size]
+        got = os.preadv(fd, [view], pos)
+        self._used = used + got
+        return view[:got]
 
 
 class Segment:
@@ -81,24 +119,25 @@ class Segment:
         self.next_offset = last + 1
 
     def read_from(
-        self, offset: int, max_bytes: int, *, at_least_one: bool
+        self, offset: int, max_bytes: int, *, at_least_one: bool, arena: ReadArena | None = None
     ) -> tuple[list[memoryview], bool]:
         """Whole batches holding offsets >= ``offset``, the first one possibly starting
         before it, until ``max_bytes`` would be passed (``at_least_one``: even the
-        first); and whether they reach the end of the segment."""
+        first); and whether they reach the end of the segment.  With an ``arena`` the
+        views are into its memory (valid until its next reset)."""
         _rel, pos = self.index.position_for(offset)
         end = self.size
         out: list[memoryview] = []
         if pos >= end:
             return out, True
         fd = self.fd
+        read = _pread if arena is None else arena.read
         # One read covering the batches to skip (less than an index interval) and the
         # answer; more only when the first batch wanted is bigger than that.
-        data = os.pread(fd, min(end - pos, max_bytes + 2 * INDEX_INTERVAL_BYTES), pos)
-        view = memoryview(data)
+        view = read(fd, min(end - pos, max_bytes + 2 * INDEX_INTERVAL_BYTES), pos)
         used = 0
         i = 0
-        n = len(data)
+        n = len(view)
         while True:
             if n - i < HEADER_BYTES:
                 if pos + i >= end:
@@ -107,10 +146,9 @@ class Segment:
                     return out, False
                 # Still skipping: read on from the next batch.
                 pos += i
-                data = os.pread(fd, min(end - pos, max_bytes + INDEX_INTERVAL_BYTES), pos)
-                view = memoryview(data)
+                view = read(fd, min(end - pos, max_bytes + INDEX_INTERVAL_BYTES), pos)
                 i = 0
-                n = len(data)
+                n = len(view)
                 continue
             length = int.from_bytes(view[i : i + 4], "big")
             size = length + LENGTH_BYTES
@@ -125,7 +163,7 @@ class Segment:
                 if out:
                     return out, False
                 # The first batch wanted is not wholly in the buffer: read it alone.
-                out.append(memoryview(os.pread(fd, size, pos + i)))
+                out.append(_pread(fd, size, pos + i))
                 return out, pos + i + size >= end
             out.append(view[i : i + size])
             used += size

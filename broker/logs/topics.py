@@ -120,6 +120,9 @@ class Topic:
         for p in self.partitions:
             p.close(clean=clean)
 
+    def pending_jobs(self) -> list[asyncio.Future[None]]:
+        return [job for p in self.partitions for job in p.pending_jobs()]
+
 
 class TopicRegistry:
     """Owns every topic under one directory.  Handlers call it synchronously."""
@@ -138,6 +141,9 @@ class TopicRegistry:
         # Called with the topic name after a topic is deleted (groups, bindings).
         self.on_topic_deleted: list[Callable[[str], None]] = []
         self._timer: asyncio.TimerHandle | None = None
+        # Worker-thread jobs of closed partitions (deleted topics, shutdown) still
+        # writing files: ``wait_closed`` waits for them.
+        self._closing: list[asyncio.Future[None]] = []
         root.mkdir(parents=True, exist_ok=True)
         self.producer_ids = ProducerIds(root)
         self._recover()
@@ -251,6 +257,8 @@ class TopicRegistry:
         topic = self.get(name)
         del self.topics[name]
         topic.close(clean=False)
+        self._closing = [job for job in self._closing if not job.done()]
+        self._closing += topic.pending_jobs()
         doomed = self.root / f".{name}.deleting-{int(time.time() * 1000)}"
         os.rename(topic.path, doomed)
         fsync_dir(self.root)
@@ -417,12 +425,34 @@ class TopicRegistry:
         return deleted
 
     def close(self) -> None:
+        """Close every partition (fsyncing what is unsynced).  Worker threads may still
+        be finishing segment rolls: ``await wait_closed()`` before the directory is
+        opened again."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         for topic in self.topics.values():
             topic.close()
+            self._closing += topic.pending_jobs()
         self.topics.clear()
+
+    async def wait_closed(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the worker threads of closed partitions (the
+        index and snapshot files of a segment roll, an fsync); False when some were
+        still running then."""
+        jobs = [job for job in self._closing if not job.done()]
+        self._closing = []
+        if not jobs:
+            return True
+        _done, running = await asyncio.wait(jobs, timeout=timeout_s)
+        if running:
+            log.warning(
+                "%d log segment jobs (fsyncs, index files) still running after %.1f s",
+                len(running),
+                timeout_s,
+            )
+            return False
+        return True
 
 
 def _check_producer_fields(producer_id: int, epoch: int, sequence: int) -> None:

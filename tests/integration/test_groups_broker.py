@@ -19,6 +19,7 @@ import wharf
 from wharf.broker.server import Broker
 from wharf.protocol import frames as F
 from wharf.protocol.errors import (
+    FencedInstanceId,
     IllegalGeneration,
     InvalidArgument,
     NotFound,
@@ -428,14 +429,35 @@ async def test_static_member_rejoins_without_a_rebalance(connect: Connect) -> No
     await heartbeat(b, "g", rb)  # no rebalance happened
     await heartbeat(a2, "g", back)
     # The old incarnation is fenced.
-    with pytest.raises(UnknownMember):
+    with pytest.raises(FencedInstanceId):
         await heartbeat(a2, "g", ra)
-    with pytest.raises(UnknownMember):
+    with pytest.raises(FencedInstanceId):
         await commit(a2, "g", ra["member_id"], 1, [["t", 0, 1, None]])
-    with pytest.raises(UnknownMember):
+    with pytest.raises(FencedInstanceId):
         await join(a2, "g", ["t"], member_id=ra["member_id"], instance_id="worker-1")
+    with pytest.raises(FencedInstanceId):
+        await request(a2, F.GROUP_LEAVE, "g", ra["member_id"])
     desc = await request(a2, F.GROUP_DESCRIBE, "g")
     assert {m["instance_id"] for m in desc["members"]} == {"worker-1", None}
+
+
+async def test_static_member_replaced_while_joining_is_fenced(connect: Connect) -> None:
+    a, a2 = await connect(), await connect()
+    await a.create_topic("t", partitions=2)
+    # The first join waits for the initial delay; a second process with the same
+    # instance id takes the slot meanwhile.
+    first = asyncio.ensure_future(join(a, "g", ["t"], instance_id="worker-1"))
+    async with asyncio.timeout(WAIT_S):
+        while not (await request(a2, F.GROUP_LIST))["groups"]:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    second = await join(a2, "g", ["t"], instance_id="worker-1")
+    with pytest.raises(FencedInstanceId) as info:
+        await first
+    assert info.value.details == {"group": "g", "instance_id": "worker-1"}
+    assert partitions_of(second, "t") == [0, 1]
+    # A dynamic member id that never existed is still just unknown.
+    with pytest.raises(UnknownMember):
+        await heartbeat(a2, "g", {"member_id": "nobody", "generation": 1})
 
 
 async def test_static_member_with_a_new_subscription_rebalances(connect: Connect) -> None:

@@ -104,6 +104,33 @@ async def test_fetch_many_total_max_bytes(raw_client: Callable[..., Any]) -> Non
     assert second[2] == 0 and second[5] == []
 
 
+async def test_fetch_many_reads_of_one_answer_do_not_overlap(
+    raw_client: Callable[..., Any],
+) -> None:
+    # One answer holds reads of several partitions, of several segments of one
+    # partition, and of one partition twice; the next answer reuses the broker's read
+    # memory.  Every batch must come back as it was produced.
+    client: RawClient = await raw_client()
+    client.send(F.TopicCreate(2, "t", 2, {"segment_bytes": 4096}))
+    assert (await client.recv())[0] == F.OK
+    produced: dict[int, list[bytes]] = {0: [], 1: []}
+    for i in range(12):
+        for p in (0, 1):
+            values = [b"%d-%d-%d-" % (p, i, j) + bytes([i]) * 700 for j in range(3)]
+            produced[p] += values
+            client.send(F.Produce(3, "t", p, encode_values(values, None, None, 7)))
+            assert (await client.recv())[0] == F.OK
+    entries = [["t", 0, 0, 1 << 20], ["t", 1, 5, 1 << 20], ["t", 0, 9, 1 << 20]]
+    for rid in (4, 5):
+        await fetch_many(client, rid, entries)
+        results = (await client.recv())[2]["results"]
+        got = [
+            [r[3] for b in res[5] for r in decode_records(b, offset)]
+            for res, (_t, _p, offset, _m) in zip(results, entries, strict=True)
+        ]
+        assert got == [produced[0], produced[1][5:], produced[0][9:]]
+
+
 async def test_long_poll_answers_when_the_topic_is_deleted(
     raw_client: Callable[..., Any],
 ) -> None:

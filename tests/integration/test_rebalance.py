@@ -248,7 +248,7 @@ async def test_static_member_restart_keeps_assignment_without_rebalance(
         await asyncio.sleep(0.3)  # several heartbeats of b: no rebalance
         assert len(b.assignments) == 1 and not b.revoked
         # The replaced member id is fenced.
-        with pytest.raises(wharf.UnknownMember):
+        with pytest.raises(wharf.FencedInstanceId):
             await conn._request(F.GROUP_HEARTBEAT, "g", a.stream.member_id, generation)
     finally:
         await asyncio.gather(b.stop(), *([a2.stop()] if a2 else []))

@@ -362,6 +362,55 @@ async def test_request_ok_error_and_still_usable() -> None:
     assert await delete == 5
 
 
+async def test_callback_request_gets_answer_error_and_loss() -> None:
+    conn, peer = await open_connection()
+    core = conn._core
+    got: list[tuple[Any, Any]] = []
+
+    def callback(frame: list[Any] | None, error: wharf.WharfError | None) -> None:
+        got.append((frame, error))
+
+    rid = core.start_request_cb(F.LIST_OFFSETS, "t", 0, callback=callback)
+    core.flush()
+    (frame,) = peer.frames()
+    assert frame == [F.LIST_OFFSETS, rid, "t", 0]
+    peer.send(F.OK, rid, {"earliest": 0, "latest": 5})
+    assert got == [([F.OK, rid, {"earliest": 0, "latest": 5}], None)]  # at once
+
+    got.clear()
+    rid = core.start_request_cb(F.LIST_OFFSETS, "nope", 0, callback=callback)
+    peer.send(F.ERROR, rid, 404, "no topic 'nope'", False, None)
+    assert got[0][0] is None and isinstance(got[0][1], wharf.NotFound)
+
+    def broken(frame: list[Any] | None, error: wharf.WharfError | None) -> None:
+        raise RuntimeError("a bug in the handler")
+
+    rid = core.start_request_cb(F.LIST_OFFSETS, "t", 0, callback=broken)
+    peer.send(F.OK, rid, {})  # logged, and the connection stays up
+    assert core.closed_error is None
+
+    got.clear()
+    core.start_request_cb(F.LIST_OFFSETS, "t", 0, callback=callback)
+    core.fail(wharf.ConnectionLost("gone"))
+    assert got == []  # like a future's callbacks: once the loss is handled
+    await settle()
+    assert got[0][0] is None and isinstance(got[0][1], wharf.ConnectionLost)
+    with pytest.raises(wharf.ConnectionLost):
+        core.start_request_cb(F.LIST_OFFSETS, "t", 0, callback=callback)
+
+
+async def test_big_frames_are_written_at_once() -> None:
+    conn, peer = await open_connection()
+    before = len(peer.transport.writes)
+    await conn.publish("ex", "rk", b"m", confirm=False)
+    assert len(peer.transport.writes) == before  # small: with this iteration's others
+    core = conn._core
+    core.send(core.encode((F.PUBLISH, 0, "ex", "rk", None, b"x" * 70_000, 0)))
+    assert len(peer.transport.writes) == before + 1  # both, now, in order
+    frames = peer.frames()
+    assert [f[0] for f in frames[-2:]] == [F.PUBLISH, F.PUBLISH]
+
+
 async def test_writes_are_coalesced_per_iteration() -> None:
     conn, peer = await open_connection()
     before = len(peer.transport.writes)

@@ -12,6 +12,7 @@ import pytest
 from wharf.protocol import frames as F
 from wharf.protocol.codec import (
     DEFAULT_MAX_FRAME_BYTES,
+    RECEIVE_BYTES,
     FrameDecoder,
     FrameEncoder,
     check_handshake,
@@ -129,6 +130,92 @@ def test_long_stream_compacts_its_buffer() -> None:
         assert decoder.buffered < 2 * step
     assert [F.parse(raw) for raw in out] == frames
     assert decoder.buffered == 0
+
+
+# -- receiving into the decoder's buffer (asyncio.BufferedProtocol) -------------------
+
+
+def receive(decoder: FrameDecoder, data: bytes, rng: random.Random | None = None) -> list[Any]:
+    """What a transport does: ask for room, fill some of it, report how much."""
+    out: list[Any] = []
+    pos = 0
+    while pos < len(data):
+        view = decoder.get_buffer(-1)
+        assert len(view) >= min(RECEIVE_BYTES, len(data) - pos)
+        n = min(len(view), len(data) - pos)
+        if rng is not None:
+            n = rng.randint(1, n)
+        view[:n] = data[pos : pos + n]
+        del view  # a transport holds the view only while it receives
+        out.extend(decoder.buffer_updated(n))
+        pos += n
+    return out
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_receive_into_buffer_in_random_pieces(seed: int) -> None:
+    rng = random.Random(seed)
+    body = bytes(range(256)) * 1500  # frames bigger than one receive
+    frames = [*STREAM_FRAMES, F.Publish(1, "ex", "rk", None, body, 0), *STREAM_FRAMES]
+    data = b"".join(encode(f) for f in frames) * 3
+    decoder = FrameDecoder(retain_bytes=1 << 20)
+    out = receive(decoder, data, rng)
+    assert norm(out) == norm([list(F.as_array(f)) for f in frames * 3])
+    assert decoder.buffered == 0
+
+
+def test_room_for_a_whole_big_frame() -> None:
+    body = b"x" * (3 * RECEIVE_BYTES)
+    data = encode(F.Publish(1, "ex", "rk", None, body, 0))
+    decoder = FrameDecoder()
+    view = decoder.get_buffer(-1)
+    view[:8] = data[:8]
+    del view
+    assert decoder.buffer_updated(8) == []
+    # Once the length is known, the rest of the frame fits in one receive.
+    view = decoder.get_buffer(-1)
+    assert len(view) >= len(data) - 8
+    view[: len(data) - 8] = data[8:]
+    del view
+    assert [F.parse(raw) for raw in decoder.buffer_updated(len(data) - 8)] == [
+        F.Publish(1, "ex", "rk", None, body, 0)
+    ]
+
+
+def test_retained_buffer_is_kept_and_a_bigger_one_released() -> None:
+    small = encode(F.Publish(1, "ex", "rk", None, b"x" * 1000, 0))
+    big = encode(F.Publish(2, "ex", "rk", None, b"y" * (2 * RECEIVE_BYTES), 0))
+    decoder = FrameDecoder(retain_bytes=RECEIVE_BYTES * 4)
+    assert len(receive(decoder, big)) == 1
+    kept = decoder.get_buffer(-1).obj
+    assert len(receive(decoder, small)) == 1
+    assert decoder.get_buffer(-1).obj is kept  # the same memory, frame after frame
+    released = FrameDecoder(retain_bytes=0)
+    assert len(receive(released, big)) == 1
+    assert len(released.get_buffer(-1)) == RECEIVE_BYTES  # a fresh, small one
+
+
+def test_feed_after_receiving_into_the_buffer() -> None:
+    decoder = FrameDecoder(retain_bytes=1 << 20)
+    data = b"".join(encode(f) for f in STREAM_FRAMES)
+    first = receive(decoder, data[:1000])
+    rest = decoder.feed(data[1000:])
+    assert norm(first + rest) == norm(STREAM_ARRAYS)
+    assert decoder.buffered == 0
+
+
+def test_errors_when_receiving_into_the_buffer() -> None:
+    decoder = FrameDecoder(max_frame_bytes=100)
+    view = decoder.get_buffer(-1)
+    good = encode(F.Heartbeat(0))
+    data = good + struct.pack(">I", 101)
+    view[: len(data)] = data
+    del view
+    assert decoder.buffer_updated(len(data)) == [[4, 0]]
+    assert decoder.error_pending
+    with pytest.raises(FrameTooLarge):
+        decoder.buffer_updated(0)
+    assert decoder.buffer_updated(0) == []  # closed
 
 
 @pytest.mark.parametrize("use_list", [True, False])

@@ -401,6 +401,36 @@ def test_torn_closed_segment_before_empty_ones_is_cut(tmp_path: Path) -> None:
     q.close()
 
 
+@pytest.mark.parametrize("config", [DEFAULTS, DEFAULTS.with_changes({"cleanup_policy": "compact"})])
+def test_closed_segment_cut_at_a_batch_boundary_before_empty_ones(
+    tmp_path: Path, config: TopicConfig
+) -> None:
+    """As above, but the power loss cut the old segment exactly after a whole batch
+    (the length of its last fsync): its end, not the next segment's base, is the end
+    of the log, so no offset without a record is handed out.  A compacted segment may
+    end early by itself, so there the next base stays the end."""
+    path = tmp_path / "0"
+    p = Partition(path, 0, config)
+    for i in range(3):
+        append(p, b"v%d" % i, key=b"k")
+    p.roll()
+    first, second = p.segments[0].path, p.segments[1].path
+    last_batch = read_header(bytes(p.fetch(2, 1 << 20)[0])).size
+    p.close()
+    for f in index_paths(first):
+        f.unlink()
+    os.truncate(first, first.stat().st_size - last_batch)
+    q = Partition(path, 0, config)
+    if config.compacts:
+        assert (len(q.segments), q.latest) == (2, 3)
+    else:
+        assert (len(q.segments), q.latest) == (1, 2)
+        assert not second.exists()
+        assert read_all(q) == [(0, b"v0"), (1, b"v1")]
+        assert append(q, b"next", key=b"k") == 2
+    q.close()
+
+
 # -- idempotent producers -----------------------------------------------------------------
 
 

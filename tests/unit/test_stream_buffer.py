@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from wharf.logs import PIECE_RECORDS
 from wharf.protocol.records import build_batch, encode_records
 from wharf.stream_buffer import RecordBuffer
 
@@ -37,8 +38,12 @@ def test_fetch_position_runs_ahead_and_position_follows_hand_out() -> None:
     buf.idx += 2  # two records handed out
     assert buf.position(TP) == 2
     assert buf.processed() == {TP: 2}
+    buf.idx = len(buf.cur)  # the piece is the first batch
+    assert buf.position(TP) == 3
+    assert buf.activate()
     buf.idx = len(buf.cur)
     assert buf.position(TP) == 5
+    assert not buf.activate()
 
 
 def test_stale_answer_is_dropped() -> None:
@@ -166,3 +171,39 @@ def test_drop_all_and_forget() -> None:
     buf.forget()
     assert buf.processed() == {}
     assert buf.position(TP) is None
+
+
+def test_big_batch_is_handed_out_in_pieces() -> None:
+    n = PIECE_RECORDS * 2 + 10
+    buf = RecordBuffer()
+    buf.set_position(TP, 5)  # the batch starts before the position
+    buf.add(TP, 5, [batch(0, n), batch(n, 3)])
+    first = buf.take(None)
+    assert offsets(first) == list(range(5, PIECE_RECORDS))
+    assert buf.position(TP) == PIECE_RECORDS
+    second = buf.take(None)
+    assert offsets(second) == list(range(PIECE_RECORDS, 2 * PIECE_RECORDS))
+    assert [r.value for r in second[:1]] == [b"v%d" % PIECE_RECORDS]
+    assert offsets(buf.take(7)) == list(range(2 * PIECE_RECORDS, 2 * PIECE_RECORDS + 7))
+    assert buf.position(TP) == 2 * PIECE_RECORDS + 7
+    assert offsets(buf.take(None)) == list(range(2 * PIECE_RECORDS + 7, n))
+    assert offsets(buf.take(None)) == [n, n + 1, n + 2]
+    assert buf.position(TP) == n + 3 and buf.nbytes == 0
+
+
+def test_drop_in_the_middle_of_a_batch_refetches_from_the_position() -> None:
+    n = PIECE_RECORDS + 100
+    buf = RecordBuffer()
+    buf.set_position(TP, 0)
+    buf.set_position(OTHER, 0)
+    buf.add(TP, 0, [batch(0, n)])
+    buf.add(OTHER, 0, [batch(0, 2)])
+    assert len(buf.take(None)) == PIECE_RECORDS  # the rest of the batch is undecoded
+    buf.drop([TP])
+    assert buf.position(TP) == PIECE_RECORDS
+    assert buf.fetch_positions == {TP: PIECE_RECORDS, OTHER: 2}
+    assert [(r.partition, r.offset) for r in buf.take(None)] == [(1, 0), (1, 1)]
+    # Fetched again from the position: the same batch, from the middle.
+    buf.add(TP, PIECE_RECORDS, [batch(0, n)])
+    assert offsets(buf.take(None)) == list(range(PIECE_RECORDS, n))
+    assert buf.take(None) == []
