@@ -23,6 +23,10 @@ fsynced and renamed over the log, then the directory is fsynced.  Because jobs r
 at a time, nothing is appended to the old file while it is rewritten; commits made
 meanwhile wait for the job, as they would for an fsync.  A failed write or fsync is
 never retried on the same file: the next job rewrites the live records into a new file.
+
+With ``WHARF_TEST_SYNC_LOG=<file>`` set, every fsync of the log (or of a compaction's
+``offsets.log.tmp``) appends ``"<path> <fsynced length>"`` to that file, as the
+segment and partition code do, so tests can simulate power loss.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import msgpack
 
 from wharf.protocol.errors import InternalError
 from wharf.protocol.records import build_batch, check_batch, decode_records, read_header
+
+from ..store.segments import SYNC_LOG_ENV
 
 log = logging.getLogger("wharf.groups")
 
@@ -89,6 +95,7 @@ class OffsetsLog:
         self.writes = 0
         self.fsyncs = 0
         self.compactions = 0
+        self._sync_log = os.environ.get(SYNC_LOG_ENV) or None
         directory.mkdir(parents=True, exist_ok=True)
         self._load()
 
@@ -130,6 +137,7 @@ class OffsetsLog:
         side.write_bytes(data[pos:])
         os.ftruncate(self._fd, pos)
         os.fsync(self._fd)
+        self._synced(self.path, pos)
         log.warning(
             "offsets log %s: cut %d bytes at byte %d (%s); kept them in %s",
             self.path,
@@ -236,7 +244,7 @@ class OffsetsLog:
         else:
             data = _encode(changes, self._next_offset, now_ms)
             self._next_offset += len(changes)
-            job = loop.run_in_executor(None, _append_and_fsync, self._fd, data)
+            job = loop.run_in_executor(None, self._append, self._fd, data)
         self._job = job
 
         def done(task: asyncio.Future[Any]) -> None:
@@ -273,6 +281,12 @@ class OffsetsLog:
 
         job.add_done_callback(done)
 
+    def _append(self, fd: int, data: bytes) -> None:
+        """Worker thread: append ``data`` and fsync (see ``_append_and_fsync``)."""
+        _append_and_fsync(fd, data)
+        if self._sync_log:
+            self._synced(self.path, os.fstat(fd).st_size)
+
     def _rewrite_file(
         self, live: list[Change], changes: list[Change], now_ms: int
     ) -> tuple[int, int, int]:
@@ -291,12 +305,19 @@ class OffsetsLog:
         try:
             _write_all(fd, data)
             os.fsync(fd)
+            self._synced(tmp, len(data))
             os.rename(tmp, self.path)
             _fsync_dir(self.directory)
         except BaseException:
             os.close(fd)
             raise
+        self._synced(self.path, len(data))
         return fd, len(data), len(records)
+
+    def _synced(self, path: Path, length: int) -> None:
+        if self._sync_log:
+            with open(self._sync_log, "a") as f:
+                f.write(f"{path} {length}\n")
 
     def _swap(self, fd: int, size: int, next_offset: int) -> None:
         old = self._fd
