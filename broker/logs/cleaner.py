@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
+from ..fsio import fsync_dir, write_atomically
 from ..store.segments import SYNC_LOG_ENV
 from .compaction import (
     CLEANED_SUFFIX,
@@ -61,7 +62,6 @@ from .compaction import (
     segment_ends,
 )
 from .index import SegmentIndex, index_paths, scan_log
-from .producers import fsync_dir, write_atomically
 
 if TYPE_CHECKING:
     from .partition import Partition

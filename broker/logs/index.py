@@ -35,6 +35,8 @@ from typing import Final, NamedTuple
 
 from wharf.protocol.records import HEADER, HEADER_BYTES, check_batch
 
+from ..fsio import fsync_dir, write_atomically
+
 OFFSET_ENTRY: Final = struct.Struct(">II")
 TIME_ENTRY: Final = struct.Struct(">qI")
 INDEX_INTERVAL_BYTES: Final = 4096
@@ -134,21 +136,9 @@ def write_index_files(
     same file never share one."""
     for path, data in zip(index_paths(log_path), (offset_data, time_data), strict=True):
         tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_atomically(path, data, tmp=tmp, sync_dir=False)
         on_synced(path, len(data))
-    dfd = os.open(log_path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(log_path.parent)
 
 
 def load_index(

@@ -44,6 +44,7 @@ import msgpack
 from wharf.protocol.errors import InternalError
 from wharf.protocol.records import build_batch, check_batch, decode_records, read_header
 
+from ..fsio import fsync_dir, write_all
 from ..store.segments import SYNC_LOG_ENV
 
 log = logging.getLogger("wharf.groups")
@@ -303,11 +304,11 @@ class OffsetsLog:
         tmp = self.path.with_name(LOG_NAME + ".tmp")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
             self._synced(tmp, len(data))
             os.rename(tmp, self.path)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except BaseException:
             os.close(fd)
             raise
@@ -383,21 +384,6 @@ def _record_size(group: str, topic: str, partition: int, metadata: str | None) -
     return len(group.encode()) + len(topic.encode()) + meta + 24 + _RECORD_OVERHEAD_BYTES
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 def _append_and_fsync(fd: int, data: bytes) -> None:
-    _write_all(fd, data)
+    write_all(fd, data)
     os.fsync(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -42,6 +42,7 @@ from typing import Final
 from wharf.protocol.errors import InternalError, OffsetOutOfRange, WharfError
 from wharf.protocol.records import LOG_APPEND_TIME, build_batch, decode_records, read_header
 
+from ..fsio import fsync_dir, write_atomically
 from ..store.segments import SYNC_LOG_ENV
 from .index import ScanResult, SegmentIndex, load_index, scan_log, write_index_files
 from .producers import (
@@ -49,7 +50,6 @@ from .producers import (
     ProducerStates,
     list_snapshots,
     snapshot_name,
-    write_atomically,
 )
 from .segment import LOG_SUFFIX, ReadArena, Segment, segment_name
 from .topicconfig import DEFAULTS, TopicConfig
@@ -695,11 +695,7 @@ def _fsync_files(
         for fd, _p, _size in jobs:
             os.fsync(fd)
         if directory is not None:
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(directory)
     finally:
         for fd, _p, _size in jobs:
             os.close(fd)

@@ -30,7 +30,6 @@ written (temp file, fsync, rename, fsync directory) before any id of it is used.
 from __future__ import annotations
 
 import logging
-import os
 import zlib
 from collections import deque
 from pathlib import Path
@@ -39,6 +38,8 @@ from typing import Final
 import msgpack
 
 from wharf.protocol.errors import OutOfOrderSequence, ProducerFenced
+
+from ..fsio import write_atomically
 
 log = logging.getLogger("wharf.logs")
 
@@ -196,26 +197,3 @@ class ProducerIds:
         pid = self._next
         self._next += 1
         return pid
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename over ``path``, fsync the directory."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

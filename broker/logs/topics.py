@@ -37,8 +37,9 @@ from wharf.protocol.errors import (
 )
 from wharf.protocol.records import CODECS, check_records, decompress, encode_records
 
+from ..fsio import fsync_dir, write_atomically
 from .partition import Partition
-from .producers import ProducerIds, fsync_dir, write_atomically
+from .producers import ProducerIds
 from .segment import segment_name
 from .topicconfig import DEFAULTS, TopicConfig, overrides
 

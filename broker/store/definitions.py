@@ -12,9 +12,10 @@ argument values are written as ``{"$bin": "<hex>"}``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Final
+
+from ..fsio import write_atomically
 
 DEFINITIONS_FILE: Final = "definitions.json"
 FORMAT_VERSION: Final = 1
@@ -40,30 +41,11 @@ def _decode(obj: Any) -> Any:
     return obj
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    # 0o600: the document holds password hashes of runtime users.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def save_definitions(data_dir: Path, definitions: dict[str, Any]) -> None:
     doc = {"version": FORMAT_VERSION, **definitions}
     data = json.dumps(_encode(doc), indent=1, sort_keys=True).encode()
-    write_atomically(data_dir / DEFINITIONS_FILE, data)
+    # 0o600: the document holds password hashes of runtime users.
+    write_atomically(data_dir / DEFINITIONS_FILE, data, mode=0o600)
 
 
 def load_definitions(data_dir: Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
+from ..fsio import fsync_dir
 from .records import (
     ACKS,
     COUNTS,
@@ -334,11 +335,7 @@ class MessageStore:
         self.fsyncs += 1
         seg.synced_size = seg.written_size
         if seg.new:
-            dfd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(self.directory)
             seg.new = False
         if self._sync_log:
             with open(self._sync_log, "a") as f:
