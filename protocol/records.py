@@ -155,14 +155,15 @@ class PayloadInfo(NamedTuple):
     tombstones: bool  # some record has a nil value
 
 
-def check_payload(payload: bytes, codec: int) -> PayloadInfo:
-    """Validate a produced payload without changing it.  Raises InvalidArgument."""
+def check_payload(payload: bytes, codec: int) -> tuple[Sequence[Any], PayloadInfo]:
+    """Validate a produced payload without changing it; returns its decoded records and
+    what the broker needs to know of them.  Raises InvalidArgument."""
     raw = decompress(payload, codec)
     try:
         records = msgpack.unpackb(raw, raw=False, use_list=False)
     except Exception as exc:  # msgpack raises several types for bad input
         raise InvalidArgument(f"batch payload is not a msgpack array of records: {exc}") from None
-    return check_records(records)
+    return records, check_records(records)
 
 
 def check_records(records: Any) -> PayloadInfo:

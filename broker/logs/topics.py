@@ -27,15 +27,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-import msgpack
-
 from wharf.protocol.errors import (
     ContentTooLarge,
     InvalidArgument,
     NotFound,
     PreconditionFailed,
 )
-from wharf.protocol.records import CODECS, check_records, decompress, encode_records
+from wharf.protocol.records import CODECS, check_payload, encode_records
 
 from ..fsio import fsync_dir, write_atomically
 from .partition import Partition
@@ -298,14 +296,7 @@ class TopicRegistry:
                 f"{self.max_batch_bytes}; send smaller batches",
                 details={"size": len(payload), "max_message_bytes": self.max_batch_bytes},
             )
-        raw = decompress(payload, codec)
-        try:
-            records = msgpack.unpackb(raw, raw=False, use_list=False)
-        except Exception as exc:  # msgpack raises several types for bad input
-            raise InvalidArgument(
-                f"batch payload is not a msgpack array of records: {exc}"
-            ) from None
-        info = check_records(records)
+        records, info = check_payload(payload, codec)
         if info.max_timestamp > MAX_TIMESTAMP_MS:
             raise InvalidArgument(f"record timestamps must be at most {MAX_TIMESTAMP_MS}")
         if info.null_keys and topic.config.compacts:
