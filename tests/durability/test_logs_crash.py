@@ -102,7 +102,9 @@ def lose_power(data_dir: Path, sync_log: Path) -> int:
         for line in sync_log.read_text().splitlines(keepends=True):
             if line.endswith("\n"):
                 path, _, length = line.strip().rpartition(" ")
-                synced[path] = int(length)
+                # Segments only grow, and fsyncs of one segment can finish in any
+                # order (a roll's and a produce's): the durable length is the largest.
+                synced[path] = max(synced.get(path, 0), int(length))
     cut = 0
     for f in sorted((data_dir / "logs").rglob("*")):
         if not f.is_file() or f.suffix not in DURABLE_SUFFIXES:

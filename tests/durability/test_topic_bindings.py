@@ -83,7 +83,10 @@ def cut_log_segments_to_fsynced(data_dir: Path, sync_log: Path) -> int:
     for line in sync_log.read_text().splitlines(keepends=True):
         if line.endswith("\n"):
             path, _, length = line.strip().rpartition(" ")
-            synced[str(Path(path).resolve())] = int(length)
+            # Segments only grow, and fsyncs of one segment can finish in any order:
+            # the durable length is the largest one reported.
+            key = str(Path(path).resolve())
+            synced[key] = max(synced.get(key, 0), int(length))
     cut = 0
     for seg in (data_dir / "logs").glob("*/*/*.log"):
         size = seg.stat().st_size
