@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from wharf.protocol import frames as F
+from wharf.protocol.codec import MAX_BATCH_ITEMS
 from wharf.protocol.errors import ConnectionLost, ContentTooLarge, InvalidArgument, WharfError
 
 from .consumer import Consumer
@@ -501,7 +502,8 @@ class Connection(LogsApi):
 
         If any message failed, raises the first failure; its ``details`` carry
         ``failed_indexes`` (positions in ``bodies``), ``failed_seqs`` and ``errors``.
-        Batches larger than the broker's frame limit are split across frames.
+        Batches larger than the broker's frame limit, or of more than
+        ``MAX_BATCH_ITEMS`` bodies, are split across frames.
         """
         n = len(bodies)
         if n == 0:
@@ -530,7 +532,7 @@ class Connection(LogsApi):
         frame_room = max(
             core.max_frame_bytes - PUBLISH_MANY_OVERHEAD_BYTES, core.max_frame_bytes // 2
         )
-        if sum(map(len, bodies)) + BODY_HEADER_BYTES * n <= frame_room:
+        if n <= MAX_BATCH_ITEMS and sum(map(len, bodies)) + BODY_HEADER_BYTES * n <= frame_room:
             core.send(
                 core.encode((F.PUBLISH_MANY, seq, exchange, routing_key, props, bodies, flags))
             )
@@ -655,14 +657,17 @@ def _too_large(size: int, limit: int) -> WharfError:
     )
 
 
-def _split_by_size(bodies: Sequence[bytes], room: int) -> list[tuple[int, Sequence[bytes]]]:
-    """Cut ``bodies`` into runs that each fit in ``room`` bytes: (offset, run) pairs."""
+def _split_by_size(
+    bodies: Sequence[bytes], room: int, max_count: int = MAX_BATCH_ITEMS
+) -> list[tuple[int, Sequence[bytes]]]:
+    """Cut ``bodies`` into runs that each fit in ``room`` bytes and hold at most
+    ``max_count`` bodies (the broker's decoding limit): (offset, run) pairs."""
     chunks: list[tuple[int, Sequence[bytes]]] = []
     start = 0
     size = 0
     for i, body in enumerate(bodies):
         cost = len(body) + BODY_HEADER_BYTES
-        if size + cost > room and i > start:
+        if (size + cost > room or i - start >= max_count) and i > start:
             chunks.append((start, bodies[start:i]))
             start = i
             size = 0

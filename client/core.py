@@ -18,12 +18,19 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final, Protocol, cast
 
 from wharf.protocol import frames as F
-from wharf.protocol.codec import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameEncoder
+from wharf.protocol.codec import (
+    DEFAULT_MAX_FRAME_BYTES,
+    MAX_BATCH_ITEMS,
+    PREAUTH_MAX_FRAME_BYTES,
+    FrameDecoder,
+    FrameEncoder,
+)
 from wharf.protocol.errors import (
     AccessRefused,
     ConnectionLost,
     FrameError,
     HeartbeatTimeout,
+    InvalidArgument,
     ProtocolMismatch,
     WharfError,
     error_from_code,
@@ -397,11 +404,14 @@ class ConnectionCore(asyncio.BufferedProtocol):
         wbuf = self._wbuf
         for channel in self._ack_dirty:
             tags = channel.tags
-            if tags:
-                data = encode((F.ACK_MANY, channel.ack_id, tags))
-                tags.clear()
+            if not tags:
+                continue
+            # The broker decodes at most MAX_BATCH_ITEMS tags per frame.
+            for start in range(0, len(tags), MAX_BATCH_ITEMS):
+                data = encode((F.ACK_MANY, channel.ack_id, tags[start : start + MAX_BATCH_ITEMS]))
                 wbuf.append(data)
                 self._wbuf_bytes += len(data)
+            tags.clear()
         self._ack_dirty.clear()
 
     def flush(self) -> None:
@@ -519,9 +529,16 @@ class ConnectionCore(asyncio.BufferedProtocol):
         self.max_message_bytes = max_message if max_message > 0 else self.max_frame_bytes
         self._handshake = self.loop.create_future()
         rid = next(self._rids)
-        self.send(
-            self.encode((F.AUTH, rid, "PLAIN", username, password, heartbeat_s, client_properties))
+        auth = self.encode(
+            (F.AUTH, rid, "PLAIN", username, password, heartbeat_s, client_properties)
         )
+        if len(auth) - 4 > PREAUTH_MAX_FRAME_BYTES:
+            # The broker refuses (508) any frame over this size before authentication.
+            raise InvalidArgument(
+                f"credentials and client properties take {len(auth) - 4} bytes; a broker "
+                f"accepts at most {PREAUTH_MAX_FRAME_BYTES} before authentication"
+            )
+        self.send(auth)
         auth_ok = await self._handshake
         self._handshake = None
         self.connection_id = auth_ok[2]
