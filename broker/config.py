@@ -52,6 +52,11 @@ DEFAULT_HEARTBEAT_S: Final = 60
 # Like RabbitMQ's consumer_timeout: a delivery unacked this long is requeued (code 408).
 DEFAULT_ACK_TIMEOUT_MS: Final = 1_800_000
 DEFAULT_HANDSHAKE_TIMEOUT_S: Final = 10.0
+# Connections that have not authenticated yet, in total and from one peer address.
+DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS: Final = 1_000
+DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS: Final = 100
+# Partly received frames across all connections; beyond it reading pauses.
+DEFAULT_RECEIVE_BUFFER_BUDGET_BYTES: Final = 256 * MIB
 DEFAULT_SHUTDOWN_TIMEOUT_S: Final = 10.0
 DEFAULT_FSYNC_INTERVAL_MS: Final = 0
 DEFAULT_SEGMENT_BYTES: Final = 64 * MIB
@@ -106,6 +111,13 @@ class Settings:
     heartbeat_s: int = DEFAULT_HEARTBEAT_S
     ack_timeout_ms: int = DEFAULT_ACK_TIMEOUT_MS
     handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S
+    # Before authentication (docs/operations.md, "Connection limits"): these do not
+    # count against max_connections, and frames are limited to 8 KiB.
+    max_unauthenticated_connections: int = DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS
+    max_unauthenticated_per_address: int = DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS
+    # Bytes of partly received frames across all connections; while more are held,
+    # connections that add to them are paused (one may always finish its frame).
+    receive_buffer_budget_bytes: int = DEFAULT_RECEIVE_BUFFER_BUDGET_BYTES
     shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S
     loopback_users: list[str] = field(default_factory=lambda: ["guest"])
     default_user_enabled: bool = True
@@ -115,8 +127,10 @@ class Settings:
     fsync_interval_ms: int = DEFAULT_FSYNC_INTERVAL_MS
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
     # Resource alarms (as RabbitMQ's vm_memory_high_watermark and disk_free_limit):
-    # publishers are blocked while RSS is above this fraction of RAM (or of the cgroup
-    # limit), or free disk space under data_dir is below disk_free_limit_bytes.
+    # publishers are blocked while the memory the broker accounts for (messages held,
+    # buffers) is above this fraction of RAM (or of the cgroup limit), until it is below
+    # 0.9 of it (RSS far above it is a backstop), or while free disk space under
+    # data_dir is below disk_free_limit_bytes.
     memory_high_watermark: float = DEFAULT_MEMORY_HIGH_WATERMARK
     # Per queue: beyond this many bytes of messages in memory, new messages are kept on
     # disk with only a packed index in memory (see docs/storage.md, "Long queues").
@@ -257,6 +271,9 @@ _CHECKS: Final[dict[str, _Check]] = {
     "heartbeat_s": _int_check(0, MAX_HEARTBEAT_S),
     "ack_timeout_ms": _int_check(1),
     "handshake_timeout_s": _float_check(0.0, allow_equal=False),
+    "max_unauthenticated_connections": _int_check(1),
+    "max_unauthenticated_per_address": _int_check(1),
+    "receive_buffer_budget_bytes": _int_check(MIB),
     "shutdown_timeout_s": _float_check(0.0, allow_equal=True),
     "loopback_users": _str_list_check,
     "default_user_enabled": _bool_check,

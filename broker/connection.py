@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from wharf.protocol import frames as F
-from wharf.protocol.codec import FrameDecoder, FrameEncoder
+from wharf.protocol.codec import PREAUTH_MAX_FRAME_BYTES, FrameDecoder, FrameEncoder
 from wharf.protocol.errors import (
     AccessRefused,
     CommandInvalid,
@@ -62,6 +62,10 @@ WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
 WRITE_BUFFER_LOW_BYTES: Final = 1024 * 1024
 MAX_PREFETCH: Final = 1_000_000
 MAX_CONSUMER_TAG_CHARS: Final = 255
+# A frame at least this big asks the broker to give freed memory back to the system
+# once it has been handled (rate limited; see alarms.MemoryTrimmer).
+LARGE_FRAME_BYTES: Final = 1024 * 1024
+PREAUTH_LIMIT_NAME: Final = "preauth_max_frame_bytes"
 
 _conn_ids = itertools.count(1)
 
@@ -84,9 +88,22 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self.client_properties: dict[str, Any] = {}
         self.authenticated = False
         self._auth_task: asyncio.Task[None] | None = None
+        # Until AUTH_OK only a small frame is accepted (SPEC.md, "Limits before
+        # authentication"); max_frame_bytes applies after login.
         self._decoder = FrameDecoder(
-            self.settings.max_frame_bytes, expect_handshake=True, use_list=False
+            PREAUTH_MAX_FRAME_BYTES, expect_handshake=True, use_list=False, schema_limits=True
         )
+        self._decoder.set_max_frame_bytes(
+            min(PREAUTH_MAX_FRAME_BYTES, self.settings.max_frame_bytes), PREAUTH_LIMIT_NAME
+        )
+        # Bytes of a partly received frame this connection holds, as last reported to
+        # the broker's receive budget; True while reading is paused for that budget.
+        self.buffered_bytes = 0
+        self.budget_paused = False
+        # Counted among the broker's unauthenticated connections (until AUTH_OK or close).
+        self.counted_unauthenticated = False
+        # Body bytes of the deliveries in _unacked (the memory alarm accounts for them).
+        self.unacked_bytes = 0
         self._encoder = FrameEncoder()
         self._encode = self._encoder.encode_array
         self._wbuf: list[bytes] = []
@@ -128,6 +145,10 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             **self._log_frame_handlers(),
         }
 
+    @property
+    def unacked_count(self) -> int:
+        return len(self._unacked)
+
     # -- transport callbacks -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -143,11 +164,12 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         if broker.stopping:
             self.fatal(ConnectionForced("broker is shutting down"))
             return
-        if len(broker.connections) >= self.settings.max_connections:
-            log.warning(
-                "refusing %s: max_connections=%d reached", self.peer, self.settings.max_connections
-            )
-            self.fatal(ResourceError(f"connection limit {self.settings.max_connections} reached"))
+        # Only authenticated connections count against max_connections; when it is
+        # reached already, a newcomer is refused at once rather than after AUTH.
+        refusal = broker.connection_limit_error() or broker.admit_unauthenticated(self)
+        if refusal is not None:
+            log.warning("refusing %s: %s", self.peer, refusal.message)
+            self.fatal(refusal)
             return
         broker.connections[self.id] = self
         s = self.settings
@@ -167,20 +189,55 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         if self.closing:
             return
         self.last_recv = self._loop.time()
+        decoder = self._decoder
         try:
-            raws = self._decoder.feed(data)
+            raws = decoder.feed(data)
         except WharfError as exc:
             self.fatal(exc)
+            return
+        # Partly received frames across all connections share one budget.
+        buffered = decoder.buffered
+        if buffered != self.buffered_bytes:
+            self._note_buffered(buffered)
+        if not raws:
             return
         for raw in raws:
             if self.closing:
                 return
             self._handle(raw)
-        if self._decoder.error_pending:
+        if decoder.error_pending:
             try:
-                self._decoder.feed(b"")
+                decoder.feed(b"")
             except WharfError as exc:
                 self.fatal(exc)
+        if len(data) >= LARGE_FRAME_BYTES:
+            self.broker.trimmer.request()
+
+    def _note_buffered(self, buffered: int) -> None:
+        broker = self.broker
+        broker.buffered_bytes += buffered - self.buffered_bytes
+        self.buffered_bytes = buffered
+        broker.check_receive_budget(self)
+
+    def pause_for_budget(self) -> None:
+        """The receive budget is spent: read nothing more until the broker resumes us."""
+        self.budget_paused = True
+        if self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+
+    def resume_for_budget(self) -> None:
+        self.budget_paused = False
+        self._resume_reading_if_allowed()
+
+    def _resume_reading_if_allowed(self) -> None:
+        if (
+            self.transport is not None
+            and not self.closing
+            and self.writable
+            and not self._blocked_reading
+            and not self.budget_paused
+        ):
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         return None
@@ -192,8 +249,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
 
     def resume_writing(self) -> None:
         self.writable = True
-        if self.transport is not None and not self.closing and not self._blocked_reading:
-            self.transport.resume_reading()
+        self._resume_reading_if_allowed()
         for c in list(self.consumers.values()):
             c.queue.schedule_dispatch()
 
@@ -209,8 +265,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self._send(self._encode((F.UNBLOCKED, 0)))
         if self._blocked_reading:
             self._blocked_reading = False
-            if self.transport is not None and self.writable:
-                self.transport.resume_reading()
+            self._resume_reading_if_allowed()
 
     def _block_reading(self) -> None:
         """A publish arrived during an alarm: read nothing more until it clears."""
@@ -234,6 +289,10 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
                 self.topology.delete_queue_object(q)
         self.exclusive_queues.clear()
         self.broker.connections.pop(self.id, None)
+        self.broker.release_unauthenticated(self)
+        if self.buffered_bytes:
+            self._note_buffered(0)
+        self.broker.forget_budget_reader(self)
         self.broker._store_waiting.discard(self)
         self._logs_connection_lost()
         self.broker.connection_closed(self)
@@ -290,6 +349,9 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             )
         self.send_error(0, exc, fatal=True)
         self.closing = True
+        self._decoder.discard()
+        if self.buffered_bytes:
+            self._note_buffered(0)
         self._flush()
         if self.transport is not None:
             self.transport.close()
@@ -361,6 +423,14 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             return
         if self.closing:
             return
+        broker = self.broker
+        broker.release_unauthenticated(self)
+        refusal = broker.connection_limit_error(joining=self)
+        if refusal is not None:
+            log.warning("refusing %s after authentication: %s", self.peer, refusal.message)
+            self.fatal(refusal)
+            return
+        self._decoder.set_max_frame_bytes(self.settings.max_frame_bytes)
         self.username = user.name
         self.user_tags = tuple(user.tags)
         self.client_properties = frame.client_properties or {}
@@ -424,6 +494,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         log.warning("%s: %s; requeueing", self.name, reason, extra={"conn": self.name})
         if consumer is None:
             del unacked[oldest]
+            self.unacked_bytes -= len(msg.body)
             queue.requeue([msg])
             self.send_error(0, DeliveryAckTimeout(reason, details={"delivery_tag": oldest}))
         else:
@@ -618,13 +689,16 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         else:
             unacked = self._unacked
             queue = consumer.queue
+            nbytes = 0
             for m in batch:
                 tag += 1
                 dc = m.delivery_count
                 if dc > 1:
                     redelivered += 1
                 unacked[tag] = (m, queue, consumer)
+                nbytes += len(m.body)
                 append((tag, dc > 1, dc, m.exchange, m.routing_key, m.properties, m.body))
+            self.unacked_bytes += nbytes
             self._delivery_times.append((first, self._loop.time()))
         self._next_tag = tag
         stats = self.broker.stats
@@ -650,6 +724,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         if consumer is None:
             items = list(unacked.values())
             unacked.clear()
+            self.unacked_bytes = 0
             for msg, queue, c in items:
                 by_queue.setdefault(queue, []).append(msg)
                 if c is not None:
@@ -658,6 +733,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             tags = [t for t, e in unacked.items() if e[2] is consumer]
             for t in tags:
                 msg, queue, _ = unacked.pop(t)
+                self.unacked_bytes -= len(msg.body)
                 by_queue.setdefault(queue, []).append(msg)
             consumer.unacked = 0
         for queue, msgs in by_queue.items():
@@ -689,6 +765,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         unacked = self._unacked
         out: list[Unacked] = []
         bad = 0
+        nbytes = 0
         for tag in tags:
             entry = unacked.pop(tag, None)
             if entry is None:
@@ -696,7 +773,9 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
                     self._unknown_tag(ack_id, tag)
                 bad += 1
                 continue
+            nbytes += len(entry[0].body)
             out.append(entry)
+        self.unacked_bytes -= nbytes
         return out
 
     def _tags_up_to(self, tag: int) -> list[int]:
@@ -844,6 +923,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             queue.forget(msg)
         else:
             self._unacked[tag] = (msg, queue, None)
+            self.unacked_bytes += len(msg.body)
             self._delivery_times.append((tag, self._loop.time()))
             queue.unacked_count += 1
         entry = (tag, dc > 1, dc, msg.exchange, msg.routing_key, msg.properties, msg.body)

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import IO, Any, Final
 
-from wharf.protocol.errors import WharfError
+from wharf.protocol.errors import ResourceError, WharfError
 
-from .alarms import ResourceMonitor
+from .alarms import MemoryTrimmer, ResourceMonitor
 from .auth import Authenticator
 from .config import Settings, configure_logging
 from .connection import Connection
@@ -44,6 +44,9 @@ log = logging.getLogger("wharf.server")
 TICK_S: Final = 1.0
 LISTEN_BACKLOG: Final = 1024
 LOCK_FILE: Final = "LOCK"
+# Paused readers are all resumed once partly received frames are back under this
+# fraction of receive_buffer_budget_bytes.
+RECEIVE_BUDGET_RESUME_FRACTION: Final = 0.5
 
 
 class BrokerStats:
@@ -98,6 +101,18 @@ class Broker:
         # Raised resource alarms ("memory", "disk"); publishers are blocked while non-empty.
         self.alarms: set[str] = set()
         self._store_waiting: set[Connection] = set()
+        self.trimmer = MemoryTrimmer()
+        # Connections that have not authenticated yet: in total and per peer address
+        # (an entry is removed when its count drops to zero).
+        self.unauthenticated = 0
+        self._unauthenticated_by_host: dict[str, int] = {}
+        # Bytes of partly received frames across all connections (receive budget), the
+        # connections paused for it (oldest first) and the one allowed to finish its
+        # frame while the budget is exceeded, so that reading always makes progress.
+        self.buffered_bytes = 0
+        self._budget_paused: dict[int, Connection] = {}
+        self._budget_reader: Connection | None = None
+        self.budget_pauses = 0
 
     @property
     def queues(self) -> dict[str, Queue]:
@@ -254,7 +269,11 @@ class Broker:
         self._lock_data_dir()
         self._recover()
         self.monitor = ResourceMonitor(
-            self.data_path, s.memory_high_watermark, s.disk_free_limit_bytes
+            self.data_path,
+            s.memory_high_watermark,
+            s.disk_free_limit_bytes,
+            accounted_memory=self.accounted_memory,
+            trimmer=self.trimmer,
         )
         self.check_resources()
         loop = asyncio.get_running_loop()
@@ -287,6 +306,7 @@ class Broker:
             await asyncio.sleep(TICK_S)
             now = loop.time()
             self.check_resources()
+            self.trimmer.run_if_requested(loop)
             self.compact_store()
             self.topology.expire_unused_queues()
             if self.groups is not None:
@@ -330,6 +350,134 @@ class Broker:
         self.alarms = set(monitor.alarms)
         for conn in list(self.connections.values()):
             conn.set_blocked(self.alarms)
+
+    # -- memory accounting (the memory alarm, /metrics, the HTTP overview) ----------------
+
+    def memory_breakdown(self) -> dict[str, int]:
+        """Bytes the broker holds, by kind; computed on the tick and at scrape time."""
+        queued = 0
+        for q in self.topology.queues.values():
+            # In-memory ready messages (bodies + per-message overhead); paged rows are
+            # on disk.  Read from the queue's own counter.
+            queued += q._head_bytes
+        unacked = unacked_overhead = write_buffers = 0
+        for conn in self.connections.values():
+            unacked += conn.unacked_bytes
+            unacked_overhead += conn.unacked_count
+            transport = conn.transport
+            if transport is not None and not transport.is_closing():
+                write_buffers += transport.get_write_buffer_size()
+        return {
+            "queued_messages": queued,
+            "unacked_messages": unacked + unacked_overhead * MESSAGE_OVERHEAD_BYTES,
+            "receive_buffers": self.buffered_bytes,
+            "write_buffers": write_buffers,
+        }
+
+    def accounted_memory(self) -> int:
+        return sum(self.memory_breakdown().values())
+
+    # -- connection limits -----------------------------------------------------------------
+
+    def connection_limit_error(self, joining: Connection | None = None) -> WharfError | None:
+        """The error for a connection over max_connections (authenticated ones count;
+        ``joining``: the connection that has just authenticated, not counted itself)."""
+        limit = self.settings.max_connections
+        others = len(self.connections) - self.unauthenticated
+        if joining is not None and joining.id in self.connections:
+            others -= 1
+        if others >= limit:
+            return ResourceError(
+                f"connection limit {limit} reached",
+                details={"limit": "max_connections", "value": limit},
+            )
+        return None
+
+    def admit_unauthenticated(self, conn: Connection) -> WharfError | None:
+        """Count a new connection as unauthenticated, or the error refusing it."""
+        s = self.settings
+        if self.unauthenticated >= s.max_unauthenticated_connections:
+            return ResourceError(
+                f"too many connections waiting to authenticate "
+                f"(max_unauthenticated_connections={s.max_unauthenticated_connections})",
+                details={
+                    "limit": "max_unauthenticated_connections",
+                    "value": s.max_unauthenticated_connections,
+                },
+            )
+        host = conn.peer_host
+        per_host = self._unauthenticated_by_host.get(host, 0)
+        if per_host >= s.max_unauthenticated_per_address:
+            return ResourceError(
+                f"too many connections from {host} waiting to authenticate "
+                f"(max_unauthenticated_per_address={s.max_unauthenticated_per_address})",
+                details={
+                    "limit": "max_unauthenticated_per_address",
+                    "value": s.max_unauthenticated_per_address,
+                },
+            )
+        self.unauthenticated += 1
+        self._unauthenticated_by_host[host] = per_host + 1
+        conn.counted_unauthenticated = True
+        return None
+
+    def release_unauthenticated(self, conn: Connection) -> None:
+        if not conn.counted_unauthenticated:
+            return
+        conn.counted_unauthenticated = False
+        self.unauthenticated -= 1
+        host = conn.peer_host
+        left = self._unauthenticated_by_host.get(host, 0) - 1
+        if left > 0:
+            self._unauthenticated_by_host[host] = left
+        else:
+            self._unauthenticated_by_host.pop(host, None)
+
+    # -- receive budget ----------------------------------------------------------------------
+
+    def check_receive_budget(self, conn: Connection) -> None:
+        """``conn``'s partly received bytes changed: pause or resume readers."""
+        budget = self.settings.receive_buffer_budget_bytes
+        if (
+            self.buffered_bytes > budget
+            and conn.buffered_bytes
+            and not conn.budget_paused
+            and not conn.closing
+        ):
+            reader = self._budget_reader
+            if reader is None or reader.closing or not reader.buffered_bytes:
+                self._budget_reader = conn
+            elif reader is not conn:
+                self._budget_paused[conn.id] = conn
+                self.budget_pauses += 1
+                conn.pause_for_budget()
+        if conn is self._budget_reader and not conn.buffered_bytes:
+            self._budget_reader = None
+        if self._budget_paused:
+            self._resume_budget_readers()
+
+    def forget_budget_reader(self, conn: Connection) -> None:
+        self._budget_paused.pop(conn.id, None)
+        if self._budget_reader is conn:
+            self._budget_reader = None
+        if self._budget_paused:
+            self._resume_budget_readers()
+
+    def _resume_budget_readers(self) -> None:
+        paused = self._budget_paused
+        budget = self.settings.receive_buffer_budget_bytes
+        if self.buffered_bytes <= budget * RECEIVE_BUDGET_RESUME_FRACTION:
+            conns = list(paused.values())
+            paused.clear()
+            for c in conns:
+                c.resume_for_budget()
+            return
+        if self._budget_reader is None:
+            # The one allowed to finish its frame is done: the oldest paused goes next.
+            first = next(iter(paused))
+            conn = paused.pop(first)
+            self._budget_reader = conn
+            conn.resume_for_budget()
 
     def connection_closed(self, conn: Connection) -> None:
         if not self.connections:
