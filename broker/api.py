@@ -309,6 +309,12 @@ class ManagementApi:
             },
             "message_stats": {name: int(getattr(stats, name, 0)) for name in counters},
             "alarms": sorted(b.alarms),
+            # What the memory alarm compares with memory_high_watermark, by kind.
+            "memory": {
+                "accounted": b.memory_breakdown(),
+                "high_watermark_bytes": b.monitor.memory_limit_bytes if b.monitor else 0,
+                "rss_bytes": b.monitor.rss_bytes if b.monitor else 0,
+            },
             "listeners": [
                 {"protocol": "wharf", "host": s.host, "port": b.port},
                 {"protocol": "http", "host": s.http_bind_host, "port": b.http_port},

@@ -119,6 +119,7 @@ class BrokerCollector:
         for resource in ("memory", "disk"):
             alarm.add_metric([resource], 1 if resource in raised else 0)
         yield alarm
+        yield from self._memory_metrics()
         yield from self._policy_metrics(queues)
         yield from self._topic_metrics()
         yield from self._group_metrics()
@@ -145,6 +146,55 @@ class BrokerCollector:
         yield from totals.values()
         yield from per_queue
         yield from counters
+
+    def _memory_metrics(self) -> Iterator[Metric]:
+        """What the memory alarm compares (docs/operations.md, "Memory alarm")."""
+        broker = self._broker
+        breakdown = getattr(broker, "memory_breakdown", None)
+        if breakdown is not None:
+            accounted = GaugeMetricFamily(
+                "wharf_memory_accounted_bytes",
+                "Memory the broker accounts for, by kind; the memory alarm compares the sum.",
+                labels=["kind"],
+            )
+            for kind, value in breakdown().items():
+                accounted.add_metric([kind], value)
+            yield accounted
+        monitor = getattr(broker, "monitor", None)
+        if monitor is not None:
+            yield GaugeMetricFamily(
+                "wharf_memory_high_watermark_bytes",
+                "Accounted memory at which the memory alarm is raised.",
+                value=monitor.memory_limit_bytes,
+            )
+            yield GaugeMetricFamily(
+                "wharf_memory_rss_bytes",
+                "Resident set size at the last resource check (a backstop for the alarm).",
+                value=monitor.rss_bytes,
+            )
+        for name, attr, doc in (
+            (
+                "wharf_connections_unauthenticated",
+                "unauthenticated",
+                "Connections not yet logged in.",
+            ),
+            ("wharf_receive_buffered_bytes", "buffered_bytes", "Bytes of partly received frames."),
+        ):
+            value = getattr(broker, attr, None)
+            if value is not None:
+                yield GaugeMetricFamily(name, doc, value=value)
+        pauses = getattr(broker, "budget_pauses", None)
+        if pauses is not None:
+            yield CounterMetricFamily(
+                "wharf_receive_budget_pauses",
+                "Times a connection's reading was paused for receive_buffer_budget_bytes.",
+                value=pauses,
+            )
+        trimmer = getattr(broker, "trimmer", None)
+        if trimmer is not None:
+            yield CounterMetricFamily(
+                "wharf_memory_trims", "malloc_trim calls giving memory back.", value=trimmer.trims
+            )
 
     def _policy_metrics(self, queues: list[Any]) -> Iterator[Metric]:
         dead = CounterMetricFamily(

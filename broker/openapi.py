@@ -106,7 +106,7 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "Empty": _schema(""),
     "Overview": _schema(
         "product:s version:s! ready:b object_totals:m! queue_totals:m! message_stats:m! "
-        "alarms:l! listeners:m!",
+        "alarms:l! memory:m listeners:m!",
         listeners={"type": "array", "items": _schema("protocol:s host:s port:i")},
     ),
     "WhoAmI": _schema("name:s! tags:l!"),
