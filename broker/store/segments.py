@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -74,6 +75,9 @@ COMPACT_MIN_SEGMENTS: Final = 3
 # Environment variable naming a file where every fsynced length is logged, so tests
 # can simulate power loss by cutting files back to what was fsynced.
 SYNC_LOG_ENV: Final = "WHARF_TEST_SYNC_LOG"
+# Environment variable (tests only): every batch write takes this many ms longer, as on
+# a slow or FUSE-backed disk, so that a write is in flight nearly all the time.
+WRITE_DELAY_ENV: Final = "WHARF_TEST_WRITE_DELAY_MS"
 # Read-only fds kept open for paging reads (least recently used closed first).
 MAX_READ_FDS: Final = 8
 
@@ -162,6 +166,7 @@ class MessageStore:
         self.fsyncs = 0
         self.bytes_written = 0
         self._sync_log = os.environ.get(SYNC_LOG_ENV) or None
+        self._write_delay_s = int(os.environ.get(WRITE_DELAY_ENV) or 0) / 1000.0
         self._closed = False
         self._unsynced: set[Segment] = set()
         self._last_offset = 0
@@ -353,6 +358,8 @@ class MessageStore:
         """Worker thread: write each segment's bytes, fsync each touched file."""
         if self.failed is not None:
             raise StoreFailed(self.failed)
+        if self._write_delay_s:
+            time.sleep(self._write_delay_s)
         touched: dict[int, Segment] = {}
         chunks: dict[int, list[bytes]] = {}
         for seg, data in pending:
