@@ -192,7 +192,8 @@ class MessageStore:
         if self.fsync_interval_ms:
             log.warning(
                 "fsync_interval_ms=%d: persistent messages are confirmed BEFORE they are "
-                "fsynced; a power loss can lose up to %d ms of confirmed messages",
+                "fsynced; a power loss can lose up to %d ms (plus one write and fsync) of "
+                "confirmed messages",
                 self.fsync_interval_ms,
                 self.fsync_interval_ms,
             )
