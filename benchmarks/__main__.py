@@ -14,6 +14,7 @@ from wharf.broker.perf.common import emit
 
 from . import compare as compare_mod
 from . import logs as logs_mod
+from . import soak as soak_mod
 
 
 def _positive(text: str) -> int:
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--no-raw", action="store_true", help="skip the raw-protocol client")
     cmp_.add_argument("--no-sdk", action="store_true", help="skip the SDK client")
     sub.add_parser("logs", help="log topics vs Redis streams (logs --help for its options)")
+    sub.add_parser("soak", help="hours of persistent publish/consume/ack (soak --help)")
     return parser
 
 
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["logs"]:
         return logs_mod.main(argv[1:])
+    if argv[:1] == ["soak"]:
+        return soak_mod.main(argv[1:])
     args = build_parser().parse_args(argv)
     result: dict[str, Any]
     if args.scenario == "throughput":

@@ -318,6 +318,12 @@ def _route(broker: HttpBroker, registry: CollectorRegistry, request: _Request) -
     if request.path == "/healthz":
         return 200, JSON_CONTENT_TYPE, _json({"status": "ok"}), {}
     if request.path == "/readyz":
+        store = getattr(broker, "store", None)
+        failed = getattr(store, "failed", None)
+        if broker.ready and failed is not None:
+            # Persistent publishing has stopped until a restart: an outage, not a blip.
+            body = _json({"status": "failed", "reason": f"message store: {failed}"})
+            return 503, JSON_CONTENT_TYPE, body, {}
         alarms = sorted(getattr(broker, "alarms", ()) or ())
         if broker.ready and alarms:
             # Serving, but publishers are blocked: not ready for more publishing load.

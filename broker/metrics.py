@@ -131,6 +131,21 @@ class BrokerCollector:
             yield CounterMetricFamily(
                 "wharf_store_fsyncs", "fsync calls of the message store.", value=store.fsyncs
             )
+            yield GaugeMetricFamily(
+                "wharf_store_failed",
+                "1 once a message store write or fsync failed: persistent publishing has "
+                "stopped until a restart (the reason is in /readyz).",
+                value=1 if store.failed is not None else 0,
+            )
+            yield GaugeMetricFamily(
+                "wharf_store_open_fds",
+                "File descriptors the message store holds (write fds and paging read fds).",
+                value=store.open_fds(),
+            )
+            yield GaugeMetricFamily(
+                "wharf_store_segments", "Segment files of the message store.",
+                value=len(store.segments),
+            )  # fmt: skip
         cleaner = getattr(broker, "log_cleaner", None)
         if cleaner is not None:  # compaction of log topics
             yield CounterMetricFamily(

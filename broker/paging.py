@@ -69,6 +69,11 @@ class PagedTail:
     def __bool__(self) -> bool:
         return len(self.position) > self._start
 
+    @property
+    def start(self) -> int:
+        """Column index of the first unconsumed row."""
+        return self._start
+
     def append_batch(
         self,
         first_position: int,

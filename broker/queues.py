@@ -31,6 +31,8 @@ from .policies.delayed import DelayedMessages
 from .policies.priority import PriorityReady, message_priority
 
 if TYPE_CHECKING:
+    from array import array
+
     from .connection import Connection
     from .store.segments import MessageStore, Segment
 
@@ -780,7 +782,13 @@ class Queue:
         msg.seg = self._store_copy(msg)[0]
 
     def relocate(self, old: Segment) -> int:
-        """Copy every ready message stored in ``old`` forward; returns how many."""
+        """Copy every ready message stored in ``old`` forward; returns how many.
+
+        Side state goes with the copies, since the old segment (with its side records)
+        is deleted once they are on disk: delivery counts and TTL deadlines are fields of
+        the copied MSGS record, a delayed row gets a DELAYS record beside its copy, and
+        the queue's DELIVERED watermark is written again.
+        """
         store = self.store
         if store is None:
             return 0
@@ -797,22 +805,33 @@ class Queue:
             if m.seg is old:
                 self.copy_forward(m)
                 moved += 1
-        for tail in (self._tail, *self._delayed.tails()):
-            moved += self._relocate_rows(tail, old)
+        moved += self._relocate_rows(self._tail, old)
+        for rows, due, shift in self._delayed.tails():
+            moved += self._relocate_rows(rows, old, due, shift)
+        if self.max_delivered >= 0:
+            # The newest DELIVERED record may be in ``old``: without it, messages handed
+            # out before a restart would come back without their redelivered flag.
+            store.delivered(self.uid, self.max_delivered)
         return moved
 
-    def _relocate_rows(self, tail: PagedTail, old: Segment) -> int:
+    def _relocate_rows(
+        self, tail: PagedTail, old: Segment, due: array[int] | None = None, shift: int = 0
+    ) -> int:
+        """Copy the rows of ``tail`` stored in ``old`` forward; ``due`` (delayed rows):
+        their due times, written again as a DELAYS record next to the copies."""
         store = self.store
         number = old.number
         if store is None or not tail or number not in tail.segment:
             return 0
         cache: tuple[int, Any] = (-1, None)
         n_tail = 0
+        delays: list[list[int]] = []
         for i in tail.rows_in_segment(number):
             off = tail.offset[i]
             if cache[0] != off:
                 cache = (off, store.read_record(number, off))
             p = cache[1]
+            durable = bool(tail.durable[i])
             seg, new_off = store.append_messages(
                 self.uid,
                 tail.position[i],
@@ -821,13 +840,16 @@ class Queue:
                 p[4],
                 (p[5][tail.index[i]],),
                 tail.count[i],
-                durable=bool(tail.durable[i]),
+                durable=durable,
                 expires_at=tail.expires[i],
             )
             tail.segment[i] = seg.number
             tail.offset[i] = new_off
             tail.index[i] = 0
             n_tail += 1
+            if due is not None and durable:
+                delays.append([tail.position[i], due[i + shift]])
+        store.delays_many(self.uid, delays)
         store.moved(old, n_tail)
         return n_tail
 

@@ -64,10 +64,11 @@ class DelayedMessages:
                 b.start = 0
         return out
 
-    def tails(self) -> Iterator[PagedTail]:
-        """The row columns of every bucket (compaction rewrites segment/offset in place)."""
+    def tails(self) -> Iterator[tuple[PagedTail, array[int], int]]:
+        """The row columns of every bucket (compaction rewrites segment/offset in place),
+        with its due times: the row at column index ``i`` is due at ``due[i + shift]``."""
         for b in self._buckets.values():
-            yield b.rows
+            yield b.rows, b.due, b.start - b.rows.start
 
     def drain(self) -> list[PagedRow]:
         rows: list[PagedRow] = []

@@ -10,9 +10,28 @@ batch has a number; ``durable_batch`` is the newest one known to be on disk, and
 listeners are told when it advances (connections release publisher confirms then).
 The number of fsyncs grows with batches, not with messages.
 
-Space: every segment counts its live messages.  Segments are deleted from the front
-(oldest first) once all their messages are settled, so an ACK record can never
-outlive the segment of the message it settles.
+Durability counters: ``durable_batch`` is the newest batch whose confirms may go out
+(written and fsynced; with ``fsync_interval_ms`` only written), ``synced_batch`` the
+newest batch known to be fsynced in every mode.  Only ``synced_batch`` ever lets a file
+go: see the lifetime rules below.
+
+Segment lifetime (the rules, docs/storage.md repeats them):
+
+* A segment's write fd is closed once the segment is no longer the active one AND
+  every byte appended to it has been written and fsynced (``synced_size >= size``).
+  Bytes appended just before a roll may still be waiting for the next batch; the fd
+  stays open for them.  So the store holds one write fd for the active segment, plus
+  briefly one for each segment rolled away from whose last bytes are not yet on disk.
+* A segment is deleted (and its fds closed) only from the front (oldest first), when
+  it is not the active segment, nothing live remains in it, and its bytes are all
+  fsynced.  Settled messages lower ``live`` at once; messages copied forward by
+  compaction lower it only once ``synced_batch`` covers the batch holding the copies,
+  so a power loss can never take both copies.  An ACK record can never outlive the
+  segment of the message it settles.
+* Paging reads go through a small LRU of read-only fds (``MAX_READ_FDS``).
+* Every write and fsync runs on the one worker thread, in submission order; the
+  interval fsync is queued behind an in-flight write, never skipped, so it covers
+  every batch submitted before it.
 
 fsync failures: the kernel may have dropped the dirty pages, so a failed fsync is
 never retried on the same file: the segment is abandoned, the batch's waiters are
@@ -25,8 +44,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
@@ -54,6 +75,11 @@ COMPACT_MIN_SEGMENTS: Final = 3
 # Environment variable naming a file where every fsynced length is logged, so tests
 # can simulate power loss by cutting files back to what was fsynced.
 SYNC_LOG_ENV: Final = "WHARF_TEST_SYNC_LOG"
+# Environment variable (tests only): every batch write takes this many ms longer, as on
+# a slow or FUSE-backed disk, so that a write is in flight nearly all the time.
+WRITE_DELAY_ENV: Final = "WHARF_TEST_WRITE_DELAY_MS"
+# Read-only fds kept open for paging reads (least recently used closed first).
+MAX_READ_FDS: Final = 8
 
 
 class Segment:
@@ -110,7 +136,10 @@ class MessageStore:
         *,
         segment_bytes: int = SEGMENT_BYTES,
         fsync_interval_ms: int = 0,
+        executor: Executor | None = None,
     ) -> None:
+        """``executor`` must run one job at a time, in submission order (tests pass
+        one they step by hand); the default is a one-thread pool."""
         self.directory = directory
         self.segment_bytes = segment_bytes
         self.fsync_interval_ms = fsync_interval_ms
@@ -123,15 +152,21 @@ class MessageStore:
         self._counts: dict[int, list[list[int]]] = {}
         self.batch = 1  # the batch now accumulating
         self.durable_batch = 0
+        self.synced_batch = 0  # newest batch known to be fsynced (every mode)
+        self._submitted_batch = 0  # newest batch handed to the worker
+        self._sync_queued = False  # an interval fsync job is queued or running
         self._in_flight = False
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wharf-store")
+        self._executor = executor or ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="wharf-store"
+        )
         self.listeners: list[Callable[[int], None]] = []
         self.failed: str | None = None
         self.fsyncs = 0
         self.bytes_written = 0
         self._sync_log = os.environ.get(SYNC_LOG_ENV) or None
+        self._write_delay_s = int(os.environ.get(WRITE_DELAY_ENV) or 0) / 1000.0
         self._closed = False
         self._unsynced: set[Segment] = set()
         self._last_offset = 0
@@ -144,7 +179,10 @@ class MessageStore:
         self.fail_fsync: OSError | None = None
         self._after_commit: list[Callable[[], None]] = []
         self.by_number: dict[int, Segment] = {}
-        self._read_fds: dict[int, int] = {}
+        self._read_fds: OrderedDict[int, int] = OrderedDict()
+        # Segments rolled away from whose write fd is still open (bytes not yet on disk).
+        self._retiring: list[Segment] = []
+        self._progress: list[asyncio.Future[None]] = []
 
     # -- opening -------------------------------------------------------------------
 
@@ -154,7 +192,8 @@ class MessageStore:
         if self.fsync_interval_ms:
             log.warning(
                 "fsync_interval_ms=%d: persistent messages are confirmed BEFORE they are "
-                "fsynced; a power loss can lose up to %d ms of confirmed messages",
+                "fsynced; a power loss can lose up to %d ms (plus one write and fsync) of "
+                "confirmed messages",
                 self.fsync_interval_ms,
                 self.fsync_interval_ms,
             )
@@ -167,6 +206,9 @@ class MessageStore:
     def _roll(self, number: int) -> Segment:
         seg = Segment(number, segment_path(self.directory, number))
         seg.fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        old = self.active
+        if old is not None and old.fd >= 0:
+            self._retiring.append(old)
         self.segments.append(seg)
         self.by_number[number] = seg
         self.active = seg
@@ -251,6 +293,11 @@ class MessageStore:
         if not self._scheduled:
             self._schedule()
 
+    def delays_many(self, queue_uid: int, entries: list[list[int]]) -> None:
+        """DELAYS record for several ``[position, due_ms]`` (compaction carries them)."""
+        if entries:
+            self._append(encode_record(DELAYS, (queue_uid, entries)))
+
     def requeued(self, queue_uid: int, position: int, delivery_count: int) -> None:
         counts = self._counts.get(queue_uid)
         if counts is None:
@@ -288,6 +335,11 @@ class MessageStore:
             return
         self._drain_side_records()
         if not self._pending:
+            if self._after_commit:
+                # Everything appended so far is committed already.
+                callbacks, self._after_commit = self._after_commit, []
+                for cb in callbacks:
+                    cb()
             return
         # _drain_side_records may have scheduled again; this commit covers it.
         pending = self._pending
@@ -297,6 +349,7 @@ class MessageStore:
         self._unwritten_keys = []
         batch = self.batch
         self.batch += 1
+        self._submitted_batch = batch
         self._in_flight = True
         assert self._loop is not None
         fut = self._loop.run_in_executor(self._executor, self._write_batch, pending)
@@ -306,12 +359,17 @@ class MessageStore:
         """Worker thread: write each segment's bytes, fsync each touched file."""
         if self.failed is not None:
             raise StoreFailed(self.failed)
+        if self._write_delay_s:
+            time.sleep(self._write_delay_s)
         touched: dict[int, Segment] = {}
         chunks: dict[int, list[bytes]] = {}
         for seg, data in pending:
             touched[seg.number] = seg
             chunks.setdefault(seg.number, []).append(data)
         for number, seg in touched.items():
+            if seg.fd < 0:
+                # The lifetime rules make this unreachable; never write to a stale fd.
+                raise StoreFailed(f"segment {number} was closed with bytes still to write")
             data = b"".join(chunks[number])
             view = memoryview(data)
             while view:
@@ -327,19 +385,23 @@ class MessageStore:
 
     def _sync(self, seg: Segment) -> None:
         """Worker thread: fsync one segment (and its directory entry when new)."""
-        if seg.fd < 0:
+        target = seg.written_size
+        if target <= seg.synced_size and not seg.new:
             return
+        if seg.fd < 0:
+            raise StoreFailed(f"segment {seg.number} was closed before its bytes were fsynced")
         if self.fail_fsync is not None:
             raise self.fail_fsync
         os.fsync(seg.fd)
         self.fsyncs += 1
-        seg.synced_size = seg.written_size
         if seg.new:
             fsync_dir(self.directory)
             seg.new = False
         if self._sync_log:
             with open(self._sync_log, "a") as f:
-                f.write(f"{seg.path} {seg.synced_size}\n")
+                f.write(f"{seg.path} {target}\n")
+        # Last: from here on the event loop may close the fd (see the lifetime rules).
+        seg.synced_size = target
 
     def _sync_unsynced(self) -> None:
         while self._unsynced:
@@ -349,35 +411,83 @@ class MessageStore:
         assert self._loop is not None
         if self._closed:
             return
-        if self._unsynced and not self._in_flight:
-            self._loop.run_in_executor(self._executor, self._sync_unsynced)
+        self._request_sync()
         self._loop.call_later(self.fsync_interval_ms / 1000.0, self._fsync_tick)
 
-    def _committed(self, batch: int, keys: list[tuple[int, int]], fut: Any) -> None:
-        self._in_flight = False
+    def _request_sync(self) -> None:
+        """Queue an fsync of every written segment behind whatever the worker is doing.
+
+        The worker runs jobs in order, so the fsync covers every batch submitted so far,
+        the one in flight included.  It is never skipped because a write is in flight.
+        """
+        if self.failed is not None or self._sync_queued or self._closed:
+            return
+        covers = self._submitted_batch
+        if covers <= self.synced_batch:
+            return
+        assert self._loop is not None
+        self._sync_queued = True
+        fut = self._loop.run_in_executor(self._executor, self._sync_unsynced)
+        fut.add_done_callback(lambda f: self._synced(covers, f))
+
+    def _synced(self, covers: int, fut: Any) -> None:
+        self._sync_queued = False
+        if self._closed:
+            return
         exc = fut.exception()
         if exc is not None:
-            if self.failed is None:
-                self.failed = f"write/fsync failed: {exc!r}"
-                log.error(
-                    "message store: %s; the segment is abandoned and persistent publishing stops",
-                    self.failed,
-                )
-            for listener in list(self.listeners):
-                listener(-batch)
-            return
-        self.durable_batch = batch
-        unwritten = self._unwritten
-        for key in keys:
-            unwritten.pop(key, None)
+            self._fail(f"fsync failed: {exc!r}")
+        else:
+            if covers > self.synced_batch:
+                self.synced_batch = covers
+            self._release_moved()
+            self._collect_garbage()
+        self._wake()
+
+    def _fail(self, reason: str) -> None:
+        if self.failed is None:
+            self.failed = reason
+            log.error(
+                "message store: %s; the segment is abandoned and persistent publishing stops",
+                reason,
+            )
+
+    def _wake(self) -> None:
+        waiters, self._progress = self._progress, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _release_moved(self) -> None:
+        """Old copies of compacted messages stop counting once the new copies are fsynced."""
         if self._moved:
             still = []
+            synced = self.synced_batch
             for b, seg, n in self._moved:
-                if b <= batch:
+                if b <= synced:
                     seg.live -= n
                 else:
                     still.append((b, seg, n))
             self._moved = still
+
+    def _committed(self, batch: int, keys: list[tuple[int, int]], fut: Any) -> None:
+        self._in_flight = False
+        if self._closed:
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._fail(f"write/fsync failed: {exc!r}")
+            for listener in list(self.listeners):
+                listener(-batch)
+            self._wake()
+            return
+        self.durable_batch = batch
+        if not self.fsync_interval_ms:
+            self.synced_batch = batch
+        unwritten = self._unwritten
+        for key in keys:
+            unwritten.pop(key, None)
+        self._release_moved()
         for listener in list(self.listeners):
             listener(batch)
         if self._after_commit:
@@ -385,12 +495,29 @@ class MessageStore:
             for cb in callbacks:
                 cb()
         self._collect_garbage()
+        self._wake()
         if self._pending or self._acks or self._watermarks or self._counts:
             self._commit()
 
     def _collect_garbage(self) -> None:
+        """Event loop, after a commit or an interval fsync: close and delete what the
+        lifetime rules (module docstring) allow, and nothing else."""
+        if self._retiring:
+            still = []
+            for seg in self._retiring:
+                if seg.synced_size >= seg.size and seg is not self.active:
+                    os.close(seg.fd)
+                    seg.fd = -1
+                else:
+                    still.append(seg)
+            self._retiring = still
         segs = self.segments
-        while len(segs) > 1 and segs[0].live <= 0 and segs[0] is not self.active:
+        while (
+            len(segs) > 1
+            and segs[0] is not self.active
+            and segs[0].live <= 0
+            and segs[0].synced_size >= segs[0].size
+        ):
             seg = segs.pop(0)
             self.by_number.pop(seg.number, None)
             rfd = self._read_fds.pop(seg.number, None)
@@ -445,45 +572,58 @@ class MessageStore:
         data = self._unwritten.get((segment, offset))
         if data is not None:
             return decode_record(data)
-        fd = self._read_fds.get(segment)
-        if fd is None:
-            seg = self.by_number[segment]
-            fd = self._read_fds[segment] = os.open(seg.path, os.O_RDONLY)
+        fd = self._read_fd(segment)
         head = os.pread(fd, HEADER.size, offset)
         length = HEADER.unpack(head)[0]
         return decode_record(head + os.pread(fd, length, offset + HEADER.size))
+
+    def _read_fd(self, segment: int) -> int:
+        fds = self._read_fds
+        fd = fds.get(segment)
+        if fd is not None:
+            fds.move_to_end(segment)
+            return fd
+        fd = fds[segment] = os.open(self.by_number[segment].path, os.O_RDONLY)
+        if len(fds) > MAX_READ_FDS:
+            os.close(fds.popitem(last=False)[1])
+        return fd
 
     # -- introspection / shutdown ---------------------------------------------------
 
     @property
     def idle(self) -> bool:
-        return not self._moved and not (
+        """Nothing appended waits to be written (copies may still wait for an fsync)."""
+        return not (
             self._in_flight or self._pending or self._acks or self._watermarks or self._counts
         )
 
     def disk_bytes(self) -> int:
         return sum(s.size for s in self.segments)
 
+    def open_fds(self) -> int:
+        """File descriptors the store holds now (write fds plus cached read fds)."""
+        active = self.active
+        writing = sum(1 for s in self._retiring if s.fd >= 0)
+        return writing + (1 if active is not None and active.fd >= 0 else 0) + len(self._read_fds)
+
     async def flush(self) -> None:
-        """Commit everything appended so far and wait for it (shutdown, tests)."""
+        """Commit everything appended so far, fsync it, and wait (shutdown, tests)."""
         loop = asyncio.get_running_loop()
-        while not self.idle and self.failed is None:
+        while self.failed is None:
             if not self._in_flight:
                 self._commit()
+            if not self._in_flight and (self._moved or self.synced_batch < self.durable_batch):
+                self._request_sync()
+            if not (self._in_flight or self._sync_queued):
+                return
             waiter: asyncio.Future[None] = loop.create_future()
-
-            def done(_batch: int, w: asyncio.Future[None] = waiter) -> None:
-                if not w.done():
-                    w.set_result(None)
-
-            self.listeners.append(done)
-            try:
-                await waiter
-            finally:
-                self.listeners.remove(done)
+            self._progress.append(waiter)
+            await waiter
 
     def close(self) -> None:
         self._closed = True
+        # Let queued jobs finish first: no file is closed under the worker's feet.
+        self._executor.shutdown(wait=True)
         if self.failed is None:
             try:
                 self._sync_unsynced()
@@ -493,10 +633,10 @@ class MessageStore:
             if seg.fd >= 0:
                 os.close(seg.fd)
                 seg.fd = -1
+        self._retiring.clear()
         for rfd in self._read_fds.values():
             os.close(rfd)
         self._read_fds.clear()
-        self._executor.shutdown(wait=True)
 
     def adopt(self, segments: Iterable[Segment]) -> None:
         """Recovered segments, readable before ``open_for_append``."""

@@ -1,6 +1,6 @@
 """Crash-test helpers: a ``wharf serve`` subprocess, kill -9, simulated power loss, and
 the crash loop shared by ``test_crash.py``, ``test_power_loss.py`` and
-``benchmarks/soak.py``.
+``benchmarks/crashloop.py``.
 
 The crash loop, one cycle: start the broker on the data directory left by the previous
 cycle (with a default or a tiny per-queue memory budget, so recovery of paged long

@@ -11,7 +11,7 @@ and in each queue the ids of one publisher were first delivered in publish order
 (also within the final drain, which starts with a backlog nobody has seen).
 
 ``WHARF_CRASH_CYCLES`` sets the number of cycles (default 20), ``WHARF_CRASH_SEED``
-the seed.  ``python -m benchmarks.soak`` runs the same loop for hundreds of cycles.
+the seed.  ``python -m benchmarks.crashloop`` runs the same loop for hundreds of cycles.
 """
 
 from __future__ import annotations

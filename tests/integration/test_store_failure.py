@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import json
 
 import pytest
 
@@ -33,3 +35,44 @@ async def test_fsync_failure_nacks_persistent_publishes_and_keeps_serving(
     kept = await conn.get("dq")
     assert kept is not None and kept.body == b"before"
     await kept.ack()
+
+
+async def _get(port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        async with asyncio.timeout(10.0):
+            data = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def _gauge(metrics: bytes, name: str) -> float:
+    for line in metrics.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def test_failed_store_shows_in_readyz_and_metrics(
+    broker: Broker, conn: wharf.Connection
+) -> None:
+    await conn.declare_queue("dq", durable=True)
+    status, _ = await _get(broker.http_port, "/readyz")
+    assert status == 200
+    _, metrics = await _get(broker.http_port, "/metrics")
+    assert _gauge(metrics, "wharf_store_failed") == 0
+    assert broker.store is not None
+    broker.store.fail_fsync = OSError(errno.EIO, "injected I/O error")
+    with pytest.raises(wharf.ResourceError):
+        await conn.publish("", "dq", b"lost-disk", persistent=True)
+    status, body = await _get(broker.http_port, "/readyz")
+    assert status == 503
+    answer = json.loads(body)
+    assert answer["status"] == "failed"
+    assert "message store" in answer["reason"] and "injected I/O error" in answer["reason"]
+    _, metrics = await _get(broker.http_port, "/metrics")
+    assert _gauge(metrics, "wharf_store_failed") == 1
