@@ -422,7 +422,6 @@ def swap_in(part: Partition, prepared: _Prepared, sizes: dict[int, int]) -> list
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
             os.rename(c.cleaned, seg.path)
-            fd = os.open(seg.path, os.O_RDWR)
         except OSError as exc:
             log.error(
                 "%s: swapping in the cleaned segment failed (%s); not compacting this "
@@ -431,8 +430,8 @@ def swap_in(part: Partition, prepared: _Prepared, sizes: dict[int, int]) -> list
                 exc,
             )
             return swapped
-        old_fd, seg.fd = seg.fd, fd
-        os.close(old_fd)
+        # Pooled read handles of the old file go (a pinned one at its last release).
+        seg.replaced()
         seg.size = seg.synced_size = c.size
         seg.index = prepared.indexes[c.base_offset]
         swapped.append(seg)
@@ -446,8 +445,8 @@ def swap_in(part: Partition, prepared: _Prepared, sizes: dict[int, int]) -> list
 
 
 def _index_written(seg: Segment) -> bool:
-    """Whether a closed segment's index files are on disk (written after a roll)."""
-    return all(p.exists() for p in index_paths(seg.path))
+    """Whether a closed segment's roll job is done (log fsynced, index files written)."""
+    return seg.finished and all(p.exists() for p in index_paths(seg.path))
 
 
 # -- checkpoint files ------------------------------------------------------------------
