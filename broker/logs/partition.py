@@ -141,7 +141,6 @@ class Partition:
             "earliest": self.earliest,
             "latest": self.high_watermark,
             "log_end": self.latest,
-            "durable": self._durable,
             "bytes": self.size_bytes,
             "segments": len(self.segments),
         }
@@ -216,9 +215,26 @@ class Partition:
             self._held_end = last + 1
             if self._held_from is None:
                 self._held_from = base
+            # Whoever appended may not wait for the fsync (a publish without confirm):
+            # start it anyway, or held records would stay hidden.  Group commit
+            # shares it with the producer's own sync().
+            self._sync_soon()
         elif self._held_from is None:
             self._wake_readers()
         return base, append_time
+
+    def _sync_soon(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # tools and unit tests without a loop call sync() themselves
+        if (
+            not self._sync_running
+            and self.failed is None
+            and not self.closed
+            and self._synced_through < self._written
+        ):
+            self._start_sync(loop)
 
     def _wake_readers(self) -> None:
         if self._waiters:
@@ -365,8 +381,12 @@ class Partition:
     def roll_if_idle(self, now_ms: int) -> bool:
         """Roll the active segment when its first append is ``segment_ms`` old, so the
         data of a quiet partition can expire."""
-        if any(not s.finished for s in self.segments[:-1]) and not self.pending_jobs():
-            self._finish_closed()  # an earlier attempt ran out of file descriptors
+        if not self.pending_jobs():
+            # An earlier attempt ran out of file descriptors: try again.
+            if any(not s.finished for s in self.segments[:-1]):
+                self._finish_closed()
+            if self._held_from is not None:
+                self._sync_soon()
         seg = self.segments[-1]
         if seg.size and 0 <= seg.first_append_ms < now_ms - self.config.segment_ms:
             try:
