@@ -297,6 +297,7 @@ class Partition:
             except OSError as exc:
                 if not out_of_fds(exc):
                     raise self._fail(f"cannot create segment {path.name}: {exc}") from exc
+                self.handles.fd_errors_total += 1
                 freed = self.handles.close_idle()
                 if attempt == 2 or not freed:
                     log.warning(
@@ -353,6 +354,7 @@ class Partition:
             if self.closed:
                 return
             if out_of_fds(exc):
+                self.handles.fd_errors_total += 1
                 # Nothing is lost: the segments stay unfinished (not deleted by
                 # retention, not compacted) and the next roll or retention tick
                 # tries again.
@@ -492,6 +494,7 @@ class Partition:
                 # Not a disk failure: the data is still in the page cache and the next
                 # sync covers it.  These waiters are told to retry.
                 log.warning("log %s: fsync postponed, out of file descriptors", self.path)
+                self.handles.fd_errors_total += 1
                 error = fd_error(f"fsyncing topic '{self.topic}'", exc)
             elif not self.closed:
                 self._fail(f"fsync failed: {exc}")

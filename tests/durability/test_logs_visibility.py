@@ -52,9 +52,7 @@ async def test_a_consumer_never_sees_a_record_a_power_loss_takes_back(tmp_path: 
         conn = await bp.connect()
         await conn.create_topic(TOPIC, partitions=1, segment_bytes=SEGMENT_BYTES)
         producers = [await bp.connect() for _ in range(PRODUCERS)]
-        tasks = [
-            asyncio.create_task(_produce(c, n, "fsynced")) for n, c in enumerate(producers)
-        ]
+        tasks = [asyncio.create_task(_produce(c, n, "fsynced")) for n, c in enumerate(producers)]
         seen: dict[int, bytes | None] = {}
         offset = 0
         async with asyncio.timeout(TIMEOUT_S):
