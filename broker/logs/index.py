@@ -127,6 +127,10 @@ def index_paths(log_path: Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + INDEX_SUFFIX), stem.with_name(stem.name + TIME_INDEX_SUFFIX)
 
 
+def index_suffixes() -> tuple[str, str]:
+    return INDEX_SUFFIX, TIME_INDEX_SUFFIX
+
+
 def write_index_files(
     log_path: Path, offset_data: bytes, time_data: bytes, on_synced: Callable[[Path, int], None]
 ) -> None:
@@ -258,6 +262,7 @@ __all__ = [
     "ScannedBatch",
     "SegmentIndex",
     "index_paths",
+    "index_suffixes",
     "load_index",
     "rebuild_indexes",
     "scan_log",

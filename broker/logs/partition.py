@@ -44,8 +44,16 @@ from wharf.protocol.records import LOG_APPEND_TIME, build_batch, decode_records,
 
 from ..fsio import fsync_dir, write_atomically
 from ..store.segments import SYNC_LOG_ENV
+from .compaction import complete_swaps
 from .handles import SHARED, SegmentHandles, fd_error, out_of_fds
-from .index import ScanResult, SegmentIndex, load_index, scan_log, write_index_files
+from .index import (
+    ScanResult,
+    SegmentIndex,
+    index_suffixes,
+    load_index,
+    scan_log,
+    write_index_files,
+)
 from .producers import (
     SNAPSHOTS_KEPT,
     ProducerStates,
@@ -374,6 +382,16 @@ class Partition:
             self._advance_durable(end)
             self._drop_old_snapshots()
 
+    def absorb(self, merged: Segment, members: list[Segment]) -> None:
+        """Compaction merged ``members`` (the closed segments right after ``merged``)
+        into ``merged``, whose file and index are already the merged ones."""
+        gone = set(map(id, members))
+        merged.next_offset = members[-1].next_offset
+        for seg in members:
+            seg.close()  # pooled read handles; a pinned one closes at its release
+        self.segments = [s for s in self.segments if id(s) not in gone]
+        self._bases = [s.base_offset for s in self.segments]
+
     def _drop_old_snapshots(self) -> None:
         snaps = list_snapshots(self.path)
         for offset, p in snaps[:-SNAPSHOTS_KEPT]:
@@ -629,6 +647,9 @@ class Partition:
         path.mkdir(parents=True, exist_ok=True)
         for tmp in path.glob(f"*{TMP_SUFFIX}"):
             _unlink(tmp)
+        swapped = complete_swaps(path, LOG_SUFFIX, index_suffixes())
+        if swapped:
+            log.warning("log %s: completed %d segment merges a crash interrupted", path, swapped)
         found: list[tuple[int, Path]] = []
         for p in path.glob(f"*{LOG_SUFFIX}"):
             stem = p.name[: -len(LOG_SUFFIX)]
