@@ -7,7 +7,6 @@ import asyncio
 from pathlib import Path
 
 from wharf.broker.logs import cleaner as LC
-from wharf.broker.logs.compaction import swap_path
 from wharf.broker.logs.index import index_paths
 from wharf.broker.logs.partition import Partition
 from wharf.broker.logs.topicconfig import DEFAULTS
@@ -98,7 +97,8 @@ def test_a_merge_interrupted_by_a_crash_is_completed_at_start(tmp_path: Path) ->
     # first segment and its index files are already gone, the other two not yet.
     merged = b"".join(s.path.read_bytes() for s in (first, second, third))
     p.close()
-    swap_path(first.path, fourth.base_offset).write_bytes(merged)
+    swap = first.path.with_name(f"{first.path.name}.swap-{fourth.base_offset}")
+    swap.write_bytes(merged)  # compaction.swap_path
     for f in (first.path, *index_paths(first.path)):
         f.unlink()
     q = Partition(tmp_path / "0", 0, cfg)
