@@ -109,6 +109,11 @@ class Partition:
         self._sync_log = os.environ.get(SYNC_LOG_ENV) or None
         # Worker-thread jobs still running (rolls, fsyncs): shutdown waits for them.
         self._jobs: set[asyncio.Future[None]] = set()
+        # At most one job finishing closed segments runs per partition; segments
+        # closed meanwhile are finished together by the next one (a roll storm costs
+        # a few batched jobs, not one queued job per roll).
+        self._finishing = False
+        self._finish_again = False
         self.closed = False
         self._open()
 
@@ -324,6 +329,9 @@ class Partition:
         not yet finished and the producer snapshot at the active segment's base."""
         if self.closed or self.failed is not None:
             return
+        if self._finishing:
+            self._finish_again = True
+            return
         closed = self.segments[:-1]
         unsynced = [s for s in closed if s.synced_size < s.size]
         unfinished = [s for s in closed if not s.finished]
@@ -346,8 +354,13 @@ class Partition:
             return
 
         def done(fut: asyncio.Future[None]) -> None:
+            self._finishing = False
             self._closed_segment_done(unfinished, unsynced, sizes, base, fut.exception())
+            if self._finish_again:
+                self._finish_again = False
+                self._finish_closed()
 
+        self._finishing = True
         self._track(loop.run_in_executor(None, job.run)).add_done_callback(done)
 
     def _closed_segment_done(
@@ -877,9 +890,13 @@ class _ClosedSegment:
 
     def run(self) -> None:
         _fsync_files(self.logs, None, self.sync_log)
+        written = False
         for path, offsets, times in self.indexes:
             if path.exists():  # else deleted with its topic meanwhile
-                write_index_files(path, offsets, times, self.synced)
+                write_index_files(path, offsets, times, self.synced, sync_dir=False)
+                written = True
+        if written:
+            fsync_dir(self.indexes[0][0].parent)
         write_atomically(self.snap_path, self.snap)
         self.synced(self.snap_path, len(self.snap))
 
