@@ -99,9 +99,8 @@ class Broker:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    tmp = Path(args.data_dir or tempfile.mkdtemp(prefix="wharf-rolls-"))
+    tmp = Path(args.data_dir)
     data_dir = tmp / "data"
-    tmp.mkdir(parents=True, exist_ok=True)
     log_path = tmp / "broker.log"
     broker = Broker(data_dir, args.nofile, log_path)
     await broker.start()
@@ -200,6 +199,8 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=4)
     p.add_argument("--data-dir", help="parent of the data dir (default: a new temp dir)")
     args = p.parse_args()
+    args.data_dir = args.data_dir or tempfile.mkdtemp(prefix="wharf-rolls-")
+    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     print(json.dumps(asyncio.run(run(args)), indent=2))
 
 

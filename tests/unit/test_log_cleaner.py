@@ -471,8 +471,7 @@ async def wait_for_indexes(part: Partition) -> None:
     the segment counts as finished once the loop has seen that job end)."""
     for _ in range(500):
         if all(
-            s.finished and all(p.exists() for p in index_paths(s.path))
-            for s in part.segments[:-1]
+            s.finished and all(p.exists() for p in index_paths(s.path)) for s in part.segments[:-1]
         ):
             return
         await asyncio.sleep(0.01)
