@@ -65,6 +65,8 @@ DEFAULT_QUEUE_MEMORY_BUDGET_BYTES: Final = 128 * MIB
 DEFAULT_DISK_FREE_LIMIT_BYTES: Final = 50_000_000
 # As Kafka's log.cleaner.backoff.ms: how often the log cleaner looks for work.
 DEFAULT_LOG_CLEANER_INTERVAL_MS: Final = 15_000
+# Read fds of closed log segments, broker-wide (broker/logs/handles.py).
+DEFAULT_LOG_MAX_OPEN_SEGMENTS: Final = 256
 # As Kafka's log.retention.check.interval.ms.
 DEFAULT_LOG_RETENTION_CHECK_INTERVAL_MS: Final = 300_000
 # Consumer groups, as Kafka's group.initial.rebalance.delay.ms,
@@ -142,6 +144,9 @@ class Settings:
     # Log topics: how often partitions are checked for segments past their retention
     # (and idle active segments past segment_ms are rolled); docs/logs.md, "Retention".
     log_retention_check_interval_ms: int = DEFAULT_LOG_RETENTION_CHECK_INTERVAL_MS
+    # Log topics: at most this many closed segments are open for reading at once,
+    # across all partitions (an LRU; each partition also keeps its active segment open).
+    log_max_open_segments: int = DEFAULT_LOG_MAX_OPEN_SEGMENTS
     # Consumer groups (docs/logs.md, "Consumer groups: broker semantics"): a join to an
     # empty group waits this long for more members; session timeouts asked by members
     # must lie within the bounds; a group without members loses its committed offsets
@@ -285,6 +290,7 @@ _CHECKS: Final[dict[str, _Check]] = {
     "disk_free_limit_bytes": _int_check(0),
     "log_cleaner_interval_ms": _int_check(10, 86_400_000),
     "log_retention_check_interval_ms": _int_check(10, 86_400_000),
+    "log_max_open_segments": _int_check(1, 1_000_000),
     "group_initial_rebalance_delay_ms": _int_check(0, 3_600_000),
     "group_min_session_timeout_ms": _int_check(1, 86_400_000),
     "group_max_session_timeout_ms": _int_check(1, 86_400_000),

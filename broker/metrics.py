@@ -74,7 +74,12 @@ _QUEUE_GAUGES: Final = (
 # grows by one per record appended: rate() of it is the produce rate in records/s.
 _PARTITION_GAUGES: Final = (
     ("earliest", "wharf_topic_partition_earliest_offset", "First offset still stored."),
-    ("latest", "wharf_topic_partition_latest_offset", "Offset the next record will get."),
+    (
+        "latest",
+        "wharf_topic_partition_latest_offset",
+        "End of what readers can fetch (records of acks=fsynced producers once fsynced).",
+    ),
+    ("log_end", "wharf_topic_partition_log_end_offset", "Offset the next record will get."),
     ("bytes", "wharf_topic_partition_bytes", "Bytes in the partition's segment files."),
     ("segments", "wharf_topic_partition_segments", "Segment files of the partition."),
 )
@@ -282,6 +287,18 @@ class BrokerCollector:
         yield count
         yield partitions
         yield from families.values()
+        if logs is not None:
+            handles = logs.handles
+            yield GaugeMetricFamily(
+                "wharf_log_segment_read_handles",
+                "Read fds of closed log segments held open (at most log_max_open_segments).",
+                value=len(handles),
+            )
+            yield CounterMetricFamily(
+                "wharf_log_fd_exhausted",
+                "Times the log layer found no free file descriptor (EMFILE/ENFILE).",
+                value=handles.fd_errors_total,
+            )
 
     def _group_metrics(self) -> Iterator[Metric]:
         """Consumer groups: lag and committed offset per partition, members, rebalances."""

@@ -234,7 +234,7 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "name:s! partitions:i! config:m! offsets:m! internal:b",
         offsets={"type": "array", "items": _ref("TopicPartition")},
     ),
-    "TopicPartition": _schema("partition:i! earliest:i! latest:i! bytes:i segments:i"),
+    "TopicPartition": _schema("partition:i! earliest:i! latest:i! log_end:i bytes:i segments:i"),
     "TopicPut": _schema(
         "partitions:i config:m",
         closed=True,

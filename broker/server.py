@@ -32,6 +32,7 @@ from .http import start_http_server, stop_http_server
 from .logs import TopicRegistry  # log topics
 from .logs.cleaner import LogCleaner  # log compaction
 from .logs.groups import GroupCoordinator
+from .logs.handles import SegmentHandles
 from .paging import PagedRow
 from .queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
 from .store.definitions import load_definitions, save_definitions
@@ -163,6 +164,7 @@ class Broker:
             Path(self.data_path) / "logs",
             retention_check_interval_ms=self.settings.log_retention_check_interval_ms,
             max_batch_bytes=self.settings.max_message_bytes,
+            handles=SegmentHandles(self.settings.log_max_open_segments),
         )
         self.topology.attach_topics(self.logs)  # topic bindings load with the definitions
         self.log_cleaner = LogCleaner(self.logs, self.settings.log_cleaner_interval_ms)

@@ -217,7 +217,9 @@ class LogsApi:
         )
 
     async def list_offsets(self, topic: str, partition: int) -> tuple[int, int]:
-        """``(earliest, latest)``; latest is the offset the next record will get."""
+        """``(earliest, latest)``; latest is the end of what can be fetched: the offset
+        the next record will get, unless records produced with acks="fsynced" still
+        wait for their fsync (docs/logs.md, "When a record becomes visible")."""
         result = _result(await self._request(F.LIST_OFFSETS, topic, partition))
         return int(result["earliest"]), int(result["latest"])
 

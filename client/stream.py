@@ -568,6 +568,17 @@ class Stream:
         self._wake()
 
     def out_of_range(self, tp: TopicPartition) -> None:
+        # As Kafka's consumer: a position outside the log (a committed offset past
+        # the end after a power loss took unsynced records back, or before the start
+        # after retention) is reset per auto_offset_reset, and said so.
+        log.warning(
+            "wharf: fetch position %s of partition %d of topic '%s' is out of range; "
+            "resetting it per auto_offset_reset=%r",
+            self._buf.position(tp),
+            tp[1],
+            tp[0],
+            self.options.auto_offset_reset,
+        )
         self._resets[tp] = (self.options.auto_offset_reset, next(self._reset_tokens))
         self._wake_driver()
 

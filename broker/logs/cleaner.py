@@ -15,7 +15,11 @@ A pass (compaction.py has the rules for records and batches):
    still has those segments unchanged (retention or a topic deletion meanwhile
    abandons the pass); then for each segment, oldest first, delete the old index
    files, rename the cleaned log over the segment, rename the cleaned index files
-   into place, and point the in-memory segment at the new file and index;
+   into place, and point the in-memory segment at the new file and index.  A merged
+   segment (compaction.py, step 3) is renamed to ``<first>.log.swap-<end>`` first,
+   then the segments it replaces are deleted, then it is renamed to ``<first>.log``;
+   start-up completes a swap a crash interrupted (``complete_swaps``).  Readers that
+   hold a pinned handle of a replaced file keep reading it (handles.py);
 3. worker thread: fsync the directory, then write the new checkpoint.
 
 A crash at any point leaves each segment either old or cleaned, both valid: a
@@ -60,6 +64,7 @@ from .compaction import (
     dirty_ratio,
     discard,
     segment_ends,
+    swap_path,
 )
 from .index import SegmentIndex, index_paths, scan_log
 
@@ -234,6 +239,7 @@ class LogCleaner:
             keep_batches=keep,
             budget_bytes=self.budget_bytes,
             abort=self._abort,
+            merge_bytes=part.config.segment_bytes,
         )
         try:
             prepared = await self._in_worker(job)
@@ -319,8 +325,9 @@ def prepare(
     keep_batches: Collection[int],
     budget_bytes: int,
     abort: threading.Event | None = None,
+    merge_bytes: int = 0,
 ) -> _Prepared:
-    """Step 1 of a pass: cleaned logs and their index files, all fsynced."""
+    """Step 1 of a pass: cleaned (and merged) logs and their index files, all fsynced."""
     result = clean_partition(
         segments,
         dirty_offset=dirty_offset,
@@ -330,6 +337,7 @@ def prepare(
         keep_batches=keep_batches,
         budget_bytes=budget_bytes,
         abort=abort,
+        merge_bytes=merge_bytes,
     )
     ends = dict(
         zip((s.base_offset for s in segments), segment_ends(segments, limit_offset), strict=True)
@@ -337,7 +345,8 @@ def prepare(
     indexes: dict[int, SegmentIndex] = {}
     try:
         for c in result.segments:
-            scan = scan_log(c.cleaned, c.base_offset, ends[c.base_offset])
+            end = c.end_offset if c.merged else ends[c.base_offset]
+            scan = scan_log(c.cleaned, c.base_offset, end)
             if scan.problem is not None or scan.valid_bytes != c.size:
                 raise CorruptSegment(
                     f"the cleaned copy of {c.source} does not scan: {scan.problem}"
@@ -408,21 +417,37 @@ def swap_in(part: Partition, prepared: _Prepared, sizes: dict[int, int]) -> list
     if part.closed or part.failed is not None:
         return None
     by_base = {s.base_offset: s for s in part.segments[:-1]}
+    by_path = {s.path: s for s in part.segments[:-1]}
     cleaned = prepared.result.segments
     for c in cleaned:
         seg = by_base.get(c.base_offset)
         if seg is None or seg.path != c.source or seg.size != sizes[c.base_offset]:
             return None
+        for m in c.merged:
+            member = by_path.get(m)
+            if member is None or member.size != sizes[member.base_offset]:
+                return None
     swapped: list[Segment] = []
     for c in cleaned:
         seg = by_base[c.base_offset]
         off_path, time_path = index_paths(seg.path)
+        members = [by_path[m] for m in c.merged]
         try:
-            for p in (off_path, time_path):
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-            os.rename(c.cleaned, seg.path)
-            fd = os.open(seg.path, os.O_RDWR)
+            if members:
+                # A merge replaces several files: through a swap file, so that a crash
+                # leaves either the old segments or the merged one (complete_swaps).
+                swap = swap_path(seg.path, c.end_offset)
+                os.rename(c.cleaned, swap)
+                for old in (seg, *members):
+                    for p in (old.path, *index_paths(old.path)):
+                        with contextlib.suppress(FileNotFoundError):
+                            p.unlink()
+                os.rename(swap, seg.path)
+            else:
+                for p in (off_path, time_path):
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+                os.rename(c.cleaned, seg.path)
         except OSError as exc:
             log.error(
                 "%s: swapping in the cleaned segment failed (%s); not compacting this "
@@ -431,10 +456,12 @@ def swap_in(part: Partition, prepared: _Prepared, sizes: dict[int, int]) -> list
                 exc,
             )
             return swapped
-        old_fd, seg.fd = seg.fd, fd
-        os.close(old_fd)
+        # Pooled read handles of the old files go (a pinned one at its last release).
+        seg.replaced()
         seg.size = seg.synced_size = c.size
         seg.index = prepared.indexes[c.base_offset]
+        if members:
+            part.absorb(seg, members)
         swapped.append(seg)
         try:
             os.rename(_cleaned(off_path), off_path)
@@ -446,8 +473,8 @@ def swap_in(part: Partition, prepared: _Prepared, sizes: dict[int, int]) -> list
 
 
 def _index_written(seg: Segment) -> bool:
-    """Whether a closed segment's index files are on disk (written after a roll)."""
-    return all(p.exists() for p in index_paths(seg.path))
+    """Whether a closed segment's roll job is done (log fsynced, index files written)."""
+    return seg.finished and all(p.exists() for p in index_paths(seg.path))
 
 
 # -- checkpoint files ------------------------------------------------------------------

@@ -19,6 +19,13 @@ the cleaner checkpoint (the first offset no pass has covered yet, ``dirty_offset
    idempotent producer, which is kept whole.  The first pass that keeps a tombstone
    stamps its batch's delete horizon (now + ``delete_retention_ms``; KIP-534).
    Segments in which nothing changes are not rewritten.
+3. merges neighbouring small segments of the covered range (as Kafka's cleaner groups
+   segments): consecutive closed segments whose cleaned sizes add up to at most
+   ``merge_bytes`` (the topic's segment_bytes) are concatenated into one
+   ``<first segment>.log.cleaned``, so compacted topics do not pile up tiny segments
+   (nor fds or index memory per segment).  The merged segment keeps the first one's
+   name; cleaner.py swaps it in through ``<first>.log.swap-<end offset>`` (see
+   ``complete_swaps`` for the crash rule).
 
 Offsets never change: the cleaned log has gaps, a segment keeps its name (its base
 offset) even when it ends up empty.  Everything here is blocking file I/O meant for a
@@ -51,6 +58,8 @@ from wharf.protocol.records import (
     read_header,
     with_delete_horizon,
 )
+
+from .index import MAX_RELATIVE
 
 CLEANED_SUFFIX: Final = ".cleaned"
 # Soft bound on the offset map of one pass; what does not fit waits for the next pass.
@@ -86,6 +95,10 @@ class CleanedSegment(NamedTuple):
     source: Path  # the segment file it replaces
     cleaned: Path  # ``<segment>.log.cleaned``, fsynced
     size: int
+    # A merge: the later segments folded into this one (their files go at the swap),
+    # and the first offset after the last of them.  Empty / -1 for a plain clean.
+    merged: tuple[Path, ...] = ()
+    end_offset: int = -1
 
 
 @dataclass(slots=True)
@@ -357,10 +370,12 @@ def clean_partition(
     keep_batches: Collection[int] = (),
     budget_bytes: int = OFFSET_MAP_BUDGET_BYTES,
     abort: threading.Event | None = None,
+    merge_bytes: int = 0,
 ) -> CleanResult:
     """One cleaning pass over the closed ``segments`` (oldest first, ending where the
-    active segment ``limit_offset`` begins).  Blocking file I/O: run it in a worker
-    thread.  On error no ``.cleaned`` file is left behind."""
+    active segment ``limit_offset`` begins), merging small neighbours up to
+    ``merge_bytes`` (0: no merging).  Blocking file I/O: run it in a worker thread.
+    On error no ``.cleaned`` file is left behind."""
     offsets, end = build_offset_map(segments, dirty_offset, limit_offset, budget_bytes, abort)
     stats = CleanStats()
     cleaned: list[CleanedSegment] = []
@@ -380,10 +395,122 @@ def clean_partition(
             )
             if done is not None:
                 cleaned.append(done)
+        if merge_bytes > 0:
+            cleaned = merge_small(segments, cleaned, end, limit_offset, merge_bytes, abort)
     except BaseException:
         discard(cleaned)
         raise
     return CleanResult(cleaned, end, stats)
+
+
+def merge_small(
+    segments: list[SegmentFile],
+    cleaned: list[CleanedSegment],
+    end: int,
+    limit_offset: int,
+    merge_bytes: int,
+    abort: threading.Event | None = None,
+) -> list[CleanedSegment]:
+    """Group consecutive segments below ``end`` (as cleaned, or as they are) while
+    their sizes add up to at most ``merge_bytes`` and offsets stay within a
+    segment's u32 range; write each group of two or more as one fsynced
+    ``<first>.log.cleaned``.  Returns the new list of outputs, oldest first (groups
+    replace the plain cleans of their members, whose files are removed)."""
+    by_base = {c.base_offset: c for c in cleaned}
+    ends = segment_ends(segments, limit_offset)
+    groups: list[list[int]] = []  # indexes into segments
+    group_bytes = 0
+    for i, seg in enumerate(segments):
+        if seg.base_offset >= end:
+            break
+        c = by_base.get(seg.base_offset)
+        size = c.size if c is not None else seg.size
+        if (
+            groups
+            and group_bytes + size <= merge_bytes
+            and ends[i] - segments[groups[-1][0]].base_offset <= MAX_RELATIVE
+        ):
+            groups[-1].append(i)
+            group_bytes += size
+        else:
+            groups.append([i])
+            group_bytes = size
+    out: list[CleanedSegment] = []
+    try:
+        for group in groups:
+            first = segments[group[0]]
+            if len(group) == 1:
+                c = by_base.pop(first.base_offset, None)
+                if c is not None:
+                    out.append(c)
+                continue
+            if abort is not None and abort.is_set():
+                raise CleanAborted
+            tmp = first.path.with_name(first.path.name + ".merging" + CLEANED_SUFFIX)
+            written = 0
+            with open(tmp, "wb") as dest:
+                for i in group:
+                    seg = segments[i]
+                    c = by_base.get(seg.base_offset)
+                    src, size = (c.cleaned, c.size) if c is not None else (seg.path, seg.size)
+                    with open(src, "rb") as f:
+                        written += _copy_prefix(f.fileno(), dest, size)
+                dest.flush()
+                os.fsync(dest.fileno())
+            for i in group:
+                c = by_base.pop(segments[i].base_offset, None)
+                if c is not None:
+                    c.cleaned.unlink()
+            final = cleaned_path(first.path)
+            os.rename(tmp, final)
+            out.append(
+                CleanedSegment(
+                    first.base_offset,
+                    first.path,
+                    final,
+                    written,
+                    tuple(segments[i].path for i in group[1:]),
+                    ends[group[-1]],
+                )
+            )
+    except BaseException:
+        discard(out + list(by_base.values()))
+        raise
+    return out
+
+
+SWAP_MARK: Final = ".swap-"
+
+
+def swap_path(segment: Path, end_offset: int) -> Path:
+    """Where a merged segment waits between the removal of the segments it replaces
+    and its rename to ``segment`` (cleaner.py, ``swap_in``)."""
+    return segment.with_name(f"{segment.name}{SWAP_MARK}{end_offset}")
+
+
+def complete_swaps(partition_dir: Path, log_suffix: str, index_suffixes: Collection[str]) -> int:
+    """At start-up, finish merges a crash interrupted.  A ``<base>.log.swap-<end>``
+    file is a whole, fsynced merged segment (it is renamed to that name only once
+    written): every segment with a base in [base, end) and its index files are
+    removed, then it takes the name ``<base>.log`` (its index is rebuilt from it).
+    Returns how many were completed."""
+    done = 0
+    for swap in sorted(partition_dir.glob(f"*{log_suffix}{SWAP_MARK}*")):
+        name, _, end_text = swap.name.rpartition(SWAP_MARK)
+        stem = name[: -len(log_suffix)]
+        if not (stem.isdigit() and end_text.isdigit() and name.endswith(log_suffix)):
+            continue
+        base, end = int(stem), int(end_text)
+        for seg in partition_dir.glob(f"*{log_suffix}"):
+            seg_stem = seg.name[: -len(log_suffix)]
+            if seg_stem.isdigit() and base <= int(seg_stem) < end:
+                for suffix in index_suffixes:
+                    with contextlib.suppress(FileNotFoundError):
+                        seg.with_name(seg_stem + suffix).unlink()
+                seg.unlink()
+        os.rename(swap, partition_dir / name)
+        done += 1
+    return done
 
 
 def discard(cleaned: list[CleanedSegment]) -> None:

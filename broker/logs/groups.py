@@ -532,10 +532,10 @@ class GroupCoordinator:
             if to == "earliest":
                 offset = part.earliest
             elif to == "latest":
-                offset = part.latest
+                offset = part.high_watermark
             elif to == "offset":
                 assert value is not None
-                offset = min(max(value, part.earliest), part.latest)
+                offset = min(max(value, part.earliest), part.high_watermark)
             else:
                 assert value is not None
                 offset = self.topics.offset_for_timestamp(topic, p, value)
@@ -610,7 +610,7 @@ class GroupCoordinator:
             if topic is None or p >= len(topic.partitions):
                 continue
             part = topic.partitions[p]
-            latest = part.latest
+            latest = part.high_watermark
             c = committed.get((t, p))
             if c is None:
                 yield t, p, -1, latest, max(0, latest - part.earliest)

@@ -127,10 +127,20 @@ def index_paths(log_path: Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + INDEX_SUFFIX), stem.with_name(stem.name + TIME_INDEX_SUFFIX)
 
 
+def index_suffixes() -> tuple[str, str]:
+    return INDEX_SUFFIX, TIME_INDEX_SUFFIX
+
+
 def write_index_files(
-    log_path: Path, offset_data: bytes, time_data: bytes, on_synced: Callable[[Path, int], None]
+    log_path: Path,
+    offset_data: bytes,
+    time_data: bytes,
+    on_synced: Callable[[Path, int], None],
+    *,
+    sync_dir: bool = True,
 ) -> None:
-    """Write both index files (temp file, fsync, rename) and fsync the directory.
+    """Write both index files (temp file, fsync, rename) and fsync the directory
+    (unless ``sync_dir`` is False: the caller does it once for several segments).
     Worker thread or start-up; ``on_synced(path, length)`` follows each fsync.  The
     temp file's name is the writer's own (process and thread), so two writers of the
     same file never share one."""
@@ -138,7 +148,8 @@ def write_index_files(
         tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         write_atomically(path, data, tmp=tmp, sync_dir=False)
         on_synced(path, len(data))
-    fsync_dir(log_path.parent)
+    if sync_dir:
+        fsync_dir(log_path.parent)
 
 
 def load_index(
@@ -258,6 +269,7 @@ __all__ = [
     "ScannedBatch",
     "SegmentIndex",
     "index_paths",
+    "index_suffixes",
     "load_index",
     "rebuild_indexes",
     "scan_log",

@@ -39,12 +39,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from wharf.protocol.errors import InternalError, OffsetOutOfRange, WharfError
+from wharf.protocol.errors import InternalError, OffsetOutOfRange, ResourceError, WharfError
 from wharf.protocol.records import LOG_APPEND_TIME, build_batch, decode_records, read_header
 
 from ..fsio import fsync_dir, write_atomically
 from ..store.segments import SYNC_LOG_ENV
-from .index import ScanResult, SegmentIndex, load_index, scan_log, write_index_files
+from .compaction import complete_swaps
+from .handles import SHARED, SegmentHandles, fd_error, out_of_fds
+from .index import (
+    ScanResult,
+    SegmentIndex,
+    index_suffixes,
+    load_index,
+    scan_log,
+    write_index_files,
+)
 from .producers import (
     SNAPSHOTS_KEPT,
     ProducerStates,
@@ -69,12 +78,18 @@ class Partition:
     """Owns the segment files of one partition."""
 
     def __init__(
-        self, path: Path, number: int, config: TopicConfig = DEFAULTS, topic: str = ""
+        self,
+        path: Path,
+        number: int,
+        config: TopicConfig = DEFAULTS,
+        topic: str = "",
+        handles: SegmentHandles = SHARED,
     ) -> None:
         self.path = path
         self.number = number
         self.topic = topic or path.parent.name
         self.config = config
+        self.handles = handles
         self.segments: list[Segment] = []
         self._bases: list[int] = []  # base offsets of segments, for bisect
         self.producers = ProducerStates()
@@ -83,10 +98,22 @@ class Partition:
         self._sync_waiters: list[asyncio.Future[None]] = []
         self._written = 0  # bytes appended since open (a counter for group commit)
         self._synced_through = 0
+        # Visibility (docs/logs.md, "When a record becomes visible"): every offset
+        # below ``_durable`` is fsynced; from ``_held_from`` on (when not None) nothing
+        # is shown to readers until fsynced, because an acks="fsynced" append is there;
+        # ``_held_end`` is the end of the last such append.
+        self._durable = 0
+        self._held_from: int | None = None
+        self._held_end = 0
         self._waiters: list[Callable[[], None]] = []  # long-poll fetches
         self._sync_log = os.environ.get(SYNC_LOG_ENV) or None
         # Worker-thread jobs still running (rolls, fsyncs): shutdown waits for them.
         self._jobs: set[asyncio.Future[None]] = set()
+        # At most one job finishing closed segments runs per partition; segments
+        # closed meanwhile are finished together by the next one (a roll storm costs
+        # a few batched jobs, not one queued job per roll).
+        self._finishing = False
+        self._finish_again = False
         self.closed = False
         self._open()
 
@@ -99,8 +126,23 @@ class Partition:
 
     @property
     def latest(self) -> int:
-        """The high watermark: the offset the next record will get."""
+        """The log end: the offset the next record will get."""
         return self.segments[-1].next_offset
+
+    @property
+    def high_watermark(self) -> int:
+        """The end of what readers see: fetches stop here, and it is the "latest"
+        of list_offsets, lag and resets.  Below the log end only while an
+        acks="fsynced" append (and whatever follows it) waits for its fsync."""
+        held = self._held_from
+        if held is None:
+            return self.segments[-1].next_offset
+        return max(self._durable, held)
+
+    @property
+    def durable(self) -> int:
+        """Every offset below this one is fsynced."""
+        return self._durable
 
     @property
     def size_bytes(self) -> int:
@@ -110,7 +152,8 @@ class Partition:
         return {
             "partition": self.number,
             "earliest": self.earliest,
-            "latest": self.latest,
+            "latest": self.high_watermark,
+            "log_end": self.latest,
             "bytes": self.size_bytes,
             "segments": len(self.segments),
         }
@@ -134,10 +177,13 @@ class Partition:
         producer_epoch: int = -1,
         base_sequence: int = -1,
         now_ms: int | None = None,
+        hold_until_fsynced: bool = False,
     ) -> tuple[int, int]:
         """Write one batch to the page cache; returns (base offset, log append time
         or -1).  Not yet durable: ``await sync()`` before saying it is fsynced.
-        Idempotent producers: call ``check_producer`` first."""
+        ``hold_until_fsynced`` (acks="fsynced"): readers see it, and everything after
+        it, only once fsynced.  Idempotent producers: call ``check_producer`` first.
+        Out of file descriptors at a roll: ResourceError, nothing changed."""
         if self.failed is not None:
             raise self.failed
         if now_ms is None:
@@ -178,11 +224,52 @@ class Partition:
         self._written += len(data)
         if producer_id >= 0:
             self.producers.record(producer_id, producer_epoch, base_sequence, base, last, now_ms)
+        if hold_until_fsynced:
+            self._held_end = last + 1
+            if self._held_from is None:
+                self._held_from = base
+            # Whoever appended may not wait for the fsync (a publish without confirm):
+            # start it anyway, or held records would stay hidden.  Group commit
+            # shares it with the producer's own sync().
+            self._sync_soon()
+        elif self._held_from is None:
+            self._wake_readers()
+        return base, append_time
+
+    def _sync_soon(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # tools and unit tests without a loop call sync() themselves
+        if (
+            not self._sync_running
+            and self.failed is None
+            and not self.closed
+            and self._synced_through < self._written
+        ):
+            self._start_sync(loop)
+
+    def _wake_readers(self) -> None:
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for wake in waiters:
                 wake()
-        return base, append_time
+
+    def _advance_durable(self, offset: int) -> None:
+        """Everything below ``offset`` is fsynced: show held records up to it."""
+        if offset <= self._durable:
+            return
+        self._durable = offset
+        held = self._held_from
+        if held is None:
+            return
+        if self._held_end <= offset:
+            self._held_from = None
+        elif held < offset:
+            self._held_from = offset
+        else:
+            return
+        self._wake_readers()
 
     def _fail(self, why: str) -> WharfError:
         log.error("log partition %s: %s; refusing further appends", self.path, why)
@@ -196,30 +283,64 @@ class Partition:
     # -- rolling -------------------------------------------------------------------
 
     def roll(self) -> None:
-        """Close the active segment (if it has data) and start a new one."""
+        """Close the active segment (if it has data) and start a new one.  The only
+        fd a roll needs is the new segment's: when there is none (EMFILE) nothing is
+        changed and the caller gets ResourceError; the partition stays appendable."""
         old = self.segments[-1]
         if old.size == 0:
             return
-        old.index.finish()
         base = old.next_offset
         path = self.path / segment_name(base)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        except OSError as exc:
-            raise self._fail(f"cannot create segment {path.name}: {exc}") from exc
-        seg = Segment(path, base, fd, 0)
+        fd = self._create_segment_file(path)
+        old.index.finish()
+        seg = Segment(path, base, fd, 0, self.handles)
         seg.new = True
         seg.synced_size = 0
         self.segments.append(seg)
         self._bases.append(base)
-        # Every closed segment not yet fsynced, oldest first: a segment's data must never
-        # be durable while an older one's is not (another roll may still be running).
-        unsynced = [s for s in self.segments[:-1] if s.synced_size < s.size]
+        # The old segment's fd goes; its reads go through the pool of read handles.
+        old.seal()
+        old.finished = False
+        self._finish_closed()
+
+    def _create_segment_file(self, path: Path) -> int:
+        for attempt in (1, 2):
+            try:
+                return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                if not out_of_fds(exc):
+                    raise self._fail(f"cannot create segment {path.name}: {exc}") from exc
+                self.handles.fd_errors_total += 1
+                freed = self.handles.close_idle()
+                if attempt == 2 or not freed:
+                    log.warning(
+                        "log %s: cannot roll to a new segment, out of file descriptors (%s); "
+                        "the append is refused and the active segment kept",
+                        self.path,
+                        exc,
+                    )
+                    raise fd_error(f"rolling a segment of topic '{self.topic}'", exc) from exc
+        raise AssertionError("unreachable")
+
+    def _finish_closed(self) -> None:
+        """Start the worker job that finishes closed segments: their logs fsynced
+        (every closed segment not yet fsynced, oldest first: a segment's data must
+        never be durable while an older one's is not), then the index files of those
+        not yet finished and the producer snapshot at the active segment's base."""
+        if self.closed or self.failed is not None:
+            return
+        if self._finishing:
+            self._finish_again = True
+            return
+        closed = self.segments[:-1]
+        unsynced = [s for s in closed if s.synced_size < s.size]
+        unfinished = [s for s in closed if not s.finished]
+        if not unfinished and not unsynced:
+            return
+        base = self.segments[-1].base_offset
         job = _ClosedSegment(
-            [(os.dup(s.fd), str(s.path), s.size) for s in unsynced],
-            old.path,
-            old.index.offset_bytes(),
-            old.index.time_bytes(),
+            [(str(s.path), s.size) for s in unsynced],
+            [(s.path, s.index.offset_bytes(), s.index.time_bytes()) for s in unfinished],
             self.path / snapshot_name(base),
             self.producers.snapshot_bytes(base),
             self._sync_log,
@@ -229,25 +350,60 @@ class Partition:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (tools, unit tests): finish it now
             job.run()
-            self._closed_segment_done(old, unsynced, sizes, None)
+            self._closed_segment_done(unfinished, unsynced, sizes, base, None)
             return
 
         def done(fut: asyncio.Future[None]) -> None:
-            self._closed_segment_done(old, unsynced, sizes, fut.exception())
+            self._finishing = False
+            self._closed_segment_done(unfinished, unsynced, sizes, base, fut.exception())
+            if self._finish_again:
+                self._finish_again = False
+                self._finish_closed()
 
+        self._finishing = True
         self._track(loop.run_in_executor(None, job.run)).add_done_callback(done)
 
     def _closed_segment_done(
-        self, old: Segment, synced: list[Segment], sizes: list[int], exc: BaseException | None
+        self,
+        finished: list[Segment],
+        synced: list[Segment],
+        sizes: list[int],
+        end: int,
+        exc: BaseException | None,
     ) -> None:
         if exc is not None:
-            if not self.closed:
-                self._fail(f"finishing segment {old.path.name} failed: {exc}")
+            if self.closed:
+                return
+            if out_of_fds(exc):
+                self.handles.fd_errors_total += 1
+                # Nothing is lost: the segments stay unfinished (not deleted by
+                # retention, not compacted) and the next roll or retention tick
+                # tries again.
+                log.warning(
+                    "log %s: finishing closed segments postponed, out of file descriptors (%s)",
+                    self.path,
+                    exc,
+                )
+            else:
+                self._fail(f"finishing closed segments failed: {exc}")
             return
         for seg, size in zip(synced, sizes, strict=True):
             seg.synced_size = max(seg.synced_size, size)
+        for seg in finished:
+            seg.finished = True
         if not self.closed:
+            self._advance_durable(end)
             self._drop_old_snapshots()
+
+    def absorb(self, merged: Segment, members: list[Segment]) -> None:
+        """Compaction merged ``members`` (the closed segments right after ``merged``)
+        into ``merged``, whose file and index are already the merged ones."""
+        gone = set(map(id, members))
+        merged.next_offset = members[-1].next_offset
+        for seg in members:
+            seg.close()  # pooled read handles; a pinned one closes at its release
+        self.segments = [s for s in self.segments if id(s) not in gone]
+        self._bases = [s.base_offset for s in self.segments]
 
     def _drop_old_snapshots(self) -> None:
         snaps = list_snapshots(self.path)
@@ -258,9 +414,18 @@ class Partition:
     def roll_if_idle(self, now_ms: int) -> bool:
         """Roll the active segment when its first append is ``segment_ms`` old, so the
         data of a quiet partition can expire."""
+        if not self.pending_jobs():
+            # An earlier attempt ran out of file descriptors: try again.
+            if any(not s.finished for s in self.segments[:-1]):
+                self._finish_closed()
+            if self._held_from is not None:
+                self._sync_soon()
         seg = self.segments[-1]
         if seg.size and 0 <= seg.first_append_ms < now_ms - self.config.segment_ms:
-            self.roll()
+            try:
+                self.roll()
+            except ResourceError:
+                return False  # logged; the next tick tries again
             return True
         return False
 
@@ -273,6 +438,11 @@ class Partition:
         if not cfg.deletes or self.failed is not None:
             return 0
         closed = self.segments[:-1]
+        # Never a segment whose roll job (fsync, index files) has not finished.
+        for n, seg in enumerate(closed):
+            if not seg.finished:
+                closed = closed[:n]
+                break
         doomed = 0
         if cfg.retention_ms >= 0:
             horizon = now_ms - cfg.retention_ms
@@ -294,6 +464,8 @@ class Partition:
         gone = self.segments[:doomed]
         del self.segments[:doomed]
         del self._bases[:doomed]
+        # A reader holding a pinned handle of one of these keeps reading it until it
+        # releases the handle (handles.py); new reads get OffsetOutOfRange.
         for seg in gone:
             seg.delete_files()
         snaps = list_snapshots(self.path)
@@ -329,9 +501,10 @@ class Partition:
     def _start_sync(self, loop: asyncio.AbstractEventLoop) -> None:
         waiters, self._sync_waiters = self._sync_waiters, []
         target = self._written
+        target_offset = self.latest
         dirty = [s for s in self.segments if s.synced_size < s.size or s.new]
-        # Duplicated descriptors stay valid if a segment is deleted meanwhile.
-        jobs = [(os.dup(s.fd), str(s.path), s.size) for s in dirty]
+        # By path, one fd at a time in the worker: a segment deleted meanwhile is skipped.
+        jobs = [(str(s.path), s.size) for s in dirty]
         new_dir = self.path if any(s.new for s in dirty) else None
         self._sync_running = True
         sync_log = self._sync_log
@@ -339,12 +512,21 @@ class Partition:
         def done(task: asyncio.Future[None]) -> None:
             self._sync_running = False
             exc = task.exception()
+            error: WharfError | None = None
             if exc is None:
                 self._synced_through = max(self._synced_through, target)
-                for seg, (_fd, _p, size) in zip(dirty, jobs, strict=True):
+                for seg, (_p, size) in zip(dirty, jobs, strict=True):
                     seg.synced_size = max(seg.synced_size, size)
                     if new_dir is not None:
                         seg.new = False
+                if not self.closed:
+                    self._advance_durable(target_offset)
+            elif isinstance(exc, OSError) and out_of_fds(exc):
+                # Not a disk failure: the data is still in the page cache and the next
+                # sync covers it.  These waiters are told to retry.
+                log.warning("log %s: fsync postponed, out of file descriptors", self.path)
+                self.handles.fd_errors_total += 1
+                error = fd_error(f"fsyncing topic '{self.topic}'", exc)
             elif not self.closed:
                 self._fail(f"fsync failed: {exc}")
             for w in waiters:
@@ -353,7 +535,7 @@ class Partition:
                 if exc is None:
                     w.set_result(None)
                 else:
-                    w.set_exception(self.failed or InternalError("fsync failed"))
+                    w.set_exception(error or self.failed or InternalError("fsync failed"))
             if self._sync_waiters:
                 if self.failed is None and not self.closed:
                     self._start_sync(loop)
@@ -417,7 +599,8 @@ class Partition:
     def _read(
         self, offset: int, max_bytes: int, at_least_one: bool, arena: ReadArena | None
     ) -> list[memoryview]:
-        if offset == self.latest:
+        visible = self.high_watermark
+        if offset >= visible:
             return []
         segments = self.segments
         out: list[memoryview] = []
@@ -428,11 +611,19 @@ class Partition:
             got, whole = seg.read_from(
                 offset, max_bytes - used, at_least_one=at_least_one and not out, arena=arena
             )
+            if visible < self.latest:
+                # Held batches are whole batches from a boundary on: cut there.
+                kept = [b for b in got if int.from_bytes(b[4:12], "big") < visible]
+                if len(kept) < len(got):
+                    out += kept
+                    return out
             out += got
             used += sum(len(b) for b in got)
             if not whole:
                 break  # the next batch does not fit
             offset = seg.next_offset  # on into the next segment
+            if offset >= visible:
+                break
             i += 1
         return out
 
@@ -449,15 +640,18 @@ class Partition:
     def offset_for_timestamp(self, timestamp: int) -> tuple[int, int]:
         """(offset, timestamp) of the first record whose timestamp is >= ``timestamp``;
         (latest, -1) when there is none.  -1 asks for latest, -2 for earliest."""
+        visible = self.high_watermark
         if timestamp == -1:
-            return self.latest, -1
+            return visible, -1
         if timestamp == -2:
             return self.earliest, -1
         for seg in self.segments:
+            if seg.base_offset >= visible:
+                break
             found = seg.first_at_time(timestamp)
             if found is not None:
-                return found
-        return self.latest, -1
+                return found if found[0] < visible else (visible, -1)
+        return visible, -1
 
     # -- recovery ------------------------------------------------------------------
 
@@ -466,6 +660,9 @@ class Partition:
         path.mkdir(parents=True, exist_ok=True)
         for tmp in path.glob(f"*{TMP_SUFFIX}"):
             _unlink(tmp)
+        swapped = complete_swaps(path, LOG_SUFFIX, index_suffixes())
+        if swapped:
+            log.warning("log %s: completed %d segment merges a crash interrupted", path, swapped)
         found: list[tuple[int, Path]] = []
         for p in path.glob(f"*{LOG_SUFFIX}"):
             stem = p.name[: -len(LOG_SUFFIX)]
@@ -477,10 +674,16 @@ class Partition:
         rebuilt = 0
         scans: dict[int, ScanResult] = {}
         i = 0
+        # One fd at a time: closed segments are only stat'ed (their index files read
+        # into memory, a log scanned only when they are bad); only the active segment
+        # keeps an fd.
         while i < len(found):
             base, seg_path = found[i]
-            fd = os.open(seg_path, os.O_RDWR | os.O_CREAT, 0o644)
-            seg = Segment(seg_path, base, fd, os.fstat(fd).st_size)
+            if i < len(found) - 1:
+                seg = Segment(seg_path, base, -1, seg_path.stat().st_size, self.handles)
+            else:
+                fd = os.open(seg_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                seg = Segment(seg_path, base, fd, os.fstat(fd).st_size, self.handles)
             self.segments.append(seg)
             self._bases.append(base)
             if i < len(found) - 1:
@@ -509,6 +712,8 @@ class Partition:
                     scan.segment_index.finish()
                     seg.index = scan.segment_index
                     seg.next_offset = end
+                    # Its roll job never finished: the log may not be fsynced either.
+                    _fsync_files([(str(seg_path), seg.size)], None, self._sync_log)
                     write_index_files(
                         seg_path,
                         scan.segment_index.offset_bytes(),
@@ -526,7 +731,7 @@ class Partition:
                         "the batches after it"
                     )
                 for _b, p in later:
-                    Segment(p, _b, -1, 0).delete_files()
+                    Segment(p, _b, -1, 0, self.handles).delete_files()
                 log.warning(
                     "log %s: removed %d empty segments after a damaged or unfinished one",
                     path,
@@ -534,6 +739,8 @@ class Partition:
                 )
                 del found[i + 1 :]
             # The active segment: scanned whole, torn tail cut.
+            if seg.fd < 0:  # a closed segment that became the last (see above)
+                seg.fd = os.open(seg_path, os.O_RDWR | os.O_CLOEXEC)
             scan = scan_log(seg_path, base)
             if scan.problem is not None:
                 self._cut_tail(seg, scan.valid_bytes, scan.problem)
@@ -545,6 +752,13 @@ class Partition:
             scans[base] = scan
             i += 1
         self._recover_producers(scans)
+        # What survived is the log: fsync the active segment once, so that every record
+        # a reader can see from now on is durable (it may be a page-cache leftover of a
+        # kill -9 that a power loss would still take).
+        active = self.segments[-1]
+        os.fsync(active.fd)
+        self._synced(active.path, active.size)
+        self._durable = self.latest
         if rebuilt:
             log.warning("log %s: rebuilt the indexes of %d segments", path, rebuilt)
 
@@ -553,7 +767,8 @@ class Partition:
         """The last offset-index entry must point at a batch with that base offset."""
         if not idx.positions:
             return True
-        head = os.pread(seg.fd, 12, idx.positions[-1])
+        with open(seg.path, "rb", buffering=0) as f:
+            head = os.pread(f.fileno(), 12, idx.positions[-1])
         expected = seg.base_offset + idx.rel_offsets[-1]
         return len(head) == 12 and int.from_bytes(head[4:12], "big") == expected
 
@@ -633,9 +848,7 @@ class Partition:
         if clean and self.failed is None:
             try:
                 jobs = [
-                    (os.dup(s.fd), str(s.path), s.size)
-                    for s in self.segments
-                    if s.synced_size < s.size or s.new
+                    (str(s.path), s.size) for s in self.segments if s.synced_size < s.size or s.new
                 ]
                 _fsync_files(jobs, self.path, self._sync_log)
                 active = self.segments[-1]
@@ -651,25 +864,21 @@ class Partition:
 
 class _ClosedSegment:
     """Worker-thread part of a roll: the logs of the closed segments not yet fsynced
-    (the one just closed and any older) fsynced in order, then the closed segment's
-    index files and the producer snapshot written and fsynced."""
+    (the one just closed and any older) fsynced in order, then the index files of the
+    closed segments not finished yet and the producer snapshot written and fsynced."""
 
-    __slots__ = ("logs", "path", "offsets", "times", "snap_path", "snap", "sync_log")
+    __slots__ = ("logs", "indexes", "snap_path", "snap", "sync_log")
 
     def __init__(
         self,
-        logs: list[tuple[int, str, int]],
-        path: Path,
-        offsets: bytes,
-        times: bytes,
+        logs: list[tuple[str, int]],
+        indexes: list[tuple[Path, bytes, bytes]],
         snap_path: Path,
         snap: bytes,
         sync_log: str | None,
     ) -> None:
         self.logs = logs
-        self.path = path
-        self.offsets = offsets
-        self.times = times
+        self.indexes = indexes
         self.snap_path = snap_path
         self.snap = snap
         self.sync_log = sync_log
@@ -681,27 +890,38 @@ class _ClosedSegment:
 
     def run(self) -> None:
         _fsync_files(self.logs, None, self.sync_log)
-        write_index_files(self.path, self.offsets, self.times, self.synced)
+        written = False
+        for path, offsets, times in self.indexes:
+            if path.exists():  # else deleted with its topic meanwhile
+                write_index_files(path, offsets, times, self.synced, sync_dir=False)
+                written = True
+        if written:
+            fsync_dir(self.indexes[0][0].parent)
         write_atomically(self.snap_path, self.snap)
         self.synced(self.snap_path, len(self.snap))
 
 
-def _fsync_files(
-    jobs: list[tuple[int, str, int]], directory: Path | None, sync_log: str | None
-) -> None:
-    """Worker thread: fsync each (dup'd fd, path, size) in order, then the directory;
-    every fd is closed."""
-    try:
-        for fd, _p, _size in jobs:
+def _fsync_files(jobs: list[tuple[str, int]], directory: Path | None, sync_log: str | None) -> None:
+    """Worker thread: fsync each (path, size) in order, then the directory.  Each
+    file is opened read-only for its fsync and closed at once (fsync flushes the
+    file, whatever fd it is called on), so a job holds one fd at a time; a file gone
+    meanwhile (retention, topic deletion) needs no fsync."""
+    done: list[tuple[str, int]] = []
+    for path, size in jobs:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
             os.fsync(fd)
-        if directory is not None:
-            fsync_dir(directory)
-    finally:
-        for fd, _p, _size in jobs:
+        finally:
             os.close(fd)
+        done.append((path, size))
+    if directory is not None:
+        fsync_dir(directory)
     if sync_log:
         with open(sync_log, "a") as f:
-            f.write("".join(f"{p} {size}\n" for _fd, p, size in jobs))
+            f.write("".join(f"{p} {size}\n" for p, size in done))
 
 
 def _ends_before(batch: memoryview, offset: int) -> bool:

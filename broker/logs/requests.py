@@ -204,7 +204,7 @@ class LogRequests:
                     else []
                 )
             except WharfError as exc:
-                hw, start = (part.latest, part.earliest) if part is not None else (-1, -1)
+                hw, start = (part.high_watermark, part.earliest) if part is not None else (-1, -1)
                 results.append([topic, number, exc.code, hw, start, exc.message])
                 answer_now = True
                 continue
@@ -212,7 +212,7 @@ class LogRequests:
                 answer_now = got = True
                 budget -= sum(len(b) for b in batches)
             parts.append(part)
-            results.append([topic, number, 0, part.latest, part.earliest, batches])
+            results.append([topic, number, 0, part.high_watermark, part.earliest, batches])
         return results, answer_now, parts
 
     # -- long poll -----------------------------------------------------------------

@@ -5,6 +5,10 @@ header with base offset, count, timestamps and CRC, then the producer's payload)
 Batches are written with one ``pwrite`` each on the event loop (page cache only);
 fsyncs run in worker threads (partition.py).  Reads are ``pread`` on the loop.
 
+Only the active segment owns an fd (``fd``, read-write).  A closed segment has
+``fd == -1`` and is read through the broker-wide pool of read handles (handles.py),
+pinned for the duration of one read.
+
 The segment's ``SegmentIndex`` (index.py) finds the position of an offset and the
 offset of a timestamp without reading the log; ``next_offset`` is the offset after
 the segment's last batch (for a closed segment: the next segment's base).
@@ -18,6 +22,7 @@ from typing import Final
 
 from wharf.protocol.records import HEADER, HEADER_BYTES, LENGTH_BYTES, decode_records
 
+from .handles import SHARED, Handle, SegmentHandles
 from .index import INDEX_INTERVAL_BYTES, MAX_RELATIVE, SegmentIndex, index_paths
 
 LOG_SUFFIX: Final = ".log"
@@ -78,12 +83,22 @@ class Segment:
         "new",
         "first_timestamp",
         "first_append_ms",
+        "handles",
+        "finished",
     )
 
-    def __init__(self, path: Path, base_offset: int, fd: int, size: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        base_offset: int,
+        fd: int,
+        size: int,
+        handles: SegmentHandles = SHARED,
+    ) -> None:
         self.base_offset = base_offset
         self.path = path
-        self.fd = fd
+        self.fd = fd  # the active segment's own fd; -1 once closed (see handles.py)
+        self.handles = handles
         self.size = size
         self.next_offset = base_offset
         self.index = SegmentIndex(base_offset)
@@ -91,6 +106,9 @@ class Segment:
         self.new = False  # directory entry not yet fsynced
         self.first_timestamp = -1  # max_timestamp of the first batch (for segment_ms)
         self.first_append_ms = -1  # broker clock at the first append (idle rolls)
+        # Closed and its roll job done (log fsynced, index files written); retention
+        # and compaction leave it alone until then.  True for the active segment.
+        self.finished = True
 
     def __repr__(self) -> str:
         return f"<Segment {self.base_offset}..{self.next_offset} {self.size} bytes>"
@@ -126,11 +144,27 @@ class Segment:
         first); and whether they reach the end of the segment.  With an ``arena`` the
         views are into its memory (valid until its next reset)."""
         _rel, pos = self.index.position_for(offset)
+        if pos >= self.size:
+            return [], True
+        if self.fd >= 0:
+            return self._read_from(self.fd, offset, pos, max_bytes, at_least_one, arena)
+        h = self.handles.acquire(self, self.path)
+        try:
+            return self._read_from(h.fd, offset, pos, max_bytes, at_least_one, arena)
+        finally:
+            self.handles.release(h)
+
+    def _read_from(
+        self,
+        fd: int,
+        offset: int,
+        pos: int,
+        max_bytes: int,
+        at_least_one: bool,
+        arena: ReadArena | None,
+    ) -> tuple[list[memoryview], bool]:
         end = self.size
         out: list[memoryview] = []
-        if pos >= end:
-            return out, True
-        fd = self.fd
         read = _pread if arena is None else arena.read
         # One read covering the batches to skip (less than an index interval) and the
         # answer; more only when the first batch wanted is bigger than that.
@@ -176,7 +210,15 @@ class Segment:
             return None
         start = self.index.offset_before_time(timestamp)
         _rel, pos = self.index.position_for(start)
-        fd = self.fd
+        if self.fd >= 0:
+            return self._first_at_time(self.fd, pos, timestamp)
+        h = self.handles.acquire(self, self.path)
+        try:
+            return self._first_at_time(h.fd, pos, timestamp)
+        finally:
+            self.handles.release(h)
+
+    def _first_at_time(self, fd: int, pos: int, timestamp: int) -> tuple[int, int] | None:
         while pos < self.size:
             head = HEADER.unpack(os.pread(fd, HEADER_BYTES, pos))
             size = head[0] + LENGTH_BYTES
@@ -187,10 +229,25 @@ class Segment:
             pos += size
         return None
 
-    def close(self) -> None:
+    def pin(self) -> Handle:
+        """A pinned read handle of this closed segment (``handles.release`` it)."""
+        return self.handles.acquire(self, self.path)
+
+    def seal(self) -> None:
+        """The segment is no longer the active one: give up its own fd (reads go
+        through the pool from now on)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def replaced(self) -> None:
+        """Another file now has this segment's name (compaction): pooled handles of
+        the old one must not serve reads of the new."""
+        self.handles.discard(self)
+
+    def close(self) -> None:
+        self.seal()
+        self.handles.discard(self)
 
     def delete_files(self) -> None:
         """Close and unlink the segment with its index files."""

@@ -36,6 +36,7 @@ from wharf.protocol.errors import (
 from wharf.protocol.records import CODECS, check_payload, encode_records
 
 from ..fsio import fsync_dir, write_atomically
+from .handles import SHARED, SegmentHandles
 from .partition import Partition
 from .producers import ProducerIds
 from .segment import segment_name
@@ -132,8 +133,11 @@ class TopicRegistry:
         *,
         retention_check_interval_ms: int = DEFAULT_RETENTION_CHECK_INTERVAL_MS,
         max_batch_bytes: int = 16 * 1024 * 1024,
+        handles: SegmentHandles = SHARED,
     ) -> None:
         self.root = root
+        # Read handles of closed segments, shared by every partition (handles.py).
+        self.handles = handles
         self.topics: dict[str, Topic] = {}
         self.retention_check_interval_ms = retention_check_interval_ms
         self.max_batch_bytes = max_batch_bytes
@@ -166,7 +170,9 @@ class TopicRegistry:
                 log.warning("topic dir %s has no partitions; ignoring it", entry)
                 continue
             config = _load_config(entry)
-            parts = [Partition(entry / str(i), i, config, entry.name) for i in range(count)]
+            parts = [
+                Partition(entry / str(i), i, config, entry.name, self.handles) for i in range(count)
+            ]
             self.topics[entry.name] = Topic(entry.name, entry, parts, config)
         if self.topics:
             log.info(
@@ -220,7 +226,9 @@ class TopicRegistry:
         final = self.root / name
         os.rename(tmp, final)
         fsync_dir(self.root)
-        parts = [Partition(final / str(i), i, settings, name) for i in range(partitions)]
+        parts = [
+            Partition(final / str(i), i, settings, name, self.handles) for i in range(partitions)
+        ]
         topic = Topic(name, final, parts, settings)
         self.topics[name] = topic
         log.info("created topic %s with %d partitions", name, partitions)
@@ -249,7 +257,9 @@ class TopicRegistry:
             # In order, each complete before the next: a crash leaves a contiguous prefix.
             _make_partition_dir(topic.path / str(i))
             fsync_dir(topic.path)
-            topic.partitions.append(Partition(topic.path / str(i), i, topic.config, name))
+            topic.partitions.append(
+                Partition(topic.path / str(i), i, topic.config, name, self.handles)
+            )
         return topic.describe()
 
     def delete(self, name: str) -> None:
@@ -326,6 +336,7 @@ class TopicRegistry:
             producer_id=producer_id,
             producer_epoch=producer_epoch if producer_id >= 0 else -1,
             base_sequence=base_sequence if producer_id >= 0 else -1,
+            hold_until_fsynced=acks == "fsynced",
         )
         return ProduceResult(part, base, False, append_time)
 
@@ -357,6 +368,7 @@ class TopicRegistry:
             codec=0,
             first_timestamp=min(stamps),
             max_timestamp=max(stamps),
+            hold_until_fsynced=acks == "fsynced",
         )
         return part, base
 
@@ -365,7 +377,7 @@ class TopicRegistry:
         part = self.get(name).partition(partition)
         return {
             "batches": part.fetch(offset, max_bytes),
-            "high_watermark": part.latest,
+            "high_watermark": part.high_watermark,
             "log_start": part.earliest,
         }
 
@@ -375,7 +387,7 @@ class TopicRegistry:
 
     def list_offsets(self, name: str, partition: int, ts: int | None = None) -> dict[str, Any]:
         part = self.get(name).partition(partition)
-        out: dict[str, Any] = {"earliest": part.earliest, "latest": part.latest}
+        out: dict[str, Any] = {"earliest": part.earliest, "latest": part.high_watermark}
         if ts is not None:
             out["offset"], out["timestamp"] = part.offset_for_timestamp(ts)
         return out

@@ -32,6 +32,7 @@ import contextlib
 import os
 import random
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -103,8 +104,11 @@ class BrokerProcess:
         *,
         env: dict[str, str] | None = None,
         log_dir: Path | None = None,
+        max_open_files: int | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        # RLIMIT_NOFILE of the broker process (as ``ulimit -n``), None: inherited.
+        self.max_open_files = max_open_files
         self.log_dir = log_dir if log_dir is not None else self.data_dir.parent
         self.extra_env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
@@ -144,6 +148,12 @@ class BrokerProcess:
             "--http-port", str(self.http_port),
             "--data-dir", str(self.data_dir),
         ]  # fmt: skip
+        limit = self.max_open_files
+
+        def set_limit() -> None:
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         with self.log_path.open("wb") as out:
             proc = subprocess.Popen(
                 cmd,
@@ -151,6 +161,7 @@ class BrokerProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=broker_env(self.extra_env),
+                preexec_fn=set_limit if limit is not None else None,
             )
         self.proc = proc
         return proc
@@ -254,10 +265,11 @@ async def broker_process(
     env: dict[str, str] | None = None,
     start: bool = True,
     budget_s: float = TEST_BUDGET_S,
+    max_open_files: int | None = None,
 ) -> AsyncIterator[BrokerProcess]:
     """A broker (started unless ``start=False``), killed at the end; the whole ``async
     with`` body runs within ``budget_s`` (TimeoutError beyond it)."""
-    bp = BrokerProcess(data_dir, env=env)
+    bp = BrokerProcess(data_dir, env=env, max_open_files=max_open_files)
     try:
         async with asyncio.timeout(budget_s):
             if start:

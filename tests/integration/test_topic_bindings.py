@@ -31,8 +31,14 @@ TIMEOUT_S = 5.0
 
 
 async def records_of(conn: wharf.Connection, topic: str) -> list[Any]:
-    """Every record of every partition of ``topic``, partition by partition."""
-    info = await conn.describe_topic(topic)
+    """Every record of every partition of ``topic``, partition by partition, once
+    everything appended is visible (persistent messages once fsynced)."""
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:
+            info = await conn.describe_topic(topic)
+            if all(o["latest"] == o["log_end"] for o in info["offsets"]):
+                break
+            await asyncio.sleep(0.01)  # bounded polling: the broker's fsync runs alone
     out: list[Any] = []
     for p in range(info["partitions"]):
         offset, latest = await conn.list_offsets(topic, p)

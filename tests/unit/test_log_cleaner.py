@@ -467,9 +467,12 @@ async def test_cleaner_picks_the_dirtiest_partition_and_closes(tmp_path: Path) -
 
 
 async def wait_for_indexes(part: Partition) -> None:
-    """A segment's index files are written in a worker thread after it rolls."""
+    """A segment's index files are written in a worker thread after it rolls (and
+    the segment counts as finished once the loop has seen that job end)."""
     for _ in range(500):
-        if all(p.exists() for s in part.segments[:-1] for p in index_paths(s.path)):
+        if all(
+            s.finished and all(p.exists() for p in index_paths(s.path)) for s in part.segments[:-1]
+        ):
             return
         await asyncio.sleep(0.01)
     raise AssertionError("index files of closed segments not written")
