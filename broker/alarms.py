@@ -14,6 +14,14 @@ never clear.  It has hysteresis: raised at the high watermark, cleared below
 raises the alarm too, so memory the accounting misses still blocks publishers, but
 unreclaimed free pages alone never do.
 
+The file-descriptor alarm (``fd_alarm``) is raised when an open failed with
+EMFILE/ENFILE since the last check, or when the fds in use (less the idle read
+handles the log layer can close on demand) reach ``FD_ALARM_FRACTION`` of the
+process's soft ``RLIMIT_NOFILE``; it clears below ``FD_CLEAR_FRACTION`` with no new
+failure.  As in RabbitMQ, it does not block publishers (a publish needs no new fd): it
+is reported in the log, in ``/readyz`` (503) and as ``wharf_alarm{resource="fds"}``, and
+the operation that found no fd answers 506.
+
 ``MemoryTrimmer`` gives freed heap memory back to the system (glibc ``malloc_trim``)
 after large releases, rate limited, in a worker thread.
 """
@@ -22,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import logging
 import os
 import platform
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +44,11 @@ log = logging.getLogger("wharf.alarms")
 
 MEMORY: Final = "memory"
 DISK: Final = "disk"
+FDS: Final = "fds"
+# The fd alarm: raised at this fraction of RLIMIT_NOFILE in use, cleared below the other.
+FD_ALARM_FRACTION: Final = 0.95
+FD_CLEAR_FRACTION: Final = 0.85
+_FD_DIR: Final = "/proc/self/fd"
 _CGROUP_LIMIT_FILES: Final = (
     "/sys/fs/cgroup/memory.max",
     "/sys/fs/cgroup/memory/memory.limit_in_bytes",
@@ -77,6 +92,21 @@ def rss_bytes() -> int:
 def free_disk_bytes(path: str) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
+
+
+def open_fds(limit: int) -> int:
+    """File descriptors this process holds now: ``limit`` when not even one more can be
+    opened to count them, 0 where /proc is missing."""
+    try:
+        return max(0, len(os.listdir(_FD_DIR)) - 1)  # less the one listdir opened
+    except OSError as exc:
+        return limit if exc.errno in (errno.EMFILE, errno.ENFILE) else 0
+
+
+def fd_limit() -> int:
+    """The soft RLIMIT_NOFILE, or 0 for none."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 0 if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
@@ -145,7 +175,11 @@ class ResourceMonitor:
         disk_free_limit_bytes: int,
         accounted_memory: Callable[[], int] | None = None,
         trimmer: MemoryTrimmer | None = None,
+        fd_errors: Callable[[], int] | None = None,
+        reclaimable_fds: Callable[[], int] | None = None,
     ) -> None:
+        """``fd_errors``: EMFILE/ENFILE failures so far (a counter); ``reclaimable_fds``:
+        open fds that can be closed on demand (idle pooled read handles)."""
         self.data_dir = data_dir
         self.memory_limit_bytes = int(total_memory_bytes() * memory_high_watermark)
         self.disk_free_limit_bytes = disk_free_limit_bytes
@@ -155,6 +189,12 @@ class ResourceMonitor:
         self.disk_free_bytes = 0
         self._accounted = accounted_memory if accounted_memory is not None else (lambda: 0)
         self._trimmer = trimmer
+        self._fd_errors = fd_errors if fd_errors is not None else (lambda: 0)
+        self._reclaimable_fds = reclaimable_fds if reclaimable_fds is not None else (lambda: 0)
+        self._fd_errors_seen = self._fd_errors()
+        self.fd_alarm = False
+        self.fds_open = 0
+        self.fds_limit = 0
 
     @property
     def memory_clear_bytes(self) -> int:
@@ -183,7 +223,28 @@ class ResourceMonitor:
             f"free disk {self.disk_free_bytes} bytes below the limit "
             f"{self.disk_free_limit_bytes} bytes",
         )
+        self._check_fds()
         return self.alarms != before
+
+    def _check_fds(self) -> None:
+        """Not a blocking alarm: see the module docstring."""
+        self.fds_limit = limit = fd_limit()
+        self.fds_open = open_fds(limit)
+        errors = self._fd_errors()
+        failed = errors > self._fd_errors_seen
+        self._fd_errors_seen = errors
+        in_use = self.fds_open - self._reclaimable_fds()
+        fraction = FD_CLEAR_FRACTION if self.fd_alarm else FD_ALARM_FRACTION
+        short = failed or (limit > 0 and in_use >= limit * fraction)
+        why = (
+            f"{self.fds_open} fds open ({in_use} not reclaimable) of a limit of {limit}, "
+            f"{errors} EMFILE/ENFILE failures so far"
+        )
+        if short and not self.fd_alarm:
+            log.warning("%s alarm raised: %s; raise the open-file limit (ulimit -n)", FDS, why)
+        elif not short and self.fd_alarm:
+            log.warning("%s alarm cleared: %s", FDS, why)
+        self.fd_alarm = short
 
     def _memory_alarm(self, raised: bool) -> bool:
         limit = self.memory_limit_bytes

@@ -324,6 +324,10 @@ def _route(broker: HttpBroker, registry: CollectorRegistry, request: _Request) -
             # Persistent publishing has stopped until a restart: an outage, not a blip.
             body = _json({"status": "failed", "reason": f"message store: {failed}"})
             return 503, JSON_CONTENT_TYPE, body, {}
+        if broker.ready and getattr(broker, "fd_alarm", False):
+            # Out of file descriptors: new connections and log segments fail.
+            body = _json({"status": "blocked", "alarms": ["fds"]})
+            return 503, JSON_CONTENT_TYPE, body, {}
         alarms = sorted(getattr(broker, "alarms", ()) or ())
         if broker.ready and alarms:
             # Serving, but publishers are blocked: not ready for more publishing load.

@@ -118,12 +118,24 @@ class BrokerCollector:
         for family, (_, attr, _) in zip(counters, _COUNTERS, strict=True):
             family.add_metric([], getattr(stats, attr))
         alarm = GaugeMetricFamily(
-            "wharf_alarm", "1 while a resource alarm blocks publishers.", labels=["resource"]
+            "wharf_alarm",
+            "1 while a resource alarm is raised (memory and disk block publishers; fds "
+            "means the broker is out of file descriptors).",
+            labels=["resource"],
         )
         raised: set[str] = getattr(broker, "alarms", set())
         for resource in ("memory", "disk"):
             alarm.add_metric([resource], 1 if resource in raised else 0)
+        alarm.add_metric(["fds"], 1 if getattr(broker, "fd_alarm", False) else 0)
         yield alarm
+        monitor = getattr(broker, "monitor", None)
+        if monitor is not None:
+            yield GaugeMetricFamily(
+                "wharf_open_fds", "File descriptors open at the last check.", monitor.fds_open
+            )
+            yield GaugeMetricFamily(
+                "wharf_fd_limit", "Soft open-file limit (0 = none).", monitor.fds_limit
+            )
         yield from self._memory_metrics()
         yield from self._policy_metrics(queues)
         yield from self._topic_metrics()

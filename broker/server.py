@@ -276,6 +276,8 @@ class Broker:
             s.disk_free_limit_bytes,
             accounted_memory=self.accounted_memory,
             trimmer=self.trimmer,
+            fd_errors=self._fd_errors,
+            reclaimable_fds=self._reclaimable_fds,
         )
         self.check_resources()
         loop = asyncio.get_running_loop()
@@ -344,6 +346,16 @@ class Broker:
             old.total,
         )
         return moved
+
+    def _fd_errors(self) -> int:
+        return self.logs.handles.fd_errors_total if self.logs is not None else 0
+
+    def _reclaimable_fds(self) -> int:
+        return self.logs.handles.idle if self.logs is not None else 0
+
+    @property
+    def fd_alarm(self) -> bool:
+        return self.monitor is not None and self.monitor.fd_alarm
 
     def check_resources(self) -> None:
         monitor = self.monitor

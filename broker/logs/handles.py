@@ -80,6 +80,11 @@ class SegmentHandles:
         return len(self._open)
 
     @property
+    def idle(self) -> int:
+        """Open handles nobody is reading through (closable on demand)."""
+        return sum(1 for h in self._open.values() if not h.pins)
+
+    @property
     def pinned(self) -> int:
         return sum(1 for h in self._open.values() if h.pins)
 

@@ -79,3 +79,32 @@ def test_a_large_release_asks_for_a_trim(tmp_path: Path, readings: Readings) -> 
     readings.accounted = 0
     m.check()
     assert trimmer._requested
+
+
+def test_fd_alarm_on_a_failed_open_or_near_the_limit_with_hysteresis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = {"open": 10, "errors": 0, "idle": 0}
+    monkeypatch.setattr(alarms, "fd_limit", lambda: 100)
+    monkeypatch.setattr(alarms, "open_fds", lambda limit: state["open"])
+    m = ResourceMonitor(
+        str(tmp_path),
+        0.5,
+        0,
+        fd_errors=lambda: state["errors"],
+        reclaimable_fds=lambda: state["idle"],
+    )
+    steps = [
+        ({}, False),
+        ({"errors": 1}, True),  # an EMFILE since the last check
+        ({}, False),  # no new failure, few fds in use
+        ({"open": 95}, True),
+        ({"open": 90}, True),  # between the two thresholds: stays raised
+        ({"open": 84}, False),
+        ({"open": 99, "idle": 20}, False),  # idle pooled handles can be closed on demand
+    ]
+    for change, raised in steps:
+        state.update(change)
+        m.check()
+        assert m.fd_alarm is raised, change
+        assert MEMORY not in m.alarms  # never a publisher-blocking alarm
