@@ -129,7 +129,8 @@ async def test_keeps_the_latest_value_per_key_at_its_offset(
     after = (await conn.describe_topic("state"))["offsets"][0]
     assert (after["earliest"], after["latest"]) == (before["earliest"], before["latest"])
     assert after["bytes"] < before["bytes"]
-    assert after["segments"] == before["segments"]  # a segment keeps its name, even empty
+    # Small neighbouring segments are merged (up to segment_bytes), never split.
+    assert 1 <= after["segments"] <= before["segments"]
     # A consumer reading from the start crosses the gaps.
     assert await conn.fetch("state", 0, 0) != []
 
