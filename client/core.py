@@ -132,9 +132,11 @@ class ConnectionCore(asyncio.BufferedProtocol):
         self._sinks_by_ack_id: dict[int, DeliverySink] = {}
         self._orphan_tags: set[str] = set()
         self.get_channel = AckChannel(self, 0)
-        # A non-fatal error nobody was waiting for (ack id 0, unknown request id):
-        # raised from the next request on the connection.
-        self.stored_error: WharfError | None = None
+        # Called with an asynchronous error that belongs to no waiting call: a refused
+        # fire-and-forget publish (ERROR id 0), a returned fire-and-forget mandatory
+        # message (RETURN seq 0), a failed settle of a GET message (ack id 0).  It is
+        # never raised from a later, unrelated call (docs/sdk.md, "Asynchronous errors").
+        self.on_async_error: Callable[[WharfError], None] | None = None
         self._handshake: asyncio.Future[list[Any]] | None = loop.create_future()
         self._close_ok: asyncio.Future[None] | None = None
         self._lost: asyncio.Future[None] = loop.create_future()
@@ -251,11 +253,18 @@ class ConnectionCore(asyncio.BufferedProtocol):
             if seq:
                 self.confirms.returned(seq, code, reason, exchange, routing_key, props, body)
             else:
-                log.warning(
-                    "wharf: unroutable message to exchange %r, routing key %r returned "
-                    "(publish with confirm=True to get wharf.Unroutable raised)",
-                    exchange,
-                    routing_key,
+                self._async_error(
+                    error_from_code(
+                        code,
+                        f"message to exchange '{exchange}' with routing key '{routing_key}' "
+                        f"was returned: {reason}",
+                        {
+                            "exchange": exchange,
+                            "routing_key": routing_key,
+                            "properties": props,
+                            "body": body,
+                        },
+                    )
                 )
         elif ftype == F.ERROR:
             self._on_error(frame)
@@ -324,11 +333,19 @@ class ConnectionCore(asyncio.BufferedProtocol):
             return
         sink = self._sinks_by_ack_id.get(rid)
         if sink is not None:
-            sink.on_ack_error(error)
-        elif self.stored_error is None:
-            self.stored_error = error
+            sink.on_ack_error(error)  # the consumer's own: raised from its iterator
         else:
-            log.warning("wharf: error from the broker not yet reported: %s", error)
+            self._async_error(error)
+
+    def _async_error(self, error: WharfError) -> None:
+        handler = self.on_async_error
+        if handler is None:
+            log.warning("wharf: asynchronous error from the broker: %s", error)
+            return
+        try:
+            handler(error)
+        except Exception:
+            log.exception("wharf: asynchronous error handler failed")
 
     def _orphan_delivery(self, frame: list[Any]) -> None:
         """Deliveries for a consumer we do not know (its CONSUME was abandoned):
@@ -452,13 +469,9 @@ class ConnectionCore(asyncio.BufferedProtocol):
     # -- requests ------------------------------------------------------------------
 
     def check_usable(self) -> None:
-        """Raise the connection's close error, or a stored error from an earlier frame."""
+        """Raise the connection's close error, if it has one."""
         if self.closed_error is not None:
             raise clone_error(self.closed_error)
-        if self.stored_error is not None:
-            error = self.stored_error
-            self.stored_error = None
-            raise error
 
     def new_request_id(self) -> int:
         return next(self._rids)
@@ -486,22 +499,17 @@ class ConnectionCore(asyncio.BufferedProtocol):
         self.send(self.encode((ftype, rid, *fields)))
         return rid
 
-    async def request(self, ftype: int, *fields: Any, check_after: bool = True) -> list[Any]:
+    async def request(self, ftype: int, *fields: Any) -> list[Any]:
         """Send a request and wait for its OK/GET_OK frame (ERROR raises)."""
         self.check_usable()
         if self._paused or self._wbuf_bytes > MAX_PENDING_WRITE_BYTES:
             await self.wait_writable()
         rid, fut = self.start_request(ftype, *fields)
         try:
-            frame = await fut
+            return await fut
         except asyncio.CancelledError:
             self.abandon_request(rid)
             raise
-        if check_after and self.stored_error is not None:
-            # The broker handles frames in order, so an error caused by something sent
-            # before this request (a bad ack) has arrived by now: report it here.
-            self.check_usable()
-        return frame
 
     def abandon_request(self, rid: int) -> None:
         """Nobody waits for this request any more: drop its answer when it comes."""

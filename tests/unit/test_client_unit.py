@@ -581,8 +581,10 @@ async def test_ack_error_routed_to_consumer_once() -> None:
     assert (await consumer.__anext__()).delivery_tag == 2
 
 
-async def test_get_ack_error_raised_from_next_request() -> None:
+async def test_get_ack_error_goes_to_on_error_not_the_next_request() -> None:
     conn, peer = await open_connection()
+    errors: list[wharf.WharfError] = []
+    conn.on_error(errors.append)
     get = asyncio.ensure_future(conn.get("q"))
     await settle()
     (frame,) = peer.frames()
@@ -594,8 +596,7 @@ async def test_get_ack_error_raised_from_next_request() -> None:
     await settle()
     assert peer.frames() == [[F.ACK_MANY, 0, [5]]]
     peer.send(F.ERROR, 0, 407, "unknown delivery tag 5", False, None)
-    with pytest.raises(wharf.UnknownDeliveryTag):
-        await conn.purge_queue("q")
+    assert [type(e) for e in errors] == [wharf.UnknownDeliveryTag]
     purge = asyncio.ensure_future(conn.purge_queue("q"))
     await settle()
     (frame,) = peer.frames()
