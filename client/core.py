@@ -57,6 +57,15 @@ TRANSPORT_LOW_WATER_BYTES: Final = 1024 * 1024
 SILENT_TICKS_BEFORE_TIMEOUT: Final = 4
 
 _HEARTBEAT_FRAME: Final = FrameEncoder().encode_array((F.HEARTBEAT, 0))
+# Sent right after the handshake: a HEARTBEAT the broker ignores (before AUTH too; the
+# extra field is ignored as SPEC section 12 says).  It carries CR LF CR LF so that an
+# HTTP server on this port sees the end of a request head and answers at once (400)
+# instead of waiting for more; that answer is then reported as "this port speaks HTTP".
+_PORT_PROBE_FRAME: Final = FrameEncoder().encode_array((F.HEARTBEAT, 0, "\r\n\r\n"))
+# What an HTTP/1.x server answers starts with this.  As a Wharf frame length it would be
+# over 1 GB, so a Wharf broker never sends it.
+HTTP_RESPONSE_PREFIX: Final = b"HTTP"
+WHARF_DEFAULT_PORT: Final = 5680
 
 
 # Called with the answer frame of a request, or with the error that ended it.
@@ -112,6 +121,10 @@ class ConnectionCore(asyncio.BufferedProtocol):
     ) -> None:
         self.loop = loop
         self._transport: asyncio.Transport | None = None
+        # The first bytes from the server, until there are enough to tell an HTTP
+        # answer from a Wharf frame (None once decided).
+        self._preamble: bytearray | None = bytearray()
+        self._preamble_view: memoryview | None = None
         self._decoder = FrameDecoder(
             MAX_RECEIVE_FRAME_BYTES, use_list=True, retain_bytes=RECEIVE_BUFFER_KEEP_BYTES
         )
@@ -170,16 +183,22 @@ class ConnectionCore(asyncio.BufferedProtocol):
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
         transport.set_write_buffer_limits(TRANSPORT_HIGH_WATER_BYTES, TRANSPORT_LOW_WATER_BYTES)
-        transport.write(F.HANDSHAKE)
+        transport.write(F.HANDSHAKE + _PORT_PROBE_FRAME)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # Bytes are received straight into the decoder's buffer.
-        return self._decoder.get_buffer(sizehint)
+        view = self._decoder.get_buffer(sizehint)
+        if self._preamble is not None:
+            self._preamble_view = view
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.closed_error is not None:
             return
         self._received = True
+        view = self._preamble_view
+        if view is not None and self._wrong_protocol(view[:nbytes]):
+            return
         try:
             frames = self._decoder.buffer_updated(nbytes)
         except WharfError as exc:
@@ -192,6 +211,8 @@ class ConnectionCore(asyncio.BufferedProtocol):
         if self.closed_error is not None:
             return
         self._received = True
+        if self._preamble is not None and self._wrong_protocol(data):
+            return
         try:
             frames = self._decoder.feed(data)
         except WharfError as exc:
@@ -225,6 +246,27 @@ class ConnectionCore(asyncio.BufferedProtocol):
         except Exception as exc:  # a malformed frame from the broker: nothing sane to do
             log.exception("wharf: cannot handle a frame from the broker")
             self.fail(FrameError(f"malformed frame from the broker: {exc!r}"))
+
+    def _wrong_protocol(self, data: bytes | memoryview) -> bool:
+        """Look at the first bytes the server sent: an HTTP answer fails the connection
+        at once with a clear error instead of a confusing frame error or a timeout."""
+        preamble = self._preamble
+        assert preamble is not None
+        preamble += data[: len(HTTP_RESPONSE_PREFIX) - len(preamble)]
+        if len(preamble) < len(HTTP_RESPONSE_PREFIX):
+            return False
+        self._preamble = None
+        self._preamble_view = None
+        if preamble != HTTP_RESPONSE_PREFIX:
+            return False
+        self.fail(
+            ProtocolMismatch(
+                f"this port speaks HTTP; the Wharf port is {WHARF_DEFAULT_PORT} "
+                "(unless the broker was configured otherwise)",
+                details={"speaks": "http"},
+            )
+        )
+        return True
 
     def eof_received(self) -> bool | None:
         return None
@@ -693,7 +735,14 @@ async def open_core(
                     f"cannot connect to the broker at {where}: {exc.strerror or exc}",
                     details={"host": params.host, "port": params.port},
                 ) from exc
-            await core.handshake(params.username, params.password, heartbeat_s, client_properties)
+            try:
+                await core.handshake(
+                    params.username, params.password, heartbeat_s, client_properties
+                )
+            except ProtocolMismatch as exc:
+                if exc.details.get("speaks") != "http":
+                    raise
+                raise ProtocolMismatch(f"{where}: {exc.message}", details=exc.details) from None
     except TimeoutError:
         if core is not None:
             core.abort(ConnectionLost("connect timed out"))

@@ -206,6 +206,15 @@ async def test_errors_exit_1_and_usage_errors_exit_2(http_url: str) -> None:
     assert r.code == 1 and "401" in r.err
 
 
+async def test_pointed_at_the_wharf_port_it_says_so_without_a_traceback(broker: Broker) -> None:
+    r = await run_ctl("queues", "list", url=f"http://127.0.0.1:{broker.port}")
+
+    assert r.code == 1
+    assert "this port speaks the Wharf protocol; the HTTP port is 8680" in r.err
+    assert "Traceback" not in r.err
+    assert r.out == ""
+
+
 async def test_shell_completion_is_available() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("_WHARF")}
     env.update(
