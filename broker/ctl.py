@@ -26,9 +26,12 @@ from .ctl_client import (
     table,
 )
 from .ctl_logs import groups, topics  # log topics and consumer groups
+from .ctl_progress import TerminalProgress
 
 # Payloads longer than this are cut in tables (``--json`` shows them whole).
 TABLE_PAYLOAD_CHARS: Final = 60
+# Messages per replay request when a terminal shows the progress of a replay.
+REPLAY_STEP_MESSAGES: Final = 1000
 
 
 @click.group()
@@ -163,8 +166,35 @@ def queues_replay(
         body["target"] = target
     if reason:
         body["reason"] = reason
-    r = c.request("POST", f"/queues/{seg(name)}/replay", body)
+    progress = TerminalProgress(f"replaying {name}", None)
+    if progress.enabled:
+        r = {"moved": _replay_in_steps(c, name, body, progress)}
+    else:
+        r = c.request("POST", f"/queues/{seg(name)}/replay", body)
     c.show(r, f"{r['moved']} messages moved out of {name}")
+
+
+def _replay_in_steps(
+    c: ApiClient, name: str, body: dict[str, Any], progress: TerminalProgress
+) -> int:
+    """The replay as several requests of at most ``REPLAY_STEP_MESSAGES``, so that a
+    terminal shows how far it got.  Bounded by the queue's depth at the start, so that
+    messages dying back into it are not replayed again and again."""
+    depth = int(c.request("GET", f"/queues/{seg(name)}").get("messages_ready", 0))
+    want = min(body["limit"], depth) if body["limit"] else depth
+    progress.total = want
+    moved = 0
+    try:
+        while moved < want:
+            step = dict(body, limit=min(REPLAY_STEP_MESSAGES, want - moved))
+            n = int(c.request("POST", f"/queues/{seg(name)}/replay", step)["moved"])
+            moved += n
+            progress.update(moved)
+            if n < step["limit"]:
+                break  # nothing left that matches
+    finally:
+        progress.finish()
+    return moved
 
 
 @queues.command("peek")

@@ -8,6 +8,7 @@ people and, with ``--json``, the API's JSON answer for scripts.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import urllib.error
 import urllib.parse
@@ -17,7 +18,11 @@ from typing import Any, Final
 
 import click
 
+from wharf.protocol import frames as F
+from wharf.protocol.codec import FrameDecoder
+
 DEFAULT_URL: Final = "http://127.0.0.1:8680"
+DEFAULT_HTTP_PORT: Final = 8680
 REQUEST_TIMEOUT_S: Final = 30.0
 DEFAULT_EXCHANGE_ALIAS: Final = "amq.default"
 
@@ -56,6 +61,9 @@ class ApiClient:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             raise BrokerError(_error_message(exc)) from None
+        except http.client.HTTPException as exc:
+            # Not an HTTP answer at all (http.client.BadStatusLine and kin).
+            raise BrokerError(self._not_http_message(exc)) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise BrokerError(f"cannot reach the broker at {self.base}: {reason}") from None
@@ -64,12 +72,34 @@ class ApiClient:
         except ValueError:
             raise BrokerError(f"the broker at {self.base} did not answer with JSON") from None
 
+    def _not_http_message(self, exc: http.client.HTTPException) -> str:
+        line = getattr(exc, "line", "")
+        # http.client decodes the status line as latin-1: this gives the bytes back.
+        raw = line.encode("latin-1", "replace") if isinstance(line, str) else b""
+        if _is_wharf_protocol(raw):
+            return (
+                f"{self.base} speaks the Wharf protocol, not HTTP: this port speaks the "
+                f"Wharf protocol; the HTTP port is {DEFAULT_HTTP_PORT} (unless the broker "
+                "was configured otherwise)"
+            )
+        return f"the server at {self.base} did not answer with HTTP ({type(exc).__name__})"
+
     def show(self, result: Any, human: str | None = None) -> None:
         """Print ``result`` as JSON with --json, else the human text (if any)."""
         if self.as_json:
             click.echo(json.dumps(result, indent=2, sort_keys=True))
         elif human is not None:
             click.echo(human)
+
+
+def _is_wharf_protocol(raw: bytes) -> bool:
+    """True if ``raw`` starts with the frame a Wharf broker sends as soon as it accepts a
+    connection (HELLO), or with its fatal ERROR."""
+    try:
+        frames = FrameDecoder(use_list=True).feed(raw)
+    except Exception:  # any decoding failure just means "not Wharf"
+        return False
+    return bool(frames) and frames[0][0] in (F.HELLO, F.ERROR)
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:

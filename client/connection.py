@@ -26,6 +26,7 @@ from .recovery import (
     DEFAULT_RECONNECT_MAX_DELAY_S,
     DEFAULT_RECONNECT_WAIT_TIMEOUT_S,
     DISCONNECTED,
+    ERROR,
     UNBLOCKED,
     BindingRecord,
     ConnectionEvent,
@@ -79,6 +80,7 @@ class Connection(LogsApi):
         self._event_tasks: set[asyncio.Task[Any]] = set()
         self._blocked_callbacks: list[Callable[[str | None], None]] = []
         self._blocked_reported: str | None = None
+        self._error_callbacks: list[Callable[[WharfError], object]] = []
         self._adopt(core)
 
     def __repr__(self) -> str:
@@ -138,10 +140,19 @@ class Connection(LogsApi):
         when it unblocks.  While blocked, publishes wait (the broker stops reading)."""
         self._blocked_callbacks.append(callback)
 
+    def on_error(self, callback: Callable[[WharfError], object]) -> None:
+        """Call ``callback(error)`` for an asynchronous error that no call is waiting
+        for: a refused fire-and-forget publish (``confirm=False``), a returned
+        fire-and-forget ``mandatory`` message (``wharf.Unroutable``), a refused settle of
+        a ``get`` message.  Such errors are never raised from a later call; without an
+        ``on_error`` callback they are logged (warning).  They also arrive as "error"
+        events.  A consumer's settle errors are raised from its iterator instead."""
+        self._error_callbacks.append(callback)
+
     def on_event(self, callback: Callable[[ConnectionEvent], object]) -> None:
         """Call ``callback(event)`` (a ``wharf.ConnectionEvent``) on "disconnected",
-        "reconnected", "blocked", "unblocked", "queue_renamed", "recovery_error" and
-        "closed".  Callbacks run on the event loop and must not block; one that
+        "reconnected", "blocked", "unblocked", "queue_renamed", "recovery_error",
+        "error" and "closed".  Callbacks run on the event loop and must not block; one that
         returns a coroutine has it run as a task.  Exceptions are logged."""
         self._event_callbacks.append(callback)
 
@@ -153,9 +164,21 @@ class Connection(LogsApi):
 
     def _adopt(self, core: ConnectionCore) -> None:
         core.on_fail = self._core_failed
+        core.on_async_error = self._async_error
         core.blocked_listeners.append(lambda reason: self._core_blocked(core, reason))
         if self._reconnector is not None:
             core.recoverable = True
+
+    def _async_error(self, error: WharfError) -> None:
+        callbacks = list(self._error_callbacks)
+        if not callbacks:
+            log.warning(
+                "wharf: asynchronous error from the broker (handle it with conn.on_error): %s",
+                error,
+            )
+        for callback in callbacks:
+            run_callback(callback, error, self._event_tasks)
+        self._emit(ConnectionEvent(ERROR, error=error))
 
     def _core_blocked(self, core: ConnectionCore, reason: str | None) -> None:
         if core is self._core:
@@ -236,11 +259,11 @@ class Connection(LogsApi):
         core.check_usable()
         return core
 
-    async def _request(self, ftype: int, *fields: Any, check_after: bool = True) -> list[Any]:
+    async def _request(self, ftype: int, *fields: Any) -> list[Any]:
         core = self._core
         if core.closed_error is not None:
             core = await self._live_core()
-        return await core.request(ftype, *fields, check_after=check_after)
+        return await core.request(ftype, *fields)
 
     @property
     def _topology(self) -> Topology | None:
@@ -456,7 +479,7 @@ class Connection(LogsApi):
         and the broker's error if it refused the message.  ``timestamp`` is epoch ms.
         """
         core = self._core
-        if core.closed_error is not None or core.stored_error is not None:
+        if core.closed_error is not None:
             core = await self._usable_core()
         if core.must_wait_writable():
             await core.wait_writable()
@@ -509,7 +532,7 @@ class Connection(LogsApi):
         if n == 0:
             return
         core = self._core
-        if core.closed_error is not None or core.stored_error is not None:
+        if core.closed_error is not None:
             core = await self._usable_core()
         if core.must_wait_writable():
             await core.wait_writable()
@@ -580,17 +603,11 @@ class Connection(LogsApi):
         core = self._core
         if core.closed_error is not None:
             core = await self._live_core()
-        frame = await core.request(F.GET, queue, no_ack, check_after=False)
+        frame = await core.request(F.GET, queue, no_ack)
         entry = frame[2] if frame[0] == F.GET_OK and len(frame) > 2 else None
-        msg = None
-        if entry is not None:
-            msg = message_from_entry(entry, None if no_ack else core.get_channel)
-        if core.stored_error is not None and not (no_ack and msg is not None):
-            # An earlier bad ack is reported here; give the message back first.
-            if msg is not None and core.closed_error is None:
-                core.send(core.encode((F.NACK, 0, msg.delivery_tag, False, True)))
-            core.check_usable()
-        return msg
+        if entry is None:
+            return None
+        return message_from_entry(entry, None if no_ack else core.get_channel)
 
     async def rpc(
         self,

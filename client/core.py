@@ -57,6 +57,15 @@ TRANSPORT_LOW_WATER_BYTES: Final = 1024 * 1024
 SILENT_TICKS_BEFORE_TIMEOUT: Final = 4
 
 _HEARTBEAT_FRAME: Final = FrameEncoder().encode_array((F.HEARTBEAT, 0))
+# Sent right after the handshake: a HEARTBEAT the broker ignores (before AUTH too; the
+# extra field is ignored as SPEC section 12 says).  It carries CR LF CR LF so that an
+# HTTP server on this port sees the end of a request head and answers at once (400)
+# instead of waiting for more; that answer is then reported as "this port speaks HTTP".
+_PORT_PROBE_FRAME: Final = FrameEncoder().encode_array((F.HEARTBEAT, 0, "\r\n\r\n"))
+# What an HTTP/1.x server answers starts with this.  As a Wharf frame length it would be
+# over 1 GB, so a Wharf broker never sends it.
+HTTP_RESPONSE_PREFIX: Final = b"HTTP"
+WHARF_DEFAULT_PORT: Final = 5680
 
 
 # Called with the answer frame of a request, or with the error that ended it.
@@ -112,6 +121,10 @@ class ConnectionCore(asyncio.BufferedProtocol):
     ) -> None:
         self.loop = loop
         self._transport: asyncio.Transport | None = None
+        # The first bytes from the server, until there are enough to tell an HTTP
+        # answer from a Wharf frame (None once decided).
+        self._preamble: bytearray | None = bytearray()
+        self._preamble_view: memoryview | None = None
         self._decoder = FrameDecoder(
             MAX_RECEIVE_FRAME_BYTES, use_list=True, retain_bytes=RECEIVE_BUFFER_KEEP_BYTES
         )
@@ -132,9 +145,11 @@ class ConnectionCore(asyncio.BufferedProtocol):
         self._sinks_by_ack_id: dict[int, DeliverySink] = {}
         self._orphan_tags: set[str] = set()
         self.get_channel = AckChannel(self, 0)
-        # A non-fatal error nobody was waiting for (ack id 0, unknown request id):
-        # raised from the next request on the connection.
-        self.stored_error: WharfError | None = None
+        # Called with an asynchronous error that belongs to no waiting call: a refused
+        # fire-and-forget publish (ERROR id 0), a returned fire-and-forget mandatory
+        # message (RETURN seq 0), a failed settle of a GET message (ack id 0).  It is
+        # never raised from a later, unrelated call (docs/sdk.md, "Asynchronous errors").
+        self.on_async_error: Callable[[WharfError], None] | None = None
         self._handshake: asyncio.Future[list[Any]] | None = loop.create_future()
         self._close_ok: asyncio.Future[None] | None = None
         self._lost: asyncio.Future[None] = loop.create_future()
@@ -168,16 +183,22 @@ class ConnectionCore(asyncio.BufferedProtocol):
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
         transport.set_write_buffer_limits(TRANSPORT_HIGH_WATER_BYTES, TRANSPORT_LOW_WATER_BYTES)
-        transport.write(F.HANDSHAKE)
+        transport.write(F.HANDSHAKE + _PORT_PROBE_FRAME)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # Bytes are received straight into the decoder's buffer.
-        return self._decoder.get_buffer(sizehint)
+        view = self._decoder.get_buffer(sizehint)
+        if self._preamble is not None:
+            self._preamble_view = view
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.closed_error is not None:
             return
         self._received = True
+        view = self._preamble_view
+        if view is not None and self._wrong_protocol(view[:nbytes]):
+            return
         try:
             frames = self._decoder.buffer_updated(nbytes)
         except WharfError as exc:
@@ -190,6 +211,8 @@ class ConnectionCore(asyncio.BufferedProtocol):
         if self.closed_error is not None:
             return
         self._received = True
+        if self._preamble is not None and self._wrong_protocol(data):
+            return
         try:
             frames = self._decoder.feed(data)
         except WharfError as exc:
@@ -224,6 +247,27 @@ class ConnectionCore(asyncio.BufferedProtocol):
             log.exception("wharf: cannot handle a frame from the broker")
             self.fail(FrameError(f"malformed frame from the broker: {exc!r}"))
 
+    def _wrong_protocol(self, data: bytes | memoryview) -> bool:
+        """Look at the first bytes the server sent: an HTTP answer fails the connection
+        at once with a clear error instead of a confusing frame error or a timeout."""
+        preamble = self._preamble
+        assert preamble is not None
+        preamble += data[: len(HTTP_RESPONSE_PREFIX) - len(preamble)]
+        if len(preamble) < len(HTTP_RESPONSE_PREFIX):
+            return False
+        self._preamble = None
+        self._preamble_view = None
+        if preamble != HTTP_RESPONSE_PREFIX:
+            return False
+        self.fail(
+            ProtocolMismatch(
+                f"this port speaks HTTP; the Wharf port is {WHARF_DEFAULT_PORT} "
+                "(unless the broker was configured otherwise)",
+                details={"speaks": "http"},
+            )
+        )
+        return True
+
     def eof_received(self) -> bool | None:
         return None
 
@@ -251,11 +295,18 @@ class ConnectionCore(asyncio.BufferedProtocol):
             if seq:
                 self.confirms.returned(seq, code, reason, exchange, routing_key, props, body)
             else:
-                log.warning(
-                    "wharf: unroutable message to exchange %r, routing key %r returned "
-                    "(publish with confirm=True to get wharf.Unroutable raised)",
-                    exchange,
-                    routing_key,
+                self._async_error(
+                    error_from_code(
+                        code,
+                        f"message to exchange '{exchange}' with routing key '{routing_key}' "
+                        f"was returned: {reason}",
+                        {
+                            "exchange": exchange,
+                            "routing_key": routing_key,
+                            "properties": props,
+                            "body": body,
+                        },
+                    )
                 )
         elif ftype == F.ERROR:
             self._on_error(frame)
@@ -324,11 +375,19 @@ class ConnectionCore(asyncio.BufferedProtocol):
             return
         sink = self._sinks_by_ack_id.get(rid)
         if sink is not None:
-            sink.on_ack_error(error)
-        elif self.stored_error is None:
-            self.stored_error = error
+            sink.on_ack_error(error)  # the consumer's own: raised from its iterator
         else:
-            log.warning("wharf: error from the broker not yet reported: %s", error)
+            self._async_error(error)
+
+    def _async_error(self, error: WharfError) -> None:
+        handler = self.on_async_error
+        if handler is None:
+            log.warning("wharf: asynchronous error from the broker: %s", error)
+            return
+        try:
+            handler(error)
+        except Exception:
+            log.exception("wharf: asynchronous error handler failed")
 
     def _orphan_delivery(self, frame: list[Any]) -> None:
         """Deliveries for a consumer we do not know (its CONSUME was abandoned):
@@ -452,13 +511,9 @@ class ConnectionCore(asyncio.BufferedProtocol):
     # -- requests ------------------------------------------------------------------
 
     def check_usable(self) -> None:
-        """Raise the connection's close error, or a stored error from an earlier frame."""
+        """Raise the connection's close error, if it has one."""
         if self.closed_error is not None:
             raise clone_error(self.closed_error)
-        if self.stored_error is not None:
-            error = self.stored_error
-            self.stored_error = None
-            raise error
 
     def new_request_id(self) -> int:
         return next(self._rids)
@@ -486,22 +541,17 @@ class ConnectionCore(asyncio.BufferedProtocol):
         self.send(self.encode((ftype, rid, *fields)))
         return rid
 
-    async def request(self, ftype: int, *fields: Any, check_after: bool = True) -> list[Any]:
+    async def request(self, ftype: int, *fields: Any) -> list[Any]:
         """Send a request and wait for its OK/GET_OK frame (ERROR raises)."""
         self.check_usable()
         if self._paused or self._wbuf_bytes > MAX_PENDING_WRITE_BYTES:
             await self.wait_writable()
         rid, fut = self.start_request(ftype, *fields)
         try:
-            frame = await fut
+            return await fut
         except asyncio.CancelledError:
             self.abandon_request(rid)
             raise
-        if check_after and self.stored_error is not None:
-            # The broker handles frames in order, so an error caused by something sent
-            # before this request (a bad ack) has arrived by now: report it here.
-            self.check_usable()
-        return frame
 
     def abandon_request(self, rid: int) -> None:
         """Nobody waits for this request any more: drop its answer when it comes."""
@@ -685,7 +735,14 @@ async def open_core(
                     f"cannot connect to the broker at {where}: {exc.strerror or exc}",
                     details={"host": params.host, "port": params.port},
                 ) from exc
-            await core.handshake(params.username, params.password, heartbeat_s, client_properties)
+            try:
+                await core.handshake(
+                    params.username, params.password, heartbeat_s, client_properties
+                )
+            except ProtocolMismatch as exc:
+                if exc.details.get("speaks") != "http":
+                    raise
+                raise ProtocolMismatch(f"{where}: {exc.message}", details=exc.details) from None
     except TimeoutError:
         if core is not None:
             core.abort(ConnectionLost("connect timed out"))

@@ -57,9 +57,7 @@ class LogsApi:
 
     if TYPE_CHECKING:
         # Provided by Connection.
-        async def _request(
-            self, ftype: int, *fields: Any, check_after: bool = True
-        ) -> list[Any]: ...
+        async def _request(self, ftype: int, *fields: Any) -> list[Any]: ...
 
         async def _usable_core(self) -> ConnectionCore: ...
 

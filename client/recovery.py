@@ -35,7 +35,7 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from wharf.protocol import frames as F
 from wharf.protocol.errors import ConnectionLost, NotFound, WharfError
@@ -68,6 +68,7 @@ UNBLOCKED: Final = "unblocked"
 QUEUE_RENAMED: Final = "queue_renamed"
 RECOVERY_ERROR: Final = "recovery_error"
 CLOSED: Final = "closed"
+ERROR: Final = "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,9 @@ class ConnectionEvent:
     dials this outage took), "blocked" (``reason``: the broker's alarm, e.g.
     "memory"), "unblocked", "queue_renamed" (``old_name``, ``new_name``),
     "recovery_error" (``error``, and ``old_name`` = what could not be restored, e.g.
-    "queue 'q'"), "closed" (``error``: why; the connection will not come back).
+    "queue 'q'"), "error" (``error``: an asynchronous error no call waits for, e.g. a
+    refused fire-and-forget publish; see ``Connection.on_error``), "closed" (``error``:
+    why; the connection will not come back).
     """
 
     name: str
@@ -573,20 +576,24 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
         fut.exception()  # nobody may be waiting: mark the outcome as seen
 
 
+_E = TypeVar("_E", "ConnectionEvent", WharfError)
+
+
 def run_callback(
-    callback: Callable[[ConnectionEvent], object],
-    event: ConnectionEvent,
+    callback: Callable[[_E], object],
+    event: _E,
     tasks: set[asyncio.Task[Any]],
 ) -> None:
-    """Call an event callback; a coroutine it returns runs as a task (kept in ``tasks``
-    until done).  Failures are logged, never raised into the SDK."""
+    """Call an event (or error) callback; a coroutine it returns runs as a task (kept
+    in ``tasks`` until done).  Failures are logged, never raised into the SDK."""
+    name = event.name if isinstance(event, ConnectionEvent) else type(event).__name__
     try:
         result = callback(event)
     except Exception:
-        log.exception("wharf: event callback %r failed on %r", callback, event.name)
+        log.exception("wharf: event callback %r failed on %r", callback, name)
         return
     if asyncio.iscoroutine(result):
-        task = asyncio.get_running_loop().create_task(_logged(result, event.name))
+        task = asyncio.get_running_loop().create_task(_logged(result, name))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 

@@ -9,9 +9,9 @@ calls from different threads run concurrently on the loop (publishes from many
 threads share the connection's confirm stream), and one consumer is iterated by one
 thread at a time (concurrent ``next()`` calls take turns).
 
-Callbacks given to ``on_event``/``on_blocked`` run on the loop thread: they must not
-call back into this blocking API (that would wait on the thread that has to do the
-work; it raises ``RuntimeError`` instead).
+Callbacks given to ``on_event``/``on_blocked``/``on_error`` run on the loop thread: they
+must not call back into this blocking API (that would wait on the thread that has to do
+the work; it raises ``RuntimeError`` instead).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 import uvloop
 
-from wharf.protocol.errors import ConnectionLost
+from wharf.protocol.errors import ConnectionLost, WharfError
 
 from .connection import (
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -83,7 +83,7 @@ class _LoopThread:
             coro.close()
             raise RuntimeError(
                 "a blocking wharf.sync call was made on the client's own event-loop thread "
-                "(from an on_event/on_blocked callback?); it would wait forever"
+                "(from an on_event/on_blocked/on_error callback?); it would wait forever"
             )
         if not self.thread.is_alive():
             coro.close()
@@ -488,6 +488,10 @@ class SyncConnection:
     def on_blocked(self, callback: Callable[[str | None], None]) -> None:
         """``Connection.on_blocked``; the callback runs on the client's loop thread."""
         self._runner.call(lambda: self._conn.on_blocked(callback))
+
+    def on_error(self, callback: Callable[[WharfError], object]) -> None:
+        """``Connection.on_error``; the callback runs on the client's loop thread."""
+        self._runner.call(lambda: self._conn.on_error(callback))
 
     def close(self) -> None:
         """Close the connection and stop its thread.  Idempotent."""

@@ -31,6 +31,7 @@ from typing import Any, Final, Protocol, cast
 
 from wharf.protocol import frames as F
 
+from ..ctl_progress import TerminalProgress
 from .common import POLL_S, Target, log, padding, run_async, stamp
 from .rawclient import RawConnection
 
@@ -129,12 +130,16 @@ def run_flow(plan: Plan) -> FlowResult:
         go.set()
         results: dict[tuple[str, int], dict[str, Any]] = {}
         deadline = time.monotonic() + plan.timeout_s
+        progress = TerminalProgress("[bench] consumed", plan.count)
         while _total(counts) < plan.count:
+            progress.update(_total(counts))
             if time.monotonic() > deadline:
+                progress.finish()
                 result.timed_out = True
                 log(f"timed out with {_total(counts)}/{plan.count} consumed")
                 break
             _drain_events(events, results, timeout_s=POLL_S)
+        progress.finish()
         stop.set()
         wanted = plan.producers + plan.consumers
         deadline = time.monotonic() + RESULT_TIMEOUT_S

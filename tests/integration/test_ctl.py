@@ -4,6 +4,7 @@ against a broker in this process (the subprocess is awaited, so the loop keeps s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -206,6 +207,15 @@ async def test_errors_exit_1_and_usage_errors_exit_2(http_url: str) -> None:
     assert r.code == 1 and "401" in r.err
 
 
+async def test_pointed_at_the_wharf_port_it_says_so_without_a_traceback(broker: Broker) -> None:
+    r = await run_ctl("queues", "list", url=f"http://127.0.0.1:{broker.port}")
+
+    assert r.code == 1
+    assert "this port speaks the Wharf protocol; the HTTP port is 8680" in r.err
+    assert "Traceback" not in r.err
+    assert r.out == ""
+
+
 async def test_shell_completion_is_available() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("_WHARF")}
     env.update(
@@ -217,3 +227,59 @@ async def test_shell_completion_is_available() -> None:
     async with asyncio.timeout(RUN_TIMEOUT_S):
         out, _ = await proc.communicate()
     assert "queues" in out.decode()
+
+
+async def _dead_letters(conn: wharf.Connection, dlq: str, count: int) -> None:
+    """``count`` messages in ``dlq``, dead-lettered there by a TTL of 0."""
+    await conn.declare_queue(dlq)
+    src = _qname()
+    args = {"x-message-ttl": 0, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}
+    await conn.declare_queue(src, arguments=args)
+    await conn.publish_many("", src, [b"m%d" % i for i in range(count)])
+    await wait_until_async(lambda: conn.declare_queue(dlq, passive=True), count)
+
+
+async def wait_until_async(declare: Any, count: int) -> None:
+    async with asyncio.timeout(5.0):
+        while (await declare()).messages < count:  # noqa: ASYNC110 (bounded polling)
+            await asyncio.sleep(POLL_S)
+
+
+async def test_replay_shows_progress_on_a_terminal_only(
+    broker: Broker, http_url: str, url: str
+) -> None:
+    count = 2500  # three replay requests of at most 1000
+    async with await wharf.connect(url) as conn:
+        dlq, target = _qname(), _qname()
+        await conn.declare_queue(target)
+        await _dead_letters(conn, dlq, count)
+
+        # stderr on a pseudo-terminal: a progress line there, stdout stays plain JSON.
+        leader, follower = os.openpty()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                _wharf_script(), "ctl", "--url", http_url, "--json", "queues", "replay", dlq,
+                "--to", target, "--limit", "2200",
+                stdout=asyncio.subprocess.PIPE, stderr=follower,
+            )  # fmt: skip
+            async with asyncio.timeout(RUN_TIMEOUT_S):
+                out, _ = await proc.communicate()
+            os.close(follower)
+            follower = -1
+            terminal = b""
+            with contextlib.suppress(OSError):  # EIO once everything is read
+                while chunk := os.read(leader, 4096):
+                    terminal += chunk
+        finally:
+            os.close(leader)
+            if follower >= 0:
+                os.close(follower)
+        assert proc.returncode == 0
+        assert json.loads(out) == {"moved": 2200}
+        assert b"replaying " + dlq.encode() + b": 1000/2200" in terminal
+        assert (await conn.declare_queue(target, passive=True)).messages == 2200
+
+        # Not a terminal: nothing on stderr, one request.
+        r = await run_ctl("--json", "queues", "replay", dlq, "--to", target, url=http_url)
+        assert r.code == 0 and r.json() == {"moved": count - 2200}
+        assert r.err == ""

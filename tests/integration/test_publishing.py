@@ -115,18 +115,6 @@ async def test_fire_and_forget_and_confirmed_publishes_interleave(conn: wharf.Co
     assert [m.body for m in await drain(conn, "q")] == [b"1", b"2", b"3", b"4", b"5"]
 
 
-async def test_refused_fire_and_forget_publish_is_reported_by_the_next_request(
-    conn: wharf.Connection,
-) -> None:
-    # Without a sequence number the broker answers a refused publish with ERROR id 0;
-    # it handles frames in order, so the next request's answer comes after that error.
-    await conn.publish("missing-exchange", "k", b"m", confirm=False)
-
-    with pytest.raises(wharf.NotFound):
-        await conn.declare_queue("q")
-    assert (await conn.declare_queue("q")).name == "q"  # reported once, then usable
-
-
 async def test_mandatory_fire_and_forget_unroutable_does_not_break_the_connection(
     conn: wharf.Connection,
 ) -> None:

@@ -290,12 +290,16 @@ class Peer:
         self.core.data_received(encode_array(frame))
 
     def frames(self) -> list[list[Any]]:
-        """Frames the client wrote since the last call."""
+        """Frames the client wrote since the last call (without the port probe that
+        follows the handshake: test_client_sends_a_port_probe_after_the_handshake)."""
         out: list[list[Any]] = []
         for data in self.transport.writes[self.read :]:
-            out.extend(self.decoder.feed(data))
+            out.extend(f for f in self.decoder.feed(data) if f != PORT_PROBE)
         self.read = len(self.transport.writes)
         return out
+
+
+PORT_PROBE = [F.HEARTBEAT, 0, "\r\n\r\n"]
 
 
 async def settle() -> None:
@@ -581,8 +585,10 @@ async def test_ack_error_routed_to_consumer_once() -> None:
     assert (await consumer.__anext__()).delivery_tag == 2
 
 
-async def test_get_ack_error_raised_from_next_request() -> None:
+async def test_get_ack_error_goes_to_on_error_not_the_next_request() -> None:
     conn, peer = await open_connection()
+    errors: list[wharf.WharfError] = []
+    conn.on_error(errors.append)
     get = asyncio.ensure_future(conn.get("q"))
     await settle()
     (frame,) = peer.frames()
@@ -594,8 +600,7 @@ async def test_get_ack_error_raised_from_next_request() -> None:
     await settle()
     assert peer.frames() == [[F.ACK_MANY, 0, [5]]]
     peer.send(F.ERROR, 0, 407, "unknown delivery tag 5", False, None)
-    with pytest.raises(wharf.UnknownDeliveryTag):
-        await conn.purge_queue("q")
+    assert [type(e) for e in errors] == [wharf.UnknownDeliveryTag]
     purge = asyncio.ensure_future(conn.purge_queue("q"))
     await settle()
     (frame,) = peer.frames()
@@ -1088,3 +1093,57 @@ async def test_server_named_shared_queue_keeps_its_name_while_it_exists() -> Non
         ("queue_renamed", "amq.gen-b", "amq.gen-c"),
         ("reconnected", None, None),
     ]
+
+
+# -- the port probe: an HTTP server answers at once ------------------------------------
+
+
+def test_client_sends_a_port_probe_after_the_handshake() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        core = ConnectionCore(loop)
+        transport = FakeTransport(loop)
+        transport.protocol = core
+        core.connection_made(transport)
+        (sent,) = transport.writes
+        assert sent.startswith(F.HANDSHAKE)
+        # The probe is a HEARTBEAT (ignored by a broker, before AUTH too) whose bytes end
+        # an HTTP request head, so that an HTTP server answers without waiting.
+        assert sent.endswith(b"\r\n\r\n")
+        assert FrameDecoder(expect_handshake=True, use_list=True).feed(sent) == [PORT_PROBE]
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+async def test_http_answer_fails_the_handshake_whatever_the_split(chunk: int) -> None:
+    loop = asyncio.get_running_loop()
+    core = ConnectionCore(loop)
+    transport = FakeTransport(loop)
+    transport.protocol = core
+    core.connection_made(transport)
+    handshake = loop.create_task(core.handshake("guest", "guest", 0, {}))
+    answer = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    for i in range(0, len(answer), chunk):
+        core.data_received(answer[i : i + chunk])
+    with pytest.raises(wharf.ProtocolMismatch, match="this port speaks HTTP; the Wharf port"):
+        await handshake
+
+
+async def test_a_wharf_hello_split_into_single_bytes_is_not_mistaken_for_http() -> None:
+    loop = asyncio.get_running_loop()
+    core = ConnectionCore(loop)
+    transport = FakeTransport(loop)
+    transport.protocol = core
+    core.connection_made(transport)
+    peer = Peer(core, transport)
+    task = loop.create_task(core.handshake("guest", "guest", 0, {}))
+    hello = encode_array((F.HELLO, 0, 1, "wharf", 1 << 20, 1 << 19, 60, ["PLAIN"]))
+    for i in range(len(hello)):
+        core.data_received(hello[i : i + 1])
+    await settle()
+    (auth,) = peer.frames()
+    assert auth[0] == F.AUTH
+    peer.send(F.AUTH_OK, auth[1], "conn-1", 0, {})
+    await task
+    assert core.connection_id == "conn-1"
