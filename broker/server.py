@@ -33,6 +33,7 @@ from .logs import TopicRegistry  # log topics
 from .logs.cleaner import LogCleaner  # log compaction
 from .logs.groups import GroupCoordinator
 from .paging import PagedRow
+from .ports import busy_ports, busy_ports_message
 from .queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
 from .store.definitions import load_definitions, save_definitions
 from .store.recovery import Recovered, drop_unknown_queues, recover
@@ -73,6 +74,12 @@ class BrokerStats:
 
 
 class DataDirLocked(WharfError):
+    code = 506
+
+
+class PortsBusy(WharfError):
+    """A listening port cannot be bound; found before the data directory is touched."""
+
     code = 506
 
 
@@ -266,6 +273,13 @@ class Broker:
 
     async def start(self) -> None:
         s = self.settings
+        # Before the data directory: a busy port must not leave a LOCK or new directories
+        # behind, and the message names every busy port at once.
+        busy = busy_ports(
+            [("native protocol", s.host, s.port), ("HTTP", s.http_bind_host, s.http_port)]
+        )
+        if busy:
+            raise PortsBusy(busy_ports_message(busy))
         self._lock_data_dir()
         self._recover()
         self.monitor = ResourceMonitor(
@@ -555,7 +569,7 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await broker.start()
-    except DataDirLocked as exc:
+    except (DataDirLocked, PortsBusy) as exc:
         log.error("%s", exc.message)
         return 1
     except OSError as exc:
