@@ -52,6 +52,8 @@ from wharf.protocol.records import (
     with_delete_horizon,
 )
 
+from ..fsio import fsync
+
 CLEANED_SUFFIX: Final = ".cleaned"
 # Soft bound on the offset map of one pass; what does not fit waits for the next pass.
 OFFSET_MAP_BUDGET_BYTES: Final = 64 * 1024 * 1024
@@ -322,7 +324,7 @@ def clean_segment(
         if out is None:
             return None
         out.flush()
-        os.fsync(out.fileno())
+        fsync(out.fileno(), dest)
         out.close()
         out = None
     except BaseException:

@@ -42,8 +42,7 @@ from typing import Final
 from wharf.protocol.errors import InternalError, OffsetOutOfRange, WharfError
 from wharf.protocol.records import LOG_APPEND_TIME, build_batch, decode_records, read_header
 
-from ..fsio import fsync_dir, write_atomically
-from ..store.segments import SYNC_LOG_ENV
+from ..fsio import FAULTS, fsync, fsync_dir, record_synced, record_synced_many, write_atomically
 from .index import ScanResult, SegmentIndex, load_index, scan_log, write_index_files
 from .producers import (
     SNAPSHOTS_KEPT,
@@ -84,7 +83,7 @@ class Partition:
         self._written = 0  # bytes appended since open (a counter for group commit)
         self._synced_through = 0
         self._waiters: list[Callable[[], None]] = []  # long-poll fetches
-        self._sync_log = os.environ.get(SYNC_LOG_ENV) or None
+        self._sync_log = FAULTS.sync_log  # fsio's sync log (tests), passed to worker jobs
         # Worker-thread jobs still running (rolls, fsyncs): shutdown waits for them.
         self._jobs: set[asyncio.Future[None]] = set()
         self.closed = False
@@ -565,7 +564,7 @@ class Partition:
         side = seg.path.with_name(f"{seg.path.name}.torn-{_now_ms()}")
         side.write_bytes(cut)
         os.ftruncate(seg.fd, valid)
-        os.fsync(seg.fd)
+        fsync(seg.fd, seg.path)
         self._synced(seg.path, valid)
         log.warning(
             "log %s: cut %d bytes at byte %d (%s); kept them in %s",
@@ -611,9 +610,7 @@ class Partition:
                     )
 
     def _synced(self, path: Path, length: int) -> None:
-        if self._sync_log:
-            with open(self._sync_log, "a") as f:
-                f.write(f"{path} {length}\n")
+        record_synced(path, length)
 
     # -- closing -------------------------------------------------------------------
 
@@ -675,9 +672,7 @@ class _ClosedSegment:
         self.sync_log = sync_log
 
     def synced(self, path: Path, length: int) -> None:
-        if self.sync_log:
-            with open(self.sync_log, "a") as f:
-                f.write(f"{path} {length}\n")
+        record_synced(path, length)
 
     def run(self) -> None:
         _fsync_files(self.logs, None, self.sync_log)
@@ -692,16 +687,15 @@ def _fsync_files(
     """Worker thread: fsync each (dup'd fd, path, size) in order, then the directory;
     every fd is closed."""
     try:
-        for fd, _p, _size in jobs:
-            os.fsync(fd)
+        for fd, p, _size in jobs:
+            fsync(fd, p)
         if directory is not None:
             fsync_dir(directory)
     finally:
         for fd, _p, _size in jobs:
             os.close(fd)
     if sync_log:
-        with open(sync_log, "a") as f:
-            f.write("".join(f"{p} {size}\n" for _fd, p, size in jobs))
+        record_synced_many((p, size) for _fd, p, size in jobs)
 
 
 def _ends_before(batch: memoryview, offset: int) -> bool:

@@ -50,7 +50,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
-from ..fsio import SYNC_LOG_ENV, fsync, fsync_dir, record_synced, write_all  # noqa: F401 (log modules import it from here until they use fsio)
+from ..fsio import fsync, fsync_dir, record_synced, write_all
 from .records import (
     ACKS,
     COUNTS,
