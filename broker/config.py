@@ -24,13 +24,14 @@ a config file should stop the broker, not be silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 import os
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
@@ -82,12 +83,59 @@ MIN_FRAME_BYTES: Final = 4 * 1024
 MAX_HEARTBEAT_S: Final = 65_535
 
 ENV_PREFIX: Final = "WHARF_"
+# WHARF_* variables that are not settings: read by other commands (ctl, bench), by the
+# test harness, or by click's shell completion.  Never reported as typos of a setting.
+OTHER_ENV_VARS: Final = frozenset(
+    {"WHARF_CONFIG", "WHARF_HTTP_URL", "WHARF_URL", "WHARF_USER", "WHARF_PASSWORD"}
+)
+OTHER_ENV_PREFIXES: Final = ("WHARF_TEST_",)
+# How alike a word must be to a known key (difflib ratio, 0..1) to be offered as "did you
+# mean".  An unknown WHARF_* variable is an error only when it is this close to a setting's
+# variable: other tools may have their own WHARF_* variables, a typo should not be ignored.
+SUGGEST_CUTOFF: Final = 0.6
+ENV_TYPO_CUTOFF: Final = 0.75
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS: Final = ("human", "json")
 
 
 class ConfigError(ValueError):
     """A configuration key is unknown or has a bad value; the message names the key."""
+
+
+def suggest_key(key: str, known: Iterable[str], *, cutoff: float = SUGGEST_CUTOFF) -> str | None:
+    """The known key closest to ``key`` (a probable typo of it), or None."""
+    matches = difflib.get_close_matches(key.lower(), list(known), n=1, cutoff=cutoff)
+    return matches[0] if matches else None
+
+
+def unknown_key_message(where: str, key: str, known: Iterable[str]) -> str:
+    """The error text for an unknown key, with a "did you mean" hint when one is close.
+
+    ``unknown_key_message("wharf.toml", "prot", keys)`` ->
+    ``"wharf.toml: unknown key 'prot' (did you mean 'port'?)"``.
+    """
+    guess = suggest_key(key, known)
+    hint = f" (did you mean {guess!r}?)" if guess is not None else ""
+    return f"{where}: unknown key {key!r}{hint}"
+
+
+def misspelt_env_vars(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(variable, the setting variable it is probably a typo of) for each WHARF_* variable
+    that is no setting but is close to one, in name order."""
+    keys = {key.upper() for key in _CHECKS}
+    found: list[tuple[str, str]] = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in OTHER_ENV_VARS:
+            continue
+        if name.startswith(OTHER_ENV_PREFIXES):
+            continue
+        rest = name[len(ENV_PREFIX) :]
+        if rest in keys:
+            continue
+        guess = suggest_key(rest, (k.lower() for k in keys), cutoff=ENV_TYPO_CUTOFF)
+        if guess is not None:
+            found.append((name, ENV_PREFIX + guess.upper()))
+    return found
 
 
 @dataclass(slots=True)
@@ -228,6 +276,9 @@ def _str_list_check(where: str, value: Any) -> list[str]:
     return list(value)
 
 
+_USER_KEYS: Final = ("name", "password_hash", "tags")
+
+
 def _users_check(where: str, value: Any) -> list[UserConfig]:
     if not isinstance(value, list):
         raise _bad(where, "an array of [[users]] tables", value)
@@ -239,9 +290,9 @@ def _users_check(where: str, value: Any) -> list[UserConfig]:
             entry = dataclasses.asdict(entry)
         if not isinstance(entry, dict):
             raise _bad(at, "a table with name, password_hash, tags", entry)
-        unknown = set(entry) - {"name", "password_hash", "tags"}
+        unknown = set(entry) - set(_USER_KEYS)
         if unknown:
-            raise ConfigError(f"{at}: unknown key {sorted(unknown)[0]!r}")
+            raise ConfigError(unknown_key_message(at, sorted(unknown)[0], _USER_KEYS))
         for required in ("name", "password_hash"):
             if required not in entry:
                 raise ConfigError(f"{at}: missing key {required!r}")
@@ -360,6 +411,11 @@ def validate_settings(settings: Settings) -> Settings:
             f"max_message_bytes ({settings.max_message_bytes}) must not exceed "
             f"max_frame_bytes ({settings.max_frame_bytes}): a message travels in one frame"
         )
+    if settings.port == settings.http_port != 0 and settings.http_bind_host == settings.host:
+        raise ConfigError(
+            f"port and http_port are both {settings.port}: the native protocol and HTTP "
+            "need a port each"
+        )
     if settings.group_min_session_timeout_ms > settings.group_max_session_timeout_ms:
         raise ConfigError(
             f"group_min_session_timeout_ms ({settings.group_min_session_timeout_ms}) must not "
@@ -383,9 +439,14 @@ def load_settings(
     if config_path is not None:
         for key, value in _read_toml(config_path).items():
             if key not in _CHECKS:
-                raise ConfigError(f"{config_path}: unknown key {key!r}")
+                raise ConfigError(unknown_key_message(config_path, key, _CHECKS))
             values[key] = _CHECKS[key](f"{config_path}: {key}", value)
     env = os.environ if environ is None else environ
+    typos = misspelt_env_vars(env)
+    if typos:
+        raise ConfigError(
+            "; ".join(f"{name}: no such setting (did you mean {guess}?)" for name, guess in typos)
+        )
     for key, check in _CHECKS.items():
         name = ENV_PREFIX + key.upper()
         raw = env.get(name)
@@ -393,7 +454,7 @@ def load_settings(
             values[key] = check(name, _parse_env(name, key, raw))
     for key, value in overrides.items():
         if key not in _CHECKS:
-            raise ConfigError(f"unknown setting {key!r}")
+            raise ConfigError(unknown_key_message("command line", key, _CHECKS))
         if value is not None:
             values[key] = _CHECKS[key](key, value)
     return validate_settings(Settings(**values))

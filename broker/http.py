@@ -132,17 +132,18 @@ async def start_http_server(broker: HttpBroker, host: str, port: int) -> asyncio
     return server
 
 
-async def stop_http_server(server: asyncio.Server) -> None:
-    """Stop listening, close open (including idle keep-alive) connections, and wait."""
+async def stop_http_server(server: asyncio.Server, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Stop listening, close open (including idle keep-alive) connections, and wait for
+    them up to ``timeout_s`` in all."""
     server.close()
     connections = _CONNECTIONS.pop(server, {})
     for writer in list(connections):
         writer.close()
     tasks = list(connections.values())
-    if tasks:
-        await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(STOP_TIMEOUT_S):
+        async with asyncio.timeout(timeout_s):
+            if tasks:
+                await asyncio.wait(tasks)
             await server.wait_closed()
 
 

@@ -4,10 +4,15 @@ Shutdown sequence (SIGTERM/SIGINT or ``Broker.stop``):
 1. mark not ready (/readyz answers 503) and stop accepting connections;
 2. every connection gets a fatal ERROR 320 "broker shutting down" after its pending
    frames (deliveries, confirms) and is closed;
-3. wait up to ``shutdown_timeout_s`` for the sockets to drain, then abort the rest;
-4. flush the message store, the offsets log and the log topics (waiting up to
-   ``shutdown_timeout_s`` for worker threads still finishing segment rolls);
+3. wait for the sockets to drain, then abort the rest;
+4. flush the message store, the offsets log and the log topics (waiting for worker
+   threads still finishing segment rolls);
 5. stop the HTTP listener and release the data directory.
+
+``shutdown_timeout_s`` is one budget for all of it: a deadline is set when shutdown starts
+and every wait in steps 3-5 gets only what is left of it, so a slow stage shortens the
+ones after it instead of adding its own timeout (a stage that cannot be cut short, like
+an fsync already running, still finishes).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -34,6 +40,7 @@ from .logs.cleaner import LogCleaner  # log compaction
 from .logs.groups import GroupCoordinator
 from .logs.handles import SegmentHandles
 from .paging import PagedRow
+from .ports import busy_ports, busy_ports_message
 from .queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
 from .store.definitions import load_definitions, save_definitions
 from .store.recovery import Recovered, drop_unknown_queues, recover
@@ -74,6 +81,12 @@ class BrokerStats:
 
 
 class DataDirLocked(WharfError):
+    code = 506
+
+
+class PortsBusy(WharfError):
+    """A listening port cannot be bound; found before the data directory is touched."""
+
     code = 506
 
 
@@ -268,6 +281,13 @@ class Broker:
 
     async def start(self) -> None:
         s = self.settings
+        # Before the data directory: a busy port must not leave a LOCK or new directories
+        # behind, and the message names every busy port at once.
+        busy = busy_ports(
+            [("native protocol", s.host, s.port), ("HTTP", s.http_bind_host, s.http_port)]
+        )
+        if busy:
+            raise PortsBusy(busy_ports_message(busy))
         self._lock_data_dir()
         self._recover()
         self.monitor = ResourceMonitor(
@@ -500,50 +520,50 @@ class Broker:
                     w.set_result(None)
 
     async def stop(self) -> None:
+        """Graceful shutdown within ``shutdown_timeout_s`` in all: one deadline for every
+        stage (drain, flush, close), each getting what the stages before it left."""
         if self.stopping:
             return
         self.stopping = True
         self.ready = False
+        loop = asyncio.get_running_loop()
+        budget_s = self.settings.shutdown_timeout_s
+        deadline = loop.time() + budget_s
         log.info("shutting down: %d connections", len(self.connections))
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections.values()):
             conn.shutdown("broker shutting down")
         if self.connections:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[None] = loop.create_future()
             self._closed_waiters.add(waiter)
             try:
-                await asyncio.wait_for(waiter, self.settings.shutdown_timeout_s)
-            except TimeoutError:
-                log.warning(
-                    "%d connections did not close in %.1f s; aborting them",
-                    len(self.connections),
-                    self.settings.shutdown_timeout_s,
-                )
-                for conn in list(self.connections.values()):
-                    if conn.transport is not None:
-                        conn.transport.abort()
+                if not await _before(deadline, waiter):
+                    log.warning(
+                        "%d connections did not close in %.1f s; aborting them",
+                        len(self.connections),
+                        budget_s,
+                    )
+                    for conn in list(self.connections.values()):
+                        if conn.transport is not None:
+                            conn.transport.abort()
             finally:
                 self._closed_waiters.discard(waiter)
         if self.store is not None:
-            try:
-                await asyncio.wait_for(self.store.flush(), self.settings.shutdown_timeout_s)
-            except TimeoutError:
+            if not await _before(deadline, self.store.flush()):
                 log.error("message store did not finish its last commit in time")
             self.store.close()
         if self.groups is not None:  # consumer groups: the last offset commits
-            try:
-                await asyncio.wait_for(self.groups.close(), self.settings.shutdown_timeout_s)
-            except TimeoutError:
+            if not await _before(deadline, self.groups.close()):
                 log.error("the offsets log did not finish its last commit in time")
             self.groups = None
         if self.log_cleaner is not None:  # log compaction: abandon a running pass
-            await self.log_cleaner.close()
+            await _before(deadline, self.log_cleaner.close())
         if self.logs is not None:  # log topics
             self.logs.close()
             # Rolls finish in worker threads; a broker started next on this directory
             # (even in this process) must not find their files half written.
-            await self.logs.wait_closed(self.settings.shutdown_timeout_s)
+            await self.logs.wait_closed(max(0.0, deadline - loop.time()))
             self.logs = None
         if self._ticker is not None:
             self._ticker.cancel()
@@ -551,14 +571,28 @@ class Broker:
                 await self._ticker
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                await _before(deadline, self._server.wait_closed())
         if self._http is not None:
-            await stop_http_server(self._http)
+            await stop_http_server(self._http, max(0.0, deadline - loop.time()))
         self.authenticator.close()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
         log.info("stopped")
+
+
+async def _before(deadline: float, aw: Awaitable[object]) -> bool:
+    """Await ``aw`` until the loop time ``deadline``; False if it was cut off then.
+
+    A coroutine starts even when the deadline has passed, so its cleanup (``finally``)
+    runs up to its first wait before it is cancelled.
+    """
+    try:
+        async with asyncio.timeout_at(deadline):
+            await aw
+    except TimeoutError:
+        return False
+    return True
 
 
 async def serve(settings: Settings) -> int:
@@ -569,7 +603,7 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await broker.start()
-    except DataDirLocked as exc:
+    except (DataDirLocked, PortsBusy) as exc:
         log.error("%s", exc.message)
         return 1
     except OSError as exc:

@@ -51,8 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
-from ..fsio import fsync_dir, write_atomically
-from ..store.segments import SYNC_LOG_ENV
+from ..fsio import FAULTS, fsync, fsync_dir, record_synced_many, write_all, write_atomically
 from .compaction import (
     CLEANED_SUFFIX,
     OFFSET_MAP_BUDGET_BYTES,
@@ -126,7 +125,7 @@ class LogCleaner:
         self._abort = threading.Event()
         self._task: asyncio.Task[None] | None = None
         self._worker: asyncio.Future[Any] | None = None  # the running thread's future
-        self._sync_log = os.environ.get(SYNC_LOG_ENV) or None
+        self._sync_log = FAULTS.sync_log  # fsio's sync log (tests), passed to finish_pass
 
     # -- scheduling ----------------------------------------------------------------
 
@@ -374,22 +373,19 @@ def finish_pass(
     """Step 3 of a pass: make the renames durable, then store the checkpoint."""
     fsync_dir(partition_dir)
     if sync_log:
-        lines = []
+        entries: list[tuple[Path, int]] = []
         for path, size in swapped:
-            lines.append(f"{path} {size}\n")
-            lines.extend(f"{p} {p.stat().st_size}\n" for p in index_paths(path) if p.exists())
-        with open(sync_log, "a") as f:
-            f.write("".join(lines))
+            entries.append((path, size))
+            entries.extend((p, p.stat().st_size) for p in index_paths(path) if p.exists())
+        record_synced_many(entries)
     write_checkpoint(partition_dir, checkpoint)
 
 
 def _write_synced(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        write_all(fd, data, path)
+        fsync(fd, path)
     finally:
         os.close(fd)
 

@@ -59,6 +59,7 @@ from wharf.protocol.records import (
     with_delete_horizon,
 )
 
+from ..fsio import fsync
 from .index import MAX_RELATIVE
 
 CLEANED_SUFFIX: Final = ".cleaned"
@@ -335,7 +336,7 @@ def clean_segment(
         if out is None:
             return None
         out.flush()
-        os.fsync(out.fileno())
+        fsync(out.fileno(), dest)
         out.close()
         out = None
     except BaseException:
@@ -456,7 +457,7 @@ def merge_small(
                     with open(src, "rb") as f:
                         written += _copy_prefix(f.fileno(), dest, size)
                 dest.flush()
-                os.fsync(dest.fileno())
+                fsync(dest.fileno(), tmp)
             for i in group:
                 c = by_base.pop(segments[i].base_offset, None)
                 if c is not None:

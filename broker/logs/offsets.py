@@ -24,9 +24,9 @@ at a time, nothing is appended to the old file while it is rewritten; commits ma
 meanwhile wait for the job, as they would for an fsync.  A failed write or fsync is
 never retried on the same file: the next job rewrites the live records into a new file.
 
-With ``WHARF_TEST_SYNC_LOG=<file>`` set, every fsync of the log (or of a compaction's
-``offsets.log.tmp``) appends ``"<path> <fsynced length>"`` to that file, as the
-segment and partition code do, so tests can simulate power loss.
+Every fsync of the log (or of a compaction's ``offsets.log.tmp``) is reported to the sync
+log of ``fsio`` (``WHARF_TEST_SYNC_LOG``) with the fsynced length, so tests can simulate
+power loss; writes and fsyncs go through ``fsio``, the tests' fault point.
 """
 
 from __future__ import annotations
@@ -44,8 +44,7 @@ import msgpack
 from wharf.protocol.errors import InternalError
 from wharf.protocol.records import build_batch, check_batch, decode_records, read_header
 
-from ..fsio import fsync_dir, write_all
-from ..store.segments import SYNC_LOG_ENV
+from ..fsio import FAULTS, fsync, fsync_dir, record_synced, write_all
 
 log = logging.getLogger("wharf.groups")
 
@@ -96,7 +95,6 @@ class OffsetsLog:
         self.writes = 0
         self.fsyncs = 0
         self.compactions = 0
-        self._sync_log = os.environ.get(SYNC_LOG_ENV) or None
         directory.mkdir(parents=True, exist_ok=True)
         self._load()
 
@@ -137,7 +135,7 @@ class OffsetsLog:
         side = self.path.with_name(f"{LOG_NAME}.torn-{int(time.time() * 1000)}")
         side.write_bytes(data[pos:])
         os.ftruncate(self._fd, pos)
-        os.fsync(self._fd)
+        fsync(self._fd, self.path)
         self._synced(self.path, pos)
         log.warning(
             "offsets log %s: cut %d bytes at byte %d (%s); kept them in %s",
@@ -284,8 +282,8 @@ class OffsetsLog:
 
     def _append(self, fd: int, data: bytes) -> None:
         """Worker thread: append ``data`` and fsync (see ``_append_and_fsync``)."""
-        _append_and_fsync(fd, data)
-        if self._sync_log:
+        _append_and_fsync(fd, data, self.path)
+        if FAULTS.sync_log:
             self._synced(self.path, os.fstat(fd).st_size)
 
     def _rewrite_file(
@@ -304,8 +302,8 @@ class OffsetsLog:
         tmp = self.path.with_name(LOG_NAME + ".tmp")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         try:
-            write_all(fd, data)
-            os.fsync(fd)
+            write_all(fd, data, tmp)
+            fsync(fd, tmp)
             self._synced(tmp, len(data))
             os.rename(tmp, self.path)
             fsync_dir(self.directory)
@@ -316,9 +314,7 @@ class OffsetsLog:
         return fd, len(data), len(records)
 
     def _synced(self, path: Path, length: int) -> None:
-        if self._sync_log:
-            with open(self._sync_log, "a") as f:
-                f.write(f"{path} {length}\n")
+        record_synced(path, length)
 
     def _swap(self, fd: int, size: int, next_offset: int) -> None:
         old = self._fd
@@ -384,6 +380,6 @@ def _record_size(group: str, topic: str, partition: int, metadata: str | None) -
     return len(group.encode()) + len(topic.encode()) + meta + 24 + _RECORD_OVERHEAD_BYTES
 
 
-def _append_and_fsync(fd: int, data: bytes) -> None:
-    write_all(fd, data)
-    os.fsync(fd)
+def _append_and_fsync(fd: int, data: bytes, path: Path) -> None:
+    write_all(fd, data, path)
+    fsync(fd, path)

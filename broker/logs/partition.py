@@ -42,8 +42,7 @@ from typing import Final
 from wharf.protocol.errors import InternalError, OffsetOutOfRange, ResourceError, WharfError
 from wharf.protocol.records import LOG_APPEND_TIME, build_batch, decode_records, read_header
 
-from ..fsio import fsync_dir, write_atomically
-from ..store.segments import SYNC_LOG_ENV
+from ..fsio import FAULTS, fsync, fsync_dir, record_synced, record_synced_many, write_atomically
 from .compaction import complete_swaps
 from .handles import SHARED, SegmentHandles, fd_error, out_of_fds
 from .index import (
@@ -106,7 +105,7 @@ class Partition:
         self._held_from: int | None = None
         self._held_end = 0
         self._waiters: list[Callable[[], None]] = []  # long-poll fetches
-        self._sync_log = os.environ.get(SYNC_LOG_ENV) or None
+        self._sync_log = FAULTS.sync_log  # fsio's sync log (tests), passed to worker jobs
         # Worker-thread jobs still running (rolls, fsyncs): shutdown waits for them.
         self._jobs: set[asyncio.Future[None]] = set()
         # At most one job finishing closed segments runs per partition; segments
@@ -114,6 +113,9 @@ class Partition:
         # a few batched jobs, not one queued job per roll).
         self._finishing = False
         self._finish_again = False
+        # Segments whose index files the running finishing job writes (close() writes
+        # those of any other unfinished segment itself).
+        self._finishing_ids: set[int] = set()
         self.closed = False
         self._open()
 
@@ -355,12 +357,14 @@ class Partition:
 
         def done(fut: asyncio.Future[None]) -> None:
             self._finishing = False
+            self._finishing_ids = set()
             self._closed_segment_done(unfinished, unsynced, sizes, base, fut.exception())
             if self._finish_again:
                 self._finish_again = False
                 self._finish_closed()
 
         self._finishing = True
+        self._finishing_ids = {id(s) for s in unfinished}
         self._track(loop.run_in_executor(None, job.run)).add_done_callback(done)
 
     def _closed_segment_done(
@@ -756,7 +760,7 @@ class Partition:
         # a reader can see from now on is durable (it may be a page-cache leftover of a
         # kill -9 that a power loss would still take).
         active = self.segments[-1]
-        os.fsync(active.fd)
+        fsync(active.fd, active.path)
         self._synced(active.path, active.size)
         self._durable = self.latest
         if rebuilt:
@@ -780,7 +784,7 @@ class Partition:
         side = seg.path.with_name(f"{seg.path.name}.torn-{_now_ms()}")
         side.write_bytes(cut)
         os.ftruncate(seg.fd, valid)
-        os.fsync(seg.fd)
+        fsync(seg.fd, seg.path)
         self._synced(seg.path, valid)
         log.warning(
             "log %s: cut %d bytes at byte %d (%s); kept them in %s",
@@ -826,11 +830,26 @@ class Partition:
                     )
 
     def _synced(self, path: Path, length: int) -> None:
-        if self._sync_log:
-            with open(self._sync_log, "a") as f:
-                f.write(f"{path} {length}\n")
+        record_synced(path, length)
 
     # -- closing -------------------------------------------------------------------
+
+    def _finish_rest_now(self) -> None:
+        """Shutdown: write the index files of closed segments that no finishing job
+        covers (rolled while the last job ran), so a restart rebuilds nothing."""
+        rest = [
+            s
+            for s in self.segments[:-1]
+            if not s.finished and id(s) not in self._finishing_ids and s.path.exists()
+        ]
+        for seg in rest:
+            write_index_files(
+                seg.path, seg.index.offset_bytes(), seg.index.time_bytes(), self._synced,
+                sync_dir=False,
+            )  # fmt: skip
+            seg.finished = True
+        if rest:
+            fsync_dir(self.path)
 
     def close(self, *, clean: bool = True) -> None:
         """Close the files.  ``clean``: fsync what is unsynced and write a producer
@@ -851,6 +870,7 @@ class Partition:
                     (str(s.path), s.size) for s in self.segments if s.synced_size < s.size or s.new
                 ]
                 _fsync_files(jobs, self.path, self._sync_log)
+                self._finish_rest_now()
                 active = self.segments[-1]
                 if self.producers.producers and self.latest > active.base_offset:
                     snap = self.path / snapshot_name(self.latest)
@@ -884,9 +904,7 @@ class _ClosedSegment:
         self.sync_log = sync_log
 
     def synced(self, path: Path, length: int) -> None:
-        if self.sync_log:
-            with open(self.sync_log, "a") as f:
-                f.write(f"{path} {length}\n")
+        record_synced(path, length)
 
     def run(self) -> None:
         _fsync_files(self.logs, None, self.sync_log)
@@ -913,15 +931,14 @@ def _fsync_files(jobs: list[tuple[str, int]], directory: Path | None, sync_log: 
         except FileNotFoundError:
             continue
         try:
-            os.fsync(fd)
+            fsync(fd, path)
         finally:
             os.close(fd)
         done.append((path, size))
     if directory is not None:
         fsync_dir(directory)
     if sync_log:
-        with open(sync_log, "a") as f:
-            f.write("".join(f"{p} {size}\n" for p, size in done))
+        record_synced_many(done)
 
 
 def _ends_before(batch: memoryview, offset: int) -> bool:

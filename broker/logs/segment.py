@@ -22,6 +22,7 @@ from typing import Final
 
 from wharf.protocol.records import HEADER, HEADER_BYTES, LENGTH_BYTES, decode_records
 
+from ..fsio import pwrite_all
 from .handles import SHARED, Handle, SegmentHandles
 from .index import INDEX_INTERVAL_BYTES, MAX_RELATIVE, SegmentIndex, index_paths
 
@@ -126,10 +127,7 @@ class Segment:
     def append(self, data: bytes, base: int, last: int, max_timestamp: int) -> None:
         """Write one whole batch at the end (raises OSError)."""
         pos = self.size
-        view = memoryview(data)
-        written = os.pwrite(self.fd, view, pos)
-        while written < len(data):
-            written += os.pwrite(self.fd, view[written:], pos + written)
+        pwrite_all(self.fd, data, pos, self.path)  # fsio: also the tests' fault point
         if self.first_timestamp < 0:
             self.first_timestamp = max_timestamp
         self.index.observe(base - self.base_offset, pos, len(data), max_timestamp)

@@ -35,7 +35,7 @@ from wharf.protocol.errors import (
 )
 from wharf.protocol.records import CODECS, check_payload, encode_records
 
-from ..fsio import fsync_dir, write_atomically
+from ..fsio import fsync, fsync_dir, write_atomically
 from .handles import SHARED, SegmentHandles
 from .partition import Partition
 from .producers import ProducerIds
@@ -499,7 +499,7 @@ def _make_partition_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path / segment_name(0), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        os.fsync(fd)
+        fsync(fd, path / segment_name(0))
     finally:
         os.close(fd)
     fsync_dir(path)

@@ -10,11 +10,11 @@ history, so its time grows with live data.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..fsio import fsync
 from .records import ACKS, COUNTS, DELAYS, DELIVERED, FLAG_TRANSIENT, MSGS, scan
 from .segments import Segment, list_segments
 
@@ -58,11 +58,11 @@ def _cut_tail(path: Path, good: int, total: int, why: str) -> int:
     with open(side, "wb") as f:
         f.write(tail)
         f.flush()
-        os.fsync(f.fileno())
+        fsync(f.fileno(), side)
     with open(path, "r+b") as f:
         f.truncate(good)
         f.flush()
-        os.fsync(f.fileno())
+        fsync(f.fileno(), path)
     log.warning(
         "message store: %s in %s; truncated %d bytes (kept in %s)",
         why,

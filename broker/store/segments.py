@@ -44,14 +44,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
-from ..fsio import fsync_dir
+from ..fsio import fsync, fsync_dir, record_synced, write_all
 from .records import (
     ACKS,
     COUNTS,
@@ -72,12 +71,6 @@ SEGMENT_SUFFIX: Final = ".seg"
 # fraction of the messages written to it are live and at least this many segments exist.
 COMPACT_LIVE_RATIO: Final = 0.5
 COMPACT_MIN_SEGMENTS: Final = 3
-# Environment variable naming a file where every fsynced length is logged, so tests
-# can simulate power loss by cutting files back to what was fsynced.
-SYNC_LOG_ENV: Final = "WHARF_TEST_SYNC_LOG"
-# Environment variable (tests only): every batch write takes this many ms longer, as on
-# a slow or FUSE-backed disk, so that a write is in flight nearly all the time.
-WRITE_DELAY_ENV: Final = "WHARF_TEST_WRITE_DELAY_MS"
 # Read-only fds kept open for paging reads (least recently used closed first).
 MAX_READ_FDS: Final = 8
 
@@ -165,8 +158,6 @@ class MessageStore:
         self.failed: str | None = None
         self.fsyncs = 0
         self.bytes_written = 0
-        self._sync_log = os.environ.get(SYNC_LOG_ENV) or None
-        self._write_delay_s = int(os.environ.get(WRITE_DELAY_ENV) or 0) / 1000.0
         self._closed = False
         self._unsynced: set[Segment] = set()
         self._last_offset = 0
@@ -175,8 +166,6 @@ class MessageStore:
         # drops only once the batch holding the copies is on disk.
         self._moved: list[tuple[int, Segment, int]] = []
         self._unwritten_keys: list[tuple[int, int]] = []
-        # Tests set this to an exception to make the next fsync fail (as a dying disk would).
-        self.fail_fsync: OSError | None = None
         self._after_commit: list[Callable[[], None]] = []
         self.by_number: dict[int, Segment] = {}
         self._read_fds: OrderedDict[int, int] = OrderedDict()
@@ -359,8 +348,6 @@ class MessageStore:
         """Worker thread: write each segment's bytes, fsync each touched file."""
         if self.failed is not None:
             raise StoreFailed(self.failed)
-        if self._write_delay_s:
-            time.sleep(self._write_delay_s)
         touched: dict[int, Segment] = {}
         chunks: dict[int, list[bytes]] = {}
         for seg, data in pending:
@@ -371,10 +358,7 @@ class MessageStore:
                 # The lifetime rules make this unreachable; never write to a stale fd.
                 raise StoreFailed(f"segment {number} was closed with bytes still to write")
             data = b"".join(chunks[number])
-            view = memoryview(data)
-            while view:
-                n = os.write(seg.fd, view)
-                view = view[n:]
+            write_all(seg.fd, data, seg.path)  # fsio: also the tests' fault point
             self.bytes_written += len(data)
             seg.written_size += len(data)
             if self.fsync_interval_ms:
@@ -390,16 +374,12 @@ class MessageStore:
             return
         if seg.fd < 0:
             raise StoreFailed(f"segment {seg.number} was closed before its bytes were fsynced")
-        if self.fail_fsync is not None:
-            raise self.fail_fsync
-        os.fsync(seg.fd)
+        fsync(seg.fd, seg.path)
         self.fsyncs += 1
         if seg.new:
             fsync_dir(self.directory)
             seg.new = False
-        if self._sync_log:
-            with open(self._sync_log, "a") as f:
-                f.write(f"{seg.path} {target}\n")
+        record_synced(seg.path, target)
         # Last: from here on the event loop may close the fd (see the lifetime rules).
         seg.synced_size = target
 

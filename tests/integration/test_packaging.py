@@ -25,7 +25,7 @@ import wharf
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = ("client", "broker", "protocol")
-SOURCE_FILES = ("pyproject.toml", "README.md")
+SOURCE_FILES = ("pyproject.toml", "README.md", "LICENSE")
 BUILD_TIMEOUT_S = 300
 RUNTIME_DEPS = ("uvloop", "msgpack", "click", "prometheus-client")
 
@@ -180,6 +180,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    # setuptools' deprecation notices (e.g. for a TOML license table) end in "!!" banners.
+    assert "deprecated" not in (result.stdout + result.stderr).lower(), result.stderr
     (built,) = out.glob("wharf-*.whl")
     return built
 
@@ -220,6 +222,7 @@ def test_wheel_contains_the_mapped_packages_only(wheel: Path) -> None:
 def test_wheel_metadata_and_entry_point(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         dist_info = next(n.split("/", 1)[0] for n in zf.namelist() if ".dist-info/" in n)
+        names = set(zf.namelist())
         entry_points_txt = zf.read(f"{dist_info}/entry_points.txt").decode()
         metadata = zf.read(f"{dist_info}/METADATA").decode()
         top_level_txt = f"{dist_info}/top_level.txt"
@@ -231,6 +234,8 @@ def test_wheel_metadata_and_entry_point(wheel: Path) -> None:
     scripts = [line.replace(" ", "") for line in sections[1].splitlines() if "=" in line]
     assert "wharf=wharf.broker.cli:main" in scripts
     assert "Name: wharf" in metadata
+    assert "License-Expression: Apache-2.0" in metadata
+    assert f"{dist_info}/licenses/LICENSE" in names
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     for dep in RUNTIME_DEPS:
         assert any(dep in line.replace("_", "-") for line in requires), (dep, requires)

@@ -1,4 +1,6 @@
-"""A failed fsync is never retried: waiting publishes are nacked, consumers keep going."""
+"""A failed fsync is never retried: waiting publishes are nacked, consumers keep going.
+
+The failure is injected at the one fault point of durable writes (``wharf.broker.fsio``)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,11 @@ import json
 import pytest
 
 import wharf
+from wharf.broker.fsio import FAULTS
 from wharf.broker.server import Broker
+
+# Injected at the fsio fault point, as a dying disk would answer an fsync.
+DISK_ERROR = OSError(errno.EIO, "injected I/O error")
 
 
 async def test_fsync_failure_nacks_persistent_publishes_and_keeps_serving(
@@ -19,12 +25,13 @@ async def test_fsync_failure_nacks_persistent_publishes_and_keeps_serving(
     await conn.declare_queue("tq")
     await conn.publish("", "dq", b"before", persistent=True)
     assert broker.store is not None
-    broker.store.fail_fsync = OSError(errno.EIO, "injected I/O error")
-    with pytest.raises(wharf.ResourceError) as info:
+    with (
+        FAULTS.failing("fsync", DISK_ERROR, under=broker.store.directory),
+        pytest.raises(wharf.ResourceError) as info,
+    ):
         await conn.publish("", "dq", b"lost-disk", persistent=True)
     assert info.value.code == 506
     # The store stays failed: no retry on the same file.
-    broker.store.fail_fsync = None
     with pytest.raises(wharf.ResourceError):
         await conn.publish("", "dq", b"after", persistent=True)
     # Transient traffic and consumers are still served, on the same connection.
@@ -66,8 +73,10 @@ async def test_failed_store_shows_in_readyz_and_metrics(
     _, metrics = await _get(broker.http_port, "/metrics")
     assert _gauge(metrics, "wharf_store_failed") == 0
     assert broker.store is not None
-    broker.store.fail_fsync = OSError(errno.EIO, "injected I/O error")
-    with pytest.raises(wharf.ResourceError):
+    with (
+        FAULTS.failing("fsync", DISK_ERROR, under=broker.store.directory),
+        pytest.raises(wharf.ResourceError),
+    ):
         await conn.publish("", "dq", b"lost-disk", persistent=True)
     status, body = await _get(broker.http_port, "/readyz")
     assert status == 503

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -23,6 +24,9 @@ from wharf.broker.config import (
     configure_logging,
     describe,
     load_settings,
+    misspelt_env_vars,
+    suggest_key,
+    unknown_key_message,
 )
 
 # One real hash for the whole module: scrypt is deliberately slow.
@@ -159,6 +163,65 @@ def test_bad_toml_raises_config_error_naming_key(tmp_path: Path, text: str, frag
         load_settings(write(tmp_path, text), {})
     assert fragment in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_suggest_key_offers_the_closest_known_key() -> None:
+    keys = [f.name for f in dataclasses.fields(Settings)]
+    assert suggest_key("prot", keys) == "port"
+    assert suggest_key("datadir", keys) == "data_dir"
+    assert suggest_key("SHUTDOWN_TIMEOUT", keys) == "shutdown_timeout_s"
+    assert suggest_key("colour", keys) is None
+    assert unknown_key_message("f.toml", "prot", keys) == (
+        "f.toml: unknown key 'prot' (did you mean 'port'?)"
+    )
+    assert unknown_key_message("f.toml", "colour", keys) == "f.toml: unknown key 'colour'"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("prot = 5", "unknown key 'prot' (did you mean 'port'?)"),
+        ("http_prot = 5", "(did you mean 'http_port'?)"),
+        (f"[[users]]\nname = 'a'\npassword_hash = '{HASH}'\ntag = ['x']", "(did you mean 'tags'?)"),
+    ],
+)
+def test_unknown_toml_key_says_did_you_mean(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), {})
+    assert fragment in str(info.value)
+
+
+def test_misspelt_env_var_is_an_error_with_the_right_name() -> None:
+    env = {"WHARF_PROT": "5681", "WHARF_DATADIR": "/d", "WHARF_PORT": "1"}
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {}, environ=env)
+    message = str(info.value)
+    assert "WHARF_PROT: no such setting (did you mean WHARF_PORT?)" in message
+    assert "WHARF_DATADIR: no such setting (did you mean WHARF_DATA_DIR?)" in message
+
+
+def test_other_wharf_env_vars_are_not_taken_for_typos() -> None:
+    # Read by ctl, bench, the test harness: close to settings (WHARF_USER ~ WHARF_USERS)
+    # but not settings, so never an error.
+    env = {
+        "WHARF_USER": "ann",
+        "WHARF_PASSWORD": "pw",
+        "WHARF_URL": "wharf://localhost",
+        "WHARF_HTTP_URL": "http://localhost:8680",
+        "WHARF_CONFIG": "/etc/wharf.toml",
+        "WHARF_TEST_SYNC_LOG": "/tmp/sync.log",
+        "WHARF_CRASH_SEED": "1",
+        "WHARF_SOMETHING_ELSE": "x",
+        "WHARF_PORT": "5681",
+    }
+    assert misspelt_env_vars(env) == []
+    assert load_settings(None, {}, environ=env).port == 5681
+
+
+def test_cli_unknown_option_says_did_you_mean() -> None:
+    result = CliRunner().invoke(main, ["serve", "--data_dir", "x"])
+    assert result.exit_code == 2
+    assert "Did you mean '--data-dir'?" in result.output
 
 
 def test_missing_file_and_unknown_override(tmp_path: Path) -> None:

@@ -580,3 +580,42 @@ def test_fetch_matches_a_full_scan_for_random_offsets_and_limits(tmp_path: Path)
             nxt = p.fetch(following[0], 1 << 20)[0]
             assert total + len(nxt) > max_bytes
     p.close()
+
+
+async def test_close_writes_the_index_files_of_segments_rolled_during_a_finishing_job(
+    tmp_path: Path,
+) -> None:
+    """Segments rolled while the one finishing job runs wait for the next job; a
+    close in between (shutdown) must finish them itself, or the restart rebuilds."""
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    gate = threading.Event()
+    started = threading.Event()
+
+    class GatedExecutor(ThreadPoolExecutor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            def gated() -> Any:
+                started.set()
+                gate.wait(10)
+                return fn(*args, **kwargs)
+
+            return super().submit(gated)
+
+    loop = asyncio.get_running_loop()
+    executor = GatedExecutor(max_workers=1)
+    loop.set_default_executor(executor)
+    p = Partition(tmp_path / "0", 0, SMALL)
+    fill(p, 4)  # rolls: the first finishing job starts and waits at the gate
+    async with asyncio.timeout(10):
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+    fill(p, 8)  # more rolls while that job is held
+    p.close()
+    gate.set()
+    await asyncio.gather(*p.pending_jobs(), return_exceptions=True)
+    for seg in p.segments[:-1]:
+        off, tim = index_paths(seg.path)
+        assert off.exists() and tim.exists(), seg.path.name
+    executor.shutdown(wait=True)

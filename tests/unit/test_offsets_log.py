@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from wharf.broker.fsio import FAULTS, FaultOp
 from wharf.broker.logs import offsets as offsets_module
 from wharf.broker.logs.offsets import LOG_NAME, WILDCARD, OffsetsLog
 from wharf.protocol.errors import InternalError
@@ -165,17 +166,15 @@ async def test_commits_queued_during_compaction_are_kept(
     await log.close()
 
 
-async def test_failed_write_is_not_retried_on_the_same_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.parametrize("op", ["write", "fsync"])
+async def test_failed_write_is_not_retried_on_the_same_file(tmp_path: Path, op: FaultOp) -> None:
     log = OffsetsLog(tmp_path)
     await log.commit([(("g", "t", 0), (1, None, 1))])
-
-    def broken(fd: int, data: bytes) -> None:
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(offsets_module, "_append_and_fsync", broken)
-    with pytest.raises(InternalError):
+    # Injected at fsio's fault point, for the log file only (not the rewrite's .tmp).
+    with (
+        FAULTS.failing(op, OSError(5, "Input/output error"), under=tmp_path / LOG_NAME),
+        pytest.raises(InternalError),
+    ):
         await log.commit([(("g", "t", 0), (2, None, 2))])
     assert table(log) == {"g": {("t", 0): (1, None)}}  # the failed commit is not visible
     # The next write rewrites the live offsets into a new file instead.
