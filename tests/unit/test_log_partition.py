@@ -592,25 +592,23 @@ async def test_close_writes_the_index_files_of_segments_rolled_during_a_finishin
     from concurrent.futures import ThreadPoolExecutor
 
     gate = threading.Event()
-    started = threading.Event()
+    loop = asyncio.get_running_loop()
+    started = asyncio.Event()
 
     class GatedExecutor(ThreadPoolExecutor):
         def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
             def gated() -> Any:
-                started.set()
+                loop.call_soon_threadsafe(started.set)
                 gate.wait(10)
                 return fn(*args, **kwargs)
 
             return super().submit(gated)
 
-    loop = asyncio.get_running_loop()
     executor = GatedExecutor(max_workers=1)
     loop.set_default_executor(executor)
     p = Partition(tmp_path / "0", 0, SMALL)
     fill(p, 4)  # rolls: the first finishing job starts and waits at the gate
-    async with asyncio.timeout(10):
-        while not started.is_set():
-            await asyncio.sleep(0.01)
+    await asyncio.wait_for(started.wait(), 10)
     fill(p, 8)  # more rolls while that job is held
     p.close()
     gate.set()
