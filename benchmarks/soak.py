@@ -56,6 +56,8 @@ STOP_TIMEOUT_S: Final = 60.0
 # After publishing ends, how long the consumer may take to catch up.
 DRAIN_TIMEOUT_S: Final = 600.0
 POLL_S: Final = 0.1
+# The consumer reports its count every 100 messages and at least this often.
+REPORT_EVERY_S: Final = 0.5
 MIB: Final = 1024 * 1024
 # Broker settings the command line may override, as WHARF_* environment variables.
 OVERRIDES: Final = (
@@ -144,6 +146,13 @@ async def _consume(
 ) -> None:
     conn = await wharf.connect(url)
     n = 0
+    reported = 0
+
+    def report() -> None:
+        nonlocal reported
+        with consumed.get_lock():
+            consumed.value += n - reported
+        reported = n
 
     async def take() -> None:
         nonlocal n
@@ -153,23 +162,31 @@ async def _consume(
                 await msg.ack()
                 n += 1
                 if n % 100 == 0:
-                    with consumed.get_lock():
-                        consumed.value += 100
+                    report()
                     if lag_s > 0 and time.monotonic() >= next_lag:
                         # A consumer falling behind: the queue grows and pages to disk.
                         await asyncio.sleep(lag_s)
                         next_lag = time.monotonic() + lag_every_s
 
+    async def report_stragglers() -> None:
+        # The last messages of a run (fewer than 100) are counted too.
+        while True:
+            await asyncio.sleep(REPORT_EVERY_S)
+            report()
+
     taking = asyncio.create_task(take())
+    reporting = asyncio.create_task(report_stragglers())
     stopping = asyncio.create_task(asyncio.to_thread(done.wait))
     try:
         await asyncio.wait((taking, stopping), return_when=asyncio.FIRST_COMPLETED)
     finally:
         taking.cancel()
+        reporting.cancel()
         with contextlib.suppress(asyncio.CancelledError, wharf.WharfError):
             await taking
-        with consumed.get_lock():
-            consumed.value += n % 100
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporting
+        report()
         await conn.close()
         done.set()
         await stopping
