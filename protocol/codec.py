@@ -358,6 +358,13 @@ def _decode_payload_limited(payload: memoryview, use_list: bool) -> Any:
             )
         limits = LIMITS_BY_TYPE.get(ftype, GENERIC_LIMITS)
         budget = limits.max_items
+        if 2 * len(payload) <= budget:
+            # Every msgpack object takes at least one byte and is counted at most twice
+            # (as an element and as a container), so this frame cannot exceed the
+            # budget: decode without the per-container hooks (the common, small frame).
+            return _check_shape(
+                _unpack_limited(payload, use_list, limits.max_array_len, limits.max_map_len)
+            )
         items = 0
 
         def count_items(container: Any) -> Any:
@@ -391,6 +398,22 @@ def _decode_payload_limited(payload: memoryview, use_list: bool) -> Any:
     finally:
         payload.release()
     return _check_shape(raw)
+
+
+def _unpack_limited(payload: memoryview, use_list: bool, max_array: int, max_map: int) -> Any:
+    try:
+        return msgpack.unpackb(
+            payload,
+            raw=False,
+            use_list=use_list,
+            strict_map_key=False,
+            max_array_len=max_array,
+            max_map_len=max_map,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise FrameError(
+            f"payload is not valid msgpack or exceeds a decoding limit: {exc.__class__.__name__}"
+        ) from None
 
 
 class FrameEncoder:
