@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
-from ..fsio import fsync_dir, write_atomically
+from ..store.fsio import fsync_dir, write_atomically
 from ..store.segments import SYNC_LOG_ENV
 from .compaction import (
     CLEANED_SUFFIX,

@@ -44,7 +44,7 @@ import msgpack
 from wharf.protocol.errors import InternalError
 from wharf.protocol.records import build_batch, check_batch, decode_records, read_header
 
-from ..fsio import fsync_dir, write_all
+from ..store.fsio import fsync_dir, write_all
 from ..store.segments import SYNC_LOG_ENV
 
 log = logging.getLogger("wharf.groups")

@@ -42,7 +42,7 @@ from typing import Final
 from wharf.protocol.errors import InternalError, OffsetOutOfRange, ResourceError, WharfError
 from wharf.protocol.records import LOG_APPEND_TIME, build_batch, decode_records, read_header
 
-from ..fsio import fsync_dir, write_atomically
+from ..store.fsio import fsync_dir, write_atomically
 from ..store.segments import SYNC_LOG_ENV
 from .compaction import complete_swaps
 from .handles import SHARED, SegmentHandles, fd_error, out_of_fds

@@ -39,7 +39,7 @@ import msgpack
 
 from wharf.protocol.errors import OutOfOrderSequence, ProducerFenced
 
-from ..fsio import write_atomically
+from ..store.fsio import write_atomically
 
 log = logging.getLogger("wharf.logs")
 

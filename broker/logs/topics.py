@@ -35,7 +35,7 @@ from wharf.protocol.errors import (
 )
 from wharf.protocol.records import CODECS, check_payload, encode_records
 
-from ..fsio import fsync_dir, write_atomically
+from ..store.fsio import fsync_dir, write_atomically
 from .handles import SHARED, SegmentHandles
 from .partition import Partition
 from .producers import ProducerIds

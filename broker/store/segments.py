@@ -51,7 +51,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
-from ..fsio import fsync_dir
+from .fsio import fsync_dir
 from .records import (
     ACKS,
     COUNTS,

@@ -25,15 +25,15 @@ from wharf.protocol.errors import (
 )
 
 from .exchanges import MAX_ROUTING_KEY_CHARS, Binding, Exchange, TopicTarget
-from .logs.routed import append_routed, routed_records, sync_in_background
 from .policies.deadletter import is_cycle, with_death
 from .policies.registry import Policy, PolicyRegistry, effective_arguments, effective_limits
 from .queues import Message, Queue
+from .routed import append_routed, routed_records, sync_in_background
 
 if TYPE_CHECKING:
-    from .connection import Connection
-    from .logs import TopicRegistry
-    from .store.segments import MessageStore
+    from ..logs import TopicRegistry
+    from ..store.segments import MessageStore
+    from ..wire.native.connection import Connection
 
 DEFAULT_EXCHANGE: Final = ""
 # Pre-declared exchanges, as in RabbitMQ.

@@ -33,8 +33,8 @@ from .policies.priority import PriorityReady, message_priority
 if TYPE_CHECKING:
     from array import array
 
-    from .connection import Connection
-    from .store.segments import MessageStore, Segment
+    from ..store.segments import MessageStore, Segment
+    from ..wire.native.connection import Connection
 
 # Messages handed out by one dispatch round before yielding to the event loop.
 DISPATCH_BATCH_MESSAGES: Final = 4096
