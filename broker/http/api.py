@@ -74,7 +74,7 @@ from .openapi import openapi_document
 
 if TYPE_CHECKING:
     from ..core.exchanges import Exchange
-    from ..core.queues import Queue
+    from ..core.queues import Queue, QueueOwner
     from ..security.users import StoredUser
     from ..server import Broker
     from ..wire.native.connection import Connection
@@ -94,7 +94,7 @@ def wharf_version() -> str:
 
 # Stands in for "a connection" where topology methods check exclusive-queue ownership: it
 # owns nothing, so exclusive queues raise ResourceLocked and nothing is ever owned by it.
-_OPERATOR: Final = cast("Connection", object())
+_OPERATOR: Final = cast("QueueOwner", object())
 
 
 def _check_properties(props: dict[str, Any], username: str) -> None:
