@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ..logs.topics import TopicRegistry
     from .exchanges import TopicTarget
 
-log = logging.getLogger("wharf.logs")
+log = logging.getLogger("wharf.topics")
 
 PARTITION_KEY_HEADER: Final = "x-partition-key"
 EXCHANGE_HEADER: Final = "x-exchange"

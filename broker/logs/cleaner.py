@@ -73,7 +73,7 @@ if TYPE_CHECKING:
     from .segment import Segment
     from .topics import TopicRegistry
 
-log = logging.getLogger("wharf.logs.cleaner")
+log = logging.getLogger("wharf.topics.cleaner")
 
 _T = TypeVar("_T")
 

@@ -63,7 +63,7 @@ from .producers import (
 from .segment import LOG_SUFFIX, ReadArena, Segment, segment_name
 from .topicconfig import DEFAULTS, TopicConfig
 
-log = logging.getLogger("wharf.logs")
+log = logging.getLogger("wharf.topics")
 
 __all__ = ["Partition", "segment_name"]
 

@@ -42,7 +42,7 @@ from .producers import ProducerIds
 from .segment import segment_name
 from .topicconfig import DEFAULTS, TopicConfig, overrides
 
-log = logging.getLogger("wharf.logs")
+log = logging.getLogger("wharf.topics")
 
 TOPIC_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,248}")
 TOPIC_FILE: Final = "topic.json"
