@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck unit bench clean
+.PHONY: serve test lint typecheck shape unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,18 +20,24 @@ serve: $(STAMP)
 test: lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
 
-lint: $(STAMP)
+## Style, format, and the import contracts of pyproject.toml ([tool.importlinter]).
+lint: shape
 	$(BIN)/ruff check client broker protocol tests benchmarks
 	$(BIN)/ruff format --check client broker protocol tests benchmarks
+	cd .typecheck && ../$(BIN)/lint-imports --no-cache ../pyproject.toml
 
-# mypy cannot follow setuptools' package-dir mapping, so give it the installed shape:
-# .typecheck/wharf holds links to client/*, broker/ and protocol/.
-typecheck: $(STAMP)
+typecheck: shape
+	cd .typecheck && ../$(BIN)/mypy --strict -p wharf -p benchmarks.perf
+
+# mypy and import-linter cannot follow setuptools' package-dir mapping, so give them the
+# installed shape: .typecheck/wharf holds links to client/*, broker/ and protocol/, and
+# .typecheck/benchmarks links benchmarks/ (its perf/ load generators are type-checked too).
+shape: $(STAMP)
 	rm -rf .typecheck && mkdir -p .typecheck/wharf
 	for f in client/*; do ln -s ../../$$f .typecheck/wharf/; done
 	ln -s ../../broker .typecheck/wharf/broker
 	ln -s ../../protocol .typecheck/wharf/protocol
-	cd .typecheck && ../$(BIN)/mypy --strict -p wharf
+	ln -s ../benchmarks .typecheck/benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks throughput

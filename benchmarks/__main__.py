@@ -9,8 +9,8 @@ import argparse
 import sys
 from typing import Any
 
-from wharf.broker.perf import scenarios
-from wharf.broker.perf.common import emit
+from benchmarks.perf import scenarios
+from benchmarks.perf.common import emit
 
 from . import compare as compare_mod
 from . import logs as logs_mod

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from wharf.broker.perf.common import log, port_open
+from benchmarks.perf.common import log, port_open
 
 DEFAULT_ANCHORS: Final = "/work/shared/anchors"
 DEFAULT_ANCHOR_PYTHON: Final = "/tmp/anchor-venv/bin/python"

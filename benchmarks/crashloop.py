@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from wharf.broker.perf.common import emit, log, run_async
+from benchmarks.perf.common import emit, log, run_async
 
 # The crash loop lives with the durability tests, which run it for a few dozen cycles.
 _HARNESS_DIR = Path(__file__).resolve().parent.parent / "tests" / "durability"

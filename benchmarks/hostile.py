@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 import wharf
-from wharf.broker.perf.common import (
+from benchmarks.perf.common import (
     Target,
     broker_target,
     emit,

@@ -42,7 +42,7 @@ from multiprocessing.synchronize import Event as EventT
 from pathlib import Path
 from typing import Any, Final
 
-from wharf.broker.perf.common import (
+from benchmarks.perf.common import (
     STAMP_BYTES,
     Target,
     emit,

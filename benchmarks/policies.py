@@ -16,8 +16,8 @@ import statistics
 import sys
 from typing import Any
 
-from wharf.broker.perf import scenarios
-from wharf.broker.perf.common import emit, local_broker, log, rss_bytes
+from benchmarks.perf import scenarios
+from benchmarks.perf.common import emit, local_broker, log, rss_bytes
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {},

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import wharf
-from wharf.broker.perf.common import (
+from benchmarks.perf.common import (
     broker_command,
     emit,
     free_port,

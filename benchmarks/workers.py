@@ -17,7 +17,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventT
 from typing import Any, Final
 
-from wharf.broker.perf.common import run_async
+from benchmarks.perf.common import run_async
 
 # How often the parent looks at the event queue and for dead workers.
 POLL_S: Final = 0.05

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
-from .auth import parse_password_hash
+from .security.passwords import parse_password_hash
 
 MIB: Final = 1024 * 1024
 

@@ -31,21 +31,21 @@ from typing import IO, Any, Final
 from wharf.protocol.errors import ResourceError, WharfError
 
 from .alarms import MemoryTrimmer, ResourceMonitor
-from .auth import Authenticator
 from .config import Settings, configure_logging
-from .connection import Connection
-from .http import start_http_server, stop_http_server
+from .core.paging import PagedRow
+from .core.queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
+from .core.topology import Topology
+from .http.server import start_http_server, stop_http_server
 from .logs import TopicRegistry  # log topics
 from .logs.cleaner import LogCleaner  # log compaction
 from .logs.groups import GroupCoordinator
 from .logs.handles import SegmentHandles
-from .paging import PagedRow
 from .ports import busy_ports, busy_ports_message
-from .queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
+from .security.auth import Authenticator
 from .store.definitions import load_definitions, save_definitions
 from .store.recovery import Recovered, drop_unknown_queues, recover
 from .store.segments import MessageStore
-from .topology import Topology
+from .wire.native.connection import Connection
 
 log = logging.getLogger("wharf.server")
 

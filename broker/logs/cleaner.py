@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
-from ..fsio import FAULTS, fsync, fsync_dir, record_synced_many, write_all, write_atomically
+from ..store.fsio import FAULTS, fsync, fsync_dir, record_synced_many, write_all, write_atomically
 from .compaction import (
     CLEANED_SUFFIX,
     OFFSET_MAP_BUDGET_BYTES,
@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from .segment import Segment
     from .topics import TopicRegistry
 
-log = logging.getLogger("wharf.logs.cleaner")
+log = logging.getLogger("wharf.topics.cleaner")
 
 _T = TypeVar("_T")
 

@@ -59,7 +59,7 @@ from wharf.protocol.records import (
     with_delete_horizon,
 )
 
-from ..fsio import fsync
+from ..store.fsio import fsync
 from .index import MAX_RELATIVE
 
 CLEANED_SUFFIX: Final = ".cleaned"

@@ -32,7 +32,7 @@ from typing import Final
 
 from wharf.protocol.errors import ResourceError, WharfError
 
-log = logging.getLogger("wharf.logs")
+log = logging.getLogger("wharf.topics")
 
 DEFAULT_MAX_OPEN_SEGMENTS: Final = 256
 # errno values that mean "out of file descriptors" (process or system-wide).

@@ -35,7 +35,7 @@ from typing import Final, NamedTuple
 
 from wharf.protocol.records import HEADER, HEADER_BYTES, check_batch
 
-from ..fsio import fsync_dir, write_atomically
+from ..store.fsio import fsync_dir, write_atomically
 
 OFFSET_ENTRY: Final = struct.Struct(">II")
 TIME_ENTRY: Final = struct.Struct(">qI")

@@ -44,7 +44,7 @@ import msgpack
 from wharf.protocol.errors import InternalError
 from wharf.protocol.records import build_batch, check_batch, decode_records, read_header
 
-from ..fsio import FAULTS, fsync, fsync_dir, record_synced, write_all
+from ..store.fsio import FAULTS, fsync, fsync_dir, record_synced, write_all
 
 log = logging.getLogger("wharf.groups")
 

@@ -42,7 +42,14 @@ from typing import Final
 from wharf.protocol.errors import InternalError, OffsetOutOfRange, ResourceError, WharfError
 from wharf.protocol.records import LOG_APPEND_TIME, build_batch, decode_records, read_header
 
-from ..fsio import FAULTS, fsync, fsync_dir, record_synced, record_synced_many, write_atomically
+from ..store.fsio import (
+    FAULTS,
+    fsync,
+    fsync_dir,
+    record_synced,
+    record_synced_many,
+    write_atomically,
+)
 from .compaction import complete_swaps
 from .handles import SHARED, SegmentHandles, fd_error, out_of_fds
 from .index import (
@@ -62,7 +69,7 @@ from .producers import (
 from .segment import LOG_SUFFIX, ReadArena, Segment, segment_name
 from .topicconfig import DEFAULTS, TopicConfig
 
-log = logging.getLogger("wharf.logs")
+log = logging.getLogger("wharf.topics")
 
 __all__ = ["Partition", "segment_name"]
 

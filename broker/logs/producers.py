@@ -39,9 +39,9 @@ import msgpack
 
 from wharf.protocol.errors import OutOfOrderSequence, ProducerFenced
 
-from ..fsio import write_atomically
+from ..store.fsio import write_atomically
 
-log = logging.getLogger("wharf.logs")
+log = logging.getLogger("wharf.topics")
 
 BATCHES_KEPT: Final = 5
 SNAPSHOTS_KEPT: Final = 2

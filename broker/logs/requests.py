@@ -26,7 +26,7 @@ from .partition import Partition
 from .segment import ReadArena
 from .topics import MAX_FETCH_BYTES, TopicRegistry, check_fetch_bytes
 
-log = logging.getLogger("wharf.logs")
+log = logging.getLogger("wharf.topics")
 
 MAX_FETCH_WAIT_MS: Final = 30_000
 MAX_PENDING_FETCHES: Final = 1024

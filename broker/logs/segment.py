@@ -22,7 +22,7 @@ from typing import Final
 
 from wharf.protocol.records import HEADER, HEADER_BYTES, LENGTH_BYTES, decode_records
 
-from ..fsio import pwrite_all
+from ..store.fsio import pwrite_all
 from .handles import SHARED, Handle, SegmentHandles
 from .index import INDEX_INTERVAL_BYTES, MAX_RELATIVE, SegmentIndex, index_paths
 

@@ -35,14 +35,14 @@ from wharf.protocol.errors import (
 )
 from wharf.protocol.records import CODECS, check_payload, encode_records
 
-from ..fsio import fsync, fsync_dir, write_atomically
+from ..store.fsio import fsync, fsync_dir, write_atomically
 from .handles import SHARED, SegmentHandles
 from .partition import Partition
 from .producers import ProducerIds
 from .segment import segment_name
 from .topicconfig import DEFAULTS, TopicConfig, overrides
 
-log = logging.getLogger("wharf.logs")
+log = logging.getLogger("wharf.topics")
 
 TOPIC_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,248}")
 TOPIC_FILE: Final = "topic.json"

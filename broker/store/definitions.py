@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
-from ..fsio import write_atomically
+from .fsio import write_atomically
 
 DEFINITIONS_FILE: Final = "definitions.json"
 FORMAT_VERSION: Final = 1

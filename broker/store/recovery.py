@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..fsio import fsync
+from .fsio import fsync
 from .records import ACKS, COUNTS, DELAYS, DELIVERED, FLAG_TRANSIENT, MSGS, scan
 from .segments import Segment, list_segments
 

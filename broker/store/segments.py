@@ -50,7 +50,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
-from ..fsio import fsync, fsync_dir, record_synced, write_all
+from .fsio import fsync, fsync_dir, record_synced, write_all
 from .records import (
     ACKS,
     COUNTS,

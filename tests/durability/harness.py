@@ -17,7 +17,7 @@ first delivered in publish order.
 
 Power loss: a broker started with ``WHARF_TEST_SYNC_LOG=<file>`` appends
 ``"<segment path> <fsynced length>"`` to the file after every fsync of a segment (the
-hook lives in ``wharf.broker.fsio``, the one fault point every durable writer goes through).
+hook lives in ``wharf.broker.store.fsio``, the one fault point every durable writer goes through).
 After a kill, ``simulate_power_loss`` truncates each segment to the last length
 logged for it and deletes segments never logged (never fsynced).  Then it rewrites
 the log to the lengths that now exist, so a later cycle that creates a segment with a

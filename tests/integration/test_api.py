@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 import wharf
-from wharf.broker.api import build_api
-from wharf.broker.auth import hash_password
 from wharf.broker.config import Settings, UserConfig
+from wharf.broker.http.api import build_api
+from wharf.broker.security.auth import hash_password
 from wharf.broker.server import Broker
 
 Connect = Callable[..., Any]

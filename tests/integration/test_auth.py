@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 import wharf
-from wharf.broker import auth as auth_module
-from wharf.broker.auth import Authenticator, failure_delay_s, hash_password
 from wharf.broker.config import Settings, UserConfig, load_settings
+from wharf.broker.security import auth as auth_module
+from wharf.broker.security.auth import Authenticator, failure_delay_s
+from wharf.broker.security.passwords import hash_password
 from wharf.broker.server import Broker
 from wharf.protocol import frames as F
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 import wharf
-from wharf.broker.auth import hash_password
 from wharf.broker.config import Settings, UserConfig
+from wharf.broker.security.auth import hash_password
 from wharf.broker.server import Broker
 from wharf.protocol.errors import WharfError
 from wharf.protocol.frames import Consume

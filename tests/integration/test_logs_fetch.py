@@ -196,7 +196,7 @@ async def test_acks_none_errors_are_logged_once_not_sent(
     conn: wharf.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     await conn.create_topic("c", cleanup_policy="compact")
-    with caplog.at_level(logging.WARNING, logger="wharf.logs"):
+    with caplog.at_level(logging.WARNING, logger="wharf.topics"):
         for _ in range(3):
             await conn.produce("nope", b"x", acks="none")
             await conn.produce("c", b"no key", acks="none")

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import wharf
-from wharf.broker.connection import Connection as BrokerConnection
 from wharf.broker.server import Broker
+from wharf.broker.wire.native.connection import Connection as BrokerConnection
 from wharf.protocol import frames as F
 from wharf.protocol.records import encode_values
 

@@ -63,7 +63,7 @@ async def test_restart_right_after_many_rolls(
             # Every roll finished before stop() returned.
             assert unfinished_files(topic_dir) == []
             caplog.clear()
-            with caplog.at_level(logging.WARNING, logger="wharf.logs"):
+            with caplog.at_level(logging.WARNING, logger="wharf.topics"):
                 b = Broker(make_settings(tmp_path))
                 await b.start()
             assert "rebuilt the indexes" not in caplog.text

@@ -20,9 +20,9 @@ import pytest
 import uvloop
 from hypothesis import HealthCheck, given, settings
 
-from wharf.broker.api import wharf_version
 from wharf.broker.config import Settings
-from wharf.broker.openapi import openapi_document
+from wharf.broker.http.api import wharf_version
+from wharf.broker.http.openapi import openapi_document
 from wharf.broker.server import Broker
 
 schemathesis = pytest.importorskip("schemathesis")

@@ -49,7 +49,7 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_installed_import_names(tmp_path: Path) -> None:
     code = (
         "import importlib.util, wharf, wharf.broker, wharf.protocol\n"
-        "import wharf.broker.server, wharf.broker.cli, wharf.protocol.frames\n"
+        "import wharf.broker.server, wharf.broker.cli.main, wharf.protocol.frames\n"
         "assert callable(wharf.connect)\n"
         "assert wharf.protocol.frames.HANDSHAKE == b'WHARF\\x00\\x01\\x00'\n"
         "for generic in ('client', 'broker', 'protocol'):\n"
@@ -70,7 +70,7 @@ def test_sdk_is_typed() -> None:
 
 def test_console_script_entry_point() -> None:
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
-    assert scripts.get("wharf") == "wharf.broker.cli:main"
+    assert scripts.get("wharf") == "wharf.broker.cli.main:main"
     assert Path(sys.executable).with_name("wharf").exists()
 
 
@@ -195,7 +195,7 @@ def test_wheel_contains_the_mapped_packages_only(wheel: Path) -> None:
         "wharf/connection.py",
         "wharf/broker/__init__.py",
         "wharf/broker/server.py",
-        "wharf/broker/cli.py",
+        "wharf/broker/cli/main.py",
         "wharf/protocol/__init__.py",
         "wharf/protocol/frames.py",
         "wharf/protocol/codec.py",
@@ -232,7 +232,7 @@ def test_wheel_metadata_and_entry_point(wheel: Path) -> None:
     sections = entry_points_txt.split("[console_scripts]", 1)
     assert len(sections) == 2, entry_points_txt
     scripts = [line.replace(" ", "") for line in sections[1].splitlines() if "=" in line]
-    assert "wharf=wharf.broker.cli:main" in scripts
+    assert "wharf=wharf.broker.cli.main:main" in scripts
     assert "Name: wharf" in metadata
     assert "License-Expression: Apache-2.0" in metadata
     assert f"{dist_info}/licenses/LICENSE" in names
@@ -250,7 +250,7 @@ def test_wheel_imports_from_its_own_files(wheel: Path, tmp_path: Path) -> None:
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(unpacked)!r})\n"
-        "import wharf, wharf.broker.server, wharf.broker.cli, wharf.protocol.codec\n"
+        "import wharf, wharf.broker.server, wharf.broker.cli.main, wharf.protocol.codec\n"
         "for name, module in sorted(sys.modules.items()):\n"
         "    if name == 'wharf' or name.startswith('wharf.'):\n"
         "        print(name, module.__file__)\n"

@@ -1,6 +1,6 @@
 """A failed fsync is never retried: waiting publishes are nacked, consumers keep going.
 
-The failure is injected at the one fault point of durable writes (``wharf.broker.fsio``)."""
+The failure is injected at the one fault point of durable writes (``wharf.broker.store.fsio``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import json
 import pytest
 
 import wharf
-from wharf.broker.fsio import FAULTS
 from wharf.broker.server import Broker
+from wharf.broker.store.fsio import FAULTS
 
 # Injected at the fsio fault point, as a dying disk would answer an fsync.
 DISK_ERROR = OSError(errno.EIO, "injected I/O error")

@@ -8,18 +8,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from wharf.broker import auth
-from wharf.broker.auth import (
-    Authenticator,
-    User,
-    failure_delay_s,
-    hash_password,
-    is_loopback,
-    parse_password_hash,
-    verify_password,
-)
-from wharf.broker.cli import main
+from wharf.broker.cli.main import main
 from wharf.broker.config import ConfigError, Settings, UserConfig
+from wharf.broker.security import auth
+from wharf.broker.security.auth import Authenticator, User, failure_delay_s, is_loopback
+from wharf.broker.security.passwords import hash_password, parse_password_hash, verify_password
 from wharf.protocol.errors import AccessRefused, WharfError
 
 APP_HASH = hash_password("app-pw")  # scrypt is slow on purpose: hash once per module
@@ -239,11 +232,11 @@ async def test_failure_map_is_bounded(make_auth: Any, monkeypatch: pytest.Monkey
 
 async def test_one_warning_per_failure(make_auth: Any, caplog: pytest.LogCaptureFixture) -> None:
     a, _ = make_auth()
-    with caplog.at_level("DEBUG", logger="wharf.broker.auth"):
+    with caplog.at_level("DEBUG", logger="wharf.broker.security.auth"):
         with pytest.raises(AccessRefused):
             await a.authenticate("guest", "bad", "127.0.0.1")
         await a.authenticate("guest", "guest", "127.0.0.1")
-    records = [r for r in caplog.records if r.name == "wharf.broker.auth"]
+    records = [r for r in caplog.records if r.name == "wharf.broker.security.auth"]
     assert [r.levelname for r in records] == ["WARNING"]
     assert "bad" not in records[0].getMessage()  # never log the password
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from wharf.broker.auth import hash_password
-from wharf.broker.cli import main
+from wharf.broker.cli.main import main
 from wharf.broker.config import (
     MIB,
     ConfigError,
@@ -28,6 +27,7 @@ from wharf.broker.config import (
     suggest_key,
     unknown_key_message,
 )
+from wharf.broker.security.auth import hash_password
 
 # One real hash for the whole module: scrypt is deliberately slow.
 HASH = hash_password("s3cret")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from wharf.broker.ctl_progress import TerminalProgress
+from wharf.broker.cli.ctl_progress import TerminalProgress
 
 
 class FakeTerminal(io.StringIO):

@@ -11,7 +11,7 @@ import pytest
 
 import wharf.broker
 from wharf.broker import fsio
-from wharf.broker.fsio import FAULTS, FaultPoint
+from wharf.broker.store.fsio import FAULTS, FaultPoint
 
 BROKER_DIR = Path(wharf.broker.__file__).parent
 DISK_ERROR = OSError(errno.EIO, "injected I/O error")
@@ -82,4 +82,4 @@ def test_environment_hooks_are_read_in_fsio_only(monkeypatch: pytest.MonkeyPatch
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if io_bypass.search(line) or (path.name != "config.py" and env_read.search(line))
     ]
-    assert not offenders, f"durable I/O bypassing wharf.broker.fsio: {offenders}"
+    assert not offenders, f"durable I/O bypassing wharf.broker.store.fsio: {offenders}"

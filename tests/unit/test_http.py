@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from wharf.broker import http
-from wharf.broker.http import start_http_server, stop_http_server
-from wharf.broker.metrics import BrokerCollector, build_registry
+from wharf.broker.http import server as http
+from wharf.broker.http.metrics import BrokerCollector, build_registry
+from wharf.broker.http.server import start_http_server, stop_http_server
 
 
 @dataclass

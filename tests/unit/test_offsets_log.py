@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from wharf.broker.fsio import FAULTS, FaultOp
 from wharf.broker.logs import offsets as offsets_module
 from wharf.broker.logs.offsets import LOG_NAME, WILDCARD, OffsetsLog
+from wharf.broker.store.fsio import FAULTS, FaultOp
 from wharf.protocol.errors import InternalError
 from wharf.protocol.records import split_batches
 

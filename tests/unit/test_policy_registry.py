@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from wharf.broker.policies.arguments import parse_queue_arguments
-from wharf.broker.policies.registry import (
+from wharf.broker.core.policies.arguments import parse_queue_arguments
+from wharf.broker.core.policies.registry import (
     MAX_POLICIES,
     PolicyRegistry,
     effective_arguments,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wharf.broker.policies.priority import message_priority
-from wharf.broker.queues import Message, Queue
+from wharf.broker.core.policies.priority import message_priority
+from wharf.broker.core.queues import Message, Queue
 
 MAX = 5
 

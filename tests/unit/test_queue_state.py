@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wharf.broker.queues import Consumer, Message, Queue
+from wharf.broker.core.queues import Consumer, Message, Queue
 
 
 class FakeConnection:

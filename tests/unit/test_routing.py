@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wharf.broker.exchanges import Binding, Exchange, headers_match, topic_matches
-from wharf.broker.topology import Topology
+from wharf.broker.core.exchanges import Binding, Exchange, headers_match, topic_matches
+from wharf.broker.core.topology import Topology
 from wharf.protocol.errors import AccessRefused, InvalidArgument, PreconditionFailed
 
 

@@ -22,8 +22,8 @@ from wharf.protocol import frames as F
 from wharf.protocol.errors import InternalError, ResourceError, WharfError
 
 if TYPE_CHECKING:
-    from .logs.partition import Partition
-    from .server import Broker
+    from ...logs.partition import Partition
+    from ...server import Broker
 
 
 class LogSyncWait:

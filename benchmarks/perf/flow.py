@@ -29,11 +29,11 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventT
 from typing import Any, Final, Protocol, cast
 
+from benchmarks.perf.rawclient import RawConnection
+from wharf.broker.cli.ctl_progress import TerminalProgress
 from wharf.protocol import frames as F
 
-from ..ctl_progress import TerminalProgress
 from .common import POLL_S, Target, log, padding, run_async, stamp
-from .rawclient import RawConnection
 
 WORKER_READY_TIMEOUT_S: Final = 60.0
 RESULT_TIMEOUT_S: Final = 60.0

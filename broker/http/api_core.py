@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 from wharf.protocol.errors import InvalidArgument, WharfError
 
 if TYPE_CHECKING:
-    from .users import StoredUser
+    from ..security.users import StoredUser
 
 JSON_CONTENT_TYPE: Final = "application/json"
 # Nesting depth allowed in request bodies (arguments, headers): deep JSON would make

@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .auth import DEFAULT_USER, User, parse_password_hash
+from .auth import DEFAULT_USER, User
+from .passwords import parse_password_hash
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ ADMINISTRATOR_TAG: Final = "administrator"
 USER_NAME_PATTERN: Final = r"^[^:\u0000-\u001f\u007f]+$"
 TAG_PATTERN: Final = r"^[^,\u0000-\u001f\u007f]+$"
 _B64: Final = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)"
-# scrypt$<n: a power of two 2..2**20>$<r: 1..32>$<p: 1..16>$<salt>$<key>, as auth.py checks.
+# scrypt$<n: a power of two 2..2**20>$<r: 1..32>$<p: 1..16>$<salt>$<key>, as passwords.py checks.
 PASSWORD_HASH_PATTERN: Final = (
     r"^scrypt\$(?:"
     + "|".join(str(2**i) for i in range(20, 0, -1))

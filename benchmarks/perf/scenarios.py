@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import Any, Final
 
+from benchmarks.perf.rawclient import RawConnection
 from wharf.protocol import frames as F
 
 from .common import (
@@ -25,7 +26,6 @@ from .common import (
     unique_name,
 )
 from .flow import Plan, run_flow
-from .rawclient import RawConnection
 
 MEM_PUBLISH_BATCH: Final = 1000
 MEM_SETTLE_BEFORE_S: Final = 1.0

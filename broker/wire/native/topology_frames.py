@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any, cast
 from wharf.protocol import frames as F
 from wharf.protocol.errors import AccessRefused, InvalidArgument
 
-from .policies.registry import make_policy
+from ...core.policies.registry import make_policy
 
 if TYPE_CHECKING:
+    from ...core.queues import Queue
+    from ...core.topology import Topology
+    from ...server import Broker
     from .connection import Connection
-    from .queues import Queue
-    from .server import Broker
-    from .topology import Topology
 
 
 class TopologyFrames:

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any, Final
 from wharf.protocol.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from ..exchanges import TopicTarget
-    from .partition import Partition
-    from .topics import TopicRegistry
+    from ..logs.partition import Partition
+    from ..logs.topics import TopicRegistry
+    from .exchanges import TopicTarget
 
-log = logging.getLogger("wharf.logs")
+log = logging.getLogger("wharf.topics")
 
 PARTITION_KEY_HEADER: Final = "x-partition-key"
 EXCHANGE_HEADER: Final = "x-exchange"

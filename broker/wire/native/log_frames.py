@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 from wharf.protocol import frames as F
 from wharf.protocol.errors import CommandInvalid, InternalError, WharfError
 
-from .requests import LogRequests
+from ...logs.requests import LogRequests
 
 if TYPE_CHECKING:
-    from ..config import Settings
-    from ..server import Broker
-    from ..topology import Topology
-    from .groups import GroupCoordinator
-    from .topics import TopicRegistry
+    from ...config import Settings
+    from ...core.topology import Topology
+    from ...logs.groups import GroupCoordinator
+    from ...logs.topics import TopicRegistry
+    from ...server import Broker
 
 
 class LogFrames:

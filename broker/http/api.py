@@ -39,6 +39,21 @@ from wharf.protocol.errors import (
     WharfError,
 )
 
+from ..core.exchanges import TopicTarget
+from ..core.policies.registry import (  # server-side policies
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    make_policy,
+)
+from ..core.routed import append_routed, routed_records, sync_in_background
+from ..security.users import (
+    ADMINISTRATOR_TAG,
+    MAX_PASSWORD_CHARS,
+    UserError,
+    check_password_hash,
+    check_tags,
+    check_user_name,
+)
 from .api_core import (
     INTERNAL_ERROR_CODE,
     JSON_CONTENT_TYPE,
@@ -55,29 +70,14 @@ from .api_core import (
     query_flag,
 )
 from .api_logs import LogsApi  # log topics and consumer groups
-from .exchanges import TopicTarget
-from .logs.routed import append_routed, routed_records, sync_in_background
 from .openapi import openapi_document
-from .policies.registry import (  # server-side policies
-    PRIORITY_MAX,
-    PRIORITY_MIN,
-    make_policy,
-)
-from .users import (
-    ADMINISTRATOR_TAG,
-    MAX_PASSWORD_CHARS,
-    UserError,
-    check_password_hash,
-    check_tags,
-    check_user_name,
-)
 
 if TYPE_CHECKING:
-    from .connection import Connection
-    from .exchanges import Exchange
-    from .queues import Queue
-    from .server import Broker
-    from .users import StoredUser
+    from ..core.exchanges import Exchange
+    from ..core.queues import Queue, QueueOwner
+    from ..security.users import StoredUser
+    from ..server import Broker
+    from ..wire.native.connection import Connection
 
 log = logging.getLogger("wharf.api")
 
@@ -94,7 +94,7 @@ def wharf_version() -> str:
 
 # Stands in for "a connection" where topology methods check exclusive-queue ownership: it
 # owns nothing, so exclusive queues raise ResourceLocked and nothing is ever owned by it.
-_OPERATOR: Final = cast("Connection", object())
+_OPERATOR: Final = cast("QueueOwner", object())
 
 
 def _check_properties(props: dict[str, Any], username: str) -> None:
@@ -536,7 +536,7 @@ class ManagementApi:
         routing_key: str,
         arguments: dict[str, Any],
     ) -> dict[str, Any]:
-        from .queues import Queue
+        from ..core.queues import Queue
 
         kind = (
             "queue"

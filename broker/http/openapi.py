@@ -10,25 +10,23 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from .api_core import JSON_CONTENT_TYPE, MAX_PEEK_COUNT, MSGPACK_INT_MAX
-from .api_logs import MAX_RESET_PARTITIONS, MAX_RESET_VALUE
-from .logs.group_model import RESET_TARGETS
-from .logs.topicconfig import (
+from ..core.policies.arguments import OVERFLOW_MODES  # server-side policies
+from ..core.policies.registry import (  # server-side policies
+    MAX_PATTERN_CHARS,
+    POLICY_KEYS,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+)
+from ..logs.group_model import RESET_TARGETS
+from ..logs.topicconfig import (
     CLEANUP_POLICIES,
     MAX_MS,
     MAX_SEGMENT_BYTES,
     MIN_SEGMENT_BYTES,
     TIMESTAMP_TYPES,
 )
-from .logs.topics import MAX_PARTITIONS, TOPIC_NAME_RE
-from .policies.arguments import OVERFLOW_MODES  # server-side policies
-from .policies.registry import (  # server-side policies
-    MAX_PATTERN_CHARS,
-    POLICY_KEYS,
-    PRIORITY_MAX,
-    PRIORITY_MIN,
-)
-from .users import (
+from ..logs.topics import MAX_PARTITIONS, TOPIC_NAME_RE
+from ..security.users import (
     MAX_PASSWORD_CHARS,
     MAX_TAG_CHARS,
     MAX_TAGS_PER_USER,
@@ -37,6 +35,8 @@ from .users import (
     TAG_PATTERN,
     USER_NAME_PATTERN,
 )
+from .api_core import JSON_CONTENT_TYPE, MAX_PEEK_COUNT, MSGPACK_INT_MAX
+from .api_logs import MAX_RESET_PARTITIONS, MAX_RESET_VALUE
 
 _TYPES: Final[dict[str, dict[str, Any]]] = {
     "s": {"type": "string"},

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from wharf.protocol.errors import InvalidArgument, ResourceError
 
+from ..logs.group_model import RESET_TARGETS
+from ..logs.topics import MAX_PARTITIONS
 from .api_core import Call, Result, Route
-from .logs.group_model import RESET_TARGETS
-from .logs.topics import MAX_PARTITIONS
 
 if TYPE_CHECKING:
-    from .logs import TopicRegistry
-    from .logs.groups import GroupCoordinator
-    from .server import Broker
+    from ..logs import TopicRegistry
+    from ..logs.groups import GroupCoordinator
+    from ..server import Broker
 
 DEFAULT_PARTITIONS: Final = 1  # as Kafka's num.partitions
 # Partitions named in one reset-offsets request.

@@ -1,8 +1,4 @@
-"""Password hashing and the broker's PLAIN authenticator.
-
-Stored hash format (one string, ``$``-separated, base64 with padding)::
-
-    scrypt$<n>$<r>$<p>$<salt b64>$<hash b64>      e.g. scrypt$16384$8$1$...$...
+"""The broker's PLAIN authenticator (password hashes: passwords.py).
 
 Authentication rules:
 
@@ -21,9 +17,6 @@ Authentication rules:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -33,25 +26,18 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from wharf.protocol.errors import AccessRefused
 
+from .passwords import burn_scrypt, hash_password, parse_password_hash, verify_password
+
 if TYPE_CHECKING:
-    from .config import Settings
+    from ..config import Settings
     from .users import StoredUser
 
 log = logging.getLogger(__name__)
 
-SCRYPT_N: Final = 2**14
-SCRYPT_R: Final = 8
-SCRYPT_P: Final = 1
-SCRYPT_SALT_BYTES: Final = 16
-SCRYPT_KEY_BYTES: Final = 32
-# Bounds for hashes read from a config file, so a typo cannot ask for gigabytes of memory.
-SCRYPT_MAX_N: Final = 2**20
-SCRYPT_MAX_R: Final = 32
-SCRYPT_MAX_P: Final = 16
 # Concurrent scrypt checks; each holds 128 * r * n bytes (16 MiB at the defaults).
 SCRYPT_WORKERS: Final = 4
 
@@ -78,69 +64,6 @@ MAX_FAILURE_HOSTS: Final = 10_000
 INVALID_CREDENTIALS: Final = "invalid credentials"
 
 _T = TypeVar("_T")
-
-
-class ScryptParams(NamedTuple):
-    n: int
-    r: int
-    p: int
-    salt: bytes
-    key: bytes
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _scrypt(password: str, n: int, r: int, p: int, salt: bytes, dklen: int) -> bytes:
-    # OpenSSL needs 128*r*(n+p+2) bytes; give it that plus slack instead of its 32 MiB cap.
-    maxmem = 128 * r * (n + p + 2) + 1024 * 1024
-    return hashlib.scrypt(
-        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=maxmem, dklen=dklen
-    )
-
-
-def hash_password(password: str) -> str:
-    """Hash ``password`` for a ``[[users]]`` entry (random salt, default scrypt cost)."""
-    salt = os.urandom(SCRYPT_SALT_BYTES)
-    key = _scrypt(password, SCRYPT_N, SCRYPT_R, SCRYPT_P, salt, SCRYPT_KEY_BYTES)
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(key)}"
-
-
-def parse_password_hash(stored: str) -> ScryptParams:
-    """Split a stored hash into its parts; ``ValueError`` says what is wrong with it."""
-    parts = stored.split("$")
-    if len(parts) != 6 or parts[0] != "scrypt":
-        raise ValueError("password hash must look like scrypt$<n>$<r>$<p>$<salt>$<hash>")
-    try:
-        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
-        salt = base64.b64decode(parts[4], validate=True)
-        key = base64.b64decode(parts[5], validate=True)
-    except (ValueError, binascii.Error):
-        raise ValueError("password hash has a non-numeric cost or bad base64") from None
-    if n < 2 or n > SCRYPT_MAX_N or n & (n - 1):
-        raise ValueError(f"scrypt n must be a power of two between 2 and {SCRYPT_MAX_N}")
-    if not 1 <= r <= SCRYPT_MAX_R or not 1 <= p <= SCRYPT_MAX_P:
-        raise ValueError(f"scrypt r must be 1..{SCRYPT_MAX_R} and p 1..{SCRYPT_MAX_P}")
-    if not salt or not key:
-        raise ValueError("password hash has an empty salt or key")
-    return ScryptParams(n, r, p, salt, key)
-
-
-def verify_password(password: str, stored: str) -> bool:
-    """True if ``password`` matches ``stored``; a malformed ``stored`` never matches."""
-    try:
-        params = parse_password_hash(stored)
-    except ValueError:
-        return False
-    key = _scrypt(password, params.n, params.r, params.p, params.salt, len(params.key))
-    return hmac.compare_digest(key, params.key)
-
-
-def _burn_scrypt(password: str) -> bool:
-    """Do the work of a real check for an unknown user so timing does not reveal names."""
-    _scrypt(password, SCRYPT_N, SCRYPT_R, SCRYPT_P, b"\0" * SCRYPT_SALT_BYTES, SCRYPT_KEY_BYTES)
-    return False
 
 
 def failure_delay_s(failures: int) -> float:
@@ -203,7 +126,7 @@ class Authenticator:
             try:
                 parse_password_hash(cfg.password_hash)
             except ValueError as exc:
-                from .config import ConfigError  # config imports this module
+                from ..config import ConfigError  # config imports this module
 
                 raise ConfigError(f"users: {cfg.name!r}: {exc}") from None
             initial[cfg.name] = StoredUser(
@@ -262,7 +185,7 @@ class Authenticator:
     async def _check(self, username: str, password: str, peer_host: str) -> User:
         account = self.users.get(username)
         if account is None:
-            await self._run_scrypt(_burn_scrypt, password)
+            await self._run_scrypt(burn_scrypt, password)
             raise AccessRefused(INVALID_CREDENTIALS)
         if not await self._password_matches(account, password):
             raise AccessRefused(INVALID_CREDENTIALS)

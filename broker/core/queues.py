@@ -22,7 +22,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .paging import PagedRow, PagedTail
 from .policies.arguments import QueueLimits, parse_queue_arguments
@@ -33,8 +33,7 @@ from .policies.priority import PriorityReady, message_priority
 if TYPE_CHECKING:
     from array import array
 
-    from .connection import Connection
-    from .store.segments import MessageStore, Segment
+    from ..store.segments import MessageStore, Segment
 
 # Messages handed out by one dispatch round before yielding to the event loop.
 DISPATCH_BATCH_MESSAGES: Final = 4096
@@ -95,6 +94,26 @@ def message_from_row(payload: Any, row: PagedRow, store: MessageStore) -> Messag
     return m
 
 
+class DeliverySink(Protocol):
+    """Where a consumer's messages go: the native connection today, an AMQP channel later.
+
+    The queue dispatches through this and never imports a wire module; the sink owns the
+    delivery tags and the delivered-but-unacked table.
+    """
+
+    writable: bool  # False while the socket's write buffer is over its high watermark
+
+    def deliver(self, consumer: Consumer, batch: list[Message]) -> None: ...
+
+    def server_cancel(self, consumer: Consumer, code: int, reason: str) -> None: ...
+
+
+class QueueOwner(Protocol):
+    """The connection that declared an exclusive queue; the queue is deleted when it closes."""
+
+    exclusive_queues: list[Queue]
+
+
 class Consumer:
     __slots__ = (
         "tag",
@@ -114,7 +133,7 @@ class Consumer:
         self,
         tag: str,
         queue: Queue,
-        connection: Connection,
+        connection: DeliverySink,
         prefetch: int,
         no_ack: bool,
         exclusive: bool,
@@ -192,7 +211,7 @@ class Queue:
         name: str,
         *,
         durable: bool = False,
-        exclusive_owner: Connection | None = None,
+        exclusive_owner: QueueOwner | None = None,
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
     ) -> None:

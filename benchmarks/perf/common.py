@@ -144,7 +144,7 @@ def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, str]:
 def broker_command(port: int, http_port: int, data_dir: str) -> list[str]:
     """The console script next to this interpreter (it runs uvloop), else ``-m``."""
     script = Path(sys.executable).with_name("wharf")
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "wharf.broker.cli"]
+    head = [str(script)] if script.exists() else [sys.executable, "-m", "wharf.broker.cli.main"]
     return [
         *head,
         "serve",

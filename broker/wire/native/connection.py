@@ -41,17 +41,17 @@ from wharf.protocol.errors import (
     WharfError,
 )
 
+from ...core.exchanges import TopicTarget
+from ...core.policies.deadletter import REJECTED
+from ...core.queues import Consumer, Message, Queue
+from ...core.routed import append_routed, routed_records
 from .confirms import LogSyncWait, PublisherConfirms
-from .exchanges import TopicTarget
-from .logs.handlers import LogFrames
-from .logs.routed import append_routed, routed_records
-from .policies.deadletter import REJECTED
-from .queues import Consumer, Message, Queue
+from .log_frames import LogFrames
 from .topology_frames import TopologyFrames
 
 if TYPE_CHECKING:
-    from .server import Broker
-    from .store.segments import Segment
+    from ...server import Broker
+    from ...store.segments import Segment
 
 log = logging.getLogger("wharf.connection")
 

@@ -9,10 +9,9 @@ from typing import Any
 
 import click
 
-from .auth import hash_password
-from .config import LOG_LEVELS, ConfigError, Settings, describe, load_settings
+from ..config import LOG_LEVELS, ConfigError, Settings, describe, load_settings
+from ..security.passwords import hash_password
 from .ctl import ctl  # `wharf ctl`: the management API client (ctl.py)
-from .perf.command import bench  # `wharf bench`: load tests against a running broker
 
 
 def _version() -> str:
@@ -84,7 +83,7 @@ def serve(
         "log_level": log_level,
     }
     settings = _load(config_path, overrides)
-    from .server import run  # imported here so other commands do not load the broker
+    from ..server import run  # imported here so other commands do not load the broker
 
     sys.exit(run(settings))
 
@@ -128,4 +127,3 @@ def config_check(file: str, as_json: bool) -> None:
 
 
 main.add_command(ctl)  # `wharf ctl ...` (ctl.py)
-main.add_command(bench)  # `wharf bench ...` (perf/command.py)

@@ -1,4 +1,4 @@
-"""Load generators shared by `wharf bench` and benchmarks/.
+"""Load generators for the scenarios of ``python -m benchmarks``.
 
 Producers and consumers run in separate processes; results are printed as JSON.
 """

@@ -25,15 +25,14 @@ from wharf.protocol.errors import (
 )
 
 from .exchanges import MAX_ROUTING_KEY_CHARS, Binding, Exchange, TopicTarget
-from .logs.routed import append_routed, routed_records, sync_in_background
 from .policies.deadletter import is_cycle, with_death
 from .policies.registry import Policy, PolicyRegistry, effective_arguments, effective_limits
-from .queues import Message, Queue
+from .queues import Message, Queue, QueueOwner
+from .routed import append_routed, routed_records, sync_in_background
 
 if TYPE_CHECKING:
-    from .connection import Connection
-    from .logs import TopicRegistry
-    from .store.segments import MessageStore
+    from ..logs import TopicRegistry
+    from ..store.segments import MessageStore
 
 DEFAULT_EXCHANGE: Final = ""
 # Pre-declared exchanges, as in RabbitMQ.
@@ -221,7 +220,7 @@ class Topology:
         self,
         name: str,
         *,
-        owner: Connection,
+        owner: QueueOwner,
         durable: bool,
         exclusive: bool,
         auto_delete: bool,
@@ -279,7 +278,7 @@ class Topology:
             self.delete_queue_object(queue)
 
     @staticmethod
-    def _check_access(queue: Queue, conn: Connection) -> None:
+    def _check_access(queue: Queue, conn: QueueOwner) -> None:
         owner = queue.exclusive_owner
         if owner is not None and owner is not conn:
             raise ResourceLocked(
@@ -287,7 +286,7 @@ class Topology:
                 details={"queue": queue.name},
             )
 
-    def get_queue(self, name: str, conn: Connection | None = None) -> Queue:
+    def get_queue(self, name: str, conn: QueueOwner | None = None) -> Queue:
         q = self.queues.get(name)
         if q is None:
             raise NotFound(f"no queue '{name}'", details={"queue": name})
@@ -295,7 +294,7 @@ class Topology:
             self._check_access(q, conn)
         return q
 
-    def delete_queue(self, name: str, conn: Connection, if_unused: bool, if_empty: bool) -> int:
+    def delete_queue(self, name: str, conn: QueueOwner, if_unused: bool, if_empty: bool) -> int:
         q = self.get_queue(name, conn)
         if if_unused and q.consumer_count:
             raise PreconditionFailed(f"queue '{name}' has consumers", details={"queue": name})

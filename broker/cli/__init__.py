@@ -1,0 +1,1 @@
+"""The ``wharf`` command line: serve, ctl (the management API client), config."""

@@ -1,0 +1,1 @@
+"""The admin plane: management API, OpenAPI document, metrics, health checks."""

@@ -1,0 +1,1 @@
+"""Who may connect: password hashes, users, the PLAIN authenticator."""

@@ -1,0 +1,1 @@
+"""Wire adapters: one sub-package per way in (native: the Wharf protocol)."""

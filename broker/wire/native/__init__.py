@@ -1,0 +1,1 @@
+"""The native Wharf protocol: one Connection per socket and its frame handlers."""
