@@ -49,6 +49,9 @@ import wharf
 WHARF_BIN: Final = Path(sys.executable).with_name("wharf")
 # Budget for a broker to start (recovery included) and open its native port.
 START_TIMEOUT_S: Final = 30.0
+# A broker that found a freshly picked port taken meanwhile is started again on others.
+PORT_ATTEMPTS: Final = 3
+PORT_TAKEN: Final = "Address already in use"
 # Passed as WHARF_SHUTDOWN_TIMEOUT_S; a SIGTERM exit must come within it plus slack.
 SHUTDOWN_TIMEOUT_S: Final = 3.0
 EXIT_SLACK_S: Final = 10.0
@@ -168,11 +171,21 @@ class BrokerProcess:
         return proc
 
     async def start(self) -> None:
-        """Spawn a broker and wait until its native port accepts an SDK login."""
+        """Spawn a broker and wait until its native port accepts an SDK login.
+
+        The ports were free when picked, but another process may take one before the
+        broker listens (it then exits at once, naming the busy port): pick new ones.
+        """
         if self.running:
             raise RuntimeError("the previous broker is still running")
-        self.spawn()
-        await self.wait_ready()
+        for attempt in range(PORT_ATTEMPTS):
+            self.spawn()
+            try:
+                await self.wait_ready()
+                return
+            except BrokerDied:
+                if attempt + 1 == PORT_ATTEMPTS or PORT_TAKEN not in self.output():
+                    raise
 
     async def wait_ready(self) -> None:
         proc = self.proc
