@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import wharf.broker
-from wharf.broker import fsio
+from wharf.broker.store import fsio
 from wharf.broker.store.fsio import FAULTS, FaultPoint
 
 BROKER_DIR = Path(wharf.broker.__file__).parent
