@@ -26,12 +26,10 @@ from wharf.protocol.errors import (
     AccessRefused,
     CommandInvalid,
     ConnectionForced,
-    ContentTooLarge,
     DeliveryAckTimeout,
     HeartbeatTimeout,
     InternalError,
     InvalidArgument,
-    NotFound,
     PreconditionFailed,
     ProtocolSyntaxError,
     ResourceError,
@@ -41,10 +39,9 @@ from wharf.protocol.errors import (
     WharfError,
 )
 
-from ...core.exchanges import TopicTarget
 from ...core.policies.deadletter import REJECTED
+from ...core.publish import QUEUE_FULL_MESSAGE
 from ...core.queues import Consumer, Message, Queue
-from ...core.routed import append_routed, routed_records
 from .confirms import LogSyncWait, PublisherConfirms
 from .log_frames import LogFrames
 from .topology_frames import TopologyFrames
@@ -77,6 +74,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.topology = broker.topology
+        self._publisher = broker.topology.publisher
         self.settings = broker.settings
         self.id = next(_conn_ids)
         self.name = f"conn-{self.id}"
@@ -503,81 +501,17 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
 
     # -- publishing ----------------------------------------------------------------
 
-    def _check_publish(self, exchange_name: str, props: dict[str, Any] | None) -> Any:
-        ex = self.topology.exchanges.get(exchange_name)
-        if ex is None:
-            raise NotFound(f"no exchange '{exchange_name}'", details={"exchange": exchange_name})
-        if ex.internal:
-            raise AccessRefused(f"exchange '{exchange_name}' is internal")
-        if props:
-            self._check_properties(props)
-        return ex
-
-    def _check_properties(self, props: dict[str, Any]) -> None:
-        uid = props.get("user_id")
-        if uid is not None and uid != self.username:
-            raise PreconditionFailed(
-                f"user_id property set to {uid!r} but authenticated user was {self.username!r}"
-            )
-        prio = props.get("priority")
-        if prio is not None and (type(prio) is not int or not 0 <= prio <= 255):
-            raise InvalidArgument(
-                "priority must be an integer 0..255", details={"argument": "priority"}
-            )
-        exp = props.get("expiration")
-        if exp is not None and (type(exp) is not int or exp < 0):
-            raise InvalidArgument(
-                "expiration must be a non-negative integer (ms)", details={"argument": "expiration"}
-            )
-        hdrs = props.get("headers")
-        if hdrs is not None and not isinstance(hdrs, dict):
-            raise InvalidArgument("headers must be a map", details={"argument": "headers"})
-        ts = props.get("timestamp")
-        if ts is not None and type(ts) is not int:
-            raise InvalidArgument(
-                "timestamp must be integer epoch milliseconds", details={"argument": "timestamp"}
-            )
-
     def _on_publish_many(self, f: F.PublishMany) -> None:
         bodies = f.bodies
-        n = len(bodies)
-        if n == 0:
+        if not bodies:
             return
-        seq = f.request_id
-        props = f.properties
-        try:
-            ex = self._check_publish(f.exchange, props)
-            limit = self.settings.max_message_bytes
-            for body in bodies:
-                if type(body) is not bytes:
-                    raise ProtocolSyntaxError("PublishMany.bodies must be a list of bin")
-                if len(body) > limit:
-                    raise ContentTooLarge(
-                        f"message of {len(body)} bytes exceeds max_message_bytes={limit}"
-                    )
-        except WharfError as exc:
-            self._nack(seq, n, exc)
-            return
-        self._route(ex, f.exchange, f.routing_key, props, bodies, seq, f.flags)
+        self._publish(f.exchange, f.routing_key, f.properties, bodies, f.request_id, f.flags)
 
     def _on_publish(self, f: F.Publish) -> None:
-        seq = f.request_id
-        props = f.properties
-        try:
-            ex = self._check_publish(f.exchange, props)
-            limit = self.settings.max_message_bytes
-            if len(f.body) > limit:
-                raise ContentTooLarge(
-                    f"message of {len(f.body)} bytes exceeds max_message_bytes={limit}"
-                )
-        except WharfError as exc:
-            self._nack(seq, 1, exc)
-            return
-        self._route(ex, f.exchange, f.routing_key, props, (f.body,), seq, f.flags)
+        self._publish(f.exchange, f.routing_key, f.properties, (f.body,), f.request_id, f.flags)
 
-    def _route(
+    def _publish(
         self,
-        ex: Any,
         exchange: str,
         routing_key: str,
         props: dict[str, Any] | None,
@@ -585,85 +519,55 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         seq: int,
         flags: int,
     ) -> None:
+        """One PUBLISH or PUBLISH_MANY through the core's publish path (core/publish.py);
+        its result becomes confirms, nacks and RETURN frames."""
         n = len(bodies)
-        broker = self.broker
-        if broker.alarms and not self._blocked_reading:
+        publisher = self._publisher
+        if publisher.alarms and not self._blocked_reading:
             self._block_reading()
-        stats = broker.stats
-        stats.published += n
-        headers = props.get("headers") if props else None
-        topology = self.topology
-        topics: list[TopicTarget] | None = [] if topology.topic_targets else None
-        queues = topology.route(ex, routing_key, headers, topics)
-        stored = False
-        persistent = props is not None and props.get("persistent") is True
-        if queues and persistent:
-            store = self.broker.store
-            if store is not None and store.failed is not None and any(q.persist for q in queues):
-                self._nack(seq, n, ResourceError(f"message store unavailable: {store.failed}"))
-                return
-        log_sync: LogSyncWait | None = None
-        if topics:
-            # Appended before the queues get the message: a refused append nacks it
-            # without a copy left in any queue.
-            try:
-                records = routed_records(exchange, routing_key, props, bodies)
-                parts = append_routed(self._topics(), topics, records, persistent=persistent)
-            except WharfError as exc:
-                self._nack(seq, n, exc)
-                return
-            if persistent:
-                wait = self._log_sync_for(parts)
-                if seq:  # without a confirm (seq 0) the fsync happens, nothing waits
-                    log_sync = wait
-        if queues:
-            refused = 0
-            for q in queues:
-                durable, accepted = q.enqueue_many(exchange, routing_key, props, bodies, persistent)
-                if durable:
-                    stored = True
-                if accepted < n:
-                    refused = max(refused, n - accepted)
-            if refused:
-                # x-overflow reject-publish(-dlx): the last ``refused`` did not fit somewhere.
-                self._nack(
-                    seq + n - refused if seq else 0,
-                    refused,
-                    ResourceError("queue is full (x-max-length / x-overflow reject-publish)"),
-                )
-        elif not topics:
-            stats.unroutable += n
-            if flags & F.FLAG_MANDATORY:
-                encode = self._encode
-                for i, body in enumerate(bodies):
-                    s = seq + i if seq else 0
-                    self._send(
-                        encode(
-                            (
-                                F.RETURN,
-                                0,
-                                s,
-                                Unroutable.code,
-                                "NO_ROUTE",
-                                exchange,
-                                routing_key,
-                                props,
-                                body,
-                            )
+        try:
+            res = publisher.publish(exchange, routing_key, props, bodies, self.username)
+        except WharfError as exc:
+            self._nack(seq, n, exc)
+            return
+        refused = res.refused
+        store_batch = res.store_batch
+        log_parts = res.log_parts
+        if refused:
+            # x-overflow reject-publish(-dlx): the last ``refused`` did not fit somewhere.
+            self._nack(seq + n - refused if seq else 0, refused, ResourceError(QUEUE_FULL_MESSAGE))
+        elif res.unroutable and flags & F.FLAG_MANDATORY:
+            encode = self._encode
+            for i, body in enumerate(bodies):
+                s = seq + i if seq else 0
+                self._send(
+                    encode(
+                        (
+                            F.RETURN,
+                            0,
+                            s,
+                            Unroutable.code,
+                            "NO_ROUTE",
+                            exchange,
+                            routing_key,
+                            props,
+                            body,
                         )
                     )
+                )
+        log_sync: LogSyncWait | None = None
+        if log_parts is not None:
+            wait = self._log_sync_for(log_parts)
+            if seq:  # without a confirm (seq 0) the fsync happens, nothing waits
+                log_sync = wait
         if seq:
             last = seq + n - 1
-            if stored or log_sync is not None or self._confirm_waits:
+            if store_batch or log_sync is not None or self._confirm_waits:
                 # Cumulative confirms: nothing after a message waiting for the disk may
                 # be confirmed before it.
-                batch = 0
-                if stored:
-                    store = self.broker.store
-                    assert store is not None
-                    batch = store.batch
+                if store_batch:
                     self.broker.await_store(self)
-                self._confirm_waits.append((seq, last, batch, log_sync))
+                self._confirm_waits.append((seq, last, store_batch, log_sync))
                 return
             if last > self._confirm_up_to:
                 self._confirm_up_to = last
