@@ -16,7 +16,6 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -39,7 +38,7 @@ from wharf.protocol.errors import (
     WharfError,
 )
 
-from ...core.policies.deadletter import REJECTED
+from ...core.deliveries import Deliveries, Unacked
 from ...core.publish import QUEUE_FULL_MESSAGE
 from ...core.queues import Consumer, Message, Queue
 from .confirms import LogSyncWait, PublisherConfirms
@@ -65,9 +64,6 @@ LARGE_FRAME_BYTES: Final = 1024 * 1024
 PREAUTH_LIMIT_NAME: Final = "preauth_max_frame_bytes"
 
 _conn_ids = itertools.count(1)
-
-# Unacked table entry: (message, queue, consumer or None for basic.get).
-Unacked = tuple[Message, Queue, Consumer | None]
 
 
 class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol):
@@ -100,8 +96,6 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self.budget_paused = False
         # Counted among the broker's unauthenticated connections (until AUTH_OK or close).
         self.counted_unauthenticated = False
-        # Body bytes of the deliveries in _unacked (the memory alarm accounts for them).
-        self.unacked_bytes = 0
         self._encoder = FrameEncoder()
         self._encode = self._encoder.encode_array
         self._wbuf: list[bytes] = []
@@ -118,11 +112,8 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self.last_send = now
         # Publisher confirms: what is ready to confirm and what waits for the disk.
         self._init_confirms()
-        # Deliveries.
-        self._next_tag = 0
-        self._unacked: dict[int, Unacked] = {}
-        # (first delivery tag of a batch, loop time it was sent) for the ack timeout.
-        self._delivery_times: deque[tuple[int, float]] = deque()
+        # Delivered-but-unacked messages of this session (core/deliveries.py).
+        self.deliveries = Deliveries(broker.stats, self._loop.time)
         self.consumers: dict[str, Consumer] = {}
         self._ctag_seq = itertools.count(1)
         self.exclusive_queues: list[Queue] = []
@@ -145,7 +136,11 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
 
     @property
     def unacked_count(self) -> int:
-        return len(self._unacked)
+        return len(self.deliveries)
+
+    @property
+    def unacked_bytes(self) -> int:
+        return self.deliveries.unacked_bytes
 
     # -- transport callbacks -------------------------------------------------------
 
@@ -281,7 +276,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         for consumer in list(self.consumers.values()):
             consumer.queue.remove_consumer(consumer)
         self.consumers.clear()
-        self.requeue_unacked(None)
+        self.deliveries.requeue_all(None)
         for q in self.exclusive_queues:
             if self.topology.queues.get(q.name) is q:
                 self.topology.delete_queue_object(q)
@@ -474,30 +469,18 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self._check_ack_timeout(now)
 
     def _check_ack_timeout(self, now: float) -> None:
-        unacked = self._unacked
-        times = self._delivery_times
-        if not unacked:
-            times.clear()
+        found = self.deliveries.overdue(now, self.settings.ack_timeout_ms / 1000.0)
+        if found is None:
             return
-        oldest = next(iter(unacked))
-        while len(times) > 1 and times[1][0] <= oldest:
-            times.popleft()
-        if not times:
-            return
-        timeout_s = self.settings.ack_timeout_ms / 1000.0
-        if now - times[0][1] <= timeout_s:
-            return
-        msg, queue, consumer = unacked[oldest]
+        oldest, (_, _, consumer) = found
         reason = f"delivery {oldest} not acknowledged within {self.settings.ack_timeout_ms} ms"
         log.warning("%s: %s; requeueing", self.name, reason, extra={"conn": self.name})
         if consumer is None:
-            del unacked[oldest]
-            self.unacked_bytes -= len(msg.body)
-            queue.requeue([msg])
+            self.deliveries.requeue_one(oldest)
             self.send_error(0, DeliveryAckTimeout(reason, details={"delivery_tag": oldest}))
         else:
             self.server_cancel(consumer, DeliveryAckTimeout.code, reason)
-            self.requeue_unacked(consumer)
+            self.deliveries.requeue_all(consumer)
 
     # -- publishing ----------------------------------------------------------------
 
@@ -578,36 +561,13 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
     # -- delivering ----------------------------------------------------------------
 
     def deliver(self, consumer: Consumer, batch: list[Message]) -> None:
-        tag = self._next_tag
-        first = tag + 1
-        redelivered = 0
+        tag = self.deliveries.deliver(consumer, batch)
         entries: list[tuple[Any, ...]] = []
         append = entries.append
-        if consumer.no_ack:
-            for m in batch:
-                tag += 1
-                dc = m.delivery_count
-                if dc > 1:
-                    redelivered += 1
-                append((tag, dc > 1, dc, m.exchange, m.routing_key, m.properties, m.body))
-        else:
-            unacked = self._unacked
-            queue = consumer.queue
-            nbytes = 0
-            for m in batch:
-                tag += 1
-                dc = m.delivery_count
-                if dc > 1:
-                    redelivered += 1
-                unacked[tag] = (m, queue, consumer)
-                nbytes += len(m.body)
-                append((tag, dc > 1, dc, m.exchange, m.routing_key, m.properties, m.body))
-            self.unacked_bytes += nbytes
-            self._delivery_times.append((first, self._loop.time()))
-        self._next_tag = tag
-        stats = self.broker.stats
-        stats.delivered += len(batch)
-        stats.redelivered += redelivered
+        for m in batch:
+            dc = m.delivery_count
+            append((tag, dc > 1, dc, m.exchange, m.routing_key, m.properties, m.body))
+            tag += 1
         self._send(self._encode((F.DELIVER, 0, consumer.tag, entries)))
 
     def server_cancel(self, consumer: Consumer, code: int, reason: str) -> None:
@@ -621,36 +581,11 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
 
     def requeue_unacked(self, consumer: Consumer | None) -> None:
         """Requeue this connection's unacked deliveries (all, or one consumer's)."""
-        unacked = self._unacked
-        if not unacked:
-            return
-        by_queue: dict[Queue, list[Message]] = {}
-        if consumer is None:
-            items = list(unacked.values())
-            unacked.clear()
-            self.unacked_bytes = 0
-            for msg, queue, c in items:
-                by_queue.setdefault(queue, []).append(msg)
-                if c is not None:
-                    c.unacked -= 1
-        else:
-            tags = [t for t, e in unacked.items() if e[2] is consumer]
-            for t in tags:
-                msg, queue, _ = unacked.pop(t)
-                self.unacked_bytes -= len(msg.body)
-                by_queue.setdefault(queue, []).append(msg)
-            consumer.unacked = 0
-        for queue, msgs in by_queue.items():
-            queue.requeue(msgs)
+        self.deliveries.requeue_all(consumer)
 
     def relocate(self, old: Segment) -> int:
         """Compaction: copy forward this connection's unacked messages stored in ``old``."""
-        moved = 0
-        for msg, queue, _ in self._unacked.values():
-            if msg.seg is old and not queue.deleted:
-                queue.copy_forward(msg)
-                moved += 1
-        return moved
+        return self.deliveries.relocate(old)
 
     # -- acks ------------------------------------------------------------------------
 
@@ -666,55 +601,23 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
 
     def _settle(self, tags: list[int] | tuple[int, ...], ack_id: int) -> list[Unacked]:
         """Pop unacked entries for ``tags``; reports unknown tags; returns the entries."""
-        unacked = self._unacked
-        out: list[Unacked] = []
-        bad = 0
-        nbytes = 0
-        for tag in tags:
-            entry = unacked.pop(tag, None)
-            if entry is None:
-                if not bad:
-                    self._unknown_tag(ack_id, tag)
-                bad += 1
-                continue
-            nbytes += len(entry[0].body)
-            out.append(entry)
-        self.unacked_bytes -= nbytes
-        return out
-
-    def _tags_up_to(self, tag: int) -> list[int]:
-        out = []
-        for t in self._unacked:
-            if t > tag:
-                break
-            out.append(t)
-        return out
-
-    def _apply_acks(self, entries: list[Unacked]) -> None:
-        woken: Queue | None = None
-        for msg, queue, consumer in entries:
-            if msg.seg is not None:
-                queue.forget(msg)
-            queue.unacked_count -= 1
-            if consumer is not None:
-                consumer.unacked -= 1
-                if consumer.active and queue is not woken:
-                    woken = queue
-                    queue.schedule_dispatch()
-        self.broker.stats.acked += len(entries)
+        entries, unknown = self.deliveries.settle(tags)
+        if unknown is not None:
+            self._unknown_tag(ack_id, unknown)
+        return entries
 
     def _on_ack_many(self, f: F.AckMany) -> None:
         tags = f.delivery_tags
         for t in tags:
             if type(t) is not int:
                 raise ProtocolSyntaxError("AckMany.delivery_tags must be integers")
-        self._apply_acks(self._settle(tags, f.request_id))
+        self.deliveries.ack(self._settle(tags, f.request_id))
 
     def _tags_for(self, ack_id: int, tag: int, multiple: bool) -> list[int] | None:
         """The tags an ACK/NACK settles; None (after answering 407) if there are none."""
         if not multiple:
             return [tag]
-        tags = self._tags_up_to(tag) if tag else list(self._unacked)
+        tags = self.deliveries.tags(tag)
         if not tags and tag:
             self._unknown_tag(ack_id, tag)
             return None
@@ -723,27 +626,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
     def _on_ack(self, f: F.Ack) -> None:
         tags = self._tags_for(f.request_id, f.delivery_tag, f.multiple)
         if tags is not None:
-            self._apply_acks(self._settle(tags, f.request_id))
-
-    def _release(self, entries: list[Unacked]) -> dict[Queue, list[Message]]:
-        """Return the consumers' credit for settled entries; messages grouped by queue."""
-        by_queue: dict[Queue, list[Message]] = {}
-        for msg, queue, consumer in entries:
-            by_queue.setdefault(queue, []).append(msg)
-            if consumer is not None:
-                consumer.unacked -= 1
-                if consumer.active:
-                    queue.schedule_dispatch()
-        return by_queue
-
-    def _reject(self, entries: list[Unacked], requeue: bool) -> None:
-        for queue, msgs in self._release(entries).items():
-            if requeue:
-                queue.requeue(msgs)
-            else:
-                queue.reject(msgs, REJECTED)
-        if not requeue:
-            self.broker.stats.rejected += len(entries)
+            self.deliveries.ack(self._settle(tags, f.request_id))
 
     def _on_nack(self, f: F.Nack) -> None:
         tags = self._tags_for(f.request_id, f.delivery_tag, f.multiple)
@@ -751,17 +634,12 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             return
         entries = self._settle(tags, f.request_id)
         if f.requeue and f.delay_ms > 0:
-            self._delay(entries, f.delay_ms)
+            self.deliveries.delay(entries, f.delay_ms)
             return
-        self._reject(entries, f.requeue)
-
-    def _delay(self, entries: list[Unacked], delay_ms: int) -> None:
-        """nack with a delay: the messages come back to their queues after ``delay_ms``."""
-        for queue, msgs in self._release(entries).items():
-            queue.delay(msgs, delay_ms)
+        self.deliveries.reject(entries, f.requeue)
 
     def _on_reject(self, f: F.Reject) -> None:
-        self._reject(self._settle([f.delivery_tag], f.request_id), f.requeue)
+        self.deliveries.reject(self._settle([f.delivery_tag], f.request_id), f.requeue)
 
     def _on_heartbeat(self, f: F.Heartbeat) -> None:
         return
@@ -815,21 +693,8 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         if msg is None:
             self._send(self._encode((F.GET_OK, f.request_id, None, 0)))
             return
-        self._next_tag += 1
-        tag = self._next_tag
+        tag = self.deliveries.get(queue, msg, f.no_ack)
         dc = msg.delivery_count
-        stats = self.broker.stats
-        stats.delivered += 1
-        if dc > 1:
-            stats.redelivered += 1
-        queue.note_delivered()
-        if f.no_ack:
-            queue.forget(msg)
-        else:
-            self._unacked[tag] = (msg, queue, None)
-            self.unacked_bytes += len(msg.body)
-            self._delivery_times.append((tag, self._loop.time()))
-            queue.unacked_count += 1
         entry = (tag, dc > 1, dc, msg.exchange, msg.routing_key, msg.properties, msg.body)
         self._send(self._encode((F.GET_OK, f.request_id, entry, queue.ready_count)))
 
@@ -853,6 +718,6 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             "user": self.username,
             "heartbeat_s": self.heartbeat_s,
             "consumers": len(self.consumers),
-            "unacked": len(self._unacked),
+            "unacked": len(self.deliveries),
             "client_properties": self.client_properties,
         }
