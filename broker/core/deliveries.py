@@ -96,7 +96,7 @@ class Deliveries:
             self._unacked[tag] = (msg, queue, None)
             self.unacked_bytes += len(msg.body)
             self._times.append((tag, self._clock()))
-            queue.unacked_count += 1
+            queue.got_unacked()
         return tag
 
     # -- settling ------------------------------------------------------------------
@@ -134,12 +134,10 @@ class Deliveries:
         for msg, queue, consumer in entries:
             if msg.seg is not None:
                 queue.forget(msg)
-            queue.unacked_count -= 1
-            if consumer is not None:
-                consumer.unacked -= 1
-                if consumer.active and queue is not woken:
-                    woken = queue
-                    queue.schedule_dispatch()
+            queue.settled(consumer, 1)
+            if consumer is not None and consumer.active and queue is not woken:
+                woken = queue
+                queue.schedule_dispatch()
         self.stats.acked += len(entries)
 
     def _release(self, entries: list[Unacked]) -> dict[Queue, list[Message]]:
@@ -148,9 +146,7 @@ class Deliveries:
         for msg, queue, consumer in entries:
             by_queue.setdefault(queue, []).append(msg)
             if consumer is not None:
-                consumer.unacked -= 1
-                if consumer.active:
-                    queue.schedule_dispatch()
+                queue.credit_back(consumer, 1)
         return by_queue
 
     def reject(self, entries: list[Unacked], requeue: bool) -> None:
@@ -180,14 +176,15 @@ class Deliveries:
             for msg, queue, c in items:
                 by_queue.setdefault(queue, []).append(msg)
                 if c is not None:
-                    c.unacked -= 1
+                    queue.credit_back(c, 1)
         else:
             tags = [t for t, e in unacked.items() if e[2] is consumer]
             for t in tags:
                 msg, queue, _ = unacked.pop(t)
                 self.unacked_bytes -= len(msg.body)
                 by_queue.setdefault(queue, []).append(msg)
-            consumer.unacked = 0
+            if tags:
+                consumer.queue.credit_back(consumer, len(tags))
         for queue, msgs in by_queue.items():
             queue.requeue(msgs)
 

@@ -913,9 +913,25 @@ class Queue:
         if n and self._consumers:
             self.schedule_dispatch()
 
-    def settle(self, n: int) -> None:
-        """``n`` delivered messages were acked or dropped."""
+    # The unacked counters (``unacked_count``, ``Consumer.unacked``) change only here and
+    # at dispatch (``_account``); core/deliveries.py calls these as deliveries settle.
+
+    def settled(self, consumer: Consumer | None, n: int) -> None:
+        """``n`` delivered messages (of ``consumer``; None: a get) were acked."""
         self.unacked_count -= n
+        if consumer is not None:
+            consumer.unacked -= n
+
+    def credit_back(self, consumer: Consumer, n: int) -> None:
+        """``n`` deliveries of ``consumer`` were settled by requeue, reject or delay (those
+        methods count them out of ``unacked_count``): its prefetch credit comes back."""
+        consumer.unacked -= n
+        if consumer.active:
+            self.schedule_dispatch()
+
+    def got_unacked(self) -> None:
+        """A get delivered a message that waits for its ack."""
+        self.unacked_count += 1
 
     def take(self, now_ms: int = 0) -> Message | None:
         """Pop the next ready message; the caller records it as delivered.
