@@ -109,9 +109,11 @@ class DeliverySink(Protocol):
 
 
 class QueueOwner(Protocol):
-    """The connection that declared an exclusive queue; the queue is deleted when it closes."""
+    """The session that declared an exclusive queue (an opaque, hashable object: the
+    native connection today); ``Topology.release_owner`` deletes its queues when it
+    ends."""
 
-    exclusive_queues: list[Queue]
+    name: str
 
 
 class Consumer:

@@ -70,6 +70,7 @@ class Topology:
         "topics",
         "topic_targets",
         "publisher",
+        "_owned",
     )
 
     def __init__(self) -> None:
@@ -92,6 +93,8 @@ class Topology:
         self.exchanges[DEFAULT_EXCHANGE] = self.default_exchange
         # The one publish path (publish.py): the wire, HTTP, dead-lettering and replay.
         self.publisher = Publisher(self)
+        # Exclusive queues by the session that owns them (deleted with it).
+        self._owned: dict[QueueOwner, list[Queue]] = {}
         for name, kind in STANDARD_EXCHANGES:
             self.exchanges[name] = Exchange(name, kind, durable=True)
 
@@ -265,9 +268,17 @@ class Topology:
         self.apply_policy(q)
         # Exclusive queues go with their connection, so never outlive a restart.
         self.attach_store(q, secrets.randbits(62) + 1, persist=durable and not exclusive)
+        if exclusive:
+            self._owned.setdefault(owner, []).append(q)
         if q.persist:
             self._changed()
         return q
+
+    def release_owner(self, owner: QueueOwner) -> None:
+        """``owner`` ended: delete the exclusive queues it still has."""
+        for q in self._owned.pop(owner, ()):
+            if self.queues.get(q.name) is q:
+                self.delete_queue_object(q)
 
     def attach_store(self, q: Queue, uid: int, *, persist: bool) -> None:
         q.dead_letter = self._dead_letter
@@ -316,8 +327,12 @@ class Topology:
         for c in list(q.consumers):
             c.connection.server_cancel(c, 404, f"queue '{q.name}' was deleted")
         owner = q.exclusive_owner
-        if owner is not None and q in owner.exclusive_queues:
-            owner.exclusive_queues.remove(q)
+        if owner is not None:
+            owned = self._owned.get(owner)
+            if owned is not None and q in owned:
+                owned.remove(q)
+                if not owned:
+                    del self._owned[owner]
         if q.persist:
             self._changed()
         return n

@@ -40,7 +40,7 @@ from wharf.protocol.errors import (
 
 from ...core.deliveries import Deliveries, Unacked
 from ...core.publish import QUEUE_FULL_MESSAGE
-from ...core.queues import Consumer, Message, Queue
+from ...core.queues import Consumer, Message
 from .confirms import LogSyncWait, PublisherConfirms
 from .log_frames import LogFrames
 from .topology_frames import TopologyFrames
@@ -116,7 +116,6 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self.deliveries = Deliveries(broker.stats, self._loop.time)
         self.consumers: dict[str, Consumer] = {}
         self._ctag_seq = itertools.count(1)
-        self.exclusive_queues: list[Queue] = []
         self._handlers: dict[int, Callable[[Any], None]] = {
             F.PUBLISH_MANY: self._on_publish_many,
             F.PUBLISH: self._on_publish,
@@ -277,10 +276,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             consumer.queue.remove_consumer(consumer)
         self.consumers.clear()
         self.deliveries.requeue_all(None)
-        for q in self.exclusive_queues:
-            if self.topology.queues.get(q.name) is q:
-                self.topology.delete_queue_object(q)
-        self.exclusive_queues.clear()
+        self.topology.release_owner(self)
         self.broker.connections.pop(self.id, None)
         self.broker.release_unauthenticated(self)
         if self.buffered_bytes:
