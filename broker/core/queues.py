@@ -97,8 +97,9 @@ def message_from_row(payload: Any, row: PagedRow, store: MessageStore) -> Messag
 class DeliverySink(Protocol):
     """Where a consumer's messages go: the native connection today, an AMQP channel later.
 
-    The queue dispatches through this and never imports a wire module; the sink owns the
-    delivery tags and the delivered-but-unacked table.
+    The queue dispatches through this and never imports a wire module; the sink records
+    each batch in its session's ``Deliveries`` (core/deliveries.py, the delivery tags and
+    the unacked table) and writes it out.
     """
 
     writable: bool  # False while the socket's write buffer is over its high watermark
@@ -120,7 +121,7 @@ class Consumer:
     __slots__ = (
         "tag",
         "queue",
-        "connection",
+        "sink",
         "prefetch",
         "no_ack",
         "exclusive",
@@ -135,7 +136,7 @@ class Consumer:
         self,
         tag: str,
         queue: Queue,
-        connection: DeliverySink,
+        sink: DeliverySink,
         prefetch: int,
         no_ack: bool,
         exclusive: bool,
@@ -144,7 +145,7 @@ class Consumer:
     ) -> None:
         self.tag = tag
         self.queue = queue
-        self.connection = connection
+        self.sink = sink  # the consumer session it delivers to
         self.prefetch = prefetch  # 0 = unlimited
         self.no_ack = no_ack
         self.exclusive = exclusive
@@ -157,7 +158,7 @@ class Consumer:
         self.priority = prio if type(prio) is int else 0
 
     def credit(self) -> int:
-        if not self.connection.writable:
+        if not self.sink.writable:
             return 0
         if self.prefetch == 0 or self.no_ack:
             return DISPATCH_BATCH_MESSAGES
@@ -1092,12 +1093,12 @@ class Queue:
             batch.append(msg)
             size += len(msg.body)
             if size >= DELIVER_FRAME_BODY_BYTES:
-                consumer.connection.deliver(consumer, batch)
+                consumer.sink.deliver(consumer, batch)
                 self._account(consumer, batch)
                 batch = []
                 size = 0
         if batch:
-            consumer.connection.deliver(consumer, batch)
+            consumer.sink.deliver(consumer, batch)
             self._account(consumer, batch)
 
     def note_delivered(self) -> None:
@@ -1135,6 +1136,6 @@ class Queue:
         self._rr = rr
         for i, batch in batches.items():
             c = consumers[i]
-            c.connection.deliver(c, batch)
+            c.sink.deliver(c, batch)
             self._account(c, batch)
         return budget

@@ -325,7 +325,7 @@ class Topology:
         for b in list(q.bindings):
             self._remove_binding(b, cascade=True)
         for c in list(q.consumers):
-            c.connection.server_cancel(c, 404, f"queue '{q.name}' was deleted")
+            c.sink.server_cancel(c, 404, f"queue '{q.name}' was deleted")
         owner = q.exclusive_owner
         if owner is not None:
             owned = self._owned.get(owner)
