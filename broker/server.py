@@ -282,7 +282,12 @@ class Broker:
         self.topology.publisher.alarms = alarms
 
     def await_store(self, conn: Connection) -> None:
+        """``conn`` has confirms waiting for a store group commit (``store_committed``)."""
         self._store_waiting.add(conn)
+
+    def stop_awaiting_store(self, conn: Connection) -> None:
+        """``conn`` closed: its waiting confirms are dropped."""
+        self._store_waiting.discard(conn)
 
     def _store_committed(self, batch: int) -> None:
         waiting = self._store_waiting

@@ -282,7 +282,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         if self.buffered_bytes:
             self._note_buffered(0)
         self.broker.forget_budget_reader(self)
-        self.broker._store_waiting.discard(self)
+        self.broker.stop_awaiting_store(self)
         self._logs_connection_lost()
         self.broker.connection_closed(self)
         if self.authenticated:
