@@ -96,6 +96,9 @@ class Broker:
         self.topology = Topology()
         self.connections: dict[int, Connection] = {}
         self.stats = BrokerStats()
+        publisher = self.topology.publisher
+        publisher.stats = self.stats
+        publisher.max_message_bytes = settings.max_message_bytes
         self.authenticator = Authenticator(settings)
         self.ready = False
         self.stopping = False
@@ -112,8 +115,6 @@ class Broker:
         self.log_cleaner: LogCleaner | None = None  # compaction of log topics
         self.groups: GroupCoordinator | None = None  # consumer groups, opened in _recover()
         self.monitor: ResourceMonitor | None = None
-        # Raised resource alarms ("memory", "disk"); publishers are blocked while non-empty.
-        self.alarms: set[str] = set()
         self._store_waiting: set[Connection] = set()
         self.trimmer = MemoryTrimmer()
         # Connections that have not authenticated yet: in total and per peer address
@@ -270,8 +271,23 @@ class Broker:
         definitions["users"] = self.authenticator.users.runtime_records()  # management API
         save_definitions(Path(self.data_path), definitions)
 
+    @property
+    def alarms(self) -> set[str]:
+        """Raised resource alarms ("memory", "disk"); publishers are blocked while
+        non-empty.  The core's publish path keeps them (core/publish.py)."""
+        return self.topology.publisher.alarms
+
+    @alarms.setter
+    def alarms(self, alarms: set[str]) -> None:
+        self.topology.publisher.alarms = alarms
+
     def await_store(self, conn: Connection) -> None:
+        """``conn`` has confirms waiting for a store group commit (``store_committed``)."""
         self._store_waiting.add(conn)
+
+    def stop_awaiting_store(self, conn: Connection) -> None:
+        """``conn`` closed: its waiting confirms are dropped."""
+        self._store_waiting.discard(conn)
 
     def _store_committed(self, batch: int) -> None:
         waiting = self._store_waiting

@@ -97,8 +97,9 @@ def message_from_row(payload: Any, row: PagedRow, store: MessageStore) -> Messag
 class DeliverySink(Protocol):
     """Where a consumer's messages go: the native connection today, an AMQP channel later.
 
-    The queue dispatches through this and never imports a wire module; the sink owns the
-    delivery tags and the delivered-but-unacked table.
+    The queue dispatches through this and never imports a wire module; the sink records
+    each batch in its session's ``Deliveries`` (core/deliveries.py, the delivery tags and
+    the unacked table) and writes it out.
     """
 
     writable: bool  # False while the socket's write buffer is over its high watermark
@@ -109,16 +110,18 @@ class DeliverySink(Protocol):
 
 
 class QueueOwner(Protocol):
-    """The connection that declared an exclusive queue; the queue is deleted when it closes."""
+    """The session that declared an exclusive queue (an opaque, hashable object: the
+    native connection today); ``Topology.release_owner`` deletes its queues when it
+    ends."""
 
-    exclusive_queues: list[Queue]
+    name: str
 
 
 class Consumer:
     __slots__ = (
         "tag",
         "queue",
-        "connection",
+        "sink",
         "prefetch",
         "no_ack",
         "exclusive",
@@ -133,7 +136,7 @@ class Consumer:
         self,
         tag: str,
         queue: Queue,
-        connection: DeliverySink,
+        sink: DeliverySink,
         prefetch: int,
         no_ack: bool,
         exclusive: bool,
@@ -142,7 +145,7 @@ class Consumer:
     ) -> None:
         self.tag = tag
         self.queue = queue
-        self.connection = connection
+        self.sink = sink  # the consumer session it delivers to
         self.prefetch = prefetch  # 0 = unlimited
         self.no_ack = no_ack
         self.exclusive = exclusive
@@ -155,7 +158,7 @@ class Consumer:
         self.priority = prio if type(prio) is int else 0
 
     def credit(self) -> int:
-        if not self.connection.writable:
+        if not self.sink.writable:
             return 0
         if self.prefetch == 0 or self.no_ack:
             return DISPATCH_BATCH_MESSAGES
@@ -913,9 +916,25 @@ class Queue:
         if n and self._consumers:
             self.schedule_dispatch()
 
-    def settle(self, n: int) -> None:
-        """``n`` delivered messages were acked or dropped."""
+    # The unacked counters (``unacked_count``, ``Consumer.unacked``) change only here and
+    # at dispatch (``_account``); core/deliveries.py calls these as deliveries settle.
+
+    def settled(self, consumer: Consumer | None, n: int) -> None:
+        """``n`` delivered messages (of ``consumer``; None: a get) were acked."""
         self.unacked_count -= n
+        if consumer is not None:
+            consumer.unacked -= n
+
+    def credit_back(self, consumer: Consumer, n: int) -> None:
+        """``n`` deliveries of ``consumer`` were settled by requeue, reject or delay (those
+        methods count them out of ``unacked_count``): its prefetch credit comes back."""
+        consumer.unacked -= n
+        if consumer.active:
+            self.schedule_dispatch()
+
+    def got_unacked(self) -> None:
+        """A get delivered a message that waits for its ack."""
+        self.unacked_count += 1
 
     def take(self, now_ms: int = 0) -> Message | None:
         """Pop the next ready message; the caller records it as delivered.
@@ -1074,12 +1093,12 @@ class Queue:
             batch.append(msg)
             size += len(msg.body)
             if size >= DELIVER_FRAME_BODY_BYTES:
-                consumer.connection.deliver(consumer, batch)
+                consumer.sink.deliver(consumer, batch)
                 self._account(consumer, batch)
                 batch = []
                 size = 0
         if batch:
-            consumer.connection.deliver(consumer, batch)
+            consumer.sink.deliver(consumer, batch)
             self._account(consumer, batch)
 
     def note_delivered(self) -> None:
@@ -1117,6 +1136,6 @@ class Queue:
         self._rr = rr
         for i, batch in batches.items():
             c = consumers[i]
-            c.connection.deliver(c, batch)
+            c.sink.deliver(c, batch)
             self._account(c, batch)
         return budget

@@ -27,8 +27,9 @@ from wharf.protocol.errors import (
 from .exchanges import MAX_ROUTING_KEY_CHARS, Binding, Exchange, TopicTarget
 from .policies.deadletter import is_cycle, with_death
 from .policies.registry import Policy, PolicyRegistry, effective_arguments, effective_limits
+from .publish import Publisher
 from .queues import Message, Queue, QueueOwner
-from .routed import append_routed, routed_records, sync_in_background
+from .routed import sync_in_background
 
 if TYPE_CHECKING:
     from ..logs import TopicRegistry
@@ -68,6 +69,8 @@ class Topology:
         "policies",
         "topics",
         "topic_targets",
+        "publisher",
+        "_owned",
     )
 
     def __init__(self) -> None:
@@ -88,6 +91,10 @@ class Topology:
         self.queues: dict[str, Queue] = {}
         self.default_exchange = Exchange(DEFAULT_EXCHANGE, "direct", durable=True)
         self.exchanges[DEFAULT_EXCHANGE] = self.default_exchange
+        # The one publish path (publish.py): the wire, HTTP, dead-lettering and replay.
+        self.publisher = Publisher(self)
+        # Exclusive queues by the session that owns them (deleted with it).
+        self._owned: dict[QueueOwner, list[Queue]] = {}
         for name, kind in STANDARD_EXCHANGES:
             self.exchanges[name] = Exchange(name, kind, durable=True)
 
@@ -261,9 +268,17 @@ class Topology:
         self.apply_policy(q)
         # Exclusive queues go with their connection, so never outlive a restart.
         self.attach_store(q, secrets.randbits(62) + 1, persist=durable and not exclusive)
+        if exclusive:
+            self._owned.setdefault(owner, []).append(q)
         if q.persist:
             self._changed()
         return q
+
+    def release_owner(self, owner: QueueOwner) -> None:
+        """``owner`` ended: delete the exclusive queues it still has."""
+        for q in self._owned.pop(owner, ()):
+            if self.queues.get(q.name) is q:
+                self.delete_queue_object(q)
 
     def attach_store(self, q: Queue, uid: int, *, persist: bool) -> None:
         q.dead_letter = self._dead_letter
@@ -310,10 +325,14 @@ class Topology:
         for b in list(q.bindings):
             self._remove_binding(b, cascade=True)
         for c in list(q.consumers):
-            c.connection.server_cancel(c, 404, f"queue '{q.name}' was deleted")
+            c.sink.server_cancel(c, 404, f"queue '{q.name}' was deleted")
         owner = q.exclusive_owner
-        if owner is not None and q in owner.exclusive_queues:
-            owner.exclusive_queues.remove(q)
+        if owner is not None:
+            owned = self._owned.get(owner)
+            if owned is not None and q in owned:
+                owned.remove(q)
+                if not owned:
+                    del self._owned[owner]
         if q.persist:
             self._changed()
         return n
@@ -332,6 +351,7 @@ class Topology:
         if ex is None:
             return  # as RabbitMQ: a missing dead-letter exchange drops the message
         now_ms = int(time.time() * 1000)
+        publisher = self.publisher
         for m in msgs:
             routing_key = limits.dead_letter_routing_key or m.routing_key
             props = with_death(
@@ -342,37 +362,22 @@ class Topology:
                 routing_key=m.routing_key,
                 now_ms=now_ms,
             )
-            persistent = props.get("persistent") is True
-            topics: list[TopicTarget] | None = [] if self.topic_targets else None
-            for target in self.route(ex, routing_key, props.get("headers"), topics):
+
+            def accept(target: Queue, props: dict[str, Any] = props) -> bool:
                 if is_cycle(props, target.name):
                     self.dead_letter_cycles += 1
-                    continue
-                target.enqueue_many(ex.name, routing_key, props, (m.body,), persistent)
-            if topics:
-                self._append_dead_lettered(topics, ex.name, routing_key, props, m.body, persistent)
+                    return False
+                return True
 
-    def _append_dead_lettered(
-        self,
-        topics: list[TopicTarget],
-        exchange: str,
-        routing_key: str,
-        props: dict[str, Any],
-        body: bytes,
-        persistent: bool,
-    ) -> None:
-        """A dead-lettered message routed to log topics is appended to them.  Nothing
-        waits for it: a persistent one asks for an fsync, a failure is logged."""
-        registry = self.topics
-        assert registry is not None
-        try:
-            records = routed_records(exchange, routing_key, props, (body,))
-            parts = append_routed(registry, topics, records, persistent=persistent)
-        except WharfError as exc:
-            log.warning("dead-lettering to log topics via exchange '%s' failed: %s", exchange, exc)
-            return
-        if persistent:
-            sync_in_background(parts, "dead-lettered messages")
+            try:
+                res = publisher.route(
+                    ex, ex.name, routing_key, props, (m.body,), accept=accept, count=False
+                )
+            except WharfError as exc:
+                log.warning("dead-lettering via exchange '%s' failed: %s", ex.name, exc)
+                continue
+            if res.log_parts:  # nothing waits for it; a failure is logged
+                sync_in_background(res.log_parts, "dead-lettered messages")
 
     # -- server-side policies (policies/registry.py) ----------------------------------
     # A queue's limits are its x-arguments merged with the one policy matching its name.
@@ -426,6 +431,9 @@ class Topology:
         """
         if target is not None and target not in self.queues:
             raise NotFound(f"no queue '{target}'", details={"queue": target})
+        # Checked before anything is taken out of ``source``: enqueueing cannot fail then.
+        publisher = self.publisher
+        publisher.check_store()
 
         def last_death(m: Message) -> dict[str, Any]:
             deaths = ((m.properties or {}).get("headers") or {}).get("x-death") or []
@@ -453,8 +461,9 @@ class Topology:
         for m in moved:
             dest = destination(m)
             assert dest is not None
-            persistent = (m.properties or {}).get("persistent") is True
-            dest.enqueue_many(m.exchange, m.routing_key, m.properties, (m.body,), persistent)
+            publisher.route(
+                None, m.exchange, m.routing_key, m.properties, (m.body,), queues=[dest], count=False
+            )
         for m in moved:
             source.forget(m)
         return len(moved)

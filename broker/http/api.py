@@ -31,11 +31,9 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from wharf.protocol.errors import (
     AccessRefused,
     ConnectionForced,
-    ContentTooLarge,
     InvalidArgument,
     NotFound,
     PreconditionFailed,
-    ResourceError,
     WharfError,
 )
 
@@ -45,7 +43,7 @@ from ..core.policies.registry import (  # server-side policies
     PRIORITY_MIN,
     make_policy,
 )
-from ..core.routed import append_routed, routed_records, sync_in_background
+from ..core.routed import sync_in_background
 from ..security.users import (
     ADMINISTRATOR_TAG,
     MAX_PASSWORD_CHARS,
@@ -95,41 +93,6 @@ def wharf_version() -> str:
 # Stands in for "a connection" where topology methods check exclusive-queue ownership: it
 # owns nothing, so exclusive queues raise ResourceLocked and nothing is ever owned by it.
 _OPERATOR: Final = cast("QueueOwner", object())
-
-
-def _check_properties(props: dict[str, Any], username: str) -> None:
-    """The same checks a PUBLISH gets on the native protocol (connection.py)."""
-    uid = props.get("user_id")
-    if uid is not None and uid != username:
-        raise PreconditionFailed(
-            f"user_id property set to {uid!r} but authenticated user was {username!r}"
-        )
-    for key, kind in (
-        ("content_type", str),
-        ("content_encoding", str),
-        ("message_id", str),
-        ("correlation_id", str),
-        ("reply_to", str),
-        ("type", str),
-        ("app_id", str),
-        ("user_id", str),
-        ("persistent", bool),
-    ):
-        v = props.get(key)
-        if v is not None and type(v) is not kind:
-            raise InvalidArgument(f"property {key!r} must be a {kind.__name__}")
-    for key, hi in (("priority", 255), ("expiration", MSGPACK_INT_MAX), ("timestamp", None)):
-        v = props.get(key)
-        if v is None:
-            continue
-        if type(v) is not int or (hi is not None and not 0 <= v <= hi):
-            raise InvalidArgument(
-                f"property {key!r} must be an integer" + (f" 0..{hi}" if hi else ""),
-                details={"argument": key},
-            )
-    hdrs = props.get("headers")
-    if hdrs is not None and not isinstance(hdrs, dict):
-        raise InvalidArgument("property 'headers' must be an object")
 
 
 def build_api(broker: object) -> ManagementApi | None:
@@ -472,33 +435,18 @@ class ManagementApi:
         else:
             raise InvalidArgument("field 'payload_encoding' must be 'string' or 'base64'")
         props = f.obj("properties")
-        _check_properties(props, call.user.name)
-        if ex.internal:
-            raise AccessRefused(f"exchange '{ex.name}' is internal")
-        limit = b.settings.max_message_bytes
-        if len(body) > limit:
-            raise ContentTooLarge(f"message of {len(body)} bytes exceeds max_message_bytes={limit}")
-        persistent = props.get("persistent") is True
-        if b.alarms:
-            raise ResourceError(f"publishing is blocked by resource alarm(s): {sorted(b.alarms)}")
-        store = b.store
-        if persistent and store is not None and store.failed is not None:
-            raise ResourceError(f"message store unavailable: {store.failed}")
-        properties = props or None
-        topics: list[TopicTarget] = []
-        queues = b.topology.route(ex, routing_key, props.get("headers"), topics)
-        if topics:  # log topics bound to the exchange (docs/logs.md)
-            assert b.logs is not None
-            records = routed_records(ex.name, routing_key, properties, (body,))
-            parts = append_routed(b.logs, topics, records, persistent=persistent)
-            if persistent:
-                sync_in_background(parts, "HTTP publish")
-        b.stats.published += 1
-        for q in queues:
-            q.enqueue_many(ex.name, routing_key, properties, (body,), persistent)
-        if not queues and not topics:
-            b.stats.unroutable += 1
-        return 200, {"routed": bool(queues or topics)}
+        # The core's publish path (core/publish.py), as the native protocol's PUBLISH;
+        # a resource alarm refuses (the native protocol stops reading instead).
+        publisher = b.topology.publisher
+        publisher.check_alarms()
+        res = publisher.publish(ex.name, routing_key, props or None, (body,), call.user.name)
+        if res.log_parts:  # nothing waits for the fsync; a failure is logged
+            sync_in_background(res.log_parts, "HTTP publish")
+        # RabbitMQ's shape ({"routed": bool}); a full queue's refusal (x-overflow
+        # reject-publish), which the native protocol nacks, adds "refused": true.
+        if res.refused:
+            return 200, {"routed": res.routed, "refused": True}
+        return 200, {"routed": res.routed}
 
     # -- bindings ------------------------------------------------------------------------
 

@@ -156,7 +156,7 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             expiration={"minimum": 0},
         ),
     ),
-    "Routed": _schema("routed:b!"),
+    "Routed": _schema("routed:b! refused:b"),
     "Binding": _schema(
         "source:s! destination:s! destination_type:s routing_key:s arguments:m",
         closed=True,

@@ -18,6 +18,7 @@ from wharf.broker.config import Settings, UserConfig
 from wharf.broker.http.api import build_api
 from wharf.broker.security.auth import hash_password
 from wharf.broker.server import Broker
+from wharf.protocol.errors import InvalidArgument
 
 Connect = Callable[..., Any]
 
@@ -316,6 +317,42 @@ async def test_exchange_lifecycle_and_default_exchange(broker: Broker) -> None:
     assert (await api(broker, "DELETE", "/api/exchanges/amq.default")).status == 403
     assert (await api(broker, "DELETE", "/api/exchanges/events")).status == 200
     assert (await api(broker, "GET", "/api/exchanges/events")).status == 404
+
+
+async def test_publish_reports_a_refusal_by_a_full_queue(
+    broker: Broker, conn: wharf.Connection
+) -> None:
+    # The native protocol nacks a message a full queue refuses (x-overflow
+    # reject-publish); HTTP publish goes through the same path and says so.
+    q = _qname()
+    await conn.declare_queue(q, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    url = "/api/exchanges/amq.default/publish"
+    first = await api(broker, "POST", url, {"routing_key": q, "payload": "a"})
+    assert first.status == 200 and first.json() == {"routed": True}
+    second = await api(broker, "POST", url, {"routing_key": q, "payload": "b"})
+    assert second.status == 200 and second.json() == {"routed": True, "refused": True}
+    unroutable = await api(broker, "POST", url, {"routing_key": _qname(), "payload": "c"})
+    assert unroutable.status == 200 and unroutable.json() == {"routed": False}
+    msg = await conn.get(q, no_ack=True)
+    assert msg is not None and msg.body == b"a"
+    assert await conn.get(q, no_ack=True) is None
+
+
+async def test_publish_checks_properties_as_the_native_protocol(
+    broker: Broker, conn: wharf.Connection
+) -> None:
+    # One property check for both ways in: the same message is refused with the same code.
+    q = (await conn.declare_queue(_qname())).name
+    bad = {"message_id": 7}
+    r = await api(
+        broker,
+        "POST",
+        "/api/exchanges/amq.default/publish",
+        {"routing_key": q, "payload": "x", "properties": bad},
+    )
+    assert r.status == 400 and r.json()["code"] == InvalidArgument.code
+    with pytest.raises(InvalidArgument):
+        await conn.publish("", q, b"x", message_id=7)  # type: ignore[arg-type]
 
 
 async def test_publish_routes_like_a_client_publish(broker: Broker, conn: wharf.Connection) -> None:

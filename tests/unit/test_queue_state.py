@@ -42,8 +42,7 @@ async def test_fifo_and_prefetch_credit() -> None:
     await _settle()
     assert conn.bodies() == [b"0", b"1", b"2"]
     assert q.ready_count == 7 and q.unacked_count == 3
-    c.unacked -= 2
-    q.settle(2)
+    q.settled(c, 2)
     q.schedule_dispatch()
     await _settle()
     assert conn.bodies() == [b"0", b"1", b"2", b"3", b"4"]

@@ -16,7 +16,6 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -26,12 +25,10 @@ from wharf.protocol.errors import (
     AccessRefused,
     CommandInvalid,
     ConnectionForced,
-    ContentTooLarge,
     DeliveryAckTimeout,
     HeartbeatTimeout,
     InternalError,
     InvalidArgument,
-    NotFound,
     PreconditionFailed,
     ProtocolSyntaxError,
     ResourceError,
@@ -41,10 +38,9 @@ from wharf.protocol.errors import (
     WharfError,
 )
 
-from ...core.exchanges import TopicTarget
-from ...core.policies.deadletter import REJECTED
-from ...core.queues import Consumer, Message, Queue
-from ...core.routed import append_routed, routed_records
+from ...core.deliveries import Deliveries, Unacked
+from ...core.publish import QUEUE_FULL_MESSAGE
+from ...core.queues import Consumer, Message
 from .confirms import LogSyncWait, PublisherConfirms
 from .log_frames import LogFrames
 from .topology_frames import TopologyFrames
@@ -69,14 +65,12 @@ PREAUTH_LIMIT_NAME: Final = "preauth_max_frame_bytes"
 
 _conn_ids = itertools.count(1)
 
-# Unacked table entry: (message, queue, consumer or None for basic.get).
-Unacked = tuple[Message, Queue, Consumer | None]
-
 
 class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol):
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.topology = broker.topology
+        self._publisher = broker.topology.publisher
         self.settings = broker.settings
         self.id = next(_conn_ids)
         self.name = f"conn-{self.id}"
@@ -102,8 +96,6 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self.budget_paused = False
         # Counted among the broker's unauthenticated connections (until AUTH_OK or close).
         self.counted_unauthenticated = False
-        # Body bytes of the deliveries in _unacked (the memory alarm accounts for them).
-        self.unacked_bytes = 0
         self._encoder = FrameEncoder()
         self._encode = self._encoder.encode_array
         self._wbuf: list[bytes] = []
@@ -120,14 +112,10 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self.last_send = now
         # Publisher confirms: what is ready to confirm and what waits for the disk.
         self._init_confirms()
-        # Deliveries.
-        self._next_tag = 0
-        self._unacked: dict[int, Unacked] = {}
-        # (first delivery tag of a batch, loop time it was sent) for the ack timeout.
-        self._delivery_times: deque[tuple[int, float]] = deque()
+        # Delivered-but-unacked messages of this session (core/deliveries.py).
+        self.deliveries = Deliveries(broker.stats, self._loop.time)
         self.consumers: dict[str, Consumer] = {}
         self._ctag_seq = itertools.count(1)
-        self.exclusive_queues: list[Queue] = []
         self._handlers: dict[int, Callable[[Any], None]] = {
             F.PUBLISH_MANY: self._on_publish_many,
             F.PUBLISH: self._on_publish,
@@ -147,7 +135,11 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
 
     @property
     def unacked_count(self) -> int:
-        return len(self._unacked)
+        return len(self.deliveries)
+
+    @property
+    def unacked_bytes(self) -> int:
+        return self.deliveries.unacked_bytes
 
     # -- transport callbacks -------------------------------------------------------
 
@@ -283,17 +275,14 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         for consumer in list(self.consumers.values()):
             consumer.queue.remove_consumer(consumer)
         self.consumers.clear()
-        self.requeue_unacked(None)
-        for q in self.exclusive_queues:
-            if self.topology.queues.get(q.name) is q:
-                self.topology.delete_queue_object(q)
-        self.exclusive_queues.clear()
+        self.deliveries.requeue_all(None)
+        self.topology.release_owner(self)
         self.broker.connections.pop(self.id, None)
         self.broker.release_unauthenticated(self)
         if self.buffered_bytes:
             self._note_buffered(0)
         self.broker.forget_budget_reader(self)
-        self.broker._store_waiting.discard(self)
+        self.broker.stop_awaiting_store(self)
         self._logs_connection_lost()
         self.broker.connection_closed(self)
         if self.authenticated:
@@ -476,108 +465,32 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self._check_ack_timeout(now)
 
     def _check_ack_timeout(self, now: float) -> None:
-        unacked = self._unacked
-        times = self._delivery_times
-        if not unacked:
-            times.clear()
+        found = self.deliveries.overdue(now, self.settings.ack_timeout_ms / 1000.0)
+        if found is None:
             return
-        oldest = next(iter(unacked))
-        while len(times) > 1 and times[1][0] <= oldest:
-            times.popleft()
-        if not times:
-            return
-        timeout_s = self.settings.ack_timeout_ms / 1000.0
-        if now - times[0][1] <= timeout_s:
-            return
-        msg, queue, consumer = unacked[oldest]
+        oldest, (_, _, consumer) = found
         reason = f"delivery {oldest} not acknowledged within {self.settings.ack_timeout_ms} ms"
         log.warning("%s: %s; requeueing", self.name, reason, extra={"conn": self.name})
         if consumer is None:
-            del unacked[oldest]
-            self.unacked_bytes -= len(msg.body)
-            queue.requeue([msg])
+            self.deliveries.requeue_one(oldest)
             self.send_error(0, DeliveryAckTimeout(reason, details={"delivery_tag": oldest}))
         else:
             self.server_cancel(consumer, DeliveryAckTimeout.code, reason)
-            self.requeue_unacked(consumer)
+            self.deliveries.requeue_all(consumer)
 
     # -- publishing ----------------------------------------------------------------
 
-    def _check_publish(self, exchange_name: str, props: dict[str, Any] | None) -> Any:
-        ex = self.topology.exchanges.get(exchange_name)
-        if ex is None:
-            raise NotFound(f"no exchange '{exchange_name}'", details={"exchange": exchange_name})
-        if ex.internal:
-            raise AccessRefused(f"exchange '{exchange_name}' is internal")
-        if props:
-            self._check_properties(props)
-        return ex
-
-    def _check_properties(self, props: dict[str, Any]) -> None:
-        uid = props.get("user_id")
-        if uid is not None and uid != self.username:
-            raise PreconditionFailed(
-                f"user_id property set to {uid!r} but authenticated user was {self.username!r}"
-            )
-        prio = props.get("priority")
-        if prio is not None and (type(prio) is not int or not 0 <= prio <= 255):
-            raise InvalidArgument(
-                "priority must be an integer 0..255", details={"argument": "priority"}
-            )
-        exp = props.get("expiration")
-        if exp is not None and (type(exp) is not int or exp < 0):
-            raise InvalidArgument(
-                "expiration must be a non-negative integer (ms)", details={"argument": "expiration"}
-            )
-        hdrs = props.get("headers")
-        if hdrs is not None and not isinstance(hdrs, dict):
-            raise InvalidArgument("headers must be a map", details={"argument": "headers"})
-        ts = props.get("timestamp")
-        if ts is not None and type(ts) is not int:
-            raise InvalidArgument(
-                "timestamp must be integer epoch milliseconds", details={"argument": "timestamp"}
-            )
-
     def _on_publish_many(self, f: F.PublishMany) -> None:
         bodies = f.bodies
-        n = len(bodies)
-        if n == 0:
+        if not bodies:
             return
-        seq = f.request_id
-        props = f.properties
-        try:
-            ex = self._check_publish(f.exchange, props)
-            limit = self.settings.max_message_bytes
-            for body in bodies:
-                if type(body) is not bytes:
-                    raise ProtocolSyntaxError("PublishMany.bodies must be a list of bin")
-                if len(body) > limit:
-                    raise ContentTooLarge(
-                        f"message of {len(body)} bytes exceeds max_message_bytes={limit}"
-                    )
-        except WharfError as exc:
-            self._nack(seq, n, exc)
-            return
-        self._route(ex, f.exchange, f.routing_key, props, bodies, seq, f.flags)
+        self._publish(f.exchange, f.routing_key, f.properties, bodies, f.request_id, f.flags)
 
     def _on_publish(self, f: F.Publish) -> None:
-        seq = f.request_id
-        props = f.properties
-        try:
-            ex = self._check_publish(f.exchange, props)
-            limit = self.settings.max_message_bytes
-            if len(f.body) > limit:
-                raise ContentTooLarge(
-                    f"message of {len(f.body)} bytes exceeds max_message_bytes={limit}"
-                )
-        except WharfError as exc:
-            self._nack(seq, 1, exc)
-            return
-        self._route(ex, f.exchange, f.routing_key, props, (f.body,), seq, f.flags)
+        self._publish(f.exchange, f.routing_key, f.properties, (f.body,), f.request_id, f.flags)
 
-    def _route(
+    def _publish(
         self,
-        ex: Any,
         exchange: str,
         routing_key: str,
         props: dict[str, Any] | None,
@@ -585,85 +498,55 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         seq: int,
         flags: int,
     ) -> None:
+        """One PUBLISH or PUBLISH_MANY through the core's publish path (core/publish.py);
+        its result becomes confirms, nacks and RETURN frames."""
         n = len(bodies)
-        broker = self.broker
-        if broker.alarms and not self._blocked_reading:
+        publisher = self._publisher
+        if publisher.alarms and not self._blocked_reading:
             self._block_reading()
-        stats = broker.stats
-        stats.published += n
-        headers = props.get("headers") if props else None
-        topology = self.topology
-        topics: list[TopicTarget] | None = [] if topology.topic_targets else None
-        queues = topology.route(ex, routing_key, headers, topics)
-        stored = False
-        persistent = props is not None and props.get("persistent") is True
-        if queues and persistent:
-            store = self.broker.store
-            if store is not None and store.failed is not None and any(q.persist for q in queues):
-                self._nack(seq, n, ResourceError(f"message store unavailable: {store.failed}"))
-                return
-        log_sync: LogSyncWait | None = None
-        if topics:
-            # Appended before the queues get the message: a refused append nacks it
-            # without a copy left in any queue.
-            try:
-                records = routed_records(exchange, routing_key, props, bodies)
-                parts = append_routed(self._topics(), topics, records, persistent=persistent)
-            except WharfError as exc:
-                self._nack(seq, n, exc)
-                return
-            if persistent:
-                wait = self._log_sync_for(parts)
-                if seq:  # without a confirm (seq 0) the fsync happens, nothing waits
-                    log_sync = wait
-        if queues:
-            refused = 0
-            for q in queues:
-                durable, accepted = q.enqueue_many(exchange, routing_key, props, bodies, persistent)
-                if durable:
-                    stored = True
-                if accepted < n:
-                    refused = max(refused, n - accepted)
-            if refused:
-                # x-overflow reject-publish(-dlx): the last ``refused`` did not fit somewhere.
-                self._nack(
-                    seq + n - refused if seq else 0,
-                    refused,
-                    ResourceError("queue is full (x-max-length / x-overflow reject-publish)"),
-                )
-        elif not topics:
-            stats.unroutable += n
-            if flags & F.FLAG_MANDATORY:
-                encode = self._encode
-                for i, body in enumerate(bodies):
-                    s = seq + i if seq else 0
-                    self._send(
-                        encode(
-                            (
-                                F.RETURN,
-                                0,
-                                s,
-                                Unroutable.code,
-                                "NO_ROUTE",
-                                exchange,
-                                routing_key,
-                                props,
-                                body,
-                            )
+        try:
+            res = publisher.publish(exchange, routing_key, props, bodies, self.username)
+        except WharfError as exc:
+            self._nack(seq, n, exc)
+            return
+        refused = res.refused
+        store_batch = res.store_batch
+        log_parts = res.log_parts
+        if refused:
+            # x-overflow reject-publish(-dlx): the last ``refused`` did not fit somewhere.
+            self._nack(seq + n - refused if seq else 0, refused, ResourceError(QUEUE_FULL_MESSAGE))
+        elif res.unroutable and flags & F.FLAG_MANDATORY:
+            encode = self._encode
+            for i, body in enumerate(bodies):
+                s = seq + i if seq else 0
+                self._send(
+                    encode(
+                        (
+                            F.RETURN,
+                            0,
+                            s,
+                            Unroutable.code,
+                            "NO_ROUTE",
+                            exchange,
+                            routing_key,
+                            props,
+                            body,
                         )
                     )
+                )
+        log_sync: LogSyncWait | None = None
+        if log_parts is not None:
+            wait = self._log_sync_for(log_parts)
+            if seq:  # without a confirm (seq 0) the fsync happens, nothing waits
+                log_sync = wait
         if seq:
             last = seq + n - 1
-            if stored or log_sync is not None or self._confirm_waits:
+            if store_batch or log_sync is not None or self._confirm_waits:
                 # Cumulative confirms: nothing after a message waiting for the disk may
                 # be confirmed before it.
-                batch = 0
-                if stored:
-                    store = self.broker.store
-                    assert store is not None
-                    batch = store.batch
+                if store_batch:
                     self.broker.await_store(self)
-                self._confirm_waits.append((seq, last, batch, log_sync))
+                self._confirm_waits.append((seq, last, store_batch, log_sync))
                 return
             if last > self._confirm_up_to:
                 self._confirm_up_to = last
@@ -674,36 +557,13 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
     # -- delivering ----------------------------------------------------------------
 
     def deliver(self, consumer: Consumer, batch: list[Message]) -> None:
-        tag = self._next_tag
-        first = tag + 1
-        redelivered = 0
+        tag = self.deliveries.deliver(consumer, batch)
         entries: list[tuple[Any, ...]] = []
         append = entries.append
-        if consumer.no_ack:
-            for m in batch:
-                tag += 1
-                dc = m.delivery_count
-                if dc > 1:
-                    redelivered += 1
-                append((tag, dc > 1, dc, m.exchange, m.routing_key, m.properties, m.body))
-        else:
-            unacked = self._unacked
-            queue = consumer.queue
-            nbytes = 0
-            for m in batch:
-                tag += 1
-                dc = m.delivery_count
-                if dc > 1:
-                    redelivered += 1
-                unacked[tag] = (m, queue, consumer)
-                nbytes += len(m.body)
-                append((tag, dc > 1, dc, m.exchange, m.routing_key, m.properties, m.body))
-            self.unacked_bytes += nbytes
-            self._delivery_times.append((first, self._loop.time()))
-        self._next_tag = tag
-        stats = self.broker.stats
-        stats.delivered += len(batch)
-        stats.redelivered += redelivered
+        for m in batch:
+            dc = m.delivery_count
+            append((tag, dc > 1, dc, m.exchange, m.routing_key, m.properties, m.body))
+            tag += 1
         self._send(self._encode((F.DELIVER, 0, consumer.tag, entries)))
 
     def server_cancel(self, consumer: Consumer, code: int, reason: str) -> None:
@@ -717,36 +577,11 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
 
     def requeue_unacked(self, consumer: Consumer | None) -> None:
         """Requeue this connection's unacked deliveries (all, or one consumer's)."""
-        unacked = self._unacked
-        if not unacked:
-            return
-        by_queue: dict[Queue, list[Message]] = {}
-        if consumer is None:
-            items = list(unacked.values())
-            unacked.clear()
-            self.unacked_bytes = 0
-            for msg, queue, c in items:
-                by_queue.setdefault(queue, []).append(msg)
-                if c is not None:
-                    c.unacked -= 1
-        else:
-            tags = [t for t, e in unacked.items() if e[2] is consumer]
-            for t in tags:
-                msg, queue, _ = unacked.pop(t)
-                self.unacked_bytes -= len(msg.body)
-                by_queue.setdefault(queue, []).append(msg)
-            consumer.unacked = 0
-        for queue, msgs in by_queue.items():
-            queue.requeue(msgs)
+        self.deliveries.requeue_all(consumer)
 
     def relocate(self, old: Segment) -> int:
         """Compaction: copy forward this connection's unacked messages stored in ``old``."""
-        moved = 0
-        for msg, queue, _ in self._unacked.values():
-            if msg.seg is old and not queue.deleted:
-                queue.copy_forward(msg)
-                moved += 1
-        return moved
+        return self.deliveries.relocate(old)
 
     # -- acks ------------------------------------------------------------------------
 
@@ -762,55 +597,23 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
 
     def _settle(self, tags: list[int] | tuple[int, ...], ack_id: int) -> list[Unacked]:
         """Pop unacked entries for ``tags``; reports unknown tags; returns the entries."""
-        unacked = self._unacked
-        out: list[Unacked] = []
-        bad = 0
-        nbytes = 0
-        for tag in tags:
-            entry = unacked.pop(tag, None)
-            if entry is None:
-                if not bad:
-                    self._unknown_tag(ack_id, tag)
-                bad += 1
-                continue
-            nbytes += len(entry[0].body)
-            out.append(entry)
-        self.unacked_bytes -= nbytes
-        return out
-
-    def _tags_up_to(self, tag: int) -> list[int]:
-        out = []
-        for t in self._unacked:
-            if t > tag:
-                break
-            out.append(t)
-        return out
-
-    def _apply_acks(self, entries: list[Unacked]) -> None:
-        woken: Queue | None = None
-        for msg, queue, consumer in entries:
-            if msg.seg is not None:
-                queue.forget(msg)
-            queue.unacked_count -= 1
-            if consumer is not None:
-                consumer.unacked -= 1
-                if consumer.active and queue is not woken:
-                    woken = queue
-                    queue.schedule_dispatch()
-        self.broker.stats.acked += len(entries)
+        entries, unknown = self.deliveries.settle(tags)
+        if unknown is not None:
+            self._unknown_tag(ack_id, unknown)
+        return entries
 
     def _on_ack_many(self, f: F.AckMany) -> None:
         tags = f.delivery_tags
         for t in tags:
             if type(t) is not int:
                 raise ProtocolSyntaxError("AckMany.delivery_tags must be integers")
-        self._apply_acks(self._settle(tags, f.request_id))
+        self.deliveries.ack(self._settle(tags, f.request_id))
 
     def _tags_for(self, ack_id: int, tag: int, multiple: bool) -> list[int] | None:
         """The tags an ACK/NACK settles; None (after answering 407) if there are none."""
         if not multiple:
             return [tag]
-        tags = self._tags_up_to(tag) if tag else list(self._unacked)
+        tags = self.deliveries.tags(tag)
         if not tags and tag:
             self._unknown_tag(ack_id, tag)
             return None
@@ -819,27 +622,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
     def _on_ack(self, f: F.Ack) -> None:
         tags = self._tags_for(f.request_id, f.delivery_tag, f.multiple)
         if tags is not None:
-            self._apply_acks(self._settle(tags, f.request_id))
-
-    def _release(self, entries: list[Unacked]) -> dict[Queue, list[Message]]:
-        """Return the consumers' credit for settled entries; messages grouped by queue."""
-        by_queue: dict[Queue, list[Message]] = {}
-        for msg, queue, consumer in entries:
-            by_queue.setdefault(queue, []).append(msg)
-            if consumer is not None:
-                consumer.unacked -= 1
-                if consumer.active:
-                    queue.schedule_dispatch()
-        return by_queue
-
-    def _reject(self, entries: list[Unacked], requeue: bool) -> None:
-        for queue, msgs in self._release(entries).items():
-            if requeue:
-                queue.requeue(msgs)
-            else:
-                queue.reject(msgs, REJECTED)
-        if not requeue:
-            self.broker.stats.rejected += len(entries)
+            self.deliveries.ack(self._settle(tags, f.request_id))
 
     def _on_nack(self, f: F.Nack) -> None:
         tags = self._tags_for(f.request_id, f.delivery_tag, f.multiple)
@@ -847,17 +630,12 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             return
         entries = self._settle(tags, f.request_id)
         if f.requeue and f.delay_ms > 0:
-            self._delay(entries, f.delay_ms)
+            self.deliveries.delay(entries, f.delay_ms)
             return
-        self._reject(entries, f.requeue)
-
-    def _delay(self, entries: list[Unacked], delay_ms: int) -> None:
-        """nack with a delay: the messages come back to their queues after ``delay_ms``."""
-        for queue, msgs in self._release(entries).items():
-            queue.delay(msgs, delay_ms)
+        self.deliveries.reject(entries, f.requeue)
 
     def _on_reject(self, f: F.Reject) -> None:
-        self._reject(self._settle([f.delivery_tag], f.request_id), f.requeue)
+        self.deliveries.reject(self._settle([f.delivery_tag], f.request_id), f.requeue)
 
     def _on_heartbeat(self, f: F.Heartbeat) -> None:
         return
@@ -911,21 +689,8 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         if msg is None:
             self._send(self._encode((F.GET_OK, f.request_id, None, 0)))
             return
-        self._next_tag += 1
-        tag = self._next_tag
+        tag = self.deliveries.get(queue, msg, f.no_ack)
         dc = msg.delivery_count
-        stats = self.broker.stats
-        stats.delivered += 1
-        if dc > 1:
-            stats.redelivered += 1
-        queue.note_delivered()
-        if f.no_ack:
-            queue.forget(msg)
-        else:
-            self._unacked[tag] = (msg, queue, None)
-            self.unacked_bytes += len(msg.body)
-            self._delivery_times.append((tag, self._loop.time()))
-            queue.unacked_count += 1
         entry = (tag, dc > 1, dc, msg.exchange, msg.routing_key, msg.properties, msg.body)
         self._send(self._encode((F.GET_OK, f.request_id, entry, queue.ready_count)))
 
@@ -949,6 +714,6 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             "user": self.username,
             "heartbeat_s": self.heartbeat_s,
             "consumers": len(self.consumers),
-            "unacked": len(self._unacked),
+            "unacked": len(self.deliveries),
             "client_properties": self.client_properties,
         }

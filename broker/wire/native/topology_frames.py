@@ -17,7 +17,6 @@ from wharf.protocol.errors import AccessRefused, InvalidArgument
 from ...core.policies.registry import make_policy
 
 if TYPE_CHECKING:
-    from ...core.queues import Queue
     from ...core.topology import Topology
     from ...server import Broker
     from .connection import Connection
@@ -31,7 +30,6 @@ class TopologyFrames:
     topology: Topology
     username: str
     user_tags: tuple[str, ...]
-    exclusive_queues: list[Queue]
 
     if TYPE_CHECKING:
 
@@ -90,7 +88,6 @@ class TopologyFrames:
     # -- queues --------------------------------------------------------------------
 
     def _on_queue_declare(self, f: F.QueueDeclare) -> None:
-        existed = f.name in self.topology.queues
         owner = self._owner()
         q = self.topology.declare_queue(
             f.name,
@@ -101,8 +98,6 @@ class TopologyFrames:
             passive=f.passive,
             arguments=f.arguments,
         )
-        if q.exclusive_owner is owner and not existed:
-            self.exclusive_queues.append(q)
         self._ok(
             f.request_id,
             {"queue": q.name, "messages": q.ready_count, "consumers": q.consumer_count},
