@@ -21,6 +21,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .metrics import MetricsBroker, build_registry
@@ -111,8 +112,21 @@ def build_app(broker: HttpBroker) -> web.Application:
     return app
 
 
+class _RequestLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's request log: a malformed request is the client's fault, logged at INFO
+    without a traceback (port scanners would fill the log at ERROR); anything else stays
+    an error with its traceback."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.logger.info("%s: %s", str(msg) % args if args else msg, exc_info.message)
+        else:
+            self.logger.error(msg, *args, exc_info=exc_info, **kw)
+
+
 def _handler_args() -> dict[str, Any]:
     return {
+        "logger": _RequestLog(logging.getLogger(__name__ + ".requests")),
         "keepalive_timeout": HEAD_TIMEOUT_S,
         "max_line_size": MAX_HEAD_BYTES,
         "max_field_size": MAX_HEAD_BYTES,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -261,6 +262,16 @@ async def test_malformed_requests_get_4xx_and_server_survives(
     assert await bad.closed_by_server()
     assert (await other.request("GET", "/healthz")).status == 200
     assert (await get(connect, "/healthz")).status == 200
+
+
+async def test_malformed_requests_are_not_logged_as_errors(
+    connect: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = await connect()
+    await bad.send(b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n")
+    assert (await bad.read_response()).status == 400
+    assert await bad.closed_by_server()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 async def test_own_refusals_are_json(connect: Any) -> None:
