@@ -35,7 +35,7 @@ from .config import Settings, configure_logging
 from .core.paging import PagedRow
 from .core.queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
 from .core.topology import Topology
-from .http.server import start_http_server, stop_http_server
+from .http.server import HttpServer, start_http_server, stop_http_server
 from .logs import TopicRegistry  # log topics
 from .logs.cleaner import LogCleaner  # log compaction
 from .logs.groups import GroupCoordinator
@@ -105,7 +105,7 @@ class Broker:
         self.port = settings.port
         self.http_port = settings.http_port
         self._server: asyncio.Server | None = None
-        self._http: asyncio.Server | None = None
+        self._http: HttpServer | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._lock_file: IO[str] | None = None
         self.data_path = settings.data_dir
@@ -319,7 +319,7 @@ class Broker:
         loop = asyncio.get_running_loop()
         http_host = s.http_host or s.host
         self._http = await start_http_server(self, http_host, s.http_port)
-        self.http_port = self._http.sockets[0].getsockname()[1]
+        self.http_port = self._http.port
         # Recovery happens before this point; the native port opens only when ready.
         self._server = await loop.create_server(
             lambda: Connection(self), s.host, s.port, backlog=LISTEN_BACKLOG, reuse_address=True

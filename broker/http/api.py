@@ -95,6 +95,12 @@ def wharf_version() -> str:
 _OPERATOR: Final = cast("QueueOwner", object())
 
 
+def api_routes() -> list[Route]:
+    """The route table without a broker (the handlers are bound but never called): what
+    the OpenAPI document is generated from, for tests and tools."""
+    return ManagementApi(cast("Broker", None)).routes
+
+
 def build_api(broker: object) -> ManagementApi | None:
     """The API for a full broker; None for stand-ins without topology (HTTP unit tests)."""
     if not hasattr(broker, "topology") or not hasattr(broker, "authenticator"):
@@ -108,37 +114,162 @@ class ManagementApi:
         self.version = wharf_version()
         r = Route
         self.routes: list[Route] = [
-            r("GET", ("overview",), self.overview),
-            r("GET", ("whoami",), self.whoami),
-            r("GET", ("openapi.json",), self.openapi),
-            r("GET", ("queues",), self.list_queues),
-            r("GET", ("queues", "{name}"), self.get_queue),
-            r("PUT", ("queues", "{name}"), self.put_queue, True),
-            r("DELETE", ("queues", "{name}"), self.delete_queue, True, ("if_unused", "if_empty")),
-            r("DELETE", ("queues", "{name}", "contents"), self.purge_queue, True),
-            r("POST", ("queues", "{name}", "get"), self.peek_queue),
-            r("POST", ("queues", "{name}", "replay"), self.replay_queue, True),
-            r("GET", ("exchanges",), self.list_exchanges),
-            r("GET", ("exchanges", "{name}"), self.get_exchange),
-            r("PUT", ("exchanges", "{name}"), self.put_exchange, True),
-            r("DELETE", ("exchanges", "{name}"), self.delete_exchange, True, ("if_unused",)),
-            r("POST", ("exchanges", "{name}", "publish"), self.publish, True),
-            r("GET", ("bindings",), self.list_bindings),
-            r("POST", ("bindings",), self.add_binding, True),
-            r("DELETE", ("bindings",), self.remove_binding, True),
-            r("GET", ("connections",), self.list_connections),
-            r("GET", ("connections", "{name}"), self.get_connection),
-            r("DELETE", ("connections", "{name}"), self.close_connection, True),
-            r("GET", ("consumers",), self.list_consumers),
-            r("GET", ("users",), self.list_users, True),
-            r("GET", ("users", "{name}"), self.get_user, True),
-            r("PUT", ("users", "{name}"), self.put_user, True),
-            r("DELETE", ("users", "{name}"), self.delete_user, True),
+            r(
+                "GET",
+                ("overview",),
+                self.overview,
+                doc="200 Overview - Broker version, totals, counters, alarms, listeners.",
+            ),
+            r("GET", ("whoami",), self.whoami, doc="200 WhoAmI - The authenticated user."),
+            r("GET", ("openapi.json",), self.openapi, doc="200 - - This document."),
+            r("GET", ("queues",), self.list_queues, doc="200 [Queue] - All queues."),
+            r("GET", ("queues", "{name}"), self.get_queue, doc="200 Queue - One queue."),
+            r(
+                "PUT",
+                ("queues", "{name}"),
+                self.put_queue,
+                True,
+                doc="201 Queue QueueDeclare Declare a queue.",
+            ),
+            r(
+                "DELETE",
+                ("queues", "{name}"),
+                self.delete_queue,
+                True,
+                ("if_unused", "if_empty"),
+                doc="200 MessageCount - Delete a queue.",
+            ),
+            r(
+                "DELETE",
+                ("queues", "{name}", "contents"),
+                self.purge_queue,
+                True,
+                doc="200 MessageCount - Purge ready messages.",
+            ),
+            r(
+                "POST",
+                ("queues", "{name}", "get"),
+                self.peek_queue,
+                doc="200 [PeekedMessage] PeekRequest Peek without consuming.",
+            ),
+            r(
+                "POST",
+                ("queues", "{name}", "replay"),
+                self.replay_queue,
+                True,
+                doc="200 Moved ReplayRequest Move dead-lettered messages back where they died.",
+            ),
+            r("GET", ("exchanges",), self.list_exchanges, doc="200 [Exchange] - All exchanges."),
+            r(
+                "GET",
+                ("exchanges", "{name}"),
+                self.get_exchange,
+                doc="200 Exchange - One exchange (amq.default: the default).",
+            ),
+            r(
+                "PUT",
+                ("exchanges", "{name}"),
+                self.put_exchange,
+                True,
+                doc="201 Exchange ExchangeDeclare Declare an exchange.",
+            ),
+            r(
+                "DELETE",
+                ("exchanges", "{name}"),
+                self.delete_exchange,
+                True,
+                ("if_unused",),
+                doc="200 Empty - Delete an exchange.",
+            ),
+            r(
+                "POST",
+                ("exchanges", "{name}", "publish"),
+                self.publish,
+                True,
+                doc="200 Routed Publish Publish a test message.",
+            ),
+            r("GET", ("bindings",), self.list_bindings, doc="200 [Binding] - All bindings."),
+            r("POST", ("bindings",), self.add_binding, True, doc="201 Binding Binding Bind."),
+            r(
+                "DELETE",
+                ("bindings",),
+                self.remove_binding,
+                True,
+                doc="200 Binding Binding Unbind (404 if not bound).",
+            ),
+            r(
+                "GET",
+                ("connections",),
+                self.list_connections,
+                doc="200 [Connection] - Client connections.",
+            ),
+            r(
+                "GET",
+                ("connections", "{name}"),
+                self.get_connection,
+                doc="200 Connection - One connection.",
+            ),
+            r(
+                "DELETE",
+                ("connections", "{name}"),
+                self.close_connection,
+                True,
+                doc="200 Empty - Close a connection (320).",
+            ),
+            r("GET", ("consumers",), self.list_consumers, doc="200 [Consumer] - All consumers."),
+            r(
+                "GET",
+                ("users",),
+                self.list_users,
+                True,
+                doc="200 [User] - Users (administrators only).",
+            ),
+            r(
+                "GET",
+                ("users", "{name}"),
+                self.get_user,
+                True,
+                doc="200 User - One user (administrators only).",
+            ),
+            r(
+                "PUT",
+                ("users", "{name}"),
+                self.put_user,
+                True,
+                doc="201 User UserPut Create or change a user.",
+            ),
+            r(
+                "DELETE",
+                ("users", "{name}"),
+                self.delete_user,
+                True,
+                doc="200 UserDeleted - Delete a user, close its connections.",
+            ),
             # server-side policies
-            r("GET", ("policies",), self.list_policies),
-            r("GET", ("policies", "{name}"), self.get_policy),
-            r("PUT", ("policies", "{name}"), self.put_policy, True),
-            r("DELETE", ("policies", "{name}"), self.delete_policy, True),
+            r(
+                "GET",
+                ("policies",),
+                self.list_policies,
+                doc="200 [Policy] - Server-side queue policies.",
+            ),
+            r("GET", ("policies", "{name}"), self.get_policy, doc="200 Policy - One policy."),
+            r(
+                "PUT",
+                ("policies", "{name}"),
+                self.put_policy,
+                True,
+                doc=(
+                    "201 Policy PolicyPut Create or replace a policy; applies to existing "
+                    "queues at once."
+                ),
+            ),
+            r(
+                "DELETE",
+                ("policies", "{name}"),
+                self.delete_policy,
+                True,
+                doc="200 Empty - Delete a policy; its queues fall back to their own arguments.",
+            ),
             *LogsApi(broker).routes(),  # log topics and consumer groups
         ]
 
@@ -288,7 +419,7 @@ class ManagementApi:
         return 200, {"name": call.user.name, "tags": list(call.user.tags)}
 
     async def openapi(self, call: Call) -> Result:
-        return 200, openapi_document(self.version)
+        return 200, openapi_document(self.version, self.routes)
 
     # -- queues --------------------------------------------------------------------------
 

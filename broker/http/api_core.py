@@ -224,6 +224,9 @@ class Route:
     handler: Handler
     admin: bool = False  # needs the administrator tag
     query: tuple[str, ...] = field(default=())
+    # For the OpenAPI document (openapi.py): "STATUS RESULT BODY summary", RESULT and BODY
+    # naming component schemas ("[X]": array of X, "-": none).
+    doc: str = "- - - (undocumented)"
 
     def match(self, segments: list[str]) -> list[str] | None:
         if len(segments) != len(self.path):

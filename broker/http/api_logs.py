@@ -37,15 +37,66 @@ class LogsApi:
     def routes(self) -> list[Route]:
         r = Route
         return [
-            r("GET", ("topics",), self.list_topics),
-            r("GET", ("topics", "{name}"), self.get_topic),
-            r("PUT", ("topics", "{name}"), self.put_topic, True),
-            r("PATCH", ("topics", "{name}"), self.alter_topic, True),
-            r("DELETE", ("topics", "{name}"), self.delete_topic, True),
-            r("GET", ("groups",), self.list_groups),
-            r("GET", ("groups", "{name}"), self.get_group),
-            r("DELETE", ("groups", "{name}"), self.delete_group, True),
-            r("POST", ("groups", "{name}", "reset-offsets"), self.reset_offsets, True),
+            r("GET", ("topics",), self.list_topics, doc="200 [Topic] - All log topics."),
+            r(
+                "GET",
+                ("topics", "{name}"),
+                self.get_topic,
+                doc="200 Topic - One topic: settings, offsets and size per partition.",
+            ),
+            r(
+                "PUT",
+                ("topics", "{name}"),
+                self.put_topic,
+                True,
+                doc="201 Topic TopicPut Create a topic (200: exists with this partition count).",
+            ),
+            r(
+                "PATCH",
+                ("topics", "{name}"),
+                self.alter_topic,
+                True,
+                doc="200 Topic TopicAlter Grow the partition count and/or change settings.",
+            ),
+            r(
+                "DELETE",
+                ("topics", "{name}"),
+                self.delete_topic,
+                True,
+                doc="200 Empty - Delete a topic and its records.",
+            ),
+            r(
+                "GET",
+                ("groups",),
+                self.list_groups,
+                doc="200 [GroupSummary] - Consumer groups with members or committed offsets.",
+            ),
+            r(
+                "GET",
+                ("groups", "{name}"),
+                self.get_group,
+                doc=(
+                    "200 Group - Members, assignment, committed and latest offset, lag per "
+                    "partition."
+                ),
+            ),
+            r(
+                "DELETE",
+                ("groups", "{name}"),
+                self.delete_group,
+                True,
+                doc="200 Empty - Delete a group without members and its committed offsets.",
+            ),
+            r(
+                "POST",
+                ("groups", "{name}", "reset-offsets"),
+                self.reset_offsets,
+                True,
+                doc=(
+                    "200 OffsetsReset ResetOffsets Move committed offsets of a group without "
+                    "members."
+                ),
+            ),
         ]
 
     # -- topics --------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The OpenAPI 3 document of the management API (``GET /api/openapi.json``).
 
-Written by hand next to the handlers (api.py, api_logs.py); tests/integration/
+Generated from the route table (``ManagementApi.routes``, api.py and api_logs.py): each
+route carries its method, path, query flags, auth rule and a short description of its
+answer and body (``Route.doc``); the component schemas are here.  tests/integration/
 test_openapi.py runs schemathesis against it, so a handler and its description cannot
 drift apart unnoticed.  Schemas use a short notation: "field:t" with t = s(tring)
 b(oolean) i(nteger) m(ap) l(ist of strings); a trailing "!" marks a required field.
@@ -8,6 +10,7 @@ b(oolean) i(nteger) m(ap) l(ist of strings); a trailing "!" marks a required fie
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
 
 from ..core.policies.arguments import OVERFLOW_MODES  # server-side policies
@@ -35,7 +38,7 @@ from ..security.users import (
     TAG_PATTERN,
     USER_NAME_PATTERN,
 )
-from .api_core import JSON_CONTENT_TYPE, MAX_PEEK_COUNT, MSGPACK_INT_MAX
+from .api_core import JSON_CONTENT_TYPE, MAX_PEEK_COUNT, MSGPACK_INT_MAX, Route
 from .api_logs import MAX_RESET_PARTITIONS, MAX_RESET_VALUE
 
 _TYPES: Final[dict[str, dict[str, Any]]] = {
@@ -303,47 +306,9 @@ _ERRORS: Final = {
 
 # method, path, success status, response schema ([X]: array of X), request body schema,
 # boolean query flags, summary.  201 answers also allow 200 (already existed).
-_OPERATIONS: Final = """
-GET    /overview                 200 Overview      -               -  Broker version, totals, counters, alarms, listeners.
-GET    /whoami                   200 WhoAmI        -               -  The authenticated user.
-GET    /openapi.json             200 -             -               -  This document.
-GET    /queues                   200 [Queue]       -               -  All queues.
-GET    /queues/{name}            200 Queue         -               -  One queue.
-PUT    /queues/{name}            201 Queue         QueueDeclare    -  Declare a queue.
-DELETE /queues/{name}            200 MessageCount  -  if_unused,if_empty  Delete a queue.
-DELETE /queues/{name}/contents   200 MessageCount  -               -  Purge ready messages.
-POST   /queues/{name}/get        200 [PeekedMessage] PeekRequest   -  Peek without consuming.
-POST   /queues/{name}/replay     200 Moved         ReplayRequest   -  Move dead-lettered messages back where they died.
-GET    /exchanges                200 [Exchange]    -               -  All exchanges.
-GET    /exchanges/{name}         200 Exchange      -               -  One exchange (amq.default: the default).
-PUT    /exchanges/{name}         201 Exchange      ExchangeDeclare -  Declare an exchange.
-DELETE /exchanges/{name}         200 Empty         -       if_unused  Delete an exchange.
-POST   /exchanges/{name}/publish 200 Routed        Publish         -  Publish a test message.
-GET    /bindings                 200 [Binding]     -               -  All bindings.
-POST   /bindings                 201 Binding       Binding         -  Bind.
-DELETE /bindings                 200 Binding       Binding         -  Unbind (404 if not bound).
-GET    /connections              200 [Connection]  -               -  Client connections.
-GET    /connections/{name}       200 Connection    -               -  One connection.
-DELETE /connections/{name}       200 Empty         -               -  Close a connection (320).
-GET    /consumers                200 [Consumer]    -               -  All consumers.
-GET    /users                    200 [User]        -               -  Users (administrators only).
-GET    /users/{name}             200 User          -               -  One user (administrators only).
-PUT    /users/{name}             201 User          UserPut         -  Create or change a user.
-DELETE /users/{name}             200 UserDeleted   -               -  Delete a user, close its connections.
-GET    /policies                 200 [Policy]      -               -  Server-side queue policies.
-GET    /policies/{name}          200 Policy        -               -  One policy.
-PUT    /policies/{name}          201 Policy        PolicyPut       -  Create or replace a policy; applies to existing queues at once.
-DELETE /policies/{name}          200 Empty         -               -  Delete a policy; its queues fall back to their own arguments.
-GET    /topics                   200 [Topic]       -               -  All log topics.
-GET    /topics/{name}            200 Topic         -               -  One topic: settings, offsets and size per partition.
-PUT    /topics/{name}            201 Topic         TopicPut        -  Create a topic (200: exists with this partition count).
-PATCH  /topics/{name}            200 Topic         TopicAlter      -  Grow the partition count and/or change settings.
-DELETE /topics/{name}            200 Empty         -               -  Delete a topic and its records.
-GET    /groups                   200 [GroupSummary] -              -  Consumer groups with members or committed offsets.
-GET    /groups/{name}            200 Group         -               -  Members, assignment, committed and latest offset, lag per partition.
-DELETE /groups/{name}            200 Empty         -               -  Delete a group without members and its committed offsets.
-POST   /groups/{name}/reset-offsets 200 OffsetsReset ResetOffsets  -  Move committed offsets of a group without members.
-"""  # noqa: E501
+# Each operation's success status, response schema ([X]: array of X), request body schema
+# and summary come from its route (api_core.Route.doc, "STATUS RESULT BODY summary"), so
+# the document lists exactly the routes the API dispatches.  201 answers also allow 200.
 
 
 def _result_schema(name: str) -> dict[str, Any]:
@@ -354,7 +319,8 @@ def _result_schema(name: str) -> dict[str, Any]:
     return _ref(name)
 
 
-def openapi_document(api_version: str) -> dict[str, Any]:
+def openapi_document(api_version: str, routes: Iterable[Route]) -> dict[str, Any]:
+    """The document for ``routes`` (``ManagementApi.routes``: the table that dispatches)."""
     paths: dict[str, dict[str, Any]] = {}
     error = {"content": {JSON_CONTENT_TYPE: {"schema": _ref("Error")}}}
     name_param = {
@@ -380,8 +346,9 @@ def openapi_document(api_version: str) -> dict[str, Any]:
     }
     group_param = {**name_param, "description": "Percent-encoded consumer group name."}
     special_params = {"/users/": user_param, "/topics/": topic_param, "/groups/": group_param}
-    for line in _OPERATIONS.strip().splitlines():
-        method, path, ok, result, body, flags, summary = line.split(maxsplit=6)
+    for route in routes:
+        method, path = route.method, "/" + "/".join(route.path)
+        ok, result, body, summary = route.doc.split(maxsplit=3)
         success = {"content": {JSON_CONTENT_TYPE: {"schema": _result_schema(result)}}}
         responses: dict[str, Any] = {ok: {"description": "Success", **success}}
         if ok == "201":
@@ -391,11 +358,12 @@ def openapi_document(api_version: str) -> dict[str, Any]:
         if "{name}" in path:
             prefix = path[: path.index("/", 1) + 1]
             params.append(special_params.get(prefix, name_param))
-        if flags != "-":
-            params += [
-                {"name": f, "in": "query", "required": False, "schema": _TYPES["b"]}
-                for f in flags.split(",")
-            ]
+        params += [
+            {"name": f, "in": "query", "required": False, "schema": _TYPES["b"]}
+            for f in route.query
+        ]
+        if route.admin:
+            summary += " Needs the administrator tag."
         op_id = method.lower() + path.replace("{name}", "name").replace("/", "_").replace(".", "_")
         op: dict[str, Any] = {"summary": summary, "operationId": op_id, "responses": responses}
         if params:

@@ -21,7 +21,7 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 
 from wharf.broker.config import Settings
-from wharf.broker.http.api import wharf_version
+from wharf.broker.http.api import api_routes, wharf_version
 from wharf.broker.http.openapi import openapi_document
 from wharf.broker.server import Broker
 
@@ -78,7 +78,7 @@ def _get(url: str) -> Any:
 
 # The document is built without a server, so each operation can be its own test case; a
 # test below checks that the broker serves exactly this document.
-DOCUMENT = openapi_document(wharf_version())
+DOCUMENT = openapi_document(wharf_version(), api_routes())
 SCHEMA = schemathesis.openapi.from_dict(DOCUMENT)
 OPERATIONS = [
     (path, method.upper()) for path, methods in DOCUMENT["paths"].items() for method in methods
