@@ -27,7 +27,10 @@ from wharf.broker.server import Broker
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.specs.openapi.checks import ignored_auth  # noqa: E402
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    ignored_auth,
+    positive_data_acceptance,
+)
 
 GUEST_AUTH = "Basic " + base64.b64encode(b"guest:guest").decode()
 START_TIMEOUT_S = 10.0
@@ -89,6 +92,38 @@ EXAMPLES_PER_OPERATION = 25
 EXCLUDED_CHECKS = [ignored_auth]
 
 
+def _free_form(schema: Any) -> bool:
+    """Whether a schema holds a map of any values (arguments, headers, configs)."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "object" and "properties" not in schema:
+            return True
+        return any(_free_form(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_free_form(v) for v in schema)
+    return False
+
+
+def _body_schema(operation: dict[str, Any]) -> Any:
+    content = operation.get("requestBody", {}).get("content", {})
+    schema = content.get("application/json", {}).get("schema", {})
+    ref = schema.get("$ref", "")
+    return DOCUMENT["components"]["schemas"][ref.rsplit("/", 1)[-1]] if ref else schema
+
+
+# Schema-valid requests the broker may rightly refuse, so "positive data is accepted" is
+# not checked for them (no 5xx and response conformance still are):
+# - a PATCH of a topic to fewer partitions than a generated POST gave it (a 400: the
+#   count can grow but never shrink), which depends on what earlier cases left behind;
+# - bodies with free-form maps, whose values the broker bounds as msgpack does (64-bit
+#   integers) at any depth, which JSON Schema cannot state for a map of anything.
+STATEFUL_OPERATIONS = {("/api/topics/{name}", "PATCH")} | {
+    (path, method.upper())
+    for path, methods in DOCUMENT["paths"].items()
+    for method, operation in methods.items()
+    if _free_form(_body_schema(operation))
+}
+
+
 def test_the_served_document_is_the_tested_one(live_broker: ThreadedBroker) -> None:
     assert _get(live_broker.base_url + "/api/openapi.json") == json.loads(json.dumps(DOCUMENT))
 
@@ -99,6 +134,9 @@ def test_no_request_shape_breaks_the_api(
     live_broker: ThreadedBroker, path: str, method: str, mode: Any
 ) -> None:
     operation = SCHEMA[path][method]
+    excluded = list(EXCLUDED_CHECKS)
+    if (path, method) in STATEFUL_OPERATIONS:
+        excluded.append(positive_data_acceptance)
 
     @given(case=operation.as_strategy(mode))
     @settings(
@@ -112,7 +150,7 @@ def test_no_request_shape_breaks_the_api(
         case.call_and_validate(
             base_url=live_broker.base_url,
             headers={"Authorization": GUEST_AUTH},
-            excluded_checks=EXCLUDED_CHECKS,
+            excluded_checks=excluded,
             timeout=10,
         )
 
