@@ -71,9 +71,22 @@ async def test_fd_alarm_is_raised_near_the_limit_and_clears(tmp_path: Path) -> N
         finally:
             for s in fillers:
                 s.close()
-        await wait_for_fd_alarm(watch, raised=False)
-        status, _ = await asyncio.to_thread(scrape, watch, "/readyz")
-        assert status == 200
-        assert "fds alarm raised" in bp.output()
-        await conn.close()
-        watch.close()
+        try:
+            await wait_for_fd_alarm(watch, raised=False)
+            assert await wait_ready(watch), "/readyz never answered 200 again"
+            assert "fds alarm raised" in bp.output()
+        finally:
+            await conn.close()
+            watch.close()
+
+
+async def wait_ready(watch: http.client.HTTPConnection) -> bool:
+    """/readyz answers 200 again (polled: it follows the broker's once-a-second check)."""
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                if (await asyncio.to_thread(scrape, watch, "/readyz"))[0] == 200:
+                    return True
+                await asyncio.sleep(POLL_S)
+    except TimeoutError:
+        return False
