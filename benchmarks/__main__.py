@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument(
         "--scenarios",
         default=",".join(compare_mod.SCENARIOS),
-        help="comma-separated subset of throughput,latency,mem",
+        help="comma-separated subset of throughput,durable,latency,mem",
     )
     cmp_.add_argument("--runs", type=_positive, default=3)
     cmp_.add_argument("--anchors", default=compare_mod.DEFAULT_ANCHORS)
