@@ -30,7 +30,7 @@ from typing import IO, Any, Final
 
 from wharf.protocol.errors import ResourceError, WharfError
 
-from .alarms import MemoryTrimmer, ResourceMonitor
+from .alarms import MemoryTrimmer, Readiness, ResourceMonitor, decide_readiness
 from .config import Settings, configure_logging
 from .core.paging import PagedRow
 from .core.queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
@@ -392,6 +392,17 @@ class Broker:
     @property
     def fd_alarm(self) -> bool:
         return self.monitor is not None and self.monitor.fd_alarm
+
+    def readiness(self) -> Readiness:
+        """What /readyz reports: serving, and neither the store nor an alarm in the way."""
+        store = self.store
+        return decide_readiness(
+            serving=self.ready,
+            stopping=self.stopping,
+            store_failure=store.failed if store is not None else None,
+            fd_alarm=self.fd_alarm,
+            alarms=self.alarms,
+        )
 
     def check_resources(self) -> None:
         monitor = self.monitor
