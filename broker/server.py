@@ -26,7 +26,7 @@ import signal
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from wharf.protocol.errors import ResourceError, WharfError
 
@@ -46,6 +46,9 @@ from .store.definitions import load_definitions, save_definitions
 from .store.recovery import Recovered, drop_unknown_queues, recover
 from .store.segments import MessageStore
 from .wire.native.connection import Connection
+
+if TYPE_CHECKING:
+    from .http.api_broker import ApiBroker
 
 log = logging.getLogger("wharf.server")
 
@@ -648,3 +651,10 @@ def run(settings: Settings) -> int:
 
     configure_logging(settings.log_level, settings.log_format)
     return uvloop.run(serve(settings))
+
+
+if TYPE_CHECKING:
+
+    def _management_api_view(broker: Broker) -> ApiBroker:
+        """Never called: makes mypy check that Broker is what the management API uses."""
+        return broker
