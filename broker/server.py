@@ -26,11 +26,11 @@ import signal
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from wharf.protocol.errors import ResourceError, WharfError
 
-from .alarms import MemoryTrimmer, ResourceMonitor
+from .alarms import MemoryTrimmer, Readiness, ResourceMonitor, decide_readiness
 from .config import Settings, configure_logging
 from .core.paging import PagedRow
 from .core.queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
@@ -46,6 +46,9 @@ from .store.definitions import load_definitions, save_definitions
 from .store.recovery import Recovered, drop_unknown_queues, recover
 from .store.segments import MessageStore
 from .wire.native.connection import Connection
+
+if TYPE_CHECKING:
+    from .http.api_broker import ApiBroker
 
 log = logging.getLogger("wharf.server")
 
@@ -393,6 +396,17 @@ class Broker:
     def fd_alarm(self) -> bool:
         return self.monitor is not None and self.monitor.fd_alarm
 
+    def readiness(self) -> Readiness:
+        """What /readyz reports: serving, and neither the store nor an alarm in the way."""
+        store = self.store
+        return decide_readiness(
+            serving=self.ready,
+            stopping=self.stopping,
+            store_failure=store.failed if store is not None else None,
+            fd_alarm=self.fd_alarm,
+            alarms=self.alarms,
+        )
+
     def check_resources(self) -> None:
         monitor = self.monitor
         if monitor is None or not monitor.check():
@@ -637,3 +651,10 @@ def run(settings: Settings) -> int:
 
     configure_logging(settings.log_level, settings.log_format)
     return uvloop.run(serve(settings))
+
+
+if TYPE_CHECKING:
+
+    def _management_api_view(broker: Broker) -> ApiBroker:
+        """Never called: makes mypy check that Broker is what the management API uses."""
+        return broker

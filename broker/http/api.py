@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from wharf.protocol.errors import (
     AccessRefused,
-    ConnectionForced,
     InvalidArgument,
     NotFound,
     PreconditionFailed,
@@ -71,11 +70,11 @@ from .api_logs import LogsApi  # log topics and consumer groups
 from .openapi import openapi_document
 
 if TYPE_CHECKING:
+    from ..core.clients import ClientConnection
     from ..core.exchanges import Exchange
     from ..core.queues import Queue, QueueOwner
     from ..security.users import StoredUser
-    from ..server import Broker
-    from ..wire.native.connection import Connection
+    from .api_broker import ApiBroker
 
 log = logging.getLogger("wharf.api")
 
@@ -98,18 +97,18 @@ _OPERATOR: Final = cast("QueueOwner", object())
 def api_routes() -> list[Route]:
     """The route table without a broker (the handlers are bound but never called): what
     the OpenAPI document is generated from, for tests and tools."""
-    return ManagementApi(cast("Broker", None)).routes
+    return ManagementApi(cast("ApiBroker", None)).routes
 
 
 def build_api(broker: object) -> ManagementApi | None:
     """The API for a full broker; None for stand-ins without topology (HTTP unit tests)."""
     if not hasattr(broker, "topology") or not hasattr(broker, "authenticator"):
         return None
-    return ManagementApi(cast("Broker", broker))
+    return ManagementApi(cast("ApiBroker", broker))
 
 
 class ManagementApi:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: ApiBroker) -> None:
         self.broker = broker
         self.version = wharf_version()
         r = Route
@@ -385,7 +384,8 @@ class ManagementApi:
         s = b.settings
         stats = b.stats
         queues = list(b.queues.values())
-        counters: tuple[str, ...] = type(stats).__slots__
+        # Every counter the broker keeps (its stats object's slots), not a copied list.
+        counters: tuple[str, ...] = getattr(type(stats), "__slots__", ())
         return 200, {
             "product": "wharf",
             "version": self.version,
@@ -656,27 +656,24 @@ class ManagementApi:
 
     # -- connections and consumers -------------------------------------------------------
 
-    def _connection(self, name: str) -> Connection:
+    # Connections of every protocol, through the registry interface (core/clients.py).
+
+    def _connection(self, name: str) -> ClientConnection:
         for conn in self.broker.connections.values():
             if conn.name == name:
                 return conn
         raise NotFound(f"no connection '{name}'", details={"connection": name})
 
-    @staticmethod
-    def _describe_connection(conn: Connection) -> dict[str, Any]:
-        state = "closing" if conn.closing else ("open" if conn.authenticated else "starting")
-        return {**conn.describe(), "state": state}
-
     async def list_connections(self, call: Call) -> Result:
-        return 200, [self._describe_connection(c) for c in self.broker.connections.values()]
+        return 200, [c.describe() for c in self.broker.connections.values()]
 
     async def get_connection(self, call: Call) -> Result:
-        return 200, self._describe_connection(self._connection(call.params[0]))
+        return 200, self._connection(call.params[0]).describe()
 
     async def close_connection(self, call: Call) -> Result:
         conn = self._connection(call.params[0])
         log.info("%s: closed by operator %r", conn.name, call.user.name)
-        conn.fatal(ConnectionForced("closed by operator"))
+        conn.shutdown("closed by operator")
         return 200, {}
 
     async def list_consumers(self, call: Call) -> Result:
@@ -692,7 +689,7 @@ class ManagementApi:
                 "arguments": c.arguments,
             }
             for conn in self.broker.connections.values()
-            for c in conn.consumers.values()
+            for c in conn.all_consumers()
         ]
 
     # -- users ---------------------------------------------------------------------------
@@ -757,8 +754,8 @@ class ManagementApi:
         store.delete(name)
         closed = 0
         for conn in list(self.broker.connections.values()):
-            if conn.authenticated and conn.username == name:
-                conn.fatal(ConnectionForced(f"user {name!r} was deleted"))
+            if conn.username == name:  # "" until authenticated
+                conn.shutdown(f"user {name!r} was deleted")
                 closed += 1
         return 200, {"connections_closed": closed}
 

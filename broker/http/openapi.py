@@ -167,7 +167,8 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         destination_type=_enum("queue", "exchange", "topic"),
     ),
     "Connection": _schema(
-        "name:s! peer:s! user:s! state:s! heartbeat_s:i consumers:i unacked:i client_properties:m",
+        "name:s! peer:s! user:s! state:s! protocol:s! channels:i! heartbeat_s:i consumers:i "
+        "unacked:i client_properties:m",
         state=_enum("starting", "open", "closing"),
     ),
     "Consumer": _schema(

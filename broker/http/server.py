@@ -18,16 +18,14 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ..alarms import Readiness
 from .metrics import MetricsBroker, build_registry
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +46,11 @@ _Response = tuple[int, str, bytes, dict[str, str]]
 
 
 class HttpBroker(MetricsBroker, Protocol):
-    """``ready`` is True while the broker accepts clients.  An optional ``stopping``
-    attribute (True during shutdown) makes /readyz say "stopping" instead of "starting"."""
+    """What every HTTP endpoint outside /api reads: the metrics and the readiness."""
 
-    @property
-    def ready(self) -> bool: ...
+    def readiness(self) -> Readiness:
+        """/readyz renders this (``Broker.readiness``, alarms.decide_readiness)."""
+        ...
 
 
 class HttpServer:
@@ -205,31 +203,23 @@ def _route(broker: HttpBroker, registry: CollectorRegistry, method: str, path: s
     if path == "/healthz":
         return 200, JSON_CONTENT_TYPE, _json({"status": "ok"}), {}
     if path == "/readyz":
-        store = getattr(broker, "store", None)
-        failed = getattr(store, "failed", None)
-        if broker.ready and failed is not None:
-            # Persistent publishing has stopped until a restart: an outage, not a blip.
-            body = _json({"status": "failed", "reason": f"message store: {failed}"})
-            return 503, JSON_CONTENT_TYPE, body, {}
-        if broker.ready and getattr(broker, "fd_alarm", False):
-            # Out of file descriptors: new connections and log segments fail.
-            body = _json({"status": "blocked", "alarms": ["fds"]})
-            return 503, JSON_CONTENT_TYPE, body, {}
-        alarms = sorted(getattr(broker, "alarms", ()) or ())
-        if broker.ready and alarms:
-            # Serving, but publishers are blocked: not ready for more publishing load.
-            body = _json({"status": "blocked", "alarms": alarms})
-            return 503, JSON_CONTENT_TYPE, body, {}
-        if broker.ready:
-            return 200, JSON_CONTENT_TYPE, _json({"status": "ready"}), {}
-        stopping = bool(getattr(broker, "stopping", False))
-        return 503, JSON_CONTENT_TYPE, _json({"status": "stopping" if stopping else "starting"}), {}
+        return _render_readiness(broker.readiness())
     try:
         body = generate_latest(registry)
     except Exception:
         log.exception("collecting metrics failed")
         return 500, JSON_CONTENT_TYPE, _json({"error": "collecting metrics failed"}), {}
     return 200, CONTENT_TYPE_LATEST, body, {}
+
+
+def _render_readiness(r: Readiness) -> _Response:
+    """200 when ready, else 503; the body names the status, and the reason or the alarms."""
+    body: dict[str, Any] = {"status": r.status}
+    if r.reason is not None:
+        body["reason"] = r.reason
+    if r.alarms:
+        body["alarms"] = list(r.alarms)
+    return (200 if r.ready else 503), JSON_CONTENT_TYPE, _json(body), {}
 
 
 def _json(obj: Any) -> bytes:

@@ -444,17 +444,29 @@ async def test_connections_and_consumers_are_listed_and_closed(
     broker: Broker, conn: wharf.Connection
 ) -> None:
     q = (await conn.declare_queue(_qname())).name
+    for i in range(3):
+        await conn.publish("", q, b"m%d" % i)
     async with conn.consume(q, prefetch=7):
-        await wait_until(lambda: broker.queues[q].consumer_count == 1)
+        async with asyncio.timeout(TIMEOUT_S):  # delivered, never acked
+            path = f"/api/queues/{q}"
+            while (await api(broker, "GET", path)).json()["messages_unacked"] < 3:  # noqa: ASYNC110
+                await asyncio.sleep(POLL_S)
         conns = (await api(broker, "GET", "/api/connections")).json()
         assert len(conns) == 1 and conns[0]["user"] == "guest" and conns[0]["state"] == "open"
+        assert conns[0]["protocol"] == "wharf" and conns[0]["channels"] == 1
+        assert conns[0]["unacked"] == 3
         name = conns[0]["name"]
         assert (await api(broker, "GET", f"/api/connections/{name}")).json()["consumers"] == 1
         consumers = (await api(broker, "GET", "/api/consumers")).json()
-        assert [(c["queue"], c["connection"], c["prefetch"]) for c in consumers] == [(q, name, 7)]
+        assert [(c["queue"], c["connection"], c["prefetch"], c["unacked"]) for c in consumers] == [
+            (q, name, 7, 3)
+        ]
         r = await api(broker, "DELETE", f"/api/connections/{name}")
         assert r.status == 200
         await wait_until(lambda: not broker.connections)
+    # The closed connection's deliveries went back to the queue.
+    queue = (await api(broker, "GET", f"/api/queues/{q}")).json()
+    assert (queue["messages_ready"], queue["messages_unacked"]) == (3, 0)
     with pytest.raises(wharf.WharfError) as info:
         await conn.declare_queue(_qname())
     assert info.value.code == 320 and "closed by operator" in info.value.message

@@ -67,6 +67,11 @@ _conn_ids = itertools.count(1)
 
 
 class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol):
+    # The connection registry's view (core/clients.py ClientConnection): the protocol's
+    # name, and its one consumer session (no channels).
+    protocol: Final = "wharf"
+    channels: Final = 1
+
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.topology = broker.topology
@@ -707,11 +712,20 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         if self.transport is not None:
             self.transport.close()
 
+    # -- the connection registry (core/clients.py) ----------------------------------
+
+    def all_consumers(self) -> list[Consumer]:
+        return list(self.consumers.values())
+
     def describe(self) -> dict[str, Any]:
+        state = "closing" if self.closing else ("open" if self.authenticated else "starting")
         return {
             "name": self.name,
             "peer": self.peer,
             "user": self.username,
+            "state": state,
+            "protocol": self.protocol,
+            "channels": self.channels,
             "heartbeat_s": self.heartbeat_s,
             "consumers": len(self.consumers),
             "unacked": len(self.deliveries),
