@@ -38,7 +38,7 @@ from wharf.protocol.errors import (
 )
 
 from .confirms import ConfirmTracker
-from .tls import connect_error, plain_to_tls_hint, tls_failure
+from .tls import closed_after_handshake, connect_error, plain_to_tls_hint, tls_failure
 from .url import ConnectParams
 
 log = logging.getLogger("wharf.client")
@@ -760,8 +760,10 @@ async def open_core(
                 cause = core.lost_cause
                 if isinstance(cause, ssl.SSLError):  # e.g. the broker refused our certificate
                     raise tls_failure(cause, where) from None
-                if ssl_context is None and not core._received:
-                    raise plain_to_tls_hint(where) from None
+                if not core._received:  # closed before the broker's first frame
+                    if ssl_context is None:
+                        raise plain_to_tls_hint(where) from None
+                    raise closed_after_handshake(where) from None
                 raise
     except TimeoutError:
         if core is not None:

@@ -98,6 +98,18 @@ def tls_failure(exc: ssl.SSLError, where: str) -> TlsError:
     )
 
 
+def closed_after_handshake(where: str) -> TlsError:
+    """The broker closed a TLS connection before its first Wharf frame.  With TLS 1.3 the
+    client's side of the handshake is done before the broker has checked the client
+    certificate, and a broker that refuses it closes without an alert."""
+    return TlsError(
+        f"TLS: the broker at {where} closed the connection before answering: it probably "
+        "refused the client certificate (none given, or not signed by its tls_ca_file); "
+        "give one with ?certfile=&keyfile= or ssl= (the broker's log says why)",
+        details={"tls": "client_certificate"},
+    )
+
+
 def plain_to_tls_hint(where: str) -> WharfError:
     """The broker closed a plain connection before answering: likely its TLS port."""
     return ConnectionLost(
