@@ -9,6 +9,12 @@ Shutdown sequence (SIGTERM/SIGINT or ``Broker.stop``):
    threads still finishing segment rolls);
 5. stop the HTTP listener and release the data directory.
 
+Listeners: the plain native port (``port``; off with ``plain_port = 0``), and when a
+certificate is configured the native TLS port and HTTPS (``tls_port``, ``https_port``),
+next to plain HTTP.  TLS connections are accepted by ``security/tls.py`` and handed to the
+same ``Connection`` after their TLS handshake; SIGHUP (or ``POST /api/tls/reload``)
+reloads the certificate, key and CA for new connections.
+
 ``shutdown_timeout_s`` is one budget for all of it: a deadline is set when shutdown starts
 and every wait in steps 3-5 gets only what is left of it, so a slow stage shortens the
 ones after it instead of adding its own timeout (a stage that cannot be cut short, like
@@ -28,7 +34,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
-from wharf.protocol.errors import ResourceError, WharfError
+from wharf.protocol.errors import PreconditionFailed, ResourceError, WharfError
 
 from .alarms import MemoryTrimmer, Readiness, ResourceMonitor, decide_readiness
 from .config import Settings, configure_logging
@@ -42,6 +48,7 @@ from .logs.groups import GroupCoordinator
 from .logs.handles import SegmentHandles
 from .ports import busy_ports, busy_ports_message
 from .security.auth import Authenticator
+from .security.tls import ServerTls, TlsError, TlsListener
 from .store.definitions import load_definitions, save_definitions
 from .store.recovery import Recovered, drop_unknown_queues, recover
 from .store.segments import MessageStore
@@ -93,6 +100,12 @@ class PortsBusy(WharfError):
     code = 506
 
 
+class TlsSetupError(WharfError):
+    """The TLS certificate, key or CA cannot be loaded at start."""
+
+    code = 506
+
+
 class Broker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -105,8 +118,13 @@ class Broker:
         self.authenticator = Authenticator(settings)
         self.ready = False
         self.stopping = False
-        self.port = settings.port
+        self.port = settings.port if settings.plain_enabled else 0
         self.http_port = settings.http_port
+        # TLS listeners (0 while TLS is not configured): native, then HTTPS.
+        self.tls: ServerTls | None = None
+        self.tls_listener: TlsListener | None = None
+        self.tls_port = 0
+        self.https_port = 0
         self._server: asyncio.Server | None = None
         self._http: HttpServer | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -298,13 +316,57 @@ class Broker:
             if not conn.store_committed(batch):
                 waiting.discard(conn)
 
+    def _listeners_to_check(self) -> list[tuple[str, str, int]]:
+        s = self.settings
+        listeners = [("HTTP", s.http_bind_host, s.http_port)]
+        if s.plain_enabled:
+            listeners.insert(0, ("native protocol", s.host, s.port))
+        if s.tls_enabled:
+            listeners.append(("native TLS", s.host, s.tls_port))
+            listeners.append(("HTTPS", s.http_bind_host, s.https_port))
+        return listeners
+
+    def listeners(self) -> list[dict[str, Any]]:
+        """The open listeners: protocol ("wharf", "wharfs", "http", "https"), host, port."""
+        s = self.settings
+        out: list[dict[str, Any]] = []
+        if s.plain_enabled:
+            out.append({"protocol": "wharf", "host": s.host, "port": self.port})
+        if self.tls is not None:
+            out.append({"protocol": "wharfs", "host": s.host, "port": self.tls_port})
+        out.append({"protocol": "http", "host": s.http_bind_host, "port": self.http_port})
+        if self.tls is not None:
+            out.append({"protocol": "https", "host": s.http_bind_host, "port": self.https_port})
+        return out
+
+    def reload_tls(self) -> dict[str, Any]:
+        """Reload the TLS certificate, key and CA for new connections (SIGHUP, the
+        management API).  Raises PreconditionFailed when TLS is off or the files do not
+        load; then the previous certificate stays in use."""
+        tls = self.tls
+        if tls is None:
+            raise PreconditionFailed(
+                "TLS is not configured (tls_cert_file, tls_key_file): nothing to reload"
+            )
+        try:
+            tls.reload()
+        except TlsError as exc:
+            raise PreconditionFailed(
+                f"TLS reload failed, the previous certificate stays in use: {exc}"
+            ) from None
+        return tls.describe()
+
     async def start(self) -> None:
         s = self.settings
+        if s.tls_enabled:
+            # Before the data directory, like the ports: a bad certificate changes nothing.
+            try:
+                self.tls = ServerTls(s.tls_files())
+            except TlsError as exc:
+                raise TlsSetupError(f"cannot start TLS: {exc}") from None
         # Before the data directory: a busy port must not leave a LOCK or new directories
         # behind, and the message names every busy port at once.
-        busy = busy_ports(
-            [("native protocol", s.host, s.port), ("HTTP", s.http_bind_host, s.http_port)]
-        )
+        busy = busy_ports(self._listeners_to_check())
         if busy:
             raise PortsBusy(busy_ports_message(busy))
         self._lock_data_dir()
@@ -321,13 +383,32 @@ class Broker:
         self.check_resources()
         loop = asyncio.get_running_loop()
         http_host = s.http_host or s.host
-        self._http = await start_http_server(self, http_host, s.http_port)
+        tls = self.tls
+        https = None
+        if tls is not None:
+            https = (s.https_port, tls.front, s.handshake_timeout_s)
+        self._http = await start_http_server(self, http_host, s.http_port, https=https)
         self.http_port = self._http.port
-        # Recovery happens before this point; the native port opens only when ready.
-        self._server = await loop.create_server(
-            lambda: Connection(self), s.host, s.port, backlog=LISTEN_BACKLOG, reuse_address=True
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        self.https_port = self._http.tls_port
+        # Recovery happens before this point; the native ports open only when ready.
+        if s.plain_enabled:
+            self._server = await loop.create_server(
+                lambda: Connection(self),
+                s.host,
+                s.port,
+                backlog=LISTEN_BACKLOG,
+                reuse_address=True,
+            )
+            self.port = self._server.sockets[0].getsockname()[1]
+        if tls is not None:
+            # Handshakes in progress are bounded like connections not yet logged in.
+            self.tls_listener = TlsListener(
+                tls,
+                lambda: Connection(self),
+                s.handshake_timeout_s,
+                s.max_unauthenticated_connections,
+            )
+            self.tls_port = await self.tls_listener.start(s.host, s.tls_port, LISTEN_BACKLOG)
         self._ticker = loop.create_task(self._tick_loop())
         if self.logs is not None:
             self.logs.start()  # log retention timer
@@ -335,11 +416,8 @@ class Broker:
             self.log_cleaner.start()  # log compaction
         self.ready = True
         log.info(
-            "wharf ready: native %s:%d, http %s:%d, data %s",
-            s.host,
-            self.port,
-            http_host,
-            self.http_port,
+            "wharf ready: %s, data %s",
+            ", ".join(f"{x['protocol']} {x['host']}:{x['port']}" for x in self.listeners()),
             self.data_path,
         )
 
@@ -562,6 +640,8 @@ class Broker:
         log.info("shutting down: %d connections", len(self.connections))
         if self._server is not None:
             self._server.close()
+        if self.tls_listener is not None:
+            self.tls_listener.close()
         for conn in list(self.connections.values()):
             conn.shutdown("broker shutting down")
         if self.connections:
@@ -631,9 +711,10 @@ async def serve(settings: Settings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_tls_on_sighup, broker)
     try:
         await broker.start()
-    except (DataDirLocked, PortsBusy) as exc:
+    except (DataDirLocked, PortsBusy, TlsSetupError) as exc:
         log.error("%s", exc.message)
         return 1
     except OSError as exc:
@@ -643,6 +724,16 @@ async def serve(settings: Settings) -> int:
     await stop.wait()
     await broker.stop()
     return 0
+
+
+def _reload_tls_on_sighup(broker: Broker) -> None:
+    if broker.tls is None:
+        log.info("SIGHUP: TLS is not configured, nothing to reload")
+        return
+    try:
+        broker.reload_tls()  # logs success and failure itself
+    except WharfError:
+        pass  # the old certificate stays; security/tls.py logged why
 
 
 def run(settings: Settings) -> int:

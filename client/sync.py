@@ -21,6 +21,7 @@ import concurrent.futures
 import functools
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
@@ -643,9 +644,10 @@ def connect(
     reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY_S,
     reconnect_wait_timeout: float | None = DEFAULT_RECONNECT_WAIT_TIMEOUT_S,
     call_timeout: float | None = None,
+    ssl: SSLContext | None = None,
 ) -> SyncConnection:
     """Open a blocking connection; the arguments are those of ``wharf.connect`` plus
-    ``call_timeout`` (see ``SyncConnection``)."""
+    ``call_timeout`` (see ``SyncConnection``); ``ssl`` and ``wharfs://`` URLs as there."""
     runner = _LoopThread()
     try:
         conn = runner.run(
@@ -657,6 +659,7 @@ def connect(
                 reconnect=reconnect,
                 reconnect_max_delay=reconnect_max_delay,
                 reconnect_wait_timeout=reconnect_wait_timeout,
+                ssl=ssl,
             ),
             None,  # connect() has its own budget
         )

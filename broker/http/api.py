@@ -270,6 +270,21 @@ class ManagementApi:
                 doc="200 Empty - Delete a policy; its queues fall back to their own arguments.",
             ),
             *LogsApi(broker).routes(),  # log topics and consumer groups
+            # TLS (docs/security.md)
+            r(
+                "GET",
+                ("tls",),
+                self.get_tls,
+                True,
+                doc="200 Tls - The TLS certificate in use (administrators only).",
+            ),
+            r(
+                "POST",
+                ("tls", "reload"),
+                self.reload_tls,
+                True,
+                doc="200 Tls - Reload the TLS certificate, key and CA for new connections.",
+            ),
         ]
 
     # -- entry point ---------------------------------------------------------------------
@@ -381,7 +396,6 @@ class ManagementApi:
 
     async def overview(self, call: Call) -> Result:
         b = self.broker
-        s = b.settings
         stats = b.stats
         queues = list(b.queues.values())
         # Every counter the broker keeps (its stats object's slots), not a copied list.
@@ -409,11 +423,17 @@ class ManagementApi:
                 "high_watermark_bytes": b.monitor.memory_limit_bytes if b.monitor else 0,
                 "rss_bytes": b.monitor.rss_bytes if b.monitor else 0,
             },
-            "listeners": [
-                {"protocol": "wharf", "host": s.host, "port": b.port},
-                {"protocol": "http", "host": s.http_bind_host, "port": b.http_port},
-            ],
+            "listeners": b.listeners(),
         }
+
+    async def get_tls(self, call: Call) -> Result:
+        if self.broker.tls is None:
+            raise PreconditionFailed("TLS is not configured (tls_cert_file, tls_key_file)")
+        return 200, self.broker.tls.describe()
+
+    async def reload_tls(self, call: Call) -> Result:
+        # A failed reload answers 409 with the reason; the old certificate stays in use.
+        return 200, self.broker.reload_tls()
 
     async def whoami(self, call: Call) -> Result:
         return 200, {"name": call.user.name, "tags": list(call.user.tags)}

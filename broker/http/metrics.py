@@ -137,6 +137,7 @@ class BrokerCollector:
                 "wharf_fd_limit", "Soft open-file limit (0 = none).", monitor.fds_limit
             )
         yield from self._memory_metrics()
+        yield from self._tls_metrics()
         yield from self._policy_metrics(queues)
         yield from self._topic_metrics()
         yield from self._group_metrics()
@@ -178,6 +179,24 @@ class BrokerCollector:
         yield from totals.values()
         yield from per_queue
         yield from counters
+
+    def _tls_metrics(self) -> Iterator[Metric]:
+        """The certificate's expiry and handshake failures (docs/security.md)."""
+        tls = getattr(self._broker, "tls", None)
+        if tls is None:
+            return
+        yield GaugeMetricFamily(
+            "wharf_tls_cert_expiry_seconds",
+            "Seconds until the TLS certificate in use expires; negative once it has.",
+            value=tls.expiry_seconds(),
+        )
+        listener = getattr(self._broker, "tls_listener", None)
+        if listener is not None:
+            yield CounterMetricFamily(
+                "wharf_tls_handshake_failures",
+                "TLS handshakes on the native TLS port that failed or timed out.",
+                value=listener.failures,
+            )
 
     def _memory_metrics(self) -> Iterator[Metric]:
         """What the memory alarm compares (docs/operations.md, "Memory alarm")."""

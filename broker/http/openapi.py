@@ -113,6 +113,12 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         listeners={"type": "array", "items": _schema("protocol:s host:s port:i")},
     ),
     "WhoAmI": _schema("name:s! tags:l!"),
+    "Tls": _schema(
+        "cert_file:s! key_file:s! ca_file:s client_auth:s! min_version:s! not_after:s! "
+        "expiry_seconds:i! loaded_at:s! reloads:i! last_error:s",
+        ca_file={"nullable": True},
+        last_error={"nullable": True},
+    ),
     "Queue": _schema(
         "name:s! durable:b! exclusive:b auto_delete:b! arguments:m! messages_ready:i! "
         "messages_unacked:i consumers:i! policy:s effective_arguments:m",

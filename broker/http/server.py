@@ -4,6 +4,11 @@ aiohttp parses HTTP/1.1 (keep-alive, pipelining, chunked bodies, ``Expect: 100-c
 in the broker's own event loop: a ``web.AppRunner`` with one ``web.TCPSite``, started and
 stopped by ``server.Broker``.  Why aiohttp is in docs/decisions.md.
 
+With TLS configured the same application also listens for HTTPS (``https_port``): a second
+asyncio server on the runner's request handler, with the broker's TLS context (whose SNI
+callback picks the last reloaded certificate) and the TLS handshake bounded by
+``handshake_timeout_ms`` (aiohttp's ``TCPSite`` takes no handshake timeout).
+
 Limits: a request head must fit in MAX_HEAD_BYTES per line and MAX_HEADER_COUNT headers;
 a connection that sends no complete request head within HEAD_TIMEOUT_S (also the idle
 keep-alive time) is closed; bodies over MAX_API_BODY_BYTES (/api) or MAX_BODY_BYTES
@@ -18,7 +23,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any, Final, Protocol
+import ssl
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -54,12 +60,21 @@ class HttpBroker(MetricsBroker, Protocol):
 
 
 class HttpServer:
-    """A running admin-plane listener: the aiohttp runner and its one site."""
+    """A running admin plane: the aiohttp runner, its HTTP site, and the HTTPS listener."""
 
-    def __init__(self, runner: web.AppRunner, site: web.TCPSite, port: int) -> None:
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        site: web.TCPSite,
+        port: int,
+        tls_server: asyncio.Server | None = None,
+        tls_port: int = 0,
+    ) -> None:
         self.runner = runner
         self.site = site
         self.port = port  # the bound port (useful when 0 was asked for)
+        self.tls_server = tls_server
+        self.tls_port = tls_port  # 0 without HTTPS
 
 
 def _is_api(path: str) -> bool:
@@ -167,8 +182,15 @@ async def _refuse(request: web.Request, status: int, detail: str) -> web.Respons
     return response
 
 
-async def start_http_server(broker: HttpBroker, host: str, port: int) -> HttpServer:
-    """Listen on host:port (0 = any free port) and serve the broker's HTTP endpoints.
+async def start_http_server(
+    broker: HttpBroker,
+    host: str,
+    port: int,
+    *,
+    https: tuple[int, ssl.SSLContext, float] | None = None,
+) -> HttpServer:
+    """Listen on host:port (0 = any free port) and serve the broker's HTTP endpoints;
+    with ``https`` = (port, server context, TLS handshake timeout in s), HTTPS too.
 
     Stop it with ``await stop_http_server(server)``, which also closes idle keep-alive
     connections.
@@ -177,18 +199,37 @@ async def start_http_server(broker: HttpBroker, host: str, port: int) -> HttpSer
     runner = web.AppRunner(build_app(broker), **_handler_args())
     await runner.setup()
     site = web.TCPSite(runner, host, port)
+    tls_server: asyncio.Server | None = None
     try:
         await site.start()
+        bound = int(runner.addresses[0][1]) if runner.addresses else port
+        tls_port = 0
+        if https is not None:
+            https_port, context, handshake_timeout_s = https
+            handler = runner.server
+            assert handler is not None  # set by runner.setup()
+            tls_server = await asyncio.get_running_loop().create_server(
+                handler,
+                host,
+                https_port,
+                ssl=context,
+                ssl_handshake_timeout=handshake_timeout_s,
+                reuse_address=True,
+            )
+            tls_port = int(tls_server.sockets[0].getsockname()[1])
     except BaseException:
+        if tls_server is not None:
+            tls_server.close()
         await runner.cleanup()
         raise
-    bound = int(runner.addresses[0][1]) if runner.addresses else port
-    return HttpServer(runner, site, bound)
+    return HttpServer(runner, site, bound, tls_server, tls_port)
 
 
 async def stop_http_server(server: HttpServer, timeout_s: float = STOP_TIMEOUT_S) -> None:
     """Stop listening, close open (including idle keep-alive) connections, and wait for
     running handlers up to ``timeout_s`` in all."""
+    if server.tls_server is not None:
+        server.tls_server.close()  # its connections are the runner's; cleanup closes them
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(max(0.0, timeout_s)):
             await server.runner.cleanup()
