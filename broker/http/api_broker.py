@@ -9,7 +9,7 @@ connections are seen through the protocol-neutral ``ClientConnection``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..alarms import ResourceMonitor
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..logs import TopicRegistry
     from ..logs.groups import GroupCoordinator
     from ..security.auth import Authenticator
+    from ..security.tls import ServerTls
     from ..store.segments import MessageStore
     from .metrics import BrokerStats
 
@@ -60,4 +61,8 @@ class ApiBroker(Protocol):
     def port(self) -> int: ...
     @property
     def http_port(self) -> int: ...
+    @property
+    def tls(self) -> ServerTls | None: ...
     def memory_breakdown(self) -> dict[str, int]: ...
+    def listeners(self) -> list[dict[str, Any]]: ...
+    def reload_tls(self) -> dict[str, Any]: ...
