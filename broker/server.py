@@ -38,8 +38,10 @@ from wharf.protocol.errors import PreconditionFailed, ResourceError, WharfError
 
 from .alarms import MemoryTrimmer, Readiness, ResourceMonitor, decide_readiness
 from .config import Settings, configure_logging
+from .core.access import AccessControl, Actor
 from .core.paging import PagedRow
 from .core.queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
+from .core.session import CoreSession
 from .core.topology import Topology
 from .http.server import HttpServer, start_http_server, stop_http_server
 from .logs import TopicRegistry  # log topics
@@ -49,6 +51,7 @@ from .logs.handles import SegmentHandles
 from .ports import busy_ports, busy_ports_message
 from .security.auth import Authenticator
 from .security.tls import ServerTls, TlsError, TlsListener
+from .security.users import SOURCE_BUILTIN, SOURCE_CONFIG, SOURCE_RUNTIME
 from .store.definitions import load_definitions, save_definitions
 from .store.recovery import Recovered, drop_unknown_queues, recover
 from .store.segments import MessageStore
@@ -116,6 +119,10 @@ class Broker:
         publisher.stats = self.stats
         publisher.max_message_bytes = settings.max_message_bytes
         self.authenticator = Authenticator(settings)
+        # Permissions (core/access.py): config-file users and the built-in guest have full
+        # access on "/" until an explicit entry says otherwise.
+        self.access = AccessControl()
+        self.access.implicit_full = self._has_implicit_access
         self.ready = False
         self.stopping = False
         self.port = settings.port if settings.plain_enabled else 0
@@ -211,6 +218,11 @@ class Broker:
         self.topology.load_definitions(definitions)
         # Runtime users (management API) override the configured ones; see users.py.
         self.authenticator.users.load_runtime(definitions.get("users"))
+        runtime_users = [
+            u.name for u in self.authenticator.users.all() if u.source == SOURCE_RUNTIME
+        ]
+        for error in self.access.load(definitions, runtime_users):
+            log.error("definitions: %s", error)
         rec = recover(msg_dir)
         by_uid = {q.uid: q for q in self.topology.queues.values() if q.persist}
         dropped = drop_unknown_queues(rec, set(by_uid))
@@ -226,6 +238,7 @@ class Broker:
         store.listeners.append(self._store_committed)
         self.topology.on_change = self._save_definitions
         self.authenticator.users.on_change = self._save_definitions
+        self.access.on_change = self._save_definitions
         self._save_definitions()
         log.info(
             "recovered %d durable queues, %d messages from %d segments (%d records) in %.3f s%s",
@@ -287,9 +300,20 @@ class Broker:
         q.max_delivered = delivered_up_to
         return len(stored)
 
+    def _has_implicit_access(self, user: str) -> bool:
+        """Users of the config file and the built-in guest: full access on "/" unless an
+        explicit permission entry replaces it (upgrades keep working; docs/security.md)."""
+        stored = self.authenticator.users.get(user)
+        return stored is not None and stored.source in (SOURCE_BUILTIN, SOURCE_CONFIG)
+
+    def session(self, actor: Actor) -> CoreSession:
+        """The core as ``actor`` may use it (every check in core/access.py)."""
+        return CoreSession(actor, self.access, self.topology)
+
     def _save_definitions(self) -> None:
         definitions = self.topology.durable_definitions()
         definitions["users"] = self.authenticator.users.runtime_records()  # management API
+        definitions.update(self.access.records())
         save_definitions(Path(self.data_path), definitions)
 
     @property

@@ -38,6 +38,7 @@ from wharf.protocol.errors import (
     WharfError,
 )
 
+from ...core.access import DEFAULT_VHOST, Actor
 from ...core.deliveries import Deliveries, Unacked
 from ...core.publish import QUEUE_FULL_MESSAGE
 from ...core.queues import Consumer, Message
@@ -46,6 +47,7 @@ from .log_frames import LogFrames
 from .topology_frames import TopologyFrames
 
 if TYPE_CHECKING:
+    from ...core.session import CoreSession
     from ...server import Broker
     from ...store.segments import Segment
 
@@ -84,6 +86,9 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self.peer_host = ""
         self.username = ""
         self.user_tags: tuple[str, ...] = ()
+        # The core as this connection's user sees it (every permission check is there);
+        # until login, an actor that may do nothing.
+        self.core: CoreSession = broker.session(Actor(""))
         self.client_properties: dict[str, Any] = {}
         self.authenticated = False
         self._auth_task: asyncio.Task[None] | None = None
@@ -424,6 +429,13 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             log.warning("refusing %s after authentication: %s", self.peer, refusal.message)
             self.fatal(refusal)
             return
+        actor = Actor(user.name, tuple(user.tags), DEFAULT_VHOST)
+        try:
+            broker.access.check_vhost(actor)  # no permission on the vhost: no connection
+        except WharfError as exc:
+            self.fatal(exc)
+            return
+        self.core = broker.session(actor)
         self._decoder.set_max_frame_bytes(self.settings.max_frame_bytes)
         self.username = user.name
         self.user_tags = tuple(user.tags)
@@ -510,7 +522,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         if publisher.alarms and not self._blocked_reading:
             self._block_reading()
         try:
-            res = publisher.publish(exchange, routing_key, props, bodies, self.username)
+            res = self.core.publish(exchange, routing_key, props, bodies)
         except WharfError as exc:
             self._nack(seq, n, exc)
             return
@@ -648,7 +660,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
     # -- consumers -----------------------------------------------------------------
 
     def _on_consume(self, f: F.Consume) -> None:
-        queue = self.topology.get_queue(f.queue, self)
+        queue = self.core.queue_to_read(f.queue, self, "basic.consume")
         if len(self.consumers) >= self.settings.max_consumers_per_connection:
             raise ResourceError(
                 f"max_consumers_per_connection={self.settings.max_consumers_per_connection} reached"
@@ -688,7 +700,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self._ok(f.request_id, {"consumer_tag": f.consumer_tag})
 
     def _on_get(self, f: F.Get) -> None:
-        queue = self.topology.get_queue(f.queue, self)
+        queue = self.core.queue_to_read(f.queue, self, "basic.get")
         queue.last_used = time.monotonic()
         msg = queue.take()
         if msg is None:

@@ -20,6 +20,7 @@ from ...logs.requests import LogRequests
 
 if TYPE_CHECKING:
     from ...config import Settings
+    from ...core.session import CoreSession
     from ...core.topology import Topology
     from ...logs.groups import GroupCoordinator
     from ...logs.topics import TopicRegistry
@@ -33,6 +34,7 @@ class LogFrames:
     # Provided by Connection.
     broker: Broker
     topology: Topology
+    core: CoreSession
     settings: Settings
     id: int
     name: str
@@ -98,9 +100,11 @@ class LogFrames:
         return requests
 
     def _on_topic_create(self, f: F.TopicCreate) -> None:
+        self.core.authorize("topic.create", topic=f.name)
         self._ok(f.request_id, self._topics().create(f.name, f.partitions, f.config))
 
     def _on_topic_delete(self, f: F.TopicDelete) -> None:
+        self.core.authorize("topic.delete", topic=f.name)
         self._topics().delete(f.name)
         self._ok(f.request_id)
 
@@ -108,36 +112,43 @@ class LogFrames:
         self._ok(f.request_id, self._topics().get(f.name).describe())
 
     def _on_topic_alter(self, f: F.TopicAlter) -> None:
+        self.core.authorize("topic.alter", topic=f.name)
         self._ok(f.request_id, self._topics().alter(f.name, f.partitions, f.config))
 
     def _on_topic_list(self, f: F.TopicList) -> None:
         self._ok(f.request_id, {"topics": self._topics().describe_all()})
 
     def _on_produce(self, f: F.Produce) -> None:
+        self.core.authorize("topic.produce", topic=f.topic)
         self._logs().produce(f)
 
     def _on_init_producer(self, f: F.InitProducer) -> None:
         self._logs().init_producer(f)
 
     def _on_fetch(self, f: F.Fetch) -> None:
+        self.core.authorize("topic.fetch", topic=f.topic)
         self._logs().fetch(f)
 
     def _on_fetch_many(self, f: F.FetchMany) -> None:
+        for entry in f.partitions:
+            if isinstance(entry, (list, tuple)) and entry and isinstance(entry[0], str):
+                self.core.authorize("topic.fetch", topic=entry[0])
         self._logs().fetch_many(f)
 
     def _on_list_offsets(self, f: F.ListOffsets) -> None:
+        self.core.authorize("topic.list_offsets", topic=f.topic)
         self._ok(f.request_id, self._topics().list_offsets(f.topic, f.partition, f.timestamp))
 
     # -- topic bindings (exchanges routing into log topics) ------------------------
 
     def _on_topic_bind(self, f: F.TopicBind) -> None:
         self._topics()
-        self.topology.bind_topic(f.topic, f.exchange, f.routing_key, f.arguments)
+        self.core.bind_topic(f.topic, f.exchange, f.routing_key, f.arguments)
         self._ok(f.request_id)
 
     def _on_topic_unbind(self, f: F.TopicUnbind) -> None:
         self._topics()
-        self.topology.unbind_topic(f.topic, f.exchange, f.routing_key, f.arguments)
+        self.core.unbind_topic(f.topic, f.exchange, f.routing_key, f.arguments)
         self._ok(f.request_id)
 
     # -- consumer groups (groups.py) -----------------------------------------------
@@ -169,6 +180,10 @@ class LogFrames:
         fut.add_done_callback(done)
 
     def _on_group_join(self, f: F.GroupJoin) -> None:
+        self.core.authorize("group.join", group=f.group)
+        for topic in f.topics:
+            if isinstance(topic, str):
+                self.core.authorize("topic.subscribe", topic=topic)
         client_id = self.client_properties.get("client_id")
         fut = self._groups().join(
             f.group,
@@ -186,29 +201,36 @@ class LogFrames:
         self._ok_when_done(f.request_id, fut)
 
     def _on_group_heartbeat(self, f: F.GroupHeartbeat) -> None:
+        self.core.authorize("group.heartbeat", group=f.group)
         self._groups().heartbeat(f.group, f.member_id, f.generation)
         self._ok(f.request_id)
 
     def _on_group_leave(self, f: F.GroupLeave) -> None:
+        self.core.authorize("group.leave", group=f.group)
         self._groups().leave(f.group, f.member_id)
         self._ok(f.request_id)
 
     def _on_offset_commit(self, f: F.OffsetCommit) -> None:
+        self.core.authorize("group.commit", group=f.group)
         fut = self._groups().commit(f.group, f.member_id, f.generation, f.offsets)
         self._ok_when_done(f.request_id, fut)
 
     def _on_offset_fetch(self, f: F.OffsetFetch) -> None:
+        self.core.authorize("group.offsets", group=f.group)
         self._ok(f.request_id, self._groups().fetch_offsets(f.group, f.topics))
 
     def _on_group_list(self, f: F.GroupList) -> None:
         self._ok(f.request_id, {"groups": self._groups().list()})
 
     def _on_group_describe(self, f: F.GroupDescribe) -> None:
+        self.core.authorize("group.describe", group=f.group)
         self._ok(f.request_id, self._groups().describe(f.group))
 
     def _on_group_delete(self, f: F.GroupDelete) -> None:
+        self.core.authorize("group.delete", group=f.group)
         self._ok_when_done(f.request_id, self._groups().delete(f.group))
 
     def _on_group_reset_offsets(self, f: F.GroupResetOffsets) -> None:
+        self.core.authorize("group.reset_offsets", group=f.group, topic=f.topic)
         result, fut = self._groups().reset_offsets(f.group, f.topic, f.to, f.value, f.partitions)
         self._ok_when_done(f.request_id, fut, result)

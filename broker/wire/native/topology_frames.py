@@ -12,11 +12,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from wharf.protocol import frames as F
-from wharf.protocol.errors import AccessRefused, InvalidArgument
+from wharf.protocol.errors import InvalidArgument
 
 from ...core.policies.registry import make_policy
 
 if TYPE_CHECKING:
+    from ...core.session import CoreSession
     from ...core.topology import Topology
     from ...server import Broker
     from .connection import Connection
@@ -28,6 +29,7 @@ class TopologyFrames:
     # Provided by Connection.
     broker: Broker
     topology: Topology
+    core: CoreSession
     username: str
     user_tags: tuple[str, ...]
 
@@ -60,7 +62,7 @@ class TopologyFrames:
     # -- exchanges -----------------------------------------------------------------
 
     def _on_exchange_declare(self, f: F.ExchangeDeclare) -> None:
-        self.topology.declare_exchange(
+        self.core.declare_exchange(
             f.name,
             f.type,
             durable=f.durable,
@@ -72,24 +74,22 @@ class TopologyFrames:
         self._ok(f.request_id)
 
     def _on_exchange_delete(self, f: F.ExchangeDelete) -> None:
-        self.topology.delete_exchange(f.name, f.if_unused)
+        self.core.delete_exchange(f.name, f.if_unused)
         self._ok(f.request_id)
 
     def _on_exchange_bind(self, f: F.ExchangeBind) -> None:
-        dest = self.topology.get_exchange(f.destination)
-        self.topology.bind(dest, f.source, f.routing_key, f.arguments)
+        self.core.bind_exchange(f.destination, f.source, f.routing_key, f.arguments)
         self._ok(f.request_id)
 
     def _on_exchange_unbind(self, f: F.ExchangeUnbind) -> None:
-        dest = self.topology.get_exchange(f.destination)
-        self.topology.unbind(dest, f.source, f.routing_key, f.arguments)
+        self.core.unbind_exchange(f.destination, f.source, f.routing_key, f.arguments)
         self._ok(f.request_id)
 
     # -- queues --------------------------------------------------------------------
 
     def _on_queue_declare(self, f: F.QueueDeclare) -> None:
         owner = self._owner()
-        q = self.topology.declare_queue(
+        q = self.core.declare_queue(
             f.name,
             owner=owner,
             durable=f.durable,
@@ -104,17 +104,15 @@ class TopologyFrames:
         )
 
     def _on_queue_bind(self, f: F.QueueBind) -> None:
-        q = self.topology.get_queue(f.queue, self._owner())
-        self.topology.bind(q, f.exchange, f.routing_key, f.arguments)
+        self.core.bind_queue(f.queue, f.exchange, f.routing_key, f.arguments, self._owner())
         self._ok(f.request_id)
 
     def _on_queue_unbind(self, f: F.QueueUnbind) -> None:
-        q = self.topology.get_queue(f.queue, self._owner())
-        self.topology.unbind(q, f.exchange, f.routing_key, f.arguments)
+        self.core.unbind_queue(f.queue, f.exchange, f.routing_key, f.arguments, self._owner())
         self._ok(f.request_id)
 
     def _on_queue_purge(self, f: F.QueuePurge) -> None:
-        q = self.topology.get_queue(f.queue, self._owner())
+        q = self.core.queue_to_purge(f.queue, self._owner())
         result = {"messages": q.purge()}
         store = self.broker.store
         if q.persist and store is not None and not store.idle:
@@ -124,14 +122,14 @@ class TopologyFrames:
         self._ok(f.request_id, result)
 
     def _on_queue_delete(self, f: F.QueueDelete) -> None:
-        n = self.topology.delete_queue(f.queue, self._owner(), f.if_unused, f.if_empty)
+        n = self.core.delete_queue(f.queue, self._owner(), f.if_unused, f.if_empty)
         self._ok(f.request_id, {"messages": n})
 
     def _on_queue_replay(self, f: F.QueueReplay) -> None:
         if f.limit < 0 or f.max_deaths < 0:
             raise InvalidArgument("limit and max_deaths must be >= 0")
-        q = self.topology.get_queue(f.queue, self._owner())
-        result = {"moved": self.topology.replay(q, f.target, f.reason, f.limit, f.max_deaths)}
+        moved = self.core.replay(f.queue, self._owner(), f.target, f.reason, f.limit, f.max_deaths)
+        result = {"moved": moved}
         store = self.broker.store
         if store is not None and not store.idle:
             # Answer once the moves are on disk.
@@ -141,18 +139,12 @@ class TopologyFrames:
 
     # -- server-side policies ------------------------------------------------------
 
-    def _require_administrator(self) -> None:
-        if "administrator" not in self.user_tags:
-            raise AccessRefused(f"user '{self.username}' needs the administrator tag for this")
-
     def _on_policy_set(self, f: F.PolicySet) -> None:
-        self._require_administrator()
         policy = make_policy(f.name, f.pattern, f.definition, f.priority, f.apply_to)
-        self._ok(f.request_id, {"created": self.topology.set_policy(policy)})
+        self._ok(f.request_id, {"created": self.core.set_policy(policy)})
 
     def _on_policy_delete(self, f: F.PolicyDelete) -> None:
-        self._require_administrator()
-        self.topology.delete_policy(f.name)
+        self.core.delete_policy(f.name)
         self._ok(f.request_id)
 
     def _on_policy_list(self, f: F.PolicyList) -> None:
