@@ -356,9 +356,10 @@ class AccessControl:
     def set_topic_permission(
         self, vhost: str, user: str, exchange: str, write: str, read: str
     ) -> bool:
+        tp = TopicPermission(exchange, write, read, user, vhost)  # raises on a bad regex
         by_exchange = self._topic.setdefault((vhost, user), {})
         new = exchange not in by_exchange
-        by_exchange[exchange] = TopicPermission(exchange, write, read, user, vhost)
+        by_exchange[exchange] = tp
         self._changed()
         return new
 

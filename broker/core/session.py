@@ -76,24 +76,33 @@ class CoreSession:
         self.authorize("exchange.delete", exchange=name)
         self.topology.delete_exchange(name, if_unused)
 
-    def _check_bind_key(self, source: str, routing_key: str) -> None:
-        """Topic authorisation: binding to a topic exchange is read on the binding key."""
-        ex = self.topology.exchanges.get(source)
-        if ex is not None and ex.type == TOPIC_EXCHANGE_TYPE:
-            self.access.check_topic(self.actor, READ, source, routing_key)
+    def authorize_binding(
+        self, kind: str, destination: str, source: str, routing_key: str, *, unbind: bool = False
+    ) -> None:
+        """Raise unless the actor may (un)bind ``destination`` (a ``kind``: queue, exchange
+        or topic) to exchange ``source`` with ``routing_key``."""
+        verb = "unbind" if unbind else "bind"
+        if kind == "exchange":
+            self.authorize(f"exchange.{verb}", destination=destination, source=source)
+        else:
+            self.authorize(f"{kind}.{verb}", **{kind: destination, "exchange": source})
+        if not unbind:
+            # Topic authorisation: binding to a topic exchange is read on the binding key.
+            ex = self.topology.exchanges.get(source)
+            if ex is not None and ex.type == TOPIC_EXCHANGE_TYPE:
+                self.access.check_topic(self.actor, READ, source, routing_key)
 
     def bind_exchange(
         self, destination: str, source: str, routing_key: str, arguments: dict[str, Any] | None
     ) -> None:
-        self.authorize("exchange.bind", destination=destination, source=source)
-        self._check_bind_key(source, routing_key)
+        self.authorize_binding("exchange", destination, source, routing_key)
         dest = self.topology.get_exchange(destination)
         self.topology.bind(dest, source, routing_key, arguments)
 
     def unbind_exchange(
         self, destination: str, source: str, routing_key: str, arguments: dict[str, Any] | None
     ) -> None:
-        self.authorize("exchange.unbind", destination=destination, source=source)
+        self.authorize_binding("exchange", destination, source, routing_key, unbind=True)
         dest = self.topology.get_exchange(destination)
         self.topology.unbind(dest, source, routing_key, arguments)
 
@@ -132,8 +141,7 @@ class CoreSession:
         arguments: dict[str, Any] | None,
         owner: QueueOwner | None,
     ) -> None:
-        self.authorize("queue.bind", queue=queue, exchange=exchange)
-        self._check_bind_key(exchange, routing_key)
+        self.authorize_binding("queue", queue, exchange, routing_key)
         q = self.topology.get_queue(queue, owner)
         self.topology.bind(q, exchange, routing_key, arguments)
 
@@ -145,7 +153,7 @@ class CoreSession:
         arguments: dict[str, Any] | None,
         owner: QueueOwner | None,
     ) -> None:
-        self.authorize("queue.unbind", queue=queue, exchange=exchange)
+        self.authorize_binding("queue", queue, exchange, routing_key, unbind=True)
         q = self.topology.get_queue(queue, owner)
         self.topology.unbind(q, exchange, routing_key, arguments)
 
@@ -183,14 +191,13 @@ class CoreSession:
     def bind_topic(
         self, topic: str, exchange: str, routing_key: str, arguments: dict[str, Any] | None
     ) -> None:
-        self.authorize("topic.bind", topic=topic, exchange=exchange)
-        self._check_bind_key(exchange, routing_key)
+        self.authorize_binding("topic", topic, exchange, routing_key)
         self.topology.bind_topic(topic, exchange, routing_key, arguments)
 
     def unbind_topic(
         self, topic: str, exchange: str, routing_key: str, arguments: dict[str, Any] | None
     ) -> None:
-        self.authorize("topic.unbind", topic=topic, exchange=exchange)
+        self.authorize_binding("topic", topic, exchange, routing_key, unbind=True)
         self.topology.unbind_topic(topic, exchange, routing_key, arguments)
 
     def topic_destination(self, topic: str) -> TopicTarget:

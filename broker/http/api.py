@@ -9,9 +9,13 @@ api_core.py.  docs/management.md is the user-facing reference; ``GET /api/openap
 Rules:
 
 * Every request needs HTTP basic credentials of a broker user (same users, loopback rule
-  and failure slowdown as the native protocol).  Reads (GET/HEAD, and the non-destructive
-  ``POST /api/queues/{name}/get`` peek) are open to any user; writes need the
-  ``administrator`` tag; the user endpoints need it for reads too.
+  and failure slowdown as the native protocol) with one of the tags administrator,
+  monitoring, policymaker or management (as RabbitMQ's management plugin; ``whoami`` and
+  the OpenAPI document need none).  Listings are open to those users.  Changes to
+  resources, publishing and the peek (``POST /api/queues/{name}/get``, a basic.get) are
+  decided by the core's permission table (core/access.py) through a ``CoreSession``, as
+  on the native protocol; users, permissions, connections and TLS need the
+  ``administrator`` tag, reads included.
 * Names are percent-encoded path segments; the default exchange is ``amq.default``.
 * Errors are ``{"error": message, "code": wharf code}`` with the HTTP status from
   ``http_status``; no input makes a handler raise past ``handle`` (500 + a log line).
@@ -36,6 +40,7 @@ from wharf.protocol.errors import (
     WharfError,
 )
 
+from ..core.access import MANAGEMENT_TAGS, Actor
 from ..core.exchanges import TopicTarget
 from ..core.policies.registry import (  # server-side policies
     PRIORITY_MAX,
@@ -67,12 +72,14 @@ from .api_core import (
     query_flag,
 )
 from .api_logs import LogsApi  # log topics and consumer groups
+from .api_perms import PermissionsApi  # permissions and topic permissions
 from .openapi import openapi_document
 
 if TYPE_CHECKING:
     from ..core.clients import ClientConnection
     from ..core.exchanges import Exchange
     from ..core.queues import Queue, QueueOwner
+    from ..core.session import CoreSession
     from ..security.users import StoredUser
     from .api_broker import ApiBroker
 
@@ -88,6 +95,9 @@ def wharf_version() -> str:
     except PackageNotFoundError:
         return "unknown"
 
+
+# Endpoints any authenticated user may call, whatever its tags.
+_OPEN_PATHS: Final = frozenset({("whoami",), ("openapi.json",)})
 
 # Stands in for "a connection" where topology methods check exclusive-queue ownership: it
 # owns nothing, so exclusive queues raise ResourceLocked and nothing is ever owned by it.
@@ -127,14 +137,14 @@ class ManagementApi:
                 "PUT",
                 ("queues", "{name}"),
                 self.put_queue,
-                True,
+                False,
                 doc="201 Queue QueueDeclare Declare a queue.",
             ),
             r(
                 "DELETE",
                 ("queues", "{name}"),
                 self.delete_queue,
-                True,
+                False,
                 ("if_unused", "if_empty"),
                 doc="200 MessageCount - Delete a queue.",
             ),
@@ -142,7 +152,7 @@ class ManagementApi:
                 "DELETE",
                 ("queues", "{name}", "contents"),
                 self.purge_queue,
-                True,
+                False,
                 doc="200 MessageCount - Purge ready messages.",
             ),
             r(
@@ -155,7 +165,7 @@ class ManagementApi:
                 "POST",
                 ("queues", "{name}", "replay"),
                 self.replay_queue,
-                True,
+                False,
                 doc="200 Moved ReplayRequest Move dead-lettered messages back where they died.",
             ),
             r("GET", ("exchanges",), self.list_exchanges, doc="200 [Exchange] - All exchanges."),
@@ -169,14 +179,14 @@ class ManagementApi:
                 "PUT",
                 ("exchanges", "{name}"),
                 self.put_exchange,
-                True,
+                False,
                 doc="201 Exchange ExchangeDeclare Declare an exchange.",
             ),
             r(
                 "DELETE",
                 ("exchanges", "{name}"),
                 self.delete_exchange,
-                True,
+                False,
                 ("if_unused",),
                 doc="200 Empty - Delete an exchange.",
             ),
@@ -184,16 +194,16 @@ class ManagementApi:
                 "POST",
                 ("exchanges", "{name}", "publish"),
                 self.publish,
-                True,
+                False,
                 doc="200 Routed Publish Publish a test message.",
             ),
             r("GET", ("bindings",), self.list_bindings, doc="200 [Binding] - All bindings."),
-            r("POST", ("bindings",), self.add_binding, True, doc="201 Binding Binding Bind."),
+            r("POST", ("bindings",), self.add_binding, doc="201 Binding Binding Bind."),
             r(
                 "DELETE",
                 ("bindings",),
                 self.remove_binding,
-                True,
+                False,
                 doc="200 Binding Binding Unbind (404 if not bound).",
             ),
             r(
@@ -256,7 +266,6 @@ class ManagementApi:
                 "PUT",
                 ("policies", "{name}"),
                 self.put_policy,
-                True,
                 doc=(
                     "201 Policy PolicyPut Create or replace a policy; applies to existing "
                     "queues at once."
@@ -266,10 +275,10 @@ class ManagementApi:
                 "DELETE",
                 ("policies", "{name}"),
                 self.delete_policy,
-                True,
                 doc="200 Empty - Delete a policy; its queues fall back to their own arguments.",
             ),
             *LogsApi(broker).routes(),  # log topics and consumer groups
+            *PermissionsApi(broker).routes(),
             # TLS (docs/security.md)
             r(
                 "GET",
@@ -354,6 +363,11 @@ class ManagementApi:
             raise ApiError(404, NotFound.code, f"no such API endpoint: {path}")
         if matched.admin and not user.is_administrator:
             raise AccessRefused(f"user {user.name!r} needs the administrator tag for this request")
+        if matched.path not in _OPEN_PATHS and MANAGEMENT_TAGS.isdisjoint(user.tags):
+            raise AccessRefused(
+                f"user {user.name!r} needs one of the tags {', '.join(sorted(MANAGEMENT_TAGS))} "
+                "to use the management API"
+            )
         try:
             names = [urllib.parse.unquote(p, errors="strict") for p in params]
             query = dict(urllib.parse.parse_qsl(raw_query, keep_blank_values=True, errors="strict"))
@@ -463,7 +477,7 @@ class ManagementApi:
             raise InvalidArgument("exclusive queues belong to a connection: declare them there")
         arguments = f.obj("arguments")
         existed = name in self.broker.queues
-        q = self.broker.topology.declare_queue(
+        q = core_session(self.broker, call).declare_queue(
             name,
             owner=_OPERATOR,
             durable=f.flag("durable"),
@@ -475,7 +489,7 @@ class ManagementApi:
         return (200 if existed else 201), q.describe()
 
     async def delete_queue(self, call: Call) -> Result:
-        n = self.broker.topology.delete_queue(
+        n = core_session(self.broker, call).delete_queue(
             call.params[0],
             _OPERATOR,
             query_flag(call.query, "if_unused"),
@@ -484,24 +498,27 @@ class ManagementApi:
         return 200, {"messages": n}
 
     async def purge_queue(self, call: Call) -> Result:
-        return 200, {"messages": self._queue(call.params[0], change=True).purge()}
+        queue = core_session(self.broker, call).queue_to_purge(call.params[0], _OPERATOR)
+        return 200, {"messages": queue.purge()}
 
     async def replay_queue(self, call: Call) -> Result:
         """DLQ replay: move dead-lettered messages back to where they died."""
-        queue = self._queue(call.params[0], change=True)
         f = call.json(("target", "reason", "limit", "max_deaths"))
         target = f.text("target", "") or None
         reason = f.text("reason", "") or None
         limit = f.integer("limit", 0, 0, MSGPACK_INT_MAX)
         max_deaths = f.integer("max_deaths", 0, 0, MSGPACK_INT_MAX)
-        moved = self.broker.topology.replay(queue, target, reason, limit, max_deaths)
+        moved = core_session(self.broker, call).replay(
+            call.params[0], _OPERATOR, target, reason, limit, max_deaths
+        )
         store = self.broker.store
         if store is not None:
             await store.flush()  # answer once the moves are on disk
         return 200, {"moved": moved}
 
     async def peek_queue(self, call: Call) -> Result:
-        queue = self._queue(call.params[0])
+        # Reading bodies is basic.get: read permission on the queue.
+        queue = core_session(self.broker, call).queue_to_read(call.params[0], None, "basic.get")
         f = call.json(("count", "encoding", "truncate"))
         count = f.integer("count", 1, 1, MAX_PEEK_COUNT)
         encoding = f.text("encoding", "auto")
@@ -553,7 +570,7 @@ class ManagementApi:
         name = self._exchange_name(call.params[0])
         f = call.json(("type", "durable", "auto_delete", "internal", "arguments"))
         existed = name in self.broker.exchanges
-        ex = self.broker.topology.declare_exchange(
+        ex = core_session(self.broker, call).declare_exchange(
             name,
             f.text("type"),
             durable=f.flag("durable"),
@@ -566,7 +583,7 @@ class ManagementApi:
 
     async def delete_exchange(self, call: Call) -> Result:
         name = self._exchange_name(call.params[0])
-        self.broker.topology.delete_exchange(name, query_flag(call.query, "if_unused"))
+        core_session(self.broker, call).delete_exchange(name, query_flag(call.query, "if_unused"))
         return 200, {}
 
     async def publish(self, call: Call) -> Result:
@@ -590,7 +607,7 @@ class ManagementApi:
         # a resource alarm refuses (the native protocol stops reading instead).
         publisher = b.topology.publisher
         publisher.check_alarms()
-        res = publisher.publish(ex.name, routing_key, props or None, (body,), call.user.name)
+        res = core_session(self.broker, call).publish(ex.name, routing_key, props or None, (body,))
         if res.log_parts:  # nothing waits for the fsync; a failure is logged
             sync_in_background(res.log_parts, "HTTP publish")
         # RabbitMQ's shape ({"routed": bool}); a full queue's refusal (x-overflow
@@ -610,14 +627,19 @@ class ManagementApi:
     )
 
     def _binding_args(
-        self, call: Call
+        self, call: Call, *, unbind: bool = False
     ) -> tuple[Queue | Exchange | TopicTarget, str, str, dict[str, Any]]:
         f = call.json(self._BINDING_FIELDS)
         source = self._exchange_name(f.text("source"))
         dest_name = f.text("destination")
         dest_type = f.text("destination_type", "queue")
+        routing_key = f.text("routing_key", "")
         topology = self.broker.topology
         dest: Queue | Exchange | TopicTarget
+        if dest_type in ("queue", "exchange", "topic"):
+            name = self._exchange_name(dest_name) if dest_type == "exchange" else dest_name
+            session = core_session(self.broker, call)
+            session.authorize_binding(dest_type, name, source, routing_key, unbind=unbind)
         if dest_type == "queue":
             dest = topology.get_queue(dest_name, _OPERATOR)
         elif dest_type == "exchange":
@@ -626,7 +648,7 @@ class ManagementApi:
             dest = topology.topic_destination(dest_name)
         else:
             raise InvalidArgument("field 'destination_type' must be 'queue', 'exchange' or 'topic'")
-        return dest, source, f.text("routing_key", ""), f.obj("arguments")
+        return dest, source, routing_key, f.obj("arguments")
 
     @staticmethod
     def _describe_binding(
@@ -666,7 +688,7 @@ class ManagementApi:
         )
 
     async def remove_binding(self, call: Call) -> Result:
-        dest, source, routing_key, arguments = self._binding_args(call)
+        dest, source, routing_key, arguments = self._binding_args(call, unbind=True)
         topology = self.broker.topology
         src = topology.get_exchange(source)
         if src.find_binding(dest, routing_key, arguments) is None:
@@ -772,6 +794,7 @@ class ManagementApi:
             raise NotFound(f"no user '{name}'")
         self._check_not_last_admin(name, keeps_admin=False)
         store.delete(name)
+        self.broker.access.forget_user(name)  # a new user by that name starts with none
         closed = 0
         for conn in list(self.broker.connections.values()):
             if conn.username == name:  # "" until authenticated
@@ -800,11 +823,11 @@ class ManagementApi:
             f.integer("priority", 0, PRIORITY_MIN, PRIORITY_MAX),
             f.text("apply-to", "queues"),
         )
-        created = self.broker.topology.set_policy(policy)
+        created = core_session(self.broker, call).set_policy(policy)
         return (201 if created else 200), policy.describe()
 
     async def delete_policy(self, call: Call) -> Result:
-        self.broker.topology.delete_policy(call.params[0])
+        core_session(self.broker, call).delete_policy(call.params[0])
         return 200, {}
 
     def _check_not_last_admin(self, name: str, *, keeps_admin: bool) -> None:
@@ -815,6 +838,12 @@ class ManagementApi:
             raise PreconditionFailed(
                 f"user {name!r} is the last administrator; create another one first"
             )
+
+
+def core_session(broker: ApiBroker, call: Call) -> CoreSession:
+    """The core as the request's user may use it: the same decisions as the native
+    protocol's (core/access.py)."""
+    return broker.session(Actor(call.user.name, call.user.tags))
 
 
 def _encode_payload(body: bytes, encoding: str) -> tuple[str, str]:

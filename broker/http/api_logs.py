@@ -2,8 +2,9 @@
 
 Topics come from the broker's ``TopicRegistry`` (logs/topics.py), groups from its group
 coordinator (logs/groups.py); both answer plain dicts, which these handlers pass on with
-little reshaping.  Same rules as the rest of the API (api.py): reads for any user,
-changes for administrators.
+little reshaping.  Same rules as the rest of the API (api.py): listings for the
+management tags, changes decided by the core's permission table (core/access.py) as on
+the native protocol.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from wharf.protocol.errors import InvalidArgument, ResourceError
 
+from ..core.access import Actor
 from ..logs.group_model import RESET_TARGETS
 from ..logs.topics import MAX_PARTITIONS
 from .api_core import Call, Result, Route
@@ -48,21 +50,18 @@ class LogsApi:
                 "PUT",
                 ("topics", "{name}"),
                 self.put_topic,
-                True,
                 doc="201 Topic TopicPut Create a topic (200: exists with this partition count).",
             ),
             r(
                 "PATCH",
                 ("topics", "{name}"),
                 self.alter_topic,
-                True,
                 doc="200 Topic TopicAlter Grow the partition count and/or change settings.",
             ),
             r(
                 "DELETE",
                 ("topics", "{name}"),
                 self.delete_topic,
-                True,
                 doc="200 Empty - Delete a topic and its records.",
             ),
             r(
@@ -84,14 +83,12 @@ class LogsApi:
                 "DELETE",
                 ("groups", "{name}"),
                 self.delete_group,
-                True,
                 doc="200 Empty - Delete a group without members and its committed offsets.",
             ),
             r(
                 "POST",
                 ("groups", "{name}", "reset-offsets"),
                 self.reset_offsets,
-                True,
                 doc=(
                     "200 OffsetsReset ResetOffsets Move committed offsets of a group without "
                     "members."
@@ -100,6 +97,9 @@ class LogsApi:
         ]
 
     # -- topics --------------------------------------------------------------------------
+
+    def _authorize(self, call: Call, operation: str, **names: str) -> None:
+        self.broker.access.authorize(Actor(call.user.name, call.user.tags), operation, **names)
 
     def _topics(self) -> TopicRegistry:
         logs = self.broker.logs
@@ -116,6 +116,7 @@ class LogsApi:
     async def put_topic(self, call: Call) -> Result:
         """Create a topic; 200 when it exists with the same partition count (and the
         settings given, if any)."""
+        self._authorize(call, "topic.create", topic=call.params[0])
         f = call.json(("partitions", "config"))
         partitions = f.integer("partitions", DEFAULT_PARTITIONS, 1, MAX_PARTITIONS)
         result = self._topics().create(call.params[0], partitions, f.obj("config"))
@@ -124,6 +125,7 @@ class LogsApi:
 
     async def alter_topic(self, call: Call) -> Result:
         """Grow the partition count and/or change settings (given keys only)."""
+        self._authorize(call, "topic.alter", topic=call.params[0])
         f = call.json(("partitions", "config"))
         if "partitions" not in f.doc and "config" not in f.doc:
             raise InvalidArgument("give 'partitions', 'config' or both")
@@ -134,6 +136,7 @@ class LogsApi:
         return 200, self._topics().alter(call.params[0], partitions, config)
 
     async def delete_topic(self, call: Call) -> Result:
+        self._authorize(call, "topic.delete", topic=call.params[0])
         self._topics().delete(call.params[0])
         return 200, {}
 
@@ -164,6 +167,7 @@ class LogsApi:
         return 200, doc
 
     async def delete_group(self, call: Call) -> Result:
+        self._authorize(call, "group.delete", group=call.params[0])
         await self._groups().delete(call.params[0])  # answered once the tombstones are fsynced
         return 200, {}
 
@@ -171,6 +175,7 @@ class LogsApi:
         group = call.params[0]
         f = call.json(("topic", "to", "value", "partitions"))
         topic = f.text("topic")
+        self._authorize(call, "group.reset_offsets", group=group, topic=topic)
         to = f.text("to")
         if to not in RESET_TARGETS:
             raise InvalidArgument(

@@ -181,6 +181,10 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "consumer_tag:s! queue:s! connection:s! prefetch:i no_ack:b exclusive:b unacked:i "
         "arguments:m"
     ),
+    "Permission": _schema("user:s! vhost:s! configure:s! write:s! read:s!"),
+    "PermissionPut": _schema("configure:s! write:s! read:s!", closed=True),
+    "TopicPermission": _schema("user:s! vhost:s! exchange:s! write:s! read:s!"),
+    "TopicPermissionPut": _schema("exchange:s! write:s! read:s!", closed=True),
     "User": _schema("name:s! tags:l! source:s!", source=_enum("builtin", "config", "runtime")),
     "UserPut": {
         **_schema(

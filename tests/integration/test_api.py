@@ -128,7 +128,8 @@ async def test_non_administrators_read_but_do_not_write(broker: Broker) -> None:
     }
     r = await api(broker, "PUT", f"/api/queues/{_qname()}", {}, auth=viewer)
     assert r.status == 403 and r.json()["code"] == 403
-    assert "administrator" in r.json()["error"]
+    # Decided by the permission table: a new API user has no permissions (RabbitMQ).
+    assert r.json()["error"] == "access to vhost '/' refused for user 'viewer'"
     # User administration is for administrators, reads included.
     assert (await api(broker, "GET", "/api/users", auth=viewer)).status == 403
     assert not broker.queues
@@ -155,7 +156,7 @@ async def test_guest_is_loopback_only_over_http_too(broker: Broker) -> None:
         pytest.skip("this machine has no non-loopback IPv4 address")
     r = await api(broker, "GET", "/api/overview", host=addr)
     assert r.status == 401 and "loopback" in r.json()["error"]
-    await api(broker, "PUT", "/api/users/remote", {"password": "pw"})
+    await api(broker, "PUT", "/api/users/remote", {"password": "pw", "tags": ["management"]})
     assert (
         await api(broker, "GET", "/api/overview", auth=("remote", "pw"), host=addr)
     ).status == 200
@@ -482,6 +483,8 @@ async def test_runtime_users_log_in_change_password_and_go(
     url = f"wharf://app:one@127.0.0.1:{broker.port}"
     r = await api(broker, "PUT", "/api/users/app", {"password": "one", "tags": "a,b"})
     assert r.status == 201 and r.json() == {"name": "app", "tags": ["a", "b"], "source": "runtime"}
+    perms = {"configure": ".*", "write": ".*", "read": ".*"}
+    assert (await api(broker, "PUT", "/api/permissions/%2F/app", perms)).status == 201
     c = await connect(url=url)
     await c.declare_queue("")
     users = (await api(broker, "GET", "/api/users")).json()

@@ -183,7 +183,7 @@ async def test_users_add_passwd_delete(broker: Broker, http_url: str) -> None:
     assert r.code == 0
     env = {"WHARF_USER": "ann", "WHARF_PASSWORD": "pw1"}
     r = await run_ctl("queues", "declare", "nope", url=http_url, env=env)
-    assert r.code == 1 and "administrator" in r.err and "403" in r.err
+    assert r.code == 1 and "refused for user 'ann'" in r.err and "403" in r.err
     # Without --password the new password is prompted for (hidden, confirmed).
     r = await run_ctl("users", "passwd", "ann", url=http_url, stdin="pw2\npw2\n")
     assert r.code == 0, r

@@ -1,0 +1,139 @@
+"""Management API endpoints for permissions and topic permissions (RabbitMQ's shapes).
+
+``/api/permissions/{vhost}/{user}`` holds ``{"configure", "write", "read"}``,
+``/api/topic-permissions/{vhost}/{user}`` one ``{"exchange", "write", "read"}`` per topic
+exchange.  The vhost is a percent-encoded path segment (``%2F`` for ``/``, the only vhost
+for now).  Administrators only.  The decisions themselves are the core's
+(core/access.py); docs/security.md "## Permissions" describes the model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from wharf.protocol.errors import NotFound
+
+from ..core.access import DEFAULT_VHOST, Permission
+from .api_core import Call, Result, Route
+
+if TYPE_CHECKING:
+    from .api_broker import ApiBroker
+
+
+class PermissionsApi:
+    """Handlers for /api/permissions and /api/topic-permissions."""
+
+    def __init__(self, broker: ApiBroker) -> None:
+        self.broker = broker
+
+    def routes(self) -> list[Route]:
+        r = Route
+        one = ("permissions", "{vhost}", "{user}")
+        topic = ("topic-permissions", "{vhost}", "{user}")
+        return [
+            r(
+                "GET",
+                ("permissions",),
+                self.list_permissions,
+                True,
+                doc="200 [Permission] - Every user's permissions on every vhost.",
+            ),
+            r("GET", one, self.get_permission, True, doc="200 Permission - One user's, one vhost."),
+            r(
+                "PUT",
+                one,
+                self.put_permission,
+                True,
+                doc="201 Permission PermissionPut Set a user's configure/write/read regexes.",
+            ),
+            r(
+                "DELETE",
+                one,
+                self.delete_permission,
+                True,
+                doc="200 Empty - Remove a user's access to a vhost.",
+            ),
+            r(
+                "GET",
+                ("topic-permissions",),
+                self.list_topic_permissions,
+                True,
+                doc="200 [TopicPermission] - Every topic permission.",
+            ),
+            r(
+                "GET",
+                topic,
+                self.get_topic_permission,
+                True,
+                doc="200 [TopicPermission] - One user's topic permissions on one vhost.",
+            ),
+            r(
+                "PUT",
+                topic,
+                self.put_topic_permission,
+                True,
+                doc="201 TopicPermission TopicPermissionPut Routing-key regexes of an exchange.",
+            ),
+            r(
+                "DELETE",
+                topic,
+                self.delete_topic_permission,
+                True,
+                ("exchange",),
+                doc="200 Empty - Remove topic permissions (one exchange's with ?exchange=).",
+            ),
+        ]
+
+    def _target(self, call: Call) -> tuple[str, str]:
+        vhost, user = call.params
+        if vhost != DEFAULT_VHOST:
+            raise NotFound(f"no vhost '{vhost}'", details={"vhost": vhost})
+        if user not in self.broker.authenticator.users:
+            raise NotFound(f"no user '{user}'", details={"user": user})
+        return vhost, user
+
+    async def list_permissions(self, call: Call) -> Result:
+        users = [u.name for u in self.broker.authenticator.users.all()]
+        return 200, self.broker.access.describe_all(users)
+
+    async def get_permission(self, call: Call) -> Result:
+        vhost, user = self._target(call)
+        found = self.broker.access.describe(vhost, user)
+        if found is None:
+            raise NotFound(f"user '{user}' has no permissions on vhost '{vhost}'")
+        return 200, found
+
+    async def put_permission(self, call: Call) -> Result:
+        vhost, user = self._target(call)
+        f = call.json(("configure", "write", "read"))
+        permission = Permission(f.text("configure"), f.text("write"), f.text("read"))
+        created = self.broker.access.set_permission(vhost, user, permission)
+        return (201 if created else 200), {"user": user, "vhost": vhost, **permission.describe()}
+
+    async def delete_permission(self, call: Call) -> Result:
+        vhost, user = self._target(call)
+        if not self.broker.access.clear_permission(vhost, user):
+            raise NotFound(f"user '{user}' has no permissions on vhost '{vhost}'")
+        return 200, {}
+
+    async def list_topic_permissions(self, call: Call) -> Result:
+        return 200, self.broker.access.describe_topic_all()
+
+    async def get_topic_permission(self, call: Call) -> Result:
+        vhost, user = self._target(call)
+        return 200, self.broker.access.describe_topic(vhost, user)
+
+    async def put_topic_permission(self, call: Call) -> Result:
+        vhost, user = self._target(call)
+        f = call.json(("exchange", "write", "read"))
+        exchange, write, read = f.text("exchange"), f.text("write"), f.text("read")
+        created = self.broker.access.set_topic_permission(vhost, user, exchange, write, read)
+        doc = {"user": user, "vhost": vhost, "exchange": exchange, "write": write, "read": read}
+        return (201 if created else 200), doc
+
+    async def delete_topic_permission(self, call: Call) -> Result:
+        vhost, user = self._target(call)
+        exchange = call.query.get("exchange")
+        if not self.broker.access.clear_topic_permission(vhost, user, exchange):
+            raise NotFound(f"user '{user}' has no such topic permissions on vhost '{vhost}'")
+        return 200, {}
