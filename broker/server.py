@@ -51,7 +51,7 @@ from .logs.handles import SegmentHandles
 from .ports import busy_ports, busy_ports_message
 from .security.auth import Authenticator
 from .security.tls import ServerTls, TlsError, TlsListener
-from .security.users import SOURCE_BUILTIN, SOURCE_CONFIG, SOURCE_RUNTIME
+from .security.users import SOURCE_RUNTIME
 from .store.definitions import load_definitions, save_definitions
 from .store.recovery import Recovered, drop_unknown_queues, recover
 from .store.segments import MessageStore
@@ -303,8 +303,8 @@ class Broker:
     def _has_implicit_access(self, user: str) -> bool:
         """Users of the config file and the built-in guest: full access on "/" unless an
         explicit permission entry replaces it (upgrades keep working; docs/security.md)."""
-        stored = self.authenticator.users.get(user)
-        return stored is not None and stored.source in (SOURCE_BUILTIN, SOURCE_CONFIG)
+        users = self.authenticator.users
+        return user in users and users.configured(user)
 
     def session(self, actor: Actor) -> CoreSession:
         """The core as ``actor`` may use it (every check in core/access.py)."""

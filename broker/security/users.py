@@ -146,6 +146,10 @@ class UserStore:
     def all(self) -> list[StoredUser]:
         return sorted(self._users.values(), key=lambda u: u.name)
 
+    def configured(self, name: str) -> bool:
+        """``name`` is the built-in guest or a config-file user (changed at runtime or not)."""
+        return name in self._base
+
     def administrators(self) -> list[str]:
         return [u.name for u in self._users.values() if u.is_administrator]
 

@@ -7,11 +7,15 @@ connection goes on working.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Final
 
 import pytest
 
 import wharf
+from wharf.broker.config import Settings, UserConfig
+from wharf.broker.security.auth import hash_password
 from wharf.broker.server import Broker
 from wharf.protocol import frames as F
 from wharf.protocol.records import encode_values
@@ -417,3 +421,51 @@ async def test_permissions_api_shapes_and_validation(broker: Broker) -> None:
     assert (await api(broker, "DELETE", "/api/users/app")).status == 200
     await make_app_user(broker, perms=None)
     assert (await api(broker, "GET", "/api/permissions/%2F/app")).status == 404
+
+
+async def test_permissions_survive_a_restart_and_old_data_keeps_working(tmp_path: Path) -> None:
+    configured = [UserConfig("cfg", hash_password("cfg-pw"), [])]
+    data = tmp_path / "d"
+    settings = Settings(host="127.0.0.1", port=0, http_port=0, data_dir=str(data), users=configured)
+    tp = {"exchange": "events", "write": "^a", "read": "^b"}
+    b = Broker(settings)
+    await b.start()
+    try:
+        await make_app_user(b)
+        assert (await api(b, "PUT", "/api/topic-permissions/%2F/app", tp)).status == 201
+        # A config-file user has full access on "/" until an entry replaces it.
+        assert b.access.describe("/", "cfg") is not None
+        assert (await api(b, "DELETE", "/api/permissions/%2F/cfg")).status == 200
+    finally:
+        await b.stop()
+    b = Broker(settings)
+    await b.start()
+    try:
+        assert (await api(b, "GET", "/api/permissions/%2F/app")).json() == {
+            "user": "app",
+            "vhost": "/",
+            **NARROW,
+        }
+        topic = (await api(b, "GET", "/api/topic-permissions/%2F/app")).json()
+        assert topic == [{"user": "app", "vhost": "/", **tp}]
+        with pytest.raises(wharf.AccessRefused, match="access to vhost"):
+            await wharf.connect(f"wharf://cfg:cfg-pw@127.0.0.1:{b.port}")
+        c = await wharf.connect(f"wharf://{APP[0]}:{APP[1]}@127.0.0.1:{b.port}")
+        with pytest.raises(wharf.AccessRefused, match="queue 'other.q'"):
+            await c.declare_queue("other.q")
+        await c.close()
+    finally:
+        await b.stop()
+    # Data from before permissions: users created through the API keep full access.
+    doc = json.loads((data / "definitions.json").read_text())
+    del doc["permissions"], doc["topic_permissions"]
+    (data / "definitions.json").write_text(json.dumps(doc))
+    b = Broker(settings)
+    await b.start()
+    try:
+        c = await wharf.connect(f"wharf://{APP[0]}:{APP[1]}@127.0.0.1:{b.port}")
+        await c.declare_queue("other.q")
+        await c.close()
+        assert "permissions" in json.loads((data / "definitions.json").read_text())
+    finally:
+        await b.stop()
