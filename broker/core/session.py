@@ -31,16 +31,26 @@ class CoreSession:
     """The core as ``actor`` sees it; denied operations raise ``AccessRefused`` (403) and
     change nothing."""
 
-    __slots__ = ("actor", "access", "topology", "_generation", "_publish_ok", "_topic_ok")
+    __slots__ = (
+        "actor",
+        "access",
+        "topology",
+        "_generation",
+        "_publish_ok",
+        "_topic_ok",
+        "_topic_checked",
+    )
 
     def __init__(self, actor: Actor, access: AccessControl, topology: Topology) -> None:
         self.actor = actor
         self.access = access
         self.topology = topology
         self._generation = -1
-        # exchange name -> may publish; (exchange, routing key) -> topic write allowed.
+        # Allowed publishes only (a denial is decided again, to raise with its wording):
+        # exchange names, and (exchange, routing key) under topic permissions.
         self._publish_ok: dict[str, bool] = {}
         self._topic_ok: dict[tuple[str, str], bool] = {}
+        self._topic_checked = False  # the actor has topic permissions on its vhost
 
     def authorize(self, operation: str, **names: str) -> None:
         self.access.authorize(self.actor, operation, **names)
@@ -216,32 +226,36 @@ class CoreSession:
     # -- publishing (the hot path) -------------------------------------------------
 
     def check_publish(self, exchange: str, routing_key: str) -> None:
-        """Raise unless the actor may publish to ``exchange`` with ``routing_key``."""
+        """Raise unless the actor may publish to ``exchange`` with ``routing_key``.
+
+        Per publish frame: one int comparison and one dict lookup when allowed (the
+        decisions are cached until the permissions change).
+        """
         access = self.access
         if self._generation != access.generation:
             self._generation = access.generation
             self._publish_ok.clear()
             self._topic_ok.clear()
-        ok = self._publish_ok.get(exchange)
-        if ok is None:
-            ok = access.allowed(self.actor, WRITE, "exchange", exchange)
+            self._topic_checked = access.has_topic_permissions(self.actor)
+        if self._publish_ok.get(exchange) is not True:
+            if not access.allowed(self.actor, WRITE, "exchange", exchange):
+                self.authorize("basic.publish", exchange=exchange)  # raises, with the wording
             if len(self._publish_ok) >= MAX_CACHED_DECISIONS:
                 self._publish_ok.clear()
-            self._publish_ok[exchange] = ok
-        if not ok:
-            self.authorize("basic.publish", exchange=exchange)  # raises with the wording
-        if access.has_topic_permissions(self.actor):
-            ex = self.topology.exchanges.get(exchange)
-            if ex is not None and ex.type == TOPIC_EXCHANGE_TYPE:
-                key = (exchange, routing_key)
-                tok = self._topic_ok.get(key)
-                if tok is None:
-                    tok = access.topic_allowed(self.actor, WRITE, exchange, routing_key)
-                    if len(self._topic_ok) >= MAX_CACHED_DECISIONS:
-                        self._topic_ok.clear()
-                    self._topic_ok[key] = tok
-                if not tok:
-                    access.check_topic(self.actor, WRITE, exchange, routing_key)
+            self._publish_ok[exchange] = True
+        if self._topic_checked:
+            self._check_topic_key(exchange, routing_key)
+
+    def _check_topic_key(self, exchange: str, routing_key: str) -> None:
+        key = (exchange, routing_key)
+        if self._topic_ok.get(key) is True:
+            return
+        ex = self.topology.exchanges.get(exchange)
+        if ex is not None and ex.type == TOPIC_EXCHANGE_TYPE:
+            self.access.check_topic(self.actor, WRITE, exchange, routing_key)
+        if len(self._topic_ok) >= MAX_CACHED_DECISIONS:
+            self._topic_ok.clear()
+        self._topic_ok[key] = True
 
     def publish(
         self,

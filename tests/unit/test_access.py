@@ -13,6 +13,8 @@ from wharf.broker.core.access import (
     Permission,
     TopicPermission,
 )
+from wharf.broker.core.session import CoreSession
+from wharf.broker.core.topology import Topology
 from wharf.protocol.errors import AccessRefused, InvalidArgument
 
 APP = Actor("app", ())
@@ -129,3 +131,16 @@ def test_data_from_before_permissions_gives_runtime_users_full_access() -> None:
     assert ac.load({"users": []}, ["old"]) == []
     assert ac.permission("/", "old") is FULL_ACCESS
     assert ac.permission("/", "new") is None
+
+
+def test_publish_decisions_are_cached_until_the_permissions_change() -> None:
+    ac = AccessControl()
+    ac.set_permission("/", "app", Permission("", ".*", ""))
+    session = CoreSession(APP, ac, Topology())
+    session.check_publish("", "k")
+    session.check_publish("", "k")  # cached
+    ac.set_permission("/", "app", Permission("", "^orders", ""))
+    with pytest.raises(AccessRefused, match="write access to exchange 'amq.default'"):
+        session.check_publish("", "k")
+    ac.set_permission("/", "app", Permission("", ".*", ""))
+    session.check_publish("", "k")
