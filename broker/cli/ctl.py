@@ -27,6 +27,7 @@ from .ctl_client import (
     table,
 )
 from .ctl_logs import groups, topics  # log topics and consumer groups
+from .ctl_perms import permissions, topic_permissions
 from .ctl_progress import TerminalProgress
 
 # Payloads longer than this are cut in tables (``--json`` shows them whole).
@@ -605,6 +606,8 @@ def publish(
 
 ctl.add_command(topics)  # ctl_logs.py
 ctl.add_command(groups)  # ctl_logs.py
+ctl.add_command(permissions)  # ctl_perms.py
+ctl.add_command(topic_permissions)  # ctl_perms.py
 
 
 # -- TLS -----------------------------------------------------------------------------------

@@ -195,6 +195,40 @@ async def test_users_add_passwd_delete(broker: Broker, http_url: str) -> None:
     assert r.code == 0 and "ann" not in broker.authenticator.users
 
 
+async def test_permissions_and_topic_permissions_commands(broker: Broker, http_url: str) -> None:
+    r = await run_ctl(
+        "users", "add", "app", "--password", "pw", "--tags", "management", url=http_url
+    )
+    assert r.code == 0, r
+    env = {"WHARF_USER": "app", "WHARF_PASSWORD": "pw"}
+    r = await run_ctl("queues", "declare", "orders.q", url=http_url, env=env)
+    assert r.code == 1 and "access to vhost '/' refused for user 'app'" in r.err
+    args = ("--configure", "^orders\\.", "--write", "^orders\\.", "--read", ".*")
+    r = await run_ctl("permissions", "set", "app", *args, url=http_url)
+    assert r.code == 0, r
+    r = await run_ctl("queues", "declare", "orders.q", url=http_url, env=env)
+    assert r.code == 0, r
+    r = await run_ctl("queues", "declare", "billing.q", url=http_url, env=env)
+    assert r.code == 1 and "configure access to queue 'billing.q'" in r.err
+    r = await run_ctl("permissions", "list", url=http_url)
+    assert ["app", "/", "^orders\\.", "^orders\\.", ".*"] in [
+        line.split() for line in r.out.splitlines()
+    ]
+    tp = ("--exchange", "amq.topic", "--write", "^{username}", "--read", ".*")
+    r = await run_ctl("topic-permissions", "set", "app", *tp, url=http_url)
+    assert r.code == 0, r
+    r = await run_ctl("--json", "topic-permissions", "list", url=http_url)
+    assert r.json() == [
+        {"user": "app", "vhost": "/", "exchange": "amq.topic", "write": "^{username}", "read": ".*"}
+    ]
+    r = await run_ctl("topic-permissions", "clear", "app", "--exchange", "amq.topic", url=http_url)
+    assert r.code == 0, r
+    assert broker.access.describe_topic("/", "app") == []
+    r = await run_ctl("permissions", "clear", "app", url=http_url)
+    assert r.code == 0, r
+    assert broker.access.describe("/", "app") is None
+
+
 async def test_errors_exit_1_and_usage_errors_exit_2(http_url: str) -> None:
     r = await run_ctl("queues", "show", "missing", url=http_url)
     assert r.code == 1 and r.out == ""
