@@ -10,6 +10,7 @@ b(oolean) i(nteger) m(ap) l(ist of strings); a trailing "!" marks a required fie
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -330,6 +331,14 @@ def _result_schema(name: str) -> dict[str, Any]:
     return _ref(name)
 
 
+# Path parameters other than {name}, and query parameters that are not flags.
+_PATH_PARAMS: Final = {
+    "{vhost}": "Percent-encoded virtual host (%2F: the default vhost /).",
+    "{user}": "Percent-encoded user name.",
+}
+_QUERY_KINDS: Final = {"exchange": "s"}
+
+
 def openapi_document(api_version: str, routes: Iterable[Route]) -> dict[str, Any]:
     """The document for ``routes`` (``ManagementApi.routes``: the table that dispatches)."""
     paths: dict[str, dict[str, Any]] = {}
@@ -369,13 +378,22 @@ def openapi_document(api_version: str, routes: Iterable[Route]) -> dict[str, Any
         if "{name}" in path:
             prefix = path[: path.index("/", 1) + 1]
             params.append(special_params.get(prefix, name_param))
+        for seg in route.path:  # other parameters: /permissions/{vhost}/{user}
+            if seg.startswith("{") and seg != "{name}":
+                param = user_param if seg == "{user}" else name_param
+                params.append({**param, "name": seg[1:-1], "description": _PATH_PARAMS[seg]})
         params += [
-            {"name": f, "in": "query", "required": False, "schema": _TYPES["b"]}
+            {
+                "name": f,
+                "in": "query",
+                "required": False,
+                "schema": _TYPES[_QUERY_KINDS.get(f, "b")],
+            }
             for f in route.query
         ]
         if route.admin:
             summary += " Needs the administrator tag."
-        op_id = method.lower() + path.replace("{name}", "name").replace("/", "_").replace(".", "_")
+        op_id = method.lower() + re.sub(r"[{}]", "", path).replace("/", "_").replace(".", "_")
         op: dict[str, Any] = {"summary": summary, "operationId": op_id, "responses": responses}
         if params:
             op["parameters"] = params
@@ -390,8 +408,10 @@ def openapi_document(api_version: str, routes: Iterable[Route]) -> dict[str, Any
         "info": {
             "title": "Wharf management API",
             "version": api_version,
-            "description": "See docs/management.md.  Reads need any user; writes and the "
-            "user endpoints need the administrator tag.",
+            "description": "See docs/management.md.  Needs a user with one of the tags "
+            "administrator, monitoring, policymaker or management; changes are decided by "
+            "the user's permissions (docs/security.md); users, permissions and TLS need the "
+            "administrator tag.",
         },
         "security": [{"basic": []}],
         "paths": paths,
