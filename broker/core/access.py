@@ -248,7 +248,7 @@ class AccessControl:
     sessions can cache decisions and notice when to drop them.
     """
 
-    __slots__ = ("_perms", "_topic", "generation", "implicit_full", "on_change")
+    __slots__ = ("_perms", "_topic", "generation", "implicit_full", "on_change", "denied")
 
     def __init__(self) -> None:
         # (vhost, user) -> Permission; NO_ACCESS also records an explicit clear.
@@ -258,6 +258,14 @@ class AccessControl:
         self.generation = 0
         self.implicit_full: Callable[[str], bool] = lambda user: False
         self.on_change: Callable[[], None] | None = None
+        # Refusals by (vhost, resource kind), for wharf_access_denied_total; "vhost" is a
+        # refused login, "tag" an operation refused for a missing tag.  Bounded by the
+        # vhosts times the few kinds.
+        self.denied: dict[tuple[str, str], int] = {}
+
+    def _count_denial(self, vhost: str, kind: str) -> None:
+        key = (vhost, kind)
+        self.denied[key] = self.denied.get(key, 0) + 1
 
     # -- decisions -------------------------------------------------------------------
 
@@ -274,6 +282,7 @@ class AccessControl:
         """Raise unless ``actor`` may connect to its vhost."""
         if actor.is_administrator or self.permission(actor.vhost, actor.user) is not None:
             return
+        self._count_denial(actor.vhost, "vhost")
         raise AccessRefused(
             f"access to vhost '{actor.vhost}' refused for user '{actor.user}'",
             details={"vhost": actor.vhost},
@@ -288,6 +297,7 @@ class AccessControl:
     def check(self, actor: Actor, permission: str, kind: str, name: str) -> None:
         """Raise ``AccessRefused`` (403) unless ``actor`` has ``permission`` on it."""
         if not self.allowed(actor, permission, kind, name):
+            self._count_denial(actor.vhost, kind)
             raise refusal(actor, permission, kind, resource_name(kind, name))
 
     def authorize(self, actor: Actor, operation: str, **names: str) -> None:
@@ -296,6 +306,7 @@ class AccessControl:
         needs = OPERATIONS[operation]
         tags = OPERATION_TAGS.get(operation)
         if tags is not None and tags.isdisjoint(actor.tags):
+            self._count_denial(actor.vhost, "tag")
             raise AccessRefused(
                 f"user '{actor.user}' needs one of the tags {sorted(tags)} for {operation}",
                 details={"operation": operation, "vhost": actor.vhost},
@@ -317,6 +328,7 @@ class AccessControl:
     def check_topic(self, actor: Actor, permission: str, exchange: str, key: str) -> None:
         """Topic authorisation of routing key ``key`` on topic exchange ``exchange``."""
         if not self.topic_allowed(actor, permission, exchange, key):
+            self._count_denial(actor.vhost, "routing_key")
             raise AccessRefused(
                 f"{permission} access to topic '{key}' in exchange '{exchange}' in vhost "
                 f"'{actor.vhost}' refused for user '{actor.user}'",

@@ -138,6 +138,7 @@ class BrokerCollector:
             )
         yield from self._memory_metrics()
         yield from self._tls_metrics()
+        yield from self._access_metrics()
         yield from self._policy_metrics(queues)
         yield from self._topic_metrics()
         yield from self._group_metrics()
@@ -197,6 +198,21 @@ class BrokerCollector:
                 "TLS handshakes on the native TLS port that failed or timed out.",
                 value=listener.failures,
             )
+
+    def _access_metrics(self) -> Iterator[Metric]:
+        """Refused operations (core/access.py), by vhost and resource kind."""
+        access = getattr(self._broker, "access", None)
+        if access is None:
+            return
+        denied = CounterMetricFamily(
+            "wharf_access_denied",
+            "Operations refused by permissions, by vhost and kind (queue, exchange, topic, "
+            "group, routing_key; vhost: a refused login; tag: a missing user tag).",
+            labels=["vhost", "kind"],
+        )
+        for (vhost, kind), n in sorted(access.denied.items()):
+            denied.add_metric([vhost, kind], n)
+        yield denied
 
     def _memory_metrics(self) -> Iterator[Metric]:
         """What the memory alarm compares (docs/operations.md, "Memory alarm")."""

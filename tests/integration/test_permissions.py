@@ -22,6 +22,7 @@ from wharf.protocol.records import encode_values
 
 from ..conftest import RawClient
 from .test_api import api
+from .test_http import scrape, value
 
 APP: Final = ("app", "app-pw")
 PAYLOAD: Final = encode_values([b"r"], None, None, 0)
@@ -283,6 +284,9 @@ async def test_native_permission_matrix(broker: Broker) -> None:
         assert got[0] in (F.OK, F.GET_OK, F.CONFIRM), (operation, got)
     await app.close()
     await admin.close()
+    samples = await scrape(broker)
+    assert value(samples, "wharf_access_denied_total", vhost="/", kind="queue") >= 8
+    assert value(samples, "wharf_access_denied_total", vhost="/", kind="group") >= 3
 
 
 async def test_policies_need_the_policymaker_tag(broker: Broker) -> None:
