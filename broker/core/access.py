@@ -171,12 +171,16 @@ OPERATIONS: Final[dict[str, tuple[Need, ...]]] = {
     # exchanges
     "exchange.declare": (_n(CONFIGURE, "exchange"),),
     "exchange.declare.passive": (),
+    # Declaring with an alternate exchange: also write on it and read on the declared one.
+    "exchange.declare.alternate": (_n(WRITE, "exchange", "alternate"), _n(READ, "exchange")),
     "exchange.delete": (_n(CONFIGURE, "exchange"),),
     "exchange.bind": (_n(WRITE, "exchange", "destination"), _n(READ, "exchange", "source")),
     "exchange.unbind": (_n(WRITE, "exchange", "destination"), _n(READ, "exchange", "source")),
     # queues
     "queue.declare": (_n(CONFIGURE, "queue"),),
     "queue.declare.passive": (),
+    # Declaring with a dead-letter exchange: also write on it and read on the queue.
+    "queue.declare.dead_letter": (_n(WRITE, "exchange", "dead_letter"), _n(READ, "queue")),
     "queue.delete": (_n(CONFIGURE, "queue"),),
     "queue.bind": (_n(WRITE, "queue"), _n(READ, "exchange")),
     "queue.unbind": (_n(WRITE, "queue"), _n(READ, "exchange")),

@@ -72,6 +72,9 @@ class CoreSession:
         arguments: dict[str, Any] | None,
     ) -> Exchange:
         self.authorize("exchange.declare.passive" if passive else "exchange.declare", exchange=name)
+        alternate = (arguments or {}).get("alternate-exchange")
+        if not passive and isinstance(alternate, str):
+            self.authorize("exchange.declare.alternate", exchange=name, alternate=alternate)
         return self.topology.declare_exchange(
             name,
             type_,
@@ -133,6 +136,11 @@ class CoreSession:
         self.authorize(
             "queue.declare.passive" if passive else "queue.declare", queue=name or "amq.gen-"
         )
+        dead_letter = (arguments or {}).get("x-dead-letter-exchange")
+        if not passive and isinstance(dead_letter, str):
+            self.authorize(
+                "queue.declare.dead_letter", queue=name or "amq.gen-", dead_letter=dead_letter
+            )
         return self.topology.declare_queue(
             name,
             owner=owner,

@@ -87,6 +87,18 @@ MATRIX: Final[list[tuple[str, F.Frame, F.Frame, str]]] = [
         "configure access to exchange 'other.new'",
     ),
     (
+        "exchange.declare (alternate exchange)",
+        F.ExchangeDeclare(0, "orders.ae", "direct", arguments={"alternate-exchange": "orders.ex"}),
+        F.ExchangeDeclare(0, "orders.ae2", "direct", arguments={"alternate-exchange": "other.ex"}),
+        "write access to exchange 'other.ex'",
+    ),
+    (
+        "queue.declare (dead-letter exchange)",
+        F.QueueDeclare(0, "orders.dl", arguments={"x-dead-letter-exchange": "orders.ex"}),
+        F.QueueDeclare(0, "orders.dl2", arguments={"x-dead-letter-exchange": "other.ex"}),
+        "write access to exchange 'other.ex'",
+    ),
+    (
         "exchange.bind",
         F.ExchangeBind(0, "orders.ex2", "orders.ex", "b"),
         F.ExchangeBind(0, "orders.ex2", "other.ex", "b"),
