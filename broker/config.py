@@ -76,6 +76,10 @@ DEFAULT_LOG_CLEANER_INTERVAL_MS: Final = 15_000
 DEFAULT_LOG_MAX_OPEN_SEGMENTS: Final = 256
 # As Kafka's log.retention.check.interval.ms.
 DEFAULT_LOG_RETENTION_CHECK_INTERVAL_MS: Final = 300_000
+# HTTP listeners (http_port, https_port): connections open at once, in total and from one
+# peer address; over either, a new socket gets a 503 and is closed (docs/security.md).
+DEFAULT_HTTP_MAX_CONNECTIONS: Final = 1_000
+DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS: Final = 100
 # Consumer groups, as Kafka's group.initial.rebalance.delay.ms,
 # group.min/max.session.timeout.ms and offsets.retention.minutes.
 DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS: Final = 3_000
@@ -224,6 +228,15 @@ class Settings:
     group_min_session_timeout_ms: int = DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS
     group_max_session_timeout_ms: int = DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS
     offsets_retention_ms: int = DEFAULT_OFFSETS_RETENTION_MS
+    # The admin plane against browsers (docs/security.md, "HTTP API protections"): Host
+    # names /api answers to besides loopback, IP addresses, the host name and the bind
+    # address (".example.com": a domain and its subdomains; "*": any), and origins besides
+    # the broker's own that may write ("https://ui.example.com"; "*": any).
+    http_allowed_hosts: list[str] = field(default_factory=list)
+    http_allowed_origins: list[str] = field(default_factory=list)
+    # HTTP and HTTPS connections open at once, in total and per peer address.
+    http_max_connections: int = DEFAULT_HTTP_MAX_CONNECTIONS
+    http_max_connections_per_address: int = DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS
 
     @property
     def http_bind_host(self) -> str:
@@ -415,6 +428,10 @@ _CHECKS: Final[dict[str, _Check]] = {
     "group_min_session_timeout_ms": _int_check(1, 86_400_000),
     "group_max_session_timeout_ms": _int_check(1, 86_400_000),
     "offsets_retention_ms": _int_check(1),
+    "http_allowed_hosts": _str_list_check,
+    "http_allowed_origins": _str_list_check,
+    "http_max_connections": _int_check(1),
+    "http_max_connections_per_address": _int_check(1),
 }
 assert set(_CHECKS) == {f.name for f in dataclasses.fields(Settings)}
 
@@ -453,7 +470,7 @@ def _parse_env(name: str, key: str, raw: str) -> Any:
             return float(raw.strip())
         except ValueError:
             raise _bad(name, "a number", raw) from None
-    if isinstance(default, list):  # loopback_users: comma-separated
+    if isinstance(default, list):  # loopback_users, http_allowed_*: comma-separated
         return [part.strip() for part in raw.split(",") if part.strip()]
     return raw
 

@@ -41,7 +41,7 @@ from .config import Settings, configure_logging
 from .core.paging import PagedRow
 from .core.queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
 from .core.topology import Topology
-from .http.server import HttpServer, start_http_server, stop_http_server
+from .http.server import HttpOptions, HttpServer, start_http_server, stop_http_server
 from .logs import TopicRegistry  # log topics
 from .logs.cleaner import LogCleaner  # log compaction
 from .logs.groups import GroupCoordinator
@@ -387,7 +387,9 @@ class Broker:
         https = None
         if tls is not None:
             https = (s.https_port, tls.front, s.handshake_timeout_s)
-        self._http = await start_http_server(self, http_host, s.http_port, https=https)
+        self._http = await start_http_server(
+            self, http_host, s.http_port, https=https, options=HttpOptions.from_settings(s)
+        )
         self.http_port = self._http.port
         self.https_port = self._http.tls_port
         # Recovery happens before this point; the native ports open only when ready.

@@ -639,7 +639,7 @@ async def test_bodies_over_1_mib_are_413_and_up_to_it_work(broker: Broker) -> No
     assert (await api(broker, "POST", url, {"payload": payload})).status == 200
     # The head alone is enough for a refusal: the broker does not read the body.
     head = (
-        f"POST {url} HTTP/1.1\r\nHost: x\r\nAuthorization: {_basic(GUEST)}\r\n"
+        f"POST {url} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {_basic(GUEST)}\r\n"
         f"Content-Length: {1024 * 1024 + 1}\r\n\r\n"
     ).encode()
     r = await raw_http(broker.http_port, head)
@@ -650,7 +650,7 @@ async def test_bodies_over_1_mib_are_413_and_up_to_it_work(broker: Broker) -> No
 # A length that does not fit 64 bits is a parse error (400), not an oversized body (413).
 @pytest.mark.parametrize(("length", "status"), [(b"\xb2", 400), (b"9" * 5000, 400), (b"-1", 400)])
 async def test_odd_content_lengths_get_4xx(broker: Broker, length: bytes, status: int) -> None:
-    head = b"PUT /api/queues/q HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n"
+    head = b"PUT /api/queues/q HTTP/1.1\r\nHost: localhost\r\nContent-Length: " + length + b"\r\n\r\n"
     assert (await raw_http(broker.http_port, head)).status == status
     assert (await api(broker, "GET", "/api/overview")).status == 200
 
@@ -658,9 +658,9 @@ async def test_odd_content_lengths_get_4xx(broker: Broker, length: bytes, status
 async def test_expect_100_continue_and_head(broker: Broker) -> None:
     body = json.dumps({"durable": False}).encode()
     request = (
-        f"PUT /api/queues/cont HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"PUT /api/queues/cont HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
         f"Authorization: {_basic(GUEST)}\r\nExpect: 100-continue\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", broker.http_port)
     try:

@@ -108,7 +108,7 @@ async def test_accounted_memory_shows_in_metrics_and_overview(
     await conn.declare_queue(queue)
     await conn.publish_many("", queue, [BODY] * 100)
     reader, writer = await asyncio.open_connection("127.0.0.1", broker.http_port)
-    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
     metrics = (await asyncio.wait_for(reader.read(), TIMEOUT_S)).decode()
     writer.close()
     line = next(
@@ -121,7 +121,7 @@ async def test_accounted_memory_shows_in_metrics_and_overview(
     assert broker.monitor is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", broker.http_port)
     writer.write(
-        b"GET /api/overview HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n"
+        b"GET /api/overview HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n"
         b"Connection: close\r\n\r\n"
     )
     overview = (await asyncio.wait_for(reader.read(), TIMEOUT_S)).decode()

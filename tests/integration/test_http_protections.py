@@ -1,0 +1,218 @@
+"""The admin plane against browsers and slow clients, over real sockets: Host, Origin and
+Content-Type checks on /api, the security headers, and the HTTP connection caps (total,
+per peer address) with the request-head timeout (docs/security.md, "HTTP API protections")."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+from typing import Any
+
+import pytest
+
+from wharf.broker.server import Broker
+
+TIMEOUT_S = 10.0
+POLL_S = 0.01
+GUEST_AUTH = "Basic " + base64.b64encode(b"guest:guest").decode()
+
+
+class Answer:
+    def __init__(self, data: bytes) -> None:
+        head, sep, self.body = data.partition(b"\r\n\r\n")
+        assert sep, data
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split(" ", 2)[1])
+        self.headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<{self.status} {self.body[:300]!r}>"
+
+
+def request_bytes(
+    method: str,
+    path: str,
+    *,
+    host: str | None = "127.0.0.1",
+    body: bytes = b"",
+    content_type: str | None = "application/json",
+    headers: dict[str, str] | None = None,
+    auth: bool = True,
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Connection: close"]
+    if host is not None:
+        lines.append(f"Host: {host}")
+    if auth:
+        lines.append(f"Authorization: {GUEST_AUTH}")
+    if body:
+        if content_type is not None:
+            lines.append(f"Content-Type: {content_type}")
+        lines.append(f"Content-Length: {len(body)}")
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def send(port: int, raw: bytes, source: str = "127.0.0.1") -> Answer:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        writer.write(raw)
+        async with asyncio.timeout(TIMEOUT_S):
+            return Answer(await reader.read())
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def call(broker: Broker, method: str, path: str, **kwargs: Any) -> Answer:
+    body = kwargs.pop("json_body", None)
+    if body is not None:
+        kwargs["body"] = json.dumps(body).encode()
+    return await send(broker.http_port, request_bytes(method, path, **kwargs))
+
+
+async def queue_exists(broker: Broker, name: str) -> bool:
+    return (await call(broker, "GET", f"/api/queues/{name}")).status == 200
+
+
+# -- Content-Type ------------------------------------------------------------------------------
+
+
+async def test_text_plain_form_post_is_refused_415_and_changes_nothing(broker: Broker) -> None:
+    # What an HTML form with enctype="text/plain" sends: a body that parses as JSON.
+    form = b'{"durable": false, "x": "="}'
+    r = await call(broker, "PUT", "/api/queues/formq", body=form, content_type="text/plain")
+    assert r.status == 415, r
+    assert r.json()["code"] == 400
+    assert "application/json" in r.json()["error"]
+    r = await call(
+        broker,
+        "POST",
+        "/api/exchanges/amq.default/publish",
+        body=b'{"routing_key": "formq", "payload": "x"}',
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert r.status == 415, r
+    r = await call(broker, "PUT", "/api/queues/formq", body=b"{}", content_type=None)
+    assert r.status == 415, r
+    assert not await queue_exists(broker, "formq")
+    # JSON, with parameters or a +json subtype, is accepted; a write without a body needs none.
+    r = await call(
+        broker,
+        "PUT",
+        "/api/queues/formq",
+        body=b"{}",
+        content_type="application/json; charset=utf-8",
+    )
+    assert r.status == 201, r
+    r = await call(broker, "DELETE", "/api/queues/formq", content_type="text/plain")
+    assert r.status == 200, r
+
+
+# -- Host (DNS rebinding) ----------------------------------------------------------------------
+
+
+async def test_a_foreign_host_name_is_refused_but_monitoring_is_not(broker: Broker) -> None:
+    evil = f"rebind.evil.example:{broker.http_port}"
+    r = await call(broker, "GET", "/api/overview", host=evil)
+    assert r.status == 403, r
+    assert r.json()["code"] == 403
+    assert "http_allowed_hosts" in r.json()["error"]
+    r = await call(broker, "PUT", "/api/queues/rebound", json_body={}, host=evil)
+    assert r.status == 403, r
+    assert not await queue_exists(broker, "rebound")
+    # Scrapers and probes reach the broker by any name (compose: "wharf:8680").
+    for path in ("/metrics", "/healthz", "/readyz"):
+        r = await call(broker, "GET", path, host="wharf:8680", auth=False)
+        assert r.status == 200, (path, r)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.0.0.1:{port}",
+        "localhost:{port}",
+        "LOCALHOST.",
+        "app.localhost:{port}",
+        "[::1]:{port}",
+        "192.0.2.7:{port}",  # any IP address: a browser cannot rebind an IP literal
+        socket.gethostname(),
+    ],
+)
+async def test_the_brokers_own_names_are_allowed(broker: Broker, host: str) -> None:
+    r = await call(broker, "GET", "/api/overview", host=host.format(port=broker.http_port))
+    assert r.status == 200, r
+
+
+@pytest.mark.parametrize("settings_overrides", [{"http_allowed_hosts": ["wharf", ".example.com"]}])
+async def test_http_allowed_hosts_adds_names(broker: Broker) -> None:
+    for host in ("wharf:8680", "example.com", "api.example.com:443"):
+        assert (await call(broker, "GET", "/api/overview", host=host)).status == 200, host
+    for host in ("evil.example", "example.com.evil.example", "wharf.evil", "x@wharf"):
+        assert (await call(broker, "GET", "/api/overview", host=host)).status == 403, host
+
+
+# -- Origin (cross-site writes) ----------------------------------------------------------------
+
+
+async def test_a_foreign_origin_cannot_write(broker: Broker) -> None:
+    host = f"127.0.0.1:{broker.http_port}"
+    for origin in (
+        "http://evil.example",
+        "null",
+        f"https://{host}.evil.example",
+        "http://localhost",
+    ):
+        r = await call(
+            broker, "PUT", "/api/queues/xsite", json_body={}, host=host, headers={"Origin": origin}
+        )
+        assert r.status == 403, (origin, r)
+        assert "origin" in r.json()["error"]
+    assert not await queue_exists(broker, "xsite")
+    # Reads with a foreign Origin are answered, without CORS headers: the browser hides them.
+    r = await call(broker, "GET", "/api/overview", host=host, headers={"Origin": "http://x.test"})
+    assert r.status == 200 and "access-control-allow-origin" not in r.headers
+
+
+async def test_same_origin_and_no_origin_writes_are_allowed(broker: Broker) -> None:
+    host = f"127.0.0.1:{broker.http_port}"
+    origin = {"Origin": f"http://{host}"}
+    r = await call(broker, "PUT", "/api/queues/same", json_body={}, host=host, headers=origin)
+    assert r.status == 201, r
+    r = await call(broker, "PUT", "/api/queues/none", json_body={}, host=host)  # curl, SDKs
+    assert r.status == 201, r
+    r = await call(broker, "DELETE", "/api/queues/same", host=host, headers=origin)
+    assert r.status == 200, r
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"http_allowed_origins": ["https://console.example.com"]}]
+)
+async def test_http_allowed_origins_may_write(broker: Broker) -> None:
+    headers = {"Origin": "https://console.example.com"}
+    r = await call(broker, "PUT", "/api/queues/console", json_body={}, headers=headers)
+    assert r.status == 201, r
+    headers = {"Origin": "https://other.example.com"}
+    r = await call(broker, "PUT", "/api/queues/other", json_body={}, headers=headers)
+    assert r.status == 403, r
+
+
+# -- headers for browsers ----------------------------------------------------------------------
+
+
+async def test_answers_carry_nosniff_and_no_framing(broker: Broker) -> None:
+    for path, auth in (("/api/overview", True), ("/healthz", False), ("/api/nope", True)):
+        r = await call(broker, "GET", path, auth=auth)
+        assert r.headers["x-content-type-options"] == "nosniff", path
+        assert r.headers["x-frame-options"] == "DENY", path
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"], path
+    r = await call(broker, "GET", "/api/overview", host="evil.example")
+    assert r.status == 403 and r.headers["x-frame-options"] == "DENY"
