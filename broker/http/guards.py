@@ -11,8 +11,8 @@ Why each check (the threats are a browser's, never curl's or the SDK's):
   showing an IP address's page is not rebinding a name), ``localhost`` and ``*.localhost``
   (RFC 6761), the machine's host name, the bind address, and ``http_allowed_hosts``
   (``.example.com`` allows the domain and its subdomains, ``*`` allows every name).
-  The monitoring endpoints (/metrics, /healthz, /readyz: GET only, no credentials) are
-  exempt, so scrapers reaching the broker by any name keep working.
+  Only /api is checked: the monitoring endpoints (/metrics, /healthz, /readyz: GET only,
+  no credentials) stay reachable by any name, for scrapers and probes.
 * **Origin** (cross-site writes): a write (POST, PUT, DELETE, PATCH) whose Origin is not
   the broker's own (its ``host[:port]`` equals the Host header) nor in
   ``http_allowed_origins`` is refused.  Without an Origin header (curl, the SDK, wharf
@@ -31,7 +31,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-MONITORING_PATHS: Final = frozenset({"/metrics", "/healthz", "/readyz"})
 WRITE_METHODS: Final = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 ANY: Final = "*"
 LOOPBACK_NAME: Final = "localhost"
@@ -125,10 +124,10 @@ def host_name(host_header: str) -> str | None:
     return name
 
 
-def host_refusal(policy: CrossSitePolicy, path: str, host_header: str | None) -> str | None:
+def host_refusal(policy: CrossSitePolicy, host_header: str | None) -> str | None:
     """Why a request's Host is refused, or None.  No Host header (HTTP/1.0 tools) passes:
     browsers always send one."""
-    if host_header is None or path in MONITORING_PATHS:
+    if host_header is None:
         return None
     name = host_name(host_header)
     if name is None:

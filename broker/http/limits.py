@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 # A whole HTTP answer: the socket has sent no request yet, so no request is answered.
 _BUSY_BODY: Final = json.dumps(
@@ -95,8 +95,8 @@ class _CountedConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         address = _peer_address(transport)
         if not self._caps.admit(address):
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.write(BUSY_RESPONSE)
+            # A stream transport (uvloop's do not subclass asyncio.WriteTransport).
+            cast(asyncio.Transport, transport).write(BUSY_RESPONSE)
             transport.close()  # the 503 is flushed first; nothing of the socket is read
             return
         self._address = address

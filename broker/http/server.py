@@ -145,14 +145,17 @@ def build_app(broker: HttpBroker, options: HttpOptions | None = None) -> web.App
             detail = "only HTTP/1.0 and HTTP/1.1 are supported"
             return await _refuse(request, 505, detail)
         path = request.rel_url.raw_path  # still percent-encoded, as the API expects
-        headers = request.headers
-        host = headers.get("Host")
-        refusal = host_refusal(policy, path, host) or origin_refusal(
-            policy, request.method, headers.get("Origin"), host
-        )
-        if refusal is not None:
-            return await _refuse(request, 403, refusal, ACCESS_REFUSED_CODE)
         is_api = api is not None and _is_api(path)
+        headers = request.headers
+        if is_api:
+            # Only /api is guarded: /metrics, /healthz and /readyz take no credentials and
+            # change nothing, and scrapers reach them by any name (compose: "wharf:8680").
+            host = headers.get("Host")
+            refusal = host_refusal(policy, host) or origin_refusal(
+                policy, request.method, headers.get("Origin"), host
+            )
+            if refusal is not None:
+                return await _refuse(request, 403, refusal, ACCESS_REFUSED_CODE)
         limit = MAX_API_BODY_BYTES if is_api else MAX_BODY_BYTES
         length = request.content_length
         if length is not None and length > limit:

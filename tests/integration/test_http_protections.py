@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -216,3 +218,165 @@ async def test_answers_carry_nosniff_and_no_framing(broker: Broker) -> None:
         assert "frame-ancestors 'none'" in r.headers["content-security-policy"], path
     r = await call(broker, "GET", "/api/overview", host="evil.example")
     assert r.status == 403 and r.headers["x-frame-options"] == "DENY"
+
+
+# -- connection caps and the head timeout ------------------------------------------------------
+
+SLOW_HEAD = b"GET /api/overview HTTP/1.1\r\nHost: localhost\r\nX-Slow: "  # never finished
+
+
+class SlowClient:
+    """A slowloris socket: a partial request head, the rest sent only when asked."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int, source: str) -> SlowClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        writer.write(SLOW_HEAD)
+        return cls(reader, writer)
+
+    async def finish(self) -> int | None:
+        """Complete the request: its status, or None when the broker had closed it (with
+        or without a 503: a socket closed with unread input may be reset)."""
+        try:
+            self.writer.write(b"1\r\nAuthorization: " + GUEST_AUTH.encode())
+            self.writer.write(b"\r\nConnection: close\r\n\r\n")
+            async with asyncio.timeout(TIMEOUT_S):
+                data = await self.reader.read()
+        except (ConnectionResetError, BrokenPipeError):
+            return None
+        if not data:
+            return None
+        status = Answer(data).status
+        return None if status == 503 else status
+
+    async def closed_by_broker(self) -> bool:
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                data = await self.reader.read()
+        except ConnectionResetError:
+            return True
+        return data == b"" or data.startswith(b"HTTP/1.1 503 ")
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(TIMEOUT_S):
+        while not predicate():  # noqa: ASYNC110 (broker state, no event to await)
+            await asyncio.sleep(POLL_S)
+
+
+async def refused(port: int, raw: bytes, source: str) -> bool:
+    """Whether a new socket is closed at once: with a 503 (code 506) when it is read before
+    the close, else without an answer (its unread request makes the close a reset)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        writer.write(raw)
+        async with asyncio.timeout(TIMEOUT_S):
+            data = await reader.read()
+    except ConnectionResetError:
+        return True
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    if not data:
+        return True
+    answer = Answer(data)
+    return answer.status == 503 and answer.json()["code"] == 506
+
+
+def open_http(broker: Broker) -> int:
+    assert broker._http is not None
+    return broker._http.caps.open
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"http_max_connections": 50, "http_max_connections_per_address": 20}],
+)
+async def test_slowloris_from_one_address_is_capped_and_others_keep_working(
+    broker: Broker,
+) -> None:
+    port = broker.http_port
+    slow = [await SlowClient.open(port, "127.0.0.2") for _ in range(200)]
+    try:
+        # Monitoring and the API from another address answer throughout.
+        for path in ("/healthz", "/metrics", "/api/overview"):
+            assert (await call(broker, "GET", path)).status == 200, path
+        statuses = await asyncio.gather(*(s.finish() for s in slow))
+        assert statuses.count(200) == 20  # the per-address cap held; the rest were closed
+        assert statuses.count(None) == 180
+    finally:
+        for s in slow:
+            await s.close()
+    await wait_until(lambda: open_http(broker) == 0)
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"http_max_connections": 50, "http_max_connections_per_address": 20}],
+)
+async def test_the_total_cap_refuses_new_sockets_and_keeps_open_ones(broker: Broker) -> None:
+    port = broker.http_port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)  # a keep-alive client
+    keep_alive = request_bytes("GET", "/healthz", auth=False).replace(b"close", b"keep-alive")
+    slow: list[SlowClient] = []
+    try:
+        writer.write(keep_alive)
+        assert (await reader.readuntil(b"}")).startswith(b"HTTP/1.1 200 ")
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            slow += [await SlowClient.open(port, source) for _ in range(20)]
+        await wait_until(lambda: broker._http is not None and broker._http.caps.refused >= 11)
+        assert open_http(broker) == 50
+        # A new socket is refused at once; the open keep-alive one keeps working.
+        assert await refused(port, request_bytes("GET", "/healthz", auth=False), "127.0.0.5")
+        # A socket that has sent nothing yet reads the 503 before the close.
+        quiet_reader, quiet_writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(TIMEOUT_S):
+            busy = Answer(await quiet_reader.read())
+        quiet_writer.close()
+        await quiet_writer.wait_closed()
+        assert busy.status == 503 and busy.json()["code"] == 506, busy
+        writer.write(keep_alive)
+        assert (await reader.readuntil(b"}")).startswith(b"HTTP/1.1 200 ")
+        statuses = await asyncio.gather(*(s.finish() for s in slow))
+        assert statuses.count(200) == 49 and statuses.count(None) == 11
+    finally:
+        for s in slow:
+            await s.close()
+        writer.close()
+        await writer.wait_closed()
+    await wait_until(lambda: open_http(broker) == 0)
+    assert (await call(broker, "GET", "/healthz", auth=False)).status == 200
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"handshake_timeout_ms": 300, "http_max_connections_per_address": 5}],
+)
+async def test_slow_heads_and_bodies_are_closed_after_the_head_timeout(broker: Broker) -> None:
+    port = broker.http_port
+    slow = [await SlowClient.open(port, "127.0.0.2") for _ in range(5)]
+    try:
+        await wait_until(lambda: open_http(broker) == 5)
+        for s in slow:
+            assert await s.closed_by_broker()  # their slots are free again
+    finally:
+        for s in slow:
+            await s.close()
+    await wait_until(lambda: open_http(broker) == 0)
+    # A complete head whose body never comes.
+    head = request_bytes("PUT", "/api/queues/slowbody", body=b"{}")[:-2]
+    head = head.replace(b"Content-Length: 2", b"Content-Length: 50")
+    r = await send(port, head, "127.0.0.2")
+    assert r.status == 408, r
+    assert not await queue_exists(broker, "slowbody")
+    assert (await call(broker, "GET", "/healthz", auth=False)).status == 200

@@ -121,8 +121,8 @@ async def test_accounted_memory_shows_in_metrics_and_overview(
     assert broker.monitor is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", broker.http_port)
     writer.write(
-        b"GET /api/overview HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n"
-        b"Connection: close\r\n\r\n"
+        b"GET /api/overview HTTP/1.1\r\nHost: localhost\r\n"
+        b"Authorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: close\r\n\r\n"
     )
     overview = (await asyncio.wait_for(reader.read(), TIMEOUT_S)).decode()
     writer.close()

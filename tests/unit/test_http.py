@@ -219,7 +219,7 @@ async def test_other_methods_are_405(connect: Any) -> None:
 
 async def test_post_body_is_skipped_and_connection_reused(connect: Any) -> None:
     client = await connect()
-    await client.send(b"DELETE /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello")
+    await client.send(b"DELETE /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
     assert (await client.read_response()).status == 405
     assert (await client.request("GET", "/healthz")).status == 200
 
@@ -244,7 +244,7 @@ async def test_keep_alive_serves_several_requests(connect: Any) -> None:
 async def test_pipelined_requests(connect: Any) -> None:
     client = await connect()
     await client.send(
-        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\nGET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
     )
     assert (await client.read_response()).status == 200
     assert (await client.read_response()).status == 503
@@ -263,11 +263,11 @@ async def test_http_10_closes_by_default(connect: Any) -> None:
     [
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", 400),  # TLS hello
         (b"GET /healthz\r\n\r\n", 505),  # HTTP/0.9
-        (b"GET /healthz HTTP/2.0\r\nHost: localhost\r\n\r\n", 505),
+        (b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", 505),
         (b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n", 400),
         (b"GET /healthz HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400),
-        (b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999\r\n\r\n", 413),
-        (b"POST /api/queues/q HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999\r\n\r\n", 413),
+        (b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413),
+        (b"POST /api/queues/q HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413),
         (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 400),  # request line too long
         (b"GET /healthz HTTP/1.1\r\nX-A: " + b"b" * 9000 + b"\r\n\r\n", 400),  # huge header
         (b"GET /healthz HTTP/1.1\r\n" + b"X-A: b\r\n" * 1200 + b"\r\n", 400),  # too many
@@ -299,7 +299,7 @@ async def test_malformed_requests_are_not_logged_as_errors(
 
 async def test_own_refusals_are_json(connect: Any) -> None:
     bad = await connect()
-    await bad.send(b"POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999\r\n\r\n")
+    await bad.send(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n")
     r = await bad.read_response()
     assert r.status == 413 and r.json() == {"error": "request body exceeds 65536 bytes"}
 
@@ -307,7 +307,7 @@ async def test_own_refusals_are_json(connect: Any) -> None:
 async def test_chunked_bodies_are_accepted_and_skipped(connect: Any) -> None:
     client = await connect()
     await client.send(
-        b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"5\r\nhello\r\n0\r\n\r\n"
     )
     assert (await client.read_response()).status == 405
