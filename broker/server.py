@@ -386,7 +386,7 @@ class Broker:
         tls = self.tls
         https = None
         if tls is not None:
-            https = (s.https_port, tls.front, s.handshake_timeout_s)
+            https = (s.https_port, tls, s.handshake_timeout_s)
         self._http = await start_http_server(
             self, http_host, s.http_port, https=https, options=HttpOptions.from_settings(s)
         )

@@ -1,13 +1,14 @@
 """The admin plane's HTTP server: /metrics, /healthz, /readyz and /api, on aiohttp.
 
 aiohttp parses HTTP/1.1 (keep-alive, pipelining, chunked bodies, ``Expect: 100-continue``)
-in the broker's own event loop: a ``web.AppRunner`` with one ``web.TCPSite``, started and
-stopped by ``server.Broker``.  Why aiohttp is in docs/decisions.md.
+in the broker's own event loop: a ``web.AppRunner`` whose request handler serves an asyncio
+server of our own (not ``web.TCPSite``: every socket passes limits.ConnectionCaps first),
+started and stopped by ``server.Broker``.  Why aiohttp is in docs/decisions.md.
 
-With TLS configured the same application also listens for HTTPS (``https_port``): a second
-asyncio server on the runner's request handler, with the broker's TLS context (whose SNI
-callback picks the last reloaded certificate) and the TLS handshake bounded by
-``handshake_timeout_ms`` (aiohttp's ``TCPSite`` takes no handshake timeout).
+With TLS configured the same application also listens for HTTPS (``https_port``) on the
+native TLS port's accept loop (security/tls.TlsListener): each handshake uses the last
+reloaded certificate, is bounded by ``handshake_timeout_ms``, at most
+``http_max_connections`` run at once, and failures are logged with the peer address.
 
 Limits: a request head must fit in MAX_HEAD_BYTES per line and MAX_HEADER_COUNT headers;
 a connection that sends no complete request head within the head timeout (the broker's
@@ -27,7 +28,6 @@ import contextlib
 import json
 import logging
 import socket
-import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -36,6 +36,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from ..alarms import Readiness
+from ..security.tls import ServerTls, TlsListener
 from .guards import (
     SECURITY_HEADERS,
     CrossSitePolicy,
@@ -114,14 +115,14 @@ class HttpServer:
         server: asyncio.Server,
         port: int,
         caps: ConnectionCaps,
-        tls_server: asyncio.Server | None = None,
+        tls_listener: TlsListener | None = None,
         tls_port: int = 0,
     ) -> None:
         self.runner = runner
         self.server = server
         self.port = port  # the bound port (useful when 0 was asked for)
         self.caps = caps
-        self.tls_server = tls_server
+        self.tls_listener = tls_listener
         self.tls_port = tls_port  # 0 without HTTPS
 
 
@@ -264,11 +265,11 @@ async def start_http_server(
     host: str,
     port: int,
     *,
-    https: tuple[int, ssl.SSLContext, float] | None = None,
+    https: tuple[int, ServerTls, float] | None = None,
     options: HttpOptions | None = None,
 ) -> HttpServer:
     """Listen on host:port (0 = any free port) and serve the broker's HTTP endpoints;
-    with ``https`` = (port, server context, TLS handshake timeout in s), HTTPS too.
+    with ``https`` = (port, the broker's TLS, TLS handshake timeout in s), HTTPS too.
 
     Stop it with ``await stop_http_server(server)``, which also closes idle keep-alive
     connections.
@@ -288,34 +289,33 @@ async def start_http_server(
         plain = await loop.create_server(factory, host, port, reuse_address=True)
         servers.append(plain)
         bound = int(plain.sockets[0].getsockname()[1])
-        tls_server: asyncio.Server | None = None
+        tls_listener: TlsListener | None = None
         tls_port = 0
         if https is not None:
-            https_port, context, handshake_timeout_s = https
-            tls_server = await loop.create_server(
-                factory,
-                host,
-                https_port,
-                ssl=context,
-                ssl_handshake_timeout=handshake_timeout_s,
-                reuse_address=True,
+            # The native TLS port's accept loop: at most http_max_connections handshakes
+            # at once (further sockets are closed), failures logged with the peer address;
+            # a socket counts against the caps once its handshake is done.
+            https_port, tls, handshake_timeout_s = https
+            tls_listener = TlsListener(
+                tls, factory, handshake_timeout_s, opts.max_connections, name="HTTPS"
             )
-            servers.append(tls_server)
-            tls_port = int(tls_server.sockets[0].getsockname()[1])
+            tls_port = await tls_listener.start(host, https_port)
     except BaseException:
         for server in servers:
             server.close()
+        if tls_listener is not None:
+            tls_listener.close()
         await runner.cleanup()
         raise
-    return HttpServer(runner, plain, bound, caps, tls_server, tls_port)
+    return HttpServer(runner, plain, bound, caps, tls_listener, tls_port)
 
 
 async def stop_http_server(server: HttpServer, timeout_s: float = STOP_TIMEOUT_S) -> None:
     """Stop listening, close open (including idle keep-alive) connections, and wait for
     running handlers up to ``timeout_s`` in all."""
     server.server.close()  # its connections are the runner's; cleanup closes them
-    if server.tls_server is not None:
-        server.tls_server.close()
+    if server.tls_listener is not None:
+        server.tls_listener.close()  # and handshakes in progress
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(max(0.0, timeout_s)):
             await server.runner.cleanup()

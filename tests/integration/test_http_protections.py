@@ -9,11 +9,15 @@ import base64
 import contextlib
 import json
 import socket
-from collections.abc import Callable
+import ssl
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
+from wharf.broker.config import Settings
 from wharf.broker.server import Broker
 
 TIMEOUT_S = 10.0
@@ -380,3 +384,90 @@ async def test_slow_heads_and_bodies_are_closed_after_the_head_timeout(broker: B
     assert r.status == 408, r
     assert not await queue_exists(broker, "slowbody")
     assert (await call(broker, "GET", "/healthz", auth=False)).status == 200
+
+
+@pytest.fixture
+def server_pem(tmp_path: Path) -> tuple[str, str, str]:
+    """(CA file, certificate file, key file) for 127.0.0.1, from trustme."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    paths = [str(tmp_path / name) for name in ("ca.pem", "cert.pem", "key.pem")]
+    ca.cert_pem.write_to_path(paths[0])
+    leaf.private_key_pem.write_to_path(paths[2])
+    with open(paths[1], "wb") as f:
+        for blob in leaf.cert_chain_pems:
+            f.write(blob.bytes())
+    return paths[0], paths[1], paths[2]
+
+
+@pytest.fixture
+async def tls_broker(tmp_path: Path, server_pem: tuple[str, str, str]) -> AsyncIterator[Broker]:
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        http_port=0,
+        https_port=0,
+        tls_port=0,
+        data_dir=str(tmp_path / "data"),
+        tls_cert_file=server_pem[1],
+        tls_key_file=server_pem[2],
+        handshake_timeout_ms=500,
+        http_max_connections=3,
+        http_max_connections_per_address=3,
+    )
+    broker = Broker(settings)
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+async def test_https_shares_the_caps_and_the_checks(
+    tls_broker: Broker, server_pem: tuple[str, str, str]
+) -> None:
+    broker = tls_broker
+    context = ssl.create_default_context(cafile=server_pem[0])
+    port = broker.https_port
+    # Sockets that never start their TLS handshake: at most http_max_connections
+    # handshakes wait at once (the fourth is closed at once), each for handshake_timeout_ms.
+    silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+    assert broker._http is not None and broker._http.tls_listener is not None
+    listener = broker._http.tls_listener
+    await wait_until(lambda: listener.refused == 1)
+    for silent_reader, silent_writer in silent:
+        async with asyncio.timeout(TIMEOUT_S):
+            assert await silent_reader.read() == b""
+        silent_writer.close()
+        await silent_writer.wait_closed()
+    await wait_until(lambda: listener.handshaking == 0)
+    held = []
+    try:
+        for _ in range(3):  # keep-alive HTTPS clients, admitted after their handshakes
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+            held.append(writer)
+            writer.write(request_bytes("GET", "/healthz").replace(b"close", b"keep-alive"))
+            assert (await reader.readuntil(b"}")).startswith(b"HTTP/1.1 200 ")
+        assert open_http(broker) == 3
+        # The fourth, on HTTPS or plain HTTP, from the same address: refused.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        async with asyncio.timeout(TIMEOUT_S):
+            busy = Answer(await reader.read())
+        writer.close()
+        assert busy.status == 503, busy
+        assert await refused(broker.http_port, request_bytes("GET", "/healthz"), "127.0.0.1")
+    finally:
+        for writer in held:
+            writer.close()
+    await wait_until(lambda: open_http(broker) == 0)
+    # The cross-site checks apply on HTTPS too.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    writer.write(
+        request_bytes(
+            "PUT", "/api/queues/tlsq", body=b"{}", headers={"Origin": "https://evil.example"}
+        )
+    )
+    async with asyncio.timeout(TIMEOUT_S):
+        answer = Answer(await reader.read())
+    writer.close()
+    assert answer.status == 403, answer
