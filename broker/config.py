@@ -400,6 +400,10 @@ def _read_toml(config_path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {config_path!r} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {config_path!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the whole file before parsing
+        raise ConfigError(
+            f"config file {config_path!r} is not UTF-8 (byte {exc.start}): TOML files are UTF-8"
+        ) from None
 
 
 def validate_settings(settings: Settings) -> Settings:

@@ -165,6 +165,14 @@ def test_bad_toml_raises_config_error_naming_key(tmp_path: Path, text: str, frag
     assert isinstance(info.value, ValueError)
 
 
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    # Found by the config fuzz target: tomllib let the UnicodeDecodeError through.
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("data_dir = '/srv/donn\u00e9es'\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 \(byte 21\)"):
+        load_settings(str(path), {})
+
+
 def test_suggest_key_offers_the_closest_known_key() -> None:
     keys = [f.name for f in dataclasses.fields(Settings)]
     assert suggest_key("prot", keys) == "port"
