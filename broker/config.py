@@ -240,7 +240,10 @@ def _float_check(lo: float, *, allow_equal: bool) -> _Check:
             raise _bad(where, f"a number {bound}", value)
         if value < lo or (value == lo and not allow_equal) or value != value:
             raise _bad(where, f"a number {bound}", value)
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise _bad(where, f"a number {bound}", value) from None
 
     return check
 

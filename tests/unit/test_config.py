@@ -173,6 +173,12 @@ def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> Non
         load_settings(str(path), {})
 
 
+def test_an_integer_beyond_the_float_range_is_a_config_error(tmp_path: Path) -> None:
+    # Found by the config fuzz target: float() raised OverflowError.
+    with pytest.raises(ConfigError, match="handshake_timeout_s: expected a number > 0.0"):
+        load_settings(write(tmp_path, "handshake_timeout_s = 1" + "0" * 400), {})
+
+
 def test_suggest_key_offers_the_closest_known_key() -> None:
     keys = [f.name for f in dataclasses.fields(Settings)]
     assert suggest_key("prot", keys) == "port"
