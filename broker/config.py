@@ -407,6 +407,8 @@ def _read_toml(config_path: str) -> dict[str, Any]:
         raise ConfigError(
             f"config file {config_path!r} is not UTF-8 (byte {exc.start}): TOML files are UTF-8"
         ) from None
+    except ValueError as exc:  # tomllib's int(): more digits than sys.get_int_max_str_digits()
+        raise ConfigError(f"config file {config_path!r} is not valid TOML: {exc}") from None
 
 
 def validate_settings(settings: Settings) -> Settings:

@@ -179,6 +179,12 @@ def test_an_integer_beyond_the_float_range_is_a_config_error(tmp_path: Path) -> 
         load_settings(write(tmp_path, "handshake_timeout_s = 1" + "0" * 400), {})
 
 
+def test_an_integer_of_too_many_digits_is_a_config_error(tmp_path: Path) -> None:
+    # Beyond Python's 4300-digit limit tomllib raises a bare ValueError.
+    with pytest.raises(ConfigError, match="is not valid TOML: Exceeds the limit"):
+        load_settings(write(tmp_path, "port = 1" + "0" * 5000), {})
+
+
 def test_suggest_key_offers_the_closest_known_key() -> None:
     keys = [f.name for f in dataclasses.fields(Settings)]
     assert suggest_key("prot", keys) == "port"
