@@ -3,7 +3,12 @@
 Input: one control byte, then bytes.  Bit 0 of the control byte picks the path:
 
     1  a produced payload (PRODUCE, hostile): bits 1-3 are the codec (0 none, 1 gzip,
-       2-7 unknown).  ``check_payload`` accepts it or raises InvalidArgument.  When it
+       2-7 unknown).  With bit 4 set the bytes describe records rather than being the
+       payload (msgpack's C decoder gives the fuzzer no coverage to steer by, so this is
+       how it reaches the record checks): per record, a field count, then one byte per
+       field choosing a value of ``_VALUES`` (mostly right, sometimes of a wrong type or
+       out of range); the harness packs them (and gzips them for codec 1).
+       ``check_payload`` accepts the payload or raises InvalidArgument.  When it
        accepts, the broker stores it behind a header built from what it learned, so
        that batch must pass ``check_batch``, and consumers must decode it into exactly
        the records counted (``decode_records``, the SDK's ``records_from_batches``).
@@ -44,14 +49,59 @@ MAX_LEN: Final = 8 * 1024
 _BASE_OFFSET: Final = 1_000
 
 
+# Field values of structured records; _INDEX stands for the record's own offset delta.
+_INDEX: Final = object()
+_VALUES: Final[tuple[object, ...]] = (
+    _INDEX,
+    1_700_000_000_000,
+    b"key",
+    b"value",
+    None,
+    {"h": b"v"},
+    0,
+    -1,
+    1.5,
+    True,
+    "text",
+    b"",
+    [],
+    {},
+    2**63 - 1,
+    2**64 - 1,
+    -(2**63),
+    [1, 2],
+    {1: 2},
+    _INDEX,
+)
+_MAX_RECORDS: Final = 64
+
+
 def one_input(data: bytes) -> None:
     if not data:
         return
     control, body = data[0], data[1:]
     if control & 1:
-        _produced(body, (control >> 1) & 7)
+        codec = (control >> 1) & 7
+        if control & 16:
+            body = compress(_structured_payload(body), codec if codec == CODEC_GZIP else 0)
+        _produced(body, codec)
     else:
         _stored(body)
+
+
+def _structured_payload(data: bytes) -> bytes:
+    records: list[object] = []
+    pos = 0
+    while pos < len(data) and len(records) < _MAX_RECORDS:
+        n = data[pos] % 8
+        fields = data[pos + 1 : pos + 1 + n]
+        pos += 1 + n
+        record = [_VALUES[b % len(_VALUES)] for b in fields]
+        records.append([len(records) if v is _INDEX else v for v in record])
+    if len(records) == 1 and not records[0]:
+        return msgpack.packb(None)  # not an array at all
+    payload: bytes = msgpack.packb(records, use_bin_type=True)
+    return payload
 
 
 def _produced(payload: bytes, codec: int) -> None:
@@ -122,6 +172,9 @@ def seeds() -> Iterator[bytes]:
             )
             yield b"\x00" + batch
             yield b"\x00" + batch + batch[: HEADER_BYTES + 3]  # a torn tail
+    # Structured: two good records ([i, ts, key, value, headers]), then one with a str key.
+    yield bytes([1 | 16]) + bytes([5, 0, 1, 2, 3, 5, 5, 0, 1, 4, 3, 4])
+    yield bytes([1 | 16 | CODEC_GZIP << 1]) + bytes([5, 0, 1, 2, 3, 4, 6, 0, 1, 10, 3, 4, 7])
     yield b"\x01" + msgpack.packb([])
     yield b"\x03" + zlib.compress(plain)  # zlib, not gzip, framing
 
