@@ -27,7 +27,9 @@ ROOT: Final = Path(__file__).parents[2]
 EXAMPLES: Final = (ROOT / "deploy" / "wharf.toml",)
 DOCS_WITH_TOML: Final = (ROOT / "README.md", ROOT / "docs" / "configuration.md")
 
-_tmp = Path(tempfile.mkdtemp(prefix="wharf-fuzz-config-"))
+# On tmpfs where there is one: writing the file is most of the cost of an execution.
+SHM: Final = Path("/dev/shm")
+_tmp = Path(tempfile.mkdtemp(prefix="wharf-fuzz-config-", dir=SHM if SHM.is_dir() else None))
 atexit.register(shutil.rmtree, _tmp, True)
 _config = _tmp / "wharf.toml"
 
