@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import shlex
 import shutil
 import subprocess
 import sys
@@ -98,10 +99,13 @@ def main(argv: list[str]) -> None:
         dict_file = work / "dictionary.txt"
         dict_file.write_text("".join(f'"{_escape(w)}"\n' for w in words))
         lib_flags.append(f"-dict={dict_file}")
-    if any(not f.startswith("-") for f in flags):  # inputs to replay, or a merge
-        atheris.Setup([argv[0], *lib_flags, *flags], harness.one_input)
+    # libFuzzer runs argv[0] through the shell for the inner processes of a merge: it must
+    # be the whole command that reaches this target.
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__)))} {target}"
+    if any(not f.startswith("-") for f in flags):  # inputs to replay, or a merge's dirs
+        atheris.Setup([command, *lib_flags, *flags], harness.one_input)
     else:
-        atheris.Setup([argv[0], *lib_flags, *flags, str(new), str(corpus)], harness.one_input)
+        atheris.Setup([command, *lib_flags, *flags, str(new), str(corpus)], harness.one_input)
     atheris.Fuzz()
 
 
@@ -115,6 +119,8 @@ def merge(target: str) -> None:
         [sys.executable, __file__, target, "-merge=1", str(merged), str(corpus), str(new)],
         check=True,
     )
+    if not any(merged.iterdir()):
+        raise SystemExit(f"{target}: the merge kept no input; the corpus is left as it was")
     shutil.rmtree(corpus)
     shutil.move(merged, corpus)
     shutil.rmtree(new)
