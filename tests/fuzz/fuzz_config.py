@@ -2,7 +2,7 @@
 
 Input: the bytes of a config file, then optionally a NUL byte and the environment, one
 ``NAME=value`` per line.  ``load_settings`` reads the file as ``wharf serve --config``
-does (the bytes are written to a file in a private temporary directory) with that
+does (the bytes are written to an unlinked temporary file) with that
 environment, then the effective settings are described as ``wharf serve`` logs them.
 Fine: Settings, or ConfigError.  Anything else is a crash: a broker that will not start
 must say which key is wrong, not print a traceback.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import atexit
 import json
-import shutil
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,22 +28,25 @@ EXAMPLES: Final = (ROOT / "deploy" / "wharf.toml",)
 DOCS_WITH_TOML: Final = (ROOT / "README.md", ROOT / "docs" / "configuration.md")
 
 # On tmpfs where there is one: writing the file is most of the cost of an execution.
+# The file is unlinked at once and read back through /proc/self/fd: libFuzzer ends the
+# process with exit(), which runs no Python clean-up.
 SHM: Final = Path("/dev/shm")
-_tmp = Path(tempfile.mkdtemp(prefix="wharf-fuzz-config-", dir=SHM if SHM.is_dir() else None))
-atexit.register(shutil.rmtree, _tmp, True)
-_config = _tmp / "wharf.toml"
+_file = tempfile.TemporaryFile(dir=SHM if SHM.is_dir() else None)  # noqa: SIM115  # kept open
+atexit.register(_file.close)
+_config = f"/proc/self/fd/{_file.fileno()}"
 
 
 def one_input(data: bytes) -> None:
     toml, _, env_text = data.partition(b"\x00")
-    _config.write_bytes(toml)
+    os.ftruncate(_file.fileno(), 0)
+    os.pwrite(_file.fileno(), toml, 0)
     environ: dict[str, str] = {}
     for line in env_text.decode("utf-8", "replace").splitlines():
         name, sep, value = line.partition("=")
         if sep and name and "\x00" not in value:
             environ[name] = value
     try:
-        settings = load_settings(str(_config), {}, environ=environ)
+        settings = load_settings(_config, {}, environ=environ)
     except ConfigError:
         return
     json.dumps(describe(settings))

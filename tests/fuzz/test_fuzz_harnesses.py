@@ -6,6 +6,7 @@ function without a crash.  The fuzzing itself is ``make fuzz``, not CI.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 from types import ModuleType
@@ -16,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 TARGETS = ("frames", "batches", "config", "http_bodies")
 
 
+@functools.cache  # once per process: a harness holds a temporary file
 def load(target: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"fuzz_{target}", HERE / f"fuzz_{target}.py")
     assert spec is not None and spec.loader is not None
