@@ -27,6 +27,7 @@ import dataclasses
 import difflib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -241,9 +242,12 @@ def _float_check(lo: float, *, allow_equal: bool) -> _Check:
         if value < lo or (value == lo and not allow_equal) or value != value:
             raise _bad(where, f"a number {bound}", value)
         try:
-            return float(value)
+            result = float(value)
         except OverflowError:  # an integer beyond the float range
-            raise _bad(where, f"a number {bound}", value) from None
+            raise _bad(where, f"a finite number {bound}", value) from None
+        if not math.isfinite(result):  # inf would silently turn a limit off
+            raise _bad(where, f"a finite number {bound}", value)
+        return result
 
     return check
 

@@ -175,8 +175,16 @@ def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> Non
 
 def test_an_integer_beyond_the_float_range_is_a_config_error(tmp_path: Path) -> None:
     # Found by the config fuzz target: float() raised OverflowError.
-    with pytest.raises(ConfigError, match="handshake_timeout_s: expected a number > 0.0"):
+    with pytest.raises(ConfigError, match="handshake_timeout_s: expected a finite number > 0.0"):
         load_settings(write(tmp_path, "handshake_timeout_s = 1" + "0" * 400), {})
+
+
+def test_an_infinite_number_is_a_config_error(tmp_path: Path) -> None:
+    # inf would silently turn the limit off; TOML spells it inf, the environment 1e999.
+    with pytest.raises(ConfigError, match="shutdown_timeout_s: expected a finite number"):
+        load_settings(write(tmp_path, "shutdown_timeout_s = inf"), {})
+    with pytest.raises(ConfigError, match="memory_high_watermark: expected a finite number"):
+        load_settings(None, {}, environ={"WHARF_MEMORY_HIGH_WATERMARK": "1e999"})
 
 
 def test_an_integer_of_too_many_digits_is_a_config_error(tmp_path: Path) -> None:
