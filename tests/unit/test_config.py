@@ -183,7 +183,7 @@ def test_an_infinite_number_is_a_config_error(tmp_path: Path) -> None:
     # inf would silently turn the limit off; TOML spells it inf, the environment 1e999.
     with pytest.raises(ConfigError, match="shutdown_timeout_s: expected a finite number"):
         load_settings(write(tmp_path, "shutdown_timeout_s = inf"), {})
-    with pytest.raises(ConfigError, match="memory_high_watermark: expected a finite number"):
+    with pytest.raises(ConfigError, match="WHARF_MEMORY_HIGH_WATERMARK: expected a finite number"):
         load_settings(None, {}, environ={"WHARF_MEMORY_HIGH_WATERMARK": "1e999"})
 
 
