@@ -12,7 +12,7 @@ from typing import Any, Final, Protocol
 from wharf.protocol import frames as F
 from wharf.protocol.errors import PreconditionFailed, WharfError
 
-from .core import AckChannel, ConnectionCore, clone_error
+from .core import NEW_REQUEST, AckChannel, ConnectionCore, Reply, clone_error, result_of
 from .message import Message, messages_from_entries
 
 log = logging.getLogger("wharf.client")
@@ -137,16 +137,7 @@ class Consumer:
             self._channel = AckChannel(core, rid)
         core.add_consumer(tag, rid, self)
         try:
-            _, fut = core.start_request(
-                F.CONSUME,
-                self.queue,
-                tag,
-                self.prefetch,
-                self.no_ack,
-                self.exclusive,
-                self.arguments,
-                rid=rid,
-            )
+            _, fut = core.start_request(self._consume_frame(rid, tag))
         except BaseException:
             core.remove_consumer(tag, rid)
             self._state = _CLOSED
@@ -161,8 +152,7 @@ class Consumer:
             self._state = _CLOSED
             self._stopped = True
             raise
-        result = frame[2] if len(frame) > 2 else None
-        granted = result.get("consumer_tag") if isinstance(result, dict) else None
+        granted = result_of(frame).get("consumer_tag")
         if isinstance(granted, str) and granted and granted != tag:
             core.rename_consumer(tag, granted)
             self.consumer_tag = granted
@@ -170,6 +160,11 @@ class Consumer:
             self._state = _ACTIVE
             if self._owner is not None:
                 self._owner.consumer_started(self)
+
+    def _consume_frame(self, rid: int, tag: str) -> F.Consume:
+        return F.Consume(
+            rid, self.queue, tag, self.prefetch, self.no_ack, self.exclusive, self.arguments
+        )
 
     def _abandon(self) -> None:
         """``__aenter__`` was cancelled while CONSUME was in flight: cancel it on the
@@ -180,12 +175,12 @@ class Consumer:
             self._finish()
             return
         try:
-            _, fut = core.start_request(F.CANCEL, self.consumer_tag)
+            _, fut = core.start_request(F.Cancel(NEW_REQUEST, self.consumer_tag))
         except WharfError:
             self._finish()
             return
 
-        def done(f: asyncio.Future[list[Any]]) -> None:
+        def done(f: asyncio.Future[Reply]) -> None:
             if not f.cancelled():
                 f.exception()  # retrieved: a failure here changes nothing
             self._finish()
@@ -222,7 +217,7 @@ class Consumer:
         try:
             if core.closed_error is None and core.has_consumer(self.consumer_tag):
                 # Not core.request(): an unrelated stored error must not stop the CANCEL.
-                rid, fut = core.start_request(F.CANCEL, self.consumer_tag)
+                rid, fut = core.start_request(F.Cancel(NEW_REQUEST, self.consumer_tag))
                 try:
                     await fut
                 except asyncio.CancelledError:
@@ -244,10 +239,9 @@ class Consumer:
         buffer = self._buffer
         if buffer and not self.no_ack:
             if core.closed_error is None:
-                encode = core.encode
                 ack_id = self.ack_id
                 for msg in buffer:
-                    core.send(encode((F.NACK, ack_id, msg.delivery_tag, False, True)))
+                    core.send_frame(F.Nack(ack_id, msg.delivery_tag, multiple=False, requeue=True))
             buffer.clear()
         self._wake()
 
@@ -364,16 +358,7 @@ class Consumer:
         core.add_consumer(tag, rid, self)
         self._state = _RESUMING
         try:
-            _, fut = core.start_request(
-                F.CONSUME,
-                self.queue,
-                tag,
-                self.prefetch,
-                self.no_ack,
-                self.exclusive,
-                self.arguments,
-                rid=rid,
-            )
+            _, fut = core.start_request(self._consume_frame(rid, tag))
             await fut
         except BaseException:
             core.remove_consumer(tag, rid)

@@ -81,7 +81,7 @@ class Message:
         channel = self._channel
         if channel is not None:
             if multiple:
-                channel.settle((F.ACK, channel.ack_id, self.delivery_tag, True))
+                channel.settle(F.Ack(channel.ack_id, self.delivery_tag, multiple=True))
             else:
                 channel.ack(self.delivery_tag)
 
@@ -93,19 +93,13 @@ class Message:
         """
         channel = self._channel
         if channel is not None:
-            if delay_ms:
-                frame: tuple[Any, ...] = (
-                    F.NACK, channel.ack_id, self.delivery_tag, multiple, requeue, delay_ms,
-                )  # fmt: skip
-            else:
-                frame = (F.NACK, channel.ack_id, self.delivery_tag, multiple, requeue)
-            channel.settle(frame)
+            channel.settle(F.Nack(channel.ack_id, self.delivery_tag, multiple, requeue, delay_ms))
 
     async def reject(self, requeue: bool = True) -> None:
         """Reject this one message (``nack`` without ``multiple``)."""
         channel = self._channel
         if channel is not None:
-            channel.settle((F.REJECT, channel.ack_id, self.delivery_tag, requeue))
+            channel.settle(F.Reject(channel.ack_id, self.delivery_tag, requeue))
 
     # -- properties ----------------------------------------------------------------
 

@@ -203,18 +203,18 @@ async def idempotent_batch(
     conn = await bp.connect()
     try:
         if previous is None:
-            frame = await conn._request(F.INIT_PRODUCER)
-            pid, seq = int(frame[2]["producer_id"]), 0
+            frame = await conn._request(F.InitProducer(0))
+            pid, seq = int(frame.result["producer_id"]), 0
         else:
             pid, (seq, base, payload) = previous
-            frame = await conn._request(F.PRODUCE, TOPIC, 0, payload, 0, "fsynced", pid, 0, seq)
-            assert frame[2]["duplicate"] is True, frame
-            assert frame[2]["base_offset"] == base, frame
+            frame = await conn._request(F.Produce(0, TOPIC, 0, payload, 0, "fsynced", pid, 0, seq))
+            assert frame.result["duplicate"] is True, frame
+            assert frame.result["base_offset"] == base, frame
             seq += 1
         payload = encode_values([b"idem-%d" % seq], None, None, 1000)
-        frame = await conn._request(F.PRODUCE, TOPIC, 0, payload, 0, "fsynced", pid, 0, seq)
-        assert frame[2]["duplicate"] is False, frame
-        return pid, (seq, int(frame[2]["base_offset"]), payload)
+        frame = await conn._request(F.Produce(0, TOPIC, 0, payload, 0, "fsynced", pid, 0, seq))
+        assert frame.result["duplicate"] is False, frame
+        return pid, (seq, int(frame.result["base_offset"]), payload)
     finally:
         await conn.close()
 

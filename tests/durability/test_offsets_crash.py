@@ -42,7 +42,7 @@ async def committer(
             entries = [[TOPIC, p, offset, None] for p in range(PARTITIONS)]
             for p in range(PARTITIONS):
                 sent[p] = offset
-            await conn._request(F.OFFSET_COMMIT, group, "", -1, entries)
+            await conn._request(F.OffsetCommit(0, group, "", -1, entries))
             for p in range(PARTITIONS):
                 answered[p] = offset
 
@@ -74,8 +74,8 @@ async def test_answered_commits_survive_kill_9(tmp_path: Path) -> None:
             await bp.start()
             conn = await bp.connect()
             for g in groups:
-                frame = await conn._request(F.OFFSET_FETCH, g, None)
-                restored = {p: off for _, p, off, _ in frame[2]["offsets"]}
+                frame = await conn._request(F.OffsetFetch(0, g, None))
+                restored = {p: off for _, p, off, _ in frame.result["offsets"]}
                 for p, acked in answered[g].items():
                     assert acked <= restored[p] <= sent[g][p], (g, p, acked, restored)
                 # The next cycle continues from what the broker has.

@@ -57,7 +57,7 @@ async def committer(conn: wharf.Connection, group: Group, rng: random.Random) ->
                 offset = group.sent.get(p, 0) + rng.randint(1, 5)
                 group.sent[p] = offset
                 entries.append([TOPIC, p, offset, None])
-            await conn._request(F.OFFSET_COMMIT, group.name, "", -1, entries)
+            await conn._request(F.OffsetCommit(0, group.name, "", -1, entries))
             for _, p, offset, _ in entries:
                 group.answered[p] = offset
     except (wharf.ConnectionLost, wharf.ConnectionForced, OSError):
@@ -130,8 +130,8 @@ async def test_power_loss_during_commits_loses_no_answered_offset(tmp_path: Path
             try:
                 for g in groups:
                     assert not g.errors, g.errors
-                    frame = await conn._request(F.OFFSET_FETCH, g.name, None)
-                    restored = {p: off for _, p, off, _ in frame[2]["offsets"]}
+                    frame = await conn._request(F.OffsetFetch(0, g.name, None))
+                    restored = {p: off for _, p, off, _ in frame.result["offsets"]}
                     for p, acked in g.answered.items():
                         got = restored.get(p)
                         assert got is not None and acked <= got <= g.sent[p], (

@@ -203,20 +203,20 @@ async def test_topic_metrics_follow_produces_and_deletes(
 
 async def _join(conn: wharf.Connection, group: str, topics: list[str]) -> dict[str, Any]:
     frame = await conn._request(
-        F.GROUP_JOIN, group, topics, "", None, "range", SESSION_TIMEOUT_MS, 60_000, None
+        F.GroupJoin(0, group, topics, "", None, "range", SESSION_TIMEOUT_MS, 60_000, None)
     )
-    result: dict[str, Any] = frame[2]
+    result: dict[str, Any] = frame.result
     return result
 
 
 async def _commit(
     conn: wharf.Connection, group: str, member: str, generation: int, offsets: list[Any]
 ) -> None:
-    await conn._request(F.OFFSET_COMMIT, group, member, generation, offsets)
+    await conn._request(F.OffsetCommit(0, group, member, generation, offsets))
 
 
 async def _leave(conn: wharf.Connection, group: str, member: str) -> None:
-    await conn._request(F.GROUP_LEAVE, group, member)
+    await conn._request(F.GroupLeave(0, group, member))
 
 
 async def test_group_describe_shows_members_assignment_committed_and_lag(
@@ -284,8 +284,8 @@ async def test_reset_offsets_to_each_target(broker: Broker, conn: wharf.Connecti
     assert await reset({"to": "offset", "value": 99, "partitions": [2]}) == {2: 5}
     # A timestamp after every record: the latest offset.
     assert await reset({"to": "timestamp", "value": 2**63 - 1, "partitions": [0]}) == {0: 5}
-    committed = await conn._request(F.OFFSET_FETCH, g, None)
-    assert sorted(map(tuple, committed[2]["offsets"])) == [
+    committed = await conn._request(F.OffsetFetch(0, g, None))
+    assert sorted(map(tuple, committed.result["offsets"])) == [
         (t, 0, 5, None),
         (t, 1, 0, None),
         (t, 2, 5, None),

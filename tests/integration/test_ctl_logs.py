@@ -115,9 +115,11 @@ async def test_group_commands_list_describe_reset_delete(
     r = await run_ctl("groups", "list", url=http_url)
     assert r.code == 0 and r.out.strip() == "no consumer groups", r
     # One member (the GROUP_JOIN frame, as subscribe() sends it) with a commit on partition 0.
-    joined = (await conn._request(F.GROUP_JOIN, g, [t], "", None, "range", 10_000, 60_000, None))[2]
+    joined = (
+        await conn._request(F.GroupJoin(0, g, [t], "", None, "range", 10_000, 60_000, None))
+    ).result
     member = joined["member_id"]
-    await conn._request(F.OFFSET_COMMIT, g, member, joined["generation"], [[t, 0, 6, None]])
+    await conn._request(F.OffsetCommit(0, g, member, joined["generation"], [[t, 0, 6, None]]))
 
     r = await run_ctl("groups", "list", url=http_url)
     header, row = r.out.splitlines()
@@ -152,7 +154,7 @@ async def test_group_commands_list_describe_reset_delete(
     r = await run_ctl("groups", "delete", g, url=http_url)
     assert r.code == 1 and "HTTP 409" in r.err, r
 
-    await conn._request(F.GROUP_LEAVE, g, member)
+    await conn._request(F.GroupLeave(0, g, member))
     r = await run_ctl("groups", "reset-offsets", g, "--topic", t, "--to-earliest", url=http_url)
     assert r.code == 0, r
     lines = r.out.splitlines()

@@ -63,38 +63,41 @@ async def join(
     owned: list[Any] | None = None,
 ) -> dict[str, Any]:
     frame = await conn._request(
-        F.GROUP_JOIN,
-        group,
-        topics,
-        member_id,
-        instance_id,
-        strategy,
-        session_timeout_ms,
-        rebalance_timeout_ms,
-        owned,
+        F.GroupJoin(
+            0,
+            group,
+            topics,
+            member_id,
+            instance_id,
+            strategy,
+            session_timeout_ms,
+            rebalance_timeout_ms,
+            owned,
+        )
     )
-    return cast(dict[str, Any], frame[2])
+    return cast(dict[str, Any], frame.result)
 
 
 async def heartbeat(conn: wharf.Connection, group: str, reply: dict[str, Any]) -> None:
-    await conn._request(F.GROUP_HEARTBEAT, group, reply["member_id"], reply["generation"])
+    await conn._request(F.GroupHeartbeat(0, group, reply["member_id"], reply["generation"]))
 
 
 async def commit(
     conn: wharf.Connection, group: str, member_id: str, generation: int, offsets: list[Any]
 ) -> None:
-    await conn._request(F.OFFSET_COMMIT, group, member_id, generation, offsets)
+    await conn._request(F.OffsetCommit(0, group, member_id, generation, offsets))
 
 
 async def committed(
     conn: wharf.Connection, group: str, topics: list[str] | None = None
 ) -> list[list[Any]]:
-    frame = await conn._request(F.OFFSET_FETCH, group, topics)
-    return [list(o) for o in frame[2]["offsets"]]
+    frame = await conn._request(F.OffsetFetch(0, group, topics))
+    return [list(o) for o in frame.result["offsets"]]
 
 
 async def request(conn: wharf.Connection, ftype: int, *fields: Any) -> Any:
-    return (await conn._request(ftype, *fields))[2]
+    frame_class = F.SPECS[ftype].cls
+    return (await conn._request(frame_class(0, *fields))).result
 
 
 async def until_rebalancing(conn: wharf.Connection, group: str, reply: dict[str, Any]) -> None:

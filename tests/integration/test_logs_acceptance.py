@@ -426,10 +426,10 @@ async def test_errors_are_wharf_errors_and_the_connection_stays_usable(
         await eventually(lambda: _assigned(s))
         stale = s.generation - 1
         with pytest.raises(wharf.IllegalGeneration) as gen:
-            await conn._request(F.OFFSET_COMMIT, "g", s.member_id, stale, [["t", 0, 1, None]])
+            await conn._request(F.OffsetCommit(0, "g", s.member_id, stale, [["t", 0, 1, None]]))
         assert gen.value.code == 410
         with pytest.raises(wharf.UnknownMember) as unknown:
-            await conn._request(F.OFFSET_COMMIT, "g", "ghost", s.generation, [["t", 0, 1, None]])
+            await conn._request(F.OffsetCommit(0, "g", "ghost", s.generation, [["t", 0, 1, None]]))
         assert unknown.value.code == 411
         # Groups with members refuse deletes and resets (Kafka's NON_EMPTY_GROUP).
         with pytest.raises(wharf.PreconditionFailed):

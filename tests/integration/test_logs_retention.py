@@ -149,8 +149,8 @@ async def test_list_offsets_by_timestamp(conn: wharf.Connection) -> None:
     assert await conn.offset_for_time("t", 0, 10_450) == 8
     assert await conn.offset_for_time("t", 0, 99_999) == len(stamps)  # none: latest
     # The raw reply also carries the found record's timestamp.
-    frame = await conn._request(F.LIST_OFFSETS, "t", 0, 10_450)
-    assert frame[2] == {"earliest": 0, "latest": len(stamps), "offset": 8, "timestamp": 10_500}
+    frame = await conn._request(F.ListOffsets(0, "t", 0, 10_450))
+    assert frame.result == {"earliest": 0, "latest": len(stamps), "offset": 8, "timestamp": 10_500}
 
 
 async def test_retention_state_survives_restart(tmp_path: Path) -> None:

@@ -191,7 +191,7 @@ async def test_commits_from_an_old_generation_are_fenced(
         await until(lambda: settled([a, b]) and a.generation > old)
         with pytest.raises(wharf.IllegalGeneration):
             await a.conn._request(
-                F.OFFSET_COMMIT, "g", a.stream.member_id, old, [[TOPIC, 0, 1, None]]
+                F.OffsetCommit(0, "g", a.stream.member_id, old, [[TOPIC, 0, 1, None]])
             )
         # A commit through a stream that missed the rebalance is refused as well.
         a.stream.generation = old
@@ -249,7 +249,7 @@ async def test_static_member_restart_keeps_assignment_without_rebalance(
         assert len(b.assignments) == 1 and not b.revoked
         # The replaced member id is fenced.
         with pytest.raises(wharf.FencedInstanceId):
-            await conn._request(F.GROUP_HEARTBEAT, "g", a.stream.member_id, generation)
+            await conn._request(F.GroupHeartbeat(0, "g", a.stream.member_id, generation))
     finally:
         await asyncio.gather(b.stop(), *([a2.stop()] if a2 else []))
 

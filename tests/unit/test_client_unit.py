@@ -12,7 +12,7 @@ import pytest
 import wharf
 from wharf.confirms import ConfirmTracker
 from wharf.connection import Connection
-from wharf.core import ConnectionCore
+from wharf.core import NEW_REQUEST, ConnectionCore, Reply
 from wharf.message import build_properties, messages_from_entries
 from wharf.protocol import frames as F
 from wharf.protocol.codec import FrameDecoder, encode_array
@@ -371,36 +371,36 @@ async def test_callback_request_gets_answer_error_and_loss() -> None:
     core = conn._core
     got: list[tuple[Any, Any]] = []
 
-    def callback(frame: list[Any] | None, error: wharf.WharfError | None) -> None:
+    def callback(frame: Reply | None, error: wharf.WharfError | None) -> None:
         got.append((frame, error))
 
-    rid = core.start_request_cb(F.LIST_OFFSETS, "t", 0, callback=callback)
+    rid = core.start_request_cb(F.ListOffsets(NEW_REQUEST, "t", 0), callback=callback)
     core.flush()
     (frame,) = peer.frames()
-    assert frame == [F.LIST_OFFSETS, rid, "t", 0]
+    assert frame == [F.LIST_OFFSETS, rid, "t", 0, None]
     peer.send(F.OK, rid, {"earliest": 0, "latest": 5})
-    assert got == [([F.OK, rid, {"earliest": 0, "latest": 5}], None)]  # at once
+    assert got == [(F.Ok(rid, {"earliest": 0, "latest": 5}), None)]  # at once, typed
 
     got.clear()
-    rid = core.start_request_cb(F.LIST_OFFSETS, "nope", 0, callback=callback)
+    rid = core.start_request_cb(F.ListOffsets(NEW_REQUEST, "nope", 0), callback=callback)
     peer.send(F.ERROR, rid, 404, "no topic 'nope'", False, None)
     assert got[0][0] is None and isinstance(got[0][1], wharf.NotFound)
 
-    def broken(frame: list[Any] | None, error: wharf.WharfError | None) -> None:
+    def broken(frame: Reply | None, error: wharf.WharfError | None) -> None:
         raise RuntimeError("a bug in the handler")
 
-    rid = core.start_request_cb(F.LIST_OFFSETS, "t", 0, callback=broken)
+    rid = core.start_request_cb(F.ListOffsets(NEW_REQUEST, "t", 0), callback=broken)
     peer.send(F.OK, rid, {})  # logged, and the connection stays up
     assert core.closed_error is None
 
     got.clear()
-    core.start_request_cb(F.LIST_OFFSETS, "t", 0, callback=callback)
+    core.start_request_cb(F.ListOffsets(NEW_REQUEST, "t", 0), callback=callback)
     core.fail(wharf.ConnectionLost("gone"))
     assert got == []  # like a future's callbacks: once the loss is handled
     await settle()
     assert got[0][0] is None and isinstance(got[0][1], wharf.ConnectionLost)
     with pytest.raises(wharf.ConnectionLost):
-        core.start_request_cb(F.LIST_OFFSETS, "t", 0, callback=callback)
+        core.start_request_cb(F.ListOffsets(NEW_REQUEST, "t", 0), callback=callback)
 
 
 async def test_big_frames_are_written_at_once() -> None:
@@ -409,7 +409,7 @@ async def test_big_frames_are_written_at_once() -> None:
     await conn.publish("ex", "rk", b"m", confirm=False)
     assert len(peer.transport.writes) == before  # small: with this iteration's others
     core = conn._core
-    core.send(core.encode((F.PUBLISH, 0, "ex", "rk", None, b"x" * 70_000, 0)))
+    core.send_frame(F.Publish(0, "ex", "rk", None, b"x" * 70_000))
     assert len(peer.transport.writes) == before + 1  # both, now, in order
     frames = peer.frames()
     assert [f[0] for f in frames[-2:]] == [F.PUBLISH, F.PUBLISH]
@@ -525,7 +525,7 @@ async def test_acks_coalesced_and_flushed_before_nack() -> None:
     await settle()
     assert peer.frames() == [
         [F.ACK_MANY, ack_id, [1, 2]],
-        [F.NACK, ack_id, 3, False, False],
+        [F.NACK, ack_id, 3, False, False, 0],
         [F.ACK_MANY, ack_id, [4]],
     ]
 
@@ -555,8 +555,8 @@ async def test_consumer_cancel_requeues_unyielded() -> None:
     await cancel
     await settle()
     assert peer.frames() == [
-        [F.NACK, consume[1], 2, False, True],
-        [F.NACK, consume[1], 3, False, True],
+        [F.NACK, consume[1], 2, False, True, 0],
+        [F.NACK, consume[1], 3, False, True, 0],
     ]
     with pytest.raises(StopAsyncIteration):
         await consumer.__anext__()
