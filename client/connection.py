@@ -104,14 +104,14 @@ class Connection(LogsApi):
     def is_closed(self) -> bool:
         """True once the connection is gone for good (with reconnect: closed by the
         application, or the broker refused the reconnect)."""
-        if self._core.closed_error is None:
+        if not self._core.ended:
             return False
         return self._reconnector is None or not self._reconnector.reconnecting
 
     @property
     def is_connected(self) -> bool:
         """False while reconnecting (and once closed)."""
-        return self._core.closed_error is None
+        return not self._core.ended
 
     @property
     def reconnecting(self) -> bool:
@@ -247,7 +247,7 @@ class Connection(LogsApi):
         """The core to use: while reconnecting, wait (bounded) for the new one."""
         core = self._core
         reconnector = self._reconnector
-        if core.closed_error is not None and reconnector is not None:
+        if core.ended and reconnector is not None:
             if reconnector.final_error is not None:
                 raise clone_error(reconnector.final_error)
             if not self._closing:
@@ -263,7 +263,7 @@ class Connection(LogsApi):
         """Send a request frame (its ``request_id`` is assigned here) and wait for the
         answer; while reconnecting, first wait for the new connection."""
         core = self._core
-        if core.closed_error is not None:
+        if core.ended:
             core = await self._live_core()
         return await core.request(frame)
 
@@ -491,7 +491,7 @@ class Connection(LogsApi):
         and the broker's error if it refused the message.  ``timestamp`` is epoch ms.
         """
         core = self._core
-        if core.closed_error is not None:
+        if core.ended:
             core = await self._usable_core()
         if core.must_wait_writable():
             await core.wait_writable()
@@ -544,7 +544,7 @@ class Connection(LogsApi):
         if n == 0:
             return
         core = self._core
-        if core.closed_error is not None:
+        if core.ended:
             core = await self._usable_core()
         if core.must_wait_writable():
             await core.wait_writable()
@@ -609,7 +609,7 @@ class Connection(LogsApi):
     async def get(self, queue: str, no_ack: bool = False) -> Message | None:
         """Fetch one message (None when the queue is empty)."""
         core = self._core
-        if core.closed_error is not None:
+        if core.ended:
             core = await self._live_core()
         reply = await core.request(F.Get(NEW_REQUEST, queue, no_ack))
         entry = reply.delivery if type(reply) is F.GetOk else None

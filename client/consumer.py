@@ -171,7 +171,7 @@ class Consumer:
         broker in the background and requeue whatever it delivered meanwhile."""
         self._state = _CANCELLING
         core = self._core
-        if core.closed_error is not None:
+        if core.ended:
             self._finish()
             return
         try:
@@ -215,7 +215,7 @@ class Consumer:
         self._state = _CANCELLING
         core = self._core
         try:
-            if core.closed_error is None and core.has_consumer(self.consumer_tag):
+            if not core.ended and core.has_consumer(self.consumer_tag):
                 # Not core.request(): an unrelated stored error must not stop the CANCEL.
                 rid, fut = core.start_request(F.Cancel(NEW_REQUEST, self.consumer_tag))
                 try:
@@ -224,7 +224,7 @@ class Consumer:
                     core.abandon_request(rid)
                     raise
                 except WharfError as exc:
-                    if core.closed_error is None:
+                    if not core.ended:
                         log.debug("wharf: cancel of consumer %r failed: %s", self.consumer_tag, exc)
         finally:
             self._finish()
@@ -238,7 +238,7 @@ class Consumer:
             self._owner.consumer_stopped(self)
         buffer = self._buffer
         if buffer and not self.no_ack:
-            if core.closed_error is None:
+            if not core.ended:
                 ack_id = self.ack_id
                 for msg in buffer:
                     core.send_frame(F.Nack(ack_id, msg.delivery_tag, multiple=False, requeue=True))

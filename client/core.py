@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, NoReturn, Protocol, cast
 
 from wharf.protocol import frames as F
 from wharf.protocol.codec import (
@@ -41,6 +41,7 @@ from wharf.protocol.errors import (
 
 from .confirms import ConfirmTracker
 from .message import messages_from_entries
+from .state import ENDED, Event, InvalidTransition, State, next_state
 from .url import ConnectParams
 
 log = logging.getLogger("wharf.client")
@@ -184,10 +185,14 @@ class ConnectionCore(asyncio.BufferedProtocol):
         # message (RETURN seq 0), a failed settle of a GET message (ack id 0).  It is
         # never raised from a later, unrelated call (docs/sdk.md, "Asynchronous errors").
         self.on_async_error: Callable[[WharfError], None] | None = None
+        # The lifecycle (state.py): changed only by _advance().
+        self.state = State.CONNECTING
+        # Waiters: the handshake coroutine for HELLO/AUTH_OK, close() for CLOSE_OK.
         self._handshake: asyncio.Future[F.Hello | F.AuthOk] | None = loop.create_future()
         self._close_ok: asyncio.Future[None] | None = None
         self._lost: asyncio.Future[None] = loop.create_future()
-        # Set once, when the connection becomes unusable; every later call raises it.
+        # Why the connection ended (set when the state becomes CLOSED or FAILED); every
+        # later call raises it.
         self.closed_error: WharfError | None = None
         self.heartbeat_s = 0
         self._heartbeat: asyncio.TimerHandle | None = None
@@ -210,6 +215,21 @@ class ConnectionCore(asyncio.BufferedProtocol):
         # Called once, at the end of fail(): the owning Connection reacts to the loss.
         self.on_fail: Callable[[ConnectionCore, WharfError], None] | None = None
 
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        """CLOSED or FAILED: nothing more can be done on this connection."""
+        return self.state in ENDED
+
+    def _advance(self, event: Event) -> None:
+        self.state = next_state(self.state, event)
+
+    def _raise_ended(self) -> NoReturn:
+        error = self.closed_error
+        assert error is not None
+        raise clone_error(error)
+
     # -- asyncio.BufferedProtocol --------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -218,6 +238,7 @@ class ConnectionCore(asyncio.BufferedProtocol):
         self._transport = transport
         transport.set_write_buffer_limits(TRANSPORT_HIGH_WATER_BYTES, TRANSPORT_LOW_WATER_BYTES)
         transport.write(F.HANDSHAKE + _PORT_PROBE_FRAME)
+        self._advance(Event.TRANSPORT_UP)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # Bytes are received straight into the decoder's buffer.
@@ -227,7 +248,7 @@ class ConnectionCore(asyncio.BufferedProtocol):
         return view
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.closed_error is not None:
+        if self.state in ENDED:
             return
         self._received = True
         view = self._preamble_view
@@ -242,7 +263,7 @@ class ConnectionCore(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the broker handed over whole (the same as ``buffer_updated``)."""
-        if self.closed_error is not None:
+        if self.state in ENDED:
             return
         self._received = True
         if self._preamble is not None and self._wrong_protocol(data):
@@ -275,8 +296,10 @@ class ConnectionCore(asyncio.BufferedProtocol):
                         _answer(waiter, frame)
                 elif frame is not None:
                     self._dispatch_other(frame)
-                    if self.closed_error is not None:
+                    if self.state in ENDED:
                         return
+        except InvalidTransition as exc:  # e.g. a second HELLO: the broker is confused
+            self.fail(FrameError(f"unexpected frame from the broker: {exc}"))
         except Exception as exc:  # a malformed frame from the broker: nothing sane to do
             log.exception("wharf: cannot handle a frame from the broker")
             self.fail(FrameError(f"malformed frame from the broker: {exc!r}"))
@@ -373,13 +396,16 @@ class ConnectionCore(asyncio.BufferedProtocol):
                 except Exception:
                     log.exception("wharf: blocked/unblocked listener failed")
         elif type(frame) is F.Hello or type(frame) is F.AuthOk:
+            self._advance(Event.HELLO if type(frame) is F.Hello else Event.AUTH_OK)
             fut = self._handshake
             if fut is not None and not fut.done():
                 fut.set_result(frame)
         elif type(frame) is F.Close:
             self.send_frame(F.CloseOk(frame.request_id))
             self.flush()
-            if frame.code:
+            if self.state is State.CLOSING:  # both sides closed at once
+                self._end(ConnectionLost("the connection was closed by the client"), Event.CLOSED)
+            elif frame.code:
                 error = error_from_code(frame.code, f"broker closed the connection: {frame.reason}")
             else:
                 error = ConnectionLost(
@@ -404,7 +430,8 @@ class ConnectionCore(asyncio.BufferedProtocol):
         if rid in self._pending:
             _settle(self._pending.pop(rid), error)
             return
-        if self._handshake is not None:  # e.g. a refused AUTH not flagged fatal
+        if self.state is State.HANDSHAKING or self.state is State.AUTHENTICATING:
+            # e.g. a refused AUTH not flagged fatal
             self.fail(error)
             return
         sink = self._sinks_by_ack_id.get(rid)
@@ -478,18 +505,18 @@ class ConnectionCore(asyncio.BufferedProtocol):
         self.send(self.encode(F.as_array(frame)))
 
     def send_settle(self, frame: F.Ack | F.Nack | F.Reject) -> None:
-        if self.closed_error is not None:
+        if self.state in ENDED:
             if self.recoverable:
                 return  # a delivery of a lost connection: the broker requeued it
-            raise clone_error(self.closed_error)
+            self._raise_ended()
         self.send_frame(frame)
 
     def acks_pending(self, channel: AckChannel) -> None:
-        if self.closed_error is not None:
+        if self.state in ENDED:
             if self.recoverable:
                 channel.tags.clear()
                 return
-            raise clone_error(self.closed_error)
+            self._raise_ended()
         self._ack_dirty.append(channel)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -532,12 +559,12 @@ class ConnectionCore(asyncio.BufferedProtocol):
         """Backpressure: write out a full buffer, then wait while the transport is paused."""
         if self._wbuf_bytes > MAX_PENDING_WRITE_BYTES:
             self.flush()
-        while self._paused and self.closed_error is None:
+        while self._paused and self.state not in ENDED:
             waiter: asyncio.Future[None] = self.loop.create_future()
             self._drain_waiters.append(waiter)
             await waiter
-        if self.closed_error is not None:
-            raise clone_error(self.closed_error)
+        if self.state in ENDED:
+            self._raise_ended()
 
     def _wake_drain_waiters(self) -> None:
         waiters = self._drain_waiters
@@ -549,9 +576,9 @@ class ConnectionCore(asyncio.BufferedProtocol):
     # -- requests ------------------------------------------------------------------
 
     def check_usable(self) -> None:
-        """Raise the connection's close error, if it has one."""
-        if self.closed_error is not None:
-            raise clone_error(self.closed_error)
+        """Raise the connection's close error once it has ended."""
+        if self.state in ENDED:
+            self._raise_ended()
 
     def new_request_id(self) -> int:
         return next(self._rids)
@@ -559,8 +586,8 @@ class ConnectionCore(asyncio.BufferedProtocol):
     def start_request(self, frame: F.Frame) -> tuple[int, asyncio.Future[Reply]]:
         """Send a request now; returns its id and the future of the answer frame.
         A ``request_id`` of ``NEW_REQUEST`` is replaced by a fresh id."""
-        if self.closed_error is not None:
-            raise clone_error(self.closed_error)
+        if self.state in ENDED:
+            self._raise_ended()
         rid = frame.request_id
         if rid == NEW_REQUEST:
             rid = next(self._rids)
@@ -574,8 +601,8 @@ class ConnectionCore(asyncio.BufferedProtocol):
         """Send a request now (under a fresh id); ``callback`` gets its answer as soon
         as it is read (no future, no extra loop iteration), or the error that ended it.
         Returns its id."""
-        if self.closed_error is not None:
-            raise clone_error(self.closed_error)
+        if self.state in ENDED:
+            self._raise_ended()
         rid = next(self._rids)
         self._pending[rid] = callback
         self.send_frame(frame._replace(request_id=rid))
@@ -642,7 +669,7 @@ class ConnectionCore(asyncio.BufferedProtocol):
             self._heartbeat = self.loop.call_later(self.heartbeat_s / 2, self._heartbeat_tick)
 
     def _heartbeat_tick(self) -> None:
-        if self.closed_error is not None:
+        if self.state in ENDED:
             return
         if self._received:
             self._received = False
@@ -664,28 +691,38 @@ class ConnectionCore(asyncio.BufferedProtocol):
         self._heartbeat = self.loop.call_later(self.heartbeat_s / 2, self._heartbeat_tick)
 
     async def close(self, timeout_s: float) -> None:
-        """Send CLOSE, wait for CLOSE_OK and the socket to close (one timeout budget)."""
-        if self.closed_error is None and self._close_ok is None:
+        """Send CLOSE, wait for CLOSE_OK and the socket to close (one timeout budget).
+        Idempotent; on a connection that is not open yet, just closes the socket."""
+        if self.state is State.OPEN:
             self._close_ok = self.loop.create_future()
+            self._advance(Event.CLOSE_SENT)
             self.send_frame(F.Close(next(self._rids), 0, "client closed the connection"))
+        closed = ConnectionLost("the connection was closed by the client")
         try:
             async with asyncio.timeout(timeout_s):
                 if self._close_ok is not None:
                     await asyncio.shield(self._close_ok)
-                self.fail(ConnectionLost("the connection was closed by the client"))
+                self._end(closed, Event.CLOSED)
                 await asyncio.shield(self._lost)
         except TimeoutError:
-            self.abort(ConnectionLost("the connection was closed by the client"))
+            self.abort(closed, Event.CLOSED)
 
-    def abort(self, error: WharfError) -> None:
-        self.fail(error)
+    def abort(self, error: WharfError, event: Event = Event.FAILED) -> None:
+        """End the connection (``fail``) and drop the socket without a goodbye."""
+        self._end(error, event)
         if self._transport is not None:
             self._transport.abort()
 
     def fail(self, error: WharfError) -> None:
         """The connection is unusable: close the socket, fail everything waiting on it."""
-        if self.closed_error is not None:
+        self._end(error, Event.FAILED)
+
+    def _end(self, error: WharfError, event: Event) -> None:
+        """Move to CLOSED or FAILED (``event``) with ``error`` as the reason, close the
+        socket and fail everything waiting on it.  A no-op once ended."""
+        if self.state in ENDED:
             return
+        self._advance(event)
         resumable = self.recoverable
         if resumable and error.code != ConnectionLost.code:
             # With reconnect, callers see one retriable error whatever ended the

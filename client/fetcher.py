@@ -88,8 +88,9 @@ class Fetcher:
         core = self.core
         if room <= 0 or core is None:
             return
-        if core.closed_error is not None:
+        if core.ended:
             self.enabled = False
+            assert core.closed_error is not None
             self.listener.fetch_failed(clone_error(core.closed_error))
             return
         paused = self.paused

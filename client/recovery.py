@@ -255,7 +255,7 @@ class _Replay:
             return True
         if not isinstance(result, WharfError):
             raise result
-        if self.core.closed_error is not None or result.retriable or result.fatal:
+        if self.core.ended or result.retriable or result.fatal:
             raise result
         log.warning("wharf: reconnect: cannot restore %s: %s (skipped)", what, result)
         self.events.append(ConnectionEvent(RECOVERY_ERROR, error=result, old_name=what))
@@ -355,7 +355,7 @@ class _Replay:
                 continue
             if (
                 isinstance(result, WharfError)
-                and self.core.closed_error is None
+                and not self.core.ended
                 and not result.retriable
                 and not result.fatal
             ):
@@ -530,8 +530,7 @@ class Reconnector:
         try:
             async with asyncio.timeout(RECOVERY_TIMEOUT_S):
                 await _Replay(core, self.topology, list(self.consumers), self._events).run()
-            if core.closed_error is not None:
-                raise clone_error(core.closed_error)
+            core.check_usable()
         except asyncio.CancelledError:
             core.recoverable = False
             core.abort(ConnectionLost("the connection was closed by the client"))

@@ -157,7 +157,7 @@ class Stream:
         session times out, as in Kafka).  Idempotent."""
         if self._state == _CLOSED:
             return
-        live = self._state == _RUNNING and self._conn._core.closed_error is None
+        live = self._state == _RUNNING and not self._conn._core.ended
         self._state = _CLOSED
         self._final = None
         self._fetcher.enabled = False
@@ -606,7 +606,7 @@ class Stream:
         for someone else's earlier frame."""
         conn = self._conn
         core = conn._core
-        if core.closed_error is not None:
+        if core.ended:
             core = await conn._live_core()
         rid, fut = core.start_request(frame._replace(request_id=core.new_request_id()))
         try:
@@ -772,10 +772,10 @@ class Stream:
                     raise ConnectionLost(f"the connection is closed: {exc}") from None
                 await asyncio.sleep(RETRY_DELAY_S)
                 continue
-            if core.closed_error is None:
+            if not core.ended:
                 break
             if conn.is_closed:
-                raise clone_error(core.closed_error)
+                core.check_usable()  # raises why it ended
             await asyncio.sleep(RETRY_DELAY_S)
         self._lost = False
         self._fetcher.core = core

@@ -18,6 +18,7 @@ from wharf.protocol import frames as F
 from wharf.protocol.codec import FrameDecoder, encode_array
 from wharf.protocol.errors import ERRORS_BY_CODE
 from wharf.recovery import Backoff, BindingRecord, ExchangeRecord, QueueRecord, Topology
+from wharf.state import State
 from wharf.url import parse_url
 
 # -- URL ---------------------------------------------------------------------------------
@@ -1147,3 +1148,58 @@ async def test_a_wharf_hello_split_into_single_bytes_is_not_mistaken_for_http() 
     peer.send(F.AUTH_OK, auth[1], "conn-1", 0, {})
     await task
     assert core.connection_id == "conn-1"
+
+
+# -- the connection state machine (client/state.py) as the core drives it -------------
+
+
+async def test_core_states_from_connect_to_close() -> None:
+    loop = asyncio.get_running_loop()
+    core = ConnectionCore(loop)
+    assert core.state is State.CONNECTING
+    transport = FakeTransport(loop)
+    transport.protocol = core
+    core.connection_made(transport)
+    assert core.state is State.HANDSHAKING
+    peer = Peer(core, transport)
+    task = loop.create_task(core.handshake("guest", "guest", 0, {}))
+    peer.send(F.HELLO, 0, 1, "wharf", 1 << 20, 1 << 19, 60, ["PLAIN"])
+    assert core.state is State.AUTHENTICATING
+    await settle()
+    (auth,) = peer.frames()
+    peer.send(F.AUTH_OK, auth[1], "conn-1", 0, None)
+    await task
+    assert core.state is State.OPEN and not core.ended
+    closing = asyncio.ensure_future(core.close(5.0))
+    await settle()
+    assert core.state is State.CLOSING
+    (close,) = peer.frames()
+    peer.send(F.CLOSE_OK, close[1])
+    await closing
+    assert core.state is State.CLOSED and core.ended
+    assert isinstance(core.closed_error, wharf.ConnectionLost)
+
+
+async def test_core_failed_by_the_broker_close() -> None:
+    conn, peer = await open_connection()
+    peer.send(F.CLOSE, 9, 320, "maintenance")
+    assert conn._core.state is State.FAILED
+    assert isinstance(conn._core.closed_error, wharf.ConnectionForced)
+
+
+async def test_close_while_the_broker_closes_too_ends_closed() -> None:
+    conn, peer = await open_connection()
+    closing = asyncio.ensure_future(conn.close())
+    await settle()
+    peer.send(F.CLOSE, 9, 320, "maintenance")
+    await closing
+    assert conn._core.state is State.CLOSED and conn.is_closed
+
+
+async def test_a_second_hello_fails_the_connection() -> None:
+    # A broker speaking out of turn is a protocol error, not something to ignore.
+    conn, peer = await open_connection()
+    peer.send(F.HELLO, 0, 1, "wharf", 1 << 20, 1 << 19, 60, ["PLAIN"])
+    assert conn._core.state is State.FAILED and conn.is_closed
+    with pytest.raises(wharf.FrameError, match="hello is not expected in state open"):
+        await conn.declare_queue("q")
