@@ -67,7 +67,9 @@ class LogsApi:
 
     # -- log topics (docs/logs.md) ----------------------------------------------------
 
-    async def create_topic(self, name: str, partitions: int = 1, **config: Any) -> dict[str, Any]:
+    async def create_topic(
+        self, /, name: str, partitions: int = 1, **config: Any
+    ) -> dict[str, Any]:
         """Create a log topic (a no-op if it exists with this partition count and these
         settings); returns its description.  ``config``: topic settings such as
         ``retention_ms``, ``retention_bytes``, ``segment_bytes``, ``segment_ms``,
@@ -76,7 +78,7 @@ class LogsApi:
         return result_of(reply)
 
     async def alter_topic(
-        self, name: str, partitions: int | None = None, **config: Any
+        self, /, name: str, partitions: int | None = None, **config: Any
     ) -> dict[str, Any]:
         """Grow a topic to ``partitions`` partitions (it never shrinks) and/or change
         settings (those given replace the current values); returns its description."""
