@@ -68,20 +68,27 @@ class FrameClient:
     ``[ftype, request_id, *fields]`` and returns the answer frame, matched by request id,
     so several requests may wait at once."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        decoder: FrameDecoder,
+        frames: list[Any],
+    ) -> None:
+        """Use :meth:`open`: this takes a connection past AUTH_OK, with its decoder and
+        the frames already decoded after it."""
         self.reader = reader
         self.writer = writer
         self._rids = itertools.count(2)
         self._pending: dict[int, asyncio.Future[list[Any]]] = {}
-        self._reading: asyncio.Task[None] | None = None
         self.closed_error: WharfError | None = None
+        self._reading = asyncio.ensure_future(self._read(decoder, frames))
 
     @classmethod
     async def open(
         cls, port: int, *, client_properties: dict[str, Any] | None = None
     ) -> FrameClient:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        client = cls(reader, writer)
         try:
             writer.write(F.HANDSHAKE)
             decoder = FrameDecoder()
@@ -101,8 +108,7 @@ class FrameClient:
         except BaseException:
             writer.close()
             raise
-        client._reading = asyncio.ensure_future(client._read(decoder, frames))
-        return client
+        return cls(reader, writer, decoder, frames)
 
     async def _read(self, decoder: FrameDecoder, frames: list[Any]) -> None:
         # What the SDK raises when its connection ends under a request.
@@ -156,10 +162,9 @@ class FrameClient:
 
     async def close(self) -> None:
         """Close the socket (no CLOSE frame); requests still waiting raise ConnectionLost."""
-        if self._reading is not None:
-            self._reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reading
+        self._reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reading
         self.closed_error = ConnectionLost("the connection was closed by the client")
         for fut in self._pending.values():
             if not fut.done():

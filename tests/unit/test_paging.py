@@ -7,9 +7,8 @@ from typing import Final
 
 from wharf.broker.core.paging import PagedTail
 
-ROW_BYTES: Final = (
-    45  # position, segment, offset (i64), index, count, size (i32), durable (i8), expires (i64)
-)
+# position, segment, offset (i64); index, count, size (i32); durable (i8); expires (i64)
+ROW_BYTES: Final = 45
 BATCHES: Final = 20
 BATCH: Final = 500
 
