@@ -5,7 +5,7 @@ for its effect, since time is the behaviour under test."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from wharf.protocol import frames as F
 from wharf.protocol.errors import OffsetOutOfRange
 
 from ..conftest import make_settings
+from ..helpers import wait_until
 
 
 @pytest.fixture
@@ -25,16 +26,7 @@ def settings_overrides() -> dict[str, Any]:
 
 
 WAIT_S = 5.0
-POLL_S = 0.02
 OLD_MS = 1_000_000  # a record timestamp long past any retention
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]]) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(POLL_S)
 
 
 async def offsets(conn: wharf.Connection, topic: str, partition: int = 0) -> dict[str, Any]:
