@@ -308,6 +308,11 @@ class BrokerCollector:
             key: GaugeMetricFamily(name, help_text, labels=["topic", "partition"])
             for key, name, help_text in _PARTITION_GAUGES
         }
+        waiting = GaugeMetricFamily(
+            "wharf_topic_partition_fetches_waiting",
+            "Long-poll fetches parked at the end of the partition until a record comes.",
+            labels=["topic", "partition"],
+        )
         for topic in topics:
             info = topic.describe()
             partitions.add_metric([info["name"]], info["partitions"])
@@ -315,9 +320,12 @@ class BrokerCollector:
                 labels = [info["name"], str(p["partition"])]
                 for key, family in families.items():
                     family.add_metric(labels, p.get(key, 0))
+            for part in topic.partitions:
+                waiting.add_metric([info["name"], str(part.number)], part.waiting_fetches)
         yield count
         yield partitions
         yield from families.values()
+        yield waiting
         if logs is not None:
             handles = logs.handles
             yield GaugeMetricFamily(

@@ -20,10 +20,11 @@ from wharf.broker.security.auth import hash_password
 from wharf.broker.server import Broker
 from wharf.protocol.errors import InvalidArgument
 
+from ..helpers import wait_until
+
 Connect = Callable[..., Any]
 
 TIMEOUT_S = 5.0
-POLL_S = 0.01
 GUEST = ("guest", "guest")
 
 
@@ -88,12 +89,6 @@ async def api(
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode() + data
     return await raw_http(broker.http_port, request, host)
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    async with asyncio.timeout(TIMEOUT_S):
-        while not predicate():  # noqa: ASYNC110 (broker state, no event to await)
-            await asyncio.sleep(POLL_S)
 
 
 # -- authentication and authorisation ----------------------------------------------------------

@@ -3,7 +3,6 @@ the handshake timeout, and the slowdown of repeated failures from one host."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import time
@@ -21,22 +20,17 @@ from wharf.broker.security.passwords import hash_password
 from wharf.broker.server import Broker
 from wharf.protocol import frames as F
 
+from ..helpers import wait_until
+
 Connect = Callable[..., Any]
 RawFactory = Callable[..., Any]
 
 TIMEOUT_S = 5.0
-POLL_S = 0.01
 
 APP_USER = "app"
 APP_PASSWORD = "app-s3cret"
 APP_HASH = hash_password(APP_PASSWORD)
 APP_USERS = [UserConfig(name=APP_USER, password_hash=APP_HASH, tags=["monitoring"])]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT_S) -> None:  # noqa: ASYNC109
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 (broker state, no event to await)
-            await asyncio.sleep(POLL_S)
 
 
 def url_for(broker: Broker, user: str, password: str, host: str = "127.0.0.1") -> str:

@@ -239,10 +239,9 @@ def test_blocking_call_from_the_loop_thread_is_refused(conn: wharf.sync.SyncConn
         done.set()
 
     conn.on_event(callback)
-    # A broker alarm cannot be raised on demand here: emit an event on the loop thread.
-    conn.loop.call_soon_threadsafe(
-        conn.connection._emit, wharf.ConnectionEvent("blocked", reason="test")
-    )
+    # A refused fire-and-forget publish: its "error" event runs the callback on the
+    # event-loop thread.
+    conn.publish("missing-exchange", "k", b"m", confirm=False)
     assert done.wait(CALL_TIMEOUT_S)
     assert len(errors) == 1 and "event-loop thread" in str(errors[0])
 
