@@ -442,10 +442,12 @@ async def test_connections_and_consumers_are_listed_and_closed(
     for i in range(3):
         await conn.publish("", q, b"m%d" % i)
     async with conn.consume(q, prefetch=7):
-        async with asyncio.timeout(TIMEOUT_S):  # delivered, never acked
-            path = f"/api/queues/{q}"
-            while (await api(broker, "GET", path)).json()["messages_unacked"] < 3:  # noqa: ASYNC110
-                await asyncio.sleep(POLL_S)
+        path = f"/api/queues/{q}"
+
+        async def delivered_never_acked() -> bool:
+            return bool((await api(broker, "GET", path)).json()["messages_unacked"] >= 3)
+
+        await wait_until(delivered_never_acked, timeout=TIMEOUT_S, what="3 unacked")
         conns = (await api(broker, "GET", "/api/connections")).json()
         assert len(conns) == 1 and conns[0]["user"] == "guest" and conns[0]["state"] == "open"
         assert conns[0]["protocol"] == "wharf" and conns[0]["channels"] == 1
