@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from wharf.protocol import frames as F
 from wharf.protocol.errors import InternalError, ResourceError, WharfError
@@ -52,11 +51,10 @@ class PublisherConfirms:
     closed: bool
     _loop: asyncio.AbstractEventLoop
     _flush_scheduled: bool
-    _encode: Callable[[tuple[Any, ...] | list[Any]], bytes]
 
     if TYPE_CHECKING:
 
-        def _send(self, data: bytes) -> None: ...
+        def send_frame(self, frame: F.Frame) -> None: ...
 
         def _flush(self) -> None: ...
 
@@ -150,6 +148,5 @@ class PublisherConfirms:
         if not seq:
             self.send_error(0, exc)
             return
-        encode = self._encode
         for s in range(seq, seq + n):
-            self._send(encode((F.PUBLISH_NACK, 0, s, exc.code, exc.message)))
+            self.send_frame(F.PublishNack(0, s, exc.code, exc.message))

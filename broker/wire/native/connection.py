@@ -64,6 +64,11 @@ LARGE_FRAME_BYTES: Final = 1024 * 1024
 PREAUTH_LIMIT_NAME: Final = "preauth_max_frame_bytes"
 
 _conn_ids = itertools.count(1)
+_TYPE_OF: Final = F.TYPE_OF
+# Positions in a raw frame array (before parsing): the header, and PUBLISH_MANY's bodies.
+_TYPE_AT: Final = 0
+_REQUEST_ID_AT: Final = 1
+_BODIES_AT: Final = 1 + F.PublishMany._fields.index("bodies")
 
 
 class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol):
@@ -165,7 +170,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             return
         broker.connections[self.id] = self
         s = self.settings
-        self._send_frame(
+        self.send_frame(
             F.Hello(
                 0,
                 F.PROTOCOL_VERSION,
@@ -252,9 +257,9 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         if not self.authenticated or self.closing:
             return
         if alarms:
-            self._send(self._encode((F.BLOCKED, 0, ",".join(sorted(alarms)))))
+            self.send_frame(F.Blocked(0, ",".join(sorted(alarms))))
             return
-        self._send(self._encode((F.UNBLOCKED, 0)))
+        self.send_frame(F.Unblocked(0))
         if self._blocked_reading:
             self._blocked_reading = False
             self._resume_reading_if_allowed()
@@ -302,13 +307,19 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    def _send_frame(self, frame: F.Frame) -> None:
-        self._send(self._encoder.encode(frame))
+    def encode_frame(self, frame: F.Frame) -> bytes:
+        """The bytes of ``frame`` on the wire: its type number, then its fields."""
+        # Through the buffered packer (FrameEncoder.encode_array): one bytes object per
+        # frame, which matters for big DELIVER and fetch answers.
+        return self._encode((_TYPE_OF[type(frame)], *frame))
+
+    def send_frame(self, frame: F.Frame) -> None:
+        self._send(self._encode((_TYPE_OF[type(frame)], *frame)))
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._confirm_up_to:
-            self._wbuf.append(self._encode((F.CONFIRM, 0, self._confirm_up_to)))
+            self._wbuf.append(self.encode_frame(F.Confirm(0, self._confirm_up_to)))
             self._confirm_up_to = 0
         if not self._wbuf or self.transport is None or self.transport.is_closing():
             self._wbuf.clear()
@@ -322,7 +333,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         details = exc.details or None
         if details is not None:
             details = {k: v for k, v in details.items() if k != "request_id"} or None
-        self._send(self._encode((F.ERROR, request_id, exc.code, exc.message, fatal, details)))
+        self.send_frame(F.Error(request_id, exc.code, exc.message, fatal, details))
 
     def fatal(self, exc: WharfError) -> None:
         """Send a connection-fatal error and close once it is written."""
@@ -352,12 +363,14 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
     # -- dispatch ------------------------------------------------------------------
 
     def _handle(self, raw: Any) -> None:
-        ftype = raw[0]
+        # The frame array's two header ints (type, request id), which the codec checked;
+        # every other field is read from the typed frame F.parse makes.
+        ftype: int = raw[_TYPE_AT]
         if not self.authenticated:
-            self._handle_unauthenticated(raw)
+            self._handle_unauthenticated(ftype, raw)
             return
         handler = self._handlers.get(ftype)
-        rid = raw[1]
+        rid: int = raw[_REQUEST_ID_AT]
         try:
             if handler is None:
                 if ftype in F.SPECS:
@@ -377,16 +390,17 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         if ftype == F.PUBLISH or ftype == F.PUBLISH_MANY:
             # The request id of a publish is its sequence number: answer with nacks, so a
             # later cumulative confirm can never cover a message that was not queued.
-            bodies = raw[5] if ftype == F.PUBLISH_MANY and len(raw) > 5 else None
+            # Only the bodies' count: the frame may not have parsed.
+            bodies = raw[_BODIES_AT] if ftype == F.PUBLISH_MANY and len(raw) > _BODIES_AT else None
             count = len(bodies) if isinstance(bodies, (list, tuple)) and bodies else 1
             self._nack(rid if rid > 0 else 0, count, exc)
         else:
             self.send_error(rid, exc)
 
-    def _handle_unauthenticated(self, raw: Any) -> None:
-        if raw[0] == F.HEARTBEAT:
+    def _handle_unauthenticated(self, ftype: int, raw: Any) -> None:
+        if ftype == F.HEARTBEAT:
             return
-        if raw[0] != F.AUTH or self._auth_task is not None:
+        if ftype != F.AUTH or self._auth_task is not None:
             self.fatal(CommandInvalid("expected AUTH as the first frame"))
             return
         try:
@@ -430,7 +444,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         )
         self.authenticated = True
         self.last_recv = self._loop.time()
-        self._send_frame(
+        self.send_frame(
             F.AuthOk(frame.request_id, self.name, self.heartbeat_s, {"product": "wharf"})
         )
         if self.broker.alarms:
@@ -444,7 +458,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         )
 
     def _ok(self, rid: int, result: dict[str, Any] | None = None) -> None:
-        self._send(self._encode((F.OK, rid, result)))
+        self.send_frame(F.Ok(rid, result))
 
     # -- periodic checks (called by the broker's ticker, ~1/s) ---------------------
 
@@ -461,7 +475,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
                 self.fatal(HeartbeatTimeout(f"no frame from the client for {2 * hb} s"))
                 return
             if now - self.last_send >= hb / 2:
-                self._send(self._encode((F.HEARTBEAT, 0)))
+                self.send_frame(F.Heartbeat(0))
         self._check_ack_timeout(now)
 
     def _check_ack_timeout(self, now: float) -> None:
@@ -516,23 +530,10 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             # x-overflow reject-publish(-dlx): the last ``refused`` did not fit somewhere.
             self._nack(seq + n - refused if seq else 0, refused, ResourceError(QUEUE_FULL_MESSAGE))
         elif res.unroutable and flags & F.FLAG_MANDATORY:
-            encode = self._encode
             for i, body in enumerate(bodies):
                 s = seq + i if seq else 0
-                self._send(
-                    encode(
-                        (
-                            F.RETURN,
-                            0,
-                            s,
-                            Unroutable.code,
-                            "NO_ROUTE",
-                            exchange,
-                            routing_key,
-                            props,
-                            body,
-                        )
-                    )
+                self.send_frame(
+                    F.Return(0, s, Unroutable.code, "NO_ROUTE", exchange, routing_key, props, body)
                 )
         log_sync: LogSyncWait | None = None
         if log_parts is not None:
@@ -564,7 +565,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             dc = m.delivery_count
             append((tag, dc > 1, dc, m.exchange, m.routing_key, m.properties, m.body))
             tag += 1
-        self._send(self._encode((F.DELIVER, 0, consumer.tag, entries)))
+        self.send_frame(F.Deliver(0, consumer.tag, entries))
 
     def server_cancel(self, consumer: Consumer, code: int, reason: str) -> None:
         """The broker ends a consumer (queue deleted, ack timeout)."""
@@ -573,7 +574,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         del self.consumers[consumer.tag]
         consumer.queue.remove_consumer(consumer)
         if not self.closing:
-            self._send(self._encode((F.CANCELLED, 0, consumer.tag, code, reason)))
+            self.send_frame(F.Cancelled(0, consumer.tag, code, reason))
 
     def requeue_unacked(self, consumer: Consumer | None) -> None:
         """Requeue this connection's unacked deliveries (all, or one consumer's)."""
@@ -687,17 +688,17 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         queue.last_used = time.monotonic()
         msg = queue.take()
         if msg is None:
-            self._send(self._encode((F.GET_OK, f.request_id, None, 0)))
+            self.send_frame(F.GetOk(f.request_id, None, 0))
             return
         tag = self.deliveries.get(queue, msg, f.no_ack)
         dc = msg.delivery_count
         entry = (tag, dc > 1, dc, msg.exchange, msg.routing_key, msg.properties, msg.body)
-        self._send(self._encode((F.GET_OK, f.request_id, entry, queue.ready_count)))
+        self.send_frame(F.GetOk(f.request_id, entry, queue.ready_count))
 
     # -- close ---------------------------------------------------------------------
 
     def _on_close(self, f: F.Close) -> None:
-        self._send(self._encode((F.CLOSE_OK, f.request_id)))
+        self.send_frame(F.CloseOk(f.request_id))
         self.closing = True
         self._flush()
         if self.transport is not None:
