@@ -48,11 +48,13 @@ class PublisherConfirms:
 
     # Provided by Connection.
     broker: Broker
-    closed: bool
     _loop: asyncio.AbstractEventLoop
     _flush_scheduled: bool
 
     if TYPE_CHECKING:
+
+        @property
+        def closed(self) -> bool: ...
 
         def send_frame(self, frame: F.Frame) -> None: ...
 

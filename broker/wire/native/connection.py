@@ -42,6 +42,7 @@ from ...core.deliveries import Deliveries, Unacked
 from ...core.publish import QUEUE_FULL_MESSAGE
 from ...core.queues import Consumer, Message
 from .confirms import LogSyncWait, PublisherConfirms
+from .lifecycle import ENDING, UNAUTHENTICATED, Event, Lifecycle, State
 from .log_frames import LogFrames
 from .topology_frames import TopologyFrames
 
@@ -85,7 +86,12 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self.username = ""
         self.user_tags: tuple[str, ...] = ()
         self.client_properties: dict[str, Any] = {}
-        self.authenticated = False
+        # The one lifecycle field (lifecycle.py); ``state`` reads it.
+        self._lifecycle = Lifecycle()
+        # Bytes received while the handshake was due: 8 of them without an error
+        # from the decoder mean it accepted the handshake.
+        self._handshake_seen = 0
+        # The credential check of AUTH (cancelled if the connection is lost meanwhile).
         self._auth_task: asyncio.Task[None] | None = None
         # Until AUTH_OK only a small frame is accepted (SPEC.md, "Limits before
         # authentication"); max_frame_bytes applies after login.
@@ -108,8 +114,6 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self._loop = asyncio.get_running_loop()
         self.writable = True
         self._blocked_reading = False
-        self.closing = False
-        self.closed = False
         self.heartbeat_s = 0
         now = self._loop.time()
         self.created_at = now
@@ -137,6 +141,29 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             **self._topology_frame_handlers(),
             **self._log_frame_handlers(),
         }
+
+    # -- lifecycle (lifecycle.py) ---------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._lifecycle.state
+
+    @property
+    def closing(self) -> bool:
+        """True once closing began: nothing more is read or dispatched."""
+        return self._lifecycle.state in ENDING
+
+    @property
+    def closed(self) -> bool:
+        return self._lifecycle.state is State.CLOSED
+
+    @property
+    def authenticated(self) -> bool:
+        """True once AUTH_OK was sent (and still after the connection closed)."""
+        return self._lifecycle.opened
+
+    def _begin_closing(self) -> None:
+        self._lifecycle.transition(Event.CLOSE)
 
     @property
     def unacked_count(self) -> int:
@@ -183,7 +210,8 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         )
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        lifecycle = self._lifecycle
+        if lifecycle.state in ENDING:
             return
         self.last_recv = self._loop.time()
         decoder = self._decoder
@@ -192,6 +220,10 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         except WharfError as exc:
             self.fatal(exc)
             return
+        if lifecycle.state is State.AWAITING_HANDSHAKE:
+            self._handshake_seen += len(data)
+            if self._handshake_seen >= F.HANDSHAKE_BYTES:
+                lifecycle.transition(Event.HANDSHAKE)
         # Partly received frames across all connections share one budget.
         buffered = decoder.buffered
         if buffered != self.buffered_bytes:
@@ -199,7 +231,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         if not raws:
             return
         for raw in raws:
-            if self.closing:
+            if lifecycle.state in ENDING:
                 return
             self._handle(raw)
         if decoder.error_pending:
@@ -254,7 +286,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
 
     def set_blocked(self, alarms: set[str]) -> None:
         """The broker's alarms changed: tell the client, stop or resume reading."""
-        if not self.authenticated or self.closing:
+        if self._lifecycle.state is not State.OPEN:
             return
         if alarms:
             self.send_frame(F.Blocked(0, ",".join(sorted(alarms))))
@@ -271,12 +303,11 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             self.transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.closed:
+        if self._lifecycle.state is State.CLOSED:
             return
-        self.closed = True
-        self.closing = True
-        if self._auth_task is not None and not self._auth_task.done():
-            self._auth_task.cancel()
+        self._lifecycle.transition(Event.LOST)
+        if self._auth_task is not None:
+            self._auth_task.cancel()  # a no-op once it is done
         for consumer in list(self.consumers.values()):
             consumer.queue.remove_consumer(consumer)
         self.consumers.clear()
@@ -348,7 +379,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
                 extra={"conn": self.name},
             )
         self.send_error(0, exc, fatal=True)
-        self.closing = True
+        self._begin_closing()
         self._decoder.discard()
         if self.buffered_bytes:
             self._note_buffered(0)
@@ -366,7 +397,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         # The frame array's two header ints (type, request id), which the codec checked;
         # every other field is read from the typed frame F.parse makes.
         ftype: int = raw[_TYPE_AT]
-        if not self.authenticated:
+        if self._lifecycle.state is not State.OPEN:
             self._handle_unauthenticated(ftype, raw)
             return
         handler = self._handlers.get(ftype)
@@ -400,7 +431,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
     def _handle_unauthenticated(self, ftype: int, raw: Any) -> None:
         if ftype == F.HEARTBEAT:
             return
-        if ftype != F.AUTH or self._auth_task is not None:
+        if ftype != F.AUTH or self._lifecycle.state is not State.AWAITING_AUTH:
             self.fatal(CommandInvalid("expected AUTH as the first frame"))
             return
         try:
@@ -409,6 +440,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             self.fatal(exc)
             return
         assert isinstance(frame, F.Auth)
+        self._lifecycle.transition(Event.AUTH)
         self._auth_task = self._loop.create_task(self._authenticate(frame))
 
     async def _authenticate(self, frame: F.Auth) -> None:
@@ -424,8 +456,8 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         except WharfError as exc:
             self.fatal(AccessRefused(exc.message))
             return
-        if self.closing:
-            return
+        if self._lifecycle.state is not State.AUTHENTICATING:
+            return  # closed meanwhile (handshake timeout, broker shutdown)
         broker = self.broker
         broker.release_unauthenticated(self)
         refusal = broker.connection_limit_error(joining=self)
@@ -442,7 +474,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self.heartbeat_s = (
             0 if client_hb <= 0 else (min(client_hb, server_hb) if server_hb > 0 else client_hb)
         )
-        self.authenticated = True
+        self._lifecycle.transition(Event.AUTH_OK)
         self.last_recv = self._loop.time()
         self.send_frame(
             F.AuthOk(frame.request_id, self.name, self.heartbeat_s, {"product": "wharf"})
@@ -463,10 +495,12 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
     # -- periodic checks (called by the broker's ticker, ~1/s) ---------------------
 
     def tick(self, now: float) -> None:
-        if self.closing:
-            return
-        if not self.authenticated:
-            if now - self.created_at > self.settings.handshake_timeout_s:
+        state = self._lifecycle.state
+        if state is not State.OPEN:
+            if (
+                state in UNAUTHENTICATED
+                and now - self.created_at > self.settings.handshake_timeout_s
+            ):
                 self.fatal(AccessRefused("handshake/authentication not completed in time"))
             return
         hb = self.heartbeat_s
@@ -699,12 +733,13 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
 
     def _on_close(self, f: F.Close) -> None:
         self.send_frame(F.CloseOk(f.request_id))
-        self.closing = True
+        self._begin_closing()
         self._flush()
         if self.transport is not None:
             self.transport.close()
 
     def _on_close_ok(self, f: F.CloseOk) -> None:
+        self._begin_closing()
         if self.transport is not None:
             self.transport.close()
 

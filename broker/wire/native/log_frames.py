@@ -38,11 +38,13 @@ class LogFrames:
     name: str
     peer_host: str
     client_properties: dict[str, Any]
-    closed: bool
     # Log-topic produce acks and fetch long-polls (made at the first such request).
     _log_requests: LogRequests | None = None
 
     if TYPE_CHECKING:
+
+        @property
+        def closed(self) -> bool: ...
 
         def _ok(self, rid: int, result: dict[str, Any] | None = None) -> None: ...
 
