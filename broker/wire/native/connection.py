@@ -1,13 +1,14 @@
 """One client connection: handshake, authentication, heartbeats, flow control, dispatch.
 
-A connection owns its socket, its delivery tags, its unacked table and its
-consumers.  Frames are decoded in ``data_received`` and handled synchronously;
-outgoing frames are buffered and written once per event-loop iteration.
+A connection owns its socket, its lifecycle state (lifecycle.py), its consumers, its
+session's deliveries (core/deliveries.py) and its publisher confirms (confirms.py, a
+``Confirms`` object it owns).  Frames are decoded in ``data_received``, parsed into
+their typed classes (protocol/frames.py) and handled synchronously; outgoing frames are
+built from their typed classes too, buffered, and written once per event-loop iteration.
 
-The hot paths (publish, deliver, ack) are here; ``Connection`` takes the rest from
-mixins: publisher-confirm bookkeeping (confirms.py), the handlers of exchange, queue and
+The hot paths (publish, deliver, ack) are here; the handlers of exchange, queue and
 policy frames (topology_frames.py) and of log-topic and consumer-group frames
-(logs/handlers.py).
+(log_frames.py) come from two mixins, whose handlers join the dispatch table.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from wharf.protocol.errors import (
 from ...core.deliveries import Deliveries, Unacked
 from ...core.publish import QUEUE_FULL_MESSAGE
 from ...core.queues import Consumer, Message
-from .confirms import LogSyncWait, PublisherConfirms
+from .confirms import Confirms
 from .lifecycle import ENDING, UNAUTHENTICATED, Event, Lifecycle, State
 from .log_frames import LogFrames
 from .topology_frames import TopologyFrames
@@ -72,7 +73,7 @@ _REQUEST_ID_AT: Final = 1
 _BODIES_AT: Final = 1 + F.PublishMany._fields.index("bodies")
 
 
-class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol):
+class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.topology = broker.topology
@@ -120,7 +121,15 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self.last_recv = now
         self.last_send = now
         # Publisher confirms: what is ready to confirm and what waits for the disk.
-        self._init_confirms()
+        self.confirms = Confirms(
+            send_frame=self.send_frame,
+            send_error=self.send_error,
+            schedule_flush=self._schedule_flush,
+            loop=self._loop,
+            await_store=self._await_store,
+            durable_batch=self._durable_batch,
+            stats=broker.stats,
+        )
         # Delivered-but-unacked messages of this session (core/deliveries.py).
         self.deliveries = Deliveries(broker.stats, self._loop.time)
         self.consumers: dict[str, Consumer] = {}
@@ -319,6 +328,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             self._note_buffered(0)
         self.broker.forget_budget_reader(self)
         self.broker.stop_awaiting_store(self)
+        self.confirms.close()
         self._logs_connection_lost()
         self.broker.connection_closed(self)
         if self.authenticated:
@@ -334,6 +344,11 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
 
     def _send(self, data: bytes) -> None:
         self._wbuf.append(data)
+        if not self._flush_scheduled:  # _schedule_flush, inlined: once per frame
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -349,9 +364,9 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._confirm_up_to:
-            self._wbuf.append(self.encode_frame(F.Confirm(0, self._confirm_up_to)))
-            self._confirm_up_to = 0
+        up_to = self.confirms.take_ready()
+        if up_to:
+            self._wbuf.append(self.encode_frame(F.Confirm(0, up_to)))
         if not self._wbuf or self.transport is None or self.transport.is_closing():
             self._wbuf.clear()
             return
@@ -424,7 +439,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             # Only the bodies' count: the frame may not have parsed.
             bodies = raw[_BODIES_AT] if ftype == F.PUBLISH_MANY and len(raw) > _BODIES_AT else None
             count = len(bodies) if isinstance(bodies, (list, tuple)) and bodies else 1
-            self._nack(rid if rid > 0 else 0, count, exc)
+            self.confirms.nack(rid if rid > 0 else 0, count, exc)
         else:
             self.send_error(rid, exc)
 
@@ -555,39 +570,35 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         try:
             res = publisher.publish(exchange, routing_key, props, bodies, self.username)
         except WharfError as exc:
-            self._nack(seq, n, exc)
+            self.confirms.nack(seq, n, exc)
             return
         refused = res.refused
-        store_batch = res.store_batch
-        log_parts = res.log_parts
         if refused:
             # x-overflow reject-publish(-dlx): the last ``refused`` did not fit somewhere.
-            self._nack(seq + n - refused if seq else 0, refused, ResourceError(QUEUE_FULL_MESSAGE))
+            self.confirms.nack(
+                seq + n - refused if seq else 0, refused, ResourceError(QUEUE_FULL_MESSAGE)
+            )
         elif res.unroutable and flags & F.FLAG_MANDATORY:
             for i, body in enumerate(bodies):
                 s = seq + i if seq else 0
                 self.send_frame(
                     F.Return(0, s, Unroutable.code, "NO_ROUTE", exchange, routing_key, props, body)
                 )
-        log_sync: LogSyncWait | None = None
-        if log_parts is not None:
-            wait = self._log_sync_for(log_parts)
-            if seq:  # without a confirm (seq 0) the fsync happens, nothing waits
-                log_sync = wait
-        if seq:
-            last = seq + n - 1
-            if store_batch or log_sync is not None or self._confirm_waits:
-                # Cumulative confirms: nothing after a message waiting for the disk may
-                # be confirmed before it.
-                if store_batch:
-                    self.broker.await_store(self)
-                self._confirm_waits.append((seq, last, store_batch, log_sync))
-                return
-            if last > self._confirm_up_to:
-                self._confirm_up_to = last
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self._loop.call_soon(self._flush)
+        self.confirms.published(seq, n, res.store_batch, res.log_parts)
+
+    # -- publisher confirms: the store hooks of Confirms -------------------------------
+
+    def _await_store(self) -> None:
+        self.broker.await_store(self)
+
+    def _durable_batch(self) -> int:
+        store = self.broker.store
+        return store.durable_batch if store is not None else 0
+
+    def store_committed(self, batch: int) -> bool:
+        """The broker's group commit finished ``batch`` (negative: failed); True while
+        confirms still wait for the store."""
+        return self.confirms.store_committed(batch)
 
     # -- delivering ----------------------------------------------------------------
 
