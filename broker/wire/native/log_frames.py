@@ -4,7 +4,7 @@
 join the connection's dispatch table (``_log_frame_handlers``) as bound methods, so
 these frames are dispatched like every other one.  Topics come from the broker's
 ``TopicRegistry`` (topics.py), produce and fetch go through the connection's
-``LogRequests`` (requests.py), groups through the ``GroupCoordinator`` (groups.py).
+``LogRequests`` (log_requests.py), groups through the ``GroupCoordinator`` (groups.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from wharf.protocol import frames as F
 from wharf.protocol.errors import CommandInvalid, InternalError, WharfError
 
-from ...logs.requests import LogRequests
+from .log_requests import LogRequests
 
 if TYPE_CHECKING:
     from ...config import Settings
