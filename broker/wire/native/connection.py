@@ -48,8 +48,8 @@ from .log_frames import LogFrames
 from .topology_frames import TopologyFrames
 
 if TYPE_CHECKING:
-    from ...server import Broker
     from ...store.segments import Segment
+    from .broker_api import BrokerApi
 
 log = logging.getLogger("wharf.connection")
 
@@ -74,7 +74,7 @@ _BODIES_AT: Final = 1 + F.PublishMany._fields.index("bodies")
 
 
 class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerApi) -> None:
         self.broker = broker
         self.topology = broker.topology
         self._publisher = broker.topology.publisher

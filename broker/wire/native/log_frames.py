@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ...core.topology import Topology
     from ...logs.groups import GroupCoordinator
     from ...logs.topics import TopicRegistry
-    from ...server import Broker
+    from .broker_api import BrokerApi
 
 
 class LogFrames:
@@ -31,7 +31,7 @@ class LogFrames:
     INIT_PRODUCER, TOPIC_BIND/UNBIND, GROUP_* and OFFSET_* frames."""
 
     # Provided by Connection.
-    broker: Broker
+    broker: BrokerApi
     topology: Topology
     settings: Settings
     id: int
