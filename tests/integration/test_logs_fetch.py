@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import wharf
-from wharf.broker.logs.requests import MAX_PENDING_FETCHES
 from wharf.broker.server import Broker
+from wharf.broker.wire.native.log_requests import MAX_PENDING_FETCHES
 from wharf.protocol import frames as F
 from wharf.protocol.records import decode_records, encode_values
 

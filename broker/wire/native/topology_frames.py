@@ -18,7 +18,7 @@ from ...core.policies.registry import make_policy
 
 if TYPE_CHECKING:
     from ...core.topology import Topology
-    from ...server import Broker
+    from .broker_api import BrokerApi
     from .connection import Connection
 
 
@@ -26,7 +26,7 @@ class TopologyFrames:
     """Mixin of ``Connection``: EXCHANGE_*, QUEUE_* and POLICY_* frames."""
 
     # Provided by Connection.
-    broker: Broker
+    broker: BrokerApi
     topology: Topology
     username: str
     user_tags: tuple[str, ...]
