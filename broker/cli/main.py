@@ -62,6 +62,10 @@ def main() -> None:
 @click.option(
     "--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Log level [info]."
 )
+@click.option(
+    "--audit-log-file",
+    help='Audit log, JSON lines [<data-dir>/audit.log]; "" turns it off.',
+)
 def serve(
     host: str | None,
     port: int | None,
@@ -69,6 +73,7 @@ def serve(
     data_dir: str | None,
     config_path: str | None,
     log_level: str | None,
+    audit_log_file: str | None,
 ) -> None:
     """Run the broker until SIGTERM/SIGINT.
 
@@ -81,6 +86,7 @@ def serve(
         "http_port": http_port,
         "data_dir": data_dir,
         "log_level": log_level,
+        "audit_log_file": audit_log_file,
     }
     settings = _load(config_path, overrides)
     from ..server import run  # imported here so other commands do not load the broker
