@@ -75,6 +75,9 @@ MECHANISM_HTTP_BASIC: Final = "BASIC"
 MECHANISM_OTHER: Final = "other"  # a mechanism the broker does not offer
 
 INVALID_CREDENTIALS: Final = "invalid credentials"
+# How a refused login under a name that is no user is recorded (logs, audit).
+UNKNOWN_USER: Final = "<unknown>"
+UNKNOWN_USER_REF_CHARS: Final = 12
 
 __all__ = ["FAILURE_DECAY_S", "failure_delay_s"]  # re-exported for callers and tests
 
@@ -251,9 +254,11 @@ class Authenticator:
         """Count, audit and (rate-limited) log a refused login; also for refusals made
         before a password check, such as an unsupported mechanism."""
         self.failures_by_mechanism[mechanism] = self.failures_by_mechanism.get(mechanism, 0) + 1
+        username, user_ref = self._recorded_name(username)
         self.audit.event(
             AuditEvent.AUTH_FAILURE,
             user=username,
+            user_ref=user_ref,
             peer=where,
             protocol=protocol,
             mechanism=mechanism,
@@ -263,8 +268,8 @@ class Authenticator:
         if not log_now:
             return
         log.warning(
-            "authentication of user %r from %s (%s) refused: %s%s",
-            username,
+            "authentication of user %s from %s (%s) refused: %s%s",
+            _shown(username, user_ref),
             where,
             protocol,
             reason,
@@ -274,12 +279,21 @@ class Authenticator:
             else "",
         )
 
+    def _recorded_name(self, username: str) -> tuple[str, str | None]:
+        """(name, ref) to record for a refused login.  A name that is no user is often a
+        password typed in the wrong field: it is recorded as UNKNOWN_USER with a keyed
+        digest (distinct names stay countable within a run), never as itself."""
+        if username in self.users:
+            return username, None
+        digest = hmac.digest(self._cache_key, b"user:" + username.encode("utf-8"), "sha256")
+        return UNKNOWN_USER, digest.hex()[:UNKNOWN_USER_REF_CHARS]
+
     def tick(self) -> None:
         """Log the counts of failures left out of the log (broker ticker, ~1/s)."""
         for (user, address), count in self._failure_log.flush():
             log.warning(
-                "authentication of user %r from %s: %d more refusals in the last %.0f s",
-                user,
+                "authentication of user %s from %s: %d more refusals in the last %.0f s",
+                _shown(*self._recorded_name(user)),
                 address,
                 count,
                 FAILURE_LOG_INTERVAL_S,
@@ -372,6 +386,10 @@ class Authenticator:
             self._executor = ThreadPoolExecutor(SCRYPT_WORKERS, thread_name_prefix="wharf-auth")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
+
+
+def _shown(username: str, user_ref: str | None) -> str:
+    return repr(username) if user_ref is None else f"{username} ({user_ref})"
 
 
 def _retrieve(task: asyncio.Task[_Verdict]) -> None:
