@@ -101,17 +101,17 @@ def test_cancelled_attempts_leave_no_trace() -> None:
 
 
 def test_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(throttle, "MAX_WAITING_PER_ADDRESS", 2)
+    monkeypatch.setattr(throttle, "MAX_WAITING_PER_PAIR", 2)
     monkeypatch.setattr(throttle, "MAX_WAITING_ATTEMPTS", 3)
     monkeypatch.setattr(throttle, "MAX_TRACKED_PAIRS", 2)
     t = LoginThrottle(Clock())
     t.enqueue("u", "a")
-    t.enqueue("v", "a")
-    with pytest.raises(TooManyAttempts, match="this address"):
-        t.enqueue("w", "a")
-    t.enqueue("u", "b")
-    with pytest.raises(TooManyAttempts):
-        t.enqueue("u", "c")
+    t.enqueue("u", "a")
+    with pytest.raises(TooManyAttempts, match="this user from this address"):
+        t.enqueue("u", "a")
+    t.enqueue("v", "a")  # another user from that address still gets in line
+    with pytest.raises(TooManyAttempts, match="too many logins are waiting;"):
+        t.enqueue("w", "c")
     for user in ("u", "v", "w"):
         t.record_failure((user, "a"))
     assert t.tracked_pairs == 2 and t.failures(("u", "a")) == 0  # the oldest went
