@@ -23,7 +23,7 @@ The rules (docs/security.md, "Authentication", says why):
 
 Every map here is bounded: failure records and trusted pairs are LRU-evicted beyond
 ``MAX_TRACKED_PAIRS``; waiting attempts are refused beyond ``MAX_WAITING_ATTEMPTS`` (and
-``MAX_WAITING_PER_ADDRESS`` from one address).
+``MAX_WAITING_PER_PAIR`` for one user from one address).
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ FAILURE_DECAY_S: Final = 60.0
 TRUSTED_PAIR_S: Final = 86_400.0
 MAX_TRACKED_PAIRS: Final = 10_000
 MAX_WAITING_ATTEMPTS: Final = 10_000
-MAX_WAITING_PER_ADDRESS: Final = 200
+# Per (user, address) pair, not per address: a guesser must not be able to lock other
+# users out of its address (the native listener bounds connections per address anyway).
+MAX_WAITING_PER_PAIR: Final = 200
 # Failure log lines: the first failure of a pair in a window is logged at once; the
 # others in the window are counted and logged as one summary line when it ends.
 FAILURE_LOG_INTERVAL_S: Final = 60.0
@@ -94,7 +96,7 @@ class LoginThrottle:
         self._failures: OrderedDict[Pair, _Failures] = OrderedDict()  # oldest failure first
         self._trusted: OrderedDict[Pair, float] = OrderedDict()  # oldest success first
         self._waiting: list[Attempt] = []
-        self._waiting_by_address: dict[str, int] = {}
+        self._waiting_by_pair: dict[Pair, int] = {}
         self._busy_pairs: set[Pair] = set()
         self._busy_users: set[str] = set()
         self._busy_addresses: set[str] = set()
@@ -105,11 +107,14 @@ class LoginThrottle:
         """Add an attempt; ``admit()`` says when it may run.  Raises TooManyAttempts."""
         if len(self._waiting) >= MAX_WAITING_ATTEMPTS:
             raise TooManyAttempts("too many logins are waiting; retry later")
-        if self._waiting_by_address.get(address, 0) >= MAX_WAITING_PER_ADDRESS:
-            raise TooManyAttempts("too many logins are waiting from this address; retry later")
+        pair = (user, address)
+        if self._waiting_by_pair.get(pair, 0) >= MAX_WAITING_PER_PAIR:
+            raise TooManyAttempts(
+                "too many logins are waiting for this user from this address; retry later"
+            )
         attempt = Attempt(user, address, next(self._seq))
         self._waiting.append(attempt)
-        self._waiting_by_address[address] = self._waiting_by_address.get(address, 0) + 1
+        self._waiting_by_pair[pair] = self._waiting_by_pair.get(pair, 0) + 1
         return attempt
 
     def admit(self) -> tuple[list[Attempt], float | None]:
@@ -148,7 +153,7 @@ class LoginThrottle:
             self._busy_addresses.add(attempt.address)
             attempt.admitted = True
             admitted.append(attempt)
-            self._unwait(attempt.address)
+            self._unwait(pair)
         self._waiting = still
         return admitted, wake
 
@@ -169,14 +174,14 @@ class LoginThrottle:
             self._waiting.remove(attempt)
         except ValueError:
             return
-        self._unwait(attempt.address)
+        self._unwait(attempt.pair)
 
-    def _unwait(self, address: str) -> None:
-        left = self._waiting_by_address.get(address, 0) - 1
+    def _unwait(self, pair: Pair) -> None:
+        left = self._waiting_by_pair.get(pair, 0) - 1
         if left > 0:
-            self._waiting_by_address[address] = left
+            self._waiting_by_pair[pair] = left
         else:
-            self._waiting_by_address.pop(address, None)
+            self._waiting_by_pair.pop(pair, None)
 
     @property
     def waiting(self) -> int:
