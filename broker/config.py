@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
+from .security.audit import DEFAULT_AUDIT_LOG_BACKUPS, DEFAULT_AUDIT_LOG_MAX_BYTES, audit_path
 from .security.passwords import parse_password_hash
 from .security.tls import CLIENT_AUTH_MODES, TlsError, TlsFiles, check_files, parse_min_version
 
@@ -224,6 +225,11 @@ class Settings:
     group_min_session_timeout_ms: int = DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS
     group_max_session_timeout_ms: int = DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS
     offsets_retention_ms: int = DEFAULT_OFFSETS_RETENTION_MS
+    # Audit log (docs/security.md, "Audit log"): JSON lines, rotated by size.  None (the
+    # default) writes <data_dir>/audit.log; "" turns the audit log off.
+    audit_log_file: str | None = None
+    audit_log_max_bytes: int = DEFAULT_AUDIT_LOG_MAX_BYTES
+    audit_log_backups: int = DEFAULT_AUDIT_LOG_BACKUPS
 
     @property
     def http_bind_host(self) -> str:
@@ -313,6 +319,13 @@ def _tls_version_check(where: str, value: Any) -> str:
     except TlsError:
         raise _bad(where, "a TLS version: 1.2 or 1.3", value) from None
     return value.strip().lower().removeprefix("tlsv")
+
+
+def _path_or_off_check(where: str, value: Any) -> str | None:
+    """A file path, "" (off) or None (the default place)."""
+    if value is not None and not isinstance(value, str):
+        raise _bad(where, 'a file path, or "" to turn it off', value)
+    return value
 
 
 def _choice_check(choices: tuple[str, ...]) -> _Check:
@@ -415,6 +428,9 @@ _CHECKS: Final[dict[str, _Check]] = {
     "group_min_session_timeout_ms": _int_check(1, 86_400_000),
     "group_max_session_timeout_ms": _int_check(1, 86_400_000),
     "offsets_retention_ms": _int_check(1),
+    "audit_log_file": _path_or_off_check,
+    "audit_log_max_bytes": _int_check(4096),
+    "audit_log_backups": _int_check(0, 1_000),
 }
 assert set(_CHECKS) == {f.name for f in dataclasses.fields(Settings)}
 
@@ -615,6 +631,8 @@ def describe(settings: Settings) -> dict[str, Any]:
             value = [{"name": u.name, "tags": list(u.tags)} for u in value]
         elif f.name == "http_host":
             value = settings.http_bind_host
+        elif f.name == "audit_log_file":
+            value = audit_path(value, settings.data_dir) or ""  # "": off
         elif isinstance(value, list):
             value = list(value)
         out[f.name] = value

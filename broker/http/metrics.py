@@ -138,6 +138,7 @@ class BrokerCollector:
             )
         yield from self._memory_metrics()
         yield from self._tls_metrics()
+        yield from self._auth_metrics()
         yield from self._policy_metrics(queues)
         yield from self._topic_metrics()
         yield from self._group_metrics()
@@ -197,6 +198,21 @@ class BrokerCollector:
                 "TLS handshakes on the native TLS port that failed or timed out.",
                 value=listener.failures,
             )
+
+    def _auth_metrics(self) -> Iterator[Metric]:
+        """Refused logins by mechanism (security/auth.py keeps the counts)."""
+        authenticator = getattr(self._broker, "authenticator", None)
+        if authenticator is None:
+            return
+        failures = CounterMetricFamily(
+            "wharf_auth_failures",
+            "Refused logins, by mechanism (PLAIN: native protocol, BASIC: HTTP API).",
+            labels=["mechanism"],
+        )
+        counts: dict[str, int] = {"PLAIN": 0, "BASIC": 0, **authenticator.failures_by_mechanism}
+        for mechanism, count in sorted(counts.items()):
+            failures.add_metric([mechanism], count)
+        yield failures
 
     def _memory_metrics(self) -> Iterator[Metric]:
         """What the memory alarm compares (docs/operations.md, "Memory alarm")."""

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ...core.topology import Topology
     from ...logs.groups import GroupCoordinator
     from ...logs.topics import TopicRegistry
+    from ...security.audit import AuditLog
     from ...security.auth import Authenticator
     from ...store.segments import MessageStore
     from .connection import Connection
@@ -48,6 +49,8 @@ class BrokerApi(Protocol):
 
     @property
     def authenticator(self) -> Authenticator: ...
+    @property
+    def audit(self) -> AuditLog: ...
 
     @property
     def trimmer(self) -> MemoryTrimmer: ...

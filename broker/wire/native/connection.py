@@ -42,6 +42,8 @@ from wharf.protocol.errors import (
 from ...core.deliveries import Deliveries, Unacked
 from ...core.publish import QUEUE_FULL_MESSAGE
 from ...core.queues import Consumer, Message
+from ...security.audit import AuditEvent, tls_version_of
+from ...security.auth import MECHANISM_OTHER, MECHANISM_PLAIN
 from .confirms import Confirms
 from .lifecycle import ENDING, UNAUTHENTICATED, Event, Lifecycle, State
 from .log_frames import LogFrames
@@ -346,6 +348,7 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
         self._logs_connection_lost()
         self.broker.connection_closed(self)
         if self.authenticated:
+            self.broker.audit.event(AuditEvent.CONNECTION_CLOSE, **self.audit_fields(closed=True))
             log.info(
                 "%s closed (%s, user %s)",
                 self.name,
@@ -395,11 +398,12 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
             details = {k: v for k, v in details.items() if k != "request_id"} or None
         self.send_frame(F.Error(request_id, exc.code, exc.message, fatal, details))
 
-    def fatal(self, exc: WharfError) -> None:
-        """Send a connection-fatal error and close once it is written."""
+    def fatal(self, exc: WharfError, *, quiet: bool = False) -> None:
+        """Send a connection-fatal error and close once it is written; ``quiet``: the
+        caller logged the reason already."""
         if self.closing:
             return
-        if self.authenticated or exc.code != 505:
+        if not quiet and (self.authenticated or exc.code != 505):
             log.info(
                 "%s: closing with %d %s",
                 self.name,
@@ -473,17 +477,20 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
         self._auth_task = self._loop.create_task(self._authenticate(frame))
 
     async def _authenticate(self, frame: F.Auth) -> None:
-        if frame.mechanism != "PLAIN":
-            self.fatal(
-                AccessRefused(f"auth mechanism {frame.mechanism!r} not supported; use PLAIN")
+        authenticator = self.broker.authenticator
+        if frame.mechanism != MECHANISM_PLAIN:
+            reason = f"auth mechanism {frame.mechanism!r} not supported; use PLAIN"
+            authenticator.note_failure(
+                frame.username, self.peer, MECHANISM_OTHER, "native", reason, pair=None
             )
+            self.fatal(AccessRefused(reason), quiet=True)
             return
         try:
-            user = await self.broker.authenticator.authenticate(
-                frame.username, frame.password, self.peer_host
+            user = await authenticator.authenticate(
+                frame.username, frame.password, self.peer_host, peer=self.peer
             )
         except WharfError as exc:
-            self.fatal(AccessRefused(exc.message))
+            self.fatal(AccessRefused(exc.message), quiet=True)  # auth.py logged it
             return
         if self._lifecycle.state is not State.AUTHENTICATING:
             return  # closed meanwhile (handshake timeout, broker shutdown)
@@ -517,6 +524,20 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
             self.username,
             extra={"conn": self.name},
         )
+        self.broker.audit.event(AuditEvent.CONNECTION_OPEN, **self.audit_fields())
+
+    def audit_fields(self, *, closed: bool = False) -> dict[str, Any]:
+        """Who and where, for audit lines about this connection (security/audit.py)."""
+        fields: dict[str, Any] = {
+            "connection": self.name,
+            "user": self.username,
+            "peer": self.peer,
+            "protocol": "native",
+            "tls_version": tls_version_of(self.transport),
+        }
+        if closed:
+            fields["duration_s"] = round(self._loop.time() - self.created_at, 3)
+        return fields
 
     def _ok(self, rid: int, result: dict[str, Any] | None = None) -> None:
         self.send_frame(F.Ok(rid, result))
