@@ -28,7 +28,7 @@ RABBIT_PORT: Final = 5672
 RUN_TIMEOUT_S: Final = 1800.0
 # ``python -m benchmarks`` needs the repository root as its working directory.
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
-SCENARIOS: Final = ("throughput", "latency", "mem")
+SCENARIOS: Final = ("throughput", "durable", "latency", "mem")
 # Targets the product card sets (see benchmarks/README.md).
 TARGET_THROUGHPUT_RATIO: Final = 2.0
 TARGET_LATENCY_RATIO: Final = 1.0
@@ -69,6 +69,14 @@ def compare(
         if scenario == "throughput":
             anchor = [str(anchor_dir / "rabbit_raw.py"), str(count), str(size)]
             common = ["--count", str(count), "--size", str(size)]
+            if sdk:
+                wharf_cmds["wharf_sdk"] = ["throughput", *common]
+            if raw:
+                wharf_cmds["wharf_raw"] = ["throughput", "--raw", *common]
+        elif scenario == "durable":
+            # durable queue, persistent messages, publisher confirms: fsync before confirm
+            anchor = [str(anchor_dir / "rabbit_raw.py"), str(count), str(size), "durable"]
+            common = ["--persistent", "--count", str(count), "--size", str(size)]
             if sdk:
                 wharf_cmds["wharf_sdk"] = ["throughput", *common]
             if raw:
@@ -135,11 +143,13 @@ def _get(result: dict[str, Any] | None, key: str) -> Any:
 
 _RATIOS: Final[dict[str, Callable[[Any, Any], float | None]]] = {
     "throughput": lambda r, w: _ratio(_get(w, "end_to_end_msgs_s"), _get(r, "end_to_end_msgs_s")),
+    "durable": lambda r, w: _ratio(_get(w, "end_to_end_msgs_s"), _get(r, "end_to_end_msgs_s")),
     "latency": lambda r, w: _ratio(_get(r, "p99_ms"), _get(w, "p99_ms")),
     "mem": lambda r, w: _ratio(_get(r, "rss_bytes_per_msg"), _get(w, "rss_bytes_per_msg")),
 }
 _FIGURES: Final[dict[str, tuple[str, ...]]] = {
     "throughput": ("publish_msgs_s", "confirmed_msgs_s", "end_to_end_msgs_s", "p50_ms", "p99_ms"),
+    "durable": ("publish_msgs_s", "confirmed_msgs_s", "end_to_end_msgs_s", "p50_ms", "p99_ms"),
     "latency": ("p50_ms", "p99_ms", "p999_ms", "max_ms"),
     "mem": ("rss_bytes_per_msg", "rss_after_mb"),
 }

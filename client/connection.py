@@ -9,6 +9,7 @@ import platform
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any, Final
 
@@ -37,6 +38,7 @@ from .recovery import (
     run_callback,
 )
 from .rpc import RpcReplies
+from .tls import client_context
 from .url import DEFAULT_URL, parse_url
 
 log = logging.getLogger("wharf.client")
@@ -727,11 +729,16 @@ async def connect(
     reconnect: bool = False,
     reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY_S,
     reconnect_wait_timeout: float | None = DEFAULT_RECONNECT_WAIT_TIMEOUT_S,
+    ssl: SSLContext | None = None,
 ) -> Connection:
-    """Open a connection: TCP connect, handshake and authentication, all within
-    ``timeout`` seconds (else ``TimeoutError``).
+    """Open a connection: TCP connect, TLS handshake, Wharf handshake and
+    authentication, all within ``timeout`` seconds (else ``TimeoutError``).
 
-    ``url`` is ``wharf://user:password@host:port``.  A refused login raises
+    ``url`` is ``wharf://user:password@host:port``, or for TLS
+    ``wharfs://user:password@host:port`` (port 5681 by default; query options
+    ``cafile``, ``certfile``, ``keyfile``: PEM files).  ``ssl``: an ``ssl.SSLContext``
+    for a wharfs:// URL instead of those options.  The broker's certificate and name are
+    checked; a failed TLS handshake raises ``wharf.TlsError``.  A refused login raises
     ``wharf.AccessRefused``; an unreachable broker ``wharf.ConnectionLost``.
 
     ``reconnect=True``: when the connection is lost later (not closed by you), dial
@@ -743,6 +750,7 @@ async def connect(
     connect is not retried.
     """
     params = parse_url(url)
+    ssl_context = client_context(params, ssl)
     if heartbeat_s < 0:
         raise InvalidArgument("heartbeat_s must be >= 0 (0 turns heartbeats off)")
     if reconnect and not reconnect_max_delay > 0:
@@ -757,11 +765,11 @@ async def connect(
     if client_properties:
         props.update(client_properties)
     request_ids = itertools.count(1)
-    core = await open_core(params, heartbeat_s, timeout, props, request_ids)
+    core = await open_core(params, heartbeat_s, timeout, props, request_ids, ssl_context)
     conn = Connection(core, params.host, params.port)
     if reconnect:
         conn._enable_reconnect(
-            lambda: open_core(params, heartbeat_s, timeout, props, request_ids),
+            lambda: open_core(params, heartbeat_s, timeout, props, request_ids, ssl_context),
             reconnect_max_delay,
             reconnect_wait_timeout,
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 from collections.abc import Callable, Iterator
 from typing import Any, Final, NoReturn, Protocol, cast
 
@@ -42,6 +43,7 @@ from wharf.protocol.errors import (
 from .confirms import ConfirmTracker
 from .message import messages_from_entries
 from .state import ENDED, Event, InvalidTransition, State, next_state
+from .tls import closed_after_handshake, connect_error, plain_to_tls_hint, tls_failure
 from .url import ConnectParams
 
 log = logging.getLogger("wharf.client")
@@ -214,6 +216,7 @@ class ConnectionCore(asyncio.BufferedProtocol):
         self.recoverable = False
         # Called once, at the end of fail(): the owning Connection reacts to the loss.
         self.on_fail: Callable[[ConnectionCore, WharfError], None] | None = None
+        self.lost_cause: Exception | None = None
 
     # -- state -----------------------------------------------------------------------
 
@@ -329,6 +332,7 @@ class ConnectionCore(asyncio.BufferedProtocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_cause = exc  # a TLS alert here gets a clearer error (open_core)
         reason = f": {exc}" if exc is not None else " (closed by the broker)"
         self.fail(ConnectionLost(f"connection to the broker lost{reason}"))
         self._transport = None
@@ -799,8 +803,10 @@ async def open_core(
     timeout: float,  # noqa: ASYNC109 (the whole call's budget)
     client_properties: dict[str, Any],
     request_ids: Iterator[int] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ConnectionCore:
-    """TCP connect, handshake and authentication, all within ``timeout`` seconds."""
+    """TCP connect, TLS handshake (with ``ssl_context``), Wharf handshake and
+    authentication, all within ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     core: ConnectionCore | None = None
     where = f"{params.host}:{params.port}"
@@ -808,9 +814,16 @@ async def open_core(
         async with asyncio.timeout(timeout):
             try:
                 _, core = await loop.create_connection(
-                    lambda: ConnectionCore(loop, request_ids), params.host, params.port
+                    lambda: ConnectionCore(loop, request_ids),
+                    params.host,
+                    params.port,
+                    ssl=ssl_context,
+                    server_hostname=params.host if ssl_context is not None else None,
                 )
             except OSError as exc:
+                tls_error = connect_error(exc, where, params.host)
+                if tls_error is not None:
+                    raise tls_error from None
                 raise ConnectionLost(
                     f"cannot connect to the broker at {where}: {exc.strerror or exc}",
                     details={"host": params.host, "port": params.port},
@@ -823,6 +836,15 @@ async def open_core(
                 if exc.details.get("speaks") != "http":
                     raise
                 raise ProtocolMismatch(f"{where}: {exc.message}", details=exc.details) from None
+            except ConnectionLost:
+                cause = core.lost_cause
+                if isinstance(cause, ssl.SSLError):  # e.g. the broker refused our certificate
+                    raise tls_failure(cause, where) from None
+                if not core._received:  # closed before the broker's first frame
+                    if ssl_context is None:
+                        raise plain_to_tls_hint(where) from None
+                    raise closed_after_handshake(where) from None
+                raise
     except TimeoutError:
         if core is not None:
             core.abort(ConnectionLost("connect timed out"))

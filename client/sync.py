@@ -22,6 +22,7 @@ import functools
 import inspect
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any, Concatenate, Final, Generic, ParamSpec, Self, TypeVar, overload
 
@@ -571,9 +572,10 @@ def connect(
     reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY_S,
     reconnect_wait_timeout: float | None = DEFAULT_RECONNECT_WAIT_TIMEOUT_S,
     call_timeout: float | None = None,
+    ssl: SSLContext | None = None,
 ) -> SyncConnection:
     """Open a blocking connection; the arguments are those of ``wharf.connect`` plus
-    ``call_timeout`` (see ``SyncConnection``)."""
+    ``call_timeout`` (see ``SyncConnection``); ``ssl`` and ``wharfs://`` URLs as there."""
     runner = _LoopThread()
     try:
         conn = runner.run(
@@ -585,6 +587,7 @@ def connect(
                 reconnect=reconnect,
                 reconnect_max_delay=reconnect_max_delay,
                 reconnect_wait_timeout=reconnect_wait_timeout,
+                ssl=ssl,
             ),
             None,  # connect() has its own budget
         )
