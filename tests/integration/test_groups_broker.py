@@ -121,7 +121,7 @@ async def join(
         rebalance_timeout_ms,
         owned,
     )
-    return cast(dict[str, Any], frame.result)
+    return cast(dict[str, Any], frame[2])
 
 
 async def heartbeat(conn: FrameClient, group: str, reply: dict[str, Any]) -> None:
