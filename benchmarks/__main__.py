@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--inflight", type=_positive, default=4, help="batches awaiting confirm per producer"
     )
     tp.add_argument("--raw", action="store_true", help="raw protocol client instead of the SDK")
+    tp.add_argument(
+        "--tls",
+        nargs="?",
+        const="benchmarks-tls",
+        metavar="DIR",
+        help="start the broker with TLS and connect with wharfs:// (certificates in DIR, "
+        "made with trustme if missing; default ./benchmarks-tls); or pass a wharfs:// --url",
+    )
     tp.add_argument("--persistent", action="store_true", help="durable queue + persistent messages")
     tp.add_argument(
         "--queue-arg",
@@ -124,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             persistent=args.persistent,
             queue_arguments={k: int(v) for k, v in (a.split("=", 1) for a in args.queue_arg)},
             priorities=args.priorities,
+            tls_dir=args.tls,
         )
     elif args.scenario == "latency":
         result = scenarios.latency(

@@ -24,6 +24,9 @@ the operation that found no fd answers 506.
 
 ``MemoryTrimmer`` gives freed heap memory back to the system (glibc ``malloc_trim``)
 after large releases, rate limited, in a worker thread.
+
+``decide_readiness`` turns the broker's lifecycle, store and alarm state into one
+``Readiness`` (``Broker.readiness()``); ``/readyz`` only renders it.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ import os
 import platform
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 log = logging.getLogger("wharf.alarms")
 
@@ -54,6 +58,53 @@ _CGROUP_LIMIT_FILES: Final = (
     "/sys/fs/cgroup/memory/memory.limit_in_bytes",
 )
 _PAGE_BYTES: Final = os.sysconf("SC_PAGE_SIZE")
+ReadinessStatus = Literal["ready", "starting", "stopping", "failed", "blocked"]
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Whether the broker should get more clients and publishing load.
+
+    ``status``: "ready"; "starting" (before the native port opens) or "stopping"
+    (shutdown); "failed" (the message store stopped persistent writes until a restart;
+    ``reason`` says why); "blocked" (a resource alarm is raised; ``alarms`` names them).
+    """
+
+    ready: bool
+    status: ReadinessStatus
+    reason: str | None = None
+    alarms: tuple[str, ...] = ()
+
+
+def decide_readiness(
+    *,
+    serving: bool,
+    stopping: bool,
+    store_failure: str | None,
+    fd_alarm: bool,
+    alarms: Iterable[str],
+) -> Readiness:
+    """The broker's readiness, most serious cause first.
+
+    ``serving``: the listeners are open and shutdown has not begun; ``store_failure``:
+    why the message store stopped, if it did; ``fd_alarm``: out of file descriptors;
+    ``alarms``: the alarms that block publishers (memory, disk).
+    """
+    if not serving:
+        return Readiness(False, "stopping" if stopping else "starting")
+    if store_failure is not None:
+        # Persistent publishing has stopped until a restart: an outage, not a blip.
+        return Readiness(False, "failed", reason=f"message store: {store_failure}")
+    if fd_alarm:
+        # Out of file descriptors: new connections and log segments fail.
+        return Readiness(False, "blocked", alarms=(FDS,))
+    raised = tuple(sorted(alarms))
+    if raised:
+        # Serving, but publishers are blocked: not ready for more publishing load.
+        return Readiness(False, "blocked", alarms=raised)
+    return Readiness(True, "ready")
+
+
 # The memory alarm clears once accounted memory is below this fraction of the limit.
 MEMORY_CLEAR_FRACTION: Final = 0.9
 # RSS backstop: RSS this many times the limit, with accounted memory at least

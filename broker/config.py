@@ -36,13 +36,19 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
+from .security.audit import DEFAULT_AUDIT_LOG_BACKUPS, DEFAULT_AUDIT_LOG_MAX_BYTES, audit_path
 from .security.passwords import parse_password_hash
+from .security.tls import CLIENT_AUTH_MODES, TlsError, TlsFiles, check_files, parse_min_version
 
 MIB: Final = 1024 * 1024
 
 DEFAULT_HOST: Final = "0.0.0.0"
 DEFAULT_PORT: Final = 5680
 DEFAULT_HTTP_PORT: Final = 8680
+# As RabbitMQ's 5671 next to 5672: the TLS listeners sit one above the plain ones.
+DEFAULT_TLS_PORT: Final = 5681
+DEFAULT_HTTPS_PORT: Final = 8681
+DEFAULT_TLS_MIN_VERSION: Final = "1.2"
 DEFAULT_DATA_DIR: Final = "./data"
 DEFAULT_LOG_LEVEL: Final = "info"
 DEFAULT_LOG_FORMAT: Final = "human"
@@ -53,7 +59,8 @@ DEFAULT_MAX_CONSUMERS_PER_CONNECTION: Final = 1_024
 DEFAULT_HEARTBEAT_S: Final = 60
 # Like RabbitMQ's consumer_timeout: a delivery unacked this long is requeued (code 408).
 DEFAULT_ACK_TIMEOUT_MS: Final = 1_800_000
-DEFAULT_HANDSHAKE_TIMEOUT_S: Final = 10.0
+# TLS handshake, Wharf handshake and authentication, from the TCP accept, on every listener.
+DEFAULT_HANDSHAKE_TIMEOUT_MS: Final = 10_000
 # Connections that have not authenticated yet, in total and from one peer address.
 DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS: Final = 1_000
 DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS: Final = 100
@@ -123,7 +130,7 @@ def unknown_key_message(where: str, key: str, known: Iterable[str]) -> str:
 def misspelt_env_vars(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     """(variable, the setting variable it is probably a typo of) for each WHARF_* variable
     that is no setting but is close to one, in name order."""
-    keys = {key.upper() for key in _CHECKS}
+    keys = {key.upper() for key in (*_CHECKS, *_ALIASES)}
     found: list[tuple[str, str]] = []
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX) or name in OTHER_ENV_VARS:
@@ -150,8 +157,21 @@ class UserConfig:
 class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    # The plain native listener; ``port`` by another name (next to tls_port), except that
+    # 0 turns the plain listener off (``port = 0`` lets the OS pick one).  None: ``port``.
+    plain_port: int | None = None
     http_host: str | None = None  # None: same as host
     http_port: int = DEFAULT_HTTP_PORT
+    # TLS (docs/security.md): the TLS listeners (native tls_port, HTTPS https_port) open
+    # when a certificate and its key are configured.
+    tls_port: int = DEFAULT_TLS_PORT
+    https_port: int = DEFAULT_HTTPS_PORT
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_ca_file: str | None = None
+    tls_client_auth: str = "none"
+    tls_min_version: str = DEFAULT_TLS_MIN_VERSION
+    tls_ciphers: str | None = None
     data_dir: str = DEFAULT_DATA_DIR
     log_level: str = DEFAULT_LOG_LEVEL
     log_format: str = DEFAULT_LOG_FORMAT
@@ -161,7 +181,9 @@ class Settings:
     max_consumers_per_connection: int = DEFAULT_MAX_CONSUMERS_PER_CONNECTION
     heartbeat_s: int = DEFAULT_HEARTBEAT_S
     ack_timeout_ms: int = DEFAULT_ACK_TIMEOUT_MS
-    handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S
+    # TLS handshake + Wharf handshake + AUTH must be done this long after the TCP accept
+    # (``handshake_timeout_s``, its older name in seconds, is still read).
+    handshake_timeout_ms: int = DEFAULT_HANDSHAKE_TIMEOUT_MS
     # Before authentication (docs/operations.md, "Connection limits"): these do not
     # count against max_connections, and frames are limited to 8 KiB.
     max_unauthenticated_connections: int = DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS
@@ -204,11 +226,41 @@ class Settings:
     group_min_session_timeout_ms: int = DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS
     group_max_session_timeout_ms: int = DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS
     offsets_retention_ms: int = DEFAULT_OFFSETS_RETENTION_MS
+    # Audit log (docs/security.md, "Audit log"): JSON lines, rotated by size.  None (the
+    # default) writes <data_dir>/audit.log; "" turns the audit log off.
+    audit_log_file: str | None = None
+    audit_log_max_bytes: int = DEFAULT_AUDIT_LOG_MAX_BYTES
+    audit_log_backups: int = DEFAULT_AUDIT_LOG_BACKUPS
 
     @property
     def http_bind_host(self) -> str:
         """The address the HTTP endpoints listen on (``http_host`` or else ``host``)."""
         return self.host if self.http_host is None else self.http_host
+
+    @property
+    def handshake_timeout_s(self) -> float:
+        return self.handshake_timeout_ms / 1000.0
+
+    @property
+    def plain_enabled(self) -> bool:
+        """Whether the plain native listener opens (``plain_port = 0`` turns it off)."""
+        return self.plain_port != 0
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the TLS listeners (tls_port, https_port) open."""
+        return self.tls_cert_file is not None and self.tls_key_file is not None
+
+    def tls_files(self) -> TlsFiles:
+        assert self.tls_cert_file is not None and self.tls_key_file is not None
+        return TlsFiles(
+            cert_file=self.tls_cert_file,
+            key_file=self.tls_key_file,
+            ca_file=self.tls_ca_file,
+            client_auth=self.tls_client_auth,
+            min_version=self.tls_min_version,
+            ciphers=self.tls_ciphers,
+        )
 
 
 # --- value checks -------------------------------------------------------------------------
@@ -260,6 +312,27 @@ def _str_check(where: str, value: Any) -> str:
 
 def _optional_str_check(where: str, value: Any) -> str | None:
     return None if value is None else _str_check(where, value)
+
+
+def _optional_port_check(where: str, value: Any) -> int | None:
+    return None if value is None else _int_check(0, 65_535)(where, value)
+
+
+def _tls_version_check(where: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _bad(where, "a TLS version: 1.2 or 1.3", value)
+    try:
+        parse_min_version(value)
+    except TlsError:
+        raise _bad(where, "a TLS version: 1.2 or 1.3", value) from None
+    return value.strip().lower().removeprefix("tlsv")
+
+
+def _path_or_off_check(where: str, value: Any) -> str | None:
+    """A file path, "" (off) or None (the default place)."""
+    if value is not None and not isinstance(value, str):
+        raise _bad(where, 'a file path, or "" to turn it off', value)
+    return value
 
 
 def _choice_check(choices: tuple[str, ...]) -> _Check:
@@ -322,8 +395,17 @@ def _users_check(where: str, value: Any) -> list[UserConfig]:
 _CHECKS: Final[dict[str, _Check]] = {
     "host": _str_check,
     "port": _int_check(0, 65_535),
+    "plain_port": _optional_port_check,
     "http_host": _optional_str_check,
     "http_port": _int_check(0, 65_535),
+    "tls_port": _int_check(0, 65_535),
+    "https_port": _int_check(0, 65_535),
+    "tls_cert_file": _optional_str_check,
+    "tls_key_file": _optional_str_check,
+    "tls_ca_file": _optional_str_check,
+    "tls_client_auth": _choice_check(CLIENT_AUTH_MODES),
+    "tls_min_version": _tls_version_check,
+    "tls_ciphers": _optional_str_check,
     "data_dir": _str_check,
     "log_level": _choice_check(LOG_LEVELS),
     "log_format": _choice_check(LOG_FORMATS),
@@ -333,7 +415,7 @@ _CHECKS: Final[dict[str, _Check]] = {
     "max_consumers_per_connection": _int_check(1),
     "heartbeat_s": _int_check(0, MAX_HEARTBEAT_S),
     "ack_timeout_ms": _int_check(1),
-    "handshake_timeout_s": _float_check(0.0, allow_equal=False),
+    "handshake_timeout_ms": _int_check(1, 3_600_000),
     "max_unauthenticated_connections": _int_check(1),
     "max_unauthenticated_per_address": _int_check(1),
     "receive_buffer_budget_bytes": _int_check(MIB),
@@ -353,6 +435,9 @@ _CHECKS: Final[dict[str, _Check]] = {
     "group_min_session_timeout_ms": _int_check(1, 86_400_000),
     "group_max_session_timeout_ms": _int_check(1, 86_400_000),
     "offsets_retention_ms": _int_check(1),
+    "audit_log_file": _path_or_off_check,
+    "audit_log_max_bytes": _int_check(4096),
+    "audit_log_backups": _int_check(0, 1_000),
 }
 assert set(_CHECKS) == {f.name for f in dataclasses.fields(Settings)}
 
@@ -365,8 +450,15 @@ def _parse_env(name: str, key: str, raw: str) -> Any:
     default = _DEFAULTS[key]
     if key == "users":
         raise ConfigError(f"{name}: users can only be configured in the TOML file")
-    if key == "http_host":
-        return raw or None
+    if key in _OPTIONAL_KEYS:
+        if not raw.strip():
+            return None
+        if key == "plain_port":
+            try:
+                return int(raw.strip())
+            except ValueError:
+                raise _bad(name, "an integer", raw) from None
+        return raw
     if isinstance(default, bool):
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -392,6 +484,31 @@ def _parse_env(name: str, key: str, raw: str) -> Any:
 _DEFAULTS: Final[dict[str, Any]] = {
     f.name: getattr(Settings(), f.name) for f in dataclasses.fields(Settings)
 }
+# Settings whose default is None ("not set"); an empty WHARF_* variable leaves them unset.
+_OPTIONAL_KEYS: Final = frozenset(k for k, v in _DEFAULTS.items() if v is None)
+
+
+def _seconds_to_ms(where: str, value: Any) -> int:
+    seconds: float = _float_check(0.0, allow_equal=False)(where, value)
+    return max(1, round(seconds * 1000))
+
+
+# Older names still read: (the setting they set, how their value converts).  An alias
+# and its setting given in the same place: the setting wins.
+_ALIASES: Final[dict[str, tuple[str, _Check]]] = {
+    "handshake_timeout_s": ("handshake_timeout_ms", _seconds_to_ms),
+}
+
+
+def _env_value(name: str, key: str, raw: str) -> Any:
+    if key in _ALIASES:
+        target, convert = _ALIASES[key]
+        try:
+            number: Any = float(raw.strip())
+        except ValueError:
+            raise _bad(name, "a number", raw) from None
+        return convert(name, number)
+    return _CHECKS[key](name, _parse_env(name, key, raw))
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -424,17 +541,57 @@ def validate_settings(settings: Settings) -> Settings:
             f"max_message_bytes ({settings.max_message_bytes}) must not exceed "
             f"max_frame_bytes ({settings.max_frame_bytes}): a message travels in one frame"
         )
-    if settings.port == settings.http_port != 0 and settings.http_bind_host == settings.host:
-        raise ConfigError(
-            f"port and http_port are both {settings.port}: the native protocol and HTTP "
-            "need a port each"
-        )
+    _check_listeners(settings)
     if settings.group_min_session_timeout_ms > settings.group_max_session_timeout_ms:
         raise ConfigError(
             f"group_min_session_timeout_ms ({settings.group_min_session_timeout_ms}) must not "
             f"exceed group_max_session_timeout_ms ({settings.group_max_session_timeout_ms})"
         )
     return settings
+
+
+def _check_listeners(settings: Settings) -> None:
+    """plain_port and port, TLS files, and that no two listeners share a port."""
+    if settings.plain_port:
+        settings.port = settings.plain_port  # plain_port is port's other name
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        given, missing = (
+            ("tls_cert_file", "tls_key_file")
+            if settings.tls_key_file is None
+            else ("tls_key_file", "tls_cert_file")
+        )
+        raise ConfigError(f"{given} is set but {missing} is not: TLS needs both")
+    if not settings.tls_enabled:
+        if settings.tls_ca_file is not None or settings.tls_client_auth != "none":
+            raise ConfigError(
+                "tls_ca_file and tls_client_auth need TLS: set tls_cert_file and tls_key_file"
+            )
+        if not settings.plain_enabled:
+            raise ConfigError(
+                "plain_port = 0 turns the plain listener off, but TLS is not configured "
+                "(tls_cert_file, tls_key_file): the broker would have no native listener"
+            )
+    else:
+        try:
+            check_files(settings.tls_files())
+        except TlsError as exc:
+            raise ConfigError(str(exc)) from None
+    listeners = [("http_port", settings.http_bind_host, settings.http_port)]
+    if settings.plain_enabled:
+        listeners.append(("port", settings.host, settings.port))
+    if settings.tls_enabled:
+        listeners.append(("tls_port", settings.host, settings.tls_port))
+        listeners.append(("https_port", settings.http_bind_host, settings.https_port))
+    seen: dict[tuple[str, int], str] = {}
+    for key, host, port in listeners:
+        if port == 0:
+            continue  # the OS picks a free one
+        other = seen.get((host, port))
+        if other is not None:
+            raise ConfigError(
+                f"{other} and {key} are both {port}: every listener needs a port of its own"
+            )
+        seen[(host, port)] = key
 
 
 def load_settings(
@@ -450,21 +607,26 @@ def load_settings(
     """
     values: dict[str, Any] = {}
     if config_path is not None:
-        for key, value in _read_toml(config_path).items():
-            if key not in _CHECKS:
+        toml = _read_toml(config_path)
+        for key, value in sorted(toml.items(), key=lambda kv: kv[0] not in _ALIASES):
+            if key in _ALIASES:
+                target, convert = _ALIASES[key]
+                values[target] = convert(f"{config_path}: {key}", value)
+            elif key not in _CHECKS:
                 raise ConfigError(unknown_key_message(config_path, key, _CHECKS))
-            values[key] = _CHECKS[key](f"{config_path}: {key}", value)
+            else:
+                values[key] = _CHECKS[key](f"{config_path}: {key}", value)
     env = os.environ if environ is None else environ
     typos = misspelt_env_vars(env)
     if typos:
         raise ConfigError(
             "; ".join(f"{name}: no such setting (did you mean {guess}?)" for name, guess in typos)
         )
-    for key, check in _CHECKS.items():
+    for key in (*_ALIASES, *_CHECKS):  # aliases first: the setting's own name wins
         name = ENV_PREFIX + key.upper()
         raw = env.get(name)
         if raw is not None:
-            values[key] = check(name, _parse_env(name, key, raw))
+            values[_ALIASES[key][0] if key in _ALIASES else key] = _env_value(name, key, raw)
     for key, value in overrides.items():
         if key not in _CHECKS:
             raise ConfigError(unknown_key_message("command line", key, _CHECKS))
@@ -482,6 +644,8 @@ def describe(settings: Settings) -> dict[str, Any]:
             value = [{"name": u.name, "tags": list(u.tags)} for u in value]
         elif f.name == "http_host":
             value = settings.http_bind_host
+        elif f.name == "audit_log_file":
+            value = audit_path(value, settings.data_dir) or ""  # "": off
         elif isinstance(value, list):
             value = list(value)
         out[f.name] = value

@@ -9,6 +9,12 @@ Shutdown sequence (SIGTERM/SIGINT or ``Broker.stop``):
    threads still finishing segment rolls);
 5. stop the HTTP listener and release the data directory.
 
+Listeners: the plain native port (``port``; off with ``plain_port = 0``), and when a
+certificate is configured the native TLS port and HTTPS (``tls_port``, ``https_port``),
+next to plain HTTP.  TLS connections are accepted by ``security/tls.py`` and handed to the
+same ``Connection`` after their TLS handshake; SIGHUP (or ``POST /api/tls/reload``)
+reloads the certificate, key and CA for new connections.
+
 ``shutdown_timeout_s`` is one budget for all of it: a deadline is set when shutdown starts
 and every wait in steps 3-5 gets only what is left of it, so a slow stage shortens the
 ones after it instead of adding its own timeout (a stage that cannot be cut short, like
@@ -26,11 +32,11 @@ import signal
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
-from wharf.protocol.errors import ResourceError, WharfError
+from wharf.protocol.errors import PreconditionFailed, ResourceError, WharfError
 
-from .alarms import MemoryTrimmer, ResourceMonitor
+from .alarms import MemoryTrimmer, Readiness, ResourceMonitor, decide_readiness
 from .config import Settings, configure_logging
 from .core.paging import PagedRow
 from .core.queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
@@ -41,11 +47,16 @@ from .logs.cleaner import LogCleaner  # log compaction
 from .logs.groups import GroupCoordinator
 from .logs.handles import SegmentHandles
 from .ports import busy_ports, busy_ports_message
+from .security.audit import AuditLog, audit_path
 from .security.auth import Authenticator
+from .security.tls import ServerTls, TlsError, TlsListener
 from .store.definitions import load_definitions, save_definitions
 from .store.recovery import Recovered, drop_unknown_queues, recover
 from .store.segments import MessageStore
 from .wire.native.connection import Connection
+
+if TYPE_CHECKING:
+    from .http.api_broker import ApiBroker
 
 log = logging.getLogger("wharf.server")
 
@@ -90,6 +101,12 @@ class PortsBusy(WharfError):
     code = 506
 
 
+class TlsSetupError(WharfError):
+    """The TLS certificate, key or CA cannot be loaded at start."""
+
+    code = 506
+
+
 class Broker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -99,11 +116,18 @@ class Broker:
         publisher = self.topology.publisher
         publisher.stats = self.stats
         publisher.max_message_bytes = settings.max_message_bytes
-        self.authenticator = Authenticator(settings)
+        # The audit log opens with the data directory (start); off until then.
+        self.audit = AuditLog(None)
+        self.authenticator = Authenticator(settings, audit=self.audit)
         self.ready = False
         self.stopping = False
-        self.port = settings.port
+        self.port = settings.port if settings.plain_enabled else 0
         self.http_port = settings.http_port
+        # TLS listeners (0 while TLS is not configured): native, then HTTPS.
+        self.tls: ServerTls | None = None
+        self.tls_listener: TlsListener | None = None
+        self.tls_port = 0
+        self.https_port = 0
         self._server: asyncio.Server | None = None
         self._http: HttpServer | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -295,16 +319,66 @@ class Broker:
             if not conn.store_committed(batch):
                 waiting.discard(conn)
 
+    def _listeners_to_check(self) -> list[tuple[str, str, int]]:
+        s = self.settings
+        listeners = [("HTTP", s.http_bind_host, s.http_port)]
+        if s.plain_enabled:
+            listeners.insert(0, ("native protocol", s.host, s.port))
+        if s.tls_enabled:
+            listeners.append(("native TLS", s.host, s.tls_port))
+            listeners.append(("HTTPS", s.http_bind_host, s.https_port))
+        return listeners
+
+    def listeners(self) -> list[dict[str, Any]]:
+        """The open listeners: protocol ("wharf", "wharfs", "http", "https"), host, port."""
+        s = self.settings
+        out: list[dict[str, Any]] = []
+        if s.plain_enabled:
+            out.append({"protocol": "wharf", "host": s.host, "port": self.port})
+        if self.tls is not None:
+            out.append({"protocol": "wharfs", "host": s.host, "port": self.tls_port})
+        out.append({"protocol": "http", "host": s.http_bind_host, "port": self.http_port})
+        if self.tls is not None:
+            out.append({"protocol": "https", "host": s.http_bind_host, "port": self.https_port})
+        return out
+
+    def reload_tls(self) -> dict[str, Any]:
+        """Reload the TLS certificate, key and CA for new connections (SIGHUP, the
+        management API).  Raises PreconditionFailed when TLS is off or the files do not
+        load; then the previous certificate stays in use."""
+        tls = self.tls
+        if tls is None:
+            raise PreconditionFailed(
+                "TLS is not configured (tls_cert_file, tls_key_file): nothing to reload"
+            )
+        try:
+            tls.reload()
+        except TlsError as exc:
+            raise PreconditionFailed(
+                f"TLS reload failed, the previous certificate stays in use: {exc}"
+            ) from None
+        return tls.describe()
+
     async def start(self) -> None:
         s = self.settings
+        if s.tls_enabled:
+            # Before the data directory, like the ports: a bad certificate changes nothing.
+            try:
+                self.tls = ServerTls(s.tls_files())
+            except TlsError as exc:
+                raise TlsSetupError(f"cannot start TLS: {exc}") from None
         # Before the data directory: a busy port must not leave a LOCK or new directories
         # behind, and the message names every busy port at once.
-        busy = busy_ports(
-            [("native protocol", s.host, s.port), ("HTTP", s.http_bind_host, s.http_port)]
-        )
+        busy = busy_ports(self._listeners_to_check())
         if busy:
             raise PortsBusy(busy_ports_message(busy))
         self._lock_data_dir()
+        self.audit = AuditLog(
+            audit_path(s.audit_log_file, self.data_path),
+            max_bytes=s.audit_log_max_bytes,
+            backups=s.audit_log_backups,
+        )
+        self.authenticator.audit = self.audit
         self._recover()
         self.monitor = ResourceMonitor(
             self.data_path,
@@ -318,13 +392,32 @@ class Broker:
         self.check_resources()
         loop = asyncio.get_running_loop()
         http_host = s.http_host or s.host
-        self._http = await start_http_server(self, http_host, s.http_port)
+        tls = self.tls
+        https = None
+        if tls is not None:
+            https = (s.https_port, tls.front, s.handshake_timeout_s)
+        self._http = await start_http_server(self, http_host, s.http_port, https=https)
         self.http_port = self._http.port
-        # Recovery happens before this point; the native port opens only when ready.
-        self._server = await loop.create_server(
-            lambda: Connection(self), s.host, s.port, backlog=LISTEN_BACKLOG, reuse_address=True
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        self.https_port = self._http.tls_port
+        # Recovery happens before this point; the native ports open only when ready.
+        if s.plain_enabled:
+            self._server = await loop.create_server(
+                lambda: Connection(self),
+                s.host,
+                s.port,
+                backlog=LISTEN_BACKLOG,
+                reuse_address=True,
+            )
+            self.port = self._server.sockets[0].getsockname()[1]
+        if tls is not None:
+            # Handshakes in progress are bounded like connections not yet logged in.
+            self.tls_listener = TlsListener(
+                tls,
+                lambda: Connection(self),
+                s.handshake_timeout_s,
+                s.max_unauthenticated_connections,
+            )
+            self.tls_port = await self.tls_listener.start(s.host, s.tls_port, LISTEN_BACKLOG)
         self._ticker = loop.create_task(self._tick_loop())
         if self.logs is not None:
             self.logs.start()  # log retention timer
@@ -332,11 +425,8 @@ class Broker:
             self.log_cleaner.start()  # log compaction
         self.ready = True
         log.info(
-            "wharf ready: native %s:%d, http %s:%d, data %s",
-            s.host,
-            self.port,
-            http_host,
-            self.http_port,
+            "wharf ready: %s, data %s",
+            ", ".join(f"{x['protocol']} {x['host']}:{x['port']}" for x in self.listeners()),
             self.data_path,
         )
 
@@ -346,6 +436,7 @@ class Broker:
             await asyncio.sleep(TICK_S)
             now = loop.time()
             self.check_resources()
+            self.authenticator.tick()  # summary lines of rate-limited login failures
             self.trimmer.run_if_requested(loop)
             self.compact_store()
             self.topology.expire_unused_queues()
@@ -392,6 +483,17 @@ class Broker:
     @property
     def fd_alarm(self) -> bool:
         return self.monitor is not None and self.monitor.fd_alarm
+
+    def readiness(self) -> Readiness:
+        """What /readyz reports: serving, and neither the store nor an alarm in the way."""
+        store = self.store
+        return decide_readiness(
+            serving=self.ready,
+            stopping=self.stopping,
+            store_failure=store.failed if store is not None else None,
+            fd_alarm=self.fd_alarm,
+            alarms=self.alarms,
+        )
 
     def check_resources(self) -> None:
         monitor = self.monitor
@@ -548,6 +650,8 @@ class Broker:
         log.info("shutting down: %d connections", len(self.connections))
         if self._server is not None:
             self._server.close()
+        if self.tls_listener is not None:
+            self.tls_listener.close()
         for conn in list(self.connections.values()):
             conn.shutdown("broker shutting down")
         if self.connections:
@@ -591,6 +695,7 @@ class Broker:
         if self._http is not None:
             await stop_http_server(self._http, max(0.0, deadline - loop.time()))
         self.authenticator.close()
+        self.audit.close()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
@@ -617,9 +722,10 @@ async def serve(settings: Settings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_tls_on_sighup, broker)
     try:
         await broker.start()
-    except (DataDirLocked, PortsBusy) as exc:
+    except (DataDirLocked, PortsBusy, TlsSetupError) as exc:
         log.error("%s", exc.message)
         return 1
     except OSError as exc:
@@ -631,9 +737,26 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
+def _reload_tls_on_sighup(broker: Broker) -> None:
+    if broker.tls is None:
+        log.info("SIGHUP: TLS is not configured, nothing to reload")
+        return
+    try:
+        broker.reload_tls()  # logs success and failure itself
+    except WharfError:
+        pass  # the old certificate stays; security/tls.py logged why
+
+
 def run(settings: Settings) -> int:
     """Run a broker until SIGTERM/SIGINT; returns the process exit code."""
     import uvloop
 
     configure_logging(settings.log_level, settings.log_format)
     return uvloop.run(serve(settings))
+
+
+if TYPE_CHECKING:
+
+    def _management_api_view(broker: Broker) -> ApiBroker:
+        """Never called: makes mypy check that Broker is what the management API uses."""
+        return broker

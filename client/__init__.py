@@ -39,6 +39,7 @@ from .logs_api import FetchResult
 from .message import Message, QueueInfo
 from .recovery import ConnectionEvent
 from .stream import Stream, TopicPartition
+from .tls import TlsError
 
 __all__ = [
     "AccessRefused",
@@ -74,6 +75,7 @@ __all__ = [
     "ResourceError",
     "ResourceLocked",
     "Stream",
+    "TlsError",
     "TopicPartition",
     "UnknownDeliveryTag",
     "UnknownMember",

@@ -1,15 +1,20 @@
-"""Connection URLs: ``wharf://user:password@host:port``."""
+"""Connection URLs: ``wharf://user:password@host:port`` and, with TLS,
+``wharfs://user:password@host:port?cafile=...&certfile=...&keyfile=...``."""
 
 from __future__ import annotations
 
 from typing import Final, NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from wharf.protocol.errors import InvalidArgument
 
 SCHEME: Final = "wharf"
+TLS_SCHEME: Final = "wharfs"
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 5680
+DEFAULT_TLS_PORT: Final = 5681
+# Query options of a wharfs:// URL: PEM files for the client's SSLContext (client/tls.py).
+TLS_QUERY_OPTIONS: Final = ("cafile", "certfile", "keyfile")
 DEFAULT_USERNAME: Final = "guest"
 DEFAULT_PASSWORD: Final = "guest"
 DEFAULT_URL: Final = (
@@ -22,30 +27,47 @@ class ConnectParams(NamedTuple):
     port: int
     username: str
     password: str
+    tls: bool = False  # wharfs://
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
 
 
 def parse_url(url: str) -> ConnectParams:
-    """Split a ``wharf://`` URL into its parts; user and password are percent-decoded.
+    """Split a ``wharf://`` or ``wharfs://`` URL into its parts; user, password and
+    query values are percent-decoded.
 
-    Missing parts take the defaults (127.0.0.1, 5680, guest/guest).  Raises
-    ``InvalidArgument`` for another scheme, a bad port, or a path/query, which Wharf
-    URLs do not have.
+    Missing parts take the defaults (127.0.0.1, 5680 or for wharfs:// 5681, guest/guest).
+    Raises ``InvalidArgument`` for another scheme, a bad port, a path, a fragment, or a
+    query other than a wharfs:// URL's ``cafile``, ``certfile`` and ``keyfile``.
     """
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
         raise InvalidArgument(f"bad Wharf URL {_redact(url)!r}: {exc}") from None
-    if parts.scheme != SCHEME:
+    if parts.scheme not in (SCHEME, TLS_SCHEME):
         raise InvalidArgument(
-            f"bad Wharf URL {_redact(url)!r}: scheme must be '{SCHEME}://', "
-            f"e.g. {SCHEME}://guest:guest@127.0.0.1:{DEFAULT_PORT}"
+            f"bad Wharf URL {_redact(url)!r}: scheme must be '{SCHEME}://' or "
+            f"'{TLS_SCHEME}://' (TLS), e.g. {SCHEME}://guest:guest@127.0.0.1:{DEFAULT_PORT}"
         )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
+    tls = parts.scheme == TLS_SCHEME
+    if parts.path not in ("", "/") or parts.fragment or (parts.query and not tls):
         raise InvalidArgument(
             f"bad Wharf URL {_redact(url)!r}: expected {SCHEME}://user:password@host:port "
-            "with no path, query or fragment"
+            f"with no path, query or fragment (a {TLS_SCHEME}:// URL may have "
+            f"?{'=&'.join(TLS_QUERY_OPTIONS)}=)"
         )
+    options: dict[str, str] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in TLS_QUERY_OPTIONS or key in options or not value:
+            raise InvalidArgument(
+                f"bad Wharf URL {_redact(url)!r}: query option {key!r} is unknown, repeated "
+                f"or empty (known: {', '.join(TLS_QUERY_OPTIONS)})"
+            )
+        options[key] = value
+    if "keyfile" in options and "certfile" not in options:
+        raise InvalidArgument(f"bad Wharf URL {_redact(url)!r}: keyfile needs certfile")
     username = DEFAULT_USERNAME if parts.username is None else unquote(parts.username)
     if parts.password is not None:
         password = unquote(parts.password)
@@ -53,11 +75,16 @@ def parse_url(url: str) -> ConnectParams:
         password = DEFAULT_PASSWORD
     else:
         password = ""
+    default_port = DEFAULT_TLS_PORT if tls else DEFAULT_PORT
     return ConnectParams(
         host=parts.hostname or DEFAULT_HOST,
-        port=DEFAULT_PORT if port is None else port,
+        port=default_port if port is None else port,
         username=username,
         password=password,
+        tls=tls,
+        cafile=options.get("cafile"),
+        certfile=options.get("certfile"),
+        keyfile=options.get("keyfile"),
     )
 
 

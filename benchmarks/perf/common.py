@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -24,11 +25,12 @@ from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import uvloop
 
 DEFAULT_NATIVE_PORT: Final = 5680
+DEFAULT_TLS_PORT: Final = 5681
 DEFAULT_HTTP_PORT: Final = 8680
 BROKER_READY_TIMEOUT_S: Final = 30.0
 BROKER_STOP_TIMEOUT_S: Final = 15.0
@@ -92,18 +94,36 @@ class Target:
     password: str
     http_url: str | None
     pid: int | None
+    # TLS (wharfs://): the CA file that signed the broker's certificate; None for plain.
+    cafile: str | None = None
 
     @property
     def url(self) -> str:
+        if self.cafile is not None:
+            return (
+                f"wharfs://{self.username}:{self.password}@{self.host}:{self.port}"
+                f"?cafile={self.cafile}"
+            )
         return f"wharf://{self.username}:{self.password}@{self.host}:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client context for the raw protocol client (None: plain)."""
+        if self.cafile is None:
+            return None
+        return ssl.create_default_context(cafile=self.cafile)
 
 
 def parse_url(url: str, http_url: str | None, pid: int | None) -> Target:
     parts = urlsplit(url)
-    if parts.scheme != "wharf":
-        raise SystemExit(f"--url must look like wharf://user:pass@host:port, got {url!r}")
+    if parts.scheme not in ("wharf", "wharfs"):
+        raise SystemExit(
+            "--url must look like wharf://user:pass@host:port or "
+            f"wharfs://user:pass@host:port?cafile=ca.pem, got {url!r}"
+        )
+    tls = parts.scheme == "wharfs"
+    cafile = dict(parse_qsl(parts.query)).get("cafile") if tls else None
     host = parts.hostname or "127.0.0.1"
-    port = parts.port or DEFAULT_NATIVE_PORT
+    port = parts.port or (DEFAULT_TLS_PORT if tls else DEFAULT_NATIVE_PORT)
     if http_url is None:
         http_url = f"http://{host}:{DEFAULT_HTTP_PORT}"
     if pid is None and host in ("127.0.0.1", "localhost", "::1"):
@@ -115,6 +135,7 @@ def parse_url(url: str, http_url: str | None, pid: int | None) -> Target:
         password=unquote(parts.password or "guest"),
         http_url=http_url.rstrip("/"),
         pid=pid,
+        cafile=cafile,
     )
 
 
@@ -157,15 +178,45 @@ def broker_command(port: int, http_port: int, data_dir: str) -> list[str]:
     ]
 
 
+def tls_files(directory: str) -> tuple[str, str, str]:
+    """(ca.pem, cert.pem, key.pem) in ``directory``, made with trustme if missing (a CA
+    and a certificate for 127.0.0.1 and localhost).  Give the same files to RabbitMQ
+    (RABBIT_TLS_CA/CERT/KEY) and its client (AMQP_CAFILE) to compare on equal terms."""
+    d = Path(directory)
+    ca, cert, key = d / "ca.pem", d / "cert.pem", d / "key.pem"
+    if not (ca.exists() and cert.exists() and key.exists()):
+        import trustme  # a dev dependency: only the --tls benchmarks need it
+
+        d.mkdir(parents=True, exist_ok=True)
+        authority = trustme.CA()
+        leaf = authority.issue_cert("127.0.0.1", "localhost")
+        authority.cert_pem.write_to_path(str(ca))
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+        log(f"TLS certificates written to {d}")
+    return str(ca), str(cert), str(key)
+
+
 @contextlib.contextmanager
-def local_broker(extra_args: Sequence[str] = ()) -> Iterator[Target]:
-    """Start a broker on free ports with a temporary data dir; stop it afterwards."""
+def local_broker(extra_args: Sequence[str] = (), tls_dir: str | None = None) -> Iterator[Target]:
+    """Start a broker on free ports with a temporary data dir; stop it afterwards.
+
+    With ``tls_dir``, the broker also listens for TLS (certificates from
+    :func:`tls_files`) and the target is its TLS port (wharfs://).
+    """
     data_dir = tempfile.mkdtemp(prefix="wharf-bench-")
     port, http_port = free_port(), free_port()
     while http_port == port:
         http_port = free_port()
     log_path = Path(data_dir) / "broker.log"
     cmd = [*broker_command(port, http_port, str(Path(data_dir) / "data")), *extra_args]
+    cafile: str | None = None
+    target_port = port
+    if tls_dir is not None:
+        cafile, cert, key = tls_files(tls_dir)
+        target_port = free_port()
+        cmd += ["--tls-port", str(target_port), "--https-port", str(free_port())]
+        cmd += ["--tls-cert-file", cert, "--tls-key-file", key]
     log(f"starting broker: {' '.join(cmd)}")
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
@@ -173,8 +224,8 @@ def local_broker(extra_args: Sequence[str] = ()) -> Iterator[Target]:
         )
     http_url = f"http://127.0.0.1:{http_port}"
     try:
-        _wait_ready(proc, http_url, port, log_path)
-        yield Target("127.0.0.1", port, "guest", "guest", http_url, proc.pid)
+        _wait_ready(proc, http_url, target_port, log_path)
+        yield Target("127.0.0.1", target_port, "guest", "guest", http_url, proc.pid, cafile)
     finally:
         _stop(proc)
         if proc.returncode not in (0, -signal.SIGTERM):
@@ -184,12 +235,15 @@ def local_broker(extra_args: Sequence[str] = ()) -> Iterator[Target]:
 
 @contextlib.contextmanager
 def broker_target(
-    url: str | None, http_url: str | None = None, pid: int | None = None
+    url: str | None,
+    http_url: str | None = None,
+    pid: int | None = None,
+    tls_dir: str | None = None,
 ) -> Iterator[Target]:
     if url:
         yield parse_url(url, http_url, pid)
     else:
-        with local_broker() as target:
+        with local_broker(tls_dir=tls_dir) as target:
             yield target
 
 

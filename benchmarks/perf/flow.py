@@ -171,7 +171,7 @@ def run_flow(plan: Plan) -> FlowResult:
 
 async def _declare(plan: Plan) -> None:
     t = plan.target
-    conn = await RawConnection.open(t.host, t.port, t.username, t.password)
+    conn = await RawConnection.open(t.host, t.port, t.username, t.password, t.ssl_context())
     try:
         await conn.declare_queue(
             plan.queue, durable=plan.persistent, arguments=dict(plan.queue_arguments) or None
@@ -182,7 +182,7 @@ async def _declare(plan: Plan) -> None:
 
 async def _delete(plan: Plan) -> None:
     t = plan.target
-    conn = await RawConnection.open(t.host, t.port, t.username, t.password)
+    conn = await RawConnection.open(t.host, t.port, t.username, t.password, t.ssl_context())
     try:
         await conn.delete_queue(plan.queue)
     finally:
@@ -373,7 +373,7 @@ async def _raw_producer(
     plan: Plan, idx: int, events: mp.Queue[tuple[Any, ...]], go: EventT
 ) -> dict[str, Any]:
     t = plan.target
-    conn = await RawConnection.open(t.host, t.port, t.username, t.password)
+    conn = await RawConnection.open(t.host, t.port, t.username, t.password, t.ssl_context())
     share = plan.share(idx)
     pad = padding(plan.size)
     rate = plan.rate / plan.producers
@@ -544,7 +544,7 @@ async def _raw_consumer(
     tally: _Tally,
 ) -> None:
     t = plan.target
-    conn = await RawConnection.open(t.host, t.port, t.username, t.password)
+    conn = await RawConnection.open(t.host, t.port, t.username, t.password, t.ssl_context())
     ack_id = await conn.consume(plan.queue, plan.prefetch)
     events.put(("ready", "consumer", idx))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
+from ssl import SSLContext
 from typing import Any, Final
 
 from wharf.protocol import frames as F
@@ -33,9 +34,16 @@ class RawConnection:
 
     @classmethod
     async def open(
-        cls, host: str, port: int, username: str = "guest", password: str = "guest"
+        cls,
+        host: str,
+        port: int,
+        username: str = "guest",
+        password: str = "guest",
+        ssl: SSLContext | None = None,
     ) -> RawConnection:
-        reader, writer = await asyncio.open_connection(host, port, limit=READ_BYTES)
+        reader, writer = await asyncio.open_connection(
+            host, port, limit=READ_BYTES, ssl=ssl, server_hostname=host if ssl else None
+        )
         conn = cls(reader, writer)
         writer.write(F.HANDSHAKE)
         hello = await conn.next_frame()

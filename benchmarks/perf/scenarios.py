@@ -51,8 +51,9 @@ def throughput(
     persistent: bool = False,
     queue_arguments: dict[str, Any] | None = None,
     priorities: int = 0,
+    tls_dir: str | None = None,
 ) -> dict[str, Any]:
-    with broker_target(url) as target:
+    with broker_target(url, tls_dir=tls_dir) as target:
         plan = Plan(
             persistent=persistent,
             queue_arguments=tuple(sorted((queue_arguments or {}).items())),
@@ -80,6 +81,7 @@ def throughput(
         "broker": "wharf",
         "scenario": "throughput",
         "client": "raw" if raw else "sdk",
+        "tls": target.cafile is not None,
         "n": count,
         "size": size,
         "producers": producers,
@@ -160,7 +162,9 @@ def mem(
 
 async def _mem(target: Target, pid: int, count: int, size: int, timeout_s: float) -> dict[str, Any]:
     queue = unique_name("mem")
-    conn = await RawConnection.open(target.host, target.port, target.username, target.password)
+    conn = await RawConnection.open(
+        target.host, target.port, target.username, target.password, target.ssl_context()
+    )
     try:
         await conn.declare_queue(queue)
         await asyncio.sleep(MEM_SETTLE_BEFORE_S)

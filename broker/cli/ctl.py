@@ -19,6 +19,7 @@ from .ctl_client import (
     ApiClient,
     BrokerError,
     exchange_seg,
+    https_context,
     key_values,
     parse_args,
     pass_client,
@@ -50,13 +51,34 @@ REPLAY_STEP_MESSAGES: Final = 1000
     help="Password [guest] ($WHARF_PASSWORD; preferred: not visible in the process list).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer.")
+@click.option(
+    "--cafile",
+    type=click.Path(dir_okay=False),
+    help="PEM CA file to check an https:// broker's certificate [the system CAs].",
+)
+@click.option(
+    "--certfile",
+    type=click.Path(dir_okay=False),
+    help="PEM client certificate, for a broker with tls_client_auth.",
+)
+@click.option("--keyfile", type=click.Path(dir_okay=False), help="PEM key of --certfile.")
 @click.pass_context
-def ctl(ctx: click.Context, url: str, user: str, password: str, as_json: bool) -> None:
-    """Manage a running broker over its HTTP management API.
+def ctl(
+    ctx: click.Context,
+    url: str,
+    user: str,
+    password: str,
+    as_json: bool,
+    cafile: str | None,
+    certfile: str | None,
+    keyfile: str | None,
+) -> None:
+    """Manage a running broker over its HTTP management API (--url https://host:8681
+    with --cafile for HTTPS).
 
     Shell completion (bash): eval "$(_WHARF_COMPLETE=bash_source wharf)"
     """
-    ctx.obj = ApiClient(url, user, password, as_json)
+    ctx.obj = ApiClient(url, user, password, as_json, https_context(cafile, certfile, keyfile))
 
 
 @ctl.command()
@@ -583,3 +605,28 @@ def publish(
 
 ctl.add_command(topics)  # ctl_logs.py
 ctl.add_command(groups)  # ctl_logs.py
+
+
+# -- TLS -----------------------------------------------------------------------------------
+
+
+@ctl.group()
+def tls() -> None:
+    """The broker's TLS certificate: show it, reload it."""
+
+
+@tls.command("show")
+@pass_client
+def tls_show(c: ApiClient) -> None:
+    """The certificate in use: files, expiry, last reload."""
+    doc = c.request("GET", "/tls")
+    c.show(doc, key_values(doc))
+
+
+@tls.command("reload")
+@pass_client
+def tls_reload(c: ApiClient) -> None:
+    """Reload the certificate, key and CA files for new connections (as SIGHUP); on
+    failure the broker keeps the previous certificate and the error says why."""
+    doc = c.request("POST", "/tls/reload")
+    c.show(doc, f"reloaded: {doc['cert_file']}, valid until {doc['not_after']}")

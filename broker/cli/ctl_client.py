@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,12 +34,36 @@ class BrokerError(click.ClickException):
     exit_code = 1
 
 
+def https_context(
+    cafile: str | None, certfile: str | None = None, keyfile: str | None = None
+) -> ssl.SSLContext | None:
+    """The context for an https:// broker URL: ``cafile`` (else the system CAs) to check
+    the broker's certificate, and a client certificate when the broker asks for one."""
+    if cafile is None and certfile is None:
+        return None  # urllib's default: the system CAs, hostname checked
+    try:
+        ctx = ssl.create_default_context(cafile=cafile)
+        if certfile is not None:
+            ctx.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise click.UsageError(f"cannot load the TLS files: {exc}") from None
+    return ctx
+
+
 class ApiClient:
-    def __init__(self, url: str, user: str, password: str, as_json: bool) -> None:
+    def __init__(
+        self,
+        url: str,
+        user: str,
+        password: str,
+        as_json: bool,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.base = url.rstrip("/")
         token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         self.auth = f"Basic {token}"
         self.as_json = as_json
+        self.ssl_context = ssl_context
 
     def request(
         self,
@@ -57,7 +82,9 @@ class ApiClient:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
+            with urllib.request.urlopen(
+                req, timeout=REQUEST_TIMEOUT_S, context=self.ssl_context
+            ) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             raise BrokerError(_error_message(exc)) from None
@@ -66,7 +93,12 @@ class ApiClient:
             raise BrokerError(self._not_http_message(exc)) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise BrokerError(f"cannot reach the broker at {self.base}: {reason}") from None
+            hint = ""
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                hint = " (give the CA that signed the broker's certificate with --cafile)"
+            elif isinstance(reason, ssl.SSLError):
+                hint = " (https:// is for the broker's https_port, 8681 by default)"
+            raise BrokerError(f"cannot reach the broker at {self.base}: {reason}{hint}") from None
         try:
             return json.loads(raw) if raw else None
         except ValueError:
@@ -96,10 +128,11 @@ def _is_wharf_protocol(raw: bytes) -> bool:
     """True if ``raw`` starts with the frame a Wharf broker sends as soon as it accepts a
     connection (HELLO), or with its fatal ERROR."""
     try:
-        frames = FrameDecoder(use_list=True).feed(raw)
+        raws = FrameDecoder(use_list=True).feed(raw)
+        first = F.parse(raws[0]) if raws else None
     except Exception:  # any decoding failure just means "not Wharf"
         return False
-    return bool(frames) and frames[0][0] in (F.HELLO, F.ERROR)
+    return isinstance(first, (F.Hello, F.Error))
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:

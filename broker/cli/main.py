@@ -11,6 +11,7 @@ import click
 
 from ..config import LOG_LEVELS, ConfigError, Settings, describe, load_settings
 from ..security.passwords import hash_password
+from ..security.tls import CLIENT_AUTH_MODES, TLS_VERSIONS
 from .ctl import ctl  # `wharf ctl`: the management API client (ctl.py)
 
 
@@ -62,6 +63,34 @@ def main() -> None:
 @click.option(
     "--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Log level [info]."
 )
+@click.option(
+    "--plain-port",
+    type=click.IntRange(0, 65_535),
+    help="Plain native port (--port by another name); 0 turns the plain listener off.",
+)
+@click.option("--tls-port", type=click.IntRange(0, 65_535), help="Native TLS port [5681].")
+@click.option("--https-port", type=click.IntRange(0, 65_535), help="HTTPS port [8681].")
+@click.option("--tls-cert-file", help="PEM certificate (chain); with --tls-key-file, TLS is on.")
+@click.option("--tls-key-file", help="PEM private key of --tls-cert-file (unencrypted).")
+@click.option("--tls-ca-file", help="PEM CA certificates that sign client certificates.")
+@click.option(
+    "--tls-client-auth",
+    type=click.Choice(CLIENT_AUTH_MODES, case_sensitive=False),
+    help="Client certificates: none, optional or required [none].",
+)
+@click.option(
+    "--tls-min-version", type=click.Choice(tuple(TLS_VERSIONS)), help="Oldest TLS version [1.2]."
+)
+@click.option("--tls-ciphers", help="OpenSSL cipher list for TLS 1.2 [OpenSSL's default].")
+@click.option(
+    "--handshake-timeout-ms",
+    type=click.IntRange(1, 3_600_000),
+    help="TLS + Wharf handshake + login must finish within this [10000].",
+)
+@click.option(
+    "--audit-log-file",
+    help='Audit log, JSON lines [<data-dir>/audit.log]; "" turns it off.',
+)
 def serve(
     host: str | None,
     port: int | None,
@@ -69,8 +98,10 @@ def serve(
     data_dir: str | None,
     config_path: str | None,
     log_level: str | None,
+    audit_log_file: str | None,
+    **tls_and_limits: Any,
 ) -> None:
-    """Run the broker until SIGTERM/SIGINT.
+    """Run the broker until SIGTERM/SIGINT; SIGHUP reloads the TLS certificate.
 
     Settings come from defaults < --config file < WHARF_* environment variables
     (WHARF_PORT, WHARF_DATA_DIR, ...) < these options.
@@ -81,6 +112,8 @@ def serve(
         "http_port": http_port,
         "data_dir": data_dir,
         "log_level": log_level,
+        "audit_log_file": audit_log_file,
+        **tls_and_limits,  # plain_port, tls_*, https_port, handshake_timeout_ms
     }
     settings = _load(config_path, overrides)
     from ..server import run  # imported here so other commands do not load the broker

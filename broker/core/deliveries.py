@@ -6,6 +6,13 @@ the unacked table, settles acks, nacks and rejects, requeues what is left when a
 consumer or the session ends, finds deliveries past the ack timeout, copies unacked
 messages forward for store compaction, and counts their body bytes for the memory
 alarm.  The wire adapter turns frames into these calls and errors into frames.
+
+It is the one owner of "delivered but not acked": it counts its unacked deliveries per
+queue and per consumer, and queues and consumers ask it (``Queue.unacked_count`` sums
+over the sessions in ``Queue.unacked_holders``; ``Consumer.credit`` asks its sink's
+``Deliveries``).  A delivery stops counting when it is popped from the table, whatever
+happens to the message next (ack, requeue, reject, delay); that is also when its
+consumer's prefetch credit comes back.
 """
 
 from __future__ import annotations
@@ -34,7 +41,16 @@ class DeliveryStats(Protocol):
 
 
 class Deliveries:
-    __slots__ = ("stats", "_clock", "_next_tag", "_unacked", "unacked_bytes", "_times")
+    __slots__ = (
+        "stats",
+        "_clock",
+        "_next_tag",
+        "_unacked",
+        "unacked_bytes",
+        "_times",
+        "_by_queue",
+        "_by_consumer",
+    )
 
     def __init__(self, stats: DeliveryStats, clock: Callable[[], float]) -> None:
         self.stats = stats
@@ -46,9 +62,51 @@ class Deliveries:
         self.unacked_bytes = 0
         # (first delivery tag of a batch, clock time it was sent) for the ack timeout.
         self._times: deque[tuple[int, float]] = deque()
+        # Unacked deliveries per queue and per consumer (gets count only per queue); an
+        # entry goes when its count drops to zero, and the queue's ``unacked_holders``
+        # lists this session exactly while it has an entry in ``_by_queue``.
+        self._by_queue: dict[Queue, int] = {}
+        self._by_consumer: dict[Consumer, int] = {}
 
     def __len__(self) -> int:
         return len(self._unacked)
+
+    def unacked_in(self, queue: Queue) -> int:
+        """Unacked deliveries of ``queue``'s messages in this session."""
+        return self._by_queue.get(queue, 0)
+
+    def unacked_of(self, consumer: Consumer) -> int:
+        """Unacked deliveries to ``consumer`` (what its prefetch limit counts)."""
+        return self._by_consumer.get(consumer, 0)
+
+    def _count(self, queue: Queue, consumer: Consumer | None, n: int) -> None:
+        by_queue = self._by_queue
+        held = by_queue.get(queue, 0)
+        if not held:
+            queue.unacked_holders.add(self)
+        by_queue[queue] = held + n
+        if consumer is not None:
+            by_consumer = self._by_consumer
+            by_consumer[consumer] = by_consumer.get(consumer, 0) + n
+
+    def _uncount(self, queue: Queue, consumer: Consumer | None, n: int) -> None:
+        """``n`` deliveries left the table; a live consumer gets its credit back."""
+        by_queue = self._by_queue
+        left = by_queue[queue] - n
+        if left:
+            by_queue[queue] = left
+        else:
+            del by_queue[queue]
+            queue.unacked_holders.discard(self)
+        if consumer is not None:
+            by_consumer = self._by_consumer
+            left = by_consumer[consumer] - n
+            if left:
+                by_consumer[consumer] = left
+            else:
+                del by_consumer[consumer]
+            if consumer.active:
+                queue.schedule_dispatch()
 
     # -- delivering ----------------------------------------------------------------
 
@@ -75,6 +133,7 @@ class Deliveries:
                 nbytes += len(m.body)
             self.unacked_bytes += nbytes
             self._times.append((first, self._clock()))
+            self._count(queue, consumer, len(batch))
         self._next_tag = tag
         stats = self.stats
         stats.delivered += len(batch)
@@ -96,7 +155,7 @@ class Deliveries:
             self._unacked[tag] = (msg, queue, None)
             self.unacked_bytes += len(msg.body)
             self._times.append((tag, self._clock()))
-            queue.got_unacked()
+            self._count(queue, None, 1)
         return tag
 
     # -- settling ------------------------------------------------------------------
@@ -113,11 +172,20 @@ class Deliveries:
         return out
 
     def settle(self, tags: Iterable[int]) -> tuple[list[Unacked], int | None]:
-        """Pop the entries for ``tags``: (the entries, the first unknown tag or None)."""
+        """Pop the entries for ``tags``: (the entries, the first unknown tag or None).
+
+        The popped deliveries stop counting as unacked here, one counter update per run
+        of entries from the same consumer (an ACK_MANY is mostly one run), and their
+        consumers' credit comes back; ``ack``, ``reject`` or ``delay`` then says what
+        happens to the messages.
+        """
         unacked = self._unacked
         out: list[Unacked] = []
         unknown: int | None = None
         nbytes = 0
+        queue: Queue | None = None
+        consumer: Consumer | None = None
+        run = 0
         for tag in tags:
             entry = unacked.pop(tag, None)
             if entry is None:
@@ -126,31 +194,37 @@ class Deliveries:
                 continue
             nbytes += len(entry[0].body)
             out.append(entry)
+            if entry[2] is not consumer or entry[1] is not queue:
+                if run:
+                    assert queue is not None
+                    self._uncount(queue, consumer, run)
+                queue = entry[1]
+                consumer = entry[2]
+                run = 0
+            run += 1
+        if run:
+            assert queue is not None
+            self._uncount(queue, consumer, run)
         self.unacked_bytes -= nbytes
         return out, unknown
 
     def ack(self, entries: list[Unacked]) -> None:
-        woken: Queue | None = None
-        for msg, queue, consumer in entries:
+        """Settled entries were acked: stored messages get their ack record."""
+        for msg, queue, _ in entries:
             if msg.seg is not None:
                 queue.forget(msg)
-            queue.settled(consumer, 1)
-            if consumer is not None and consumer.active and queue is not woken:
-                woken = queue
-                queue.schedule_dispatch()
         self.stats.acked += len(entries)
 
-    def _release(self, entries: list[Unacked]) -> dict[Queue, list[Message]]:
-        """Return the consumers' credit for settled entries; messages grouped by queue."""
+    @staticmethod
+    def _by_queue_of(entries: list[Unacked]) -> dict[Queue, list[Message]]:
         by_queue: dict[Queue, list[Message]] = {}
-        for msg, queue, consumer in entries:
+        for msg, queue, _ in entries:
             by_queue.setdefault(queue, []).append(msg)
-            if consumer is not None:
-                queue.credit_back(consumer, 1)
         return by_queue
 
     def reject(self, entries: list[Unacked], requeue: bool) -> None:
-        for queue, msgs in self._release(entries).items():
+        """Settled entries were nacked or rejected: requeued, or dead-lettered/dropped."""
+        for queue, msgs in self._by_queue_of(entries).items():
             if requeue:
                 queue.requeue(msgs)
             else:
@@ -160,7 +234,7 @@ class Deliveries:
 
     def delay(self, entries: list[Unacked], delay_ms: int) -> None:
         """nack with a delay: the messages come back to their queues after ``delay_ms``."""
-        for queue, msgs in self._release(entries).items():
+        for queue, msgs in self._by_queue_of(entries).items():
             queue.delay(msgs, delay_ms)
 
     def requeue_all(self, consumer: Consumer | None) -> None:
@@ -168,25 +242,29 @@ class Deliveries:
         unacked = self._unacked
         if not unacked:
             return
-        by_queue: dict[Queue, list[Message]] = {}
         if consumer is None:
-            items = list(unacked.values())
+            by_queue = self._by_queue_of(list(unacked.values()))
             unacked.clear()
             self.unacked_bytes = 0
-            for msg, queue, c in items:
-                by_queue.setdefault(queue, []).append(msg)
-                if c is not None:
-                    queue.credit_back(c, 1)
-        else:
-            tags = [t for t, e in unacked.items() if e[2] is consumer]
-            for t in tags:
-                msg, queue, _ = unacked.pop(t)
-                self.unacked_bytes -= len(msg.body)
-                by_queue.setdefault(queue, []).append(msg)
-            if tags:
-                consumer.queue.credit_back(consumer, len(tags))
-        for queue, msgs in by_queue.items():
-            queue.requeue(msgs)
+            for queue in self._by_queue:
+                queue.unacked_holders.discard(self)
+            self._by_queue.clear()
+            self._by_consumer.clear()
+            for queue, msgs in by_queue.items():
+                queue.requeue(msgs)
+            return
+        tags = [t for t, e in unacked.items() if e[2] is consumer]
+        if not tags:
+            return
+        taken: list[Message] = []
+        nbytes = 0
+        for t in tags:
+            msg = unacked.pop(t)[0]
+            nbytes += len(msg.body)
+            taken.append(msg)
+        self.unacked_bytes -= nbytes
+        self._uncount(consumer.queue, consumer, len(taken))
+        consumer.queue.requeue(taken)
 
     # -- the ack timeout -----------------------------------------------------------
 
@@ -206,8 +284,9 @@ class Deliveries:
 
     def requeue_one(self, tag: int) -> None:
         """Requeue one get's delivery (the ack timeout of a get)."""
-        msg, queue, _ = self._unacked.pop(tag)
+        msg, queue, consumer = self._unacked.pop(tag)
         self.unacked_bytes -= len(msg.body)
+        self._uncount(queue, consumer, 1)
         queue.requeue([msg])
 
     # -- store compaction ----------------------------------------------------------

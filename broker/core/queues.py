@@ -1,7 +1,9 @@
 """Queues: ready messages, consumers with credit, round-robin dispatch, requeue.
 
-A queue owns its messages and its consumers.  Connections own delivery tags and the
-unacked table; a queue only counts how many of its messages are out.
+A queue owns its messages and its consumers.  Delivered-but-unacked messages belong to
+the consumer sessions they went to (core/deliveries.py ``Deliveries``: delivery tags, the
+unacked table and its counts); a queue keeps no unacked counter of its own and asks the
+sessions that hold its messages (``unacked_count``).
 
 Ordering: messages get an increasing ``position`` when enqueued.  Every message that
 has been delivered has a lower position than every message still in ``_ready`` (we
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from array import array
 
     from ..store.segments import MessageStore, Segment
+    from .deliveries import Deliveries
 
 # Messages handed out by one dispatch round before yielding to the event loop.
 DISPATCH_BATCH_MESSAGES: Final = 4096
@@ -103,6 +106,7 @@ class DeliverySink(Protocol):
     """
 
     writable: bool  # False while the socket's write buffer is over its high watermark
+    deliveries: Deliveries  # the session's unacked deliveries (a consumer's credit)
 
     def deliver(self, consumer: Consumer, batch: list[Message]) -> None: ...
 
@@ -126,7 +130,6 @@ class Consumer:
         "no_ack",
         "exclusive",
         "arguments",
-        "unacked",
         "ack_id",
         "active",
         "priority",
@@ -150,19 +153,24 @@ class Consumer:
         self.no_ack = no_ack
         self.exclusive = exclusive
         self.arguments = arguments or {}
-        self.unacked = 0
         self.ack_id = ack_id
         self.active = True
         # x-priority consume argument (RabbitMQ consumer priorities); 0 by default.
         prio = self.arguments.get("x-priority", 0)
         self.priority = prio if type(prio) is int else 0
 
+    @property
+    def unacked(self) -> int:
+        """Deliveries to this consumer not yet settled (kept by its session)."""
+        return self.sink.deliveries.unacked_of(self)
+
     def credit(self) -> int:
-        if not self.sink.writable:
+        sink = self.sink
+        if not sink.writable:
             return 0
         if self.prefetch == 0 or self.no_ack:
             return DISPATCH_BATCH_MESSAGES
-        return self.prefetch - self.unacked
+        return self.prefetch - sink.deliveries.unacked_of(self)
 
 
 class Queue:
@@ -176,7 +184,7 @@ class Queue:
         "_requeued",
         "_consumers",
         "_rr",
-        "unacked_count",
+        "unacked_holders",
         "_next_position",
         "_dispatch_scheduled",
         "_loop",
@@ -227,7 +235,9 @@ class Queue:
         self._requeued: list[tuple[int, Message]] = []
         self._consumers: list[Consumer] = []
         self._rr = 0
-        self.unacked_count = 0
+        # The consumer sessions holding delivered-but-unacked messages of this queue; each
+        # adds and removes itself (core/deliveries.py).  ``unacked_count`` asks them.
+        self.unacked_holders: set[Deliveries] = set()
         self._next_position = 0
         self._dispatch_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -279,6 +289,11 @@ class Queue:
     def ready_count(self) -> int:
         prio = self._prio
         return len(self._ready) + len(self._requeued) + len(self._tail) + (len(prio) if prio else 0)
+
+    @property
+    def unacked_count(self) -> int:
+        """Messages delivered and not yet settled, over every session holding some."""
+        return sum(d.unacked_in(self) for d in self.unacked_holders)
 
     @property
     def delayed_count(self) -> int:
@@ -499,7 +514,6 @@ class Queue:
         With an x-retry-delays schedule, the n-th failure of a message is retried after
         the n-th delay; past the schedule it is dead-lettered.
         """
-        self.unacked_count -= len(msgs)
         delays = self.limits.retry_delays_ms
         if delays and self.store is not None:
             later: list[Message] = []
@@ -515,9 +529,7 @@ class Queue:
 
     def delay(self, msgs: list[Message], delay_ms: int) -> None:
         """nack with a delay: delivered messages come back after ``delay_ms``."""
-        self.unacked_count -= len(msgs)
         if self.store is None or self.deleted:
-            self.unacked_count += len(msgs)
             self.requeue(msgs)
             return
         for m in msgs:
@@ -574,7 +586,6 @@ class Queue:
                 if cache[0] != row.segment or cache[1] != row.offset:
                     cache = (row.segment, row.offset, store.read_record(row.segment, row.offset))
                 back.append(message_from_row(cache[2], row, store))
-            self.unacked_count += len(back)  # requeue() counts them out of "unacked"
             self.requeue(back)
         self._schedule_delays()
 
@@ -908,33 +919,12 @@ class Queue:
             self._head_bytes += len(msg.body) + MESSAGE_OVERHEAD_BYTES
             if store is not None and msg.persisted and msg.seg is not None:
                 store.requeued(self.uid, msg.position, msg.delivery_count)
-        self.unacked_count -= n
         if over:
             self._dead_letter_or_drop(over, DELIVERY_LIMIT)
         if self._has_ttl and self._expiry_timer is None:
             self._schedule_expiry()
         if n and self._consumers:
             self.schedule_dispatch()
-
-    # The unacked counters (``unacked_count``, ``Consumer.unacked``) change only here and
-    # at dispatch (``_account``); core/deliveries.py calls these as deliveries settle.
-
-    def settled(self, consumer: Consumer | None, n: int) -> None:
-        """``n`` delivered messages (of ``consumer``; None: a get) were acked."""
-        self.unacked_count -= n
-        if consumer is not None:
-            consumer.unacked -= n
-
-    def credit_back(self, consumer: Consumer, n: int) -> None:
-        """``n`` deliveries of ``consumer`` were settled by requeue, reject or delay (those
-        methods count them out of ``unacked_count``): its prefetch credit comes back."""
-        consumer.unacked -= n
-        if consumer.active:
-            self.schedule_dispatch()
-
-    def got_unacked(self) -> None:
-        """A get delivered a message that waits for its ack."""
-        self.unacked_count += 1
 
     def take(self, now_ms: int = 0) -> Message | None:
         """Pop the next ready message; the caller records it as delivered.
@@ -1094,25 +1084,22 @@ class Queue:
             size += len(msg.body)
             if size >= DELIVER_FRAME_BODY_BYTES:
                 consumer.sink.deliver(consumer, batch)
-                self._account(consumer, batch)
+                self._delivered(len(batch))
                 batch = []
                 size = 0
         if batch:
             consumer.sink.deliver(consumer, batch)
-            self._account(consumer, batch)
+            self._delivered(len(batch))
 
     def note_delivered(self) -> None:
         if self.store is not None and self.max_delivered >= 0:
             self.store.delivered(self.uid, self.max_delivered)
 
-    def _account(self, consumer: Consumer, batch: list[Message]) -> None:
-        n = len(batch)
+    def _delivered(self, n: int) -> None:
+        """A dispatched batch of ``n`` went to a sink (its session counts it as unacked)."""
         self.stats_delivered += n
         if self.store is not None:
             self.store.delivered(self.uid, self.max_delivered)
-        if not consumer.no_ack:
-            consumer.unacked += n
-            self.unacked_count += n
 
     def _dispatch_round_robin(self, budget: int, consumers: list[Consumer]) -> int:
         k = len(consumers)
@@ -1137,5 +1124,5 @@ class Queue:
         for i, batch in batches.items():
             c = consumers[i]
             c.sink.deliver(c, batch)
-            self._account(c, batch)
+            self._delivered(len(batch))
         return budget

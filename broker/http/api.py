@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from wharf.protocol.errors import (
     AccessRefused,
-    ConnectionForced,
     InvalidArgument,
     NotFound,
     PreconditionFailed,
@@ -44,6 +43,8 @@ from ..core.policies.registry import (  # server-side policies
     make_policy,
 )
 from ..core.routed import sync_in_background
+from ..security.audit import AuditEvent, policy_fields
+from ..security.auth import MECHANISM_HTTP_BASIC
 from ..security.users import (
     ADMINISTRATOR_TAG,
     MAX_PASSWORD_CHARS,
@@ -71,11 +72,11 @@ from .api_logs import LogsApi  # log topics and consumer groups
 from .openapi import openapi_document
 
 if TYPE_CHECKING:
+    from ..core.clients import ClientConnection
     from ..core.exchanges import Exchange
     from ..core.queues import Queue, QueueOwner
     from ..security.users import StoredUser
-    from ..server import Broker
-    from ..wire.native.connection import Connection
+    from .api_broker import ApiBroker
 
 log = logging.getLogger("wharf.api")
 
@@ -98,18 +99,18 @@ _OPERATOR: Final = cast("QueueOwner", object())
 def api_routes() -> list[Route]:
     """The route table without a broker (the handlers are bound but never called): what
     the OpenAPI document is generated from, for tests and tools."""
-    return ManagementApi(cast("Broker", None)).routes
+    return ManagementApi(cast("ApiBroker", None)).routes
 
 
 def build_api(broker: object) -> ManagementApi | None:
     """The API for a full broker; None for stand-ins without topology (HTTP unit tests)."""
     if not hasattr(broker, "topology") or not hasattr(broker, "authenticator"):
         return None
-    return ManagementApi(cast("Broker", broker))
+    return ManagementApi(cast("ApiBroker", broker))
 
 
 class ManagementApi:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: ApiBroker) -> None:
         self.broker = broker
         self.version = wharf_version()
         r = Route
@@ -271,6 +272,21 @@ class ManagementApi:
                 doc="200 Empty - Delete a policy; its queues fall back to their own arguments.",
             ),
             *LogsApi(broker).routes(),  # log topics and consumer groups
+            # TLS (docs/security.md)
+            r(
+                "GET",
+                ("tls",),
+                self.get_tls,
+                True,
+                doc="200 Tls - The TLS certificate in use (administrators only).",
+            ),
+            r(
+                "POST",
+                ("tls", "reload"),
+                self.reload_tls,
+                True,
+                doc="200 Tls - Reload the TLS certificate, key and CA for new connections.",
+            ),
         ]
 
     # -- entry point ---------------------------------------------------------------------
@@ -339,6 +355,8 @@ class ManagementApi:
                 )
             raise ApiError(404, NotFound.code, f"no such API endpoint: {path}")
         if matched.admin and not user.is_administrator:
+            denied = Call(user, [], {}, b"", peer_host).actor()
+            self.broker.audit.event(AuditEvent.ACCESS_DENIED, **denied, tag=ADMINISTRATOR_TAG)
             raise AccessRefused(f"user {user.name!r} needs the administrator tag for this request")
         try:
             names = [urllib.parse.unquote(p, errors="strict") for p in params]
@@ -350,7 +368,7 @@ class ManagementApi:
         for key in query:
             if key not in matched.query:
                 raise InvalidArgument(f"unknown query parameter {key!r}")
-        return await matched.handler(Call(user, names, query, body))
+        return await matched.handler(Call(user, names, query, body, peer_host))
 
     async def _authenticate(self, authorization: str | None, peer_host: str) -> StoredUser:
         challenge = {"WWW-Authenticate": AUTH_REALM}
@@ -370,7 +388,9 @@ class ManagementApi:
             raise ApiError(401, AccessRefused.code, "malformed basic credentials", challenge)
         authenticator = self.broker.authenticator
         try:
-            user = await authenticator.authenticate(username, password, peer_host)
+            user = await authenticator.authenticate(
+                username, password, peer_host, mechanism=MECHANISM_HTTP_BASIC, protocol="http"
+            )
         except WharfError as exc:
             raise ApiError(401, AccessRefused.code, exc.message, challenge) from None
         stored = authenticator.users.get(user.name)
@@ -382,10 +402,10 @@ class ManagementApi:
 
     async def overview(self, call: Call) -> Result:
         b = self.broker
-        s = b.settings
         stats = b.stats
         queues = list(b.queues.values())
-        counters: tuple[str, ...] = type(stats).__slots__
+        # Every counter the broker keeps (its stats object's slots), not a copied list.
+        counters: tuple[str, ...] = getattr(type(stats), "__slots__", ())
         return 200, {
             "product": "wharf",
             "version": self.version,
@@ -409,11 +429,17 @@ class ManagementApi:
                 "high_watermark_bytes": b.monitor.memory_limit_bytes if b.monitor else 0,
                 "rss_bytes": b.monitor.rss_bytes if b.monitor else 0,
             },
-            "listeners": [
-                {"protocol": "wharf", "host": s.host, "port": b.port},
-                {"protocol": "http", "host": s.http_bind_host, "port": b.http_port},
-            ],
+            "listeners": b.listeners(),
         }
+
+    async def get_tls(self, call: Call) -> Result:
+        if self.broker.tls is None:
+            raise PreconditionFailed("TLS is not configured (tls_cert_file, tls_key_file)")
+        return 200, self.broker.tls.describe()
+
+    async def reload_tls(self, call: Call) -> Result:
+        # A failed reload answers 409 with the reason; the old certificate stays in use.
+        return 200, self.broker.reload_tls()
 
     async def whoami(self, call: Call) -> Result:
         return 200, {"name": call.user.name, "tags": list(call.user.tags)}
@@ -656,27 +682,24 @@ class ManagementApi:
 
     # -- connections and consumers -------------------------------------------------------
 
-    def _connection(self, name: str) -> Connection:
+    # Connections of every protocol, through the registry interface (core/clients.py).
+
+    def _connection(self, name: str) -> ClientConnection:
         for conn in self.broker.connections.values():
             if conn.name == name:
                 return conn
         raise NotFound(f"no connection '{name}'", details={"connection": name})
 
-    @staticmethod
-    def _describe_connection(conn: Connection) -> dict[str, Any]:
-        state = "closing" if conn.closing else ("open" if conn.authenticated else "starting")
-        return {**conn.describe(), "state": state}
-
     async def list_connections(self, call: Call) -> Result:
-        return 200, [self._describe_connection(c) for c in self.broker.connections.values()]
+        return 200, [c.describe() for c in self.broker.connections.values()]
 
     async def get_connection(self, call: Call) -> Result:
-        return 200, self._describe_connection(self._connection(call.params[0]))
+        return 200, self._connection(call.params[0]).describe()
 
     async def close_connection(self, call: Call) -> Result:
         conn = self._connection(call.params[0])
         log.info("%s: closed by operator %r", conn.name, call.user.name)
-        conn.fatal(ConnectionForced("closed by operator"))
+        conn.shutdown("closed by operator")
         return 200, {}
 
     async def list_consumers(self, call: Call) -> Result:
@@ -692,7 +715,7 @@ class ManagementApi:
                 "arguments": c.arguments,
             }
             for conn in self.broker.connections.values()
-            for c in conn.consumers.values()
+            for c in conn.all_consumers()
         ]
 
     # -- users ---------------------------------------------------------------------------
@@ -746,6 +769,7 @@ class ManagementApi:
         created = store.put(name, password_hash, clean_tags)
         u = store.get(name)
         assert u is not None
+        self.broker.audit.event(**user_change(call, existing, u, password_hash is not None))
         return (201 if created else 200), self._describe_user(u)
 
     async def delete_user(self, call: Call) -> Result:
@@ -755,10 +779,11 @@ class ManagementApi:
             raise NotFound(f"no user '{name}'")
         self._check_not_last_admin(name, keeps_admin=False)
         store.delete(name)
+        self.broker.audit.event(AuditEvent.USER_DELETED, **call.actor(), user=name)
         closed = 0
         for conn in list(self.broker.connections.values()):
-            if conn.authenticated and conn.username == name:
-                conn.fatal(ConnectionForced(f"user {name!r} was deleted"))
+            if conn.username == name:  # "" until authenticated
+                conn.shutdown(f"user {name!r} was deleted")
                 closed += 1
         return 200, {"connections_closed": closed}
 
@@ -784,10 +809,12 @@ class ManagementApi:
             f.text("apply-to", "queues"),
         )
         created = self.broker.topology.set_policy(policy)
+        self.broker.audit.event(AuditEvent.POLICY_SET, **call.actor(), **policy_fields(policy))
         return (201 if created else 200), policy.describe()
 
     async def delete_policy(self, call: Call) -> Result:
         self.broker.topology.delete_policy(call.params[0])
+        self.broker.audit.event(AuditEvent.POLICY_DELETED, **call.actor(), policy=call.params[0])
         return 200, {}
 
     def _check_not_last_admin(self, name: str, *, keeps_admin: bool) -> None:
@@ -807,3 +834,20 @@ def _encode_payload(body: bytes, encoding: str) -> tuple[str, str]:
         except UnicodeDecodeError:
             pass
     return base64.b64encode(body).decode("ascii"), "base64"
+
+
+def user_change(
+    call: Call, before: StoredUser | None, after: StoredUser, password_given: bool
+) -> dict[str, Any]:
+    """The audit line of a user PUT: created, or what changed (never the password)."""
+    if before is None:
+        return {"kind": AuditEvent.USER_CREATED, **call.actor(), "user": after.name,
+                "tags": list(after.tags)}  # fmt: skip
+    return {
+        "kind": AuditEvent.USER_UPDATED,
+        **call.actor(),
+        "user": after.name,
+        "tags": list(after.tags),
+        "previous_tags": list(before.tags),
+        "password_changed": password_given and before.password_hash != after.password_hash,
+    }

@@ -19,7 +19,7 @@ from .api_core import Call, Result, Route
 if TYPE_CHECKING:
     from ..logs import TopicRegistry
     from ..logs.groups import GroupCoordinator
-    from ..server import Broker
+    from .api_broker import ApiBroker
 
 DEFAULT_PARTITIONS: Final = 1  # as Kafka's num.partitions
 # Partitions named in one reset-offsets request.
@@ -31,7 +31,7 @@ MAX_RESET_VALUE: Final = 2**63 - 1
 class LogsApi:
     """Handlers for /api/topics and /api/groups."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: ApiBroker) -> None:
         self.broker = broker
 
     def routes(self) -> list[Route]:

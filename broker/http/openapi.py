@@ -113,6 +113,12 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         listeners={"type": "array", "items": _schema("protocol:s host:s port:i")},
     ),
     "WhoAmI": _schema("name:s! tags:l!"),
+    "Tls": _schema(
+        "cert_file:s! key_file:s! ca_file:s client_auth:s! min_version:s! not_after:s! "
+        "expiry_seconds:i! loaded_at:s! reloads:i! last_error:s",
+        ca_file={"nullable": True},
+        last_error={"nullable": True},
+    ),
     "Queue": _schema(
         "name:s! durable:b! exclusive:b auto_delete:b! arguments:m! messages_ready:i! "
         "messages_unacked:i consumers:i! policy:s effective_arguments:m",
@@ -167,7 +173,8 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         destination_type=_enum("queue", "exchange", "topic"),
     ),
     "Connection": _schema(
-        "name:s! peer:s! user:s! state:s! heartbeat_s:i consumers:i unacked:i client_properties:m",
+        "name:s! peer:s! user:s! state:s! protocol:s! channels:i! heartbeat_s:i consumers:i "
+        "unacked:i client_properties:m",
         state=_enum("starting", "open", "closing"),
     ),
     "Consumer": _schema(

@@ -4,6 +4,11 @@ aiohttp parses HTTP/1.1 (keep-alive, pipelining, chunked bodies, ``Expect: 100-c
 in the broker's own event loop: a ``web.AppRunner`` with one ``web.TCPSite``, started and
 stopped by ``server.Broker``.  Why aiohttp is in docs/decisions.md.
 
+With TLS configured the same application also listens for HTTPS (``https_port``): a second
+asyncio server on the runner's request handler, with the broker's TLS context (whose SNI
+callback picks the last reloaded certificate) and the TLS handshake bounded by
+``handshake_timeout_ms`` (aiohttp's ``TCPSite`` takes no handshake timeout).
+
 Limits: a request head must fit in MAX_HEAD_BYTES per line and MAX_HEADER_COUNT headers;
 a connection that sends no complete request head within HEAD_TIMEOUT_S (also the idle
 keep-alive time) is closed; bodies over MAX_API_BODY_BYTES (/api) or MAX_BODY_BYTES
@@ -18,16 +23,15 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Final, Protocol
+import ssl
+from typing import Any, Final, Protocol
 
 from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ..alarms import Readiness
 from .metrics import MetricsBroker, build_registry
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +52,29 @@ _Response = tuple[int, str, bytes, dict[str, str]]
 
 
 class HttpBroker(MetricsBroker, Protocol):
-    """``ready`` is True while the broker accepts clients.  An optional ``stopping``
-    attribute (True during shutdown) makes /readyz say "stopping" instead of "starting"."""
+    """What every HTTP endpoint outside /api reads: the metrics and the readiness."""
 
-    @property
-    def ready(self) -> bool: ...
+    def readiness(self) -> Readiness:
+        """/readyz renders this (``Broker.readiness``, alarms.decide_readiness)."""
+        ...
 
 
 class HttpServer:
-    """A running admin-plane listener: the aiohttp runner and its one site."""
+    """A running admin plane: the aiohttp runner, its HTTP site, and the HTTPS listener."""
 
-    def __init__(self, runner: web.AppRunner, site: web.TCPSite, port: int) -> None:
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        site: web.TCPSite,
+        port: int,
+        tls_server: asyncio.Server | None = None,
+        tls_port: int = 0,
+    ) -> None:
         self.runner = runner
         self.site = site
         self.port = port  # the bound port (useful when 0 was asked for)
+        self.tls_server = tls_server
+        self.tls_port = tls_port  # 0 without HTTPS
 
 
 def _is_api(path: str) -> bool:
@@ -169,8 +182,15 @@ async def _refuse(request: web.Request, status: int, detail: str) -> web.Respons
     return response
 
 
-async def start_http_server(broker: HttpBroker, host: str, port: int) -> HttpServer:
-    """Listen on host:port (0 = any free port) and serve the broker's HTTP endpoints.
+async def start_http_server(
+    broker: HttpBroker,
+    host: str,
+    port: int,
+    *,
+    https: tuple[int, ssl.SSLContext, float] | None = None,
+) -> HttpServer:
+    """Listen on host:port (0 = any free port) and serve the broker's HTTP endpoints;
+    with ``https`` = (port, server context, TLS handshake timeout in s), HTTPS too.
 
     Stop it with ``await stop_http_server(server)``, which also closes idle keep-alive
     connections.
@@ -179,18 +199,37 @@ async def start_http_server(broker: HttpBroker, host: str, port: int) -> HttpSer
     runner = web.AppRunner(build_app(broker), **_handler_args())
     await runner.setup()
     site = web.TCPSite(runner, host, port)
+    tls_server: asyncio.Server | None = None
     try:
         await site.start()
+        bound = int(runner.addresses[0][1]) if runner.addresses else port
+        tls_port = 0
+        if https is not None:
+            https_port, context, handshake_timeout_s = https
+            handler = runner.server
+            assert handler is not None  # set by runner.setup()
+            tls_server = await asyncio.get_running_loop().create_server(
+                handler,
+                host,
+                https_port,
+                ssl=context,
+                ssl_handshake_timeout=handshake_timeout_s,
+                reuse_address=True,
+            )
+            tls_port = int(tls_server.sockets[0].getsockname()[1])
     except BaseException:
+        if tls_server is not None:
+            tls_server.close()
         await runner.cleanup()
         raise
-    bound = int(runner.addresses[0][1]) if runner.addresses else port
-    return HttpServer(runner, site, bound)
+    return HttpServer(runner, site, bound, tls_server, tls_port)
 
 
 async def stop_http_server(server: HttpServer, timeout_s: float = STOP_TIMEOUT_S) -> None:
     """Stop listening, close open (including idle keep-alive) connections, and wait for
     running handlers up to ``timeout_s`` in all."""
+    if server.tls_server is not None:
+        server.tls_server.close()  # its connections are the runner's; cleanup closes them
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(max(0.0, timeout_s)):
             await server.runner.cleanup()
@@ -205,31 +244,23 @@ def _route(broker: HttpBroker, registry: CollectorRegistry, method: str, path: s
     if path == "/healthz":
         return 200, JSON_CONTENT_TYPE, _json({"status": "ok"}), {}
     if path == "/readyz":
-        store = getattr(broker, "store", None)
-        failed = getattr(store, "failed", None)
-        if broker.ready and failed is not None:
-            # Persistent publishing has stopped until a restart: an outage, not a blip.
-            body = _json({"status": "failed", "reason": f"message store: {failed}"})
-            return 503, JSON_CONTENT_TYPE, body, {}
-        if broker.ready and getattr(broker, "fd_alarm", False):
-            # Out of file descriptors: new connections and log segments fail.
-            body = _json({"status": "blocked", "alarms": ["fds"]})
-            return 503, JSON_CONTENT_TYPE, body, {}
-        alarms = sorted(getattr(broker, "alarms", ()) or ())
-        if broker.ready and alarms:
-            # Serving, but publishers are blocked: not ready for more publishing load.
-            body = _json({"status": "blocked", "alarms": alarms})
-            return 503, JSON_CONTENT_TYPE, body, {}
-        if broker.ready:
-            return 200, JSON_CONTENT_TYPE, _json({"status": "ready"}), {}
-        stopping = bool(getattr(broker, "stopping", False))
-        return 503, JSON_CONTENT_TYPE, _json({"status": "stopping" if stopping else "starting"}), {}
+        return _render_readiness(broker.readiness())
     try:
         body = generate_latest(registry)
     except Exception:
         log.exception("collecting metrics failed")
         return 500, JSON_CONTENT_TYPE, _json({"error": "collecting metrics failed"}), {}
     return 200, CONTENT_TYPE_LATEST, body, {}
+
+
+def _render_readiness(r: Readiness) -> _Response:
+    """200 when ready, else 503; the body names the status, and the reason or the alarms."""
+    body: dict[str, Any] = {"status": r.status}
+    if r.reason is not None:
+        body["reason"] = r.reason
+    if r.alarms:
+        body["alarms"] = list(r.alarms)
+    return (200 if r.ready else 503), JSON_CONTENT_TYPE, _json(body), {}
 
 
 def _json(obj: Any) -> bytes:

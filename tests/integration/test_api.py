@@ -20,10 +20,11 @@ from wharf.broker.security.auth import hash_password
 from wharf.broker.server import Broker
 from wharf.protocol.errors import InvalidArgument
 
+from ..helpers import wait_until
+
 Connect = Callable[..., Any]
 
 TIMEOUT_S = 5.0
-POLL_S = 0.01
 GUEST = ("guest", "guest")
 
 
@@ -88,12 +89,6 @@ async def api(
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode() + data
     return await raw_http(broker.http_port, request, host)
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    async with asyncio.timeout(TIMEOUT_S):
-        while not predicate():  # noqa: ASYNC110 (broker state, no event to await)
-            await asyncio.sleep(POLL_S)
 
 
 # -- authentication and authorisation ----------------------------------------------------------
@@ -444,17 +439,31 @@ async def test_connections_and_consumers_are_listed_and_closed(
     broker: Broker, conn: wharf.Connection
 ) -> None:
     q = (await conn.declare_queue(_qname())).name
+    for i in range(3):
+        await conn.publish("", q, b"m%d" % i)
     async with conn.consume(q, prefetch=7):
-        await wait_until(lambda: broker.queues[q].consumer_count == 1)
+        path = f"/api/queues/{q}"
+
+        async def delivered_never_acked() -> bool:
+            return bool((await api(broker, "GET", path)).json()["messages_unacked"] >= 3)
+
+        await wait_until(delivered_never_acked, timeout=TIMEOUT_S, what="3 unacked")
         conns = (await api(broker, "GET", "/api/connections")).json()
         assert len(conns) == 1 and conns[0]["user"] == "guest" and conns[0]["state"] == "open"
+        assert conns[0]["protocol"] == "wharf" and conns[0]["channels"] == 1
+        assert conns[0]["unacked"] == 3
         name = conns[0]["name"]
         assert (await api(broker, "GET", f"/api/connections/{name}")).json()["consumers"] == 1
         consumers = (await api(broker, "GET", "/api/consumers")).json()
-        assert [(c["queue"], c["connection"], c["prefetch"]) for c in consumers] == [(q, name, 7)]
+        assert [(c["queue"], c["connection"], c["prefetch"], c["unacked"]) for c in consumers] == [
+            (q, name, 7, 3)
+        ]
         r = await api(broker, "DELETE", f"/api/connections/{name}")
         assert r.status == 200
         await wait_until(lambda: not broker.connections)
+    # The closed connection's deliveries went back to the queue.
+    queue = (await api(broker, "GET", f"/api/queues/{q}")).json()
+    assert (queue["messages_ready"], queue["messages_unacked"]) == (3, 0)
     with pytest.raises(wharf.WharfError) as info:
         await conn.declare_queue(_qname())
     assert info.value.code == 320 and "closed by operator" in info.value.message

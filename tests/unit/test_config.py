@@ -369,3 +369,33 @@ def test_cli_serve_bad_config_exits_with_message(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["serve", "--config", write(tmp_path, "port = 'x'\n")])
     assert result.exit_code == 1
     assert "port" in result.output
+
+
+def test_audit_log_settings_from_toml_env_and_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Settings().audit_log_file is None  # <data_dir>/audit.log
+    s = load_settings(None, {}, environ={"WHARF_DATA_DIR": "/d"})
+    assert describe(s)["audit_log_file"] == "/d/audit.log"
+    path = write(tmp_path, 'audit_log_file = "/a.log"\naudit_log_max_bytes = 8192\n')
+    env = {"WHARF_AUDIT_LOG_BACKUPS": "2", "WHARF_AUDIT_LOG_MAX_BYTES": "16384"}
+    s = load_settings(path, {}, environ=env)
+    assert (s.audit_log_file, s.audit_log_max_bytes, s.audit_log_backups) == ("/a.log", 16384, 2)
+    s = load_settings(path, {"audit_log_file": ""}, environ={"WHARF_AUDIT_LOG_FILE": "/b.log"})
+    assert s.audit_log_file == "" and describe(s)["audit_log_file"] == ""  # off
+    assert load_settings(None, {}, environ={"WHARF_AUDIT_LOG_FILE": ""}).audit_log_file == ""
+    with pytest.raises(ConfigError, match="audit_log_max_bytes"):
+        load_settings(write(tmp_path, "audit_log_max_bytes = 10\n"), {}, environ={})
+    with pytest.raises(ConfigError, match="audit_log_file"):
+        load_settings(write(tmp_path, "audit_log_file = 3\n"), {}, environ={})
+
+    seen: list[Settings] = []
+    fake = types.ModuleType("wharf.broker.server")
+    fake.run = lambda settings: seen.append(settings) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wharf.broker.server", fake)
+    import wharf.broker
+
+    monkeypatch.setattr(wharf.broker, "server", fake, raising=False)
+    result = CliRunner().invoke(main, ["serve", "--audit-log-file", "/c.log"])
+    assert result.exit_code == 0, result.output
+    assert seen[0].audit_log_file == "/c.log"

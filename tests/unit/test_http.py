@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from wharf.broker.alarms import Readiness, decide_readiness
 from wharf.broker.http import server as http
 from wharf.broker.http.metrics import BrokerCollector, build_registry
 from wharf.broker.http.server import HttpServer, start_http_server, stop_http_server
@@ -43,6 +44,18 @@ class FakeBroker:
     stats: FakeStats = field(default_factory=FakeStats)
     ready: bool = False
     stopping: bool = False
+    store_failure: str | None = None
+    fd_alarm: bool = False
+    alarms: set[str] = field(default_factory=set)
+
+    def readiness(self) -> Readiness:
+        return decide_readiness(
+            serving=self.ready,
+            stopping=self.stopping,
+            store_failure=self.store_failure,
+            fd_alarm=self.fd_alarm,
+            alarms=self.alarms,
+        )
 
 
 @dataclass
@@ -176,6 +189,16 @@ async def test_readyz_follows_broker_state(connect: Any, broker: FakeBroker) -> 
     broker.ready = True
     r = await get(connect, "/readyz")
     assert (r.status, r.json()) == (200, {"status": "ready"})
+    broker.alarms = {"memory", "disk"}
+    r = await get(connect, "/readyz")
+    assert (r.status, r.json()) == (503, {"status": "blocked", "alarms": ["disk", "memory"]})
+    broker.fd_alarm = True
+    r = await get(connect, "/readyz")
+    assert (r.status, r.json()) == (503, {"status": "blocked", "alarms": ["fds"]})
+    broker.store_failure = "fsync failed"
+    r = await get(connect, "/readyz")
+    body = {"status": "failed", "reason": "message store: fsync failed"}
+    assert (r.status, r.json()) == (503, body)
     broker.ready, broker.stopping = False, True
     r = await get(connect, "/readyz")
     assert (r.status, r.json()) == (503, {"status": "stopping"})

@@ -43,7 +43,6 @@ def test_delivery_order_respects_priority_then_fifo(ops: list[tuple[str, int]]) 
             m = q.take()
             if m is not None:
                 out.append(m)
-                q.unacked_count += 1
         elif out:
             q.requeue([out.pop(0)])
     order = []
@@ -61,7 +60,6 @@ def test_requeued_message_keeps_its_place_within_its_priority() -> None:
     assert first is not None and first.body == b"high-1"
     second = q.take()
     assert second is not None and second.body == b"low-1"
-    q.unacked_count += 2
     q.requeue([second])
     q.enqueue_many("", "pq", {"priority": 1}, [b"low-3"])
     bodies = []

@@ -8,15 +8,24 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wharf.broker.core.deliveries import Deliveries
 from wharf.broker.core.queues import Consumer, Message, Queue
 
 
+class Stats:
+    delivered = redelivered = acked = rejected = 0
+
+
 class FakeConnection:
+    """A delivery sink: records batches in a real ``Deliveries``, as the wire does."""
+
     def __init__(self) -> None:
         self.writable = True
         self.delivered: list[tuple[str, list[Message]]] = []
+        self.deliveries = Deliveries(Stats(), lambda: 0.0)
 
     def deliver(self, consumer: Consumer, batch: list[Message]) -> None:
+        self.deliveries.deliver(consumer, batch)
         self.delivered.append((consumer.tag, list(batch)))
 
     def bodies(self) -> list[bytes]:
@@ -41,9 +50,10 @@ async def test_fifo_and_prefetch_credit() -> None:
     c = _consumer(q, conn, "c1", prefetch=3)
     await _settle()
     assert conn.bodies() == [b"0", b"1", b"2"]
-    assert q.ready_count == 7 and q.unacked_count == 3
-    q.settled(c, 2)
-    q.schedule_dispatch()
+    assert q.ready_count == 7 and q.unacked_count == 3 and c.unacked == 3
+    entries, unknown = conn.deliveries.settle([1, 2])
+    conn.deliveries.ack(entries)
+    assert unknown is None and q.unacked_count == 1 and c.unacked == 1
     await _settle()
     assert conn.bodies() == [b"0", b"1", b"2", b"3", b"4"]
 
@@ -53,7 +63,6 @@ async def test_requeue_returns_to_original_position() -> None:
     q.enqueue_many("", "q", None, [b"a", b"b", b"c", b"d"])
     first = [q.take(), q.take()]
     assert [m.body for m in first if m] == [b"a", b"b"]
-    q.unacked_count += 2
     q.enqueue_many("", "q", None, [b"e"])
     q.requeue([m for m in reversed(first) if m])  # requeue order does not matter
     order = []
@@ -104,7 +113,6 @@ def test_ready_order_is_always_position_order(ops: list[str]) -> None:
             m = q.take()
             if m is not None:
                 out.append(m)
-                q.unacked_count += 1
         elif out:
             q.requeue([out.pop(0)])
     positions = []
