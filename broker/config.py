@@ -452,7 +452,8 @@ def _parse_env(name: str, key: str, raw: str) -> Any:
         raise ConfigError(f"{name}: users can only be configured in the TOML file")
     if key in _OPTIONAL_KEYS:
         if not raw.strip():
-            return None
+            # unset, except where "" is a value of its own (audit_log_file: turned off)
+            return "" if key in _EMPTY_IS_A_VALUE else None
         if key == "plain_port":
             try:
                 return int(raw.strip())
@@ -486,6 +487,7 @@ _DEFAULTS: Final[dict[str, Any]] = {
 }
 # Settings whose default is None ("not set"); an empty WHARF_* variable leaves them unset.
 _OPTIONAL_KEYS: Final = frozenset(k for k, v in _DEFAULTS.items() if v is None)
+_EMPTY_IS_A_VALUE: Final = frozenset({"audit_log_file"})
 
 
 def _seconds_to_ms(where: str, value: Any) -> int:

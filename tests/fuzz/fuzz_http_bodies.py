@@ -24,6 +24,7 @@ from wharf.broker.core.topology import Topology
 from wharf.broker.http.api import ManagementApi
 from wharf.broker.logs.topicconfig import DEFAULTS
 from wharf.broker.logs.topics import _check_partition_count
+from wharf.broker.security.audit import AuditLog
 from wharf.broker.security.auth import User
 from wharf.broker.security.users import ADMINISTRATOR_TAG, StoredUser, UserStore
 
@@ -53,7 +54,9 @@ class _Authenticator:
     def __init__(self) -> None:
         self.users = UserStore([StoredUser(User("root", (ADMINISTRATOR_TAG,)), HASH)])
 
-    async def authenticate(self, username: str, password: str, peer_host: str) -> User:
+    async def authenticate(
+        self, username: str, password: str, peer_host: str, **where: Any
+    ) -> User:
         return User(username, (ADMINISTRATOR_TAG,))
 
     async def hash_password(self, password: str) -> str:
@@ -98,6 +101,7 @@ class _Broker:
         self.store = None
         self.connections: dict[str, Any] = {}
         self.authenticator = _Authenticator()
+        self.audit = AuditLog(None)  # disabled: nowhere to write
         self.logs = _Topics()
         self.groups = _Groups()
         owner: Any = object()
