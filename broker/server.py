@@ -47,6 +47,7 @@ from .logs.cleaner import LogCleaner  # log compaction
 from .logs.groups import GroupCoordinator
 from .logs.handles import SegmentHandles
 from .ports import busy_ports, busy_ports_message
+from .security.audit import AuditLog, audit_path
 from .security.auth import Authenticator
 from .security.tls import ServerTls, TlsError, TlsListener
 from .store.definitions import load_definitions, save_definitions
@@ -115,7 +116,9 @@ class Broker:
         publisher = self.topology.publisher
         publisher.stats = self.stats
         publisher.max_message_bytes = settings.max_message_bytes
-        self.authenticator = Authenticator(settings)
+        # The audit log opens with the data directory (start); off until then.
+        self.audit = AuditLog(None)
+        self.authenticator = Authenticator(settings, audit=self.audit)
         self.ready = False
         self.stopping = False
         self.port = settings.port if settings.plain_enabled else 0
@@ -370,6 +373,12 @@ class Broker:
         if busy:
             raise PortsBusy(busy_ports_message(busy))
         self._lock_data_dir()
+        self.audit = AuditLog(
+            audit_path(s.audit_log_file, self.data_path),
+            max_bytes=s.audit_log_max_bytes,
+            backups=s.audit_log_backups,
+        )
+        self.authenticator.audit = self.audit
         self._recover()
         self.monitor = ResourceMonitor(
             self.data_path,
@@ -429,6 +438,7 @@ class Broker:
             await asyncio.sleep(TICK_S)
             now = loop.time()
             self.check_resources()
+            self.authenticator.tick()  # summary lines of rate-limited login failures
             self.trimmer.run_if_requested(loop)
             self.compact_store()
             self.topology.expire_unused_queues()
@@ -687,6 +697,7 @@ class Broker:
         if self._http is not None:
             await stop_http_server(self._http, max(0.0, deadline - loop.time()))
         self.authenticator.close()
+        self.audit.close()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None

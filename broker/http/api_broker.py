@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..core.topology import Topology
     from ..logs import TopicRegistry
     from ..logs.groups import GroupCoordinator
+    from ..security.audit import AuditLog
     from ..security.auth import Authenticator
     from ..security.tls import ServerTls
     from ..store.segments import MessageStore
@@ -35,6 +36,8 @@ class ApiBroker(Protocol):
     def topology(self) -> Topology: ...
     @property
     def authenticator(self) -> Authenticator: ...
+    @property
+    def audit(self) -> AuditLog: ...
     @property
     def stats(self) -> BrokerStats: ...
     @property

@@ -20,10 +20,11 @@ from wharf.broker.security.auth import hash_password
 from wharf.broker.server import Broker
 from wharf.protocol.errors import InvalidArgument
 
+from ..helpers import wait_until
+
 Connect = Callable[..., Any]
 
 TIMEOUT_S = 5.0
-POLL_S = 0.01
 GUEST = ("guest", "guest")
 
 
@@ -88,12 +89,6 @@ async def api(
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode() + data
     return await raw_http(broker.http_port, request, host)
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    async with asyncio.timeout(TIMEOUT_S):
-        while not predicate():  # noqa: ASYNC110 (broker state, no event to await)
-            await asyncio.sleep(POLL_S)
 
 
 # -- authentication and authorisation ----------------------------------------------------------
@@ -447,10 +442,12 @@ async def test_connections_and_consumers_are_listed_and_closed(
     for i in range(3):
         await conn.publish("", q, b"m%d" % i)
     async with conn.consume(q, prefetch=7):
-        async with asyncio.timeout(TIMEOUT_S):  # delivered, never acked
-            path = f"/api/queues/{q}"
-            while (await api(broker, "GET", path)).json()["messages_unacked"] < 3:  # noqa: ASYNC110
-                await asyncio.sleep(POLL_S)
+        path = f"/api/queues/{q}"
+
+        async def delivered_never_acked() -> bool:
+            return bool((await api(broker, "GET", path)).json()["messages_unacked"] >= 3)
+
+        await wait_until(delivered_never_acked, timeout=TIMEOUT_S, what="3 unacked")
         conns = (await api(broker, "GET", "/api/connections")).json()
         assert len(conns) == 1 and conns[0]["user"] == "guest" and conns[0]["state"] == "open"
         assert conns[0]["protocol"] == "wharf" and conns[0]["channels"] == 1
