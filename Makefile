@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck shape unit bench clean
+.PHONY: serve test lint typecheck shape unit bench fuzz fuzz-merge clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,21 @@ shape: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks throughput
+
+## Coverage-guided fuzzing with atheris, one target after another (not part of `make test`;
+## tests/README.md).  Each target runs FUZZ_RUNS executions from its committed corpus
+## (tests/fuzz/corpus/<target>); new inputs and crashes go to build/fuzz/<target>/.
+FUZZ_RUNS ?= 1000000
+FUZZ_TARGETS ?= frames batches config http_bodies
+fuzz: $(STAMP)
+	$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,fuzz]'
+	for t in $(FUZZ_TARGETS); do \
+		nice -n 10 $(BIN)/python tests/fuzz/run.py $$t -runs=$(FUZZ_RUNS) || exit 1; \
+	done
+
+## Minimise each committed corpus with what `make fuzz` found (libFuzzer -merge=1).
+fuzz-merge: $(STAMP)
+	for t in $(FUZZ_TARGETS); do nice -n 10 $(BIN)/python tests/fuzz/run.py $$t --merge || exit 1; done
 
 clean:
 	rm -rf $(VENV) .typecheck build dist *.egg-info

@@ -27,6 +27,7 @@ import dataclasses
 import difflib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
+from .security.audit import DEFAULT_AUDIT_LOG_BACKUPS, DEFAULT_AUDIT_LOG_MAX_BYTES, audit_path
 from .security.passwords import parse_password_hash
 from .security.tls import CLIENT_AUTH_MODES, TlsError, TlsFiles, check_files, parse_min_version
 
@@ -76,6 +78,10 @@ DEFAULT_LOG_CLEANER_INTERVAL_MS: Final = 15_000
 DEFAULT_LOG_MAX_OPEN_SEGMENTS: Final = 256
 # As Kafka's log.retention.check.interval.ms.
 DEFAULT_LOG_RETENTION_CHECK_INTERVAL_MS: Final = 300_000
+# HTTP listeners (http_port, https_port): connections open at once, in total and from one
+# peer address; over either, a new socket gets a 503 and is closed (docs/security.md).
+DEFAULT_HTTP_MAX_CONNECTIONS: Final = 1_000
+DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS: Final = 100
 # Consumer groups, as Kafka's group.initial.rebalance.delay.ms,
 # group.min/max.session.timeout.ms and offsets.retention.minutes.
 DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS: Final = 3_000
@@ -224,6 +230,20 @@ class Settings:
     group_min_session_timeout_ms: int = DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS
     group_max_session_timeout_ms: int = DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS
     offsets_retention_ms: int = DEFAULT_OFFSETS_RETENTION_MS
+    # The admin plane against browsers (docs/security.md, "HTTP API protections"): Host
+    # names /api answers to besides loopback, IP addresses, the host name and the bind
+    # address (".example.com": a domain and its subdomains; "*": any), and origins besides
+    # the broker's own that may write ("https://ui.example.com"; "*": any).
+    http_allowed_hosts: list[str] = field(default_factory=list)
+    http_allowed_origins: list[str] = field(default_factory=list)
+    # HTTP and HTTPS connections open at once, in total and per peer address.
+    http_max_connections: int = DEFAULT_HTTP_MAX_CONNECTIONS
+    http_max_connections_per_address: int = DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS
+    # Audit log (docs/security.md, "Audit log"): JSON lines, rotated by size.  None (the
+    # default) writes <data_dir>/audit.log; "" turns the audit log off.
+    audit_log_file: str | None = None
+    audit_log_max_bytes: int = DEFAULT_AUDIT_LOG_MAX_BYTES
+    audit_log_backups: int = DEFAULT_AUDIT_LOG_BACKUPS
 
     @property
     def http_bind_host(self) -> str:
@@ -286,7 +306,13 @@ def _float_check(lo: float, *, allow_equal: bool) -> _Check:
             raise _bad(where, f"a number {bound}", value)
         if value < lo or (value == lo and not allow_equal) or value != value:
             raise _bad(where, f"a number {bound}", value)
-        return float(value)
+        try:
+            result = float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise _bad(where, f"a finite number {bound}", value) from None
+        if not math.isfinite(result):  # inf would silently turn a limit off
+            raise _bad(where, f"a finite number {bound}", value)
+        return result
 
     return check
 
@@ -313,6 +339,13 @@ def _tls_version_check(where: str, value: Any) -> str:
     except TlsError:
         raise _bad(where, "a TLS version: 1.2 or 1.3", value) from None
     return value.strip().lower().removeprefix("tlsv")
+
+
+def _path_or_off_check(where: str, value: Any) -> str | None:
+    """A file path, "" (off) or None (the default place)."""
+    if value is not None and not isinstance(value, str):
+        raise _bad(where, 'a file path, or "" to turn it off', value)
+    return value
 
 
 def _choice_check(choices: tuple[str, ...]) -> _Check:
@@ -415,6 +448,13 @@ _CHECKS: Final[dict[str, _Check]] = {
     "group_min_session_timeout_ms": _int_check(1, 86_400_000),
     "group_max_session_timeout_ms": _int_check(1, 86_400_000),
     "offsets_retention_ms": _int_check(1),
+    "http_allowed_hosts": _str_list_check,
+    "http_allowed_origins": _str_list_check,
+    "http_max_connections": _int_check(1),
+    "http_max_connections_per_address": _int_check(1),
+    "audit_log_file": _path_or_off_check,
+    "audit_log_max_bytes": _int_check(4096),
+    "audit_log_backups": _int_check(0, 1_000),
 }
 assert set(_CHECKS) == {f.name for f in dataclasses.fields(Settings)}
 
@@ -429,7 +469,8 @@ def _parse_env(name: str, key: str, raw: str) -> Any:
         raise ConfigError(f"{name}: users can only be configured in the TOML file")
     if key in _OPTIONAL_KEYS:
         if not raw.strip():
-            return None
+            # unset, except where "" is a value of its own (audit_log_file: turned off)
+            return "" if key in _EMPTY_IS_A_VALUE else None
         if key == "plain_port":
             try:
                 return int(raw.strip())
@@ -453,7 +494,7 @@ def _parse_env(name: str, key: str, raw: str) -> Any:
             return float(raw.strip())
         except ValueError:
             raise _bad(name, "a number", raw) from None
-    if isinstance(default, list):  # loopback_users: comma-separated
+    if isinstance(default, list):  # loopback_users, http_allowed_*: comma-separated
         return [part.strip() for part in raw.split(",") if part.strip()]
     return raw
 
@@ -463,6 +504,7 @@ _DEFAULTS: Final[dict[str, Any]] = {
 }
 # Settings whose default is None ("not set"); an empty WHARF_* variable leaves them unset.
 _OPTIONAL_KEYS: Final = frozenset(k for k, v in _DEFAULTS.items() if v is None)
+_EMPTY_IS_A_VALUE: Final = frozenset({"audit_log_file"})
 
 
 def _seconds_to_ms(where: str, value: Any) -> int:
@@ -500,6 +542,12 @@ def _read_toml(config_path: str) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"config file {config_path!r} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {config_path!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the whole file before parsing
+        raise ConfigError(
+            f"config file {config_path!r} is not UTF-8 (byte {exc.start}): TOML files are UTF-8"
+        ) from None
+    except ValueError as exc:  # tomllib's int(): more digits than sys.get_int_max_str_digits()
         raise ConfigError(f"config file {config_path!r} is not valid TOML: {exc}") from None
 
 
@@ -615,6 +663,8 @@ def describe(settings: Settings) -> dict[str, Any]:
             value = [{"name": u.name, "tags": list(u.tags)} for u in value]
         elif f.name == "http_host":
             value = settings.http_bind_host
+        elif f.name == "audit_log_file":
+            value = audit_path(value, settings.data_dir) or ""  # "": off
         elif isinstance(value, list):
             value = list(value)
         out[f.name] = value

@@ -43,12 +43,13 @@ from .core.paging import PagedRow
 from .core.queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
 from .core.session import CoreSession
 from .core.topology import Topology
-from .http.server import HttpServer, start_http_server, stop_http_server
+from .http.server import HttpOptions, HttpServer, start_http_server, stop_http_server
 from .logs import TopicRegistry  # log topics
 from .logs.cleaner import LogCleaner  # log compaction
 from .logs.groups import GroupCoordinator
 from .logs.handles import SegmentHandles
 from .ports import busy_ports, busy_ports_message
+from .security.audit import AuditEvent, AuditLog, audit_path
 from .security.auth import Authenticator
 from .security.tls import ServerTls, TlsError, TlsListener
 from .security.users import SOURCE_RUNTIME
@@ -118,11 +119,14 @@ class Broker:
         publisher = self.topology.publisher
         publisher.stats = self.stats
         publisher.max_message_bytes = settings.max_message_bytes
-        self.authenticator = Authenticator(settings)
+        # The audit log opens with the data directory (start); off until then.
+        self.audit = AuditLog(None)
+        self.authenticator = Authenticator(settings, audit=self.audit)
         # Permissions (core/access.py): config-file users and the built-in guest have full
         # access on "/" until an explicit entry says otherwise.
         self.access = AccessControl()
         self.access.implicit_full = self._has_implicit_access
+        self.access.on_denied = self._audit_denial
         self.ready = False
         self.stopping = False
         self.port = settings.port if settings.plain_enabled else 0
@@ -306,6 +310,16 @@ class Broker:
         users = self.authenticator.users
         return user in users and users.configured(user)
 
+    def _audit_denial(self, actor: Actor, kind: str, error: WharfError) -> None:
+        """Every refusal the core's permissions decide goes to the audit log."""
+        self.audit.event(
+            AuditEvent.ACCESS_DENIED,
+            actor=actor.user,
+            vhost=actor.vhost,
+            resource_kind=kind,
+            reason=error.message,
+        )
+
     def session(self, actor: Actor) -> CoreSession:
         """The core as ``actor`` may use it (every check in core/access.py)."""
         return CoreSession(actor, self.access, self.topology)
@@ -394,6 +408,12 @@ class Broker:
         if busy:
             raise PortsBusy(busy_ports_message(busy))
         self._lock_data_dir()
+        self.audit = AuditLog(
+            audit_path(s.audit_log_file, self.data_path),
+            max_bytes=s.audit_log_max_bytes,
+            backups=s.audit_log_backups,
+        )
+        self.authenticator.audit = self.audit
         self._recover()
         self.monitor = ResourceMonitor(
             self.data_path,
@@ -410,8 +430,10 @@ class Broker:
         tls = self.tls
         https = None
         if tls is not None:
-            https = (s.https_port, tls.front, s.handshake_timeout_s)
-        self._http = await start_http_server(self, http_host, s.http_port, https=https)
+            https = (s.https_port, tls, s.handshake_timeout_s)
+        self._http = await start_http_server(
+            self, http_host, s.http_port, https=https, options=HttpOptions.from_settings(s)
+        )
         self.http_port = self._http.port
         self.https_port = self._http.tls_port
         # Recovery happens before this point; the native ports open only when ready.
@@ -451,6 +473,7 @@ class Broker:
             await asyncio.sleep(TICK_S)
             now = loop.time()
             self.check_resources()
+            self.authenticator.tick()  # summary lines of rate-limited login failures
             self.trimmer.run_if_requested(loop)
             self.compact_store()
             self.topology.expire_unused_queues()
@@ -709,6 +732,7 @@ class Broker:
         if self._http is not None:
             await stop_http_server(self._http, max(0.0, deadline - loop.time()))
         self.authenticator.close()
+        self.audit.close()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None

@@ -18,7 +18,7 @@ from wharf.protocol.codec import MAX_BATCH_ITEMS
 from wharf.protocol.errors import ConnectionLost, ContentTooLarge, InvalidArgument, WharfError
 
 from .consumer import Consumer
-from .core import ConnectionCore, clone_error, open_core
+from .core import NEW_REQUEST, ConnectionCore, Reply, clone_error, open_core, result_of
 from .logs_api import LogsApi
 from .message import Message, QueueInfo, build_properties, message_from_entry
 from .recovery import (
@@ -106,14 +106,14 @@ class Connection(LogsApi):
     def is_closed(self) -> bool:
         """True once the connection is gone for good (with reconnect: closed by the
         application, or the broker refused the reconnect)."""
-        if self._core.closed_error is None:
+        if not self._core.ended:
             return False
         return self._reconnector is None or not self._reconnector.reconnecting
 
     @property
     def is_connected(self) -> bool:
         """False while reconnecting (and once closed)."""
-        return self._core.closed_error is None
+        return not self._core.ended
 
     @property
     def reconnecting(self) -> bool:
@@ -249,7 +249,7 @@ class Connection(LogsApi):
         """The core to use: while reconnecting, wait (bounded) for the new one."""
         core = self._core
         reconnector = self._reconnector
-        if core.closed_error is not None and reconnector is not None:
+        if core.ended and reconnector is not None:
             if reconnector.final_error is not None:
                 raise clone_error(reconnector.final_error)
             if not self._closing:
@@ -261,11 +261,13 @@ class Connection(LogsApi):
         core.check_usable()
         return core
 
-    async def _request(self, ftype: int, *fields: Any) -> list[Any]:
+    async def _request(self, frame: F.Frame) -> Reply:
+        """Send a request frame (its ``request_id`` is assigned here) and wait for the
+        answer; while reconnecting, first wait for the new connection."""
         core = self._core
-        if core.closed_error is not None:
+        if core.ended:
             core = await self._live_core()
-        return await core.request(ftype, *fields)
+        return await core.request(frame)
 
     @property
     def _topology(self) -> Topology | None:
@@ -305,7 +307,9 @@ class Connection(LogsApi):
         arguments: dict[str, Any] | None = None,
     ) -> None:
         await self._request(
-            F.EXCHANGE_DECLARE, name, type, durable, auto_delete, internal, passive, arguments
+            F.ExchangeDeclare(
+                NEW_REQUEST, name, type, durable, auto_delete, internal, passive, arguments
+            )
         )
         topology = self._topology
         if topology is not None and not passive:
@@ -314,7 +318,7 @@ class Connection(LogsApi):
             )
 
     async def delete_exchange(self, name: str, if_unused: bool = False) -> None:
-        await self._request(F.EXCHANGE_DELETE, name, if_unused)
+        await self._request(F.ExchangeDelete(NEW_REQUEST, name, if_unused))
         topology = self._topology
         if topology is not None:
             topology.exchange_deleted(name)
@@ -326,7 +330,9 @@ class Connection(LogsApi):
         routing_key: str = "",
         arguments: dict[str, Any] | None = None,
     ) -> None:
-        await self._request(F.EXCHANGE_BIND, destination, source, routing_key, arguments)
+        await self._request(
+            F.ExchangeBind(NEW_REQUEST, destination, source, routing_key, arguments)
+        )
         topology = self._topology
         if topology is not None:
             topology.bound(BindingRecord(destination, source, routing_key, arguments, True))
@@ -338,7 +344,9 @@ class Connection(LogsApi):
         routing_key: str = "",
         arguments: dict[str, Any] | None = None,
     ) -> None:
-        await self._request(F.EXCHANGE_UNBIND, destination, source, routing_key, arguments)
+        await self._request(
+            F.ExchangeUnbind(NEW_REQUEST, destination, source, routing_key, arguments)
+        )
         topology = self._topology
         if topology is not None:
             topology.unbound(BindingRecord(destination, source, routing_key, arguments, True))
@@ -357,10 +365,10 @@ class Connection(LogsApi):
 
         With reconnect, a server-named queue is declared anew after a reconnect if it
         is gone, under a new name (a "queue_renamed" event says which)."""
-        frame = await self._request(
-            F.QUEUE_DECLARE, name, durable, exclusive, auto_delete, passive, arguments
+        reply = await self._request(
+            F.QueueDeclare(NEW_REQUEST, name, durable, exclusive, auto_delete, passive, arguments)
         )
-        result = _result(frame)
+        result = result_of(reply)
         info = QueueInfo(
             result.get("queue", name), result.get("messages", 0), result.get("consumers", 0)
         )
@@ -378,7 +386,7 @@ class Connection(LogsApi):
         routing_key: str = "",
         arguments: dict[str, Any] | None = None,
     ) -> None:
-        await self._request(F.QUEUE_BIND, queue, exchange, routing_key, arguments)
+        await self._request(F.QueueBind(NEW_REQUEST, queue, exchange, routing_key, arguments))
         topology = self._topology
         if topology is not None:
             topology.bound(BindingRecord(queue, exchange, routing_key, arguments))
@@ -390,15 +398,15 @@ class Connection(LogsApi):
         routing_key: str = "",
         arguments: dict[str, Any] | None = None,
     ) -> None:
-        await self._request(F.QUEUE_UNBIND, queue, exchange, routing_key, arguments)
+        await self._request(F.QueueUnbind(NEW_REQUEST, queue, exchange, routing_key, arguments))
         topology = self._topology
         if topology is not None:
             topology.unbound(BindingRecord(queue, exchange, routing_key, arguments))
 
     async def purge_queue(self, name: str) -> int:
         """Drop the queue's ready messages; returns how many."""
-        frame = await self._request(F.QUEUE_PURGE, name)
-        return int(_result(frame).get("messages", 0))
+        reply = await self._request(F.QueuePurge(NEW_REQUEST, name))
+        return int(result_of(reply).get("messages", 0))
 
     async def replay_dead_letters(
         self,
@@ -413,8 +421,10 @@ class Connection(LogsApi):
         last died in, or to ``target``; filter by the last death's ``reason`` and
         ``max_deaths`` (its count), at most ``limit`` (0 = all).  Returns how many moved.
         """
-        frame = await self._request(F.QUEUE_REPLAY, queue, target, reason, limit, max_deaths)
-        return int(_result(frame).get("moved", 0))
+        reply = await self._request(
+            F.QueueReplay(NEW_REQUEST, queue, target, reason, limit, max_deaths)
+        )
+        return int(result_of(reply).get("moved", 0))
 
     async def set_policy(
         self,
@@ -431,24 +441,26 @@ class Connection(LogsApi):
         RabbitMQ's keys (message-ttl, max-length, dead-letter-exchange, ...).  Returns True
         if the policy is new.
         """
-        frame = await self._request(F.POLICY_SET, name, pattern, definition, priority, apply_to)
-        return bool(_result(frame).get("created", False))
+        reply = await self._request(
+            F.PolicySet(NEW_REQUEST, name, pattern, definition, priority, apply_to)
+        )
+        return bool(result_of(reply).get("created", False))
 
     async def delete_policy(self, name: str) -> None:
-        await self._request(F.POLICY_DELETE, name)
+        await self._request(F.PolicyDelete(NEW_REQUEST, name))
 
     async def list_policies(self) -> list[dict[str, Any]]:
-        frame = await self._request(F.POLICY_LIST)
-        policies = _result(frame).get("policies", [])
+        reply = await self._request(F.PolicyList(NEW_REQUEST))
+        policies = result_of(reply).get("policies", [])
         return list(policies) if isinstance(policies, list) else []
 
     async def delete_queue(self, name: str, if_unused: bool = False, if_empty: bool = False) -> int:
         """Delete a queue; returns how many messages it held."""
-        frame = await self._request(F.QUEUE_DELETE, name, if_unused, if_empty)
+        reply = await self._request(F.QueueDelete(NEW_REQUEST, name, if_unused, if_empty))
         topology = self._topology
         if topology is not None:
             topology.queue_deleted(name)
-        return int(_result(frame).get("messages", 0))
+        return int(result_of(reply).get("messages", 0))
 
     # -- publishing ------------------------------------------------------------------
 
@@ -481,7 +493,7 @@ class Connection(LogsApi):
         and the broker's error if it refused the message.  ``timestamp`` is epoch ms.
         """
         core = self._core
-        if core.closed_error is not None:
+        if core.ended:
             core = await self._usable_core()
         if core.must_wait_writable():
             await core.wait_writable()
@@ -493,11 +505,11 @@ class Connection(LogsApi):
         )  # fmt: skip
         flags = F.FLAG_MANDATORY if mandatory else 0
         if not confirm:
-            core.send(core.encode((F.PUBLISH, 0, exchange, routing_key, props, body, flags)))
+            core.send_frame(F.Publish(0, exchange, routing_key, props, body, flags))
             return
         fut: asyncio.Future[None] = core.loop.create_future()
         seq = core.confirms.add(1, fut)
-        core.send(core.encode((F.PUBLISH, seq, exchange, routing_key, props, body, flags)))
+        core.send_frame(F.Publish(seq, exchange, routing_key, props, body, flags))
         await fut
 
     async def publish_many(
@@ -534,11 +546,11 @@ class Connection(LogsApi):
         if n == 0:
             return
         core = self._core
-        if core.closed_error is not None:
+        if core.ended:
             core = await self._usable_core()
         if core.must_wait_writable():
             await core.wait_writable()
-        if not isinstance(bodies, list | tuple):
+        if not isinstance(bodies, list):
             bodies = list(bodies)
         limit = core.max_message_bytes
         largest = max(map(len, bodies))
@@ -558,15 +570,11 @@ class Connection(LogsApi):
             core.max_frame_bytes - PUBLISH_MANY_OVERHEAD_BYTES, core.max_frame_bytes // 2
         )
         if n <= MAX_BATCH_ITEMS and sum(map(len, bodies)) + BODY_HEADER_BYTES * n <= frame_room:
-            core.send(
-                core.encode((F.PUBLISH_MANY, seq, exchange, routing_key, props, bodies, flags))
-            )
+            core.send_frame(F.PublishMany(seq, exchange, routing_key, props, bodies, flags))
         else:
             for offset, chunk in _split_by_size(bodies, frame_room):
                 first = seq + offset if seq else 0
-                core.send(
-                    core.encode((F.PUBLISH_MANY, first, exchange, routing_key, props, chunk, flags))
-                )
+                core.send_frame(F.PublishMany(first, exchange, routing_key, props, chunk, flags))
                 if core.must_wait_writable():
                     core.flush()
         if fut is not None:
@@ -603,10 +611,10 @@ class Connection(LogsApi):
     async def get(self, queue: str, no_ack: bool = False) -> Message | None:
         """Fetch one message (None when the queue is empty)."""
         core = self._core
-        if core.closed_error is not None:
+        if core.ended:
             core = await self._live_core()
-        frame = await core.request(F.GET, queue, no_ack)
-        entry = frame[2] if frame[0] == F.GET_OK and len(frame) > 2 else None
+        reply = await core.request(F.Get(NEW_REQUEST, queue, no_ack))
+        entry = reply.delivery if type(reply) is F.GetOk else None
         if entry is None:
             return None
         return message_from_entry(entry, None if no_ack else core.get_channel)
@@ -664,11 +672,6 @@ class Connection(LogsApi):
                 fut.exception()  # retrieved, whichever way this call ended
 
 
-def _result(frame: list[Any]) -> dict[str, Any]:
-    result = frame[2] if len(frame) > 2 else None
-    return result if isinstance(result, dict) else {}
-
-
 def _too_large(size: int, limit: int) -> WharfError:
     return ContentTooLarge(
         f"message body of {size} bytes exceeds the broker's max_message_bytes={limit}",
@@ -677,11 +680,11 @@ def _too_large(size: int, limit: int) -> WharfError:
 
 
 def _split_by_size(
-    bodies: Sequence[bytes], room: int, max_count: int = MAX_BATCH_ITEMS
-) -> list[tuple[int, Sequence[bytes]]]:
+    bodies: list[bytes], room: int, max_count: int = MAX_BATCH_ITEMS
+) -> list[tuple[int, list[bytes]]]:
     """Cut ``bodies`` into runs that each fit in ``room`` bytes and hold at most
     ``max_count`` bodies (the broker's decoding limit): (offset, run) pairs."""
-    chunks: list[tuple[int, Sequence[bytes]]] = []
+    chunks: list[tuple[int, list[bytes]]] = []
     start = 0
     size = 0
     for i, body in enumerate(bodies):

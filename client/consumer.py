@@ -12,7 +12,7 @@ from typing import Any, Final, Protocol
 from wharf.protocol import frames as F
 from wharf.protocol.errors import PreconditionFailed, WharfError
 
-from .core import AckChannel, ConnectionCore, clone_error
+from .core import NEW_REQUEST, AckChannel, ConnectionCore, Reply, clone_error, result_of
 from .message import Message, messages_from_entries
 
 log = logging.getLogger("wharf.client")
@@ -137,16 +137,7 @@ class Consumer:
             self._channel = AckChannel(core, rid)
         core.add_consumer(tag, rid, self)
         try:
-            _, fut = core.start_request(
-                F.CONSUME,
-                self.queue,
-                tag,
-                self.prefetch,
-                self.no_ack,
-                self.exclusive,
-                self.arguments,
-                rid=rid,
-            )
+            _, fut = core.start_request(self._consume_frame(rid, tag))
         except BaseException:
             core.remove_consumer(tag, rid)
             self._state = _CLOSED
@@ -161,8 +152,7 @@ class Consumer:
             self._state = _CLOSED
             self._stopped = True
             raise
-        result = frame[2] if len(frame) > 2 else None
-        granted = result.get("consumer_tag") if isinstance(result, dict) else None
+        granted = result_of(frame).get("consumer_tag")
         if isinstance(granted, str) and granted and granted != tag:
             core.rename_consumer(tag, granted)
             self.consumer_tag = granted
@@ -171,21 +161,26 @@ class Consumer:
             if self._owner is not None:
                 self._owner.consumer_started(self)
 
+    def _consume_frame(self, rid: int, tag: str) -> F.Consume:
+        return F.Consume(
+            rid, self.queue, tag, self.prefetch, self.no_ack, self.exclusive, self.arguments
+        )
+
     def _abandon(self) -> None:
         """``__aenter__`` was cancelled while CONSUME was in flight: cancel it on the
         broker in the background and requeue whatever it delivered meanwhile."""
         self._state = _CANCELLING
         core = self._core
-        if core.closed_error is not None:
+        if core.ended:
             self._finish()
             return
         try:
-            _, fut = core.start_request(F.CANCEL, self.consumer_tag)
+            _, fut = core.start_request(F.Cancel(NEW_REQUEST, self.consumer_tag))
         except WharfError:
             self._finish()
             return
 
-        def done(f: asyncio.Future[list[Any]]) -> None:
+        def done(f: asyncio.Future[Reply]) -> None:
             if not f.cancelled():
                 f.exception()  # retrieved: a failure here changes nothing
             self._finish()
@@ -220,16 +215,16 @@ class Consumer:
         self._state = _CANCELLING
         core = self._core
         try:
-            if core.closed_error is None and core.has_consumer(self.consumer_tag):
+            if not core.ended and core.has_consumer(self.consumer_tag):
                 # Not core.request(): an unrelated stored error must not stop the CANCEL.
-                rid, fut = core.start_request(F.CANCEL, self.consumer_tag)
+                rid, fut = core.start_request(F.Cancel(NEW_REQUEST, self.consumer_tag))
                 try:
                     await fut
                 except asyncio.CancelledError:
                     core.abandon_request(rid)
                     raise
                 except WharfError as exc:
-                    if core.closed_error is None:
+                    if not core.ended:
                         log.debug("wharf: cancel of consumer %r failed: %s", self.consumer_tag, exc)
         finally:
             self._finish()
@@ -243,11 +238,10 @@ class Consumer:
             self._owner.consumer_stopped(self)
         buffer = self._buffer
         if buffer and not self.no_ack:
-            if core.closed_error is None:
-                encode = core.encode
+            if not core.ended:
                 ack_id = self.ack_id
                 for msg in buffer:
-                    core.send(encode((F.NACK, ack_id, msg.delivery_tag, False, True)))
+                    core.send_frame(F.Nack(ack_id, msg.delivery_tag, multiple=False, requeue=True))
             buffer.clear()
         self._wake()
 
@@ -364,16 +358,7 @@ class Consumer:
         core.add_consumer(tag, rid, self)
         self._state = _RESUMING
         try:
-            _, fut = core.start_request(
-                F.CONSUME,
-                self.queue,
-                tag,
-                self.prefetch,
-                self.no_ack,
-                self.exclusive,
-                self.arguments,
-                rid=rid,
-            )
+            _, fut = core.start_request(self._consume_frame(rid, tag))
             await fut
         except BaseException:
             core.remove_consumer(tag, rid)

@@ -2,9 +2,11 @@
 
 One ``ConnectionCore`` per TCP connection.  It owns the socket, the request table
 (request id -> future), the publisher-confirm tracker, the consumers by tag and the
-pending acks.  Frames arrive as raw msgpack arrays and are dispatched by their type
-number; the hot ones (DELIVER, CONFIRM, OK) are handled inline in ``data_received``.
-Outgoing frames are appended to a buffer that is written once per loop iteration.
+pending acks.  Every frame in and out is a typed frame of protocol/frames.py: frames
+arrive as msgpack arrays and are turned into their class (``read_frame``) before they
+are dispatched; the hot ones (DELIVER, CONFIRM, OK) are handled inline in
+``_dispatch``.  Outgoing frames are built from their class, encoded, and appended to a
+buffer that is written once per loop iteration.
 Nothing here awaits except the helpers that wait for the broker or for the transport
 to drain.
 """
@@ -16,7 +18,7 @@ import itertools
 import logging
 import ssl
 from collections.abc import Callable, Iterator
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, NoReturn, Protocol, cast
 
 from wharf.protocol import frames as F
 from wharf.protocol.codec import (
@@ -32,12 +34,15 @@ from wharf.protocol.errors import (
     FrameError,
     HeartbeatTimeout,
     InvalidArgument,
+    NotImplementedByBroker,
     ProtocolMismatch,
     WharfError,
     error_from_code,
 )
 
 from .confirms import ConfirmTracker
+from .message import messages_from_entries
+from .state import ENDED, Event, InvalidTransition, State, next_state
 from .tls import closed_after_handshake, connect_error, plain_to_tls_hint, tls_failure
 from .url import ConnectParams
 
@@ -58,20 +63,50 @@ TRANSPORT_LOW_WATER_BYTES: Final = 1024 * 1024
 # Heartbeat ticks run every heartbeat/2; this many silent ticks = 2 heartbeats.
 SILENT_TICKS_BEFORE_TIMEOUT: Final = 4
 
-_HEARTBEAT_FRAME: Final = FrameEncoder().encode_array((F.HEARTBEAT, 0))
+_HEARTBEAT_FRAME: Final = FrameEncoder().encode_array(F.as_array(F.Heartbeat()))
 # Sent right after the handshake: a HEARTBEAT the broker ignores (before AUTH too; the
 # extra field is ignored as SPEC section 12 says).  It carries CR LF CR LF so that an
 # HTTP server on this port sees the end of a request head and answers at once (400)
 # instead of waiting for more; that answer is then reported as "this port speaks HTTP".
-_PORT_PROBE_FRAME: Final = FrameEncoder().encode_array((F.HEARTBEAT, 0, "\r\n\r\n"))
+_PORT_PROBE_FRAME: Final = FrameEncoder().encode_array((*F.as_array(F.Heartbeat()), "\r\n\r\n"))
 # What an HTTP/1.x server answers starts with this.  As a Wharf frame length it would be
 # over 1 GB, so a Wharf broker never sends it.
 HTTP_RESPONSE_PREFIX: Final = b"HTTP"
 WHARF_DEFAULT_PORT: Final = 5680
 
 
+# What answers a request: OK, or GET_OK for a GET (an ERROR is raised instead).
+Reply = F.Ok | F.GetOk
 # Called with the answer frame of a request, or with the error that ended it.
-ReplyCallback = Callable[[list[Any] | None, WharfError | None], None]
+ReplyCallback = Callable[[Reply | None, WharfError | None], None]
+# A request frame built with this request id gets a fresh one from the core.
+NEW_REQUEST: Final = 0
+
+
+def result_of(reply: Reply) -> dict[str, Any]:
+    """The result map of an OK answer (empty when it has none, or for a GET_OK)."""
+    result = reply.result if type(reply) is F.Ok else None
+    return result if isinstance(result, dict) else {}
+
+
+def read_frame(raw: list[Any]) -> F.Frame | None:
+    """The typed frame for a decoded array from the broker (None: a type this SDK does
+    not know, ignored for forward compatibility).  Raises ``ProtocolSyntaxError`` for a
+    malformed frame.
+
+    DELIVER and CONFIRM take a fast path: ``F.parse`` checks each delivery entry (about
+    0.4 us each, more than building its ``Message``), and ``messages_from_entries``
+    unpacks every entry anyway, failing the connection on a malformed one.
+    """
+    ftype = raw[0]
+    if ftype == F.DELIVER and len(raw) >= 4 and type(raw[2]) is str and type(raw[3]) is list:
+        return F.Deliver._make(raw[1:4])
+    if ftype == F.CONFIRM and len(raw) >= 3 and type(raw[2]) is int:
+        return F.Confirm._make(raw[1:3])
+    try:
+        return F.parse(raw)
+    except NotImplementedByBroker:
+        return None
 
 
 def clone_error(exc: WharfError) -> WharfError:
@@ -112,7 +147,7 @@ class AckChannel:
             self._core.acks_pending(self)
         tags.append(tag)
 
-    def settle(self, frame: tuple[Any, ...]) -> None:
+    def settle(self, frame: F.Ack | F.Nack | F.Reject) -> None:
         """Queue an ACK(multiple)/NACK/REJECT frame, after any pending acks."""
         self._core.send_settle(frame)
 
@@ -141,7 +176,7 @@ class ConnectionCore(asyncio.BufferedProtocol):
         # ids, ack ids and SDK consumer tags never repeat across reconnects.
         self._rids = request_ids if request_ids is not None else itertools.count(1)
         # None = a request whose answer nobody waits for.
-        self._pending: dict[int, asyncio.Future[list[Any]] | ReplyCallback | None] = {}
+        self._pending: dict[int, asyncio.Future[Reply] | ReplyCallback | None] = {}
         self.confirms = ConfirmTracker()
         self._consumers: dict[str, DeliverySink] = {}
         self._sinks_by_ack_id: dict[int, DeliverySink] = {}
@@ -152,10 +187,14 @@ class ConnectionCore(asyncio.BufferedProtocol):
         # message (RETURN seq 0), a failed settle of a GET message (ack id 0).  It is
         # never raised from a later, unrelated call (docs/sdk.md, "Asynchronous errors").
         self.on_async_error: Callable[[WharfError], None] | None = None
-        self._handshake: asyncio.Future[list[Any]] | None = loop.create_future()
+        # The lifecycle (state.py): changed only by _advance().
+        self.state = State.CONNECTING
+        # Waiters: the handshake coroutine for HELLO/AUTH_OK, close() for CLOSE_OK.
+        self._handshake: asyncio.Future[F.Hello | F.AuthOk] | None = loop.create_future()
         self._close_ok: asyncio.Future[None] | None = None
         self._lost: asyncio.Future[None] = loop.create_future()
-        # Set once, when the connection becomes unusable; every later call raises it.
+        # Why the connection ended (set when the state becomes CLOSED or FAILED); every
+        # later call raises it.
         self.closed_error: WharfError | None = None
         self.heartbeat_s = 0
         self._heartbeat: asyncio.TimerHandle | None = None
@@ -179,6 +218,21 @@ class ConnectionCore(asyncio.BufferedProtocol):
         self.on_fail: Callable[[ConnectionCore, WharfError], None] | None = None
         self.lost_cause: Exception | None = None
 
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        """CLOSED or FAILED: nothing more can be done on this connection."""
+        return self.state in ENDED
+
+    def _advance(self, event: Event) -> None:
+        self.state = next_state(self.state, event)
+
+    def _raise_ended(self) -> NoReturn:
+        error = self.closed_error
+        assert error is not None
+        raise clone_error(error)
+
     # -- asyncio.BufferedProtocol --------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -187,6 +241,7 @@ class ConnectionCore(asyncio.BufferedProtocol):
         self._transport = transport
         transport.set_write_buffer_limits(TRANSPORT_HIGH_WATER_BYTES, TRANSPORT_LOW_WATER_BYTES)
         transport.write(F.HANDSHAKE + _PORT_PROBE_FRAME)
+        self._advance(Event.TRANSPORT_UP)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # Bytes are received straight into the decoder's buffer.
@@ -196,7 +251,7 @@ class ConnectionCore(asyncio.BufferedProtocol):
         return view
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.closed_error is not None:
+        if self.state in ENDED:
             return
         self._received = True
         view = self._preamble_view
@@ -211,7 +266,7 @@ class ConnectionCore(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Bytes from the broker handed over whole (the same as ``buffer_updated``)."""
-        if self.closed_error is not None:
+        if self.state in ENDED:
             return
         self._received = True
         if self._preamble is not None and self._wrong_protocol(data):
@@ -225,27 +280,29 @@ class ConnectionCore(asyncio.BufferedProtocol):
 
     def _dispatch(self, frames: list[Any]) -> None:
         try:
-            for frame in frames:
-                ftype = frame[0]
-                if ftype == F.DELIVER:
-                    sink = self._consumers.get(frame[2])
+            for raw in frames:
+                frame = read_frame(raw)
+                if type(frame) is F.Deliver:
+                    sink = self._consumers.get(frame.consumer_tag)
                     if sink is not None:
-                        sink.on_deliver(frame[3])
+                        sink.on_deliver(frame.deliveries)
                     else:
                         self._orphan_delivery(frame)
-                elif ftype == F.CONFIRM:
-                    self.confirms.confirm(frame[2])
-                elif ftype == F.OK or ftype == F.GET_OK:
-                    waiter = self._pending.pop(frame[1], None)
+                elif type(frame) is F.Confirm:
+                    self.confirms.confirm(frame.up_to)
+                elif type(frame) is F.Ok or type(frame) is F.GetOk:
+                    waiter = self._pending.pop(frame.request_id, None)
                     if isinstance(waiter, asyncio.Future):
                         if not waiter.done():
                             waiter.set_result(frame)
                     elif waiter is not None:
                         _answer(waiter, frame)
-                else:
-                    self._dispatch_other(ftype, frame)
-                    if self.closed_error is not None:
+                elif frame is not None:
+                    self._dispatch_other(frame)
+                    if self.state in ENDED:
                         return
+        except InvalidTransition as exc:  # e.g. a second HELLO: the broker is confused
+            self.fail(FrameError(f"unexpected frame from the broker: {exc}"))
         except Exception as exc:  # a malformed frame from the broker: nothing sane to do
             log.exception("wharf: cannot handle a frame from the broker")
             self.fail(FrameError(f"malformed frame from the broker: {exc!r}"))
@@ -291,45 +348,47 @@ class ConnectionCore(asyncio.BufferedProtocol):
 
     # -- dispatch ------------------------------------------------------------------
 
-    def _dispatch_other(self, ftype: int, frame: list[Any]) -> None:
-        if ftype == F.PUBLISH_NACK:
-            self.confirms.nack(frame[2], frame[3], frame[4])
-        elif ftype == F.RETURN:
-            seq, code, reason, exchange, routing_key, props, body = frame[2:9]
-            if seq:
-                self.confirms.returned(seq, code, reason, exchange, routing_key, props, body)
+    def _dispatch_other(self, frame: F.Frame) -> None:
+        if type(frame) is F.PublishNack:
+            self.confirms.nack(frame.seq, frame.code, frame.message)
+        elif type(frame) is F.Return:
+            if frame.seq:
+                self.confirms.returned(
+                    frame.seq, frame.code, frame.reason, frame.exchange, frame.routing_key,
+                    frame.properties, frame.body,
+                )  # fmt: skip
             else:
                 self._async_error(
                     error_from_code(
-                        code,
-                        f"message to exchange '{exchange}' with routing key '{routing_key}' "
-                        f"was returned: {reason}",
+                        frame.code,
+                        f"message to exchange '{frame.exchange}' with routing key "
+                        f"'{frame.routing_key}' was returned: {frame.reason}",
                         {
-                            "exchange": exchange,
-                            "routing_key": routing_key,
-                            "properties": props,
-                            "body": body,
+                            "exchange": frame.exchange,
+                            "routing_key": frame.routing_key,
+                            "properties": frame.properties,
+                            "body": frame.body,
                         },
                     )
                 )
-        elif ftype == F.ERROR:
+        elif type(frame) is F.Error:
             self._on_error(frame)
-        elif ftype == F.CANCELLED:
-            tag = frame[2]
+        elif type(frame) is F.Cancelled:
+            tag = frame.consumer_tag
             sink = self._consumers.pop(tag, None)
             if sink is not None:
                 self._drop_ack_id(sink)
                 sink.on_cancelled(
                     error_from_code(
-                        frame[3],
-                        f"consumer '{tag}' cancelled by the broker: {frame[4]}",
+                        frame.code,
+                        f"consumer '{tag}' cancelled by the broker: {frame.reason}",
                         {"consumer_tag": tag},
                     )
                 )
-        elif ftype == F.HEARTBEAT:
+        elif type(frame) is F.Heartbeat:
             pass
-        elif ftype == F.BLOCKED or ftype == F.UNBLOCKED:
-            reason = str(frame[2]) if ftype == F.BLOCKED and len(frame) > 2 else None
+        elif type(frame) is F.Blocked or type(frame) is F.Unblocked:
+            reason = frame.reason if type(frame) is F.Blocked else None
             self.blocked = reason
             if reason is None:
                 log.info("wharf: broker resource alarm cleared; publishing resumes")
@@ -340,41 +399,43 @@ class ConnectionCore(asyncio.BufferedProtocol):
                     callback(reason)
                 except Exception:
                     log.exception("wharf: blocked/unblocked listener failed")
-        elif ftype == F.HELLO or ftype == F.AUTH_OK:
+        elif type(frame) is F.Hello or type(frame) is F.AuthOk:
+            self._advance(Event.HELLO if type(frame) is F.Hello else Event.AUTH_OK)
             fut = self._handshake
             if fut is not None and not fut.done():
                 fut.set_result(frame)
-        elif ftype == F.CLOSE:
-            code = frame[2] if len(frame) > 2 else 0
-            reason = frame[3] if len(frame) > 3 else ""
-            self.send(self.encode((F.CLOSE_OK, frame[1])))
+        elif type(frame) is F.Close:
+            self.send_frame(F.CloseOk(frame.request_id))
             self.flush()
-            if code:
-                error = error_from_code(code, f"broker closed the connection: {reason}")
+            if self.state is State.CLOSING:  # both sides closed at once
+                self._end(ConnectionLost("the connection was closed by the client"), Event.CLOSED)
+            elif frame.code:
+                error = error_from_code(frame.code, f"broker closed the connection: {frame.reason}")
             else:
-                error = ConnectionLost(f"broker closed the connection: {reason or 'no reason'}")
+                error = ConnectionLost(
+                    f"broker closed the connection: {frame.reason or 'no reason'}"
+                )
             self.fail(error)
-        elif ftype == F.CLOSE_OK:
+        elif type(frame) is F.CloseOk:
             self._closed_ok()
-        # Unknown frame types are ignored (forward compatibility).
+        # Other frame types are not sent to clients: ignored, as unknown ones are.
 
     def _closed_ok(self) -> None:
         close_ok = self._close_ok
         if close_ok is not None and not close_ok.done():
             close_ok.set_result(None)
 
-    def _on_error(self, frame: list[Any]) -> None:
-        rid = frame[1]
-        fatal = bool(frame[4]) if len(frame) > 4 else False
-        details = frame[5] if len(frame) > 5 and isinstance(frame[5], dict) else None
-        error = error_from_code(frame[2], frame[3], details)
-        if fatal:
+    def _on_error(self, frame: F.Error) -> None:
+        rid = frame.request_id
+        error = error_from_code(frame.code, frame.message, frame.details)
+        if frame.fatal:
             self.fail(error)
             return
         if rid in self._pending:
             _settle(self._pending.pop(rid), error)
             return
-        if self._handshake is not None:  # e.g. a refused AUTH not flagged fatal
+        if self.state is State.HANDSHAKING or self.state is State.AUTHENTICATING:
+            # e.g. a refused AUTH not flagged fatal
             self.fail(error)
             return
         sink = self._sinks_by_ack_id.get(rid)
@@ -393,18 +454,17 @@ class ConnectionCore(asyncio.BufferedProtocol):
         except Exception:
             log.exception("wharf: asynchronous error handler failed")
 
-    def _orphan_delivery(self, frame: list[Any]) -> None:
+    def _orphan_delivery(self, frame: F.Deliver) -> None:
         """Deliveries for a consumer we do not know (its CONSUME was abandoned):
         requeue them and cancel that consumer once."""
-        encode = self.encode
-        for entry in frame[3]:
-            self.send(encode((F.NACK, 0, entry[0], False, True)))
-        tag = frame[2]
+        for message in messages_from_entries(frame.deliveries, None):
+            self.send_frame(F.Nack(0, message.delivery_tag, multiple=False, requeue=True))
+        tag = frame.consumer_tag
         if tag not in self._orphan_tags:
             self._orphan_tags.add(tag)
             rid = next(self._rids)
             self._pending[rid] = None
-            self.send(encode((F.CANCEL, rid, tag)))
+            self.send_frame(F.Cancel(rid, tag))
 
     # -- consumers -----------------------------------------------------------------
 
@@ -444,19 +504,23 @@ class ConnectionCore(asyncio.BufferedProtocol):
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
-    def send_settle(self, frame: tuple[Any, ...]) -> None:
-        if self.closed_error is not None:
+    def send_frame(self, frame: F.Frame) -> None:
+        """Encode ``frame`` and queue it (``send``)."""
+        self.send(self.encode(F.as_array(frame)))
+
+    def send_settle(self, frame: F.Ack | F.Nack | F.Reject) -> None:
+        if self.state in ENDED:
             if self.recoverable:
                 return  # a delivery of a lost connection: the broker requeued it
-            raise clone_error(self.closed_error)
-        self.send(self.encode(frame))
+            self._raise_ended()
+        self.send_frame(frame)
 
     def acks_pending(self, channel: AckChannel) -> None:
-        if self.closed_error is not None:
+        if self.state in ENDED:
             if self.recoverable:
                 channel.tags.clear()
                 return
-            raise clone_error(self.closed_error)
+            self._raise_ended()
         self._ack_dirty.append(channel)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -471,7 +535,8 @@ class ConnectionCore(asyncio.BufferedProtocol):
                 continue
             # The broker decodes at most MAX_BATCH_ITEMS tags per frame.
             for start in range(0, len(tags), MAX_BATCH_ITEMS):
-                data = encode((F.ACK_MANY, channel.ack_id, tags[start : start + MAX_BATCH_ITEMS]))
+                frame = F.AckMany(channel.ack_id, tags[start : start + MAX_BATCH_ITEMS])
+                data = encode(F.as_array(frame))
                 wbuf.append(data)
                 self._wbuf_bytes += len(data)
             tags.clear()
@@ -498,12 +563,12 @@ class ConnectionCore(asyncio.BufferedProtocol):
         """Backpressure: write out a full buffer, then wait while the transport is paused."""
         if self._wbuf_bytes > MAX_PENDING_WRITE_BYTES:
             self.flush()
-        while self._paused and self.closed_error is None:
+        while self._paused and self.state not in ENDED:
             waiter: asyncio.Future[None] = self.loop.create_future()
             self._drain_waiters.append(waiter)
             await waiter
-        if self.closed_error is not None:
-            raise clone_error(self.closed_error)
+        if self.state in ENDED:
+            self._raise_ended()
 
     def _wake_drain_waiters(self) -> None:
         waiters = self._drain_waiters
@@ -515,42 +580,44 @@ class ConnectionCore(asyncio.BufferedProtocol):
     # -- requests ------------------------------------------------------------------
 
     def check_usable(self) -> None:
-        """Raise the connection's close error, if it has one."""
-        if self.closed_error is not None:
-            raise clone_error(self.closed_error)
+        """Raise the connection's close error once it has ended."""
+        if self.state in ENDED:
+            self._raise_ended()
 
     def new_request_id(self) -> int:
         return next(self._rids)
 
-    def start_request(
-        self, ftype: int, *fields: Any, rid: int = 0
-    ) -> tuple[int, asyncio.Future[list[Any]]]:
-        """Send a request now; returns its id and the future of the response frame."""
-        if self.closed_error is not None:
-            raise clone_error(self.closed_error)
-        if not rid:
+    def start_request(self, frame: F.Frame) -> tuple[int, asyncio.Future[Reply]]:
+        """Send a request now; returns its id and the future of the answer frame.
+        A ``request_id`` of ``NEW_REQUEST`` is replaced by a fresh id."""
+        if self.state in ENDED:
+            self._raise_ended()
+        rid = frame.request_id
+        if rid == NEW_REQUEST:
             rid = next(self._rids)
-        fut: asyncio.Future[list[Any]] = self.loop.create_future()
+            frame = frame._replace(request_id=rid)
+        fut: asyncio.Future[Reply] = self.loop.create_future()
         self._pending[rid] = fut
-        self.send(self.encode((ftype, rid, *fields)))
+        self.send_frame(frame)
         return rid, fut
 
-    def start_request_cb(self, ftype: int, *fields: Any, callback: ReplyCallback) -> int:
-        """Send a request now; ``callback`` gets its answer as soon as it is read (no
-        future, no extra loop iteration), or the error that ended it.  Returns its id."""
-        if self.closed_error is not None:
-            raise clone_error(self.closed_error)
+    def start_request_cb(self, frame: F.Frame, callback: ReplyCallback) -> int:
+        """Send a request now (under a fresh id); ``callback`` gets its answer as soon
+        as it is read (no future, no extra loop iteration), or the error that ended it.
+        Returns its id."""
+        if self.state in ENDED:
+            self._raise_ended()
         rid = next(self._rids)
         self._pending[rid] = callback
-        self.send(self.encode((ftype, rid, *fields)))
+        self.send_frame(frame._replace(request_id=rid))
         return rid
 
-    async def request(self, ftype: int, *fields: Any) -> list[Any]:
-        """Send a request and wait for its OK/GET_OK frame (ERROR raises)."""
+    async def request(self, frame: F.Frame) -> Reply:
+        """Send a request (under a fresh id) and wait for its OK/GET_OK (ERROR raises)."""
         self.check_usable()
         if self._paused or self._wbuf_bytes > MAX_PENDING_WRITE_BYTES:
             await self.wait_writable()
-        rid, fut = self.start_request(ftype, *fields)
+        rid, fut = self.start_request(frame._replace(request_id=next(self._rids)))
         try:
             return await fut
         except asyncio.CancelledError:
@@ -569,22 +636,25 @@ class ConnectionCore(asyncio.BufferedProtocol):
     ) -> None:
         assert self._handshake is not None
         hello = await self._handshake
-        version, server, max_frame, max_message = hello[2:6]
-        mechanisms = hello[7] if len(hello) > 7 else ["PLAIN"]
+        assert type(hello) is F.Hello
+        version = hello.version
+        mechanisms = hello.mechanisms
+        max_frame = hello.max_frame_bytes
+        max_message = hello.max_message_bytes
         if version != F.PROTOCOL_VERSION:
             raise ProtocolMismatch(
                 f"broker speaks protocol version {version}; this SDK speaks {F.PROTOCOL_VERSION}"
             )
         if "PLAIN" not in mechanisms:
             raise AccessRefused(f"broker offers auth mechanisms {mechanisms}; the SDK needs PLAIN")
-        self.server_name = server
+        self.server_name = hello.server
         # A broker that states no limit (0) gets the codec's default frame limit.
         self.max_frame_bytes = max_frame if max_frame > 0 else DEFAULT_MAX_FRAME_BYTES
         self.max_message_bytes = max_message if max_message > 0 else self.max_frame_bytes
         self._handshake = self.loop.create_future()
         rid = next(self._rids)
         auth = self.encode(
-            (F.AUTH, rid, "PLAIN", username, password, heartbeat_s, client_properties)
+            F.as_array(F.Auth(rid, "PLAIN", username, password, heartbeat_s, client_properties))
         )
         if len(auth) - 4 > PREAUTH_MAX_FRAME_BYTES:
             # The broker refuses (508) any frame over this size before authentication.
@@ -594,16 +664,16 @@ class ConnectionCore(asyncio.BufferedProtocol):
             )
         self.send(auth)
         auth_ok = await self._handshake
+        assert type(auth_ok) is F.AuthOk
         self._handshake = None
-        self.connection_id = auth_ok[2]
-        self.heartbeat_s = auth_ok[3]
-        props = auth_ok[4] if len(auth_ok) > 4 else None
-        self.server_properties = props if isinstance(props, dict) else {}
+        self.connection_id = auth_ok.connection_id
+        self.heartbeat_s = auth_ok.heartbeat_s
+        self.server_properties = auth_ok.server_properties or {}
         if self.heartbeat_s > 0:
             self._heartbeat = self.loop.call_later(self.heartbeat_s / 2, self._heartbeat_tick)
 
     def _heartbeat_tick(self) -> None:
-        if self.closed_error is not None:
+        if self.state in ENDED:
             return
         if self._received:
             self._received = False
@@ -625,28 +695,38 @@ class ConnectionCore(asyncio.BufferedProtocol):
         self._heartbeat = self.loop.call_later(self.heartbeat_s / 2, self._heartbeat_tick)
 
     async def close(self, timeout_s: float) -> None:
-        """Send CLOSE, wait for CLOSE_OK and the socket to close (one timeout budget)."""
-        if self.closed_error is None and self._close_ok is None:
+        """Send CLOSE, wait for CLOSE_OK and the socket to close (one timeout budget).
+        Idempotent; on a connection that is not open yet, just closes the socket."""
+        if self.state is State.OPEN:
             self._close_ok = self.loop.create_future()
-            self.send(self.encode((F.CLOSE, next(self._rids), 0, "client closed the connection")))
+            self._advance(Event.CLOSE_SENT)
+            self.send_frame(F.Close(next(self._rids), 0, "client closed the connection"))
+        closed = ConnectionLost("the connection was closed by the client")
         try:
             async with asyncio.timeout(timeout_s):
                 if self._close_ok is not None:
                     await asyncio.shield(self._close_ok)
-                self.fail(ConnectionLost("the connection was closed by the client"))
+                self._end(closed, Event.CLOSED)
                 await asyncio.shield(self._lost)
         except TimeoutError:
-            self.abort(ConnectionLost("the connection was closed by the client"))
+            self.abort(closed, Event.CLOSED)
 
-    def abort(self, error: WharfError) -> None:
-        self.fail(error)
+    def abort(self, error: WharfError, event: Event = Event.FAILED) -> None:
+        """End the connection (``fail``) and drop the socket without a goodbye."""
+        self._end(error, event)
         if self._transport is not None:
             self._transport.abort()
 
     def fail(self, error: WharfError) -> None:
         """The connection is unusable: close the socket, fail everything waiting on it."""
-        if self.closed_error is not None:
+        self._end(error, Event.FAILED)
+
+    def _end(self, error: WharfError, event: Event) -> None:
+        """Move to CLOSED or FAILED (``event``) with ``error`` as the reason, close the
+        socket and fail everything waiting on it.  A no-op once ended."""
+        if self.state in ENDED:
             return
+        self._advance(event)
         resumable = self.recoverable
         if resumable and error.code != ConnectionLost.code:
             # With reconnect, callers see one retriable error whatever ended the
@@ -696,14 +776,14 @@ class ConnectionCore(asyncio.BufferedProtocol):
                 log.exception("wharf: connection-loss handler failed")
 
 
-def _answer(callback: ReplyCallback, frame: list[Any]) -> None:
+def _answer(callback: ReplyCallback, frame: Reply) -> None:
     try:
         callback(frame, None)
     except Exception:
         log.exception("wharf: a request's answer handler failed")
 
 
-def _settle(waiter: asyncio.Future[list[Any]] | ReplyCallback | None, error: WharfError) -> None:
+def _settle(waiter: asyncio.Future[Reply] | ReplyCallback | None, error: WharfError) -> None:
     """End a request with ``error``."""
     if waiter is None:
         return

@@ -13,12 +13,12 @@ rebalance is abandoned (its answer is dropped) and a new one is sent at once.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from wharf.protocol import frames as F
 from wharf.protocol.errors import ConnectionLost, OffsetOutOfRange, WharfError, error_from_code
 
-from .core import ConnectionCore, clone_error
+from .core import NEW_REQUEST, ConnectionCore, Reply, clone_error, result_of
 from .stream_buffer import RecordBuffer, TopicPartition
 
 # A request in flight: (request id, the connection it went out on, {tp: offset asked}).
@@ -88,8 +88,9 @@ class Fetcher:
         core = self.core
         if room <= 0 or core is None:
             return
-        if core.closed_error is not None:
+        if core.ended:
             self.enabled = False
+            assert core.closed_error is not None
             self.listener.fetch_failed(clone_error(core.closed_error))
             return
         paused = self.paused
@@ -107,11 +108,11 @@ class Fetcher:
         # At least one partition's worth, so a nearly full buffer still makes progress.
         max_bytes = min(max(room, per_partition), self.fetch_max_bytes)
 
-        def answered(frame: list[Any] | None, error: WharfError | None) -> None:
-            self._answered(inflight, frame, error)
+        def answered(reply: Reply | None, error: WharfError | None) -> None:
+            self._answered(inflight, reply, error)
 
         rid = core.start_request_cb(
-            F.FETCH_MANY, wire, self.max_wait_ms, max_bytes, callback=answered
+            F.FetchMany(NEW_REQUEST, wire, self.max_wait_ms, max_bytes), callback=answered
         )
         # Written now, not at the end of this loop iteration: the application may go
         # through a whole piece before it yields to the loop, and the broker should
@@ -135,16 +136,14 @@ class Fetcher:
         self.abandon()
         self.maybe_fetch()
 
-    def _answered(
-        self, inflight: _Inflight, frame: list[Any] | None, error: WharfError | None
-    ) -> None:
+    def _answered(self, inflight: _Inflight, reply: Reply | None, error: WharfError | None) -> None:
         if self._inflight is not inflight:
             return  # abandoned
         self._inflight = None
-        if error is not None or frame is None:
+        if error is not None or reply is None:
             self.listener.fetch_failed(error or ConnectionLost("the fetch got no answer"))
             return
-        result = frame[2] if len(frame) > 2 and isinstance(frame[2], dict) else {}
+        result = result_of(reply)
         asked = inflight[2]
         buf = self.buf
         fetch_positions = buf.fetch_positions

@@ -40,6 +40,8 @@ from wharf.protocol.records import (
     read_header,
 )
 
+from .core import NEW_REQUEST, Reply, result_of
+
 log = logging.getLogger("wharf.client")
 
 
@@ -276,7 +278,7 @@ class Producer:
     batch per partition is in flight at a time, so batches stay in order.
     """
 
-    def __init__(self, request: Callable[..., Awaitable[list[Any]]]) -> None:
+    def __init__(self, request: Callable[[F.Frame], Awaitable[Reply]]) -> None:
         self._request = request
         self.producer_id = -1
         self.producer_epoch = -1
@@ -288,8 +290,8 @@ class Producer:
 
     async def refresh(self, topic: str) -> int:
         """Read the topic's partition count again (after it grew)."""
-        frame = await self._request(F.TOPIC_DESCRIBE, topic)
-        count = int(frame[2]["partitions"])
+        reply = await self._request(F.TopicDescribe(NEW_REQUEST, topic))
+        count = int(result_of(reply)["partitions"])
         self._partitions[topic] = count
         return count
 
@@ -360,9 +362,9 @@ class Producer:
     async def _init(self) -> None:
         async with self._init_lock:
             if self.producer_id < 0:
-                frame = await self._request(F.INIT_PRODUCER)
-                self.producer_id = int(frame[2]["producer_id"])
-                self.producer_epoch = int(frame[2]["producer_epoch"])
+                result = result_of(await self._request(F.InitProducer(NEW_REQUEST)))
+                self.producer_id = int(result["producer_id"])
+                self.producer_epoch = int(result["producer_epoch"])
 
     async def _send(
         self, topic: str, partition: int, payload: bytes, codec: int, acks: str, count: int
@@ -379,11 +381,13 @@ class Producer:
                 await self._init()
             pid = self.producer_id
             seq = self._sequences.get(key, 0)
-            fields = (payload, codec, acks, pid, self.producer_epoch, seq)
+            frame = F.Produce(
+                NEW_REQUEST, topic, partition, payload, codec, acks, pid, self.producer_epoch, seq
+            )
             attempt = 0
             while True:
                 try:
-                    frame = await self._request(F.PRODUCE, topic, partition, *fields)
+                    reply = await self._request(frame)
                     break
                 except ConnectionLost:
                     attempt += 1
@@ -396,5 +400,5 @@ class Producer:
                     raise
             if self.producer_id == pid:
                 self._sequences[key] = (seq + count) % _SEQUENCE_MODULUS
-        result = frame[2]
+        result = result_of(reply)
         return int(result["partition"]), int(result["base_offset"])

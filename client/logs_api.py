@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from wharf.protocol import frames as F
 from wharf.protocol.records import read_header
 
+from .core import NEW_REQUEST, result_of
 from .logs import (
     Producer,
     Record,
@@ -39,7 +40,7 @@ from .stream_options import (
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .core import ConnectionCore
+    from .core import ConnectionCore, Reply
     from .recovery import Topology
 
 
@@ -57,7 +58,7 @@ class LogsApi:
 
     if TYPE_CHECKING:
         # Provided by Connection.
-        async def _request(self, ftype: int, *fields: Any) -> list[Any]: ...
+        async def _request(self, frame: F.Frame) -> Reply: ...
 
         async def _usable_core(self) -> ConnectionCore: ...
 
@@ -66,23 +67,26 @@ class LogsApi:
 
     # -- log topics (docs/logs.md) ----------------------------------------------------
 
-    async def create_topic(self, name: str, partitions: int = 1, **config: Any) -> dict[str, Any]:
+    async def create_topic(
+        self, /, name: str, partitions: int = 1, **config: Any
+    ) -> dict[str, Any]:
         """Create a log topic (a no-op if it exists with this partition count and these
         settings); returns its description.  ``config``: topic settings such as
         ``retention_ms``, ``retention_bytes``, ``segment_bytes``, ``segment_ms``,
         ``timestamp_type``, ``cleanup_policy`` (docs/logs.md)."""
-        frame = await self._request(F.TOPIC_CREATE, name, partitions, config or None)
-        return _result(frame)
+        reply = await self._request(F.TopicCreate(NEW_REQUEST, name, partitions, config or None))
+        return result_of(reply)
 
     async def alter_topic(
-        self, name: str, partitions: int | None = None, **config: Any
+        self, /, name: str, partitions: int | None = None, **config: Any
     ) -> dict[str, Any]:
         """Grow a topic to ``partitions`` partitions (it never shrinks) and/or change
         settings (those given replace the current values); returns its description."""
-        return _result(await self._request(F.TOPIC_ALTER, name, partitions, config or None))
+        reply = await self._request(F.TopicAlter(NEW_REQUEST, name, partitions, config or None))
+        return result_of(reply)
 
     async def delete_topic(self, name: str) -> None:
-        await self._request(F.TOPIC_DELETE, name)
+        await self._request(F.TopicDelete(NEW_REQUEST, name))
         topology = self._topology
         if topology is not None:
             topology.topic_deleted(name)  # its bindings went with it
@@ -90,11 +94,11 @@ class LogsApi:
     async def describe_topic(self, name: str) -> dict[str, Any]:
         """``{"name", "partitions", "config": {every setting}, "offsets": [{"partition",
         "earliest", "latest", "bytes", "segments"}, ...], "internal"}``."""
-        return _result(await self._request(F.TOPIC_DESCRIBE, name))
+        return result_of(await self._request(F.TopicDescribe(NEW_REQUEST, name)))
 
     async def list_topics(self) -> list[dict[str, Any]]:
         """Every topic's description (as ``describe_topic``), by name."""
-        return list(_result(await self._request(F.TOPIC_LIST)).get("topics", []))
+        return list(result_of(await self._request(F.TopicList(NEW_REQUEST))).get("topics", []))
 
     async def produce(
         self,
@@ -158,10 +162,10 @@ class LogsApi:
             core = await self._usable_core()
             if core.must_wait_writable():
                 await core.wait_writable()
-            core.send(core.encode((F.PRODUCE, 0, topic, number, payload, codec, acks)))
+            core.send_frame(F.Produce(0, topic, number, payload, codec, acks))
             return number, -1
-        frame = await self._request(F.PRODUCE, topic, number, payload, codec, acks)
-        result = _result(frame)
+        reply = await self._request(F.Produce(NEW_REQUEST, topic, number, payload, codec, acks))
+        result = result_of(reply)
         return int(result["partition"]), int(result["base_offset"])
 
     def producer(self) -> Producer:
@@ -181,9 +185,10 @@ class LogsApi:
         to about ``max_bytes`` (at least one batch).  With nothing there yet, waits up
         to ``max_wait`` seconds (at most 30) for records, then returns an empty list.
         An offset outside earliest..latest raises ``wharf.OffsetOutOfRange``."""
-        wait_ms = int(max_wait * 1000)
-        frame = await self._request(F.FETCH, topic, partition, offset, max_bytes, wait_ms)
-        return records_from_batches(topic, partition, _result(frame)["batches"], offset)
+        reply = await self._request(
+            F.Fetch(NEW_REQUEST, topic, partition, offset, max_bytes, int(max_wait * 1000))
+        )
+        return records_from_batches(topic, partition, result_of(reply)["batches"], offset)
 
     async def fetch_batch(
         self,
@@ -198,9 +203,10 @@ class LogsApi:
         batch returned, past any records compaction removed at its end; when there is
         nothing, the high watermark (no record exists from ``offset`` up to it).  Page
         through a partition with ``offset = result.next_offset``."""
-        wait_ms = int(max_wait * 1000)
-        frame = await self._request(F.FETCH, topic, partition, offset, max_bytes, wait_ms)
-        result = _result(frame)
+        reply = await self._request(
+            F.Fetch(NEW_REQUEST, topic, partition, offset, max_bytes, int(max_wait * 1000))
+        )
+        result = result_of(reply)
         batches = result["batches"]
         high_watermark = int(result["high_watermark"])
         if batches:
@@ -218,13 +224,14 @@ class LogsApi:
         """``(earliest, latest)``; latest is the end of what can be fetched: the offset
         the next record will get, unless records produced with acks="fsynced" still
         wait for their fsync (docs/logs.md, "When a record becomes visible")."""
-        result = _result(await self._request(F.LIST_OFFSETS, topic, partition))
+        result = result_of(await self._request(F.ListOffsets(NEW_REQUEST, topic, partition)))
         return int(result["earliest"]), int(result["latest"])
 
     async def offset_for_time(self, topic: str, partition: int, timestamp: int) -> int:
         """The offset of the first record whose timestamp (epoch ms) is >= ``timestamp``;
         the latest offset when there is none."""
-        result = _result(await self._request(F.LIST_OFFSETS, topic, partition, timestamp))
+        reply = await self._request(F.ListOffsets(NEW_REQUEST, topic, partition, timestamp))
+        result = result_of(reply)
         return int(result["offset"])
 
     # -- topic bindings (exchanges routing into log topics; docs/logs.md) -------------
@@ -240,7 +247,7 @@ class LogsApi:
         binding matches is also appended to the topic as a record (key = the header
         ``x-partition-key`` or the routing key).  The publisher's confirm covers the
         append (an fsync for persistent messages)."""
-        await self._request(F.TOPIC_BIND, topic, exchange, routing_key, arguments)
+        await self._request(F.TopicBind(NEW_REQUEST, topic, exchange, routing_key, arguments))
         topology = self._topology
         if topology is not None:
             topology.bound(BindingRecord(topic, exchange, routing_key, arguments, to_topic=True))
@@ -252,7 +259,7 @@ class LogsApi:
         routing_key: str = "",
         arguments: dict[str, Any] | None = None,
     ) -> None:
-        await self._request(F.TOPIC_UNBIND, topic, exchange, routing_key, arguments)
+        await self._request(F.TopicUnbind(NEW_REQUEST, topic, exchange, routing_key, arguments))
         topology = self._topology
         if topology is not None:
             topology.unbound(BindingRecord(topic, exchange, routing_key, arguments, to_topic=True))
@@ -310,18 +317,18 @@ class LogsApi:
     async def list_groups(self) -> list[dict[str, Any]]:
         """Groups with members or committed offsets: ``[{"group", "state", "members",
         "generation", "strategy"}, ...]``."""
-        groups = _result(await self._request(F.GROUP_LIST)).get("groups", [])
+        groups = result_of(await self._request(F.GroupList(NEW_REQUEST))).get("groups", [])
         return list(groups)
 
     async def describe_group(self, group: str) -> dict[str, Any]:
         """A group's state, members with their assignment, and per partition the
         committed offset, latest offset and lag (``wharf.NotFound`` if unknown)."""
-        return _result(await self._request(F.GROUP_DESCRIBE, group))
+        return result_of(await self._request(F.GroupDescribe(NEW_REQUEST, group)))
 
     async def delete_group(self, group: str) -> None:
         """Delete a group's committed offsets; only when it has no members
         (``wharf.PreconditionFailed`` otherwise)."""
-        await self._request(F.GROUP_DELETE, group)
+        await self._request(F.GroupDelete(NEW_REQUEST, group))
 
     async def reset_offsets(
         self,
@@ -336,12 +343,15 @@ class LogsApi:
         given) while the group has no members: ``to`` = "earliest", "latest", an
         offset (int), or "timestamp" with ``value`` = epoch ms.  Returns the new
         committed offsets."""
-        how = to
         if isinstance(to, int):
             how, value = "offset", to
+        else:
+            how = to
         parts = list(partitions) if partitions is not None else None
-        frame = await self._request(F.GROUP_RESET_OFFSETS, group, topic, how, value, parts)
-        return {(t, p): o for t, p, o in _result(frame).get("offsets", [])}
+        reply = await self._request(
+            F.GroupResetOffsets(NEW_REQUEST, group, topic, how, value, parts)
+        )
+        return {(t, p): o for t, p, o in result_of(reply).get("offsets", [])}
 
     async def committed_offsets(
         self, group: str, topics: Sequence[str] | None = None
@@ -349,10 +359,5 @@ class LogsApi:
         """The group's committed offsets (the next offset to read), of all its topics
         or of ``topics``."""
         names = list(topics) if topics is not None else None
-        frame = await self._request(F.OFFSET_FETCH, group, names)
-        return {(e[0], e[1]): e[2] for e in _result(frame).get("offsets", []) if e[2] >= 0}
-
-
-def _result(frame: list[Any]) -> dict[str, Any]:
-    result = frame[2] if len(frame) > 2 else None
-    return result if isinstance(result, dict) else {}
+        reply = await self._request(F.OffsetFetch(NEW_REQUEST, group, names))
+        return {(t, p): o for t, p, o, *_ in result_of(reply).get("offsets", []) if o >= 0}

@@ -20,13 +20,9 @@ class QueueInfo(NamedTuple):
     consumers: int
 
 
-class Message:
-    """One delivered message.
-
-    ``ack``/``nack``/``reject`` only queue a frame (no round trip); acks are coalesced
-    into one ACK_MANY per event-loop iteration.  Messages from a ``no_ack`` consumer or
-    ``get(no_ack=True)`` have nothing to settle: those methods then do nothing.
-    """
+class MessageFields:
+    """What a delivered message carries, and its properties by name: the part that
+    ``Message`` and the blocking client's ``SyncMessage`` share."""
 
     __slots__ = (
         "delivery_tag",
@@ -36,7 +32,6 @@ class Message:
         "routing_key",
         "properties",
         "body",
-        "_channel",
     )
 
     delivery_tag: int
@@ -46,66 +41,10 @@ class Message:
     routing_key: str
     properties: dict[str, Any] | None
     body: bytes
-    _channel: AckChannel | None
 
-    def __init__(
-        self,
-        delivery_tag: int,
-        redelivered: bool,
-        delivery_count: int,
-        exchange: str,
-        routing_key: str,
-        properties: dict[str, Any] | None,
-        body: bytes,
-        channel: AckChannel | None = None,
-    ) -> None:
-        self.delivery_tag = delivery_tag
-        self.redelivered = redelivered
-        self.delivery_count = delivery_count
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.properties = properties
-        self.body = body
-        self._channel = channel
-
-    def __repr__(self) -> str:
-        return (
-            f"<Message tag={self.delivery_tag} exchange={self.exchange!r} "
-            f"routing_key={self.routing_key!r} body={len(self.body)} bytes>"
-        )
-
-    # -- settling ------------------------------------------------------------------
-
-    async def ack(self, multiple: bool = False) -> None:
-        """Acknowledge (with ``multiple``: every unsettled delivery up to this one)."""
-        channel = self._channel
-        if channel is not None:
-            if multiple:
-                channel.settle((F.ACK, channel.ack_id, self.delivery_tag, True))
-            else:
-                channel.ack(self.delivery_tag)
-
-    async def nack(self, requeue: bool = True, multiple: bool = False, delay_ms: int = 0) -> None:
-        """Negatively acknowledge: requeue, or dead-letter/drop with ``requeue=False``.
-
-        ``delay_ms`` (with ``requeue``): the broker keeps the message back that long before
-        it is ready again at its original position (Wharf's delayed retry).
-        """
-        channel = self._channel
-        if channel is not None:
-            if delay_ms:
-                frame: tuple[Any, ...] = (
-                    F.NACK, channel.ack_id, self.delivery_tag, multiple, requeue, delay_ms,
-                )  # fmt: skip
-            else:
-                frame = (F.NACK, channel.ack_id, self.delivery_tag, multiple, requeue)
-            channel.settle(frame)
-
-    async def reject(self, requeue: bool = True) -> None:
-        """Reject this one message (``nack`` without ``multiple``)."""
-        channel = self._channel
-        if channel is not None:
-            channel.settle((F.REJECT, channel.ack_id, self.delivery_tag, requeue))
+    def _copy_fields(self, other: MessageFields) -> None:
+        for name in MessageFields.__slots__:
+            setattr(self, name, getattr(other, name))
 
     # -- properties ----------------------------------------------------------------
 
@@ -168,6 +107,72 @@ class Message:
     def expiration(self) -> int | None:
         """Per-message TTL in milliseconds."""
         return self._prop("expiration")  # type: ignore[no-any-return]
+
+
+class Message(MessageFields):
+    """One delivered message.
+
+    ``ack``/``nack``/``reject`` only queue a frame (no round trip); acks are coalesced
+    into one ACK_MANY per event-loop iteration.  Messages from a ``no_ack`` consumer or
+    ``get(no_ack=True)`` have nothing to settle: those methods then do nothing.
+    """
+
+    __slots__ = ("_channel",)
+
+    _channel: AckChannel | None
+
+    def __init__(
+        self,
+        delivery_tag: int,
+        redelivered: bool,
+        delivery_count: int,
+        exchange: str,
+        routing_key: str,
+        properties: dict[str, Any] | None,
+        body: bytes,
+        channel: AckChannel | None = None,
+    ) -> None:
+        self.delivery_tag = delivery_tag
+        self.redelivered = redelivered
+        self.delivery_count = delivery_count
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.properties = properties
+        self.body = body
+        self._channel = channel
+
+    def __repr__(self) -> str:
+        return (
+            f"<Message tag={self.delivery_tag} exchange={self.exchange!r} "
+            f"routing_key={self.routing_key!r} body={len(self.body)} bytes>"
+        )
+
+    # -- settling ------------------------------------------------------------------
+
+    async def ack(self, multiple: bool = False) -> None:
+        """Acknowledge (with ``multiple``: every unsettled delivery up to this one)."""
+        channel = self._channel
+        if channel is not None:
+            if multiple:
+                channel.settle(F.Ack(channel.ack_id, self.delivery_tag, multiple=True))
+            else:
+                channel.ack(self.delivery_tag)
+
+    async def nack(self, requeue: bool = True, multiple: bool = False, delay_ms: int = 0) -> None:
+        """Negatively acknowledge: requeue, or dead-letter/drop with ``requeue=False``.
+
+        ``delay_ms`` (with ``requeue``): the broker keeps the message back that long before
+        it is ready again at its original position (Wharf's delayed retry).
+        """
+        channel = self._channel
+        if channel is not None:
+            channel.settle(F.Nack(channel.ack_id, self.delivery_tag, multiple, requeue, delay_ms))
+
+    async def reject(self, requeue: bool = True) -> None:
+        """Reject this one message (``nack`` without ``multiple``)."""
+        channel = self._channel
+        if channel is not None:
+            channel.settle(F.Reject(channel.ack_id, self.delivery_tag, requeue))
 
 
 _new_message = Message.__new__

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from wharf.protocol import frames as F
 from wharf.protocol.errors import ConnectionLost, NotFound, WharfError
 
-from .core import ConnectionCore, clone_error
+from .core import NEW_REQUEST, ConnectionCore, Reply, clone_error, result_of
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -248,24 +248,22 @@ class _Replay:
         self.consumers = consumers
         self.events = events
 
-    def _ok(self, result: list[Any] | BaseException, what: str) -> bool:
+    def _ok(self, result: Reply | BaseException, what: str) -> bool:
         """True for an answer; False for an error that skips this item.  Raises the
         errors that abandon the whole attempt."""
         if not isinstance(result, BaseException):
             return True
         if not isinstance(result, WharfError):
             raise result
-        if self.core.closed_error is not None or result.retriable or result.fatal:
+        if self.core.ended or result.retriable or result.fatal:
             raise result
         log.warning("wharf: reconnect: cannot restore %s: %s (skipped)", what, result)
         self.events.append(ConnectionEvent(RECOVERY_ERROR, error=result, old_name=what))
         return False
 
-    async def _answers(
-        self, requests: list[tuple[int, tuple[Any, ...]]]
-    ) -> list[list[Any] | BaseException]:
+    async def _answers(self, requests: list[F.Frame]) -> list[Reply | BaseException]:
         core = self.core
-        futures = [core.start_request(ftype, *fields)[1] for ftype, fields in requests]
+        futures = [core.start_request(frame)[1] for frame in requests]
         return await asyncio.gather(*futures, return_exceptions=True)
 
     async def run(self) -> None:
@@ -276,10 +274,16 @@ class _Replay:
 
     async def _exchanges(self) -> None:
         records = list(self.topology.exchanges.values())
-        requests = [
-            (
-                F.EXCHANGE_DECLARE,
-                (r.name, r.type, r.durable, r.auto_delete, r.internal, False, r.arguments),
+        requests: list[F.Frame] = [
+            F.ExchangeDeclare(
+                NEW_REQUEST,
+                r.name,
+                r.type,
+                r.durable,
+                r.auto_delete,
+                r.internal,
+                False,
+                r.arguments,
             )
             for r in records
         ]
@@ -287,15 +291,20 @@ class _Replay:
             self._ok(result, f"exchange '{record.name}'")
 
     @staticmethod
-    def _declare(
-        record: QueueRecord, name: str, passive: bool = False
-    ) -> tuple[int, tuple[Any, ...]]:
-        fields = (name, record.durable, record.exclusive, record.auto_delete, passive)
-        return F.QUEUE_DECLARE, (*fields, record.arguments)
+    def _declare(record: QueueRecord, name: str, passive: bool = False) -> F.QueueDeclare:
+        return F.QueueDeclare(
+            NEW_REQUEST,
+            name,
+            record.durable,
+            record.exclusive,
+            record.auto_delete,
+            passive,
+            record.arguments,
+        )
 
     async def _queues(self) -> None:
         records = list(self.topology.queues.values())
-        requests = []
+        requests: list[F.Frame] = []
         for r in records:
             if r.server_named and r.exclusive:
                 requests.append(self._declare(r, ""))
@@ -325,10 +334,9 @@ class _Replay:
 
     async def _bindings(self) -> None:
         records = list(self.topology.bindings)
-        requests = [
-            (
-                F.EXCHANGE_BIND if b.to_exchange else F.TOPIC_BIND if b.to_topic else F.QUEUE_BIND,
-                (b.destination, b.source, b.routing_key, b.arguments),
+        requests: list[F.Frame] = [
+            (F.ExchangeBind if b.to_exchange else F.TopicBind if b.to_topic else F.QueueBind)(
+                NEW_REQUEST, b.destination, b.source, b.routing_key, b.arguments
             )
             for b in records
         ]
@@ -347,7 +355,7 @@ class _Replay:
                 continue
             if (
                 isinstance(result, WharfError)
-                and self.core.closed_error is None
+                and not self.core.ended
                 and not result.retriable
                 and not result.fatal
             ):
@@ -361,9 +369,8 @@ class _Replay:
             raise abandon
 
 
-def _queue_name(result: list[Any] | BaseException, default: str) -> str:
-    answer = result[2] if isinstance(result, list) and len(result) > 2 else None
-    name = answer.get("queue") if isinstance(answer, dict) else None
+def _queue_name(result: Reply | BaseException, default: str) -> str:
+    name = None if isinstance(result, BaseException) else result_of(result).get("queue")
     return name if isinstance(name, str) and name else default
 
 
@@ -523,8 +530,7 @@ class Reconnector:
         try:
             async with asyncio.timeout(RECOVERY_TIMEOUT_S):
                 await _Replay(core, self.topology, list(self.consumers), self._events).run()
-            if core.closed_error is not None:
-                raise clone_error(core.closed_error)
+            core.check_usable()
         except asyncio.CancelledError:
             core.recoverable = False
             core.abort(ConnectionLost("the connection was closed by the client"))

@@ -8,7 +8,7 @@ from typing import Any
 from wharf.protocol import frames as F
 from wharf.protocol.errors import WharfError
 
-from .core import ConnectionCore, clone_error
+from .core import NEW_REQUEST, ConnectionCore, clone_error, result_of
 from .message import Message, messages_from_entries
 
 
@@ -33,14 +33,16 @@ class RpcReplies:
             if self.ready:
                 return self.queue
             core = self.core
-            frame = await core.request(F.QUEUE_DECLARE, "", False, True, True, False, None)
-            self.queue = frame[2]["queue"]
+            reply = await core.request(
+                F.QueueDeclare(NEW_REQUEST, "", durable=False, exclusive=True, auto_delete=True)
+            )
+            self.queue = result_of(reply)["queue"]
             rid = core.new_request_id()
             tag = f"wharf-py-rpc-{rid}"
             core.add_consumer(tag, rid, self)
             try:
                 _, fut = core.start_request(
-                    F.CONSUME, self.queue, tag, 0, True, True, None, rid=rid
+                    F.Consume(rid, self.queue, tag, prefetch=0, no_ack=True, exclusive=True)
                 )
                 await fut
             except BaseException:

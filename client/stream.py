@@ -34,7 +34,7 @@ from wharf.protocol.errors import (
     WharfError,
 )
 
-from .core import clone_error
+from .core import NEW_REQUEST, Reply, clone_error, result_of
 from .fetcher import Fetcher
 from .logs import Record
 from .stream_buffer import RecordBuffer, TopicPartition
@@ -157,7 +157,7 @@ class Stream:
         session times out, as in Kafka).  Idempotent."""
         if self._state == _CLOSED:
             return
-        live = self._state == _RUNNING and self._conn._core.closed_error is None
+        live = self._state == _RUNNING and not self._conn._core.ended
         self._state = _CLOSED
         self._final = None
         self._fetcher.enabled = False
@@ -179,7 +179,7 @@ class Stream:
                 and self.member_id
                 and self.options.instance_id is None
             ):
-                await self._call(F.GROUP_LEAVE, self.group, self.member_id)
+                await self._call(F.GroupLeave(NEW_REQUEST, self._group_name, self.member_id))
         except WharfError as exc:
             log.debug("wharf: closing the stream of group %r: %s", self.group, exc)
         finally:
@@ -454,7 +454,7 @@ class Stream:
         else:
             member, generation = "", -1
         wire = [[t, p, o, None] for (t, p), o in offsets.items()]
-        await self._call(F.OFFSET_COMMIT, self.group, member, generation, wire)
+        await self._call(F.OffsetCommit(NEW_REQUEST, self._group_name, member, generation, wire))
         self._committed.update(offsets)
 
     async def _commit_processed(self, *, quiet: bool) -> None:
@@ -471,10 +471,10 @@ class Stream:
 
     async def _fetch_committed(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         topics = sorted({t for t, _ in tps})
-        frame = await self._call(F.OFFSET_FETCH, self.group, topics)
+        reply = await self._call(F.OffsetFetch(NEW_REQUEST, self._group_name, topics))
         wanted = set(tps)
         out: dict[TopicPartition, int] = {}
-        for entry in _result(frame).get("offsets", []):
+        for entry in result_of(reply).get("offsets", []):
             tp = (entry[0], entry[1])
             if tp in wanted and entry[2] >= 0:
                 out[tp] = entry[2]
@@ -487,7 +487,7 @@ class Stream:
         tps = self._manual
         if not tps:
             for topic in self.topics:
-                info = _result(await self._call(F.TOPIC_DESCRIBE, topic))
+                info = result_of(await self._call(F.TopicDescribe(NEW_REQUEST, topic)))
                 tps.extend((topic, p) for p in range(int(info["partitions"])))
         await self._take_assignment(tps)
 
@@ -546,11 +546,11 @@ class Stream:
 
     async def _list_offset(self, tp: TopicPartition, how: str, timestamp: int | None = None) -> int:
         if how == "timestamp":
-            frame = await self._call(F.LIST_OFFSETS, tp[0], tp[1], timestamp)
-            result = _result(frame)
+            reply = await self._call(F.ListOffsets(NEW_REQUEST, tp[0], tp[1], timestamp))
+            result = result_of(reply)
             return int(result.get("offset", result["latest"]))
-        frame = await self._call(F.LIST_OFFSETS, tp[0], tp[1])
-        return int(_result(frame)["earliest" if how == "earliest" else "latest"])
+        reply = await self._call(F.ListOffsets(NEW_REQUEST, tp[0], tp[1]))
+        return int(result_of(reply)["earliest" if how == "earliest" else "latest"])
 
     async def _call_listener(self, listener: Listener | None, tps: list[TopicPartition]) -> None:
         if listener is None:
@@ -593,15 +593,22 @@ class Stream:
 
     # -- the driver task -----------------------------------------------------------
 
-    async def _call(self, ftype: int, *fields: Any) -> list[Any]:
+    @property
+    def _group_name(self) -> str:
+        """The group, for the group requests (only ever made by a stream with one)."""
+        group = self.group
+        assert group is not None
+        return group
+
+    async def _call(self, frame: F.Frame) -> Reply:
         """One request on the current connection (waiting for a reconnect if one is
         under way).  Unlike ``Connection._request`` it never raises an error stored
         for someone else's earlier frame."""
         conn = self._conn
         core = conn._core
-        if core.closed_error is not None:
+        if core.ended:
             core = await conn._live_core()
-        rid, fut = core.start_request(ftype, *fields)
+        rid, fut = core.start_request(frame._replace(request_id=core.new_request_id()))
         try:
             return await fut
         except asyncio.CancelledError:
@@ -671,7 +678,9 @@ class Stream:
         due = self._heartbeat_due
         if due is not None and now >= due and not self._needs_join:
             self._heartbeat_due = now + self.options.heartbeat_interval
-            await self._call(F.GROUP_HEARTBEAT, self.group, self.member_id, self.generation)
+            await self._call(
+                F.GroupHeartbeat(NEW_REQUEST, self._group_name, self.member_id, self.generation)
+            )
         due = self._commit_due
         if due is not None and now >= due:
             self._commit_due = now + self.options.auto_commit_interval
@@ -679,18 +688,20 @@ class Stream:
 
     async def _join(self) -> None:
         owned = _by_topic(self._owned) or None
-        frame = await self._call(
-            F.GROUP_JOIN,
-            self.group,
-            self.topics,
-            self.member_id,
-            self.options.instance_id,
-            self.options.strategy,
-            int(self.options.session_timeout * 1000),
-            int(self.options.rebalance_timeout * 1000),
-            owned,
+        reply = await self._call(
+            F.GroupJoin(
+                NEW_REQUEST,
+                self._group_name,
+                self.topics,
+                self.member_id,
+                self.options.instance_id,
+                self.options.strategy,
+                int(self.options.session_timeout * 1000),
+                int(self.options.rebalance_timeout * 1000),
+                owned,
+            )
         )
-        result = _result(frame)
+        result = result_of(reply)
         self.member_id = str(result["member_id"])
         self.generation = int(result["generation"])
         tps = [(topic, p) for topic, parts in result.get("assignment", []) for p in parts]
@@ -761,10 +772,10 @@ class Stream:
                     raise ConnectionLost(f"the connection is closed: {exc}") from None
                 await asyncio.sleep(RETRY_DELAY_S)
                 continue
-            if core.closed_error is None:
+            if not core.ended:
                 break
             if conn.is_closed:
-                raise clone_error(core.closed_error)
+                core.check_usable()  # raises why it ended
             await asyncio.sleep(RETRY_DELAY_S)
         self._lost = False
         self._fetcher.core = core
@@ -787,11 +798,6 @@ def _by_topic(tps: Iterable[TopicPartition]) -> list[list[Any]]:
     for topic, partition in tps:
         grouped.setdefault(topic, []).append(partition)
     return [[topic, sorted(parts)] for topic, parts in grouped.items()]
-
-
-def _result(frame: list[Any]) -> dict[str, Any]:
-    result = frame[2] if len(frame) > 2 else None
-    return result if isinstance(result, dict) else {}
 
 
 __all__ = ["Listener", "Stream", "TopicPartition"]

@@ -19,15 +19,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import inspect
 import threading
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from ssl import SSLContext
 from types import TracebackType
-from typing import Any, Concatenate, Final, ParamSpec, TypeVar
+from typing import Any, Concatenate, Final, Generic, ParamSpec, Self, TypeVar, overload
 
 import uvloop
 
-from wharf.protocol.errors import ConnectionLost, WharfError
+from wharf.protocol.errors import ConnectionLost
 
 from .connection import (
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -38,18 +39,18 @@ from .connection import (
 from .connection import connect as _connect
 from .consumer import Consumer
 from .logs import Record
-from .logs_api import FetchResult
-from .message import Message
+from .message import Message, MessageFields
 from .recovery import (
     DEFAULT_RECONNECT_MAX_DELAY_S,
     DEFAULT_RECONNECT_WAIT_TIMEOUT_S,
-    ConnectionEvent,
 )
-from .stream import Stream, TopicPartition
+from .stream import Stream
 from .url import DEFAULT_URL
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
+Item = TypeVar("Item")  # what an async iterator yields
 
 # Budget for the loop thread to finish after close() (its connection is closed by then).
 THREAD_JOIN_TIMEOUT_S: Final = 10.0
@@ -119,36 +120,119 @@ class _LoopThread:
                 self.thread.join(THREAD_JOIN_TIMEOUT_S)
 
 
+# -- the blocking twins, generated from the async methods --------------------------------
+#
+# Each Sync* class holds its async object in ``_async``, the loop thread in ``_runner``
+# and a per-call bound in ``call_timeout``; the helpers below make a method of it from
+# the async method itself (same name, arguments, defaults and docstring: see
+# tests/unit/test_sync_parity.py), so no validation, default or result shaping is
+# written twice: the blocking side only marshals the call onto the loop thread.
+
+
+class _Twin:
+    """The blocking twin of an async SDK object."""
+
+    _async: Any
+    _runner: _LoopThread
+    call_timeout: float | None = None
+
+
+class _Forward(Generic[R]):
+    """A read-only attribute of the async object, read as it is (a plain read needs
+    no loop thread).  ``attr`` is the async class's property, for its type and doc."""
+
+    def __init__(self, attr: Callable[[Any], R]) -> None:
+        self.__doc__ = attr.__doc__
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _Forward[R]: ...
+
+    @overload
+    def __get__(self, obj: _Twin, owner: type | None = None) -> R: ...
+
+    def __get__(self, obj: _Twin | None, owner: type | None = None) -> R | _Forward[R]:
+        if obj is None:
+            return self
+        value: R = getattr(obj._async, self._name)
+        return value
+
+
 def _blocking(
-    method: Callable[Concatenate[Connection, P], Coroutine[Any, Any, R]],
-) -> Callable[Concatenate[SyncConnection, P], R]:
-    """The blocking twin of an async ``Connection`` method (same arguments, same result)."""
+    method: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[_Twin, P], R]:
+    """The blocking twin of an async method: the same call, run on the loop thread."""
 
     @functools.wraps(method)
-    def call(self: SyncConnection, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self._runner.run(method(self._conn, *args, **kwargs), self.call_timeout)
+    def call(self: _Twin, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._runner.run(method(self._async, *args, **kwargs), self.call_timeout)
 
     return call
+
+
+def _on_loop(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[_Twin, P], R]:
+    """The twin of a plain (not async) method: called on the loop thread, where all
+    SDK state lives."""
+
+    @functools.wraps(method)
+    def call(self: _Twin, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._runner.call(lambda: method(self._async, *args, **kwargs))
+
+    return call
+
+
+def _long_poll(
+    method: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[_Twin, P], R]:
+    """``_blocking`` for a call that may wait ``max_wait`` seconds for data (a long
+    poll): it may last that much beyond ``call_timeout``."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def call(self: _Twin, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        timeout = self.call_timeout
+        if timeout is not None:
+            bound = signature.bind(self._async, *args, **kwargs)
+            bound.apply_defaults()
+            timeout += float(bound.arguments["max_wait"])
+        return self._runner.run(method(self._async, *args, **kwargs), timeout)
+
+    return call
+
+
+@overload
+def _blocking_message(
+    method: Callable[Concatenate[Any, P], Coroutine[Any, Any, Message]],
+) -> Callable[Concatenate[_Twin, P], SyncMessage]: ...
+
+
+@overload
+def _blocking_message(
+    method: Callable[Concatenate[Any, P], Coroutine[Any, Any, Message | None]],
+) -> Callable[Concatenate[_Twin, P], SyncMessage | None]: ...
 
 
 def _blocking_message(
-    method: Callable[Concatenate[Connection, P], Coroutine[Any, Any, Message]],
-) -> Callable[Concatenate[SyncConnection, P], SyncMessage]:
-    """``_blocking`` for a method that returns a message."""
+    method: Callable[Concatenate[Any, P], Coroutine[Any, Any, Message | None]],
+) -> Callable[Concatenate[_Twin, P], SyncMessage | None]:
+    """``_blocking`` for a method that returns a message (or None)."""
 
     @functools.wraps(method)
-    def call(self: SyncConnection, /, *args: P.args, **kwargs: P.kwargs) -> SyncMessage:
-        message = self._runner.run(method(self._conn, *args, **kwargs), self.call_timeout)
-        return SyncMessage(message, self._runner)
+    def call(self: _Twin, /, *args: P.args, **kwargs: P.kwargs) -> SyncMessage | None:
+        message = self._runner.run(method(self._async, *args, **kwargs), self.call_timeout)
+        return None if message is None else SyncMessage(message, self._runner)
 
     return call
 
 
-class SyncMessage:
+class SyncMessage(_Twin, MessageFields):
     """A delivered message, with blocking ``ack``/``nack``/``reject``.
 
-    The same fields as ``wharf.Message`` (``message`` is that object).  Settling a
-    message of a connection that was lost behaves as in the async SDK: with
+    The same fields and properties as ``wharf.Message`` (``message`` is that object).
+    Settling a message of a connection that was lost behaves as in the async SDK: with
     ``reconnect=True`` it does nothing (the broker requeued the message), without it
     raises ``ConnectionLost``.
     """
@@ -156,271 +240,175 @@ class SyncMessage:
     __slots__ = ("message", "_runner")
 
     def __init__(self, message: Message, runner: _LoopThread) -> None:
+        self._copy_fields(message)
         self.message = message
         self._runner = runner
+
+    @property
+    def _async(self) -> Message:
+        return self.message
 
     def __repr__(self) -> str:
         return f"<SyncMessage tag={self.delivery_tag} routing_key={self.routing_key!r}>"
 
-    def ack(self, multiple: bool = False) -> None:
-        """Acknowledge (with ``multiple``: every unsettled delivery up to this one)."""
-        self._runner.run(self.message.ack(multiple), None)
-
-    def nack(self, requeue: bool = True, multiple: bool = False) -> None:
-        """Negatively acknowledge: requeue, or dead-letter/drop with ``requeue=False``."""
-        self._runner.run(self.message.nack(requeue, multiple), None)
-
-    def reject(self, requeue: bool = True) -> None:
-        self._runner.run(self.message.reject(requeue), None)
-
-    @property
-    def body(self) -> bytes:
-        return self.message.body
-
-    @property
-    def delivery_tag(self) -> int:
-        return self.message.delivery_tag
-
-    @property
-    def redelivered(self) -> bool:
-        return self.message.redelivered
-
-    @property
-    def delivery_count(self) -> int:
-        return self.message.delivery_count
-
-    @property
-    def exchange(self) -> str:
-        return self.message.exchange
-
-    @property
-    def routing_key(self) -> str:
-        return self.message.routing_key
-
-    @property
-    def properties(self) -> dict[str, Any] | None:
-        return self.message.properties
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        return self.message.headers
-
-    @property
-    def content_type(self) -> str | None:
-        return self.message.content_type
-
-    @property
-    def content_encoding(self) -> str | None:
-        return self.message.content_encoding
-
-    @property
-    def message_id(self) -> str | None:
-        return self.message.message_id
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self.message.correlation_id
-
-    @property
-    def reply_to(self) -> str | None:
-        return self.message.reply_to
-
-    @property
-    def timestamp(self) -> int | None:
-        return self.message.timestamp
-
-    @property
-    def type(self) -> str | None:
-        return self.message.type
-
-    @property
-    def app_id(self) -> str | None:
-        return self.message.app_id
-
-    @property
-    def user_id(self) -> str | None:
-        return self.message.user_id
-
-    @property
-    def persistent(self) -> bool:
-        return self.message.persistent
-
-    @property
-    def priority(self) -> int | None:
-        return self.message.priority
-
-    @property
-    def expiration(self) -> int | None:
-        return self.message.expiration
+    ack = _blocking(Message.ack)
+    nack = _blocking(Message.nack)
+    reject = _blocking(Message.reject)
 
 
-class SyncConsumer:
-    """A started subscription: a blocking iterator and a context manager.
+class _BlockingIterator(_Twin, Generic[Item, T]):
+    """A started async iterator (a consumer, a stream) as a blocking iterator and a
+    context manager.  ``timeout``: iteration ends after that many seconds without an
+    item (None: wait for ever); it can be iterated again later.  One thread at a time
+    takes the next item (concurrent ``next()`` calls take turns)."""
 
-    ``for msg in consumer`` blocks for the next message; with ``timeout`` set the
-    iteration ends when none arrives within that many seconds (the subscription stays:
-    iterate again to go on).  It also ends when the consumer is cancelled; a broker
-    cancel (e.g. the queue was deleted) raises its error, as in the async SDK.
-    Leaving the ``with`` block (or ``cancel()``) ends the subscription and requeues
-    what was prefetched but not yet handed out.
+    def __init__(
+        self, iterator: AsyncIterator[Item], runner: _LoopThread, timeout: float | None
+    ) -> None:
+        self._async = iterator
+        self._runner = runner
+        self.timeout = timeout
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop()
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> T:
+        with self._lock:
+            item = self._runner.run(_next_within(self._async, self.timeout), None)
+        if item is None:
+            raise StopIteration
+        return self._wrap(item)
+
+    def _wrap(self, item: Item) -> T:
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+
+class SyncConsumer(_BlockingIterator[Message, SyncMessage]):
+    """A started subscription: ``for msg in consumer`` blocks for the next message.
+
+    With ``timeout`` set the iteration ends when none arrives within that many seconds
+    (the subscription stays: iterate again to go on).  It also ends when the consumer
+    is cancelled; a broker cancel (e.g. the queue was deleted) raises its error, as in
+    the async SDK.  Leaving the ``with`` block (or ``cancel()``) ends the subscription
+    and requeues what was prefetched but not yet handed out.
     """
 
     def __init__(self, consumer: Consumer, runner: _LoopThread, timeout: float | None) -> None:
+        super().__init__(consumer, runner, timeout)
         self.consumer = consumer
-        self.timeout = timeout
-        self._runner = runner
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<SyncConsumer queue={self.queue!r} tag={self.consumer_tag!r}>"
 
+    active = _Forward(Consumer.active)
+
     @property
     def queue(self) -> str:
-        return self.consumer.queue
+        return self.consumer.queue  # renamed with its server-named queue after a reconnect
 
     @property
     def consumer_tag(self) -> str:
         return self.consumer.consumer_tag
 
-    def __enter__(self) -> SyncConsumer:
-        return self
+    def _wrap(self, item: Message) -> SyncMessage:
+        return SyncMessage(item, self._runner)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _stop(self) -> None:
         self.cancel()
-
-    def __iter__(self) -> Iterator[SyncMessage]:
-        return self
-
-    def __next__(self) -> SyncMessage:
-        with self._lock:
-            message = self._runner.run(self._next(self.timeout), None)
-        if message is None:
-            raise StopIteration
-        return SyncMessage(message, self._runner)
-
-    async def _next(self, timeout: float | None) -> Message | None:  # noqa: ASYNC109
-        try:
-            async with asyncio.timeout(timeout):
-                return await self.consumer.__anext__()
-        except (TimeoutError, StopAsyncIteration):
-            return None
 
     def cancel(self) -> None:
         """Stop consuming (idempotent)."""
-        try:
-            self._runner.run(self.consumer.cancel(), None)
-        except ConnectionLost:
-            pass  # the connection is already closed: nothing left to cancel
+        _end_quietly(self._runner, self.consumer.cancel())
 
 
-class SyncStream:
-    """A started ``wharf.Stream``: a blocking iterator of records and a context manager.
+class SyncStream(_BlockingIterator[Record, Record]):
+    """A started ``wharf.Stream``: ``for rec in stream`` blocks for the next record.
 
-    ``for rec in stream`` blocks for the next record; with ``timeout`` set the
-    iteration ends when none arrives within that many seconds (the stream stays:
-    iterate again to go on).  ``on_assign``/``on_revoke`` callbacks run on the
-    client's loop thread.  Leaving the ``with`` block (or ``close()``) closes the
-    stream (auto-commit, leave the group).
+    With ``timeout`` set the iteration ends when none arrives within that many seconds
+    (the stream stays: iterate again to go on).  ``on_assign``/``on_revoke`` callbacks
+    run on the client's loop thread.  Leaving the ``with`` block (or ``close()``)
+    closes the stream (auto-commit, leave the group).
     """
 
     def __init__(self, stream: Stream, runner: _LoopThread, timeout: float | None) -> None:
+        super().__init__(stream, runner, timeout)
         self.stream = stream
-        self.timeout = timeout
-        self._runner = runner
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<SyncStream {self.stream!r}>"
 
-    def __enter__(self) -> SyncStream:
-        return self
+    def _wrap(self, item: Record) -> Record:
+        return item
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _stop(self) -> None:
         self.close()
-
-    def __iter__(self) -> Iterator[Record]:
-        return self
-
-    def __next__(self) -> Record:
-        with self._lock:
-            record = self._runner.run(self._next(self.timeout), None)
-        if record is None:
-            raise StopIteration
-        return record
-
-    async def _next(self, timeout: float | None) -> Record | None:  # noqa: ASYNC109
-        try:
-            async with asyncio.timeout(timeout):
-                return await self.stream.__anext__()
-        except (TimeoutError, StopAsyncIteration):
-            return None
 
     def getmany(
         self,
         timeout: float | None = None,  # noqa: ASYNC109
         max_records: int | None = None,
     ) -> list[Record]:
-        """``Stream.getmany``: the records available now, waiting up to ``timeout``."""
+        """``Stream.getmany``: the records available now, waiting up to ``timeout``
+        (taking turns with threads iterating this stream)."""
         with self._lock:
             return self._runner.run(self.stream.getmany(timeout, max_records), None)
 
-    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
-        self._runner.run(self.stream.commit(offsets), None)
-
-    def committed(self, tp: TopicPartition) -> int | None:
-        return self._runner.run(self.stream.committed(tp), None)
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self._runner.call(lambda: self.stream.seek(tp, offset))
-
-    def seek_to_beginning(self, *tps: TopicPartition) -> None:
-        self._runner.run(self.stream.seek_to_beginning(*tps), None)
-
-    def seek_to_end(self, *tps: TopicPartition) -> None:
-        self._runner.run(self.stream.seek_to_end(*tps), None)
-
-    def seek_to_timestamp(
-        self, tps: TopicPartition | Sequence[TopicPartition], timestamp: int
-    ) -> None:
-        self._runner.run(self.stream.seek_to_timestamp(tps, timestamp), None)
-
-    def pause(self, *tps: TopicPartition) -> None:
-        self._runner.call(lambda: self.stream.pause(*tps))
-
-    def resume(self, *tps: TopicPartition) -> None:
-        self._runner.call(lambda: self.stream.resume(*tps))
-
-    def paused(self) -> set[TopicPartition]:
-        return self._runner.call(self.stream.paused)
-
-    def assignment(self) -> list[TopicPartition]:
-        return self._runner.call(self.stream.assignment)
-
-    def position(self, tp: TopicPartition) -> int | None:
-        return self._runner.call(lambda: self.stream.position(tp))
-
-    def lag(self) -> dict[TopicPartition, int]:
-        return self._runner.call(self.stream.lag)
+    commit = _blocking(Stream.commit)
+    committed = _blocking(Stream.committed)
+    seek = _on_loop(Stream.seek)
+    seek_to_beginning = _blocking(Stream.seek_to_beginning)
+    seek_to_end = _blocking(Stream.seek_to_end)
+    seek_to_timestamp = _blocking(Stream.seek_to_timestamp)
+    pause = _on_loop(Stream.pause)
+    resume = _on_loop(Stream.resume)
+    paused = _on_loop(Stream.paused)
+    assignment = _on_loop(Stream.assignment)
+    position = _on_loop(Stream.position)
+    lag = _on_loop(Stream.lag)
+    highwater = _on_loop(Stream.highwater)
 
     def close(self) -> None:
         """Close the stream (idempotent)."""
-        try:
-            self._runner.run(self.stream.close(), None)
-        except ConnectionLost:
-            pass  # the connection is already closed
+        _end_quietly(self._runner, self.stream.close())
 
 
-class SyncConnection:
+async def _next_within(
+    iterator: AsyncIterator[T],
+    timeout: float | None,  # noqa: ASYNC109
+) -> T | None:
+    """The iterator's next item, or None when it ends or none comes within ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await anext(iterator)
+    except (TimeoutError, StopAsyncIteration):
+        return None
+
+
+def _end_quietly(runner: _LoopThread, coro: Coroutine[Any, Any, None]) -> None:
+    """Cancel a consumer or close a stream; nothing is left to end once the
+    connection (and its loop thread) is closed."""
+    try:
+        runner.run(coro, None)
+    except ConnectionLost:
+        pass
+
+
+class SyncConnection(_Twin):
     """A blocking ``wharf.Connection``: the same verbs, without ``await``.
 
     ``call_timeout`` (seconds, None = no bound) caps each blocking call except
@@ -429,7 +417,7 @@ class SyncConnection:
     """
 
     def __init__(self, conn: Connection, runner: _LoopThread, call_timeout: float | None) -> None:
-        self._conn = conn
+        self._conn = self._async = conn
         self._runner = runner
         self.call_timeout = call_timeout
         self._close_lock = threading.Lock()
@@ -466,33 +454,17 @@ class SyncConnection:
     def is_connected(self) -> bool:
         return not self._closed and self._conn.is_connected
 
-    @property
-    def connection_id(self) -> str:
-        return self._conn.connection_id
+    reconnecting = _Forward(Connection.reconnecting)
+    connection_id = _Forward(Connection.connection_id)
+    heartbeat_s = _Forward(Connection.heartbeat_s)
+    blocked = _Forward(Connection.blocked)
+    server_properties = _Forward(Connection.server_properties)
+    max_message_bytes = _Forward(Connection.max_message_bytes)
 
-    @property
-    def blocked(self) -> str | None:
-        return self._conn.blocked
-
-    @property
-    def server_properties(self) -> dict[str, Any]:
-        return self._conn.server_properties
-
-    @property
-    def max_message_bytes(self) -> int:
-        return self._conn.max_message_bytes
-
-    def on_event(self, callback: Callable[[ConnectionEvent], object]) -> None:
-        """``Connection.on_event``; the callback runs on the client's loop thread."""
-        self._runner.call(lambda: self._conn.on_event(callback))
-
-    def on_blocked(self, callback: Callable[[str | None], None]) -> None:
-        """``Connection.on_blocked``; the callback runs on the client's loop thread."""
-        self._runner.call(lambda: self._conn.on_blocked(callback))
-
-    def on_error(self, callback: Callable[[WharfError], object]) -> None:
-        """``Connection.on_error``; the callback runs on the client's loop thread."""
-        self._runner.call(lambda: self._conn.on_error(callback))
+    # Their callbacks run on the client's loop thread (see the module docstring).
+    on_event = _on_loop(Connection.on_event)
+    on_blocked = _on_loop(Connection.on_blocked)
+    on_error = _on_loop(Connection.on_error)
 
     def close(self) -> None:
         """Close the connection and stop its thread.  Idempotent."""
@@ -516,63 +488,14 @@ class SyncConnection:
     unbind_queue = _blocking(Connection.unbind_queue)
     purge_queue = _blocking(Connection.purge_queue)
     delete_queue = _blocking(Connection.delete_queue)
+    replay_dead_letters = _blocking(Connection.replay_dead_letters)
+    set_policy = _blocking(Connection.set_policy)
+    delete_policy = _blocking(Connection.delete_policy)
+    list_policies = _blocking(Connection.list_policies)
     publish = _blocking(Connection.publish)
     publish_many = _blocking(Connection.publish_many)
-
-    # -- log topics (docs/logs.md) ---------------------------------------------------
-
-    def create_topic(self, name: str, partitions: int = 1, **config: Any) -> dict[str, Any]:
-        return self._runner.run(
-            self._conn.create_topic(name, partitions, **config), self.call_timeout
-        )
-
-    def alter_topic(
-        self, name: str, partitions: int | None = None, **config: Any
-    ) -> dict[str, Any]:
-        return self._runner.run(
-            self._conn.alter_topic(name, partitions, **config), self.call_timeout
-        )
-
-    delete_topic = _blocking(Connection.delete_topic)
-    describe_topic = _blocking(Connection.describe_topic)
-    list_topics = _blocking(Connection.list_topics)
-    produce = _blocking(Connection.produce)
-    produce_many = _blocking(Connection.produce_many)
-    produce_records = _blocking(Connection.produce_records)
-    list_offsets = _blocking(Connection.list_offsets)
-    offset_for_time = _blocking(Connection.offset_for_time)
-
-    def fetch(
-        self,
-        topic: str,
-        partition: int,
-        offset: int,
-        max_bytes: int = 1_048_576,
-        max_wait: float = 0.0,
-    ) -> list[Record]:
-        """``Connection.fetch``; a long poll may last ``max_wait`` beyond ``call_timeout``."""
-        timeout = None if self.call_timeout is None else self.call_timeout + max_wait
-        fetch = self._conn.fetch(topic, partition, offset, max_bytes, max_wait)
-        return self._runner.run(fetch, timeout)
-
-    def fetch_batch(
-        self,
-        topic: str,
-        partition: int,
-        offset: int,
-        max_bytes: int = 1_048_576,
-        max_wait: float = 0.0,
-    ) -> FetchResult:
-        """``Connection.fetch_batch``; a long poll may last ``max_wait`` beyond
-        ``call_timeout``."""
-        timeout = None if self.call_timeout is None else self.call_timeout + max_wait
-        fetch = self._conn.fetch_batch(topic, partition, offset, max_bytes, max_wait)
-        return self._runner.run(fetch, timeout)
-
-    def get(self, queue: str, no_ack: bool = False) -> SyncMessage | None:
-        """Fetch one message (None when the queue is empty)."""
-        message = self._runner.run(self._conn.get(queue, no_ack), self.call_timeout)
-        return None if message is None else SyncMessage(message, self._runner)
+    get = _blocking_message(Connection.get)
+    rpc = _blocking_message(Connection.rpc)
 
     def consume(
         self,
@@ -586,25 +509,35 @@ class SyncConnection:
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> SyncConsumer:
         """Subscribe now: ``with conn.consume(q, timeout=5) as messages: for msg in ...``.
-
-        ``timeout``: iteration ends after that many seconds without a message (None:
-        wait for ever)."""
-
-        async def start() -> Consumer:
-            consumer = self._conn.consume(
-                queue,
-                prefetch=prefetch,
-                no_ack=no_ack,
-                exclusive=exclusive,
-                consumer_tag=consumer_tag,
-                arguments=arguments,
-            )
-            return await consumer
-
-        consumer = self._runner.run(start(), self.call_timeout)
+        The arguments are ``Connection.consume``'s plus ``timeout``: iteration ends
+        after that many seconds without a message (None: wait for ever)."""
+        consumer = self._conn.consume(
+            queue,
+            prefetch=prefetch,
+            no_ack=no_ack,
+            exclusive=exclusive,
+            consumer_tag=consumer_tag,
+            arguments=arguments,
+        )
+        self._runner.run(consumer.__aenter__(), self.call_timeout)
         return SyncConsumer(consumer, self._runner, timeout)
 
-    rpc = _blocking_message(Connection.rpc)
+    # -- log topics (docs/logs.md) ---------------------------------------------------
+
+    create_topic = _blocking(Connection.create_topic)
+    alter_topic = _blocking(Connection.alter_topic)
+    delete_topic = _blocking(Connection.delete_topic)
+    describe_topic = _blocking(Connection.describe_topic)
+    list_topics = _blocking(Connection.list_topics)
+    produce = _blocking(Connection.produce)
+    produce_many = _blocking(Connection.produce_many)
+    produce_records = _blocking(Connection.produce_records)
+    list_offsets = _blocking(Connection.list_offsets)
+    offset_for_time = _blocking(Connection.offset_for_time)
+    fetch = _long_poll(Connection.fetch)
+    fetch_batch = _long_poll(Connection.fetch_batch)
+    bind_topic = _blocking(Connection.bind_topic)
+    unbind_topic = _blocking(Connection.unbind_topic)
 
     # -- consumer groups ------------------------------------------------------------
 
@@ -618,13 +551,8 @@ class SyncConnection:
         """Start a stream now: ``with conn.subscribe("events", group="g", timeout=5) as
         records: for rec in records: ...``.  ``options`` are ``Connection.subscribe``'s;
         ``timeout``: iteration ends after that many seconds without a record."""
-
-        async def start() -> Stream:
-            stream = self._conn.subscribe(topics, **options)
-            await stream.start()
-            return stream
-
-        stream = self._runner.run(start(), self.call_timeout)
+        stream = self._conn.subscribe(topics, **options)
+        self._runner.run(stream.__aenter__(), self.call_timeout)
         return SyncStream(stream, self._runner, timeout)
 
     list_groups = _blocking(Connection.list_groups)

@@ -126,15 +126,22 @@ def compress(payload: bytes, codec: int, level: int = -1) -> bytes:
     raise InvalidArgument(f"unknown compression codec {codec}")
 
 
-def decompress(payload: bytes | memoryview, codec: int) -> bytes | memoryview:
+def decompress(
+    payload: bytes | memoryview, codec: int, max_bytes: int = MAX_BATCH_BYTES
+) -> bytes | memoryview:
+    """The payload uncompressed; refuses (InvalidArgument) one that would exceed
+    ``max_bytes`` once uncompressed, without inflating more than that."""
     if codec == CODEC_NONE:
         return payload
     if codec == CODEC_GZIP:
         try:
             d = zlib.decompressobj(_GZIP_WBITS)
-            out = d.decompress(payload, MAX_BATCH_BYTES)
-            if d.unconsumed_tail:
-                raise InvalidArgument(f"a batch decompresses to more than {MAX_BATCH_BYTES} bytes")
+            out = d.decompress(payload, max_bytes)
+            if d.unconsumed_tail or (len(out) == max_bytes and d.decompress(b"", 1)):
+                raise InvalidArgument(
+                    f"a batch decompresses to more than {max_bytes} bytes",
+                    details={"max_message_bytes": max_bytes},
+                )
             return out
         except zlib.error as exc:
             raise InvalidArgument(f"batch payload is not valid gzip: {exc}") from None
@@ -155,10 +162,16 @@ class PayloadInfo(NamedTuple):
     tombstones: bool  # some record has a nil value
 
 
-def check_payload(payload: bytes, codec: int) -> tuple[Sequence[Any], PayloadInfo]:
+def check_payload(
+    payload: bytes, codec: int, max_bytes: int = MAX_BATCH_BYTES
+) -> tuple[Sequence[Any], PayloadInfo]:
     """Validate a produced payload without changing it; returns its decoded records and
-    what the broker needs to know of them.  Raises InvalidArgument."""
-    raw = decompress(payload, codec)
+    what the broker needs to know of them.  Raises InvalidArgument.
+
+    A compressed payload may uncompress to at most ``max_bytes`` (the broker passes its
+    ``max_message_bytes``, as for an uncompressed one): a few KiB of gzip must not make
+    the broker inflate and decode hundreds of MiB."""
+    raw = decompress(payload, codec, max_bytes)
     try:
         records = msgpack.unpackb(raw, raw=False, use_list=False)
     except Exception as exc:  # msgpack raises several types for bad input

@@ -17,6 +17,8 @@ from wharf.broker.server import Broker
 from wharf.protocol import frames as F
 from wharf.protocol.codec import FrameDecoder, encode, encode_array
 
+from .helpers import FrameClient, TcpProxy
+
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     # The broker runs on uvloop in production; test it on the same loop.
@@ -140,6 +142,33 @@ async def raw_client(broker: Broker) -> AsyncIterator[Callable[..., Any]]:
 
     async def _open(**kwargs: Any) -> RawClient:
         c = await RawClient.open(broker.port, **kwargs)
+        clients.append(c)
+        return c
+
+    yield _open
+    for c in clients:
+        await c.close()
+
+
+@pytest.fixture
+async def proxy(broker: Broker) -> AsyncIterator[TcpProxy]:
+    """A TCP proxy in front of the broker (connect with ``url=proxy.url()``) whose
+    ``cut()`` drops the connections through it, as a failing network would."""
+    p = await TcpProxy(broker.port).start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@pytest.fixture
+async def frame_client(broker: Broker) -> AsyncIterator[Callable[[], Any]]:
+    """Open protocol connections that send any request and match its answer
+    (``await (await frame_client()).request(F.GROUP_HEARTBEAT, ...)``)."""
+    clients: list[FrameClient] = []
+
+    async def _open() -> FrameClient:
+        c = await FrameClient.open(broker.port)
         clients.append(c)
         return c
 

@@ -128,10 +128,11 @@ def _is_wharf_protocol(raw: bytes) -> bool:
     """True if ``raw`` starts with the frame a Wharf broker sends as soon as it accepts a
     connection (HELLO), or with its fatal ERROR."""
     try:
-        frames = FrameDecoder(use_list=True).feed(raw)
+        raws = FrameDecoder(use_list=True).feed(raw)
+        first = F.parse(raws[0]) if raws else None
     except Exception:  # any decoding failure just means "not Wharf"
         return False
-    return bool(frames) and frames[0][0] in (F.HELLO, F.ERROR)
+    return isinstance(first, (F.Hello, F.Error))
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:

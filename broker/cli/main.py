@@ -87,6 +87,10 @@ def main() -> None:
     type=click.IntRange(1, 3_600_000),
     help="TLS + Wharf handshake + login must finish within this [10000].",
 )
+@click.option(
+    "--audit-log-file",
+    help='Audit log, JSON lines [<data-dir>/audit.log]; "" turns it off.',
+)
 def serve(
     host: str | None,
     port: int | None,
@@ -94,6 +98,7 @@ def serve(
     data_dir: str | None,
     config_path: str | None,
     log_level: str | None,
+    audit_log_file: str | None,
     **tls_and_limits: Any,
 ) -> None:
     """Run the broker until SIGTERM/SIGINT; SIGHUP reloads the TLS certificate.
@@ -107,6 +112,7 @@ def serve(
         "http_port": http_port,
         "data_dir": data_dir,
         "log_level": log_level,
+        "audit_log_file": audit_log_file,
         **tls_and_limits,  # plain_port, tls_*, https_port, handshake_timeout_ms
     }
     settings = _load(config_path, overrides)

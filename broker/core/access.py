@@ -35,7 +35,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from wharf.protocol.errors import AccessRefused, InvalidArgument, WharfError
 
@@ -252,7 +252,15 @@ class AccessControl:
     sessions can cache decisions and notice when to drop them.
     """
 
-    __slots__ = ("_perms", "_topic", "generation", "implicit_full", "on_change", "denied")
+    __slots__ = (
+        "_perms",
+        "_topic",
+        "generation",
+        "implicit_full",
+        "on_change",
+        "on_denied",
+        "denied",
+    )
 
     def __init__(self) -> None:
         # (vhost, user) -> Permission; NO_ACCESS also records an explicit clear.
@@ -266,10 +274,16 @@ class AccessControl:
         # refused login, "tag" an operation refused for a missing tag.  Bounded by the
         # vhosts times the few kinds.
         self.denied: dict[tuple[str, str], int] = {}
+        # Told of every refusal (the broker writes it to the audit log): the actor, the
+        # kind counted above and the refusal.
+        self.on_denied: Callable[[Actor, str, WharfError], None] | None = None
 
-    def _count_denial(self, vhost: str, kind: str) -> None:
-        key = (vhost, kind)
+    def _refuse(self, actor: Actor, kind: str, error: WharfError) -> NoReturn:
+        key = (actor.vhost, kind)
         self.denied[key] = self.denied.get(key, 0) + 1
+        if self.on_denied is not None:
+            self.on_denied(actor, kind, error)
+        raise error
 
     # -- decisions -------------------------------------------------------------------
 
@@ -286,10 +300,13 @@ class AccessControl:
         """Raise unless ``actor`` may connect to its vhost."""
         if actor.is_administrator or self.permission(actor.vhost, actor.user) is not None:
             return
-        self._count_denial(actor.vhost, "vhost")
-        raise AccessRefused(
-            f"access to vhost '{actor.vhost}' refused for user '{actor.user}'",
-            details={"vhost": actor.vhost},
+        self._refuse(
+            actor,
+            "vhost",
+            AccessRefused(
+                f"access to vhost '{actor.vhost}' refused for user '{actor.user}'",
+                details={"vhost": actor.vhost},
+            ),
         )
 
     def allowed(self, actor: Actor, permission: str, kind: str, name: str) -> bool:
@@ -301,8 +318,7 @@ class AccessControl:
     def check(self, actor: Actor, permission: str, kind: str, name: str) -> None:
         """Raise ``AccessRefused`` (403) unless ``actor`` has ``permission`` on it."""
         if not self.allowed(actor, permission, kind, name):
-            self._count_denial(actor.vhost, kind)
-            raise refusal(actor, permission, kind, resource_name(kind, name))
+            self._refuse(actor, kind, refusal(actor, permission, kind, resource_name(kind, name)))
 
     def authorize(self, actor: Actor, operation: str, **names: str) -> None:
         """Raise unless ``actor`` may do ``operation`` (a key of ``OPERATIONS``) on the
@@ -310,10 +326,13 @@ class AccessControl:
         needs = OPERATIONS[operation]
         tags = OPERATION_TAGS.get(operation)
         if tags is not None and tags.isdisjoint(actor.tags):
-            self._count_denial(actor.vhost, "tag")
-            raise AccessRefused(
-                f"user '{actor.user}' needs one of the tags {sorted(tags)} for {operation}",
-                details={"operation": operation, "vhost": actor.vhost},
+            self._refuse(
+                actor,
+                "tag",
+                AccessRefused(
+                    f"user '{actor.user}' needs one of the tags {sorted(tags)} for {operation}",
+                    details={"operation": operation, "vhost": actor.vhost},
+                ),
             )
         self.check_vhost(actor)
         for need in needs:
@@ -332,17 +351,20 @@ class AccessControl:
     def check_topic(self, actor: Actor, permission: str, exchange: str, key: str) -> None:
         """Topic authorisation of routing key ``key`` on topic exchange ``exchange``."""
         if not self.topic_allowed(actor, permission, exchange, key):
-            self._count_denial(actor.vhost, "routing_key")
-            raise AccessRefused(
-                f"{permission} access to topic '{key}' in exchange '{exchange}' in vhost "
-                f"'{actor.vhost}' refused for user '{actor.user}'",
-                details={
-                    "kind": "topic",
-                    "exchange": exchange,
-                    "routing_key": key,
-                    "permission": permission,
-                    "vhost": actor.vhost,
-                },
+            self._refuse(
+                actor,
+                "routing_key",
+                AccessRefused(
+                    f"{permission} access to topic '{key}' in exchange '{exchange}' in vhost "
+                    f"'{actor.vhost}' refused for user '{actor.user}'",
+                    details={
+                        "kind": "topic",
+                        "exchange": exchange,
+                        "routing_key": key,
+                        "permission": permission,
+                        "vhost": actor.vhost,
+                    },
+                ),
             )
 
     def has_topic_permissions(self, actor: Actor) -> bool:

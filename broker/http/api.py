@@ -48,6 +48,8 @@ from ..core.policies.registry import (  # server-side policies
     make_policy,
 )
 from ..core.routed import sync_in_background
+from ..security.audit import AuditEvent, policy_fields
+from ..security.auth import MECHANISM_HTTP_BASIC
 from ..security.users import (
     ADMINISTRATOR_TAG,
     MAX_PASSWORD_CHARS,
@@ -362,8 +364,12 @@ class ManagementApi:
                 )
             raise ApiError(404, NotFound.code, f"no such API endpoint: {path}")
         if matched.admin and not user.is_administrator:
+            denied = Call(user, [], {}, b"", peer_host).actor()
+            self.broker.audit.event(AuditEvent.ACCESS_DENIED, **denied, tag=ADMINISTRATOR_TAG)
             raise AccessRefused(f"user {user.name!r} needs the administrator tag for this request")
         if matched.path not in _OPEN_PATHS and MANAGEMENT_TAGS.isdisjoint(user.tags):
+            denied = Call(user, [], {}, b"", peer_host).actor()
+            self.broker.audit.event(AuditEvent.ACCESS_DENIED, **denied, tag="management")
             raise AccessRefused(
                 f"user {user.name!r} needs one of the tags {', '.join(sorted(MANAGEMENT_TAGS))} "
                 "to use the management API"
@@ -378,7 +384,7 @@ class ManagementApi:
         for key in query:
             if key not in matched.query:
                 raise InvalidArgument(f"unknown query parameter {key!r}")
-        return await matched.handler(Call(user, names, query, body))
+        return await matched.handler(Call(user, names, query, body, peer_host))
 
     async def _authenticate(self, authorization: str | None, peer_host: str) -> StoredUser:
         challenge = {"WWW-Authenticate": AUTH_REALM}
@@ -398,7 +404,9 @@ class ManagementApi:
             raise ApiError(401, AccessRefused.code, "malformed basic credentials", challenge)
         authenticator = self.broker.authenticator
         try:
-            user = await authenticator.authenticate(username, password, peer_host)
+            user = await authenticator.authenticate(
+                username, password, peer_host, mechanism=MECHANISM_HTTP_BASIC, protocol="http"
+            )
         except WharfError as exc:
             raise ApiError(401, AccessRefused.code, exc.message, challenge) from None
         stored = authenticator.users.get(user.name)
@@ -785,6 +793,7 @@ class ManagementApi:
         created = store.put(name, password_hash, clean_tags)
         u = store.get(name)
         assert u is not None
+        self.broker.audit.event(**user_change(call, existing, u, password_hash is not None))
         return (201 if created else 200), self._describe_user(u)
 
     async def delete_user(self, call: Call) -> Result:
@@ -795,6 +804,7 @@ class ManagementApi:
         self._check_not_last_admin(name, keeps_admin=False)
         store.delete(name)
         self.broker.access.forget_user(name)  # a new user by that name starts with none
+        self.broker.audit.event(AuditEvent.USER_DELETED, **call.actor(), user=name)
         closed = 0
         for conn in list(self.broker.connections.values()):
             if conn.username == name:  # "" until authenticated
@@ -824,10 +834,12 @@ class ManagementApi:
             f.text("apply-to", "queues"),
         )
         created = core_session(self.broker, call).set_policy(policy)
+        self.broker.audit.event(AuditEvent.POLICY_SET, **call.actor(), **policy_fields(policy))
         return (201 if created else 200), policy.describe()
 
     async def delete_policy(self, call: Call) -> Result:
         core_session(self.broker, call).delete_policy(call.params[0])
+        self.broker.audit.event(AuditEvent.POLICY_DELETED, **call.actor(), policy=call.params[0])
         return 200, {}
 
     def _check_not_last_admin(self, name: str, *, keeps_admin: bool) -> None:
@@ -853,3 +865,20 @@ def _encode_payload(body: bytes, encoding: str) -> tuple[str, str]:
         except UnicodeDecodeError:
             pass
     return base64.b64encode(body).decode("ascii"), "base64"
+
+
+def user_change(
+    call: Call, before: StoredUser | None, after: StoredUser, password_given: bool
+) -> dict[str, Any]:
+    """The audit line of a user PUT: created, or what changed (never the password)."""
+    if before is None:
+        return {"kind": AuditEvent.USER_CREATED, **call.actor(), "user": after.name,
+                "tags": list(after.tags)}  # fmt: skip
+    return {
+        "kind": AuditEvent.USER_UPDATED,
+        **call.actor(),
+        "user": after.name,
+        "tags": list(after.tags),
+        "previous_tags": list(before.tags),
+        "password_changed": password_given and before.password_hash != after.password_hash,
+    }

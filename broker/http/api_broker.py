@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..core.topology import Topology
     from ..logs import TopicRegistry
     from ..logs.groups import GroupCoordinator
+    from ..security.audit import AuditLog
     from ..security.auth import Authenticator
     from ..security.tls import ServerTls
     from ..store.segments import MessageStore
@@ -39,6 +40,8 @@ class ApiBroker(Protocol):
     def authenticator(self) -> Authenticator: ...
     @property
     def access(self) -> AccessControl: ...
+    @property
+    def audit(self) -> AuditLog: ...
     @property
     def stats(self) -> BrokerStats: ...
     @property

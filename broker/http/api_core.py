@@ -208,6 +208,11 @@ class Call:
     params: list[str]
     query: dict[str, str]
     body: bytes
+    peer: str = ""  # the client's address
+
+    def actor(self) -> dict[str, str]:
+        """Who made a change, for its audit line (security/audit.py)."""
+        return {"actor": self.user.name, "peer": self.peer, "protocol": "http"}
 
     def json(self, allowed: tuple[str, ...]) -> Fields:
         return Fields(parse_body(self.body), allowed)

@@ -139,6 +139,7 @@ class BrokerCollector:
         yield from self._memory_metrics()
         yield from self._tls_metrics()
         yield from self._access_metrics()
+        yield from self._auth_metrics()
         yield from self._policy_metrics(queues)
         yield from self._topic_metrics()
         yield from self._group_metrics()
@@ -213,6 +214,21 @@ class BrokerCollector:
         for (vhost, kind), n in sorted(access.denied.items()):
             denied.add_metric([vhost, kind], n)
         yield denied
+
+    def _auth_metrics(self) -> Iterator[Metric]:
+        """Refused logins by mechanism (security/auth.py keeps the counts)."""
+        authenticator = getattr(self._broker, "authenticator", None)
+        if authenticator is None:
+            return
+        failures = CounterMetricFamily(
+            "wharf_auth_failures",
+            "Refused logins, by mechanism (PLAIN: native protocol, BASIC: HTTP API).",
+            labels=["mechanism"],
+        )
+        counts: dict[str, int] = {"PLAIN": 0, "BASIC": 0, **authenticator.failures_by_mechanism}
+        for mechanism, count in sorted(counts.items()):
+            failures.add_metric([mechanism], count)
+        yield failures
 
     def _memory_metrics(self) -> Iterator[Metric]:
         """What the memory alarm compares (docs/operations.md, "Memory alarm")."""
@@ -324,6 +340,11 @@ class BrokerCollector:
             key: GaugeMetricFamily(name, help_text, labels=["topic", "partition"])
             for key, name, help_text in _PARTITION_GAUGES
         }
+        waiting = GaugeMetricFamily(
+            "wharf_topic_partition_fetches_waiting",
+            "Long-poll fetches parked at the end of the partition until a record comes.",
+            labels=["topic", "partition"],
+        )
         for topic in topics:
             info = topic.describe()
             partitions.add_metric([info["name"]], info["partitions"])
@@ -331,9 +352,12 @@ class BrokerCollector:
                 labels = [info["name"], str(p["partition"])]
                 for key, family in families.items():
                     family.add_metric(labels, p.get(key, 0))
+            for part in topic.partitions:
+                waiting.add_metric([info["name"], str(part.number)], part.waiting_fetches)
         yield count
         yield partitions
         yield from families.values()
+        yield waiting
         if logs is not None:
             handles = logs.handles
             yield GaugeMetricFamily(

@@ -638,6 +638,11 @@ class Partition:
             i += 1
         return out
 
+    @property
+    def waiting_fetches(self) -> int:
+        """Long-poll fetches parked until the next append (a /metrics gauge)."""
+        return len(self._waiters)
+
     def add_waiter(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` once at the next append (long-poll fetches)."""
         self._waiters.append(wake)

@@ -306,7 +306,7 @@ class TopicRegistry:
                 f"{self.max_batch_bytes}; send smaller batches",
                 details={"size": len(payload), "max_message_bytes": self.max_batch_bytes},
             )
-        records, info = check_payload(payload, codec)
+        records, info = check_payload(payload, codec, self.max_batch_bytes)
         if info.max_timestamp > MAX_TIMESTAMP_MS:
             raise InvalidArgument(f"record timestamps must be at most {MAX_TIMESTAMP_MS}")
         if info.null_keys and topic.config.compacts:

@@ -10,8 +10,13 @@ Authentication rules:
   (IPv4-mapped ::ffff:127.x counts as loopback).  Checked after the password, so the
   message reveals nothing to someone who does not know it.
 * scrypt costs ~50-100 ms of CPU and 16 MiB per check, so it runs in a small dedicated
-  thread pool (bounded memory) instead of on the event loop.
-* Repeated failures from one peer host are slowed down (see ``failure_delay_s``).
+  thread pool (bounded memory) instead of on the event loop.  Every check that is not a
+  cached success costs one scrypt at the default cost, whether the user exists, is the
+  built-in guest or has a stored hash, so timing does not tell them apart.
+* Guessing is throttled per (user, address) pair and serialised per user and per
+  address; a correct password is not delayed by other pairs' failures (throttle.py).
+* Failures are logged at most once per pair per minute, with a count of the others;
+  every attempt goes to the audit log (audit.py).  Passwords are never logged.
 """
 
 from __future__ import annotations
@@ -28,9 +33,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeVar
 
-from wharf.protocol.errors import AccessRefused
+from wharf.protocol.errors import AccessRefused, WharfError
 
+from .audit import AuditEvent, AuditLog
 from .passwords import burn_scrypt, hash_password, parse_password_hash, verify_password
+from .throttle import (
+    FAILURE_DECAY_S,
+    FAILURE_LOG_INTERVAL_S,
+    Attempt,
+    FailureLogLimiter,
+    LoginThrottle,
+    TooManyAttempts,
+    failure_delay_s,
+)
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -50,28 +65,23 @@ DEFAULT_USER_TAGS: Final = ("administrator",)
 # per distinct credential instead of one per connection.  Only successes are cached, so
 # guessing passwords still pays a full scrypt per attempt.  The digest is an HMAC-SHA256
 # under a per-process random key: a memory dump does not yield a fast unsalted hash.
+# The cache is consulted only once an attempt has its turn (throttle.py), so it is no
+# faster oracle for a guesser than scrypt.
 AUTH_CACHE_MAX_ENTRIES: Final = 1_024
 
-# Failure slowdown: after the k-th recent failure from a host, that host's next result is
-# delayed by min(FAILURE_DELAY_BASE_S * 2**(k-1), FAILURE_DELAY_MAX_S).  A host's count is
-# forgotten after FAILURE_DECAY_S without a failure.  At most MAX_FAILURE_HOSTS hosts are
-# tracked; the one whose last failure is oldest is evicted first.
-FAILURE_DELAY_BASE_S: Final = 0.1
-FAILURE_DELAY_MAX_S: Final = 5.0
-FAILURE_DECAY_S: Final = 60.0
-MAX_FAILURE_HOSTS: Final = 10_000
+# Mechanism labels (wharf_auth_failures_total{mechanism}, audit "mechanism").
+MECHANISM_PLAIN: Final = "PLAIN"
+MECHANISM_HTTP_BASIC: Final = "BASIC"
+MECHANISM_OTHER: Final = "other"  # a mechanism the broker does not offer
 
 INVALID_CREDENTIALS: Final = "invalid credentials"
+# How a refused login under a name that is no user is recorded (logs, audit).
+UNKNOWN_USER: Final = "<unknown>"
+UNKNOWN_USER_REF_CHARS: Final = 12
+
+__all__ = ["FAILURE_DECAY_S", "failure_delay_s"]  # re-exported for callers and tests
 
 _T = TypeVar("_T")
-
-
-def failure_delay_s(failures: int) -> float:
-    """Delay before the next result for a host with ``failures`` recent failures."""
-    if failures <= 0:
-        return 0.0
-    # Cap the exponent: 2**(huge) would be a pointlessly large float.
-    return min(FAILURE_DELAY_BASE_S * (1 << min(failures - 1, 32)), FAILURE_DELAY_MAX_S)
 
 
 def is_loopback(peer_host: str) -> bool:
@@ -102,10 +112,11 @@ class User:
     tags: tuple[str, ...] = ()
 
 
-@dataclass(slots=True)
-class _Failures:
-    count: int
-    last_failure: float
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    user: User | None
+    error: WharfError | None
+    delay_s: float
 
 
 class Authenticator:
@@ -117,6 +128,7 @@ class Authenticator:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        audit: AuditLog | None = None,
     ) -> None:
         # Runtime user store (management API): users.py imports this module, hence here.
         from .users import SOURCE_BUILTIN, SOURCE_CONFIG, StoredUser, UserStore
@@ -141,35 +153,178 @@ class Authenticator:
         self._loopback_users = frozenset(settings.loopback_users)
         self._clock = clock
         self._sleep = sleep
+        self.audit = audit if audit is not None else AuditLog(None)
         self._cache_key = os.urandom(32)
         self._cache: OrderedDict[tuple[str, str, bytes], None] = OrderedDict()
-        self._failures: OrderedDict[str, _Failures] = OrderedDict()
+        self._throttle = LoginThrottle(clock)
+        self._failure_log = FailureLogLimiter(clock)
+        self._wake: asyncio.TimerHandle | None = None
+        self._checks: set[asyncio.Task[_Verdict]] = set()
         self._executor: ThreadPoolExecutor | None = None
+        # wharf_auth_failures_total{mechanism}: plain ints, read at scrape time.
+        self.failures_by_mechanism: dict[str, int] = {}
 
-    async def authenticate(self, username: str, password: str, peer_host: str) -> User:
-        """Return the user or raise AccessRefused; slowed down after recent failures."""
+    async def authenticate(
+        self,
+        username: str,
+        password: str,
+        peer_host: str,
+        *,
+        mechanism: str = MECHANISM_PLAIN,
+        protocol: str = "native",
+        peer: str | None = None,
+    ) -> User:
+        """Return the user or raise AccessRefused.
+
+        Waits for its turn (throttle.py), then checks; a failure's answer is delayed by
+        the pair's new delay.  The check itself runs to its end even if the caller goes
+        away, so closing a connection cannot cut a guess's delay short.
+        """
         host = _host_key(peer_host)
-        delay = failure_delay_s(self._recent_failures(host))
+        where = peer if peer is not None else peer_host
         try:
-            user = await self._check(username, password, peer_host)
-        except AccessRefused as exc:
-            count = self._record_failure(host)
-            log.warning(
-                "authentication of user %r from %s refused: %s (%d recent failures from host)",
-                username,
-                peer_host,
-                exc.message,
-                count,
-            )
-            if delay > 0:
-                await self._sleep(delay)
+            attempt = self._throttle.enqueue(username, host)
+        except TooManyAttempts as exc:
+            self.note_failure(username, where, mechanism, protocol, str(exc), pair=None)
+            raise AccessRefused(str(exc)) from None
+        loop = asyncio.get_running_loop()
+        attempt.waiter = loop.create_future()
+        self._pump()
+        try:
+            await attempt.waiter
+        except asyncio.CancelledError:
+            self._throttle.cancel(attempt)
+            self._pump()
             raise
-        if delay > 0:
-            await self._sleep(delay)
-        return user
+        task = loop.create_task(
+            self._check_admitted(attempt, username, password, peer_host, where, mechanism, protocol)
+        )
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+        task.add_done_callback(_retrieve)
+        verdict = await asyncio.shield(task)
+        if verdict.error is None:
+            assert verdict.user is not None
+            return verdict.user
+        if verdict.delay_s > 0:
+            await self._sleep(verdict.delay_s)
+        raise verdict.error
+
+    async def _check_admitted(
+        self,
+        attempt: Attempt,
+        username: str,
+        password: str,
+        peer_host: str,
+        where: str,
+        mechanism: str,
+        protocol: str,
+    ) -> _Verdict:
+        pair = attempt.pair
+        try:
+            try:
+                user = await self._check(username, password, peer_host)
+            except AccessRefused as exc:
+                delay = self._throttle.record_failure(pair)
+                self.note_failure(username, where, mechanism, protocol, exc.message, pair=pair)
+                return _Verdict(None, exc, delay)
+            self._throttle.record_success(pair)
+            self.audit.event(
+                AuditEvent.AUTH_SUCCESS,
+                user=user.name,
+                peer=where,
+                protocol=protocol,
+                mechanism=mechanism,
+            )
+            return _Verdict(user, None, 0.0)
+        finally:
+            self._throttle.release(attempt)
+            self._pump()
+
+    def note_failure(
+        self,
+        username: str,
+        where: str,
+        mechanism: str,
+        protocol: str,
+        reason: str,
+        *,
+        pair: tuple[str, str] | None,
+    ) -> None:
+        """Count, audit and (rate-limited) log a refused login; also for refusals made
+        before a password check, such as an unsupported mechanism."""
+        self.failures_by_mechanism[mechanism] = self.failures_by_mechanism.get(mechanism, 0) + 1
+        username, user_ref = self._recorded_name(username)
+        self.audit.event(
+            AuditEvent.AUTH_FAILURE,
+            user=username,
+            user_ref=user_ref,
+            peer=where,
+            protocol=protocol,
+            mechanism=mechanism,
+            reason=reason,
+        )
+        log_now, left_out = (True, 0) if pair is None else self._failure_log.note(pair)
+        if not log_now:
+            return
+        log.warning(
+            "authentication of user %s from %s (%s) refused: %s%s",
+            _shown(username, user_ref),
+            where,
+            protocol,
+            reason,
+            f" ({left_out} more refusals of this user from this address in the "
+            f"previous {FAILURE_LOG_INTERVAL_S:.0f} s)"
+            if left_out
+            else "",
+        )
+
+    def _recorded_name(self, username: str) -> tuple[str, str | None]:
+        """(name, ref) to record for a refused login.  A name that is no user is often a
+        password typed in the wrong field: it is recorded as UNKNOWN_USER with a keyed
+        digest (distinct names stay countable within a run), never as itself."""
+        if username in self.users:
+            return username, None
+        digest = hmac.digest(self._cache_key, b"user:" + username.encode("utf-8"), "sha256")
+        return UNKNOWN_USER, digest.hex()[:UNKNOWN_USER_REF_CHARS]
+
+    def tick(self) -> None:
+        """Log the counts of failures left out of the log (broker ticker, ~1/s)."""
+        for (user, address), count in self._failure_log.flush():
+            log.warning(
+                "authentication of user %s from %s: %d more refusals in the last %.0f s",
+                _shown(*self._recorded_name(user)),
+                address,
+                count,
+                FAILURE_LOG_INTERVAL_S,
+            )
+
+    def _pump(self) -> None:
+        """Start every attempt whose turn has come; wake up when a delay ends."""
+        admitted, wake = self._throttle.admit()
+        for attempt in admitted:
+            waiter = attempt.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            else:  # gone meanwhile
+                self._throttle.release(attempt)
+        if admitted and any(not a.admitted for a in admitted):
+            self._pump()
+            return
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        if wake is not None:
+            loop = asyncio.get_running_loop()
+            self._wake = loop.call_later(max(0.0, wake - self._clock()), self._pump)
 
     def close(self) -> None:
         """Stop the scrypt worker threads (call at broker shutdown)."""
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        for task in list(self._checks):
+            task.cancel()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -179,8 +334,12 @@ class Authenticator:
         return len(self._cache)
 
     @property
-    def tracked_failure_hosts(self) -> int:
-        return len(self._failures)
+    def tracked_failure_pairs(self) -> int:
+        return self._throttle.tracked_pairs
+
+    @property
+    def waiting_logins(self) -> int:
+        return self._throttle.waiting
 
     async def _check(self, username: str, password: str, peer_host: str) -> User:
         account = self.users.get(username)
@@ -197,16 +356,21 @@ class Authenticator:
         return account.user
 
     async def _password_matches(self, account: StoredUser, password: str) -> bool:
-        if account.password_hash is None:
-            return hmac.compare_digest(password.encode("utf-8"), DEFAULT_PASSWORD.encode())
         digest = hmac.digest(self._cache_key, password.encode("utf-8"), "sha256")
         # The stored hash is part of the key: after a password change (management API)
         # the old password's cache entry can never match again.
-        key = (account.user.name, account.password_hash, digest)
+        key = (account.user.name, account.password_hash or "", digest)
         if key in self._cache:
             self._cache.move_to_end(key)
             return True
-        if not await self._run_scrypt(verify_password, password, account.password_hash):
+        if account.password_hash is None:
+            # The built-in guest password: pay a scrypt like any other user, so that its
+            # timing does not tell it apart.
+            await self._run_scrypt(burn_scrypt, password)
+            matches = hmac.compare_digest(password.encode("utf-8"), DEFAULT_PASSWORD.encode())
+        else:
+            matches = await self._run_scrypt(verify_password, password, account.password_hash)
+        if not matches:
             return False
         self._cache[key] = None
         while len(self._cache) > AUTH_CACHE_MAX_ENTRIES:
@@ -223,23 +387,12 @@ class Authenticator:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
-    def _recent_failures(self, host: str) -> int:
-        record = self._failures.get(host)
-        if record is None:
-            return 0
-        if self._clock() - record.last_failure >= FAILURE_DECAY_S:
-            del self._failures[host]
-            return 0
-        return record.count
 
-    def _record_failure(self, host: str) -> int:
-        now = self._clock()
-        record = self._failures.pop(host, None)
-        if record is None or now - record.last_failure >= FAILURE_DECAY_S:
-            record = _Failures(0, now)
-        record.count += 1
-        record.last_failure = now
-        self._failures[host] = record  # re-inserted last: the map is ordered by last failure
-        while len(self._failures) > MAX_FAILURE_HOSTS:
-            self._failures.popitem(last=False)
-        return record.count
+def _shown(username: str, user_ref: str | None) -> str:
+    return repr(username) if user_ref is None else f"{username} ({user_ref})"
+
+
+def _retrieve(task: asyncio.Task[_Verdict]) -> None:
+    """A check whose caller left: its exception (broker shutdown) is no one's news."""
+    if not task.cancelled():
+        task.exception()

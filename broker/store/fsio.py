@@ -15,6 +15,9 @@ live here and nowhere else (:data:`FAULTS`):
 - ``FAULTS.failing(op, error, under=dir)``: in-process tests make every ``"write"`` or
   ``"fsync"`` of a file under ``dir`` raise ``error``, as a dying disk would; this is the
   commit step that tests fail on purpose.
+- ``FAULTS.holding(op, under=dir)``: in-process tests make every ``op`` of a file under
+  ``dir`` wait until they set the event it yields, as a stalled disk would (for writers
+  that fsync in worker threads: an ``op`` on the event loop would stall the broker).
 
 The environment is read once, at import: brokers started by the durability tests are
 subprocesses with their own environment.
@@ -45,6 +48,8 @@ class FaultPoint:
         self.write_delay_s = write_delay_ms / 1000.0
         # (op, directory, error); replaced whole, so worker threads read it without a lock.
         self._failures: tuple[tuple[FaultOp, Path, OSError], ...] = ()
+        # (op, directory, release, longest wait in seconds); replaced whole, like _failures.
+        self._holds: tuple[tuple[FaultOp, Path, threading.Event, float], ...] = ()
         # Worker threads of several writers append to the sync log.
         self._sync_log_lock = threading.Lock()
 
@@ -62,12 +67,31 @@ class FaultPoint:
         finally:
             self._failures = tuple(f for f in self._failures if f is not failure)
 
+    @contextmanager
+    def holding(
+        self, op: FaultOp, *, under: StrPath, max_hold_s: float = 20.0
+    ) -> Iterator[threading.Event]:
+        """While the block runs, every ``op`` on a file under ``under`` waits until the
+        yielded event is set (at most ``max_hold_s``, so no thread hangs for good); the
+        event is set when the block ends."""
+        release = threading.Event()
+        hold = (op, Path(under).resolve(), release, max_hold_s)
+        self._holds = (*self._holds, hold)
+        try:
+            yield release
+        finally:
+            release.set()
+            self._holds = tuple(h for h in self._holds if h is not hold)
+
     def check(self, op: FaultOp, path: StrPath) -> None:
-        """Raise the injected error for ``op`` on ``path``, if any."""
-        failures = self._failures
-        if not failures:
+        """Wait while ``op`` on ``path`` is held, then raise the injected error, if any."""
+        failures, holds = self._failures, self._holds
+        if not failures and not holds:
             return
         resolved = Path(path).resolve()
+        for hop, under, release, max_hold_s in holds:
+            if hop == op and resolved.is_relative_to(under):
+                release.wait(max_hold_s)
         for fop, under, error in failures:
             if fop == op and resolved.is_relative_to(under):
                 raise error

@@ -32,6 +32,8 @@ import wharf
 from wharf.protocol import frames as F
 from wharf.protocol.records import encode_values
 
+from ..helpers import FrameClient
+
 TOPIC = "crash.log"
 PARTITIONS = 2
 SEGMENT_BYTES = 16 * 1024
@@ -200,19 +202,19 @@ async def idempotent_batch(
 ) -> tuple[int, tuple[int, int, bytes]]:
     """Resend the previous cycle's last idempotent batch (acked as fsynced): it must
     be a duplicate at its original offset.  Then send the next one."""
-    conn = await bp.connect()
+    conn = await FrameClient.open(bp.port)
     try:
         if previous is None:
-            frame = await conn._request(F.INIT_PRODUCER)
+            frame = await conn.request(F.INIT_PRODUCER)
             pid, seq = int(frame[2]["producer_id"]), 0
         else:
             pid, (seq, base, payload) = previous
-            frame = await conn._request(F.PRODUCE, TOPIC, 0, payload, 0, "fsynced", pid, 0, seq)
+            frame = await conn.request(F.PRODUCE, TOPIC, 0, payload, 0, "fsynced", pid, 0, seq)
             assert frame[2]["duplicate"] is True, frame
             assert frame[2]["base_offset"] == base, frame
             seq += 1
         payload = encode_values([b"idem-%d" % seq], None, None, 1000)
-        frame = await conn._request(F.PRODUCE, TOPIC, 0, payload, 0, "fsynced", pid, 0, seq)
+        frame = await conn.request(F.PRODUCE, TOPIC, 0, payload, 0, "fsynced", pid, 0, seq)
         assert frame[2]["duplicate"] is False, frame
         return pid, (seq, int(frame[2]["base_offset"]), payload)
     finally:

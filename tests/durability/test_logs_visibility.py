@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 from harness import broker_process
-from test_logs_crash import lose_power
 
 import wharf
+
+from .test_logs_crash import lose_power
 
 TOPIC = "seen.log"
 SEGMENT_BYTES = 16 * 1024

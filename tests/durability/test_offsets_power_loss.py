@@ -27,6 +27,8 @@ from harness import SEED_ENV, broker_process
 import wharf
 from wharf.protocol import frames as F
 
+from ..helpers import FrameClient
+
 TOPIC = "power.offsets"
 PARTITIONS = 4
 GROUPS = 6
@@ -46,7 +48,7 @@ class Group:
     errors: list[str] = field(default_factory=list)
 
 
-async def committer(conn: wharf.Connection, group: Group, rng: random.Random) -> None:
+async def committer(conn: FrameClient, group: Group, rng: random.Random) -> None:
     """Commit growing offsets to random subsets of the partitions until the broker
     dies."""
     try:
@@ -57,7 +59,7 @@ async def committer(conn: wharf.Connection, group: Group, rng: random.Random) ->
                 offset = group.sent.get(p, 0) + rng.randint(1, 5)
                 group.sent[p] = offset
                 entries.append([TOPIC, p, offset, None])
-            await conn._request(F.OFFSET_COMMIT, group.name, "", -1, entries)
+            await conn.request(F.OFFSET_COMMIT, group.name, "", -1, entries)
             for _, p, offset, _ in entries:
                 group.answered[p] = offset
     except (wharf.ConnectionLost, wharf.ConnectionForced, OSError):
@@ -111,7 +113,7 @@ async def test_power_loss_during_commits_loses_no_answered_offset(tmp_path: Path
         await conn.create_topic(TOPIC, partitions=PARTITIONS)
         await conn.close()
         for cycle in range(CYCLES):
-            conns = [await bp.connect() for _ in groups]
+            conns = [await FrameClient.open(bp.port) for _ in groups]
             tasks = [
                 asyncio.create_task(committer(c, g, random.Random(rng.random())))
                 for c, g in zip(conns, groups, strict=True)
@@ -130,8 +132,8 @@ async def test_power_loss_during_commits_loses_no_answered_offset(tmp_path: Path
             try:
                 for g in groups:
                     assert not g.errors, g.errors
-                    frame = await conn._request(F.OFFSET_FETCH, g.name, None)
-                    restored = {p: off for _, p, off, _ in frame[2]["offsets"]}
+                    committed = await conn.committed_offsets(g.name)
+                    restored = {p: off for (_, p), off in committed.items()}
                     for p, acked in g.answered.items():
                         got = restored.get(p)
                         assert got is not None and acked <= got <= g.sent[p], (

@@ -20,10 +20,11 @@ from wharf.broker.security.auth import hash_password
 from wharf.broker.server import Broker
 from wharf.protocol.errors import InvalidArgument
 
+from ..helpers import wait_until
+
 Connect = Callable[..., Any]
 
 TIMEOUT_S = 5.0
-POLL_S = 0.01
 GUEST = ("guest", "guest")
 
 
@@ -88,12 +89,6 @@ async def api(
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode() + data
     return await raw_http(broker.http_port, request, host)
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    async with asyncio.timeout(TIMEOUT_S):
-        while not predicate():  # noqa: ASYNC110 (broker state, no event to await)
-            await asyncio.sleep(POLL_S)
 
 
 # -- authentication and authorisation ----------------------------------------------------------
@@ -448,10 +443,12 @@ async def test_connections_and_consumers_are_listed_and_closed(
     for i in range(3):
         await conn.publish("", q, b"m%d" % i)
     async with conn.consume(q, prefetch=7):
-        async with asyncio.timeout(TIMEOUT_S):  # delivered, never acked
-            path = f"/api/queues/{q}"
-            while (await api(broker, "GET", path)).json()["messages_unacked"] < 3:  # noqa: ASYNC110
-                await asyncio.sleep(POLL_S)
+        path = f"/api/queues/{q}"
+
+        async def delivered_never_acked() -> bool:
+            return bool((await api(broker, "GET", path)).json()["messages_unacked"] >= 3)
+
+        await wait_until(delivered_never_acked, timeout=TIMEOUT_S, what="3 unacked")
         conns = (await api(broker, "GET", "/api/connections")).json()
         assert len(conns) == 1 and conns[0]["user"] == "guest" and conns[0]["state"] == "open"
         assert conns[0]["protocol"] == "wharf" and conns[0]["channels"] == 1
@@ -642,7 +639,7 @@ async def test_bodies_over_1_mib_are_413_and_up_to_it_work(broker: Broker) -> No
     assert (await api(broker, "POST", url, {"payload": payload})).status == 200
     # The head alone is enough for a refusal: the broker does not read the body.
     head = (
-        f"POST {url} HTTP/1.1\r\nHost: x\r\nAuthorization: {_basic(GUEST)}\r\n"
+        f"POST {url} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {_basic(GUEST)}\r\n"
         f"Content-Length: {1024 * 1024 + 1}\r\n\r\n"
     ).encode()
     r = await raw_http(broker.http_port, head)
@@ -661,9 +658,9 @@ async def test_odd_content_lengths_get_4xx(broker: Broker, length: bytes, status
 async def test_expect_100_continue_and_head(broker: Broker) -> None:
     body = json.dumps({"durable": False}).encode()
     request = (
-        f"PUT /api/queues/cont HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"PUT /api/queues/cont HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
         f"Authorization: {_basic(GUEST)}\r\nExpect: 100-continue\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", broker.http_port)
     try:

@@ -4,6 +4,7 @@ in /metrics, over real HTTP next to SDK clients."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ import wharf
 from wharf.broker.server import Broker
 from wharf.protocol import frames as F
 
+from ..helpers import FrameClient
 from .test_api import api
 from .test_http import scrape, value
 
@@ -201,34 +203,34 @@ async def test_topic_metrics_follow_produces_and_deletes(
 # Members join with the GROUP_JOIN frame, as the SDK's subscribe() does underneath.
 
 
-async def _join(conn: wharf.Connection, group: str, topics: list[str]) -> dict[str, Any]:
-    frame = await conn._request(
+async def _join(conn: FrameClient, group: str, topics: list[str]) -> dict[str, Any]:
+    result: dict[str, Any] = await conn.result(
         F.GROUP_JOIN, group, topics, "", None, "range", SESSION_TIMEOUT_MS, 60_000, None
     )
-    result: dict[str, Any] = frame[2]
     return result
 
 
 async def _commit(
-    conn: wharf.Connection, group: str, member: str, generation: int, offsets: list[Any]
+    conn: FrameClient, group: str, member: str, generation: int, offsets: list[Any]
 ) -> None:
-    await conn._request(F.OFFSET_COMMIT, group, member, generation, offsets)
+    await conn.request(F.OFFSET_COMMIT, group, member, generation, offsets)
 
 
-async def _leave(conn: wharf.Connection, group: str, member: str) -> None:
-    await conn._request(F.GROUP_LEAVE, group, member)
+async def _leave(conn: FrameClient, group: str, member: str) -> None:
+    await conn.request(F.GROUP_LEAVE, group, member)
 
 
 async def test_group_describe_shows_members_assignment_committed_and_lag(
-    broker: Broker, conn: wharf.Connection
+    broker: Broker, conn: wharf.Connection, frame_client: Callable[[], Any]
 ) -> None:
     t, g = _tname(), _tname("g")
     await conn.create_topic(t, partitions=2)
     await conn.produce_many(t, [b"r"] * 10, partition=0)
     await conn.produce_many(t, [b"r"] * 4, partition=1)
-    joined = await _join(conn, g, [t])
+    member_conn = await frame_client()
+    joined = await _join(member_conn, g, [t])
     member = joined["member_id"]
-    await _commit(conn, g, member, joined["generation"], [[t, 0, 7, None]])
+    await _commit(member_conn, g, member, joined["generation"], [[t, 0, 7, None]])
 
     listed = (await api(broker, "GET", "/api/groups")).json()
     assert listed == [
@@ -254,7 +256,7 @@ async def test_group_describe_shows_members_assignment_committed_and_lag(
     r = await api(broker, "POST", f"/api/groups/{g}/reset-offsets", body)
     assert r.status == 409 and r.json()["code"] == 406, r
 
-    await _leave(conn, g, member)
+    await _leave(member_conn, g, member)
     doc = (await api(broker, "GET", f"/api/groups/{g}")).json()
     assert doc["state"] == "Empty" and doc["members"] == []
     assert doc["offsets"] == [
@@ -284,12 +286,7 @@ async def test_reset_offsets_to_each_target(broker: Broker, conn: wharf.Connecti
     assert await reset({"to": "offset", "value": 99, "partitions": [2]}) == {2: 5}
     # A timestamp after every record: the latest offset.
     assert await reset({"to": "timestamp", "value": 2**63 - 1, "partitions": [0]}) == {0: 5}
-    committed = await conn._request(F.OFFSET_FETCH, g, None)
-    assert sorted(map(tuple, committed[2]["offsets"])) == [
-        (t, 0, 5, None),
-        (t, 1, 0, None),
-        (t, 2, 5, None),
-    ]
+    assert await conn.committed_offsets(g) == {(t, 0): 5, (t, 1): 0, (t, 2): 5}
     doc = (await api(broker, "GET", f"/api/groups/{g}")).json()
     assert [(o["partition"], o["committed"], o["lag"]) for o in doc["offsets"]] == [
         (0, 5, 0),

@@ -1,12 +1,9 @@
 """Authentication over TCP: refused logins, configured users, loopback-only guest,
-the handshake timeout, and the slowdown of repeated failures from one host."""
+the handshake timeout (login throttling: test_login_throttle.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,28 +12,22 @@ import pytest
 
 import wharf
 from wharf.broker.config import Settings, UserConfig, load_settings
-from wharf.broker.security import auth as auth_module
-from wharf.broker.security.auth import Authenticator, failure_delay_s
+from wharf.broker.security.auth import Authenticator
 from wharf.broker.security.passwords import hash_password
 from wharf.broker.server import Broker
 from wharf.protocol import frames as F
+
+from ..helpers import wait_until
 
 Connect = Callable[..., Any]
 RawFactory = Callable[..., Any]
 
 TIMEOUT_S = 5.0
-POLL_S = 0.01
 
 APP_USER = "app"
 APP_PASSWORD = "app-s3cret"
 APP_HASH = hash_password(APP_PASSWORD)
 APP_USERS = [UserConfig(name=APP_USER, password_hash=APP_HASH, tags=["monitoring"])]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT_S) -> None:  # noqa: ASYNC109
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 (broker state, no event to await)
-            await asyncio.sleep(POLL_S)
 
 
 def url_for(broker: Broker, user: str, password: str, host: str = "127.0.0.1") -> str:
@@ -221,77 +212,3 @@ async def test_guest_over_a_non_loopback_address_is_refused(
     await assert_can_work(remote_app)
     local_guest = await connect()
     await assert_can_work(local_guest)
-
-
-# -- slowing down repeated failures --------------------------------------------------------
-
-
-async def test_repeated_failures_from_one_host_are_delayed_more_and_more(
-    broker: Broker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    delays: list[float] = []
-    now = [1000.0]
-
-    async def recording_sleep(seconds: float) -> None:
-        delays.append(seconds)
-
-    authenticator = Authenticator(broker.settings, clock=lambda: now[0], sleep=recording_sleep)
-    monkeypatch.setattr(broker, "authenticator", authenticator)
-    try:
-        for _ in range(4):
-            with pytest.raises(wharf.AccessRefused):
-                await wharf.connect(url_for(broker, "guest", "wrong"))
-        # No delay for the first failure, then a growing one.
-        assert delays == [failure_delay_s(1), failure_delay_s(2), failure_delay_s(3)]
-        assert 0 < delays[0] < delays[1] < delays[2]
-        # A correct password from that host waits too (a guesser cannot tell early).
-        c = await wharf.connect(url_for(broker, "guest", "guest"))
-        await c.close()
-        assert delays[-1] == failure_delay_s(4)
-        # The count is forgotten after a quiet period.
-        now[0] += auth_module.FAILURE_DECAY_S
-        delays.clear()
-        with pytest.raises(wharf.AccessRefused):
-            await wharf.connect(url_for(broker, "guest", "wrong"))
-        assert delays == []
-    finally:
-        authenticator.close()
-
-
-async def test_nth_failure_takes_longer_than_the_first(
-    broker: Broker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    base_s = 0.05
-    monkeypatch.setattr(auth_module, "FAILURE_DELAY_BASE_S", base_s)
-    durations: list[float] = []
-    for _ in range(4):
-        started = time.monotonic()
-        with pytest.raises(wharf.AccessRefused):
-            await wharf.connect(url_for(broker, "guest", "wrong"))
-        durations.append(time.monotonic() - started)
-    # The 4th failure waits base * 2**2 before it is answered; the first does not wait.
-    assert durations[3] >= base_s * 4
-    assert durations[3] > durations[0]
-
-
-async def test_failures_from_another_host_do_not_slow_loopback(
-    broker: Broker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    delays: list[float] = []
-
-    async def recording_sleep(seconds: float) -> None:
-        delays.append(seconds)
-
-    authenticator = Authenticator(broker.settings, sleep=recording_sleep)
-    monkeypatch.setattr(broker, "authenticator", authenticator)
-    try:
-        for _ in range(3):
-            with contextlib.suppress(wharf.AccessRefused):
-                await authenticator.authenticate("guest", "wrong", "10.0.0.7")
-        assert len(delays) == 2
-        delays.clear()
-        c = await wharf.connect(url_for(broker, "guest", "guest"))
-        await c.close()
-        assert delays == []
-    finally:
-        authenticator.close()

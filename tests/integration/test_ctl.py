@@ -18,6 +18,8 @@ import pytest
 import wharf
 from wharf.broker.server import Broker
 
+from ..helpers import wait_until
+
 RUN_TIMEOUT_S = 30.0
 POLL_S = 0.01
 
@@ -70,12 +72,6 @@ def http_url(broker: Broker) -> str:
 
 def _qname() -> str:
     return f"q-{uuid.uuid4().hex[:8]}"
-
-
-async def wait_until(predicate: Any) -> None:
-    async with asyncio.timeout(5.0):
-        while not predicate():  # noqa: ASYNC110 (broker state, no event to await)
-            await asyncio.sleep(POLL_S)
 
 
 async def test_queue_commands_print_tables_and_json(broker: Broker, http_url: str) -> None:

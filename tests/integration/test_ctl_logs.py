@@ -4,6 +4,7 @@ console script in a subprocess, against a broker in this process."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -106,7 +107,7 @@ async def test_topic_command_errors_and_usage(
 
 
 async def test_group_commands_list_describe_reset_delete(
-    broker: Broker, conn: wharf.Connection, http_url: str
+    broker: Broker, conn: wharf.Connection, http_url: str, frame_client: Callable[[], Any]
 ) -> None:
     t, g = _tname(), f"g-{uuid.uuid4().hex[:8]}"
     await conn.create_topic(t, partitions=2)
@@ -115,9 +116,10 @@ async def test_group_commands_list_describe_reset_delete(
     r = await run_ctl("groups", "list", url=http_url)
     assert r.code == 0 and r.out.strip() == "no consumer groups", r
     # One member (the GROUP_JOIN frame, as subscribe() sends it) with a commit on partition 0.
-    joined = (await conn._request(F.GROUP_JOIN, g, [t], "", None, "range", 10_000, 60_000, None))[2]
+    raw = await frame_client()
+    joined = await raw.result(F.GROUP_JOIN, g, [t], "", None, "range", 10_000, 60_000, None)
     member = joined["member_id"]
-    await conn._request(F.OFFSET_COMMIT, g, member, joined["generation"], [[t, 0, 6, None]])
+    await raw.request(F.OFFSET_COMMIT, g, member, joined["generation"], [[t, 0, 6, None]])
 
     r = await run_ctl("groups", "list", url=http_url)
     header, row = r.out.splitlines()
@@ -152,7 +154,7 @@ async def test_group_commands_list_describe_reset_delete(
     r = await run_ctl("groups", "delete", g, url=http_url)
     assert r.code == 1 and "HTTP 409" in r.err, r
 
-    await conn._request(F.GROUP_LEAVE, g, member)
+    await raw.request(F.GROUP_LEAVE, g, member)
     r = await run_ctl("groups", "reset-offsets", g, "--topic", t, "--to-earliest", url=http_url)
     assert r.code == 0, r
     lines = r.out.splitlines()

@@ -12,6 +12,8 @@ import wharf
 from wharf.broker.config import Settings
 from wharf.broker.server import Broker
 
+from ..helpers import wait_until
+
 
 async def _next(messages: wharf.Consumer, timeout: float = 5.0) -> wharf.Message:
     return await asyncio.wait_for(messages.__anext__(), timeout)
@@ -53,13 +55,17 @@ async def test_retry_schedule_then_dead_letter(broker: Broker, conn: wharf.Conne
             m = await _next(messages)
             assert m.delivery_count == attempt
             await m.reject(requeue=False)
-    dead = await conn.get("retry-dlq")
-    for _ in range(100):
-        if dead is not None:
-            break
-        await asyncio.sleep(0.01)
-        dead = await conn.get("retry-dlq")
-    assert dead is not None and dead.body == b"flaky"
+    got: list[wharf.Message] = []
+
+    async def dead_lettered() -> bool:
+        m = await conn.get("retry-dlq")
+        if m is not None:
+            got.append(m)
+        return bool(got)
+
+    await wait_until(dead_lettered, what="the message dead-lettered")
+    dead = got[0]
+    assert dead.body == b"flaky"
     assert dead.headers["x-death"][0]["reason"] == "rejected"
     assert broker.queues["retrying"].stats_retried == 2
 

@@ -1,14 +1,15 @@
 """Consumer groups on the broker, over TCP: GROUP_* and OFFSET_* frames.
 
-The frames are driven with ``conn._request`` (the SDK's stream API builds on the same
-frames).  Timeouts are configured small so the rules that are about time run quickly.
+Each member speaks the frames itself over its own connection (``Member``, a
+``FrameClient``; the SDK's stream API builds on the same frames); topics are made and
+filled through the SDK.  Timeouts are configured small so the rules that are about time run quickly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,6 +30,7 @@ from wharf.protocol.errors import (
 )
 
 from ..conftest import make_settings
+from ..helpers import FrameClient, wait_until
 
 Connect = Callable[..., Any]
 
@@ -47,11 +49,57 @@ def settings_overrides() -> dict[str, Any]:
     }
 
 
+class Member(FrameClient):
+    """A group member's own protocol connection (closing it is the member's process
+    dying); the topic calls of a test go through an SDK connection beside it."""
+
+    sdk: wharf.Connection
+
+    async def create_topic(self, name: str, partitions: int = 1) -> None:
+        await self.sdk.create_topic(name, partitions)
+
+    async def alter_topic(self, name: str, partitions: int) -> None:
+        await self.sdk.alter_topic(name, partitions)
+
+    async def delete_topic(self, name: str) -> None:
+        await self.sdk.delete_topic(name)
+
+    async def produce(self, topic: str, value: bytes, partition: int) -> None:
+        await self.sdk.produce(topic, value, partition=partition)
+
+    async def produce_many(self, topic: str, values: list[bytes], partition: int) -> None:
+        await self.sdk.produce_many(topic, values, partition=partition)
+
+
+async def open_member(
+    port: int, sdk: wharf.Connection, client_properties: dict[str, Any] | None = None
+) -> Member:
+    member = await Member.open(port, client_properties=client_properties)
+    assert isinstance(member, Member)
+    member.sdk = sdk
+    return member
+
+
+@pytest.fixture
+async def connect(broker: Broker, conn: wharf.Connection) -> AsyncIterator[Connect]:
+    """Open group members (``await connect(client_properties=...)``)."""
+    members: list[Member] = []
+
+    async def _open(client_properties: dict[str, Any] | None = None) -> Member:
+        member = await open_member(broker.port, conn, client_properties)
+        members.append(member)
+        return member
+
+    yield _open
+    for m in members:
+        await m.close()
+
+
 # -- frame helpers -----------------------------------------------------------------------
 
 
 async def join(
-    conn: wharf.Connection,
+    conn: FrameClient,
     group: str,
     topics: list[str],
     *,
@@ -62,7 +110,7 @@ async def join(
     rebalance_timeout_ms: int = REBALANCE_MS,
     owned: list[Any] | None = None,
 ) -> dict[str, Any]:
-    frame = await conn._request(
+    frame = await conn.request(
         F.GROUP_JOIN,
         group,
         topics,
@@ -76,36 +124,38 @@ async def join(
     return cast(dict[str, Any], frame[2])
 
 
-async def heartbeat(conn: wharf.Connection, group: str, reply: dict[str, Any]) -> None:
-    await conn._request(F.GROUP_HEARTBEAT, group, reply["member_id"], reply["generation"])
+async def heartbeat(conn: FrameClient, group: str, reply: dict[str, Any]) -> None:
+    await conn.request(F.GROUP_HEARTBEAT, group, reply["member_id"], reply["generation"])
 
 
 async def commit(
-    conn: wharf.Connection, group: str, member_id: str, generation: int, offsets: list[Any]
+    conn: FrameClient, group: str, member_id: str, generation: int, offsets: list[Any]
 ) -> None:
-    await conn._request(F.OFFSET_COMMIT, group, member_id, generation, offsets)
+    await conn.request(F.OFFSET_COMMIT, group, member_id, generation, offsets)
 
 
 async def committed(
-    conn: wharf.Connection, group: str, topics: list[str] | None = None
+    conn: FrameClient, group: str, topics: list[str] | None = None
 ) -> list[list[Any]]:
-    frame = await conn._request(F.OFFSET_FETCH, group, topics)
+    frame = await conn.request(F.OFFSET_FETCH, group, topics)
     return [list(o) for o in frame[2]["offsets"]]
 
 
-async def request(conn: wharf.Connection, ftype: int, *fields: Any) -> Any:
-    return (await conn._request(ftype, *fields))[2]
+async def request(conn: FrameClient, ftype: int, *fields: Any) -> Any:
+    return (await conn.request(ftype, *fields))[2]
 
 
-async def until_rebalancing(conn: wharf.Connection, group: str, reply: dict[str, Any]) -> None:
+async def until_rebalancing(conn: FrameClient, group: str, reply: dict[str, Any]) -> None:
     """Heartbeat until the broker answers 409 (bounded by WAIT_S)."""
-    async with asyncio.timeout(WAIT_S):
-        while True:
-            try:
-                await heartbeat(conn, group, reply)
-            except RebalanceInProgress:
-                return
-            await asyncio.sleep(0.05)
+
+    async def rebalancing() -> bool:
+        try:
+            await heartbeat(conn, group, reply)
+        except RebalanceInProgress:
+            return True
+        return False
+
+    await wait_until(rebalancing, timeout=WAIT_S, what="a rebalance")
 
 
 def ownership(replies: list[dict[str, Any]]) -> dict[tuple[str, int], list[str]]:
@@ -447,9 +497,11 @@ async def test_static_member_replaced_while_joining_is_fenced(connect: Connect) 
     # The first join waits for the initial delay; a second process with the same
     # instance id takes the slot meanwhile.
     first = asyncio.ensure_future(join(a, "g", ["t"], instance_id="worker-1"))
-    async with asyncio.timeout(WAIT_S):
-        while not (await request(a2, F.GROUP_LIST))["groups"]:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+
+    async def group_listed() -> bool:
+        return bool((await request(a2, F.GROUP_LIST))["groups"])
+
+    await wait_until(group_listed, what="the first join to create the group")
     second = await join(a2, "g", ["t"], instance_id="worker-1")
     with pytest.raises(FencedInstanceId) as info:
         await first
@@ -642,9 +694,11 @@ async def test_deleted_topic_drops_offsets_and_rebalances(connect: Connect) -> N
     await until_rebalancing(conn, "g", r)
     again = await join(conn, "g", ["t1", "t2"], member_id=r["member_id"])
     assert again["assignment"] == [["t1", [0]]]
-    async with asyncio.timeout(WAIT_S):
-        while await committed(conn, "g") != [["t1", 0, 0, None]]:  # noqa: ASYNC110 (broker state)
-            await asyncio.sleep(0.05)
+
+    async def dropped() -> bool:
+        return await committed(conn, "g") == [["t1", 0, 0, None]]
+
+    await wait_until(dropped, what="the deleted topic's offsets to go")
 
 
 # -- expiry, restart, metrics ------------------------------------------------------------
@@ -658,9 +712,11 @@ async def test_offsets_of_a_group_without_members_expire(connect: Connect) -> No
     await commit(conn, "live", r["member_id"], r["generation"], [["t", 0, 1, None]])
     await commit(conn, "idle", "", -1, [["t", 0, 1, None]])
     # Checked on the broker's periodic tick (once a second).
-    async with asyncio.timeout(WAIT_S):
-        while await committed(conn, "idle"):  # noqa: ASYNC110 (broker state, no event)
-            await asyncio.sleep(0.1)
+
+    async def expired() -> bool:
+        return not await committed(conn, "idle")
+
+    await wait_until(expired, what="the idle group's offsets to expire")
     names = [g["group"] for g in (await request(conn, F.GROUP_LIST))["groups"]]
     assert names == ["live"]  # a group with members keeps its offsets
     assert await committed(conn, "live") == [["t", 0, 1, None]]
@@ -671,19 +727,22 @@ async def test_offsets_survive_a_restart(tmp_path: Path) -> None:
     b = Broker(settings)
     await b.start()
     try:
-        async with await wharf.connect(f"wharf://guest:guest@127.0.0.1:{b.port}") as conn:
+        async with await wharf.connect(f"wharf://guest:guest@127.0.0.1:{b.port}") as sdk:
+            conn = await open_member(b.port, sdk)
             await conn.create_topic("t", partitions=2)
             r = await join(conn, "g", ["t"])
             await commit(conn, "g", r["member_id"], 1, [["t", 0, 4, "meta"], ["t", 1, 2, None]])
             await commit(conn, "g", r["member_id"], 1, [["t", 1, 3, None]])
             await commit(conn, "other", "", -1, [["t", 0, 9, None]])
             await request(conn, F.GROUP_DELETE, "other")
+            await conn.close()
     finally:
         await b.stop()
     b = Broker(make_settings(tmp_path, group_initial_rebalance_delay_ms=0))
     await b.start()
     try:
-        async with await wharf.connect(f"wharf://guest:guest@127.0.0.1:{b.port}") as conn:
+        async with await wharf.connect(f"wharf://guest:guest@127.0.0.1:{b.port}") as sdk:
+            conn = await open_member(b.port, sdk)
             assert await committed(conn, "g") == [["t", 0, 4, "meta"], ["t", 1, 3, None]]
             assert await committed(conn, "other") == []
             # Membership is not kept: the old member must join again.
@@ -693,6 +752,7 @@ async def test_offsets_survive_a_restart(tmp_path: Path) -> None:
             assert [g["group"] for g in groups] == ["g"]
             again = await join(conn, "g", ["t"])
             assert again["generation"] == 1
+            await conn.close()
     finally:
         await b.stop()
 

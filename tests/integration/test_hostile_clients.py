@@ -28,21 +28,16 @@ from wharf.broker.server import Broker
 from wharf.protocol import frames as F
 from wharf.protocol.codec import PREAUTH_MAX_FRAME_BYTES, encode_array
 
+from ..helpers import wait_until
+
 Connect = Callable[..., Any]
 RawFactory = Callable[..., Any]
 
 TIMEOUT_S = 10.0
-POLL_S = 0.01
 MIB = 1024 * 1024
 BOMB_BYTES = 32 * MIB
 UNFINISHED_FRAME_BYTES = 31 * MIB
 SENT_OF_UNFINISHED_BYTES = 2 * MIB
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT_S) -> None:  # noqa: ASYNC109
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 (broker state, no event to await)
-            await asyncio.sleep(POLL_S)
 
 
 def _bomb_frame() -> bytes:
@@ -83,7 +78,9 @@ class Canary:
     async def stop(self) -> None:
         # At least a few rounds after the attack, so a stalled broker is noticed.
         start = self.rounds
-        await wait_until(lambda: self.rounds >= start + 3 or bool(self.errors))
+        await wait_until(
+            timeout=TIMEOUT_S, check=lambda: self.rounds >= start + 3 or bool(self.errors)
+        )
         self._stop.set()
         assert self._task is not None
         await asyncio.wait_for(self._task, TIMEOUT_S)
@@ -129,7 +126,9 @@ async def test_object_bomb_before_auth_is_refused_from_its_length(
     assert error[5]["limit"] == "preauth_max_frame_bytes"
     assert error[5]["max_frame_bytes"] == PREAUTH_MAX_FRAME_BYTES
     await canary.stop()
-    await wait_until(lambda: broker.buffered_bytes == 0 and broker.unauthenticated == 0)
+    await wait_until(
+        timeout=TIMEOUT_S, check=lambda: broker.buffered_bytes == 0 and broker.unauthenticated == 0
+    )
 
 
 async def test_auth_frame_at_the_preauth_limit_is_accepted(raw_client: RawFactory) -> None:
@@ -164,7 +163,7 @@ async def test_object_bomb_after_login_is_refused_before_it_is_decoded(
     error = await _fatal_error(rc)
     assert error[2] == 501
     await canary.stop()
-    await wait_until(lambda: broker.buffered_bytes == 0)
+    await wait_until(timeout=TIMEOUT_S, check=lambda: broker.buffered_bytes == 0)
 
 
 async def test_nested_bomb_in_publish_headers_is_refused(
@@ -197,7 +196,7 @@ async def test_unauthenticated_connections_per_address_are_capped(
     # One logs in: its slot frees up for the next newcomer.
     waiting[0].send(F.Auth(1, "PLAIN", "guest", "guest", 0, {}))
     assert (await waiting[0].recv(TIMEOUT_S))[0] == F.AUTH_OK
-    await wait_until(lambda: broker.unauthenticated == 2)
+    await wait_until(timeout=TIMEOUT_S, check=lambda: broker.unauthenticated == 2)
     c = await connect()
     await c.declare_queue(f"q-{uuid.uuid4().hex[:8]}")
 
@@ -257,7 +256,9 @@ async def test_sixty_unauthenticated_senders_of_unfinished_frames_are_refused(
             async with asyncio.timeout(TIMEOUT_S):
                 while await reader.read(65536):
                     pass
-    await wait_until(lambda: broker.unauthenticated == 0 and broker.buffered_bytes == 0)
+    await wait_until(
+        timeout=TIMEOUT_S, check=lambda: broker.unauthenticated == 0 and broker.buffered_bytes == 0
+    )
     await canary.stop()
     for w in writers:
         w.close()
@@ -277,7 +278,7 @@ async def test_readers_pause_beyond_the_receive_budget_and_resume(
     for rc in senders:
         rc.send_bytes(frame[: 700 * 1024])
     # The budget holds: only one connection may be past it by the rest of its frame.
-    await wait_until(lambda: broker.budget_pauses > 0)
+    await wait_until(timeout=TIMEOUT_S, check=lambda: broker.budget_pauses > 0)
     assert broker.buffered_bytes <= 1 * MIB + 2 * MIB
     paused = [c for c in broker.connections.values() if c.budget_paused]
     assert paused
@@ -285,10 +286,11 @@ async def test_readers_pause_beyond_the_receive_budget_and_resume(
     for rc in senders:
         rc.send_bytes(frame[700 * 1024 :])
     await wait_until(
-        lambda: (
+        timeout=TIMEOUT_S,
+        check=lambda: (
             broker.buffered_bytes == 0
             and not any(c.budget_paused for c in broker.connections.values())
-        )
+        ),
     )
-    await wait_until(lambda: broker.queues[q].ready_count >= 6)
+    await wait_until(timeout=TIMEOUT_S, check=lambda: broker.queues[q].ready_count >= 6)
     await canary.stop()

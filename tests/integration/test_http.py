@@ -14,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import wharf
 from wharf.broker.server import Broker
 
+from ..helpers import wait_until
+
 Connect = Callable[..., Any]
 
 TIMEOUT_S = 5.0
@@ -203,9 +205,11 @@ async def test_metrics_scrape_counts_a_closed_connection_out(
     c: wharf.Connection = await connect()
     assert value(await scrape(broker), "wharf_connections") == 1
     await c.close()
-    async with asyncio.timeout(TIMEOUT_S):
-        while value(await scrape(broker), "wharf_connections") != 0:  # noqa: ASYNC110 (broker state, no event to await)
-            await asyncio.sleep(0.01)
+
+    async def counted_out() -> bool:
+        return value(await scrape(broker), "wharf_connections") == 0
+
+    await wait_until(counted_out, timeout=TIMEOUT_S, what="the connection counted out")
 
 
 # -- shutdown ------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from wharf.broker.server import Broker
 from wharf.protocol.errors import WharfError
 from wharf.protocol.frames import Consume
 
+from ..helpers import wait_until
+
 WHARF_BIN = Path(sys.executable).with_name("wharf")
 START_TIMEOUT_S = 20.0
 # Passed to the subprocess as WHARF_SHUTDOWN_TIMEOUT_S; the exit must come within it.
@@ -236,9 +238,7 @@ async def test_stop_releases_the_auth_worker_threads(tmp_path: Path) -> None:
             if t.ident not in before and t.name.startswith("wharf-auth") and t.is_alive()
         ]
 
-    async with asyncio.timeout(TIMEOUT_S):
-        while new_auth_threads():  # noqa: ASYNC110 (broker state, no event to await)
-            await asyncio.sleep(POLL_S)
+    await wait_until(lambda: not new_auth_threads(), timeout=TIMEOUT_S)
 
 
 @pytest.mark.parametrize("settings_overrides", [{"shutdown_timeout_s": 0.5}])
@@ -251,9 +251,7 @@ async def test_stop_aborts_a_client_that_does_not_read_after_the_shutdown_timeou
     rc = await raw_client()
     rc.send(Consume(2, info.name, "never-reads", 0))
     # The raw client never reads again: its socket fills and the broker's writes back up.
-    async with asyncio.timeout(TIMEOUT_S):
-        while broker.queues[info.name].ready_count == 40:  # noqa: ASYNC110 (broker state)
-            await asyncio.sleep(POLL_S)
+    await wait_until(lambda: broker.queues[info.name].ready_count < 40, timeout=TIMEOUT_S)
     async with asyncio.timeout(0.5 + TIMEOUT_S):
         await broker.stop()
     assert not broker.connections

@@ -17,22 +17,16 @@ import wharf
 from wharf.broker.server import Broker
 from wharf.protocol import frames as F
 
+from ..helpers import wait_until
+
 Connect = Callable[..., Any]
 RawFactory = Callable[..., Any]
 
 TIMEOUT_S = 5.0
-POLL_S = 0.01
 
 
 def _qname(prefix: str = "q") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT_S) -> None:  # noqa: ASYNC109
-    """Wait for broker-side state to catch up with what the client already saw."""
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 (broker state, no event to await)
-            await asyncio.sleep(POLL_S)
 
 
 async def assert_broker_healthy(connect: Connect) -> None:

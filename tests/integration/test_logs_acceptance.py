@@ -24,6 +24,7 @@ from wharf.protocol import frames as F
 from wharf.protocol.records import encode_values
 
 from ..conftest import RawClient, make_settings
+from ..helpers import wait_until
 from .test_ctl import run_ctl
 
 FAST: dict[str, Any] = {
@@ -53,12 +54,6 @@ async def take(stream: wharf.Stream, n: int) -> list[Record]:
         while len(out) < n:
             out += await stream.getmany(max_records=n - len(out))
     return out
-
-
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while not await check():  # noqa: ASYNC110 (broker state seen from outside)
-            await asyncio.sleep(0.03)
 
 
 # -- the snippet -------------------------------------------------------------------
@@ -197,7 +192,7 @@ async def test_default_auto_offset_reset_is_latest(conn: wharf.Connection) -> No
     await conn.create_topic("t")
     await conn.produce_many("t", [b"old1", b"old2"])
     async with conn.subscribe("t", group="fresh", **FAST) as s:
-        await eventually(lambda: _known(s, ("t", 0)))
+        await wait_until(timeout=WAIT_S, check=lambda: _known(s, ("t", 0)))
         assert s.position(("t", 0)) == 2
         assert await s.getmany(timeout=0.2) == []
         await conn.produce("t", b"new")
@@ -242,9 +237,11 @@ async def test_retention_deletes_whole_segments_and_readers_reset(conn: wharf.Co
     await conn.alter_topic("t", retention_ms=60_000)
 
     async def trimmed() -> bool:
-        return (await conn.list_offsets("t", 0))[0] > 0
+        # All six old segments: a segment whose roll job (fsync, index files) is still
+        # running waits for a later retention check, so they may go in several steps.
+        return (await conn.list_offsets("t", 0))[0] == 6
 
-    await eventually(trimmed)
+    await wait_until(timeout=WAIT_S, check=trimmed)
     offsets = (await conn.describe_topic("t"))["offsets"][0]
     assert (offsets["earliest"], offsets["latest"], offsets["segments"]) == (6, 7, 1)
     with pytest.raises(wharf.OffsetOutOfRange) as info:
@@ -266,7 +263,7 @@ async def test_retention_deletes_whole_segments_and_readers_reset(conn: wharf.Co
             # As in Kafka, a record produced before the reset happens is skipped by it.
             return s.position(("t", 0)) == 7
 
-        await eventually(reset_to_latest)
+        await wait_until(timeout=WAIT_S, check=reset_to_latest)
         await conn.produce("t", b"newer")
         assert [(r.offset, r.value) for r in await take(s, 1)] == [(7, b"newer")]
     async with conn.subscribe("t", group="g", auto_offset_reset="earliest", **FAST) as s:
@@ -287,7 +284,7 @@ async def test_reader_overtaken_by_retention_resets(conn: wharf.Connection) -> N
         async def trimmed() -> bool:
             return (await conn.list_offsets("t", 0))[0] == 4
 
-        await eventually(trimmed)
+        await wait_until(timeout=WAIT_S, check=trimmed)
         s.resume(("t", 0))
         assert [(r.offset, r.value) for r in await take(s, 1)] == [(4, b"new")]
 
@@ -325,7 +322,7 @@ async def test_compaction_keeps_the_latest_per_key_at_its_offset(conn: wharf.Con
         return [r.key for r in records] == [b"k1", b"k2", b"k0"]
 
     # A clean removes the older values of each key and keeps the tombstone for now.
-    await eventually(cleaned)
+    await wait_until(timeout=WAIT_S, check=cleaned)
     expected = [
         (latest[b"k1"], b"k1", b"v10-" + b"x" * 200),
         (latest[b"k2"], b"k2", b"v11-" + b"x" * 200),
@@ -343,7 +340,7 @@ async def test_compaction_keeps_the_latest_per_key_at_its_offset(conn: wharf.Con
     async def tombstone_gone() -> bool:
         return [r.key for r in await fetch_all()] == [b"k1", b"k2"]
 
-    await eventually(tombstone_gone)  # a clean after delete_retention_ms
+    await wait_until(timeout=WAIT_S, check=tombstone_gone)  # a clean after delete_retention_ms
 
 
 # -- exchange bindings ----------------------------------------------------------------------
@@ -388,7 +385,7 @@ async def test_exchange_messages_become_records_as_documented(conn: wharf.Connec
 
 
 async def test_errors_are_wharf_errors_and_the_connection_stays_usable(
-    conn: wharf.Connection,
+    conn: wharf.Connection, frame_client: Callable[[], Any]
 ) -> None:
     await conn.create_topic("t", partitions=2)
     await conn.produce_many("t", [b"a", b"b"], partition=0)
@@ -422,14 +419,15 @@ async def test_errors_are_wharf_errors_and_the_connection_stays_usable(
     assert oor.value.details == {"earliest": 0, "latest": 2, "offset": 3}
 
     # A commit from a generation that is over: 410, from a member never seen: 411.
+    raw = await frame_client()
     async with conn.subscribe("t", group="g", **FAST) as s:
-        await eventually(lambda: _assigned(s))
+        await wait_until(timeout=WAIT_S, check=lambda: _assigned(s))
         stale = s.generation - 1
         with pytest.raises(wharf.IllegalGeneration) as gen:
-            await conn._request(F.OFFSET_COMMIT, "g", s.member_id, stale, [["t", 0, 1, None]])
+            await raw.request(F.OFFSET_COMMIT, "g", s.member_id, stale, [["t", 0, 1, None]])
         assert gen.value.code == 410
         with pytest.raises(wharf.UnknownMember) as unknown:
-            await conn._request(F.OFFSET_COMMIT, "g", "ghost", s.generation, [["t", 0, 1, None]])
+            await raw.request(F.OFFSET_COMMIT, "g", "ghost", s.generation, [["t", 0, 1, None]])
         assert unknown.value.code == 411
         # Groups with members refuse deletes and resets (Kafka's NON_EMPTY_GROUP).
         with pytest.raises(wharf.PreconditionFailed):
@@ -454,13 +452,13 @@ async def test_second_live_stream_with_the_same_instance_id_fences_the_first(
     older = (await connect()).subscribe("t", group="g", **opts)
     newer = (await connect()).subscribe("t", group="g", **opts)
     async with older:
-        await eventually(lambda: _assigned(older))
+        await wait_until(timeout=WAIT_S, check=lambda: _assigned(older))
         await conn.produce("t", b"one", partition=0)
         assert [r.value for r in await take(older, 1)] == [b"one"]
         await older.commit()
         async with newer:
             # The newer one takes the slot at once (same generation, no rebalance) ...
-            await eventually(lambda: _assigned(newer))
+            await wait_until(timeout=WAIT_S, check=lambda: _assigned(newer))
             assert newer.generation == older.generation
             # ... and the older one stops with FencedInstanceId instead of taking it back.
             with pytest.raises(wharf.FencedInstanceId) as info:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,12 @@ from wharf.protocol.errors import InvalidArgument
 from wharf.protocol.records import encode_values
 
 from ..conftest import RawClient, make_settings
+from ..helpers import wait_until
 
 # The cleaner looks for work this often in these tests (default 15 s).
 CLEANER_INTERVAL_MS = 20
 # Bound on waiting for the cleaner to do something it should do.
 WAIT_S = 15.0
-POLL_S = 0.02
 # The smallest segment a topic accepts: a few records per segment, so segments roll.
 SEGMENT_BYTES = 1024
 PAD = b"." * 100
@@ -37,14 +37,6 @@ COMPACTED: dict[str, Any] = {
     "segment_bytes": SEGMENT_BYTES,
     "min_cleanable_dirty_ratio": 0.01,
 }
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {WAIT_S} s: {what}")
-        await asyncio.sleep(POLL_S)
 
 
 async def read_all(conn: wharf.Connection, topic: str, partition: int = 0) -> list[wharf.Record]:
@@ -101,7 +93,7 @@ async def compacted(
         seen = [r.key for r in recs if r.key in wanted]
         return len(seen) == len(set(seen))
 
-    await eventually(done, f"one record per key in {topic}")
+    await wait_until(timeout=WAIT_S, check=done, what=f"one record per key in {topic}")
     return recs
 
 
@@ -110,7 +102,7 @@ async def cleaner_runs(broker: Broker, at_least: int = 1) -> None:
         assert broker.log_cleaner is not None
         return broker.log_cleaner.runs >= at_least
 
-    await eventually(ran, f"{at_least} cleaner runs")
+    await wait_until(timeout=WAIT_S, check=ran, what=f"{at_least} cleaner runs")
 
 
 async def test_keeps_the_latest_value_per_key_at_its_offset(
@@ -167,7 +159,9 @@ async def test_tombstone_is_kept_for_delete_retention_then_removed(
     async def tombstone_gone() -> bool:
         return all(r.key != b"bob" for r in await read_all(conn, "users"))
 
-    await eventually(tombstone_gone, "the tombstone removed after delete_retention_ms")
+    await wait_until(
+        timeout=WAIT_S, check=tombstone_gone, what="the tombstone removed after delete_retention_ms"
+    )
     left = [r.key for r in await read_all(conn, "users") if r.key in latest]
     assert left == [b"alice", b"carol"]
 
@@ -246,7 +240,7 @@ async def test_compact_and_delete_both_apply(broker: Broker, conn: wharf.Connect
         logs.check_retention(int(time.time() * 1000))
         return (await conn.list_offsets("both", 0))[0] > 0
 
-    await eventually(retention_applied, "retention of the old segments")
+    await wait_until(timeout=WAIT_S, check=retention_applied, what="retention of the old segments")
     recs = await compacted(conn, "both", latest)
     earliest, _ = await conn.list_offsets("both", 0)
     assert earliest > 0  # retention deleted whole segments of old records...
@@ -292,7 +286,11 @@ async def test_compacted_data_survives_a_restart(
             active = part.segments[-1].base_offset
             return checkpoint.exists() and read_checkpoint(part.path).dirty_offset == active
 
-        await eventually(all_closed_segments_cleaned, "the checkpoint at the active segment")
+        await wait_until(
+            timeout=WAIT_S,
+            check=all_closed_segments_cleaned,
+            what="the checkpoint at the active segment",
+        )
         await conn.close()
     finally:
         await b.stop()

@@ -10,21 +10,36 @@ from typing import Any
 import pytest
 
 import wharf
-from wharf.broker.logs.requests import MAX_PENDING_FETCHES
 from wharf.broker.server import Broker
+from wharf.broker.wire.native.log_requests import MAX_PENDING_FETCHES
 from wharf.protocol import frames as F
 from wharf.protocol.records import decode_records, encode_values
 
 from ..conftest import RawClient
+from ..helpers import wait_until
+from .test_http import scrape
 
 LONG_WAIT_MS = 20_000  # never reached: these tests end by data or by closing
 
 
-async def test_fetch_waits_for_a_record(conn: wharf.Connection, connect: Any) -> None:
+async def fetches_waiting(broker: Broker, topic: str, partition: int = 0) -> float:
+    """The partition's parked long-poll fetches, as /metrics shows them."""
+    samples = await scrape(broker)
+    labels = frozenset({"topic": topic, "partition": str(partition)}.items())
+    return samples[("wharf_topic_partition_fetches_waiting", labels)]
+
+
+async def test_fetch_waits_for_a_record(
+    broker: Broker, conn: wharf.Connection, connect: Any
+) -> None:
     await conn.create_topic("t")
     await conn.produce("t", b"first")
     waiting = asyncio.create_task(conn.fetch("t", 0, 1, max_wait=LONG_WAIT_MS / 1000))
-    await asyncio.sleep(0.05)
+
+    async def parked() -> bool:
+        return await fetches_waiting(broker, "t") == 1
+
+    await wait_until(parked, what="the fetch to wait at the end of the partition")
     assert not waiting.done()
     other: wharf.Connection = await connect()
     await other.produce("t", b"second")
@@ -155,14 +170,13 @@ async def test_closed_connection_drops_its_waiting_fetches(
         client.send(F.Fetch(rid, "t", 0, 0, 1000, LONG_WAIT_MS))
     client.send(F.ListOffsets(9, "t", 0))
     assert (await client.recv())[1] == 9  # the fetches before it are waiting
-    part = broker.logs.get("t").partitions[0]  # type: ignore[union-attr]
-    assert len(part._waiters) == 3
+    assert await fetches_waiting(broker, "t") == 3
     await client.close()
-    async with asyncio.timeout(5.0):
-        while True:  # the broker notices the close on its own time
-            if not part._waiters:
-                break
-            await asyncio.sleep(0.01)
+
+    async def dropped() -> bool:  # the broker notices the close on its own time
+        return await fetches_waiting(broker, "t") == 0
+
+    await wait_until(dropped, what="the closed connection's fetches to be dropped")
 
 
 async def test_wait_limits(raw_client: Callable[..., Any]) -> None:

@@ -5,8 +5,6 @@ empty)."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -14,10 +12,11 @@ import pytest
 import wharf
 from wharf.broker.server import Broker
 
+from ..helpers import wait_until
+
 # The cleaner and the retention check (which rolls idle segments) run this often here.
 INTERVAL_MS = 20
 WAIT_S = 15.0
-POLL_S = 0.02
 LONG_WAIT_S = 20.0  # never reached: these tests end by data
 SEGMENT_BYTES = 1024
 PAD = b"." * 100
@@ -34,21 +33,13 @@ COMPACTED: dict[str, Any] = {
 }
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {WAIT_S} s: {what}")
-        await asyncio.sleep(POLL_S)
-
-
 async def first_batch_cleaned(conn: wharf.Connection, topic: str) -> None:
     """Wait until the batch at offset 0 holds only the record at offset 0."""
 
     async def cleaned() -> bool:
         return [r.offset for r in await conn.fetch(topic, 0, 0, max_bytes=1)] == [0]
 
-    await eventually(cleaned, "the first batch compacted")
+    await wait_until(timeout=WAIT_S, check=cleaned, what="the first batch compacted")
 
 
 async def batch_with_trailing_gap(conn: wharf.Connection, topic: str) -> int:
@@ -117,13 +108,13 @@ async def test_fetch_in_a_gap_at_the_log_end_waits_for_data(
     async def rolled() -> bool:
         return (await conn.describe_topic("t"))["offsets"][0]["segments"] == 2
 
-    await eventually(rolled, "the idle segment rolled")
+    await wait_until(timeout=WAIT_S, check=rolled, what="the idle segment rolled")
     await conn.alter_topic("t", cleanup_policy="compact", min_cleanable_dirty_ratio=0.01)
 
     async def cleaned() -> bool:
         return [r.offset for r in await conn.fetch("t", 0, 0)] == [0]
 
-    await eventually(cleaned, "the keyless records removed")
+    await wait_until(timeout=WAIT_S, check=cleaned, what="the keyless records removed")
     assert await conn.list_offsets("t", 0) == (0, 3)
 
     # Nothing at or after offset 1: no records, and the next offset is the end.

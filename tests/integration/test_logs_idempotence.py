@@ -11,11 +11,11 @@ import pytest
 
 import wharf
 from wharf.broker.server import Broker
-from wharf.broker.wire.native.connection import Connection as BrokerConnection
 from wharf.protocol import frames as F
 from wharf.protocol.records import encode_values
 
 from ..conftest import RawClient, make_settings
+from ..helpers import TcpProxy, is_answer_to
 
 
 async def init_producer(client: RawClient, rid: int) -> tuple[int, int]:
@@ -87,34 +87,35 @@ async def test_sdk_producer_numbers_batches_per_partition(conn: wharf.Connection
         await producer.produce("t", b"v", acks="none")
 
 
-async def test_producer_resends_after_a_lost_reply_without_duplicates(
-    url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_producer_resends_after_a_lost_reply_without_duplicates(broker: Broker) -> None:
     """The broker appends the batch, then the connection dies before the reply: the
     producer resends it on the new connection and the broker answers with the first
     append's offset."""
-    original = BrokerConnection._on_produce
     dropped: list[int] = []
 
-    def lose_the_first_reply(self: BrokerConnection, f: F.Produce) -> None:
-        original(self, f)
-        if not dropped and f.producer_id >= 0:
-            dropped.append(f.request_id)
-            assert self.transport is not None
-            self.transport.abort()  # the OK is still in the write buffer
+    def lose_the_first_reply(frame: list[Any]) -> Callable[[list[Any]], bool] | None:
+        if frame[0] != F.PRODUCE or dropped:
+            return None
+        produce = F.parse(frame)
+        assert isinstance(produce, F.Produce)
+        if produce.producer_id < 0:
+            return None
+        dropped.append(produce.request_id)
+        return is_answer_to(produce.request_id)  # cut before the OK reaches the client
 
-    monkeypatch.setattr(BrokerConnection, "_on_produce", lose_the_first_reply)
-    conn = await wharf.connect(url, reconnect=True, reconnect_max_delay=0.05)
+    proxy = await TcpProxy(broker.port, cut_when=lose_the_first_reply).start()
+    conn = await wharf.connect(proxy.url(), reconnect=True, reconnect_max_delay=0.05)
     try:
         await conn.create_topic("t")
         producer = conn.producer()
         assert await producer.produce("t", b"once", partition=0) == (0, 0)
-        assert dropped
+        assert dropped and proxy.cuts == 1
         assert await producer.produce("t", b"next", partition=0) == (0, 1)
         recs = await conn.fetch("t", 0, 0)
         assert [r.value for r in recs] == [b"once", b"next"]
     finally:
         await conn.close()
+        await proxy.close()
 
 
 async def restart(tmp_path: Path, broker: Broker | None) -> Broker:
@@ -162,9 +163,12 @@ async def test_producer_starts_over_after_a_sequence_error(conn: wharf.Connectio
     producer = conn.producer()
     assert await producer.produce("t", b"a", partition=0) == (0, 0)
     first_id = producer.producer_id
-    producer._sequences[("t", 0)] = 5  # as if batches had been lost
+    # The partition forgets the producer (a new topic of the same name): the producer's
+    # next sequence (1) is not one the broker can accept, as if batches had been lost.
+    await conn.delete_topic("t")
+    await conn.create_topic("t")
     with pytest.raises(wharf.OutOfOrderSequence):
         await producer.produce("t", b"b", partition=0)
     # A new producer id: the next batch cannot be mistaken for a retry of a lost one.
-    assert await producer.produce("t", b"c", partition=0) == (0, 1)
+    assert await producer.produce("t", b"c", partition=0) == (0, 0)
     assert producer.producer_id > first_id

@@ -5,7 +5,7 @@ for its effect, since time is the behaviour under test."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from wharf.protocol import frames as F
 from wharf.protocol.errors import OffsetOutOfRange
 
 from ..conftest import make_settings
+from ..helpers import wait_until
 
 
 @pytest.fixture
@@ -25,16 +26,7 @@ def settings_overrides() -> dict[str, Any]:
 
 
 WAIT_S = 5.0
-POLL_S = 0.02
 OLD_MS = 1_000_000  # a record timestamp long past any retention
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]]) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(POLL_S)
 
 
 async def offsets(conn: wharf.Connection, topic: str, partition: int = 0) -> dict[str, Any]:
@@ -137,7 +129,9 @@ async def test_compact_only_topic_is_not_trimmed_by_retention(conn: wharf.Connec
     assert (await offsets(conn, "c"))["earliest"] == 0
 
 
-async def test_list_offsets_by_timestamp(conn: wharf.Connection) -> None:
+async def test_list_offsets_by_timestamp(
+    conn: wharf.Connection, frame_client: Callable[[], Any]
+) -> None:
     await conn.create_topic("t", segment_bytes=1024, retention_ms=-1)
     stamps = [5_000, 9_000, 7_000] + [10_000 + 100 * i for i in range(10)]
     for ts in stamps:
@@ -149,8 +143,8 @@ async def test_list_offsets_by_timestamp(conn: wharf.Connection) -> None:
     assert await conn.offset_for_time("t", 0, 10_450) == 8
     assert await conn.offset_for_time("t", 0, 99_999) == len(stamps)  # none: latest
     # The raw reply also carries the found record's timestamp.
-    frame = await conn._request(F.LIST_OFFSETS, "t", 0, 10_450)
-    assert frame[2] == {"earliest": 0, "latest": len(stamps), "offset": 8, "timestamp": 10_500}
+    reply = await (await frame_client()).result(F.LIST_OFFSETS, "t", 0, 10_450)
+    assert reply == {"earliest": 0, "latest": len(stamps), "offset": 8, "timestamp": 10_500}
 
 
 async def test_retention_state_survives_restart(tmp_path: Path) -> None:

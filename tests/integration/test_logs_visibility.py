@@ -5,38 +5,43 @@ fsyncs of log partitions are held back here until the test lets them run."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import wharf
-from wharf.broker.logs import partition as partition_mod
+from wharf.broker.server import Broker
+from wharf.broker.store.fsio import FAULTS
 
 TIMEOUT_S = 5.0
 
 
 @pytest.fixture
-def held_fsyncs(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-    """Fsyncs of log partitions (worker threads) wait until the event is set."""
-    release = threading.Event()
-    real = partition_mod._fsync_files
+def hold_fsyncs(broker: Broker) -> Iterator[Callable[[str], threading.Event]]:
+    """``hold_fsyncs(topic)``: from now on the fsyncs of the topic's partitions (worker
+    threads) wait until the returned event is set, as on a stalled disk; through the
+    fault-injection point of store/fsio.py.  Call it after creating the topic: its
+    creation fsyncs on the event loop."""
+    with contextlib.ExitStack() as holds:
 
-    def held(jobs: list[tuple[str, int]], directory: Path | None, sync_log: str | None) -> None:
-        release.wait(TIMEOUT_S * 4)
-        real(jobs, directory, sync_log)
+        def hold(topic: str) -> threading.Event:
+            under = Path(broker.settings.data_dir) / "logs" / topic
+            return holds.enter_context(
+                FAULTS.holding("fsync", under=under, max_hold_s=TIMEOUT_S * 4)
+            )
 
-    monkeypatch.setattr(partition_mod, "_fsync_files", held)
-    yield release
-    release.set()  # no worker thread stays blocked after the test
+        yield hold
 
 
 async def test_a_record_is_fetched_only_once_fsynced(
-    conn: wharf.Connection, connect: Any, held_fsyncs: threading.Event
+    conn: wharf.Connection, connect: Any, hold_fsyncs: Callable[[str], threading.Event]
 ) -> None:
     await conn.create_topic("t")
+    held_fsyncs = hold_fsyncs("t")
     await conn.produce("t", b"written", acks="written")
     producer: wharf.Connection = await connect()
     produce = asyncio.create_task(producer.produce("t", b"fsynced", acks="fsynced"))
@@ -60,9 +65,10 @@ async def test_a_record_is_fetched_only_once_fsynced(
 
 
 async def test_written_records_behind_a_waiting_fsynced_one_wait_with_it(
-    conn: wharf.Connection, connect: Any, held_fsyncs: threading.Event
+    conn: wharf.Connection, connect: Any, hold_fsyncs: Callable[[str], threading.Event]
 ) -> None:
     await conn.create_topic("t")
+    held_fsyncs = hold_fsyncs("t")
     producer: wharf.Connection = await connect()
     produce = asyncio.create_task(producer.produce("t", b"first", acks="fsynced"))
     await producer.describe_topic("t")

@@ -19,6 +19,8 @@ import wharf
 from wharf.broker.alarms import MEMORY_CLEAR_FRACTION, total_memory_bytes
 from wharf.broker.server import Broker
 
+from ..helpers import wait_until
+
 Connect = Callable[..., Any]
 
 MIB = 1024 * 1024
@@ -27,14 +29,7 @@ BODY = b"m" * 2048
 BATCH = 256
 # Ticks run every second; raising, clearing and unblocking take a few of them.
 TIMEOUT_S = 10.0
-POLL_S = 0.02
 SMALL_WATERMARK = {"memory_high_watermark": LIMIT_BYTES / total_memory_bytes()}
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT_S) -> None:  # noqa: ASYNC109
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 (broker state, no event to await)
-            await asyncio.sleep(POLL_S)
 
 
 async def _flood_until_alarm(broker: Broker, publisher: wharf.Connection, queue: str) -> None:
@@ -43,8 +38,8 @@ async def _flood_until_alarm(broker: Broker, publisher: wharf.Connection, queue:
     while sent < 2 * LIMIT_BYTES:  # well past the watermark; nothing reads the queue
         await publisher.publish_many("", queue, [BODY] * BATCH)
         sent += BATCH * len(BODY)
-    await wait_until(lambda: broker.alarms == {"memory"})
-    await wait_until(lambda: publisher.blocked == "memory")
+    await wait_until(timeout=TIMEOUT_S, check=lambda: broker.alarms == {"memory"})
+    await wait_until(timeout=TIMEOUT_S, check=lambda: publisher.blocked == "memory")
     monitor = broker.monitor
     assert monitor is not None and monitor.accounted_bytes >= monitor.memory_limit_bytes
 
@@ -108,7 +103,7 @@ async def test_accounted_memory_shows_in_metrics_and_overview(
     await conn.declare_queue(queue)
     await conn.publish_many("", queue, [BODY] * 100)
     reader, writer = await asyncio.open_connection("127.0.0.1", broker.http_port)
-    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
     metrics = (await asyncio.wait_for(reader.read(), TIMEOUT_S)).decode()
     writer.close()
     line = next(
@@ -121,8 +116,8 @@ async def test_accounted_memory_shows_in_metrics_and_overview(
     assert broker.monitor is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", broker.http_port)
     writer.write(
-        b"GET /api/overview HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n"
-        b"Connection: close\r\n\r\n"
+        b"GET /api/overview HTTP/1.1\r\nHost: localhost\r\n"
+        b"Authorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: close\r\n\r\n"
     )
     overview = (await asyncio.wait_for(reader.read(), TIMEOUT_S)).decode()
     writer.close()

@@ -10,6 +10,8 @@ import pytest
 import wharf
 from wharf.broker.server import Broker
 
+from ..helpers import wait_until
+
 
 async def _get(conn: wharf.Connection, queue: str, timeout: float = 5.0) -> wharf.Message:
     """Poll-free wait for one message: consume until it arrives."""
@@ -97,11 +99,7 @@ async def test_dead_letter_cycle_without_rejection_is_dropped(
         "selfloop", arguments={"x-message-ttl": 10, "x-dead-letter-exchange": ""}
     )
     await conn.publish("", "selfloop", b"x")
-    for _ in range(200):
-        if broker.topology.dead_letter_cycles >= 1:
-            break
-        await asyncio.sleep(0.01)
-    assert broker.topology.dead_letter_cycles >= 1
+    await wait_until(lambda: broker.topology.dead_letter_cycles >= 1, what="a cycle dropped")
     assert broker.queues["selfloop"].ready_count == 0
 
 

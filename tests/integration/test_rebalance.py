@@ -12,6 +12,8 @@ import pytest
 import wharf
 from wharf.protocol import frames as F
 
+from ..helpers import TcpProxy, wait_until
+
 TOPIC = "events"
 PARTITIONS = 6
 FAST: dict[str, Any] = {
@@ -22,6 +24,7 @@ FAST: dict[str, Any] = {
     "auto_offset_reset": "earliest",
 }
 ALL = {(TOPIC, p) for p in range(PARTITIONS)}
+UNTIL_S = 8.0  # a rebalance or two on a loaded machine
 
 
 @pytest.fixture
@@ -75,10 +78,8 @@ class Member:
         return self.assignments[-1][1] if self.assignments else frozenset()
 
 
-async def until(check: Callable[[], bool], timeout: float = 8.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110 (group state, no event to await)
-            await asyncio.sleep(0.02)
+async def until(check: Callable[[], bool]) -> None:
+    await wait_until(check, timeout=UNTIL_S)
 
 
 def settled(members: list[Member]) -> bool:
@@ -123,10 +124,13 @@ async def test_three_members_starting_together_get_one_generation(
 
 
 async def test_a_dying_member_is_replaced_without_orphans_or_doubles(
-    conn: wharf.Connection, connect: Callable[..., Any]
+    conn: wharf.Connection, connect: Callable[..., Any], proxy: TcpProxy
 ) -> None:
     await conn.create_topic(TOPIC, partitions=PARTITIONS)
-    members = [Member(await connect(), f"m{i}") for i in range(3)]
+    # The member that dies is the one connected through the proxy.
+    members = [
+        Member(await connect(**({"url": proxy.url()} if i == 0 else {})), f"m{i}") for i in range(3)
+    ]
     dead, survivors = members[0], members[1:]
     await asyncio.gather(*(m.start() for m in members))
 
@@ -139,7 +143,7 @@ async def test_a_dying_member_is_replaced_without_orphans_or_doubles(
         await until(lambda: sum(len(m.seen) for m in members) == 10 * PARTITIONS)
         await dead.stream.commit()  # the survivors auto-commit on revocation
         first = dead.generation
-        dead.conn._core._transport.abort()  # as if its process were killed
+        proxy.cut()  # as if its process were killed
         await until(lambda: settled(survivors) and survivors[0].generation > first)
         assert all(m.revoked for m in survivors)
         await produce_all(conn, 5, "b")
@@ -176,7 +180,7 @@ async def test_leaving_member_commits_and_the_next_owner_continues(
 
 
 async def test_commits_from_an_old_generation_are_fenced(
-    conn: wharf.Connection, connect: Callable[..., Any]
+    conn: wharf.Connection, connect: Callable[..., Any], frame_client: Callable[[], Any]
 ) -> None:
     await conn.create_topic(TOPIC, partitions=PARTITIONS)
     a = Member(await connect(), "a")
@@ -189,10 +193,9 @@ async def test_commits_from_an_old_generation_are_fenced(
         b = Member(await connect(), "b")
         await b.start()
         await until(lambda: settled([a, b]) and a.generation > old)
+        raw = await frame_client()
         with pytest.raises(wharf.IllegalGeneration):
-            await a.conn._request(
-                F.OFFSET_COMMIT, "g", a.stream.member_id, old, [[TOPIC, 0, 1, None]]
-            )
+            await raw.request(F.OFFSET_COMMIT, "g", a.stream.member_id, old, [[TOPIC, 0, 1, None]])
         # A commit through a stream that missed the rebalance is refused as well.
         a.stream.generation = old
         with pytest.raises(wharf.IllegalGeneration):
@@ -230,7 +233,7 @@ async def test_member_missing_the_rebalance_is_removed_and_fenced(
 
 
 async def test_static_member_restart_keeps_assignment_without_rebalance(
-    conn: wharf.Connection, connect: Callable[..., Any]
+    conn: wharf.Connection, connect: Callable[..., Any], frame_client: Callable[[], Any]
 ) -> None:
     await conn.create_topic(TOPIC, partitions=PARTITIONS)
     a = Member(await connect(), "a", instance_id="host-a")
@@ -249,7 +252,9 @@ async def test_static_member_restart_keeps_assignment_without_rebalance(
         assert len(b.assignments) == 1 and not b.revoked
         # The replaced member id is fenced.
         with pytest.raises(wharf.FencedInstanceId):
-            await conn._request(F.GROUP_HEARTBEAT, "g", a.stream.member_id, generation)
+            await (await frame_client()).request(
+                F.GROUP_HEARTBEAT, "g", a.stream.member_id, generation
+            )
     finally:
         await asyncio.gather(b.stop(), *([a2.stop()] if a2 else []))
 

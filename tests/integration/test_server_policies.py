@@ -18,6 +18,8 @@ import wharf
 from wharf.broker.config import Settings
 from wharf.broker.server import Broker
 
+from ..helpers import wait_until
+
 TIMEOUT_S = 5.0
 GUEST = ("guest", "guest")
 
@@ -335,13 +337,17 @@ async def test_policies_through_the_sdk(broker: Broker, conn: wharf.Connection) 
     assert created is True
     assert [p["name"] for p in await conn.list_policies()] == ["sdk-ttl"]
     await conn.publish("", "sdkpol.work", b"expires")
-    got = None
-    for _ in range(200):
-        got = await conn.get("sdkpol-dead")
-        if got is not None:
-            break
-        await asyncio.sleep(0.01)
-    assert got is not None and got.headers["x-death"][0]["reason"] == "expired"
+    dead: list[wharf.Message] = []
+
+    async def dead_lettered() -> bool:
+        m = await conn.get("sdkpol-dead")
+        if m is not None:
+            dead.append(m)
+        return bool(dead)
+
+    await wait_until(dead_lettered, what="the expired message dead-lettered")
+    got = dead[0]
+    assert got.headers["x-death"][0]["reason"] == "expired"
     await conn.delete_policy("sdk-ttl")
     assert await conn.list_policies() == []
     with pytest.raises(wharf.NotFound):

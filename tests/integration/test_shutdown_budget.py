@@ -21,6 +21,8 @@ from wharf.broker.server import Broker
 from wharf.broker.store.segments import MessageStore
 from wharf.protocol.frames import Consume
 
+from ..helpers import wait_until
+
 BUDGET_S: Final = 2.0
 # Well under one more budget: a per-stage timeout makes stop last at least 3 * BUDGET_S.
 MARGIN_S: Final = 3.0
@@ -45,9 +47,7 @@ async def test_stuck_stages_share_one_shutdown_budget(
     rc = await raw_client()
     rc.send(Consume(2, info.name, "never-reads", 0))
     # The raw client never reads again: its socket fills and the broker's writes back up.
-    async with asyncio.timeout(TIMEOUT_S):
-        while broker.queues[info.name].ready_count == 40:  # noqa: ASYNC110 (broker state)
-            await asyncio.sleep(POLL_S)
+    await wait_until(lambda: broker.queues[info.name].ready_count < 40, timeout=TIMEOUT_S)
     monkeypatch.setattr(MessageStore, "flush", _hang_forever)
     monkeypatch.setattr(GroupCoordinator, "close", _hang_forever)
 

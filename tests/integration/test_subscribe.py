@@ -12,6 +12,8 @@ import pytest
 import wharf
 from wharf.logs import Record
 
+from ..helpers import TcpProxy
+
 # Small group timeouts so tests take well under a second per rebalance.
 FAST: dict[str, Any] = {
     "heartbeat_interval": 0.1,
@@ -305,29 +307,32 @@ async def test_bad_arguments(conn: wharf.Connection) -> None:
 
 
 async def test_stream_resumes_after_reconnect(
-    conn: wharf.Connection, connect: Callable[..., Any]
+    conn: wharf.Connection, connect: Callable[..., Any], proxy: TcpProxy
 ) -> None:
     await conn.create_topic("t")
     await produce(conn, "t", 0, 5)
-    rc = await connect(reconnect=True, reconnect_max_delay=0.1)
+    rc = await connect(url=proxy.url(), reconnect=True, reconnect_max_delay=0.1)
+    events: list[str] = []
+    rc.on_event(lambda event: events.append(event.name))
     async with rc.subscribe("t", auto_offset_reset="earliest", fetch_max_wait=0.1) as s:
         assert [r.offset for r in await take(s, 3)] == [0, 1, 2]
-        rc._core._transport.abort()  # the network drops the connection
+        proxy.cut()  # the network drops the connection
         await produce(conn, "t", 0, 5)
         assert [r.offset for r in await take(s, 7)] == list(range(3, 10))
+    assert "reconnected" in events
 
 
 async def test_group_stream_rejoins_after_reconnect(
-    conn: wharf.Connection, connect: Callable[..., Any]
+    conn: wharf.Connection, connect: Callable[..., Any], proxy: TcpProxy
 ) -> None:
     await conn.create_topic("t")
     await produce(conn, "t", 0, 5)
-    rc = await connect(reconnect=True, reconnect_max_delay=0.1)
+    rc = await connect(url=proxy.url(), reconnect=True, reconnect_max_delay=0.1)
     async with rc.subscribe("t", group="g", auto_offset_reset="earliest", **FAST) as s:
         assert [r.offset for r in await take(s, 5)] == list(range(5))
         await s.commit()
         before = s.generation
-        rc._core._transport.abort()
+        proxy.cut()
         await produce(conn, "t", 0, 3)
         assert [r.offset for r in await take(s, 3)] == [5, 6, 7]
         assert s.generation > before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 
 from wharf.broker.cli.main import main
 from wharf.broker.config import ConfigError, Settings, UserConfig
-from wharf.broker.security import auth
+from wharf.broker.security import auth, passwords, throttle
 from wharf.broker.security.auth import Authenticator, User, failure_delay_s, is_loopback
 from wharf.broker.security.passwords import hash_password, parse_password_hash, verify_password
 from wharf.protocol.errors import AccessRefused, WharfError
@@ -27,7 +28,8 @@ class FakeClock:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)  # recorded, not slept
+        self.slept.append(seconds)  # recorded, and time moves on at once
+        self.now += seconds
 
 
 @pytest.fixture
@@ -169,7 +171,7 @@ def test_bad_configured_hash_is_a_config_error() -> None:
         Authenticator(Settings(users=[UserConfig("app", "plaintext", [])]))
 
 
-# --- failure slowdown ---------------------------------------------------------------------
+# --- failure slowdown (the throttle's own rules: test_login_throttle.py) ------------------
 
 
 def test_failure_delay_schedule() -> None:
@@ -177,18 +179,16 @@ def test_failure_delay_schedule() -> None:
     assert failure_delay_s(10_000) == 5.0
 
 
-async def test_failures_slow_down_that_host_only(make_auth: Any) -> None:
+async def test_failures_delay_that_pair_only_and_never_a_success(make_auth: Any) -> None:
     a, clock = make_auth()
     for _ in range(4):
         with pytest.raises(AccessRefused):
             await a.authenticate("guest", "bad", "127.0.0.1")
-    # The first failure is answered at once; each later result waits for the earlier ones.
-    assert clock.slept == [0.1, 0.2, 0.4]
+    # Each failure's answer waits for the pair's next turn, growing.
+    assert clock.slept == [0.1, 0.2, 0.4, 0.8]
     clock.slept.clear()
-    await a.authenticate("guest", "guest", "127.0.0.1")  # success is delayed too
-    assert clock.slept == [0.8]
-    clock.slept.clear()
-    await a.authenticate("guest", "guest", "::1")  # another host is not affected
+    await a.authenticate("guest", "guest", "127.0.0.1")  # a success is answered at once
+    await a.authenticate("guest", "guest", "::1")  # another address: not affected
     assert clock.slept == []
 
 
@@ -196,8 +196,9 @@ async def test_ipv4_mapped_address_shares_the_failure_record(make_auth: Any) -> 
     a, clock = make_auth(loopback_users=[])
     with pytest.raises(AccessRefused):
         await a.authenticate("guest", "bad", "10.0.0.1")
-    await a.authenticate("guest", "guest", "::ffff:10.0.0.1")
-    assert clock.slept == [0.1]
+    with pytest.raises(AccessRefused):
+        await a.authenticate("guest", "bad", "::ffff:10.0.0.1")
+    assert clock.slept == [0.1, 0.2]
 
 
 async def test_failures_decay_after_quiet_period(make_auth: Any) -> None:
@@ -205,40 +206,80 @@ async def test_failures_decay_after_quiet_period(make_auth: Any) -> None:
     for _ in range(3):
         with pytest.raises(AccessRefused):
             await a.authenticate("guest", "bad", "127.0.0.1")
-    clock.now += auth.FAILURE_DECAY_S - 1
-    clock.slept.clear()
-    await a.authenticate("guest", "guest", "127.0.0.1")
-    assert clock.slept == [0.4]  # still remembered
+    assert a.tracked_failure_pairs == 1
     clock.now += auth.FAILURE_DECAY_S
     clock.slept.clear()
-    await a.authenticate("guest", "guest", "127.0.0.1")
-    assert clock.slept == []
-    assert a.tracked_failure_hosts == 0
+    with pytest.raises(AccessRefused):
+        await a.authenticate("guest", "bad", "127.0.0.1")
+    assert clock.slept == [0.1]  # counted from one again
 
 
-async def test_failure_map_is_bounded(make_auth: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auth, "MAX_FAILURE_HOSTS", 5)
+async def test_success_forgets_the_pairs_failures(make_auth: Any) -> None:
     a, clock = make_auth()
-    for i in range(20):
-        with pytest.raises(AccessRefused):
-            await a.authenticate("guest", "bad", f"127.0.0.{i + 1}")
-        clock.now += 0.001
-    assert a.tracked_failure_hosts == 5
-    clock.slept.clear()
-    await a.authenticate("guest", "guest", "127.0.0.1")  # oldest: evicted, so no delay
-    await a.authenticate("guest", "guest", "127.0.0.20")  # newest: still tracked
-    assert clock.slept == [0.1]
-
-
-async def test_one_warning_per_failure(make_auth: Any, caplog: pytest.LogCaptureFixture) -> None:
-    a, _ = make_auth()
-    with caplog.at_level("DEBUG", logger="wharf.broker.security.auth"):
+    for _ in range(3):
         with pytest.raises(AccessRefused):
             await a.authenticate("guest", "bad", "127.0.0.1")
+    await a.authenticate("guest", "guest", "127.0.0.1")
+    assert a.tracked_failure_pairs == 0
+
+
+async def test_failure_log_is_rate_limited_per_pair(
+    make_auth: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, clock = make_auth()
+    with caplog.at_level("DEBUG", logger="wharf.broker.security.auth"):
+        for _ in range(5):
+            with pytest.raises(AccessRefused):
+                await a.authenticate("guest", "bad-pw-1", "127.0.0.1")
+        with pytest.raises(AccessRefused):
+            await a.authenticate("nobody", "bad-pw-2", "127.0.0.1")  # another pair
         await a.authenticate("guest", "guest", "127.0.0.1")
-    records = [r for r in caplog.records if r.name == "wharf.broker.security.auth"]
-    assert [r.levelname for r in records] == ["WARNING"]
-    assert "bad" not in records[0].getMessage()  # never log the password
+        lines = [r.getMessage() for r in caplog.records if r.name == "wharf.broker.security.auth"]
+        assert len(lines) == 2  # one per pair; successes are not logged
+        assert "'guest'" in lines[0] and "<unknown>" in lines[1]  # never the name typed
+        clock.now += throttle.FAILURE_LOG_INTERVAL_S
+        a.tick()  # the window ended: one summary line with the count left out
+        lines = [r.getMessage() for r in caplog.records if r.name == "wharf.broker.security.auth"]
+    assert len(lines) == 3
+    assert "4 more refusals" in lines[2] and "'guest'" in lines[2]
+    assert not any("bad-pw" in line for line in lines)  # never the password
+
+
+async def test_every_failure_is_counted_by_mechanism(make_auth: Any) -> None:
+    a, _ = make_auth()
+    for mechanism in ("PLAIN", "PLAIN", "BASIC"):
+        with pytest.raises(AccessRefused):
+            await a.authenticate("nobody", "x", "127.0.0.1", mechanism=mechanism)
+    assert a.failures_by_mechanism == {"PLAIN": 2, "BASIC": 1}
+
+
+async def test_every_check_costs_one_scrypt_guest_unknown_and_stored(
+    make_auth: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uniform timing: the built-in guest, an unknown user and a stored hash each pay one
+    scrypt at the default cost for a check that is not a cached success."""
+    calls: list[str] = []
+    real_burn, real_verify = auth.burn_scrypt, auth.verify_password
+
+    def burn(password: str) -> bool:
+        calls.append("burn")
+        return real_burn(password)
+
+    def verify(password: str, stored: str) -> bool:
+        calls.append("verify")
+        return real_verify(password, stored)
+
+    monkeypatch.setattr(auth, "burn_scrypt", burn)
+    monkeypatch.setattr(auth, "verify_password", verify)
+    a, _ = make_auth(users=[UserConfig("app", APP_HASH, [])])
+    for user, password in [("guest", "bad"), ("nobody", "bad"), ("app", "bad"), ("guest", "guest")]:
+        with contextlib.suppress(AccessRefused):
+            await a.authenticate(user, password, "127.0.0.1")
+    assert calls == ["burn", "burn", "verify", "burn"]
+    calls.clear()
+    await a.authenticate("guest", "guest", "127.0.0.1")  # a cached success, like any user's
+    assert calls == []
+    assert parse_password_hash(APP_HASH).n == passwords.SCRYPT_N  # burn's cost = a real one
 
 
 # --- success cache ------------------------------------------------------------------------

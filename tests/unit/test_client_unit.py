@@ -12,12 +12,13 @@ import pytest
 import wharf
 from wharf.confirms import ConfirmTracker
 from wharf.connection import Connection
-from wharf.core import ConnectionCore
+from wharf.core import NEW_REQUEST, ConnectionCore, Reply
 from wharf.message import build_properties, messages_from_entries
 from wharf.protocol import frames as F
 from wharf.protocol.codec import FrameDecoder, encode_array
 from wharf.protocol.errors import ERRORS_BY_CODE
 from wharf.recovery import Backoff, BindingRecord, ExchangeRecord, QueueRecord, Topology
+from wharf.state import State
 from wharf.url import parse_url
 
 # -- URL ---------------------------------------------------------------------------------
@@ -371,36 +372,36 @@ async def test_callback_request_gets_answer_error_and_loss() -> None:
     core = conn._core
     got: list[tuple[Any, Any]] = []
 
-    def callback(frame: list[Any] | None, error: wharf.WharfError | None) -> None:
+    def callback(frame: Reply | None, error: wharf.WharfError | None) -> None:
         got.append((frame, error))
 
-    rid = core.start_request_cb(F.LIST_OFFSETS, "t", 0, callback=callback)
+    rid = core.start_request_cb(F.ListOffsets(NEW_REQUEST, "t", 0), callback=callback)
     core.flush()
     (frame,) = peer.frames()
-    assert frame == [F.LIST_OFFSETS, rid, "t", 0]
+    assert frame == [F.LIST_OFFSETS, rid, "t", 0, None]
     peer.send(F.OK, rid, {"earliest": 0, "latest": 5})
-    assert got == [([F.OK, rid, {"earliest": 0, "latest": 5}], None)]  # at once
+    assert got == [(F.Ok(rid, {"earliest": 0, "latest": 5}), None)]  # at once, typed
 
     got.clear()
-    rid = core.start_request_cb(F.LIST_OFFSETS, "nope", 0, callback=callback)
+    rid = core.start_request_cb(F.ListOffsets(NEW_REQUEST, "nope", 0), callback=callback)
     peer.send(F.ERROR, rid, 404, "no topic 'nope'", False, None)
     assert got[0][0] is None and isinstance(got[0][1], wharf.NotFound)
 
-    def broken(frame: list[Any] | None, error: wharf.WharfError | None) -> None:
+    def broken(frame: Reply | None, error: wharf.WharfError | None) -> None:
         raise RuntimeError("a bug in the handler")
 
-    rid = core.start_request_cb(F.LIST_OFFSETS, "t", 0, callback=broken)
+    rid = core.start_request_cb(F.ListOffsets(NEW_REQUEST, "t", 0), callback=broken)
     peer.send(F.OK, rid, {})  # logged, and the connection stays up
     assert core.closed_error is None
 
     got.clear()
-    core.start_request_cb(F.LIST_OFFSETS, "t", 0, callback=callback)
+    core.start_request_cb(F.ListOffsets(NEW_REQUEST, "t", 0), callback=callback)
     core.fail(wharf.ConnectionLost("gone"))
     assert got == []  # like a future's callbacks: once the loss is handled
     await settle()
     assert got[0][0] is None and isinstance(got[0][1], wharf.ConnectionLost)
     with pytest.raises(wharf.ConnectionLost):
-        core.start_request_cb(F.LIST_OFFSETS, "t", 0, callback=callback)
+        core.start_request_cb(F.ListOffsets(NEW_REQUEST, "t", 0), callback=callback)
 
 
 async def test_big_frames_are_written_at_once() -> None:
@@ -409,7 +410,7 @@ async def test_big_frames_are_written_at_once() -> None:
     await conn.publish("ex", "rk", b"m", confirm=False)
     assert len(peer.transport.writes) == before  # small: with this iteration's others
     core = conn._core
-    core.send(core.encode((F.PUBLISH, 0, "ex", "rk", None, b"x" * 70_000, 0)))
+    core.send_frame(F.Publish(0, "ex", "rk", None, b"x" * 70_000))
     assert len(peer.transport.writes) == before + 1  # both, now, in order
     frames = peer.frames()
     assert [f[0] for f in frames[-2:]] == [F.PUBLISH, F.PUBLISH]
@@ -525,7 +526,7 @@ async def test_acks_coalesced_and_flushed_before_nack() -> None:
     await settle()
     assert peer.frames() == [
         [F.ACK_MANY, ack_id, [1, 2]],
-        [F.NACK, ack_id, 3, False, False],
+        [F.NACK, ack_id, 3, False, False, 0],
         [F.ACK_MANY, ack_id, [4]],
     ]
 
@@ -555,8 +556,8 @@ async def test_consumer_cancel_requeues_unyielded() -> None:
     await cancel
     await settle()
     assert peer.frames() == [
-        [F.NACK, consume[1], 2, False, True],
-        [F.NACK, consume[1], 3, False, True],
+        [F.NACK, consume[1], 2, False, True, 0],
+        [F.NACK, consume[1], 3, False, True, 0],
     ]
     with pytest.raises(StopAsyncIteration):
         await consumer.__anext__()
@@ -1147,3 +1148,58 @@ async def test_a_wharf_hello_split_into_single_bytes_is_not_mistaken_for_http() 
     peer.send(F.AUTH_OK, auth[1], "conn-1", 0, {})
     await task
     assert core.connection_id == "conn-1"
+
+
+# -- the connection state machine (client/state.py) as the core drives it -------------
+
+
+async def test_core_states_from_connect_to_close() -> None:
+    loop = asyncio.get_running_loop()
+    core = ConnectionCore(loop)
+    assert core.state is State.CONNECTING
+    transport = FakeTransport(loop)
+    transport.protocol = core
+    core.connection_made(transport)
+    assert core.state is State.HANDSHAKING
+    peer = Peer(core, transport)
+    task = loop.create_task(core.handshake("guest", "guest", 0, {}))
+    peer.send(F.HELLO, 0, 1, "wharf", 1 << 20, 1 << 19, 60, ["PLAIN"])
+    assert core.state is State.AUTHENTICATING
+    await settle()
+    (auth,) = peer.frames()
+    peer.send(F.AUTH_OK, auth[1], "conn-1", 0, None)
+    await task
+    assert core.state is State.OPEN and not core.ended
+    closing = asyncio.ensure_future(core.close(5.0))
+    await settle()
+    assert core.state is State.CLOSING
+    (close,) = peer.frames()
+    peer.send(F.CLOSE_OK, close[1])
+    await closing
+    assert core.state is State.CLOSED and core.ended
+    assert isinstance(core.closed_error, wharf.ConnectionLost)
+
+
+async def test_core_failed_by_the_broker_close() -> None:
+    conn, peer = await open_connection()
+    peer.send(F.CLOSE, 9, 320, "maintenance")
+    assert conn._core.state is State.FAILED
+    assert isinstance(conn._core.closed_error, wharf.ConnectionForced)
+
+
+async def test_close_while_the_broker_closes_too_ends_closed() -> None:
+    conn, peer = await open_connection()
+    closing = asyncio.ensure_future(conn.close())
+    await settle()
+    peer.send(F.CLOSE, 9, 320, "maintenance")
+    await closing
+    assert conn._core.state is State.CLOSED and conn.is_closed
+
+
+async def test_a_second_hello_fails_the_connection() -> None:
+    # A broker speaking out of turn is a protocol error, not something to ignore.
+    conn, peer = await open_connection()
+    peer.send(F.HELLO, 0, 1, "wharf", 1 << 20, 1 << 19, 60, ["PLAIN"])
+    assert conn._core.state is State.FAILED and conn.is_closed
+    with pytest.raises(wharf.FrameError, match="hello is not expected in state open"):
+        await conn.declare_queue("q")

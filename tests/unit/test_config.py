@@ -165,6 +165,34 @@ def test_bad_toml_raises_config_error_naming_key(tmp_path: Path, text: str, frag
     assert isinstance(info.value, ValueError)
 
 
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    # Found by the config fuzz target: tomllib let the UnicodeDecodeError through.
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("data_dir = '/srv/donn\u00e9es'\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 \(byte 21\)"):
+        load_settings(str(path), {})
+
+
+def test_an_integer_beyond_the_float_range_is_a_config_error(tmp_path: Path) -> None:
+    # Found by the config fuzz target: float() raised OverflowError.
+    with pytest.raises(ConfigError, match="handshake_timeout_s: expected a finite number > 0.0"):
+        load_settings(write(tmp_path, "handshake_timeout_s = 1" + "0" * 400), {})
+
+
+def test_an_infinite_number_is_a_config_error(tmp_path: Path) -> None:
+    # inf would silently turn the limit off; TOML spells it inf, the environment 1e999.
+    with pytest.raises(ConfigError, match="shutdown_timeout_s: expected a finite number"):
+        load_settings(write(tmp_path, "shutdown_timeout_s = inf"), {})
+    with pytest.raises(ConfigError, match="WHARF_MEMORY_HIGH_WATERMARK: expected a finite number"):
+        load_settings(None, {}, environ={"WHARF_MEMORY_HIGH_WATERMARK": "1e999"})
+
+
+def test_an_integer_of_too_many_digits_is_a_config_error(tmp_path: Path) -> None:
+    # Beyond Python's 4300-digit limit tomllib raises a bare ValueError.
+    with pytest.raises(ConfigError, match="is not valid TOML: Exceeds the limit"):
+        load_settings(write(tmp_path, "port = 1" + "0" * 5000), {})
+
+
 def test_suggest_key_offers_the_closest_known_key() -> None:
     keys = [f.name for f in dataclasses.fields(Settings)]
     assert suggest_key("prot", keys) == "port"
@@ -341,3 +369,33 @@ def test_cli_serve_bad_config_exits_with_message(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["serve", "--config", write(tmp_path, "port = 'x'\n")])
     assert result.exit_code == 1
     assert "port" in result.output
+
+
+def test_audit_log_settings_from_toml_env_and_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Settings().audit_log_file is None  # <data_dir>/audit.log
+    s = load_settings(None, {}, environ={"WHARF_DATA_DIR": "/d"})
+    assert describe(s)["audit_log_file"] == "/d/audit.log"
+    path = write(tmp_path, 'audit_log_file = "/a.log"\naudit_log_max_bytes = 8192\n')
+    env = {"WHARF_AUDIT_LOG_BACKUPS": "2", "WHARF_AUDIT_LOG_MAX_BYTES": "16384"}
+    s = load_settings(path, {}, environ=env)
+    assert (s.audit_log_file, s.audit_log_max_bytes, s.audit_log_backups) == ("/a.log", 16384, 2)
+    s = load_settings(path, {"audit_log_file": ""}, environ={"WHARF_AUDIT_LOG_FILE": "/b.log"})
+    assert s.audit_log_file == "" and describe(s)["audit_log_file"] == ""  # off
+    assert load_settings(None, {}, environ={"WHARF_AUDIT_LOG_FILE": ""}).audit_log_file == ""
+    with pytest.raises(ConfigError, match="audit_log_max_bytes"):
+        load_settings(write(tmp_path, "audit_log_max_bytes = 10\n"), {}, environ={})
+    with pytest.raises(ConfigError, match="audit_log_file"):
+        load_settings(write(tmp_path, "audit_log_file = 3\n"), {}, environ={})
+
+    seen: list[Settings] = []
+    fake = types.ModuleType("wharf.broker.server")
+    fake.run = lambda settings: seen.append(settings) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wharf.broker.server", fake)
+    import wharf.broker
+
+    monkeypatch.setattr(wharf.broker, "server", fake, raising=False)
+    result = CliRunner().invoke(main, ["serve", "--audit-log-file", "/c.log"])
+    assert result.exit_code == 0, result.output
+    assert seen[0].audit_log_file == "/c.log"

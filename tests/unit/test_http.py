@@ -102,7 +102,7 @@ class Client:
         await self.writer.drain()
 
     async def request(self, method: str, path: str, extra: str = "") -> Response:
-        await self.send(f"{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
+        await self.send(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n".encode())
         return await self.read_response(head=method == "HEAD")
 
     async def read_response(self, head: bool = False) -> Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+import zlib
 from typing import Any
 
 import msgpack
@@ -14,11 +15,15 @@ import pytest
 from wharf.logs import NO_HEADERS, PIECE_RECORDS, BatchReader, records_from_batches
 from wharf.protocol.errors import InvalidArgument
 from wharf.protocol.records import (
+    CODEC_GZIP,
     LOG_APPEND_TIME,
     PayloadInfo,
     build_batch,
+    check_payload,
     check_records,
+    compress,
     encode_records,
+    encode_values,
 )
 
 
@@ -131,3 +136,18 @@ def test_check_records_says_which_record_is_bad(record: Any, message: str) -> No
     records = [good, record, (2, 5, None, b"v", None)]
     with pytest.raises(InvalidArgument, match=message.replace("[", r"\[")):
         check_records(records)
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_past_the_limit() -> None:
+    # 64 MiB of zeros gzip to ~64 KiB; the broker inflates at most its limit, then refuses.
+    c = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = c.compress(bytes(64 * 1024 * 1024)) + c.flush()
+    assert len(bomb) < 128 * 1024
+    with pytest.raises(InvalidArgument, match="decompresses to more than 1048576 bytes"):
+        check_payload(bomb, CODEC_GZIP, 1024 * 1024)
+
+
+def test_a_compressed_batch_within_the_limit_is_accepted() -> None:
+    raw = encode_values([b"x" * 100] * 50, None, None, 0)
+    records, info = check_payload(compress(raw, CODEC_GZIP), CODEC_GZIP, len(raw))
+    assert info.count == 50 and len(records) == 50

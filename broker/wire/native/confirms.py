@@ -7,8 +7,12 @@ it was appended to, and every publish after the first waiting one waits too, so 
 cumulative confirm never covers a message that is not yet safe.  A failed write nacks
 the publishes that waited for it.
 
-``PublisherConfirms`` is a mixin of the broker's ``Connection`` (connection.py), whose
-publish path fills ``_confirm_up_to`` and ``_confirm_waits``.
+``Confirms`` is owned by the broker's ``Connection`` (connection.py), which passes its
+collaborators in: how to send a frame or an error, how to have the connection flushed,
+the loop, and the store hooks (wait for a group commit, the newest durable batch).  The
+publish path tells it what happened (``published``, ``nack``), the connection's flush
+asks what to confirm (``take_ready``) and the broker's group commit calls
+``store_committed`` through the connection.  Nothing outside writes its fields.
 """
 
 from __future__ import annotations
@@ -16,14 +20,19 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from wharf.protocol import frames as F
 from wharf.protocol.errors import InternalError, ResourceError, WharfError
 
 if TYPE_CHECKING:
     from ...logs.partition import Partition
-    from ...server import Broker
+
+
+class NackStats(Protocol):
+    """The broker-wide counter of nacked publishes (a plain int)."""
+
+    publish_nacked: int
 
 
 class LogSyncWait:
@@ -44,34 +53,91 @@ class LogSyncWait:
 ConfirmWait = tuple[int, int, int, LogSyncWait | None]
 
 
-class PublisherConfirms:
-    """Mixin of ``Connection``: which publishes are confirmed or nacked, and when."""
+class Confirms:
+    """Which publishes of one connection are confirmed or nacked, and when."""
 
-    # Provided by Connection.
-    broker: Broker
-    closed: bool
-    _loop: asyncio.AbstractEventLoop
-    _flush_scheduled: bool
-    _encode: Callable[[tuple[Any, ...] | list[Any]], bytes]
+    __slots__ = (
+        "_send_frame",
+        "_send_error",
+        "_schedule_flush",
+        "_loop",
+        "_await_store",
+        "_durable_batch",
+        "_stats",
+        "_up_to",
+        "_waits",
+        "_failed_batch",
+        "_log_sync",
+        "_closed",
+    )
 
-    if TYPE_CHECKING:
-
-        def _send(self, data: bytes) -> None: ...
-
-        def _flush(self) -> None: ...
-
-        def send_error(self, request_id: int, exc: WharfError, *, fatal: bool = False) -> None: ...
-
-    def _init_confirms(self) -> None:
+    def __init__(
+        self,
+        *,
+        send_frame: Callable[[F.Frame], None],
+        send_error: Callable[[int, WharfError], None],
+        schedule_flush: Callable[[], None],
+        loop: asyncio.AbstractEventLoop,
+        await_store: Callable[[], None],
+        durable_batch: Callable[[], int],
+        stats: NackStats,
+    ) -> None:
+        self._send_frame = send_frame
+        self._send_error = send_error
+        # Have the connection flushed once this loop iteration (it calls take_ready).
+        self._schedule_flush = schedule_flush
+        self._loop = loop
+        # Ask the broker to call store_committed after its next group commits.
+        self._await_store = await_store
+        # The newest message-store batch that is durable (0 without a store).
+        self._durable_batch = durable_batch
+        self._stats = stats
         # Highest sequence number ready to confirm, not yet sent.
-        self._confirm_up_to = 0
+        self._up_to = 0
         # Publishes waiting for an fsync (message store or log topics), and every
         # publish after the first such one, in order.
-        self._confirm_waits: deque[ConfirmWait] = deque()
+        self._waits: deque[ConfirmWait] = deque()
         # The newest message-store batch that failed (its publishes are nacked).
-        self._store_failed_batch = 0
+        self._failed_batch = 0
         # Log-topic fsyncs the persistent publishes of this loop iteration wait for.
         self._log_sync: LogSyncWait | None = None
+        self._closed = False
+
+    @property
+    def waiting(self) -> int:
+        """Publishes (PUBLISH or PUBLISH_MANY frames) waiting for the disk."""
+        return len(self._waits)
+
+    def published(
+        self, seq: int, n: int, store_batch: int, log_parts: list[Partition] | None
+    ) -> None:
+        """``n`` messages from sequence number ``seq`` (0: no confirm wanted) were
+        accepted; ``store_batch`` (or 0) and ``log_parts`` (or None) are what makes them
+        durable."""
+        log_sync: LogSyncWait | None = None
+        if log_parts is not None:
+            wait = self._log_sync_for(log_parts)
+            if seq:  # without a confirm (seq 0) the fsync happens, nothing waits
+                log_sync = wait
+        if not seq:
+            return
+        last = seq + n - 1
+        if store_batch or log_sync is not None or self._waits:
+            # Cumulative confirms: nothing after a message waiting for the disk may be
+            # confirmed before it.
+            if store_batch:
+                self._await_store()
+            self._waits.append((seq, last, store_batch, log_sync))
+            return
+        if last > self._up_to:
+            self._up_to = last
+        self._schedule_flush()
+
+    def take_ready(self) -> int:
+        """The sequence number to confirm up to now (0: none); the caller sends it."""
+        up_to = self._up_to
+        self._up_to = 0
+        return up_to
 
     def store_committed(self, batch: int) -> bool:
         """The store made ``batch`` durable (negative: that batch failed).
@@ -79,18 +145,21 @@ class PublisherConfirms:
         Releases the confirms it covers; returns True while more are waiting.
         """
         if batch < 0:
-            self._store_failed_batch = max(self._store_failed_batch, -batch)
-        self._release_confirms()
-        return bool(self._confirm_waits)
+            self._failed_batch = max(self._failed_batch, -batch)
+        self._release()
+        return bool(self._waits)
 
-    def _release_confirms(self) -> None:
+    def close(self) -> None:
+        """The connection is gone: fsyncs finishing later release nothing."""
+        self._closed = True
+
+    def _release(self) -> None:
         """Confirm (or nack) waiting publishes from the front, in order, as far as
         the message store and log-topic fsyncs they wait for are done."""
-        waits = self._confirm_waits
-        store = self.broker.store
-        durable = store.durable_batch if store is not None else 0
-        failed = self._store_failed_batch
-        up_to = self._confirm_up_to
+        waits = self._waits
+        durable = self._durable_batch()
+        failed = self._failed_batch
+        up_to = self._up_to
         while waits:
             first, last, batch, log_sync = waits[0]
             error: WharfError | None = None
@@ -104,13 +173,12 @@ class PublisherConfirms:
                 error = ResourceError("message store write failed")
             waits.popleft()
             if error is not None:
-                self._nack(first, last - first + 1, error)
+                self.nack(first, last - first + 1, error)
             elif last > up_to:
                 up_to = last
-        self._confirm_up_to = up_to
-        if up_to and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self._up_to = up_to
+        if up_to:
+            self._schedule_flush()
 
     def _log_sync_for(self, parts: list[Partition]) -> LogSyncWait:
         """The fsync wait of this loop iteration, covering ``parts`` too."""
@@ -139,17 +207,18 @@ class PublisherConfirms:
                     else InternalError("log topic fsync failed; the broker logged it")
                 )
             wait.pending -= 1
-            if not wait.pending and not self.closed:
-                self._release_confirms()
+            if not wait.pending and not self._closed:
+                self._release()
 
         for part in wait.partitions.values():
             part.sync().add_done_callback(synced)
 
-    def _nack(self, seq: int, n: int, exc: WharfError) -> None:
-        self.broker.stats.publish_nacked += n
+    def nack(self, seq: int, n: int, exc: WharfError) -> None:
+        """Refuse ``n`` publishes from ``seq`` (0: unnumbered, answered with an ERROR)."""
+        self._stats.publish_nacked += n
         if not seq:
-            self.send_error(0, exc)
+            self._send_error(0, exc)
             return
-        encode = self._encode
+        send_frame = self._send_frame
         for s in range(seq, seq + n):
-            self._send(encode((F.PUBLISH_NACK, 0, s, exc.code, exc.message)))
+            send_frame(F.PublishNack(0, s, exc.code, exc.message))

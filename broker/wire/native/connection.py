@@ -1,13 +1,14 @@
 """One client connection: handshake, authentication, heartbeats, flow control, dispatch.
 
-A connection owns its socket, its delivery tags, its unacked table and its
-consumers.  Frames are decoded in ``data_received`` and handled synchronously;
-outgoing frames are buffered and written once per event-loop iteration.
+A connection owns its socket, its lifecycle state (lifecycle.py), its consumers, its
+session's deliveries (core/deliveries.py) and its publisher confirms (confirms.py, a
+``Confirms`` object it owns).  Frames are decoded in ``data_received``, parsed into
+their typed classes (protocol/frames.py) and handled synchronously; outgoing frames are
+built from their typed classes too, buffered, and written once per event-loop iteration.
 
-The hot paths (publish, deliver, ack) are here; ``Connection`` takes the rest from
-mixins: publisher-confirm bookkeeping (confirms.py), the handlers of exchange, queue and
+The hot paths (publish, deliver, ack) are here; the handlers of exchange, queue and
 policy frames (topology_frames.py) and of log-topic and consumer-group frames
-(logs/handlers.py).
+(log_frames.py) come from two mixins, whose handlers join the dispatch table.
 """
 
 from __future__ import annotations
@@ -42,14 +43,17 @@ from ...core.access import DEFAULT_VHOST, Actor
 from ...core.deliveries import Deliveries, Unacked
 from ...core.publish import QUEUE_FULL_MESSAGE
 from ...core.queues import Consumer, Message
-from .confirms import LogSyncWait, PublisherConfirms
+from ...security.audit import AuditEvent, tls_version_of
+from ...security.auth import MECHANISM_OTHER, MECHANISM_PLAIN
+from .confirms import Confirms
+from .lifecycle import ENDING, UNAUTHENTICATED, Event, Lifecycle, State
 from .log_frames import LogFrames
 from .topology_frames import TopologyFrames
 
 if TYPE_CHECKING:
     from ...core.session import CoreSession
-    from ...server import Broker
     from ...store.segments import Segment
+    from .broker_api import BrokerApi
 
 log = logging.getLogger("wharf.connection")
 
@@ -66,15 +70,29 @@ LARGE_FRAME_BYTES: Final = 1024 * 1024
 PREAUTH_LIMIT_NAME: Final = "preauth_max_frame_bytes"
 
 _conn_ids = itertools.count(1)
+# The management API's connection states (GET /api/connections), by lifecycle state.
+_API_STATE: Final[dict[State, str]] = {
+    State.AWAITING_HANDSHAKE: "starting",
+    State.AWAITING_AUTH: "starting",
+    State.AUTHENTICATING: "starting",
+    State.OPEN: "open",
+    State.CLOSING: "closing",
+    State.CLOSED: "closing",
+}
+_TYPE_OF: Final = F.TYPE_OF
+# Positions in a raw frame array (before parsing): the header, and PUBLISH_MANY's bodies.
+_TYPE_AT: Final = 0
+_REQUEST_ID_AT: Final = 1
+_BODIES_AT: Final = 1 + F.PublishMany._fields.index("bodies")
 
 
-class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol):
+class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
     # The connection registry's view (core/clients.py ClientConnection): the protocol's
     # name, and its one consumer session (no channels).
     protocol: Final = "wharf"
     channels: Final = 1
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerApi) -> None:
         self.broker = broker
         self.topology = broker.topology
         self._publisher = broker.topology.publisher
@@ -90,7 +108,12 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         # until login, an actor that may do nothing.
         self.core: CoreSession = broker.session(Actor(""))
         self.client_properties: dict[str, Any] = {}
-        self.authenticated = False
+        # The one lifecycle field (lifecycle.py); ``state`` reads it.
+        self._lifecycle = Lifecycle()
+        # Bytes received while the handshake was due: 8 of them without an error
+        # from the decoder mean it accepted the handshake.
+        self._handshake_seen = 0
+        # The credential check of AUTH (cancelled if the connection is lost meanwhile).
         self._auth_task: asyncio.Task[None] | None = None
         # Until AUTH_OK only a small frame is accepted (SPEC.md, "Limits before
         # authentication"); max_frame_bytes applies after login.
@@ -113,15 +136,21 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self._loop = asyncio.get_running_loop()
         self.writable = True
         self._blocked_reading = False
-        self.closing = False
-        self.closed = False
         self.heartbeat_s = 0
         now = self._loop.time()
         self.created_at = now
         self.last_recv = now
         self.last_send = now
         # Publisher confirms: what is ready to confirm and what waits for the disk.
-        self._init_confirms()
+        self.confirms = Confirms(
+            send_frame=self.send_frame,
+            send_error=self.send_error,
+            schedule_flush=self._schedule_flush,
+            loop=self._loop,
+            await_store=self._await_store,
+            durable_batch=self._durable_batch,
+            stats=broker.stats,
+        )
         # Delivered-but-unacked messages of this session (core/deliveries.py).
         self.deliveries = Deliveries(broker.stats, self._loop.time)
         self.consumers: dict[str, Consumer] = {}
@@ -142,6 +171,29 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             **self._topology_frame_handlers(),
             **self._log_frame_handlers(),
         }
+
+    # -- lifecycle (lifecycle.py) ---------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._lifecycle.state
+
+    @property
+    def closing(self) -> bool:
+        """True once closing began: nothing more is read or dispatched."""
+        return self._lifecycle.state in ENDING
+
+    @property
+    def closed(self) -> bool:
+        return self._lifecycle.state is State.CLOSED
+
+    @property
+    def authenticated(self) -> bool:
+        """True once AUTH_OK was sent (and still after the connection closed)."""
+        return self._lifecycle.opened
+
+    def _begin_closing(self) -> None:
+        self._lifecycle.transition(Event.CLOSE)
 
     @property
     def unacked_count(self) -> int:
@@ -175,7 +227,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             return
         broker.connections[self.id] = self
         s = self.settings
-        self._send_frame(
+        self.send_frame(
             F.Hello(
                 0,
                 F.PROTOCOL_VERSION,
@@ -188,7 +240,8 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         )
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        lifecycle = self._lifecycle
+        if lifecycle.state in ENDING:
             return
         self.last_recv = self._loop.time()
         decoder = self._decoder
@@ -197,6 +250,10 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         except WharfError as exc:
             self.fatal(exc)
             return
+        if lifecycle.state is State.AWAITING_HANDSHAKE:
+            self._handshake_seen += len(data)
+            if self._handshake_seen >= F.HANDSHAKE_BYTES:
+                lifecycle.transition(Event.HANDSHAKE)
         # Partly received frames across all connections share one budget.
         buffered = decoder.buffered
         if buffered != self.buffered_bytes:
@@ -204,7 +261,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         if not raws:
             return
         for raw in raws:
-            if self.closing:
+            if lifecycle.state in ENDING:
                 return
             self._handle(raw)
         if decoder.error_pending:
@@ -259,12 +316,12 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
 
     def set_blocked(self, alarms: set[str]) -> None:
         """The broker's alarms changed: tell the client, stop or resume reading."""
-        if not self.authenticated or self.closing:
+        if self._lifecycle.state is not State.OPEN:
             return
         if alarms:
-            self._send(self._encode((F.BLOCKED, 0, ",".join(sorted(alarms)))))
+            self.send_frame(F.Blocked(0, ",".join(sorted(alarms))))
             return
-        self._send(self._encode((F.UNBLOCKED, 0)))
+        self.send_frame(F.Unblocked(0))
         if self._blocked_reading:
             self._blocked_reading = False
             self._resume_reading_if_allowed()
@@ -276,12 +333,11 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             self.transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.closed:
+        if self._lifecycle.state is State.CLOSED:
             return
-        self.closed = True
-        self.closing = True
-        if self._auth_task is not None and not self._auth_task.done():
-            self._auth_task.cancel()
+        self._lifecycle.transition(Event.LOST)
+        if self._auth_task is not None:
+            self._auth_task.cancel()  # a no-op once it is done
         for consumer in list(self.consumers.values()):
             consumer.queue.remove_consumer(consumer)
         self.consumers.clear()
@@ -293,9 +349,11 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             self._note_buffered(0)
         self.broker.forget_budget_reader(self)
         self.broker.stop_awaiting_store(self)
+        self.confirms.close()
         self._logs_connection_lost()
         self.broker.connection_closed(self)
         if self.authenticated:
+            self.broker.audit.event(AuditEvent.CONNECTION_CLOSE, **self.audit_fields(closed=True))
             log.info(
                 "%s closed (%s, user %s)",
                 self.name,
@@ -308,18 +366,29 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
 
     def _send(self, data: bytes) -> None:
         self._wbuf.append(data)
+        if not self._flush_scheduled:  # _schedule_flush, inlined: once per frame
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    def _send_frame(self, frame: F.Frame) -> None:
-        self._send(self._encoder.encode(frame))
+    def encode_frame(self, frame: F.Frame) -> bytes:
+        """The bytes of ``frame`` on the wire: its type number, then its fields."""
+        # Through the buffered packer (FrameEncoder.encode_array): one bytes object per
+        # frame, which matters for big DELIVER and fetch answers.
+        return self._encode((_TYPE_OF[type(frame)], *frame))
+
+    def send_frame(self, frame: F.Frame) -> None:
+        self._send(self._encode((_TYPE_OF[type(frame)], *frame)))
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._confirm_up_to:
-            self._wbuf.append(self._encode((F.CONFIRM, 0, self._confirm_up_to)))
-            self._confirm_up_to = 0
+        up_to = self.confirms.take_ready()
+        if up_to:
+            self._wbuf.append(self.encode_frame(F.Confirm(0, up_to)))
         if not self._wbuf or self.transport is None or self.transport.is_closing():
             self._wbuf.clear()
             return
@@ -332,13 +401,14 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         details = exc.details or None
         if details is not None:
             details = {k: v for k, v in details.items() if k != "request_id"} or None
-        self._send(self._encode((F.ERROR, request_id, exc.code, exc.message, fatal, details)))
+        self.send_frame(F.Error(request_id, exc.code, exc.message, fatal, details))
 
-    def fatal(self, exc: WharfError) -> None:
-        """Send a connection-fatal error and close once it is written."""
+    def fatal(self, exc: WharfError, *, quiet: bool = False) -> None:
+        """Send a connection-fatal error and close once it is written; ``quiet``: the
+        caller logged the reason already."""
         if self.closing:
             return
-        if self.authenticated or exc.code != 505:
+        if not quiet and (self.authenticated or exc.code != 505):
             log.info(
                 "%s: closing with %d %s",
                 self.name,
@@ -347,7 +417,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
                 extra={"conn": self.name},
             )
         self.send_error(0, exc, fatal=True)
-        self.closing = True
+        self._begin_closing()
         self._decoder.discard()
         if self.buffered_bytes:
             self._note_buffered(0)
@@ -362,12 +432,14 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
     # -- dispatch ------------------------------------------------------------------
 
     def _handle(self, raw: Any) -> None:
-        ftype = raw[0]
-        if not self.authenticated:
-            self._handle_unauthenticated(raw)
+        # The frame array's two header ints (type, request id), which the codec checked;
+        # every other field is read from the typed frame F.parse makes.
+        ftype: int = raw[_TYPE_AT]
+        if self._lifecycle.state is not State.OPEN:
+            self._handle_unauthenticated(ftype, raw)
             return
         handler = self._handlers.get(ftype)
-        rid = raw[1]
+        rid: int = raw[_REQUEST_ID_AT]
         try:
             if handler is None:
                 if ftype in F.SPECS:
@@ -387,16 +459,17 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         if ftype == F.PUBLISH or ftype == F.PUBLISH_MANY:
             # The request id of a publish is its sequence number: answer with nacks, so a
             # later cumulative confirm can never cover a message that was not queued.
-            bodies = raw[5] if ftype == F.PUBLISH_MANY and len(raw) > 5 else None
+            # Only the bodies' count: the frame may not have parsed.
+            bodies = raw[_BODIES_AT] if ftype == F.PUBLISH_MANY and len(raw) > _BODIES_AT else None
             count = len(bodies) if isinstance(bodies, (list, tuple)) and bodies else 1
-            self._nack(rid if rid > 0 else 0, count, exc)
+            self.confirms.nack(rid if rid > 0 else 0, count, exc)
         else:
             self.send_error(rid, exc)
 
-    def _handle_unauthenticated(self, raw: Any) -> None:
-        if raw[0] == F.HEARTBEAT:
+    def _handle_unauthenticated(self, ftype: int, raw: Any) -> None:
+        if ftype == F.HEARTBEAT:
             return
-        if raw[0] != F.AUTH or self._auth_task is not None:
+        if ftype != F.AUTH or self._lifecycle.state is not State.AWAITING_AUTH:
             self.fatal(CommandInvalid("expected AUTH as the first frame"))
             return
         try:
@@ -405,23 +478,27 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             self.fatal(exc)
             return
         assert isinstance(frame, F.Auth)
+        self._lifecycle.transition(Event.AUTH)
         self._auth_task = self._loop.create_task(self._authenticate(frame))
 
     async def _authenticate(self, frame: F.Auth) -> None:
-        if frame.mechanism != "PLAIN":
-            self.fatal(
-                AccessRefused(f"auth mechanism {frame.mechanism!r} not supported; use PLAIN")
+        authenticator = self.broker.authenticator
+        if frame.mechanism != MECHANISM_PLAIN:
+            reason = f"auth mechanism {frame.mechanism!r} not supported; use PLAIN"
+            authenticator.note_failure(
+                frame.username, self.peer, MECHANISM_OTHER, "native", reason, pair=None
             )
+            self.fatal(AccessRefused(reason), quiet=True)
             return
         try:
-            user = await self.broker.authenticator.authenticate(
-                frame.username, frame.password, self.peer_host
+            user = await authenticator.authenticate(
+                frame.username, frame.password, self.peer_host, peer=self.peer
             )
         except WharfError as exc:
-            self.fatal(AccessRefused(exc.message))
+            self.fatal(AccessRefused(exc.message), quiet=True)  # auth.py logged it
             return
-        if self.closing:
-            return
+        if self._lifecycle.state is not State.AUTHENTICATING:
+            return  # closed meanwhile (handshake timeout, broker shutdown)
         broker = self.broker
         broker.release_unauthenticated(self)
         refusal = broker.connection_limit_error(joining=self)
@@ -445,9 +522,9 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         self.heartbeat_s = (
             0 if client_hb <= 0 else (min(client_hb, server_hb) if server_hb > 0 else client_hb)
         )
-        self.authenticated = True
+        self._lifecycle.transition(Event.AUTH_OK)
         self.last_recv = self._loop.time()
-        self._send_frame(
+        self.send_frame(
             F.AuthOk(frame.request_id, self.name, self.heartbeat_s, {"product": "wharf"})
         )
         if self.broker.alarms:
@@ -459,17 +536,33 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             self.username,
             extra={"conn": self.name},
         )
+        self.broker.audit.event(AuditEvent.CONNECTION_OPEN, **self.audit_fields())
+
+    def audit_fields(self, *, closed: bool = False) -> dict[str, Any]:
+        """Who and where, for audit lines about this connection (security/audit.py)."""
+        fields: dict[str, Any] = {
+            "connection": self.name,
+            "user": self.username,
+            "peer": self.peer,
+            "protocol": "native",
+            "tls_version": tls_version_of(self.transport),
+        }
+        if closed:
+            fields["duration_s"] = round(self._loop.time() - self.created_at, 3)
+        return fields
 
     def _ok(self, rid: int, result: dict[str, Any] | None = None) -> None:
-        self._send(self._encode((F.OK, rid, result)))
+        self.send_frame(F.Ok(rid, result))
 
     # -- periodic checks (called by the broker's ticker, ~1/s) ---------------------
 
     def tick(self, now: float) -> None:
-        if self.closing:
-            return
-        if not self.authenticated:
-            if now - self.created_at > self.settings.handshake_timeout_s:
+        state = self._lifecycle.state
+        if state is not State.OPEN:
+            if (
+                state in UNAUTHENTICATED
+                and now - self.created_at > self.settings.handshake_timeout_s
+            ):
                 self.fatal(AccessRefused("handshake/authentication not completed in time"))
             return
         hb = self.heartbeat_s
@@ -478,7 +571,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
                 self.fatal(HeartbeatTimeout(f"no frame from the client for {2 * hb} s"))
                 return
             if now - self.last_send >= hb / 2:
-                self._send(self._encode((F.HEARTBEAT, 0)))
+                self.send_frame(F.Heartbeat(0))
         self._check_ack_timeout(now)
 
     def _check_ack_timeout(self, now: float) -> None:
@@ -524,52 +617,35 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         try:
             res = self.core.publish(exchange, routing_key, props, bodies)
         except WharfError as exc:
-            self._nack(seq, n, exc)
+            self.confirms.nack(seq, n, exc)
             return
         refused = res.refused
-        store_batch = res.store_batch
-        log_parts = res.log_parts
         if refused:
             # x-overflow reject-publish(-dlx): the last ``refused`` did not fit somewhere.
-            self._nack(seq + n - refused if seq else 0, refused, ResourceError(QUEUE_FULL_MESSAGE))
+            self.confirms.nack(
+                seq + n - refused if seq else 0, refused, ResourceError(QUEUE_FULL_MESSAGE)
+            )
         elif res.unroutable and flags & F.FLAG_MANDATORY:
-            encode = self._encode
             for i, body in enumerate(bodies):
                 s = seq + i if seq else 0
-                self._send(
-                    encode(
-                        (
-                            F.RETURN,
-                            0,
-                            s,
-                            Unroutable.code,
-                            "NO_ROUTE",
-                            exchange,
-                            routing_key,
-                            props,
-                            body,
-                        )
-                    )
+                self.send_frame(
+                    F.Return(0, s, Unroutable.code, "NO_ROUTE", exchange, routing_key, props, body)
                 )
-        log_sync: LogSyncWait | None = None
-        if log_parts is not None:
-            wait = self._log_sync_for(log_parts)
-            if seq:  # without a confirm (seq 0) the fsync happens, nothing waits
-                log_sync = wait
-        if seq:
-            last = seq + n - 1
-            if store_batch or log_sync is not None or self._confirm_waits:
-                # Cumulative confirms: nothing after a message waiting for the disk may
-                # be confirmed before it.
-                if store_batch:
-                    self.broker.await_store(self)
-                self._confirm_waits.append((seq, last, store_batch, log_sync))
-                return
-            if last > self._confirm_up_to:
-                self._confirm_up_to = last
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self._loop.call_soon(self._flush)
+        self.confirms.published(seq, n, res.store_batch, res.log_parts)
+
+    # -- publisher confirms: the store hooks of Confirms -------------------------------
+
+    def _await_store(self) -> None:
+        self.broker.await_store(self)
+
+    def _durable_batch(self) -> int:
+        store = self.broker.store
+        return store.durable_batch if store is not None else 0
+
+    def store_committed(self, batch: int) -> bool:
+        """The broker's group commit finished ``batch`` (negative: failed); True while
+        confirms still wait for the store."""
+        return self.confirms.store_committed(batch)
 
     # -- delivering ----------------------------------------------------------------
 
@@ -581,7 +657,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
             dc = m.delivery_count
             append((tag, dc > 1, dc, m.exchange, m.routing_key, m.properties, m.body))
             tag += 1
-        self._send(self._encode((F.DELIVER, 0, consumer.tag, entries)))
+        self.send_frame(F.Deliver(0, consumer.tag, entries))
 
     def server_cancel(self, consumer: Consumer, code: int, reason: str) -> None:
         """The broker ends a consumer (queue deleted, ack timeout)."""
@@ -590,7 +666,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         del self.consumers[consumer.tag]
         consumer.queue.remove_consumer(consumer)
         if not self.closing:
-            self._send(self._encode((F.CANCELLED, 0, consumer.tag, code, reason)))
+            self.send_frame(F.Cancelled(0, consumer.tag, code, reason))
 
     def requeue_unacked(self, consumer: Consumer | None) -> None:
         """Requeue this connection's unacked deliveries (all, or one consumer's)."""
@@ -704,23 +780,24 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         queue.last_used = time.monotonic()
         msg = queue.take()
         if msg is None:
-            self._send(self._encode((F.GET_OK, f.request_id, None, 0)))
+            self.send_frame(F.GetOk(f.request_id, None, 0))
             return
         tag = self.deliveries.get(queue, msg, f.no_ack)
         dc = msg.delivery_count
         entry = (tag, dc > 1, dc, msg.exchange, msg.routing_key, msg.properties, msg.body)
-        self._send(self._encode((F.GET_OK, f.request_id, entry, queue.ready_count)))
+        self.send_frame(F.GetOk(f.request_id, entry, queue.ready_count))
 
     # -- close ---------------------------------------------------------------------
 
     def _on_close(self, f: F.Close) -> None:
-        self._send(self._encode((F.CLOSE_OK, f.request_id)))
-        self.closing = True
+        self.send_frame(F.CloseOk(f.request_id))
+        self._begin_closing()
         self._flush()
         if self.transport is not None:
             self.transport.close()
 
     def _on_close_ok(self, f: F.CloseOk) -> None:
+        self._begin_closing()
         if self.transport is not None:
             self.transport.close()
 
@@ -730,7 +807,7 @@ class Connection(PublisherConfirms, TopologyFrames, LogFrames, asyncio.Protocol)
         return list(self.consumers.values())
 
     def describe(self) -> dict[str, Any]:
-        state = "closing" if self.closing else ("open" if self.authenticated else "starting")
+        state = _API_STATE[self.state]
         return {
             "name": self.name,
             "peer": self.peer,

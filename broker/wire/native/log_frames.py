@@ -4,7 +4,7 @@
 join the connection's dispatch table (``_log_frame_handlers``) as bound methods, so
 these frames are dispatched like every other one.  Topics come from the broker's
 ``TopicRegistry`` (topics.py), produce and fetch go through the connection's
-``LogRequests`` (requests.py), groups through the ``GroupCoordinator`` (groups.py).
+``LogRequests`` (log_requests.py), groups through the ``GroupCoordinator`` (groups.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from wharf.protocol import frames as F
 from wharf.protocol.errors import CommandInvalid, InternalError, WharfError
 
-from ...logs.requests import LogRequests
+from .log_requests import LogRequests
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ...core.topology import Topology
     from ...logs.groups import GroupCoordinator
     from ...logs.topics import TopicRegistry
-    from ...server import Broker
+    from .broker_api import BrokerApi
 
 
 class LogFrames:
@@ -32,7 +32,7 @@ class LogFrames:
     INIT_PRODUCER, TOPIC_BIND/UNBIND, GROUP_* and OFFSET_* frames."""
 
     # Provided by Connection.
-    broker: Broker
+    broker: BrokerApi
     topology: Topology
     core: CoreSession
     settings: Settings
@@ -40,11 +40,13 @@ class LogFrames:
     name: str
     peer_host: str
     client_properties: dict[str, Any]
-    closed: bool
     # Log-topic produce acks and fetch long-polls (made at the first such request).
     _log_requests: LogRequests | None = None
 
     if TYPE_CHECKING:
+
+        @property
+        def closed(self) -> bool: ...
 
         def _ok(self, rid: int, result: dict[str, Any] | None = None) -> None: ...
 

@@ -15,11 +15,12 @@ from wharf.protocol import frames as F
 from wharf.protocol.errors import InvalidArgument
 
 from ...core.policies.registry import make_policy
+from ...security.audit import AuditEvent, policy_fields
 
 if TYPE_CHECKING:
     from ...core.session import CoreSession
     from ...core.topology import Topology
-    from ...server import Broker
+    from .broker_api import BrokerApi
     from .connection import Connection
 
 
@@ -27,15 +28,20 @@ class TopologyFrames:
     """Mixin of ``Connection``: EXCHANGE_*, QUEUE_* and POLICY_* frames."""
 
     # Provided by Connection.
-    broker: Broker
+    broker: BrokerApi
     topology: Topology
     core: CoreSession
     username: str
     user_tags: tuple[str, ...]
+    peer: str
 
     if TYPE_CHECKING:
 
         def _ok(self, rid: int, result: dict[str, Any] | None = None) -> None: ...
+
+    def _actor(self) -> dict[str, str]:
+        """Who made a change, for its audit line."""
+        return {"actor": self.username, "peer": self.peer, "protocol": "native"}
 
     def _topology_frame_handlers(self) -> dict[int, Callable[[Any], None]]:
         """This connection's handlers of the frames above, by frame type."""
@@ -142,10 +148,12 @@ class TopologyFrames:
     def _on_policy_set(self, f: F.PolicySet) -> None:
         policy = make_policy(f.name, f.pattern, f.definition, f.priority, f.apply_to)
         self._ok(f.request_id, {"created": self.core.set_policy(policy)})
+        self.broker.audit.event(AuditEvent.POLICY_SET, **self._actor(), **policy_fields(policy))
 
     def _on_policy_delete(self, f: F.PolicyDelete) -> None:
         self.core.delete_policy(f.name)
         self._ok(f.request_id)
+        self.broker.audit.event(AuditEvent.POLICY_DELETED, **self._actor(), policy=f.name)
 
     def _on_policy_list(self, f: F.PolicyList) -> None:
         self._ok(f.request_id, {"policies": [p.describe() for p in self.topology.policies.all()]})

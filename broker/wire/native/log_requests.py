@@ -1,6 +1,8 @@
-"""Log-topic requests of one connection: produce acks, fetch long-polls, FETCH_MANY.
+"""Log-topic requests of one native connection: produce acks, fetch long-polls, FETCH_MANY.
 
-The connection's handlers call in here; this object owns what outlives one frame:
+Per-connection state of the native protocol, kept in the wire layer so that the log
+domain (broker/logs) knows no frames.  The connection's handlers (log_frames.py) call
+in here with typed frames; this object owns what outlives one frame:
 fetches waiting for data (dropped when the connection closes, at most
 ``MAX_PENDING_FETCHES``) and which kinds of ``acks="none"`` produce errors were
 already logged (each kind once per connection: nobody else hears of them).
@@ -22,9 +24,9 @@ from typing import Any, Final
 from wharf.protocol import frames as F
 from wharf.protocol.errors import InternalError, InvalidArgument, ResourceError, WharfError
 
-from .partition import Partition
-from .segment import ReadArena
-from .topics import MAX_FETCH_BYTES, TopicRegistry, check_fetch_bytes
+from ...logs.partition import Partition
+from ...logs.segment import ReadArena
+from ...logs.topics import MAX_FETCH_BYTES, TopicRegistry, check_fetch_bytes
 
 log = logging.getLogger("wharf.topics")
 
