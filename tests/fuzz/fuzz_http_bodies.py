@@ -20,6 +20,8 @@ import logging
 from collections.abc import Coroutine, Iterator
 from typing import Any, Final
 
+from wharf.broker.core.access import AccessControl, Actor
+from wharf.broker.core.session import CoreSession
 from wharf.broker.core.topology import Topology
 from wharf.broker.http.api import ManagementApi
 from wharf.broker.logs.topicconfig import DEFAULTS
@@ -93,6 +95,9 @@ class _Broker:
     def __init__(self) -> None:
         self.reset()
 
+    def session(self, actor: Actor) -> CoreSession:
+        return CoreSession(actor, self.access, self.topology)
+
     def reset(self) -> None:
         """Back to the initial state (the API object is built once: that takes ~1 ms)."""
         self.topology = Topology()
@@ -102,6 +107,8 @@ class _Broker:
         self.connections: dict[str, Any] = {}
         self.authenticator = _Authenticator()
         self.audit = AuditLog(None)  # disabled: nowhere to write
+        self.access = AccessControl()
+        self.access.implicit_full = lambda user: True  # the harness's user is an admin
         self.logs = _Topics()
         self.groups = _Groups()
         owner: Any = object()
