@@ -216,7 +216,7 @@ def open_fds(pid: int) -> int:
 def scrape(http_url: str) -> dict[str, float]:
     """The few metrics a sample records (missing ones are absent)."""
     wanted = {
-        f'wharf_queue_messages_ready{{queue="{QUEUE}"}}': "ready",
+        f'wharf_queue_messages_ready{{queue="{QUEUE}",vhost="/"}}': "ready",
         "wharf_store_failed": "store_failed",
         "wharf_store_segments": "segments",
     }

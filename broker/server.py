@@ -29,7 +29,6 @@ import fcntl
 import logging
 import os
 import signal
-import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
@@ -38,11 +37,11 @@ from wharf.protocol.errors import PreconditionFailed, ResourceError, WharfError
 
 from .alarms import MemoryTrimmer, Readiness, ResourceMonitor, decide_readiness
 from .config import Settings, configure_logging
-from .core.access import AccessControl, Actor
-from .core.paging import PagedRow
-from .core.queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
+from .core.access import DEFAULT_VHOST, AccessControl, Actor
+from .core.queues import MESSAGE_OVERHEAD_BYTES, Queue
 from .core.session import CoreSession
 from .core.topology import Topology
+from .core.vhosts import VHOSTS_DIR, VirtualHost, VirtualHosts, dir_name, remove_data
 from .http.server import HttpOptions, HttpServer, start_http_server, stop_http_server
 from .logs import TopicRegistry  # log topics
 from .logs.cleaner import LogCleaner  # log compaction
@@ -54,7 +53,6 @@ from .security.auth import Authenticator
 from .security.tls import ServerTls, TlsError, TlsListener
 from .security.users import SOURCE_RUNTIME
 from .store.definitions import load_definitions, save_definitions
-from .store.recovery import Recovered, drop_unknown_queues, recover
 from .store.segments import MessageStore
 from .wire.native.connection import Connection
 
@@ -113,12 +111,16 @@ class TlsSetupError(WharfError):
 class Broker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.topology = Topology()
+        # Virtual hosts (core/vhosts.py), each the owner of its topology, store, log
+        # topics and groups; "/" always exists and is what ``topology``, ``store``,
+        # ``logs`` and ``groups`` name for code that has no vhost.
+        self.vhosts = VirtualHosts()
         self.connections: dict[int, Connection] = {}
         self.stats = BrokerStats()
-        publisher = self.topology.publisher
-        publisher.stats = self.stats
-        publisher.max_message_bytes = settings.max_message_bytes
+        self._alarms: set[str] = set()
+        self._wire_vhost(self.vhosts.default)
+        # Read handles of closed log segments: one budget for every vhost's topics.
+        self.segment_handles = SegmentHandles(settings.log_max_open_segments)
         # The audit log opens with the data directory (start); off until then.
         self.audit = AuditLog(None)
         self.authenticator = Authenticator(settings, audit=self.audit)
@@ -142,12 +144,11 @@ class Broker:
         self._lock_file: IO[str] | None = None
         self.data_path = settings.data_dir
         self._closed_waiters: set[asyncio.Future[None]] = set()
-        self.store: MessageStore | None = None
-        self.logs: TopicRegistry | None = None  # log topics, opened in _recover()
-        self.log_cleaner: LogCleaner | None = None  # compaction of log topics
-        self.groups: GroupCoordinator | None = None  # consumer groups, opened in _recover()
         self.monitor: ResourceMonitor | None = None
-        self._store_waiting: set[Connection] = set()
+        # Connections whose confirms wait for their vhost's store group commit, by vhost.
+        self._store_waiting: dict[str, set[Connection]] = {}
+        # Vhosts being deleted (their files are still going): not created again meanwhile.
+        self._deleting: set[str] = set()
         self.trimmer = MemoryTrimmer()
         # Connections that have not authenticated yet: in total and per peer address
         # (an entry is removed when its count drops to zero).
@@ -160,6 +161,28 @@ class Broker:
         self._budget_paused: dict[int, Connection] = {}
         self._budget_reader: Connection | None = None
         self.budget_pauses = 0
+
+    # -- the default vhost's state, for code that has no vhost ------------------------
+
+    @property
+    def topology(self) -> Topology:
+        return self.vhosts.default.topology
+
+    @property
+    def store(self) -> MessageStore | None:
+        return self.vhosts.default.store
+
+    @property
+    def logs(self) -> TopicRegistry | None:  # log topics, opened in _recover()
+        return self.vhosts.default.logs
+
+    @property
+    def log_cleaner(self) -> LogCleaner | None:  # compaction of log topics
+        return self.vhosts.default.log_cleaner
+
+    @property
+    def groups(self) -> GroupCoordinator | None:  # consumer groups, opened in _recover()
+        return self.vhosts.default.groups
 
     @property
     def queues(self) -> dict[str, Queue]:
@@ -195,31 +218,18 @@ class Broker:
         self.data_path = str(data_dir.resolve())
 
     def _recover(self) -> None:
-        """Load durable definitions and messages; runs before the native port opens."""
+        """Load durable definitions and messages of every vhost; runs before the native
+        port opens.  The default vhost is the data directory's root (the layout from
+        before vhosts); the root definitions.json also lists the vhosts, users and
+        permissions."""
         data = Path(self.data_path)
-        msg_dir = data / "messages"
-        msg_dir.mkdir(exist_ok=True)
-        store = MessageStore(
-            msg_dir,
-            segment_bytes=self.settings.segment_bytes,
-            fsync_interval_ms=self.settings.fsync_interval_ms,
-        )
-        self.store = store
-        self.topology.store = store
-        self.logs = TopicRegistry(  # log topics
-            Path(self.data_path) / "logs",
-            retention_check_interval_ms=self.settings.log_retention_check_interval_ms,
-            max_batch_bytes=self.settings.max_message_bytes,
-            handles=SegmentHandles(self.settings.log_max_open_segments),
-        )
-        self.topology.attach_topics(self.logs)  # topic bindings load with the definitions
-        self.log_cleaner = LogCleaner(self.logs, self.settings.log_cleaner_interval_ms)
-        self.groups = GroupCoordinator(
-            self.logs, Path(self.data_path) / "logs-internal" / "offsets", self.settings
-        )
-        self.topology.memory_budget_bytes = self.settings.queue_memory_budget_bytes
+        default = self.vhosts.default
         definitions = load_definitions(data)
-        self.topology.load_definitions(definitions)
+        for error in self.vhosts.load_records(definitions.get("vhosts")):
+            log.error("definitions: %s", error)
+        recovered = [
+            (default, default.open(data, self.settings, self.segment_handles, definitions))
+        ]
         # Runtime users (management API) override the configured ones; see users.py.
         self.authenticator.users.load_runtime(definitions.get("users"))
         runtime_users = [
@@ -227,82 +237,152 @@ class Broker:
         ]
         for error in self.access.load(definitions, runtime_users):
             log.error("definitions: %s", error)
-        rec = recover(msg_dir)
-        by_uid = {q.uid: q for q in self.topology.queues.values() if q.persist}
-        dropped = drop_unknown_queues(rec, set(by_uid))
-        recovered_segments = len(rec.segments)
-        store.adopt(rec.segments)
-        restored = 0
-        for uid, q in by_uid.items():
-            restored += self._restore_queue(q, rec, uid)
-        store.open_for_append(rec.segments)
-        for q in by_uid.values():
-            q.start_expiry()
-            q.start_delays()
-        store.listeners.append(self._store_committed)
-        self.topology.on_change = self._save_definitions
+        self._warn_unknown_vhost_dirs(data)
+        for vhost in self.vhosts:
+            if vhost.is_default:
+                continue
+            self._wire_vhost(vhost)
+            path = self.vhosts.path_of(data, vhost.name)
+            rec = vhost.open(path, self.settings, self.segment_handles, load_definitions(path))
+            recovered.append((vhost, rec))
+        for vhost, rec in recovered:
+            queues, restored, dropped = vhost.restore(rec)
+            self._watch_store(vhost)
+            log.info(
+                "vhost '%s': recovered %d durable queues, %d messages from %d segments "
+                "(%d records) in %.3f s%s",
+                vhost.name,
+                queues,
+                restored,
+                len(rec.segments),
+                rec.records,
+                rec.seconds,
+                f"; {dropped} messages of deleted queues dropped" if dropped else "",
+            )
+            self._watch_definitions(vhost)
         self.authenticator.users.on_change = self._save_definitions
         self.access.on_change = self._save_definitions
+        self.vhosts.on_change = self._save_definitions
         self._save_definitions()
-        log.info(
-            "recovered %d durable queues, %d messages from %d segments (%d records) in %.3f s%s",
-            len(by_uid),
-            restored,
-            recovered_segments,
-            rec.records,
-            rec.seconds,
-            f"; {dropped} messages of deleted queues dropped" if dropped else "",
-        )
 
-    def _restore_queue(self, q: Queue, rec: Recovered, uid: int) -> int:
-        """Rebuild one durable queue: the head in memory, the rest as paged index rows."""
-        store = self.store
+    def _warn_unknown_vhost_dirs(self, data: Path) -> None:
+        """Directories under vhosts/ that no vhost owns (a delete cut short by a crash,
+        or a record that could not be read): logged, never deleted at start."""
+        root = data / VHOSTS_DIR
+        if not root.is_dir():
+            return
+        known = {dir_name(v.name) for v in self.vhosts if not v.is_default}
+        for entry in sorted(root.iterdir()):
+            if entry.name not in known:
+                log.warning(
+                    "%s belongs to no vhost (a deleted one?); creating a vhost by that name "
+                    "deletes it, or remove it by hand",
+                    entry,
+                )
+
+    def _wire_vhost(self, vhost: VirtualHost) -> None:
+        """What every vhost's publish path shares: the counters, limits and alarms."""
+        publisher = vhost.topology.publisher
+        publisher.stats = self.stats
+        publisher.max_message_bytes = self.settings.max_message_bytes
+        publisher.alarms = self._alarms
+
+    def _watch_store(self, vhost: VirtualHost) -> None:
+        store = vhost.store
         assert store is not None
-        stored = rec.messages.get(uid, {})
-        delivered_up_to = rec.delivered.get(uid, -1)
-        budget = q.memory_budget_bytes
-        used = 0
-        head: list[Message] = []
-        paging = False
-        cache: tuple[int, int, Any] = (-1, -1, None)
-        delayed = rec.delayed.get(uid, {})
-        now_ms = int(time.time() * 1000)
-        for pos in sorted(stored):
-            r = stored[pos]
-            dc = r.delivery_count
-            if pos <= delivered_up_to and dc < 1:
-                dc = 1  # handed out before the restart: redelivered next time
-            due = delayed.get(pos, 0)
-            if due > now_ms:
-                # Still waiting for a delayed retry: index row only, released when due.
-                q.restore_delayed(
-                    PagedRow(
-                        pos, r.segment.number, r.offset, r.index, dc, r.size, True, r.expires_at
-                    ),
-                    due,
-                )
-                continue
-            used += r.size + MESSAGE_OVERHEAD_BYTES
-            if q.pages and (paging or used > budget):
-                paging = True
-                q.restore_paged_row(
-                    PagedRow(
-                        pos, r.segment.number, r.offset, r.index, dc, r.size, True, r.expires_at
-                    )
-                )
-                continue
-            if cache[0] != r.segment.number or cache[1] != r.offset:
-                cache = (r.segment.number, r.offset, store.read_record(r.segment.number, r.offset))
-            payload = cache[2]
-            m = Message(payload[2], payload[3], payload[4], payload[5][r.index], pos)
-            m.delivery_count = dc
-            m.seg = r.segment
-            m.persisted = True
-            m.expires_at = r.expires_at
-            head.append(m)
-        q.restore(head, rec.max_position.get(uid, -1) + 1)
-        q.max_delivered = delivered_up_to
-        return len(stored)
+        name = vhost.name
+        store.listeners.append(lambda batch: self._store_committed(name, batch))
+
+    def _watch_definitions(self, vhost: VirtualHost) -> None:
+        if vhost.is_default:
+            vhost.topology.on_change = self._save_definitions
+        else:
+            vhost.topology.on_change = vhost.save_definitions
+            vhost.save_definitions()
+
+    # -- vhosts at run time ------------------------------------------------------------
+
+    def add_vhost(self, vhost: VirtualHost, actor: dict[str, Any] | None = None) -> bool:
+        """Create ``vhost`` (True) or update the metadata of the one by its name."""
+        if vhost.name in self._deleting:
+            raise PreconditionFailed(
+                f"vhost '{vhost.name}' is being deleted; create it again once that is done",
+                details={"vhost": vhost.name},
+            )
+        existing = self.vhosts.find(vhost.name)
+        if existing is not None:
+            existing.description = vhost.description
+            existing.tags = vhost.tags
+            existing.default_queue_type = vhost.default_queue_type
+            self.vhosts.changed()
+            return False
+        self.vhosts.add(vhost)
+        self._wire_vhost(vhost)
+        path = self.vhosts.path_of(Path(self.data_path), vhost.name)
+        if path.exists():
+            # Left by a delete that did not finish (crash): nothing in it is wanted.
+            remove_data(path)
+        try:
+            rec = vhost.open(path, self.settings, self.segment_handles, load_definitions(path))
+            vhost.restore(rec)
+        except Exception:
+            self.vhosts.remove(vhost.name)
+            raise
+        self._watch_store(vhost)
+        self._watch_definitions(vhost)
+        if self.ready:
+            vhost.start()
+        self.vhosts.changed()
+        self.audit.event(AuditEvent.VHOST_CREATED, vhost=vhost.name, **(actor or {}))
+        log.info("vhost '%s' created", vhost.name)
+        return True
+
+    async def delete_vhost(self, name: str, actor: dict[str, Any] | None = None) -> int:
+        """Delete a vhost: close its connections, drop its topology, topics, groups,
+        permissions and data directory.  Returns how many connections were closed."""
+        vhost = self.vhosts.remove(name)  # refuses "/" and unknown names
+        self.vhosts.changed()
+        self._deleting.add(name)
+        try:
+            closed = 0
+            for conn in list(vhost.clients.values()):
+                conn.shutdown(f"vhost '{name}' was deleted")
+                closed += 1
+            vhost.drop_topology()
+            self.access.forget_vhost(name)
+            self._store_waiting.pop(name, None)
+            await self._close_vhost(vhost, None)
+            if vhost.path is not None:
+                await asyncio.to_thread(remove_data, vhost.path)
+        finally:
+            self._deleting.discard(name)
+        self.audit.event(AuditEvent.VHOST_DELETED, vhost=name, **(actor or {}))
+        log.info("vhost '%s' deleted (%d connections closed)", name, closed)
+        return closed
+
+    async def _close_vhost(self, vhost: VirtualHost, deadline: float | None) -> None:
+        """Flush and close a vhost's store, groups, cleaner and topics (by ``deadline``,
+        loop time; None: no deadline)."""
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.settings.shutdown_timeout_s
+        prefix = f"vhost '{vhost.name}': "
+        if vhost.store is not None:
+            if not await _before(deadline, vhost.store.flush()):
+                log.error("%smessage store did not finish its last commit in time", prefix)
+            vhost.store.close()
+        if vhost.groups is not None:  # consumer groups: the last offset commits
+            if not await _before(deadline, vhost.groups.close()):
+                log.error("%sthe offsets log did not finish its last commit in time", prefix)
+            vhost.groups = None
+        if vhost.log_cleaner is not None:  # log compaction: abandon a running pass
+            await _before(deadline, vhost.log_cleaner.close())
+        if vhost.logs is not None:  # log topics
+            vhost.logs.close()
+            # Rolls finish in worker threads; a broker started next on this directory
+            # (even in this process) must not find their files half written.
+            await vhost.logs.wait_closed(max(0.0, deadline - loop.time()))
+            vhost.logs = None
 
     def _has_implicit_access(self, user: str) -> bool:
         """Users of the config file and the built-in guest: full access on "/" unless an
@@ -321,35 +401,45 @@ class Broker:
         )
 
     def session(self, actor: Actor) -> CoreSession:
-        """The core as ``actor`` may use it (every check in core/access.py)."""
-        return CoreSession(actor, self.access, self.topology)
+        """The core as ``actor`` may use it, on the actor's vhost (every check in
+        core/access.py); NotFound for a vhost that does not exist."""
+        vhost = self.vhosts.get(actor.vhost)
+        return CoreSession(actor, self.access, vhost.topology)
 
     def _save_definitions(self) -> None:
-        definitions = self.topology.durable_definitions()
+        definitions = self.topology.durable_definitions()  # the default vhost's
         definitions["users"] = self.authenticator.users.runtime_records()  # management API
         definitions.update(self.access.records())
+        definitions["vhosts"] = self.vhosts.records()
         save_definitions(Path(self.data_path), definitions)
 
     @property
     def alarms(self) -> set[str]:
         """Raised resource alarms ("memory", "disk"); publishers are blocked while
         non-empty.  The core's publish path keeps them (core/publish.py)."""
-        return self.topology.publisher.alarms
+        return self._alarms
 
     @alarms.setter
     def alarms(self, alarms: set[str]) -> None:
-        self.topology.publisher.alarms = alarms
+        self._alarms = alarms
+        for vhost in self.vhosts:
+            vhost.topology.publisher.alarms = alarms
 
     def await_store(self, conn: Connection) -> None:
-        """``conn`` has confirms waiting for a store group commit (``store_committed``)."""
-        self._store_waiting.add(conn)
+        """``conn`` has confirms waiting for a group commit of its vhost's store
+        (``store_committed``)."""
+        self._store_waiting.setdefault(conn.vhost, set()).add(conn)
 
     def stop_awaiting_store(self, conn: Connection) -> None:
         """``conn`` closed: its waiting confirms are dropped."""
-        self._store_waiting.discard(conn)
+        waiting = self._store_waiting.get(conn.vhost)
+        if waiting is not None:
+            waiting.discard(conn)
 
-    def _store_committed(self, batch: int) -> None:
-        waiting = self._store_waiting
+    def _store_committed(self, vhost: str, batch: int) -> None:
+        waiting = self._store_waiting.get(vhost)
+        if not waiting:
+            return
         for conn in list(waiting):
             if not conn.store_committed(batch):
                 waiting.discard(conn)
@@ -456,10 +546,8 @@ class Broker:
             )
             self.tls_port = await self.tls_listener.start(s.host, s.tls_port, LISTEN_BACKLOG)
         self._ticker = loop.create_task(self._tick_loop())
-        if self.logs is not None:
-            self.logs.start()  # log retention timer
-        if self.log_cleaner is not None:
-            self.log_cleaner.start()  # log compaction
+        for vhost in self.vhosts:
+            vhost.start()  # log retention and compaction timers
         self.ready = True
         log.info(
             "wharf ready: %s, data %s",
@@ -476,12 +564,8 @@ class Broker:
             self.authenticator.tick()  # summary lines of rate-limited login failures
             self.trimmer.run_if_requested(loop)
             self.compact_store()
-            self.topology.expire_unused_queues()
-            if self.groups is not None:
-                try:
-                    self.groups.tick()
-                except Exception:
-                    log.exception("consumer groups: periodic check failed")
+            for vhost in self.vhosts:
+                vhost.tick()
             for conn in list(self.connections.values()):
                 try:
                     conn.tick(now)
@@ -491,31 +575,37 @@ class Broker:
     def compact_store(self) -> int:
         """Copy the live messages out of a mostly-settled oldest segment so it can go.
 
-        Runs on the tick, one segment at a time; the old segment is deleted by the
-        store once the copies are on disk.  Returns how many messages were copied.
+        Runs on the tick, one segment per vhost store at a time; the old segment is
+        deleted by the store once the copies are on disk.  Returns how many messages
+        were copied.
         """
-        store = self.store
-        old = store.compaction_candidate() if store is not None else None
-        if store is None or old is None:
-            return 0
         moved = 0
-        for q in list(self.topology.queues.values()):
-            moved += q.relocate(old)
-        for conn in list(self.connections.values()):
-            moved += conn.relocate(old)
-        log.info(
-            "compacted segment %d: %d live messages of %d copied forward",
-            old.number,
-            moved,
-            old.total,
-        )
+        for vhost in self.vhosts:
+            store = vhost.store
+            old = store.compaction_candidate() if store is not None else None
+            if store is None or old is None:
+                continue
+            copied = 0
+            for q in list(vhost.topology.queues.values()):
+                copied += q.relocate(old)
+            for conn in list(self.connections.values()):
+                if conn.vhost == vhost.name:
+                    copied += conn.relocate(old)
+            log.info(
+                "vhost '%s': compacted segment %d: %d live messages of %d copied forward",
+                vhost.name,
+                old.number,
+                copied,
+                old.total,
+            )
+            moved += copied
         return moved
 
     def _fd_errors(self) -> int:
-        return self.logs.handles.fd_errors_total if self.logs is not None else 0
+        return self.segment_handles.fd_errors_total
 
     def _reclaimable_fds(self) -> int:
-        return self.logs.handles.idle if self.logs is not None else 0
+        return self.segment_handles.idle
 
     @property
     def fd_alarm(self) -> bool:
@@ -523,11 +613,17 @@ class Broker:
 
     def readiness(self) -> Readiness:
         """What /readyz reports: serving, and neither the store nor an alarm in the way."""
-        store = self.store
+        failures = [
+            (v.name, v.store.failed) for v in self.vhosts if v.store is not None and v.store.failed
+        ]
+        failure = None
+        if failures:
+            name, reason = failures[0]
+            failure = reason if name == DEFAULT_VHOST else f"vhost '{name}': {reason}"
         return decide_readiness(
             serving=self.ready,
             stopping=self.stopping,
-            store_failure=store.failed if store is not None else None,
+            store_failure=failure,
             fd_alarm=self.fd_alarm,
             alarms=self.alarms,
         )
@@ -545,10 +641,11 @@ class Broker:
     def memory_breakdown(self) -> dict[str, int]:
         """Bytes the broker holds, by kind; computed on the tick and at scrape time."""
         queued = 0
-        for q in self.topology.queues.values():
-            # In-memory ready messages (bodies + per-message overhead); paged rows are
-            # on disk.  Read from the queue's own counter.
-            queued += q._head_bytes
+        for vhost in self.vhosts:
+            for q in vhost.topology.queues.values():
+                # In-memory ready messages (bodies + per-message overhead); paged rows
+                # are on disk.  Read from the queue's own counter.
+                queued += q._head_bytes
         unacked = unacked_overhead = write_buffers = 0
         for conn in self.connections.values():
             unacked += conn.unacked_bytes
@@ -706,22 +803,8 @@ class Broker:
                             conn.transport.abort()
             finally:
                 self._closed_waiters.discard(waiter)
-        if self.store is not None:
-            if not await _before(deadline, self.store.flush()):
-                log.error("message store did not finish its last commit in time")
-            self.store.close()
-        if self.groups is not None:  # consumer groups: the last offset commits
-            if not await _before(deadline, self.groups.close()):
-                log.error("the offsets log did not finish its last commit in time")
-            self.groups = None
-        if self.log_cleaner is not None:  # log compaction: abandon a running pass
-            await _before(deadline, self.log_cleaner.close())
-        if self.logs is not None:  # log topics
-            self.logs.close()
-            # Rolls finish in worker threads; a broker started next on this directory
-            # (even in this process) must not find their files half written.
-            await self.logs.wait_closed(max(0.0, deadline - loop.time()))
-            self.logs = None
+        for vhost in self.vhosts:
+            await self._close_vhost(vhost, deadline)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

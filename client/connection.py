@@ -39,7 +39,7 @@ from .recovery import (
 )
 from .rpc import RpcReplies
 from .tls import client_context
-from .url import DEFAULT_URL, parse_url
+from .url import DEFAULT_URL, DEFAULT_VHOST, parse_url
 
 log = logging.getLogger("wharf.client")
 
@@ -70,10 +70,14 @@ class Connection(LogsApi):
     The log-topic and consumer-group methods come from ``LogsApi`` (logs_api.py).
     """
 
-    def __init__(self, core: ConnectionCore, host: str, port: int) -> None:
+    def __init__(
+        self, core: ConnectionCore, host: str, port: int, vhost: str = DEFAULT_VHOST
+    ) -> None:
         self._core = core
         self.host = host
         self.port = port
+        # The virtual host this connection works in (the URL's path; "/" by default).
+        self.vhost = vhost
         self._rpc: RpcReplies | None = None
         self._reconnector: Reconnector | None = None
         self._closing = False
@@ -734,7 +738,8 @@ async def connect(
     """Open a connection: TCP connect, TLS handshake, Wharf handshake and
     authentication, all within ``timeout`` seconds (else ``TimeoutError``).
 
-    ``url`` is ``wharf://user:password@host:port``, or for TLS
+    ``url`` is ``wharf://user:password@host:port[/vhost]`` (the path names the virtual
+    host, as in RabbitMQ's URIs: none is "/", ``/%2Fx`` is "/x"), or for TLS
     ``wharfs://user:password@host:port`` (port 5681 by default; query options
     ``cafile``, ``certfile``, ``keyfile``: PEM files).  ``ssl``: an ``ssl.SSLContext``
     for a wharfs:// URL instead of those options.  The broker's certificate and name are
@@ -764,9 +769,11 @@ async def connect(
     }
     if client_properties:
         props.update(client_properties)
+    # The vhost (the URL's path) travels as an AUTH client property (protocol/SPEC.md).
+    props[F.AUTH_VHOST_PROPERTY] = params.vhost
     request_ids = itertools.count(1)
     core = await open_core(params, heartbeat_s, timeout, props, request_ids, ssl_context)
-    conn = Connection(core, params.host, params.port)
+    conn = Connection(core, params.host, params.port, params.vhost)
     if reconnect:
         conn._enable_reconnect(
             lambda: open_core(params, heartbeat_s, timeout, props, request_ids, ssl_context),

@@ -447,6 +447,11 @@ class SyncConnection(_Twin):
         return self._runner.loop
 
     @property
+    def vhost(self) -> str:
+        """The virtual host this connection works in (the URL's path; "/" by default)."""
+        return self._conn.vhost
+
+    @property
     def is_closed(self) -> bool:
         return self._closed or self._conn.is_closed
 

@@ -1,5 +1,10 @@
-"""Connection URLs: ``wharf://user:password@host:port`` and, with TLS,
-``wharfs://user:password@host:port?cafile=...&certfile=...&keyfile=...``."""
+"""Connection URLs: ``wharf://user:password@host:port/vhost`` and, with TLS,
+``wharfs://user:password@host:port/vhost?cafile=...&certfile=...&keyfile=...``.
+
+The path names the virtual host as in RabbitMQ's URI spec: none or ``/`` is the default
+vhost ``/``, ``/orders`` is ``orders``, and a ``/`` inside a name is ``%2F``
+(``/%2Fx`` is ``/x``).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ DEFAULT_TLS_PORT: Final = 5681
 TLS_QUERY_OPTIONS: Final = ("cafile", "certfile", "keyfile")
 DEFAULT_USERNAME: Final = "guest"
 DEFAULT_PASSWORD: Final = "guest"
+DEFAULT_VHOST: Final = "/"
 DEFAULT_URL: Final = (
     f"{SCHEME}://{DEFAULT_USERNAME}:{DEFAULT_PASSWORD}@{DEFAULT_HOST}:{DEFAULT_PORT}"
 )
@@ -31,15 +37,17 @@ class ConnectParams(NamedTuple):
     cafile: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
+    vhost: str = DEFAULT_VHOST  # the URL's path
 
 
 def parse_url(url: str) -> ConnectParams:
     """Split a ``wharf://`` or ``wharfs://`` URL into its parts; user, password and
     query values are percent-decoded.
 
-    Missing parts take the defaults (127.0.0.1, 5680 or for wharfs:// 5681, guest/guest).
-    Raises ``InvalidArgument`` for another scheme, a bad port, a path, a fragment, or a
-    query other than a wharfs:// URL's ``cafile``, ``certfile`` and ``keyfile``.
+    Missing parts take the defaults (127.0.0.1, 5680 or for wharfs:// 5681, guest/guest,
+    vhost "/").  Raises ``InvalidArgument`` for another scheme, a bad port, a path of more
+    than one segment (write a ``/`` in a vhost name as ``%2F``), a fragment, or a query
+    other than a wharfs:// URL's ``cafile``, ``certfile`` and ``keyfile``.
     """
     try:
         parts = urlsplit(url)
@@ -52,10 +60,12 @@ def parse_url(url: str) -> ConnectParams:
             f"'{TLS_SCHEME}://' (TLS), e.g. {SCHEME}://guest:guest@127.0.0.1:{DEFAULT_PORT}"
         )
     tls = parts.scheme == TLS_SCHEME
-    if parts.path not in ("", "/") or parts.fragment or (parts.query and not tls):
+    vhost = vhost_of_path(parts.path)
+    if vhost is None or parts.fragment or (parts.query and not tls):
         raise InvalidArgument(
-            f"bad Wharf URL {_redact(url)!r}: expected {SCHEME}://user:password@host:port "
-            f"with no path, query or fragment (a {TLS_SCHEME}:// URL may have "
+            f"bad Wharf URL {_redact(url)!r}: expected {SCHEME}://user:password@host:port"
+            f"[/vhost] with one path segment at most (a '/' in a vhost name is %2F), no "
+            f"fragment, and no query (a {TLS_SCHEME}:// URL may have "
             f"?{'=&'.join(TLS_QUERY_OPTIONS)}=)"
         )
     options: dict[str, str] = {}
@@ -85,7 +95,22 @@ def parse_url(url: str) -> ConnectParams:
         cafile=options.get("cafile"),
         certfile=options.get("certfile"),
         keyfile=options.get("keyfile"),
+        vhost=vhost,
     )
+
+
+def vhost_of_path(path: str) -> str | None:
+    """The vhost a URL path names (RabbitMQ's URI spec); None if it names none
+    validly (more than one segment, or bad percent-encoding)."""
+    if path in ("", "/"):
+        return DEFAULT_VHOST
+    segment = path[1:]
+    if "/" in segment:
+        return None
+    try:
+        return unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        return None
 
 
 def _redact(url: str) -> str:

@@ -893,3 +893,8 @@ def parse(raw: list[Any] | tuple[Any, ...]) -> Frame:
 def as_array(frame: Frame) -> tuple[Any, ...]:
     """The msgpack array for a frame: its type number followed by its fields."""
     return (TYPE_OF[type(frame)], *frame)
+
+
+# The AUTH client property that names the virtual host to work in (SPEC.md, "AUTH");
+# a client that sends none gets the default vhost "/".
+AUTH_VHOST_PROPERTY: Final = "vhost"

@@ -29,6 +29,7 @@ from .ctl_client import (
 from .ctl_logs import groups, topics  # log topics and consumer groups
 from .ctl_perms import permissions, topic_permissions
 from .ctl_progress import TerminalProgress
+from .ctl_vhosts import vhosts
 
 # Payloads longer than this are cut in tables (``--json`` shows them whole).
 TABLE_PAYLOAD_CHARS: Final = 60
@@ -63,6 +64,14 @@ REPLAY_STEP_MESSAGES: Final = 1000
     help="PEM client certificate, for a broker with tls_client_auth.",
 )
 @click.option("--keyfile", type=click.Path(dir_okay=False), help="PEM key of --certfile.")
+@click.option(
+    "--vhost",
+    "-p",
+    envvar="WHARF_VHOST",
+    default="/",
+    show_default=True,
+    help="The virtual host to work in, as rabbitmqctl's -p ($WHARF_VHOST).",
+)
 @click.pass_context
 def ctl(
     ctx: click.Context,
@@ -73,13 +82,16 @@ def ctl(
     cafile: str | None,
     certfile: str | None,
     keyfile: str | None,
+    vhost: str,
 ) -> None:
     """Manage a running broker over its HTTP management API (--url https://host:8681
     with --cafile for HTTPS).
 
     Shell completion (bash): eval "$(_WHARF_COMPLETE=bash_source wharf)"
     """
-    ctx.obj = ApiClient(url, user, password, as_json, https_context(cafile, certfile, keyfile))
+    ctx.obj = ApiClient(
+        url, user, password, as_json, https_context(cafile, certfile, keyfile), vhost
+    )
 
 
 @ctl.command()
@@ -111,7 +123,7 @@ def queues() -> None:
 @pass_client
 def queues_list(c: ApiClient) -> None:
     """All queues."""
-    qs = c.request("GET", "/queues")
+    qs = c.request("GET", f"/queues/{c.v}")
     rows = [
         (
             q["name"],
@@ -133,7 +145,7 @@ def queues_list(c: ApiClient) -> None:
 @pass_client
 def queues_show(c: ApiClient, name: str) -> None:
     """One queue's attributes and counts."""
-    q = c.request("GET", f"/queues/{seg(name)}")
+    q = c.request("GET", f"/queues/{c.v}/{seg(name)}")
     c.show(q, key_values(q))
 
 
@@ -148,7 +160,7 @@ def queues_declare(
 ) -> None:
     """Declare queue NAME (no change if it exists with the same attributes)."""
     body = {"durable": durable, "auto_delete": auto_delete, "arguments": parse_args(args)}
-    q = c.request("PUT", f"/queues/{seg(name)}", body)
+    q = c.request("PUT", f"/queues/{c.v}/{seg(name)}", body)
     c.show(q, f"queue {q['name']} declared")
 
 
@@ -160,7 +172,7 @@ def queues_declare(
 def queues_delete(c: ApiClient, name: str, if_unused: bool, if_empty: bool) -> None:
     """Delete queue NAME and its messages."""
     query = {k: "true" for k, v in (("if_unused", if_unused), ("if_empty", if_empty)) if v}
-    r = c.request("DELETE", f"/queues/{seg(name)}", query=query)
+    r = c.request("DELETE", f"/queues/{c.v}/{seg(name)}", query=query)
     c.show(r, f"queue {name} deleted ({r['messages']} messages)")
 
 
@@ -169,7 +181,7 @@ def queues_delete(c: ApiClient, name: str, if_unused: bool, if_empty: bool) -> N
 @pass_client
 def queues_purge(c: ApiClient, name: str) -> None:
     """Drop the ready messages of queue NAME."""
-    r = c.request("DELETE", f"/queues/{seg(name)}/contents")
+    r = c.request("DELETE", f"/queues/{c.v}/{seg(name)}/contents")
     c.show(r, f"queue {name} purged ({r['messages']} messages)")
 
 
@@ -193,7 +205,7 @@ def queues_replay(
     if progress.enabled:
         r = {"moved": _replay_in_steps(c, name, body, progress)}
     else:
-        r = c.request("POST", f"/queues/{seg(name)}/replay", body)
+        r = c.request("POST", f"/queues/{c.v}/{seg(name)}/replay", body)
     c.show(r, f"{r['moved']} messages moved out of {name}")
 
 
@@ -203,14 +215,14 @@ def _replay_in_steps(
     """The replay as several requests of at most ``REPLAY_STEP_MESSAGES``, so that a
     terminal shows how far it got.  Bounded by the queue's depth at the start, so that
     messages dying back into it are not replayed again and again."""
-    depth = int(c.request("GET", f"/queues/{seg(name)}").get("messages_ready", 0))
+    depth = int(c.request("GET", f"/queues/{c.v}/{seg(name)}").get("messages_ready", 0))
     want = min(body["limit"], depth) if body["limit"] else depth
     progress.total = want
     moved = 0
     try:
         while moved < want:
             step = dict(body, limit=min(REPLAY_STEP_MESSAGES, want - moved))
-            n = int(c.request("POST", f"/queues/{seg(name)}/replay", step)["moved"])
+            n = int(c.request("POST", f"/queues/{c.v}/{seg(name)}/replay", step)["moved"])
             moved += n
             progress.update(moved)
             if n < step["limit"]:
@@ -226,7 +238,7 @@ def _replay_in_steps(
 @pass_client
 def queues_peek(c: ApiClient, name: str, count: int) -> None:
     """Show messages at the head of queue NAME without consuming them."""
-    msgs = c.request("POST", f"/queues/{seg(name)}/get", {"count": count})
+    msgs = c.request("POST", f"/queues/{c.v}/{seg(name)}/get", {"count": count})
     rows = []
     for m in msgs:
         payload = m["payload"]
@@ -258,7 +270,7 @@ def exchanges() -> None:
 @pass_client
 def exchanges_list(c: ApiClient) -> None:
     """All exchanges (the default exchange shows as amq.default)."""
-    exs = c.request("GET", "/exchanges")
+    exs = c.request("GET", f"/exchanges/{c.v}")
     rows = [
         (
             e["name"] or DEFAULT_EXCHANGE_ALIAS,
@@ -301,7 +313,7 @@ def exchanges_declare(
         "internal": internal,
         "arguments": parse_args(args),
     }
-    e = c.request("PUT", f"/exchanges/{exchange_seg(name)}", body)
+    e = c.request("PUT", f"/exchanges/{c.v}/{exchange_seg(name)}", body)
     c.show(e, f"exchange {name} declared")
 
 
@@ -312,7 +324,7 @@ def exchanges_declare(
 def exchanges_delete(c: ApiClient, name: str, if_unused: bool) -> None:
     """Delete exchange NAME and its bindings."""
     query = {"if_unused": "true"} if if_unused else None
-    r = c.request("DELETE", f"/exchanges/{exchange_seg(name)}", query=query)
+    r = c.request("DELETE", f"/exchanges/{c.v}/{exchange_seg(name)}", query=query)
     c.show(r, f"exchange {name} deleted")
 
 
@@ -328,7 +340,7 @@ def bindings() -> None:
 @pass_client
 def bindings_list(c: ApiClient) -> None:
     """All bindings."""
-    bs = c.request("GET", "/bindings")
+    bs = c.request("GET", f"/bindings/{c.v}")
     rows = [
         (b["source"], b["destination_type"], b["destination"], b["routing_key"], b["arguments"])
         for b in bs
@@ -377,7 +389,7 @@ def bindings_add(
     """Bind DESTINATION (a queue; an exchange with -t exchange; a log topic with -t topic)
     to exchange SOURCE."""
     body = _binding_body(source, destination, destination_type, routing_key, args)
-    b = c.request("POST", "/bindings", body)
+    b = c.request("POST", f"/bindings/{c.v}", body)
     c.show(b, f"bound {destination_type} {destination} to {source} with key {routing_key!r}")
 
 
@@ -394,7 +406,7 @@ def bindings_remove(
 ) -> None:
     """Remove the binding of DESTINATION to SOURCE (same key and arguments)."""
     body = _binding_body(source, destination, destination_type, routing_key, args)
-    b = c.request("DELETE", "/bindings", body)
+    b = c.request("DELETE", f"/bindings/{c.v}", body)
     c.show(b, f"unbound {destination_type} {destination} from {source}")
 
 
@@ -436,7 +448,7 @@ def consumers() -> None:
 @pass_client
 def consumers_list(c: ApiClient) -> None:
     """Consumers on every connection."""
-    cs = c.request("GET", "/consumers")
+    cs = c.request("GET", f"/consumers/{c.v}")
     rows = [
         (x["consumer_tag"], x["queue"], x["connection"], x["prefetch"], x["unacked"], x["no_ack"])
         for x in cs
@@ -527,7 +539,7 @@ def policies() -> None:
 @pass_client
 def policies_list(c: ApiClient) -> None:
     """All policies, by name."""
-    ps = c.request("GET", "/policies")
+    ps = c.request("GET", f"/policies/{c.v}")
     rows = [(p["name"], p["pattern"], p["apply-to"], p["priority"], p["definition"]) for p in ps]
     c.show(ps, table(("NAME", "PATTERN", "APPLY_TO", "PRIORITY", "DEFINITION"), rows))
 
@@ -553,7 +565,7 @@ def policies_set(
     if not isinstance(doc, dict):
         raise click.UsageError(f"DEFINITION must be a JSON object, got {definition!r}")
     body = {"pattern": pattern, "definition": doc, "priority": priority, "apply-to": apply_to}
-    p = c.request("PUT", f"/policies/{seg(name)}", body)
+    p = c.request("PUT", f"/policies/{c.v}/{seg(name)}", body)
     c.show(p, f"policy {name} set")
 
 
@@ -562,7 +574,7 @@ def policies_set(
 @pass_client
 def policies_delete(c: ApiClient, name: str) -> None:
     """Delete policy NAME (its queues fall back to their own arguments)."""
-    r = c.request("DELETE", f"/policies/{seg(name)}")
+    r = c.request("DELETE", f"/policies/{c.v}/{seg(name)}")
     c.show(r, f"policy {name} deleted")
 
 
@@ -600,7 +612,7 @@ def publish(
         "payload_encoding": "base64" if is_base64 else "string",
         "properties": properties,
     }
-    r = c.request("POST", f"/exchanges/{exchange_seg(exchange)}/publish", body)
+    r = c.request("POST", f"/exchanges/{c.v}/{exchange_seg(exchange)}/publish", body)
     c.show(r, "routed" if r["routed"] else "published, but routed to no queue")
 
 
@@ -608,6 +620,7 @@ ctl.add_command(topics)  # ctl_logs.py
 ctl.add_command(groups)  # ctl_logs.py
 ctl.add_command(permissions)  # ctl_perms.py
 ctl.add_command(topic_permissions)  # ctl_perms.py
+ctl.add_command(vhosts)  # ctl_vhosts.py
 
 
 # -- TLS -----------------------------------------------------------------------------------

@@ -58,12 +58,20 @@ class ApiClient:
         password: str,
         as_json: bool,
         ssl_context: ssl.SSLContext | None = None,
+        vhost: str = "/",
     ) -> None:
         self.base = url.rstrip("/")
+        # The vhost commands work in (--vhost/-p, as rabbitmqctl's -p).
+        self.vhost = vhost
         token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         self.auth = f"Basic {token}"
         self.as_json = as_json
         self.ssl_context = ssl_context
+
+    @property
+    def v(self) -> str:
+        """The vhost as a path segment (``%2F`` for the default vhost)."""
+        return seg(self.vhost)
 
     def request(
         self,

@@ -37,7 +37,7 @@ def topics() -> None:
 @pass_client
 def topics_list(c: ApiClient) -> None:
     """All topics with their partition count, size on disk and cleanup policy."""
-    ts = c.request("GET", "/topics")
+    ts = c.request("GET", f"/topics/{c.v}")
     rows = [
         (
             t["name"],
@@ -57,7 +57,7 @@ def topics_list(c: ApiClient) -> None:
 @pass_client
 def topics_describe(c: ApiClient, name: str) -> None:
     """Settings of topic NAME and the offsets, size and segments of each partition."""
-    t = c.request("GET", f"/topics/{seg(name)}")
+    t = c.request("GET", f"/topics/{c.v}/{seg(name)}")
     summary = key_values({"topic": t["name"], "partitions": t["partitions"], **t["config"]})
     rows = [
         (p["partition"], p["earliest"], p["latest"], p.get("bytes"), p.get("segments"))
@@ -75,7 +75,7 @@ def topics_describe(c: ApiClient, name: str) -> None:
 def topics_create(c: ApiClient, name: str, partitions: int, config: tuple[str, ...]) -> None:
     """Create topic NAME (no change if it exists with as many partitions)."""
     body = {"partitions": partitions, "config": _topic_config(config)}
-    t = c.request("PUT", f"/topics/{seg(name)}", body)
+    t = c.request("PUT", f"/topics/{c.v}/{seg(name)}", body)
     c.show(t, f"topic {t['name']} ready ({t['partitions']} partitions)")
 
 
@@ -93,7 +93,7 @@ def topics_alter(c: ApiClient, name: str, partitions: int | None, config: tuple[
         body["config"] = _topic_config(config)
     if not body:
         raise click.UsageError("give --partitions, --config or both")
-    t = c.request("PATCH", f"/topics/{seg(name)}", body)
+    t = c.request("PATCH", f"/topics/{c.v}/{seg(name)}", body)
     c.show(t, f"topic {t['name']} altered ({t['partitions']} partitions)")
 
 
@@ -102,7 +102,7 @@ def topics_alter(c: ApiClient, name: str, partitions: int | None, config: tuple[
 @pass_client
 def topics_delete(c: ApiClient, name: str) -> None:
     """Delete topic NAME with all its records (committed offsets of groups go too)."""
-    r = c.request("DELETE", f"/topics/{seg(name)}")
+    r = c.request("DELETE", f"/topics/{c.v}/{seg(name)}")
     c.show(r, f"topic {name} deleted")
 
 
@@ -118,7 +118,7 @@ def groups() -> None:
 @pass_client
 def groups_list(c: ApiClient) -> None:
     """Groups with members or committed offsets."""
-    gs = c.request("GET", "/groups")
+    gs = c.request("GET", f"/groups/{c.v}")
     rows = [
         (g["group"], g["state"], g["members"], g["generation"], g.get("strategy") or None)
         for g in gs
@@ -133,7 +133,7 @@ def groups_list(c: ApiClient) -> None:
 @pass_client
 def groups_describe(c: ApiClient, group: str, members: bool) -> None:
     """Committed offset, latest offset, lag and owner of each partition of GROUP."""
-    g = c.request("GET", f"/groups/{seg(group)}")
+    g = c.request("GET", f"/groups/{c.v}/{seg(group)}")
     summary = key_values(
         {
             "group": g["group"],
@@ -181,7 +181,7 @@ def _assignment_text(assignment: list[Any]) -> str:
 @pass_client
 def groups_delete(c: ApiClient, group: str) -> None:
     """Delete GROUP and its committed offsets (only when it has no members)."""
-    r = c.request("DELETE", f"/groups/{seg(group)}")
+    r = c.request("DELETE", f"/groups/{c.v}/{seg(group)}")
     c.show(r, f"group {group} deleted")
 
 
@@ -235,6 +235,6 @@ def groups_reset_offsets(
         body["value"] = value
     if partitions:
         body["partitions"] = list(partitions)
-    r = c.request("POST", f"/groups/{seg(group)}/reset-offsets", body)
+    r = c.request("POST", f"/groups/{c.v}/{seg(group)}/reset-offsets", body)
     rows = [(o["topic"], o["partition"], o["offset"]) for o in r["offsets"]]
     c.show(r, table(("TOPIC", "PARTITION", "NEW_OFFSET"), rows))

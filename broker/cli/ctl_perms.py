@@ -7,10 +7,8 @@ import click
 
 from .ctl_client import ApiClient, pass_client, seg, table
 
-DEFAULT_VHOST = "/"
-
 _vhost_option = click.option(
-    "--vhost", default=DEFAULT_VHOST, show_default=True, help="The virtual host."
+    "--vhost", default=None, help="The virtual host [ctl's --vhost/-p, default /]."
 )
 
 
@@ -36,10 +34,11 @@ def permissions_list(c: ApiClient) -> None:
 @click.option("--read", required=True, help="Regex of names USER may consume/fetch from.")
 @pass_client
 def permissions_set(
-    c: ApiClient, user: str, vhost: str, configure: str, write: str, read: str
+    c: ApiClient, user: str, vhost: str | None, configure: str, write: str, read: str
 ) -> None:
     """Set USER's permissions on the vhost ('' matches nothing, '.*' everything; regexes
     are searched, not anchored: use '^orders\\.' for a prefix)."""
+    vhost = vhost or c.vhost
     body = {"configure": configure, "write": write, "read": read}
     p = c.request("PUT", f"/permissions/{seg(vhost)}/{seg(user)}", body)
     c.show(p, f"permissions of {user} on {vhost} set")
@@ -49,8 +48,9 @@ def permissions_set(
 @click.argument("user")
 @_vhost_option
 @pass_client
-def permissions_clear(c: ApiClient, user: str, vhost: str) -> None:
+def permissions_clear(c: ApiClient, user: str, vhost: str | None) -> None:
     """Remove USER's access to the vhost (it can no longer connect to it)."""
+    vhost = vhost or c.vhost
     r = c.request("DELETE", f"/permissions/{seg(vhost)}/{seg(user)}")
     c.show(r, f"permissions of {user} on {vhost} cleared")
 
@@ -77,9 +77,10 @@ def topic_permissions_list(c: ApiClient) -> None:
 @click.option("--read", required=True, help="Regex of binding keys USER may bind with.")
 @pass_client
 def topic_permissions_set(
-    c: ApiClient, user: str, vhost: str, exchange: str, write: str, read: str
+    c: ApiClient, user: str, vhost: str | None, exchange: str, write: str, read: str
 ) -> None:
     """Set USER's routing-key regexes on EXCHANGE ({username} and {vhost} are expanded)."""
+    vhost = vhost or c.vhost
     body = {"exchange": exchange, "write": write, "read": read}
     p = c.request("PUT", f"/topic-permissions/{seg(vhost)}/{seg(user)}", body)
     c.show(p, f"topic permissions of {user} on {exchange} set")
@@ -90,8 +91,11 @@ def topic_permissions_set(
 @_vhost_option
 @click.option("--exchange", default=None, help="Only this exchange's (default: all).")
 @pass_client
-def topic_permissions_clear(c: ApiClient, user: str, vhost: str, exchange: str | None) -> None:
+def topic_permissions_clear(
+    c: ApiClient, user: str, vhost: str | None, exchange: str | None
+) -> None:
     """Remove USER's topic permissions on the vhost."""
+    vhost = vhost or c.vhost
     query = None if exchange is None else {"exchange": exchange}
     r = c.request("DELETE", f"/topic-permissions/{seg(vhost)}/{seg(user)}", query=query)
     c.show(r, f"topic permissions of {user} on {vhost} cleared")

@@ -424,6 +424,16 @@ class AccessControl:
         if keys:
             self._changed()
 
+    def forget_vhost(self, vhost: str) -> None:
+        """The vhost was deleted: drop every entry on it (a new vhost by that name
+        starts with none, as in RabbitMQ)."""
+        keys = [k for k in self._perms if k[0] == vhost] + [k for k in self._topic if k[0] == vhost]
+        for k in keys:
+            self._perms.pop(k, None)
+            self._topic.pop(k, None)
+        if keys:
+            self._changed()
+
     def _changed(self) -> None:
         self.generation += 1
         if self.on_change is not None:

@@ -4,7 +4,9 @@
 (wire/native/connection.py) implements it, and the AMQP connection will too.  The broker
 keeps every connection in ``Broker.connections`` (id -> connection), and the management
 API lists, describes and closes them through this interface only, never through a wire
-module.
+module.  Once logged in, a connection is also in its vhost's ``VirtualHost.clients``
+(core/vhosts.py): the vhost's max-connections counts them, and deleting the vhost closes
+them with ``shutdown``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ class ClientConnection(Protocol):
     @property
     def username(self) -> str:
         """The authenticated user; "" until authentication succeeds."""
+        ...
+
+    @property
+    def vhost(self) -> str:
+        """The virtual host it works in ("/" until authentication names another);
+        deleting a vhost closes its connections (``shutdown``)."""
         ...
 
     @property

@@ -71,6 +71,7 @@ class Topology:
         "topic_targets",
         "publisher",
         "_owned",
+        "check_new_queue",
     )
 
     def __init__(self) -> None:
@@ -95,6 +96,8 @@ class Topology:
         self.publisher = Publisher(self)
         # Exclusive queues by the session that owns them (deleted with it).
         self._owned: dict[QueueOwner, list[Queue]] = {}
+        # Raises when no more queues may be created (the vhost's max-queues, vhosts.py).
+        self.check_new_queue: Callable[[], None] | None = None
         for name, kind in STANDARD_EXCHANGES:
             self.exchanges[name] = Exchange(name, kind, durable=True)
 
@@ -256,6 +259,8 @@ class Topology:
                     details={"queue": name},
                 )
             return existing
+        if self.check_new_queue is not None:
+            self.check_new_queue()
         q = Queue(
             name,
             durable=durable,

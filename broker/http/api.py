@@ -12,10 +12,11 @@ Rules:
   and failure slowdown as the native protocol) with one of the tags administrator,
   monitoring, policymaker or management (as RabbitMQ's management plugin; ``whoami`` and
   the OpenAPI document need none).  Listings are open to those users.  Changes to
-  resources, publishing and the peek (``POST /api/queues/{name}/get``, a basic.get) are
-  decided by the core's permission table (core/access.py) through a ``CoreSession``, as
-  on the native protocol; users, permissions, connections and TLS need the
-  ``administrator`` tag, reads included.
+  resources, publishing and the peek (``POST /api/queues/{vhost}/{name}/get``, a
+  basic.get) are decided by the core's permission table (core/access.py) through a
+  ``CoreSession``, as on the native protocol; users, permissions, connections and TLS
+  need the ``administrator`` tag, reads included.  Resource paths name the vhost first
+  (``%2F`` for the default "/"), as RabbitMQ's.
 * Names are percent-encoded path segments; the default exchange is ``amq.default``.
 * Errors are ``{"error": message, "code": wharf code}`` with the HTTP status from
   ``http_status``; no input makes a handler raise past ``handle`` (500 + a log line).
@@ -48,6 +49,7 @@ from ..core.policies.registry import (  # server-side policies
     make_policy,
 )
 from ..core.routed import sync_in_background
+from ..core.vhosts import VirtualHost, check_vhost_name, vhost_metadata
 from ..security.audit import AuditEvent, policy_fields
 from ..security.auth import MECHANISM_HTTP_BASIC
 from ..security.users import (
@@ -133,18 +135,20 @@ class ManagementApi:
             ),
             r("GET", ("whoami",), self.whoami, doc="200 WhoAmI - The authenticated user."),
             r("GET", ("openapi.json",), self.openapi, doc="200 - - This document."),
-            r("GET", ("queues",), self.list_queues, doc="200 [Queue] - All queues."),
-            r("GET", ("queues", "{name}"), self.get_queue, doc="200 Queue - One queue."),
+            *self._vhost_routes(),
+            r("GET", ("queues",), self.list_queues, doc="200 [Queue] - All queues, all vhosts."),
+            r("GET", ("queues", "{vhost}"), self.list_queues, doc="200 [Queue] - A vhost's."),
+            r("GET", ("queues", "{vhost}", "{name}"), self.get_queue, doc="200 Queue - One queue."),
             r(
                 "PUT",
-                ("queues", "{name}"),
+                ("queues", "{vhost}", "{name}"),
                 self.put_queue,
                 False,
                 doc="201 Queue QueueDeclare Declare a queue.",
             ),
             r(
                 "DELETE",
-                ("queues", "{name}"),
+                ("queues", "{vhost}", "{name}"),
                 self.delete_queue,
                 False,
                 ("if_unused", "if_empty"),
@@ -152,41 +156,52 @@ class ManagementApi:
             ),
             r(
                 "DELETE",
-                ("queues", "{name}", "contents"),
+                ("queues", "{vhost}", "{name}", "contents"),
                 self.purge_queue,
                 False,
                 doc="200 MessageCount - Purge ready messages.",
             ),
             r(
                 "POST",
-                ("queues", "{name}", "get"),
+                ("queues", "{vhost}", "{name}", "get"),
                 self.peek_queue,
                 doc="200 [PeekedMessage] PeekRequest Peek without consuming.",
             ),
             r(
                 "POST",
-                ("queues", "{name}", "replay"),
+                ("queues", "{vhost}", "{name}", "replay"),
                 self.replay_queue,
                 False,
                 doc="200 Moved ReplayRequest Move dead-lettered messages back where they died.",
             ),
-            r("GET", ("exchanges",), self.list_exchanges, doc="200 [Exchange] - All exchanges."),
             r(
                 "GET",
-                ("exchanges", "{name}"),
+                ("exchanges",),
+                self.list_exchanges,
+                doc="200 [Exchange] - All exchanges, all vhosts.",
+            ),
+            r(
+                "GET",
+                ("exchanges", "{vhost}"),
+                self.list_exchanges,
+                doc="200 [Exchange] - A vhost's exchanges.",
+            ),
+            r(
+                "GET",
+                ("exchanges", "{vhost}", "{name}"),
                 self.get_exchange,
                 doc="200 Exchange - One exchange (amq.default: the default).",
             ),
             r(
                 "PUT",
-                ("exchanges", "{name}"),
+                ("exchanges", "{vhost}", "{name}"),
                 self.put_exchange,
                 False,
                 doc="201 Exchange ExchangeDeclare Declare an exchange.",
             ),
             r(
                 "DELETE",
-                ("exchanges", "{name}"),
+                ("exchanges", "{vhost}", "{name}"),
                 self.delete_exchange,
                 False,
                 ("if_unused",),
@@ -194,16 +209,27 @@ class ManagementApi:
             ),
             r(
                 "POST",
-                ("exchanges", "{name}", "publish"),
+                ("exchanges", "{vhost}", "{name}", "publish"),
                 self.publish,
                 False,
                 doc="200 Routed Publish Publish a test message.",
             ),
-            r("GET", ("bindings",), self.list_bindings, doc="200 [Binding] - All bindings."),
-            r("POST", ("bindings",), self.add_binding, doc="201 Binding Binding Bind."),
+            r(
+                "GET",
+                ("bindings",),
+                self.list_bindings,
+                doc="200 [Binding] - All bindings, all vhosts.",
+            ),
+            r(
+                "GET",
+                ("bindings", "{vhost}"),
+                self.list_bindings,
+                doc="200 [Binding] - A vhost's bindings.",
+            ),
+            r("POST", ("bindings", "{vhost}"), self.add_binding, doc="201 Binding Binding Bind."),
             r(
                 "DELETE",
-                ("bindings",),
+                ("bindings", "{vhost}"),
                 self.remove_binding,
                 False,
                 doc="200 Binding Binding Unbind (404 if not bound).",
@@ -227,7 +253,18 @@ class ManagementApi:
                 True,
                 doc="200 Empty - Close a connection (320).",
             ),
-            r("GET", ("consumers",), self.list_consumers, doc="200 [Consumer] - All consumers."),
+            r(
+                "GET",
+                ("consumers",),
+                self.list_consumers,
+                doc="200 [Consumer] - All consumers, all vhosts.",
+            ),
+            r(
+                "GET",
+                ("consumers", "{vhost}"),
+                self.list_consumers,
+                doc="200 [Consumer] - A vhost's consumers.",
+            ),
             r(
                 "GET",
                 ("users",),
@@ -261,12 +298,23 @@ class ManagementApi:
                 "GET",
                 ("policies",),
                 self.list_policies,
-                doc="200 [Policy] - Server-side queue policies.",
+                doc="200 [Policy] - Server-side queue policies, all vhosts.",
             ),
-            r("GET", ("policies", "{name}"), self.get_policy, doc="200 Policy - One policy."),
+            r(
+                "GET",
+                ("policies", "{vhost}"),
+                self.list_policies,
+                doc="200 [Policy] - A vhost's policies.",
+            ),
+            r(
+                "GET",
+                ("policies", "{vhost}", "{name}"),
+                self.get_policy,
+                doc="200 Policy - One policy.",
+            ),
             r(
                 "PUT",
-                ("policies", "{name}"),
+                ("policies", "{vhost}", "{name}"),
                 self.put_policy,
                 doc=(
                     "201 Policy PolicyPut Create or replace a policy; applies to existing "
@@ -275,7 +323,7 @@ class ManagementApi:
             ),
             r(
                 "DELETE",
-                ("policies", "{name}"),
+                ("policies", "{vhost}", "{name}"),
                 self.delete_policy,
                 doc="200 Empty - Delete a policy; its queues fall back to their own arguments.",
             ),
@@ -419,7 +467,8 @@ class ManagementApi:
     async def overview(self, call: Call) -> Result:
         b = self.broker
         stats = b.stats
-        queues = list(b.queues.values())
+        vhosts = list(b.vhosts)
+        queues = [q for v in vhosts for q in v.topology.queues.values()]
         # Every counter the broker keeps (its stats object's slots), not a copied list.
         counters: tuple[str, ...] = getattr(type(stats), "__slots__", ())
         return 200, {
@@ -429,9 +478,10 @@ class ManagementApi:
             "object_totals": {
                 "connections": len(b.connections),
                 "queues": len(queues),
-                "exchanges": len(b.exchanges),
+                "exchanges": sum(len(v.topology.exchanges) for v in vhosts),
                 "consumers": b.consumer_count,
-                "topics": len(b.logs.topics) if b.logs is not None else 0,
+                "topics": sum(len(v.logs.topics) for v in vhosts if v.logs is not None),
+                "vhosts": len(vhosts),
             },
             "queue_totals": {
                 "messages_ready": sum(q.ready_count for q in queues),
@@ -463,28 +513,151 @@ class ManagementApi:
     async def openapi(self, call: Call) -> Result:
         return 200, openapi_document(self.version, self.routes)
 
+    # -- vhosts (RabbitMQ's /api/vhosts and /api/vhost-limits) -----------------------------
+
+    def _vhost_routes(self) -> list[Route]:
+        r = Route
+        return [
+            r("GET", ("vhosts",), self.list_vhosts, doc="200 [Vhost] - Virtual hosts."),
+            r("GET", ("vhosts", "{name}"), self.get_vhost, doc="200 Vhost - One vhost."),
+            r(
+                "PUT",
+                ("vhosts", "{name}"),
+                self.put_vhost,
+                True,
+                doc="201 Vhost VhostPut Create a vhost (or change its description and tags).",
+            ),
+            r(
+                "DELETE",
+                ("vhosts", "{name}"),
+                self.delete_vhost,
+                True,
+                doc=(
+                    "200 VhostDeleted - Delete a vhost: closes its connections, deletes "
+                    "everything in it and its permissions (not the default vhost /)."
+                ),
+            ),
+            r(
+                "GET",
+                ("vhosts", "{name}", "connections"),
+                self.list_vhost_connections,
+                doc="200 [Connection] - A vhost's connections.",
+            ),
+            r(
+                "GET",
+                ("vhost-limits",),
+                self.list_vhost_limits,
+                doc="200 [VhostLimits] - The limits of every vhost that has some.",
+            ),
+            r(
+                "GET",
+                ("vhost-limits", "{vhost}"),
+                self.list_vhost_limits,
+                doc="200 [VhostLimits] - One vhost's limits.",
+            ),
+            r(
+                "PUT",
+                ("vhost-limits", "{vhost}", "{name}"),
+                self.put_vhost_limit,
+                True,
+                doc=(
+                    "200 Empty VhostLimitPut Set max-connections, max-queues or max-topics "
+                    "(a negative value removes it)."
+                ),
+            ),
+            r(
+                "DELETE",
+                ("vhost-limits", "{vhost}", "{name}"),
+                self.delete_vhost_limit,
+                True,
+                doc="200 Empty - Remove a vhost limit.",
+            ),
+        ]
+
+    def _vhost(self, call: Call) -> VirtualHost:
+        """The vhost named by the request's first path parameter (404 if none)."""
+        return self.broker.vhosts.get(call.params[0])
+
+    def _vhosts(self, call: Call) -> list[VirtualHost]:
+        """Listings: every vhost (no parameter), or the one named."""
+        return [self._vhost(call)] if call.params else list(self.broker.vhosts)
+
+    async def list_vhosts(self, call: Call) -> Result:
+        return 200, [v.describe() for v in self.broker.vhosts]
+
+    async def get_vhost(self, call: Call) -> Result:
+        return 200, self._vhost(call).describe()
+
+    async def put_vhost(self, call: Call) -> Result:
+        name = call.params[0]
+        check_vhost_name(name)
+        f = call.json(("description", "tags", "default_queue_type", "tracing"))
+        f.flag("tracing")  # RabbitMQ's field, accepted; Wharf has no message tracing
+        metadata = vhost_metadata(f.doc)
+        created = self.broker.add_vhost(VirtualHost(name, **metadata), call.actor())
+        return (201 if created else 200), self.broker.vhosts.get(name).describe()
+
+    async def delete_vhost(self, call: Call) -> Result:
+        closed = await self.broker.delete_vhost(call.params[0], call.actor())
+        return 200, {"connections_closed": closed}
+
+    async def list_vhost_connections(self, call: Call) -> Result:
+        vhost = self._vhost(call)
+        return 200, [c.describe() for c in vhost.clients.values()]
+
+    async def list_vhost_limits(self, call: Call) -> Result:
+        name = call.params[0] if call.params else None
+        return 200, self.broker.vhosts.describe_limits(name)
+
+    async def put_vhost_limit(self, call: Call) -> Result:
+        vhost, limit = call.params
+        f = call.json(("value",))
+        if "value" not in f.doc:
+            raise InvalidArgument("field 'value' is required", details={"argument": "value"})
+        self.broker.vhosts.set_limit(vhost, limit, f.doc["value"])
+        self.broker.audit.event(
+            AuditEvent.VHOST_LIMIT_SET, **call.actor(), vhost=vhost, limit=limit,
+            value=f.doc["value"],
+        )  # fmt: skip
+        return 200, {}
+
+    async def delete_vhost_limit(self, call: Call) -> Result:
+        vhost, limit = call.params
+        if not self.broker.vhosts.clear_limit(vhost, limit):
+            raise NotFound(f"vhost '{vhost}' has no limit '{limit}'")
+        self.broker.audit.event(
+            AuditEvent.VHOST_LIMIT_CLEARED, **call.actor(), vhost=vhost, limit=limit
+        )
+        return 200, {}
+
     # -- queues --------------------------------------------------------------------------
 
-    def _queue(self, name: str, *, change: bool = False) -> Queue:
-        return self.broker.topology.get_queue(name, _OPERATOR if change else None)
+    def _queue(self, call: Call, *, change: bool = False) -> Queue:
+        return self._vhost(call).topology.get_queue(call.params[1], _OPERATOR if change else None)
 
-    def _describe_queue(self, q: Queue) -> dict[str, Any]:
+    @staticmethod
+    def _describe_queue(vhost: VirtualHost, q: Queue) -> dict[str, Any]:
         # + "policy" and "effective_arguments" (server-side policies)
-        return {**q.describe(), **self.broker.topology.policy_view(q)}
+        return {**q.describe(), "vhost": vhost.name, **vhost.topology.policy_view(q)}
 
     async def list_queues(self, call: Call) -> Result:
-        return 200, [self._describe_queue(q) for q in self.broker.queues.values()]
+        return 200, [
+            self._describe_queue(v, q)
+            for v in self._vhosts(call)
+            for q in v.topology.queues.values()
+        ]
 
     async def get_queue(self, call: Call) -> Result:
-        return 200, self._describe_queue(self._queue(call.params[0]))
+        return 200, self._describe_queue(self._vhost(call), self._queue(call))
 
     async def put_queue(self, call: Call) -> Result:
-        name = call.params[0]
+        vhost = self._vhost(call)
+        name = call.params[1]
         f = call.json(("durable", "auto_delete", "exclusive", "arguments"))
         if f.flag("exclusive"):
             raise InvalidArgument("exclusive queues belong to a connection: declare them there")
         arguments = f.obj("arguments")
-        existed = name in self.broker.queues
+        existed = name in vhost.topology.queues
         q = core_session(self.broker, call).declare_queue(
             name,
             owner=_OPERATOR,
@@ -494,11 +667,11 @@ class ManagementApi:
             passive=False,
             arguments=arguments,
         )
-        return (200 if existed else 201), q.describe()
+        return (200 if existed else 201), {**q.describe(), "vhost": vhost.name}
 
     async def delete_queue(self, call: Call) -> Result:
         n = core_session(self.broker, call).delete_queue(
-            call.params[0],
+            call.params[1],
             _OPERATOR,
             query_flag(call.query, "if_unused"),
             query_flag(call.query, "if_empty"),
@@ -506,7 +679,7 @@ class ManagementApi:
         return 200, {"messages": n}
 
     async def purge_queue(self, call: Call) -> Result:
-        queue = core_session(self.broker, call).queue_to_purge(call.params[0], _OPERATOR)
+        queue = core_session(self.broker, call).queue_to_purge(call.params[1], _OPERATOR)
         return 200, {"messages": queue.purge()}
 
     async def replay_queue(self, call: Call) -> Result:
@@ -517,16 +690,16 @@ class ManagementApi:
         limit = f.integer("limit", 0, 0, MSGPACK_INT_MAX)
         max_deaths = f.integer("max_deaths", 0, 0, MSGPACK_INT_MAX)
         moved = core_session(self.broker, call).replay(
-            call.params[0], _OPERATOR, target, reason, limit, max_deaths
+            call.params[1], _OPERATOR, target, reason, limit, max_deaths
         )
-        store = self.broker.store
+        store = self._vhost(call).store
         if store is not None:
             await store.flush()  # answer once the moves are on disk
         return 200, {"moved": moved}
 
     async def peek_queue(self, call: Call) -> Result:
         # Reading bodies is basic.get: read permission on the queue.
-        queue = core_session(self.broker, call).queue_to_read(call.params[0], None, "basic.get")
+        queue = core_session(self.broker, call).queue_to_read(call.params[1], None, "basic.get")
         f = call.json(("count", "encoding", "truncate"))
         count = f.integer("count", 1, 1, MAX_PEEK_COUNT)
         encoding = f.text("encoding", "auto")
@@ -565,19 +738,25 @@ class ManagementApi:
     def _exchange_name(name: str) -> str:
         return "" if name == DEFAULT_EXCHANGE_ALIAS else name
 
-    def _exchange(self, name: str) -> Exchange:
-        return self.broker.topology.get_exchange(self._exchange_name(name))
+    def _exchange(self, call: Call) -> Exchange:
+        topology = self._vhost(call).topology
+        return topology.get_exchange(self._exchange_name(call.params[1]))
 
     async def list_exchanges(self, call: Call) -> Result:
-        return 200, [ex.describe() for ex in self.broker.exchanges.values()]
+        return 200, [
+            {**ex.describe(), "vhost": v.name}
+            for v in self._vhosts(call)
+            for ex in v.topology.exchanges.values()
+        ]
 
     async def get_exchange(self, call: Call) -> Result:
-        return 200, self._exchange(call.params[0]).describe()
+        return 200, {**self._exchange(call).describe(), "vhost": call.params[0]}
 
     async def put_exchange(self, call: Call) -> Result:
-        name = self._exchange_name(call.params[0])
+        vhost = self._vhost(call)
+        name = self._exchange_name(call.params[1])
         f = call.json(("type", "durable", "auto_delete", "internal", "arguments"))
-        existed = name in self.broker.exchanges
+        existed = name in vhost.topology.exchanges
         ex = core_session(self.broker, call).declare_exchange(
             name,
             f.text("type"),
@@ -587,16 +766,16 @@ class ManagementApi:
             passive=False,
             arguments=f.obj("arguments"),
         )
-        return (200 if existed else 201), ex.describe()
+        return (200 if existed else 201), {**ex.describe(), "vhost": vhost.name}
 
     async def delete_exchange(self, call: Call) -> Result:
-        name = self._exchange_name(call.params[0])
+        name = self._exchange_name(call.params[1])
         core_session(self.broker, call).delete_exchange(name, query_flag(call.query, "if_unused"))
         return 200, {}
 
     async def publish(self, call: Call) -> Result:
-        b = self.broker
-        ex = self._exchange(call.params[0])
+        vhost = self._vhost(call)
+        ex = self._exchange(call)
         f = call.json(("routing_key", "payload", "payload_encoding", "properties"))
         routing_key = f.text("routing_key", "")
         encoding = f.text("payload_encoding", "string")
@@ -613,7 +792,7 @@ class ManagementApi:
         props = f.obj("properties")
         # The core's publish path (core/publish.py), as the native protocol's PUBLISH;
         # a resource alarm refuses (the native protocol stops reading instead).
-        publisher = b.topology.publisher
+        publisher = vhost.topology.publisher
         publisher.check_alarms()
         res = core_session(self.broker, call).publish(ex.name, routing_key, props or None, (body,))
         if res.log_parts:  # nothing waits for the fsync; a failure is logged
@@ -642,7 +821,7 @@ class ManagementApi:
         dest_name = f.text("destination")
         dest_type = f.text("destination_type", "queue")
         routing_key = f.text("routing_key", "")
-        topology = self.broker.topology
+        topology = self._vhost(call).topology
         dest: Queue | Exchange | TopicTarget
         if dest_type in ("queue", "exchange", "topic"):
             name = self._exchange_name(dest_name) if dest_type == "exchange" else dest_name
@@ -683,11 +862,13 @@ class ManagementApi:
         }
 
     async def list_bindings(self, call: Call) -> Result:
-        return 200, self.broker.topology.bindings_of()
+        return 200, [
+            {**b, "vhost": v.name} for v in self._vhosts(call) for b in v.topology.bindings_of()
+        ]
 
     async def add_binding(self, call: Call) -> Result:
         dest, source, routing_key, arguments = self._binding_args(call)
-        topology = self.broker.topology
+        topology = self._vhost(call).topology
         src = topology.exchanges.get(source)
         existed = src is not None and src.find_binding(dest, routing_key, arguments) is not None
         topology.bind(dest, source, routing_key, arguments)
@@ -697,7 +878,7 @@ class ManagementApi:
 
     async def remove_binding(self, call: Call) -> Result:
         dest, source, routing_key, arguments = self._binding_args(call, unbind=True)
-        topology = self.broker.topology
+        topology = self._vhost(call).topology
         src = topology.get_exchange(source)
         if src.find_binding(dest, routing_key, arguments) is None:
             raise NotFound("no such binding")
@@ -727,10 +908,12 @@ class ManagementApi:
         return 200, {}
 
     async def list_consumers(self, call: Call) -> Result:
+        vhost = self._vhost(call).name if call.params else None
         return 200, [
             {
                 "consumer_tag": c.tag,
                 "queue": c.queue.name,
+                "vhost": conn.vhost,
                 "connection": conn.name,
                 "prefetch": c.prefetch,
                 "no_ack": c.no_ack,
@@ -739,6 +922,7 @@ class ManagementApi:
                 "arguments": c.arguments,
             }
             for conn in self.broker.connections.values()
+            if vhost is None or conn.vhost == vhost
             for c in conn.all_consumers()
         ]
 
@@ -815,10 +999,15 @@ class ManagementApi:
     # -- server-side policies (policies/registry.py) ---------------------------------------
 
     async def list_policies(self, call: Call) -> Result:
-        return 200, [p.describe() for p in self.broker.topology.policies.all()]
+        return 200, [
+            {**p.describe(), "vhost": v.name}
+            for v in self._vhosts(call)
+            for p in v.topology.policies.all()
+        ]
 
     async def get_policy(self, call: Call) -> Result:
-        return 200, self.broker.topology.policies.get(call.params[0]).describe()
+        policy = self._vhost(call).topology.policies.get(call.params[1])
+        return 200, {**policy.describe(), "vhost": call.params[0]}
 
     async def put_policy(self, call: Call) -> Result:
         f = call.json(("pattern", "definition", "priority", "apply-to"))
@@ -827,19 +1016,23 @@ class ManagementApi:
                 "field 'definition' is required", details={"argument": "definition"}
             )
         policy = make_policy(
-            call.params[0],
+            call.params[1],
             f.text("pattern"),
             f.doc["definition"],
             f.integer("priority", 0, PRIORITY_MIN, PRIORITY_MAX),
             f.text("apply-to", "queues"),
         )
         created = core_session(self.broker, call).set_policy(policy)
-        self.broker.audit.event(AuditEvent.POLICY_SET, **call.actor(), **policy_fields(policy))
-        return (201 if created else 200), policy.describe()
+        self.broker.audit.event(
+            AuditEvent.POLICY_SET, **call.actor(), vhost=call.params[0], **policy_fields(policy)
+        )
+        return (201 if created else 200), {**policy.describe(), "vhost": call.params[0]}
 
     async def delete_policy(self, call: Call) -> Result:
-        core_session(self.broker, call).delete_policy(call.params[0])
-        self.broker.audit.event(AuditEvent.POLICY_DELETED, **call.actor(), policy=call.params[0])
+        core_session(self.broker, call).delete_policy(call.params[1])
+        self.broker.audit.event(
+            AuditEvent.POLICY_DELETED, **call.actor(), vhost=call.params[0], policy=call.params[1]
+        )
         return 200, {}
 
     def _check_not_last_admin(self, name: str, *, keeps_admin: bool) -> None:
@@ -853,9 +1046,9 @@ class ManagementApi:
 
 
 def core_session(broker: ApiBroker, call: Call) -> CoreSession:
-    """The core as the request's user may use it: the same decisions as the native
-    protocol's (core/access.py)."""
-    return broker.session(Actor(call.user.name, call.user.tags))
+    """The core as the request's user may use it on the vhost the path names (its first
+    parameter): the same decisions as the native protocol's (core/access.py)."""
+    return broker.session(Actor(call.user.name, call.user.tags, call.params[0]))
 
 
 def _encode_payload(body: bytes, encoding: str) -> tuple[str, str]:

@@ -19,6 +19,7 @@ from ..logs.topics import MAX_PARTITIONS
 from .api_core import Call, Result, Route
 
 if TYPE_CHECKING:
+    from ..core.vhosts import VirtualHost
     from ..logs import TopicRegistry
     from ..logs.groups import GroupCoordinator
     from .api_broker import ApiBroker
@@ -39,28 +40,39 @@ class LogsApi:
     def routes(self) -> list[Route]:
         r = Route
         return [
-            r("GET", ("topics",), self.list_topics, doc="200 [Topic] - All log topics."),
             r(
                 "GET",
-                ("topics", "{name}"),
+                ("topics",),
+                self.list_topics,
+                doc="200 [Topic] - All log topics, all vhosts.",
+            ),
+            r(
+                "GET",
+                ("topics", "{vhost}"),
+                self.list_topics,
+                doc="200 [Topic] - A vhost's log topics.",
+            ),
+            r(
+                "GET",
+                ("topics", "{vhost}", "{name}"),
                 self.get_topic,
                 doc="200 Topic - One topic: settings, offsets and size per partition.",
             ),
             r(
                 "PUT",
-                ("topics", "{name}"),
+                ("topics", "{vhost}", "{name}"),
                 self.put_topic,
                 doc="201 Topic TopicPut Create a topic (200: exists with this partition count).",
             ),
             r(
                 "PATCH",
-                ("topics", "{name}"),
+                ("topics", "{vhost}", "{name}"),
                 self.alter_topic,
                 doc="200 Topic TopicAlter Grow the partition count and/or change settings.",
             ),
             r(
                 "DELETE",
-                ("topics", "{name}"),
+                ("topics", "{vhost}", "{name}"),
                 self.delete_topic,
                 doc="200 Empty - Delete a topic and its records.",
             ),
@@ -68,11 +80,20 @@ class LogsApi:
                 "GET",
                 ("groups",),
                 self.list_groups,
-                doc="200 [GroupSummary] - Consumer groups with members or committed offsets.",
+                doc=(
+                    "200 [GroupSummary] - Consumer groups with members or committed offsets, "
+                    "all vhosts."
+                ),
             ),
             r(
                 "GET",
-                ("groups", "{name}"),
+                ("groups", "{vhost}"),
+                self.list_groups,
+                doc="200 [GroupSummary] - A vhost's consumer groups.",
+            ),
+            r(
+                "GET",
+                ("groups", "{vhost}", "{name}"),
                 self.get_group,
                 doc=(
                     "200 Group - Members, assignment, committed and latest offset, lag per "
@@ -81,13 +102,13 @@ class LogsApi:
             ),
             r(
                 "DELETE",
-                ("groups", "{name}"),
+                ("groups", "{vhost}", "{name}"),
                 self.delete_group,
                 doc="200 Empty - Delete a group without members and its committed offsets.",
             ),
             r(
                 "POST",
-                ("groups", "{name}", "reset-offsets"),
+                ("groups", "{vhost}", "{name}", "reset-offsets"),
                 self.reset_offsets,
                 doc=(
                     "200 OffsetsReset ResetOffsets Move committed offsets of a group without "
@@ -99,33 +120,53 @@ class LogsApi:
     # -- topics --------------------------------------------------------------------------
 
     def _authorize(self, call: Call, operation: str, **names: str) -> None:
-        self.broker.access.authorize(Actor(call.user.name, call.user.tags), operation, **names)
+        actor = Actor(call.user.name, call.user.tags, call.params[0])
+        self.broker.access.authorize(actor, operation, **names)
 
-    def _topics(self) -> TopicRegistry:
-        logs = self.broker.logs
+    def _vhost(self, call: Call) -> VirtualHost:
+        return self.broker.vhosts.get(call.params[0])
+
+    def _vhosts(self, call: Call) -> list[VirtualHost]:
+        return [self._vhost(call)] if call.params else list(self.broker.vhosts)
+
+    @staticmethod
+    def _topics_of(vhost: VirtualHost) -> TopicRegistry:
+        logs = vhost.logs
         if logs is None:
             raise ResourceError("log topics are not available while the broker starts or stops")
         return logs
 
+    def _topics(self, call: Call) -> TopicRegistry:
+        return self._topics_of(self._vhost(call))
+
     async def list_topics(self, call: Call) -> Result:
-        return 200, self._topics().describe_all()
+        return 200, [
+            {**t, "vhost": v.name}
+            for v in self._vhosts(call)
+            for t in self._topics_of(v).describe_all()
+        ]
 
     async def get_topic(self, call: Call) -> Result:
-        return 200, self._topics().get(call.params[0]).describe()
+        topic = self._topics(call).get(call.params[1]).describe()
+        return 200, {**topic, "vhost": call.params[0]}
 
     async def put_topic(self, call: Call) -> Result:
         """Create a topic; 200 when it exists with the same partition count (and the
         settings given, if any)."""
-        self._authorize(call, "topic.create", topic=call.params[0])
+        name = call.params[1]
+        topics = self._topics(call)
+        self._authorize(call, "topic.create", topic=name)
         f = call.json(("partitions", "config"))
         partitions = f.integer("partitions", DEFAULT_PARTITIONS, 1, MAX_PARTITIONS)
-        result = self._topics().create(call.params[0], partitions, f.obj("config"))
+        result = topics.create(name, partitions, f.obj("config"))
         created = bool(result.pop("created", True))
-        return (201 if created else 200), result
+        return (201 if created else 200), {**result, "vhost": call.params[0]}
 
     async def alter_topic(self, call: Call) -> Result:
         """Grow the partition count and/or change settings (given keys only)."""
-        self._authorize(call, "topic.alter", topic=call.params[0])
+        name = call.params[1]
+        topics = self._topics(call)
+        self._authorize(call, "topic.alter", topic=name)
         f = call.json(("partitions", "config"))
         if "partitions" not in f.doc and "config" not in f.doc:
             raise InvalidArgument("give 'partitions', 'config' or both")
@@ -133,29 +174,36 @@ class LogsApi:
             f.integer("partitions", 0, 1, MAX_PARTITIONS) if "partitions" in f.doc else None
         )
         config = f.obj("config") if "config" in f.doc else None
-        return 200, self._topics().alter(call.params[0], partitions, config)
+        return 200, {**topics.alter(name, partitions, config), "vhost": call.params[0]}
 
     async def delete_topic(self, call: Call) -> Result:
-        self._authorize(call, "topic.delete", topic=call.params[0])
-        self._topics().delete(call.params[0])
+        topics = self._topics(call)
+        self._authorize(call, "topic.delete", topic=call.params[1])
+        topics.delete(call.params[1])
         return 200, {}
 
     # -- consumer groups -----------------------------------------------------------------
 
-    def _groups(self) -> GroupCoordinator:
-        groups = self.broker.groups
+    @staticmethod
+    def _groups_of(vhost: VirtualHost) -> GroupCoordinator:
+        groups = vhost.groups
         if groups is None:
             raise ResourceError(
                 "consumer groups are not available while the broker starts or stops"
             )
         return groups
 
+    def _groups(self, call: Call) -> GroupCoordinator:
+        return self._groups_of(self._vhost(call))
+
     async def list_groups(self, call: Call) -> Result:
-        return 200, self._groups().list()
+        return 200, [
+            {**g, "vhost": v.name} for v in self._vhosts(call) for g in self._groups_of(v).list()
+        ]
 
     async def get_group(self, call: Call) -> Result:
         """The coordinator's description, each partition row with its member."""
-        doc = self._groups().describe(call.params[0])
+        doc = self._groups(call).describe(call.params[1])
         owner = {
             (topic, p): m["member_id"]
             for m in doc["members"]
@@ -164,15 +212,17 @@ class LogsApi:
         }
         for row in doc["offsets"]:
             row["member"] = owner.get((row["topic"], row["partition"]))
-        return 200, doc
+        return 200, {**doc, "vhost": call.params[0]}
 
     async def delete_group(self, call: Call) -> Result:
-        self._authorize(call, "group.delete", group=call.params[0])
-        await self._groups().delete(call.params[0])  # answered once the tombstones are fsynced
+        groups = self._groups(call)
+        self._authorize(call, "group.delete", group=call.params[1])
+        await groups.delete(call.params[1])  # answered once the tombstones are fsynced
         return 200, {}
 
     async def reset_offsets(self, call: Call) -> Result:
-        group = call.params[0]
+        groups = self._groups(call)
+        group = call.params[1]
         f = call.json(("topic", "to", "value", "partitions"))
         topic = f.text("topic")
         self._authorize(call, "group.reset_offsets", group=group, topic=topic)
@@ -190,7 +240,7 @@ class LogsApi:
                 details={"argument": "value"},
             )
         partitions = _partition_list(f.doc.get("partitions")) if "partitions" in f.doc else None
-        result, synced = self._groups().reset_offsets(group, topic, to, value, partitions)
+        result, synced = groups.reset_offsets(group, topic, to, value, partitions)
         await synced
         offsets = [{"topic": t, "partition": p, "offset": o} for t, p, o in result["offsets"]]
         return 200, {"group": group, "topic": topic, "offsets": offsets}

@@ -2,8 +2,8 @@
 
 ``/api/permissions/{vhost}/{user}`` holds ``{"configure", "write", "read"}``,
 ``/api/topic-permissions/{vhost}/{user}`` one ``{"exchange", "write", "read"}`` per topic
-exchange.  The vhost is a percent-encoded path segment (``%2F`` for ``/``, the only vhost
-for now).  Administrators only.  The decisions themselves are the core's
+exchange.  The vhost is a percent-encoded path segment (``%2F`` for ``/``) and must
+exist.  Administrators only.  The decisions themselves are the core's
 (core/access.py); docs/security.md "## Permissions" describes the model.
 """
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from wharf.protocol.errors import NotFound
 
-from ..core.access import DEFAULT_VHOST, Permission
+from ..core.access import Permission
 from .api_core import Call, Result, Route
 
 if TYPE_CHECKING:
@@ -86,8 +86,7 @@ class PermissionsApi:
 
     def _target(self, call: Call) -> tuple[str, str]:
         vhost, user = call.params
-        if vhost != DEFAULT_VHOST:
-            raise NotFound(f"no vhost '{vhost}'", details={"vhost": vhost})
+        self.broker.vhosts.get(vhost)  # NotFound: "vhost 'x' not found"
         if user not in self.broker.authenticator.users:
             raise NotFound(f"no user '{user}'", details={"user": user})
         return vhost, user

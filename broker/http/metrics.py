@@ -8,7 +8,7 @@ Scrapes run on the event loop thread (see http.py), so the reads need no locking
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sized
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -55,6 +55,20 @@ class MetricsBroker(Protocol):
     def stats(self) -> BrokerStats: ...
 
 
+class _Space(NamedTuple):
+    """One vhost's state as the collector reads it (a stand-in broker without vhosts
+    is one space named "/")."""
+
+    name: str
+    queues: list[Any]
+    logs: Any
+    groups: Any
+    store: Any
+    cleaner: Any
+    connections: int
+    dead_letter_cycles: int
+
+
 # (metric name without _total, BrokerStats attribute, help)
 _COUNTERS: Final = (
     ("wharf_messages_published", "published", "Messages accepted from publishers."),
@@ -98,21 +112,58 @@ class BrokerCollector:
         yield from per_queue
         yield from counters
 
+    def _spaces(self) -> list[_Space]:
+        """Every vhost (core/vhosts.py), or the broker itself as "/"."""
+        broker = self._broker
+        vhosts = getattr(broker, "vhosts", None)
+        if vhosts is None:
+            topology = getattr(broker, "topology", None)
+            return [
+                _Space(
+                    "/",
+                    list(broker.queues.values()),
+                    getattr(broker, "logs", None),
+                    getattr(broker, "groups", None),
+                    getattr(broker, "store", None),
+                    getattr(broker, "log_cleaner", None),
+                    len(broker.connections),
+                    topology.dead_letter_cycles if topology is not None else 0,
+                )
+            ]
+        return [
+            _Space(
+                v.name,
+                list(v.topology.queues.values()),
+                v.logs,
+                v.groups,
+                v.store,
+                v.log_cleaner,
+                len(v.clients),
+                v.topology.dead_letter_cycles,
+            )
+            for v in vhosts
+        ]
+
     def collect(self) -> Iterator[Metric]:
         broker = self._broker
         totals, per_queue, counters = self._families()
         ready, unacked, consumers = per_queue
-        queues = list(broker.queues.values())
+        spaces = self._spaces()
         consumer_sum = 0
-        for q in queues:
-            labels = [q.name]
-            ready.add_metric(labels, q.ready_count)
-            unacked.add_metric(labels, q.unacked_count)
-            consumers.add_metric(labels, q.consumer_count)
-            consumer_sum += q.consumer_count
+        for space in spaces:
+            for q in space.queues:
+                labels = [q.name, space.name]
+                ready.add_metric(labels, q.ready_count)
+                unacked.add_metric(labels, q.unacked_count)
+                consumers.add_metric(labels, q.consumer_count)
+                consumer_sum += q.consumer_count
         totals["connections"].add_metric([], len(broker.connections))
-        totals["exchanges"].add_metric([], len(broker.exchanges))
-        totals["queues"].add_metric([], len(queues))
+        exchanges = getattr(broker, "vhosts", None)
+        if exchanges is None:
+            totals["exchanges"].add_metric([], len(broker.exchanges))
+        else:
+            totals["exchanges"].add_metric([], sum(len(v.topology.exchanges) for v in exchanges))
+        totals["queues"].add_metric([], sum(len(sp.queues) for sp in spaces))
         totals["consumers"].add_metric([], consumer_sum)
         stats = broker.stats
         for family, (_, attr, _) in zip(counters, _COUNTERS, strict=True):
@@ -140,43 +191,55 @@ class BrokerCollector:
         yield from self._tls_metrics()
         yield from self._access_metrics()
         yield from self._auth_metrics()
-        yield from self._policy_metrics(queues)
-        yield from self._topic_metrics()
-        yield from self._group_metrics()
-        store = getattr(broker, "store", None)
-        if store is not None:
+        yield from self._policy_metrics(spaces)
+        yield from self._topic_metrics(spaces)
+        yield from self._group_metrics(spaces)
+        if getattr(broker, "vhosts", None) is not None:
+            per_vhost = GaugeMetricFamily(
+                "wharf_vhost_connections",
+                "Authenticated client connections, per vhost.",
+                labels=["vhost"],
+            )
+            for space in spaces:
+                per_vhost.add_metric([space.name], space.connections)
+            yield per_vhost
+        # The message stores and log cleaners of every vhost, summed.
+        stores = [sp.store for sp in spaces if sp.store is not None]
+        if stores:
             yield GaugeMetricFamily(
-                "wharf_store_bytes", "Bytes in message store segments.", value=store.disk_bytes()
-            )
+                "wharf_store_bytes", "Bytes in message store segments.",
+                value=sum(st.disk_bytes() for st in stores),
+            )  # fmt: skip
             yield CounterMetricFamily(
-                "wharf_store_fsyncs", "fsync calls of the message store.", value=store.fsyncs
-            )
+                "wharf_store_fsyncs", "fsync calls of the message store.",
+                value=sum(st.fsyncs for st in stores),
+            )  # fmt: skip
             yield GaugeMetricFamily(
                 "wharf_store_failed",
                 "1 once a message store write or fsync failed: persistent publishing has "
                 "stopped until a restart (the reason is in /readyz).",
-                value=1 if store.failed is not None else 0,
+                value=1 if any(st.failed is not None for st in stores) else 0,
             )
             yield GaugeMetricFamily(
                 "wharf_store_open_fds",
                 "File descriptors the message store holds (write fds and paging read fds).",
-                value=store.open_fds(),
+                value=sum(st.open_fds() for st in stores),
             )
             yield GaugeMetricFamily(
                 "wharf_store_segments", "Segment files of the message store.",
-                value=len(store.segments),
+                value=sum(len(st.segments) for st in stores),
             )  # fmt: skip
-        cleaner = getattr(broker, "log_cleaner", None)
-        if cleaner is not None:  # compaction of log topics
+        cleaners = [sp.cleaner for sp in spaces if sp.cleaner is not None]
+        if cleaners:  # compaction of log topics
             yield CounterMetricFamily(
                 "wharf_log_cleaner_runs",
                 "Compaction passes completed over a log topic partition.",
-                value=cleaner.runs,
+                value=sum(c.runs for c in cleaners),
             )
             yield CounterMetricFamily(
                 "wharf_log_cleaner_bytes_removed",
                 "Bytes of log segments removed by compaction.",
-                value=cleaner.bytes_removed,
+                value=sum(c.bytes_removed for c in cleaners),
             )
         yield from totals.values()
         yield from per_queue
@@ -279,87 +342,93 @@ class BrokerCollector:
                 "wharf_memory_trims", "malloc_trim calls giving memory back.", value=trimmer.trims
             )
 
-    def _policy_metrics(self, queues: list[Any]) -> Iterator[Metric]:
+    def _policy_metrics(self, spaces: list[_Space]) -> Iterator[Metric]:
+        q_labels = ["queue", "vhost"]
         dead = CounterMetricFamily(
             "wharf_queue_messages_dead_lettered",
             "Messages dead-lettered from a queue, by reason.",
-            labels=["queue", "reason"],
+            labels=["queue", "reason", "vhost"],
         )
         expired = CounterMetricFamily(
-            "wharf_queue_messages_expired", "Messages that expired (TTL).", labels=["queue"]
+            "wharf_queue_messages_expired", "Messages that expired (TTL).", labels=q_labels
         )
         dropped = CounterMetricFamily(
             "wharf_queue_messages_dropped",
             "Messages dropped without a dead-letter exchange (max-length, rejection).",
-            labels=["queue"],
+            labels=q_labels,
         )
         paged = GaugeMetricFamily(
-            "wharf_queue_messages_paged", "Ready messages kept on disk.", labels=["queue"]
+            "wharf_queue_messages_paged", "Ready messages kept on disk.", labels=q_labels
         )
         delayed = GaugeMetricFamily(
             "wharf_queue_messages_delayed",
             "Messages waiting for a delayed retry.",
-            labels=["queue"],
+            labels=q_labels,
         )
         retried = CounterMetricFamily(
             "wharf_queue_messages_retried",
             "Messages held back for a delayed retry (nack delay or x-retry-delays).",
-            labels=["queue"],
+            labels=q_labels,
         )
-        for q in queues:
-            for reason, n in getattr(q, "stats_dead_lettered", {}).items():
-                dead.add_metric([q.name, reason], n)
-            expired.add_metric([q.name], getattr(q, "stats_expired", 0))
-            dropped.add_metric([q.name], getattr(q, "stats_dropped", 0))
-            paged.add_metric([q.name], getattr(q, "paged_count", 0))
-            delayed.add_metric([q.name], getattr(q, "delayed_count", 0))
-            retried.add_metric([q.name], getattr(q, "stats_retried", 0))
+        for space in spaces:
+            vhost = space.name
+            for q in space.queues:
+                for reason, n in getattr(q, "stats_dead_lettered", {}).items():
+                    dead.add_metric([q.name, reason, vhost], n)
+                labels = [q.name, vhost]
+                expired.add_metric(labels, getattr(q, "stats_expired", 0))
+                dropped.add_metric(labels, getattr(q, "stats_dropped", 0))
+                paged.add_metric(labels, getattr(q, "paged_count", 0))
+                delayed.add_metric(labels, getattr(q, "delayed_count", 0))
+                retried.add_metric(labels, getattr(q, "stats_retried", 0))
         yield delayed
         yield retried
         yield dead
         yield expired
         yield dropped
         yield paged
-        topology = getattr(self._broker, "topology", None)
-        if topology is not None:
+        if getattr(self._broker, "topology", None) is not None:
             yield CounterMetricFamily(
                 "wharf_dead_letter_cycles_dropped",
                 "Dead-lettered messages dropped to break a cycle with no rejection.",
-                value=topology.dead_letter_cycles,
+                value=sum(sp.dead_letter_cycles for sp in spaces),
             )
 
-    def _topic_metrics(self) -> Iterator[Metric]:
+    def _topic_metrics(self, spaces: list[_Space]) -> Iterator[Metric]:
         """Log topics: one sample per partition from the registry's describe()."""
-        logs = getattr(self._broker, "logs", None)
-        topics = list(logs.topics.values()) if logs is not None else []
-        count = GaugeMetricFamily("wharf_topics", "Log topics.", value=len(topics))
+        found = [
+            (sp.name, t) for sp in spaces if sp.logs is not None for t in sp.logs.topics.values()
+        ]
+        count = GaugeMetricFamily("wharf_topics", "Log topics.", value=len(found))
         partitions = GaugeMetricFamily(
-            "wharf_topic_partitions", "Partitions of a log topic.", labels=["topic"]
+            "wharf_topic_partitions", "Partitions of a log topic.", labels=["topic", "vhost"]
         )
+        part_labels = ["topic", "partition", "vhost"]
         families = {
-            key: GaugeMetricFamily(name, help_text, labels=["topic", "partition"])
+            key: GaugeMetricFamily(name, help_text, labels=part_labels)
             for key, name, help_text in _PARTITION_GAUGES
         }
         waiting = GaugeMetricFamily(
             "wharf_topic_partition_fetches_waiting",
             "Long-poll fetches parked at the end of the partition until a record comes.",
-            labels=["topic", "partition"],
+            labels=part_labels,
         )
-        for topic in topics:
+        for vhost, topic in found:
             info = topic.describe()
-            partitions.add_metric([info["name"]], info["partitions"])
+            partitions.add_metric([info["name"], vhost], info["partitions"])
             for p in info["offsets"]:
-                labels = [info["name"], str(p["partition"])]
+                labels = [info["name"], str(p["partition"]), vhost]
                 for key, family in families.items():
                     family.add_metric(labels, p.get(key, 0))
             for part in topic.partitions:
-                waiting.add_metric([info["name"], str(part.number)], part.waiting_fetches)
+                waiting.add_metric([info["name"], str(part.number), vhost], part.waiting_fetches)
         yield count
         yield partitions
         yield from families.values()
         yield waiting
+        logs = next((sp.logs for sp in spaces if sp.logs is not None), None)
         if logs is not None:
-            handles = logs.handles
+            handles = logs.handles  # one budget shared by every vhost's topics
             yield GaugeMetricFamily(
                 "wharf_log_segment_read_handles",
                 "Read fds of closed log segments held open (at most log_max_open_segments).",
@@ -371,12 +440,12 @@ class BrokerCollector:
                 value=handles.fd_errors_total,
             )
 
-    def _group_metrics(self) -> Iterator[Metric]:
+    def _group_metrics(self, spaces: list[_Space]) -> Iterator[Metric]:
         """Consumer groups: lag and committed offset per partition, members, rebalances."""
-        groups = getattr(self._broker, "groups", None)
-        if groups is None:
+        with_groups = [sp for sp in spaces if sp.groups is not None]
+        if not with_groups:
             return
-        labels = ["group", "topic", "partition"]
+        labels = ["group", "topic", "partition", "vhost"]
         lag = GaugeMetricFamily(
             "wharf_group_lag",
             "Records between a group's committed offset (or the earliest offset when it "
@@ -388,20 +457,24 @@ class BrokerCollector:
             "A group's committed offset (the next offset it reads).",
             labels=labels,
         )
-        for group, topic, partition, offset, behind in groups.lag_rows():
-            row = [group, topic, str(partition)]
-            lag.add_metric(row, behind)
-            if offset >= 0:
-                committed.add_metric(row, offset)
         members = GaugeMetricFamily(
-            "wharf_group_members", "Members of a consumer group.", labels=["group"]
+            "wharf_group_members", "Members of a consumer group.", labels=["group", "vhost"]
         )
         rebalances = CounterMetricFamily(
-            "wharf_group_rebalances", "Generations formed by a consumer group.", labels=["group"]
+            "wharf_group_rebalances",
+            "Generations formed by a consumer group.",
+            labels=["group", "vhost"],
         )
-        for group, count, formed in groups.group_rows():
-            members.add_metric([group], count)
-            rebalances.add_metric([group], formed)
+        for space in with_groups:
+            groups = space.groups
+            for group, topic, partition, offset, behind in groups.lag_rows():
+                row = [group, topic, str(partition), space.name]
+                lag.add_metric(row, behind)
+                if offset >= 0:
+                    committed.add_metric(row, offset)
+            for group, count, formed in groups.group_rows():
+                members.add_metric([group, space.name], count)
+                rebalances.add_metric([group, space.name], formed)
         yield lag
         yield committed
         yield members
@@ -417,7 +490,7 @@ class BrokerCollector:
             "queues": GaugeMetricFamily("wharf_queues", "Declared queues."),
             "consumers": GaugeMetricFamily("wharf_consumers", "Consumers across all queues."),
         }
-        per_queue = [GaugeMetricFamily(n, h, labels=["queue"]) for n, h in _QUEUE_GAUGES]
+        per_queue = [GaugeMetricFamily(n, h, labels=["queue", "vhost"]) for n, h in _QUEUE_GAUGES]
         counters = [CounterMetricFamily(n, h, labels=[]) for n, _, h in _COUNTERS]
         return totals, per_queue, counters
 

@@ -21,6 +21,14 @@ from ..core.policies.registry import (  # server-side policies
     PRIORITY_MAX,
     PRIORITY_MIN,
 )
+from ..core.vhosts import (
+    LIMIT_NAMES,
+    MAX_DESCRIPTION_CHARS,
+    MAX_LIMIT_VALUE,
+    MAX_VHOST_TAGS,
+    MAX_VHOST_TAGS_TEXT_CHARS,
+    QUEUE_TYPES,
+)
 from ..logs.group_model import RESET_TARGETS
 from ..logs.topicconfig import (
     CLEANUP_POLICIES,
@@ -39,7 +47,13 @@ from ..security.users import (
     TAG_PATTERN,
     USER_NAME_PATTERN,
 )
-from .api_core import JSON_CONTENT_TYPE, MAX_PEEK_COUNT, MSGPACK_INT_MAX, Route
+from .api_core import (
+    JSON_CONTENT_TYPE,
+    MAX_PEEK_COUNT,
+    MSGPACK_INT_MAX,
+    MSGPACK_INT_MIN,
+    Route,
+)
 from .api_logs import MAX_RESET_PARTITIONS, MAX_RESET_VALUE
 
 _TYPES: Final[dict[str, dict[str, Any]]] = {
@@ -216,6 +230,33 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "not": {"required": ["password", "password_hash"]},
     },
     "UserDeleted": _schema("connections_closed:i!"),
+    # virtual hosts (core/vhosts.py)
+    "Vhost": _schema(
+        "name:s! description:s! tags:l! default_queue_type:s metadata:m messages_ready:i "
+        "messages_unacknowledged:i queues:i topics:i connections:i limits:m"
+    ),
+    "VhostPut": _schema(
+        "description:s default_queue_type:s tracing:b",
+        closed=True,
+        description={"maxLength": MAX_DESCRIPTION_CHARS},
+        # A list, or RabbitMQ's comma-separated string (short enough for MAX_VHOST_TAGS).
+        tags={
+            "oneOf": [
+                {"type": "string", "maxLength": MAX_VHOST_TAGS_TEXT_CHARS},
+                {
+                    "type": "array",
+                    "maxItems": MAX_VHOST_TAGS,
+                    "items": {"type": "string", "minLength": 1, "maxLength": 255},
+                },
+            ],
+        },
+        default_queue_type=_enum(*QUEUE_TYPES),
+    ),
+    "VhostDeleted": _schema("connections_closed:i!"),
+    "VhostLimits": _schema("vhost:s! value:m!"),
+    "VhostLimitPut": _schema(
+        "value:i!", closed=True, value={"minimum": MSGPACK_INT_MIN, "maximum": MAX_LIMIT_VALUE}
+    ),
     # server-side policies
     "Policy": _apply_to_queues(_schema("name:s! pattern:s! definition:m! priority:i! apply-to:s!")),
     "PolicyPut": _apply_to_queues(
@@ -365,7 +406,17 @@ def openapi_document(api_version: str, routes: Iterable[Route]) -> dict[str, Any
         "schema": {"type": "string", "pattern": f"^{TOPIC_NAME_RE.pattern}$"},
     }
     group_param = {**name_param, "description": "Percent-encoded consumer group name."}
-    special_params = {"/users/": user_param, "/topics/": topic_param, "/groups/": group_param}
+    limit_param = {
+        **name_param,
+        "description": "The limit: max-connections, max-queues or max-topics.",
+        "schema": _enum(*LIMIT_NAMES),
+    }
+    special_params = {
+        "/users/": user_param,
+        "/topics/": topic_param,
+        "/groups/": group_param,
+        "/vhost-limits/": limit_param,
+    }
     for route in routes:
         method, path = route.method, "/" + "/".join(route.path)
         ok, result, body, summary = route.doc.split(maxsplit=3)

@@ -143,6 +143,9 @@ class TopicRegistry:
         self.max_batch_bytes = max_batch_bytes
         # Called with the topic name after a topic is deleted (groups, bindings).
         self.on_topic_deleted: list[Callable[[str], None]] = []
+        # Raises when no more topics may be created (the vhost's max-topics, set by
+        # core/vhosts.py, which decides).
+        self.check_new_topic: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         # Worker-thread jobs of closed partitions (deleted topics, shutdown) still
         # writing files: ``wait_closed`` waits for them.
@@ -216,6 +219,8 @@ class TopicRegistry:
                     details={"config": existing.config.to_map()},
                 )
             return {**existing.describe(), "created": False}
+        if self.check_new_topic is not None:
+            self.check_new_topic()
         tmp = self.root / f".{name}.creating"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -61,6 +61,8 @@ class AuditEvent(StrEnum):
     * ``access.denied``: actor, peer, protocol, [vhost, resource, permission, tag]
     * ``permission.set`` / ``permission.deleted``, ``vhost.created`` / ``vhost.deleted``,
       ``tls.reloaded``: for the permission, vhost and TLS work (actor, peer, protocol, ...).
+    * ``vhost.limit_set`` / ``vhost.limit_cleared``: actor, peer, protocol, vhost, limit,
+      [value]
     """
 
     AUTH_SUCCESS = "auth.success"
@@ -77,6 +79,8 @@ class AuditEvent(StrEnum):
     PERMISSION_DELETED = "permission.deleted"
     VHOST_CREATED = "vhost.created"
     VHOST_DELETED = "vhost.deleted"
+    VHOST_LIMIT_SET = "vhost.limit_set"
+    VHOST_LIMIT_CLEARED = "vhost.limit_cleared"
     TLS_RELOADED = "tls.reloaded"
 
 

@@ -56,7 +56,7 @@ async def http_get(port: int, path: str) -> bytes:
 
 async def delayed_count(bp: BrokerProcess, queue: str) -> float:
     text = (await http_get(bp.http_port, "/metrics")).decode()
-    prefix = f'wharf_queue_messages_delayed{{queue="{queue}"}} '
+    prefix = f'wharf_queue_messages_delayed{{queue="{queue}",vhost="/"}} '
     for line in text.splitlines():
         if line.startswith(prefix):
             return float(line[len(prefix) :])

@@ -18,11 +18,11 @@ import asyncio
 import json
 import logging
 from collections.abc import Coroutine, Iterator
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from wharf.broker.core.access import AccessControl, Actor
 from wharf.broker.core.session import CoreSession
-from wharf.broker.core.topology import Topology
+from wharf.broker.core.vhosts import VirtualHosts
 from wharf.broker.http.api import ManagementApi
 from wharf.broker.logs.topicconfig import DEFAULTS
 from wharf.broker.logs.topics import _check_partition_count
@@ -36,18 +36,18 @@ MAX_LEN: Final = 4 * 1024
 HASH: Final = "scrypt$16384$8$1$c2FsdHNhbHRzYWx0c2FsdA==$a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2V5a2U="
 # (method, path) of every write that takes a JSON body.
 ENDPOINTS: Final = (
-    ("PUT", "/api/queues/q2"),
-    ("POST", "/api/queues/q/get"),
-    ("POST", "/api/queues/q/replay"),
-    ("PUT", "/api/exchanges/x2"),
-    ("POST", "/api/exchanges/x/publish"),
-    ("POST", "/api/bindings"),
-    ("DELETE", "/api/bindings"),
+    ("PUT", "/api/queues/%2F/q2"),
+    ("POST", "/api/queues/%2F/q/get"),
+    ("POST", "/api/queues/%2F/q/replay"),
+    ("PUT", "/api/exchanges/%2F/x2"),
+    ("POST", "/api/exchanges/%2F/x/publish"),
+    ("POST", "/api/bindings/%2F"),
+    ("DELETE", "/api/bindings/%2F"),
     ("PUT", "/api/users/u"),
-    ("PUT", "/api/policies/p"),
-    ("PUT", "/api/topics/t"),
-    ("PATCH", "/api/topics/t"),
-    ("POST", "/api/groups/g/reset-offsets"),
+    ("PUT", "/api/policies/%2F/p"),
+    ("PUT", "/api/topics/%2F/t"),
+    ("PATCH", "/api/topics/%2F/t"),
+    ("POST", "/api/groups/%2F/g/reset-offsets"),
 )
 _AUTH: Final = {"authorization": "Basic cm9vdDpyb290"}  # root:root (any password passes)
 
@@ -96,11 +96,14 @@ class _Broker:
         self.reset()
 
     def session(self, actor: Actor) -> CoreSession:
-        return CoreSession(actor, self.access, self.topology)
+        return CoreSession(actor, self.access, self.vhosts.get(actor.vhost).topology)
 
     def reset(self) -> None:
         """Back to the initial state (the API object is built once: that takes ~1 ms)."""
-        self.topology = Topology()
+        # The default vhost only, its topology real, its topics and groups stand-ins.
+        self.vhosts = VirtualHosts()
+        vhost = self.vhosts.default
+        self.topology = vhost.topology
         self.queues = self.topology.queues
         self.exchanges = self.topology.exchanges
         self.store = None
@@ -111,6 +114,8 @@ class _Broker:
         self.access.implicit_full = lambda user: True  # the harness's user is an admin
         self.logs = _Topics()
         self.groups = _Groups()
+        vhost.logs = cast(Any, self.logs)
+        vhost.groups = cast(Any, self.groups)
         owner: Any = object()
         self.topology.declare_queue(
             "q",
@@ -186,18 +191,18 @@ async def _never_waits(coro: Coroutine[Any, Any, Any]) -> Any:
 def seeds() -> Iterator[bytes]:
     """Real API bodies, as docs/management.md shows them, one or more per endpoint."""
     bodies: dict[str, list[Any]] = {
-        "/api/queues/q2": [
+        "/api/queues/%2F/q2": [
             {"durable": True, "arguments": {"x-max-length": 1000, "x-overflow": "reject-publish"}},
             {"arguments": {"x-message-ttl": 60000, "x-dead-letter-exchange": "dlx"}},
             {},
         ],
-        "/api/queues/q/get": [{"count": 5, "encoding": "auto", "truncate": 100}],
-        "/api/queues/q/replay": [{"target": "q", "limit": 10, "max_deaths": 3}],
-        "/api/exchanges/x2": [
+        "/api/queues/%2F/q/get": [{"count": 5, "encoding": "auto", "truncate": 100}],
+        "/api/queues/%2F/q/replay": [{"target": "q", "limit": 10, "max_deaths": 3}],
+        "/api/exchanges/%2F/x2": [
             {"type": "topic", "durable": True},
             {"type": "headers", "arguments": {"alternate-exchange": "x"}},
         ],
-        "/api/exchanges/x/publish": [
+        "/api/exchanges/%2F/x/publish": [
             {"routing_key": "a.b", "payload": "hello", "properties": {"priority": 3}},
             {
                 "routing_key": "a",
@@ -206,7 +211,7 @@ def seeds() -> Iterator[bytes]:
                 "properties": {"headers": {"k": [1, "v"]}, "expiration": 1000},
             },
         ],
-        "/api/bindings": [
+        "/api/bindings/%2F": [
             {"source": "x", "destination": "q", "routing_key": "b.*"},
             {"source": "amq.headers", "destination": "q", "arguments": {"x-match": "any"}},
             {"source": "x", "destination": "x2", "destination_type": "exchange"},
@@ -215,16 +220,16 @@ def seeds() -> Iterator[bytes]:
             {"password": "s3cret", "tags": ["monitoring"]},
             {"password_hash": HASH, "tags": "administrator,management"},
         ],
-        "/api/policies/p": [
+        "/api/policies/%2F/p": [
             {"pattern": "^orders\\.", "definition": {"max-length": 10000}, "priority": 1},
             {"pattern": ".*", "definition": {"overflow": "reject-publish"}, "apply-to": "queues"},
         ],
-        "/api/topics/t": [
+        "/api/topics/%2F/t": [
             {"partitions": 3, "config": {"retention_ms": 3600000}},
             {"partitions": 4},
             {"config": {"cleanup_policy": "compact", "min_cleanable_dirty_ratio": 0.3}},
         ],
-        "/api/groups/g/reset-offsets": [
+        "/api/groups/%2F/g/reset-offsets": [
             {"topic": "t", "to": "earliest"},
             {"topic": "t", "to": "offset", "value": 42, "partitions": [0, 2]},
         ],

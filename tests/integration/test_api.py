@@ -121,7 +121,7 @@ async def test_non_administrators_read_but_do_not_write(broker: Broker) -> None:
         "name": "viewer",
         "tags": ["monitoring"],
     }
-    r = await api(broker, "PUT", f"/api/queues/{_qname()}", {}, auth=viewer)
+    r = await api(broker, "PUT", f"/api/queues/%2F/{_qname()}", {}, auth=viewer)
     assert r.status == 403 and r.json()["code"] == 403
     # Decided by the permission table: a new API user has no permissions (RabbitMQ).
     assert r.json()["error"] == "access to vhost '/' refused for user 'viewer'"
@@ -183,20 +183,20 @@ async def test_overview_follows_clients(broker: Broker, conn: wharf.Connection) 
 
 async def test_queue_declare_show_list_delete(broker: Broker) -> None:
     name = _qname()
-    r = await api(broker, "PUT", f"/api/queues/{name}", {"durable": True})
+    r = await api(broker, "PUT", f"/api/queues/%2F/{name}", {"durable": True})
     assert r.status == 201
     assert r.json()["name"] == name and r.json()["durable"] is True
     # Same attributes: 200 and no change; different ones: 409 (precondition failed).
-    assert (await api(broker, "PUT", f"/api/queues/{name}", {"durable": True})).status == 200
-    r = await api(broker, "PUT", f"/api/queues/{name}", {"durable": False})
+    assert (await api(broker, "PUT", f"/api/queues/%2F/{name}", {"durable": True})).status == 200
+    r = await api(broker, "PUT", f"/api/queues/%2F/{name}", {"durable": False})
     assert r.status == 409 and r.json()["code"] == 406
-    r = await api(broker, "GET", f"/api/queues/{name}")
+    r = await api(broker, "GET", f"/api/queues/%2F/{name}")
     assert r.json()["messages_ready"] == 0 and r.json()["consumers"] == 0
     assert name in [q["name"] for q in (await api(broker, "GET", "/api/queues")).json()]
-    r = await api(broker, "DELETE", f"/api/queues/{name}")
+    r = await api(broker, "DELETE", f"/api/queues/%2F/{name}")
     assert r.status == 200 and r.json() == {"messages": 0}
     assert name not in broker.queues
-    r = await api(broker, "GET", f"/api/queues/{name}")
+    r = await api(broker, "GET", f"/api/queues/%2F/{name}")
     assert r.status == 404 and r.json()["code"] == 404
 
 
@@ -206,27 +206,27 @@ async def test_queue_names_are_percent_encoded_segments(
     name = "orders/eu west?#%é"
     from urllib.parse import quote
 
-    r = await api(broker, "PUT", f"/api/queues/{quote(name, safe='')}", {})
+    r = await api(broker, "PUT", f"/api/queues/%2F/{quote(name, safe='')}", {})
     assert r.status == 201 and r.json()["name"] == name
     await conn.publish("", name, b"x")
     await wait_until(lambda: broker.queues[name].ready_count == 1)
-    assert (await api(broker, "GET", f"/api/queues/{quote(name, safe='')}")).status == 200
-    assert (await api(broker, "GET", "/api/queues/%ff")).status == 400
+    assert (await api(broker, "GET", f"/api/queues/%2F/{quote(name, safe='')}")).status == 200
+    assert (await api(broker, "GET", "/api/queues/%2F/%ff")).status == 400
 
 
 async def test_reserved_and_exclusive_queues_are_refused(
     broker: Broker, conn: wharf.Connection
 ) -> None:
-    r = await api(broker, "PUT", "/api/queues/amq.mine", {})
+    r = await api(broker, "PUT", "/api/queues/%2F/amq.mine", {})
     assert r.status == 403
-    r = await api(broker, "PUT", f"/api/queues/{_qname()}", {"exclusive": True})
+    r = await api(broker, "PUT", f"/api/queues/%2F/{_qname()}", {"exclusive": True})
     assert r.status == 400
     q = (await conn.declare_queue("", exclusive=True)).name
     # Visible, but it belongs to its connection.
-    assert (await api(broker, "GET", f"/api/queues/{q}")).json()["exclusive"] is True
-    r = await api(broker, "DELETE", f"/api/queues/{q}")
+    assert (await api(broker, "GET", f"/api/queues/%2F/{q}")).json()["exclusive"] is True
+    r = await api(broker, "DELETE", f"/api/queues/%2F/{q}")
     assert r.status == 409 and r.json()["code"] == 405
-    assert (await api(broker, "DELETE", f"/api/queues/{q}/contents")).status == 409
+    assert (await api(broker, "DELETE", f"/api/queues/%2F/{q}/contents")).status == 409
     assert q in broker.queues
 
 
@@ -235,18 +235,20 @@ async def test_queue_delete_conditions_and_purge(broker: Broker, conn: wharf.Con
     for body in (b"a", b"b", b"c"):
         await conn.publish("", q, body)
     await wait_until(lambda: broker.queues[q].ready_count == 3)
-    r = await api(broker, "DELETE", f"/api/queues/{q}?if_empty=true")
+    r = await api(broker, "DELETE", f"/api/queues/%2F/{q}?if_empty=true")
     assert r.status == 409 and "not empty" in r.json()["error"]
     async with conn.consume(q, prefetch=1):
         await wait_until(lambda: broker.queues[q].consumer_count == 1)
-        r = await api(broker, "DELETE", f"/api/queues/{q}?if_unused")
+        r = await api(broker, "DELETE", f"/api/queues/%2F/{q}?if_unused")
         assert r.status == 409 and "consumers" in r.json()["error"]
-    assert (await api(broker, "DELETE", f"/api/queues/{q}?if_unused=maybe")).status == 400
-    assert (await api(broker, "DELETE", f"/api/queues/{q}?force=1")).status == 400
+    assert (await api(broker, "DELETE", f"/api/queues/%2F/{q}?if_unused=maybe")).status == 400
+    assert (await api(broker, "DELETE", f"/api/queues/%2F/{q}?force=1")).status == 400
     await wait_until(lambda: broker.queues[q].unacked_count == 0)
-    r = await api(broker, "DELETE", f"/api/queues/{q}/contents")
+    r = await api(broker, "DELETE", f"/api/queues/%2F/{q}/contents")
     assert r.status == 200 and r.json() == {"messages": 3}
-    assert (await api(broker, "DELETE", f"/api/queues/{q}?if_empty=1&if_unused=1")).status == 200
+    assert (
+        await api(broker, "DELETE", f"/api/queues/%2F/{q}?if_empty=1&if_unused=1")
+    ).status == 200
     assert q not in broker.queues
 
 
@@ -256,7 +258,7 @@ async def test_peek_does_not_consume_or_reorder(broker: Broker, conn: wharf.Conn
     await conn.publish("", q, b"\xff\x00binary")
     await conn.publish("", q, b"third")
     await wait_until(lambda: broker.queues[q].ready_count == 3)
-    r = await api(broker, "POST", f"/api/queues/{q}/get", {"count": 2})
+    r = await api(broker, "POST", f"/api/queues/%2F/{q}/get", {"count": 2})
     assert r.status == 200
     peeked = r.json()
     assert [m["payload"] for m in peeked] == ["first", base64.b64encode(b"\xff\x00binary").decode()]
@@ -264,7 +266,7 @@ async def test_peek_does_not_consume_or_reorder(broker: Broker, conn: wharf.Conn
     assert peeked[0]["properties"]["message_id"] == "m1"
     assert peeked[0]["routing_key"] == q and peeked[0]["redelivered"] is False
     assert broker.queues[q].ready_count == 3
-    shown = await api(broker, "GET", f"/api/queues/{q}")
+    shown = await api(broker, "GET", f"/api/queues/%2F/{q}")
     assert shown.json()["messages_ready"] == 3
     # Consumers still get everything, in order, as first deliveries.
     got = []
@@ -273,7 +275,7 @@ async def test_peek_does_not_consume_or_reorder(broker: Broker, conn: wharf.Conn
         assert msg is not None
         got.append((msg.body, msg.redelivered))
     assert got == [(b"first", False), (b"\xff\x00binary", False), (b"third", False)]
-    assert (await api(broker, "POST", f"/api/queues/{q}/get", {})).json() == []
+    assert (await api(broker, "POST", f"/api/queues/%2F/{q}/get", {})).json() == []
 
 
 async def test_peek_shows_requeued_messages_first(broker: Broker, connect: Connect) -> None:
@@ -286,12 +288,12 @@ async def test_peek_shows_requeued_messages_first(broker: Broker, connect: Conne
     assert msg is not None and msg.body == b"one"
     await c2.close()  # unacked: requeued at its place
     await wait_until(lambda: broker.queues[q].ready_count == 2)
-    r = await api(broker, "POST", f"/api/queues/{q}/get", {"count": 10, "truncate": 2})
+    r = await api(broker, "POST", f"/api/queues/%2F/{q}/get", {"count": 10, "truncate": 2})
     assert [(m["payload"], m["redelivered"], m["payload_bytes"]) for m in r.json()] == [
         ("on", True, 3),
         ("tw", False, 3),
     ]
-    r = await api(broker, "POST", f"/api/queues/{q}/get", {"count": 0})
+    r = await api(broker, "POST", f"/api/queues/%2F/{q}/get", {"count": 0})
     assert r.status == 400
 
 
@@ -299,20 +301,20 @@ async def test_peek_shows_requeued_messages_first(broker: Broker, connect: Conne
 
 
 async def test_exchange_lifecycle_and_default_exchange(broker: Broker) -> None:
-    r = await api(broker, "GET", "/api/exchanges/amq.default")
+    r = await api(broker, "GET", "/api/exchanges/%2F/amq.default")
     assert r.status == 200 and r.json()["name"] == "" and r.json()["type"] == "direct"
     names = [e["name"] for e in (await api(broker, "GET", "/api/exchanges")).json()]
     assert "" in names and "amq.topic" in names
-    r = await api(broker, "PUT", "/api/exchanges/events", {"type": "topic", "durable": True})
+    r = await api(broker, "PUT", "/api/exchanges/%2F/events", {"type": "topic", "durable": True})
     assert r.status == 201 and r.json()["type"] == "topic"
-    r = await api(broker, "PUT", "/api/exchanges/events", {"type": "fanout", "durable": True})
+    r = await api(broker, "PUT", "/api/exchanges/%2F/events", {"type": "fanout", "durable": True})
     assert r.status == 409
-    assert (await api(broker, "PUT", "/api/exchanges/bad", {"type": "nope"})).status == 400
-    assert (await api(broker, "PUT", "/api/exchanges/bad", {})).status == 400
-    assert (await api(broker, "DELETE", "/api/exchanges/amq.topic")).status == 403
-    assert (await api(broker, "DELETE", "/api/exchanges/amq.default")).status == 403
-    assert (await api(broker, "DELETE", "/api/exchanges/events")).status == 200
-    assert (await api(broker, "GET", "/api/exchanges/events")).status == 404
+    assert (await api(broker, "PUT", "/api/exchanges/%2F/bad", {"type": "nope"})).status == 400
+    assert (await api(broker, "PUT", "/api/exchanges/%2F/bad", {})).status == 400
+    assert (await api(broker, "DELETE", "/api/exchanges/%2F/amq.topic")).status == 403
+    assert (await api(broker, "DELETE", "/api/exchanges/%2F/amq.default")).status == 403
+    assert (await api(broker, "DELETE", "/api/exchanges/%2F/events")).status == 200
+    assert (await api(broker, "GET", "/api/exchanges/%2F/events")).status == 404
 
 
 async def test_publish_reports_a_refusal_by_a_full_queue(
@@ -322,7 +324,7 @@ async def test_publish_reports_a_refusal_by_a_full_queue(
     # reject-publish); HTTP publish goes through the same path and says so.
     q = _qname()
     await conn.declare_queue(q, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
-    url = "/api/exchanges/amq.default/publish"
+    url = "/api/exchanges/%2F/amq.default/publish"
     first = await api(broker, "POST", url, {"routing_key": q, "payload": "a"})
     assert first.status == 200 and first.json() == {"routed": True}
     second = await api(broker, "POST", url, {"routing_key": q, "payload": "b"})
@@ -343,7 +345,7 @@ async def test_publish_checks_properties_as_the_native_protocol(
     r = await api(
         broker,
         "POST",
-        "/api/exchanges/amq.default/publish",
+        "/api/exchanges/%2F/amq.default/publish",
         {"routing_key": q, "payload": "x", "properties": bad},
     )
     assert r.status == 400 and r.json()["code"] == InvalidArgument.code
@@ -358,11 +360,11 @@ async def test_publish_routes_like_a_client_publish(broker: Broker, conn: wharf.
         "payload": "héllo",
         "properties": {"content_type": "text/plain", "headers": {"k": 1}, "priority": 3},
     }
-    r = await api(broker, "POST", "/api/exchanges/amq.default/publish", body)
+    r = await api(broker, "POST", "/api/exchanges/%2F/amq.default/publish", body)
     assert r.status == 200 and r.json() == {"routed": True}
     raw = {"routing_key": q, "payload": base64.b64encode(b"\x00\x01").decode()}
     raw["payload_encoding"] = "base64"
-    assert (await api(broker, "POST", "/api/exchanges/amq.default/publish", raw)).status == 200
+    assert (await api(broker, "POST", "/api/exchanges/%2F/amq.default/publish", raw)).status == 200
     msg = await conn.get(q, no_ack=True)
     assert msg is not None and msg.body == "héllo".encode()
     props = msg.properties or {}
@@ -370,13 +372,13 @@ async def test_publish_routes_like_a_client_publish(broker: Broker, conn: wharf.
     assert props["headers"] == {"k": 1} and props["priority"] == 3
     msg = await conn.get(q, no_ack=True)
     assert msg is not None and msg.body == b"\x00\x01"
-    r = await api(broker, "POST", "/api/exchanges/amq.direct/publish", {"payload": "x"})
+    r = await api(broker, "POST", "/api/exchanges/%2F/amq.direct/publish", {"payload": "x"})
     assert r.status == 200 and r.json() == {"routed": False}
     assert broker.stats.unroutable == 1
 
 
 async def test_publish_rejects_what_the_wire_rejects(broker: Broker) -> None:
-    url = "/api/exchanges/amq.default/publish"
+    url = "/api/exchanges/%2F/amq.default/publish"
     for body in (
         {"payload": "x", "properties": {"priority": 256}},
         {"payload": "x", "properties": {"expiration": -1}},
@@ -392,44 +394,44 @@ async def test_publish_rejects_what_the_wire_rejects(broker: Broker) -> None:
         assert r.status == 400, (body, r)
     r = await api(broker, "POST", url, {"payload": "x", "properties": {"user_id": "mallory"}})
     assert r.status == 409 and r.json()["code"] == 406
-    await api(broker, "PUT", "/api/exchanges/inner", {"type": "fanout", "internal": True})
+    await api(broker, "PUT", "/api/exchanges/%2F/inner", {"type": "fanout", "internal": True})
     assert (
-        await api(broker, "POST", "/api/exchanges/inner/publish", {"payload": "x"})
+        await api(broker, "POST", "/api/exchanges/%2F/inner/publish", {"payload": "x"})
     ).status == 403
     assert (
-        await api(broker, "POST", "/api/exchanges/nope/publish", {"payload": "x"})
+        await api(broker, "POST", "/api/exchanges/%2F/nope/publish", {"payload": "x"})
     ).status == 404
     assert broker.stats.published == 0
 
 
 async def test_bindings_add_list_remove(broker: Broker, conn: wharf.Connection) -> None:
     q = (await conn.declare_queue(_qname())).name
-    await api(broker, "PUT", "/api/exchanges/ev", {"type": "topic"})
-    await api(broker, "PUT", "/api/exchanges/ev2", {"type": "fanout"})
+    await api(broker, "PUT", "/api/exchanges/%2F/ev", {"type": "topic"})
+    await api(broker, "PUT", "/api/exchanges/%2F/ev2", {"type": "fanout"})
     binding = {"source": "ev", "destination": q, "routing_key": "order.*"}
-    r = await api(broker, "POST", "/api/bindings", binding)
+    r = await api(broker, "POST", "/api/bindings/%2F", binding)
     assert r.status == 201 and r.json()["destination_type"] == "queue"
-    assert (await api(broker, "POST", "/api/bindings", binding)).status == 200
+    assert (await api(broker, "POST", "/api/bindings/%2F", binding)).status == 200
     e2e = {"source": "ev2", "destination": "ev", "destination_type": "exchange"}
-    assert (await api(broker, "POST", "/api/bindings", e2e)).status == 201
+    assert (await api(broker, "POST", "/api/bindings/%2F", e2e)).status == 201
     listed = (await api(broker, "GET", "/api/bindings")).json()
     assert {(b["source"], b["destination"], b["routing_key"]) for b in listed} == {
         ("ev", q, "order.*"),
         ("ev2", "ev", ""),
     }
     r = await api(
-        broker, "POST", "/api/exchanges/ev2/publish", {"routing_key": "order.1", "payload": "p"}
+        broker, "POST", "/api/exchanges/%2F/ev2/publish", {"routing_key": "order.1", "payload": "p"}
     )
     assert r.json() == {"routed": True}
     # Unknown fields, a missing destination and the default exchange are refused.
-    assert (await api(broker, "POST", "/api/bindings", {**binding, "key": "x"})).status == 400
+    assert (await api(broker, "POST", "/api/bindings/%2F", {**binding, "key": "x"})).status == 400
     assert (
-        await api(broker, "POST", "/api/bindings", {**binding, "destination": "nope"})
+        await api(broker, "POST", "/api/bindings/%2F", {**binding, "destination": "nope"})
     ).status == 404
-    assert (await api(broker, "POST", "/api/bindings", {**binding, "source": ""})).status == 403
-    assert (await api(broker, "DELETE", "/api/bindings", binding)).status == 200
-    assert (await api(broker, "DELETE", "/api/bindings", binding)).status == 404
-    assert (await api(broker, "DELETE", "/api/exchanges/ev?if_unused=true")).status == 200
+    assert (await api(broker, "POST", "/api/bindings/%2F", {**binding, "source": ""})).status == 403
+    assert (await api(broker, "DELETE", "/api/bindings/%2F", binding)).status == 200
+    assert (await api(broker, "DELETE", "/api/bindings/%2F", binding)).status == 404
+    assert (await api(broker, "DELETE", "/api/exchanges/%2F/ev?if_unused=true")).status == 200
     assert [b["source"] for b in (await api(broker, "GET", "/api/bindings")).json()] == []
 
 
@@ -443,7 +445,7 @@ async def test_connections_and_consumers_are_listed_and_closed(
     for i in range(3):
         await conn.publish("", q, b"m%d" % i)
     async with conn.consume(q, prefetch=7):
-        path = f"/api/queues/{q}"
+        path = f"/api/queues/%2F/{q}"
 
         async def delivered_never_acked() -> bool:
             return bool((await api(broker, "GET", path)).json()["messages_unacked"] >= 3)
@@ -463,7 +465,7 @@ async def test_connections_and_consumers_are_listed_and_closed(
         assert r.status == 200
         await wait_until(lambda: not broker.connections)
     # The closed connection's deliveries went back to the queue.
-    queue = (await api(broker, "GET", f"/api/queues/{q}")).json()
+    queue = (await api(broker, "GET", f"/api/queues/%2F/{q}")).json()
     assert (queue["messages_ready"], queue["messages_unacked"]) == (3, 0)
     with pytest.raises(wharf.WharfError) as info:
         await conn.declare_queue(_qname())
@@ -604,20 +606,20 @@ async def test_bad_user_records_in_definitions_are_skipped(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("method", "path", "raw", "status"),
     [
-        ("PUT", "/api/queues/q", b"{not json", 400),
-        ("PUT", "/api/queues/q", b"[1, 2]", 400),
-        ("PUT", "/api/queues/q", b'{"durable": "yes"}', 400),
-        ("PUT", "/api/queues/q", b'{"arguments": {"x": NaN}}', 400),
-        ("PUT", "/api/queues/q", b'{"arguments": {"x": 1e999}}', 400),
-        ("PUT", "/api/queues/q", b'{"arguments": {"x": 100000000000000000000}}', 400),
-        ("PUT", "/api/queues/q", b'{"arguments": {"x": "\\ud800"}}', 400),
-        ("PUT", "/api/queues/q", b'{"arguments": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400),
-        ("PUT", "/api/queues/q", b"\xff\xfe", 400),
-        ("PUT", "/api/queues/" + "x" * 300, b"{}", 400),
+        ("PUT", "/api/queues/%2F/q", b"{not json", 400),
+        ("PUT", "/api/queues/%2F/q", b"[1, 2]", 400),
+        ("PUT", "/api/queues/%2F/q", b'{"durable": "yes"}', 400),
+        ("PUT", "/api/queues/%2F/q", b'{"arguments": {"x": NaN}}', 400),
+        ("PUT", "/api/queues/%2F/q", b'{"arguments": {"x": 1e999}}', 400),
+        ("PUT", "/api/queues/%2F/q", b'{"arguments": {"x": 100000000000000000000}}', 400),
+        ("PUT", "/api/queues/%2F/q", b'{"arguments": {"x": "\\ud800"}}', 400),
+        ("PUT", "/api/queues/%2F/q", b'{"arguments": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400),
+        ("PUT", "/api/queues/%2F/q", b"\xff\xfe", 400),
+        ("PUT", "/api/queues/%2F/" + "x" * 300, b"{}", 400),
         ("POST", "/api/queues", b"{}", 405),
         ("GET", "/api/nothing/here", b"", 404),
         ("GET", "/api", b"", 404),
-        ("GET", "/api/queues/", b"", 400),
+        ("GET", "/api/queues/%2F/", b"", 400),
         ("GET", "/api/queues?x=%zz", b"", 400),
     ],
 )
@@ -635,7 +637,7 @@ async def test_malformed_requests_get_4xx(
 
 async def test_bodies_over_1_mib_are_413_and_up_to_it_work(broker: Broker) -> None:
     payload = "x" * (1024 * 1024 - 100)
-    url = "/api/exchanges/amq.default/publish"
+    url = "/api/exchanges/%2F/amq.default/publish"
     assert (await api(broker, "POST", url, {"payload": payload})).status == 200
     # The head alone is enough for a refusal: the broker does not read the body.
     head = (
@@ -650,7 +652,7 @@ async def test_bodies_over_1_mib_are_413_and_up_to_it_work(broker: Broker) -> No
 # A length that does not fit 64 bits is a parse error (400), not an oversized body (413).
 @pytest.mark.parametrize(("length", "status"), [(b"\xb2", 400), (b"9" * 5000, 400), (b"-1", 400)])
 async def test_odd_content_lengths_get_4xx(broker: Broker, length: bytes, status: int) -> None:
-    head = b"PUT /api/queues/q HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n"
+    head = b"PUT /api/queues/%2F/q HTTP/1.1\r\nHost: x\r\nContent-Length: " + length + b"\r\n\r\n"
     assert (await raw_http(broker.http_port, head)).status == status
     assert (await api(broker, "GET", "/api/overview")).status == 200
 
@@ -658,7 +660,7 @@ async def test_odd_content_lengths_get_4xx(broker: Broker, length: bytes, status
 async def test_expect_100_continue_and_head(broker: Broker) -> None:
     body = json.dumps({"durable": False}).encode()
     request = (
-        f"PUT /api/queues/cont HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        f"PUT /api/queues/%2F/cont HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
         f"Authorization: {_basic(GUEST)}\r\nExpect: 100-continue\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
@@ -674,7 +676,7 @@ async def test_expect_100_continue_and_head(broker: Broker) -> None:
         writer.close()
         await writer.wait_closed()
     assert final.startswith(b"HTTP/1.1 201 ")
-    r = await api(broker, "HEAD", "/api/queues/cont")
+    r = await api(broker, "HEAD", "/api/queues/%2F/cont")
     assert r.status == 200 and r.body == b"" and int(r.headers["content-length"]) > 0
 
 
@@ -682,10 +684,10 @@ async def test_openapi_document_lists_every_endpoint(broker: Broker) -> None:
     doc = (await api(broker, "GET", "/api/openapi.json")).json()
     assert doc["openapi"].startswith("3.")
     ops = {(m.upper(), p) for p, methods in doc["paths"].items() for m in methods}
-    assert ("POST", "/api/queues/{name}/get") in ops
-    assert ("DELETE", "/api/bindings") in ops
+    assert ("POST", "/api/queues/{vhost}/{name}/get") in ops
+    assert ("DELETE", "/api/bindings/{vhost}") in ops
     assert ("PUT", "/api/users/{name}") in ops
-    assert ("PATCH", "/api/topics/{name}") in ops
+    assert ("PATCH", "/api/topics/{vhost}/{name}") in ops
     # Every route the API serves is described, and nothing else.
     served = build_api(broker)
     assert served is not None
@@ -703,13 +705,13 @@ async def test_replay_dead_letters_over_http(broker: Broker, conn: wharf.Connect
         m = await conn.get("api-work")
         assert m is not None
         await m.reject(requeue=False)
-    r = await api(broker, "POST", "/api/queues/api-dlq/replay", {"reason": "expired"})
+    r = await api(broker, "POST", "/api/queues/%2F/api-dlq/replay", {"reason": "expired"})
     assert r.status == 200 and r.json() == {"moved": 0}
-    r = await api(broker, "POST", "/api/queues/api-dlq/replay", {"limit": 1})
+    r = await api(broker, "POST", "/api/queues/%2F/api-dlq/replay", {"limit": 1})
     assert r.status == 200 and r.json() == {"moved": 1}
-    r = await api(broker, "POST", "/api/queues/api-dlq/replay", {"limit": -1})
+    r = await api(broker, "POST", "/api/queues/%2F/api-dlq/replay", {"limit": -1})
     assert r.status == 400
-    r = await api(broker, "POST", "/api/queues/api-dlq/replay", {"target": "nope"})
+    r = await api(broker, "POST", "/api/queues/%2F/api-dlq/replay", {"target": "nope"})
     assert r.status == 404
     back = await conn.get("api-work")
     assert back is not None and back.body == b"x"

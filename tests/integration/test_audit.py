@@ -95,8 +95,10 @@ async def test_logins_connections_and_changes_are_audited(broker: Broker) -> Non
     assert (await http(port, "PUT", "/api/users/bob", "admin", ADMIN_PASSWORD, body))[0] == 200
     assert (await http(port, "DELETE", "/api/users/bob", "admin", ADMIN_PASSWORD))[0] == 200
     policy = {"pattern": "^q", "definition": {"max-length": 5}}
-    assert (await http(port, "PUT", "/api/policies/p", "admin", ADMIN_PASSWORD, policy))[0] == 201
-    assert (await http(port, "DELETE", "/api/policies/p", "admin", ADMIN_PASSWORD))[0] == 200
+    assert (await http(port, "PUT", "/api/policies/%2F/p", "admin", ADMIN_PASSWORD, policy))[
+        0
+    ] == 201
+    assert (await http(port, "DELETE", "/api/policies/%2F/p", "admin", ADMIN_PASSWORD))[0] == 200
     assert (await http(port, "GET", "/api/users", "monitor", MONITOR_PASSWORD))[0] == 403
     await wait_for_event(broker, lambda e: e["event"] == "connection.close")
 

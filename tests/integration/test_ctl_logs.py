@@ -72,7 +72,7 @@ async def test_topic_commands_create_list_describe_alter_delete(
     assert described["partitions"] == 4 and described["config"]["cleanup_policy"] == "compact"
 
     r = await run_ctl("--json", "topics", "describe", t, url=http_url)
-    assert r.json() == described
+    assert r.json() == {**described, "vhost": "/"}
 
     r = await run_ctl("topics", "delete", t, url=http_url)
     assert r.code == 0 and r.out.strip() == f"topic {t} deleted"

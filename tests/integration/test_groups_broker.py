@@ -776,11 +776,11 @@ async def test_group_metrics(broker: Broker, connect: Connect) -> None:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
-    labels = (("group", "g"), ("partition", "0"), ("topic", "t"))
+    labels = (("group", "g"), ("partition", "0"), ("topic", "t"), ("vhost", "/"))
     assert samples[("wharf_group_lag", labels)] == 2
     assert samples[("wharf_group_committed_offset", labels)] == 1
-    labels1 = (("group", "g"), ("partition", "1"), ("topic", "t"))
+    labels1 = (("group", "g"), ("partition", "1"), ("topic", "t"), ("vhost", "/"))
     assert samples[("wharf_group_lag", labels1)] == 0
     assert ("wharf_group_committed_offset", labels1) not in samples
-    assert samples[("wharf_group_members", (("group", "g"),))] == 1
-    assert samples[("wharf_group_rebalances_total", (("group", "g"),))] == 1
+    assert samples[("wharf_group_members", (("group", "g"), ("vhost", "/")))] == 1
+    assert samples[("wharf_group_rebalances_total", (("group", "g"), ("vhost", "/")))] == 1

@@ -147,9 +147,9 @@ async def test_metrics_follow_what_clients_do(
     await conn.declare_queue(q)
     await conn.publish_many("", q, [b"1", b"2", b"3"])
     samples = await scrape(broker)
-    assert value(samples, "wharf_queue_messages_ready", queue=q) == 3
-    assert value(samples, "wharf_queue_messages_unacked", queue=q) == 0
-    assert value(samples, "wharf_queue_consumers", queue=q) == 0
+    assert value(samples, "wharf_queue_messages_ready", queue=q, vhost="/") == 3
+    assert value(samples, "wharf_queue_messages_unacked", queue=q, vhost="/") == 0
+    assert value(samples, "wharf_queue_consumers", queue=q, vhost="/") == 0
     assert counters(samples)["published"] - base["published"] == 3
 
     consumer_conn: wharf.Connection = await connect()
@@ -158,9 +158,9 @@ async def test_metrics_follow_what_clients_do(
         async with asyncio.timeout(TIMEOUT_S):
             got = [await anext(messages) for _ in range(3)]
         samples = await scrape(broker)
-        assert value(samples, "wharf_queue_messages_ready", queue=q) == 0
-        assert value(samples, "wharf_queue_messages_unacked", queue=q) == 3
-        assert value(samples, "wharf_queue_consumers", queue=q) == 1
+        assert value(samples, "wharf_queue_messages_ready", queue=q, vhost="/") == 0
+        assert value(samples, "wharf_queue_messages_unacked", queue=q, vhost="/") == 3
+        assert value(samples, "wharf_queue_consumers", queue=q, vhost="/") == 1
         assert counters(samples)["delivered"] - base["delivered"] == 3
 
         await got[0].ack()
@@ -175,11 +175,11 @@ async def test_metrics_follow_what_clients_do(
         samples = await scrape(broker)
         delta = {k: v - base[k] for k, v in counters(samples).items()}
         assert delta == {"published": 3, "delivered": 4, "acked": 3, "redelivered": 1}
-        assert value(samples, "wharf_queue_messages_ready", queue=q) == 0
-        assert value(samples, "wharf_queue_messages_unacked", queue=q) == 0
+        assert value(samples, "wharf_queue_messages_ready", queue=q, vhost="/") == 0
+        assert value(samples, "wharf_queue_messages_unacked", queue=q, vhost="/") == 0
 
     samples = await scrape(broker)
-    assert value(samples, "wharf_queue_consumers", queue=q) == 0
+    assert value(samples, "wharf_queue_consumers", queue=q, vhost="/") == 0
     await conn.delete_queue(q)
     samples = await scrape(broker)
     assert not any(

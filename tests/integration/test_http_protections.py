@@ -85,7 +85,7 @@ async def call(broker: Broker, method: str, path: str, **kwargs: Any) -> Answer:
 
 
 async def queue_exists(broker: Broker, name: str) -> bool:
-    return (await call(broker, "GET", f"/api/queues/{name}")).status == 200
+    return (await call(broker, "GET", f"/api/queues/%2F/{name}")).status == 200
 
 
 # -- Content-Type ------------------------------------------------------------------------------
@@ -94,31 +94,31 @@ async def queue_exists(broker: Broker, name: str) -> bool:
 async def test_text_plain_form_post_is_refused_415_and_changes_nothing(broker: Broker) -> None:
     # What an HTML form with enctype="text/plain" sends: a body that parses as JSON.
     form = b'{"durable": false, "x": "="}'
-    r = await call(broker, "PUT", "/api/queues/formq", body=form, content_type="text/plain")
+    r = await call(broker, "PUT", "/api/queues/%2F/formq", body=form, content_type="text/plain")
     assert r.status == 415, r
     assert r.json()["code"] == 400
     assert "application/json" in r.json()["error"]
     r = await call(
         broker,
         "POST",
-        "/api/exchanges/amq.default/publish",
+        "/api/exchanges/%2F/amq.default/publish",
         body=b'{"routing_key": "formq", "payload": "x"}',
         content_type="application/x-www-form-urlencoded",
     )
     assert r.status == 415, r
-    r = await call(broker, "PUT", "/api/queues/formq", body=b"{}", content_type=None)
+    r = await call(broker, "PUT", "/api/queues/%2F/formq", body=b"{}", content_type=None)
     assert r.status == 415, r
     assert not await queue_exists(broker, "formq")
     # JSON, with parameters or a +json subtype, is accepted; a write without a body needs none.
     r = await call(
         broker,
         "PUT",
-        "/api/queues/formq",
+        "/api/queues/%2F/formq",
         body=b"{}",
         content_type="application/json; charset=utf-8",
     )
     assert r.status == 201, r
-    r = await call(broker, "DELETE", "/api/queues/formq", content_type="text/plain")
+    r = await call(broker, "DELETE", "/api/queues/%2F/formq", content_type="text/plain")
     assert r.status == 200, r
 
 
@@ -131,7 +131,7 @@ async def test_a_foreign_host_name_is_refused_but_monitoring_is_not(broker: Brok
     assert r.status == 403, r
     assert r.json()["code"] == 403
     assert "http_allowed_hosts" in r.json()["error"]
-    r = await call(broker, "PUT", "/api/queues/rebound", json_body={}, host=evil)
+    r = await call(broker, "PUT", "/api/queues/%2F/rebound", json_body={}, host=evil)
     assert r.status == 403, r
     assert not await queue_exists(broker, "rebound")
     # Scrapers and probes reach the broker by any name (compose: "wharf:8680").
@@ -178,7 +178,12 @@ async def test_a_foreign_origin_cannot_write(broker: Broker) -> None:
         "http://localhost",
     ):
         r = await call(
-            broker, "PUT", "/api/queues/xsite", json_body={}, host=host, headers={"Origin": origin}
+            broker,
+            "PUT",
+            "/api/queues/%2F/xsite",
+            json_body={},
+            host=host,
+            headers={"Origin": origin},
         )
         assert r.status == 403, (origin, r)
         assert "origin" in r.json()["error"]
@@ -191,11 +196,11 @@ async def test_a_foreign_origin_cannot_write(broker: Broker) -> None:
 async def test_same_origin_and_no_origin_writes_are_allowed(broker: Broker) -> None:
     host = f"127.0.0.1:{broker.http_port}"
     origin = {"Origin": f"http://{host}"}
-    r = await call(broker, "PUT", "/api/queues/same", json_body={}, host=host, headers=origin)
+    r = await call(broker, "PUT", "/api/queues/%2F/same", json_body={}, host=host, headers=origin)
     assert r.status == 201, r
-    r = await call(broker, "PUT", "/api/queues/none", json_body={}, host=host)  # curl, SDKs
+    r = await call(broker, "PUT", "/api/queues/%2F/none", json_body={}, host=host)  # curl, SDKs
     assert r.status == 201, r
-    r = await call(broker, "DELETE", "/api/queues/same", host=host, headers=origin)
+    r = await call(broker, "DELETE", "/api/queues/%2F/same", host=host, headers=origin)
     assert r.status == 200, r
 
 
@@ -204,10 +209,10 @@ async def test_same_origin_and_no_origin_writes_are_allowed(broker: Broker) -> N
 )
 async def test_http_allowed_origins_may_write(broker: Broker) -> None:
     headers = {"Origin": "https://console.example.com"}
-    r = await call(broker, "PUT", "/api/queues/console", json_body={}, headers=headers)
+    r = await call(broker, "PUT", "/api/queues/%2F/console", json_body={}, headers=headers)
     assert r.status == 201, r
     headers = {"Origin": "https://other.example.com"}
-    r = await call(broker, "PUT", "/api/queues/other", json_body={}, headers=headers)
+    r = await call(broker, "PUT", "/api/queues/%2F/other", json_body={}, headers=headers)
     assert r.status == 403, r
 
 
@@ -378,7 +383,7 @@ async def test_slow_heads_and_bodies_are_closed_after_the_head_timeout(broker: B
             await s.close()
     await wait_until(lambda: open_http(broker) == 0)
     # A complete head whose body never comes.
-    head = request_bytes("PUT", "/api/queues/slowbody", body=b"{}")[:-2]
+    head = request_bytes("PUT", "/api/queues/%2F/slowbody", body=b"{}")[:-2]
     head = head.replace(b"Content-Length: 2", b"Content-Length: 50")
     r = await send(port, head, "127.0.0.2")
     assert r.status == 408, r
@@ -464,7 +469,7 @@ async def test_https_shares_the_caps_and_the_checks(
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
     writer.write(
         request_bytes(
-            "PUT", "/api/queues/tlsq", body=b"{}", headers={"Origin": "https://evil.example"}
+            "PUT", "/api/queues/%2F/tlsq", body=b"{}", headers={"Origin": "https://evil.example"}
         )
     )
     async with asyncio.timeout(TIMEOUT_S):

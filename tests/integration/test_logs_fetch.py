@@ -25,7 +25,7 @@ LONG_WAIT_MS = 20_000  # never reached: these tests end by data or by closing
 async def fetches_waiting(broker: Broker, topic: str, partition: int = 0) -> float:
     """The partition's parked long-poll fetches, as /metrics shows them."""
     samples = await scrape(broker)
-    labels = frozenset({"topic": topic, "partition": str(partition)}.items())
+    labels = frozenset({"topic": topic, "partition": str(partition), "vhost": "/"}.items())
     return samples[("wharf_topic_partition_fetches_waiting", labels)]
 
 

@@ -116,7 +116,7 @@ def _body_schema(operation: dict[str, Any]) -> Any:
 #   count can grow but never shrink), which depends on what earlier cases left behind;
 # - bodies with free-form maps, whose values the broker bounds as msgpack does (64-bit
 #   integers) at any depth, which JSON Schema cannot state for a map of anything.
-STATEFUL_OPERATIONS = {("/api/topics/{name}", "PATCH")} | {
+STATEFUL_OPERATIONS = {("/api/topics/{vhost}/{name}", "PATCH")} | {
     (path, method.upper())
     for path, methods in DOCUMENT["paths"].items()
     for method, operation in methods.items()

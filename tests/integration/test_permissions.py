@@ -366,34 +366,44 @@ async def test_topic_permissions_check_routing_keys(broker: Broker) -> None:
 
 async def test_http_resource_endpoints_use_the_same_decisions(broker: Broker) -> None:
     await make_app_user(broker)
-    for path in ("/api/exchanges/orders.ex", "/api/exchanges/other.ex"):
+    for path in ("/api/exchanges/%2F/orders.ex", "/api/exchanges/%2F/other.ex"):
         assert (await api(broker, "PUT", path, {"type": "topic"})).status == 201
-    for path in ("/api/queues/orders.q", "/api/queues/other.q"):
+    for path in ("/api/queues/%2F/orders.q", "/api/queues/%2F/other.q"):
         assert (await api(broker, "PUT", path, {})).status == 201
     for t in ("orders.t", "other.t"):
-        assert (await api(broker, "PUT", f"/api/topics/{t}", {})).status == 201
+        assert (await api(broker, "PUT", f"/api/topics/%2F/{t}", {})).status == 201
     binding = {"source": "orders.ex", "destination": "orders.q", "routing_key": "k"}
     # (method, path, body, allowed for the app?)
     cases: list[tuple[str, str, Any, bool]] = [
-        ("PUT", "/api/queues/orders.new", {}, True),
-        ("PUT", "/api/queues/other.new", {}, False),
-        ("PUT", "/api/exchanges/orders.new", {"type": "direct"}, True),
-        ("PUT", "/api/exchanges/other.new", {"type": "direct"}, False),
-        ("POST", "/api/bindings", binding, True),
-        ("POST", "/api/bindings", {**binding, "source": "other.ex"}, False),
-        ("POST", "/api/exchanges/orders.ex/publish", {"routing_key": "k", "payload": "x"}, True),
-        ("POST", "/api/exchanges/other.ex/publish", {"routing_key": "k", "payload": "x"}, False),
-        ("POST", "/api/queues/orders.q/get", {}, True),
-        ("POST", "/api/queues/other.q/get", {}, False),
-        ("DELETE", "/api/queues/orders.q/contents", None, True),
-        ("DELETE", "/api/queues/other.q/contents", None, False),
-        ("PUT", "/api/topics/orders.t2", {}, True),
-        ("PUT", "/api/topics/other.t2", {}, False),
-        ("DELETE", "/api/topics/other.t", None, False),
-        ("DELETE", "/api/queues/other.q", None, False),
-        ("DELETE", "/api/exchanges/other.ex", None, False),
-        ("DELETE", "/api/queues/orders.new", None, True),
-        ("PUT", "/api/policies/p", {"pattern": ".*", "definition": {"max-length": 1}}, False),
+        ("PUT", "/api/queues/%2F/orders.new", {}, True),
+        ("PUT", "/api/queues/%2F/other.new", {}, False),
+        ("PUT", "/api/exchanges/%2F/orders.new", {"type": "direct"}, True),
+        ("PUT", "/api/exchanges/%2F/other.new", {"type": "direct"}, False),
+        ("POST", "/api/bindings/%2F", binding, True),
+        ("POST", "/api/bindings/%2F", {**binding, "source": "other.ex"}, False),
+        (
+            "POST",
+            "/api/exchanges/%2F/orders.ex/publish",
+            {"routing_key": "k", "payload": "x"},
+            True,
+        ),
+        (
+            "POST",
+            "/api/exchanges/%2F/other.ex/publish",
+            {"routing_key": "k", "payload": "x"},
+            False,
+        ),
+        ("POST", "/api/queues/%2F/orders.q/get", {}, True),
+        ("POST", "/api/queues/%2F/other.q/get", {}, False),
+        ("DELETE", "/api/queues/%2F/orders.q/contents", None, True),
+        ("DELETE", "/api/queues/%2F/other.q/contents", None, False),
+        ("PUT", "/api/topics/%2F/orders.t2", {}, True),
+        ("PUT", "/api/topics/%2F/other.t2", {}, False),
+        ("DELETE", "/api/topics/%2F/other.t", None, False),
+        ("DELETE", "/api/queues/%2F/other.q", None, False),
+        ("DELETE", "/api/exchanges/%2F/other.ex", None, False),
+        ("DELETE", "/api/queues/%2F/orders.new", None, True),
+        ("PUT", "/api/policies/%2F/p", {"pattern": ".*", "definition": {"max-length": 1}}, False),
         ("GET", "/api/permissions", None, False),
         ("GET", "/api/queues", None, True),
     ]
@@ -405,7 +415,7 @@ async def test_http_resource_endpoints_use_the_same_decisions(broker: Broker) ->
         else:
             assert r.status == 403 and r.json()["code"] == 403, (method, path, r)
             assert state(broker) == before, (method, path)
-    r = await api(broker, "POST", "/api/queues/other.q/get", {}, auth=APP)
+    r = await api(broker, "POST", "/api/queues/%2F/other.q/get", {}, auth=APP)
     assert r.json()["error"] == "read access to queue 'other.q' in vhost '/' refused for user 'app'"
 
 

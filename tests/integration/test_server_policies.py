@@ -69,7 +69,7 @@ async def put_policy(broker: Broker, name: str, pattern: str, definition: Any, *
     r = await api(
         broker,
         "PUT",
-        f"/api/policies/{name}",
+        f"/api/policies/%2F/{name}",
         {"pattern": pattern, "definition": definition, **more},
     )
     assert r.status in (200, 201), r
@@ -93,7 +93,7 @@ async def test_policy_crud_over_the_api(broker: Broker) -> None:
     r = await api(
         broker,
         "PUT",
-        "/api/policies/limits",
+        "/api/policies/%2F/limits",
         {"pattern": "^orders\\.", "definition": {"max-length": 100}, "priority": 2},
     )
     assert r.status == 201, r
@@ -103,19 +103,20 @@ async def test_policy_crud_over_the_api(broker: Broker) -> None:
         "definition": {"max-length": 100},
         "priority": 2,
         "apply-to": "queues",
+        "vhost": "/",
     }
     assert r.json() == expected
-    assert (await api(broker, "GET", "/api/policies/limits")).json() == expected
+    assert (await api(broker, "GET", "/api/policies/%2F/limits")).json() == expected
     assert (await api(broker, "GET", "/api/policies")).json() == [expected]
     r = await api(
-        broker, "PUT", "/api/policies/limits", {"pattern": ".", "definition": {"max-length": 5}}
+        broker, "PUT", "/api/policies/%2F/limits", {"pattern": ".", "definition": {"max-length": 5}}
     )
     assert r.status == 200 and r.json()["priority"] == 0  # replaced as a whole
-    r = await api(broker, "DELETE", "/api/policies/limits")
+    r = await api(broker, "DELETE", "/api/policies/%2F/limits")
     assert r.status == 200 and r.json() == {}
-    r = await api(broker, "GET", "/api/policies/limits")
+    r = await api(broker, "GET", "/api/policies/%2F/limits")
     assert r.status == 404 and r.json()["code"] == 404
-    assert (await api(broker, "DELETE", "/api/policies/limits")).status == 404
+    assert (await api(broker, "DELETE", "/api/policies/%2F/limits")).status == 404
 
 
 @pytest.mark.parametrize(
@@ -137,7 +138,7 @@ async def test_policy_crud_over_the_api(broker: Broker) -> None:
 async def test_bad_policies_are_400_naming_the_key(
     broker: Broker, body: dict[str, Any], named: str
 ) -> None:
-    r = await api(broker, "PUT", "/api/policies/bad", body)
+    r = await api(broker, "PUT", "/api/policies/%2F/bad", body)
     assert r.status == 400, r
     assert r.json()["code"] == 400
     assert named in r.json()["error"]
@@ -149,10 +150,10 @@ async def test_only_administrators_change_policies(broker: Broker) -> None:
     assert r.status == 201, r
     viewer = ("viewer", "pw")
     body = {"pattern": ".", "definition": {"max-length": 1}}
-    assert (await api(broker, "PUT", "/api/policies/p", body, auth=viewer)).status == 403
+    assert (await api(broker, "PUT", "/api/policies/%2F/p", body, auth=viewer)).status == 403
     await put_policy(broker, "p", ".", {"max-length": 1})
     assert (await api(broker, "GET", "/api/policies", auth=viewer)).status == 200
-    assert (await api(broker, "DELETE", "/api/policies/p", auth=viewer)).status == 403
+    assert (await api(broker, "DELETE", "/api/policies/%2F/p", auth=viewer)).status == 403
 
 
 async def test_queue_shows_its_policy_and_effective_arguments(
@@ -160,14 +161,14 @@ async def test_queue_shows_its_policy_and_effective_arguments(
 ) -> None:
     q = _qname("shown")
     await conn.declare_queue(q, arguments={"x-max-length": 3, "x-custom": 1})
-    r = (await api(broker, "GET", f"/api/queues/{q}")).json()
+    r = (await api(broker, "GET", f"/api/queues/%2F/{q}")).json()
     assert r["policy"] is None
     assert r["effective_arguments"] == {"x-max-length": 3, "x-custom": 1}
     await put_policy(broker, "low", "^shown-", {"max-length": 50}, priority=1)
     await put_policy(
         broker, "high", "^shown-", {"max-length": 10, "message-ttl": 60000}, priority=9
     )
-    r = (await api(broker, "GET", f"/api/queues/{q}")).json()
+    r = (await api(broker, "GET", f"/api/queues/%2F/{q}")).json()
     assert r["policy"] == "high"
     assert r["arguments"] == {"x-max-length": 3, "x-custom": 1}  # as declared
     assert r["effective_arguments"] == {"x-max-length": 3, "x-custom": 1, "x-message-ttl": 60000}
@@ -223,8 +224,8 @@ async def test_deleting_the_policy_removes_its_effect(
     with pytest.raises(wharf.WharfError):
         await conn.publish("", "uncapped", b"b")  # refused: nacked by the policy's overflow
     assert await _ready(conn, "uncapped") == 1
-    assert (await api(broker, "DELETE", "/api/policies/one")).status == 200
-    r = (await api(broker, "GET", "/api/queues/uncapped")).json()
+    assert (await api(broker, "DELETE", "/api/policies/%2F/one")).status == 200
+    r = (await api(broker, "GET", "/api/queues/%2F/uncapped")).json()
     assert r["policy"] is None and r["effective_arguments"] == {}
     for body in (b"b", b"c", b"d"):
         await conn.publish("", "uncapped", body)
@@ -259,7 +260,7 @@ async def test_policies_survive_a_restart(tmp_path: Path) -> None:
     try:
         (policy,) = (await api(b, "GET", "/api/policies")).json()
         assert policy["name"] == "durable-cap" and policy["priority"] == 4
-        assert (await api(b, "GET", "/api/queues/kept")).json()["policy"] == "durable-cap"
+        assert (await api(b, "GET", "/api/queues/%2F/kept")).json()["policy"] == "durable-cap"
         conn = await wharf.connect(f"wharf://guest:guest@127.0.0.1:{b.port}")
         try:
             for i in range(4):

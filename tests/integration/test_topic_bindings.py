@@ -420,6 +420,7 @@ async def test_bindings_listed_with_destination_type_topic(
         "destination_type": "topic",
         "routing_key": "",
         "arguments": {"x-match": "any", "a": 1},
+        "vhost": "/",
     } in r.json()
 
 
@@ -530,23 +531,23 @@ async def test_http_api_binds_and_publishes_to_topics(
         "routing_key": "k",
         "arguments": {},
     }
-    r = await api(broker, "POST", "/api/bindings", body)
+    r = await api(broker, "POST", "/api/bindings/%2F", body)
     assert r.status == 201, r
     assert r.json() == body
-    assert (await api(broker, "POST", "/api/bindings", body)).status == 200
+    assert (await api(broker, "POST", "/api/bindings/%2F", body)).status == 200
     missing = {**body, "destination": "no-such-topic"}
-    assert (await api(broker, "POST", "/api/bindings", missing)).status == 404
+    assert (await api(broker, "POST", "/api/bindings/%2F", missing)).status == 404
     r = await api(
         broker,
         "POST",
-        "/api/exchanges/x-http/publish",
+        "/api/exchanges/%2F/x-http/publish",
         {"routing_key": "k", "payload": "hello", "properties": {"persistent": True}},
     )
     assert r.status == 200 and r.json() == {"routed": True}
     (rec,) = await records_of(conn, "t-http")
     assert (rec.key, rec.value, rec.headers["x-persistent"]) == (b"k", b"hello", True)
-    assert (await api(broker, "DELETE", "/api/bindings", body)).status == 200
-    assert (await api(broker, "DELETE", "/api/bindings", body)).status == 404
+    assert (await api(broker, "DELETE", "/api/bindings/%2F", body)).status == 200
+    assert (await api(broker, "DELETE", "/api/bindings/%2F", body)).status == 404
     await conn.publish("x-http", "k", b"unbound")
     assert len(await records_of(conn, "t-http")) == 1
 

@@ -51,7 +51,7 @@ def test_url_user_without_password() -> None:
         "amqp://guest:guest@host",
         "host:5680",
         "wharf://h:notaport",
-        "wharf://h/vhost",
+        "wharf://h/vhost/extra",  # one path segment: the vhost (a / inside it is %2F)
         "wharf://h?x=1",
     ],
 )

@@ -154,9 +154,9 @@ async def test_metrics_exposes_wharf_names(connect: Any) -> None:
         "wharf_exchanges 3.0",
         "wharf_queues 2.0",
         "wharf_consumers 3.0",
-        'wharf_queue_messages_ready{queue="q1"} 3.0',
-        'wharf_queue_messages_unacked{queue="q1"} 2.0',
-        'wharf_queue_consumers{queue="q2"} 2.0',
+        'wharf_queue_messages_ready{queue="q1",vhost="/"} 3.0',
+        'wharf_queue_messages_unacked{queue="q1",vhost="/"} 2.0',
+        'wharf_queue_consumers{queue="q2",vhost="/"} 2.0',
         "wharf_messages_published_total 10.0",
         "wharf_messages_delivered_total 7.0",
         "wharf_messages_acked_total 5.0",
@@ -174,7 +174,7 @@ async def test_metrics_read_at_scrape_time(connect: Any, broker: FakeBroker) -> 
     broker.queues["q3"] = FakeQueue("q3", ready_count=8)
     text = (await get(connect, "/metrics")).body.decode()
     assert "wharf_messages_published_total 99.0" in text
-    assert 'wharf_queue_messages_ready{queue="q3"} 8.0' in text
+    assert 'wharf_queue_messages_ready{queue="q3",vhost="/"} 8.0' in text
 
 
 async def test_healthz(connect: Any) -> None:
@@ -267,7 +267,7 @@ async def test_http_10_closes_by_default(connect: Any) -> None:
         (b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n", 400),
         (b"GET /healthz HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400),
         (b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413),
-        (b"POST /api/queues/q HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413),
+        (b"POST /api/queues/%2F/q HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413),
         (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 400),  # request line too long
         (b"GET /healthz HTTP/1.1\r\nX-A: " + b"b" * 9000 + b"\r\n\r\n", 400),  # huge header
         (b"GET /healthz HTTP/1.1\r\n" + b"X-A: b\r\n" * 1200 + b"\r\n", 400),  # too many
@@ -370,4 +370,7 @@ def test_registry_names_without_server(broker: FakeBroker) -> None:
     assert {"wharf_connections", "wharf_queues", "wharf_messages_nacked"} <= names
     registry = build_registry(broker)
     assert registry.get_sample_value("wharf_messages_acked_total") == 5.0
-    assert registry.get_sample_value("wharf_queue_messages_ready", {"queue": "q1"}) == 3.0
+    assert (
+        registry.get_sample_value("wharf_queue_messages_ready", {"queue": "q1", "vhost": "/"})
+        == 3.0
+    )

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ...core.access import AccessControl, Actor
     from ...core.session import CoreSession
     from ...core.topology import Topology
+    from ...core.vhosts import VirtualHosts
     from ...logs.groups import GroupCoordinator
     from ...logs.topics import TopicRegistry
     from ...security.audit import AuditLog
@@ -44,7 +45,12 @@ class BrokerApi(Protocol):
     def settings(self) -> Settings: ...
 
     @property
-    def topology(self) -> Topology: ...
+    def topology(self) -> Topology:
+        """The default vhost's (a connection uses its own vhost's once logged in)."""
+        ...
+
+    @property
+    def vhosts(self) -> VirtualHosts: ...
 
     @property
     def stats(self) -> WireStats: ...

@@ -94,8 +94,10 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
 
     def __init__(self, broker: BrokerApi) -> None:
         self.broker = broker
-        self.topology = broker.topology
-        self._publisher = broker.topology.publisher
+        # The vhost this connection works in (core/vhosts.py): "/" until AUTH names one.
+        self.virtual_host = broker.vhosts.default
+        self.topology = self.virtual_host.topology
+        self._publisher = self.topology.publisher
         self.settings = broker.settings
         self.id = next(_conn_ids)
         self.name = f"conn-{self.id}"
@@ -171,6 +173,11 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
             **self._topology_frame_handlers(),
             **self._log_frame_handlers(),
         }
+
+    @property
+    def vhost(self) -> str:
+        """The name of the vhost it works in (core/clients.py ClientConnection)."""
+        return self.virtual_host.name
 
     # -- lifecycle (lifecycle.py) ---------------------------------------------------
 
@@ -343,6 +350,7 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
         self.consumers.clear()
         self.deliveries.requeue_all(None)
         self.topology.release_owner(self)
+        self.virtual_host.clients.pop(self.id, None)
         self.broker.connections.pop(self.id, None)
         self.broker.release_unauthenticated(self)
         if self.buffered_bytes:
@@ -506,12 +514,26 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
             log.warning("refusing %s after authentication: %s", self.peer, refusal.message)
             self.fatal(refusal)
             return
-        actor = Actor(user.name, tuple(user.tags), DEFAULT_VHOST)
-        try:
-            broker.access.check_vhost(actor)  # no permission on the vhost: no connection
-        except WharfError as exc:
-            self.fatal(exc)
+        # The vhost: the client property "vhost" (SPEC.md; none: the default "/").
+        vhost_name = (frame.client_properties or {}).get(F.AUTH_VHOST_PROPERTY, DEFAULT_VHOST)
+        if not isinstance(vhost_name, str):
+            self.fatal(InvalidArgument("client property 'vhost' must be a string"))
             return
+        actor = Actor(user.name, tuple(user.tags), vhost_name)
+        try:
+            vhost = broker.vhosts.get(vhost_name)  # NotFound: "vhost 'x' not found"
+            broker.access.check_vhost(actor)  # no permission on the vhost: no connection
+            refusal = vhost.connection_limit_error(self.id)  # the vhost's max-connections
+            if refusal is not None:
+                raise refusal
+        except WharfError as exc:
+            log.warning("refusing %s (user %s): %s", self.peer, user.name, exc.message)
+            self.fatal(exc, quiet=True)
+            return
+        self.virtual_host = vhost
+        self.topology = vhost.topology
+        self._publisher = vhost.topology.publisher
+        vhost.clients[self.id] = self
         self.core = broker.session(actor)
         self._decoder.set_max_frame_bytes(self.settings.max_frame_bytes)
         self.username = user.name
@@ -545,6 +567,7 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
             "user": self.username,
             "peer": self.peer,
             "protocol": "native",
+            "vhost": self.virtual_host.name,
             "tls_version": tls_version_of(self.transport),
         }
         if closed:
@@ -639,7 +662,7 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
         self.broker.await_store(self)
 
     def _durable_batch(self) -> int:
-        store = self.broker.store
+        store = self.virtual_host.store
         return store.durable_batch if store is not None else 0
 
     def store_committed(self, batch: int) -> bool:
@@ -812,6 +835,7 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
             "name": self.name,
             "peer": self.peer,
             "user": self.username,
+            "vhost": self.virtual_host.name,
             "state": state,
             "protocol": self.protocol,
             "channels": self.channels,

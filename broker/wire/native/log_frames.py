@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ...config import Settings
     from ...core.session import CoreSession
     from ...core.topology import Topology
+    from ...core.vhosts import VirtualHost
     from ...logs.groups import GroupCoordinator
     from ...logs.topics import TopicRegistry
     from .broker_api import BrokerApi
@@ -34,6 +35,7 @@ class LogFrames:
     # Provided by Connection.
     broker: BrokerApi
     topology: Topology
+    virtual_host: VirtualHost
     core: CoreSession
     settings: Settings
     id: int
@@ -82,13 +84,14 @@ class LogFrames:
         """The connection is gone: drop its waiting fetches and its group memberships."""
         if self._log_requests is not None:
             self._log_requests.close()
-        if self.broker.groups is not None:
-            self.broker.groups.connection_closed(self.id)
+        groups = self.virtual_host.groups
+        if groups is not None:
+            groups.connection_closed(self.id)
 
     # -- log topics ----------------------------------------------------------------
 
     def _topics(self) -> TopicRegistry:
-        logs = self.broker.logs
+        logs = self.virtual_host.logs
         if logs is None:
             raise CommandInvalid("log topics are not available before the broker has started")
         return logs
@@ -156,7 +159,7 @@ class LogFrames:
     # -- consumer groups (groups.py) -----------------------------------------------
 
     def _groups(self) -> GroupCoordinator:
-        groups = self.broker.groups
+        groups = self.virtual_host.groups
         if groups is None:
             raise CommandInvalid("consumer groups are not available before the broker has started")
         return groups

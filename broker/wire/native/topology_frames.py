@@ -20,6 +20,7 @@ from ...security.audit import AuditEvent, policy_fields
 if TYPE_CHECKING:
     from ...core.session import CoreSession
     from ...core.topology import Topology
+    from ...core.vhosts import VirtualHost
     from .broker_api import BrokerApi
     from .connection import Connection
 
@@ -30,6 +31,7 @@ class TopologyFrames:
     # Provided by Connection.
     broker: BrokerApi
     topology: Topology
+    virtual_host: VirtualHost
     core: CoreSession
     username: str
     user_tags: tuple[str, ...]
@@ -41,7 +43,12 @@ class TopologyFrames:
 
     def _actor(self) -> dict[str, str]:
         """Who made a change, for its audit line."""
-        return {"actor": self.username, "peer": self.peer, "protocol": "native"}
+        return {
+            "actor": self.username,
+            "peer": self.peer,
+            "protocol": "native",
+            "vhost": self.virtual_host.name,
+        }
 
     def _topology_frame_handlers(self) -> dict[int, Callable[[Any], None]]:
         """This connection's handlers of the frames above, by frame type."""
@@ -120,7 +127,7 @@ class TopologyFrames:
     def _on_queue_purge(self, f: F.QueuePurge) -> None:
         q = self.core.queue_to_purge(f.queue, self._owner())
         result = {"messages": q.purge()}
-        store = self.broker.store
+        store = self.virtual_host.store
         if q.persist and store is not None and not store.idle:
             # Answer once the purge's ack records are on disk, like a confirm.
             store.after_commit(lambda: self._ok(f.request_id, result))
@@ -136,7 +143,7 @@ class TopologyFrames:
             raise InvalidArgument("limit and max_deaths must be >= 0")
         moved = self.core.replay(f.queue, self._owner(), f.target, f.reason, f.limit, f.max_deaths)
         result = {"moved": moved}
-        store = self.broker.store
+        store = self.virtual_host.store
         if store is not None and not store.idle:
             # Answer once the moves are on disk.
             store.after_commit(lambda: self._ok(f.request_id, result))
