@@ -41,6 +41,7 @@ from .config import Settings, configure_logging
 from .core.access import AccessControl, Actor
 from .core.paging import PagedRow
 from .core.queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
+from .core.quotas import UserLimits
 from .core.session import CoreSession
 from .core.topology import Topology
 from .http.server import HttpOptions, HttpServer, start_http_server, stop_http_server
@@ -127,6 +128,8 @@ class Broker:
         self.access = AccessControl()
         self.access.implicit_full = self._has_implicit_access
         self.access.on_denied = self._audit_denial
+        # Per-user limits and byte-rate quotas (core/quotas.py), durable with the users.
+        self.user_limits = UserLimits()
         self.ready = False
         self.stopping = False
         self.port = settings.port if settings.plain_enabled else 0
@@ -227,6 +230,8 @@ class Broker:
         ]
         for error in self.access.load(definitions, runtime_users):
             log.error("definitions: %s", error)
+        for error in self.user_limits.load(definitions.get("user_limits")):
+            log.error("definitions: %s", error)
         rec = recover(msg_dir)
         by_uid = {q.uid: q for q in self.topology.queues.values() if q.persist}
         dropped = drop_unknown_queues(rec, set(by_uid))
@@ -243,6 +248,7 @@ class Broker:
         self.topology.on_change = self._save_definitions
         self.authenticator.users.on_change = self._save_definitions
         self.access.on_change = self._save_definitions
+        self.user_limits.on_change = self._save_definitions
         self._save_definitions()
         log.info(
             "recovered %d durable queues, %d messages from %d segments (%d records) in %.3f s%s",
@@ -328,6 +334,7 @@ class Broker:
         definitions = self.topology.durable_definitions()
         definitions["users"] = self.authenticator.users.runtime_records()  # management API
         definitions.update(self.access.records())
+        definitions["user_limits"] = self.user_limits.records()
         save_definitions(Path(self.data_path), definitions)
 
     @property

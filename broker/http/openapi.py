@@ -21,6 +21,7 @@ from ..core.policies.registry import (  # server-side policies
     PRIORITY_MAX,
     PRIORITY_MIN,
 )
+from ..core.quotas import LIMIT_NAMES, MAX_LIMIT_VALUE, NO_LIMIT
 from ..logs.group_model import RESET_TARGETS
 from ..logs.topicconfig import (
     CLEANUP_POLICIES,
@@ -186,6 +187,12 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "PermissionPut": _schema("configure:s! write:s! read:s!", closed=True),
     "TopicPermission": _schema("user:s! vhost:s! exchange:s! write:s! read:s!"),
     "TopicPermissionPut": _schema("exchange:s! write:s! read:s!", closed=True),
+    "UserLimits": _schema(
+        "user:s! value:m!",
+        value={"additionalProperties": {"type": "integer"}},
+    ),
+    "UserLimit": _schema("user:s! name:s! value:i!", name=_enum(*LIMIT_NAMES)),
+    "UserLimitPut": _schema("value:i!", closed=True, value=_int_range(NO_LIMIT, MAX_LIMIT_VALUE)),
     "User": _schema("name:s! tags:l! source:s!", source=_enum("builtin", "config", "runtime")),
     "UserPut": {
         **_schema(
