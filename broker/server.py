@@ -39,6 +39,7 @@ from .alarms import MemoryTrimmer, Readiness, ResourceMonitor, decide_readiness
 from .config import Settings, configure_logging
 from .core.access import DEFAULT_VHOST, AccessControl, Actor
 from .core.queues import MESSAGE_OVERHEAD_BYTES, Queue
+from .core.quotas import UserLimits
 from .core.session import CoreSession
 from .core.topology import Topology
 from .core.vhosts import VHOSTS_DIR, VirtualHost, VirtualHosts, dir_name, remove_data
@@ -129,6 +130,8 @@ class Broker:
         self.access = AccessControl()
         self.access.implicit_full = self._has_implicit_access
         self.access.on_denied = self._audit_denial
+        # Per-user limits and byte-rate quotas (core/quotas.py), durable with the users.
+        self.user_limits = UserLimits()
         self.ready = False
         self.stopping = False
         self.port = settings.port if settings.plain_enabled else 0
@@ -237,6 +240,8 @@ class Broker:
         ]
         for error in self.access.load(definitions, runtime_users):
             log.error("definitions: %s", error)
+        for error in self.user_limits.load(definitions.get("user_limits")):
+            log.error("definitions: %s", error)
         self._warn_unknown_vhost_dirs(data)
         for vhost in self.vhosts:
             if vhost.is_default:
@@ -263,6 +268,7 @@ class Broker:
         self.authenticator.users.on_change = self._save_definitions
         self.access.on_change = self._save_definitions
         self.vhosts.on_change = self._save_definitions
+        self.user_limits.on_change = self._save_definitions
         self._save_definitions()
 
     def _warn_unknown_vhost_dirs(self, data: Path) -> None:
@@ -411,6 +417,7 @@ class Broker:
         definitions["users"] = self.authenticator.users.runtime_records()  # management API
         definitions.update(self.access.records())
         definitions["vhosts"] = self.vhosts.records()
+        definitions["user_limits"] = self.user_limits.records()
         save_definitions(Path(self.data_path), definitions)
 
     @property

@@ -28,6 +28,7 @@ from .recovery import (
     DEFAULT_RECONNECT_WAIT_TIMEOUT_S,
     DISCONNECTED,
     ERROR,
+    THROTTLED,
     UNBLOCKED,
     BindingRecord,
     ConnectionEvent,
@@ -86,6 +87,10 @@ class Connection(LogsApi):
         self._event_tasks: set[asyncio.Task[Any]] = set()
         self._blocked_callbacks: list[Callable[[str | None], None]] = []
         self._blocked_reported: str | None = None
+        self._throttled_callbacks: list[Callable[[str, int], None]] = []
+        # Milliseconds the broker held this connection back for a byte-rate quota, by
+        # direction ("produce", "consume"), since it was made (over reconnects).
+        self._throttled_ms: dict[str, int] = {}
         self._error_callbacks: list[Callable[[WharfError], object]] = []
         self._adopt(core)
 
@@ -146,6 +151,20 @@ class Connection(LogsApi):
         when it unblocks.  While blocked, publishes wait (the broker stops reading)."""
         self._blocked_callbacks.append(callback)
 
+    @property
+    def throttled_ms(self) -> dict[str, int]:
+        """Milliseconds the broker has held this connection back for its user's byte-rate
+        quotas since ``connect``, by direction: ``{"produce": ms, "consume": ms}``."""
+        return dict(self._throttled_ms)
+
+    def on_throttled(self, callback: Callable[[str, int], None]) -> None:
+        """Call ``callback(direction, throttle_ms)`` each time the broker holds this
+        connection back because its user is over a byte-rate quota (docs/security.md,
+        "Limits and quotas"): "produce" (the broker stops reading publishes for
+        ``throttle_ms``) or "consume" (deliveries and fetch answers wait).  Nothing fails:
+        calls just take longer.  Also a "throttled" event (``on_event``)."""
+        self._throttled_callbacks.append(callback)
+
     def on_error(self, callback: Callable[[WharfError], object]) -> None:
         """Call ``callback(error)`` for an asynchronous error that no call is waiting
         for: a refused fire-and-forget publish (``confirm=False``), a returned
@@ -157,9 +176,10 @@ class Connection(LogsApi):
 
     def on_event(self, callback: Callable[[ConnectionEvent], object]) -> None:
         """Call ``callback(event)`` (a ``wharf.ConnectionEvent``) on "disconnected",
-        "reconnected", "blocked", "unblocked", "queue_renamed", "recovery_error",
-        "error" and "closed".  Callbacks run on the event loop and must not block; one that
-        returns a coroutine has it run as a task.  Exceptions are logged."""
+        "reconnected", "blocked", "unblocked", "throttled", "queue_renamed",
+        "recovery_error", "error" and "closed".  Callbacks run on the event loop and must
+        not block; one that returns a coroutine has it run as a task.  Exceptions are
+        logged."""
         self._event_callbacks.append(callback)
 
     # -- connection lifecycle (internal) ------------------------------------------------
@@ -172,8 +192,18 @@ class Connection(LogsApi):
         core.on_fail = self._core_failed
         core.on_async_error = self._async_error
         core.blocked_listeners.append(lambda reason: self._core_blocked(core, reason))
+        core.throttle_listeners.append(self._throttled)
         if self._reconnector is not None:
             core.recoverable = True
+
+    def _throttled(self, direction: str, throttle_ms: int) -> None:
+        self._throttled_ms[direction] = self._throttled_ms.get(direction, 0) + throttle_ms
+        for callback in list(self._throttled_callbacks):
+            try:
+                callback(direction, throttle_ms)
+            except Exception:
+                log.exception("wharf: throttled listener failed")
+        self._emit(ConnectionEvent(THROTTLED, direction=direction, throttle_ms=throttle_ms))
 
     def _async_error(self, error: WharfError) -> None:
         callbacks = list(self._error_callbacks)

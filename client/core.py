@@ -209,6 +209,8 @@ class ConnectionCore(asyncio.BufferedProtocol):
         # The broker's resource alarm while it blocks publishers (None when not blocked).
         self.blocked: str | None = None
         self.blocked_listeners: list[Callable[[str | None], None]] = []
+        # Told of each THROTTLED frame: (direction, milliseconds) of a byte-rate quota.
+        self.throttle_listeners: list[Callable[[str, int], None]] = []
         # Set by a ``Connection`` with reconnect=True (and cleared by its close()): a
         # loss is then reported as ConnectionLost whatever the cause, consumers are
         # suspended rather than ended, and settling a delivery of this dead connection
@@ -399,6 +401,12 @@ class ConnectionCore(asyncio.BufferedProtocol):
                     callback(reason)
                 except Exception:
                     log.exception("wharf: blocked/unblocked listener failed")
+        elif type(frame) is F.Throttled:
+            for throttled in list(self.throttle_listeners):
+                try:
+                    throttled(frame.direction, frame.throttle_ms)
+                except Exception:
+                    log.exception("wharf: throttled listener failed")
         elif type(frame) is F.Hello or type(frame) is F.AuthOk:
             self._advance(Event.HELLO if type(frame) is F.Hello else Event.AUTH_OK)
             fut = self._handshake

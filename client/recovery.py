@@ -65,6 +65,7 @@ DISCONNECTED: Final = "disconnected"
 RECONNECTED: Final = "reconnected"
 BLOCKED: Final = "blocked"
 UNBLOCKED: Final = "unblocked"
+THROTTLED: Final = "throttled"
 QUEUE_RENAMED: Final = "queue_renamed"
 RECOVERY_ERROR: Final = "recovery_error"
 CLOSED: Final = "closed"
@@ -77,7 +78,9 @@ class ConnectionEvent:
 
     ``name`` is one of: "disconnected" (``error``: why), "reconnected" (``attempt``:
     dials this outage took), "blocked" (``reason``: the broker's alarm, e.g.
-    "memory"), "unblocked", "queue_renamed" (``old_name``, ``new_name``),
+    "memory"), "unblocked", "throttled" (``direction``: "produce" or "consume",
+    ``throttle_ms``: how long the broker holds the connection back because the user is
+    over a byte-rate quota), "queue_renamed" (``old_name``, ``new_name``),
     "recovery_error" (``error``, and ``old_name`` = what could not be restored, e.g.
     "queue 'q'"), "error" (``error``: an asynchronous error no call waits for, e.g. a
     refused fire-and-forget publish; see ``Connection.on_error``), "closed" (``error``:
@@ -90,6 +93,8 @@ class ConnectionEvent:
     old_name: str | None = None
     new_name: str | None = None
     attempt: int = 0
+    direction: str | None = None
+    throttle_ms: int = 0
 
 
 class Backoff:

@@ -9,9 +9,9 @@ calls from different threads run concurrently on the loop (publishes from many
 threads share the connection's confirm stream), and one consumer is iterated by one
 thread at a time (concurrent ``next()`` calls take turns).
 
-Callbacks given to ``on_event``/``on_blocked``/``on_error`` run on the loop thread: they
-must not call back into this blocking API (that would wait on the thread that has to do
-the work; it raises ``RuntimeError`` instead).
+Callbacks given to ``on_event``/``on_blocked``/``on_throttled``/``on_error`` run on the
+loop thread: they must not call back into this blocking API (that would wait on the
+thread that has to do the work; it raises ``RuntimeError`` instead).
 """
 
 from __future__ import annotations
@@ -463,12 +463,14 @@ class SyncConnection(_Twin):
     connection_id = _Forward(Connection.connection_id)
     heartbeat_s = _Forward(Connection.heartbeat_s)
     blocked = _Forward(Connection.blocked)
+    throttled_ms = _Forward(Connection.throttled_ms)
     server_properties = _Forward(Connection.server_properties)
     max_message_bytes = _Forward(Connection.max_message_bytes)
 
     # Their callbacks run on the client's loop thread (see the module docstring).
     on_event = _on_loop(Connection.on_event)
     on_blocked = _on_loop(Connection.on_blocked)
+    on_throttled = _on_loop(Connection.on_throttled)
     on_error = _on_loop(Connection.on_error)
 
     def close(self) -> None:

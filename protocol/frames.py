@@ -62,6 +62,7 @@ REJECT: Final = 52
 ACK_MANY: Final = 53
 BLOCKED: Final = 60
 UNBLOCKED: Final = 61
+THROTTLED: Final = 62
 # --- log topics (broker/logs, docs/logs.md) ---
 TOPIC_CREATE: Final = 80
 TOPIC_DELETE: Final = 81
@@ -404,6 +405,15 @@ class Unblocked(NamedTuple):
     request_id: int
 
 
+class Throttled(NamedTuple):
+    """Server -> client: the user is over a byte-rate quota; the broker holds this
+    connection back for ``throttle_ms`` (``direction``: "produce" or "consume")."""
+
+    request_id: int
+    direction: str
+    throttle_ms: int
+
+
 # --- log topics ---
 class TopicCreate(NamedTuple):
     request_id: int
@@ -628,6 +638,7 @@ Frame = (
     | AckMany
     | Blocked
     | Unblocked
+    | Throttled
     | TopicCreate
     | TopicDelete
     | TopicDescribe
@@ -691,6 +702,7 @@ TYPE_OF: Final[dict[type, int]] = {
     AckMany: ACK_MANY,
     Blocked: BLOCKED,
     Unblocked: UNBLOCKED,
+    Throttled: THROTTLED,
     TopicCreate: TOPIC_CREATE,
     TopicDelete: TOPIC_DELETE,
     TopicDescribe: TOPIC_DESCRIBE,
@@ -762,6 +774,7 @@ _FIELD_TYPES: dict[Any, tuple[tuple[type, ...], ...]] = {
     AckMany: (_INT, _LIST),
     Blocked: (_INT, _STR),
     Unblocked: (_INT,),
+    Throttled: (_INT, _STR, _INT),
     TopicCreate: (_INT, _STR, _INT, _OPT_MAP),
     TopicDelete: (_INT, _STR),
     TopicDescribe: (_INT, _STR),

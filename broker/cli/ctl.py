@@ -26,6 +26,7 @@ from .ctl_client import (
     seg,
     table,
 )
+from .ctl_limits import user_limits
 from .ctl_logs import groups, topics  # log topics and consumer groups
 from .ctl_perms import permissions, topic_permissions
 from .ctl_progress import TerminalProgress
@@ -621,6 +622,7 @@ ctl.add_command(groups)  # ctl_logs.py
 ctl.add_command(permissions)  # ctl_perms.py
 ctl.add_command(topic_permissions)  # ctl_perms.py
 ctl.add_command(vhosts)  # ctl_vhosts.py
+ctl.add_command(user_limits)  # ctl_limits.py
 
 
 # -- TLS -----------------------------------------------------------------------------------

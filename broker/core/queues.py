@@ -1087,6 +1087,8 @@ class Queue:
                 self._delivered(len(batch))
                 batch = []
                 size = 0
+                if not consumer.sink.writable:
+                    break  # its consume quota holds deliveries back (core/quotas.py)
         if batch:
             consumer.sink.deliver(consumer, batch)
             self._delivered(len(batch))

@@ -14,9 +14,9 @@ Rules:
   the OpenAPI document need none).  Listings are open to those users.  Changes to
   resources, publishing and the peek (``POST /api/queues/{vhost}/{name}/get``, a
   basic.get) are decided by the core's permission table (core/access.py) through a
-  ``CoreSession``, as on the native protocol; users, permissions, connections and TLS
-  need the ``administrator`` tag, reads included.  Resource paths name the vhost first
-  (``%2F`` for the default "/"), as RabbitMQ's.
+  ``CoreSession``, as on the native protocol; users, permissions, user limits,
+  connections and TLS need the ``administrator`` tag, reads included.  Resource paths
+  name the vhost first (``%2F`` for the default "/"), as RabbitMQ's.
 * Names are percent-encoded path segments; the default exchange is ``amq.default``.
 * Errors are ``{"error": message, "code": wharf code}`` with the HTTP status from
   ``http_status``; no input makes a handler raise past ``handle`` (500 + a log line).
@@ -75,6 +75,7 @@ from .api_core import (
     http_status,
     query_flag,
 )
+from .api_limits import UserLimitsApi  # per-user limits and quotas
 from .api_logs import LogsApi  # log topics and consumer groups
 from .api_perms import PermissionsApi  # permissions and topic permissions
 from .openapi import openapi_document
@@ -329,6 +330,7 @@ class ManagementApi:
             ),
             *LogsApi(broker).routes(),  # log topics and consumer groups
             *PermissionsApi(broker).routes(),
+            *UserLimitsApi(broker).routes(),
             # TLS (docs/security.md)
             r(
                 "GET",
@@ -988,6 +990,7 @@ class ManagementApi:
         self._check_not_last_admin(name, keeps_admin=False)
         store.delete(name)
         self.broker.access.forget_user(name)  # a new user by that name starts with none
+        self.broker.user_limits.forget_user(name)
         self.broker.audit.event(AuditEvent.USER_DELETED, **call.actor(), user=name)
         closed = 0
         for conn in list(self.broker.connections.values()):

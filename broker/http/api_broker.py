@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ..core.clients import ClientConnection
     from ..core.exchanges import Exchange
     from ..core.queues import Queue
+    from ..core.quotas import UserLimits
     from ..core.session import CoreSession
     from ..core.topology import Topology
     from ..core.vhosts import VirtualHost, VirtualHosts
@@ -45,6 +46,8 @@ class ApiBroker(Protocol):
     def access(self) -> AccessControl: ...
     @property
     def audit(self) -> AuditLog: ...
+    @property
+    def user_limits(self) -> UserLimits: ...
     @property
     def stats(self) -> BrokerStats: ...
     @property

@@ -190,6 +190,7 @@ class BrokerCollector:
         yield from self._memory_metrics()
         yield from self._tls_metrics()
         yield from self._access_metrics()
+        yield from self._quota_metrics()
         yield from self._auth_metrics()
         yield from self._policy_metrics(spaces)
         yield from self._topic_metrics(spaces)
@@ -277,6 +278,21 @@ class BrokerCollector:
         for (vhost, kind), n in sorted(access.denied.items()):
             denied.add_metric([vhost, kind], n)
         yield denied
+
+    def _quota_metrics(self) -> Iterator[Metric]:
+        """Throttle time of users over a byte-rate quota (core/quotas.py keeps it)."""
+        limits = getattr(self._broker, "user_limits", None)
+        if limits is None:
+            return
+        throttled = CounterMetricFamily(
+            "wharf_throttle_seconds",
+            "Seconds connections were held back for users over a byte-rate quota, by user "
+            "and direction (produce: publish and produce; consume: deliveries and fetch).",
+            labels=["user", "direction"],
+        )
+        for (user, direction), seconds in sorted(limits.throttle_seconds.items()):
+            throttled.add_metric([user, direction], seconds)
+        yield throttled
 
     def _auth_metrics(self) -> Iterator[Metric]:
         """Refused logins by mechanism (security/auth.py keeps the counts)."""

@@ -21,6 +21,9 @@ from ..core.policies.registry import (  # server-side policies
     PRIORITY_MAX,
     PRIORITY_MIN,
 )
+from ..core.quotas import LIMIT_NAMES as USER_LIMIT_NAMES
+from ..core.quotas import MAX_LIMIT_VALUE as USER_MAX_LIMIT_VALUE
+from ..core.quotas import NO_LIMIT
 from ..core.vhosts import (
     LIMIT_NAMES,
     MAX_DESCRIPTION_CHARS,
@@ -200,6 +203,12 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "PermissionPut": _schema("configure:s! write:s! read:s!", closed=True),
     "TopicPermission": _schema("user:s! vhost:s! exchange:s! write:s! read:s!"),
     "TopicPermissionPut": _schema("exchange:s! write:s! read:s!", closed=True),
+    "UserLimits": _schema(
+        "user:s! value:m!",
+        value={"additionalProperties": {"type": "integer"}},
+    ),
+    "UserLimit": _schema("user:s! name:s! value:i!", name=_enum(*USER_LIMIT_NAMES)),
+    "UserLimitPut": _schema("value:i!", closed=True, value=_int_range(NO_LIMIT, USER_MAX_LIMIT_VALUE)),
     "User": _schema("name:s! tags:l! source:s!", source=_enum("builtin", "config", "runtime")),
     "UserPut": {
         **_schema(

@@ -361,6 +361,43 @@ async def test_silent_connections_are_closed_on_every_listener(tmp_path: Path, p
         await b.stop()
 
 
+async def test_connections_silent_after_their_tls_handshake_are_closed(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """TLS done, then not one byte: no Wharf handshake on the native TLS port, no request
+    head on HTTPS; and plain sockets that send nothing, on the plain ports."""
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        http_port=0,
+        data_dir=str(tmp_path / "d"),
+        **tls_settings(pki, handshake_timeout_ms=300),
+    )
+    b = Broker(settings)
+    await b.start()
+    opened: list[asyncio.StreamWriter] = []
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", b.tls_port, ssl=client_context(pki)
+        )
+        opened.append(writer)
+        got = await wait_closed_by_server(reader)
+        assert b"not completed in time" in got  # after HELLO, the fatal error
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", b.https_port, ssl=client_context(pki)
+        )
+        opened.append(writer)
+        assert await wait_closed_by_server(reader) == b""
+        for port in (b.port, b.http_port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            opened.append(writer)
+            await wait_closed_by_server(reader)  # returns: the broker closed it
+    finally:
+        for w in opened:
+            w.close()
+        await b.stop()
+
+
 # -- reload and expiry -----------------------------------------------------------------------
 
 

@@ -1060,6 +1060,22 @@ async def test_events_without_reconnect_and_blocked_events() -> None:
     assert isinstance(events[2].error, wharf.ConnectionForced)  # unchanged without reconnect
 
 
+async def test_throttled_frames_become_callbacks_events_and_totals() -> None:
+    conn, peer = await open_connection()
+    events: list[wharf.ConnectionEvent] = []
+    calls: list[tuple[str, int]] = []
+    conn.on_event(events.append)
+    conn.on_throttled(lambda direction, ms: calls.append((direction, ms)))
+    peer.send(F.THROTTLED, 0, "produce", 120)
+    peer.send(F.THROTTLED, 0, "consume", 30)
+    peer.send(F.THROTTLED, 0, "produce", 5)
+    assert calls == [("produce", 120), ("consume", 30), ("produce", 5)]
+    assert [(e.name, e.direction, e.throttle_ms) for e in events] == [
+        ("throttled", "produce", 120), ("throttled", "consume", 30), ("throttled", "produce", 5),
+    ]  # fmt: skip
+    assert conn.throttled_ms == {"produce": 125, "consume": 30}
+
+
 async def test_async_event_callbacks_run_as_tasks() -> None:
     conn, peer = await open_connection()
     seen = asyncio.Event()

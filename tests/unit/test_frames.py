@@ -65,6 +65,7 @@ SAMPLES: list[F.Frame] = [
     F.PolicyDelete(16, "ttl"),
     F.PolicyList(17),
     F.Unblocked(0),
+    F.Throttled(0, "consume", 1250),
     F.TopicCreate(18, "events", 6, {"future": 1}),
     F.TopicDelete(19, "events"),
     F.TopicDescribe(20, "events"),

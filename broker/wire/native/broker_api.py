@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ...alarms import MemoryTrimmer
     from ...config import Settings
     from ...core.access import AccessControl, Actor
+    from ...core.quotas import UserLimits
     from ...core.session import CoreSession
     from ...core.topology import Topology
     from ...core.vhosts import VirtualHosts
@@ -62,6 +63,8 @@ class BrokerApi(Protocol):
     @property
     def access(self) -> AccessControl: ...
     def session(self, actor: Actor) -> CoreSession: ...
+    @property
+    def user_limits(self) -> UserLimits: ...
 
     @property
     def trimmer(self) -> MemoryTrimmer: ...

@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from wharf.protocol import frames as F
@@ -43,11 +43,13 @@ from ...core.access import DEFAULT_VHOST, Actor
 from ...core.deliveries import Deliveries, Unacked
 from ...core.publish import QUEUE_FULL_MESSAGE
 from ...core.queues import Consumer, Message
+from ...core.quotas import PRODUCE, UserUsage
 from ...security.audit import AuditEvent, tls_version_of
 from ...security.auth import MECHANISM_OTHER, MECHANISM_PLAIN
 from .confirms import Confirms
 from .lifecycle import ENDING, UNAUTHENTICATED, Event, Lifecycle, State
 from .log_frames import LogFrames
+from .throttle import Throttle
 from .topology_frames import TopologyFrames
 
 if TYPE_CHECKING:
@@ -136,8 +138,20 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
         self._wbuf: list[bytes] = []
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
+        # ``writable`` is the consumers' view (core/queues.py: no credit while False):
+        # the socket's write buffer is under its high watermark and no consume quota
+        # holds deliveries back.  ``_socket_writable`` is the socket's part alone.
         self.writable = True
+        self._socket_writable = True
         self._blocked_reading = False
+        # True while a byte-rate quota stops reading (throttle.py); frames decoded from
+        # the last read wait in ``_deferred`` meanwhile.
+        self.read_throttled = False
+        self._deferred: list[Any] | None = None
+        # The user's limits and byte rates (core/quotas.py), shared by all its
+        # connections; set at login.  The throttle applies the quotas' waits.
+        self.usage: UserUsage | None = None
+        self.throttle = Throttle(self, self._loop)
         self.heartbeat_s = 0
         now = self._loop.time()
         self.created_at = now
@@ -267,17 +281,29 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
             self._note_buffered(buffered)
         if not raws:
             return
-        for raw in raws:
+        if self._deferred is not None:
+            self._deferred.extend(raws)  # behind the frames a quota holds back
+            return
+        self._handle_frames(iter(raws))
+        if len(data) >= LARGE_FRAME_BYTES:
+            self.broker.trimmer.request()
+
+    def _handle_frames(self, frames: Iterator[Any]) -> None:
+        lifecycle = self._lifecycle
+        for raw in frames:
             if lifecycle.state in ENDING:
                 return
+            if self.read_throttled:
+                # A quota stopped reading: the frames of this read wait with the socket.
+                self._deferred = [raw, *frames]
+                return
             self._handle(raw)
+        decoder = self._decoder
         if decoder.error_pending:
             try:
                 decoder.feed(b"")
             except WharfError as exc:
                 self.fatal(exc)
-        if len(data) >= LARGE_FRAME_BYTES:
-            self.broker.trimmer.request()
 
     def _note_buffered(self, buffered: int) -> None:
         broker = self.broker
@@ -299,9 +325,10 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
         if (
             self.transport is not None
             and not self.closing
-            and self.writable
+            and self._socket_writable
             and not self._blocked_reading
             and not self.budget_paused
+            and not self.read_throttled
         ):
             self.transport.resume_reading()
 
@@ -309,15 +336,70 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
         return None
 
     def pause_writing(self) -> None:
-        self.writable = False
+        self._socket_writable = self.writable = False
         if self.transport is not None and not self.closing:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self.writable = True
+        self._socket_writable = True
         self._resume_reading_if_allowed()
+        if not self.throttle.deliveries_paused:
+            self.writable = True
+            self._dispatch_to_consumers()
+
+    def _dispatch_to_consumers(self) -> None:
         for c in list(self.consumers.values()):
             c.queue.schedule_dispatch()
+
+    # -- quotas (core/quotas.py decides, throttle.py waits) -------------------------
+
+    def pause_reading_for_throttle(self) -> None:
+        self.read_throttled = True
+        if self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+
+    def throttle_reading_ended(self) -> None:
+        self.read_throttled = False
+        self.last_recv = self._loop.time()  # the heartbeat clock restarts with reading
+        deferred = self._deferred
+        if deferred is not None:
+            self._deferred = None
+            self._handle_frames(iter(deferred))  # may stop reading again
+        self._resume_reading_if_allowed()
+
+    def throttle_deliveries_started(self) -> None:
+        self.writable = False
+
+    def throttle_deliveries_ended(self) -> None:
+        if self._socket_writable and not self.closing:
+            self.writable = True
+            self._dispatch_to_consumers()
+
+    def quota_wait(self, direction: str) -> float:
+        """Seconds the user must still wait in ``direction`` (a capped wait is over)."""
+        usage = self.usage
+        if usage is None:
+            return 0.0
+        now = self._loop.time()
+        return usage.produced(0, now) if direction == PRODUCE else usage.consumed(0, now)
+
+    def send_encoded(self, data: bytes) -> None:
+        """Send a frame encoded earlier (an answer the throttle held back)."""
+        self._send(data)
+
+    def reply_fetched(self, rid: int, result: dict[str, Any], nbytes: Callable[[], int]) -> None:
+        """A FETCH / FETCH_MANY / GET answer of ``nbytes()`` message bytes: sent now, or
+        held back while the user is over its consume quota."""
+        usage = self.usage
+        if usage is None or usage.consume is None:
+            self._ok(rid, result)
+            return
+        wait = usage.consumed(nbytes(), self._loop.time())
+        if wait:
+            # Encoded now: a FETCH_MANY answer's batches point into a shared read arena.
+            self.throttle.hold_answer(wait, self.encode_frame(F.Ok(rid, result)))
+        else:
+            self._ok(rid, result)
 
     # -- resource alarms -----------------------------------------------------------
 
@@ -353,6 +435,11 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
         self.virtual_host.clients.pop(self.id, None)
         self.broker.connections.pop(self.id, None)
         self.broker.release_unauthenticated(self)
+        self.throttle.close()
+        self._deferred = None
+        if self.usage is not None:
+            self.broker.user_limits.release(self.usage)
+            self.usage = None
         if self.buffered_bytes:
             self._note_buffered(0)
         self.broker.forget_budget_reader(self)
@@ -526,6 +613,8 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
             refusal = vhost.connection_limit_error(self.id)  # the vhost's max-connections
             if refusal is not None:
                 raise refusal
+            # The user's max-connections (506); counted until connection_lost.
+            self.usage = broker.user_limits.admit(user.name)
         except WharfError as exc:
             log.warning("refusing %s (user %s): %s", self.peer, user.name, exc.message)
             self.fatal(exc, quiet=True)
@@ -590,7 +679,8 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
             return
         hb = self.heartbeat_s
         if hb:
-            if now - self.last_recv > 2 * hb:
+            # A socket the broker does not read for a quota cannot show the client alive.
+            if now - self.last_recv > 2 * hb and not self.read_throttled:
                 self.fatal(HeartbeatTimeout(f"no frame from the client for {2 * hb} s"))
                 return
             if now - self.last_send >= hb / 2:
@@ -637,6 +727,9 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
         publisher = self._publisher
         if publisher.alarms and not self._blocked_reading:
             self._block_reading()
+        usage = self.usage
+        if usage is not None and usage.produce is not None:
+            self._produced(usage, sum(map(len, bodies)))
         try:
             res = self.core.publish(exchange, routing_key, props, bodies)
         except WharfError as exc:
@@ -655,6 +748,12 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
                     F.Return(0, s, Unroutable.code, "NO_ROUTE", exchange, routing_key, props, body)
                 )
         self.confirms.published(seq, n, res.store_batch, res.log_parts)
+
+    def _produced(self, usage: UserUsage, nbytes: int) -> None:
+        """Bytes published or produced under a quota: stop reading while over it."""
+        wait = usage.produced(nbytes, self._loop.time())
+        if wait:
+            self.throttle.pause_reading(wait)
 
     # -- publisher confirms: the store hooks of Confirms -------------------------------
 
@@ -681,6 +780,11 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
             append((tag, dc > 1, dc, m.exchange, m.routing_key, m.properties, m.body))
             tag += 1
         self.send_frame(F.Deliver(0, consumer.tag, entries))
+        usage = self.usage
+        if usage is not None and usage.consume is not None:
+            wait = usage.consumed(sum(len(m.body) for m in batch), self._loop.time())
+            if wait:
+                self.throttle.hold_deliveries(wait)
 
     def server_cancel(self, consumer: Consumer, code: int, reason: str) -> None:
         """The broker ends a consumer (queue deleted, ack timeout)."""
@@ -808,7 +912,15 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
         tag = self.deliveries.get(queue, msg, f.no_ack)
         dc = msg.delivery_count
         entry = (tag, dc > 1, dc, msg.exchange, msg.routing_key, msg.properties, msg.body)
-        self.send_frame(F.GetOk(f.request_id, entry, queue.ready_count))
+        answer = F.GetOk(f.request_id, entry, queue.ready_count)
+        usage = self.usage
+        wait = 0.0
+        if usage is not None and usage.consume is not None:
+            wait = usage.consumed(len(msg.body), self._loop.time())
+        if wait:
+            self.throttle.hold_answer(wait, self.encode_frame(answer))
+        else:
+            self.send_frame(answer)
 
     # -- close ---------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from .log_requests import LogRequests
 
 if TYPE_CHECKING:
     from ...config import Settings
+    from ...core.quotas import UserUsage
     from ...core.session import CoreSession
     from ...core.topology import Topology
     from ...core.vhosts import VirtualHost
@@ -42,6 +43,7 @@ class LogFrames:
     name: str
     peer_host: str
     client_properties: dict[str, Any]
+    usage: UserUsage | None
     # Log-topic produce acks and fetch long-polls (made at the first such request).
     _log_requests: LogRequests | None = None
 
@@ -53,6 +55,12 @@ class LogFrames:
         def _ok(self, rid: int, result: dict[str, Any] | None = None) -> None: ...
 
         def send_error(self, request_id: int, exc: WharfError, *, fatal: bool = False) -> None: ...
+
+        def _produced(self, usage: UserUsage, nbytes: int) -> None: ...
+
+        def reply_fetched(
+            self, rid: int, result: dict[str, Any], nbytes: Callable[[], int]
+        ) -> None: ...
 
     def _log_frame_handlers(self) -> dict[int, Callable[[Any], None]]:
         """This connection's handlers of the frames above, by frame type."""
@@ -100,7 +108,12 @@ class LogFrames:
         requests = self._log_requests
         if requests is None:
             requests = self._log_requests = LogRequests(
-                self._topics, self._ok, self.send_error, self.name, self.settings.max_frame_bytes
+                self._topics,
+                self._ok,
+                self.send_error,
+                self.name,
+                self.settings.max_frame_bytes,
+                self.reply_fetched,
             )
         return requests
 
@@ -125,6 +138,9 @@ class LogFrames:
 
     def _on_produce(self, f: F.Produce) -> None:
         self.core.authorize("topic.produce", topic=f.topic)
+        usage = self.usage
+        if usage is not None and usage.produce is not None:
+            self._produced(usage, len(f.payload))
         self._logs().produce(f)
 
     def _on_init_producer(self, f: F.InitProducer) -> None:

@@ -27,6 +27,7 @@ from wharf.protocol.errors import InternalError, InvalidArgument, ResourceError,
 from ...logs.partition import Partition
 from ...logs.segment import ReadArena
 from ...logs.topics import MAX_FETCH_BYTES, TopicRegistry, check_fetch_bytes
+from .throttle import fetched_bytes
 
 log = logging.getLogger("wharf.topics")
 
@@ -37,6 +38,8 @@ MAX_FETCH_MANY_PARTITIONS: Final = 10_000
 REPLY_OVERHEAD_BYTES: Final = 64 * 1024
 
 Reply = Callable[[int, dict[str, Any] | None], None]
+# A fetch answer, with how to count its record-batch bytes (for a consume quota).
+ReplyFetched = Callable[[int, dict[str, Any], Callable[[], int]], None]
 SendError = Callable[[int, WharfError], None]
 
 # FETCH_MANY answers are read into this, one answer at a time: each is encoded by
@@ -67,9 +70,13 @@ class LogRequests:
         send_error: SendError,
         name: str,
         max_frame_bytes: int,
+        reply_fetched: ReplyFetched | None = None,
     ) -> None:
         self._registry = registry
         self._reply = reply
+        self._reply_fetched: ReplyFetched = reply_fetched or (
+            lambda rid, result, _nbytes: reply(rid, result)
+        )
         self._send_error = send_error
         self._name = name
         self._max_reply_bytes = max(4096, max_frame_bytes - REPLY_OVERHEAD_BYTES)
@@ -149,7 +156,10 @@ class LogRequests:
             # compaction left before it.
             self._wait(_Poll(f.request_id, f, [part]), wait_ms)
             return
-        self._reply(f.request_id, result)
+        self._answer_fetch(f.request_id, result)
+
+    def _answer_fetch(self, rid: int, result: dict[str, Any]) -> None:
+        self._reply_fetched(rid, result, lambda: fetched_bytes(result))
 
     def _fetch_one(self, registry: TopicRegistry, f: F.Fetch) -> dict[str, Any]:
         return registry.fetch(
@@ -180,7 +190,7 @@ class LogRequests:
         if wait_ms and not has_data and parts:
             self._wait(_Poll(f.request_id, f, parts), wait_ms)
             return
-        self._reply(f.request_id, {"results": results})
+        self._answer_fetch(f.request_id, {"results": results})
 
     def _fetch_many(
         self, registry: TopicRegistry, f: F.FetchMany
@@ -254,7 +264,7 @@ class LogRequests:
             log.exception("%s: answering a long-poll fetch failed", self._name)
             self._send_error(poll.rid, InternalError("internal error; the broker logged it"))
             return
-        self._reply(poll.rid, result)
+        self._answer_fetch(poll.rid, result)
 
     def _drop(self, poll: _Poll) -> None:
         self._polls.discard(poll)
