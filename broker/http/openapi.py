@@ -208,7 +208,9 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         value={"additionalProperties": {"type": "integer"}},
     ),
     "UserLimit": _schema("user:s! name:s! value:i!", name=_enum(*USER_LIMIT_NAMES)),
-    "UserLimitPut": _schema("value:i!", closed=True, value=_int_range(NO_LIMIT, USER_MAX_LIMIT_VALUE)),
+    "UserLimitPut": _schema(
+        "value:i!", closed=True, value=_int_range(NO_LIMIT, USER_MAX_LIMIT_VALUE)
+    ),
     "User": _schema("name:s! tags:l! source:s!", source=_enum("builtin", "config", "runtime")),
     "UserPut": {
         **_schema(
