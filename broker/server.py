@@ -162,6 +162,11 @@ class Broker:
         self.budget_pauses = 0
 
     @property
+    def http_server(self) -> HttpServer | None:
+        """The admin plane's listeners and their connection caps (read by /metrics)."""
+        return self._http
+
+    @property
     def queues(self) -> dict[str, Queue]:
         return self.topology.queues
 
@@ -447,12 +452,14 @@ class Broker:
             )
             self.port = self._server.sockets[0].getsockname()[1]
         if tls is not None:
-            # Handshakes in progress are bounded like connections not yet logged in.
+            # Handshakes in progress are bounded like connections not yet logged in: in
+            # total and per peer address.
             self.tls_listener = TlsListener(
                 tls,
                 lambda: Connection(self),
                 s.handshake_timeout_s,
                 s.max_unauthenticated_connections,
+                max_per_address=s.max_unauthenticated_per_address,
             )
             self.tls_port = await self.tls_listener.start(s.host, s.tls_port, LISTEN_BACKLOG)
         self._ticker = loop.create_task(self._tick_loop())
