@@ -40,7 +40,7 @@ from wharf.protocol.errors import (
     WharfError,
 )
 
-from ..core.access import MANAGEMENT_TAGS, Actor
+from ..core.access import MANAGEMENT_TAGS
 from ..core.exchanges import TopicTarget
 from ..core.policies.registry import (  # server-side policies
     PRIORITY_MAX,
@@ -455,7 +455,7 @@ class ManagementApi:
 
     async def reload_tls(self, call: Call) -> Result:
         # A failed reload answers 409 with the reason; the old certificate stays in use.
-        return 200, self.broker.reload_tls()
+        return 200, self.broker.reload_tls(call.actor())
 
     async def whoami(self, call: Call) -> Result:
         return 200, {"name": call.user.name, "tags": list(call.user.tags)}
@@ -855,7 +855,7 @@ class ManagementApi:
 def core_session(broker: ApiBroker, call: Call) -> CoreSession:
     """The core as the request's user may use it: the same decisions as the native
     protocol's (core/access.py)."""
-    return broker.session(Actor(call.user.name, call.user.tags))
+    return broker.session(call.core_actor())
 
 
 def _encode_payload(body: bytes, encoding: str) -> tuple[str, str]:

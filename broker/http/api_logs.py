@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from wharf.protocol.errors import InvalidArgument, ResourceError
 
-from ..core.access import Actor
 from ..logs.group_model import RESET_TARGETS
 from ..logs.topics import MAX_PARTITIONS
 from .api_core import Call, Result, Route
@@ -99,7 +98,7 @@ class LogsApi:
     # -- topics --------------------------------------------------------------------------
 
     def _authorize(self, call: Call, operation: str, **names: str) -> None:
-        self.broker.access.authorize(Actor(call.user.name, call.user.tags), operation, **names)
+        self.broker.access.authorize(call.core_actor(), operation, **names)
 
     def _topics(self) -> TopicRegistry:
         logs = self.broker.logs

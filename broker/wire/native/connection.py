@@ -89,7 +89,7 @@ _BODIES_AT: Final = 1 + F.PublishMany._fields.index("bodies")
 class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
     # The connection registry's view (core/clients.py ClientConnection): the protocol's
     # name, and its one consumer session (no channels).
-    protocol: Final = "wharf"
+    protocol: Final = "native"
     channels: Final = 1
 
     def __init__(self, broker: BrokerApi) -> None:
@@ -506,7 +506,9 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
             log.warning("refusing %s after authentication: %s", self.peer, refusal.message)
             self.fatal(refusal)
             return
-        actor = Actor(user.name, tuple(user.tags), DEFAULT_VHOST)
+        actor = Actor(
+            user.name, tuple(user.tags), DEFAULT_VHOST, peer=self.peer, protocol=self.protocol
+        )
         try:
             broker.access.check_vhost(actor)  # no permission on the vhost: no connection
         except WharfError as exc:
@@ -543,8 +545,9 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
         fields: dict[str, Any] = {
             "connection": self.name,
             "user": self.username,
+            "vhost": self.core.actor.vhost,
             "peer": self.peer,
-            "protocol": "native",
+            "protocol": self.protocol,
             "tls_version": tls_version_of(self.transport),
         }
         if closed:
