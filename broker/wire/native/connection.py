@@ -80,6 +80,7 @@ _API_STATE: Final[dict[State, str]] = {
     State.CLOSED: "closing",
 }
 _TYPE_OF: Final = F.TYPE_OF
+_MAX_DEPTH: Final = F.MAX_NESTING_DEPTH
 # Positions in a raw frame array (before parsing): the header, and PUBLISH_MANY's bodies.
 _TYPE_AT: Final = 0
 _REQUEST_ID_AT: Final = 1
@@ -446,7 +447,7 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
                     raise CommandInvalid(f"frame {F.FRAME_NAMES[ftype]} is not sent by clients")
                 F.parse(raw)  # raises NotImplementedByBroker
                 return
-            handler(F.parse(raw))
+            handler(F.parse(raw, _MAX_DEPTH))
         except WharfError as exc:
             self._fail_request(ftype, rid, raw, exc)
         except Exception:
@@ -473,7 +474,7 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
             self.fatal(CommandInvalid("expected AUTH as the first frame"))
             return
         try:
-            frame = F.parse(raw)
+            frame = F.parse(raw, _MAX_DEPTH)
         except WharfError as exc:
             self.fatal(exc)
             return
