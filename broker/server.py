@@ -188,6 +188,11 @@ class Broker:
         return self.vhosts.default.groups
 
     @property
+    def http_server(self) -> HttpServer | None:
+        """The admin plane's listeners and their connection caps (read by /metrics)."""
+        return self._http
+
+    @property
     def queues(self) -> dict[str, Queue]:
         return self.topology.queues
 
@@ -401,6 +406,8 @@ class Broker:
         self.audit.event(
             AuditEvent.ACCESS_DENIED,
             actor=actor.user,
+            peer=actor.peer,
+            protocol=actor.protocol,
             vhost=actor.vhost,
             resource_kind=kind,
             reason=error.message,
@@ -474,22 +481,37 @@ class Broker:
             out.append({"protocol": "https", "host": s.http_bind_host, "port": self.https_port})
         return out
 
-    def reload_tls(self) -> dict[str, Any]:
+    def reload_tls(self, who: dict[str, Any] | None = None) -> dict[str, Any]:
         """Reload the TLS certificate, key and CA for new connections (SIGHUP, the
         management API).  Raises PreconditionFailed when TLS is off or the files do not
-        load; then the previous certificate stays in use."""
+        load; then the previous certificate stays in use.  ``who``: the audit fields of
+        the request (actor, peer, protocol); None for SIGHUP."""
         tls = self.tls
         if tls is None:
             raise PreconditionFailed(
                 "TLS is not configured (tls_cert_file, tls_key_file): nothing to reload"
             )
+        source: dict[str, Any] = (
+            who if who is not None else {"actor": None, "peer": None, "protocol": "signal"}
+        )
+        cert_file = os.fspath(tls.files.cert_file)
         try:
             tls.reload()
         except TlsError as exc:
+            self.audit.event(
+                AuditEvent.TLS_RELOAD_FAILED, **source, cert_file=cert_file, error=str(exc)
+            )
             raise PreconditionFailed(
                 f"TLS reload failed, the previous certificate stays in use: {exc}"
             ) from None
-        return tls.describe()
+        described = tls.describe()
+        self.audit.event(
+            AuditEvent.TLS_RELOADED,
+            **source,
+            cert_file=cert_file,
+            not_after=described["not_after"],
+        )
+        return described
 
     async def start(self) -> None:
         s = self.settings
@@ -544,12 +566,14 @@ class Broker:
             )
             self.port = self._server.sockets[0].getsockname()[1]
         if tls is not None:
-            # Handshakes in progress are bounded like connections not yet logged in.
+            # Handshakes in progress are bounded like connections not yet logged in: in
+            # total and per peer address.
             self.tls_listener = TlsListener(
                 tls,
                 lambda: Connection(self),
                 s.handshake_timeout_s,
                 s.max_unauthenticated_connections,
+                max_per_address=s.max_unauthenticated_per_address,
             )
             self.tls_port = await self.tls_listener.start(s.host, s.tls_port, LISTEN_BACKLOG)
         self._ticker = loop.create_task(self._tick_loop())

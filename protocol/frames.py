@@ -90,6 +90,13 @@ GROUP_RESET_OFFSETS: Final = 108
 # PUBLISH / PUBLISH_MANY flag bits.
 FLAG_MANDATORY: Final = 0x01
 
+# Levels of maps and arrays the broker accepts in one map field of a client's frame
+# (message properties and headers, arguments, configs, policy definitions, client
+# properties), as in the management API's JSON bodies.  msgpack alone decodes up to 1,024
+# levels, which neither the definitions file (JSON) nor a peer reading the value back
+# inside a bigger frame could take.  Deeper: request-level 502 (fatal before AUTH_OK).
+MAX_NESTING_DEPTH: Final = 32
+
 # Message property keys (the ``properties`` map).  Unknown keys are carried through.
 PROPERTY_KEYS: Final = (
     "headers",
@@ -732,6 +739,7 @@ class _Spec(NamedTuple):
     types: tuple[tuple[type, ...], ...]
     required: int
     defaults: tuple[Any, ...]
+    map_fields: tuple[int, ...]  # positions of the map fields (nesting depth checked)
 
 
 # Accepted Python types per field (after msgpack decoding), in field order.
@@ -807,7 +815,8 @@ def _build_specs() -> dict[int, _Spec]:
         assert len(fields) == len(types), cls
         defaults = tuple(field_defaults.get(f) for f in fields)
         required = len([f for f in fields if f not in field_defaults])
-        specs[TYPE_OF[cls]] = _Spec(cls, types, required, defaults)
+        maps = tuple(i for i, t in enumerate(types) if t is _MAP or t is _OPT_MAP)
+        specs[TYPE_OF[cls]] = _Spec(cls, types, required, defaults, maps)
     return specs
 
 
@@ -854,13 +863,15 @@ _ITEM_CHECKS: Final[dict[int, tuple[tuple[int, Callable[[Any], bool], str], ...]
 }
 
 
-def parse(raw: list[Any] | tuple[Any, ...]) -> Frame:
+def parse(raw: list[Any] | tuple[Any, ...], max_depth: int = 0) -> Frame:
     """Turn a decoded frame array into its typed frame.
 
     ``raw`` has already been checked by the codec to be an array whose first two
     elements are ints.  Raises ``NotImplementedByBroker`` for an unknown type and
-    ``ProtocolSyntaxError`` for missing or mistyped fields; both carry the request id
-    in ``details`` so the caller can answer the right request.
+    ``ProtocolSyntaxError`` for missing or mistyped fields, or (``max_depth`` > 0, the
+    broker's side: MAX_NESTING_DEPTH) for a map field whose maps and arrays nest deeper
+    than ``max_depth`` levels; both carry the request id in ``details`` so the caller
+    can answer the right request.
     """
     spec = SPECS.get(raw[0])
     rid = raw[1]
@@ -899,8 +910,36 @@ def parse(raw: list[Any] | tuple[Any, ...]) -> Frame:
                     f"{spec.cls.__name__}.{spec.cls._fields[i]} must be {expected}",
                     details={"request_id": rid, "frame_type": raw[0]},
                 )
+    if max_depth:
+        for i in spec.map_fields:
+            value = values[i]
+            if value and _deeper_than(value, max_depth):
+                raise ProtocolSyntaxError(
+                    f"{spec.cls.__name__}.{spec.cls._fields[i]} nests maps and arrays "
+                    f"deeper than {max_depth} levels",
+                    details={"request_id": rid, "frame_type": raw[0], "max_depth": max_depth},
+                )
     frame: Frame = spec.cls._make(values)
     return frame
+
+
+_NESTED: Final = frozenset({dict, list, tuple})
+
+
+def _deeper_than(container: Any, levels: int) -> bool:
+    """Whether maps and arrays nest more than ``levels`` levels in ``container`` (itself
+    the first level).  Recurses at most ``levels`` deep; a flat map costs one pass."""
+    if levels <= 0:
+        return True
+    below = levels - 1
+    if type(container) is dict:
+        for key, value in container.items():
+            if type(value) in _NESTED and _deeper_than(value, below):
+                return True
+            if type(key) is tuple and _deeper_than(key, below):  # msgpack array keys
+                return True
+        return False
+    return any(type(v) in _NESTED and _deeper_than(v, below) for v in container)
 
 
 def as_array(frame: Frame) -> tuple[Any, ...]:

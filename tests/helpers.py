@@ -9,6 +9,7 @@ cutting TCP connections), never through private attributes.
   the SDK never breaks on purpose (a stale generation, a ghost member id).
 - :class:`TcpProxy`: sits between a client and the broker and can drop every connection
   as a failing network would, optionally at the moment the broker answers a given frame.
+- :func:`scrape_metrics` / :func:`metric`: the broker's /metrics text and one sample of it.
 
 Test modules import them relatively (``from ..helpers import wait_until``).
 """
@@ -278,6 +279,36 @@ class TcpProxy:
                     w.transport.abort()
 
 
+async def scrape_metrics(http_port: int, *, timeout: float = WAIT_S) -> str:
+    """The text of ``GET /metrics`` on a connection of its own (which the HTTP
+    connection gauge counts while it is being answered)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        async with asyncio.timeout(timeout):
+            data = await reader.read()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return body.decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of the sample ``name{labels}`` in a /metrics text (labels in the order
+    the broker declares them); an AssertionError when there is none."""
+    wanted = name
+    if labels:
+        wanted += "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample == wanted:
+            return float(value)
+    raise AssertionError(f"no sample {wanted} in /metrics")
+
+
 def is_answer_to(rid: int) -> Callable[[list[Any]], bool]:
     """For :data:`CutWhen`: the broker's answer (OK, GET_OK or ERROR) to request ``rid``."""
     return lambda frame: frame[0] in (F.OK, F.GET_OK, F.ERROR) and frame[1] == rid
@@ -289,6 +320,8 @@ __all__ = [
     "FrameClient",
     "TcpProxy",
     "is_answer_to",
+    "metric",
+    "scrape_metrics",
     "wait_until",
     "wait_until_sync",
 ]

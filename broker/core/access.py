@@ -79,11 +79,15 @@ def compile_regex(pattern: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who asks: the authenticated user, its tags and the vhost of its connection."""
+    """Who asks: the authenticated user, its tags and the vhost of its connection; and,
+    for the audit line of a refusal only, where from (peer address, protocol: "native",
+    "http")."""
 
     user: str
     tags: tuple[str, ...] = ()
     vhost: str = DEFAULT_VHOST
+    peer: str = field(default="", compare=False)
+    protocol: str = field(default="", compare=False)
 
     @property
     def is_administrator(self) -> bool:

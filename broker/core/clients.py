@@ -32,7 +32,7 @@ class ClientConnection(Protocol):
 
     @property
     def protocol(self) -> str:
-        """The wire protocol it speaks: "wharf" (native), later "amqp-0-9-1"."""
+        """The wire protocol it speaks: "native" (the Wharf protocol), later "amqp"."""
         ...
 
     @property

@@ -41,7 +41,7 @@ from wharf.protocol.errors import (
     WharfError,
 )
 
-from ..core.access import MANAGEMENT_TAGS, Actor
+from ..core.access import MANAGEMENT_TAGS
 from ..core.exchanges import TopicTarget
 from ..core.policies.registry import (  # server-side policies
     PRIORITY_MAX,
@@ -507,7 +507,7 @@ class ManagementApi:
 
     async def reload_tls(self, call: Call) -> Result:
         # A failed reload answers 409 with the reason; the old certificate stays in use.
-        return 200, self.broker.reload_tls()
+        return 200, self.broker.reload_tls(call.actor())
 
     async def whoami(self, call: Call) -> Result:
         return 200, {"name": call.user.name, "tags": list(call.user.tags)}
@@ -1051,7 +1051,7 @@ class ManagementApi:
 def core_session(broker: ApiBroker, call: Call) -> CoreSession:
     """The core as the request's user may use it on the vhost the path names (its first
     parameter): the same decisions as the native protocol's (core/access.py)."""
-    return broker.session(Actor(call.user.name, call.user.tags, call.params[0]))
+    return broker.session(call.core_actor(call.params[0]))
 
 
 def _encode_payload(body: bytes, encoding: str) -> tuple[str, str]:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from wharf.protocol.errors import InvalidArgument, WharfError
 
+from ..core.access import DEFAULT_VHOST, Actor
+
 if TYPE_CHECKING:
     from ..security.users import StoredUser
 
@@ -213,6 +215,13 @@ class Call:
     def actor(self) -> dict[str, str]:
         """Who made a change, for its audit line (security/audit.py)."""
         return {"actor": self.user.name, "peer": self.peer, "protocol": "http"}
+
+    def core_actor(self, vhost: str = DEFAULT_VHOST) -> Actor:
+        """The request's user on ``vhost`` as the core's permission checks see it
+        (core/access.py)."""
+        return Actor(
+            self.user.name, tuple(self.user.tags), vhost, peer=self.peer, protocol="http"
+        )
 
     def json(self, allowed: tuple[str, ...]) -> Fields:
         return Fields(parse_body(self.body), allowed)

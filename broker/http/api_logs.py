@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from wharf.protocol.errors import InvalidArgument, ResourceError
 
-from ..core.access import Actor
 from ..logs.group_model import RESET_TARGETS
 from ..logs.topics import MAX_PARTITIONS
 from .api_core import Call, Result, Route
@@ -120,8 +119,7 @@ class LogsApi:
     # -- topics --------------------------------------------------------------------------
 
     def _authorize(self, call: Call, operation: str, **names: str) -> None:
-        actor = Actor(call.user.name, call.user.tags, call.params[0])
-        self.broker.access.authorize(actor, operation, **names)
+        self.broker.access.authorize(call.core_actor(call.params[0]), operation, **names)
 
     def _vhost(self, call: Call) -> VirtualHost:
         return self.broker.vhosts.get(call.params[0])

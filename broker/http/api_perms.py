@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from wharf.protocol.errors import NotFound
 
-from ..core.access import Permission
+from ..core.access import DEFAULT_VHOST, Permission
+from ..security.audit import AuditEvent
 from .api_core import Call, Result, Route
 
 if TYPE_CHECKING:
@@ -107,12 +108,17 @@ class PermissionsApi:
         f = call.json(("configure", "write", "read"))
         permission = Permission(f.text("configure"), f.text("write"), f.text("read"))
         created = self.broker.access.set_permission(vhost, user, permission)
-        return (201 if created else 200), {"user": user, "vhost": vhost, **permission.describe()}
+        doc = {"user": user, "vhost": vhost, **permission.describe()}
+        self.broker.audit.event(AuditEvent.PERMISSION_SET, **call.actor(), **doc)
+        return (201 if created else 200), doc
 
     async def delete_permission(self, call: Call) -> Result:
         vhost, user = self._target(call)
         if not self.broker.access.clear_permission(vhost, user):
             raise NotFound(f"user '{user}' has no permissions on vhost '{vhost}'")
+        self.broker.audit.event(
+            AuditEvent.PERMISSION_DELETED, **call.actor(), vhost=vhost, user=user
+        )
         return 200, {}
 
     async def list_topic_permissions(self, call: Call) -> Result:
@@ -128,6 +134,7 @@ class PermissionsApi:
         exchange, write, read = f.text("exchange"), f.text("write"), f.text("read")
         created = self.broker.access.set_topic_permission(vhost, user, exchange, write, read)
         doc = {"user": user, "vhost": vhost, "exchange": exchange, "write": write, "read": read}
+        self.broker.audit.event(AuditEvent.TOPIC_PERMISSION_SET, **call.actor(), **doc)
         return (201 if created else 200), doc
 
     async def delete_topic_permission(self, call: Call) -> Result:
@@ -135,4 +142,11 @@ class PermissionsApi:
         exchange = call.query.get("exchange")
         if not self.broker.access.clear_topic_permission(vhost, user, exchange):
             raise NotFound(f"user '{user}' has no such topic permissions on vhost '{vhost}'")
+        self.broker.audit.event(
+            AuditEvent.TOPIC_PERMISSION_DELETED,
+            **call.actor(),
+            vhost=vhost,
+            user=user,
+            exchange=exchange,  # null: every exchange's
+        )
         return 200, {}

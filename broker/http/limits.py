@@ -46,13 +46,23 @@ class ConnectionCaps:
         self.max_total = max_total
         self.max_per_address = max_per_address
         self.open = 0
-        self.refused = 0  # sockets closed at once over a cap (for /metrics and tests)
+        # Sockets closed at once, by the cap that was full (wharf_http_connections_*).
+        self.refused_total = 0
+        self.refused_per_address = 0
         self._by_address: dict[str, int] = {}
 
+    @property
+    def refused(self) -> int:
+        """Sockets closed at once over either cap."""
+        return self.refused_total + self.refused_per_address
+
     def admit(self, address: str) -> bool:
+        if self.open >= self.max_total:
+            self.refused_total += 1
+            return False
         held = self._by_address.get(address, 0)
-        if self.open >= self.max_total or held >= self.max_per_address:
-            self.refused += 1
+        if held >= self.max_per_address:
+            self.refused_per_address += 1
             return False
         self.open += 1
         self._by_address[address] = held + 1

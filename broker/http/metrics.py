@@ -189,6 +189,7 @@ class BrokerCollector:
             )
         yield from self._memory_metrics()
         yield from self._tls_metrics()
+        yield from self._http_metrics()
         yield from self._access_metrics()
         yield from self._quota_metrics()
         yield from self._auth_metrics()
@@ -247,7 +248,8 @@ class BrokerCollector:
         yield from counters
 
     def _tls_metrics(self) -> Iterator[Metric]:
-        """The certificate's expiry and handshake failures (docs/security.md)."""
+        """The certificate's expiry, handshakes running, refused and failed on the TLS
+        listeners (docs/security.md)."""
         tls = getattr(self._broker, "tls", None)
         if tls is None:
             return
@@ -263,6 +265,55 @@ class BrokerCollector:
                 "TLS handshakes on the native TLS port that failed or timed out.",
                 value=listener.failures,
             )
+        http = getattr(self._broker, "http_server", None)
+        listeners = {
+            "native": listener,
+            "https": None if http is None else http.tls_listener,
+        }
+        running = GaugeMetricFamily(
+            "wharf_tls_handshakes_in_progress",
+            "TLS handshakes running, by listener (native: tls_port, https: https_port).",
+            labels=["listener"],
+        )
+        refused = CounterMetricFamily(
+            "wharf_tls_handshakes_refused",
+            "Sockets of a TLS listener closed at once because its handshake cap was full "
+            "(reason total: max_unauthenticated_connections or http_max_connections; "
+            "per_address: max_unauthenticated_per_address or "
+            "http_max_connections_per_address).",
+            labels=["listener", "reason"],
+        )
+        for name, found in listeners.items():
+            if found is None:
+                continue
+            running.add_metric([name], found.handshaking)
+            refused.add_metric([name, "total"], found.refused_total)
+            refused.add_metric([name, "per_address"], found.refused_per_address)
+        yield running
+        yield refused
+
+    def _http_metrics(self) -> Iterator[Metric]:
+        """The admin plane's connection caps (http/limits.py), HTTP and HTTPS together."""
+        http = getattr(self._broker, "http_server", None)
+        if http is None:
+            return
+        caps = http.caps
+        yield GaugeMetricFamily(
+            "wharf_http_connections",
+            "HTTP and HTTPS connections open (admitted by the caps; this scrape's own "
+            "connection is one of them).",
+            value=caps.open,
+        )
+        refused = CounterMetricFamily(
+            "wharf_http_connections_refused",
+            "HTTP and HTTPS sockets answered 503 and closed at once, by the cap that was "
+            "full (total: http_max_connections; per_address: "
+            "http_max_connections_per_address).",
+            labels=["reason"],
+        )
+        refused.add_metric(["total"], caps.refused_total)
+        refused.add_metric(["per_address"], caps.refused_per_address)
+        yield refused
 
     def _access_metrics(self) -> Iterator[Metric]:
         """Refused operations (core/access.py), by vhost and resource kind."""

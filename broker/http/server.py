@@ -293,11 +293,17 @@ async def start_http_server(
         tls_port = 0
         if https is not None:
             # The native TLS port's accept loop: at most http_max_connections handshakes
-            # at once (further sockets are closed), failures logged with the peer address;
+            # at once, http_max_connections_per_address from one address (further sockets
+            # are closed), failures logged with the peer address;
             # a socket counts against the caps once its handshake is done.
             https_port, tls, handshake_timeout_s = https
             tls_listener = TlsListener(
-                tls, factory, handshake_timeout_s, opts.max_connections, name="HTTPS"
+                tls,
+                factory,
+                handshake_timeout_s,
+                opts.max_connections,
+                name="HTTPS",
+                max_per_address=opts.max_connections_per_address,
             )
             tls_port = await tls_listener.start(host, https_port)
     except BaseException:

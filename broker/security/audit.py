@@ -53,16 +53,25 @@ class AuditEvent(StrEnum):
     """Every kind of audit line.  Fields each kind carries (all optional but these):
 
     * ``auth.success`` / ``auth.failure``: user, peer, protocol, mechanism, [reason]
-    * ``connection.open`` / ``connection.close``: connection, user, peer, protocol,
+    * ``connection.open`` / ``connection.close``: connection, user, vhost, peer, protocol,
       tls_version (null on a plain connection), [duration_s]
     * ``user.created`` / ``user.updated`` / ``user.deleted``: actor, peer, protocol, user,
       [tags, previous_tags, password_changed]
     * ``policy.set`` / ``policy.deleted``: actor, peer, protocol, policy, [pattern, apply_to]
-    * ``access.denied``: actor, peer, protocol, [vhost, resource, permission, tag]
-    * ``permission.set`` / ``permission.deleted``, ``vhost.created`` / ``vhost.deleted``,
-      ``tls.reloaded``: for the permission, vhost and TLS work (actor, peer, protocol, ...).
+    * ``access.denied``: actor, peer, protocol, and vhost, resource_kind, reason (the core's
+      permissions) or tag (a missing user tag)
+    * ``permission.set`` / ``permission.deleted``: actor, peer, protocol, vhost, user,
+      [configure, write, read]
+    * ``topic_permission.set`` / ``topic_permission.deleted``: actor, peer, protocol, vhost,
+      user, exchange (null: all of the user's), [write, read]
+    * ``tls.reloaded`` / ``tls.reload_failed``: actor (null for SIGHUP), peer, protocol
+      ("http", "signal"), cert_file, [not_after | error]
+    * ``vhost.created`` / ``vhost.deleted``: actor, peer, protocol, vhost
     * ``vhost.limit_set`` / ``vhost.limit_cleared``: actor, peer, protocol, vhost, limit,
       [value]
+
+    ``protocol`` names the way in: "native" (the Wharf protocol, as ``GET
+    /api/connections`` says too), "http" (the management API), "signal" (SIGHUP).
     """
 
     AUTH_SUCCESS = "auth.success"
@@ -77,11 +86,14 @@ class AuditEvent(StrEnum):
     ACCESS_DENIED = "access.denied"
     PERMISSION_SET = "permission.set"
     PERMISSION_DELETED = "permission.deleted"
+    TOPIC_PERMISSION_SET = "topic_permission.set"
+    TOPIC_PERMISSION_DELETED = "topic_permission.deleted"
     VHOST_CREATED = "vhost.created"
     VHOST_DELETED = "vhost.deleted"
     VHOST_LIMIT_SET = "vhost.limit_set"
     VHOST_LIMIT_CLEARED = "vhost.limit_cleared"
     TLS_RELOADED = "tls.reloaded"
+    TLS_RELOAD_FAILED = "tls.reload_failed"
 
 
 def _clip(value: Any) -> AuditValue:

@@ -355,7 +355,9 @@ class TlsListener:
     certificate, a timeout) closes the socket without a word to the application.  Here
     ``connect_accepted_socket`` raises it, so the failure is logged with the peer address
     and counted.  Each handshake uses the context of the last successful load (reload).
-    At most ``max_handshaking`` handshakes run at once; sockets beyond are closed at once.
+    At most ``max_handshaking`` handshakes run at once, and at most ``max_per_address``
+    from one peer address (so one flooding address cannot hold every slot); sockets beyond
+    either cap are closed at once, before a byte of them is read.
     """
 
     def __init__(
@@ -365,16 +367,23 @@ class TlsListener:
         handshake_timeout_s: float,
         max_handshaking: int,
         name: str = "native",
+        max_per_address: int | None = None,
     ) -> None:
         self.tls = tls
         self.app_factory = app_factory
         self.handshake_timeout_s = handshake_timeout_s
         self.max_handshaking = max_handshaking
+        self.max_per_address = max_handshaking if max_per_address is None else max_per_address
         self.name = name
         self.port = 0
         self.handshaking = 0
-        self.failures = 0  # handshakes that failed or timed out (a counter for /metrics)
-        self.refused = 0  # sockets closed because max_handshaking were running
+        # Counters for /metrics: handshakes that failed or timed out, and sockets closed
+        # at once because max_handshaking (total) or max_per_address were running.
+        self.failures = 0
+        self.refused_total = 0
+        self.refused_per_address = 0
+        # Handshakes running per peer address (an entry goes when its count drops to 0).
+        self._handshaking_by_address: dict[str, int] = {}
         self._sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._backlog = ACCEPT_BACKLOG
@@ -441,13 +450,20 @@ class TlsListener:
                     loop.remove_reader(sock.fileno())
                     loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting, sock)
                 return  # ECONNABORTED and the like: the peer gave up
+            host = str(addr[0]) if isinstance(addr, tuple) else str(addr)
+            held = self._handshaking_by_address.get(host, 0)
             if self.handshaking >= self.max_handshaking:
-                self.refused += 1
+                self.refused_total += 1
+                conn.close()
+                continue
+            if held >= self.max_per_address:
+                self.refused_per_address += 1
                 conn.close()
                 continue
             self.handshaking += 1
+            self._handshaking_by_address[host] = held + 1
             peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-            task = loop.create_task(self._handshake(conn, peer))
+            task = loop.create_task(self._handshake(conn, host, peer))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -455,7 +471,12 @@ class TlsListener:
         if sock.fileno() >= 0:
             asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock)
 
-    async def _handshake(self, conn: socket.socket, peer: str) -> None:
+    @property
+    def refused(self) -> int:
+        """Sockets closed at once over either cap."""
+        return self.refused_total + self.refused_per_address
+
+    async def _handshake(self, conn: socket.socket, host: str, peer: str) -> None:
         loop = asyncio.get_running_loop()
         try:
             conn.setblocking(False)
@@ -475,6 +496,11 @@ class TlsListener:
             conn.close()  # a no-op when the failed transport closed it already
         finally:
             self.handshaking -= 1
+            left = self._handshaking_by_address.get(host, 0) - 1
+            if left > 0:
+                self._handshaking_by_address[host] = left
+            else:
+                self._handshaking_by_address.pop(host, None)
 
     def note_failure(self, peer: str, exc: BaseException) -> None:
         self.failures += 1

@@ -453,7 +453,7 @@ async def test_connections_and_consumers_are_listed_and_closed(
         await wait_until(delivered_never_acked, timeout=TIMEOUT_S, what="3 unacked")
         conns = (await api(broker, "GET", "/api/connections")).json()
         assert len(conns) == 1 and conns[0]["user"] == "guest" and conns[0]["state"] == "open"
-        assert conns[0]["protocol"] == "wharf" and conns[0]["channels"] == 1
+        assert conns[0]["protocol"] == "native" and conns[0]["channels"] == 1
         assert conns[0]["unacked"] == 3
         name = conns[0]["name"]
         assert (await api(broker, "GET", f"/api/connections/{name}")).json()["consumers"] == 1

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 import wharf
-from wharf.broker.config import UserConfig
+from wharf.broker.config import Settings, UserConfig
 from wharf.broker.security import auth, throttle
 from wharf.broker.security.passwords import hash_password
 from wharf.broker.server import Broker
@@ -169,8 +170,6 @@ async def test_empty_audit_log_file_turns_it_off(broker: Broker) -> None:
 
 
 async def test_audit_log_file_elsewhere(tmp_path: Path) -> None:
-    from wharf.broker.config import Settings  # noqa: PLC0415 (this test only)
-
     target = tmp_path / "audit" / "wharf-audit.jsonl"
     b = Broker(
         Settings(
@@ -214,3 +213,142 @@ async def test_no_password_in_the_audit_or_broker_log(
     for secret in SECRETS:  # WRONG_PASSWORD was also sent as a user name
         assert secret not in text and secret not in broker_log
     assert '"user": "<unknown>", "user_ref": "' in text
+
+
+# -- every event of the audit trail, with its fields -------------------------------------
+
+APP_PASSWORD = "App-pw-XYZZY-42"
+# Fields every line of a kind must carry (besides ts and event), issue 13 part 6.
+REQUIRED: dict[str, set[str]] = {
+    "auth.success": {"user", "peer", "protocol", "mechanism"},
+    "auth.failure": {"user", "peer", "protocol", "mechanism", "reason"},
+    "connection.open": {"connection", "user", "vhost", "peer", "protocol", "tls_version"},
+    "connection.close": {
+        "connection", "user", "vhost", "peer", "protocol", "tls_version", "duration_s"
+    },
+    "access.denied": {"actor", "peer", "protocol"},
+    "user.created": {"actor", "peer", "protocol", "user", "tags"},
+    "user.updated": {"actor", "peer", "protocol", "user", "tags", "previous_tags"},
+    "user.deleted": {"actor", "peer", "protocol", "user"},
+    "permission.set": {"actor", "peer", "protocol", "vhost", "user", "configure", "write", "read"},
+    "permission.deleted": {"actor", "peer", "protocol", "vhost", "user"},
+    "topic_permission.set": {
+        "actor", "peer", "protocol", "vhost", "user", "exchange", "write", "read"
+    },
+    "topic_permission.deleted": {"actor", "peer", "protocol", "vhost", "user", "exchange"},
+    "policy.set": {"actor", "peer", "protocol", "policy", "pattern", "definition"},
+    "policy.deleted": {"actor", "peer", "protocol", "policy"},
+    "tls.reloaded": {"actor", "peer", "protocol", "cert_file", "not_after"},
+    "tls.reload_failed": {"actor", "peer", "protocol", "cert_file", "error"},
+}  # fmt: skip
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[str, str, str]:
+    """(CA, certificate, key) files for 127.0.0.1, from trustme."""
+    ca = trustme.CA()
+    ca_file, cert_file, key_file = (str(tmp_path / n) for n in ("ca.pem", "c.pem", "k.pem"))
+    ca.cert_pem.write_to_path(ca_file)
+    leaf = ca.issue_cert("127.0.0.1")
+    leaf.private_key_pem.write_to_path(key_file)
+    Path(cert_file).write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    return ca_file, cert_file, key_file
+
+
+async def test_every_audited_event_is_written_with_its_fields(
+    tmp_path: Path, tls_files: tuple[str, str, str]
+) -> None:
+    ca_file, cert_file, key_file = tls_files
+    b = Broker(
+        Settings(
+            host="127.0.0.1",
+            port=0,
+            http_port=0,
+            tls_port=0,
+            https_port=0,
+            tls_cert_file=cert_file,
+            tls_key_file=key_file,
+            data_dir=str(tmp_path / "data"),
+            users=USERS,
+        )
+    )
+    await b.start()
+    try:
+        port = b.http_port
+
+        async def admin(method: str, path: str, body: Any = None) -> int:
+            return (await http(port, method, path, "admin", ADMIN_PASSWORD, body))[0]
+
+        # Users, permissions and topic permissions, as an administrator over HTTP.
+        assert await admin("PUT", "/api/users/app", {"password": APP_PASSWORD, "tags": []}) == 201
+        perm = {"configure": "^app\\.", "write": "^app\\.", "read": "^app\\."}
+        assert await admin("PUT", "/api/permissions/%2F/app", perm) == 201
+        topic = {"exchange": "amq.topic", "write": "^app\\.", "read": ".*"}
+        assert await admin("PUT", "/api/topic-permissions/%2F/app", topic) == 201
+        policy = {"pattern": "^app\\.", "definition": {"max-length": 5}}
+        assert await admin("PUT", "/api/policies/%2F/cap", policy) == 201
+        # The app over TLS: a login, a refused operation, the connection's open and close.
+        url = f"wharfs://app:{APP_PASSWORD}@127.0.0.1:{b.tls_port}?cafile={ca_file}"
+        app = await wharf.connect(url)
+        await app.declare_queue("app.q")
+        with pytest.raises(wharf.AccessRefused, match="queue 'other.q'"):
+            await app.declare_queue("other.q")
+        status, listed = await http(port, "GET", "/api/connections", "admin", ADMIN_PASSWORD)
+        assert status == 200
+        (app_conn,) = [c for c in json.loads(listed) if c["user"] == "app"]
+        await app.close()
+        with pytest.raises(wharf.AccessRefused):
+            await wharf.connect(f"wharf://app:{WRONG_PASSWORD}@127.0.0.1:{b.port}")
+        # Refusals on the API, then the changes undone.
+        assert (await http(port, "GET", "/api/whoami", "monitor", WRONG_PASSWORD))[0] == 401
+        assert (await http(port, "GET", "/api/users", "monitor", MONITOR_PASSWORD))[0] == 403
+        assert await admin("DELETE", "/api/policies/%2F/cap") == 200
+        assert await admin("DELETE", "/api/topic-permissions/%2F/app?exchange=amq.topic") == 200
+        assert await admin("DELETE", "/api/permissions/%2F/app") == 200
+        assert await admin("PUT", "/api/users/app", {"tags": ["management"]}) == 200
+        assert await admin("DELETE", "/api/users/app") == 200
+        # TLS: a reload, and one that fails (the old certificate stays).
+        assert await admin("POST", "/api/tls/reload") == 200
+        await asyncio.to_thread(Path(key_file).write_text, "not a key")
+        assert await admin("POST", "/api/tls/reload") == 409
+        await wait_for_event(b, lambda e: e["event"] == "connection.close")
+    finally:
+        await b.stop()
+
+    lines = audit_lines(b)
+    assert all(isinstance(e["ts"], str) and e["ts"].endswith("Z") for e in lines)
+    for e in lines:
+        missing = REQUIRED.get(e["event"], set()) - e.keys()
+        assert not missing, (e, missing)
+    assert set(REQUIRED) <= {e["event"] for e in lines}, {e["event"] for e in lines}
+    assert not any(APP_PASSWORD in json.dumps(e) for e in lines)
+
+    http_admin = {"actor": "admin", "peer": "127.0.0.1", "protocol": "http"}
+    tls_login = only(lines, "auth.success", user="app", protocol="native", mechanism="PLAIN")
+    opened = only(lines, "connection.open", user="app")
+    # The protocol's name is the same in the audit log and in GET /api/connections.
+    assert app_conn["protocol"] == opened["protocol"] == "native"
+    assert opened["vhost"] == "/" and opened["peer"] == tls_login["peer"] == app_conn["peer"]
+    assert opened["tls_version"] in ("TLSv1.2", "TLSv1.3")
+    closed = only(lines, "connection.close", connection=opened["connection"])
+    assert {k: closed[k] for k in ("user", "vhost", "peer", "protocol", "tls_version")} == {
+        k: opened[k] for k in ("user", "vhost", "peer", "protocol", "tls_version")
+    }
+    only(lines, "auth.failure", user="app", protocol="native", reason="invalid credentials")
+    only(lines, "auth.failure", user="monitor", protocol="http", mechanism="BASIC")
+    denied = only(lines, "access.denied", actor="app", resource_kind="queue")
+    assert denied["protocol"] == "native" and denied["vhost"] == "/"
+    assert denied["peer"] == opened["peer"] and "other.q" in denied["reason"]
+    only(lines, "access.denied", actor="monitor", protocol="http", tag="administrator")
+    only(lines, "user.created", user="app", tags=[], **http_admin)
+    only(lines, "user.updated", user="app", tags=["management"], previous_tags=[], **http_admin)
+    only(lines, "user.deleted", user="app", **http_admin)
+    only(lines, "permission.set", vhost="/", user="app", **perm, **http_admin)
+    only(lines, "permission.deleted", vhost="/", user="app", **http_admin)
+    only(lines, "topic_permission.set", vhost="/", user="app", **topic, **http_admin)
+    only(lines, "topic_permission.deleted", exchange="amq.topic", user="app", **http_admin)
+    only(lines, "policy.set", policy="cap", pattern="^app\\.", **http_admin)
+    only(lines, "policy.deleted", policy="cap", **http_admin)
+    only(lines, "tls.reloaded", cert_file=cert_file, **http_admin)
+    failed = only(lines, "tls.reload_failed", cert_file=cert_file, **http_admin)
+    assert failed["error"]

@@ -15,12 +15,15 @@ see no error.  (How long the loop stalls is measured by benchmarks/hostile.py, n
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import struct
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgpack
 import pytest
 
 import wharf
@@ -293,4 +296,195 @@ async def test_readers_pause_beyond_the_receive_budget_and_resume(
         ),
     )
     await wait_until(timeout=TIMEOUT_S, check=lambda: broker.queues[q].ready_count >= 6)
+    await canary.stop()
+
+
+# -- nesting bombs and huge length prefixes inside a frame (issue 13, part 7) ----------------
+#
+# Every map field a client sends (client properties, message properties and headers,
+# arguments, policy definitions, topic configs): deeper than msgpack's own 1,024 levels,
+# or with a length prefix the frame cannot hold, the frame is not decoded (fatal 501);
+# decodable but deeper than MAX_NESTING_DEPTH, the request is refused (502) before it
+# changes anything, and the connection goes on (before AUTH_OK: fatal).
+
+DEEP_LEVELS = 1_000  # msgpack decodes it; neither JSON nor a peer's decoder would take more
+BEYOND_MSGPACK_LEVELS = 2_000
+
+
+def _nested(levels: int) -> Any:
+    value: Any = None
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _raw_frame(before: tuple[Any, ...], raw: bytes, after: tuple[Any, ...] = ()) -> bytes:
+    """A frame: the fields ``before``, one field given as raw msgpack bytes, ``after``."""
+    fields = [msgpack.packb(f, use_bin_type=True) for f in before]
+    fields += [raw] + [msgpack.packb(f, use_bin_type=True) for f in after]
+    payload = bytes([0x90 | len(fields)]) + b"".join(fields)
+    return struct.pack(">I", len(payload)) + payload
+
+
+# Raw map fields no decoder can build: {"x": 2,000 nested arrays}, a map announcing 2**32-1
+# entries, {"x": a str, bin or array announcing 4 GiB}, in a frame of a few bytes.
+_UNDECODABLE_MAPS = [
+    pytest.param(b"\x81\xa1x" + b"\x91" * BEYOND_MSGPACK_LEVELS + b"\xc0", id="nesting-bomb"),
+    pytest.param(b"\xdf\xff\xff\xff\xff", id="huge-map-length"),
+    pytest.param(b"\x81\xa1x\xdb\xff\xff\xff\xff", id="huge-str-length"),
+    pytest.param(b"\x81\xa1x\xc6\xff\xff\xff\xff", id="huge-bin-length"),
+    pytest.param(b"\x81\xa1x\xdd\xff\xff\xff\xff", id="huge-array-length"),
+]
+
+
+@pytest.mark.parametrize("raw_map", _UNDECODABLE_MAPS)
+async def test_undecodable_client_properties_before_auth_are_fatal_501(
+    broker: Broker, raw_client: RawFactory, canary: Canary, raw_map: bytes
+) -> None:
+    rc = await raw_client(auth=False)
+    rc.send_bytes(_raw_frame((F.AUTH, 1, "PLAIN", "guest", "guest", 0), raw_map))
+    error = await _fatal_error(rc)
+    assert error[2] == 501, error
+    await canary.stop()
+    await wait_until(timeout=TIMEOUT_S, check=lambda: broker.unauthenticated == 0)
+
+
+async def test_deep_client_properties_before_auth_are_fatal_502(
+    raw_client: RawFactory, canary: Canary
+) -> None:
+    rc = await raw_client(auth=False)
+    rc.send(F.Auth(1, "PLAIN", "guest", "guest", 0, {"x": _nested(DEEP_LEVELS)}))
+    error = await _fatal_error(rc)
+    assert error[2] == 502 and f"deeper than {F.MAX_NESTING_DEPTH} levels" in error[3], error
+    assert error[5]["max_depth"] == F.MAX_NESTING_DEPTH
+    await canary.stop()
+
+
+# (name, the frame's fields before its map field, after it): request id 5 (a publish: 0).
+_MAP_FIELDS = [
+    pytest.param((F.PUBLISH, 0, "", "nowhere"), (b"b", 0), id="publish-headers"),
+    pytest.param((F.QUEUE_DECLARE, 5, "deep-q", True, False, False, False), (), id="queue-args"),
+    pytest.param(
+        (F.EXCHANGE_DECLARE, 5, "deep-x", "topic", True, False, False, False),
+        (),
+        id="exchange-args",
+    ),
+    pytest.param((F.POLICY_SET, 5, "deep-p", "^deep"), (0, "queues"), id="policy-definition"),
+    pytest.param((F.TOPIC_CREATE, 5, "deep-t", 1), (), id="topic-config"),
+]
+
+
+@pytest.mark.parametrize(("before", "after"), _MAP_FIELDS)
+async def test_a_deep_map_field_is_refused_and_the_connection_goes_on(
+    raw_client: RawFactory,
+    canary: Canary,
+    frame_client: Callable[[], Any],
+    before: tuple[Any, ...],
+    after: tuple[Any, ...],
+) -> None:
+    rc = await raw_client()
+    deep: dict[str, Any] = {"x": _nested(DEEP_LEVELS)}
+    if before[0] == F.PUBLISH:
+        deep = {"headers": deep}
+    rc.send_array((*before, deep, *after))
+    while (error := await rc.recv(TIMEOUT_S))[0] == F.HEARTBEAT:
+        pass
+    assert error[0] == F.ERROR and error[1] == before[1], error
+    assert error[2] == 502 and error[4] is False, error
+    assert f"deeper than {F.MAX_NESTING_DEPTH} levels" in error[3], error
+    # Nothing was created, and the same connection is served.
+    rc.send(F.QueueDeclare(6, "deep-q", passive=True))
+    missing = await rc.recv(TIMEOUT_S)
+    assert missing[:3] == [F.ERROR, 6, 404], missing
+    rc.send(F.QueueDeclare(8, f"after-{uuid.uuid4().hex[:8]}"))
+    while (ok := await rc.recv(TIMEOUT_S))[0] != F.OK or ok[1] != 8:
+        assert ok[0] != F.ERROR or ok[1] != 8, ok
+    # As deep as allowed is accepted.
+    fc = await frame_client()
+    allowed: Any = None
+    for _ in range(F.MAX_NESTING_DEPTH - 1):
+        allowed = [allowed]
+    await fc.request(F.QUEUE_DECLARE, "deep-enough", False, False, False, False, {"x": allowed})
+    await canary.stop()
+
+
+@pytest.mark.parametrize(("before", "after"), _MAP_FIELDS)
+async def test_a_nesting_bomb_in_a_map_field_after_login_is_fatal_501(
+    raw_client: RawFactory, canary: Canary, before: tuple[Any, ...], after: tuple[Any, ...]
+) -> None:
+    rc = await raw_client()
+    bomb = b"\x81\xa1x" + b"\x91" * BEYOND_MSGPACK_LEVELS + b"\xc0"
+    if before[0] == F.PUBLISH:
+        bomb = b"\x81\xa7headers" + bomb
+    rc.send_bytes(_raw_frame(before, bomb, after))
+    error = await _fatal_error(rc)
+    assert error[2] == 501, error
+    await canary.stop()
+
+
+@pytest.mark.parametrize("raw_map", _UNDECODABLE_MAPS)
+async def test_undecodable_arguments_after_login_are_fatal_501(
+    raw_client: RawFactory, canary: Canary, raw_map: bytes
+) -> None:
+    rc = await raw_client()
+    rc.send_bytes(_raw_frame((F.QUEUE_DECLARE, 5, "bad-q", True, False, False, False), raw_map))
+    error = await _fatal_error(rc)
+    assert error[2] == 501, error
+    await canary.stop()
+
+
+# -- deep JSON on the management API ---------------------------------------------------------
+
+_GUEST = "Basic " + base64.b64encode(b"guest:guest").decode()
+# (method, path, the body with {} where the deep value goes)
+_API_BODIES = [
+    pytest.param("PUT", "/api/queues/%2F/deep-q", '{"arguments": {"x": %s}}', id="queue-args"),
+    pytest.param(
+        "POST",
+        "/api/exchanges/%2F/amq.default/publish",
+        '{"routing_key": "nowhere", "payload": "p", "properties": {"headers": {"x": %s}}}',
+        id="publish-headers",
+    ),
+    pytest.param(
+        "PUT", "/api/policies/%2F/deep-p", '{"pattern": "^deep", "definition": {"x": %s}}', id="policy"
+    ),
+    pytest.param("PUT", "/api/topics/%2F/deep-t", '{"config": {"x": %s}}', id="topic-config"),
+]
+
+
+async def _api(port: int, method: str, path: str, body: bytes) -> tuple[int, Any]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {_GUEST}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + body
+        )
+        async with asyncio.timeout(TIMEOUT_S):
+            data = await reader.read()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    head, _, payload = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(payload)
+
+
+@pytest.mark.parametrize(("method", "path", "template"), _API_BODIES)
+@pytest.mark.parametrize(
+    "levels",
+    [
+        pytest.param(F.MAX_NESTING_DEPTH + 1, id="over-the-limit"),
+        pytest.param(100_000, id="deeper-than-the-json-parser"),
+    ],
+)
+async def test_deep_json_bodies_are_refused_400(
+    broker: Broker, canary: Canary, method: str, path: str, template: str, levels: int
+) -> None:
+    body = (template % ("[" * levels + "]" * levels)).encode()
+    status, answer = await _api(broker.http_port, method, path, body)
+    assert status == 400 and answer["code"] == 400, answer
+    status, _ = await _api(broker.http_port, "GET", path.removesuffix("/publish"), b"")
+    assert status == (200 if path.endswith("/publish") else 404)  # nothing was created
     await canary.stop()

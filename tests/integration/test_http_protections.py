@@ -10,7 +10,7 @@ import contextlib
 import json
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ import trustme
 
 from wharf.broker.config import Settings
 from wharf.broker.server import Broker
+
+from ..helpers import metric, scrape_metrics
 
 TIMEOUT_S = 10.0
 POLL_S = 0.01
@@ -276,9 +278,9 @@ class SlowClient:
             await self.writer.wait_closed()
 
 
-async def wait_until(predicate: Callable[[], bool]) -> None:
+async def wait_until(predicate: Callable[[], Awaitable[bool]]) -> None:
     async with asyncio.timeout(TIMEOUT_S):
-        while not predicate():  # noqa: ASYNC110 (broker state, no event to await)
+        while not await predicate():  # noqa: ASYNC110 (broker state, no event to await)
             await asyncio.sleep(POLL_S)
 
 
@@ -302,9 +304,57 @@ async def refused(port: int, raw: bytes, source: str) -> bool:
     return answer.status == 503 and answer.json()["code"] == 506
 
 
-def open_http(broker: Broker) -> int:
-    assert broker._http is not None
-    return broker._http.caps.open
+class KeepAlive:
+    """One keep-alive HTTP/1.1 connection (plain or TLS) sending GETs one at a time: a
+    scraper that holds its slot while the caps are full."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int, context: ssl.SSLContext | None = None) -> KeepAlive:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        return cls(reader, writer)
+
+    async def get(self, path: str) -> Answer:
+        raw = request_bytes("GET", path, auth=path.startswith("/api"))
+        self.writer.write(raw.replace(b"Connection: close", b"Connection: keep-alive"))
+        async with asyncio.timeout(TIMEOUT_S):
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            answer = Answer(head)
+            answer.body = await self.reader.readexactly(int(answer.headers["content-length"]))
+        return answer
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await self.writer.wait_closed()
+
+
+async def metrics_text(broker: Broker, via: KeepAlive | None = None) -> str:
+    """/metrics, on ``via`` or on a connection of its own."""
+    if via is None:
+        return await scrape_metrics(broker.http_port)
+    answer = await via.get("/metrics")
+    assert answer.status == 200, answer
+    return answer.body.decode()
+
+
+async def open_http(broker: Broker, via: KeepAlive | None = None) -> int:
+    """HTTP connections open, from /metrics: without ``via``, not counting the scrape's
+    own connection; ``via`` is one of those counted."""
+    value = int(metric(await metrics_text(broker, via), "wharf_http_connections"))
+    return value if via is not None else value - 1
+
+
+async def refusals(broker: Broker, via: KeepAlive | None = None, **labels: str) -> int:
+    text = await metrics_text(broker, via)
+    return int(metric(text, "wharf_http_connections_refused_total", **labels))
+
+
+async def http_open_is(broker: Broker, count: int, via: KeepAlive | None = None) -> bool:
+    return await open_http(broker, via) == count
 
 
 @pytest.mark.parametrize(
@@ -320,13 +370,20 @@ async def test_slowloris_from_one_address_is_capped_and_others_keep_working(
         # Monitoring and the API from another address answer throughout.
         for path in ("/healthz", "/metrics", "/api/overview"):
             assert (await call(broker, "GET", path)).status == 200, path
+
+        async def all_refused() -> bool:
+            return await refusals(broker, reason="per_address") == 180
+
+        await wait_until(all_refused)
+        assert await open_http(broker) == 20
+        assert await refusals(broker, reason="total") == 0
         statuses = await asyncio.gather(*(s.finish() for s in slow))
         assert statuses.count(200) == 20  # the per-address cap held; the rest were closed
         assert statuses.count(None) == 180
     finally:
         for s in slow:
             await s.close()
-    await wait_until(lambda: open_http(broker) == 0)
+    await wait_until(lambda: http_open_is(broker, 0))
 
 
 @pytest.mark.parametrize(
@@ -335,16 +392,19 @@ async def test_slowloris_from_one_address_is_capped_and_others_keep_working(
 )
 async def test_the_total_cap_refuses_new_sockets_and_keeps_open_ones(broker: Broker) -> None:
     port = broker.http_port
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)  # a keep-alive client
-    keep_alive = request_bytes("GET", "/healthz", auth=False).replace(b"close", b"keep-alive")
+    # A keep-alive client (a scraper): its slot stays its own while the cap is full.
+    keep_alive = await KeepAlive.open(port)
     slow: list[SlowClient] = []
     try:
-        writer.write(keep_alive)
-        assert (await reader.readuntil(b"}")).startswith(b"HTTP/1.1 200 ")
+        assert (await keep_alive.get("/healthz")).status == 200
         for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
             slow += [await SlowClient.open(port, source) for _ in range(20)]
-        await wait_until(lambda: broker._http is not None and broker._http.caps.refused >= 11)
-        assert open_http(broker) == 50
+
+        async def eleven_refused() -> bool:
+            return await refusals(broker, keep_alive, reason="total") >= 11
+
+        await wait_until(eleven_refused)
+        assert await open_http(broker, keep_alive) == 50
         # A new socket is refused at once; the open keep-alive one keeps working.
         assert await refused(port, request_bytes("GET", "/healthz", auth=False), "127.0.0.5")
         # A socket that has sent nothing yet reads the 503 before the close.
@@ -354,16 +414,16 @@ async def test_the_total_cap_refuses_new_sockets_and_keeps_open_ones(broker: Bro
         quiet_writer.close()
         await quiet_writer.wait_closed()
         assert busy.status == 503 and busy.json()["code"] == 506, busy
-        writer.write(keep_alive)
-        assert (await reader.readuntil(b"}")).startswith(b"HTTP/1.1 200 ")
+        assert (await keep_alive.get("/healthz")).status == 200
+        assert await refusals(broker, keep_alive, reason="total") == 13
+        assert await refusals(broker, keep_alive, reason="per_address") == 0
         statuses = await asyncio.gather(*(s.finish() for s in slow))
         assert statuses.count(200) == 49 and statuses.count(None) == 11
     finally:
         for s in slow:
             await s.close()
-        writer.close()
-        await writer.wait_closed()
-    await wait_until(lambda: open_http(broker) == 0)
+        await keep_alive.close()
+    await wait_until(lambda: http_open_is(broker, 0))
     assert (await call(broker, "GET", "/healthz", auth=False)).status == 200
 
 
@@ -375,13 +435,15 @@ async def test_slow_heads_and_bodies_are_closed_after_the_head_timeout(broker: B
     port = broker.http_port
     slow = [await SlowClient.open(port, "127.0.0.2") for _ in range(5)]
     try:
-        await wait_until(lambda: open_http(broker) == 5)
         for s in slow:
             assert await s.closed_by_broker()  # their slots are free again
     finally:
         for s in slow:
             await s.close()
-    await wait_until(lambda: open_http(broker) == 0)
+    await wait_until(lambda: http_open_is(broker, 0))
+    # They had been admitted (none refused), and closed by the head timeout.
+    assert await refusals(broker, reason="per_address") == 0
+    assert await refusals(broker, reason="total") == 0
     # A complete head whose body never comes.
     head = request_bytes("PUT", "/api/queues/%2F/slowbody", body=b"{}")[:-2]
     head = head.replace(b"Content-Length: 2", b"Content-Length: 50")
@@ -437,23 +499,31 @@ async def test_https_shares_the_caps_and_the_checks(
     # Sockets that never start their TLS handshake: at most http_max_connections
     # handshakes wait at once (the fourth is closed at once), each for handshake_timeout_ms.
     silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
-    assert broker._http is not None and broker._http.tls_listener is not None
-    listener = broker._http.tls_listener
-    await wait_until(lambda: listener.refused == 1)
+
+    async def tls_metric(name: str, **labels: str) -> int:
+        return int(metric(await scrape_metrics(broker.http_port), name, **labels))
+
+    async def one_handshake_refused() -> bool:
+        refused = "wharf_tls_handshakes_refused_total"
+        return await tls_metric(refused, listener="https", reason="total") == 1
+
+    async def no_handshake_running() -> bool:
+        running = "wharf_tls_handshakes_in_progress"
+        return await tls_metric(running, listener="https") == 0
+
+    await wait_until(one_handshake_refused)
     for silent_reader, silent_writer in silent:
         async with asyncio.timeout(TIMEOUT_S):
             assert await silent_reader.read() == b""
         silent_writer.close()
         await silent_writer.wait_closed()
-    await wait_until(lambda: listener.handshaking == 0)
-    held = []
+    await wait_until(no_handshake_running)
+    held: list[KeepAlive] = []
     try:
         for _ in range(3):  # keep-alive HTTPS clients, admitted after their handshakes
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
-            held.append(writer)
-            writer.write(request_bytes("GET", "/healthz").replace(b"close", b"keep-alive"))
-            assert (await reader.readuntil(b"}")).startswith(b"HTTP/1.1 200 ")
-        assert open_http(broker) == 3
+            held.append(await KeepAlive.open(port, context))
+            assert (await held[-1].get("/healthz")).status == 200
+        assert await open_http(broker, held[0]) == 3
         # The fourth, on HTTPS or plain HTTP, from the same address: refused.
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
         async with asyncio.timeout(TIMEOUT_S):
@@ -461,10 +531,11 @@ async def test_https_shares_the_caps_and_the_checks(
         writer.close()
         assert busy.status == 503, busy
         assert await refused(broker.http_port, request_bytes("GET", "/healthz"), "127.0.0.1")
+        assert await refusals(broker, held[0], reason="total") == 2
     finally:
-        for writer in held:
-            writer.close()
-    await wait_until(lambda: open_http(broker) == 0)
+        for keep_alive in held:
+            await keep_alive.close()
+    await wait_until(lambda: http_open_is(broker, 0))
     # The cross-site checks apply on HTTPS too.
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
     writer.write(

@@ -362,3 +362,49 @@ def test_errors_default_to_empty_details() -> None:
     err = ProtocolSyntaxError("bad")
     assert err.details == {}
     assert err.message == "bad"
+
+
+# -- nesting depth of map fields (the broker's parse: max_depth) ---------------------------
+
+
+def _nested(levels: int, leaf: Any = None) -> Any:
+    """``levels`` levels of maps and arrays, alternating, around ``leaf``."""
+    value = leaf
+    for i in range(levels):
+        value = {"k": value} if i % 2 else [value]
+    return value
+
+
+def _nested_tuple(levels: int) -> Any:
+    """An array key (msgpack decodes it as a tuple) nested ``levels`` deep."""
+    value: Any = 1
+    for _ in range(levels):
+        value = (value,)
+    return value
+
+
+def test_map_fields_nest_at_most_max_depth_levels() -> None:
+    depth = F.MAX_NESTING_DEPTH
+    ok = [F.QUEUE_DECLARE, 3, "q", False, False, False, False, {"x": _nested(depth - 1)}]
+    assert F.parse(ok, depth).arguments == ok[-1]
+    deep = [F.QUEUE_DECLARE, 3, "q", False, False, False, False, {"x": _nested(depth)}]
+    with pytest.raises(ProtocolSyntaxError, match=f"arguments nests .* deeper than {depth}") as e:
+        F.parse(deep, depth)
+    assert e.value.details == {"request_id": 3, "frame_type": F.QUEUE_DECLARE, "max_depth": depth}
+    assert F.parse(deep).arguments == deep[-1]  # unchecked without max_depth (the SDK)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [F.PUBLISH, 1, "", "q", {"headers": {"h": _nested(40)}}, b"b", 0],
+        [F.AUTH, 1, "PLAIN", "u", "p", 0, {"client": _nested(40)}],
+        [F.POLICY_SET, 1, "p", ".*", {"d": _nested(40)}, 0, "queues"],
+        [F.TOPIC_CREATE, 1, "t", 1, {"c": _nested(40)}],
+        [F.TOPIC_CREATE, 1, "t", 1, {_nested_tuple(40): 1}],
+    ],
+    ids=["publish-headers", "client-properties", "policy", "topic-config", "array-key"],
+)
+def test_every_map_field_is_depth_checked(raw: list[Any]) -> None:
+    with pytest.raises(ProtocolSyntaxError, match="deeper than"):
+        F.parse(raw, F.MAX_NESTING_DEPTH)

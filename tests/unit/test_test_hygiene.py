@@ -22,14 +22,7 @@ NAMEDTUPLE_API: Final = frozenset({"_replace", "_fields", "_make", "_asdict", "_
 # the broker or the SDK.  Each says why.
 # None today: the fault injection of store/fsio.py (FAULTS) is public, and the
 # monkeypatch.setattr calls that remain replace public names (tests/README.md).
-ALLOWED: Final[frozenset[tuple[str, str]]] = frozenset(
-    {
-        # The HTTP connection caps' counters (open sockets, refusals, TLS handshakes
-        # refused) are not in /metrics yet, and a scrape would itself take one of the
-        # slots these tests count.  To remove once they are exported.
-        ("integration/test_http_protections.py", "_http"),
-    }
-)
+ALLOWED: Final[frozenset[tuple[str, str]]] = frozenset()
 ATTRIBUTE_FUNCTIONS: Final = frozenset({"setattr", "getattr", "hasattr", "delattr"})
 
 

@@ -82,6 +82,7 @@ _API_STATE: Final[dict[State, str]] = {
     State.CLOSED: "closing",
 }
 _TYPE_OF: Final = F.TYPE_OF
+_MAX_DEPTH: Final = F.MAX_NESTING_DEPTH
 # Positions in a raw frame array (before parsing): the header, and PUBLISH_MANY's bodies.
 _TYPE_AT: Final = 0
 _REQUEST_ID_AT: Final = 1
@@ -91,7 +92,7 @@ _BODIES_AT: Final = 1 + F.PublishMany._fields.index("bodies")
 class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
     # The connection registry's view (core/clients.py ClientConnection): the protocol's
     # name, and its one consumer session (no channels).
-    protocol: Final = "wharf"
+    protocol: Final = "native"
     channels: Final = 1
 
     def __init__(self, broker: BrokerApi) -> None:
@@ -541,7 +542,7 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
                     raise CommandInvalid(f"frame {F.FRAME_NAMES[ftype]} is not sent by clients")
                 F.parse(raw)  # raises NotImplementedByBroker
                 return
-            handler(F.parse(raw))
+            handler(F.parse(raw, _MAX_DEPTH))
         except WharfError as exc:
             self._fail_request(ftype, rid, raw, exc)
         except Exception:
@@ -568,7 +569,7 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
             self.fatal(CommandInvalid("expected AUTH as the first frame"))
             return
         try:
-            frame = F.parse(raw)
+            frame = F.parse(raw, _MAX_DEPTH)
         except WharfError as exc:
             self.fatal(exc)
             return
@@ -606,7 +607,9 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
         if not isinstance(vhost_name, str):
             self.fatal(InvalidArgument("client property 'vhost' must be a string"))
             return
-        actor = Actor(user.name, tuple(user.tags), vhost_name)
+        actor = Actor(
+            user.name, tuple(user.tags), vhost_name, peer=self.peer, protocol=self.protocol
+        )
         try:
             vhost = broker.vhosts.get(vhost_name)  # NotFound: "vhost 'x' not found"
             broker.access.check_vhost(actor)  # no permission on the vhost: no connection
@@ -654,9 +657,9 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
         fields: dict[str, Any] = {
             "connection": self.name,
             "user": self.username,
+            "vhost": self.core.actor.vhost,
             "peer": self.peer,
-            "protocol": "native",
-            "vhost": self.virtual_host.name,
+            "protocol": self.protocol,
             "tls_version": tls_version_of(self.transport),
         }
         if closed:
