@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from wharf.protocol.errors import NotFound
 
-from ..core.access import DEFAULT_VHOST, Permission
+from ..core.access import Permission
 from ..security.audit import AuditEvent
 from .api_core import Call, Result, Route
 

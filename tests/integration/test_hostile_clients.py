@@ -446,7 +446,10 @@ _API_BODIES = [
         id="publish-headers",
     ),
     pytest.param(
-        "PUT", "/api/policies/%2F/deep-p", '{"pattern": "^deep", "definition": {"x": %s}}', id="policy"
+        "PUT",
+        "/api/policies/%2F/deep-p",
+        '{"pattern": "^deep", "definition": {"x": %s}}',
+        id="policy",
     ),
     pytest.param("PUT", "/api/topics/%2F/deep-t", '{"config": {"x": %s}}', id="topic-config"),
 ]
