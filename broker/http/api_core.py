@@ -219,9 +219,7 @@ class Call:
     def core_actor(self, vhost: str = DEFAULT_VHOST) -> Actor:
         """The request's user on ``vhost`` as the core's permission checks see it
         (core/access.py)."""
-        return Actor(
-            self.user.name, tuple(self.user.tags), vhost, peer=self.peer, protocol="http"
-        )
+        return Actor(self.user.name, tuple(self.user.tags), vhost, peer=self.peer, protocol="http")
 
     def json(self, allowed: tuple[str, ...]) -> Fields:
         return Fields(parse_body(self.body), allowed)
