@@ -1,5 +1,6 @@
 """Connection URLs: ``wharf://user:password@host:port`` and, with TLS,
-``wharfs://user:password@host:port?cafile=...&certfile=...&keyfile=...``."""
+``wharfs://user:password@host:port?cafile=...&certfile=...&keyfile=...``.  Either may
+force an auth mechanism: ``?auth_mechanism=PLAIN`` (or SCRAM-SHA-256, EXTERNAL)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ DEFAULT_PORT: Final = 5680
 DEFAULT_TLS_PORT: Final = 5681
 # Query options of a wharfs:// URL: PEM files for the client's SSLContext (client/tls.py).
 TLS_QUERY_OPTIONS: Final = ("cafile", "certfile", "keyfile")
+# Query option of both schemes (client/scram.py); its values, case-insensitive.
+AUTH_MECHANISM_OPTION: Final = "auth_mechanism"
+AUTH_MECHANISMS: Final = ("SCRAM-SHA-256", "PLAIN", "EXTERNAL")
 DEFAULT_USERNAME: Final = "guest"
 DEFAULT_PASSWORD: Final = "guest"
 DEFAULT_URL: Final = (
@@ -31,6 +35,7 @@ class ConnectParams(NamedTuple):
     cafile: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
+    auth_mechanism: str | None = None  # None: the best the broker offers
 
 
 def parse_url(url: str) -> ConnectParams:
@@ -39,7 +44,8 @@ def parse_url(url: str) -> ConnectParams:
 
     Missing parts take the defaults (127.0.0.1, 5680 or for wharfs:// 5681, guest/guest).
     Raises ``InvalidArgument`` for another scheme, a bad port, a path, a fragment, or a
-    query other than a wharfs:// URL's ``cafile``, ``certfile`` and ``keyfile``.
+    query other than ``auth_mechanism`` and a wharfs:// URL's ``cafile``, ``certfile`` and
+    ``keyfile``.
     """
     try:
         parts = urlsplit(url)
@@ -52,20 +58,24 @@ def parse_url(url: str) -> ConnectParams:
             f"'{TLS_SCHEME}://' (TLS), e.g. {SCHEME}://guest:guest@127.0.0.1:{DEFAULT_PORT}"
         )
     tls = parts.scheme == TLS_SCHEME
-    if parts.path not in ("", "/") or parts.fragment or (parts.query and not tls):
+    if parts.path not in ("", "/") or parts.fragment:
         raise InvalidArgument(
             f"bad Wharf URL {_redact(url)!r}: expected {SCHEME}://user:password@host:port "
-            f"with no path, query or fragment (a {TLS_SCHEME}:// URL may have "
-            f"?{'=&'.join(TLS_QUERY_OPTIONS)}=)"
+            f"with no path or fragment (a {TLS_SCHEME}:// URL may have "
+            f"?{'=&'.join(TLS_QUERY_OPTIONS)}=, either ?{AUTH_MECHANISM_OPTION}=)"
         )
+    known = (*TLS_QUERY_OPTIONS, AUTH_MECHANISM_OPTION) if tls else (AUTH_MECHANISM_OPTION,)
     options: dict[str, str] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key not in TLS_QUERY_OPTIONS or key in options or not value:
+        if key not in known or key in options or not value:
             raise InvalidArgument(
                 f"bad Wharf URL {_redact(url)!r}: query option {key!r} is unknown, repeated "
-                f"or empty (known: {', '.join(TLS_QUERY_OPTIONS)})"
+                f"or empty (known for {parts.scheme}://: {', '.join(known)})"
             )
         options[key] = value
+    mechanism = options.get(AUTH_MECHANISM_OPTION)
+    if mechanism is not None:
+        mechanism = check_auth_mechanism(mechanism)
     if "keyfile" in options and "certfile" not in options:
         raise InvalidArgument(f"bad Wharf URL {_redact(url)!r}: keyfile needs certfile")
     username = DEFAULT_USERNAME if parts.username is None else unquote(parts.username)
@@ -85,7 +95,18 @@ def parse_url(url: str) -> ConnectParams:
         cafile=options.get("cafile"),
         certfile=options.get("certfile"),
         keyfile=options.get("keyfile"),
+        auth_mechanism=mechanism,
     )
+
+
+def check_auth_mechanism(mechanism: str) -> str:
+    """The mechanism's canonical name; InvalidArgument if the SDK does not speak it."""
+    name = mechanism.upper()
+    if name not in AUTH_MECHANISMS:
+        raise InvalidArgument(
+            f"auth_mechanism {mechanism!r} is unknown: use one of {', '.join(AUTH_MECHANISMS)}"
+        )
+    return name
 
 
 def _redact(url: str) -> str:
