@@ -45,10 +45,10 @@ from .message import messages_from_entries
 from .scram import (
     INVALID_CREDENTIALS,
     PLAIN,
+    PROOF_REFUSED_PLAIN_OFFERED,
     SCRAM,
     SCRAM_UPGRADE_HINT,
     ScramLogin,
-    ScramRefused,
     choose_mechanism,
 )
 from .state import ENDED, Event, InvalidTransition, State, next_state
@@ -655,7 +655,8 @@ class ConnectionCore(asyncio.BufferedProtocol):
         auth_mechanism: str | None = None,
     ) -> None:
         """HELLO, then log in with ``auth_mechanism`` or the best one the broker offers
-        (auth.py); raises AccessRefused (``ScramRefused`` for a refused SCRAM proof)."""
+        (scram.py); raises AccessRefused (with PROOF_REFUSED_PLAIN_OFFERED in its details
+        for a refused SCRAM proof)."""
         assert self._handshake is not None
         hello = await self._handshake
         assert type(hello) is F.Hello
@@ -715,8 +716,9 @@ class ConnectionCore(asyncio.BufferedProtocol):
         try:
             auth_ok = await self._handshake
         except AccessRefused as exc:
-            details = {**exc.details, "plain_offered": PLAIN in self.offered_mechanisms}
-            raise ScramRefused(exc.message, details=details) from None
+            plain_offered = PLAIN in self.offered_mechanisms
+            details = {**exc.details, PROOF_REFUSED_PLAIN_OFFERED: plain_offered}
+            raise AccessRefused(exc.message, details=details) from None
         if type(auth_ok) is not F.AuthOk:
             raise ProtocolMismatch("the broker sent a second SCRAM challenge")
         scram.check_server_final(auth_ok.server_final)
@@ -865,10 +867,10 @@ async def open_core(
         return await _open_core(
             params, heartbeat_s, timeout, client_properties, request_ids, ssl_context
         )
-    except ScramRefused as exc:
-        if exc.message != INVALID_CREDENTIALS:
-            raise  # e.g. a loopback-only user: PLAIN would be refused the same way
-        if params.auth_mechanism is None and exc.details.get("plain_offered"):
+    except AccessRefused as exc:
+        if PROOF_REFUSED_PLAIN_OFFERED not in exc.details or exc.message != INVALID_CREDENTIALS:
+            raise  # not a refused proof, or e.g. a loopback-only user
+        if params.auth_mechanism is None and exc.details[PROOF_REFUSED_PLAIN_OFFERED]:
             plain = params._replace(auth_mechanism=PLAIN)
             left = deadline - loop.time()
             if left <= 0:
@@ -876,7 +878,7 @@ async def open_core(
             return await _open_core(
                 plain, heartbeat_s, left, client_properties, request_ids, ssl_context
             )
-        raise ScramRefused(f"{exc.message} (SCRAM-SHA-256; {SCRAM_UPGRADE_HINT})") from None
+        raise AccessRefused(f"{exc.message} (SCRAM-SHA-256; {SCRAM_UPGRADE_HINT})") from None
 
 
 async def _open_core(

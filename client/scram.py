@@ -29,9 +29,10 @@ SCRAM_UPGRADE_HINT: Final = (
 )
 
 
-class ScramRefused(AccessRefused):
-    """The broker refused the SCRAM proof: a wrong password, no such user, or a user
-    with no SCRAM credential yet (the broker does not say which)."""
+# details key of the AccessRefused raised when the broker refused a SCRAM proof: a wrong
+# password, no such user, or a user with no SCRAM credential yet (it does not say which).
+# The value says whether the broker offered PLAIN on that connection.
+PROOF_REFUSED_PLAIN_OFFERED: Final = "scram_proof_refused_plain_offered"
 
 
 def choose_mechanism(offered: list[str], forced: str | None, password: str) -> str:

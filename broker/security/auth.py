@@ -158,12 +158,13 @@ def plain_refusal_message(mechanism: str) -> str:
     )
 
 
-class RefusedLogin(AccessRefused):
-    """A refusal whose client is told less than the log and audit say (e.g. that the user
-    exists but has no SCRAM credential yet)."""
+class RefusedLogin(Exception):
+    """A check's refusal whose client is told less than the log and audit say (e.g. that
+    the user exists but has no SCRAM credential yet); the caller gets AccessRefused(told)."""
 
     def __init__(self, told: str, logged_reason: str) -> None:
-        super().__init__(told)
+        super().__init__(logged_reason)
+        self.told = told
         self.logged_reason = logged_reason
 
 
@@ -351,8 +352,8 @@ class Authenticator:
         protocol: str,
         peer: str | None,
     ) -> User:
-        """Run ``check`` (which raises AccessRefused to refuse) when the pair's turn has
-        come, and record, audit and delay its outcome as every login does."""
+        """Run ``check`` (which raises AccessRefused or RefusedLogin to refuse) when the
+        pair's turn has come, and record, audit and delay its outcome as every login does."""
         host = _host_key(peer_host)
         where = peer if peer is not None else peer_host
         try:
@@ -396,10 +397,15 @@ class Authenticator:
         try:
             try:
                 user = await check()
+            except RefusedLogin as refused:
+                delay = self._throttle.record_failure(pair)
+                self.note_failure(
+                    username, where, mechanism, protocol, refused.logged_reason, pair=pair
+                )
+                return _Verdict(None, AccessRefused(refused.told), delay)
             except AccessRefused as exc:
                 delay = self._throttle.record_failure(pair)
-                reason = exc.logged_reason if isinstance(exc, RefusedLogin) else exc.message
-                self.note_failure(username, where, mechanism, protocol, reason, pair=pair)
+                self.note_failure(username, where, mechanism, protocol, exc.message, pair=pair)
                 return _Verdict(None, exc, delay)
             self._throttle.record_success(pair)
             self.audit.event(

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 
 import scramp
 
-from wharf.protocol.errors import AccessRefused
+from wharf.protocol.errors import AccessRefused, WharfError
 
 from .auth import INVALID_CREDENTIALS, MECHANISM_SCRAM, RefusedLogin, User
 
@@ -71,7 +71,7 @@ class ScramConversation:
         credential, self._account = self._auth.scram_credential(username)
         return credential.salt, credential.stored_key, credential.server_key, credential.iterations
 
-    def _refuse(self, reason: str) -> AccessRefused:
+    def _refuse(self, reason: str) -> WharfError:
         """Record a refusal made before any proof was checked (a malformed exchange)."""
         self._auth.note_failure(
             self.username, self._where, MECHANISM_SCRAM, self._protocol, reason, pair=None
