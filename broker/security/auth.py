@@ -126,7 +126,7 @@ def is_loopback(peer_host: str) -> bool:
     return addr.is_loopback
 
 
-def _host_key(peer_host: str) -> str:
+def host_key(peer_host: str) -> str:
     """Normalise so that ::ffff:10.0.0.1 and 10.0.0.1 share one failure record."""
     try:
         addr = ipaddress.ip_address(peer_host)
@@ -259,7 +259,8 @@ class Authenticator:
         if not self.plain_allowed(peer_host, tls=tls):
             reason = plain_refusal_message(mechanism)
             where = peer if peer is not None else peer_host
-            self.note_failure(username, where, mechanism, protocol, reason, pair=None)
+            pair = (username, host_key(peer_host))  # its log lines are rate-limited
+            self.note_failure(username, where, mechanism, protocol, reason, pair=pair)
             raise AccessRefused(reason)
         return await self.authenticate(
             username, password, peer_host, mechanism=mechanism, protocol=protocol, peer=peer
@@ -305,7 +306,8 @@ class Authenticator:
         if reason is not None or account is None:
             refused = reason or INVALID_CREDENTIALS
             who = name if name is not None else authzid
-            self.note_failure(who, where, MECHANISM_EXTERNAL, protocol, refused, pair=None)
+            pair = (who, host_key(peer_host))
+            self.note_failure(who, where, MECHANISM_EXTERNAL, protocol, refused, pair=pair)
             raise AccessRefused(refused)
         self.audit.event(
             AuditEvent.AUTH_SUCCESS,
@@ -354,7 +356,7 @@ class Authenticator:
     ) -> User:
         """Run ``check`` (which raises AccessRefused or RefusedLogin to refuse) when the
         pair's turn has come, and record, audit and delay its outcome as every login does."""
-        host = _host_key(peer_host)
+        host = host_key(peer_host)
         where = peer if peer is not None else peer_host
         try:
             attempt = self._throttle.enqueue(username, host)

@@ -24,7 +24,7 @@ import scramp
 
 from wharf.protocol.errors import AccessRefused, WharfError
 
-from .auth import INVALID_CREDENTIALS, MECHANISM_SCRAM, RefusedLogin, User
+from .auth import INVALID_CREDENTIALS, MECHANISM_SCRAM, RefusedLogin, User, host_key
 
 if TYPE_CHECKING:
     from .auth import Authenticator
@@ -72,9 +72,11 @@ class ScramConversation:
         return credential.salt, credential.stored_key, credential.server_key, credential.iterations
 
     def _refuse(self, reason: str) -> WharfError:
-        """Record a refusal made before any proof was checked (a malformed exchange)."""
+        """Record a refusal made before any proof was checked (a malformed exchange);
+        its log lines are rate-limited per (user, address) like a wrong password's."""
+        pair = (self.username, host_key(self._peer_host))
         self._auth.note_failure(
-            self.username, self._where, MECHANISM_SCRAM, self._protocol, reason, pair=None
+            self.username, self._where, MECHANISM_SCRAM, self._protocol, reason, pair=pair
         )
         return AccessRefused(reason)
 
