@@ -13,6 +13,7 @@ from benchmarks.perf import scenarios
 from benchmarks.perf.common import emit
 
 from . import compare as compare_mod
+from . import connect_rate as connect_rate_mod
 from . import logs as logs_mod
 from . import soak as soak_mod
 
@@ -104,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--no-sdk", action="store_true", help="skip the SDK client")
     sub.add_parser("logs", help="log topics vs Redis streams (logs --help for its options)")
     sub.add_parser("soak", help="hours of persistent publish/consume/ack (soak --help)")
+    sub.add_parser(
+        "connect_rate",
+        help="connection set-ups per second: SCRAM, TLS+SCRAM vs RabbitMQ (connect_rate --help)",
+    )
     return parser
 
 
@@ -113,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         return logs_mod.main(argv[1:])
     if argv[:1] == ["soak"]:
         return soak_mod.main(argv[1:])
+    if argv[:1] == ["connect_rate"]:
+        return connect_rate_mod.main(argv[1:])
     args = build_parser().parse_args(argv)
     result: dict[str, Any]
     if args.scenario == "throughput":

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
 from .security.audit import DEFAULT_AUDIT_LOG_BACKUPS, DEFAULT_AUDIT_LOG_MAX_BYTES, audit_path
-from .security.passwords import parse_password_hash
+from .security.cert_login import CERT_LOGIN_MODES
+from .security.passwords import parse_password_hash, parse_scram_credential
 from .security.tls import CLIENT_AUTH_MODES, TlsError, TlsFiles, check_files, parse_min_version
 
 MIB: Final = 1024 * 1024
@@ -155,6 +156,9 @@ class UserConfig:
     name: str
     password_hash: str
     tags: list[str] = field(default_factory=list)
+    # The SCRAM-SHA-256 credential (`wharf hash-password --scram`); without it the user
+    # gets one in memory at its first PLAIN login after each start (docs/security.md).
+    scram_sha_256: str | None = None
 
 
 @dataclass(slots=True)
@@ -198,6 +202,11 @@ class Settings:
     shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S
     loopback_users: list[str] = field(default_factory=lambda: ["guest"])
     default_user_enabled: bool = True
+    # PLAIN (and HTTP basic) from a non-loopback address over a connection without TLS
+    # puts the password on the network: refused unless this is true (docs/security.md).
+    allow_plain_without_tls: bool = False
+    # EXTERNAL: the user a verified client certificate names (cert_login.py), or "none".
+    tls_cert_login: str = "none"
     users: list[UserConfig] = field(default_factory=list)
     # Message store: 0 = fsync before every confirm (group commit); N > 0 = fsync at most
     # every N ms and confirm persistent messages before they are on disk (unsafe).
@@ -369,7 +378,7 @@ def _str_list_check(where: str, value: Any) -> list[str]:
     return list(value)
 
 
-_USER_KEYS: Final = ("name", "password_hash", "tags")
+_USER_KEYS: Final = ("name", "password_hash", "tags", "scram_sha_256")
 
 
 def _users_check(where: str, value: Any) -> list[UserConfig]:
@@ -401,7 +410,16 @@ def _users_check(where: str, value: Any) -> list[UserConfig]:
                 f"{at}.password_hash: {exc} (create one with `wharf hash-password`)"
             ) from None
         tags = _str_list_check(f"{at}.tags", entry.get("tags", []))
-        users.append(UserConfig(name=name, password_hash=password_hash, tags=tags))
+        scram = entry.get("scram_sha_256")
+        if scram is not None:
+            scram = _str_check(f"{at}.scram_sha_256", scram)
+            try:
+                parse_scram_credential(scram)
+            except ValueError as exc:
+                raise ConfigError(f"{at}.scram_sha_256: {exc}") from None
+        users.append(
+            UserConfig(name=name, password_hash=password_hash, tags=tags, scram_sha_256=scram)
+        )
     return users
 
 
@@ -435,6 +453,8 @@ _CHECKS: Final[dict[str, _Check]] = {
     "shutdown_timeout_s": _float_check(0.0, allow_equal=True),
     "loopback_users": _str_list_check,
     "default_user_enabled": _bool_check,
+    "allow_plain_without_tls": _bool_check,
+    "tls_cert_login": _choice_check(CERT_LOGIN_MODES),
     "users": _users_check,
     "fsync_interval_ms": _int_check(0, 60_000),
     "segment_bytes": _int_check(MIB),
@@ -581,16 +601,26 @@ def _check_listeners(settings: Settings) -> None:
         )
         raise ConfigError(f"{given} is set but {missing} is not: TLS needs both")
     if not settings.tls_enabled:
-        if settings.tls_ca_file is not None or settings.tls_client_auth != "none":
+        if (
+            settings.tls_ca_file is not None
+            or settings.tls_client_auth != "none"
+            or settings.tls_cert_login != "none"
+        ):
             raise ConfigError(
-                "tls_ca_file and tls_client_auth need TLS: set tls_cert_file and tls_key_file"
+                "tls_ca_file, tls_client_auth and tls_cert_login need TLS: set tls_cert_file "
+                "and tls_key_file"
             )
         if not settings.plain_enabled:
             raise ConfigError(
                 "plain_port = 0 turns the plain listener off, but TLS is not configured "
                 "(tls_cert_file, tls_key_file): the broker would have no native listener"
             )
-    else:
+    elif settings.tls_cert_login != "none" and settings.tls_client_auth == "none":
+        raise ConfigError(
+            f"tls_cert_login = {settings.tls_cert_login!r} needs client certificates: set "
+            'tls_client_auth = "optional" or "required" and tls_ca_file'
+        )
+    if settings.tls_enabled:
         try:
             check_files(settings.tls_files())
         except TlsError as exc:

@@ -40,7 +40,7 @@ from .recovery import (
 )
 from .rpc import RpcReplies
 from .tls import client_context
-from .url import DEFAULT_URL, DEFAULT_VHOST, parse_url
+from .url import DEFAULT_URL, DEFAULT_VHOST, check_auth_mechanism, parse_url
 
 log = logging.getLogger("wharf.client")
 
@@ -764,6 +764,7 @@ async def connect(
     reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY_S,
     reconnect_wait_timeout: float | None = DEFAULT_RECONNECT_WAIT_TIMEOUT_S,
     ssl: SSLContext | None = None,
+    auth_mechanism: str | None = None,
 ) -> Connection:
     """Open a connection: TCP connect, TLS handshake, Wharf handshake and
     authentication, all within ``timeout`` seconds (else ``TimeoutError``).
@@ -776,6 +777,12 @@ async def connect(
     checked; a failed TLS handshake raises ``wharf.TlsError``.  A refused login raises
     ``wharf.AccessRefused``; an unreachable broker ``wharf.ConnectionLost``.
 
+    Login: SCRAM-SHA-256 when the broker offers it (the password never crosses the wire,
+    and the broker must prove it knows the credential), else PLAIN; EXTERNAL (the TLS
+    client certificate) when the URL has no password and the broker offers it.
+    ``auth_mechanism`` ("SCRAM-SHA-256", "PLAIN", "EXTERNAL"; or ``?auth_mechanism=`` in
+    the URL) forces one.
+
     ``reconnect=True``: when the connection is lost later (not closed by you), dial
     again with exponential backoff and full jitter (0.1 s doubling, capped at
     ``reconnect_max_delay`` seconds), restore what this connection declared and
@@ -785,6 +792,8 @@ async def connect(
     connect is not retried.
     """
     params = parse_url(url)
+    if auth_mechanism is not None:
+        params = params._replace(auth_mechanism=check_auth_mechanism(auth_mechanism))
     ssl_context = client_context(params, ssl)
     if heartbeat_s < 0:
         raise InvalidArgument("heartbeat_s must be >= 0 (0 turns heartbeats off)")

@@ -42,6 +42,15 @@ from wharf.protocol.errors import (
 
 from .confirms import ConfirmTracker
 from .message import messages_from_entries
+from .scram import (
+    INVALID_CREDENTIALS,
+    PLAIN,
+    PROOF_REFUSED_PLAIN_OFFERED,
+    SCRAM,
+    SCRAM_UPGRADE_HINT,
+    ScramLogin,
+    choose_mechanism,
+)
 from .state import ENDED, Event, InvalidTransition, State, next_state
 from .tls import closed_after_handshake, connect_error, plain_to_tls_hint, tls_failure
 from .url import ConnectParams
@@ -190,7 +199,9 @@ class ConnectionCore(asyncio.BufferedProtocol):
         # The lifecycle (state.py): changed only by _advance().
         self.state = State.CONNECTING
         # Waiters: the handshake coroutine for HELLO/AUTH_OK, close() for CLOSE_OK.
-        self._handshake: asyncio.Future[F.Hello | F.AuthOk] | None = loop.create_future()
+        self._handshake: asyncio.Future[F.Hello | F.AuthOk | F.AuthChallenge] | None = (
+            loop.create_future()
+        )
         self._close_ok: asyncio.Future[None] | None = None
         self._lost: asyncio.Future[None] = loop.create_future()
         # Why the connection ended (set when the state becomes CLOSED or FAILED); every
@@ -204,6 +215,7 @@ class ConnectionCore(asyncio.BufferedProtocol):
         self.connection_id = ""
         self.server_properties: dict[str, Any] = {}
         self.server_name = ""
+        self.offered_mechanisms: list[str] = []  # HELLO's auth mechanisms
         self.max_frame_bytes = 0
         self.max_message_bytes = 0
         # The broker's resource alarm while it blocks publishers (None when not blocked).
@@ -407,8 +419,11 @@ class ConnectionCore(asyncio.BufferedProtocol):
                     throttled(frame.direction, frame.throttle_ms)
                 except Exception:
                     log.exception("wharf: throttled listener failed")
-        elif type(frame) is F.Hello or type(frame) is F.AuthOk:
-            self._advance(Event.HELLO if type(frame) is F.Hello else Event.AUTH_OK)
+        elif type(frame) is F.Hello or type(frame) is F.AuthOk or type(frame) is F.AuthChallenge:
+            if type(frame) is not F.AuthChallenge:  # a challenge is a step within AUTHENTICATING
+                self._advance(Event.HELLO if type(frame) is F.Hello else Event.AUTH_OK)
+            elif self.state is not State.AUTHENTICATING:
+                raise InvalidTransition(self.state, Event.AUTH_OK)
             fut = self._handshake
             if fut is not None and not fut.done():
                 fut.set_result(frame)
@@ -640,8 +655,16 @@ class ConnectionCore(asyncio.BufferedProtocol):
     # -- handshake, heartbeats, close ----------------------------------------------
 
     async def handshake(
-        self, username: str, password: str, heartbeat_s: int, client_properties: dict[str, Any]
+        self,
+        username: str,
+        password: str,
+        heartbeat_s: int,
+        client_properties: dict[str, Any],
+        auth_mechanism: str | None = None,
     ) -> None:
+        """HELLO, then log in with ``auth_mechanism`` or the best one the broker offers
+        (scram.py); raises AccessRefused (with PROOF_REFUSED_PLAIN_OFFERED in its details
+        for a refused SCRAM proof)."""
         assert self._handshake is not None
         hello = await self._handshake
         assert type(hello) is F.Hello
@@ -653,16 +676,22 @@ class ConnectionCore(asyncio.BufferedProtocol):
             raise ProtocolMismatch(
                 f"broker speaks protocol version {version}; this SDK speaks {F.PROTOCOL_VERSION}"
             )
-        if "PLAIN" not in mechanisms:
-            raise AccessRefused(f"broker offers auth mechanisms {mechanisms}; the SDK needs PLAIN")
+        mechanism = choose_mechanism(mechanisms, auth_mechanism, password)
+        self.offered_mechanisms = list(mechanisms)
         self.server_name = hello.server
         # A broker that states no limit (0) gets the codec's default frame limit.
         self.max_frame_bytes = max_frame if max_frame > 0 else DEFAULT_MAX_FRAME_BYTES
         self.max_message_bytes = max_message if max_message > 0 else self.max_frame_bytes
         self._handshake = self.loop.create_future()
         rid = next(self._rids)
+        scram: ScramLogin | None = None
+        if mechanism == SCRAM:
+            scram = ScramLogin(username, password)
+            initial = scram.client_first()
+        else:
+            initial = password if mechanism == PLAIN else ""
         auth = self.encode(
-            F.as_array(F.Auth(rid, "PLAIN", username, password, heartbeat_s, client_properties))
+            F.as_array(F.Auth(rid, mechanism, username, initial, heartbeat_s, client_properties))
         )
         if len(auth) - 4 > PREAUTH_MAX_FRAME_BYTES:
             # The broker refuses (508) any frame over this size before authentication.
@@ -672,6 +701,8 @@ class ConnectionCore(asyncio.BufferedProtocol):
             )
         self.send(auth)
         auth_ok = await self._handshake
+        if scram is not None:
+            auth_ok = await self._scram_rounds(rid, scram, auth_ok)
         assert type(auth_ok) is F.AuthOk
         self._handshake = None
         self.connection_id = auth_ok.connection_id
@@ -679,6 +710,27 @@ class ConnectionCore(asyncio.BufferedProtocol):
         self.server_properties = auth_ok.server_properties or {}
         if self.heartbeat_s > 0:
             self._heartbeat = self.loop.call_later(self.heartbeat_s / 2, self._heartbeat_tick)
+
+    async def _scram_rounds(
+        self, rid: int, scram: ScramLogin, challenge: F.Hello | F.AuthOk | F.AuthChallenge
+    ) -> F.AuthOk:
+        """SCRAM after AUTH: answer the challenge, then check the broker's signature."""
+        if type(challenge) is not F.AuthChallenge:
+            raise ProtocolMismatch("the broker did not answer SCRAM-SHA-256 with a challenge")
+        client_final = scram.client_final(challenge.data)
+        self._handshake = self.loop.create_future()
+        self.send_frame(F.AuthResponse(rid, client_final))
+        self.flush()
+        try:
+            auth_ok = await self._handshake
+        except AccessRefused as exc:
+            plain_offered = PLAIN in self.offered_mechanisms
+            details = {**exc.details, PROOF_REFUSED_PLAIN_OFFERED: plain_offered}
+            raise AccessRefused(exc.message, details=details) from None
+        if type(auth_ok) is not F.AuthOk:
+            raise ProtocolMismatch("the broker sent a second SCRAM challenge")
+        scram.check_server_final(auth_ok.server_final)
+        return auth_ok
 
     def _heartbeat_tick(self) -> None:
         if self.state in ENDED:
@@ -813,6 +865,38 @@ async def open_core(
     request_ids: Iterator[int] | None = None,
     ssl_context: ssl.SSLContext | None = None,
 ) -> ConnectionCore:
+    """``_open_core``; when SCRAM-SHA-256 was chosen (not forced) and its proof refused,
+    once more with PLAIN if the broker offered it there (over TLS or from loopback): the
+    user may have no SCRAM credential yet, which PLAIN gives it.  Otherwise a refused
+    proof says what to do."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout  # one budget for both attempts
+    try:
+        return await _open_core(
+            params, heartbeat_s, timeout, client_properties, request_ids, ssl_context
+        )
+    except AccessRefused as exc:
+        if PROOF_REFUSED_PLAIN_OFFERED not in exc.details or exc.message != INVALID_CREDENTIALS:
+            raise  # not a refused proof, or e.g. a loopback-only user
+        if params.auth_mechanism is None and exc.details[PROOF_REFUSED_PLAIN_OFFERED]:
+            plain = params._replace(auth_mechanism=PLAIN)
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"connecting to the broker took over {timeout} s") from None
+            return await _open_core(
+                plain, heartbeat_s, left, client_properties, request_ids, ssl_context
+            )
+        raise AccessRefused(f"{exc.message} (SCRAM-SHA-256; {SCRAM_UPGRADE_HINT})") from None
+
+
+async def _open_core(
+    params: ConnectParams,
+    heartbeat_s: int,
+    timeout: float,  # noqa: ASYNC109 (the whole call's budget)
+    client_properties: dict[str, Any],
+    request_ids: Iterator[int] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> ConnectionCore:
     """TCP connect, TLS handshake (with ``ssl_context``), Wharf handshake and
     authentication, all within ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
@@ -838,7 +922,11 @@ async def open_core(
                 ) from exc
             try:
                 await core.handshake(
-                    params.username, params.password, heartbeat_s, client_properties
+                    params.username,
+                    params.password,
+                    heartbeat_s,
+                    client_properties,
+                    params.auth_mechanism,
                 )
             except ProtocolMismatch as exc:
                 if exc.details.get("speaks") != "http":

@@ -580,9 +580,11 @@ def connect(
     reconnect_wait_timeout: float | None = DEFAULT_RECONNECT_WAIT_TIMEOUT_S,
     call_timeout: float | None = None,
     ssl: SSLContext | None = None,
+    auth_mechanism: str | None = None,
 ) -> SyncConnection:
     """Open a blocking connection; the arguments are those of ``wharf.connect`` plus
-    ``call_timeout`` (see ``SyncConnection``); ``ssl`` and ``wharfs://`` URLs as there."""
+    ``call_timeout`` (see ``SyncConnection``); ``ssl``, ``auth_mechanism`` and ``wharfs://``
+    URLs as there."""
     runner = _LoopThread()
     try:
         conn = runner.run(
@@ -595,6 +597,7 @@ def connect(
                 reconnect_max_delay=reconnect_max_delay,
                 reconnect_wait_timeout=reconnect_wait_timeout,
                 ssl=ssl,
+                auth_mechanism=auth_mechanism,
             ),
             None,  # connect() has its own budget
         )

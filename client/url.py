@@ -1,5 +1,6 @@
 """Connection URLs: ``wharf://user:password@host:port/vhost`` and, with TLS,
-``wharfs://user:password@host:port/vhost?cafile=...&certfile=...&keyfile=...``.
+``wharfs://user:password@host:port/vhost?cafile=...&certfile=...&keyfile=...``.  Either
+may force an auth mechanism: ``?auth_mechanism=PLAIN`` (or SCRAM-SHA-256, EXTERNAL).
 
 The path names the virtual host as in RabbitMQ's URI spec: none or ``/`` is the default
 vhost ``/``, ``/orders`` is ``orders``, and a ``/`` inside a name is ``%2F``
@@ -20,6 +21,9 @@ DEFAULT_PORT: Final = 5680
 DEFAULT_TLS_PORT: Final = 5681
 # Query options of a wharfs:// URL: PEM files for the client's SSLContext (client/tls.py).
 TLS_QUERY_OPTIONS: Final = ("cafile", "certfile", "keyfile")
+# Query option of both schemes (client/scram.py); its values, case-insensitive.
+AUTH_MECHANISM_OPTION: Final = "auth_mechanism"
+AUTH_MECHANISMS: Final = ("SCRAM-SHA-256", "PLAIN", "EXTERNAL")
 DEFAULT_USERNAME: Final = "guest"
 DEFAULT_PASSWORD: Final = "guest"
 DEFAULT_VHOST: Final = "/"
@@ -38,6 +42,7 @@ class ConnectParams(NamedTuple):
     certfile: str | None = None
     keyfile: str | None = None
     vhost: str = DEFAULT_VHOST  # the URL's path
+    auth_mechanism: str | None = None  # None: the best the broker offers
 
 
 def parse_url(url: str) -> ConnectParams:
@@ -47,7 +52,8 @@ def parse_url(url: str) -> ConnectParams:
     Missing parts take the defaults (127.0.0.1, 5680 or for wharfs:// 5681, guest/guest,
     vhost "/").  Raises ``InvalidArgument`` for another scheme, a bad port, a path of more
     than one segment (write a ``/`` in a vhost name as ``%2F``), a fragment, or a query
-    other than a wharfs:// URL's ``cafile``, ``certfile`` and ``keyfile``.
+    other than ``auth_mechanism`` and a wharfs:// URL's ``cafile``, ``certfile`` and
+    ``keyfile``.
     """
     try:
         parts = urlsplit(url)
@@ -61,21 +67,25 @@ def parse_url(url: str) -> ConnectParams:
         )
     tls = parts.scheme == TLS_SCHEME
     vhost = vhost_of_path(parts.path)
-    if vhost is None or parts.fragment or (parts.query and not tls):
+    if vhost is None or parts.fragment:
         raise InvalidArgument(
             f"bad Wharf URL {_redact(url)!r}: expected {SCHEME}://user:password@host:port"
             f"[/vhost] with one path segment at most (a '/' in a vhost name is %2F), no "
-            f"fragment, and no query (a {TLS_SCHEME}:// URL may have "
-            f"?{'=&'.join(TLS_QUERY_OPTIONS)}=)"
+            f"fragment (a {TLS_SCHEME}:// URL may have "
+            f"?{'=&'.join(TLS_QUERY_OPTIONS)}=, either ?{AUTH_MECHANISM_OPTION}=)"
         )
+    known = (*TLS_QUERY_OPTIONS, AUTH_MECHANISM_OPTION) if tls else (AUTH_MECHANISM_OPTION,)
     options: dict[str, str] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key not in TLS_QUERY_OPTIONS or key in options or not value:
+        if key not in known or key in options or not value:
             raise InvalidArgument(
                 f"bad Wharf URL {_redact(url)!r}: query option {key!r} is unknown, repeated "
-                f"or empty (known: {', '.join(TLS_QUERY_OPTIONS)})"
+                f"or empty (known for {parts.scheme}://: {', '.join(known)})"
             )
         options[key] = value
+    mechanism = options.get(AUTH_MECHANISM_OPTION)
+    if mechanism is not None:
+        mechanism = check_auth_mechanism(mechanism)
     if "keyfile" in options and "certfile" not in options:
         raise InvalidArgument(f"bad Wharf URL {_redact(url)!r}: keyfile needs certfile")
     username = DEFAULT_USERNAME if parts.username is None else unquote(parts.username)
@@ -96,6 +106,7 @@ def parse_url(url: str) -> ConnectParams:
         certfile=options.get("certfile"),
         keyfile=options.get("keyfile"),
         vhost=vhost,
+        auth_mechanism=mechanism,
     )
 
 
@@ -111,6 +122,16 @@ def vhost_of_path(path: str) -> str | None:
         return unquote(segment, errors="strict")
     except UnicodeDecodeError:
         return None
+
+
+def check_auth_mechanism(mechanism: str) -> str:
+    """The mechanism's canonical name; InvalidArgument if the SDK does not speak it."""
+    name = mechanism.upper()
+    if name not in AUTH_MECHANISMS:
+        raise InvalidArgument(
+            f"auth_mechanism {mechanism!r} is unknown: use one of {', '.join(AUTH_MECHANISMS)}"
+        )
+    return name
 
 
 def _redact(url: str) -> str:

@@ -32,6 +32,8 @@ HEARTBEAT: Final = 4
 CLOSE: Final = 5
 CLOSE_OK: Final = 6
 OK: Final = 7
+AUTH_CHALLENGE: Final = 8
+AUTH_RESPONSE: Final = 9
 EXCHANGE_DECLARE: Final = 10
 EXCHANGE_DELETE: Final = 11
 EXCHANGE_BIND: Final = 12
@@ -151,6 +153,8 @@ class Auth(NamedTuple):
     request_id: int
     mechanism: str
     username: str
+    # The mechanism's initial response: PLAIN's password, SCRAM-SHA-256's client-first
+    # message, "" for EXTERNAL (SPEC.md, "Authentication mechanisms").
     password: str
     heartbeat_s: int = 0
     client_properties: dict[str, Any] | None = None
@@ -161,6 +165,22 @@ class AuthOk(NamedTuple):
     connection_id: str
     heartbeat_s: int
     server_properties: dict[str, Any] | None = None
+    # SCRAM-SHA-256's server-final message ("v=<server signature>"); None otherwise.
+    server_final: str | None = None
+
+
+class AuthChallenge(NamedTuple):
+    """A step of a multi-step mechanism, server to client (SCRAM: server-first)."""
+
+    request_id: int
+    data: str
+
+
+class AuthResponse(NamedTuple):
+    """The client's answer to AUTH_CHALLENGE (SCRAM: client-final)."""
+
+    request_id: int
+    data: str
 
 
 class Heartbeat(NamedTuple):
@@ -611,6 +631,8 @@ Frame = (
     | Hello
     | Auth
     | AuthOk
+    | AuthChallenge
+    | AuthResponse
     | Heartbeat
     | Close
     | CloseOk
@@ -675,6 +697,8 @@ TYPE_OF: Final[dict[type, int]] = {
     Hello: HELLO,
     Auth: AUTH,
     AuthOk: AUTH_OK,
+    AuthChallenge: AUTH_CHALLENGE,
+    AuthResponse: AUTH_RESPONSE,
     Heartbeat: HEARTBEAT,
     Close: CLOSE,
     CloseOk: CLOSE_OK,
@@ -747,7 +771,9 @@ _FIELD_TYPES: dict[Any, tuple[tuple[type, ...], ...]] = {
     Error: (_INT, _INT, _STR, _BOOL, _OPT_MAP),
     Hello: (_INT, _INT, _STR, _INT, _INT, _INT, _LIST),
     Auth: (_INT, _STR, _STR, _STR, _INT, _OPT_MAP),
-    AuthOk: (_INT, _STR, _INT, _OPT_MAP),
+    AuthOk: (_INT, _STR, _INT, _OPT_MAP, _OPT_STR),
+    AuthChallenge: (_INT, _STR),
+    AuthResponse: (_INT, _STR),
     Heartbeat: (_INT,),
     Close: (_INT, _INT, _STR),
     CloseOk: (_INT,),

@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 from ..config import LOG_LEVELS, ConfigError, Settings, describe, load_settings
-from ..security.passwords import hash_password
+from ..security.cert_login import CERT_LOGIN_MODES
+from ..security.passwords import hash_password, make_scram_credential
 from ..security.tls import CLIENT_AUTH_MODES, TLS_VERSIONS
 from .ctl import ctl  # `wharf ctl`: the management API client (ctl.py)
 
@@ -83,6 +84,16 @@ def main() -> None:
 )
 @click.option("--tls-ciphers", help="OpenSSL cipher list for TLS 1.2 [OpenSSL's default].")
 @click.option(
+    "--tls-cert-login",
+    type=click.Choice(CERT_LOGIN_MODES, case_sensitive=False),
+    help="EXTERNAL login: the user a client certificate names [none].",
+)
+@click.option(
+    "--allow-plain-without-tls/--no-allow-plain-without-tls",
+    default=None,
+    help="Accept PLAIN and HTTP basic passwords from remote clients without TLS [no].",
+)
+@click.option(
     "--handshake-timeout-ms",
     type=click.IntRange(1, 3_600_000),
     help="TLS + Wharf handshake + login must finish within this [10000].",
@@ -113,7 +124,7 @@ def serve(
         "data_dir": data_dir,
         "log_level": log_level,
         "audit_log_file": audit_log_file,
-        **tls_and_limits,  # plain_port, tls_*, https_port, handshake_timeout_ms
+        **tls_and_limits,  # plain_port, tls_*, https_port, handshake_timeout_ms, allow_plain_*
     }
     settings = _load(config_path, overrides)
     from ..server import run  # imported here so other commands do not load the broker
@@ -123,8 +134,14 @@ def serve(
 
 @main.command("hash-password")
 @click.argument("password", required=False)
-def hash_password_command(password: str | None) -> None:
-    """Print a scrypt hash of PASSWORD for a [[users]] password_hash.
+@click.option(
+    "--scram",
+    is_flag=True,
+    help="Print the SCRAM-SHA-256 credential for a [[users]] scram_sha_256 instead.",
+)
+def hash_password_command(password: str | None, scram: bool) -> None:
+    """Print a scrypt hash of PASSWORD for a [[users]] password_hash (with --scram: its
+    SCRAM-SHA-256 credential, for scram_sha_256).
 
     Without PASSWORD, prompts for it with hidden input (preferred: an argument is visible
     to other local users in the process list and shell history).
@@ -133,7 +150,13 @@ def hash_password_command(password: str | None) -> None:
         password = str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
     if not password:
         raise click.ClickException("the password must not be empty")
-    click.echo(hash_password(password))
+    if not scram:
+        click.echo(hash_password(password))
+        return
+    try:
+        click.echo(make_scram_credential(password))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()

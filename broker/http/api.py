@@ -358,10 +358,16 @@ class ManagementApi:
         headers: Mapping[str, str],
         body: bytes,
         peer_host: str,
+        *,
+        tls: bool = False,
     ) -> tuple[int, str, bytes, dict[str, str]]:
-        """Answer one /api request: (status, content type, body, extra headers)."""
+        """Answer one /api request: (status, content type, body, extra headers); ``tls``:
+        it came over HTTPS (basic credentials in clear are refused from non-loopback
+        addresses otherwise, unless allow_plain_without_tls)."""
         try:
-            status, result = await self._dispatch(method, path, query, headers, body, peer_host)
+            status, result = await self._dispatch(
+                method, path, query, headers, body, peer_host, tls
+            )
             return status, JSON_CONTENT_TYPE, dump_json(result), {}
         except ApiError as exc:
             return self._error(exc.status, exc.code, exc.message, exc.headers)
@@ -389,8 +395,9 @@ class ManagementApi:
         headers: Mapping[str, str],
         body: bytes,
         peer_host: str,
+        tls: bool,
     ) -> Result:
-        user = await self._authenticate(headers.get("authorization"), peer_host)
+        user = await self._authenticate(headers.get("authorization"), peer_host, tls)
         if method == "HEAD":
             method = "GET"  # http.py drops the body
         segments = path[len("/api/") :].split("/") if path.startswith("/api/") else []
@@ -436,7 +443,9 @@ class ManagementApi:
                 raise InvalidArgument(f"unknown query parameter {key!r}")
         return await matched.handler(Call(user, names, query, body, peer_host))
 
-    async def _authenticate(self, authorization: str | None, peer_host: str) -> StoredUser:
+    async def _authenticate(
+        self, authorization: str | None, peer_host: str, tls: bool
+    ) -> StoredUser:
         challenge = {"WWW-Authenticate": AUTH_REALM}
         if not authorization:
             raise ApiError(401, AccessRefused.code, "authentication required", challenge)
@@ -454,8 +463,13 @@ class ManagementApi:
             raise ApiError(401, AccessRefused.code, "malformed basic credentials", challenge)
         authenticator = self.broker.authenticator
         try:
-            user = await authenticator.authenticate(
-                username, password, peer_host, mechanism=MECHANISM_HTTP_BASIC, protocol="http"
+            user = await authenticator.authenticate_plain(
+                username,
+                password,
+                peer_host,
+                tls=tls,
+                mechanism=MECHANISM_HTTP_BASIC,
+                protocol="http",
             )
         except WharfError as exc:
             raise ApiError(401, AccessRefused.code, exc.message, challenge) from None
@@ -973,10 +987,12 @@ class ManagementApi:
             check_password_hash(password_hash)
         keeps_admin = ADMINISTRATOR_TAG in clean_tags
         self._check_not_last_admin(name, keeps_admin=keeps_admin)
+        scram: str | None = None
         if password is not None:
-            password_hash = await self.broker.authenticator.hash_password(password)
+            # Both credentials of the password: scrypt for PLAIN, and SCRAM-SHA-256.
+            password_hash, scram = await self.broker.authenticator.hash_credentials(password)
             self._check_not_last_admin(name, keeps_admin=keeps_admin)  # changed meanwhile?
-        created = store.put(name, password_hash, clean_tags)
+        created = store.put(name, password_hash, clean_tags, scram)
         u = store.get(name)
         assert u is not None
         self.broker.audit.event(**user_change(call, existing, u, password_hash is not None))

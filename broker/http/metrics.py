@@ -355,7 +355,13 @@ class BrokerCollector:
             "Refused logins, by mechanism (PLAIN: native protocol, BASIC: HTTP API).",
             labels=["mechanism"],
         )
-        counts: dict[str, int] = {"PLAIN": 0, "BASIC": 0, **authenticator.failures_by_mechanism}
+        counts: dict[str, int] = {
+            "SCRAM-SHA-256": 0,
+            "PLAIN": 0,
+            "EXTERNAL": 0,
+            "BASIC": 0,
+            **authenticator.failures_by_mechanism,
+        }
         for mechanism, count in sorted(counts.items()):
             failures.add_metric([mechanism], count)
         yield failures

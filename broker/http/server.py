@@ -185,6 +185,7 @@ def build_app(broker: HttpBroker, options: HttpOptions | None = None) -> web.App
                 request.headers,
                 body,
                 peer,
+                tls=request.secure,
             )
         else:
             result = _route(broker, registry, request.method, path)

@@ -1,4 +1,17 @@
-"""The broker's PLAIN authenticator (password hashes: passwords.py).
+"""The broker's authenticator: every wire adapter's one way to decide who a client is.
+
+Protocol-neutral entry points (the native wire, HTTP and AMQP call these; no adapter
+decides anything about credentials):
+
+* ``authenticate_plain(user, password, peer_host, tls=...)``: PLAIN, AMQPLAIN, HTTP basic.
+  Refused on a connection without TLS from a non-loopback address unless
+  ``allow_plain_without_tls`` (the password would cross the network in clear).
+* ``scram_conversation(peer_host, ...)``: a SCRAM-SHA-256 exchange (scram.py), two
+  steps; the password never crosses the wire, and the broker proves it knows the
+  credential with its final message.
+* ``authenticate_external(peer_cert, peer_host, ...)``: EXTERNAL, the user a verified
+  client certificate names (``tls_cert_login``, cert_login.py).
+* ``mechanisms(peer_host, tls=..., peer_cert=...)``: what to offer a connection.
 
 Authentication rules:
 
@@ -17,6 +30,10 @@ Authentication rules:
   address; a correct password is not delayed by other pairs' failures (throttle.py).
 * Failures are logged at most once per pair per minute, with a count of the others;
   every attempt goes to the audit log (audit.py).  Passwords are never logged.
+* SCRAM proofs go through the same throttle; a wrong proof costs one scrypt before it is
+  refused, as a wrong PLAIN password does, so guessing is paced alike.
+* The upgrade: a user whose only credential is a scrypt hash (stored before SCRAM) gets
+  its SCRAM-SHA-256 credential at its next successful PLAIN login (users.upgrade_scram).
 """
 
 from __future__ import annotations
@@ -31,12 +48,23 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from wharf.protocol.errors import AccessRefused, WharfError
 
 from .audit import AuditEvent, AuditLog
-from .passwords import burn_scrypt, hash_password, parse_password_hash, verify_password
+from .cert_login import CERT_LOGIN_NONE, user_from_cert
+from .passwords import (
+    SCRAM_ITERATIONS,
+    SCRAM_SALT_BYTES,
+    ScramCredential,
+    burn_scrypt,
+    hash_password,
+    make_scram_credential,
+    parse_password_hash,
+    parse_scram_credential,
+    verify_password,
+)
 from .throttle import (
     FAILURE_DECAY_S,
     FAILURE_LOG_INTERVAL_S,
@@ -49,6 +77,7 @@ from .throttle import (
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from .scram import ScramConversation
     from .users import StoredUser
 
 log = logging.getLogger(__name__)
@@ -70,7 +99,9 @@ DEFAULT_USER_TAGS: Final = ("administrator",)
 AUTH_CACHE_MAX_ENTRIES: Final = 1_024
 
 # Mechanism labels (wharf_auth_failures_total{mechanism}, audit "mechanism").
+MECHANISM_SCRAM: Final = "SCRAM-SHA-256"
 MECHANISM_PLAIN: Final = "PLAIN"
+MECHANISM_EXTERNAL: Final = "EXTERNAL"
 MECHANISM_HTTP_BASIC: Final = "BASIC"
 MECHANISM_OTHER: Final = "other"  # a mechanism the broker does not offer
 
@@ -95,7 +126,7 @@ def is_loopback(peer_host: str) -> bool:
     return addr.is_loopback
 
 
-def _host_key(peer_host: str) -> str:
+def host_key(peer_host: str) -> str:
     """Normalise so that ::ffff:10.0.0.1 and 10.0.0.1 share one failure record."""
     try:
         addr = ipaddress.ip_address(peer_host)
@@ -110,6 +141,31 @@ def _host_key(peer_host: str) -> str:
 class User:
     name: str
     tags: tuple[str, ...] = ()
+
+
+def plain_refusal_message(mechanism: str) -> str:
+    """Why PLAIN (or HTTP basic) is refused on this connection, and what to do."""
+    if mechanism == MECHANISM_HTTP_BASIC:
+        return (
+            "HTTP basic authentication over plain HTTP from a non-loopback address would "
+            "send the password in clear: use HTTPS (https_port), or set "
+            "allow_plain_without_tls = true on the broker"
+        )
+    return (
+        f"{mechanism} sends the password in clear and this connection has no TLS and "
+        "is not from loopback: use SCRAM-SHA-256 (the SDK's default), connect with TLS "
+        "(wharfs://, tls_port), or set allow_plain_without_tls = true on the broker"
+    )
+
+
+class RefusedLogin(Exception):
+    """A check's refusal whose client is told less than the log and audit say (e.g. that
+    the user exists but has no SCRAM credential yet); the caller gets AccessRefused(told)."""
+
+    def __init__(self, told: str, logged_reason: str) -> None:
+        super().__init__(logged_reason)
+        self.told = told
+        self.logged_reason = logged_reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +198,7 @@ class Authenticator:
 
                 raise ConfigError(f"users: {cfg.name!r}: {exc}") from None
             initial[cfg.name] = StoredUser(
-                User(cfg.name, tuple(cfg.tags)), cfg.password_hash, SOURCE_CONFIG
+                User(cfg.name, tuple(cfg.tags)), cfg.password_hash, SOURCE_CONFIG, cfg.scram_sha_256
             )
         if settings.default_user_enabled and DEFAULT_USER not in initial:
             initial[DEFAULT_USER] = StoredUser(
@@ -151,6 +207,10 @@ class Authenticator:
         # Effective users: config + runtime changes; the broker loads and persists these.
         self.users = UserStore(initial.values())
         self._loopback_users = frozenset(settings.loopback_users)
+        self.allow_plain_without_tls = settings.allow_plain_without_tls
+        self.cert_login = settings.tls_cert_login
+        # The built-in guest password's SCRAM credential (PBKDF2, ~3 ms, once).
+        self._guest_scram = parse_scram_credential(make_scram_credential(DEFAULT_PASSWORD))
         self._clock = clock
         self._sleep = sleep
         self.audit = audit if audit is not None else AuditLog(None)
@@ -164,6 +224,100 @@ class Authenticator:
         # wharf_auth_failures_total{mechanism}: plain ints, read at scrape time.
         self.failures_by_mechanism: dict[str, int] = {}
 
+    # -- what a connection may use ------------------------------------------------------
+
+    def plain_allowed(self, peer_host: str, *, tls: bool) -> bool:
+        """Whether a password may be sent in clear (PLAIN, HTTP basic) on this connection."""
+        return tls or self.allow_plain_without_tls or is_loopback(peer_host)
+
+    def mechanisms(self, peer_host: str, *, tls: bool, peer_cert: bool = False) -> list[str]:
+        """Mechanisms to offer, best first: SCRAM-SHA-256, then PLAIN where a password may
+        travel in clear, then EXTERNAL when a verified client certificate can log in."""
+        offered = [MECHANISM_SCRAM]
+        if self.plain_allowed(peer_host, tls=tls):
+            offered.append(MECHANISM_PLAIN)
+        if peer_cert and self.cert_login != CERT_LOGIN_NONE:
+            offered.append(MECHANISM_EXTERNAL)
+        return offered
+
+    # -- protocol-neutral entry points -------------------------------------------------
+
+    async def authenticate_plain(
+        self,
+        username: str,
+        password: str,
+        peer_host: str,
+        *,
+        tls: bool,
+        mechanism: str = MECHANISM_PLAIN,
+        protocol: str = "native",
+        peer: str | None = None,
+    ) -> User:
+        """A user name and password in clear (PLAIN, AMQPLAIN, HTTP basic): the user, or
+        AccessRefused.  Refused before any check on a connection without TLS from a
+        non-loopback address unless ``allow_plain_without_tls``."""
+        if not self.plain_allowed(peer_host, tls=tls):
+            reason = plain_refusal_message(mechanism)
+            where = peer if peer is not None else peer_host
+            pair = (username, host_key(peer_host))  # its log lines are rate-limited
+            self.note_failure(username, where, mechanism, protocol, reason, pair=pair)
+            raise AccessRefused(reason)
+        return await self.authenticate(
+            username, password, peer_host, mechanism=mechanism, protocol=protocol, peer=peer
+        )
+
+    def scram_conversation(
+        self, peer_host: str, *, protocol: str = "native", peer: str | None = None
+    ) -> ScramConversation:
+        """A SCRAM-SHA-256 exchange for one connection (scram.py)."""
+        from .scram import ScramConversation  # scram.py imports this module
+
+        return ScramConversation(self, peer_host, protocol, peer if peer is not None else peer_host)
+
+    async def authenticate_external(
+        self,
+        peer_cert: Any,
+        peer_host: str,
+        *,
+        authzid: str = "",
+        protocol: str = "native",
+        peer: str | None = None,
+    ) -> User:
+        """EXTERNAL: the user a verified client certificate (``getpeercert()``'s dict)
+        names under ``tls_cert_login``; ``authzid`` (optional) must be that name.  The
+        certificate was verified by the TLS handshake, so nothing is guessed here and
+        the login throttle does not apply."""
+        where = peer if peer is not None else peer_host
+        name = user_from_cert(peer_cert, self.cert_login)
+        reason: str | None = None
+        if self.cert_login == CERT_LOGIN_NONE:
+            reason = "EXTERNAL is not enabled on this broker (tls_cert_login = none)"
+        elif not peer_cert:
+            reason = "EXTERNAL needs a client certificate signed by the broker's tls_ca_file"
+        elif name is None:
+            reason = f"the client certificate names no user (tls_cert_login = {self.cert_login})"
+        elif authzid and authzid != name:
+            reason = f"the client certificate is for user {name!r}, not {authzid!r}"
+        account = self.users.get(name) if name is not None else None
+        if reason is None and account is None:
+            reason = f"the client certificate names user {name!r}, which does not exist"
+        if reason is None and name in self._loopback_users and not is_loopback(peer_host):
+            reason = f"user {name!r} can only connect from loopback (127.0.0.1 or ::1)"
+        if reason is not None or account is None:
+            refused = reason or INVALID_CREDENTIALS
+            who = name if name is not None else authzid
+            pair = (who, host_key(peer_host))
+            self.note_failure(who, where, MECHANISM_EXTERNAL, protocol, refused, pair=pair)
+            raise AccessRefused(refused)
+        self.audit.event(
+            AuditEvent.AUTH_SUCCESS,
+            user=account.name,
+            peer=where,
+            protocol=protocol,
+            mechanism=MECHANISM_EXTERNAL,
+        )
+        return account.user
+
     async def authenticate(
         self,
         username: str,
@@ -174,13 +328,35 @@ class Authenticator:
         protocol: str = "native",
         peer: str | None = None,
     ) -> User:
-        """Return the user or raise AccessRefused.
+        """Check a password (no transport policy: ``authenticate_plain`` applies that).
+        Return the user or raise AccessRefused.
 
         Waits for its turn (throttle.py), then checks; a failure's answer is delayed by
         the pair's new delay.  The check itself runs to its end even if the caller goes
         away, so closing a connection cannot cut a guess's delay short.
         """
-        host = _host_key(peer_host)
+        return await self.throttled(
+            username,
+            peer_host,
+            lambda: self._check(username, password, peer_host),
+            mechanism=mechanism,
+            protocol=protocol,
+            peer=peer,
+        )
+
+    async def throttled(
+        self,
+        username: str,
+        peer_host: str,
+        check: Callable[[], Awaitable[User]],
+        *,
+        mechanism: str,
+        protocol: str,
+        peer: str | None,
+    ) -> User:
+        """Run ``check`` (which raises AccessRefused or RefusedLogin to refuse) when the
+        pair's turn has come, and record, audit and delay its outcome as every login does."""
+        host = host_key(peer_host)
         where = peer if peer is not None else peer_host
         try:
             attempt = self._throttle.enqueue(username, host)
@@ -197,7 +373,7 @@ class Authenticator:
             self._pump()
             raise
         task = loop.create_task(
-            self._check_admitted(attempt, username, password, peer_host, where, mechanism, protocol)
+            self._check_admitted(attempt, username, check, where, mechanism, protocol)
         )
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)
@@ -214,8 +390,7 @@ class Authenticator:
         self,
         attempt: Attempt,
         username: str,
-        password: str,
-        peer_host: str,
+        check: Callable[[], Awaitable[User]],
         where: str,
         mechanism: str,
         protocol: str,
@@ -223,7 +398,13 @@ class Authenticator:
         pair = attempt.pair
         try:
             try:
-                user = await self._check(username, password, peer_host)
+                user = await check()
+            except RefusedLogin as refused:
+                delay = self._throttle.record_failure(pair)
+                self.note_failure(
+                    username, where, mechanism, protocol, refused.logged_reason, pair=pair
+                )
+                return _Verdict(None, AccessRefused(refused.told), delay)
             except AccessRefused as exc:
                 delay = self._throttle.record_failure(pair)
                 self.note_failure(username, where, mechanism, protocol, exc.message, pair=pair)
@@ -348,12 +529,56 @@ class Authenticator:
             raise AccessRefused(INVALID_CREDENTIALS)
         if not await self._password_matches(account, password):
             raise AccessRefused(INVALID_CREDENTIALS)
+        self.check_loopback(username, peer_host)
+        if account.scram is None and account.password_hash is not None:
+            await self._upgrade_to_scram(account, password)
+        return account.user
+
+    def check_loopback(self, username: str, peer_host: str) -> None:
+        """Raise AccessRefused for a loopback-only user from elsewhere (after its
+        credentials were checked, so the message reveals nothing to a guesser)."""
         if username in self._loopback_users and not is_loopback(peer_host):
             raise AccessRefused(
                 f"user {username!r} can only connect from loopback (127.0.0.1 or ::1); "
                 "create another user for remote access"
             )
-        return account.user
+
+    async def _upgrade_to_scram(self, account: StoredUser, password: str) -> None:
+        """The password just matched the scrypt hash: store its SCRAM credential too."""
+        try:
+            scram = await self._run_scrypt(make_scram_credential, password)
+        except ValueError as exc:  # SASLprep refuses the password: PLAIN only
+            log.info("user %r keeps PLAIN only: %s", account.name, exc)
+            return
+        if self.users.upgrade_scram(account.name, account.password_hash, scram):
+            log.info(
+                "user %r: stored a SCRAM-SHA-256 credential (made at its PLAIN login)",
+                account.name,
+            )
+
+    def scram_credential(self, username: str) -> tuple[ScramCredential, StoredUser | None]:
+        """The credential a SCRAM exchange for ``username`` uses, and the account when it
+        has a real one.  A user name that is no user, or a user with no SCRAM credential
+        yet, gets a stand-in that no proof matches, with a salt that is stable per name
+        (RFC 5802, section 9), so the exchange does not tell them from real users."""
+        account = self.users.get(username)
+        if account is not None:
+            if account.scram is not None:
+                try:
+                    return parse_scram_credential(account.scram), account
+                except ValueError:
+                    log.error("user %r: stored SCRAM credential is malformed", username)
+            elif account.password_hash is None:  # the built-in guest password
+                return self._guest_scram, account
+        salt = hmac.digest(self._cache_key, b"scram-salt:" + username.encode("utf-8"), "sha256")
+        stand_in = ScramCredential(
+            SCRAM_ITERATIONS, salt[:SCRAM_SALT_BYTES], os.urandom(32), os.urandom(32)
+        )
+        return stand_in, None
+
+    async def burn_check(self) -> None:
+        """Spend what a refused password check spends (one scrypt in the pool)."""
+        await self._run_scrypt(burn_scrypt, "")
 
     async def _password_matches(self, account: StoredUser, password: str) -> bool:
         digest = hmac.digest(self._cache_key, password.encode("utf-8"), "sha256")
@@ -380,6 +605,16 @@ class Authenticator:
     async def hash_password(self, password: str) -> str:
         """``hash_password`` in the scrypt worker pool (management API: off the loop)."""
         return await self._run_scrypt(hash_password, password)
+
+    async def hash_credentials(self, password: str) -> tuple[str, str | None]:
+        """The scrypt hash and the SCRAM-SHA-256 credential of a new password (None if
+        SASLprep refuses it: that user logs in with PLAIN only)."""
+        password_hash = await self._run_scrypt(hash_password, password)
+        try:
+            scram = await self._run_scrypt(make_scram_credential, password)
+        except ValueError:
+            scram = None
+        return password_hash, scram
 
     async def _run_scrypt(self, fn: Callable[..., _T], *args: str) -> _T:
         if self._executor is None:

@@ -14,14 +14,18 @@ record is replaced (another PUT).  Users never touched at runtime follow the con
 
 Records in the definitions document (one per user changed at runtime)::
 
-    {"name": "app", "password_hash": "scrypt$...", "tags": ["administrator"]}
+    {"name": "app", "password_hash": "scrypt$...", "tags": ["administrator"],
+     "scram_sha_256": "SCRAM-SHA-256$4096$..."}
     {"name": "old", "deleted": true}          # a config user deleted at runtime
 
 ``password_hash`` may be null only for ``guest``: the built-in guest password.
+``scram_sha_256`` (passwords.py) is absent in records written before Wharf had SCRAM; such
+a user gets it at its next PLAIN login (``UserStore.upgrade_scram``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .auth import DEFAULT_USER, User
-from .passwords import parse_password_hash
+from .passwords import parse_password_hash, parse_scram_credential
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,8 @@ class StoredUser:
     user: User
     password_hash: str | None  # None: the built-in guest password, compared in constant time
     source: str = SOURCE_CONFIG
+    # The SCRAM-SHA-256 credential of the same password (passwords.py), None until known.
+    scram: str | None = None
 
     @property
     def name(self) -> str:
@@ -108,6 +114,13 @@ def check_tags(tags: Iterable[str]) -> tuple[str, ...]:
     if len(out) > MAX_TAGS_PER_USER:
         raise UserError(f"at most {MAX_TAGS_PER_USER} tags per user")
     return tuple(out)
+
+
+def check_scram_credential(scram: str) -> None:
+    try:
+        parse_scram_credential(scram)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def check_password_hash(password_hash: str) -> None:
@@ -155,9 +168,17 @@ class UserStore:
 
     # -- changes -----------------------------------------------------------------------
 
-    def put(self, name: str, password_hash: str | None, tags: Iterable[str]) -> bool:
+    def put(
+        self,
+        name: str,
+        password_hash: str | None,
+        tags: Iterable[str],
+        scram: str | None = None,
+    ) -> bool:
         """Create or replace a user; True if it is new.  ``password_hash`` None keeps the
-        current password of an existing user (a new user needs one)."""
+        current password (and its SCRAM credential) of an existing user (a new user needs
+        one); a new password comes with its ``scram`` credential, or gets one at the
+        user's next PLAIN login."""
         check_user_name(name)
         clean_tags = check_tags(tags)
         existing = self._users.get(name)
@@ -165,15 +186,40 @@ class UserStore:
             if existing is None:
                 raise UserError(f"user {name!r} does not exist: give a password")
             password_hash = existing.password_hash
+            scram = existing.scram
         else:
             check_password_hash(password_hash)
+            if scram is not None:
+                check_scram_credential(scram)
         if existing is None and len(self._users) >= MAX_USERS:
             raise UserError(f"user limit {MAX_USERS} reached")
-        record = StoredUser(User(name, clean_tags), password_hash, SOURCE_RUNTIME)
+        record = StoredUser(User(name, clean_tags), password_hash, SOURCE_RUNTIME, scram)
         self._overrides[name] = record
         self._users[name] = record
         self._changed()
         return existing is None
+
+    def upgrade_scram(self, name: str, password_hash: str | None, scram: str) -> bool:
+        """Give ``name`` the SCRAM credential made from the password that just logged in
+        with PLAIN, if its password is still ``password_hash`` and it has none yet.
+
+        A runtime user's record is saved (``on_change``).  A config-file user's is kept in
+        memory only: writing a runtime record for it would override its TOML entry for
+        good (see above), so it is upgraded again after each restart, or for good by a
+        ``scram_sha_256`` key in its entry.  Returns True if something changed.
+        """
+        current = self._users.get(name)
+        if current is None or current.scram is not None or current.password_hash != password_hash:
+            return False
+        check_scram_credential(scram)
+        upgraded = dataclasses.replace(current, scram=scram)
+        self._users[name] = upgraded
+        if current.source == SOURCE_RUNTIME:
+            self._overrides[name] = upgraded
+            self._changed()
+        elif self._base.get(name) is current:
+            self._base[name] = upgraded
+        return True
 
     def delete(self, name: str) -> bool:
         """Remove a user; False if there was none."""
@@ -199,9 +245,14 @@ class UserStore:
             if record is None:
                 out.append({"name": name, "deleted": True})
             else:
-                out.append(
-                    {"name": name, "password_hash": record.password_hash, "tags": list(record.tags)}
-                )
+                entry: dict[str, Any] = {
+                    "name": name,
+                    "password_hash": record.password_hash,
+                    "tags": list(record.tags),
+                }
+                if record.scram is not None:
+                    entry["scram_sha_256"] = record.scram
+                out.append(entry)
         return out
 
     def load_runtime(self, records: Any) -> None:
@@ -245,4 +296,10 @@ class UserStore:
         tags = rec.get("tags", [])
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise UserError(f"user {name!r}: tags must be a list of strings")
-        return name, StoredUser(User(name, check_tags(tags)), password_hash, SOURCE_RUNTIME)
+        scram = rec.get("scram_sha_256")  # absent in records older than SCRAM
+        if scram is not None:
+            if not isinstance(scram, str):
+                raise UserError(f"user {name!r}: scram_sha_256 must be a string")
+            check_scram_credential(scram)
+        user = User(name, check_tags(tags))
+        return name, StoredUser(user, password_hash, SOURCE_RUNTIME, scram)

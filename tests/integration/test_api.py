@@ -144,7 +144,10 @@ def non_loopback_ipv4() -> str | None:
     return None
 
 
-@pytest.mark.parametrize("settings_overrides", [{"host": "0.0.0.0"}])
+# Basic credentials over plain HTTP from a remote address need the switch (test_auth_mechanisms).
+@pytest.mark.parametrize(
+    "settings_overrides", [{"host": "0.0.0.0", "allow_plain_without_tls": True}]
+)
 async def test_guest_is_loopback_only_over_http_too(broker: Broker) -> None:
     addr = non_loopback_ipv4()
     if addr is None:

@@ -31,6 +31,10 @@ EXPECTED: dict[tuple[State, Event], State] = {
     (State.AUTHENTICATING, Event.AUTH_OK): State.OPEN,
     (State.AUTHENTICATING, Event.CLOSE): State.CLOSING,
     (State.AUTHENTICATING, Event.LOST): State.CLOSED,
+    (State.AUTHENTICATING, Event.CHALLENGE): State.AWAITING_RESPONSE,
+    (State.AWAITING_RESPONSE, Event.RESPONSE): State.AUTHENTICATING,
+    (State.AWAITING_RESPONSE, Event.CLOSE): State.CLOSING,
+    (State.AWAITING_RESPONSE, Event.LOST): State.CLOSED,
     (State.OPEN, Event.CLOSE): State.CLOSING,
     (State.OPEN, Event.LOST): State.CLOSED,
     (State.CLOSING, Event.LOST): State.CLOSED,
@@ -41,6 +45,7 @@ PATHS: dict[State, tuple[Event, ...]] = {
     State.AWAITING_HANDSHAKE: (),
     State.AWAITING_AUTH: (Event.HANDSHAKE,),
     State.AUTHENTICATING: (Event.HANDSHAKE, Event.AUTH),
+    State.AWAITING_RESPONSE: (Event.HANDSHAKE, Event.AUTH, Event.CHALLENGE),
     State.OPEN: (Event.HANDSHAKE, Event.AUTH, Event.AUTH_OK),
     State.CLOSING: (Event.CLOSE,),
     State.CLOSED: (Event.LOST,),
@@ -102,6 +107,27 @@ def test_closed_is_final() -> None:
             lc.transition(event)
 
 
+def test_scram_goes_round_the_challenge_once_then_opens() -> None:
+    lc = in_state(State.AUTHENTICATING)
+    assert lc.transition(Event.CHALLENGE) is State.AWAITING_RESPONSE
+    with pytest.raises(IllegalTransition):
+        lc.transition(Event.AUTH_OK)  # no AUTH_OK while the client's answer is due
+    assert lc.transition(Event.RESPONSE) is State.AUTHENTICATING
+    assert lc.transition(Event.AUTH_OK) is State.OPEN
+    assert lc.opened
+
+
+def test_a_response_without_a_challenge_is_illegal() -> None:
+    for state in (State.AWAITING_AUTH, State.AUTHENTICATING, State.OPEN):
+        with pytest.raises(IllegalTransition):
+            in_state(state).transition(Event.RESPONSE)
+
+
 def test_state_groups() -> None:
     assert {State.CLOSING, State.CLOSED} == ENDING
-    assert {State.AWAITING_HANDSHAKE, State.AWAITING_AUTH, State.AUTHENTICATING} == UNAUTHENTICATED
+    assert {
+        State.AWAITING_HANDSHAKE,
+        State.AWAITING_AUTH,
+        State.AUTHENTICATING,
+        State.AWAITING_RESPONSE,
+    } == UNAUTHENTICATED

@@ -45,11 +45,11 @@ from ...core.publish import QUEUE_FULL_MESSAGE
 from ...core.queues import Consumer, Message
 from ...core.quotas import PRODUCE, UserUsage
 from ...security.audit import AuditEvent, tls_version_of
-from ...security.auth import MECHANISM_OTHER, MECHANISM_PLAIN
 from .confirms import Confirms
 from .lifecycle import ENDING, UNAUTHENTICATED, Event, Lifecycle, State
 from .log_frames import LogFrames
 from .throttle import Throttle
+from .login import LoginFrames
 from .topology_frames import TopologyFrames
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ _API_STATE: Final[dict[State, str]] = {
     State.AWAITING_HANDSHAKE: "starting",
     State.AWAITING_AUTH: "starting",
     State.AUTHENTICATING: "starting",
+    State.AWAITING_RESPONSE: "starting",
     State.OPEN: "open",
     State.CLOSING: "closing",
     State.CLOSED: "closing",
@@ -89,7 +90,7 @@ _REQUEST_ID_AT: Final = 1
 _BODIES_AT: Final = 1 + F.PublishMany._fields.index("bodies")
 
 
-class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
+class Connection(TopologyFrames, LogFrames, LoginFrames, asyncio.Protocol):
     # The connection registry's view (core/clients.py ClientConnection): the protocol's
     # name, and its one consumer session (no channels).
     protocol: Final = "native"
@@ -120,6 +121,8 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
         self._handshake_seen = 0
         # The credential check of AUTH (cancelled if the connection is lost meanwhile).
         self._auth_task: asyncio.Task[None] | None = None
+        self._login_response: asyncio.Future[str] | None = None  # login.py
+        self.login_server_final: str | None = None
         # Until AUTH_OK only a small frame is accepted (SPEC.md, "Limits before
         # authentication"); max_frame_bytes applies after login.
         self._decoder = FrameDecoder(
@@ -257,7 +260,7 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
                 s.max_frame_bytes,
                 s.max_message_bytes,
                 s.heartbeat_s,
-                ["PLAIN"],
+                self.offered_mechanisms(),
             )
         )
 
@@ -565,6 +568,9 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
     def _handle_unauthenticated(self, ftype: int, raw: Any) -> None:
         if ftype == F.HEARTBEAT:
             return
+        if ftype == F.AUTH_RESPONSE and self._lifecycle.state is State.AWAITING_RESPONSE:
+            self._on_auth_response(raw)  # login.py
+            return
         if ftype != F.AUTH or self._lifecycle.state is not State.AWAITING_AUTH:
             self.fatal(CommandInvalid("expected AUTH as the first frame"))
             return
@@ -578,21 +584,9 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
         self._auth_task = self._loop.create_task(self._authenticate(frame))
 
     async def _authenticate(self, frame: F.Auth) -> None:
-        authenticator = self.broker.authenticator
-        if frame.mechanism != MECHANISM_PLAIN:
-            reason = f"auth mechanism {frame.mechanism!r} not supported; use PLAIN"
-            authenticator.note_failure(
-                frame.username, self.peer, MECHANISM_OTHER, "native", reason, pair=None
-            )
-            self.fatal(AccessRefused(reason), quiet=True)
-            return
-        try:
-            user = await authenticator.authenticate(
-                frame.username, frame.password, self.peer_host, peer=self.peer
-            )
-        except WharfError as exc:
-            self.fatal(AccessRefused(exc.message), quiet=True)  # auth.py logged it
-            return
+        user = await self._check_credentials(frame)  # login.py: every mechanism
+        if user is None:
+            return  # refused: closing
         if self._lifecycle.state is not State.AUTHENTICATING:
             return  # closed meanwhile (handshake timeout, broker shutdown)
         broker = self.broker
@@ -639,7 +633,13 @@ class Connection(TopologyFrames, LogFrames, asyncio.Protocol):
         self._lifecycle.transition(Event.AUTH_OK)
         self.last_recv = self._loop.time()
         self.send_frame(
-            F.AuthOk(frame.request_id, self.name, self.heartbeat_s, {"product": "wharf"})
+            F.AuthOk(
+                frame.request_id,
+                self.name,
+                self.heartbeat_s,
+                {"product": "wharf"},
+                self.login_server_final,
+            )
         )
         if self.broker.alarms:
             self.set_blocked(self.broker.alarms)

@@ -10,6 +10,8 @@ half-working.  The connection (connection.py) asks ``state`` wherever it used to
 
     AWAITING_HANDSHAKE --HANDSHAKE--> AWAITING_AUTH --AUTH--> AUTHENTICATING
         --AUTH_OK--> OPEN
+    AUTHENTICATING --CHALLENGE--> AWAITING_RESPONSE --RESPONSE--> AUTHENTICATING
+        (multi-step mechanisms: SCRAM-SHA-256 goes round once)
     any state but CLOSING and CLOSED --CLOSE--> CLOSING
     any state but CLOSED --LOST--> CLOSED
 
@@ -29,6 +31,8 @@ class State(enum.Enum):
     AWAITING_AUTH = "awaiting_auth"
     # AUTH arrived and its credentials are being checked (off the frame handler).
     AUTHENTICATING = "authenticating"
+    # AUTH_CHALLENGE was sent; only AUTH_RESPONSE (or HEARTBEAT) may come.
+    AWAITING_RESPONSE = "awaiting_response"
     # AUTH_OK was sent: every frame a client sends is handled.
     OPEN = "open"
     # A fatal ERROR or CLOSE_OK was sent (or the peer answered with CLOSE_OK): the
@@ -42,6 +46,8 @@ class Event(enum.Enum):
     HANDSHAKE = "handshake"  # the handshake bytes were accepted by the decoder
     AUTH = "auth"  # an AUTH frame arrived
     AUTH_OK = "auth_ok"  # its credentials were accepted and AUTH_OK sent
+    CHALLENGE = "challenge"  # AUTH_CHALLENGE was sent (a multi-step mechanism)
+    RESPONSE = "response"  # the client's AUTH_RESPONSE arrived
     CLOSE = "close"  # closing begins: fatal error, CLOSE answered, refused connection
     LOST = "lost"  # the transport reported the connection lost
 
@@ -55,12 +61,19 @@ class IllegalTransition(RuntimeError):
         self.event = event
 
 
-_BEFORE_OPEN: Final = (State.AWAITING_HANDSHAKE, State.AWAITING_AUTH, State.AUTHENTICATING)
+_BEFORE_OPEN: Final = (
+    State.AWAITING_HANDSHAKE,
+    State.AWAITING_AUTH,
+    State.AUTHENTICATING,
+    State.AWAITING_RESPONSE,
+)
 
 TRANSITIONS: Final[dict[tuple[State, Event], State]] = {
     (State.AWAITING_HANDSHAKE, Event.HANDSHAKE): State.AWAITING_AUTH,
     (State.AWAITING_AUTH, Event.AUTH): State.AUTHENTICATING,
     (State.AUTHENTICATING, Event.AUTH_OK): State.OPEN,
+    (State.AUTHENTICATING, Event.CHALLENGE): State.AWAITING_RESPONSE,
+    (State.AWAITING_RESPONSE, Event.RESPONSE): State.AUTHENTICATING,
     **{(s, Event.CLOSE): State.CLOSING for s in (*_BEFORE_OPEN, State.OPEN)},
     **{(s, Event.LOST): State.CLOSED for s in (*_BEFORE_OPEN, State.OPEN, State.CLOSING)},
 }
