@@ -48,8 +48,8 @@ from ...security.audit import AuditEvent, tls_version_of
 from .confirms import Confirms
 from .lifecycle import ENDING, UNAUTHENTICATED, Event, Lifecycle, State
 from .log_frames import LogFrames
-from .throttle import Throttle
 from .login import LoginFrames
+from .throttle import Throttle
 from .topology_frames import TopologyFrames
 
 if TYPE_CHECKING:
