@@ -9,7 +9,8 @@ Shutdown sequence (SIGTERM/SIGINT or ``Broker.stop``):
    threads still finishing segment rolls);
 5. stop the HTTP listener and release the data directory.
 
-Listeners: the plain native port (``port``; off with ``plain_port = 0``), and when a
+Listeners: the plain native port (``port``; off with ``plain_port = 0``), the AMQP 0-9-1
+port for RabbitMQ clients (``amqp_port``, wire/amqp/; off with ``amqp_port = 0``), and when a
 certificate is configured the native TLS port and HTTPS (``tls_port``, ``https_port``),
 next to plain HTTP.  TLS connections are accepted by ``security/tls.py`` and handed to the
 same ``Connection`` after their TLS handshake; SIGHUP (or ``POST /api/tls/reload``)
@@ -39,6 +40,7 @@ from wharf.protocol.errors import PreconditionFailed, ResourceError, WharfError
 from .alarms import MemoryTrimmer, Readiness, ResourceMonitor, decide_readiness
 from .config import Settings, configure_logging
 from .core.access import AccessControl, Actor
+from .core.clients import ServedConnection
 from .core.paging import PagedRow
 from .core.queues import MESSAGE_OVERHEAD_BYTES, Message, Queue
 from .core.session import CoreSession
@@ -56,10 +58,12 @@ from .security.users import SOURCE_RUNTIME
 from .store.definitions import load_definitions, save_definitions
 from .store.recovery import Recovered, drop_unknown_queues, recover
 from .store.segments import MessageStore
+from .wire.amqp.connection import AmqpConnection
 from .wire.native.connection import Connection
 
 if TYPE_CHECKING:
     from .http.api_broker import ApiBroker
+    from .wire.amqp.broker_api import AmqpBrokerApi
 
 log = logging.getLogger("wharf.server")
 
@@ -114,7 +118,8 @@ class Broker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topology = Topology()
-        self.connections: dict[int, Connection] = {}
+        # Client connections of every protocol (native and AMQP), by id.
+        self.connections: dict[int, ServedConnection] = {}
         self.stats = BrokerStats()
         publisher = self.topology.publisher
         publisher.stats = self.stats
@@ -136,6 +141,9 @@ class Broker:
         self.tls_listener: TlsListener | None = None
         self.tls_port = 0
         self.https_port = 0
+        # The AMQP 0-9-1 listener (0 while off).
+        self.amqp_port = 0
+        self._amqp_server: asyncio.Server | None = None
         self._server: asyncio.Server | None = None
         self._http: HttpServer | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -147,7 +155,7 @@ class Broker:
         self.log_cleaner: LogCleaner | None = None  # compaction of log topics
         self.groups: GroupCoordinator | None = None  # consumer groups, opened in _recover()
         self.monitor: ResourceMonitor | None = None
-        self._store_waiting: set[Connection] = set()
+        self._store_waiting: set[ServedConnection] = set()
         self.trimmer = MemoryTrimmer()
         # Connections that have not authenticated yet: in total and per peer address
         # (an entry is removed when its count drops to zero).
@@ -171,7 +179,7 @@ class Broker:
 
     @property
     def consumer_count(self) -> int:
-        return sum(len(c.consumers) for c in self.connections.values())
+        return sum(len(c.all_consumers()) for c in self.connections.values())
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -340,11 +348,11 @@ class Broker:
     def alarms(self, alarms: set[str]) -> None:
         self.topology.publisher.alarms = alarms
 
-    def await_store(self, conn: Connection) -> None:
+    def await_store(self, conn: ServedConnection) -> None:
         """``conn`` has confirms waiting for a store group commit (``store_committed``)."""
         self._store_waiting.add(conn)
 
-    def stop_awaiting_store(self, conn: Connection) -> None:
+    def stop_awaiting_store(self, conn: ServedConnection) -> None:
         """``conn`` closed: its waiting confirms are dropped."""
         self._store_waiting.discard(conn)
 
@@ -362,16 +370,21 @@ class Broker:
         if s.tls_enabled:
             listeners.append(("native TLS", s.host, s.tls_port))
             listeners.append(("HTTPS", s.http_bind_host, s.https_port))
+        if s.amqp_enabled:
+            listeners.append(("AMQP", s.host, s.amqp_port))
         return listeners
 
     def listeners(self) -> list[dict[str, Any]]:
-        """The open listeners: protocol ("wharf", "wharfs", "http", "https"), host, port."""
+        """The open listeners: protocol ("wharf", "wharfs", "amqp", "http", "https"), host,
+        port."""
         s = self.settings
         out: list[dict[str, Any]] = []
         if s.plain_enabled:
             out.append({"protocol": "wharf", "host": s.host, "port": self.port})
         if self.tls is not None:
             out.append({"protocol": "wharfs", "host": s.host, "port": self.tls_port})
+        if s.amqp_enabled:
+            out.append({"protocol": "amqp", "host": s.host, "port": self.amqp_port})
         out.append({"protocol": "http", "host": s.http_bind_host, "port": self.http_port})
         if self.tls is not None:
             out.append({"protocol": "https", "host": s.http_bind_host, "port": self.https_port})
@@ -455,6 +468,15 @@ class Broker:
                 s.max_unauthenticated_connections,
             )
             self.tls_port = await self.tls_listener.start(s.host, s.tls_port, LISTEN_BACKLOG)
+        if s.amqp_enabled:
+            self._amqp_server = await loop.create_server(
+                lambda: AmqpConnection(self),
+                s.host,
+                s.amqp_port,
+                backlog=LISTEN_BACKLOG,
+                reuse_address=True,
+            )
+            self.amqp_port = self._amqp_server.sockets[0].getsockname()[1]
         self._ticker = loop.create_task(self._tick_loop())
         if self.logs is not None:
             self.logs.start()  # log retention timer
@@ -568,7 +590,7 @@ class Broker:
 
     # -- connection limits -----------------------------------------------------------------
 
-    def connection_limit_error(self, joining: Connection | None = None) -> WharfError | None:
+    def connection_limit_error(self, joining: ServedConnection | None = None) -> WharfError | None:
         """The error for a connection over max_connections (authenticated ones count;
         ``joining``: the connection that has just authenticated, not counted itself)."""
         limit = self.settings.max_connections
@@ -582,7 +604,7 @@ class Broker:
             )
         return None
 
-    def admit_unauthenticated(self, conn: Connection) -> WharfError | None:
+    def admit_unauthenticated(self, conn: ServedConnection) -> WharfError | None:
         """Count a new connection as unauthenticated, or the error refusing it."""
         s = self.settings
         if self.unauthenticated >= s.max_unauthenticated_connections:
@@ -610,7 +632,7 @@ class Broker:
         conn.counted_unauthenticated = True
         return None
 
-    def release_unauthenticated(self, conn: Connection) -> None:
+    def release_unauthenticated(self, conn: ServedConnection) -> None:
         if not conn.counted_unauthenticated:
             return
         conn.counted_unauthenticated = False
@@ -668,7 +690,7 @@ class Broker:
             self._budget_reader = conn
             conn.resume_for_budget()
 
-    def connection_closed(self, conn: Connection) -> None:
+    def connection_closed(self, conn: ServedConnection) -> None:
         if not self.connections:
             for w in self._closed_waiters:
                 if not w.done():
@@ -689,6 +711,8 @@ class Broker:
             self._server.close()
         if self.tls_listener is not None:
             self.tls_listener.close()
+        if self._amqp_server is not None:
+            self._amqp_server.close()
         for conn in list(self.connections.values()):
             conn.shutdown("broker shutting down")
         if self.connections:
@@ -726,9 +750,10 @@ class Broker:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await _before(deadline, self._server.wait_closed())
+        for server in (self._server, self._amqp_server):
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    await _before(deadline, server.wait_closed())
         if self._http is not None:
             await stop_http_server(self._http, max(0.0, deadline - loop.time()))
         self.authenticator.close()
@@ -796,4 +821,8 @@ if TYPE_CHECKING:
 
     def _management_api_view(broker: Broker) -> ApiBroker:
         """Never called: makes mypy check that Broker is what the management API uses."""
+        return broker
+
+    def _amqp_view(broker: Broker) -> AmqpBrokerApi:
+        """Never called: makes mypy check that Broker is what the AMQP listener uses."""
         return broker
