@@ -140,6 +140,10 @@ class Channel:
         # the delivery tags settled in the open transaction.
         self.tx: list[Callable[[], None]] | None = None
         self._tx_tags: set[int] = set()
+        # Publishes of this read not yet handed to the core (flush_publishes).
+        self._batch: list[bytes] = []
+        self._batch_key: tuple[str, str, bool] = ("", "", False)
+        self._batch_props: dict[str, Any] | None = None
         self._publish_seq = 0
         self.last_queue = ""
         # The basic.publish being assembled, its properties and body parts.
@@ -274,6 +278,8 @@ class Channel:
         self._expect = _EXPECT_METHOD
         self._pending = None
         self._parts = []
+        self._batch = []
+        self.conn.batching.discard(self)
         if self.tx is not None:
             self.tx = []  # an open transaction is rolled back
             self._tx_tags.clear()
@@ -372,44 +378,76 @@ class Channel:
             except WharfError as exc:
                 self._fail(from_wharf(exc, BASIC_PUBLISH, conn.vhost))
                 return
-            held: Publish = method
-            self.tx.append(lambda: self._publish(held, props, body))
+            key = (method.exchange, method.routing_key, method.mandatory)
+            self.tx.append(lambda: self._publish_many(key, props, [body]))
             return
-        self._publish(method, props, body)
+        # Consecutive publishes with the same exchange, routing key, flag and properties
+        # go to the core as one batch (one routing, one enqueue), as the native
+        # PUBLISH_MANY; the connection flushes the batch before any other method frame
+        # and at the end of each read, so the order of operations is kept.
+        key = (method.exchange, method.routing_key, method.mandatory)
+        batch = self._batch
+        if batch:
+            if key == self._batch_key and props is self._batch_props:
+                batch.append(body)
+                return
+            self.flush_publishes()
+            if self.closing:
+                return
+            batch = self._batch
+        self._batch_key = key
+        self._batch_props = props
+        batch.append(body)
+        self.conn.batching.add(self)
 
-    def _publish(self, method: Publish, props: dict[str, Any] | None, body: bytes) -> None:
+    def flush_publishes(self) -> None:
+        """Hand the batched publishes to the core."""
+        bodies = self._batch
+        if not bodies:
+            return
+        self._batch = []
+        self.conn.batching.discard(self)
+        self._publish_many(self._batch_key, self._batch_props, bodies)
+
+    def _publish_many(
+        self, key: tuple[str, str, bool], props: dict[str, Any] | None, bodies: list[bytes]
+    ) -> None:
         conn = self.conn
         if conn.broker.alarms and not conn.reading_blocked:
             conn.block_reading()
         confirms = self.confirms
+        n = len(bodies)
         seq = 0
         if confirms is not None:
-            self._publish_seq += 1
-            seq = self._publish_seq
-        exchange = method.exchange
-        routing_key = method.routing_key
+            seq = self._publish_seq + 1
+            self._publish_seq += n
+        exchange, routing_key, mandatory = key
         try:
-            res = conn.core.publish(exchange, routing_key, props, (body,))
+            res = conn.core.publish(exchange, routing_key, props, bodies)
         except ResourceError as exc:
             if confirms is not None:
-                confirms.nack(seq, 1, exc)  # the store failed: nack, as RabbitMQ
+                confirms.nack(seq, n, exc)  # the store failed: nack, as RabbitMQ
                 return
             self._fail(from_wharf(exc, BASIC_PUBLISH, conn.vhost))
             return
         except WharfError as exc:
             self._fail(from_wharf(exc, BASIC_PUBLISH, conn.vhost))
             return
-        if res.refused:
-            # x-overflow reject-publish: a nack in confirm mode, else dropped.
+        refused = res.refused
+        if refused:
+            # x-overflow reject-publish refused the last ``refused``: nacks in confirm
+            # mode, else dropped.
             if confirms is not None:
-                confirms.nack(seq, 1, ResourceError("queue is full"))
-            return
-        if res.unroutable and method.mandatory:
-            header = content_header(self._encode_props(props), len(body))
-            conn.send(M.basic_return(self.number, NO_ROUTE, "NO_ROUTE", exchange, routing_key))
-            conn.send_many(content_frames(self.number, header, body, conn.frame_max))
-        if confirms is not None:
-            confirms.published(seq, 1, res.store_batch, res.log_parts)
+                confirms.nack(seq + n - refused, refused, ResourceError("queue is full"))
+            n -= refused
+        elif res.unroutable and mandatory:
+            raw = self._encode_props(props)
+            for body in bodies:
+                conn.send(M.basic_return(self.number, NO_ROUTE, "NO_ROUTE", exchange, routing_key))
+                header = content_header(raw, len(body))
+                conn.send_many(content_frames(self.number, header, body, conn.frame_max))
+        if confirms is not None and n:
+            confirms.published(seq, n, res.store_batch, res.log_parts)
 
     def _encode_props(self, props: dict[str, Any] | None) -> bytes:
         if props is self._out_props:

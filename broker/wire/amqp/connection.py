@@ -94,6 +94,7 @@ SERVER_CAPABILITIES: Final[dict[str, Any]] = {
 _CONNECTION_CLOSE: Final = C.Connection.Close.index
 _CONNECTION_CLOSE_OK: Final = C.Connection.CloseOk.index
 _CHANNEL_OPEN: Final = C.Channel.Open.index
+_BASIC_PUBLISH_ID: Final = C.Basic.Publish.index.to_bytes(4, "big")
 
 
 class AmqpState(enum.Enum):
@@ -170,6 +171,8 @@ class AmqpConnection(asyncio.Protocol):
         self._user_tags: tuple[str, ...] = ()
         # Channels in confirm mode (their confirms are sent at each flush).
         self.confirming: set[Channel] = set()
+        # Channels holding publishes of the current read (Channel.flush_publishes).
+        self.batching: set[Channel] = set()
         self._wbuf: list[bytes] = []
         self._flush_scheduled = False
         self._loop = self.loop = asyncio.get_running_loop()
@@ -281,6 +284,19 @@ class AmqpConnection(asyncio.Protocol):
                 self.close_with(exc)
             except Exception:
                 log.exception("%s: internal error handling an AMQP frame", self.name)
+                self.close_with(AmqpError(INTERNAL_ERROR, "internal error; the broker logged it"))
+        if self.batching:
+            self._flush_publishes()
+
+    def _flush_publishes(self) -> None:
+        """The batched publishes of every channel go to the core, before anything else."""
+        for ch in list(self.batching):
+            try:
+                ch.flush_publishes()
+            except AmqpError as exc:
+                self.close_with(exc)
+            except Exception:
+                log.exception("%s: internal error publishing", self.name)
                 self.close_with(AmqpError(INTERNAL_ERROR, "internal error; the broker logged it"))
 
     def _read_header(self, data: bytes) -> bytes:
@@ -410,6 +426,15 @@ class AmqpConnection(asyncio.Protocol):
         level = logging.WARNING if exc.code not in (CONNECTION_FORCED,) else logging.INFO
         log.log(level, "%s: closing connection: %s", self.name, exc.reply_text())
         self._reader.discard()
+        if self.batching:
+            # Publishes read before the error are kept, as RabbitMQ handles frames in order.
+            batching = list(self.batching)
+            self.batching.clear()
+            for ch in batching:
+                try:
+                    ch.flush_publishes()
+                except AmqpError:
+                    pass  # closing anyway
         self._flush()  # what is ready (deliveries, confirms) goes out before the close
         self._release_channels()
         self._enter_closing()
@@ -437,6 +462,10 @@ class AmqpConnection(asyncio.Protocol):
                     if self.transport is not None:
                         self.transport.close()
             return
+        if self.batching and ftype == FRAME_METHOD and payload[:4] != _BASIC_PUBLISH_ID:
+            self._flush_publishes()  # the publishes before this method come first
+            if self.closing:
+                return
         if channel == 0:
             if ftype != FRAME_METHOD:
                 raise AmqpError(UNEXPECTED_FRAME, f"content frame (type {ftype}) on channel 0")
