@@ -79,8 +79,15 @@ def _shortstr_at(payload: bytes, pos: int) -> tuple[str, int]:
     return payload[pos:end].decode("utf-8"), end
 
 
+_last_publish: list[Any] = [b"", None]  # the last basic.publish payload and its method
+
+
 def decode_method(payload: bytes) -> tuple[int, Any]:
     """(method id, the method) from a method frame's payload."""
+    if payload == _last_publish[0]:
+        # Publishers repeat the same exchange and routing key: one bytes comparison
+        # instead of a decode (Publish is never changed once made).
+        return BASIC_PUBLISH, _last_publish[1]
     try:
         (mid,) = _method_head.unpack_from(payload, 0)
     except struct.error:
@@ -93,7 +100,10 @@ def decode_method(payload: bytes) -> tuple[int, Any]:
             bits = payload[pos]
         except (IndexError, UnicodeDecodeError):
             raise AmqpError(SYNTAX_ERROR, "malformed basic.publish", mid) from None
-        return mid, Publish(exchange, routing_key, bool(bits & 1), bool(bits & 2))
+        publish = Publish(exchange, routing_key, bool(bits & 1), bool(bits & 2))
+        _last_publish[0] = payload
+        _last_publish[1] = publish
+        return mid, publish
     if mid == BASIC_ACK:
         try:
             tag, bits = _u64_bit.unpack_from(payload, 4)
@@ -212,18 +222,28 @@ def delivery(
     return b"".join(parts)
 
 
+_last_address: list[Any] = ["", "", b"\x00\x00"]  # exchange, routing key, their encoding
+
+
 def deliver_args(
     consumer_tag: bytes, delivery_tag: int, redelivered: bool, exchange: str, routing_key: str
 ) -> bytes:
     """basic.deliver's ids and arguments: consumer-tag (shortstr, pre-encoded),
     delivery-tag u64, redelivered bit, exchange and routing-key shortstrs."""
+    last = _last_address
+    if exchange == last[0] and routing_key == last[1]:
+        address: bytes = last[2]
+    else:
+        address = _shortstr(exchange) + _shortstr(routing_key)
+        last[0] = exchange
+        last[1] = routing_key
+        last[2] = address
     return b"".join(
         (
             b"\x00\x3c\x00\x3c",
             consumer_tag,
             _deliver_mid.pack(delivery_tag, 1 if redelivered else 0),
-            _shortstr(exchange),
-            _shortstr(routing_key),
+            address,
         )
     )
 
