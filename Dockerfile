@@ -51,7 +51,7 @@ RUN python3 -m venv /opt/wharf \
 USER wharf
 WORKDIR /var/lib/wharf
 VOLUME ["/var/lib/wharf"]
-EXPOSE 5680 8680
+EXPOSE 5680 8680 5672
 # No curl in slim images: probe /healthz with the venv's Python (follows WHARF_HTTP_PORT).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('WHARF_HTTP_PORT', '8680'), timeout=4)"]

@@ -68,7 +68,8 @@ class Broker:
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - a benchmark driver, once
                 [str(WHARF_BIN), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--http-port", str(http_port), "--data-dir", str(self.data_dir)],
+                 "--amqp-port", "0", "--http-port", str(http_port),
+                 "--data-dir", str(self.data_dir)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, preexec_fn=limit,
             )  # fmt: skip

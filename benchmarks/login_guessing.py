@@ -77,6 +77,7 @@ async def run(
                 host="127.0.0.1",
                 port=0,
                 http_port=0,
+                amqp_port=0,
                 data_dir=data_dir,
                 users=users,
                 max_unauthenticated_per_address=connections + 10,

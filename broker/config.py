@@ -49,6 +49,8 @@ DEFAULT_HTTP_PORT: Final = 8680
 # As RabbitMQ's 5671 next to 5672: the TLS listeners sit one above the plain ones.
 DEFAULT_TLS_PORT: Final = 5681
 DEFAULT_HTTPS_PORT: Final = 8681
+# RabbitMQ's port: AMQP 0-9-1 clients connect unchanged (0 turns the listener off).
+DEFAULT_AMQP_PORT: Final = 5672
 DEFAULT_TLS_MIN_VERSION: Final = "1.2"
 DEFAULT_DATA_DIR: Final = "./data"
 DEFAULT_LOG_LEVEL: Final = "info"
@@ -174,6 +176,8 @@ class Settings:
     # when a certificate and its key are configured.
     tls_port: int = DEFAULT_TLS_PORT
     https_port: int = DEFAULT_HTTPS_PORT
+    # The AMQP 0-9-1 listener (docs/amqp.md); 0 turns it off (it has no "any port").
+    amqp_port: int = DEFAULT_AMQP_PORT
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_ca_file: str | None = None
@@ -267,6 +271,11 @@ class Settings:
     def plain_enabled(self) -> bool:
         """Whether the plain native listener opens (``plain_port = 0`` turns it off)."""
         return self.plain_port != 0
+
+    @property
+    def amqp_enabled(self) -> bool:
+        """Whether the AMQP 0-9-1 listener opens (``amqp_port = 0`` turns it off)."""
+        return self.amqp_port != 0
 
     @property
     def tls_enabled(self) -> bool:
@@ -431,6 +440,7 @@ _CHECKS: Final[dict[str, _Check]] = {
     "http_port": _int_check(0, 65_535),
     "tls_port": _int_check(0, 65_535),
     "https_port": _int_check(0, 65_535),
+    "amqp_port": _int_check(0, 65_535),
     "tls_cert_file": _optional_str_check,
     "tls_key_file": _optional_str_check,
     "tls_ca_file": _optional_str_check,
@@ -631,6 +641,8 @@ def _check_listeners(settings: Settings) -> None:
     if settings.tls_enabled:
         listeners.append(("tls_port", settings.host, settings.tls_port))
         listeners.append(("https_port", settings.http_bind_host, settings.https_port))
+    if settings.amqp_enabled:
+        listeners.append(("amqp_port", settings.host, settings.amqp_port))
     seen: dict[tuple[str, int], str] = {}
     for key, host, port in listeners:
         if port == 0:

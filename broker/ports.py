@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class BusyPort:
-    role: str  # "native protocol" or "HTTP"
+    role: str  # "native protocol", "HTTP", "AMQP", ...
     host: str
     port: int
     reason: str  # the OS error, e.g. "Address already in use"
@@ -69,5 +69,6 @@ def busy_ports_message(busy: list[BusyPort]) -> str:
     return (
         "cannot listen: "
         + "; ".join(b.describe() for b in busy)
-        + " (stop what uses them, or choose others: --port/--http-port, WHARF_PORT/WHARF_HTTP_PORT)"
+        + " (stop what uses them, or choose others: --port/--http-port/--amqp-port, "
+        "WHARF_PORT/WHARF_HTTP_PORT/WHARF_AMQP_PORT; an AMQP port of 0 turns that listener off)"
     )

@@ -9,7 +9,8 @@ Shutdown sequence (SIGTERM/SIGINT or ``Broker.stop``):
    threads still finishing segment rolls);
 5. stop the HTTP listener and release the data directory.
 
-Listeners: the plain native port (``port``; off with ``plain_port = 0``), and when a
+Listeners: the plain native port (``port``; off with ``plain_port = 0``), the AMQP 0-9-1
+port for RabbitMQ clients (``amqp_port``, wire/amqp/; off with ``amqp_port = 0``), and when a
 certificate is configured the native TLS port and HTTPS (``tls_port``, ``https_port``),
 next to plain HTTP.  TLS connections are accepted by ``security/tls.py`` and handed to the
 same ``Connection`` after their TLS handshake; SIGHUP (or ``POST /api/tls/reload``)
@@ -40,6 +41,7 @@ from .config import Settings, configure_logging
 from .core.access import DEFAULT_VHOST, AccessControl, Actor
 from .core.queues import MESSAGE_OVERHEAD_BYTES, Queue
 from .core.quotas import UserLimits
+from .core.clients import ServedConnection
 from .core.session import CoreSession
 from .core.topology import Topology
 from .core.vhosts import VHOSTS_DIR, VirtualHost, VirtualHosts, dir_name, remove_data
@@ -55,10 +57,12 @@ from .security.tls import ServerTls, TlsError, TlsListener
 from .security.users import SOURCE_RUNTIME
 from .store.definitions import load_definitions, save_definitions
 from .store.segments import MessageStore
+from .wire.amqp.connection import AmqpConnection
 from .wire.native.connection import Connection
 
 if TYPE_CHECKING:
     from .http.api_broker import ApiBroker
+    from .wire.amqp.broker_api import AmqpBrokerApi
 
 log = logging.getLogger("wharf.server")
 
@@ -116,7 +120,8 @@ class Broker:
         # topics and groups; "/" always exists and is what ``topology``, ``store``,
         # ``logs`` and ``groups`` name for code that has no vhost.
         self.vhosts = VirtualHosts()
-        self.connections: dict[int, Connection] = {}
+        # Client connections of every protocol (native and AMQP), by id.
+        self.connections: dict[int, ServedConnection] = {}
         self.stats = BrokerStats()
         self._alarms: set[str] = set()
         self._wire_vhost(self.vhosts.default)
@@ -141,6 +146,9 @@ class Broker:
         self.tls_listener: TlsListener | None = None
         self.tls_port = 0
         self.https_port = 0
+        # The AMQP 0-9-1 listener (0 while off).
+        self.amqp_port = 0
+        self._amqp_server: asyncio.Server | None = None
         self._server: asyncio.Server | None = None
         self._http: HttpServer | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -149,7 +157,7 @@ class Broker:
         self._closed_waiters: set[asyncio.Future[None]] = set()
         self.monitor: ResourceMonitor | None = None
         # Connections whose confirms wait for their vhost's store group commit, by vhost.
-        self._store_waiting: dict[str, set[Connection]] = {}
+        self._store_waiting: dict[str, set[ServedConnection]] = {}
         # Vhosts being deleted (their files are still going): not created again meanwhile.
         self._deleting: set[str] = set()
         self.trimmer = MemoryTrimmer()
@@ -202,7 +210,7 @@ class Broker:
 
     @property
     def consumer_count(self) -> int:
-        return sum(len(c.consumers) for c in self.connections.values())
+        return sum(len(c.all_consumers()) for c in self.connections.values())
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -439,12 +447,12 @@ class Broker:
         for vhost in self.vhosts:
             vhost.topology.publisher.alarms = alarms
 
-    def await_store(self, conn: Connection) -> None:
+    def await_store(self, conn: ServedConnection) -> None:
         """``conn`` has confirms waiting for a group commit of its vhost's store
         (``store_committed``)."""
         self._store_waiting.setdefault(conn.vhost, set()).add(conn)
 
-    def stop_awaiting_store(self, conn: Connection) -> None:
+    def stop_awaiting_store(self, conn: ServedConnection) -> None:
         """``conn`` closed: its waiting confirms are dropped."""
         waiting = self._store_waiting.get(conn.vhost)
         if waiting is not None:
@@ -466,16 +474,21 @@ class Broker:
         if s.tls_enabled:
             listeners.append(("native TLS", s.host, s.tls_port))
             listeners.append(("HTTPS", s.http_bind_host, s.https_port))
+        if s.amqp_enabled:
+            listeners.append(("AMQP", s.host, s.amqp_port))
         return listeners
 
     def listeners(self) -> list[dict[str, Any]]:
-        """The open listeners: protocol ("wharf", "wharfs", "http", "https"), host, port."""
+        """The open listeners: protocol ("wharf", "wharfs", "amqp", "http", "https"), host,
+        port."""
         s = self.settings
         out: list[dict[str, Any]] = []
         if s.plain_enabled:
             out.append({"protocol": "wharf", "host": s.host, "port": self.port})
         if self.tls is not None:
             out.append({"protocol": "wharfs", "host": s.host, "port": self.tls_port})
+        if s.amqp_enabled:
+            out.append({"protocol": "amqp", "host": s.host, "port": self.amqp_port})
         out.append({"protocol": "http", "host": s.http_bind_host, "port": self.http_port})
         if self.tls is not None:
             out.append({"protocol": "https", "host": s.http_bind_host, "port": self.https_port})
@@ -576,6 +589,15 @@ class Broker:
                 max_per_address=s.max_unauthenticated_per_address,
             )
             self.tls_port = await self.tls_listener.start(s.host, s.tls_port, LISTEN_BACKLOG)
+        if s.amqp_enabled:
+            self._amqp_server = await loop.create_server(
+                lambda: AmqpConnection(self),
+                s.host,
+                s.amqp_port,
+                backlog=LISTEN_BACKLOG,
+                reuse_address=True,
+            )
+            self.amqp_port = self._amqp_server.sockets[0].getsockname()[1]
         self._ticker = loop.create_task(self._tick_loop())
         for vhost in self.vhosts:
             vhost.start()  # log retention and compaction timers
@@ -696,7 +718,7 @@ class Broker:
 
     # -- connection limits -----------------------------------------------------------------
 
-    def connection_limit_error(self, joining: Connection | None = None) -> WharfError | None:
+    def connection_limit_error(self, joining: ServedConnection | None = None) -> WharfError | None:
         """The error for a connection over max_connections (authenticated ones count;
         ``joining``: the connection that has just authenticated, not counted itself)."""
         limit = self.settings.max_connections
@@ -710,7 +732,7 @@ class Broker:
             )
         return None
 
-    def admit_unauthenticated(self, conn: Connection) -> WharfError | None:
+    def admit_unauthenticated(self, conn: ServedConnection) -> WharfError | None:
         """Count a new connection as unauthenticated, or the error refusing it."""
         s = self.settings
         if self.unauthenticated >= s.max_unauthenticated_connections:
@@ -738,7 +760,7 @@ class Broker:
         conn.counted_unauthenticated = True
         return None
 
-    def release_unauthenticated(self, conn: Connection) -> None:
+    def release_unauthenticated(self, conn: ServedConnection) -> None:
         if not conn.counted_unauthenticated:
             return
         conn.counted_unauthenticated = False
@@ -796,7 +818,7 @@ class Broker:
             self._budget_reader = conn
             conn.resume_for_budget()
 
-    def connection_closed(self, conn: Connection) -> None:
+    def connection_closed(self, conn: ServedConnection) -> None:
         if not self.connections:
             for w in self._closed_waiters:
                 if not w.done():
@@ -817,6 +839,8 @@ class Broker:
             self._server.close()
         if self.tls_listener is not None:
             self.tls_listener.close()
+        if self._amqp_server is not None:
+            self._amqp_server.close()
         for conn in list(self.connections.values()):
             conn.shutdown("broker shutting down")
         if self.connections:
@@ -840,9 +864,10 @@ class Broker:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await _before(deadline, self._server.wait_closed())
+        for server in (self._server, self._amqp_server):
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    await _before(deadline, server.wait_closed())
         if self._http is not None:
             await stop_http_server(self._http, max(0.0, deadline - loop.time()))
         self.authenticator.close()
@@ -910,4 +935,8 @@ if TYPE_CHECKING:
 
     def _management_api_view(broker: Broker) -> ApiBroker:
         """Never called: makes mypy check that Broker is what the management API uses."""
+        return broker
+
+    def _amqp_view(broker: Broker) -> AmqpBrokerApi:
+        """Never called: makes mypy check that Broker is what the AMQP listener uses."""
         return broker

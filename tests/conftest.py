@@ -30,6 +30,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "host": "127.0.0.1",
         "port": 0,
         "http_port": 0,
+        "amqp_port": 0,  # off: a test that wants it passes a free port
         "data_dir": str(tmp_path / "data"),
     }
     base.update(overrides)

@@ -173,6 +173,8 @@ def broker_command(port: int, http_port: int, data_dir: str) -> list[str]:
         str(port),
         "--http-port",
         str(http_port),
+        "--amqp-port",  # off: RabbitMQ may hold 5672 while the two are compared
+        "0",
         "--data-dir",
         data_dir,
     ]

@@ -425,10 +425,30 @@ def connections_list(c: ApiClient) -> None:
     """Client connections."""
     cs = c.request("GET", "/connections")
     rows = [
-        (x["name"], x["user"], x["peer"], x["state"], x.get("consumers", 0), x.get("unacked", 0))
+        (
+            x["name"],
+            x["user"],
+            x["peer"],
+            x["state"],
+            x.get("protocol", ""),
+            x.get("channels", 0),
+            x.get("consumers", 0),
+            x.get("unacked", 0),
+            _client_of(x.get("client_properties") or {}),
+        )
         for x in cs
     ]
-    c.show(cs, table(("NAME", "USER", "PEER", "STATE", "CONSUMERS", "UNACKED"), rows))
+    headers = ("NAME", "USER", "PEER", "STATE", "PROTOCOL", "CHANNELS", "CONSUMERS", "UNACKED")
+    c.show(cs, table((*headers, "CLIENT"), rows))
+
+
+def _client_of(props: dict[str, Any]) -> str:
+    """The client library as RabbitMQ's management shows it: product and version."""
+    product = props.get("product")
+    version = props.get("version")
+    if not isinstance(product, str):
+        return "-"
+    return f"{product} {version}" if isinstance(version, str) else product
 
 
 @connections.command("close")

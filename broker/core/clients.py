@@ -1,7 +1,7 @@
 """What the broker's connection registry and the admin plane see of a client connection.
 
 ``ClientConnection`` is protocol-neutral: the native connection
-(wire/native/connection.py) implements it, and the AMQP connection will too.  The broker
+(wire/native/connection.py) implements it, and so does the AMQP one (wire/amqp/).  The broker
 keeps every connection in ``Broker.connections`` (id -> connection), and the management
 API lists, describes and closes them through this interface only, never through a wire
 module.  Once logged in, a connection is also in its vhost's ``VirtualHost.clients``
@@ -11,10 +11,22 @@ them with ``shutdown``.
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from ..store.segments import Segment
     from .queues import Consumer
+
+_connection_ids = itertools.count(1)
+
+
+def next_connection_id() -> int:
+    """A connection id unique for the process, whatever protocol the connection speaks
+    (ids of the native and AMQP listeners share ``Broker.connections``)."""
+    return next(_connection_ids)
 
 
 class ClientConnection(Protocol):
@@ -32,7 +44,7 @@ class ClientConnection(Protocol):
 
     @property
     def protocol(self) -> str:
-        """The wire protocol it speaks: "native" (the Wharf protocol), later "amqp"."""
+        """The wire protocol it speaks: "native" (the Wharf protocol) or "amqp" (AMQP 0-9-1)."""
         ...
 
     @property
@@ -68,4 +80,39 @@ class ClientConnection(Protocol):
     def shutdown(self, reason: str) -> None:
         """Close it: a fatal ERROR 320 (connection forced) with ``reason``, after the
         frames already queued for it."""
+        ...
+
+
+class ServedConnection(ClientConnection, Protocol):
+    """A connection as the broker process itself drives it: the tick, resource alarms,
+    store compaction, group commits and memory accounting, whatever its protocol."""
+
+    transport: asyncio.Transport | None
+    peer_host: str
+    # Counted among the broker's unauthenticated connections (until login or close).
+    counted_unauthenticated: bool
+
+    @property
+    def unacked_count(self) -> int:
+        """Delivered-but-unacked messages over all its consumer sessions."""
+        ...
+
+    @property
+    def unacked_bytes(self) -> int: ...
+
+    def tick(self, now: float) -> None:
+        """The broker's periodic check (~1/s): timeouts and heartbeats."""
+        ...
+
+    def relocate(self, old: Segment) -> int:
+        """Store compaction: copy forward its unacked messages stored in ``old``."""
+        ...
+
+    def set_blocked(self, alarms: set[str]) -> None:
+        """The resource alarms changed (empty: cleared)."""
+        ...
+
+    def store_committed(self, batch: int) -> bool:
+        """The store's group commit finished ``batch`` (negative: failed); True while
+        confirms still wait for the store."""
         ...

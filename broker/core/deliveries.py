@@ -1,6 +1,6 @@
 """Delivered-but-unacked messages of one consumer session.
 
-One ``Deliveries`` per session: per native connection today, per AMQP channel later, so
+One ``Deliveries`` per session: per native connection, per AMQP channel, so
 nothing here assumes one per connection.  It numbers deliveries (delivery tags), keeps
 the unacked table, settles acks, nacks and rejects, requeues what is left when a
 consumer or the session ends, finds deliveries past the ack timeout, copies unacked

@@ -98,7 +98,7 @@ def message_from_row(payload: Any, row: PagedRow, store: MessageStore) -> Messag
 
 
 class DeliverySink(Protocol):
-    """Where a consumer's messages go: the native connection today, an AMQP channel later.
+    """Where a consumer's messages go: the native connection, or an AMQP channel.
 
     The queue dispatches through this and never imports a wire module; the sink records
     each batch in its session's ``Deliveries`` (core/deliveries.py, the delivery tags and

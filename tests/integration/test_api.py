@@ -543,7 +543,12 @@ async def test_runtime_users_survive_a_restart_and_override_the_config(tmp_path:
         UserConfig("old", hash_password("old-pw"), []),
     ]
     settings = Settings(
-        host="127.0.0.1", port=0, http_port=0, data_dir=str(tmp_path / "d"), users=configured
+        host="127.0.0.1",
+        port=0,
+        http_port=0,
+        amqp_port=0,
+        data_dir=str(tmp_path / "d"),
+        users=configured,
     )
     b = Broker(settings)
     await b.start()
@@ -593,7 +598,7 @@ async def test_bad_user_records_in_definitions_are_skipped(tmp_path: Path) -> No
         ],
     }
     (data / "definitions.json").write_text(json.dumps(doc))
-    b = Broker(Settings(host="127.0.0.1", port=0, http_port=0, data_dir=str(data)))
+    b = Broker(Settings(host="127.0.0.1", port=0, http_port=0, amqp_port=0, data_dir=str(data)))
     await b.start()
     try:
         users = (await api(b, "GET", "/api/users", auth=("ok", "pw"))).json()

@@ -155,7 +155,13 @@ async def test_users_from_a_toml_file(tmp_path: Path) -> None:
     )
     settings = load_settings(
         str(config),
-        {"host": "127.0.0.1", "port": 0, "http_port": 0, "data_dir": str(tmp_path / "data")},
+        {
+            "host": "127.0.0.1",
+            "port": 0,
+            "http_port": 0,
+            "amqp_port": 0,
+            "data_dir": str(tmp_path / "data"),
+        },
         environ={},
     )
     broker = Broker(settings)

@@ -16,6 +16,7 @@ def _settings(tmp_path: Path) -> Settings:
         host="127.0.0.1",
         port=0,
         http_port=0,
+        amqp_port=0,
         data_dir=str(tmp_path / "data"),
         segment_bytes=MIB,
     )

@@ -81,7 +81,9 @@ async def test_bad_retry_arguments(conn: wharf.Connection, name: str, value: obj
 
 
 async def test_delayed_persistent_message_survives_restart(tmp_path: Path) -> None:
-    settings = Settings(host="127.0.0.1", port=0, http_port=0, data_dir=str(tmp_path / "d"))
+    settings = Settings(
+        host="127.0.0.1", port=0, http_port=0, amqp_port=0, data_dir=str(tmp_path / "d")
+    )
     b = Broker(settings)
     await b.start()
     try:

@@ -473,6 +473,7 @@ async def tls_broker(tmp_path: Path, server_pem: tuple[str, str, str]) -> AsyncI
         host="127.0.0.1",
         port=0,
         http_port=0,
+        amqp_port=0,
         https_port=0,
         tls_port=0,
         data_dir=str(tmp_path / "data"),

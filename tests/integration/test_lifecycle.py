@@ -105,6 +105,7 @@ async def broker_process(data_dir: Path, log: Path) -> AsyncIterator[BrokerProce
     port, http_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHARF_")}
     env["WHARF_SHUTDOWN_TIMEOUT_S"] = str(SHUTDOWN_TIMEOUT_S)
+    env["WHARF_AMQP_PORT"] = "0"  # no AMQP listener (5672 may be in use here)
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             str(WHARF_BIN),
@@ -210,7 +211,9 @@ async def test_second_in_process_broker_on_the_same_data_dir_is_refused(
     broker: Broker, tmp_path: Path
 ) -> None:
     other = Broker(
-        Settings(host="127.0.0.1", port=0, http_port=0, data_dir=broker.settings.data_dir)
+        Settings(
+            host="127.0.0.1", port=0, http_port=0, amqp_port=0, data_dir=broker.settings.data_dir
+        )
     )
     with pytest.raises(WharfError) as info:
         await other.start()
@@ -222,7 +225,14 @@ async def test_stop_releases_the_auth_worker_threads(tmp_path: Path) -> None:
     before = {t.ident for t in threading.enumerate()}
     user = UserConfig(name="app", password_hash=hash_password("pw"), tags=[])
     broker = Broker(
-        Settings(host="127.0.0.1", port=0, http_port=0, data_dir=str(tmp_path / "d"), users=[user])
+        Settings(
+            host="127.0.0.1",
+            port=0,
+            http_port=0,
+            amqp_port=0,
+            data_dir=str(tmp_path / "d"),
+            users=[user],
+        )
     )
     await broker.start()
     try:

@@ -260,7 +260,9 @@ async def test_batch_bigger_than_max_message_bytes(conn: wharf.Connection) -> No
 
 
 def _settings(tmp_path: Path, **extra: Any) -> Settings:
-    return Settings(host="127.0.0.1", port=0, http_port=0, data_dir=str(tmp_path / "data"), **extra)
+    return Settings(
+        host="127.0.0.1", port=0, http_port=0, amqp_port=0, data_dir=str(tmp_path / "data"), **extra
+    )
 
 
 def _url(b: Broker) -> str:

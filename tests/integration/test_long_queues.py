@@ -31,6 +31,7 @@ async def _start(tmp_path: Path, **overrides: Any) -> Broker:
         host="127.0.0.1",
         port=0,
         http_port=0,
+        amqp_port=0,
         data_dir=str(tmp_path / "data"),
         queue_memory_budget_bytes=BUDGET,
         **overrides,

@@ -65,7 +65,9 @@ class ThreadedBroker:
 @pytest.fixture(scope="module")
 def live_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedBroker]:
     data = Path(tmp_path_factory.mktemp("openapi")) / "data"
-    tb = ThreadedBroker(Settings(host="127.0.0.1", port=0, http_port=0, data_dir=str(data)))
+    tb = ThreadedBroker(
+        Settings(host="127.0.0.1", port=0, http_port=0, amqp_port=0, data_dir=str(data))
+    )
     tb.start()
     try:
         yield tb

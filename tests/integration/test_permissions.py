@@ -452,7 +452,9 @@ async def test_permissions_api_shapes_and_validation(broker: Broker) -> None:
 async def test_permissions_survive_a_restart_and_old_data_keeps_working(tmp_path: Path) -> None:
     configured = [UserConfig("cfg", hash_password("cfg-pw"), [])]
     data = tmp_path / "d"
-    settings = Settings(host="127.0.0.1", port=0, http_port=0, data_dir=str(data), users=configured)
+    settings = Settings(
+        host="127.0.0.1", port=0, http_port=0, amqp_port=0, data_dir=str(data), users=configured
+    )
     tp = {"exchange": "events", "write": "^a", "read": "^b"}
     b = Broker(settings)
     await b.start()

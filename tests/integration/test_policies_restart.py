@@ -12,7 +12,9 @@ from wharf.broker.server import Broker
 
 
 def _settings(tmp_path: Path) -> Settings:
-    return Settings(host="127.0.0.1", port=0, http_port=0, data_dir=str(tmp_path / "data"))
+    return Settings(
+        host="127.0.0.1", port=0, http_port=0, amqp_port=0, data_dir=str(tmp_path / "data")
+    )
 
 
 def _url(b: Broker) -> str:

@@ -70,6 +70,7 @@ class BrokerProcess:
         self.runs += 1
         env = {k: v for k, v in os.environ.items() if not k.startswith("WHARF_")}
         env["WHARF_SHUTDOWN_TIMEOUT_S"] = "3"
+        env["WHARF_AMQP_PORT"] = "0"  # no AMQP listener (5672 may be in use here)
         cmd = [
             str(WHARF_BIN), "serve",
             "--host", "127.0.0.1",

@@ -72,7 +72,9 @@ async def test_replay_to_a_missing_queue_is_not_found(conn: wharf.Connection) ->
 
 
 async def test_replayed_persistent_messages_survive_restart(tmp_path: Path) -> None:
-    settings = Settings(host="127.0.0.1", port=0, http_port=0, data_dir=str(tmp_path / "d"))
+    settings = Settings(
+        host="127.0.0.1", port=0, http_port=0, amqp_port=0, data_dir=str(tmp_path / "d")
+    )
     b = Broker(settings)
     await b.start()
     try:

@@ -40,6 +40,7 @@ def free_port() -> int:
 def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``wharf serve ARGS`` to its exit, with no WHARF_* variables but ``env``."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("WHARF_")}
+    full_env["WHARF_AMQP_PORT"] = "0"  # no AMQP listener unless a test asks (5672 may be taken)
     full_env.update(env or {})
     return subprocess.run(
         [str(WHARF_BIN), "serve", "--host", "127.0.0.1", *args],
@@ -95,3 +96,18 @@ def test_a_busy_http_port_leaves_an_existing_data_dir_alone(tmp_path: Path) -> N
     assert f"HTTP port {http} on 127.0.0.1" in result.stderr, result.stderr
     assert "native protocol port" not in result.stderr
     assert list(data.iterdir()) == []  # no LOCK, no messages/ or logs/
+
+
+def test_a_busy_amqp_port_stops_serve_with_its_name(tmp_path: Path) -> None:
+    # 5672 may be RabbitMQ's on this machine: `wharf serve` must say so and exit, not hang.
+    data = tmp_path / "data"
+    with listening_socket() as amqp:
+        result = serve(
+            "--port", str(free_port()), "--http-port", str(free_port()),
+            "--amqp-port", str(amqp), "--data-dir", str(data),
+        )  # fmt: skip
+    assert result.returncode != 0
+    assert f"AMQP port {amqp} on 127.0.0.1" in result.stderr, result.stderr
+    assert "--amqp-port" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not data.exists()

@@ -245,7 +245,9 @@ async def test_changing_a_policy_reapplies_it(broker: Broker, conn: wharf.Connec
 
 
 async def test_policies_survive_a_restart(tmp_path: Path) -> None:
-    settings = Settings(host="127.0.0.1", port=0, http_port=0, data_dir=str(tmp_path / "data"))
+    settings = Settings(
+        host="127.0.0.1", port=0, http_port=0, amqp_port=0, data_dir=str(tmp_path / "data")
+    )
     b = Broker(settings)
     await b.start()
     try:

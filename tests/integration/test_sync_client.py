@@ -33,7 +33,7 @@ class BrokerThread:
     def __init__(self, data_dir: Path) -> None:
         self.loop = uvloop.new_event_loop()
         self.broker = Broker(
-            Settings(host="127.0.0.1", port=0, http_port=0, data_dir=str(data_dir))
+            Settings(host="127.0.0.1", port=0, http_port=0, amqp_port=0, data_dir=str(data_dir))
         )
         self._started = threading.Event()
         self._error: BaseException | None = None

@@ -213,6 +213,7 @@ async def test_plain_port_zero_turns_the_plain_listener_off(tmp_path: Path, pki:
         host="127.0.0.1",
         port=0,
         http_port=0,
+        amqp_port=0,
         data_dir=str(tmp_path / "data"),
         plain_port=0,
         **tls_settings(pki),
@@ -280,7 +281,14 @@ def required(pki: Pki) -> dict[str, Any]:
 @pytest.fixture
 async def broker_required(tmp_path: Path, required: dict[str, Any]) -> AsyncIterator[Broker]:
     b = Broker(
-        Settings(host="127.0.0.1", port=0, http_port=0, data_dir=str(tmp_path / "d"), **required)
+        Settings(
+            host="127.0.0.1",
+            port=0,
+            http_port=0,
+            amqp_port=0,
+            data_dir=str(tmp_path / "d"),
+            **required,
+        )
     )
     await b.start()
     try:
@@ -314,6 +322,7 @@ async def test_client_certificate_optional(tmp_path: Path, pki: Pki) -> None:
         host="127.0.0.1",
         port=0,
         http_port=0,
+        amqp_port=0,
         data_dir=str(tmp_path / "d"),
         **tls_settings(pki, tls_ca_file=pki.ca_file, tls_client_auth="optional"),
     )
@@ -335,6 +344,7 @@ async def test_silent_connections_are_closed_on_every_listener(tmp_path: Path, p
         host="127.0.0.1",
         port=0,
         http_port=0,
+        amqp_port=0,
         data_dir=str(tmp_path / "d"),
         **tls_settings(pki, handshake_timeout_ms=300),
     )
@@ -470,6 +480,7 @@ async def test_expired_certificate_is_reported(
         host="127.0.0.1",
         port=0,
         http_port=0,
+        amqp_port=0,
         data_dir=str(tmp_path / "d"),
         **{**tls_settings(pki), **expired},
     )

@@ -479,7 +479,9 @@ async def test_dead_lettering_to_a_bound_topic(conn: wharf.Connection) -> None:
 
 
 def _settings(tmp_path: Path) -> Settings:
-    return Settings(host="127.0.0.1", port=0, http_port=0, data_dir=str(tmp_path / "data"))
+    return Settings(
+        host="127.0.0.1", port=0, http_port=0, amqp_port=0, data_dir=str(tmp_path / "data")
+    )
 
 
 def _url(b: Broker) -> str:
@@ -577,7 +579,9 @@ async def test_sdk_binds_the_topic_again_after_a_reconnect(tmp_path: Path) -> No
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = Settings(host="127.0.0.1", port=port, http_port=0, data_dir=str(tmp_path / "d"))
+    settings = Settings(
+        host="127.0.0.1", port=port, http_port=0, amqp_port=0, data_dir=str(tmp_path / "d")
+    )
     b = Broker(settings)
     await b.start()
     conn = await wharf.connect(

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ...alarms import MemoryTrimmer
     from ...config import Settings
     from ...core.access import AccessControl, Actor
+    from ...core.clients import ServedConnection
     from ...core.quotas import UserLimits
     from ...core.session import CoreSession
     from ...core.topology import Topology
@@ -40,7 +41,7 @@ class BrokerApi(Protocol):
 
     # Read by connections; the receive budget's total is also updated by them.
     buffered_bytes: int
-    connections: dict[int, Connection]
+    connections: dict[int, ServedConnection]
 
     @property
     def settings(self) -> Settings: ...

@@ -40,6 +40,7 @@ from wharf.protocol.errors import (
 )
 
 from ...core.access import DEFAULT_VHOST, Actor
+from ...core.clients import next_connection_id
 from ...core.deliveries import Deliveries, Unacked
 from ...core.publish import QUEUE_FULL_MESSAGE
 from ...core.queues import Consumer, Message
@@ -71,7 +72,6 @@ MAX_CONSUMER_TAG_CHARS: Final = 255
 LARGE_FRAME_BYTES: Final = 1024 * 1024
 PREAUTH_LIMIT_NAME: Final = "preauth_max_frame_bytes"
 
-_conn_ids = itertools.count(1)
 # The management API's connection states (GET /api/connections), by lifecycle state.
 _API_STATE: Final[dict[State, str]] = {
     State.AWAITING_HANDSHAKE: "starting",
@@ -103,7 +103,7 @@ class Connection(TopologyFrames, LogFrames, LoginFrames, asyncio.Protocol):
         self.topology = self.virtual_host.topology
         self._publisher = self.topology.publisher
         self.settings = broker.settings
-        self.id = next(_conn_ids)
+        self.id = next_connection_id()
         self.name = f"conn-{self.id}"
         self.transport: asyncio.Transport | None = None
         self.peer = ""

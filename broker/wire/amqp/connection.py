@@ -1,0 +1,782 @@
+"""One AMQP 0-9-1 client connection: protocol header, start/tune/open, heartbeats, the
+channels, and closing on hard errors as RabbitMQ does.
+
+States (``AmqpState``), moved only forward::
+
+    AWAITING_HEADER -> STARTING (connection.start sent) -> AUTHENTICATING (start-ok in)
+    -> TUNING (tune sent) -> OPENING (tune-ok in) -> OPEN (open-ok sent)
+    any -> CLOSING (connection.close sent or received) -> CLOSED (socket gone)
+
+The connection is the ``QueueOwner`` of its exclusive queues (as RabbitMQ: exclusive to
+the connection, not the channel); each channel (channel.py) is a consumer session with
+its own ``Deliveries`` and, in confirm mode, its own ``Confirms``.  Outgoing bytes are
+buffered and written once per event-loop iteration, like the native connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import logging
+import platform
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from pamqp import commands as C
+
+from wharf.protocol.errors import WharfError
+
+from ...core.access import DEFAULT_VHOST, Actor
+from ...core.clients import next_connection_id
+from ...security.audit import AuditEvent, tls_version_of
+from ...security.auth import MECHANISM_OTHER, MECHANISM_PLAIN
+from . import methods as M
+from .channel import Channel
+from .errors import (
+    ACCESS_REFUSED,
+    CHANNEL_ERROR,
+    COMMAND_INVALID,
+    CONNECTION_FORCED,
+    FRAME_ERROR,
+    INTERNAL_ERROR,
+    NOT_ALLOWED,
+    NOT_IMPLEMENTED,
+    UNEXPECTED_FRAME,
+    AmqpError,
+)
+from .fields import FieldError, decode_fields
+from .frames import (
+    FRAME_HEARTBEAT,
+    FRAME_METHOD,
+    FRAME_MIN_BYTES,
+    HEARTBEAT_FRAME,
+    PROTOCOL_HEADER,
+    PROTOCOL_HEADER_BYTES,
+    FrameReader,
+    decode_method,
+)
+
+if TYPE_CHECKING:
+    from ...core.queues import Consumer
+    from ...core.quotas import UserUsage
+    from ...core.session import CoreSession
+    from ...store.segments import Segment
+    from .broker_api import AmqpBrokerApi
+
+log = logging.getLogger("wharf.amqp")
+
+# RabbitMQ's defaults: channel_max 2047, frame_max 128 KiB.
+CHANNEL_MAX: Final = 2047
+FRAME_MAX_BYTES: Final = 131_072
+# Before tune-ok only a small frame is accepted (start-ok: client properties and the
+# credentials), as the native protocol's limit before authentication.
+PRE_TUNE_FRAME_MAX_BYTES: Final = 8 * 1024
+# After connection.close is sent, the client's close-ok is awaited this long.
+CLOSE_OK_TIMEOUT_S: Final = 3.0
+WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
+WRITE_BUFFER_LOW_BYTES: Final = 1024 * 1024
+MECHANISM_AMQPLAIN: Final = "AMQPLAIN"
+MECHANISMS: Final = f"{MECHANISM_PLAIN} {MECHANISM_AMQPLAIN}"
+LOCALE: Final = "en_US"
+PROTOCOL_NAME: Final = "amqp"
+# The capabilities table of connection.start, as RabbitMQ 3.x sends it.  direct_reply_to
+# is not implemented yet (docs/amqp.md).
+SERVER_CAPABILITIES: Final[dict[str, Any]] = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "consumer_priorities": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+    "direct_reply_to": False,
+}
+_CONNECTION_CLOSE: Final = C.Connection.Close.index
+_CONNECTION_CLOSE_OK: Final = C.Connection.CloseOk.index
+_CHANNEL_OPEN: Final = C.Channel.Open.index
+_BASIC_PUBLISH_ID: Final = C.Basic.Publish.index.to_bytes(4, "big")
+
+
+class AmqpState(enum.Enum):
+    AWAITING_HEADER = "awaiting_header"
+    STARTING = "starting"
+    AUTHENTICATING = "authenticating"
+    TUNING = "tuning"
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+_BEFORE_OPEN: Final = frozenset(
+    {
+        AmqpState.AWAITING_HEADER,
+        AmqpState.STARTING,
+        AmqpState.AUTHENTICATING,
+        AmqpState.TUNING,
+        AmqpState.OPENING,
+    }
+)
+_API_STATE: Final = {
+    AmqpState.OPEN: "open",
+    AmqpState.CLOSING: "closing",
+    AmqpState.CLOSED: "closing",
+}
+
+
+@functools.cache
+def _server_properties() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        wharf_version = version("wharf")
+    except PackageNotFoundError:
+        wharf_version = "0"
+    return {
+        "capabilities": SERVER_CAPABILITIES,
+        "cluster_name": "wharf",
+        "copyright": "Wharf contributors",
+        "information": "Wharf, a message broker in Python; AMQP 0-9-1 as RabbitMQ 3.x",
+        "platform": f"Python {platform.python_version()}",
+        "product": "Wharf",
+        "version": wharf_version,
+    }
+
+
+class AmqpConnection(asyncio.Protocol):
+    # The connection registry's view (core/clients.py ClientConnection).
+    protocol: Final = PROTOCOL_NAME
+
+    def __init__(self, broker: AmqpBrokerApi) -> None:
+        self.broker = broker
+        self.settings = broker.settings
+        # The vhost of connection.open (core/vhosts.py); the default one until then.
+        self.virtual_host = broker.vhosts.default
+        self.topology = self.virtual_host.topology
+        # The user's share of its limits (core/quotas.py), from connection.open to close.
+        self.usage: UserUsage | None = None
+        self.id = next_connection_id()
+        self.name = f"conn-{self.id}"
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.peer_host = ""
+        self.username = ""
+        self.vhost = DEFAULT_VHOST
+        self.counted_unauthenticated = False
+        self.core: CoreSession = broker.session(Actor(""))
+        self.client_properties: dict[str, Any] = {}
+        self.state = AmqpState.AWAITING_HEADER
+        self._header = b""
+        self._reader = FrameReader(PRE_TUNE_FRAME_MAX_BYTES)
+        self.frame_max = FRAME_MAX_BYTES
+        self.channel_max = CHANNEL_MAX
+        self.heartbeat_s = 0
+        self.open_channels: dict[int, Channel] = {}
+        self._user_tags: tuple[str, ...] = ()
+        # Channels in confirm mode (their confirms are sent at each flush).
+        self.confirming: set[Channel] = set()
+        # Channels holding publishes of the current read (Channel.flush_publishes).
+        self.batching: set[Channel] = set()
+        self._wbuf: list[bytes] = []
+        self._flush_scheduled = False
+        self._loop = self.loop = asyncio.get_running_loop()
+        self.writable = True
+        self._blocked_reading = False
+        self._blocked_sent = False
+        self._auth_task: asyncio.Task[None] | None = None
+        now = self._loop.time()
+        self.created_at = now
+        self.last_recv = now
+        self.last_send = now
+        self._closing_since = 0.0
+        self._opened = False  # connection.open-ok was sent
+
+    # -- the registry's view (core/clients.py) ----------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        return self.state is AmqpState.CLOSING or self.state is AmqpState.CLOSED
+
+    @property
+    def channels(self) -> int:
+        return len(self.open_channels)
+
+    def loop_time(self) -> float:
+        return self._loop.time()
+
+    @property
+    def unacked_count(self) -> int:
+        return sum(len(ch.deliveries) for ch in self.open_channels.values())
+
+    @property
+    def unacked_bytes(self) -> int:
+        return sum(ch.deliveries.unacked_bytes for ch in self.open_channels.values())
+
+    def all_consumers(self) -> list[Consumer]:
+        return [c for ch in self.open_channels.values() for c in ch.consumers.values()]
+
+    def describe(self) -> dict[str, Any]:
+        props = self.client_properties
+        return {
+            "name": self.name,
+            "peer": self.peer,
+            "user": self.username,
+            "vhost": self.vhost,
+            "state": _API_STATE.get(self.state, "starting"),
+            "protocol": self.protocol,
+            "channels": len(self.open_channels),
+            "heartbeat_s": self.heartbeat_s,
+            "frame_max": self.frame_max,
+            "channel_max": self.channel_max,
+            "consumers": sum(len(ch.consumers) for ch in self.open_channels.values()),
+            "unacked": self.unacked_count,
+            "client_properties": {
+                k: props[k]
+                for k in ("product", "version", "platform", "connection_name", "information")
+                if isinstance(props.get(k), str)
+            },
+        }
+
+    def shutdown(self, reason: str) -> None:
+        """Broker shutdown or an operator's close: connection.close 320."""
+        if self.state in _BEFORE_OPEN and self.state is not AmqpState.OPENING:
+            self._abort()
+            return
+        self.close_with(AmqpError(CONNECTION_FORCED, reason))
+
+    # -- transport callbacks ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_BUFFER_HIGH_BYTES, WRITE_BUFFER_LOW_BYTES)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer_host = str(peer[0])
+            self.peer = f"{peer[0]}:{peer[1]}"
+        broker = self.broker
+        if broker.stopping:
+            self._abort()
+            return
+        refusal = broker.connection_limit_error() or broker.admit_unauthenticated(self)
+        if refusal is not None:
+            log.warning("refusing AMQP connection from %s: %s", self.peer, refusal.message)
+            self._abort()
+            return
+        broker.connections[self.id] = self
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state is AmqpState.CLOSED:
+            return
+        self.last_recv = self._loop.time()
+        if state is AmqpState.AWAITING_HEADER:
+            data = self._read_header(data)
+            if not data:
+                return
+        try:
+            frames = self._reader.feed(data)
+        except AmqpError as exc:
+            self.close_with(exc)
+            return
+        for ftype, channel, payload in frames:
+            if self.state is AmqpState.CLOSED:
+                return
+            try:
+                self._handle_frame(ftype, channel, payload)
+            except AmqpError as exc:
+                self.close_with(exc)
+            except Exception:
+                log.exception("%s: internal error handling an AMQP frame", self.name)
+                self.close_with(AmqpError(INTERNAL_ERROR, "internal error; the broker logged it"))
+        if self.batching:
+            self._flush_publishes()
+
+    def _flush_publishes(self) -> None:
+        """The batched publishes of every channel go to the core, before anything else."""
+        for ch in list(self.batching):
+            try:
+                ch.flush_publishes()
+            except AmqpError as exc:
+                self.close_with(exc)
+            except Exception:
+                log.exception("%s: internal error publishing", self.name)
+                self.close_with(AmqpError(INTERNAL_ERROR, "internal error; the broker logged it"))
+
+    def _read_header(self, data: bytes) -> bytes:
+        """Collect the 8-byte protocol header; returns the bytes after it."""
+        need = PROTOCOL_HEADER_BYTES - len(self._header)
+        self._header += data[:need]
+        rest = data[need:]
+        if len(self._header) < PROTOCOL_HEADER_BYTES and PROTOCOL_HEADER.startswith(self._header):
+            return b""
+        if self._header != PROTOCOL_HEADER:
+            # The spec's answer to a header it does not accept: the one it speaks, then
+            # the socket closes.
+            log.info("%s: wrong protocol header %r from %s", self.name, self._header, self.peer)
+            self._enter_closing()
+            self._send(PROTOCOL_HEADER)
+            self._flush()
+            if self.transport is not None:
+                self.transport.close()
+            return b""
+        self.state = AmqpState.STARTING
+        self._send(M.connection_start(_server_properties(), MECHANISMS, LOCALE))
+        return rest
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        self.writable = False
+        for ch in self.open_channels.values():
+            ch.writable = False
+        if self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        self._resume_reading_if_allowed()
+        for ch in list(self.open_channels.values()):
+            ch.resume_dispatch()
+
+    def _resume_reading_if_allowed(self) -> None:
+        if (
+            self.transport is not None
+            and not self.closing
+            and self.writable
+            and not self._blocked_reading
+        ):
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state is AmqpState.CLOSED:
+            return
+        was_open = self._opened
+        self.state = AmqpState.CLOSED
+        if self._auth_task is not None:
+            self._auth_task.cancel()
+        self._release_channels()
+        self.topology.release_owner(self)
+        broker = self.broker
+        self.virtual_host.clients.pop(self.id, None)
+        if self.usage is not None:
+            broker.user_limits.release(self.usage)
+            self.usage = None
+        broker.connections.pop(self.id, None)
+        broker.release_unauthenticated(self)
+        broker.stop_awaiting_store(self)
+        broker.connection_closed(self)
+        if was_open:
+            broker.audit.event(AuditEvent.CONNECTION_CLOSE, **self.audit_fields(closed=True))
+            log.info("%s closed (%s, user %s)", self.name, self.peer, self.username)
+
+    def _release_channels(self) -> None:
+        for ch in list(self.open_channels.values()):
+            ch.release()
+        self.open_channels.clear()
+        self.confirming.clear()
+
+    # -- output ----------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        self._wbuf.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def send(self, data: bytes) -> None:
+        self._send(data)
+
+    def send_many(self, frames: list[bytes]) -> None:
+        self._wbuf.extend(frames)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        for ch in self.confirming:
+            ack = ch.take_confirms()
+            if ack is not None:
+                self._wbuf.append(ack)
+        transport = self.transport
+        if not self._wbuf or transport is None or transport.is_closing():
+            self._wbuf.clear()
+            return
+        buf = self._wbuf
+        self._wbuf = []
+        transport.writelines(buf)
+        self.last_send = self._loop.time()
+
+    def _enter_closing(self) -> None:
+        if self.state is not AmqpState.CLOSED:
+            self.state = AmqpState.CLOSING
+            self._closing_since = self._loop.time()
+
+    def _abort(self) -> None:
+        self._enter_closing()
+        if self.transport is not None:
+            self.transport.close()
+
+    def close_with(self, exc: AmqpError) -> None:
+        """A hard error (or a forced close): connection.close, then wait for close-ok."""
+        if self.closing:
+            return
+        if self.state is AmqpState.AWAITING_HEADER:
+            self._abort()
+            return
+        level = logging.WARNING if exc.code not in (CONNECTION_FORCED,) else logging.INFO
+        log.log(level, "%s: closing connection: %s", self.name, exc.reply_text())
+        self._reader.discard()
+        if self.batching:
+            # Publishes read before the error are kept, as RabbitMQ handles frames in order.
+            batching = list(self.batching)
+            self.batching.clear()
+            for ch in batching:
+                try:
+                    ch.flush_publishes()
+                except AmqpError:
+                    pass  # closing anyway
+        self._flush()  # what is ready (deliveries, confirms) goes out before the close
+        self._release_channels()
+        self._enter_closing()
+        self._send(M.close(0, exc.code, exc.reply_text(), exc.method))
+        self._flush()
+        if self.username == "" and self.transport is not None:
+            self.transport.close()  # before login there is nothing to wait for
+
+    # -- frames ----------------------------------------------------------------------------
+
+    def _handle_frame(self, ftype: int, channel: int, payload: bytes) -> None:
+        if ftype == FRAME_HEARTBEAT:
+            if channel != 0:
+                raise AmqpError(FRAME_ERROR, "heartbeat frame on a channel other than 0")
+            return
+        state = self.state
+        if state is AmqpState.CLOSING:
+            # After connection.close only close and close-ok matter.
+            if channel == 0 and ftype == FRAME_METHOD and len(payload) >= 4:
+                mid = int.from_bytes(payload[:4], "big")
+                if mid in (_CONNECTION_CLOSE, _CONNECTION_CLOSE_OK):
+                    if mid == _CONNECTION_CLOSE:
+                        self._send(M.connection_close_ok())
+                        self._flush()
+                    if self.transport is not None:
+                        self.transport.close()
+            return
+        if self.batching and ftype == FRAME_METHOD and payload[:4] != _BASIC_PUBLISH_ID:
+            self._flush_publishes()  # the publishes before this method come first
+            if self.closing:
+                return
+        if channel == 0:
+            if ftype != FRAME_METHOD:
+                raise AmqpError(UNEXPECTED_FRAME, f"content frame (type {ftype}) on channel 0")
+            mid, method = decode_method(payload)
+            self._connection_method(mid, method)
+            return
+        if state is not AmqpState.OPEN:
+            raise AmqpError(COMMAND_INVALID, "frame on a channel before the connection was opened")
+        ch = self.open_channels.get(channel)
+        if ch is None:
+            if ftype != FRAME_METHOD:
+                raise AmqpError(CHANNEL_ERROR, "expected 'channel.open'")
+            mid, method = decode_method(payload)
+            if mid != _CHANNEL_OPEN:
+                raise AmqpError(CHANNEL_ERROR, "expected 'channel.open'", mid)
+            self._open_channel(channel, mid)
+            return
+        ch.handle_frame(ftype, payload)
+
+    def _open_channel(self, number: int, mid: int) -> None:
+        limit = self.channel_max
+        if limit and len(self.open_channels) >= limit:
+            raise AmqpError(
+                NOT_ALLOWED,
+                f"number of channels opened ({len(self.open_channels)}) has reached the "
+                f"negotiated channel_max ({limit})",
+                mid,
+            )
+        if limit and number > limit:
+            raise AmqpError(
+                NOT_ALLOWED, f"channel {number} is above the negotiated channel_max ({limit})", mid
+            )
+        self.open_channels[number] = Channel(self, number)
+        self._send(M.channel_open_ok(number))
+
+    def channel_closed(self, ch: Channel) -> None:
+        """``ch`` is gone (close-ok sent or received): its number is free again."""
+        if self.open_channels.get(ch.number) is ch:
+            del self.open_channels[ch.number]
+        self.confirming.discard(ch)
+
+    # -- connection class (channel 0) -----------------------------------------------
+
+    def _connection_method(self, mid: int, method: Any) -> None:
+        state = self.state
+        if isinstance(method, C.Connection.StartOk):
+            if state is not AmqpState.STARTING:
+                raise AmqpError(COMMAND_INVALID, "connection.start-ok was not expected", mid)
+            self._start_ok(method, mid)
+        elif isinstance(method, C.Connection.TuneOk):
+            if state is not AmqpState.TUNING:
+                raise AmqpError(COMMAND_INVALID, "connection.tune-ok was not expected", mid)
+            self._tune_ok(method, mid)
+        elif isinstance(method, C.Connection.Open):
+            if state is not AmqpState.OPENING:
+                raise AmqpError(COMMAND_INVALID, "connection.open was not expected", mid)
+            self._open(method, mid)
+        elif isinstance(method, C.Connection.Close):
+            self._enter_closing()
+            self._release_channels()
+            self._send(M.connection_close_ok())
+            self._flush()
+            if self.transport is not None:
+                self.transport.close()
+        elif isinstance(method, C.Connection.CloseOk):
+            if self.transport is not None:
+                self.transport.close()
+        elif isinstance(method, (C.Connection.Blocked, C.Connection.Unblocked)):
+            return  # only the server sends them; RabbitMQ ignores them too
+        elif isinstance(method, C.Connection.UpdateSecret):
+            raise AmqpError(NOT_IMPLEMENTED, "connection.update-secret is not supported", mid)
+        else:
+            raise AmqpError(
+                COMMAND_INVALID, f"{getattr(method, 'name', 'method')} on channel 0", mid
+            )
+
+    def _start_ok(self, method: C.Connection.StartOk, mid: int) -> None:
+        props = method.client_properties
+        self.client_properties = props if isinstance(props, dict) else {}
+        mechanism = method.mechanism or ""
+        response = method.response or ""
+        raw = response.encode("utf-8") if isinstance(response, str) else bytes(response)
+        authenticator = self.broker.authenticator
+        try:
+            if mechanism == MECHANISM_PLAIN:
+                parts = raw.split(b"\x00")
+                if len(parts) != 3:
+                    raise ValueError("PLAIN response is not authzid NUL user NUL password")
+                username, password = parts[1].decode("utf-8"), parts[2].decode("utf-8")
+            elif mechanism == MECHANISM_AMQPLAIN:
+                table = decode_fields(raw, 0, len(raw))
+                username, password = str(table.get("LOGIN", "")), str(table.get("PASSWORD", ""))
+            else:
+                reason = f"unknown authentication mechanism '{mechanism}'"
+                authenticator.note_failure(
+                    "", self.peer, MECHANISM_OTHER, PROTOCOL_NAME, reason, pair=None
+                )
+                raise AmqpError(COMMAND_INVALID, reason, mid)
+        except (ValueError, FieldError, UnicodeDecodeError):
+            raise AmqpError(
+                ACCESS_REFUSED,
+                f"Login was refused using authentication mechanism {mechanism}. "
+                "For details see the broker logfile.",
+                mid,
+            ) from None
+        self.state = AmqpState.AUTHENTICATING
+        self._auth_task = self._loop.create_task(
+            self._authenticate(username, password, mechanism, mid)
+        )
+
+    async def _authenticate(self, username: str, password: str, mechanism: str, mid: int) -> None:
+        try:
+            # PLAIN and AMQPLAIN carry the password in clear: refused without TLS from a
+            # non-loopback address unless allow_plain_without_tls (security/auth.py).
+            user = await self.broker.authenticator.authenticate_plain(
+                username,
+                password,
+                self.peer_host,
+                tls=False,
+                mechanism=mechanism,
+                protocol=PROTOCOL_NAME,
+                peer=self.peer,
+            )
+        except WharfError:
+            if self.state is AmqpState.AUTHENTICATING:
+                # authentication_failure_close: 403 then close (auth.py logged why).
+                self.close_with(
+                    AmqpError(
+                        ACCESS_REFUSED,
+                        f"Login was refused using authentication mechanism {mechanism}. "
+                        "For details see the broker logfile.",
+                        mid,
+                    )
+                )
+                if self.transport is not None:
+                    self.transport.close()
+            return
+        if self.state is not AmqpState.AUTHENTICATING:
+            return  # closed meanwhile
+        self.username = user.name
+        self._user_tags = tuple(user.tags)
+        self.state = AmqpState.TUNING
+        self._send(M.connection_tune(CHANNEL_MAX, FRAME_MAX_BYTES, self.settings.heartbeat_s))
+
+    def _tune_ok(self, method: C.Connection.TuneOk, mid: int) -> None:
+        channel_max = method.channel_max or 0
+        frame_max = method.frame_max or 0
+        # RabbitMQ's rule: 0 asks for "no limit", which is above the server's maximum.
+        for field, value, lowest, highest in (
+            ("channel_max", channel_max, 1, CHANNEL_MAX),
+            ("frame_max", frame_max, FRAME_MIN_BYTES, FRAME_MAX_BYTES),
+        ):
+            if value != 0 and value < lowest:
+                raise AmqpError(
+                    NOT_ALLOWED,
+                    f"negotiated {field} = {value} is lower than the minimum allowed value "
+                    f"({lowest})",
+                    mid,
+                )
+            if value == 0 or value > highest:
+                detail = " (no limit)" if value == 0 else ""
+                raise AmqpError(
+                    NOT_ALLOWED,
+                    f"negotiated {field} = {value}{detail} is higher than the maximum allowed "
+                    f"value ({highest})",
+                    mid,
+                )
+        self.channel_max = channel_max
+        self.frame_max = frame_max
+        self.heartbeat_s = method.heartbeat or 0
+        self._reader.frame_max = frame_max
+        self.state = AmqpState.OPENING
+
+    def _open(self, method: C.Connection.Open, mid: int) -> None:
+        name = method.virtual_host or DEFAULT_VHOST
+        broker = self.broker
+        actor = Actor(self.username, self._user_tags, name, peer=self.peer, protocol=PROTOCOL_NAME)
+        try:
+            vhost = broker.vhosts.get(name)
+        except WharfError:
+            raise AmqpError(NOT_ALLOWED, f"vhost {name} not found", mid) from None
+        try:
+            broker.access.check_vhost(actor)
+        except WharfError:
+            raise AmqpError(
+                NOT_ALLOWED,
+                f"access to vhost '{name}' refused for user '{self.username}'",
+                mid,
+            ) from None
+        broker.release_unauthenticated(self)
+        refusal = broker.connection_limit_error(joining=self) or vhost.connection_limit_error(
+            self.id
+        )
+        if refusal is not None:
+            raise AmqpError(NOT_ALLOWED, refusal.message, mid)
+        try:
+            self.usage = broker.user_limits.admit(self.username)  # the user's max-connections
+        except WharfError as exc:
+            raise AmqpError(NOT_ALLOWED, exc.message, mid) from None
+        self.vhost = name
+        self.virtual_host = vhost
+        self.topology = vhost.topology
+        vhost.clients[self.id] = self
+        self.core = broker.session(actor)
+        self.state = AmqpState.OPEN
+        self._opened = True
+        self._send(M.connection_open_ok())
+        if broker.alarms:
+            self.set_blocked(broker.alarms)
+        log.info("%s opened from %s as %s (AMQP 0-9-1)", self.name, self.peer, self.username)
+        broker.audit.event(AuditEvent.CONNECTION_OPEN, **self.audit_fields())
+
+    def audit_fields(self, *, closed: bool = False) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "connection": self.name,
+            "user": self.username,
+            "vhost": self.vhost,
+            "peer": self.peer,
+            "protocol": PROTOCOL_NAME,
+            "tls_version": tls_version_of(self.transport),
+        }
+        if closed:
+            fields["duration_s"] = round(self._loop.time() - self.created_at, 3)
+        return fields
+
+    @property
+    def capabilities(self) -> dict[str, Any]:
+        caps = self.client_properties.get("capabilities")
+        return caps if isinstance(caps, dict) else {}
+
+    # -- resource alarms -------------------------------------------------------------------
+
+    def set_blocked(self, alarms: set[str]) -> None:
+        """connection.blocked/unblocked to clients that announced the capability; a
+        publisher's socket is not read while an alarm is raised (publish_blocked)."""
+        if self.state is not AmqpState.OPEN:
+            return
+        notify = self.capabilities.get("connection.blocked") is True
+        if alarms:
+            if notify and not self._blocked_sent:
+                self._blocked_sent = True
+                self._send(M.connection_blocked(",".join(sorted(alarms))))
+            return
+        if self._blocked_sent:
+            self._blocked_sent = False
+            self._send(M.connection_unblocked())
+        if self._blocked_reading:
+            self._blocked_reading = False
+            self._resume_reading_if_allowed()
+
+    def block_reading(self) -> None:
+        """A publish arrived during an alarm: read nothing more until it clears."""
+        self._blocked_reading = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    @property
+    def reading_blocked(self) -> bool:
+        return self._blocked_reading
+
+    # -- the broker's hooks -------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        state = self.state
+        if state is AmqpState.CLOSING:
+            if now - self._closing_since > CLOSE_OK_TIMEOUT_S and self.transport is not None:
+                self.transport.abort()
+            return
+        if state in _BEFORE_OPEN:
+            if now - self.created_at > self.settings.handshake_timeout_s:
+                log.info("%s: AMQP handshake not completed in time; closing", self.name)
+                self._abort()
+            return
+        if state is not AmqpState.OPEN:
+            return
+        hb = self.heartbeat_s
+        if hb:
+            if now - self.last_recv > 2 * hb:
+                log.warning(
+                    "%s: missed heartbeats from client, timeout: %d s; closing", self.name, hb
+                )
+                self._abort()
+                return
+            if now - self.last_send >= hb / 2:
+                self._send(HEARTBEAT_FRAME)
+        timeout_s = self.settings.ack_timeout_ms / 1000.0
+        for ch in list(self.open_channels.values()):
+            ch.check_ack_timeout(now, timeout_s)
+
+    def relocate(self, old: Segment) -> int:
+        return sum(ch.deliveries.relocate(old) for ch in self.open_channels.values())
+
+    def store_committed(self, batch: int) -> bool:
+        waiting = False
+        for ch in list(self.confirming):
+            if ch.confirms is not None and ch.confirms.store_committed(batch):
+                waiting = True
+        return waiting
+
+    def await_store(self) -> None:
+        self.broker.await_store(self)
+
+    def durable_batch(self) -> int:
+        store = self.virtual_host.store
+        return store.durable_batch if store is not None else 0

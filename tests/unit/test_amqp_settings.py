@@ -1,0 +1,19 @@
+"""amqp_port: RabbitMQ's 5672 by default, 0 turns the AMQP listener off."""
+
+from __future__ import annotations
+
+import pytest
+
+from wharf.broker.config import ConfigError, Settings, load_settings
+
+
+def test_amqp_port_defaults_to_rabbitmqs_and_reads_the_environment() -> None:
+    assert Settings().amqp_port == 5672 and Settings().amqp_enabled
+    off = load_settings(None, {}, environ={"WHARF_AMQP_PORT": "0"})
+    assert off.amqp_port == 0 and not off.amqp_enabled
+    assert load_settings(None, {"amqp_port": 5673}, environ={}).amqp_port == 5673
+
+
+def test_amqp_port_must_differ_from_the_other_listeners() -> None:
+    with pytest.raises(ConfigError, match="port and amqp_port are both 5680"):
+        load_settings(None, {"amqp_port": 5680}, environ={})
