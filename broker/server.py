@@ -39,9 +39,9 @@ from wharf.protocol.errors import PreconditionFailed, ResourceError, WharfError
 from .alarms import MemoryTrimmer, Readiness, ResourceMonitor, decide_readiness
 from .config import Settings, configure_logging
 from .core.access import DEFAULT_VHOST, AccessControl, Actor
+from .core.clients import ServedConnection
 from .core.queues import MESSAGE_OVERHEAD_BYTES, Queue
 from .core.quotas import UserLimits
-from .core.clients import ServedConnection
 from .core.session import CoreSession
 from .core.topology import Topology
 from .core.vhosts import VHOSTS_DIR, VirtualHost, VirtualHosts, dir_name, remove_data

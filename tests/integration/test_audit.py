@@ -325,7 +325,9 @@ async def test_every_audited_event_is_written_with_its_fields(
     assert not any(APP_PASSWORD in json.dumps(e) for e in lines)
 
     http_admin = {"actor": "admin", "peer": "127.0.0.1", "protocol": "http"}
-    tls_login = only(lines, "auth.success", user="app", protocol="native", mechanism="SCRAM-SHA-256")
+    tls_login = only(
+        lines, "auth.success", user="app", protocol="native", mechanism="SCRAM-SHA-256"
+    )
     opened = only(lines, "connection.open", user="app")
     # The protocol's name is the same in the audit log and in GET /api/connections.
     assert app_conn["protocol"] == opened["protocol"] == "native"

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from ...config import Settings
     from ...core.access import AccessControl, Actor
     from ...core.clients import ServedConnection
-    from ...core.session import CoreSession
     from ...core.quotas import UserLimits
+    from ...core.session import CoreSession
     from ...core.topology import Topology
     from ...core.vhosts import VirtualHosts
     from ...security.audit import AuditLog
