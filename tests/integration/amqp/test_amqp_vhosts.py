@@ -10,8 +10,9 @@ import pika.exceptions
 import pytest
 
 import wharf
-from ..test_api import api
 from wharf.broker.server import Broker
+
+from ..test_api import api
 
 
 def _params(broker: Broker, vhost: str = "/", user: str = "guest") -> pika.ConnectionParameters:
