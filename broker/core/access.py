@@ -23,6 +23,10 @@ The model (as RabbitMQ's ``rabbit_auth_backend_internal``):
 * The ``administrator`` tag passes every check (Wharf's choice, see the docs: the
   built-in guest and configured administrators keep working unchanged).
 * Policies need the ``policymaker`` or ``administrator`` tag.
+* What the management API shows (RabbitMQ's management user tags): ``administrator``
+  and ``monitoring`` see every vhost and every connection; any other user sees only the
+  vhosts it has a permission entry on (``can_see_vhost``) and only its own connections
+  (``can_see_connection``).  The HTTP layer filters its listings by these, nothing else.
 
 Upgrades: users of the config file (and the built-in guest) without an explicit entry
 have full access on ``/``; users created through the API start with none.  On the first
@@ -55,6 +59,8 @@ POLICYMAKER: Final = "policymaker"
 MANAGEMENT: Final = "management"
 # Tags that may use the management API's read-only listings (RabbitMQ: management and up).
 MANAGEMENT_TAGS: Final = frozenset({ADMINISTRATOR, MONITORING, POLICYMAKER, MANAGEMENT})
+# Tags that see every vhost and every user's connections (RabbitMQ's ``is_monitor``).
+SEE_ALL_TAGS: Final = frozenset({ADMINISTRATOR, MONITORING})
 
 # Bounds: regexes are set by administrators, but definitions.json must stay small and a
 # pathological pattern should not be accepted by accident.
@@ -312,6 +318,44 @@ class AccessControl:
                 details={"vhost": actor.vhost},
             ),
         )
+
+    # -- visibility (what the management API lists) -----------------------------------
+
+    @staticmethod
+    def sees_everything(actor: Actor) -> bool:
+        """administrator and monitoring see every vhost and connection."""
+        return not SEE_ALL_TAGS.isdisjoint(actor.tags)
+
+    def can_see_vhost(self, actor: Actor, vhost: str) -> bool:
+        """May ``actor`` (its ``vhost`` field is ignored) see ``vhost`` and what is in it?
+        RabbitMQ's ``list_visible_vhosts``: all for administrator and monitoring, else the
+        vhosts it may connect to."""
+        return self.sees_everything(actor) or self.permission(vhost, actor.user) is not None
+
+    def visible_vhosts(self, actor: Actor, vhosts: Iterable[str]) -> list[str]:
+        """The names of ``vhosts`` that ``actor`` may see, in their order."""
+        return [v for v in vhosts if self.can_see_vhost(actor, v)]
+
+    def check_vhost_visible(self, actor: Actor, *, exists: bool = True) -> None:
+        """Raise ``AccessRefused`` (403) unless ``actor`` may see ``actor.vhost``.
+
+        A vhost that does not exist is refused with the same words to those who cannot
+        see every vhost, so that a refusal does not tell whether a name is taken; it is
+        not counted (names from a request path would grow ``denied`` without bound)."""
+        if self.can_see_vhost(actor, actor.vhost):
+            return
+        error = AccessRefused(
+            f"access to vhost '{actor.vhost}' refused for user '{actor.user}'",
+            details={"vhost": actor.vhost},
+        )
+        if not exists:
+            raise error
+        self._refuse(actor, "vhost", error)
+
+    def can_see_connection(self, actor: Actor, owner: str) -> bool:
+        """May ``actor`` see a connection of user ``owner``: its own, or any for
+        administrator and monitoring (RabbitMQ's ``is_authorized_user`` for reads)."""
+        return self.sees_everything(actor) or owner == actor.user
 
     def allowed(self, actor: Actor, permission: str, kind: str, name: str) -> bool:
         if actor.is_administrator:

@@ -11,7 +11,9 @@ Rules:
 * Every request needs HTTP basic credentials of a broker user (same users, loopback rule
   and failure slowdown as the native protocol) with one of the tags administrator,
   monitoring, policymaker or management (as RabbitMQ's management plugin; ``whoami`` and
-  the OpenAPI document need none).  Listings are open to those users.  Changes to
+  the OpenAPI document need none).  Listings are open to those users, filtered to what
+  the core says each may see (``AccessControl.can_see_vhost``, ``can_see_connection``);
+  a path naming a vhost the user may not see is refused (403).  Changes to
   resources, publishing and the peek (``POST /api/queues/{vhost}/{name}/get``, a
   basic.get) are decided by the core's permission table (core/access.py) through a
   ``CoreSession``, as on the native protocol; users, permissions, user limits,
@@ -74,6 +76,8 @@ from .api_core import (
     dump_json,
     http_status,
     query_flag,
+    vhost_parameter,
+    visible_vhosts,
 )
 from .api_limits import UserLimitsApi  # per-user limits and quotas
 from .api_logs import LogsApi  # log topics and consumer groups
@@ -441,7 +445,15 @@ class ManagementApi:
         for key in query:
             if key not in matched.query:
                 raise InvalidArgument(f"unknown query parameter {key!r}")
-        return await matched.handler(Call(user, names, query, body, peer_host))
+        call = Call(user, names, query, body, peer_host)
+        vhost = vhost_parameter(matched.path, names)
+        if vhost is not None:
+            # A vhost the user may not see is refused before anything in it is looked up
+            # (403, whatever the method; RabbitMQ's is_authorized_vhost).
+            self.broker.access.check_vhost_visible(
+                call.core_actor(vhost), exists=vhost in self.broker.vhosts
+            )
+        return await matched.handler(call)
 
     async def _authenticate(
         self, authorization: str | None, peer_host: str, tls: bool
@@ -483,8 +495,18 @@ class ManagementApi:
     async def overview(self, call: Call) -> Result:
         b = self.broker
         stats = b.stats
-        vhosts = list(b.vhosts)
+        # Totals over what the user may see (core/access.py): its vhosts, its connections.
+        vhosts = visible_vhosts(b, call)
         queues = [q for v in vhosts for q in v.topology.queues.values()]
+        connections = self._visible_connections(call)
+        actor = call.core_actor()
+        if b.access.sees_everything(actor):
+            consumers = b.consumer_count
+        else:
+            names = {v.name for v in vhosts}
+            consumers = sum(
+                len(c.all_consumers()) for c in b.connections.values() if c.vhost in names
+            )
         # Every counter the broker keeps (its stats object's slots), not a copied list.
         counters: tuple[str, ...] = getattr(type(stats), "__slots__", ())
         return 200, {
@@ -492,10 +514,10 @@ class ManagementApi:
             "version": self.version,
             "ready": b.ready,
             "object_totals": {
-                "connections": len(b.connections),
+                "connections": len(connections),
                 "queues": len(queues),
                 "exchanges": sum(len(v.topology.exchanges) for v in vhosts),
-                "consumers": b.consumer_count,
+                "consumers": consumers,
                 "topics": sum(len(v.logs.topics) for v in vhosts if v.logs is not None),
                 "vhosts": len(vhosts),
             },
@@ -595,11 +617,11 @@ class ManagementApi:
         return self.broker.vhosts.get(call.params[0])
 
     def _vhosts(self, call: Call) -> list[VirtualHost]:
-        """Listings: every vhost (no parameter), or the one named."""
-        return [self._vhost(call)] if call.params else list(self.broker.vhosts)
+        """Listings: every vhost the user may see (no parameter), or the one named."""
+        return visible_vhosts(self.broker, call)
 
     async def list_vhosts(self, call: Call) -> Result:
-        return 200, [v.describe() for v in self.broker.vhosts]
+        return 200, [v.describe() for v in self._vhosts(call)]
 
     async def get_vhost(self, call: Call) -> Result:
         return 200, self._vhost(call).describe()
@@ -619,11 +641,17 @@ class ManagementApi:
 
     async def list_vhost_connections(self, call: Call) -> Result:
         vhost = self._vhost(call)
-        return 200, [c.describe() for c in vhost.clients.values()]
+        actor = call.core_actor()
+        access = self.broker.access
+        return 200, [
+            c.describe()
+            for c in vhost.clients.values()
+            if access.can_see_connection(actor, c.username)
+        ]
 
     async def list_vhost_limits(self, call: Call) -> Result:
-        name = call.params[0] if call.params else None
-        return 200, self.broker.vhosts.describe_limits(name)
+        visible = {v.name for v in self._vhosts(call)}
+        return 200, [d for d in self.broker.vhosts.describe_limits() if d["vhost"] in visible]
 
     async def put_vhost_limit(self, call: Call) -> Result:
         vhost, limit = call.params
@@ -905,26 +933,41 @@ class ManagementApi:
 
     # Connections of every protocol, through the registry interface (core/clients.py).
 
-    def _connection(self, name: str) -> ClientConnection:
-        for conn in self.broker.connections.values():
+    def _visible_connections(self, call: Call) -> list[ClientConnection]:
+        """Every connection for administrator and monitoring, else the user's own
+        (core/access.py)."""
+        actor = call.core_actor()
+        access = self.broker.access
+        return [
+            c
+            for c in self.broker.connections.values()
+            if access.can_see_connection(actor, c.username)
+        ]
+
+    def _connection(self, call: Call) -> ClientConnection:
+        """The connection the path names, among those the user may see (another user's
+        is answered as missing: its name is not confirmed)."""
+        name = call.params[0]
+        for conn in self._visible_connections(call):
             if conn.name == name:
                 return conn
         raise NotFound(f"no connection '{name}'", details={"connection": name})
 
     async def list_connections(self, call: Call) -> Result:
-        return 200, [c.describe() for c in self.broker.connections.values()]
+        return 200, [c.describe() for c in self._visible_connections(call)]
 
     async def get_connection(self, call: Call) -> Result:
-        return 200, self._connection(call.params[0]).describe()
+        return 200, self._connection(call).describe()
 
     async def close_connection(self, call: Call) -> Result:
-        conn = self._connection(call.params[0])
+        conn = self._connection(call)
         log.info("%s: closed by operator %r", conn.name, call.user.name)
         conn.shutdown("closed by operator")
         return 200, {}
 
     async def list_consumers(self, call: Call) -> Result:
-        vhost = self._vhost(call).name if call.params else None
+        # Every consumer in the vhosts the user may see, other users' included (RabbitMQ).
+        names = {v.name for v in self._vhosts(call)}
         return 200, [
             {
                 "consumer_tag": c.tag,
@@ -938,7 +981,7 @@ class ManagementApi:
                 "arguments": c.arguments,
             }
             for conn in self.broker.connections.values()
-            if vhost is None or conn.vhost == vhost
+            if conn.vhost in names
             for c in conn.all_consumers()
         ]
 

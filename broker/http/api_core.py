@@ -18,7 +18,9 @@ from wharf.protocol.errors import InvalidArgument, WharfError
 from ..core.access import DEFAULT_VHOST, Actor
 
 if TYPE_CHECKING:
+    from ..core.vhosts import VirtualHost
     from ..security.users import StoredUser
+    from .api_broker import ApiBroker
 
 JSON_CONTENT_TYPE: Final = "application/json"
 # Nesting depth allowed in request bodies (arguments, headers): deep JSON would make
@@ -223,6 +225,23 @@ class Call:
 
     def json(self, allowed: tuple[str, ...]) -> Fields:
         return Fields(parse_body(self.body), allowed)
+
+
+def vhost_parameter(path: tuple[str, ...], names: list[str]) -> str | None:
+    """The vhost a route's path names (its first parameter: ``/api/queues/{vhost}``,
+    ``/api/vhosts/{name}``), None for routes across vhosts."""
+    if len(path) >= 2 and (path[1] == "{vhost}" or path[:2] == ("vhosts", "{name}")):
+        return names[0]
+    return None
+
+
+def visible_vhosts(broker: ApiBroker, call: Call) -> list[VirtualHost]:
+    """What a listing covers: the vhost the path names (the dispatcher has checked that
+    the user may see it), or every vhost the user may see (core/access.py)."""
+    if call.params:
+        return [broker.vhosts.get(call.params[0])]
+    actor = call.core_actor()
+    return [v for v in broker.vhosts if broker.access.can_see_vhost(actor, v.name)]
 
 
 Result = tuple[int, Any]

@@ -15,7 +15,7 @@ from wharf.protocol.errors import InvalidArgument, ResourceError
 
 from ..logs.group_model import RESET_TARGETS
 from ..logs.topics import MAX_PARTITIONS
-from .api_core import Call, Result, Route
+from .api_core import Call, Result, Route, visible_vhosts
 
 if TYPE_CHECKING:
     from ..core.vhosts import VirtualHost
@@ -125,7 +125,7 @@ class LogsApi:
         return self.broker.vhosts.get(call.params[0])
 
     def _vhosts(self, call: Call) -> list[VirtualHost]:
-        return [self._vhost(call)] if call.params else list(self.broker.vhosts)
+        return visible_vhosts(self.broker, call)
 
     @staticmethod
     def _topics_of(vhost: VirtualHost) -> TopicRegistry:

@@ -75,6 +75,33 @@ def test_no_entry_means_no_vhost_unless_implicit_and_administrators_pass() -> No
         ac.check_vhost(APP)
 
 
+def test_visibility_follows_rabbitmq_management_tags() -> None:
+    ac = AccessControl()
+    ac.set_permission("a", "app", Permission("^$", "^$", "^$"))  # any entry makes a visible
+    for tags in [(), ("management",), ("policymaker",)]:
+        actor = Actor("app", tags, "b")  # the actor's own vhost does not matter
+        assert ac.visible_vhosts(actor, ["/", "a", "b"]) == ["a"]
+    for tags in [("monitoring",), ("administrator",)]:
+        assert ac.visible_vhosts(Actor("app", tags), ["/", "a", "b"]) == ["/", "a", "b"]
+    ac.implicit_full = lambda user: user == "app"  # config-file users see "/" too
+    assert ac.visible_vhosts(APP, ["/", "a", "b"]) == ["/", "a"]
+    ac.clear_permission("a", "app")
+    assert not ac.can_see_vhost(APP, "a")
+    assert ac.can_see_connection(APP, "app") and not ac.can_see_connection(APP, "guest")
+    assert ac.can_see_connection(Actor("mon", ("monitoring",)), "guest")
+
+
+def test_a_refused_vhost_is_counted_only_when_it_exists() -> None:
+    ac = AccessControl()
+    with pytest.raises(AccessRefused, match="access to vhost 'b' refused for user 'app'"):
+        ac.check_vhost_visible(Actor("app", ("management",), "b"))
+    for i in range(3):  # names from request paths must not grow the counters
+        with pytest.raises(AccessRefused):
+            ac.check_vhost_visible(Actor("app", ("management",), f"nope{i}"), exists=False)
+    assert ac.denied == {("b", "vhost"): 1}
+    ac.check_vhost_visible(Actor("mon", ("monitoring",), "b"))
+
+
 def test_the_operation_table_matches_rabbitmq() -> None:
     def needs(op: str) -> set[tuple[str, str, str]]:
         return {(n.permission, n.kind, n.arg) for n in OPERATIONS[op]}
