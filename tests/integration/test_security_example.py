@@ -79,7 +79,13 @@ async def test_worked_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert serve.strip() == "wharf serve --config wharf.toml"
     settings = load_settings(
         "wharf.toml",
-        {"tls_port": 0, "https_port": 0, "http_port": 0, "data_dir": str(tmp_path / "data")},
+        {
+            "tls_port": 0,
+            "https_port": 0,
+            "http_port": 0,
+            "amqp_port": 0,
+            "data_dir": str(tmp_path / "data"),
+        },
         environ={},
     )
     broker = Broker(settings)
