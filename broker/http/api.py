@@ -1012,7 +1012,7 @@ class ManagementApi:
         store = self.broker.authenticator.users
         existing = store.get(name)
         tags: list[str]
-        if raw_tags is None:
+        if "tags" not in f.doc:  # an explicit null is no list: refused below, as documented
             tags = list(existing.tags) if existing is not None else []
         elif isinstance(raw_tags, str):
             tags = [t.strip() for t in raw_tags.split(",") if t.strip()]

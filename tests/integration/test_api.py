@@ -723,3 +723,11 @@ async def test_replay_dead_letters_over_http(broker: Broker, conn: wharf.Connect
     assert r.status == 404
     back = await conn.get("api-work")
     assert back is not None and back.body == b"x"
+
+
+async def test_put_user_with_null_tags_is_refused(broker: Broker) -> None:
+    """The schema says a list or "a,b": null is neither (it used to mean "keep them")."""
+    r = await api(broker, "PUT", "/api/users/nulltags", {"password": "pw", "tags": None})
+    assert r.status == 400, r
+    r = await api(broker, "GET", "/api/users/nulltags")
+    assert r.status == 404, r
