@@ -177,6 +177,7 @@ async def test_audit_log_file_elsewhere(tmp_path: Path) -> None:
             port=0,
             http_port=0,
             amqp_port=0,
+            amqps_port=0,
             data_dir=str(tmp_path / "data"),
             audit_log_file=str(target),
         )

@@ -29,7 +29,8 @@ from wharf.protocol.errors import WharfError
 from ...core.access import DEFAULT_VHOST, Actor
 from ...core.clients import next_connection_id
 from ...security.audit import AuditEvent, tls_version_of
-from ...security.auth import MECHANISM_OTHER, MECHANISM_PLAIN
+from ...security.auth import MECHANISM_EXTERNAL, MECHANISM_OTHER, MECHANISM_PLAIN, User
+from ...security.cert_login import CERT_LOGIN_NONE
 from . import methods as M
 from .channel import Channel
 from .errors import (
@@ -77,6 +78,8 @@ WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
 WRITE_BUFFER_LOW_BYTES: Final = 1024 * 1024
 MECHANISM_AMQPLAIN: Final = "AMQPLAIN"
 MECHANISMS: Final = f"{MECHANISM_PLAIN} {MECHANISM_AMQPLAIN}"
+# On amqps_port with a verified client certificate and tls_cert_login on, EXTERNAL too.
+MECHANISMS_WITH_EXTERNAL: Final = f"{MECHANISMS} {MECHANISM_EXTERNAL}"
 LOCALE: Final = "en_US"
 PROTOCOL_NAME: Final = "amqp"
 # The capabilities table of connection.start, as RabbitMQ 3.x sends it.  direct_reply_to
@@ -322,8 +325,22 @@ class AmqpConnection(asyncio.Protocol):
                 self.transport.close()
             return b""
         self.state = AmqpState.STARTING
-        self._send(M.connection_start(_server_properties(), MECHANISMS, LOCALE))
+        _, cert = self._tls_info()
+        offer_external = cert is not None and self.broker.authenticator.cert_login != (
+            CERT_LOGIN_NONE
+        )
+        mechanisms = MECHANISMS_WITH_EXTERNAL if offer_external else MECHANISMS
+        self._send(M.connection_start(_server_properties(), mechanisms, LOCALE))
         return rest
+
+    def _tls_info(self) -> tuple[bool, Any]:
+        """(the connection came over amqps_port, its verified client certificate or
+        None)."""
+        transport = self.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        if ssl_object is None:
+            return False, None
+        return True, ssl_object.getpeercert() or None
 
     def eof_received(self) -> bool | None:
         return None
@@ -558,6 +575,13 @@ class AmqpConnection(asyncio.Protocol):
         response = method.response or ""
         raw = response.encode("utf-8") if isinstance(response, str) else bytes(response)
         authenticator = self.broker.authenticator
+        if mechanism == MECHANISM_EXTERNAL:
+            # The response is the authorization identity (usually empty): the user is the
+            # one the client certificate names (tls_cert_login).
+            self.state = AmqpState.AUTHENTICATING
+            authzid = raw.decode("utf-8", errors="replace")
+            self._auth_task = self._loop.create_task(self._authenticate_external(authzid, mid))
+            return
         try:
             if mechanism == MECHANISM_PLAIN:
                 parts = raw.split(b"\x00")
@@ -586,6 +610,7 @@ class AmqpConnection(asyncio.Protocol):
         )
 
     async def _authenticate(self, username: str, password: str, mechanism: str, mid: int) -> None:
+        tls, _ = self._tls_info()
         try:
             # PLAIN and AMQPLAIN carry the password in clear: refused without TLS from a
             # non-loopback address unless allow_plain_without_tls (security/auth.py).
@@ -593,25 +618,42 @@ class AmqpConnection(asyncio.Protocol):
                 username,
                 password,
                 self.peer_host,
-                tls=False,
+                tls=tls,
                 mechanism=mechanism,
                 protocol=PROTOCOL_NAME,
                 peer=self.peer,
             )
         except WharfError:
-            if self.state is AmqpState.AUTHENTICATING:
-                # authentication_failure_close: 403 then close (auth.py logged why).
-                self.close_with(
-                    AmqpError(
-                        ACCESS_REFUSED,
-                        f"Login was refused using authentication mechanism {mechanism}. "
-                        "For details see the broker logfile.",
-                        mid,
-                    )
-                )
-                if self.transport is not None:
-                    self.transport.close()
+            self._refuse_login(mechanism, mid)
             return
+        self._logged_in(user)
+
+    async def _authenticate_external(self, authzid: str, mid: int) -> None:
+        _, cert = self._tls_info()
+        try:
+            user = await self.broker.authenticator.authenticate_external(
+                cert, self.peer_host, authzid=authzid, protocol=PROTOCOL_NAME, peer=self.peer
+            )
+        except WharfError:
+            self._refuse_login(MECHANISM_EXTERNAL, mid)
+            return
+        self._logged_in(user)
+
+    def _refuse_login(self, mechanism: str, mid: int) -> None:
+        if self.state is AmqpState.AUTHENTICATING:
+            # authentication_failure_close: 403 then close (auth.py logged why).
+            self.close_with(
+                AmqpError(
+                    ACCESS_REFUSED,
+                    f"Login was refused using authentication mechanism {mechanism}. "
+                    "For details see the broker logfile.",
+                    mid,
+                )
+            )
+            if self.transport is not None:
+                self.transport.close()
+
+    def _logged_in(self, user: User) -> None:
         if self.state is not AmqpState.AUTHENTICATING:
             return  # closed meanwhile
         self.username = user.name
