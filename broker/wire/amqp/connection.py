@@ -82,8 +82,7 @@ MECHANISMS: Final = f"{MECHANISM_PLAIN} {MECHANISM_AMQPLAIN}"
 MECHANISMS_WITH_EXTERNAL: Final = f"{MECHANISMS} {MECHANISM_EXTERNAL}"
 LOCALE: Final = "en_US"
 PROTOCOL_NAME: Final = "amqp"
-# The capabilities table of connection.start, as RabbitMQ 3.x sends it.  direct_reply_to
-# is not implemented yet (docs/amqp.md).
+# The capabilities table of connection.start, as RabbitMQ 3.x sends it.
 SERVER_CAPABILITIES: Final[dict[str, Any]] = {
     "publisher_confirms": True,
     "exchange_exchange_bindings": True,
@@ -93,7 +92,7 @@ SERVER_CAPABILITIES: Final[dict[str, Any]] = {
     "consumer_priorities": True,
     "authentication_failure_close": True,
     "per_consumer_qos": True,
-    "direct_reply_to": False,
+    "direct_reply_to": True,
 }
 _CONNECTION_CLOSE: Final = C.Connection.Close.index
 _CONNECTION_CLOSE_OK: Final = C.Connection.CloseOk.index
