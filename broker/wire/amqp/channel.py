@@ -132,7 +132,9 @@ class Channel:
         broker = conn.broker
         self.deliveries = Deliveries(broker.stats, conn.loop_time)
         self.consumers: dict[str, ChannelConsumer] = {}
-        self.writable = conn.writable
+        self.writable = conn.can_deliver
+        # channel.flow active=false from the client: no deliveries until active=true.
+        self.flow_active = True
         self.closing = False  # channel.close sent, waiting for close-ok
         self.prefetch_count = 0  # basic.qos global=false: for consumers made after it
         self.global_prefetch = 0  # basic.qos global=true: the channel's unacked limit
@@ -313,9 +315,14 @@ class Channel:
         self.conn.channel_closed(self)
 
     def _on_flow(self, mid: int, method: C.Channel.Flow) -> None:
-        if not method.active:
-            raise AmqpError(NOT_IMPLEMENTED, "active=false", mid)
-        self.conn.send(M.channel_flow_ok(self.number, True))
+        """The client stops (active=false) or resumes deliveries to this channel's
+        consumers; unacked deliveries stay, basic.get still answers."""
+        self.flow_active = bool(method.active)
+        if self.flow_active:
+            self.resume_dispatch()
+        else:
+            self.writable = False  # the consumers' credit reads as 0
+        self.conn.send(M.channel_flow_ok(self.number, self.flow_active))
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -434,6 +441,9 @@ class Channel:
             seq = self._publish_seq + 1
             self._publish_seq += n
         exchange, routing_key, mandatory = key
+        usage = conn.usage
+        if usage is not None and usage.produce is not None:
+            conn.quota_produced(sum(map(len, bodies)))
         if not exchange and routing_key.startswith(REPLY_TO_PREFIX):
             self._publish_replies(routing_key, mandatory, props, bodies, seq)
             return
@@ -522,6 +532,7 @@ class Channel:
             out.append(delivery(self.number, args, raw, body, conn.frame_max))
             tag += 1
         conn.send_many(out)
+        conn.quota_consumed(sum(map(len, bodies)))
 
     def _start_reply_consumer(self, mid: int, method: C.Basic.Consume) -> None:
         if not method.no_ack:
@@ -649,6 +660,9 @@ class Channel:
             append(delivery(number, args, encode_props(m.properties), m.body, frame_max))
             tag += 1
         conn.send_many(out)
+        usage = conn.usage
+        if usage is not None and usage.consume is not None:
+            conn.quota_consumed(sum(len(m.body) for m in batch))
 
     def server_cancel(self, consumer: Consumer, code: int, reason: str) -> None:
         """The broker ends a consumer (its queue was deleted)."""
@@ -660,7 +674,9 @@ class Channel:
             self.conn.send(M.basic_cancel(self.number, consumer.tag))
 
     def resume_dispatch(self) -> None:
-        self.writable = self.conn.writable
+        self.writable = self.conn.can_deliver and self.flow_active
+        if not self.writable:
+            return
         for c in list(self.consumers.values()):
             c.queue.schedule_dispatch()
 
@@ -767,6 +783,7 @@ class Channel:
         )
         header = content_header(self._encode_props(msg.properties), len(body))
         conn.send_many(content_frames(self.number, header, body, conn.frame_max))
+        conn.quota_consumed(len(body), answer=True)
 
     # -- acks --------------------------------------------------------------------------------
 
