@@ -12,6 +12,8 @@ import pytest
 
 from wharf.broker.server import Broker
 
+from .raw_amqp import PROTOCOL_HEADER, RawAmqp
+
 REPLY_TO = "amq.rabbitmq.reply-to"
 TIMEOUT_S = 5.0
 
@@ -25,6 +27,13 @@ def _wait_for(conn: pika.BlockingConnection, got: list[Any], n: int) -> None:
     raise AssertionError(f"{len(got)} of {n} replies arrived")
 
 
+async def test_direct_reply_to_is_announced(raw_amqp: Any) -> None:
+    client: RawAmqp = await raw_amqp(login=False)
+    client.send_bytes(PROTOCOL_HEADER)
+    _, start = await client.recv()
+    assert start.server_properties["capabilities"]["direct_reply_to"] is True
+
+
 async def test_rpc_over_direct_reply_to(
     broker: Broker, amqp_params: pika.ConnectionParameters
 ) -> None:
@@ -33,7 +42,6 @@ async def test_rpc_over_direct_reply_to(
             pika.BlockingConnection(amqp_params) as client,
             pika.BlockingConnection(amqp_params) as server,
         ):
-            assert client._impl.server_capabilities["direct_reply_to"] is True
             cch = client.channel()
             cch.queue_declare("rpc")
             replies: list[tuple[Any, bytes]] = []

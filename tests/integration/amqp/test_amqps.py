@@ -210,3 +210,19 @@ async def test_plain_over_amqps_is_allowed_from_a_remote_address(
         await asyncio.to_thread(scenario)
     finally:
         await b.stop()
+
+
+async def test_a_tls_reload_applies_to_new_amqps_connections(
+    tls_broker: Broker, pki: dict[str, str], tmp_path: Path
+) -> None:
+    new_ca = trustme.CA()
+    new_ca_file = tmp_path / "new-ca.pem"
+    new_ca.cert_pem.write_to_path(str(new_ca_file))
+    server = new_ca.issue_cert("127.0.0.1")
+    server.private_key_pem.write_to_path(pki["key"])
+    server.cert_chain_pems[0].write_to_path(pki["server"])  # the leaf; no intermediates
+    tls_broker.reload_tls()
+    new_ctx = ssl.create_default_context(cafile=str(new_ca_file))
+    assert await start_mechanisms(tls_broker, new_ctx) == "PLAIN AMQPLAIN"
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await start_mechanisms(tls_broker, client_context(pki))  # the old CA
