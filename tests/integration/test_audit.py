@@ -266,6 +266,8 @@ async def test_every_audited_event_is_written_with_its_fields(
             host="127.0.0.1",
             port=0,
             http_port=0,
+            amqp_port=0,  # 5672 and 5671 may be taken here
+            amqps_port=0,
             tls_port=0,
             https_port=0,
             tls_cert_file=cert_file,

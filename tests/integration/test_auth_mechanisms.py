@@ -211,7 +211,7 @@ async def test_definitions_file_written_before_scram_still_works(tmp_path: Path)
         "users": [{"name": "ops", "password_hash": APP_HASH, "tags": ["administrator"]}],
     }
     (data / DEFINITIONS_FILE).write_text(json.dumps(old), "utf-8")
-    settings = Settings(host="127.0.0.1", port=0, http_port=0, data_dir=str(data))
+    settings = Settings(host="127.0.0.1", port=0, http_port=0, amqp_port=0, data_dir=str(data))
     for _ in range(2):  # the second start reads what the first one saved
         b = Broker(settings)
         await b.start()
@@ -329,6 +329,8 @@ def cert_broker_settings(tmp_path: Path) -> tuple[Settings, dict[str, str]]:
         host="127.0.0.1",
         port=0,
         http_port=0,
+        amqp_port=0,  # 5672 and 5671 may be taken here
+        amqps_port=0,
         tls_port=0,
         https_port=0,
         data_dir=str(tmp_path / "data"),

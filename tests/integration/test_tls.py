@@ -384,6 +384,8 @@ async def test_connections_silent_after_their_tls_handshake_are_closed(
         host="127.0.0.1",
         port=0,
         http_port=0,
+        amqp_port=0,  # 5672 and 5671 may be taken here
+        amqps_port=0,
         data_dir=str(tmp_path / "d"),
         **tls_settings(pki, handshake_timeout_ms=300),
     )
