@@ -265,7 +265,6 @@ async def test_every_audited_event_is_written_with_its_fields(
         Settings(
             host="127.0.0.1",
             port=0,
-            amqp_port=0,
             http_port=0,
             amqp_port=0,  # 5672 and 5671 may be taken here
             amqps_port=0,
