@@ -51,6 +51,8 @@ DEFAULT_TLS_PORT: Final = 5681
 DEFAULT_HTTPS_PORT: Final = 8681
 # RabbitMQ's port: AMQP 0-9-1 clients connect unchanged (0 turns the listener off).
 DEFAULT_AMQP_PORT: Final = 5672
+# RabbitMQ's AMQP-over-TLS port; open when TLS is configured (0 turns it off).
+DEFAULT_AMQPS_PORT: Final = 5671
 DEFAULT_TLS_MIN_VERSION: Final = "1.2"
 DEFAULT_DATA_DIR: Final = "./data"
 DEFAULT_LOG_LEVEL: Final = "info"
@@ -178,6 +180,9 @@ class Settings:
     https_port: int = DEFAULT_HTTPS_PORT
     # The AMQP 0-9-1 listener (docs/amqp.md); 0 turns it off (it has no "any port").
     amqp_port: int = DEFAULT_AMQP_PORT
+    # AMQP 0-9-1 over TLS, with the tls_* certificates and client-auth; open when TLS is
+    # configured, 0 turns it off.
+    amqps_port: int = DEFAULT_AMQPS_PORT
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_ca_file: str | None = None
@@ -276,6 +281,12 @@ class Settings:
     def amqp_enabled(self) -> bool:
         """Whether the AMQP 0-9-1 listener opens (``amqp_port = 0`` turns it off)."""
         return self.amqp_port != 0
+
+    @property
+    def amqps_enabled(self) -> bool:
+        """Whether the AMQP-over-TLS listener opens: TLS is configured and ``amqps_port``
+        is not 0."""
+        return self.tls_enabled and self.amqps_port != 0
 
     @property
     def tls_enabled(self) -> bool:
@@ -441,6 +452,7 @@ _CHECKS: Final[dict[str, _Check]] = {
     "tls_port": _int_check(0, 65_535),
     "https_port": _int_check(0, 65_535),
     "amqp_port": _int_check(0, 65_535),
+    "amqps_port": _int_check(0, 65_535),
     "tls_cert_file": _optional_str_check,
     "tls_key_file": _optional_str_check,
     "tls_ca_file": _optional_str_check,
@@ -643,6 +655,8 @@ def _check_listeners(settings: Settings) -> None:
         listeners.append(("https_port", settings.http_bind_host, settings.https_port))
     if settings.amqp_enabled:
         listeners.append(("amqp_port", settings.host, settings.amqp_port))
+    if settings.amqps_enabled:
+        listeners.append(("amqps_port", settings.host, settings.amqps_port))
     seen: dict[tuple[str, int], str] = {}
     for key, host, port in listeners:
         if port == 0:

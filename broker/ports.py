@@ -69,6 +69,7 @@ def busy_ports_message(busy: list[BusyPort]) -> str:
     return (
         "cannot listen: "
         + "; ".join(b.describe() for b in busy)
-        + " (stop what uses them, or choose others: --port/--http-port/--amqp-port, "
-        "WHARF_PORT/WHARF_HTTP_PORT/WHARF_AMQP_PORT; an AMQP port of 0 turns that listener off)"
+        + " (stop what uses them, or choose others: --port/--http-port/--amqp-port/"
+        "--amqps-port, WHARF_PORT/WHARF_HTTP_PORT/WHARF_AMQP_PORT/WHARF_AMQPS_PORT; an AMQP "
+        "port of 0 turns that listener off)"
     )

@@ -11,9 +11,10 @@ Shutdown sequence (SIGTERM/SIGINT or ``Broker.stop``):
 
 Listeners: the plain native port (``port``; off with ``plain_port = 0``), the AMQP 0-9-1
 port for RabbitMQ clients (``amqp_port``, wire/amqp/; off with ``amqp_port = 0``), and when a
-certificate is configured the native TLS port and HTTPS (``tls_port``, ``https_port``),
-next to plain HTTP.  TLS connections are accepted by ``security/tls.py`` and handed to the
-same ``Connection`` after their TLS handshake; SIGHUP (or ``POST /api/tls/reload``)
+certificate is configured the native TLS port, HTTPS and AMQP over TLS (``tls_port``,
+``https_port``, ``amqps_port``), next to plain HTTP.  TLS connections are accepted by
+``security/tls.py`` and handed to the same ``Connection`` (``AmqpConnection`` on
+``amqps_port``) after their TLS handshake; SIGHUP (or ``POST /api/tls/reload``)
 reloads the certificate, key and CA for new connections.
 
 ``shutdown_timeout_s`` is one budget for all of it: a deadline is set when shutdown starts
@@ -58,6 +59,7 @@ from .security.users import SOURCE_RUNTIME
 from .store.definitions import load_definitions, save_definitions
 from .store.segments import MessageStore
 from .wire.amqp.connection import AmqpConnection
+from .wire.amqp.reply_to import ReplyRegistry
 from .wire.native.connection import Connection
 
 if TYPE_CHECKING:
@@ -149,6 +151,10 @@ class Broker:
         # The AMQP 0-9-1 listener (0 while off).
         self.amqp_port = 0
         self._amqp_server: asyncio.Server | None = None
+        # AMQP over TLS (amqps_port): the same certificates as the native TLS listener.
+        self.amqps_port = 0
+        self.amqps_listener: TlsListener | None = None
+        self.amqp_replies = ReplyRegistry()  # direct reply-to (wire/amqp/reply_to.py)
         self._server: asyncio.Server | None = None
         self._http: HttpServer | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -476,6 +482,8 @@ class Broker:
             listeners.append(("HTTPS", s.http_bind_host, s.https_port))
         if s.amqp_enabled:
             listeners.append(("AMQP", s.host, s.amqp_port))
+        if s.amqps_enabled:
+            listeners.append(("AMQPS", s.host, s.amqps_port))
         return listeners
 
     def listeners(self) -> list[dict[str, Any]]:
@@ -489,6 +497,8 @@ class Broker:
             out.append({"protocol": "wharfs", "host": s.host, "port": self.tls_port})
         if s.amqp_enabled:
             out.append({"protocol": "amqp", "host": s.host, "port": self.amqp_port})
+        if self.amqps_listener is not None:
+            out.append({"protocol": "amqps", "host": s.host, "port": self.amqps_port})
         out.append({"protocol": "http", "host": s.http_bind_host, "port": self.http_port})
         if self.tls is not None:
             out.append({"protocol": "https", "host": s.http_bind_host, "port": self.https_port})
@@ -598,6 +608,18 @@ class Broker:
                 reuse_address=True,
             )
             self.amqp_port = self._amqp_server.sockets[0].getsockname()[1]
+        if tls is not None and s.amqps_enabled:
+            # The native TLS listener's certificates, reload, client-auth and handshake
+            # bounds; its own caps on handshakes in progress.
+            self.amqps_listener = TlsListener(
+                tls,
+                lambda: AmqpConnection(self),
+                s.handshake_timeout_s,
+                s.max_unauthenticated_connections,
+                name="AMQP",
+                max_per_address=s.max_unauthenticated_per_address,
+            )
+            self.amqps_port = await self.amqps_listener.start(s.host, s.amqps_port, LISTEN_BACKLOG)
         self._ticker = loop.create_task(self._tick_loop())
         for vhost in self.vhosts:
             vhost.start()  # log retention and compaction timers
@@ -841,6 +863,8 @@ class Broker:
             self.tls_listener.close()
         if self._amqp_server is not None:
             self._amqp_server.close()
+        if self.amqps_listener is not None:
+            self.amqps_listener.close()
         for conn in list(self.connections.values()):
             conn.shutdown("broker shutting down")
         if self.connections:

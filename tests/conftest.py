@@ -31,6 +31,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "port": 0,
         "http_port": 0,
         "amqp_port": 0,  # off: a test that wants it passes a free port
+        "amqps_port": 0,  # off too (5671 may be taken here)
         "data_dir": str(tmp_path / "data"),
     }
     base.update(overrides)

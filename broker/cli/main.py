@@ -74,6 +74,11 @@ def main() -> None:
     type=click.IntRange(0, 65_535),
     help="AMQP 0-9-1 port for RabbitMQ clients [5672]; 0 turns the AMQP listener off.",
 )
+@click.option(
+    "--amqps-port",
+    type=click.IntRange(0, 65_535),
+    help="AMQP 0-9-1 over TLS [5671], open when TLS is configured; 0 turns it off.",
+)
 @click.option("--tls-port", type=click.IntRange(0, 65_535), help="Native TLS port [5681].")
 @click.option("--https-port", type=click.IntRange(0, 65_535), help="HTTPS port [8681].")
 @click.option("--tls-cert-file", help="PEM certificate (chain); with --tls-key-file, TLS is on.")
@@ -129,7 +134,7 @@ def serve(
         "data_dir": data_dir,
         "log_level": log_level,
         "audit_log_file": audit_log_file,
-        **tls_and_limits,  # plain_port, amqp_port, tls_*, https_port, handshake_timeout_ms, ...
+        **tls_and_limits,  # plain_port, amqp(s)_port, tls_*, https_port, handshake_timeout_ms, ...
     }
     settings = _load(config_path, overrides)
     from ..server import run  # imported here so other commands do not load the broker

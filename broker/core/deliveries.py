@@ -140,6 +140,14 @@ class Deliveries:
         stats.redelivered += redelivered
         return first
 
+    def reserve_tags(self, n: int) -> int:
+        """Tags for ``n`` deliveries that come from no queue and are never acked (AMQP's
+        direct reply-to); returns the first."""
+        first = self._next_tag + 1
+        self._next_tag += n
+        self.stats.delivered += n
+        return first
+
     def get(self, queue: Queue, msg: Message, no_ack: bool) -> int:
         """Record a message taken by a get; returns its tag."""
         self._next_tag += 1

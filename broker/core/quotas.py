@@ -8,7 +8,9 @@ Limits (RabbitMQ's user limits, set with ``PUT /api/user-limits/{user}/{name}``)
 
 * ``max-connections``: authenticated connections the user may hold at once; one more is
   refused after authentication (``UserLimits.admit`` raises 506).
-* ``max-channels``: stored for the AMQP listener (the native protocol has no channels).
+* ``max-channels``: channels the user may hold open at once over all its AMQP
+  connections (RabbitMQ's); one more is refused (``UserLimits.admit_channel``).  The
+  native protocol has no channels.
 * ``max-publish-bytes-per-second`` (Kafka's ``producer_byte_rate``): message bodies
   published plus record batches produced, per second, over all the user's connections.
 * ``max-consume-bytes-per-second`` (Kafka's ``consumer_byte_rate``): message bodies
@@ -145,11 +147,12 @@ class UserUsage:
     without a quota, which is all the hot paths look at.
     """
 
-    __slots__ = ("user", "connections", "produce", "consume", "_owner")
+    __slots__ = ("user", "connections", "channels", "produce", "consume", "_owner")
 
     def __init__(self, user: str, owner: UserLimits) -> None:
         self.user = user
         self.connections = 0
+        self.channels = 0  # open over all the user's connections (AMQP)
         self.produce: ByteRate | None = None
         self.consume: ByteRate | None = None
         self._owner = owner
@@ -247,6 +250,22 @@ class UserLimits:
     def max_channels(self, user: str) -> int | None:
         """The user's max-channels (None: no limit), for listeners that have channels."""
         return self._limits.get(user, {}).get(MAX_CHANNELS)
+
+    def admit_channel(self, usage: UserUsage) -> None:
+        """Count a new channel of ``usage``'s user; ``ResourceError`` (506) when it already
+        holds its max-channels over all its connections (RabbitMQ's wording)."""
+        limit = self.max_channels(usage.user)
+        if limit is not None and usage.channels >= limit:
+            raise ResourceError(
+                f"number of channels opened for user '{usage.user}' has reached the "
+                f"maximum allowed user limit ({limit})",
+                details={"limit": MAX_CHANNELS, "value": limit, "user": usage.user},
+            )
+        usage.channels += 1
+
+    def release_channel(self, usage: UserUsage, n: int = 1) -> None:
+        """``n`` channels counted by ``admit_channel`` closed."""
+        usage.channels = max(0, usage.channels - n)
 
     def _apply_rates(self, usage: UserUsage) -> None:
         limits = self._limits.get(usage.user, {})

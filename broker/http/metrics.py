@@ -269,10 +269,12 @@ class BrokerCollector:
         listeners = {
             "native": listener,
             "https": None if http is None else http.tls_listener,
+            "amqps": getattr(self._broker, "amqps_listener", None),
         }
         running = GaugeMetricFamily(
             "wharf_tls_handshakes_in_progress",
-            "TLS handshakes running, by listener (native: tls_port, https: https_port).",
+            "TLS handshakes running, by listener (native: tls_port, https: https_port, "
+            "amqps: amqps_port).",
             labels=["listener"],
         )
         refused = CounterMetricFamily(

@@ -87,6 +87,7 @@ def broker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHARF_")}
     env["WHARF_SHUTDOWN_TIMEOUT_S"] = str(SHUTDOWN_TIMEOUT_S)
     env["WHARF_AMQP_PORT"] = "0"  # no AMQP listener (5672 may be in use here)
+    env["WHARF_AMQPS_PORT"] = "0"
     if extra:
         env.update(extra)
     return env

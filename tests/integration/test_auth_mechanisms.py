@@ -328,8 +328,9 @@ def cert_broker_settings(tmp_path: Path) -> tuple[Settings, dict[str, str]]:
     settings = Settings(
         host="127.0.0.1",
         port=0,
-        amqp_port=0,
         http_port=0,
+        amqp_port=0,  # 5672 and 5671 may be taken here
+        amqps_port=0,
         tls_port=0,
         https_port=0,
         data_dir=str(tmp_path / "data"),

@@ -474,6 +474,7 @@ async def tls_broker(tmp_path: Path, server_pem: tuple[str, str, str]) -> AsyncI
         port=0,
         http_port=0,
         amqp_port=0,
+        amqps_port=0,
         https_port=0,
         tls_port=0,
         data_dir=str(tmp_path / "data"),

@@ -106,6 +106,7 @@ async def broker_process(data_dir: Path, log: Path) -> AsyncIterator[BrokerProce
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHARF_")}
     env["WHARF_SHUTDOWN_TIMEOUT_S"] = str(SHUTDOWN_TIMEOUT_S)
     env["WHARF_AMQP_PORT"] = "0"  # no AMQP listener (5672 may be in use here)
+    env["WHARF_AMQPS_PORT"] = "0"
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             str(WHARF_BIN),

@@ -71,6 +71,7 @@ class BrokerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WHARF_")}
         env["WHARF_SHUTDOWN_TIMEOUT_S"] = "3"
         env["WHARF_AMQP_PORT"] = "0"  # no AMQP listener (5672 may be in use here)
+        env["WHARF_AMQPS_PORT"] = "0"
         cmd = [
             str(WHARF_BIN), "serve",
             "--host", "127.0.0.1",

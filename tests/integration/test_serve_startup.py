@@ -41,6 +41,7 @@ def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     """Run ``wharf serve ARGS`` to its exit, with no WHARF_* variables but ``env``."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("WHARF_")}
     full_env["WHARF_AMQP_PORT"] = "0"  # no AMQP listener unless a test asks (5672 may be taken)
+    full_env["WHARF_AMQPS_PORT"] = "0"
     full_env.update(env or {})
     return subprocess.run(
         [str(WHARF_BIN), "serve", "--host", "127.0.0.1", *args],

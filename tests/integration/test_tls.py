@@ -214,6 +214,7 @@ async def test_plain_port_zero_turns_the_plain_listener_off(tmp_path: Path, pki:
         port=0,
         http_port=0,
         amqp_port=0,
+        amqps_port=0,
         data_dir=str(tmp_path / "data"),
         plain_port=0,
         **tls_settings(pki),
@@ -286,6 +287,7 @@ async def broker_required(tmp_path: Path, required: dict[str, Any]) -> AsyncIter
             port=0,
             http_port=0,
             amqp_port=0,
+            amqps_port=0,
             data_dir=str(tmp_path / "d"),
             **required,
         )
@@ -323,6 +325,7 @@ async def test_client_certificate_optional(tmp_path: Path, pki: Pki) -> None:
         port=0,
         http_port=0,
         amqp_port=0,
+        amqps_port=0,
         data_dir=str(tmp_path / "d"),
         **tls_settings(pki, tls_ca_file=pki.ca_file, tls_client_auth="optional"),
     )
@@ -345,6 +348,7 @@ async def test_silent_connections_are_closed_on_every_listener(tmp_path: Path, p
         port=0,
         http_port=0,
         amqp_port=0,
+        amqps_port=0,
         data_dir=str(tmp_path / "d"),
         **tls_settings(pki, handshake_timeout_ms=300),
     )
@@ -380,7 +384,8 @@ async def test_connections_silent_after_their_tls_handshake_are_closed(
         host="127.0.0.1",
         port=0,
         http_port=0,
-        amqp_port=0,  # 5672 may be taken here
+        amqp_port=0,  # 5672 and 5671 may be taken here
+        amqps_port=0,
         data_dir=str(tmp_path / "d"),
         **tls_settings(pki, handshake_timeout_ms=300),
     )
@@ -482,6 +487,7 @@ async def test_expired_certificate_is_reported(
         port=0,
         http_port=0,
         amqp_port=0,
+        amqps_port=0,
         data_dir=str(tmp_path / "d"),
         **{**tls_settings(pki), **expired},
     )

@@ -169,3 +169,22 @@ def test_changes_are_saved() -> None:
     limits.clear("app", MAX_CONNECTIONS)
     limits.forget_user("nobody")
     assert len(saves) == 2
+
+
+def test_max_channels_counts_the_channels_of_all_the_users_connections() -> None:
+    limits = UserLimits()
+    limits.set("app", MAX_CHANNELS, 2)
+    one, two = limits.admit("app"), limits.admit("app")
+    assert one is two  # one budget for the user
+    limits.admit_channel(one)
+    limits.admit_channel(two)
+    with pytest.raises(ResourceError, match=r"user 'app' has reached the maximum allowed user"):
+        limits.admit_channel(one)
+    limits.release_channel(one)
+    limits.admit_channel(two)
+    assert one.channels == 2
+    limits.release_channel(one, 5)  # never below zero
+    assert one.channels == 0
+    other = limits.admit("b")  # no limit
+    for _ in range(10):
+        limits.admit_channel(other)

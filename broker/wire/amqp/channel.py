@@ -69,6 +69,7 @@ from .properties import (
     encode_properties,
     parse_content_header,
 )
+from .reply_to import REPLY_TO_PREFIX, REPLY_TO_QUEUE
 
 if TYPE_CHECKING:
     from .connection import AmqpConnection
@@ -131,7 +132,9 @@ class Channel:
         broker = conn.broker
         self.deliveries = Deliveries(broker.stats, conn.loop_time)
         self.consumers: dict[str, ChannelConsumer] = {}
-        self.writable = conn.writable
+        self.writable = conn.can_deliver
+        # channel.flow active=false from the client: no deliveries until active=true.
+        self.flow_active = True
         self.closing = False  # channel.close sent, waiting for close-ok
         self.prefetch_count = 0  # basic.qos global=false: for consumers made after it
         self.global_prefetch = 0  # basic.qos global=true: the channel's unacked limit
@@ -146,6 +149,12 @@ class Channel:
         self._batch_props: dict[str, Any] | None = None
         self._publish_seq = 0
         self.last_queue = ""
+        # Direct reply-to: the reply consumer's tag and this channel's reply name
+        # (reply_to.py), and the last publish properties rewritten to carry the name.
+        self.reply_tag: str | None = None
+        self.reply_name = ""
+        self._reply_src: dict[str, Any] | None = None
+        self._reply_props: dict[str, Any] | None = None
         # The basic.publish being assembled, its properties and body parts.
         self._expect = _EXPECT_METHOD
         self._pending: Publish | None = None
@@ -286,6 +295,7 @@ class Channel:
         for consumer in list(self.consumers.values()):
             consumer.queue.remove_consumer(consumer)
         self.consumers.clear()
+        self._end_reply_consumer()
         self.deliveries.requeue_all(None)
         if self.confirms is not None:
             self.confirms.close()
@@ -305,9 +315,14 @@ class Channel:
         self.conn.channel_closed(self)
 
     def _on_flow(self, mid: int, method: C.Channel.Flow) -> None:
-        if not method.active:
-            raise AmqpError(NOT_IMPLEMENTED, "active=false", mid)
-        self.conn.send(M.channel_flow_ok(self.number, True))
+        """The client stops (active=false) or resumes deliveries to this channel's
+        consumers; unacked deliveries stay, basic.get still answers."""
+        self.flow_active = bool(method.active)
+        if self.flow_active:
+            self.resume_dispatch()
+        else:
+            self.writable = False  # the consumers' credit reads as 0
+        self.conn.send(M.channel_flow_ok(self.number, self.flow_active))
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -368,6 +383,10 @@ class Channel:
         assert method is not None
         self._pending = None
         props = self._props
+        if props is not None and props.get("reply_to") == REPLY_TO_QUEUE:
+            props = self._with_reply_name(props)
+            if props is None:
+                return  # no reply consumer: the channel closed
         if self.tx is not None:
             # Held until tx.commit; the permission and the exchange are checked now.
             conn = self.conn
@@ -422,6 +441,12 @@ class Channel:
             seq = self._publish_seq + 1
             self._publish_seq += n
         exchange, routing_key, mandatory = key
+        usage = conn.usage
+        if usage is not None and usage.produce is not None:
+            conn.quota_produced(sum(map(len, bodies)))
+        if not exchange and routing_key.startswith(REPLY_TO_PREFIX):
+            self._publish_replies(routing_key, mandatory, props, bodies, seq)
+            return
         try:
             res = conn.core.publish(exchange, routing_key, props, bodies)
         except ResourceError as exc:
@@ -448,6 +473,88 @@ class Channel:
                 conn.send_many(content_frames(self.number, header, body, conn.frame_max))
         if confirms is not None and n:
             confirms.published(seq, n, res.store_batch, res.log_parts)
+
+    # -- direct reply-to (reply_to.py) ----------------------------------------------------
+
+    def _with_reply_name(self, props: dict[str, Any]) -> dict[str, Any] | None:
+        """``props`` with reply_to = this channel's reply name (the same dict for the same
+        properties, so publishes still batch); None after closing the channel with 406
+        when it has no reply consumer, as RabbitMQ."""
+        if not self.reply_name:
+            self._fail(
+                AmqpError(PRECONDITION_FAILED, "fast reply consumer does not exist", BASIC_PUBLISH)
+            )
+            return None
+        if props is not self._reply_src:
+            self._reply_src = props
+            self._reply_props = {**props, "reply_to": self.reply_name}
+        return self._reply_props
+
+    def _publish_replies(
+        self,
+        name: str,
+        mandatory: bool,
+        props: dict[str, Any] | None,
+        bodies: list[bytes],
+        seq: int,
+    ) -> None:
+        """Publishes to a reply name: straight to its channel, or dropped (returned when
+        mandatory) when the channel is gone; confirmed at once (nothing is stored)."""
+        conn = self.conn
+        try:
+            conn.core.check_publish("", name)
+        except WharfError as exc:
+            self._fail(from_wharf(exc, BASIC_PUBLISH, conn.vhost))
+            return
+        target = conn.broker.amqp_replies.get(name, conn.vhost)
+        if target is not None:
+            target.deliver_replies(name, props, bodies)
+        elif mandatory:
+            raw = self._encode_props(props)
+            for body in bodies:
+                conn.send(M.basic_return(self.number, NO_ROUTE, "NO_ROUTE", "", name))
+                header = content_header(raw, len(body))
+                conn.send_many(content_frames(self.number, header, body, conn.frame_max))
+        if self.confirms is not None:
+            self.confirms.published(seq, len(bodies), 0, None)
+
+    def deliver_replies(self, name: str, props: dict[str, Any] | None, bodies: list[bytes]) -> None:
+        """basic.deliver to the reply consumer (no-ack: the tags are never settled)."""
+        tag_text = self.reply_tag
+        assert tag_text is not None
+        conn = self.conn
+        tag = self.deliveries.reserve_tags(len(bodies))
+        raw = self._encode_props(props)
+        wire_tag = shortstr(tag_text)
+        out: list[bytes] = []
+        for body in bodies:
+            args = deliver_args(wire_tag, tag, False, "", name)
+            out.append(delivery(self.number, args, raw, body, conn.frame_max))
+            tag += 1
+        conn.send_many(out)
+        conn.quota_consumed(sum(map(len, bodies)))
+
+    def _start_reply_consumer(self, mid: int, method: C.Basic.Consume) -> None:
+        if not method.no_ack:
+            raise AmqpError(PRECONDITION_FAILED, "reply consumer cannot acknowledge", mid)
+        if self.reply_tag is not None:
+            raise AmqpError(PRECONDITION_FAILED, "reply consumer already set", mid)
+        tag = method.consumer_tag or f"amq.ctag-{secrets.token_urlsafe(16)}"
+        if len(tag.encode()) > MAX_CONSUMER_TAG_BYTES:
+            raise AmqpError(SYNTAX_ERROR, "consumer tag too long", mid)
+        if tag in self.consumers:
+            raise AmqpError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", mid)
+        self.reply_tag = tag
+        self.reply_name = self.conn.broker.amqp_replies.register(self)
+        if not method.nowait:
+            self.conn.send(M.basic_consume_ok(self.number, tag))
+
+    def _end_reply_consumer(self) -> None:
+        if self.reply_name:
+            self.conn.broker.amqp_replies.unregister(self.reply_name)
+        self.reply_tag = None
+        self.reply_name = ""
+        self._reply_src = self._reply_props = None
 
     def _encode_props(self, props: dict[str, Any] | None) -> bytes:
         if props is self._out_props:
@@ -553,6 +660,9 @@ class Channel:
             append(delivery(number, args, encode_props(m.properties), m.body, frame_max))
             tag += 1
         conn.send_many(out)
+        usage = conn.usage
+        if usage is not None and usage.consume is not None:
+            conn.quota_consumed(sum(len(m.body) for m in batch))
 
     def server_cancel(self, consumer: Consumer, code: int, reason: str) -> None:
         """The broker ends a consumer (its queue was deleted)."""
@@ -564,7 +674,9 @@ class Channel:
             self.conn.send(M.basic_cancel(self.number, consumer.tag))
 
     def resume_dispatch(self) -> None:
-        self.writable = self.conn.writable
+        self.writable = self.conn.can_deliver and self.flow_active
+        if not self.writable:
+            return
         for c in list(self.consumers.values()):
             c.queue.schedule_dispatch()
 
@@ -593,6 +705,9 @@ class Channel:
 
     def _on_consume(self, mid: int, method: C.Basic.Consume) -> None:
         conn = self.conn
+        if method.queue == REPLY_TO_QUEUE:
+            self._start_reply_consumer(mid, method)
+            return
         queue = conn.core.queue_to_read(self._queue_name(method.queue), conn, "basic.consume")
         limit = conn.settings.max_consumers_per_connection
         if sum(len(ch.consumers) for ch in conn.open_channels.values()) >= limit:
@@ -606,7 +721,7 @@ class Channel:
         tag = method.consumer_tag or f"amq.ctag-{secrets.token_urlsafe(16)}"
         if len(tag.encode()) > MAX_CONSUMER_TAG_BYTES:
             raise AmqpError(SYNTAX_ERROR, "consumer tag too long", mid)
-        if tag in self.consumers:
+        if tag in self.consumers or tag == self.reply_tag:
             raise AmqpError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", mid)
         if queue.has_exclusive_consumer() or (method.exclusive and queue.consumer_count):
             raise AmqpError(
@@ -625,6 +740,8 @@ class Channel:
 
     def _on_cancel(self, mid: int, method: C.Basic.Cancel) -> None:
         tag = method.consumer_tag or ""
+        if tag and tag == self.reply_tag:
+            self._end_reply_consumer()
         consumer = self.consumers.pop(tag, None)
         if consumer is not None:
             # Unacked deliveries stay with the channel and can still be acked.
@@ -666,6 +783,7 @@ class Channel:
         )
         header = content_header(self._encode_props(msg.properties), len(body))
         conn.send_many(content_frames(self.number, header, body, conn.frame_max))
+        conn.quota_consumed(len(body), answer=True)
 
     # -- acks --------------------------------------------------------------------------------
 
@@ -770,6 +888,14 @@ class Channel:
         name = method.queue or ""
         if method.passive and not name:
             name = self._queue_name(name)
+        if name == REPLY_TO_QUEUE or name.startswith(REPLY_TO_PREFIX):
+            # RabbitMQ: the pseudo-queue and a live reply name "exist" (declare-ok, with
+            # no messages); a reply name whose channel is gone does not.
+            if name != REPLY_TO_QUEUE and conn.broker.amqp_replies.get(name, conn.vhost) is None:
+                raise AmqpError(NOT_FOUND, f"no queue '{name}' in vhost '{conn.vhost}'", mid)
+            if not method.nowait:
+                conn.send(M.queue_declare_ok(self.number, name, 0, 0))
+            return
         arguments = plain_arguments(method.arguments or {})
         qtype = arguments.get("x-queue-type")
         if qtype is not None and qtype not in SUPPORTED_QUEUE_TYPES:

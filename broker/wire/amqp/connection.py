@@ -28,8 +28,10 @@ from wharf.protocol.errors import WharfError
 
 from ...core.access import DEFAULT_VHOST, Actor
 from ...core.clients import next_connection_id
+from ...core.quotas import CONSUME, PRODUCE
 from ...security.audit import AuditEvent, tls_version_of
-from ...security.auth import MECHANISM_OTHER, MECHANISM_PLAIN
+from ...security.auth import MECHANISM_EXTERNAL, MECHANISM_OTHER, MECHANISM_PLAIN, User
+from ...security.cert_login import CERT_LOGIN_NONE
 from . import methods as M
 from .channel import Channel
 from .errors import (
@@ -40,7 +42,6 @@ from .errors import (
     FRAME_ERROR,
     INTERNAL_ERROR,
     NOT_ALLOWED,
-    NOT_IMPLEMENTED,
     UNEXPECTED_FRAME,
     AmqpError,
 )
@@ -77,10 +78,11 @@ WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
 WRITE_BUFFER_LOW_BYTES: Final = 1024 * 1024
 MECHANISM_AMQPLAIN: Final = "AMQPLAIN"
 MECHANISMS: Final = f"{MECHANISM_PLAIN} {MECHANISM_AMQPLAIN}"
+# On amqps_port with a verified client certificate and tls_cert_login on, EXTERNAL too.
+MECHANISMS_WITH_EXTERNAL: Final = f"{MECHANISMS} {MECHANISM_EXTERNAL}"
 LOCALE: Final = "en_US"
 PROTOCOL_NAME: Final = "amqp"
-# The capabilities table of connection.start, as RabbitMQ 3.x sends it.  direct_reply_to
-# is not implemented yet (docs/amqp.md).
+# The capabilities table of connection.start, as RabbitMQ 3.x sends it.
 SERVER_CAPABILITIES: Final[dict[str, Any]] = {
     "publisher_confirms": True,
     "exchange_exchange_bindings": True,
@@ -90,7 +92,7 @@ SERVER_CAPABILITIES: Final[dict[str, Any]] = {
     "consumer_priorities": True,
     "authentication_failure_close": True,
     "per_consumer_qos": True,
-    "direct_reply_to": False,
+    "direct_reply_to": True,
 }
 _CONNECTION_CLOSE: Final = C.Connection.Close.index
 _CONNECTION_CLOSE_OK: Final = C.Connection.CloseOk.index
@@ -191,6 +193,12 @@ class AmqpConnection(asyncio.Protocol):
         self.last_send = now
         self._closing_since = 0.0
         self._opened = False  # connection.open-ok was sent
+        # Byte-rate quotas (core/quotas.py decides): reading stops, or deliveries are
+        # held, until these timers fire and the core says the user may go on.
+        self._quota_read_timer: asyncio.TimerHandle | None = None
+        self._quota_read_direction = PRODUCE
+        self._quota_deliver_timer: asyncio.TimerHandle | None = None
+        self._update_secret_task: asyncio.Task[None] | None = None
 
     # -- the registry's view (core/clients.py) ----------------------------------------
 
@@ -322,8 +330,22 @@ class AmqpConnection(asyncio.Protocol):
                 self.transport.close()
             return b""
         self.state = AmqpState.STARTING
-        self._send(M.connection_start(_server_properties(), MECHANISMS, LOCALE))
+        _, cert = self._tls_info()
+        offer_external = cert is not None and self.broker.authenticator.cert_login != (
+            CERT_LOGIN_NONE
+        )
+        mechanisms = MECHANISMS_WITH_EXTERNAL if offer_external else MECHANISMS
+        self._send(M.connection_start(_server_properties(), mechanisms, LOCALE))
         return rest
+
+    def _tls_info(self) -> tuple[bool, Any]:
+        """(the connection came over amqps_port, its verified client certificate or
+        None)."""
+        transport = self.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        if ssl_object is None:
+            return False, None
+        return True, ssl_object.getpeercert() or None
 
     def eof_received(self) -> bool | None:
         return None
@@ -341,22 +363,112 @@ class AmqpConnection(asyncio.Protocol):
         for ch in list(self.open_channels.values()):
             ch.resume_dispatch()
 
+    @property
+    def can_deliver(self) -> bool:
+        """Deliveries may be pushed: the socket takes them and no quota holds them."""
+        return self.writable and self._quota_deliver_timer is None
+
     def _resume_reading_if_allowed(self) -> None:
         if (
             self.transport is not None
             and not self.closing
             and self.writable
             and not self._blocked_reading
+            and self._quota_read_timer is None
         ):
             self.transport.resume_reading()
+
+    # -- byte-rate quotas (core/quotas.py decides; as native/throttle.py, without its
+    # THROTTLED frame, which AMQP has no equivalent of) ----------------------------------
+
+    def quota_produced(self, nbytes: int) -> None:
+        """Message bodies published: over the user's quota, read nothing for the wait
+        (the frames of the read being handled are still handled)."""
+        usage = self.usage
+        if usage is None or usage.produce is None:
+            return
+        wait = usage.produced(nbytes, self._loop.time())
+        if wait:
+            self._pause_reading_for_quota(wait, PRODUCE)
+
+    def quota_consumed(self, nbytes: int, *, answer: bool = False) -> None:
+        """Message bodies delivered: over the user's quota, push no deliveries for the
+        wait; after a basic.get answer (``answer``) also read nothing, so that a client
+        cannot get its way around the quota with more gets."""
+        usage = self.usage
+        if usage is None or usage.consume is None:
+            return
+        wait = usage.consumed(nbytes, self._loop.time())
+        if not wait:
+            return
+        self._hold_deliveries(wait)
+        if answer:
+            self._pause_reading_for_quota(wait, CONSUME)
+
+    def _pause_reading_for_quota(self, wait_s: float, direction: str) -> None:
+        if self.closing:
+            return
+        if self._quota_read_timer is not None:
+            self._quota_read_timer.cancel()
+        self._quota_read_direction = direction
+        self._quota_read_timer = self._loop.call_later(wait_s, self._quota_reading_due)
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def _quota_reading_due(self) -> None:
+        self._quota_read_timer = None
+        if self.closing:
+            return
+        again = self._quota_wait(self._quota_read_direction)
+        if again:
+            self._pause_reading_for_quota(again, self._quota_read_direction)
+            return
+        self.last_recv = self._loop.time()  # the heartbeat clock restarts with reading
+        self._resume_reading_if_allowed()
+
+    def _hold_deliveries(self, wait_s: float) -> None:
+        if self.closing:
+            return
+        if self._quota_deliver_timer is not None:
+            self._quota_deliver_timer.cancel()
+        self._quota_deliver_timer = self._loop.call_later(wait_s, self._deliveries_due)
+        for ch in self.open_channels.values():
+            ch.writable = False  # the consumers' credit reads as 0
+
+    def _deliveries_due(self) -> None:
+        self._quota_deliver_timer = None
+        if self.closing:
+            return
+        again = self._quota_wait(CONSUME)
+        if again:
+            self._hold_deliveries(again)
+            return
+        for ch in list(self.open_channels.values()):
+            ch.resume_dispatch()
+
+    def _quota_wait(self, direction: str) -> float:
+        """Seconds the user must still wait (recording nothing)."""
+        usage = self.usage
+        if usage is None:
+            return 0.0
+        now = self._loop.time()
+        return usage.produced(0, now) if direction == PRODUCE else usage.consumed(0, now)
+
+    @property
+    def quota_paused(self) -> bool:
+        return self._quota_read_timer is not None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state is AmqpState.CLOSED:
             return
         was_open = self._opened
         self.state = AmqpState.CLOSED
-        if self._auth_task is not None:
-            self._auth_task.cancel()
+        for task in (self._auth_task, self._update_secret_task):
+            if task is not None:
+                task.cancel()
+        for timer in (self._quota_read_timer, self._quota_deliver_timer):
+            if timer is not None:
+                timer.cancel()
         self._release_channels()
         self.topology.release_owner(self)
         broker = self.broker
@@ -375,6 +487,8 @@ class AmqpConnection(asyncio.Protocol):
     def _release_channels(self) -> None:
         for ch in list(self.open_channels.values()):
             ch.release()
+        if self.usage is not None and self.open_channels:
+            self.broker.user_limits.release_channel(self.usage, len(self.open_channels))
         self.open_channels.clear()
         self.confirming.clear()
 
@@ -507,6 +621,11 @@ class AmqpConnection(asyncio.Protocol):
             raise AmqpError(
                 NOT_ALLOWED, f"channel {number} is above the negotiated channel_max ({limit})", mid
             )
+        if self.usage is not None:
+            try:
+                self.broker.user_limits.admit_channel(self.usage)  # the user's max-channels
+            except WharfError as exc:
+                raise AmqpError(NOT_ALLOWED, exc.message, mid) from None
         self.open_channels[number] = Channel(self, number)
         self._send(M.channel_open_ok(number))
 
@@ -514,6 +633,8 @@ class AmqpConnection(asyncio.Protocol):
         """``ch`` is gone (close-ok sent or received): its number is free again."""
         if self.open_channels.get(ch.number) is ch:
             del self.open_channels[ch.number]
+            if self.usage is not None:
+                self.broker.user_limits.release_channel(self.usage)
         self.confirming.discard(ch)
 
     # -- connection class (channel 0) -----------------------------------------------
@@ -545,7 +666,9 @@ class AmqpConnection(asyncio.Protocol):
         elif isinstance(method, (C.Connection.Blocked, C.Connection.Unblocked)):
             return  # only the server sends them; RabbitMQ ignores them too
         elif isinstance(method, C.Connection.UpdateSecret):
-            raise AmqpError(NOT_IMPLEMENTED, "connection.update-secret is not supported", mid)
+            if state is not AmqpState.OPEN:
+                raise AmqpError(COMMAND_INVALID, "connection.update-secret was not expected", mid)
+            self._update_secret(method, mid)
         else:
             raise AmqpError(
                 COMMAND_INVALID, f"{getattr(method, 'name', 'method')} on channel 0", mid
@@ -558,6 +681,13 @@ class AmqpConnection(asyncio.Protocol):
         response = method.response or ""
         raw = response.encode("utf-8") if isinstance(response, str) else bytes(response)
         authenticator = self.broker.authenticator
+        if mechanism == MECHANISM_EXTERNAL:
+            # The response is the authorization identity (usually empty): the user is the
+            # one the client certificate names (tls_cert_login).
+            self.state = AmqpState.AUTHENTICATING
+            authzid = raw.decode("utf-8", errors="replace")
+            self._auth_task = self._loop.create_task(self._authenticate_external(authzid, mid))
+            return
         try:
             if mechanism == MECHANISM_PLAIN:
                 parts = raw.split(b"\x00")
@@ -586,6 +716,7 @@ class AmqpConnection(asyncio.Protocol):
         )
 
     async def _authenticate(self, username: str, password: str, mechanism: str, mid: int) -> None:
+        tls, _ = self._tls_info()
         try:
             # PLAIN and AMQPLAIN carry the password in clear: refused without TLS from a
             # non-loopback address unless allow_plain_without_tls (security/auth.py).
@@ -593,31 +724,91 @@ class AmqpConnection(asyncio.Protocol):
                 username,
                 password,
                 self.peer_host,
-                tls=False,
+                tls=tls,
                 mechanism=mechanism,
                 protocol=PROTOCOL_NAME,
                 peer=self.peer,
             )
         except WharfError:
-            if self.state is AmqpState.AUTHENTICATING:
-                # authentication_failure_close: 403 then close (auth.py logged why).
-                self.close_with(
-                    AmqpError(
-                        ACCESS_REFUSED,
-                        f"Login was refused using authentication mechanism {mechanism}. "
-                        "For details see the broker logfile.",
-                        mid,
-                    )
-                )
-                if self.transport is not None:
-                    self.transport.close()
+            self._refuse_login(mechanism, mid)
             return
+        self._logged_in(user)
+
+    async def _authenticate_external(self, authzid: str, mid: int) -> None:
+        _, cert = self._tls_info()
+        try:
+            user = await self.broker.authenticator.authenticate_external(
+                cert, self.peer_host, authzid=authzid, protocol=PROTOCOL_NAME, peer=self.peer
+            )
+        except WharfError:
+            self._refuse_login(MECHANISM_EXTERNAL, mid)
+            return
+        self._logged_in(user)
+
+    def _refuse_login(self, mechanism: str, mid: int) -> None:
+        if self.state is AmqpState.AUTHENTICATING:
+            # authentication_failure_close: 403 then close (auth.py logged why).
+            self.close_with(
+                AmqpError(
+                    ACCESS_REFUSED,
+                    f"Login was refused using authentication mechanism {mechanism}. "
+                    "For details see the broker logfile.",
+                    mid,
+                )
+            )
+            if self.transport is not None:
+                self.transport.close()
+
+    def _logged_in(self, user: User) -> None:
         if self.state is not AmqpState.AUTHENTICATING:
             return  # closed meanwhile
         self.username = user.name
         self._user_tags = tuple(user.tags)
         self.state = AmqpState.TUNING
         self._send(M.connection_tune(CHANNEL_MAX, FRAME_MAX_BYTES, self.settings.heartbeat_s))
+
+    def _update_secret(self, method: C.Connection.UpdateSecret, mid: int) -> None:
+        """RabbitMQ's connection.update-secret: the new secret must log the same user in
+        again (a password, checked as PLAIN would be); refused: 530, the connection
+        closes.  Frames after it wait for the answer (reading stops meanwhile)."""
+        if self._update_secret_task is not None and not self._update_secret_task.done():
+            raise AmqpError(COMMAND_INVALID, "connection.update-secret already in progress", mid)
+        secret = method.new_secret or b""
+        raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._update_secret_task = self._loop.create_task(self._check_new_secret(raw, mid))
+
+    async def _check_new_secret(self, secret: bytes, mid: int) -> None:
+        tls, _ = self._tls_info()
+        try:
+            password = secret.decode("utf-8")
+            user = await self.broker.authenticator.authenticate_plain(
+                self.username,
+                password,
+                self.peer_host,
+                tls=tls,
+                mechanism=MECHANISM_PLAIN,
+                protocol=PROTOCOL_NAME,
+                peer=self.peer,
+            )
+        except (WharfError, UnicodeDecodeError) as exc:
+            if self.state is AmqpState.OPEN:
+                reason = exc.message if isinstance(exc, WharfError) else "not UTF-8"
+                self.close_with(
+                    AmqpError(
+                        NOT_ALLOWED,
+                        f"Secret update was refused for user '{self.username}': {reason}",
+                        mid,
+                    )
+                )
+            return
+        if self.state is not AmqpState.OPEN:
+            return
+        self._user_tags = tuple(user.tags)
+        log.info("%s: user %s updated its secret", self.name, self.username)
+        self._send(M.connection_update_secret_ok())
+        self._resume_reading_if_allowed()
 
     def _tune_ok(self, method: C.Connection.TuneOk, mid: int) -> None:
         channel_max = method.channel_max or 0
@@ -752,7 +943,7 @@ class AmqpConnection(asyncio.Protocol):
             return
         hb = self.heartbeat_s
         if hb:
-            if now - self.last_recv > 2 * hb:
+            if now - self.last_recv > 2 * hb and self._quota_read_timer is None:
                 log.warning(
                     "%s: missed heartbeats from client, timeout: %d s; closing", self.name, hb
                 )

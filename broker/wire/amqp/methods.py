@@ -73,6 +73,10 @@ def connection_close_ok() -> bytes:
     return _frame(0, 10, 51)
 
 
+def connection_update_secret_ok() -> bytes:
+    return _frame(0, 10, 71)
+
+
 def connection_blocked(reason: str) -> bytes:
     return _frame(0, 10, 60, shortstr(reason))
 
