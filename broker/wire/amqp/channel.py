@@ -136,7 +136,7 @@ class Channel:
         # channel.flow active=false from the client: no deliveries until active=true.
         self.flow_active = True
         self.closing = False  # channel.close sent, waiting for close-ok
-        self.prefetch_count = 0  # basic.qos global=false: for consumers made after it
+        self.prefetch_count = 0  # basic.qos global=false: each consumer's limit
         self.global_prefetch = 0  # basic.qos global=true: the channel's unacked limit
         self.confirms: Confirms | None = None
         # tx.select: the held publishes and settlements, applied in order by tx.commit;
@@ -755,10 +755,17 @@ class Channel:
         count = method.prefetch_count or 0
         if method.global_:
             self.global_prefetch = count
-            for c in self.consumers.values():
-                c.queue.schedule_dispatch()
         else:
+            # Per consumer, and the channel's existing consumers take the new count too
+            # (RabbitMQ keeps theirs; LavinMQ and the spec's channel-wide reading do not).
+            # Celery raises its consumer's prefetch with global=false for every task it
+            # holds for a countdown/ETA: with RabbitMQ's rule those tasks would use up the
+            # prefetch and stall the worker until their ETA (docs/amqp.md).
             self.prefetch_count = count
+            for c in self.consumers.values():
+                c.prefetch = count
+        for c in self.consumers.values():
+            c.queue.schedule_dispatch()
         self.conn.send(M.basic_qos_ok(self.number))
 
     def _on_get(self, mid: int, method: C.Basic.Get) -> None:
