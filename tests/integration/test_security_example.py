@@ -84,6 +84,7 @@ async def test_worked_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             "https_port": 0,
             "http_port": 0,
             "amqp_port": 0,
+            "amqps_port": 0,
             "data_dir": str(tmp_path / "data"),
         },
         environ={},
