@@ -2,8 +2,9 @@
 
 Each block runs in its own Python subprocess (with a timeout) against a broker started
 by the test on port 0 with its data directory under ``tmp_path``.  The blocks are written
-for the default ports, so ``127.0.0.1:5680`` and ``127.0.0.1:8680`` in a block's text are
-replaced by the test broker's ports before it runs.  A block that cannot run alone (it
+for the default ports, so ``127.0.0.1:5680``, ``127.0.0.1:5672`` (AMQP) and
+``127.0.0.1:8680`` in a block's text are replaced by the test broker's ports before it
+runs.  A block that cannot run alone (it
 uses names defined elsewhere, or top-level ``await``) is marked as a fragment with
 ``<!-- fragment -->`` on the line before its fence; it is only checked to be there
 (tests/README.md).
@@ -16,17 +17,20 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
 from wharf.broker.server import Broker
+
+from .amqp.raw_amqp import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FRAGMENT_MARKER = "<!-- fragment -->"
 BLOCK_TIMEOUT_S = 60.0
 DEFAULT_NATIVE_ADDRESS = "127.0.0.1:5680"
+DEFAULT_AMQP_ADDRESS = "127.0.0.1:5672"
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:8680"
 _FENCE = re.compile(r"^```(\w*)\s*$")
 
@@ -72,6 +76,11 @@ ALL_BLOCKS = [b for path in DOC_FILES for b in python_blocks(path)]
 RUNNABLE = [b for b in ALL_BLOCKS if not b.fragment]
 
 
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"amqp_port": free_port()}  # the AMQP blocks (pika) need the listener
+
+
 def test_the_docs_have_python_blocks_and_most_run() -> None:
     # Guards the parser: if it found nothing, every test below would pass vacuously.
     assert len(ALL_BLOCKS) >= 20
@@ -88,6 +97,7 @@ def test_fragment_markers_sit_before_python_blocks() -> None:
 async def test_block_runs(block: Block, broker: Broker, tmp_path: Path) -> None:
     code = block.code.replace(DEFAULT_NATIVE_ADDRESS, f"127.0.0.1:{broker.port}")
     code = code.replace(DEFAULT_HTTP_ADDRESS, f"127.0.0.1:{broker.http_port}")
+    code = code.replace(DEFAULT_AMQP_ADDRESS, f"127.0.0.1:{broker.amqp_port}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHARF_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
