@@ -187,6 +187,9 @@ class FrameReader:
             buf += data[:used]
             if len(buf) < 7:
                 return len(data)
+        ftype: int
+        channel: int
+        size: int
         ftype, channel, size = _frame_head.unpack_from(buf, 0)
         if size + FRAME_OVERHEAD_BYTES > self.frame_max:
             raise _too_large(ftype, size, self.frame_max)
