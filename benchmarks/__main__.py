@@ -12,6 +12,7 @@ from typing import Any
 from benchmarks.perf import scenarios
 from benchmarks.perf.common import emit
 
+from . import amqp as amqp_mod
 from . import compare as compare_mod
 from . import connect_rate as connect_rate_mod
 from . import logs as logs_mod
@@ -103,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--mem-count", type=_positive, default=1_000_000)
     cmp_.add_argument("--no-raw", action="store_true", help="skip the raw-protocol client")
     cmp_.add_argument("--no-sdk", action="store_true", help="skip the SDK client")
+    sub.add_parser(
+        "amqp",
+        help="the RabbitMQ raw-client anchor on RabbitMQ and on Wharf's AMQP port (amqp --help)",
+    )
     sub.add_parser("logs", help="log topics vs Redis streams (logs --help for its options)")
     sub.add_parser("soak", help="hours of persistent publish/consume/ack (soak --help)")
     sub.add_parser(
@@ -114,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["amqp"]:
+        return amqp_mod.main(argv[1:])
     if argv[:1] == ["logs"]:
         return logs_mod.main(argv[1:])
     if argv[:1] == ["soak"]:

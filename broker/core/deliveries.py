@@ -71,6 +71,11 @@ class Deliveries:
     def __len__(self) -> int:
         return len(self._unacked)
 
+    @property
+    def last_tag(self) -> int:
+        """The highest delivery tag handed out so far (0 before the first delivery)."""
+        return self._next_tag
+
     def unacked_in(self, queue: Queue) -> int:
         """Unacked deliveries of ``queue``'s messages in this session."""
         return self._by_queue.get(queue, 0)

@@ -309,6 +309,21 @@ def test_frames_come_out_whole_at_any_split(
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
+@given(frames_strategy, st.lists(st.integers(1, 400), max_size=20))
+def test_the_reader_buffers_at_most_the_frame_a_read_ends_in(
+    frames: list[tuple[int, int, bytes]], cuts: list[int]
+) -> None:
+    stream = b"".join(frame(*f) for f in frames)
+    longest = max((len(f[2]) + 8 for f in frames), default=0)
+    reader = FrameReader(4096)
+    pos = 0
+    for cut in cuts:
+        reader.feed(stream[pos : pos + cut])
+        pos += cut
+        assert reader.buffered < max(longest, 1)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(st.binary(max_size=600), st.lists(st.integers(1, 100), max_size=10))
 def test_any_bytes_end_in_frames_or_a_frame_error(data: bytes, cuts: list[int]) -> None:
     reader = FrameReader(4096)

@@ -797,9 +797,16 @@ class Channel:
     def _tags(self, mid: int, tag: int, multiple: bool) -> list[int]:
         if not multiple:
             return [tag]
-        tags = self.deliveries.tags(tag)
-        if not tags and tag:
+        deliveries = self.deliveries
+        tags = deliveries.tags(tag)
+        if not tags and tag > deliveries.last_tag:
             raise AmqpError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", mid)
+        # A cumulative ack or nack of a tag this channel delivered, with nothing left
+        # unsettled up to it, settles nothing and is accepted (RabbitMQ closes the
+        # channel with 406).  Consumers that ack "everything up to the last tag seen"
+        # after every socket read repeat that ack when a read carries only the rest of
+        # a delivery whose basic.deliver came in the read before; a fast broker fills
+        # the prefetch window in one burst, and the socket splits it (docs/amqp.md).
         return tags
 
     def _settle(self, mid: int, tags: list[int]) -> list[Any]:

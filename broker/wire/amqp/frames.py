@@ -123,6 +123,14 @@ def decode_method(payload: bytes) -> tuple[int, Any]:
     return mid, method
 
 
+def _too_large(ftype: int, size: int, frame_max: int) -> AmqpError:
+    return AmqpError(
+        FRAME_ERROR,
+        f"type {ftype}, frame of {size + FRAME_OVERHEAD_BYTES} bytes exceeds "
+        f"the negotiated frame_max {frame_max}",
+    )
+
+
 class FrameReader:
     """Splits received bytes into frames: ``feed`` returns (type, channel, payload)s.
 
@@ -141,36 +149,59 @@ class FrameReader:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        buf = self._buf
-        if buf:
-            buf += data
-            view: bytes | bytearray = buf
-        else:
-            view = data
         out: list[tuple[int, int, bytes]] = []
         pos = 0
-        total = len(view)
+        buf = self._buf
+        if buf:
+            # Only the frame begun in an earlier read is completed in the buffer; the
+            # rest of this read is parsed in place (a stream of small frames mostly
+            # leaves a partial one at the end of every read, and copying every read
+            # into the buffer cost a copy of each frame more).
+            pos = self._complete(buf, data, out)
+            if buf:
+                return out
+        total = len(data)
         frame_max = self.frame_max
         while total - pos >= 7:
-            ftype, channel, size = _frame_head.unpack_from(view, pos)
+            ftype, channel, size = _frame_head.unpack_from(data, pos)
             if size + FRAME_OVERHEAD_BYTES > frame_max:
-                raise AmqpError(
-                    FRAME_ERROR,
-                    f"type {ftype}, frame of {size + FRAME_OVERHEAD_BYTES} bytes exceeds "
-                    f"the negotiated frame_max {frame_max}",
-                )
+                raise _too_large(ftype, size, frame_max)
             end = pos + 7 + size
             if end >= total:
                 break
-            if view[end] != FRAME_END:
+            if data[end] != FRAME_END:
                 raise AmqpError(FRAME_ERROR, f"type {ftype}, frame end octet missing")
-            out.append((ftype, channel, bytes(view[pos + 7 : end])))
+            out.append((ftype, channel, data[pos + 7 : end]))
             pos = end + 1
-        if buf:
-            del buf[:pos]
-        elif pos < total:
-            buf += view[pos:]
+        if pos < total:
+            buf += data[pos:]
         return out
+
+    def _complete(self, buf: bytearray, data: bytes, out: list[tuple[int, int, bytes]]) -> int:
+        """Complete the partial frame in ``buf`` from the front of ``data``: the bytes of
+        ``data`` used (all of them if the frame is still incomplete; ``buf`` is then not
+        empty)."""
+        used = 0
+        if len(buf) < 7:
+            used = 7 - len(buf)
+            buf += data[:used]
+            if len(buf) < 7:
+                return len(data)
+        ftype: int
+        channel: int
+        size: int
+        ftype, channel, size = _frame_head.unpack_from(buf, 0)
+        if size + FRAME_OVERHEAD_BYTES > self.frame_max:
+            raise _too_large(ftype, size, self.frame_max)
+        need = 7 + size + 1 - len(buf)
+        buf += data[used : used + need]
+        if len(buf) < 7 + size + 1:
+            return len(data)
+        if buf[7 + size] != FRAME_END:
+            raise AmqpError(FRAME_ERROR, f"type {ftype}, frame end octet missing")
+        out.append((ftype, channel, bytes(buf[7 : 7 + size])))
+        buf.clear()
+        return used + need
 
     def discard(self) -> None:
         self._buf = bytearray()
