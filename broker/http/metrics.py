@@ -205,6 +205,7 @@ class BrokerCollector:
             for space in spaces:
                 per_vhost.add_metric([space.name], space.connections)
             yield per_vhost
+        yield _protocol_connections(broker.connections)
         # The message stores and log cleaners of every vhost, summed.
         stores = [sp.store for sp in spaces if sp.store is not None]
         if stores:
@@ -578,3 +579,25 @@ def build_registry(broker: MetricsBroker) -> CollectorRegistry:
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     return registry
+
+
+# The wire protocols a connection may speak (core/clients.py ClientConnection.protocol).
+PROTOCOLS: Final = ("native", "amqp")
+
+
+def _protocol_connections(connections: Sized) -> GaugeMetricFamily:
+    """Client connections by wire protocol, every protocol always present (0 included),
+    as RabbitMQ's management shows connections by protocol."""
+    family = GaugeMetricFamily(
+        "wharf_protocol_connections",
+        "Client connections (logged in or not), per wire protocol: native or amqp.",
+        labels=["protocol"],
+    )
+    counts = dict.fromkeys(PROTOCOLS, 0)
+    values = connections.values() if isinstance(connections, Mapping) else ()
+    for conn in values:
+        protocol = str(getattr(conn, "protocol", "native"))
+        counts[protocol] = counts.get(protocol, 0) + 1
+    for protocol, n in counts.items():
+        family.add_metric([protocol], n)
+    return family

@@ -4,6 +4,7 @@ and the same rules as the native protocol decide (core/vhosts.py, core/quotas.py
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pika
 import pika.exceptions
@@ -13,6 +14,7 @@ import wharf
 from wharf.broker.server import Broker
 
 from ..test_api import api
+from ..test_http import scrape, value
 
 
 def _params(broker: Broker, vhost: str = "/", user: str = "guest") -> pika.ConnectionParameters:
@@ -100,3 +102,29 @@ async def test_vhost_and_user_connection_limits_apply_to_amqp(broker: Broker) ->
 
     refused = await asyncio.to_thread(two_as_app)
     assert "(530)" in refused and "for user 'app'" in refused
+
+
+async def test_metrics_count_connections_by_protocol(
+    broker: Broker, conn: wharf.Connection
+) -> None:
+    """One SDK connection (the fixture) and one pika connection: /metrics counts each
+    under its protocol."""
+    opened = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with pika.BlockingConnection(_params(broker)) as c:
+            c.channel()
+            opened.set()
+            while not release.is_set():
+                c.process_data_events(time_limit=0.05)
+
+    task = asyncio.ensure_future(asyncio.to_thread(hold))
+    try:
+        assert await asyncio.to_thread(opened.wait, 10)
+        samples = await scrape(broker)
+        assert value(samples, "wharf_protocol_connections", protocol="amqp") == 1
+        assert value(samples, "wharf_protocol_connections", protocol="native") == 1
+    finally:
+        release.set()
+        await task
