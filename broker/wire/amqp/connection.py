@@ -32,6 +32,7 @@ from ...core.quotas import CONSUME, PRODUCE
 from ...security.audit import AuditEvent, tls_version_of
 from ...security.auth import MECHANISM_EXTERNAL, MECHANISM_OTHER, MECHANISM_PLAIN, User
 from ...security.cert_login import CERT_LOGIN_NONE
+from ..peer import peer_of
 from . import methods as M
 from .channel import Channel
 from .errors import (
@@ -259,10 +260,9 @@ class AmqpConnection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH_BYTES, WRITE_BUFFER_LOW_BYTES)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self.peer_host = str(peer[0])
-            self.peer = f"{peer[0]}:{peer[1]}"
+        peer = peer_of(transport)
+        if peer is not None:
+            self.peer_host, self.peer = peer
         broker = self.broker
         if broker.stopping:
             self._abort()

@@ -46,6 +46,7 @@ from ...core.publish import QUEUE_FULL_MESSAGE
 from ...core.queues import Consumer, Message
 from ...core.quotas import PRODUCE, UserUsage
 from ...security.audit import AuditEvent, tls_version_of
+from ..peer import peer_of
 from .confirms import Confirms
 from .lifecycle import ENDING, UNAUTHENTICATED, Event, Lifecycle, State
 from .log_frames import LogFrames
@@ -235,10 +236,9 @@ class Connection(TopologyFrames, LogFrames, LoginFrames, asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         transport.set_write_buffer_limits(WRITE_BUFFER_HIGH_BYTES, WRITE_BUFFER_LOW_BYTES)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self.peer_host = str(peer[0])
-            self.peer = f"{peer[0]}:{peer[1]}"
+        peer = peer_of(transport)
+        if peer is not None:
+            self.peer_host, self.peer = peer
         broker = self.broker
         if broker.stopping:
             self.fatal(ConnectionForced("broker is shutting down"))
