@@ -31,6 +31,7 @@ import fcntl
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
@@ -126,6 +127,7 @@ class Broker:
         self.connections: dict[int, ServedConnection] = {}
         self.stats = BrokerStats()
         self._alarms: set[str] = set()
+        self._created_at = time.monotonic()  # GET /api/overview's node.uptime_s
         self._wire_vhost(self.vhosts.default)
         # Read handles of closed log segments: one budget for every vhost's topics.
         self.segment_handles = SegmentHandles(settings.log_max_open_segments)
@@ -712,6 +714,11 @@ class Broker:
             conn.set_blocked(self.alarms)
 
     # -- memory accounting (the memory alarm, /metrics, the HTTP overview) ----------------
+
+    @property
+    def uptime_s(self) -> float:
+        """Seconds since the broker object was made (the process's start, near enough)."""
+        return time.monotonic() - self._created_at
 
     def memory_breakdown(self) -> dict[str, int]:
         """Bytes the broker holds, by kind; computed on the tick and at scrape time."""

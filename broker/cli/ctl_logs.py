@@ -204,6 +204,11 @@ def groups_delete(c: ApiClient, group: str) -> None:
     metavar="MS",
     help="To the first record with a timestamp >= MS (epoch milliseconds).",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show the new offsets without moving them (works while the group has members).",
+)
 @pass_client
 def groups_reset_offsets(
     c: ApiClient,
@@ -214,8 +219,10 @@ def groups_reset_offsets(
     to_latest: bool,
     to_offset: int | None,
     to_timestamp: int | None,
+    dry_run: bool,
 ) -> None:
-    """Move the committed offsets of GROUP on a topic (only while it has no members)."""
+    """Move the committed offsets of GROUP on a topic (only while it has no members);
+    with --dry-run, only show where they would go."""
     targets: list[tuple[str, int | None]] = []
     if to_earliest:
         targets.append(("earliest", None))
@@ -235,6 +242,8 @@ def groups_reset_offsets(
         body["value"] = value
     if partitions:
         body["partitions"] = list(partitions)
+    if dry_run:
+        body["dry_run"] = True
     r = c.request("POST", f"/groups/{c.v}/{seg(group)}/reset-offsets", body)
     rows = [(o["topic"], o["partition"], o["offset"]) for o in r["offsets"]]
     c.show(r, table(("TOPIC", "PARTITION", "NEW_OFFSET"), rows))

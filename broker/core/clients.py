@@ -77,10 +77,46 @@ class ClientConnection(Protocol):
         name, peer, user, state, protocol, channels and counts."""
         ...
 
+    def describe_channels(self) -> list[dict[str, Any]]:
+        """``GET /api/channels``: one ``describe_channel`` per open channel (the native
+        protocol's one session is channel 1)."""
+        ...
+
     def shutdown(self, reason: str) -> None:
         """Close it: a fatal ERROR 320 (connection forced) with ``reason``, after the
         frames already queued for it."""
         ...
+
+
+def describe_channel(
+    conn: ClientConnection,
+    number: int,
+    *,
+    consumers: int,
+    unacked: int,
+    prefetch: int,
+    global_prefetch: int,
+    confirm: bool,
+    transactional: bool,
+    published: int,
+    delivered: int,
+) -> dict[str, Any]:
+    """One channel as the management API shows it, in RabbitMQ's field names."""
+    return {
+        "name": f"{conn.name} ({number})",
+        "connection": conn.name,
+        "number": number,
+        "user": conn.username,
+        "vhost": conn.vhost,
+        "protocol": conn.protocol,
+        "consumer_count": consumers,
+        "messages_unacknowledged": unacked,
+        "prefetch_count": prefetch,
+        "global_prefetch_count": global_prefetch,
+        "confirm": confirm,
+        "transactional": transactional,
+        "message_stats": {"publish": published, "deliver_get": delivered},
+    }
 
 
 class ServedConnection(ClientConnection, Protocol):

@@ -31,7 +31,7 @@ import base64
 import binascii
 import logging
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -81,6 +81,7 @@ from .api_core import (
 )
 from .api_limits import UserLimitsApi  # per-user limits and quotas
 from .api_logs import LogsApi  # log topics and consumer groups
+from .api_paging import PAGE_QUERY, list_answer
 from .api_perms import PermissionsApi  # permissions and topic permissions
 from .openapi import openapi_document
 
@@ -96,6 +97,11 @@ log = logging.getLogger("wharf.api")
 
 DEFAULT_EXCHANGE_ALIAS: Final = "amq.default"
 AUTH_REALM: Final = 'Basic realm="wharf", charset="UTF-8"'
+# DELETE /api/connections/{name}: RabbitMQ's header for the close's reply text.
+CLOSE_REASON_HEADER: Final = "X-Reason"
+DEFAULT_CLOSE_REASON: Final = "closed by operator"
+# AMQP's reply-text is a short string (255 bytes, with "CONNECTION_FORCED - " before it).
+MAX_CLOSE_REASON_CHARS: Final = 200
 
 
 def wharf_version() -> str:
@@ -141,8 +147,20 @@ class ManagementApi:
             r("GET", ("whoami",), self.whoami, doc="200 WhoAmI - The authenticated user."),
             r("GET", ("openapi.json",), self.openapi, doc="200 - - This document."),
             *self._vhost_routes(),
-            r("GET", ("queues",), self.list_queues, doc="200 [Queue] - All queues, all vhosts."),
-            r("GET", ("queues", "{vhost}"), self.list_queues, doc="200 [Queue] - A vhost's."),
+            r(
+                "GET",
+                ("queues",),
+                self.list_queues,
+                query=PAGE_QUERY,
+                doc="200 [Queue] - All queues, all vhosts.",
+            ),
+            r(
+                "GET",
+                ("queues", "{vhost}"),
+                self.list_queues,
+                query=PAGE_QUERY,
+                doc="200 [Queue] - A vhost's.",
+            ),
             r("GET", ("queues", "{vhost}", "{name}"), self.get_queue, doc="200 Queue - One queue."),
             r(
                 "PUT",
@@ -158,6 +176,12 @@ class ManagementApi:
                 False,
                 ("if_unused", "if_empty"),
                 doc="200 MessageCount - Delete a queue.",
+            ),
+            r(
+                "GET",
+                ("queues", "{vhost}", "{name}", "bindings"),
+                self.queue_bindings,
+                doc="200 [Binding] - Bindings to a queue, the default exchange's included.",
             ),
             r(
                 "DELETE",
@@ -183,12 +207,14 @@ class ManagementApi:
                 "GET",
                 ("exchanges",),
                 self.list_exchanges,
+                query=PAGE_QUERY,
                 doc="200 [Exchange] - All exchanges, all vhosts.",
             ),
             r(
                 "GET",
                 ("exchanges", "{vhost}"),
                 self.list_exchanges,
+                query=PAGE_QUERY,
                 doc="200 [Exchange] - A vhost's exchanges.",
             ),
             r(
@@ -211,6 +237,18 @@ class ManagementApi:
                 False,
                 ("if_unused",),
                 doc="200 Empty - Delete an exchange.",
+            ),
+            r(
+                "GET",
+                ("exchanges", "{vhost}", "{name}", "bindings", "source"),
+                self.exchange_source_bindings,
+                doc="200 [Binding] - Bindings from an exchange (to queues, exchanges, topics).",
+            ),
+            r(
+                "GET",
+                ("exchanges", "{vhost}", "{name}", "bindings", "destination"),
+                self.exchange_destination_bindings,
+                doc="200 [Binding] - Bindings to an exchange (from other exchanges).",
             ),
             r(
                 "POST",
@@ -243,6 +281,7 @@ class ManagementApi:
                 "GET",
                 ("connections",),
                 self.list_connections,
+                query=PAGE_QUERY,
                 doc="200 [Connection] - Client connections.",
             ),
             r(
@@ -250,6 +289,20 @@ class ManagementApi:
                 ("connections", "{name}"),
                 self.get_connection,
                 doc="200 Connection - One connection.",
+            ),
+            r(
+                "GET",
+                ("connections", "{name}", "channels"),
+                self.connection_channels,
+                query=PAGE_QUERY,
+                doc="200 [Channel] - A connection's channels (native: its one session).",
+            ),
+            r(
+                "GET",
+                ("channels",),
+                self.list_channels,
+                query=PAGE_QUERY,
+                doc="200 [Channel] - Channels of every connection the user may see.",
             ),
             r(
                 "DELETE",
@@ -445,7 +498,7 @@ class ManagementApi:
         for key in query:
             if key not in matched.query:
                 raise InvalidArgument(f"unknown query parameter {key!r}")
-        call = Call(user, names, query, body, peer_host)
+        call = Call(user, names, query, body, peer_host, headers)
         vhost = vhost_parameter(matched.path, names)
         if vhost is not None:
             # A vhost the user may not see is refused before anything in it is looked up
@@ -534,6 +587,26 @@ class ManagementApi:
                 "rss_bytes": b.monitor.rss_bytes if b.monitor else 0,
             },
             "listeners": b.listeners(),
+            "node": self._node(),
+            # Log topics of the vhosts the user may see, totals since start.
+            "log_stats": {
+                key: sum(getattr(v.logs, key) for v in vhosts if v.logs is not None)
+                for key in _LOG_STATS
+            },
+        }
+
+    def _node(self) -> dict[str, int]:
+        """The process: what the resource monitor measured at its last check (about
+        once a second) and the message stores' fsyncs (every vhost's, as /metrics)."""
+        b = self.broker
+        monitor = b.monitor
+        return {
+            "uptime_s": int(b.uptime_s),
+            "disk_free_bytes": monitor.disk_free_bytes if monitor else 0,
+            "disk_free_limit_bytes": monitor.disk_free_limit_bytes if monitor else 0,
+            "fsyncs_total": sum(v.store.fsyncs for v in b.vhosts if v.store is not None),
+            "fd_used": monitor.fds_open if monitor else 0,
+            "fd_limit": monitor.fds_limit if monitor else 0,
         }
 
     async def get_tls(self, call: Call) -> Result:
@@ -685,11 +758,14 @@ class ManagementApi:
         return {**q.describe(), "vhost": vhost.name, **vhost.topology.policy_view(q)}
 
     async def list_queues(self, call: Call) -> Result:
-        return 200, [
-            self._describe_queue(v, q)
-            for v in self._vhosts(call)
-            for q in v.topology.queues.values()
-        ]
+        items = [(v, q) for v in self._vhosts(call) for q in v.topology.queues.values()]
+        return 200, list_answer(
+            call.query,
+            items,
+            lambda vq: self._describe_queue(*vq),
+            lambda vq: vq[1].name,
+            _QUEUE_SORT_KEYS,
+        )
 
     async def get_queue(self, call: Call) -> Result:
         return 200, self._describe_queue(self._vhost(call), self._queue(call))
@@ -787,11 +863,14 @@ class ManagementApi:
         return topology.get_exchange(self._exchange_name(call.params[1]))
 
     async def list_exchanges(self, call: Call) -> Result:
-        return 200, [
-            {**ex.describe(), "vhost": v.name}
-            for v in self._vhosts(call)
-            for ex in v.topology.exchanges.values()
-        ]
+        items = [(v, ex) for v in self._vhosts(call) for ex in v.topology.exchanges.values()]
+        return 200, list_answer(
+            call.query,
+            items,
+            lambda ve: {**ve[1].describe(), "vhost": ve[0].name},
+            lambda ve: ve[1].name or DEFAULT_EXCHANGE_ALIAS,
+            _EXCHANGE_SORT_KEYS,
+        )
 
     async def get_exchange(self, call: Call) -> Result:
         return 200, {**self._exchange(call).describe(), "vhost": call.params[0]}
@@ -910,6 +989,39 @@ class ManagementApi:
             {**b, "vhost": v.name} for v in self._vhosts(call) for b in v.topology.bindings_of()
         ]
 
+    async def queue_bindings(self, call: Call) -> Result:
+        """RabbitMQ's answer: the default exchange's implicit binding first."""
+        vhost = self._vhost(call)
+        queue = self._queue(call)
+        implicit = {
+            "source": "",
+            "destination": queue.name,
+            "destination_type": "queue",
+            "routing_key": queue.name,
+            "arguments": {},
+        }
+        found = [
+            b.describe()
+            for ex in vhost.topology.exchanges.values()
+            for b in ex.bindings
+            if b.destination is queue
+        ]
+        return 200, [{**b, "vhost": vhost.name} for b in (implicit, *found)]
+
+    async def exchange_source_bindings(self, call: Call) -> Result:
+        ex = self._exchange(call)
+        return 200, [{**b.describe(), "vhost": call.params[0]} for b in ex.bindings]
+
+    async def exchange_destination_bindings(self, call: Call) -> Result:
+        vhost = self._vhost(call)
+        ex = self._exchange(call)
+        return 200, [
+            {**b.describe(), "vhost": vhost.name}
+            for src in vhost.topology.exchanges.values()
+            for b in src.bindings
+            if b.destination is ex
+        ]
+
     async def add_binding(self, call: Call) -> Result:
         dest, source, routing_key, arguments = self._binding_args(call)
         topology = self._vhost(call).topology
@@ -954,16 +1066,48 @@ class ManagementApi:
         raise NotFound(f"no connection '{name}'", details={"connection": name})
 
     async def list_connections(self, call: Call) -> Result:
-        return 200, [c.describe() for c in self._visible_connections(call)]
+        return 200, list_answer(
+            call.query,
+            self._visible_connections(call),
+            lambda c: c.describe(),
+            lambda c: c.name,
+            _CONNECTION_SORT_KEYS,
+        )
 
     async def get_connection(self, call: Call) -> Result:
         return 200, self._connection(call).describe()
 
     async def close_connection(self, call: Call) -> Result:
         conn = self._connection(call)
-        log.info("%s: closed by operator %r", conn.name, call.user.name)
-        conn.shutdown("closed by operator")
+        # RabbitMQ's X-Reason header: the text of the close the client gets (native
+        # ERROR 320, AMQP connection.close 320 "CONNECTION_FORCED - <reason>").
+        raw = call.headers.get(CLOSE_REASON_HEADER, "").strip()
+        if len(raw) > MAX_CLOSE_REASON_CHARS or not raw.isprintable():
+            raise InvalidArgument(
+                f"header {CLOSE_REASON_HEADER} must be printable text of at most "
+                f"{MAX_CLOSE_REASON_CHARS} characters",
+                details={"argument": CLOSE_REASON_HEADER},
+            )
+        reason = raw or DEFAULT_CLOSE_REASON
+        log.info("%s: closed by operator %r: %s", conn.name, call.user.name, reason)
+        self.broker.audit.event(
+            AuditEvent.CONNECTION_FORCED, **call.actor(), connection=conn.name,
+            user=conn.username, vhost=conn.vhost, reason=reason,
+        )  # fmt: skip
+        conn.shutdown(reason)
         return 200, {}
+
+    async def connection_channels(self, call: Call) -> Result:
+        conn = self._connection(call)
+        return 200, list_answer(
+            call.query, conn.describe_channels(), dict, _channel_name, _CHANNEL_SORT_KEYS
+        )
+
+    async def list_channels(self, call: Call) -> Result:
+        # A connection has few channels: describing them all is cheap next to the
+        # connections themselves, so paging happens on the descriptions.
+        items = [ch for c in self._visible_connections(call) for ch in c.describe_channels()]
+        return 200, list_answer(call.query, items, dict, _channel_name, _CHANNEL_SORT_KEYS)
 
     async def list_consumers(self, call: Call) -> Result:
         # Every consumer in the vhosts the user may see, other users' included (RabbitMQ).
@@ -1105,6 +1249,43 @@ class ManagementApi:
             raise PreconditionFailed(
                 f"user {name!r} is the last administrator; create another one first"
             )
+
+
+# Sort keys of list fields answered without describing each item (api_paging.py).
+_QUEUE_SORT_KEYS: Final[dict[str, Callable[[tuple[VirtualHost, Queue]], Any]]] = {
+    "name": lambda vq: vq[1].name,
+    "vhost": lambda vq: vq[0].name,
+    "durable": lambda vq: vq[1].durable,
+    "auto_delete": lambda vq: vq[1].auto_delete,
+    "exclusive": lambda vq: vq[1].exclusive,
+    "messages_ready": lambda vq: vq[1].ready_count,
+    "messages_unacked": lambda vq: vq[1].unacked_count,
+    "consumers": lambda vq: vq[1].consumer_count,
+}
+_EXCHANGE_SORT_KEYS: Final[dict[str, Callable[[tuple[VirtualHost, Exchange]], Any]]] = {
+    "name": lambda ve: ve[1].name,
+    "vhost": lambda ve: ve[0].name,
+    "type": lambda ve: ve[1].type,
+    "durable": lambda ve: ve[1].durable,
+    "auto_delete": lambda ve: ve[1].auto_delete,
+    "internal": lambda ve: ve[1].internal,
+}
+_CONNECTION_SORT_KEYS: Final[dict[str, Callable[[ClientConnection], Any]]] = {
+    "name": lambda c: c.name,
+    "user": lambda c: c.username,
+    "vhost": lambda c: c.vhost,
+    "protocol": lambda c: c.protocol,
+    "peer": lambda c: c.peer,
+    "channels": lambda c: c.channels,
+}
+
+
+_LOG_STATS: Final = ("records_produced", "records_fetched", "bytes_produced", "bytes_fetched")
+_CHANNEL_SORT_KEYS: Final[dict[str, Callable[[dict[str, Any]], Any]]] = {}
+
+
+def _channel_name(ch: dict[str, Any]) -> str:
+    return str(ch["name"])
 
 
 def core_session(broker: ApiBroker, call: Call) -> CoreSession:

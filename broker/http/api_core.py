@@ -201,6 +201,20 @@ def query_flag(query: Mapping[str, str], key: str) -> bool:
     raise InvalidArgument(f"query parameter {key!r} must be true or false")
 
 
+def query_int(query: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter in ``low..high`` (400, code 400, otherwise)."""
+    raw = query.get(key)
+    if raw is None:
+        return default
+    text = raw[1:] if raw.startswith("-") else raw
+    if not (text.isascii() and text.isdigit() and len(text) <= 19) or not (low <= int(raw) <= high):
+        raise InvalidArgument(
+            f"query parameter {key!r} must be an integer {low}..{high}",
+            details={"argument": key},
+        )
+    return int(raw)
+
+
 # -- requests --------------------------------------------------------------------------------
 
 
@@ -213,6 +227,8 @@ class Call:
     query: dict[str, str]
     body: bytes
     peer: str = ""  # the client's address
+    # The request's headers (case-insensitive in the server; X-Reason of a close).
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def actor(self) -> dict[str, str]:
         """Who made a change, for its audit line (security/audit.py)."""

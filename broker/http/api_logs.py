@@ -9,18 +9,23 @@ the native protocol.
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from wharf.protocol.errors import InvalidArgument, ResourceError
+from wharf.protocol.records import decode_records, read_header
 
 from ..logs.group_model import RESET_TARGETS
 from ..logs.topics import MAX_PARTITIONS
-from .api_core import Call, Result, Route, visible_vhosts
+from .api_core import Call, Result, Route, query_int, visible_vhosts
+from .api_paging import PAGE_QUERY, list_answer
 
 if TYPE_CHECKING:
     from ..core.vhosts import VirtualHost
     from ..logs import TopicRegistry
     from ..logs.groups import GroupCoordinator
+    from ..logs.topics import Topic
     from .api_broker import ApiBroker
 
 DEFAULT_PARTITIONS: Final = 1  # as Kafka's num.partitions
@@ -28,6 +33,14 @@ DEFAULT_PARTITIONS: Final = 1  # as Kafka's num.partitions
 MAX_RESET_PARTITIONS: Final = MAX_PARTITIONS
 # Offsets and epoch-ms timestamps are signed 64-bit, as in Kafka.
 MAX_RESET_VALUE: Final = 2**63 - 1
+# GET /api/topics/{vhost}/{name}/records: records per answer, and a bound on the keys
+# and values it carries (at least one record is answered, whatever its size).
+DEFAULT_BROWSE_RECORDS: Final = 50
+MAX_BROWSE_RECORDS: Final = 500
+MAX_BROWSE_BYTES: Final = 8 * 1024 * 1024
+# Bytes of stored batches read from the partition per step.
+BROWSE_READ_BYTES: Final = 1024 * 1024
+RECORDS_QUERY: Final = ("partition", "offset", "timestamp", "limit")
 
 
 class LogsApi:
@@ -43,12 +56,14 @@ class LogsApi:
                 "GET",
                 ("topics",),
                 self.list_topics,
+                query=PAGE_QUERY,
                 doc="200 [Topic] - All log topics, all vhosts.",
             ),
             r(
                 "GET",
                 ("topics", "{vhost}"),
                 self.list_topics,
+                query=PAGE_QUERY,
                 doc="200 [Topic] - A vhost's log topics.",
             ),
             r(
@@ -70,6 +85,16 @@ class LogsApi:
                 doc="200 Topic TopicAlter Grow the partition count and/or change settings.",
             ),
             r(
+                "GET",
+                ("topics", "{vhost}", "{name}", "records"),
+                self.topic_records,
+                query=RECORDS_QUERY,
+                doc=(
+                    "200 [TopicRecord] - Browse a partition's records from an offset or a "
+                    "timestamp (read permission on the topic)."
+                ),
+            ),
+            r(
                 "DELETE",
                 ("topics", "{vhost}", "{name}"),
                 self.delete_topic,
@@ -79,6 +104,7 @@ class LogsApi:
                 "GET",
                 ("groups",),
                 self.list_groups,
+                query=PAGE_QUERY,
                 doc=(
                     "200 [GroupSummary] - Consumer groups with members or committed offsets, "
                     "all vhosts."
@@ -88,6 +114,7 @@ class LogsApi:
                 "GET",
                 ("groups", "{vhost}"),
                 self.list_groups,
+                query=PAGE_QUERY,
                 doc="200 [GroupSummary] - A vhost's consumer groups.",
             ),
             r(
@@ -138,11 +165,17 @@ class LogsApi:
         return self._topics_of(self._vhost(call))
 
     async def list_topics(self, call: Call) -> Result:
-        return 200, [
-            {**t, "vhost": v.name}
-            for v in self._vhosts(call)
-            for t in self._topics_of(v).describe_all()
-        ]
+        items: list[tuple[VirtualHost, Topic]] = []
+        for v in self._vhosts(call):
+            topics = self._topics_of(v).topics
+            items += [(v, topics[name]) for name in sorted(topics)]
+        return 200, list_answer(
+            call.query,
+            items,
+            lambda vt: {**vt[1].describe(), "vhost": vt[0].name},
+            lambda vt: vt[1].name,
+            _TOPIC_SORT_KEYS,
+        )
 
     async def get_topic(self, call: Call) -> Result:
         topic = self._topics(call).get(call.params[1]).describe()
@@ -180,6 +213,54 @@ class LogsApi:
         topics.delete(call.params[1])
         return 200, {}
 
+    async def topic_records(self, call: Call) -> Result:
+        """Records of one partition from ``offset`` (default: the earliest still stored;
+        an offset before it starts there) or from the first record at or after
+        ``timestamp``, as a consumer fetching them would see them."""
+        name = call.params[1]
+        topics = self._topics(call)
+        self._authorize(call, "topic.fetch", topic=name)
+        q = call.query
+        if "offset" in q and "timestamp" in q:
+            raise InvalidArgument(
+                "give 'offset' or 'timestamp', not both", details={"argument": "timestamp"}
+            )
+        part = topics.get(name).partition(query_int(q, "partition", 0, 0, MAX_PARTITIONS - 1))
+        limit = query_int(q, "limit", DEFAULT_BROWSE_RECORDS, 1, MAX_BROWSE_RECORDS)
+        if "timestamp" in q:
+            offset = part.offset_for_timestamp(query_int(q, "timestamp", 0, 0, MAX_RESET_VALUE))[0]
+        else:
+            offset = query_int(q, "offset", part.earliest, 0, MAX_RESET_VALUE)
+        offset = max(offset, part.earliest)
+        out: list[dict[str, Any]] = []
+        size = 0
+        while len(out) < limit and size < MAX_BROWSE_BYTES and offset < part.high_watermark:
+            batches = part.fetch(offset, BROWSE_READ_BYTES)
+            if not batches:
+                break  # a compacted gap at the end of the log
+            for batch in batches:
+                header = read_header(batch)
+                for off, ts, key, value, headers in decode_records(batch, offset):
+                    if len(out) >= limit or (out and size >= MAX_BROWSE_BYTES):
+                        break
+                    size += len(key or b"") + len(value or b"")
+                    out.append(
+                        {
+                            "partition": part.number,
+                            "offset": off,
+                            "timestamp": ts,
+                            "key": _browse_bytes(key),
+                            "value": _browse_bytes(value),
+                            "headers": headers,
+                        }
+                    )
+                    offset = off + 1
+                else:
+                    offset = header.next_offset
+                    continue
+                break
+        return 200, out
+
     # -- consumer groups -----------------------------------------------------------------
 
     @staticmethod
@@ -195,9 +276,11 @@ class LogsApi:
         return self._groups_of(self._vhost(call))
 
     async def list_groups(self, call: Call) -> Result:
-        return 200, [
+        # The coordinator's summaries are small dicts already: sorted by their fields.
+        items = [
             {**g, "vhost": v.name} for v in self._vhosts(call) for g in self._groups_of(v).list()
         ]
+        return 200, list_answer(call.query, items, dict, lambda g: str(g["group"]), {})
 
     async def get_group(self, call: Call) -> Result:
         """The coordinator's description, each partition row with its member."""
@@ -221,8 +304,9 @@ class LogsApi:
     async def reset_offsets(self, call: Call) -> Result:
         groups = self._groups(call)
         group = call.params[1]
-        f = call.json(("topic", "to", "value", "partitions"))
+        f = call.json(("topic", "to", "value", "partitions", "dry_run"))
         topic = f.text("topic")
+        dry_run = f.flag("dry_run")
         self._authorize(call, "group.reset_offsets", group=group, topic=topic)
         to = f.text("to")
         if to not in RESET_TARGETS:
@@ -238,10 +322,29 @@ class LogsApi:
                 details={"argument": "value"},
             )
         partitions = _partition_list(f.doc.get("partitions")) if "partitions" in f.doc else None
-        result, synced = groups.reset_offsets(group, topic, to, value, partitions)
+        result, synced = groups.reset_offsets(group, topic, to, value, partitions, dry_run=dry_run)
         await synced
         offsets = [{"topic": t, "partition": p, "offset": o} for t, p, o in result["offsets"]]
-        return 200, {"group": group, "topic": topic, "offsets": offsets}
+        return 200, {"group": group, "topic": topic, "offsets": offsets, "dry_run": dry_run}
+
+
+_TOPIC_SORT_KEYS: Final[dict[str, Callable[[tuple[VirtualHost, Topic]], Any]]] = {
+    "name": lambda vt: vt[1].name,
+    "vhost": lambda vt: vt[0].name,
+    "partitions": lambda vt: len(vt[1].partitions),
+}
+
+
+def _browse_bytes(data: bytes | None) -> dict[str, str | None] | None:
+    """A record key or value for a browser: its text when it is UTF-8, and always its
+    base64; None for a missing key or a tombstone's value."""
+    if data is None:
+        return None
+    try:
+        text: str | None = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {"text": text, "base64": base64.b64encode(data).decode("ascii")}
 
 
 def _partition_list(raw: Any) -> list[int]:

@@ -57,7 +57,8 @@ from .api_core import (
     MSGPACK_INT_MIN,
     Route,
 )
-from .api_logs import MAX_RESET_PARTITIONS, MAX_RESET_VALUE
+from .api_logs import MAX_BROWSE_RECORDS, MAX_RESET_PARTITIONS, MAX_RESET_VALUE
+from .api_paging import MAX_NAME_FILTER_CHARS, MAX_PAGE_SIZE
 
 _TYPES: Final[dict[str, dict[str, Any]]] = {
     "s": {"type": "string"},
@@ -127,8 +128,15 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "Empty": _schema(""),
     "Overview": _schema(
         "product:s version:s! ready:b object_totals:m! queue_totals:m! message_stats:m! "
-        "alarms:l! memory:m listeners:m!",
+        "alarms:l! memory:m listeners:m! node:m! log_stats:m!",
         listeners={"type": "array", "items": _schema("protocol:s host:s port:i")},
+        node=_schema(
+            "uptime_s:i! disk_free_bytes:i! disk_free_limit_bytes:i! fsyncs_total:i! "
+            "fd_used:i! fd_limit:i!"
+        ),
+        log_stats=_schema(
+            "records_produced:i! records_fetched:i! bytes_produced:i! bytes_fetched:i!"
+        ),
     ),
     "WhoAmI": _schema("name:s! tags:l!"),
     "Tls": _schema(
@@ -194,6 +202,12 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "name:s! peer:s! user:s! state:s! protocol:s! channels:i! heartbeat_s:i consumers:i "
         "unacked:i client_properties:m",
         state=_enum("starting", "open", "closing"),
+    ),
+    "Channel": _schema(
+        "name:s! connection:s! number:i! user:s! vhost:s! protocol:s! consumer_count:i! "
+        "messages_unacknowledged:i! prefetch_count:i! global_prefetch_count:i! confirm:b! "
+        "transactional:b! message_stats:m!",
+        message_stats=_schema("publish:i! deliver_get:i!"),
     ),
     "Consumer": _schema(
         "consumer_tag:s! queue:s! connection:s! prefetch:i no_ack:b exclusive:b unacked:i "
@@ -302,6 +316,12 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         offsets={"type": "array", "items": _ref("TopicPartition")},
     ),
     "TopicPartition": _schema("partition:i! earliest:i! latest:i! log_end:i bytes:i segments:i"),
+    "TopicRecord": _schema(
+        "partition:i! offset:i! timestamp:i! key:m! value:m! headers:m!",
+        key={"nullable": True, **_schema("text:s! base64:s!", text={"nullable": True})},
+        value={"nullable": True, **_schema("text:s! base64:s!", text={"nullable": True})},
+        headers={"nullable": True},
+    ),
     "TopicPut": _schema(
         "partitions:i config:m",
         closed=True,
@@ -338,7 +358,7 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     ),
     "ResetOffsets": {
         **_schema(
-            "topic:s! to:s! value:i partitions:m",
+            "topic:s! to:s! value:i partitions:m dry_run:b",
             closed=True,
             to=_enum(*RESET_TARGETS),
             value={"minimum": 0, "maximum": MAX_RESET_VALUE},
@@ -352,7 +372,7 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "anyOf": [{"properties": {"to": _enum("earliest", "latest")}}, {"required": ["value"]}],
     },
     "OffsetsReset": _schema(
-        "group:s! topic:s! offsets:m!",
+        "group:s! topic:s! offsets:m! dry_run:b!",
         offsets={"type": "array", "items": _schema("topic:s! partition:i! offset:i!")},
     ),
 }
@@ -375,11 +395,21 @@ _ERRORS: Final = {
 # the document lists exactly the routes the API dispatches.  201 answers also allow 200.
 
 
-def _result_schema(name: str) -> dict[str, Any]:
+def _result_schema(name: str, paged: bool = False) -> dict[str, Any]:
+    """``paged``: the route takes ``page`` (api_paging.py): with it the answer is a page
+    object around the items, without it the plain array."""
     if name == "-":
         return {"type": "object"}
     if name.startswith("["):
-        return {"type": "array", "items": _ref(name[1:-1])}
+        array = {"type": "array", "items": _ref(name[1:-1])}
+        if not paged:
+            return array
+        page = _schema(
+            "items:m! page:i! page_size:i! page_count:i! item_count:i! filtered_count:i! "
+            "total_count:i!",
+            items=array,
+        )
+        return {"oneOf": [array, page]}
     return _ref(name)
 
 
@@ -388,7 +418,29 @@ _PATH_PARAMS: Final = {
     "{vhost}": "Percent-encoded virtual host (%2F: the default vhost /).",
     "{user}": "Percent-encoded user name.",
 }
-_QUERY_KINDS: Final = {"exchange": "s"}
+_QUERY_KINDS: Final = {
+    "exchange": "s",
+    # paging of lists (api_paging.py)
+    "page": "i",
+    "page_size": "i",
+    "name": "s",
+    "sort": "s",
+    # browsing topic records (api_logs.py)
+    "partition": "i",
+    "offset": "i",
+    "timestamp": "i",
+    "limit": "i",
+}
+# Bounds of integer query parameters, as the handlers check them.
+_QUERY_BOUNDS: Final = {
+    "page": {"minimum": 1},
+    "page_size": {"minimum": 1, "maximum": MAX_PAGE_SIZE},
+    "partition": {"minimum": 0, "maximum": MAX_PARTITIONS - 1},
+    "offset": {"minimum": 0, "maximum": MAX_RESET_VALUE},
+    "timestamp": {"minimum": 0, "maximum": MAX_RESET_VALUE},
+    "limit": {"minimum": 1, "maximum": MAX_BROWSE_RECORDS},
+    "name": {"maxLength": MAX_NAME_FILTER_CHARS},
+}
 
 
 def openapi_document(api_version: str, routes: Iterable[Route]) -> dict[str, Any]:
@@ -431,7 +483,8 @@ def openapi_document(api_version: str, routes: Iterable[Route]) -> dict[str, Any
     for route in routes:
         method, path = route.method, "/" + "/".join(route.path)
         ok, result, body, summary = route.doc.split(maxsplit=3)
-        success = {"content": {JSON_CONTENT_TYPE: {"schema": _result_schema(result)}}}
+        paged = "page" in route.query
+        success = {"content": {JSON_CONTENT_TYPE: {"schema": _result_schema(result, paged)}}}
         responses: dict[str, Any] = {ok: {"description": "Success", **success}}
         if ok == "201":
             responses["200"] = {"description": "Already there (unchanged)", **success}
@@ -449,7 +502,7 @@ def openapi_document(api_version: str, routes: Iterable[Route]) -> dict[str, Any
                 "name": f,
                 "in": "query",
                 "required": False,
-                "schema": _TYPES[_QUERY_KINDS.get(f, "b")],
+                "schema": {**_TYPES[_QUERY_KINDS.get(f, "b")], **_QUERY_BOUNDS.get(f, {})},
             }
             for f in route.query
         ]

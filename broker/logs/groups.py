@@ -508,12 +508,21 @@ class GroupCoordinator:
         }
 
     def reset_offsets(
-        self, group: str, topic: str, to: str, value: int | None, partitions: Any
+        self,
+        group: str,
+        topic: str,
+        to: str,
+        value: int | None,
+        partitions: Any,
+        *,
+        dry_run: bool = False,
     ) -> tuple[dict[str, Any], asyncio.Future[None]]:
         """Move committed offsets of a group without members; returns the result and a
-        future done once it is fsynced."""
+        future done once it is fsynced.  ``dry_run``: only compute the new positions
+        (allowed while the group has members, since nothing changes)."""
         check_group_name(group)
-        self._check_no_members(group, "reset its offsets")
+        if not dry_run:
+            self._check_no_members(group, "reset its offsets")
         if to not in RESET_TARGETS:
             raise InvalidArgument(f"reset to must be one of {', '.join(RESET_TARGETS)}, got {to!r}")
         if to in ("offset", "timestamp") and (value is None or value < 0):
@@ -541,6 +550,10 @@ class GroupCoordinator:
                 offset = self.topics.offset_for_timestamp(topic, p, value)
             result.append([topic, p, offset])
             changes.append(((group, topic, p), (offset, None, now_ms)))
+        if dry_run:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return {"offsets": result}, done
         return {"offsets": result}, self.offsets.commit(changes)
 
     def _check_no_members(self, group: str, what: str) -> None:

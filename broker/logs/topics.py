@@ -23,7 +23,7 @@ import re
 import shutil
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
@@ -55,6 +55,8 @@ MAX_TIMESTAMP_MS: Final = 2**63 - 1
 MAX_PRODUCER_ID: Final = 2**63 - 1
 MAX_EPOCH: Final = 2**15 - 1
 MAX_SEQUENCE: Final = 2**31 - 1
+# The record_count field of a stored batch header (protocol/records.py).
+_RECORD_COUNT_AT: Final = slice(16, 20)
 
 # One record handed to ``append_records``: (key, value, headers, timestamp ms).
 RecordIn = tuple[bytes | None, bytes | None, dict[str, Any] | None, int]
@@ -150,6 +152,13 @@ class TopicRegistry:
         # Worker-thread jobs of closed partitions (deleted topics, shutdown) still
         # writing files: ``wait_closed`` waits for them.
         self._closing: list[asyncio.Future[None]] = []
+        # Totals since start (GET /api/overview's log_stats): records and batch bytes
+        # appended, and records and batch bytes sent to consumers (whole batches, as
+        # stored; a batch can hold records before the offset asked for).
+        self.records_produced = 0
+        self.bytes_produced = 0
+        self.records_fetched = 0
+        self.bytes_fetched = 0
         root.mkdir(parents=True, exist_ok=True)
         self.producer_ids = ProducerIds(root)
         self._recover()
@@ -343,6 +352,8 @@ class TopicRegistry:
             base_sequence=base_sequence if producer_id >= 0 else -1,
             hold_until_fsynced=acks == "fsynced",
         )
+        self.records_produced += info.count
+        self.bytes_produced += len(payload)
         return ProduceResult(part, base, False, append_time)
 
     def append_records(
@@ -375,6 +386,8 @@ class TopicRegistry:
             max_timestamp=max(stamps),
             hold_until_fsynced=acks == "fsynced",
         )
+        self.records_produced += count
+        self.bytes_produced += len(payload)
         return part, base
 
     def fetch(self, name: str, partition: int, offset: int, max_bytes: int) -> dict[str, Any]:
@@ -385,6 +398,12 @@ class TopicRegistry:
             "high_watermark": part.high_watermark,
             "log_start": part.earliest,
         }
+
+    def count_fetched(self, batches: Iterable[bytes | memoryview]) -> None:
+        """Batches handed to a consumer: for the fetched totals."""
+        for b in batches:
+            self.records_fetched += int.from_bytes(b[_RECORD_COUNT_AT], "big")
+            self.bytes_fetched += len(b)
 
     def offset_for_timestamp(self, name: str, partition: int, ts: int) -> int:
         """The first offset whose record timestamp is >= ``ts`` (latest when none)."""

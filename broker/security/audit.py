@@ -55,6 +55,8 @@ class AuditEvent(StrEnum):
     * ``auth.success`` / ``auth.failure``: user, peer, protocol, mechanism, [reason]
     * ``connection.open`` / ``connection.close``: connection, user, vhost, peer, protocol,
       tls_version (null on a plain connection), [duration_s]
+    * ``connection.forced``: actor, peer, protocol, connection, user, vhost, reason (an
+      operator closed it: ``DELETE /api/connections/{name}``, X-Reason)
     * ``user.created`` / ``user.updated`` / ``user.deleted``: actor, peer, protocol, user,
       [tags, previous_tags, password_changed]
     * ``policy.set`` / ``policy.deleted``: actor, peer, protocol, policy, [pattern, apply_to]
@@ -78,6 +80,7 @@ class AuditEvent(StrEnum):
     AUTH_FAILURE = "auth.failure"
     CONNECTION_OPEN = "connection.open"
     CONNECTION_CLOSE = "connection.close"
+    CONNECTION_FORCED = "connection.forced"
     USER_CREATED = "user.created"
     USER_UPDATED = "user.updated"
     USER_DELETED = "user.deleted"

@@ -327,7 +327,8 @@ async def test_reset_offsets_to_each_target(broker: Broker, conn: wharf.Connecti
         {"topic": "{t}", "to": "earliest", "partitions": "0"},
         {"topic": "{t}", "to": "earliest", "partitions": [0, "1"]},
         {"topic": "{t}", "to": "earliest", "partitions": [-1]},
-        {"topic": "{t}", "to": "earliest", "dry_run": True},
+        {"topic": "{t}", "to": "earliest", "dry_run": "yes"},
+        {"topic": "{t}", "to": "earliest", "apply": True},
     ],
 )
 async def test_bad_reset_requests_are_400(

@@ -148,6 +148,7 @@ class Channel:
         self._batch_key: tuple[str, str, bool] = ("", "", False)
         self._batch_props: dict[str, Any] | None = None
         self._publish_seq = 0
+        self.published = 0  # messages published on it (the API's message_stats)
         self.last_queue = ""
         # Direct reply-to: the reply consumer's tag and this channel's reply name
         # (reply_to.py), and the last publish properties rewritten to carry the name.
@@ -436,6 +437,7 @@ class Channel:
             conn.block_reading()
         confirms = self.confirms
         n = len(bodies)
+        self.published += n
         seq = 0
         if confirms is not None:
             seq = self._publish_seq + 1

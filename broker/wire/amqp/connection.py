@@ -27,7 +27,7 @@ from pamqp import commands as C
 from wharf.protocol.errors import WharfError
 
 from ...core.access import DEFAULT_VHOST, Actor
-from ...core.clients import next_connection_id
+from ...core.clients import describe_channel, next_connection_id
 from ...core.quotas import CONSUME, PRODUCE
 from ...security.audit import AuditEvent, tls_version_of
 from ...security.auth import MECHANISM_EXTERNAL, MECHANISM_OTHER, MECHANISM_PLAIN, User
@@ -246,6 +246,23 @@ class AmqpConnection(asyncio.Protocol):
                 if isinstance(props.get(k), str)
             },
         }
+
+    def describe_channels(self) -> list[dict[str, Any]]:
+        return [
+            describe_channel(
+                self,
+                ch.number,
+                consumers=len(ch.consumers),
+                unacked=len(ch.deliveries),
+                prefetch=ch.prefetch_count,
+                global_prefetch=ch.global_prefetch,
+                confirm=ch.confirms is not None,
+                transactional=ch.tx is not None,
+                published=ch.published,
+                delivered=ch.deliveries.last_tag,
+            )
+            for ch in self.open_channels.values()
+        ]
 
     def shutdown(self, reason: str) -> None:
         """Broker shutdown or an operator's close: connection.close 320."""

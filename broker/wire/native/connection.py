@@ -40,7 +40,7 @@ from wharf.protocol.errors import (
 )
 
 from ...core.access import DEFAULT_VHOST, Actor
-from ...core.clients import next_connection_id
+from ...core.clients import describe_channel, next_connection_id
 from ...core.deliveries import Deliveries, Unacked
 from ...core.publish import QUEUE_FULL_MESSAGE
 from ...core.queues import Consumer, Message
@@ -174,6 +174,7 @@ class Connection(TopologyFrames, LogFrames, LoginFrames, asyncio.Protocol):
         )
         # Delivered-but-unacked messages of this session (core/deliveries.py).
         self.deliveries = Deliveries(broker.stats, self._loop.time)
+        self.published_count = 0  # messages published on it (GET /api/channels)
         self.consumers: dict[str, Consumer] = {}
         self._ctag_seq = itertools.count(1)
         self._handlers: dict[int, Callable[[Any], None]] = {
@@ -727,6 +728,7 @@ class Connection(TopologyFrames, LogFrames, LoginFrames, asyncio.Protocol):
         """One PUBLISH or PUBLISH_MANY through the core's publish path (core/publish.py);
         its result becomes confirms, nacks and RETURN frames."""
         n = len(bodies)
+        self.published_count += n
         publisher = self._publisher
         if publisher.alarms and not self._blocked_reading:
             self._block_reading()
@@ -943,6 +945,26 @@ class Connection(TopologyFrames, LogFrames, LoginFrames, asyncio.Protocol):
 
     def all_consumers(self) -> list[Consumer]:
         return list(self.consumers.values())
+
+    def describe_channels(self) -> list[dict[str, Any]]:
+        """The native protocol's one session, shown as channel 1: every publish that
+        carries a sequence number is confirmed; prefetch is per consumer."""
+        if self.state is not State.OPEN:
+            return []
+        return [
+            describe_channel(
+                self,
+                1,
+                consumers=len(self.consumers),
+                unacked=len(self.deliveries),
+                prefetch=0,
+                global_prefetch=0,
+                confirm=True,
+                transactional=False,
+                published=self.published_count,
+                delivered=self.deliveries.last_tag,
+            )
+        ]
 
     def describe(self) -> dict[str, Any]:
         state = _API_STATE[self.state]

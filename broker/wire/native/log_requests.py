@@ -159,6 +159,13 @@ class LogRequests:
         self._answer_fetch(f.request_id, result)
 
     def _answer_fetch(self, rid: int, result: dict[str, Any]) -> None:
+        batches = result.get("batches")
+        if isinstance(batches, list):
+            sent: list[Any] = batches
+        else:  # FETCH_MANY: [topic, partition, code, hw, start, batches | message]
+            sent = [b for e in result["results"] if isinstance(e[5], list) for b in e[5]]
+        if sent:
+            self._registry().count_fetched(sent)
         self._reply_fetched(rid, result, lambda: fetched_bytes(result))
 
     def _fetch_one(self, registry: TopicRegistry, f: F.Fetch) -> dict[str, Any]:
