@@ -151,6 +151,13 @@ async def test_group_commands_list_describe_reset_delete(
     # A group with members is neither reset nor deleted: exit 1, the broker's reason.
     r = await run_ctl("groups", "reset-offsets", g, "--topic", t, "--to-earliest", url=http_url)
     assert r.code == 1 and "members" in r.err and "HTTP 409" in r.err, r
+    # A dry run changes nothing, so it works while the group has members.
+    r = await run_ctl(
+        "--json", "groups", "reset-offsets", g, "--topic", t, "--to-latest", "--dry-run",
+        url=http_url,
+    )  # fmt: skip
+    assert r.code == 0 and r.json()["dry_run"] is True, r
+    assert [o["partition"] for o in r.json()["offsets"]] == [0, 1]
     r = await run_ctl("groups", "delete", g, url=http_url)
     assert r.code == 1 and "HTTP 409" in r.err, r
 
