@@ -1099,15 +1099,13 @@ class ManagementApi:
 
     async def connection_channels(self, call: Call) -> Result:
         conn = self._connection(call)
-        return 200, list_answer(
-            call.query, conn.describe_channels(), dict, _channel_name, _CHANNEL_SORT_KEYS
-        )
+        return 200, list_answer(call.query, conn.describe_channels(), dict, _channel_name, {})
 
     async def list_channels(self, call: Call) -> Result:
         # A connection has few channels: describing them all is cheap next to the
         # connections themselves, so paging happens on the descriptions.
         items = [ch for c in self._visible_connections(call) for ch in c.describe_channels()]
-        return 200, list_answer(call.query, items, dict, _channel_name, _CHANNEL_SORT_KEYS)
+        return 200, list_answer(call.query, items, dict, _channel_name, {})
 
     async def list_consumers(self, call: Call) -> Result:
         # Every consumer in the vhosts the user may see, other users' included (RabbitMQ).
@@ -1281,7 +1279,6 @@ _CONNECTION_SORT_KEYS: Final[dict[str, Callable[[ClientConnection], Any]]] = {
 
 
 _LOG_STATS: Final = ("records_produced", "records_fetched", "bytes_produced", "bytes_fetched")
-_CHANNEL_SORT_KEYS: Final[dict[str, Callable[[dict[str, Any]], Any]]] = {}
 
 
 def _channel_name(ch: dict[str, Any]) -> str:

@@ -32,8 +32,9 @@ DEFAULT_PAGE_SIZE: Final = 100  # RabbitMQ's
 MAX_PAGE_SIZE: Final = 500  # RabbitMQ's
 # A page number beyond this is no page of any list the broker can hold.
 MAX_PAGE: Final = 2**31 - 1
-# Name filters are compiled per request; a bound keeps a pathological one small.
-MAX_NAME_FILTER_CHARS: Final = 1_024
+# Name filters are compiled per request; a bound keeps a pathological one small (names
+# are at most 255 characters anyway).  Sort fields are bounded the same way.
+MAX_NAME_FILTER_CHARS: Final = 255
 
 T = TypeVar("T")
 
@@ -52,17 +53,19 @@ def list_query(query: Mapping[str, str]) -> ListQuery:
     """The paging parameters of a request (400, code 400, on a bad value)."""
     page = query_int(query, "page", 0, 1, MAX_PAGE) if "page" in query else None
     name = query.get("name", "")
-    if len(name) > MAX_NAME_FILTER_CHARS:
-        raise InvalidArgument(
-            f"query parameter 'name' is at most {MAX_NAME_FILTER_CHARS} characters",
-            details={"argument": "name"},
-        )
+    sort = query.get("sort", "")
+    for key, text in (("name", name), ("sort", sort)):
+        if len(text) > MAX_NAME_FILTER_CHARS:
+            raise InvalidArgument(
+                f"query parameter {key!r} is at most {MAX_NAME_FILTER_CHARS} characters",
+                details={"argument": key},
+            )
     return ListQuery(
         page=page,
         page_size=query_int(query, "page_size", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE),
         name=name,
         use_regex=query_flag(query, "use_regex"),
-        sort=query.get("sort", ""),
+        sort=sort,
         sort_reverse=query_flag(query, "sort_reverse"),
     )
 

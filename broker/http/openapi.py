@@ -440,6 +440,7 @@ _QUERY_BOUNDS: Final = {
     "timestamp": {"minimum": 0, "maximum": MAX_RESET_VALUE},
     "limit": {"minimum": 1, "maximum": MAX_BROWSE_RECORDS},
     "name": {"maxLength": MAX_NAME_FILTER_CHARS},
+    "sort": {"maxLength": MAX_NAME_FILTER_CHARS},
 }
 
 

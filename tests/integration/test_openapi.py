@@ -117,12 +117,15 @@ def _body_schema(operation: dict[str, Any]) -> Any:
 # - a PATCH of a topic to fewer partitions than a generated POST gave it (a 400: the
 #   count can grow but never shrink), which depends on what earlier cases left behind;
 # - bodies with free-form maps, whose values the broker bounds as msgpack does (64-bit
-#   integers) at any depth, which JSON Schema cannot state for a map of anything.
+#   integers) at any depth, which JSON Schema cannot state for a map of anything;
+# - paged lists: a page beyond the last one depends on how many items earlier cases
+#   left, and with use_regex=true the name must be a valid regular expression.
 STATEFUL_OPERATIONS = {("/api/topics/{vhost}/{name}", "PATCH")} | {
     (path, method.upper())
     for path, methods in DOCUMENT["paths"].items()
     for method, operation in methods.items()
     if _free_form(_body_schema(operation))
+    or any(p["name"] == "page" for p in operation.get("parameters", []))
 }
 
 

@@ -34,7 +34,9 @@ def test_filter_before_building_and_a_sort_field_without_a_key() -> None:
     built: list[str] = []
     doc = _answer({"page": "1", "name": "Q-0999", "sort": "nested.n"}, built)
     assert doc["filtered_count"] == 10 and len(built) == 10
-    assert [i["nested"]["n"] for i in doc["items"]] == sorted(i["nested"]["n"] for i in doc["items"])
+    assert [i["nested"]["n"] for i in doc["items"]] == sorted(
+        i["nested"]["n"] for i in doc["items"]
+    )
 
 
 def test_without_page_the_plain_list() -> None:

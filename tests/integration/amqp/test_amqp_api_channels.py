@@ -49,7 +49,9 @@ async def test_amqp_channels_show_mode_prefetch_and_counters(broker: Broker) -> 
         assert p["message_stats"] == {"publish": 0, "deliver_get": 3}
         assert (c["confirm"], c["message_stats"]["publish"]) == (True, 3)
         assert (t["confirm"], t["transactional"]) == (False, True)
-        doc = (await api(broker, "GET", "/api/channels?page=1&sort=number&sort_reverse=true")).json()
+        doc = (
+            await api(broker, "GET", "/api/channels?page=1&sort=number&sort_reverse=true")
+        ).json()
         assert [x["number"] for x in doc["items"]] == sorted(by_number, reverse=True)
     finally:
         await connection.close()
