@@ -453,11 +453,40 @@ def _client_of(props: dict[str, Any]) -> str:
 
 @connections.command("close")
 @click.argument("name")
+@click.option("--reason", default=None, help="Told to the client (X-Reason, as RabbitMQ's).")
 @pass_client
-def connections_close(c: ApiClient, name: str) -> None:
-    """Close connection NAME (the client gets error 320 "closed by operator")."""
-    r = c.request("DELETE", f"/connections/{seg(name)}")
+def connections_close(c: ApiClient, name: str, reason: str | None) -> None:
+    """Close connection NAME (the client gets error 320 "closed by operator", or REASON)."""
+    headers = {"X-Reason": reason} if reason else None
+    r = c.request("DELETE", f"/connections/{seg(name)}", headers=headers)
     c.show(r, f"connection {name} closed")
+
+
+@ctl.group()
+def channels() -> None:
+    """List channels (AMQP channels; a native connection's session shows as channel 1)."""
+
+
+@channels.command("list")
+@pass_client
+def channels_list(c: ApiClient) -> None:
+    """Channels of every visible connection."""
+    chs = c.request("GET", "/channels")
+    rows = [
+        (
+            x["name"],
+            x["user"],
+            x["vhost"],
+            x["protocol"],
+            x["consumer_count"],
+            x["messages_unacknowledged"],
+            x["prefetch_count"],
+            "tx" if x["transactional"] else "confirm" if x["confirm"] else "-",
+        )
+        for x in chs
+    ]
+    headers = ("NAME", "USER", "VHOST", "PROTOCOL", "CONSUMERS", "UNACKED", "PREFETCH", "MODE")
+    c.show(chs, table(headers, rows))
 
 
 @ctl.group()

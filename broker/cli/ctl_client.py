@@ -79,6 +79,7 @@ class ApiClient:
         path: str,
         body: dict[str, Any] | None = None,
         query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         url = self.base + "/api" + path
         if query:
@@ -87,6 +88,8 @@ class ApiClient:
         req = urllib.request.Request(url, data=data, method=method)
         req.add_header("Authorization", self.auth)
         req.add_header("Accept", "application/json")
+        for key, value in (headers or {}).items():
+            req.add_header(key, value)
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:

@@ -157,12 +157,28 @@ async def test_connections_consumers_and_overview(
         r = await run_ctl("--json", "connections", "list", url=http_url)
         (c,) = r.json()
         assert c["user"] == "guest"
-        r = await run_ctl("connections", "close", c["name"], url=http_url)
+        r = await run_ctl("channels", "list", url=http_url)
+        header, row = r.out.splitlines()
+        assert header.split() == [
+            "NAME",
+            "USER",
+            "VHOST",
+            "PROTOCOL",
+            "CONSUMERS",
+            "UNACKED",
+            "PREFETCH",
+            "MODE",
+        ]
+        assert row.split()[-6:] == ["/", "native", "1", "0", "0", "confirm"]
+        r = await run_ctl(
+            "connections", "close", c["name"], "--reason", "maintenance window", url=http_url
+        )
         assert r.code == 0 and "closed" in r.out
         await wait_until(lambda: not broker.connections)
     with pytest.raises(wharf.WharfError) as info:
         await conn.declare_queue("")
     assert info.value.code == 320
+    assert "maintenance window" in str(info.value)
 
 
 async def test_users_add_passwd_delete(broker: Broker, http_url: str) -> None:
