@@ -4,7 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck shape unit bench fuzz fuzz-merge clean
+.PHONY: serve test lint typecheck shape unit bench fuzz fuzz-merge clean node-deps amqplib-suite
+
+# The Node client (amqplib, from npm) that tests/integration/amqp/test_amqp_node.py runs:
+# installed from the committed package-lock.json.  A machine without npm gets Debian's
+# nodejs and npm (as .ci/run installs make).
+NODE_DIR := tests/integration/amqp/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +23,7 @@ serve: $(STAMP)
 	$(BIN)/wharf serve
 
 ## Lint, type-check and run the whole test suite.
-test: lint typecheck
+test: lint typecheck $(NODE_STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider
 
 ## Style, format, and the import contracts of pyproject.toml ([tool.importlinter]).
@@ -39,6 +45,20 @@ shape: $(STAMP)
 	ln -s ../../protocol .typecheck/wharf/protocol
 	ln -s ../benchmarks .typecheck/benchmarks
 
+## amqplib from npm for the Node client tests (npm ci, exact versions from the lock file).
+node-deps: $(NODE_STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	command -v npm >/dev/null 2>&1 || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm) >/dev/null
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
+## amqplib's own test suite against a Wharf started for it, and against RabbitMQ on
+## 127.0.0.1:5672 if one answers there (not part of `make test`; tests/README.md).
+amqplib-suite: $(STAMP)
+	$(BIN)/python $(NODE_DIR)/amqplib_suite.py $(AMQPLIB_SUITE_ARGS)
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks throughput
 
@@ -58,4 +78,4 @@ fuzz-merge: $(STAMP)
 	for t in $(FUZZ_TARGETS); do nice -n 10 $(BIN)/python tests/fuzz/run.py $$t --merge || exit 1; done
 
 clean:
-	rm -rf $(VENV) .typecheck build dist *.egg-info
+	rm -rf $(VENV) .typecheck build dist *.egg-info $(NODE_DIR)/node_modules

@@ -228,6 +228,8 @@ class Channel:
             except WharfError as exc:
                 self._fail(from_wharf(exc, mid, self.conn.vhost))
             except AmqpError as exc:
+                if not exc.method:
+                    exc.method = mid  # channel.close names the method that failed
                 self._fail(exc)
             return
         mid = BASIC_PUBLISH

@@ -546,6 +546,19 @@ class AmqpConnection(asyncio.Protocol):
         transport.writelines(buf)
         self.last_send = self._loop.time()
 
+    def _await_client_close(self) -> None:
+        """After close-ok to a client's connection.close: the client closes the socket
+        (close-ok tells its recipient it may), as RabbitMQ waits for it.  Frames the client
+        wrote after its close are read and dropped meanwhile (amqplib writes channel 0's
+        close before its channels' buffered publishes): closing a socket with unread data
+        would send a TCP reset, and the client would see ECONNRESET instead of close-ok.
+        tick() closes the socket after CLOSE_OK_TIMEOUT_S."""
+        self._closing_since = self._loop.time()
+        if self.transport is not None and self.username == "":
+            self.transport.close()  # before login there is nothing to wait for
+        elif self.transport is not None:
+            self.transport.resume_reading()
+
     def _enter_closing(self) -> None:
         if self.state is not AmqpState.CLOSED:
             self.state = AmqpState.CLOSING
@@ -595,12 +608,12 @@ class AmqpConnection(asyncio.Protocol):
             # After connection.close only close and close-ok matter.
             if channel == 0 and ftype == FRAME_METHOD and len(payload) >= 4:
                 mid = int.from_bytes(payload[:4], "big")
-                if mid in (_CONNECTION_CLOSE, _CONNECTION_CLOSE_OK):
-                    if mid == _CONNECTION_CLOSE:
-                        self._send(M.connection_close_ok())
-                        self._flush()
-                    if self.transport is not None:
-                        self.transport.close()
+                if mid == _CONNECTION_CLOSE:
+                    self._send(M.connection_close_ok())
+                    self._flush()
+                    self._await_client_close()
+                elif mid == _CONNECTION_CLOSE_OK and self.transport is not None:
+                    self.transport.close()
             return
         if self.batching and ftype == FRAME_METHOD and payload[:4] != _BASIC_PUBLISH_ID:
             self._flush_publishes()  # the publishes before this method come first
@@ -675,8 +688,7 @@ class AmqpConnection(asyncio.Protocol):
             self._release_channels()
             self._send(M.connection_close_ok())
             self._flush()
-            if self.transport is not None:
-                self.transport.close()
+            self._await_client_close()
         elif isinstance(method, C.Connection.CloseOk):
             if self.transport is not None:
                 self.transport.close()
