@@ -129,7 +129,8 @@ class Channel:
         self.conn = conn
         self.number = number
         broker = conn.broker
-        self.deliveries = Deliveries(broker.stats, conn.loop_time)
+        self.counters = broker.stats.protocols["amqp"]
+        self.deliveries = Deliveries(self.counters, conn.loop_time)
         self.consumers: dict[str, ChannelConsumer] = {}
         self.writable = conn.can_deliver
         # channel.flow active=false from the client: no deliveries until active=true.
@@ -457,6 +458,7 @@ class Channel:
         except WharfError as exc:
             self._fail(from_wharf(exc, BASIC_PUBLISH, conn.vhost))
             return
+        self.counters.published += n
         refused = res.refused
         if refused:
             # x-overflow reject-publish refused the last ``refused``: nacks in confirm
