@@ -86,6 +86,16 @@ class BrokerStats:
     """
 
     __slots__ = ("published", "unroutable", "publish_nacked", "protocols")
+    # What the HTTP API's overview lists under message_stats.
+    COUNTERS: Final = (
+        "published",
+        "delivered",
+        "acked",
+        "redelivered",
+        "unroutable",
+        "rejected",
+        "publish_nacked",
+    )
 
     def __init__(self) -> None:
         self.published = 0
