@@ -14,9 +14,11 @@ import pika
 import pika.exceptions
 import pytest
 
+import wharf
 from wharf.broker.server import Broker
 
 from ...conftest import make_settings
+from ..test_api import api
 from .raw_amqp import free_port
 
 INACTIVITY_S = 5.0
@@ -250,3 +252,24 @@ async def test_quorum_queue_keeps_transient_messages_across_restart(tmp_path: Pa
         assert cm is None  # a classic durable queue drops transient messages on restart
     finally:
         await b.stop()
+
+
+async def test_native_protocol_and_http_api_apply_the_same_rules(
+    broker: Broker, conn: wharf.Connection
+) -> None:
+    """The rules live in the core: the SDK and the HTTP API get them too."""
+    with pytest.raises(wharf.WharfError) as info:
+        await conn.declare_queue("nq", durable=False, arguments=QUORUM)
+    assert info.value.code == 406
+    assert "invalid property 'non-durable' for queue 'nq'" in str(info.value)
+    await conn.declare_queue("nq", durable=True, arguments=QUORUM)
+    r = await api(
+        broker,
+        "PUT",
+        "/api/queues/%2F/hq",
+        {"durable": True, "arguments": {"x-max-priority": 3, **QUORUM}},
+    )
+    assert r.status >= 400
+    assert "invalid arg 'x-max-priority' for queue 'hq' of queue type" in r.json()["error"]
+    r = await api(broker, "PUT", "/api/queues/%2F/hq", {"durable": True, "arguments": QUORUM})
+    assert r.status == 201 and r.json()["type"] == "quorum"
