@@ -507,6 +507,13 @@ class Topology:
 
     # -- bindings ------------------------------------------------------------------
 
+    @staticmethod
+    def check_binding_source(source_name: str) -> None:
+        """As RabbitMQ: the default exchange takes part in no binding (checked before
+        the queue is looked up, so the refusal is the same whether it exists or not)."""
+        if source_name == DEFAULT_EXCHANGE:
+            raise AccessRefused(DEFAULT_EXCHANGE_REFUSED, details={"exchange": ""})
+
     def bind(
         self,
         destination: Queue | Exchange | TopicTarget,
@@ -545,6 +552,7 @@ class Topology:
         routing_key: str,
         arguments: dict[str, Any] | None,
     ) -> None:
+        self.check_binding_source(source_name)
         source = self.get_exchange(source_name)
         binding = source.find_binding(destination, routing_key, arguments)
         if binding is None:

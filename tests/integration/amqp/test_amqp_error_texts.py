@@ -188,6 +188,9 @@ async def test_not_found_and_access_refused_texts(amqp_params: pika.ConnectionPa
             ),
             (lambda c: c.exchange_delete(""), 403, default),
             (lambda c: c.queue_bind("q", "", "k"), 403, default),
+            (lambda c: c.queue_bind("nope", "", "k"), 403, default),
+            (lambda c: c.queue_unbind("q", "", "k"), 403, default),
+            (lambda c: c.queue_unbind("nope", ""), 403, default),
             (
                 lambda c: c.basic_publish("internal", "k", b"x"),
                 403,
