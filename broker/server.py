@@ -42,6 +42,7 @@ from .alarms import MemoryTrimmer, Readiness, ResourceMonitor, decide_readiness
 from .config import Settings, configure_logging
 from .core.access import DEFAULT_VHOST, AccessControl, Actor
 from .core.clients import ServedConnection
+from .core.deliveries import PROTOCOLS, ProtocolStats
 from .core.queues import MESSAGE_OVERHEAD_BYTES, Queue
 from .core.quotas import UserLimits
 from .core.session import CoreSession
@@ -78,9 +79,16 @@ RECEIVE_BUDGET_RESUME_FRACTION: Final = 0.5
 
 
 class BrokerStats:
-    """Broker-wide counters: plain ints, read by the metrics collector at scrape time."""
+    """Broker-wide counters: plain ints, read by the metrics collector at scrape time.
 
-    __slots__ = (
+    ``published`` and ``unroutable`` are counted by the core's publish path (every way
+    in, the HTTP API included); the delivery counters only by the wire protocols'
+    sessions, into ``protocols`` (core/deliveries.py ProtocolStats), and are summed here.
+    """
+
+    __slots__ = ("published", "unroutable", "publish_nacked", "protocols")
+    # What the HTTP API's overview lists under message_stats.
+    COUNTERS: Final = (
         "published",
         "delivered",
         "acked",
@@ -92,12 +100,25 @@ class BrokerStats:
 
     def __init__(self) -> None:
         self.published = 0
-        self.delivered = 0
-        self.acked = 0
-        self.redelivered = 0
         self.unroutable = 0
-        self.rejected = 0
         self.publish_nacked = 0
+        self.protocols: dict[str, ProtocolStats] = {p: ProtocolStats() for p in PROTOCOLS}
+
+    @property
+    def delivered(self) -> int:
+        return sum(p.delivered for p in self.protocols.values())
+
+    @property
+    def redelivered(self) -> int:
+        return sum(p.redelivered for p in self.protocols.values())
+
+    @property
+    def acked(self) -> int:
+        return sum(p.acked for p in self.protocols.values())
+
+    @property
+    def rejected(self) -> int:
+        return sum(p.rejected for p in self.protocols.values())
 
 
 class DataDirLocked(WharfError):

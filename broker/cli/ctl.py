@@ -128,6 +128,7 @@ def queues_list(c: ApiClient) -> None:
     rows = [
         (
             q["name"],
+            q.get("type", "classic"),
             q["durable"],
             q["auto_delete"],
             q.get("exclusive", False),
@@ -137,7 +138,9 @@ def queues_list(c: ApiClient) -> None:
         )
         for q in qs
     ]
-    headers = ("NAME", "DURABLE", "AUTO_DELETE", "EXCLUSIVE", "READY", "UNACKED", "CONSUMERS")
+    headers = (
+        "NAME", "TYPE", "DURABLE", "AUTO_DELETE", "EXCLUSIVE", "READY", "UNACKED", "CONSUMERS"
+    )  # fmt: skip
     c.show(qs, table(headers, rows))
 
 
@@ -155,12 +158,26 @@ def queues_show(c: ApiClient, name: str) -> None:
 @click.option("--durable", is_flag=True, help="Survive a broker restart.")
 @click.option("--auto-delete", is_flag=True, help="Delete when the last consumer goes.")
 @click.option("--arg", "args", multiple=True, metavar="K=V", help="Queue argument (repeat).")
+@click.option(
+    "--type",
+    "queue_type",
+    type=click.Choice(["classic", "quorum"]),
+    help="x-queue-type (quorum: durable, keeps every message on disk; docs/amqp.md).",
+)
 @pass_client
 def queues_declare(
-    c: ApiClient, name: str, durable: bool, auto_delete: bool, args: tuple[str, ...]
+    c: ApiClient,
+    name: str,
+    durable: bool,
+    auto_delete: bool,
+    args: tuple[str, ...],
+    queue_type: str | None,
 ) -> None:
     """Declare queue NAME (no change if it exists with the same attributes)."""
-    body = {"durable": durable, "auto_delete": auto_delete, "arguments": parse_args(args)}
+    arguments = parse_args(args)
+    if queue_type is not None:
+        arguments["x-queue-type"] = queue_type
+    body = {"durable": durable, "auto_delete": auto_delete, "arguments": arguments}
     q = c.request("PUT", f"/queues/{c.v}/{seg(name)}", body)
     c.show(q, f"queue {q['name']} declared")
 

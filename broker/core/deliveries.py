@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from .policies.deadletter import REJECTED
 from .queues import Consumer, Message, Queue
@@ -38,6 +38,26 @@ class DeliveryStats(Protocol):
     redelivered: int
     acked: int
     rejected: int
+
+
+# The wire protocols a client connection may speak (ClientConnection.protocol).
+PROTOCOLS: Final = ("native", "amqp")
+
+
+class ProtocolStats:
+    """One wire protocol's message counters: plain ints shared by its connections and
+    channels (no lock: the event loop thread), read by the metrics collector at scrape
+    time.  Deliveries count into their protocol's object; the broker-wide delivery
+    counters are the sums over the protocols."""
+
+    __slots__ = ("published", "delivered", "redelivered", "acked", "rejected")
+
+    def __init__(self) -> None:
+        self.published = 0  # messages the core accepted from this protocol's publishers
+        self.delivered = 0
+        self.redelivered = 0
+        self.acked = 0
+        self.rejected = 0
 
 
 class Deliveries:

@@ -305,22 +305,6 @@ class Exchange:
         # Bindings in which this exchange is the destination (exchange-to-exchange).
         self.incoming: list[Binding] = []
 
-    def same_as(
-        self,
-        type_: str,
-        durable: bool,
-        auto_delete: bool,
-        internal: bool,
-        arguments: dict[str, Any] | None,
-    ) -> bool:
-        return (
-            self.type == type_
-            and self.durable == durable
-            and self.auto_delete == auto_delete
-            and self.internal == internal
-            and self.arguments == dict(arguments or {})
-        )
-
     def find_binding(
         self, destination: Any, routing_key: str, arguments: dict[str, Any] | None
     ) -> Binding | None:

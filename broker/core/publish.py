@@ -135,7 +135,10 @@ class Publisher:
         if ex is None:
             raise NotFound(f"no exchange '{exchange_name}'", details={"exchange": exchange_name})
         if ex.internal:
-            raise AccessRefused(f"exchange '{exchange_name}' is internal")
+            raise AccessRefused(
+                f"cannot publish to internal exchange '{exchange_name}'",
+                details={"exchange": exchange_name},
+            )
         if props:
             check_properties(props, user)
         limit = self.max_message_bytes
@@ -199,9 +202,13 @@ class Publisher:
             if accept is not None:
                 queues = [q for q in queues if accept(q)]
         persistent = props is not None and props.get("persistent") is True
-        if queues and persistent:
+        if queues:
             store = topology.store
-            if store is not None and store.failed is not None and any(q.persist for q in queues):
+            if (
+                store is not None
+                and store.failed is not None
+                and any(q.persist and (persistent or q.keeps_all) for q in queues)
+            ):
                 raise ResourceError(f"message store unavailable: {store.failed}")
         log_parts: list[Partition] | None = None
         if topics:

@@ -31,6 +31,7 @@ from .policies.arguments import QueueLimits, parse_queue_arguments
 from .policies.deadletter import DELIVERY_LIMIT, EXPIRED, MAXLEN
 from .policies.delayed import DelayedMessages
 from .policies.priority import PriorityReady, message_priority
+from .policies.queue_types import QUORUM, queue_type_of
 
 if TYPE_CHECKING:
     from array import array
@@ -215,6 +216,8 @@ class Queue:
         "_delayed",
         "_delay_timer",
         "stats_retried",
+        "queue_type",
+        "keeps_all",
     )
 
     def __init__(
@@ -231,6 +234,10 @@ class Queue:
         self.exclusive_owner = exclusive_owner
         self.auto_delete = auto_delete
         self.arguments: dict[str, Any] = dict(arguments or {})
+        # x-queue-type (policies/queue_types.py): a quorum queue keeps every message it
+        # takes on disk, transient ones too, as RabbitMQ's quorum queues do.
+        self.queue_type = queue_type_of(self.arguments)
+        self.keeps_all = self.queue_type == QUORUM
         self._ready: deque[Message] = deque()
         self._requeued: list[tuple[int, Message]] = []
         self._consumers: list[Consumer] = []
@@ -316,16 +323,6 @@ class Queue:
     def consumers(self) -> list[Consumer]:
         return self._consumers
 
-    def same_as(
-        self, durable: bool, exclusive: bool, auto_delete: bool, arguments: dict[str, Any] | None
-    ) -> bool:
-        return (
-            self.durable == durable
-            and self.exclusive == exclusive
-            and self.auto_delete == auto_delete
-            and self.arguments == dict(arguments or {})
-        )
-
     def describe_definition(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -341,6 +338,7 @@ class Queue:
             "exclusive": self.exclusive,
             "auto_delete": self.auto_delete,
             "arguments": self.arguments,
+            "type": self.queue_type,
             "messages_ready": self.ready_count,
             "messages_unacked": self.unacked_count,
             "consumers": self.consumer_count,
@@ -379,7 +377,7 @@ class Queue:
         sizes = [len(b) for b in bodies]
         size = sum(sizes)
         self.ready_bytes += size
-        durable = persistent and self.persist
+        durable = (persistent or self.keeps_all) and self.persist
         store = self.store
         expires_at = self._expiry_for(properties)
         mem = size + n * MESSAGE_OVERHEAD_BYTES

@@ -160,6 +160,7 @@ class CoreSession:
         owner: QueueOwner | None,
     ) -> None:
         self.authorize_binding("queue", queue, exchange, routing_key)
+        self.topology.check_binding_source(exchange)
         q = self.topology.get_queue(queue, owner)
         self.topology.bind(q, exchange, routing_key, arguments)
 
@@ -172,6 +173,7 @@ class CoreSession:
         owner: QueueOwner | None,
     ) -> None:
         self.authorize_binding("queue", queue, exchange, routing_key, unbind=True)
+        self.topology.check_binding_source(exchange)
         q = self.topology.get_queue(queue, owner)
         self.topology.unbind(q, exchange, routing_key, arguments)
 

@@ -20,12 +20,17 @@ from wharf.protocol.errors import (
     InvalidArgument,
     NotFound,
     PreconditionFailed,
-    ResourceLocked,
     WharfError,
 )
 
 from .exchanges import MAX_ROUTING_KEY_CHARS, Binding, Exchange, TopicTarget
 from .policies.deadletter import is_cycle, with_death
+from .policies.queue_types import (
+    check_exchange_equivalent,
+    check_queue_declare,
+    check_queue_equivalent,
+    locked,
+)
 from .policies.registry import Policy, PolicyRegistry, effective_arguments, effective_limits
 from .publish import Publisher
 from .queues import Message, Queue, QueueOwner
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
     from ..store.segments import MessageStore
 
 DEFAULT_EXCHANGE: Final = ""
+DEFAULT_EXCHANGE_REFUSED: Final = "operation not permitted on the default exchange"
 # Pre-declared exchanges, as in RabbitMQ.
 STANDARD_EXCHANGES: Final = (
     ("amq.direct", "direct"),
@@ -178,15 +184,26 @@ class Topology:
             if existing is None:
                 raise NotFound(f"no exchange '{name}'", details={"exchange": name})
             return existing
-        if name == DEFAULT_EXCHANGE or name.startswith("amq."):
-            raise AccessRefused(f"exchange name '{name}' is reserved", details={"exchange": name})
+        if name == DEFAULT_EXCHANGE:
+            raise AccessRefused(DEFAULT_EXCHANGE_REFUSED, details={"exchange": name})
         if existing is not None:
-            if not existing.same_as(type_, durable, auto_delete, internal, arguments):
-                raise PreconditionFailed(
-                    f"exchange '{name}' exists with different attributes: {existing.describe()}",
-                    details={"exchange": name},
-                )
+            # As RabbitMQ: an equivalent redeclare succeeds, amq.* ones included.
+            check_exchange_equivalent(
+                name,
+                (existing.type, existing.durable, existing.auto_delete, existing.internal),
+                existing.arguments,
+                type_=type_,
+                durable=durable,
+                auto_delete=auto_delete,
+                internal=internal,
+                arguments=arguments or {},
+            )
             return existing
+        if name.startswith("amq."):
+            raise AccessRefused(
+                f"exchange name '{name}' contains reserved prefix 'amq.*'",
+                details={"exchange": name},
+            )
         ex = Exchange(
             name,
             type_,
@@ -211,8 +228,12 @@ class Topology:
         return ex
 
     def delete_exchange(self, name: str, if_unused: bool) -> None:
-        if name == DEFAULT_EXCHANGE or name.startswith("amq."):
-            raise AccessRefused(f"exchange '{name}' cannot be deleted", details={"exchange": name})
+        if name == DEFAULT_EXCHANGE:
+            raise AccessRefused(DEFAULT_EXCHANGE_REFUSED, details={"exchange": name})
+        if name.startswith("amq."):
+            raise AccessRefused(
+                f"deletion of system exchange '{name}' not allowed", details={"exchange": name}
+            )
         ex = self.get_exchange(name)
         if if_unused and ex.bindings:
             raise PreconditionFailed(f"exchange '{name}' in use", details={"exchange": name})
@@ -245,20 +266,26 @@ class Topology:
             name = "amq.gen-" + secrets.token_urlsafe(16)
         elif name.startswith("amq."):
             raise AccessRefused(
-                f"queue name '{name}' is reserved (amq. prefix)", details={"queue": name}
+                f"queue name '{name}' contains reserved prefix 'amq.*'", details={"queue": name}
             )
+        args = arguments or {}
         existing = self.queues.get(name)
         if existing is not None:
             self._check_access(existing, owner)
             existing.last_used = time.monotonic()
-            if not existing.same_as(durable, exclusive, auto_delete, arguments):
-                raise PreconditionFailed(
-                    f"queue '{name}' exists with different attributes "
-                    f"(durable={existing.durable}, exclusive={existing.exclusive}, "
-                    f"auto_delete={existing.auto_delete}, arguments={existing.arguments})",
-                    details={"queue": name},
-                )
+            check_queue_equivalent(
+                name,
+                existing.arguments,
+                durable=durable,
+                exclusive=exclusive,
+                auto_delete=auto_delete,
+                arguments=args,
+                was=(existing.durable, existing.exclusive, existing.auto_delete),
+            )
             return existing
+        check_queue_declare(
+            name, durable=durable, exclusive=exclusive, auto_delete=auto_delete, arguments=args
+        )
         if self.check_new_queue is not None:
             self.check_new_queue()
         q = Queue(
@@ -301,10 +328,7 @@ class Topology:
     def _check_access(queue: Queue, conn: QueueOwner) -> None:
         owner = queue.exclusive_owner
         if owner is not None and owner is not conn:
-            raise ResourceLocked(
-                f"queue '{queue.name}' is exclusive to another connection",
-                details={"queue": queue.name},
-            )
+            raise locked(queue.name)
 
     def get_queue(self, name: str, conn: QueueOwner | None = None) -> Queue:
         q = self.queues.get(name)
@@ -317,9 +341,9 @@ class Topology:
     def delete_queue(self, name: str, conn: QueueOwner, if_unused: bool, if_empty: bool) -> int:
         q = self.get_queue(name, conn)
         if if_unused and q.consumer_count:
-            raise PreconditionFailed(f"queue '{name}' has consumers", details={"queue": name})
+            raise PreconditionFailed(f"queue '{name}' in use", details={"queue": name})
         if if_empty and q.ready_count:
-            raise PreconditionFailed(f"queue '{name}' is not empty", details={"queue": name})
+            raise PreconditionFailed(f"queue '{name}' not empty", details={"queue": name})
         return self.delete_queue_object(q)
 
     def delete_queue_object(self, q: Queue) -> int:
@@ -483,6 +507,13 @@ class Topology:
 
     # -- bindings ------------------------------------------------------------------
 
+    @staticmethod
+    def check_binding_source(source_name: str) -> None:
+        """As RabbitMQ: the default exchange takes part in no binding (checked before
+        the queue is looked up, so the refusal is the same whether it exists or not)."""
+        if source_name == DEFAULT_EXCHANGE:
+            raise AccessRefused(DEFAULT_EXCHANGE_REFUSED, details={"exchange": ""})
+
     def bind(
         self,
         destination: Queue | Exchange | TopicTarget,
@@ -491,9 +522,7 @@ class Topology:
         arguments: dict[str, Any] | None,
     ) -> None:
         if source_name == DEFAULT_EXCHANGE or destination is self.default_exchange:
-            raise AccessRefused(
-                "the default exchange cannot take part in bindings", details={"exchange": ""}
-            )
+            raise AccessRefused(DEFAULT_EXCHANGE_REFUSED, details={"exchange": ""})
         if len(routing_key) > MAX_ROUTING_KEY_CHARS:
             raise InvalidArgument(f"routing key longer than {MAX_ROUTING_KEY_CHARS} characters")
         source = self.get_exchange(source_name)
@@ -523,6 +552,7 @@ class Topology:
         routing_key: str,
         arguments: dict[str, Any] | None,
     ) -> None:
+        self.check_binding_source(source_name)
         source = self.get_exchange(source_name)
         binding = source.find_binding(destination, routing_key, arguments)
         if binding is None:

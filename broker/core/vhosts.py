@@ -478,7 +478,7 @@ def vhost_metadata(doc: dict[str, Any]) -> dict[str, Any]:
     if queue_type not in QUEUE_TYPES:
         raise InvalidArgument(
             f"'default_queue_type' must be one of: {', '.join(QUEUE_TYPES)} "
-            "(Wharf has classic queues only)"
+            "(declare quorum queues with x-queue-type=quorum)"
         )
     return {"description": description, "tags": tuple(raw_tags), "default_queue_type": queue_type}
 

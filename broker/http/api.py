@@ -560,8 +560,8 @@ class ManagementApi:
             consumers = sum(
                 len(c.all_consumers()) for c in b.connections.values() if c.vhost in names
             )
-        # Every counter the broker keeps (its stats object's slots), not a copied list.
-        counters: tuple[str, ...] = getattr(type(stats), "__slots__", ())
+        # Every counter the broker keeps (its stats object's COUNTERS), not a copied list.
+        counters: tuple[str, ...] = getattr(type(stats), "COUNTERS", ())
         return 200, {
             "product": "wharf",
             "version": self.version,

@@ -206,6 +206,7 @@ class BrokerCollector:
                 per_vhost.add_metric([space.name], space.connections)
             yield per_vhost
         yield _protocol_connections(broker.connections)
+        yield from _protocol_counters(broker.stats)
         # The message stores and log cleaners of every vhost, summed.
         stores = [sp.store for sp in spaces if sp.store is not None]
         if stores:
@@ -583,6 +584,30 @@ def build_registry(broker: MetricsBroker) -> CollectorRegistry:
 
 # The wire protocols a connection may speak (core/clients.py ClientConnection.protocol).
 PROTOCOLS: Final = ("native", "amqp")
+# (metric name without _total, ProtocolStats attribute, help): the message counters of
+# _COUNTERS per wire protocol.  The unlabelled totals stay as they are (they also count
+# the HTTP API's publishes).
+_PROTOCOL_COUNTERS: Final = (
+    ("wharf_protocol_messages_published", "published", "Messages accepted from publishers"),
+    ("wharf_protocol_messages_delivered", "delivered", "Messages delivered to consumers and GET"),
+    ("wharf_protocol_messages_acked", "acked", "Deliveries acknowledged by consumers"),
+    ("wharf_protocol_messages_redelivered", "redelivered", "Messages delivered again"),
+    ("wharf_protocol_messages_nacked", "rejected", "Deliveries nacked or rejected"),
+)
+
+
+def _protocol_counters(stats: Any) -> Iterator[Metric]:
+    """The message counters per wire protocol (native / amqp), read from the broker's
+    per-protocol counters (core/deliveries.py ProtocolStats); every protocol present."""
+    protocols: Mapping[str, Any] = getattr(stats, "protocols", None) or {}
+    for name, attr, help_text in _PROTOCOL_COUNTERS:
+        family = CounterMetricFamily(
+            name, f"{help_text}, per wire protocol: native or amqp.", labels=["protocol"]
+        )
+        for protocol in PROTOCOLS:
+            counters = protocols.get(protocol)
+            family.add_metric([protocol], getattr(counters, attr, 0) if counters else 0)
+        yield family
 
 
 def _protocol_connections(connections: Sized) -> GaugeMetricFamily:

@@ -146,7 +146,7 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         last_error={"nullable": True},
     ),
     "Queue": _schema(
-        "name:s! durable:b! exclusive:b auto_delete:b! arguments:m! messages_ready:i! "
+        "name:s! type:s! durable:b! exclusive:b auto_delete:b! arguments:m! messages_ready:i! "
         "messages_unacked:i consumers:i! policy:s effective_arguments:m",
         policy={"nullable": True},
     ),

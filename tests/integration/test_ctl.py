@@ -81,11 +81,12 @@ async def test_queue_commands_print_tables_and_json(broker: Broker, http_url: st
     assert broker.queues[q].durable and broker.queues[q].arguments == {"x-note": 7}
     r = await run_ctl("queues", "list", url=http_url)
     header, row = r.out.splitlines()
-    assert header.split() == ["NAME", "DURABLE", "AUTO_DELETE", "EXCLUSIVE", "READY"] + [
+    assert header.split() == ["NAME", "TYPE", "DURABLE", "AUTO_DELETE", "EXCLUSIVE"] + [
+        "READY",
         "UNACKED",
         "CONSUMERS",
     ]
-    assert row.split() == [q, "yes", "no", "no", "0", "0", "0"]
+    assert row.split() == [q, "classic", "yes", "no", "no", "0", "0", "0"]
     # Columns line up: every cell starts where its header starts.
     assert header.index("DURABLE") == row.index("yes")
     r = await run_ctl("--json", "queues", "show", q, url=http_url)

@@ -76,7 +76,9 @@ async def test_durable_flag_is_accepted_and_checked(conn: wharf.Connection) -> N
 
     with pytest.raises(wharf.PreconditionFailed) as exc_info:
         await conn.declare_queue("d", durable=False)
-    assert "durable=True" in exc_info.value.message
+    assert exc_info.value.message == (
+        "inequivalent arg 'durable' for queue 'd': received 'false' but current is 'true'"
+    )
 
     await conn.declare_queue("d", passive=True)
 
@@ -97,7 +99,9 @@ async def test_redeclare_with_different_attributes_fails(
     await conn.declare_queue("q")
     await conn.publish("", "q", b"kept")
 
-    with pytest.raises(wharf.PreconditionFailed):
+    # A changed exclusive flag is 405 (RabbitMQ's RESOURCE_LOCKED), the others 406.
+    error = wharf.ResourceLocked if "exclusive" in changed else wharf.PreconditionFailed
+    with pytest.raises(error):
         await conn.declare_queue("q", **changed)
 
     # The queue and the connection are unharmed.

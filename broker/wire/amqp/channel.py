@@ -28,6 +28,7 @@ from wharf.protocol.errors import NotFound, ResourceError, WharfError
 
 from ...core.deliveries import Deliveries
 from ...core.exchanges import EXCHANGE_TYPES
+from ...core.policies.queue_types import with_delivery_count
 from ...core.queues import Consumer, Message
 from ..native.confirms import Confirms
 from . import methods as M
@@ -77,8 +78,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("wharf.amqp")
 
 MAX_CONSUMER_TAG_BYTES: Final = 255
-# Queue types a client may ask for with x-queue-type; Wharf's queues are classic ones.
-SUPPORTED_QUEUE_TYPES: Final = ("classic",)
 _CHANNEL_CLOSE: Final = C.Channel.Close.index
 _CHANNEL_CLOSE_OK: Final = C.Channel.CloseOk.index
 # What a channel waits for after basic.publish.
@@ -130,7 +129,8 @@ class Channel:
         self.conn = conn
         self.number = number
         broker = conn.broker
-        self.deliveries = Deliveries(broker.stats, conn.loop_time)
+        self.counters = broker.stats.protocols["amqp"]
+        self.deliveries = Deliveries(self.counters, conn.loop_time)
         self.consumers: dict[str, ChannelConsumer] = {}
         self.writable = conn.can_deliver
         # channel.flow active=false from the client: no deliveries until active=true.
@@ -462,6 +462,7 @@ class Channel:
         except WharfError as exc:
             self._fail(from_wharf(exc, BASIC_PUBLISH, conn.vhost))
             return
+        self.counters.published += n
         refused = res.refused
         if refused:
             # x-overflow reject-publish refused the last ``refused``: nacks in confirm
@@ -659,9 +660,15 @@ class Channel:
         encode_props = self._encode_props
         out: list[bytes] = []
         append = out.append
+        quorum = consumer.queue.keeps_all
         for m in batch:
-            args = deliver_args(wire_tag, tag, m.delivery_count > 1, m.exchange, m.routing_key)
-            append(delivery(number, args, encode_props(m.properties), m.body, frame_max))
+            redelivered = m.delivery_count > 1
+            args = deliver_args(wire_tag, tag, redelivered, m.exchange, m.routing_key)
+            props = m.properties
+            if quorum and redelivered:
+                # RabbitMQ 3.10 marks a quorum queue's redeliveries (not first deliveries).
+                props = with_delivery_count(props, m.delivery_count - 1)
+            append(delivery(number, args, encode_props(props), m.body, frame_max))
             tag += 1
         conn.send_many(out)
         usage = conn.usage
@@ -792,7 +799,11 @@ class Channel:
                 queue.ready_count,
             )
         )
-        header = content_header(self._encode_props(msg.properties), len(body))
+        props = msg.properties
+        if queue.keeps_all:
+            # RabbitMQ 3.10's basic.get from a quorum queue carries the count, 0 included.
+            props = with_delivery_count(props, msg.delivery_count - 1)
+        header = content_header(self._encode_props(props), len(body))
         conn.send_many(content_frames(self.number, header, body, conn.frame_max))
         conn.quota_consumed(len(body), answer=True)
 
@@ -858,7 +869,7 @@ class Channel:
         name = method.exchange or ""
         type_ = method.exchange_type or "direct"
         if not method.passive and type_ not in EXCHANGE_TYPES:
-            raise AmqpError(COMMAND_INVALID, f"invalid exchange type '{type_}'", mid)
+            raise AmqpError(COMMAND_INVALID, f"unknown exchange type '{type_}'", mid)
         self.conn.core.declare_exchange(
             name,
             type_,
@@ -915,15 +926,6 @@ class Channel:
                 conn.send(M.queue_declare_ok(self.number, name, 0, 0))
             return
         arguments = plain_arguments(method.arguments or {})
-        qtype = arguments.get("x-queue-type")
-        if qtype is not None and qtype not in SUPPORTED_QUEUE_TYPES:
-            raise AmqpError(
-                PRECONDITION_FAILED,
-                f"invalid arg 'x-queue-type' for queue '{name}' in vhost '{conn.vhost}': "
-                f"Wharf supports {', '.join(SUPPORTED_QUEUE_TYPES)} queues only, "
-                f"not '{qtype}'",
-                mid,
-            )
         q = conn.core.declare_queue(
             name,
             owner=conn,

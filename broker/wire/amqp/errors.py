@@ -109,7 +109,21 @@ class AmqpError(Exception):
 def from_wharf(exc: WharfError, method: int, vhost: str) -> AmqpError:
     """The AMQP exception for a Wharf error raised by the core."""
     code = _FROM_WHARF.get(exc.code, INTERNAL_ERROR)
+    return AmqpError(code, with_vhost(exc, vhost), method)
+
+
+def with_vhost(exc: WharfError, vhost: str) -> str:
+    """The core's text with " in vhost '/'" after the queue's or exchange's name, where
+    RabbitMQ's text has it ("no queue 'q' in vhost '/'", "queue 'q' in vhost '/' in use")."""
     text = exc.message
-    if code == NOT_FOUND and (text.startswith("no queue") or text.startswith("no exchange")):
-        text = f"{text} in vhost '{vhost}'"  # as RabbitMQ words it
-    return AmqpError(code, text, method)
+    details = exc.details or {}
+    for kind in ("queue", "exchange"):
+        name = details.get(kind)
+        if not isinstance(name, str):
+            continue
+        needle = f"{kind} '{name}'"
+        at = text.find(needle)
+        if at >= 0 and not text.startswith(" in vhost", at + len(needle)):
+            end = at + len(needle)
+            return f"{text[:end]} in vhost '{vhost}'{text[end:]}"
+    return text

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from ...core.deliveries import DeliveryStats
+from ...core.deliveries import ProtocolStats
 from .confirms import NackStats
 
 if TYPE_CHECKING:
@@ -32,8 +32,12 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 
-class WireStats(DeliveryStats, NackStats, Protocol):
-    """The broker-wide counters a connection updates (plain ints)."""
+class WireStats(NackStats, Protocol):
+    """The broker-wide counters a connection updates (plain ints); its deliveries and
+    publishes count into its protocol's ``ProtocolStats``."""
+
+    @property
+    def protocols(self) -> dict[str, ProtocolStats]: ...
 
 
 class BrokerApi(Protocol):

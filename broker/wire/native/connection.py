@@ -173,7 +173,8 @@ class Connection(TopologyFrames, LogFrames, LoginFrames, asyncio.Protocol):
             stats=broker.stats,
         )
         # Delivered-but-unacked messages of this session (core/deliveries.py).
-        self.deliveries = Deliveries(broker.stats, self._loop.time)
+        self.counters = broker.stats.protocols["native"]
+        self.deliveries = Deliveries(self.counters, self._loop.time)
         self.published_count = 0  # messages published on it (GET /api/channels)
         self.consumers: dict[str, Consumer] = {}
         self._ctag_seq = itertools.count(1)
@@ -740,6 +741,7 @@ class Connection(TopologyFrames, LogFrames, LoginFrames, asyncio.Protocol):
         except WharfError as exc:
             self.confirms.nack(seq, n, exc)
             return
+        self.counters.published += n
         refused = res.refused
         if refused:
             # x-overflow reject-publish(-dlx): the last ``refused`` did not fit somewhere.
