@@ -1,0 +1,50 @@
+"""The differential AMQP harness in ``make test``: every scenario of scenarios.py runs
+against a real Wharf (its AMQP listener on a free port) and what the client observed is
+compared with RabbitMQ 3.10's recorded observation (recordings/rabbitmq-3.10.json,
+refreshed by ``make amqp-recordings``).
+
+A scenario with a declared ``Deviation`` is compared with the observation its
+``expect`` derives from the recording: Wharf's documented behaviour (docs/amqp.md, "Where
+Wharf differs from RabbitMQ"), so every difference is listed and reviewed in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wharf.broker.server import Broker
+
+from .normalise import normalise, streams
+from .scenarios import SCENARIOS, run_scenario
+
+RECORDING = Path(__file__).parent / "recordings" / "rabbitmq-3.10.json"
+RECORDED: dict[str, Any] = json.loads(RECORDING.read_text())
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    from ..raw_amqp import free_port
+
+    return {"amqp_port": free_port(), "heartbeat_s": 60}
+
+
+def test_the_recording_is_rabbitmq_and_covers_every_scenario() -> None:
+    assert RECORDED["server"]["product"] == "RabbitMQ"
+    assert RECORDED["server"]["version"].startswith("3.10.")
+    assert sorted(RECORDED["scenarios"]) == sorted(SCENARIOS)
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+async def test_wharf_observes_as_rabbitmq(broker: Broker, name: str) -> None:
+    entry = SCENARIOS[name]
+    expected = RECORDED["scenarios"][name]
+    if entry.deviation is not None:
+        expected = entry.deviation.expect(expected)
+        assert expected != RECORDED["scenarios"][name], "a deviation must differ"
+    s = await run_scenario(name, broker.amqp_port)
+    got = normalise(s.events)
+    assert streams(got) == streams(expected)
