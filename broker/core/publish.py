@@ -135,7 +135,10 @@ class Publisher:
         if ex is None:
             raise NotFound(f"no exchange '{exchange_name}'", details={"exchange": exchange_name})
         if ex.internal:
-            raise AccessRefused(f"exchange '{exchange_name}' is internal")
+            raise AccessRefused(
+                f"exchange '{exchange_name}' is internal",
+                details={"exchange": exchange_name, "reason": "internal"},
+            )
         if props:
             check_properties(props, user)
         limit = self.max_message_bytes

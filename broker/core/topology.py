@@ -179,12 +179,33 @@ class Topology:
                 raise NotFound(f"no exchange '{name}'", details={"exchange": name})
             return existing
         if name == DEFAULT_EXCHANGE or name.startswith("amq."):
-            raise AccessRefused(f"exchange name '{name}' is reserved", details={"exchange": name})
+            raise AccessRefused(
+                f"exchange name '{name}' is reserved",
+                details={"exchange": name, "reason": "reserved_name"},
+            )
         if existing is not None:
             if not existing.same_as(type_, durable, auto_delete, internal, arguments):
                 raise PreconditionFailed(
                     f"exchange '{name}' exists with different attributes: {existing.describe()}",
-                    details={"exchange": name},
+                    details={
+                        "exchange": name,
+                        **_inequivalent(
+                            {
+                                "type": existing.type,
+                                "durable": existing.durable,
+                                "auto_delete": existing.auto_delete,
+                                "internal": existing.internal,
+                            },
+                            {
+                                "type": type_,
+                                "durable": durable,
+                                "auto_delete": auto_delete,
+                                "internal": internal,
+                            },
+                            existing.arguments,
+                            arguments,
+                        ),
+                    },
                 )
             return existing
         ex = Exchange(
@@ -212,10 +233,15 @@ class Topology:
 
     def delete_exchange(self, name: str, if_unused: bool) -> None:
         if name == DEFAULT_EXCHANGE or name.startswith("amq."):
-            raise AccessRefused(f"exchange '{name}' cannot be deleted", details={"exchange": name})
+            raise AccessRefused(
+                f"exchange '{name}' cannot be deleted",
+                details={"exchange": name, "reason": "reserved" if name else "default_exchange"},
+            )
         ex = self.get_exchange(name)
         if if_unused and ex.bindings:
-            raise PreconditionFailed(f"exchange '{name}' in use", details={"exchange": name})
+            raise PreconditionFailed(
+                f"exchange '{name}' in use", details={"exchange": name, "reason": "in_use"}
+            )
         for b in list(ex.bindings):
             self._remove_binding(b, cascade=False)
         for b in list(ex.incoming):
@@ -245,7 +271,8 @@ class Topology:
             name = "amq.gen-" + secrets.token_urlsafe(16)
         elif name.startswith("amq."):
             raise AccessRefused(
-                f"queue name '{name}' is reserved (amq. prefix)", details={"queue": name}
+                f"queue name '{name}' is reserved (amq. prefix)",
+                details={"queue": name, "reason": "reserved_name"},
             )
         existing = self.queues.get(name)
         if existing is not None:
@@ -256,7 +283,23 @@ class Topology:
                     f"queue '{name}' exists with different attributes "
                     f"(durable={existing.durable}, exclusive={existing.exclusive}, "
                     f"auto_delete={existing.auto_delete}, arguments={existing.arguments})",
-                    details={"queue": name},
+                    details={
+                        "queue": name,
+                        **_inequivalent(
+                            {
+                                "durable": existing.durable,
+                                "exclusive": existing.exclusive,
+                                "auto_delete": existing.auto_delete,
+                            },
+                            {
+                                "durable": durable,
+                                "exclusive": exclusive,
+                                "auto_delete": auto_delete,
+                            },
+                            existing.arguments,
+                            arguments,
+                        ),
+                    },
                 )
             return existing
         if self.check_new_queue is not None:
@@ -303,7 +346,7 @@ class Topology:
         if owner is not None and owner is not conn:
             raise ResourceLocked(
                 f"queue '{queue.name}' is exclusive to another connection",
-                details={"queue": queue.name},
+                details={"queue": queue.name, "reason": "exclusive_locked"},
             )
 
     def get_queue(self, name: str, conn: QueueOwner | None = None) -> Queue:
@@ -317,9 +360,13 @@ class Topology:
     def delete_queue(self, name: str, conn: QueueOwner, if_unused: bool, if_empty: bool) -> int:
         q = self.get_queue(name, conn)
         if if_unused and q.consumer_count:
-            raise PreconditionFailed(f"queue '{name}' has consumers", details={"queue": name})
+            raise PreconditionFailed(
+                f"queue '{name}' has consumers", details={"queue": name, "reason": "in_use"}
+            )
         if if_empty and q.ready_count:
-            raise PreconditionFailed(f"queue '{name}' is not empty", details={"queue": name})
+            raise PreconditionFailed(
+                f"queue '{name}' is not empty", details={"queue": name, "reason": "not_empty"}
+            )
         return self.delete_queue_object(q)
 
     def delete_queue_object(self, q: Queue) -> int:
@@ -492,7 +539,8 @@ class Topology:
     ) -> None:
         if source_name == DEFAULT_EXCHANGE or destination is self.default_exchange:
             raise AccessRefused(
-                "the default exchange cannot take part in bindings", details={"exchange": ""}
+                "the default exchange cannot take part in bindings",
+                details={"exchange": "", "reason": "default_exchange"},
             )
         if len(routing_key) > MAX_ROUTING_KEY_CHARS:
             raise InvalidArgument(f"routing key longer than {MAX_ROUTING_KEY_CHARS} characters")
@@ -683,3 +731,29 @@ class Topology:
             return
         if b["source"] in self.exchanges:
             self.bind_topic(topic, b["source"], b["routing_key"], b.get("arguments"))
+
+
+def _inequivalent(
+    current: dict[str, Any],
+    received: dict[str, Any],
+    current_args: dict[str, Any],
+    received_args: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The first attribute or argument a redeclaration differs in, for the error's details
+    (AMQP names it: "inequivalent arg 'durable' ..."). Values other than booleans are
+    given as text, so that any client's protocol can carry them."""
+
+    def shown(value: Any) -> Any:
+        return value if value is None or isinstance(value, bool) else str(value)
+
+    received_args = dict(received_args or {})
+    pairs = [(k, received[k], v) for k, v in current.items()]
+    pairs += [
+        (k, received_args.get(k), current_args.get(k))
+        for k in sorted(set(current_args) | set(received_args))
+    ]
+    for key, new, old in pairs:
+        if new != old:
+            return {"reason": "inequivalent", "arg": key, "received": shown(new),
+                    "current": shown(old)}  # fmt: skip
+    return {"reason": "inequivalent"}

@@ -854,7 +854,7 @@ class Channel:
         name = method.exchange or ""
         type_ = method.exchange_type or "direct"
         if not method.passive and type_ not in EXCHANGE_TYPES:
-            raise AmqpError(COMMAND_INVALID, f"invalid exchange type '{type_}'", mid)
+            raise AmqpError(COMMAND_INVALID, f"unknown exchange type '{type_}'", mid)
         self.conn.core.declare_exchange(
             name,
             type_,
@@ -904,11 +904,11 @@ class Channel:
             name = self._queue_name(name)
         if name == REPLY_TO_QUEUE or name.startswith(REPLY_TO_PREFIX):
             # RabbitMQ: the pseudo-queue and a live reply name "exist" (declare-ok, with
-            # no messages); a reply name whose channel is gone does not.
+            # no messages and one consumer); a reply name whose channel is gone does not.
             if name != REPLY_TO_QUEUE and conn.broker.amqp_replies.get(name, conn.vhost) is None:
                 raise AmqpError(NOT_FOUND, f"no queue '{name}' in vhost '{conn.vhost}'", mid)
             if not method.nowait:
-                conn.send(M.queue_declare_ok(self.number, name, 0, 0))
+                conn.send(M.queue_declare_ok(self.number, name, 0, 1))
             return
         arguments = plain_arguments(method.arguments or {})
         qtype = arguments.get("x-queue-type")

@@ -8,10 +8,11 @@ reply text is RabbitMQ's: the code's name, " - ", then what happened
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from wharf.protocol.errors import WharfError
 
+SHORTSTR_MAX_BYTES: Final = 255
 CONTENT_TOO_LARGE: Final = 311
 NO_ROUTE: Final = 312
 NO_CONSUMERS: Final = 313
@@ -99,17 +100,60 @@ class AmqpError(Exception):
     def reply_text(self) -> str:
         name = REPLY_NAMES.get(self.code, "INTERNAL_ERROR")
         text = f"{name} - {self.text}"
-        # reply-text is a short string
-        return text.encode("utf-8")[:255].decode("utf-8", "ignore")
+        # reply-text is a short string: RabbitMQ cuts a longer one to 252 bytes and "..."
+        raw = text.encode("utf-8")
+        if len(raw) <= SHORTSTR_MAX_BYTES:
+            return text
+        return raw[: SHORTSTR_MAX_BYTES - 3].decode("utf-8", "ignore") + "..."
 
     def __str__(self) -> str:
         return self.reply_text()
 
 
 def from_wharf(exc: WharfError, method: int, vhost: str) -> AmqpError:
-    """The AMQP exception for a Wharf error raised by the core."""
+    """The AMQP exception for a Wharf error raised by the core, worded as RabbitMQ words
+    it where the error's details say which refusal it is."""
     code = _FROM_WHARF.get(exc.code, INTERNAL_ERROR)
-    text = exc.message
+    text = _rabbitmq_text(exc.details, vhost) or exc.message
     if code == NOT_FOUND and (text.startswith("no queue") or text.startswith("no exchange")):
         text = f"{text} in vhost '{vhost}'"  # as RabbitMQ words it
     return AmqpError(code, text, method)
+
+
+def _amqp_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _rabbitmq_text(details: dict[str, Any], vhost: str) -> str | None:
+    """RabbitMQ's reply text for the core refusals its clients (and tests) read."""
+    reason = details.get("reason")
+    kind = "queue" if "queue" in details else "exchange"
+    name = details.get(kind, "")
+    where = f"{kind} '{name}' in vhost '{vhost}'"
+    if reason == "reserved_name":
+        return f"{kind} name '{name}' contains reserved prefix 'amq.*'"
+    if reason == "default_exchange":
+        return "operation not permitted on the default exchange"
+    if reason == "in_use":
+        return f"{where} in use"
+    if reason == "not_empty":
+        return f"{where} not empty"
+    if reason == "internal":
+        return f"cannot publish to internal {where}"
+    if reason == "exclusive_locked":
+        return (
+            f"cannot obtain exclusive access to locked {where}. It could be originally "
+            "declared on another connection or the exclusive property value does not match "
+            "that of the original declaration."
+        )
+    if reason == "inequivalent" and details.get("received") is not None:
+        if details.get("current") is None:
+            return None
+        return (
+            f"inequivalent arg '{details['arg']}' for {where}: received "
+            f"'{_amqp_value(details['received'])}' but current is "
+            f"'{_amqp_value(details['current'])}'"
+        )
+    return None

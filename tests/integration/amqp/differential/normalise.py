@@ -10,6 +10,9 @@ AMQP servers (or two runs of one) is replaced by a fixed token before comparing.
   ``mechanisms`` and ``locales`` become sorted lists;
 - connection.tune: ``heartbeat`` becomes ``"*"`` (a server setting, 60 s by default on
   RabbitMQ, ``heartbeat_s`` on Wharf); channel_max and frame_max are compared as they are;
+- publisher confirms (basic.ack / basic.nack from the server): ``multiple`` -> ``"*"``,
+  a basic.nack's ``requeue`` -> ``"*"``: a server may confirm one tag with multiple=true
+  (RabbitMQ coalesces confirms as timing allows), and requeue means nothing server-side;
 - timestamps a server writes itself (``time`` inside ``x-death``) -> ``"*"``;
 - ``Connection.Close``'s reply text after a hard error keeps its code word and text.
 
@@ -59,21 +62,30 @@ def normalise_event(event: dict[str, Any]) -> dict[str, Any]:
     out = {k: _value(v, k) for k, v in event.items()}
     if out.get("m") == "Connection.Start":
         server = event.get("server_properties") or {}
-        out["server_properties"] = {
-            "keys": sorted(server),
-            "capabilities": server.get("capabilities"),
-        }
+        if set(server) != {"keys", "capabilities"}:  # not normalised yet
+            out["server_properties"] = {
+                "keys": sorted(server),
+                "capabilities": server.get("capabilities"),
+            }
         for field in ("mechanisms", "locales"):
             raw = event.get(field)
+            if isinstance(raw, list):
+                continue
             if isinstance(raw, dict) and "$bytes" in raw:
                 raw = bytes.fromhex(raw["$bytes"]).decode()
             out[field] = sorted(str(raw).split())
     elif out.get("m") == "Connection.Tune":
         out["heartbeat"] = "*"
+    elif out.get("m") in ("Basic.Ack", "Basic.Nack"):
+        out["multiple"] = "*"
+        if "requeue" in out:
+            out["requeue"] = "*"
     return out
 
 
 def normalise(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The observation without what legitimately varies; normalise(normalise(x)) ==
+    normalise(x), so recordings are stored normalised and normalised again when read."""
     return [normalise_event(e) for e in events]
 
 

@@ -113,9 +113,7 @@ class Observer:
         self.closed = False
 
     @classmethod
-    async def connect(
-        cls, port: int, events: list[dict[str, Any]], index: int = 0
-    ) -> Observer:
+    async def connect(cls, port: int, events: list[dict[str, Any]], index: int = 0) -> Observer:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         return cls(reader, writer, events, index)
 
@@ -311,6 +309,7 @@ class Observer:
         if not self.closed:
             self.send(0, C.Connection.Close(200, "bye", 0, 0))
             await self.expect("Connection.CloseOk", ch=0)
+            self.closed = True
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()

@@ -41,9 +41,8 @@ async def clean_up(port: int, queues: list[str], exchanges: list[str]) -> None:
         return
     obs = await Observer.connect(port, [])
     await obs.handshake()
-    channel = 0
-    for kind, name in [("q", q) for q in queues] + [("x", x) for x in exchanges]:
-        channel += 1
+    todo = [("q", q) for q in queues] + [("x", x) for x in exchanges]
+    for channel, (kind, name) in enumerate(todo, start=1):
         await obs.open_channel(channel)
         if kind == "q":
             await obs.call(channel, C.Queue.Delete(queue=name))
@@ -52,10 +51,8 @@ async def clean_up(port: int, queues: list[str], exchanges: list[str]) -> None:
     await obs.close()
 
 
-async def record(port: int, names: list[str], out: Path) -> int:
-    existing: dict[str, Any] = {}
-    if out.exists() and names:
-        existing = json.loads(out.read_text())["scenarios"]
+async def record(port: int, names: list[str], out: Path, kept: dict[str, Any]) -> int:
+    existing = {k: v for k, v in kept.items() if k in SCENARIOS}  # removed scenarios go
     identity = await server_identity(port)
     if not str(identity.get("product", "")).startswith("RabbitMQ"):
         print(f"refusing to record: the server on port {port} is {identity}", file=sys.stderr)
@@ -76,8 +73,8 @@ async def record(port: int, names: list[str], out: Path) -> int:
         "recorded_with": "tests/integration/amqp/differential/record.py",
         "scenarios": dict(sorted(existing.items())),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (a one-shot tool)
+    out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")  # noqa: ASYNC240
     print(f"wrote {len(existing)} scenarios to {out}; {failed} failed")
     return 1 if failed else 0
 
@@ -88,7 +85,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RECORDING)
     parser.add_argument("names", nargs="*", help="only these scenarios (others kept)")
     args = parser.parse_args()
-    return asyncio.run(record(args.port, args.names, args.out))
+    kept: dict[str, Any] = {}
+    if args.names and args.out.exists():
+        kept = json.loads(args.out.read_text())["scenarios"]
+    return asyncio.run(record(args.port, args.names, args.out, kept))
 
 
 if __name__ == "__main__":

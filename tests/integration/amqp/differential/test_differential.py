@@ -41,10 +41,11 @@ def test_the_recording_is_rabbitmq_and_covers_every_scenario() -> None:
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 async def test_wharf_observes_as_rabbitmq(broker: Broker, name: str) -> None:
     entry = SCENARIOS[name]
-    expected = RECORDED["scenarios"][name]
+    recorded = normalise(RECORDED["scenarios"][name])  # idempotent: a newer normaliser
+    expected = recorded
     if entry.deviation is not None:
-        expected = entry.deviation.expect(expected)
-        assert expected != RECORDED["scenarios"][name], "a deviation must differ"
+        expected = entry.deviation.expect(recorded)
+        assert expected != recorded, "a deviation must differ from RabbitMQ's observation"
     s = await run_scenario(name, broker.amqp_port)
     got = normalise(s.events)
     assert streams(got) == streams(expected)
