@@ -333,6 +333,13 @@ async def client_connection_close(s: Scenario) -> None:
     c.note("socket", eof=(await c.read_raw()) == b"")
 
 
+@scenario()
+async def update_secret(s: Scenario) -> None:
+    c = await s.channel()
+    await c.call(0, C.Connection.UpdateSecret(new_secret="guest", reason="refresh"))
+    await c.sync(1)
+
+
 # ---- channels ------------------------------------------------------------------------
 
 
@@ -630,6 +637,21 @@ def _quorum_refused(obs: Observation) -> Observation:
             continue
         out.append(e)
     return out
+
+
+@scenario()
+async def declares_with_nowait(s: Scenario) -> None:
+    c = await s.channel()
+    c.send(1, C.Exchange.Declare(exchange=s.x("e"), exchange_type="fanout", nowait=True))
+    c.send(1, C.Queue.Declare(queue=s.q("q"), exclusive=True, nowait=True))
+    c.send(1, C.Queue.Bind(queue=s.q("q"), exchange=s.x("e"), nowait=True))
+    c.send(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="quiet", nowait=True))
+    c.publish(1, s.x("e"), "", b"through nowait bindings")
+    await c.expect("Basic.Deliver", ch=1)
+    c.send(1, C.Basic.Cancel(consumer_tag="quiet", nowait=True))
+    c.send(1, C.Exchange.Delete(exchange=s.x("e"), nowait=True))
+    await c.sync(1)
+    await c.call(1, C.Exchange.Declare(exchange=s.x("e"), passive=True))
 
 
 # ---- queues --------------------------------------------------------------------------
