@@ -29,7 +29,6 @@ from ..raw_amqp import free_port
 from .normalise import normalise, streams
 from .scenarios import SCENARIOS, run_scenario
 
-
 RECORDING = Path(__file__).parent / "recordings" / "rabbitmq-3.10.json"
 RECORDED: dict[str, Any] = json.loads(RECORDING.read_text())
 
