@@ -932,6 +932,144 @@ async def queue_type_classic(s: Scenario) -> None:
     )
 
 
+@scenario()
+async def queue_max_length_bytes(s: Scenario) -> None:
+    c = await s.channel()
+    args = {"x-max-length-bytes": 10}
+    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True, arguments=args))
+    await c.call(1, C.Confirm.Select())
+    for body in (b"aaaa", b"bbbb", b"cccc"):
+        c.publish(1, "", s.q("q"), body)
+        await c.expect("Basic.Ack", "Basic.Nack", ch=1)  # enqueued (RabbitMQ counts it now)
+    await c.call(1, C.Queue.Declare(queue=s.q("q"), passive=True))
+    await c.call(1, C.Basic.Get(queue=s.q("q"), no_ack=True), "Basic.GetOk", "Basic.GetEmpty")
+
+
+@scenario()
+async def queue_single_active_consumer(s: Scenario) -> None:
+    c = await s.channel()
+    args = {"x-single-active-consumer": True}
+    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True, arguments=args))
+    await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="first"))
+    await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="second"))
+    for i in range(2):
+        c.publish(1, "", s.q("q"), str(i).encode())
+    await c.expect("Basic.Deliver")
+    await c.expect("Basic.Deliver")
+    await c.call(1, C.Basic.Cancel(consumer_tag="first"))
+    await c.expect("Basic.Deliver")
+    await c.expect("Basic.Deliver")
+
+
+@scenario(
+    Deviation(
+        docs="docs/policies.md, dead-lettering",
+        reason="Wharf also writes x-last-death-* headers (RabbitMQ 3.13's)",
+        expect=_with_last_death,
+    )
+)
+async def queue_dead_letter_on_expiry(s: Scenario) -> None:
+    c = await s.channel()
+    await c.call(1, C.Queue.Declare(queue=s.q("dlq"), exclusive=True))
+    args = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": s.q("dlq")}
+    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True, arguments=args))
+    c.publish(1, "", s.q("q"), b"expired", properties=props(expiration=str(MESSAGE_TTL_MS)))
+    await c.sync(1)
+    await asyncio.sleep(MESSAGE_TTL_MS / 1000 * 5)  # the TTL passing is what is tested
+    await c.call(1, C.Basic.Get(queue=s.q("q"), no_ack=True), "Basic.GetOk", "Basic.GetEmpty")
+    await c.call(1, C.Basic.Get(queue=s.q("dlq"), no_ack=True), "Basic.GetOk", "Basic.GetEmpty")
+
+
+@scenario()
+async def queue_passive_exclusive_same_connection(s: Scenario) -> None:
+    c = await s.channel(1, 2)
+    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    await c.call(2, C.Queue.Declare(queue=s.q("q"), passive=True))
+    await c.call(2, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+
+
+@scenario()
+async def routing_patterns(s: Scenario) -> None:
+    c = await s.channel()
+    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    await c.call(1, C.Exchange.Declare(exchange=s.x("t"), exchange_type="topic"))
+    await c.call(1, C.Exchange.Declare(exchange=s.x("h"), exchange_type="headers"))
+    await c.call(1, C.Queue.Bind(queue=s.q("q"), exchange=s.x("t"), routing_key="*.b.#"))
+    any_args = {"x-match": "any", "a": 1, "b": "two"}
+    await c.call(1, C.Queue.Bind(queue=s.q("q"), exchange=s.x("h"), arguments=any_args))
+    for key in ("a.b", "a.b.c.d", "b", "a.c.b", "x.b"):
+        c.publish(1, s.x("t"), key, key.encode())
+    c.publish(1, s.x("h"), "", b"any a", properties=props(headers={"a": 1}))
+    c.publish(1, s.x("h"), "", b"any none", properties=props(headers={"a": 2, "c": 1}))
+    c.publish(1, s.x("h"), "", b"any b", properties=props(headers={"b": "two"}))
+    for _ in range(6):
+        await c.call(1, C.Basic.Get(queue=s.q("q"), no_ack=True), "Basic.GetOk", "Basic.GetEmpty")
+    for name in ("t", "h"):
+        await c.call(1, C.Exchange.Delete(exchange=s.x(name)))
+
+
+@scenario()
+async def publish_to_amq_default(s: Scenario) -> None:
+    c = await s.channel()
+    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c.publish(1, "amq.default", s.q("q"), b"via amq.default")
+    await c.call(1, C.Basic.Get(queue=s.q("q"), no_ack=True), "Basic.GetOk", "Basic.GetEmpty")
+
+
+@scenario()
+async def get_with_consumers_present(s: Scenario) -> None:
+    c = await s.channel(1, 2)
+    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    await c.call(1, C.Basic.Qos(prefetch_count=1))
+    await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="busy"))
+    for i in range(2):
+        c.publish(1, "", s.q("q"), str(i).encode())
+    await c.expect("Basic.Deliver", ch=1)
+    await c.call(2, C.Basic.Get(queue=s.q("q")), "Basic.GetOk", "Basic.GetEmpty")
+    await c.call(2, C.Queue.Declare(queue=s.q("q"), passive=True))
+
+
+@scenario()
+async def consume_no_local_and_exclusive_queue(s: Scenario) -> None:
+    c = await s.channel()
+    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="nl", no_local=True))
+    c.publish(1, "", s.q("q"), b"own")
+    await c.expect("Basic.Deliver", ch=1)
+
+
+@scenario()
+async def requeued_message_order(s: Scenario) -> None:
+    c = await s.channel()
+    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    for i in range(3):
+        c.publish(1, "", s.q("q"), str(i).encode())
+    await c.call(1, C.Basic.Get(queue=s.q("q")), "Basic.GetOk")
+    await c.call(1, C.Basic.Get(queue=s.q("q")), "Basic.GetOk")
+    c.send(1, C.Basic.Nack(delivery_tag=2, multiple=True, requeue=True))
+    for _ in range(4):
+        await c.call(1, C.Basic.Get(queue=s.q("q"), no_ack=True), "Basic.GetOk", "Basic.GetEmpty")
+
+
+@scenario(
+    Deviation(
+        docs=ERRORS,
+        reason="same code, Wharf's words for the x-match values",
+        expect=reply_text(
+            "PRECONDITION_FAILED - x-match must be one of all, any, all-with-x, any-with-x, "
+            "got 'some'"
+        ),
+    )
+)
+async def exchange_declare_headers_bad_x_match(s: Scenario) -> None:
+    c = await s.channel()
+    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    await c.call(
+        1,
+        C.Queue.Bind(queue=s.q("q"), exchange="amq.headers", arguments={"x-match": "some"}),
+    )
+
+
 # ---- basic: publish, get -------------------------------------------------------------
 
 ALL_PROPERTIES = props(
