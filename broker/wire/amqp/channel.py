@@ -947,13 +947,20 @@ class Channel:
 
     def _on_queue_unbind(self, mid: int, method: C.Queue.Unbind) -> None:
         conn = self.conn
-        conn.core.unbind_queue(
-            self._queue_name(method.queue),
-            method.exchange or "",
-            method.routing_key or "",
-            plain_arguments(method.arguments or {}) or None,
-            conn,
-        )
+        name = self._queue_name(method.queue)
+        try:
+            conn.core.unbind_queue(
+                name,
+                method.exchange or "",
+                method.routing_key or "",
+                plain_arguments(method.arguments or {}) or None,
+                conn,
+            )
+        except NotFound as exc:
+            # RabbitMQ answers unbind-ok for a queue that does not exist (nothing is bound
+            # to it); the permission check ran before.
+            if exc.details.get("queue") != name:
+                raise
         conn.send(M.queue_unbind_ok(self.number))
 
     def _on_queue_purge(self, mid: int, method: C.Queue.Purge) -> None:
