@@ -956,7 +956,9 @@ async def queue_single_active_consumer(s: Scenario) -> None:
         c.publish(1, "", s.q("q"), str(i).encode())
     await c.expect("Basic.Deliver")
     await c.expect("Basic.Deliver")
-    await c.call(1, C.Basic.Cancel(consumer_tag="first"))
+    await c.call(1, C.Basic.Cancel(consumer_tag="first"))  # its unacked stay with it
+    for i in range(2, 4):
+        c.publish(1, "", s.q("q"), str(i).encode())
     await c.expect("Basic.Deliver")
     await c.expect("Basic.Deliver")
 
