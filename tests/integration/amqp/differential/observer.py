@@ -79,6 +79,43 @@ def jsonable(value: Any) -> Any:
     return {"$repr": repr(value)}
 
 
+# Bytes each fixed-size field type takes in a field table; S, x, F and A carry a 4-byte
+# length instead, and D is a scale octet and a 4-byte value.
+_FIELD_SIZES: dict[str, int] = {
+    "t": 1, "b": 1, "B": 1, "s": 2, "u": 2, "I": 4, "i": 4, "l": 8, "L": 8,
+    "f": 4, "d": 8, "D": 5, "T": 8, "V": 0,
+}  # fmt: skip
+_HEADERS_FLAG = 1 << 13
+_PROPERTIES_OFFSET = 14  # class, weight, body size, property flags
+
+
+def header_field_types(payload: bytes) -> dict[str, str]:
+    """The field type of each top-level header of a content header frame's payload in
+    which only content-type, content-encoding and headers may precede the table."""
+    flags = struct.unpack_from(">H", payload, 12)[0]
+    if not flags & _HEADERS_FLAG:
+        return {}
+    pos = _PROPERTIES_OFFSET
+    for bit in (15, 14):  # content-type, content-encoding: short strings
+        if flags & (1 << bit):
+            pos += 1 + payload[pos]
+    end = pos + 4 + struct.unpack_from(">I", payload, pos)[0]
+    pos += 4
+    out: dict[str, str] = {}
+    while pos < end:
+        klen = payload[pos]
+        key = payload[pos + 1 : pos + 1 + klen].decode()
+        pos += 1 + klen
+        kind = chr(payload[pos])
+        pos += 1
+        out[key] = kind
+        if kind in _FIELD_SIZES:
+            pos += _FIELD_SIZES[kind]
+        else:  # S x F A
+            pos += 4 + struct.unpack_from(">I", payload, pos)[0]
+    return dict(sorted(out.items()))
+
+
 def method_event(channel: int, method: Any) -> dict[str, Any]:
     event: dict[str, Any] = {"m": method.name, "ch": channel}
     for slot in method.__slots__:
@@ -111,6 +148,10 @@ class Observer:
         self.index = index
         self.buffer = b""
         self.closed = False
+        self.last_payload = b""
+        # With header_types, content events also carry the field type of each top-level
+        # header ("I", "l", "d", ...): pamqp decodes every integer width to int.
+        self.header_types = False
 
     @classmethod
     async def connect(cls, port: int, events: list[dict[str, Any]], index: int = 0) -> Observer:
@@ -173,6 +214,7 @@ class Observer:
             if len(self.buffer) >= 8:
                 size = struct.unpack_from(">I", self.buffer, 3)[0]
                 if len(self.buffer) >= size + 8:
+                    self.last_payload = self.buffer[7 : 7 + size]
                     used, channel, frame = pamqp_frame.unmarshal(self.buffer)
                     self.buffer = self.buffer[used:]
                     if isinstance(frame, pamqp_heartbeat.Heartbeat):
@@ -207,6 +249,8 @@ class Observer:
             got = await self._frame(timeout)
             if got is not None and isinstance(got[1], pamqp_header.ContentHeader):
                 head = got[1]
+                if self.header_types:
+                    event["header_types"] = header_field_types(self.last_payload)
                 body = b""
                 while len(body) < head.body_size:
                     part = await self._frame(timeout)
