@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck shape unit bench fuzz fuzz-merge clean node-deps amqplib-suite
+.PHONY: serve test lint typecheck shape unit bench fuzz fuzz-merge clean node-deps amqplib-suite amqp-recordings
 
 # The Node client (amqplib, from npm) that tests/integration/amqp/test_amqp_node.py runs:
 # installed from the committed package-lock.json.  A machine without npm gets Debian's
@@ -76,6 +76,17 @@ fuzz: $(STAMP)
 ## Minimise each committed corpus with what `make fuzz` found (libFuzzer -merge=1).
 fuzz-merge: $(STAMP)
 	for t in $(FUZZ_TARGETS); do nice -n 10 $(BIN)/python tests/fuzz/run.py $$t --merge || exit 1; done
+
+## Record the differential AMQP scenarios (tests/integration/amqp/differential/) against
+## RabbitMQ 3.10: RABBITMQ_START installs/starts it on 127.0.0.1:RABBITMQ_PORT (idempotent),
+## then every scenario runs against it and recordings/rabbitmq-3.10.json is rewritten.
+RABBITMQ_START ?= ../shared/anchors/start_rabbitmq.sh
+RABBITMQ_PORT ?= 5672
+amqp-recordings: $(STAMP)
+	@test -f "$(RABBITMQ_START)" || { echo "amqp-recordings: no $(RABBITMQ_START);" \
+		"set RABBITMQ_START=/path/to/start_rabbitmq.sh" >&2; exit 2; }
+	bash "$(RABBITMQ_START)"
+	nice -n 10 $(BIN)/python -m tests.integration.amqp.differential.record --port $(RABBITMQ_PORT)
 
 clean:
 	rm -rf $(VENV) .typecheck build dist *.egg-info $(NODE_DIR)/node_modules

@@ -236,7 +236,9 @@ class Topology:
             )
         ex = self.get_exchange(name)
         if if_unused and ex.bindings:
-            raise PreconditionFailed(f"exchange '{name}' in use", details={"exchange": name})
+            raise PreconditionFailed(
+                f"exchange '{name}' in use", details={"exchange": name, "reason": "in_use"}
+            )
         for b in list(ex.bindings):
             self._remove_binding(b, cascade=False)
         for b in list(ex.incoming):

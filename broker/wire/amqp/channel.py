@@ -396,7 +396,9 @@ class Channel:
             try:
                 conn.core.check_publish(method.exchange, method.routing_key)
                 if method.exchange not in conn.topology.exchanges:
-                    raise NotFound(f"no exchange '{method.exchange}'")
+                    raise NotFound(
+                        f"no exchange '{method.exchange}'", details={"exchange": method.exchange}
+                    )
             except WharfError as exc:
                 self._fail(from_wharf(exc, BASIC_PUBLISH, conn.vhost))
                 return
@@ -919,11 +921,11 @@ class Channel:
             name = self._queue_name(name)
         if name == REPLY_TO_QUEUE or name.startswith(REPLY_TO_PREFIX):
             # RabbitMQ: the pseudo-queue and a live reply name "exist" (declare-ok, with
-            # no messages); a reply name whose channel is gone does not.
+            # no messages and one consumer); a reply name whose channel is gone does not.
             if name != REPLY_TO_QUEUE and conn.broker.amqp_replies.get(name, conn.vhost) is None:
                 raise AmqpError(NOT_FOUND, f"no queue '{name}' in vhost '{conn.vhost}'", mid)
             if not method.nowait:
-                conn.send(M.queue_declare_ok(self.number, name, 0, 0))
+                conn.send(M.queue_declare_ok(self.number, name, 0, 1))
             return
         arguments = plain_arguments(method.arguments or {})
         q = conn.core.declare_queue(
@@ -953,13 +955,20 @@ class Channel:
 
     def _on_queue_unbind(self, mid: int, method: C.Queue.Unbind) -> None:
         conn = self.conn
-        conn.core.unbind_queue(
-            self._queue_name(method.queue),
-            method.exchange or "",
-            method.routing_key or "",
-            plain_arguments(method.arguments or {}) or None,
-            conn,
-        )
+        name = self._queue_name(method.queue)
+        try:
+            conn.core.unbind_queue(
+                name,
+                method.exchange or "",
+                method.routing_key or "",
+                plain_arguments(method.arguments or {}) or None,
+                conn,
+            )
+        except NotFound as exc:
+            # RabbitMQ answers unbind-ok for a queue that does not exist (nothing is bound
+            # to it); the permission check ran before.
+            if exc.details.get("queue") != name:
+                raise
         conn.send(M.queue_unbind_ok(self.number))
 
     def _on_queue_purge(self, mid: int, method: C.Queue.Purge) -> None:

@@ -48,6 +48,8 @@ from .errors import (
 )
 from .fields import FieldError, decode_fields
 from .frames import (
+    FRAME_BODY,
+    FRAME_HEADER,
     FRAME_HEARTBEAT,
     FRAME_METHOD,
     FRAME_MIN_BYTES,
@@ -112,6 +114,11 @@ class AmqpState(enum.Enum):
     CLOSED = "closed"
 
 
+# The 0-9-1 header, and AMQP 0-9's, which RabbitMQ also answers with 0-9-1's
+# connection.start (the two differ in no frame a 0-9 client sends).
+_ACCEPTED_HEADERS: Final = (PROTOCOL_HEADER, b"AMQP\x01\x01\x00\x09")
+# Frame types AMQP 0-9-1 defines: method, content header, content body, heartbeat.
+_FRAME_TYPES: Final = frozenset({FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT})
 _BEFORE_OPEN: Final = frozenset(
     {
         AmqpState.AWAITING_HEADER,
@@ -334,9 +341,11 @@ class AmqpConnection(asyncio.Protocol):
         need = PROTOCOL_HEADER_BYTES - len(self._header)
         self._header += data[:need]
         rest = data[need:]
-        if len(self._header) < PROTOCOL_HEADER_BYTES and PROTOCOL_HEADER.startswith(self._header):
+        if len(self._header) < PROTOCOL_HEADER_BYTES and any(
+            h.startswith(self._header) for h in _ACCEPTED_HEADERS
+        ):
             return b""
-        if self._header != PROTOCOL_HEADER:
+        if self._header not in _ACCEPTED_HEADERS:
             # The spec's answer to a header it does not accept: the one it speaks, then
             # the socket closes.
             log.info("%s: wrong protocol header %r from %s", self.name, self._header, self.peer)
@@ -601,7 +610,7 @@ class AmqpConnection(asyncio.Protocol):
     def _handle_frame(self, ftype: int, channel: int, payload: bytes) -> None:
         if ftype == FRAME_HEARTBEAT:
             if channel != 0:
-                raise AmqpError(FRAME_ERROR, "heartbeat frame on a channel other than 0")
+                raise AmqpError(UNEXPECTED_FRAME, "heartbeat frame on a channel other than 0")
             return
         state = self.state
         if state is AmqpState.CLOSING:
@@ -615,6 +624,8 @@ class AmqpConnection(asyncio.Protocol):
                 elif mid == _CONNECTION_CLOSE_OK and self.transport is not None:
                     self.transport.close()
             return
+        if ftype not in _FRAME_TYPES:
+            raise AmqpError(FRAME_ERROR, f"type {ftype}, unknown frame type")
         if self.batching and ftype == FRAME_METHOD and payload[:4] != _BASIC_PUBLISH_ID:
             self._flush_publishes()  # the publishes before this method come first
             if self.closing:
@@ -626,7 +637,7 @@ class AmqpConnection(asyncio.Protocol):
             self._connection_method(mid, method)
             return
         if state is not AmqpState.OPEN:
-            raise AmqpError(COMMAND_INVALID, "frame on a channel before the connection was opened")
+            raise AmqpError(UNEXPECTED_FRAME, "frame on a channel before the connection was opened")
         ch = self.open_channels.get(channel)
         if ch is None:
             if ftype != FRAME_METHOD:
@@ -698,6 +709,9 @@ class AmqpConnection(asyncio.Protocol):
             if state is not AmqpState.OPEN:
                 raise AmqpError(COMMAND_INVALID, "connection.update-secret was not expected", mid)
             self._update_secret(method, mid)
+        elif state is AmqpState.OPEN:
+            # RabbitMQ's words for a channel's method sent on channel 0
+            raise AmqpError(CHANNEL_ERROR, "unexpected method in connection state running", mid)
         else:
             raise AmqpError(
                 COMMAND_INVALID, f"{getattr(method, 'name', 'method')} on channel 0", mid
@@ -733,12 +747,9 @@ class AmqpConnection(asyncio.Protocol):
                 )
                 raise AmqpError(COMMAND_INVALID, reason, mid)
         except (ValueError, FieldError, UnicodeDecodeError):
-            raise AmqpError(
-                ACCESS_REFUSED,
-                f"Login was refused using authentication mechanism {mechanism}. "
-                "For details see the broker logfile.",
-                mid,
-            ) from None
+            self.state = AmqpState.AUTHENTICATING
+            self._refuse_login(mechanism)
+            return
         self.state = AmqpState.AUTHENTICATING
         self._auth_task = self._loop.create_task(
             self._authenticate(username, password, mechanism, mid)
@@ -759,7 +770,7 @@ class AmqpConnection(asyncio.Protocol):
                 peer=self.peer,
             )
         except WharfError:
-            self._refuse_login(mechanism, mid)
+            self._refuse_login(mechanism)
             return
         self._logged_in(user)
 
@@ -770,19 +781,26 @@ class AmqpConnection(asyncio.Protocol):
                 cert, self.peer_host, authzid=authzid, protocol=PROTOCOL_NAME, peer=self.peer
             )
         except WharfError:
-            self._refuse_login(MECHANISM_EXTERNAL, mid)
+            self._refuse_login(MECHANISM_EXTERNAL)
             return
         self._logged_in(user)
 
-    def _refuse_login(self, mechanism: str, mid: int) -> None:
+    def _refuse_login(self, mechanism: str) -> None:
         if self.state is AmqpState.AUTHENTICATING:
-            # authentication_failure_close: 403 then close (auth.py logged why).
+            if not self.capabilities.get("authentication_failure_close"):
+                # As RabbitMQ: a client that did not ask for the 403 (older clients do not
+                # expect a close in the handshake) sees the socket close.
+                log.info("%s: login refused; closing the socket", self.name)
+                self._abort()
+                return
+            # authentication_failure_close: 403 then close (auth.py logged why); no
+            # method named, as RabbitMQ's.
             self.close_with(
                 AmqpError(
                     ACCESS_REFUSED,
                     f"Login was refused using authentication mechanism {mechanism}. "
                     "For details see the broker logfile.",
-                    mid,
+                    0,
                 )
             )
             if self.transport is not None:

@@ -12,6 +12,7 @@ from typing import Final
 
 from wharf.protocol.errors import WharfError
 
+SHORTSTR_MAX_BYTES: Final = 255
 CONTENT_TOO_LARGE: Final = 311
 NO_ROUTE: Final = 312
 NO_CONSUMERS: Final = 313
@@ -99,15 +100,19 @@ class AmqpError(Exception):
     def reply_text(self) -> str:
         name = REPLY_NAMES.get(self.code, "INTERNAL_ERROR")
         text = f"{name} - {self.text}"
-        # reply-text is a short string
-        return text.encode("utf-8")[:255].decode("utf-8", "ignore")
+        # reply-text is a short string: RabbitMQ cuts a longer one to 252 bytes and "..."
+        raw = text.encode("utf-8")
+        if len(raw) <= SHORTSTR_MAX_BYTES:
+            return text
+        return raw[: SHORTSTR_MAX_BYTES - 3].decode("utf-8", "ignore") + "..."
 
     def __str__(self) -> str:
         return self.reply_text()
 
 
 def from_wharf(exc: WharfError, method: int, vhost: str) -> AmqpError:
-    """The AMQP exception for a Wharf error raised by the core."""
+    """The AMQP exception for a Wharf error raised by the core, worded as RabbitMQ words
+    it where the error's details say which refusal it is."""
     code = _FROM_WHARF.get(exc.code, INTERNAL_ERROR)
     return AmqpError(code, with_vhost(exc, vhost), method)
 

@@ -140,13 +140,17 @@ def parse_expiration(raw: bytes) -> int:
 
 def _amqp_death(entry: Any) -> Any:
     """An x-death entry as RabbitMQ writes it: ``time`` a timestamp (Wharf keeps epoch
-    ms), ``count`` a long."""
+    ms), ``count`` a long, ``original-expiration`` the expiration property's string of
+    milliseconds (Wharf keeps an integer)."""
     if not isinstance(entry, dict):
         return entry
     out = dict(entry)
     t = out.get("time")
     if type(t) is int and t >= 0:
         out["time"] = msgpack.Timestamp(t // MS_PER_S)
+    expiration = out.get("original-expiration")
+    if type(expiration) is int:
+        out["original-expiration"] = str(expiration)
     return out
 
 

@@ -51,7 +51,7 @@ def params_for(broker: Broker) -> pika.ConnectionParameters:
 
 
 async def test_a_wrong_protocol_header_gets_the_supported_one(broker: Broker) -> None:
-    for wrong in (b"GET / HTTP/1.1\r\n\r\n", b"AMQP\x01\x01\x00\x09", b"AMQP\x00\x00\x09\x02"):
+    for wrong in (b"GET / HTTP/1.1\r\n\r\n", b"AMQP\x01\x01\x00\x0a", b"AMQP\x00\x00\x09\x02"):
         reader, writer = await asyncio.open_connection("127.0.0.1", broker.amqp_port)
         writer.write(wrong)
         client = RawAmqp(reader, writer)

@@ -72,10 +72,24 @@ async def test_a_wrong_password_is_refused_with_403(broker: Broker) -> None:
     writer.write(PROTOCOL_HEADER)
     client = RawAmqp(reader, writer)
     await client.recv()
-    client.send(0, C.Connection.StartOk(client_properties={}, response="\0guest\0wrong"))
+    caps = {"capabilities": {"authentication_failure_close": True}}
+    client.send(0, C.Connection.StartOk(client_properties=caps, response="\0guest\0wrong"))
     close = await client.expect_connection_close()
     assert close.reply_code == 403
     assert close.reply_text.startswith("ACCESS_REFUSED - Login was refused")
+    assert (close.class_id, close.method_id) == (0, 0)  # as RabbitMQ's
+    await client.close()
+
+
+async def test_a_wrong_password_without_the_capability_just_closes(broker: Broker) -> None:
+    # RabbitMQ answers clients that did not announce authentication_failure_close by
+    # closing the socket: older clients do not expect connection.close in the handshake.
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.amqp_port)
+    writer.write(PROTOCOL_HEADER)
+    client = RawAmqp(reader, writer)
+    await client.recv()
+    client.send(0, C.Connection.StartOk(client_properties={}, response="\0guest\0wrong"))
+    assert await client.read_all() == b""
     await client.close()
 
 
