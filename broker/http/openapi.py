@@ -139,7 +139,8 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     ),
     "Queue": _schema(
         "name:s! durable:b! exclusive:b auto_delete:b! arguments:m! messages_ready:i! "
-        "messages_unacked:i consumers:i! policy:s effective_arguments:m",
+        "messages_unacked:i consumers:i! policy:s effective_arguments:m "
+        "dedup_window_ms:i dedup_ids:i duplicates_dropped:i",
         policy={"nullable": True},
     ),
     "QueueDeclare": _schema(

@@ -18,6 +18,9 @@ A segment file is a sequence of records::
                                                        been handed to a consumer
     COUNTS     [queue_uid, [[position, delivery_count], ...]]   after requeues
     DELAYS     [queue_uid, [[position, due_ms], ...]]   held for a delayed retry until due
+    DEDUP      [queue_uid, [[message_id, accepted_ms, expires_ms], ...]]
+               ids a deduplicating queue (x-dedup-window-ms) accepted; a segment about
+               to be deleted has its unexpired entries copied forward first
 
 A message is identified by (queue_uid, position); the same message may appear in two
 segments after compaction copies it forward, and recovery keeps one copy.
@@ -37,7 +40,8 @@ ACKS: Final = 2
 DELIVERED: Final = 3
 COUNTS: Final = 4
 DELAYS: Final = 5
-RECORD_TYPES: Final = frozenset((MSGS, ACKS, DELIVERED, COUNTS, DELAYS))
+DEDUP: Final = 6
+RECORD_TYPES: Final = frozenset((MSGS, ACKS, DELIVERED, COUNTS, DELAYS, DEDUP))
 # MSGS flags (the record's 8th field): bodies paged out of a long queue's memory that
 # are not persistent; recovery skips them.
 FLAG_TRANSIENT: Final = 0x01

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fsio import fsync
-from .records import ACKS, COUNTS, DELAYS, DELIVERED, FLAG_TRANSIENT, MSGS, scan
+from .records import ACKS, COUNTS, DEDUP, DELAYS, DELIVERED, FLAG_TRANSIENT, MSGS, scan
 from .segments import Segment, list_segments
 
 log = logging.getLogger("wharf.store")
@@ -45,6 +45,9 @@ class Recovered:
     max_position: dict[int, int] = field(default_factory=dict)
     # queue uid -> position -> epoch ms when a delayed retry is due
     delayed: dict[int, dict[int, int]] = field(default_factory=dict)
+    # queue uid -> message_id -> (accepted_ms, expires_ms) of its deduplication window
+    # (every DEDUP entry found; the queue keeps those still inside its window)
+    dedup: dict[int, dict[str, tuple[int, int]]] = field(default_factory=dict)
     records: int = 0
     cut_bytes: int = 0
     seconds: float = 0.0
@@ -132,6 +135,16 @@ def recover(directory: Path) -> Recovered:
                 qdelays = out.delayed.setdefault(uid, {})
                 for pos, due in entries:
                     qdelays[pos] = due
+            elif rec.rtype == DEDUP:
+                uid, entries = p[:2]
+                qdedup = out.dedup.setdefault(uid, {})
+                for message_id, accepted_ms, expires_ms in entries:
+                    # A copy carried forward keeps the first acceptance time.
+                    if message_id not in qdedup:
+                        qdedup[message_id] = (accepted_ms, expires_ms)
+                    if expires_ms > seg.dedup_until:
+                        seg.dedup_until = expires_ms
+                seg.dedup_offsets.append(rec.offset)
             elif rec.rtype == COUNTS:
                 uid, counts = p[:2]
                 qmsgs = messages.get(uid)

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -54,6 +55,7 @@ from .fsio import fsync, fsync_dir, record_synced, write_all
 from .records import (
     ACKS,
     COUNTS,
+    DEDUP,
     DELAYS,
     DELIVERED,
     FLAG_TRANSIENT,
@@ -86,6 +88,8 @@ class Segment:
         "written_size",
         "synced_size",
         "new",
+        "dedup_until",
+        "dedup_offsets",
     )
 
     def __init__(self, number: int, path: Path) -> None:
@@ -98,6 +102,10 @@ class Segment:
         self.written_size = 0
         self.synced_size = 0
         self.new = True  # directory entry not yet fsynced
+        # DEDUP records here (offsets) and when the last of their entries expires
+        # (epoch ms): the entries are copied forward before the segment is deleted.
+        self.dedup_until = 0
+        self.dedup_offsets: list[int] = []
 
     def __repr__(self) -> str:
         return f"<Segment {self.number} live={self.live} size={self.size}>"
@@ -143,6 +151,8 @@ class MessageStore:
         self._acks: dict[int, list[int]] = {}
         self._watermarks: dict[int, int] = {}
         self._counts: dict[int, list[list[int]]] = {}
+        # queue uid -> [message_id, accepted_ms, expires_ms] entries for a DEDUP record.
+        self._dedups: dict[int, list[list[Any]]] = {}
         self.batch = 1  # the batch now accumulating
         self.durable_batch = 0
         self.synced_batch = 0  # newest batch known to be fsynced (every mode)
@@ -287,6 +297,33 @@ class MessageStore:
         if entries:
             self._append(encode_record(DELAYS, (queue_uid, entries)))
 
+    def dedup(self, queue_uid: int, message_id: str, accepted_ms: int, expires_ms: int) -> None:
+        """A deduplicating queue accepted a persistent message: its id goes into a DEDUP
+        record of the same group commit as the message (no fsync of its own)."""
+        entries = self._dedups.get(queue_uid)
+        if entries is None:
+            entries = self._dedups[queue_uid] = []
+        entries.append([message_id, accepted_ms, expires_ms])
+        if not self._scheduled:
+            self._schedule()
+
+    def _append_dedup(self, queue_uid: int, entries: list[list[Any]]) -> None:
+        seg = self._append(encode_record(DEDUP, (queue_uid, entries)))
+        seg.dedup_offsets.append(self._last_offset)
+        until = max(e[2] for e in entries)
+        if until > seg.dedup_until:
+            seg.dedup_until = until
+
+    @property
+    def tail_batch(self) -> int:
+        """The newest batch holding anything appended so far, if it is not durable yet
+        (0: everything appended is durable).  A duplicate publish's confirm waits for it:
+        the original's records are in that batch or an older one."""
+        if self._pending or self._acks or self._watermarks or self._counts or self._dedups:
+            return self.batch
+        newest = self._submitted_batch
+        return newest if newest > self.durable_batch else 0
+
     def requeued(self, queue_uid: int, position: int, delivery_count: int) -> None:
         counts = self._counts.get(queue_uid)
         if counts is None:
@@ -305,6 +342,10 @@ class MessageStore:
         loop.call_soon(self._commit)
 
     def _drain_side_records(self) -> None:
+        if self._dedups:
+            for uid, entries in self._dedups.items():
+                self._append_dedup(uid, entries)
+            self._dedups = {}
         if self._acks:
             for uid, positions in self._acks.items():
                 self._append(encode_record(ACKS, (uid, positions)))
@@ -476,7 +517,7 @@ class MessageStore:
                 cb()
         self._collect_garbage()
         self._wake()
-        if self._pending or self._acks or self._watermarks or self._counts:
+        if self._pending or self._acks or self._watermarks or self._counts or self._dedups:
             self._commit()
 
     def _collect_garbage(self) -> None:
@@ -498,6 +539,8 @@ class MessageStore:
             and segs[0].live <= 0
             and segs[0].synced_size >= segs[0].size
         ):
+            if segs[0].dedup_offsets and self._carry_dedup(segs[0]):
+                break  # deleted once the copies are fsynced (the `moved` rule)
             seg = segs.pop(0)
             self.by_number.pop(seg.number, None)
             rfd = self._read_fds.pop(seg.number, None)
@@ -510,6 +553,29 @@ class MessageStore:
                 os.unlink(seg.path)
             except FileNotFoundError:
                 pass
+
+    def _carry_dedup(self, seg: Segment) -> bool:
+        """Copy the unexpired DEDUP entries of ``seg`` (about to be deleted) into the
+        active segment; True if there were any: ``seg`` then stays until the copies are
+        fsynced, exactly as for messages moved by compaction."""
+        now_ms = int(time.time() * 1000)
+        offsets = seg.dedup_offsets
+        seg.dedup_offsets = []
+        if seg.dedup_until <= now_ms or self.failed is not None:
+            return False
+        carried: dict[int, list[list[Any]]] = {}
+        for offset in offsets:
+            uid, entries = self.read_record(seg.number, offset)[:2]
+            live = [e for e in entries if e[2] > now_ms]
+            if live:
+                carried.setdefault(uid, []).extend(live)
+        if not carried:
+            return False
+        for uid, entries in carried.items():
+            self._append_dedup(uid, entries)
+        seg.live += 1
+        self.moved(seg, 1)
+        return True
 
     # -- compaction -------------------------------------------------------------------
 
@@ -574,7 +640,12 @@ class MessageStore:
     def idle(self) -> bool:
         """Nothing appended waits to be written (copies may still wait for an fsync)."""
         return not (
-            self._in_flight or self._pending or self._acks or self._watermarks or self._counts
+            self._in_flight
+            or self._pending
+            or self._acks
+            or self._watermarks
+            or self._counts
+            or self._dedups
         )
 
     def disk_bytes(self) -> int:
