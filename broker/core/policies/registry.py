@@ -63,6 +63,11 @@ _INT_MAXIMUM: Final = 2**63 - 1
 _INT_MAXIMUM_OF: Final[dict[str, int]] = {"dedup-window-ms": MAX_DEDUP_WINDOW_MS}
 
 
+def int_bounds(key: str) -> tuple[int, int]:
+    """The allowed range of an integer policy key (the API's schema shows it)."""
+    return _INT_MINIMUM[key], _INT_MAXIMUM_OF.get(key, _INT_MAXIMUM)
+
+
 def _bad(message: str, key: str) -> WharfError:
     return InvalidArgument(message, details={"argument": key})
 
