@@ -234,8 +234,9 @@ class Publisher:
         duplicates = n if queues and not topics else 0
         durable_dup = False
         for q in queues:
+            # Dead-lettered and replayed messages (count=False) are not deduplicated.
             durable, accepted, dups = q.enqueue_many(
-                exchange_name, routing_key, props, bodies, persistent
+                exchange_name, routing_key, props, bodies, persistent, count
             )
             if durable:
                 stored = True

@@ -378,6 +378,7 @@ class Queue:
         properties: dict[str, Any] | None,
         bodies: list[bytes] | tuple[bytes, ...],
         persistent: bool = False,
+        dedup: bool = True,
     ) -> tuple[bool, int, int]:
         """Append messages.
 
@@ -386,13 +387,14 @@ class Queue:
         reject-publish(-dlx) accepts only what fits; the caller nacks the rest.  A queue
         with x-dedup-window-ms drops a message whose message_id it accepted within the
         window (the bodies of one call share their properties, so all but the first are
-        duplicates of the first).
+        duplicates of the first).  ``dedup`` False: a message moved inside the broker
+        (dead-lettered, replayed) is not a publisher's retry and is never dropped.
         """
         limits = self.limits
         message_id: str | None = None
         duplicates = 0
         now_ms = 0
-        window = limits.dedup_window_ms
+        window = limits.dedup_window_ms if dedup else None
         if window is not None:
             if properties is not None:
                 message_id = properties.get("message_id")
@@ -410,7 +412,7 @@ class Queue:
                     duplicates = len(bodies) - 1
                     self.stats_duplicates += duplicates
                     bodies = bodies[:1]
-        elif self.dedup is not None:
+        elif self.dedup is not None and limits.dedup_window_ms is None:
             self.dedup = None  # the window was turned off: its ids are forgotten
         if limits.bounded and limits.overflow != "drop-head":
             room = self._room(bodies)

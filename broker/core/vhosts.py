@@ -319,6 +319,7 @@ class VirtualHost:
 
     def tick(self) -> None:
         self.topology.expire_unused_queues()
+        self.topology.purge_dedup_windows()
         if self.groups is not None:
             try:
                 self.groups.tick()

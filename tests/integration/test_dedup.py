@@ -172,3 +172,30 @@ async def test_duplicate_confirm_frame_names_the_seqs(
         frames.append(await raw.recv())
     assert all(f[0] == F.CONFIRM for f in frames)
     assert [s for f in frames if len(f) > 3 for s in f[3]] == [2]
+
+
+async def test_dead_lettered_and_replayed_messages_are_not_dropped_as_duplicates(
+    conn: wharf.Connection,
+) -> None:
+    """Moves inside the broker are not a publisher's retry: a message that died and is
+    replayed into its deduplicating queue (or dead-letters again into a deduplicating
+    DLQ) keeps going."""
+    await conn.declare_exchange("dlx", "fanout")
+    await conn.declare_queue("dead", arguments={"x-dedup-window-ms": 60_000})
+    await conn.bind_queue("dead", "dlx")
+    args = {"x-dedup-window-ms": 60_000, "x-dead-letter-exchange": "dlx"}
+    await conn.declare_queue("work", arguments=args)
+    await conn.publish("", "work", b"job", message_id="job-1")
+    for _ in range(2):
+        msg = await conn.get("work")
+        assert msg is not None and msg.body == b"job"
+        await msg.reject(requeue=False)
+
+        async def dead_has_it() -> bool:
+            return await _count(conn, "dead") == 1
+
+        await wait_until(dead_has_it, what="dead-lettered")
+        assert await conn.replay_dead_letters("dead") == 1
+        assert await _count(conn, "work") == 1
+    # A publisher's retry is still a duplicate.
+    assert (await conn.publish("", "work", b"job", message_id="job-1")).duplicate
