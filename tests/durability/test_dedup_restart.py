@@ -9,6 +9,7 @@ are carried forward first).
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -104,4 +105,44 @@ async def test_window_survives_segment_reclaim_and_kill_9(tmp_path: Path) -> Non
         conn = await _kill_and_restart(bp, conn)
         assert all(await _publish_all(conn, "orders", b"retry"))
         assert (await conn.declare_queue("orders", passive=True)).messages == 0
+        await conn.close()
+
+
+async def test_resend_everything_after_kill_9_mid_stream_enqueues_each_id_once(
+    tmp_path: Path,
+) -> None:
+    """The broker dies while confirms are outstanding; the producer cannot know what
+    arrived and resends all of it: each id ends up in the queue exactly once."""
+    total = 2000
+    ids = [f"evt-{i}" for i in range(total)]
+    async with broker_process(tmp_path / "data") as bp:
+        conn = await bp.connect()
+        args = {"x-dedup-window-ms": WINDOW_MS}
+        await conn.declare_queue("events", durable=True, arguments=args)
+        confirmed = 0
+
+        async def publish(mid: str) -> None:
+            nonlocal confirmed
+            await conn.publish("", "events", mid.encode(), message_id=mid, persistent=True)
+            confirmed += 1
+
+        tasks = [asyncio.ensure_future(publish(mid)) for mid in ids]
+        while confirmed < total // 4:
+            await asyncio.sleep(0.001)  # polling a counter, bounded by the test budget
+        await bp.stop("kill")
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert any(isinstance(r, Exception) for r in results), "the kill came too late"
+        await conn.close()
+        await bp.start()
+        conn = await bp.connect()
+        flags = [
+            (await conn.publish("", "events", mid.encode(), message_id=mid, persistent=True))
+            .duplicate
+            for mid in ids
+        ]
+        assert sum(flags) >= confirmed  # everything confirmed before the kill
+        bodies = []
+        while (msg := await conn.get("events", no_ack=True)) is not None:
+            bodies.append(msg.body.decode())
+        assert sorted(bodies) == sorted(ids)
         await conn.close()
