@@ -120,15 +120,17 @@ async def test_resend_everything_after_kill_9_mid_stream_enqueues_each_id_once(
         args = {"x-dedup-window-ms": WINDOW_MS}
         await conn.declare_queue("events", durable=True, arguments=args)
         confirmed = 0
+        quarter = asyncio.Event()
 
         async def publish(mid: str) -> None:
             nonlocal confirmed
             await conn.publish("", "events", mid.encode(), message_id=mid, persistent=True)
             confirmed += 1
+            if confirmed == total // 4:
+                quarter.set()
 
         tasks = [asyncio.ensure_future(publish(mid)) for mid in ids]
-        while confirmed < total // 4:
-            await asyncio.sleep(0.001)  # polling a counter, bounded by the test budget
+        await quarter.wait()
         await bp.stop("kill")
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert any(isinstance(r, Exception) for r in results), "the kill came too late"
@@ -136,8 +138,9 @@ async def test_resend_everything_after_kill_9_mid_stream_enqueues_each_id_once(
         await bp.start()
         conn = await bp.connect()
         flags = [
-            (await conn.publish("", "events", mid.encode(), message_id=mid, persistent=True))
-            .duplicate
+            (
+                await conn.publish("", "events", mid.encode(), message_id=mid, persistent=True)
+            ).duplicate
             for mid in ids
         ]
         assert sum(flags) >= confirmed  # everything confirmed before the kill
