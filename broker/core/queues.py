@@ -378,7 +378,7 @@ class Queue:
         properties: dict[str, Any] | None,
         bodies: list[bytes] | tuple[bytes, ...],
         persistent: bool = False,
-        dedup: bool = True,
+        deduplicate: bool = True,
     ) -> tuple[bool, int, int]:
         """Append messages.
 
@@ -387,14 +387,14 @@ class Queue:
         reject-publish(-dlx) accepts only what fits; the caller nacks the rest.  A queue
         with x-dedup-window-ms drops a message whose message_id it accepted within the
         window (the bodies of one call share their properties, so all but the first are
-        duplicates of the first).  ``dedup`` False: a message moved inside the broker
+        duplicates of the first).  ``deduplicate`` False: a message moved inside the broker
         (dead-lettered, replayed) is not a publisher's retry and is never dropped.
         """
         limits = self.limits
         message_id: str | None = None
         duplicates = 0
         now_ms = 0
-        window = limits.dedup_window_ms if dedup else None
+        window = limits.dedup_window_ms if deduplicate else None
         if window is not None:
             if properties is not None:
                 message_id = properties.get("message_id")
