@@ -10,6 +10,8 @@ are carried forward first).
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -113,24 +115,27 @@ async def test_resend_everything_after_kill_9_mid_stream_enqueues_each_id_once(
 ) -> None:
     """The broker dies while confirms are outstanding; the producer cannot know what
     arrived and resends all of it: each id ends up in the queue exactly once."""
-    total = 2000
+    total = 5000
     ids = [f"evt-{i}" for i in range(total)]
     async with broker_process(tmp_path / "data") as bp:
         conn = await bp.connect()
         args = {"x-dedup-window-ms": WINDOW_MS}
         await conn.declare_queue("events", durable=True, arguments=args)
         confirmed = 0
-        quarter = asyncio.Event()
+        killed = asyncio.Event()
+        assert bp.proc is not None
+        pid = bp.proc.pid
 
         async def publish(mid: str) -> None:
             nonlocal confirmed
             await conn.publish("", "events", mid.encode(), message_id=mid, persistent=True)
             confirmed += 1
-            if confirmed == total // 4:
-                quarter.set()
+            if confirmed == total // 20:
+                os.kill(pid, signal.SIGKILL)  # at once, with most confirms outstanding
+                killed.set()
 
         tasks = [asyncio.ensure_future(publish(mid)) for mid in ids]
-        await quarter.wait()
+        await killed.wait()
         await bp.stop("kill")
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert any(isinstance(r, Exception) for r in results), "the kill came too late"
