@@ -15,7 +15,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from harness import SMALL_SEGMENT_BYTES, BrokerProcess, broker_process
+from harness import SMALL_SEGMENT_BYTES, BrokerProcess, broker_process, simulate_power_loss
 
 import wharf
 
@@ -47,16 +47,26 @@ async def _barrier(conn: wharf.Connection) -> None:
     await conn.publish("", "barrier", b"barrier", persistent=True)
 
 
-async def _kill_and_restart(bp: BrokerProcess, conn: wharf.Connection) -> wharf.Connection:
+async def _kill_and_restart(
+    bp: BrokerProcess, conn: wharf.Connection, sync_log: Path | None = None
+) -> wharf.Connection:
     await bp.stop("kill")
     await conn.close()
+    if sync_log is not None:  # and the power goes: segments cut to what was fsynced
+        simulate_power_loss(bp.data_dir, sync_log)
     await bp.start()
     return await bp.connect()
 
 
-@pytest.mark.parametrize("via", ["argument", "policy"])
-async def test_window_survives_kill_9_also_for_acked_messages(tmp_path: Path, via: str) -> None:
-    async with broker_process(tmp_path / "data") as bp:
+@pytest.mark.parametrize(
+    ("via", "power_loss"), [("argument", False), ("policy", False), ("argument", True)]
+)
+async def test_window_survives_kill_9_also_for_acked_messages(
+    tmp_path: Path, via: str, power_loss: bool
+) -> None:
+    sync_log = tmp_path / "sync.log" if power_loss else None
+    env = {"WHARF_TEST_SYNC_LOG": str(sync_log)} if sync_log is not None else None
+    async with broker_process(tmp_path / "data", env=env) as bp:
         conn = await bp.connect()
         if via == "policy":
             await conn.set_policy("dedup", "^orders$", {"dedup-window-ms": WINDOW_MS})
@@ -71,7 +81,7 @@ async def test_window_survives_kill_9_also_for_acked_messages(tmp_path: Path, vi
             assert msg is not None
             await msg.ack()
         await _barrier(conn)
-        conn = await _kill_and_restart(bp, conn)
+        conn = await _kill_and_restart(bp, conn, sync_log)
         # The producer never saw its confirms: it resends everything.
         assert all(await _publish_all(conn, "orders", b"retry"))
         bodies = []
