@@ -108,3 +108,32 @@ async def test_when_durable_is_told_after_the_commit_is_on_disk(tmp_path: Path) 
     store.when_durable(batch, told.append)  # already durable: at once
     assert told == [True, True]
     store.close()
+
+
+async def test_reclaim_carries_unexpired_dedup_ids_forward_and_drops_expired(
+    tmp_path: Path,
+) -> None:
+    """A segment with nothing live left is deleted only after its unexpired DEDUP
+    entries were copied into the active segment and fsynced; expired ones just go."""
+    store = MessageStore(tmp_path, segment_bytes=300)
+    store.open_for_append([])
+    seg, _ = store.append_messages(UID, 0, "", "q", {"message_id": "keep"}, [BODY, BODY])
+    store.dedup(UID, "keep", 1, 2**62)  # far in the future
+    store.dedup(UID, "gone", 1, 2)  # expired long ago
+    await store.flush()
+    assert seg.dedup_offsets and store.active is seg
+    store.append_messages(OTHER, 0, "", "q", None, [BODY] * 3)  # fills seg
+    store.settle(UID, 0, seg)
+    store.settle(UID, 1, seg)
+    for pos in range(3):
+        store.settle(OTHER, pos, seg)
+    assert seg.live == 0
+    store.append_messages(OTHER, 3, "", "q", None, [BODY])  # rolls: seg is not active
+    await store.flush()
+    await store.flush()  # the carried copy's batch, then the deletion
+    assert not seg.path.exists()
+    assert [s.dedup_offsets != [] for s in store.segments] == [True]
+    store.close()
+    rec = recover(tmp_path)
+    assert set(rec.dedup[UID]) == {"keep"}
+    assert rec.dedup[UID]["keep"] == (1, 2**62)  # the first acceptance time is kept
