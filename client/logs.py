@@ -30,6 +30,7 @@ from wharf.protocol.errors import (
 from wharf.protocol.records import (
     CODEC_NONE,
     CODECS,
+    CONTROL,
     HEADER_BYTES,
     MAX_BATCH_BYTES,
     BatchHeader,
@@ -114,8 +115,8 @@ def records_from_batches(
     with _NoGC():
         for batch in batches:
             h = read_header(batch)
-            if h.next_offset <= min_offset:
-                continue
+            if h.next_offset <= min_offset or h.attributes & CONTROL:
+                continue  # control batches (transaction markers) are not records
             rows = msgpack.unpackb(
                 decompress(memoryview(batch)[HEADER_BYTES:], h.codec), raw=False, use_list=False
             )
@@ -169,7 +170,7 @@ class BatchReader:
         if self.left:
             self.abandon()
         h = read_header(batch)
-        if h.next_offset > min_offset:
+        if h.next_offset > min_offset and not h.attributes & CONTROL:
             self._unpacker.feed(decompress(memoryview(batch)[HEADER_BYTES:], h.codec))
             self.left = self._unpacker.read_array_header()
             self._header = h
@@ -278,8 +279,11 @@ class Producer:
     batch per partition is in flight at a time, so batches stay in order.
     """
 
-    def __init__(self, request: Callable[[F.Frame], Awaitable[Reply]]) -> None:
+    def __init__(
+        self, request: Callable[[F.Frame], Awaitable[Reply]], *, transactional: bool = False
+    ) -> None:
         self._request = request
+        self._transactional = transactional  # batches flagged for the transaction
         self.producer_id = -1
         self.producer_epoch = -1
         self._sequences: dict[tuple[str, int], int] = {}
@@ -382,7 +386,16 @@ class Producer:
             pid = self.producer_id
             seq = self._sequences.get(key, 0)
             frame = F.Produce(
-                NEW_REQUEST, topic, partition, payload, codec, acks, pid, self.producer_epoch, seq
+                NEW_REQUEST,
+                topic,
+                partition,
+                payload,
+                codec,
+                acks,
+                pid,
+                self.producer_epoch,
+                seq,
+                self._transactional,
             )
             attempt = 0
             while True:

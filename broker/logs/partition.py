@@ -591,6 +591,20 @@ class Partition:
                 self._start_sync(loop)
         return fut
 
+    def sync_now(self) -> None:
+        """fsync what is unsynced on the calling thread (start-up recovery of
+        transactions, before the loop serves anyone)."""
+        if self.failed is not None:
+            raise self.failed
+        dirty = [s for s in self.segments if s.synced_size < s.size or s.new]
+        new_dir = self.path if any(s.new for s in dirty) else None
+        _fsync_files([(str(s.path), s.size) for s in dirty], new_dir, self._sync_log)
+        for seg in dirty:
+            seg.synced_size = seg.size
+            seg.new = False
+        self._synced_through = self._written
+        self._advance_durable(self.latest)
+
     def _start_sync(self, loop: asyncio.AbstractEventLoop) -> None:
         waiters, self._sync_waiters = self._sync_waiters, []
         target = self._written

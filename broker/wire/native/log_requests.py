@@ -27,6 +27,7 @@ from wharf.protocol.errors import InternalError, InvalidArgument, ResourceError,
 from ...logs.partition import Partition
 from ...logs.segment import ReadArena
 from ...logs.topics import MAX_FETCH_BYTES, TopicRegistry, check_fetch_bytes
+from ...logs.transactions import TransactionCoordinator
 from .throttle import fetched_bytes
 
 log = logging.getLogger("wharf.topics")
@@ -71,8 +72,10 @@ class LogRequests:
         name: str,
         max_frame_bytes: int,
         reply_fetched: ReplyFetched | None = None,
+        transactions: Callable[[], TransactionCoordinator | None] = lambda: None,
     ) -> None:
         self._registry = registry
+        self._transactions = transactions
         self._reply = reply
         self._reply_fetched: ReplyFetched = reply_fetched or (
             lambda rid, result, _nbytes: reply(rid, result)
@@ -88,6 +91,46 @@ class LogRequests:
     # -- produce -------------------------------------------------------------------
 
     def produce(self, f: F.Produce) -> None:
+        if f.producer_id >= 0:
+            coordinator = self._transactions()
+            if f.transactional:
+                if coordinator is None:
+                    raise InvalidArgument(
+                        "transactions are not available before the broker started"
+                    )
+                if f.acks == "none" or f.partition < 0:
+                    raise InvalidArgument(
+                        "a transactional produce needs acks 'written' or 'fsynced' and a "
+                        "partition number"
+                    )
+                wait = coordinator.before_produce(
+                    f.producer_id, f.producer_epoch, f.topic, f.partition
+                )
+                if wait is not None:
+                    # Appended once the partition is durably part of the transaction.
+                    wait.add_done_callback(lambda fut: self._produce_added(f, fut))
+                    return
+            elif coordinator is not None:
+                coordinator.check_plain_produce(f.producer_id)
+        elif f.transactional:
+            raise InvalidArgument("a transactional produce needs its producer id and epoch")
+        self._append(f)
+
+    def _produce_added(self, f: F.Produce, fut: asyncio.Future[None]) -> None:
+        if self.closed:
+            return
+        try:
+            exc = fut.exception()
+            if exc is not None:
+                raise exc
+            self.produce(f)  # checks the transaction again: it may have ended meanwhile
+        except WharfError as exc:
+            self._send_error(f.request_id, exc)
+        except Exception:
+            log.exception("%s: a transactional produce failed", self._name)
+            self._send_error(f.request_id, InternalError("internal error; the broker logged it"))
+
+    def _append(self, f: F.Produce) -> None:
         try:
             res = self._registry().produce(
                 f.topic,
@@ -98,6 +141,7 @@ class LogRequests:
                 f.producer_id,
                 f.producer_epoch,
                 f.base_sequence,
+                f.transactional,
             )
         except WharfError as exc:
             if f.acks != "none":
@@ -163,7 +207,11 @@ class LogRequests:
 
     def _fetch_one(self, registry: TopicRegistry, f: F.Fetch) -> dict[str, Any]:
         return registry.fetch(
-            f.topic, f.partition, f.offset, min(f.max_bytes, self._max_reply_bytes)
+            f.topic,
+            f.partition,
+            f.offset,
+            min(f.max_bytes, self._max_reply_bytes),
+            _committed(f.isolation_level),
         )
 
     def fetch_many(self, f: F.FetchMany) -> None:
@@ -202,6 +250,7 @@ class LogRequests:
         results: list[list[Any]] = []
         parts: list[Partition] = []
         answer_now = got = False
+        committed = _committed(f.isolation_level)
         for topic, number, offset, max_bytes in (e[:4] for e in f.partitions):
             part: Partition | None = None
             try:
@@ -211,7 +260,9 @@ class LogRequests:
                 # As Kafka: only the first batch of the answer may pass the limits.
                 limit = min(max_bytes, budget)
                 batches = (
-                    part.fetch(offset, limit, at_least_one=not got, arena=arena)
+                    part.fetch(
+                        offset, limit, at_least_one=not got, arena=arena, committed=committed
+                    )
                     if limit > 0
                     else []
                 )
@@ -224,7 +275,8 @@ class LogRequests:
                 answer_now = got = True
                 budget -= sum(len(b) for b in batches)
             parts.append(part)
-            results.append([topic, number, 0, part.high_watermark, part.earliest, batches])
+            end = part.last_stable_offset if committed else part.high_watermark
+            results.append([topic, number, 0, end, part.earliest, batches])
         return results, answer_now, parts
 
     # -- long poll -----------------------------------------------------------------
@@ -279,6 +331,17 @@ class LogRequests:
         self.closed = True
         for poll in list(self._polls):
             self._drop(poll)
+
+
+def _committed(isolation_level: int) -> bool:
+    if isolation_level == F.READ_COMMITTED:
+        return True
+    if isolation_level != F.READ_UNCOMMITTED:
+        raise InvalidArgument(
+            f"isolation_level must be {F.READ_UNCOMMITTED} (read uncommitted) or "
+            f"{F.READ_COMMITTED} (read committed), got {isolation_level}"
+        )
+    return False
 
 
 def _check_wait(max_wait_ms: int) -> int:

@@ -1,0 +1,228 @@
+"""Transactions on log topics over TCP: commit/abort visibility per isolation level, the
+last stable offset, fencing, timeouts, send_offsets, and the requests refused with a
+clear error that change nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import wharf
+from wharf.broker.server import Broker
+from wharf.protocol import frames as F
+from wharf.protocol.records import encode_values
+
+from ..conftest import RawClient
+
+RC = "read_committed"
+
+
+async def values(
+    conn: wharf.Connection, topic: str, isolation: str, partition: int = 0
+) -> list[bytes | None]:
+    recs = await conn.fetch(topic, partition, 0, isolation_level=isolation)
+    return [r.value for r in recs]
+
+
+async def test_commit_visible_abort_invisible(conn: wharf.Connection) -> None:
+    await conn.create_topic("t", 2)
+    p = conn.transactional_producer("tx-1")
+    async with p.transaction():
+        await p.produce("t", b"c1", partition=0)
+        await p.produce_many("t", [b"c2", b"c3"], partition=1)
+    await p.begin()
+    await p.produce("t", b"a1", partition=0)
+    await p.abort()
+    await conn.produce("t", b"plain", partition=0)
+    with pytest.raises(RuntimeError):
+        async with p.transaction():
+            await p.produce("t", b"a2", partition=0)
+            raise RuntimeError("the application failed")
+    async with p.transaction():
+        await p.produce("t", b"c4", partition=0)
+    assert await values(conn, "t", RC) == [b"c1", b"plain", b"c4"]
+    assert await values(conn, "t", RC, 1) == [b"c2", b"c3"]
+    # read_uncommitted sees everything but the markers.
+    assert await values(conn, "t", "read_uncommitted") == [b"c1", b"a1", b"plain", b"a2", b"c4"]
+    # Markers count in offsets: c1 0, marker 1, a1 2, marker 3, plain 4, a2 5, m 6, c4 7, m 8.
+    offsets = [r.offset for r in await conn.fetch("t", 0, 0, isolation_level=RC)]
+    assert offsets == [0, 4, 7]
+    assert (await conn.list_offsets("t", 0))[1] == 9
+
+
+async def test_last_stable_offset_held_by_an_open_transaction(conn: wharf.Connection) -> None:
+    await conn.create_topic("lso", 1)
+    await conn.produce("lso", b"before")
+    p = conn.transactional_producer("tx-lso")
+    await p.begin()
+    await p.produce("lso", b"open", partition=0)
+    await conn.produce("lso", b"after")  # non-transactional, behind the open one
+    info = (await conn.describe_topic("lso"))["offsets"][0]
+    assert info["last_stable"] == 1 and info["latest"] == 3
+    assert await values(conn, "lso", RC) == [b"before"]
+    res = await conn.fetch_batch("lso", 0, 0, isolation_level=RC)
+    assert res.high_watermark == 1
+    assert await values(conn, "lso", "read_uncommitted") == [b"before", b"open", b"after"]
+    await p.commit()
+    assert await values(conn, "lso", RC) == [b"before", b"open", b"after"]
+
+
+async def test_read_committed_stream_and_lag(conn: wharf.Connection) -> None:
+    await conn.create_topic("s", 1)
+    p = conn.transactional_producer("tx-s")
+    async with p.transaction():
+        await p.produce_many("s", [b"1", b"2"], partition=0)
+    await p.begin()
+    await p.produce("s", b"x", partition=0)
+    await p.abort()
+    async with p.transaction():
+        await p.produce("s", b"3", partition=0)
+    got: list[bytes | None] = []
+    async with conn.subscribe(
+        "s", auto_offset_reset="earliest", isolation_level=RC, fetch_max_wait=0.05
+    ) as stream:
+        async for rec in stream:
+            got.append(rec.value)
+            if rec.value == b"3":
+                break
+        assert got == [b"1", b"2", b"3"]
+        for _ in range(100):  # bounded: the marker after "3" is passed at the next take
+            if stream.lag().get(("s", 0)) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert stream.lag() == {("s", 0): 1} or stream.lag() == {("s", 0): 0}
+
+
+async def test_fencing_aborts_the_old_epoch(connect: Callable[..., Any]) -> None:
+    c1: wharf.Connection = await connect()
+    c2: wharf.Connection = await connect()
+    await c1.create_topic("f", 1)
+    old = c1.transactional_producer("tx-f")
+    await old.begin()
+    await old.produce("f", b"zombie", partition=0)
+    new = c2.transactional_producer("tx-f")
+    await new.begin()  # fences old; its open transaction is aborted
+    assert new.producer_epoch == old.producer_epoch + 1
+    with pytest.raises(wharf.ProducerFenced) as info:
+        await old.produce("f", b"late", partition=0)
+    assert info.value.code == 413
+    with pytest.raises(wharf.ProducerFenced):
+        await old.commit()
+    await new.produce("f", b"fresh", partition=0)
+    await new.commit()
+    assert await values(c1, "f", RC) == [b"fresh"]
+    assert await values(c1, "f", "read_uncommitted") == [b"zombie", b"fresh"]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"transaction_timeout_ms": 50}])
+async def test_timeout_aborts(conn: wharf.Connection, broker: Broker) -> None:
+    await conn.create_topic("to", 1)
+    p = conn.transactional_producer("tx-to")
+    await p.begin()
+    await p.produce("to", b"slow", partition=0)
+    coordinator = broker.vhosts.get("/").transactions
+    assert coordinator is not None
+    for _ in range(300):  # the broker's tick (1 s) aborts it
+        if coordinator.timeouts:
+            break
+        await asyncio.sleep(0.02)
+    assert coordinator.timeouts == 1
+    with pytest.raises(wharf.TransactionAborted) as info:
+        await p.commit()
+    assert info.value.code == 417
+    await p.abort()  # acknowledged; a new transaction works
+    async with p.transaction():
+        await p.produce("to", b"quick", partition=0)
+    # the timeout is per producer: 50 ms is too short for this one too, unless quick
+    assert b"slow" not in await values(conn, "to", RC)
+
+
+async def test_send_offsets_committed_only_on_commit(conn: wharf.Connection) -> None:
+    await conn.create_topic("in", 1)
+    await conn.create_topic("out", 1)
+    p = conn.transactional_producer("tx-o")
+    await p.begin()
+    await p.produce("out", b"r", partition=0)
+    await p.send_offsets("g", {("in", 0): 5})
+    assert await conn.committed_offsets("g") == {}
+    await p.abort()
+    assert await conn.committed_offsets("g") == {}
+    async with p.transaction():
+        await p.produce("out", b"r", partition=0)
+        await p.send_offsets("g", {("in", 0): 7})
+        assert await conn.committed_offsets("g") == {}
+    assert await conn.committed_offsets("g") == {("in", 0): 7}
+
+
+async def test_bad_requests_change_nothing(
+    conn: wharf.Connection, connect: Callable[..., Any], raw_client: Callable[..., Any]
+) -> None:
+    await conn.create_topic("b", 1)
+    await conn.create_topic("src", 1)
+    p = conn.transactional_producer("tx-b")
+    with pytest.raises(wharf.InvalidTxnState) as info:
+        await p.commit()  # commit without begin
+    assert info.value.code == 415
+    with pytest.raises(wharf.InvalidTxnState):
+        await p.produce("b", b"outside", partition=0)  # produce outside a transaction
+    await p.begin()
+    await p.commit()  # an empty transaction: nothing to do
+    # On the wire: a produce without the transactional flag from the transactional
+    # producer's id, a transactional one without a transaction's producer, END_TXN
+    # with no transaction open, and a fenced epoch.
+    raw: RawClient = await raw_client()
+    payload = encode_values([b"sneaky"], None, None, 1000)
+    pid, epoch = p.producer_id, p.producer_epoch
+    raw.send(F.Produce(2, "b", 0, payload, 0, "written", pid, epoch, 0))
+    assert (await raw.recv())[:3] == [F.ERROR, 2, 415]
+    raw.send(F.InitProducer(3))
+    plain_pid = (await raw.recv())[2]["producer_id"]
+    raw.send(F.Produce(4, "b", 0, payload, 0, "written", plain_pid, 0, 0, True))
+    assert (await raw.recv())[:3] == [F.ERROR, 4, 415]
+    raw.send(F.EndTxn(5, "tx-b", pid, epoch, True))
+    assert (await raw.recv())[:3] == [F.ERROR, 5, 415]
+    raw.send(F.EndTxn(6, "tx-b", pid, epoch - 1 if epoch else epoch, True))
+    if epoch:
+        assert (await raw.recv())[:3] == [F.ERROR, 6, 413]
+    else:
+        assert (await raw.recv())[:3] == [F.ERROR, 6, 415]
+    raw.send(F.Produce(7, "src", 0, payload, 0, "written", pid, epoch, 0, True))
+    ok = await raw.recv()  # a raw transactional produce of the producer: begins one
+    assert ok[0] == F.OK, ok
+    raw.send(F.EndTxn(8, "tx-b", pid, epoch, False))
+    assert (await raw.recv())[0] == F.OK
+    # send_offsets for a group that moved to a new generation.
+    other: wharf.Connection = await connect()
+    async with other.subscribe(
+        "src", group="grp", auto_offset_reset="earliest", enable_auto_commit=False
+    ) as stream:
+        for _ in range(200):
+            if stream.generation >= 1:
+                break
+            await asyncio.sleep(0.02)
+        gen = stream.generation
+        member = stream.member_id
+        await p.begin()
+        await p.produce("b", b"x", partition=0)
+        with pytest.raises(wharf.IllegalGeneration) as gi:
+            await p.send_offsets("grp", {("src", 0): 1}, member_id=member, generation=gen + 1)
+        assert gi.value.code == 410
+        await p.commit()
+    assert await conn.committed_offsets("grp") == {}
+    assert await values(conn, "b", RC) == [b"x"]
+
+
+async def test_exchange_routed_records_and_read_committed(conn: wharf.Connection) -> None:
+    await conn.create_topic("ex", 1)
+    await conn.declare_exchange("x", "fanout")
+    await conn.bind_topic("ex", "x")
+    p = conn.transactional_producer("tx-ex")
+    await p.begin()
+    await p.produce("ex", b"txn", partition=0)
+    await conn.publish("x", "", b"routed")
+    assert await values(conn, "ex", RC) == []
+    await p.commit()
+    assert await values(conn, "ex", RC) == [b"txn", b"routed"]
