@@ -51,7 +51,6 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -401,6 +400,13 @@ def _append_and_fsync(fd: int, data: bytes, path: Path) -> None:
         record_synced(path, os.fstat(fd).st_size)
 
 
+async def _halt_point(step: str) -> None:
+    """The durability tests' crash point (fsio.FAULTS.halt_at): never returns there."""
+    if FAULTS.halt_at == step:
+        log.warning("halting at %s (WHARF_TEST_HALT_AT)", step)
+        await asyncio.get_running_loop().create_future()
+
+
 # -- the coordinator --------------------------------------------------------------------
 
 
@@ -426,10 +432,6 @@ class TransactionCoordinator:
         self.commits = 0
         self.aborts = 0
         self.timeouts = 0
-        # Tests: called with the transaction and the step name ("prepared" after
-        # PrepareX is fsynced, "marked" after the markers are) and may raise to stop
-        # the END_TXN there (a crash point for durability tests).
-        self.fault_hook: Callable[[Txn, str], None] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
         self._recover()
 
@@ -765,8 +767,7 @@ class TransactionCoordinator:
                 await asyncio.gather(*(p.sync() for p in parts))  # the data, durable
             txn.state = PREPARE_COMMIT if commit else PREPARE_ABORT
             await self._persist(txn)
-            if self.fault_hook is not None:
-                self.fault_hook(txn, "prepared")
+            await _halt_point("txn-prepared")
             syncs = []
             for part in parts:
                 if part.closed:
@@ -774,8 +775,7 @@ class TransactionCoordinator:
                 if part.append_marker(txn.producer_id, txn.epoch, commit, COORDINATOR_EPOCH):
                     syncs.append(part.sync())
             await asyncio.gather(*syncs)
-            if self.fault_hook is not None:
-                self.fault_hook(txn, "marked")
+            await _halt_point("txn-marked")
             changes = self._offset_changes(txn) if commit else []
             if changes:
                 await self.groups.offsets.commit(changes)
