@@ -356,6 +356,13 @@ class Producer:
         self._round_robin[topic] = p + 1
         return p
 
+    def use_epoch(self, producer_id: int, epoch: int) -> None:
+        """Send as ``producer_id``/``epoch`` from now on (INIT_TRANSACTIONS answered
+        them): a new epoch numbers its records from 0 in every partition."""
+        self.producer_id = producer_id
+        self.producer_epoch = epoch
+        self._sequences.clear()
+
     def _reset(self, pid: int) -> None:
         """Start over as a new producer (new id, sequences from 0): after a batch whose
         fate is unknown, a later one must not be taken for its retry."""

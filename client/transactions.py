@@ -71,10 +71,7 @@ class TransactionalProducer:
             F.InitTransactions(NEW_REQUEST, self.transactional_id, self._timeout_ms)
         )
         result = result_of(reply)
-        p = self._producer
-        p.producer_id = int(result["producer_id"])
-        p.producer_epoch = int(result["producer_epoch"])
-        p._sequences.clear()  # a new epoch numbers from 0 in every partition
+        self._producer.use_epoch(int(result["producer_id"]), int(result["producer_epoch"]))
         self._initialised = True
         self._in_txn = False
 
