@@ -24,6 +24,7 @@ from wharf.protocol import frames as F
 from wharf.protocol.errors import (
     ConnectionLost,
     InvalidArgument,
+    InvalidTxnState,
     OutOfOrderSequence,
     ProducerFenced,
 )
@@ -371,6 +372,11 @@ class Producer:
             self._sequences.clear()
 
     async def _init(self) -> None:
+        if self._transactional:
+            raise InvalidTxnState(
+                "the transactional producer lost its producer id (a batch of unknown fate "
+                "after a lost connection): abort, then begin again"
+            )
         async with self._init_lock:
             if self.producer_id < 0:
                 result = result_of(await self._request(F.InitProducer(NEW_REQUEST)))

@@ -79,7 +79,7 @@ class TransactionalProducer:
         self._check_fenced()
         if self._in_txn:
             raise InvalidTxnState("a transaction is already in progress: commit or abort it first")
-        if not self._initialised:
+        if not self._initialised or self._producer.producer_id < 0:
             await self.init()
         self._in_txn = True
         self._sent = False
