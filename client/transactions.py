@@ -180,8 +180,9 @@ class TransactionalProducer:
     async def abort(self) -> None:
         """Drop the transaction's records and offsets."""
         self._check_in_txn("abort")
-        if self._sent:
+        if self._sent and self._producer.producer_id >= 0:
             await self._guard(self._end(False))
+        # Without a producer id the next begin() registers again, which aborts it.
         self._in_txn = False
 
     @contextlib.asynccontextmanager
