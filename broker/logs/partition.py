@@ -85,7 +85,13 @@ from .producers import (
 )
 from .segment import LOG_SUFFIX, ReadArena, Segment, segment_name
 from .topicconfig import DEFAULTS, TopicConfig
-from .txnindex import AbortedTable, AbortedTxn, load_txn_index, write_txn_index
+from .txnindex import (
+    TXN_INDEX_SUFFIX,
+    AbortedTable,
+    AbortedTxn,
+    load_txn_index,
+    write_txn_index,
+)
 
 log = logging.getLogger("wharf.topics")
 
@@ -493,6 +499,7 @@ class Partition:
         gone = set(map(id, members))
         merged.next_offset = members[-1].next_offset
         for seg in members:
+            merged.aborts += seg.aborts
             seg.close()  # pooled read handles; a pinned one closes at its release
         self.segments = [s for s in self.segments if id(s) not in gone]
         self._bases = [s.base_offset for s in self.segments]
@@ -815,7 +822,7 @@ class Partition:
         path.mkdir(parents=True, exist_ok=True)
         for tmp in path.glob(f"*{TMP_SUFFIX}"):
             _unlink(tmp)
-        swapped = complete_swaps(path, LOG_SUFFIX, index_suffixes())
+        swapped = complete_swaps(path, LOG_SUFFIX, (*index_suffixes(), TXN_INDEX_SUFFIX))
         if swapped:
             log.warning("log %s: completed %d segment merges a crash interrupted", path, swapped)
         found: list[tuple[int, Path]] = []

@@ -99,6 +99,13 @@ class AbortedTable:
         markers.insert(i, entry.marker_offset)
         self.count += 1
 
+    def copy(self) -> AbortedTable:
+        other = AbortedTable()
+        other._firsts = {pid: list(v) for pid, v in self._firsts.items()}
+        other._markers = {pid: list(v) for pid, v in self._markers.items()}
+        other.count = self.count
+        return other
+
     def aborted(self, producer_id: int, offset: int) -> bool:
         firsts = self._firsts.get(producer_id)
         if not firsts:

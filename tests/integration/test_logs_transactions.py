@@ -226,3 +226,72 @@ async def test_exchange_routed_records_and_read_committed(conn: wharf.Connection
     assert await values(conn, "ex", RC) == []
     await p.commit()
     assert await values(conn, "ex", RC) == [b"txn", b"routed"]
+
+
+COMPACTED: dict[str, Any] = {
+    "cleanup_policy": "compact",
+    "segment_bytes": 1024,
+    "min_cleanable_dirty_ratio": 0.01,
+}
+PAD = b"." * 100
+
+
+@pytest.mark.parametrize("settings_overrides", [{"log_cleaner_interval_ms": 20}])
+async def test_compaction_keeps_markers_and_never_revives_aborted_values(
+    conn: wharf.Connection, broker: Broker
+) -> None:
+    await conn.create_topic("kv", 1, **COMPACTED)
+    p = conn.transactional_producer("tx-kv")
+    async with p.transaction():
+        await p.produce("kv", b"committed" + PAD, key=b"k", partition=0)
+    await p.begin()
+    await p.produce("kv", b"aborted" + PAD, key=b"k", partition=0)
+    await p.abort()
+    async with p.transaction():  # the aborted batch is no longer the producer's last
+        await p.produce("kv", b"other" + PAD, key=b"k2", partition=0)
+    for i in range(20):  # unique keys: everything before them leaves the active segment
+        await conn.produce("kv", PAD, key=b"filler-%d" % i, partition=0)
+    cleaner = broker.log_cleaner
+    assert cleaner is not None
+    for _ in range(500):  # bounded: the cleaner runs every 20 ms
+        if cleaner.runs >= 1:
+            break
+        await asyncio.sleep(0.02)
+    assert cleaner.runs >= 1
+    committed = [
+        r.value
+        for r in await conn.fetch("kv", 0, 0, max_bytes=1 << 20, isolation_level=RC)
+        if r.key == b"k"
+    ]
+    assert committed == [b"committed" + PAD]  # not dropped for the aborted later value
+    everything = [r.value for r in await conn.fetch("kv", 0, 0, max_bytes=1 << 20)]
+    assert b"aborted" + PAD not in everything  # aborted data may go, and did
+    assert b"committed" + PAD in everything
+    desc = (await conn.describe_topic("kv"))["offsets"][0]
+    assert desc["last_stable"] == desc["latest"]
+
+
+async def test_read_committed_pages_across_aborted_ranges(conn: wharf.Connection) -> None:
+    """A read-committed reader pages across many transactions and aborted ranges."""
+    await conn.create_topic("many", 1)
+    p = conn.transactional_producer("tx-many")
+    expected = []
+    for i in range(30):
+        await p.begin()
+        await p.produce_many("many", [b"%d-a" % i, b"%d-b" % i], partition=0)
+        await conn.produce("many", b"plain-%d" % i, partition=0)
+        if i % 3:
+            await p.commit()
+            expected += [b"%d-a" % i, b"%d-b" % i, b"plain-%d" % i]
+        else:
+            await p.abort()
+            expected.append(b"plain-%d" % i)
+    got: list[bytes | None] = []
+    offset = 0
+    while True:
+        res = await conn.fetch_batch("many", 0, offset, max_bytes=1, isolation_level=RC)
+        got += [r.value for r in res.records]
+        if res.next_offset >= res.high_watermark:
+            break
+        offset = res.next_offset
+    assert got == expected
