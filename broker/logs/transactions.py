@@ -488,7 +488,8 @@ class TransactionCoordinator:
                         part.number,
                         pid,
                     )
-                    epoch = part.producers.producers[pid].epoch
+                    entry = part.producers.producers.get(pid)
+                    epoch = entry.epoch if entry is not None else 0
                     part.append_marker(pid, epoch, False, COORDINATOR_EPOCH)
                     part.sync_now()
 

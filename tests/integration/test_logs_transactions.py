@@ -295,3 +295,19 @@ async def test_read_committed_pages_across_aborted_ranges(conn: wharf.Connection
             break
         offset = res.next_offset
     assert got == expected
+
+
+async def test_read_committed_long_poll_waits_for_the_commit(connect: Callable[..., Any]) -> None:
+    reader: wharf.Connection = await connect()
+    writer: wharf.Connection = await connect()
+    await writer.create_topic("lp", 1)
+    p = writer.transactional_producer("tx-lp")
+    poll = asyncio.create_task(reader.fetch("lp", 0, 0, max_wait=10.0, isolation_level=RC))
+    await p.begin()
+    await p.produce("lp", b"v", partition=0)  # wakes the poll: nothing stable yet
+    await writer.produce("lp", b"plain", partition=0)  # nor now
+    done, _ = await asyncio.wait({poll}, timeout=0.3)
+    assert not done  # still waiting, not answered empty
+    await p.commit()
+    recs = await asyncio.wait_for(poll, 5.0)
+    assert [r.value for r in recs] == [b"v", b"plain"]

@@ -52,7 +52,7 @@ _ARENA: Final = ReadArena()
 class _Poll:
     """One fetch waiting for data."""
 
-    __slots__ = ("rid", "frame", "partitions", "timer", "wake", "answered")
+    __slots__ = ("rid", "frame", "partitions", "timer", "wake", "answered", "deadline")
 
     def __init__(self, rid: int, frame: F.Fetch | F.FetchMany, partitions: list[Partition]):
         self.rid = rid
@@ -61,6 +61,7 @@ class _Poll:
         self.timer: asyncio.TimerHandle | None = None
         self.wake: Callable[[], None] = lambda: None
         self.answered = False
+        self.deadline = -1.0  # loop time the wait ends
 
 
 class LogRequests:
@@ -111,7 +112,13 @@ class LogRequests:
                     wait.add_done_callback(lambda fut: self._produce_added(f, fut))
                     return
             elif coordinator is not None:
-                coordinator.check_plain_produce(f.producer_id)
+                try:
+                    coordinator.check_plain_produce(f.producer_id)
+                except WharfError as exc:
+                    if f.acks != "none":
+                        raise
+                    self._log_unanswered(f.topic, exc)
+                    return
         elif f.transactional:
             raise InvalidArgument("a transactional produce needs its producer id and epoch")
         self._append(f)
@@ -293,6 +300,9 @@ class LogRequests:
                 self._loop.call_soon(self._answer, poll)
 
         poll.wake = wake
+        poll.answered = False
+        if poll.deadline < 0:
+            poll.deadline = self._loop.time() + wait_ms / 1000
         for part in poll.partitions:
             part.add_waiter(wake)
         poll.timer = self._loop.call_later(wait_ms / 1000, wake)
@@ -307,8 +317,17 @@ class LogRequests:
             registry = self._registry()
             if isinstance(f, F.Fetch):
                 result = self._fetch_one(registry, f)
+                empty = not result["batches"]
             else:
-                result = {"results": self._fetch_many(registry, f)[0]}
+                results, has_data, _parts = self._fetch_many(registry, f)
+                result = {"results": results}
+                empty = not has_data
+            left_ms = int((poll.deadline - self._loop.time()) * 1000)
+            if empty and left_ms > 0 and f.isolation_level == F.READ_COMMITTED:
+                # Woken by an append that is still behind the last stable offset (an
+                # open transaction's batch): wait on for a marker, not answer empty.
+                self._wait(poll, left_ms)
+                return
         except WharfError as exc:
             self._send_error(poll.rid, exc)
             return
