@@ -819,6 +819,23 @@ class TransactionCoordinator:
                 self._start_end(txn, txn.state == PREPARE_COMMIT)
         return n
 
+    def abort(self, tid: str) -> asyncio.Future[None]:
+        """An operator's abort (ctl, HTTP API): the open transaction of ``tid`` is
+        aborted as on a timeout (its producer's next request gets TransactionAborted)."""
+        txn = self.txns.get(tid)
+        if txn is None:
+            raise NotFound(f"no transactional id {tid!r}", details={"transactional_id": tid})
+        if txn.completing is not None:
+            return txn.completing
+        if txn.state != ONGOING or txn.adding:
+            raise InvalidTxnState(
+                f"transactional id {tid!r} has no transaction to abort (state {txn.state})",
+                details={"state": txn.state},
+            )
+        log.info("transactional id %r: the transaction is aborted by an operator", tid)
+        txn.timed_out = True
+        return self._start_end(txn, False)
+
     # -- introspection ----------------------------------------------------------------
 
     def describe(self, tid: str) -> dict[str, Any]:

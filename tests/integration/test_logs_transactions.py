@@ -311,3 +311,23 @@ async def test_read_committed_long_poll_waits_for_the_commit(connect: Callable[.
     await p.commit()
     recs = await asyncio.wait_for(poll, 5.0)
     assert [r.value for r in recs] == [b"v", b"plain"]
+
+
+async def test_operator_abort_and_introspection(conn: wharf.Connection, broker: Broker) -> None:
+    await conn.create_topic("op", 1)
+    coordinator = broker.vhosts.get("/").transactions
+    assert coordinator is not None
+    p = conn.transactional_producer("tx-op")
+    await p.begin()
+    await p.produce("op", b"v", partition=0)
+    desc = coordinator.describe("tx-op")
+    assert desc["state"] == "Ongoing" and desc["partitions"] == [["op", 0]]
+    assert coordinator.open_count == 1
+    await coordinator.abort("tx-op")
+    assert coordinator.describe("tx-op")["state"] == "CompleteAbort"
+    with pytest.raises(wharf.TransactionAborted):
+        await p.produce("op", b"w", partition=0)
+    await p.abort()
+    assert await values(conn, "op", RC) == []
+    assert [t["transactional_id"] for t in coordinator.list()] == ["tx-op"]
+    assert (coordinator.commits, coordinator.aborts) == (0, 1)
