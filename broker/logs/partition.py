@@ -6,13 +6,17 @@ Layout of ``<topic dir>/<partition>/``::
     <base:020d>.index       sparse offset index   } of closed segments, see index.py
     <base:020d>.timeindex   time index            }
     <base:020d>.txnindex    aborted transactions (closed segments), see txnindex.py
+    has-transactions        present once a transaction touched the partition
     <offset:020d>.snapshot  idempotent producer state below offset, see producers.py
 
 Transactions: a transactional batch opens its producer's transaction in the partition
 (``producers.open_txns``) until the coordinator appends a COMMIT or ABORT marker
 (``append_marker``); the last stable offset is the first offset of the earliest open
 transaction (else the high watermark), and read-committed fetches stop there and drop
-the batches of aborted transactions (``aborted``, from the .txnindex files).
+the batches of aborted transactions (``aborted``, from the .txnindex files).  Only a
+partition with ``has-transactions`` (created, fsynced, before its first transactional
+batch) has .txnindex files: the others never write them at a roll nor read or rebuild
+them at start (nor scan their closed segments for markers after an upgrade).
 
 The last segment is the active one; appends go to it with one ``pwrite`` per batch
 (page cache only) and it is rolled when the next batch would pass ``segment_bytes``,
@@ -98,6 +102,7 @@ log = logging.getLogger("wharf.topics")
 __all__ = ["Partition", "segment_name"]
 
 TMP_SUFFIX: Final = ".tmp"
+TXN_FLAG_FILE: Final = "has-transactions"
 # Byte positions in a batch header (protocol/records.py) read by read-committed fetches.
 _ATTRIBUTES_AT: Final = 21
 _PRODUCER_ID_AT: Final = 38
@@ -130,6 +135,7 @@ class Partition:
         self._bases: list[int] = []  # base offsets of segments, for bisect
         self.producers = ProducerStates()
         self.aborted = AbortedTable()
+        self.has_txns = False  # the TXN_FLAG_FILE exists
         self.failed: WharfError | None = None
         self._sync_running = False
         self._sync_waiters: list[asyncio.Future[None]] = []
@@ -264,6 +270,9 @@ class Partition:
         if producer_id >= 0:
             self.producers.record(producer_id, producer_epoch, base_sequence, base, last, now_ms)
             if transactional:
+                if not self.has_txns:  # callers without a coordinator (tools, tests)
+                    self._write_txn_flag()
+                    self.has_txns = True
                 self.producers.record_transactional(producer_id, base)
         if hold_until_fsynced:
             self._held_end = last + 1
@@ -293,6 +302,26 @@ class Partition:
         if seg.first_append_ms < 0:
             seg.first_append_ms = now_ms
         self._written += len(data)
+
+    def mark_transactional(self) -> asyncio.Future[None] | None:
+        """Before the first transactional batch: a future done once the partition's
+        TXN_FLAG_FILE is durable (None when it is already)."""
+        if self.has_txns:
+            return None
+        loop = asyncio.get_running_loop()
+        job = self._track(loop.run_in_executor(None, self._write_txn_flag))
+
+        def done(fut: asyncio.Future[None]) -> None:
+            if not fut.cancelled() and fut.exception() is None:
+                self.has_txns = True
+
+        job.add_done_callback(done)
+        return job
+
+    def _write_txn_flag(self) -> None:
+        flag = self.path / TXN_FLAG_FILE
+        write_atomically(flag, b"")
+        self._synced(flag, 0)
 
     def has_open_txn(self, producer_id: int) -> bool:
         return producer_id in self.producers.open_txns
@@ -437,6 +466,7 @@ class Partition:
         job = _ClosedSegment(
             [(str(s.path), s.size) for s in unsynced],
             [(s.path, s.index.offset_bytes(), s.index.time_bytes(), s.aborts) for s in unfinished],
+            self.has_txns,
             self.path / snapshot_name(base),
             self.producers.snapshot_bytes(base),
             self._sync_log,
@@ -822,6 +852,7 @@ class Partition:
         path.mkdir(parents=True, exist_ok=True)
         for tmp in path.glob(f"*{TMP_SUFFIX}"):
             _unlink(tmp)
+        self.has_txns = (path / TXN_FLAG_FILE).exists()
         swapped = complete_swaps(path, LOG_SUFFIX, (*index_suffixes(), TXN_INDEX_SUFFIX))
         if swapped:
             log.warning("log %s: completed %d segment merges a crash interrupted", path, swapped)
@@ -854,12 +885,13 @@ class Partition:
                 if idx is not None and self._index_fits(seg, idx):
                     seg.index = idx
                     seg.next_offset = end
-                    aborts = load_txn_index(seg_path)
-                    if aborts is None:  # older version, or lost: from its markers
-                        aborts = scan_log(seg_path, base, end).aborts
-                        txn = write_txn_index(seg_path, aborts)
-                        self._synced(txn, txn.stat().st_size)
-                    seg.aborts = aborts
+                    if self.has_txns:
+                        aborts = load_txn_index(seg_path)
+                        if aborts is None:  # lost: from its markers
+                            aborts = scan_log(seg_path, base, end).aborts
+                            txn = write_txn_index(seg_path, aborts)
+                            self._synced(txn, txn.stat().st_size)
+                        seg.aborts = aborts
                     i += 1
                     continue
                 scan = scan_log(seg_path, base, end)
@@ -889,8 +921,9 @@ class Partition:
                         self._synced,
                     )
                     seg.aborts = scan.aborts
-                    txn = write_txn_index(seg_path, scan.aborts)
-                    self._synced(txn, txn.stat().st_size)
+                    if self.has_txns:
+                        txn = write_txn_index(seg_path, scan.aborts)
+                        self._synced(txn, txn.stat().st_size)
                     scans[base] = scan
                     rebuilt += 1
                     i += 1
@@ -1025,8 +1058,9 @@ class Partition:
                 seg.path, seg.index.offset_bytes(), seg.index.time_bytes(), self._synced,
                 sync_dir=False,
             )  # fmt: skip
-            txn = write_txn_index(seg.path, seg.aborts, sync_dir=False)
-            self._synced(txn, txn.stat().st_size)
+            if self.has_txns:
+                txn = write_txn_index(seg.path, seg.aborts, sync_dir=False)
+                self._synced(txn, txn.stat().st_size)
             seg.finished = True
         if rest:
             fsync_dir(self.path)
@@ -1067,18 +1101,20 @@ class _ClosedSegment:
     (the one just closed and any older) fsynced in order, then the index files of the
     closed segments not finished yet and the producer snapshot written and fsynced."""
 
-    __slots__ = ("logs", "indexes", "snap_path", "snap", "sync_log")
+    __slots__ = ("logs", "indexes", "txn_indexes", "snap_path", "snap", "sync_log")
 
     def __init__(
         self,
         logs: list[tuple[str, int]],
         indexes: list[tuple[Path, bytes, bytes, list[AbortedTxn]]],
+        txn_indexes: bool,
         snap_path: Path,
         snap: bytes,
         sync_log: str | None,
     ) -> None:
         self.logs = logs
         self.indexes = indexes
+        self.txn_indexes = txn_indexes
         self.snap_path = snap_path
         self.snap = snap
         self.sync_log = sync_log
@@ -1092,8 +1128,9 @@ class _ClosedSegment:
         for path, offsets, times, aborts in self.indexes:
             if path.exists():  # else deleted with its topic meanwhile
                 write_index_files(path, offsets, times, self.synced, sync_dir=False)
-                txn = write_txn_index(path, aborts, sync_dir=False)
-                self.synced(txn, txn.stat().st_size)
+                if self.txn_indexes:
+                    txn = write_txn_index(path, aborts, sync_dir=False)
+                    self.synced(txn, txn.stat().st_size)
                 written = True
         if written:
             fsync_dir(self.indexes[0][0].parent)

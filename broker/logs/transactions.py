@@ -400,6 +400,30 @@ def _append_and_fsync(fd: int, data: bytes, path: Path) -> None:
         record_synced(path, os.fstat(fd).st_size)
 
 
+def _all_of(*futures: asyncio.Future[None] | None) -> asyncio.Future[None]:
+    """Done when every one of ``futures`` (None: none) is; failed with the first error."""
+    waiting = [f for f in futures if f is not None]
+    if len(waiting) == 1:
+        return waiting[0]
+    out: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    left = len(waiting)
+
+    def one_done(f: asyncio.Future[None]) -> None:
+        nonlocal left
+        left -= 1
+        exc = f.exception() if not f.cancelled() else InternalError("cancelled")
+        if out.done():
+            return
+        if exc is not None:
+            out.set_exception(exc)
+        elif left == 0:
+            out.set_result(None)
+
+    for f in waiting:
+        f.add_done_callback(one_done)
+    return out
+
+
 async def _halt_point(step: str) -> None:
     """The durability tests' crash point (fsio.FAULTS.halt_at): never returns there."""
     if FAULTS.halt_at == step:
@@ -676,14 +700,14 @@ class TransactionCoordinator:
         pending = txn.adding.get(tp)
         if pending is not None:
             return pending
-        self.topics.get(topic).partition(partition)  # 404 before it joins
+        part = self.topics.get(topic).partition(partition)  # 404 before it joins
         self._begin_if_needed(txn)
         if len(txn.partitions) >= MAX_TXN_PARTITIONS:
             raise InvalidArgument(
                 f"a transaction may touch at most {MAX_TXN_PARTITIONS} partitions"
             )
         txn.partitions.add(tp)
-        fut = self._persist(txn)
+        fut = _all_of(self._persist(txn), part.mark_transactional())
         txn.adding[tp] = fut
 
         def added(f: asyncio.Future[None]) -> None:

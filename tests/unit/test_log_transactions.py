@@ -144,3 +144,20 @@ def test_recovery_rebuilds_open_transactions_and_aborted_ranges(tmp_path: Path) 
     assert values(r, committed=True) == expected
     assert (path / segment_name(0)).exists()
     r.close()
+
+
+def test_a_partition_without_transactions_has_no_txn_index_files(tmp_path: Path) -> None:
+    path = tmp_path / "0"
+    p = Partition(path, 0, SMALL)
+    for i in range(8):
+        append(p, b"p%d" % i + b"." * 200)
+    assert len(p.segments) > 2 and not p.has_txns
+    p.close()
+    assert not list(path.glob("*.txnindex")) and not (path / "has-transactions").exists()
+    q = Partition(path, 0, SMALL)
+    append(q, b"t", pid=1, seq=0, txn=True)  # the first transactional batch flags it
+    assert q.has_txns and (path / "has-transactions").exists()
+    for i in range(8):
+        append(q, b"q%d" % i + b"." * 200)
+    q.close()
+    assert list(path.glob("*.txnindex"))
