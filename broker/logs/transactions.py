@@ -664,12 +664,14 @@ class TransactionCoordinator:
         txn.partitions = set()
         txn.durable = set()
         txn.offsets = {}
-        await self._persist(txn)
-        return {
+        # Read now: a concurrent INIT_TRANSACTIONS may bump the epoch during the fsync.
+        result = {
             "producer_id": txn.producer_id,
             "producer_epoch": txn.epoch,
             "timeout_ms": txn.timeout_ms,
         }
+        await self._persist(txn)
+        return result
 
     def check_plain_produce(self, producer_id: int) -> None:
         """A PRODUCE without the transactional flag: refused for a transactional producer."""
