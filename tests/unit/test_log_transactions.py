@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from wharf.broker.logs import transactions
 from wharf.broker.logs.partition import Partition, segment_name
 from wharf.broker.logs.topicconfig import DEFAULTS
 from wharf.broker.logs.txnindex import (
@@ -161,3 +164,33 @@ def test_a_partition_without_transactions_has_no_txn_index_files(tmp_path: Path)
         append(q, b"q%d" % i + b"." * 200)
     q.close()
     assert list(path.glob("*.txnindex"))
+
+
+async def test_transaction_log_last_record_wins_compacts_and_cuts_a_torn_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transactions, "COMPACT_MIN_BYTES", 2048)
+    log = transactions.TxnLog(tmp_path)
+    assert log.load() == {}
+    for i in range(200):
+        await log.write(f"id-{i % 3}", b"v%d" % i)
+    size_before_close = log.file_bytes
+    await log.close()
+    assert size_before_close < 200 * 80  # rewritten on the way: 3 live records
+    again = transactions.TxnLog(tmp_path)
+    assert again.load() == {"id-0": b"v198", "id-1": b"v199", "id-2": b"v197"}
+    await again.close()
+    _tear(tmp_path / transactions.LOG_NAME)
+    third = transactions.TxnLog(tmp_path)
+    assert third.load()["id-1"] == b"v199"
+    assert _torn_files(tmp_path)
+    await third.close()
+
+
+def _tear(path: Path) -> None:
+    with open(path, "ab") as f:
+        f.write(b"\x00\x00\x01")  # a torn batch header
+
+
+def _torn_files(directory: Path) -> list[Path]:
+    return list(directory.glob("*.torn-*"))
