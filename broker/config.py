@@ -93,6 +93,9 @@ DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS: Final = 3_000
 DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS: Final = 6_000
 DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS: Final = 1_800_000
 DEFAULT_OFFSETS_RETENTION_MS: Final = 7 * 86_400_000
+# Transactions (as Kafka's transaction.timeout.ms and transaction.max.timeout.ms).
+DEFAULT_TRANSACTION_TIMEOUT_MS: Final = 60_000
+DEFAULT_TRANSACTION_MAX_TIMEOUT_MS: Final = 900_000
 
 # The frame length prefix is a u32; nothing larger can be framed.
 MAX_FRAME_BYTES_LIMIT: Final = 2**32 - 1
@@ -248,6 +251,11 @@ class Settings:
     group_min_session_timeout_ms: int = DEFAULT_GROUP_MIN_SESSION_TIMEOUT_MS
     group_max_session_timeout_ms: int = DEFAULT_GROUP_MAX_SESSION_TIMEOUT_MS
     offsets_retention_ms: int = DEFAULT_OFFSETS_RETENTION_MS
+    # Transactions (docs/logs.md, "Transactions"): a transaction open longer than its
+    # producer's timeout (default transaction_timeout_ms, at most
+    # transaction_max_timeout_ms) is aborted by the coordinator.
+    transaction_timeout_ms: int = DEFAULT_TRANSACTION_TIMEOUT_MS
+    transaction_max_timeout_ms: int = DEFAULT_TRANSACTION_MAX_TIMEOUT_MS
     # The admin plane against browsers (docs/security.md, "HTTP API protections"): Host
     # names /api answers to besides loopback, IP addresses, the host name and the bind
     # address (".example.com": a domain and its subdomains; "*": any), and origins besides
@@ -490,6 +498,8 @@ _CHECKS: Final[dict[str, _Check]] = {
     "group_min_session_timeout_ms": _int_check(1, 86_400_000),
     "group_max_session_timeout_ms": _int_check(1, 86_400_000),
     "offsets_retention_ms": _int_check(1),
+    "transaction_timeout_ms": _int_check(1, 86_400_000),
+    "transaction_max_timeout_ms": _int_check(1, 86_400_000),
     "http_allowed_hosts": _str_list_check,
     "http_allowed_origins": _str_list_check,
     "http_max_connections": _int_check(1),

@@ -419,6 +419,10 @@ class Broker:
             if not await _before(deadline, vhost.store.flush()):
                 log.error("%smessage store did not finish its last commit in time", prefix)
             vhost.store.close()
+        if vhost.transactions is not None:  # transactions being committed or aborted
+            if not await _before(deadline, vhost.transactions.close()):
+                log.error("%stransactions did not complete in time", prefix)
+            vhost.transactions = None
         if vhost.groups is not None:  # consumer groups: the last offset commits
             if not await _before(deadline, vhost.groups.close()):
                 log.error("%sthe offsets log did not finish its last commit in time", prefix)

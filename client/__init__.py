@@ -14,6 +14,7 @@ from wharf.protocol.errors import (
     IllegalGeneration,
     InternalError,
     InvalidArgument,
+    InvalidTxnState,
     NotFound,
     NotImplementedByBroker,
     OffsetOutOfRange,
@@ -25,6 +26,7 @@ from wharf.protocol.errors import (
     RebalanceInProgress,
     ResourceError,
     ResourceLocked,
+    TransactionAborted,
     UnknownDeliveryTag,
     UnknownMember,
     Unroutable,
@@ -41,6 +43,7 @@ from .message import Message, QueueInfo
 from .recovery import ConnectionEvent
 from .stream import Stream, TopicPartition
 from .tls import TlsError
+from .transactions import TransactionalProducer
 
 __all__ = [
     "AccessRefused",
@@ -60,6 +63,7 @@ __all__ = [
     "IllegalGeneration",
     "InternalError",
     "InvalidArgument",
+    "InvalidTxnState",
     "Message",
     "NotFound",
     "NotImplementedByBroker",
@@ -79,6 +83,8 @@ __all__ = [
     "Stream",
     "TlsError",
     "TopicPartition",
+    "TransactionAborted",
+    "TransactionalProducer",
     "UnknownDeliveryTag",
     "UnknownMember",
     "Unroutable",

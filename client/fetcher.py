@@ -53,6 +53,7 @@ class Fetcher:
         "paused",
         "failed",
         "high_watermarks",
+        "isolation_level",
         "_inflight",
     )
 
@@ -64,6 +65,7 @@ class Fetcher:
         fetch_max_bytes: int,
         max_partition_fetch_bytes: int,
         fetch_max_wait_s: float,
+        isolation_level: int = F.READ_UNCOMMITTED,
     ) -> None:
         # The connection to fetch on; the stream sets it (again after a reconnect).
         self.core: ConnectionCore | None = None
@@ -76,7 +78,9 @@ class Fetcher:
         self.paused: set[TopicPartition] = set()
         # Not fetched until a new position is set (an error was reported for them).
         self.failed: set[TopicPartition] = set()
+        # With READ_COMMITTED the broker answers last stable offsets as high watermarks.
         self.high_watermarks: dict[TopicPartition, int] = {}
+        self.isolation_level = isolation_level
         self._inflight: _Inflight | None = None
 
     def maybe_fetch(self) -> None:
@@ -112,7 +116,8 @@ class Fetcher:
             self._answered(inflight, reply, error)
 
         rid = core.start_request_cb(
-            F.FetchMany(NEW_REQUEST, wire, self.max_wait_ms, max_bytes), callback=answered
+            F.FetchMany(NEW_REQUEST, wire, self.max_wait_ms, max_bytes, self.isolation_level),
+            callback=answered,
         )
         # Written now, not at the end of this loop iteration: the application may go
         # through a whole piece before it yields to the loop, and the broker should

@@ -24,12 +24,14 @@ from wharf.protocol import frames as F
 from wharf.protocol.errors import (
     ConnectionLost,
     InvalidArgument,
+    InvalidTxnState,
     OutOfOrderSequence,
     ProducerFenced,
 )
 from wharf.protocol.records import (
     CODEC_NONE,
     CODECS,
+    CONTROL,
     HEADER_BYTES,
     MAX_BATCH_BYTES,
     BatchHeader,
@@ -114,8 +116,8 @@ def records_from_batches(
     with _NoGC():
         for batch in batches:
             h = read_header(batch)
-            if h.next_offset <= min_offset:
-                continue
+            if h.next_offset <= min_offset or h.attributes & CONTROL:
+                continue  # control batches (transaction markers) are not records
             rows = msgpack.unpackb(
                 decompress(memoryview(batch)[HEADER_BYTES:], h.codec), raw=False, use_list=False
             )
@@ -169,7 +171,7 @@ class BatchReader:
         if self.left:
             self.abandon()
         h = read_header(batch)
-        if h.next_offset > min_offset:
+        if h.next_offset > min_offset and not h.attributes & CONTROL:
             self._unpacker.feed(decompress(memoryview(batch)[HEADER_BYTES:], h.codec))
             self.left = self._unpacker.read_array_header()
             self._header = h
@@ -278,8 +280,11 @@ class Producer:
     batch per partition is in flight at a time, so batches stay in order.
     """
 
-    def __init__(self, request: Callable[[F.Frame], Awaitable[Reply]]) -> None:
+    def __init__(
+        self, request: Callable[[F.Frame], Awaitable[Reply]], *, transactional: bool = False
+    ) -> None:
         self._request = request
+        self._transactional = transactional  # batches flagged for the transaction
         self.producer_id = -1
         self.producer_epoch = -1
         self._sequences: dict[tuple[str, int], int] = {}
@@ -352,6 +357,13 @@ class Producer:
         self._round_robin[topic] = p + 1
         return p
 
+    def use_epoch(self, producer_id: int, epoch: int) -> None:
+        """Send as ``producer_id``/``epoch`` from now on (INIT_TRANSACTIONS answered
+        them): a new epoch numbers its records from 0 in every partition."""
+        self.producer_id = producer_id
+        self.producer_epoch = epoch
+        self._sequences.clear()
+
     def _reset(self, pid: int) -> None:
         """Start over as a new producer (new id, sequences from 0): after a batch whose
         fate is unknown, a later one must not be taken for its retry."""
@@ -360,6 +372,11 @@ class Producer:
             self._sequences.clear()
 
     async def _init(self) -> None:
+        if self._transactional:
+            raise InvalidTxnState(
+                "the transactional producer lost its producer id (a batch of unknown fate "
+                "after a lost connection): abort, then begin again"
+            )
         async with self._init_lock:
             if self.producer_id < 0:
                 result = result_of(await self._request(F.InitProducer(NEW_REQUEST)))
@@ -382,7 +399,16 @@ class Producer:
             pid = self.producer_id
             seq = self._sequences.get(key, 0)
             frame = F.Produce(
-                NEW_REQUEST, topic, partition, payload, codec, acks, pid, self.producer_epoch, seq
+                NEW_REQUEST,
+                topic,
+                partition,
+                payload,
+                codec,
+                acks,
+                pid,
+                self.producer_epoch,
+                seq,
+                self._transactional,
             )
             attempt = 0
             while True:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from wharf.protocol import frames as F
+from wharf.protocol.errors import InvalidArgument
 from wharf.protocol.records import read_header
 
 from .core import NEW_REQUEST, result_of
@@ -34,9 +35,13 @@ from .stream_options import (
     DEFAULT_MAX_PARTITION_FETCH_BYTES,
     DEFAULT_REBALANCE_TIMEOUT_S,
     DEFAULT_SESSION_TIMEOUT_S,
+    ISOLATION_LEVELS,
+    READ_COMMITTED,
+    READ_UNCOMMITTED,
     Listener,
     stream_options,
 )
+from .transactions import TransactionalProducer
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -173,6 +178,15 @@ class LogsApi:
         each batch is appended once even when resent after a lost connection."""
         return Producer(self._request)
 
+    def transactional_producer(
+        self, transactional_id: str, *, timeout: float | None = None
+    ) -> TransactionalProducer:
+        """A transactional producer on this connection (docs/logs.md, "Transactions"):
+        ``async with p.transaction(): await p.produce(...); await p.send_offsets(...)``.
+        ``timeout`` (seconds): the broker aborts a transaction open longer (default:
+        its transaction_timeout_ms)."""
+        return TransactionalProducer(self._request, transactional_id, timeout)
+
     async def fetch(
         self,
         topic: str,
@@ -180,13 +194,24 @@ class LogsApi:
         offset: int,
         max_bytes: int = 1_048_576,
         max_wait: float = 0.0,
+        isolation_level: str = "read_uncommitted",
     ) -> list[Record]:
         """Records of ``topic``/``partition`` from ``offset`` on, whole stored batches up
         to about ``max_bytes`` (at least one batch).  With nothing there yet, waits up
         to ``max_wait`` seconds (at most 30) for records, then returns an empty list.
-        An offset outside earliest..latest raises ``wharf.OffsetOutOfRange``."""
+        An offset outside earliest..latest raises ``wharf.OffsetOutOfRange``.
+        ``isolation_level="read_committed"``: only records of committed transactions
+        (and non-transactional ones) below the last stable offset."""
         reply = await self._request(
-            F.Fetch(NEW_REQUEST, topic, partition, offset, max_bytes, int(max_wait * 1000))
+            F.Fetch(
+                NEW_REQUEST,
+                topic,
+                partition,
+                offset,
+                max_bytes,
+                int(max_wait * 1000),
+                _isolation(isolation_level),
+            )
         )
         return records_from_batches(topic, partition, result_of(reply)["batches"], offset)
 
@@ -197,14 +222,25 @@ class LogsApi:
         offset: int,
         max_bytes: int = 1_048_576,
         max_wait: float = 0.0,
+        isolation_level: str = "read_uncommitted",
     ) -> FetchResult:
         """``fetch`` with where to go on from: ``FetchResult(records, next_offset,
         high_watermark, log_start)``.  ``next_offset`` is the offset after the last
         batch returned, past any records compaction removed at its end; when there is
         nothing, the high watermark (no record exists from ``offset`` up to it).  Page
-        through a partition with ``offset = result.next_offset``."""
+        through a partition with ``offset = result.next_offset``.  With
+        ``isolation_level="read_committed"`` the high watermark is the last stable
+        offset."""
         reply = await self._request(
-            F.Fetch(NEW_REQUEST, topic, partition, offset, max_bytes, int(max_wait * 1000))
+            F.Fetch(
+                NEW_REQUEST,
+                topic,
+                partition,
+                offset,
+                max_bytes,
+                int(max_wait * 1000),
+                _isolation(isolation_level),
+            )
         )
         result = result_of(reply)
         batches = result["batches"]
@@ -285,6 +321,7 @@ class LogsApi:
         partitions: Sequence[TopicPartition] | None = None,
         on_assign: Listener | None = None,
         on_revoke: Listener | None = None,
+        isolation_level: str = "read_uncommitted",
     ) -> Stream:
         """Read log topics: ``async with conn.subscribe("events", group="g") as s:
         async for rec in s``.  Times are in seconds.
@@ -311,6 +348,7 @@ class LogsApi:
             partitions=partitions,
             on_assign=on_assign,
             on_revoke=on_revoke,
+            isolation_level=isolation_level,
         )
         return Stream(cast("Connection", self), options)
 
@@ -361,3 +399,11 @@ class LogsApi:
         names = list(topics) if topics is not None else None
         reply = await self._request(F.OffsetFetch(NEW_REQUEST, group, names))
         return {(t, p): o for t, p, o, *_ in result_of(reply).get("offsets", []) if o >= 0}
+
+
+def _isolation(level: str) -> int:
+    if level == READ_COMMITTED:
+        return F.READ_COMMITTED
+    if level == READ_UNCOMMITTED:
+        return F.READ_UNCOMMITTED
+    raise InvalidArgument(f"isolation_level must be one of {', '.join(ISOLATION_LEVELS)}")

@@ -38,7 +38,7 @@ from .core import NEW_REQUEST, Reply, clone_error, result_of
 from .fetcher import Fetcher
 from .logs import Record
 from .stream_buffer import RecordBuffer, TopicPartition
-from .stream_options import Listener, StreamOptions
+from .stream_options import READ_COMMITTED, Listener, StreamOptions
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -92,6 +92,9 @@ class Stream:
             fetch_max_bytes=options.fetch_max_bytes,
             max_partition_fetch_bytes=options.max_partition_fetch_bytes,
             fetch_max_wait_s=options.fetch_max_wait,
+            isolation_level=F.READ_COMMITTED
+            if options.isolation_level == READ_COMMITTED
+            else F.READ_UNCOMMITTED,
         )
         self._assignment: list[TopicPartition] = []
         # What the broker assigned last, sent as ``owned`` when joining again (sticky).
@@ -394,7 +397,8 @@ class Stream:
         return set(self._fetcher.paused)
 
     def lag(self) -> dict[TopicPartition, int]:
-        """Per assigned partition: high watermark (as of the last fetch) - position."""
+        """Per assigned partition: high watermark (as of the last fetch) - position; with
+        isolation_level="read_committed" the last stable offset - position."""
         out = {}
         for tp in self._assignment:
             hw = self._fetcher.high_watermarks.get(tp)
@@ -550,7 +554,12 @@ class Stream:
             result = result_of(reply)
             return int(result.get("offset", result["latest"]))
         reply = await self._call(F.ListOffsets(NEW_REQUEST, tp[0], tp[1]))
-        return int(result_of(reply)["earliest" if how == "earliest" else "latest"])
+        result = result_of(reply)
+        if how == "earliest":
+            return int(result["earliest"])
+        if self.options.isolation_level == READ_COMMITTED:
+            return int(result.get("last_stable", result["latest"]))
+        return int(result["latest"])
 
     async def _call_listener(self, listener: Listener | None, tps: list[TopicPartition]) -> None:
         if listener is None:

@@ -223,6 +223,11 @@ class RecordBuffer:
             if reader.left:
                 self.reader_tp = tp
                 return True
+            # A batch without records for the application (a transaction marker):
+            # the position moves past it, as past handed-out records.
+            pos = self.positions.get(tp)
+            if pos is not None and pos < end and tp != self.cur_tp:
+                self.positions[tp] = end
         return False
 
     def take(self, max_records: int | None) -> list[Record]:

@@ -19,6 +19,9 @@ DEFAULT_MAX_PARTITION_FETCH_BYTES: Final = 1024 * 1024
 DEFAULT_FETCH_MAX_WAIT_S: Final = 0.5
 OFFSET_RESETS: Final = ("earliest", "latest", "none")
 STRATEGIES: Final = ("range", "roundrobin", "sticky")
+READ_UNCOMMITTED: Final = "read_uncommitted"
+READ_COMMITTED: Final = "read_committed"
+ISOLATION_LEVELS: Final = (READ_UNCOMMITTED, READ_COMMITTED)
 
 # ``on_assign``/``on_revoke``: called with the partitions; may return an awaitable.
 Listener = Callable[[list[TopicPartition]], object]
@@ -44,6 +47,7 @@ class StreamOptions:
     partitions: list[TopicPartition] | None  # manual assignment, deduplicated
     on_assign: Listener | None
     on_revoke: Listener | None
+    isolation_level: str = "read_uncommitted"
 
 
 def stream_options(
@@ -64,6 +68,7 @@ def stream_options(
     partitions: Sequence[TopicPartition] | None = None,
     on_assign: Listener | None = None,
     on_revoke: Listener | None = None,
+    isolation_level: str = "read_uncommitted",
 ) -> StreamOptions:
     """Check ``subscribe()``'s arguments (``InvalidArgument`` when one is wrong)."""
     names = [topics] if isinstance(topics, str) else list(topics)
@@ -85,6 +90,8 @@ def stream_options(
         )
     if fetch_max_bytes < 1 or max_partition_fetch_bytes < 1:
         raise InvalidArgument("fetch_max_bytes and max_partition_fetch_bytes must be >= 1")
+    if isolation_level not in ISOLATION_LEVELS:
+        raise InvalidArgument(f"isolation_level must be one of {', '.join(ISOLATION_LEVELS)}")
     tps = None
     if partitions is not None:
         tps = []
@@ -115,4 +122,5 @@ def stream_options(
         tps,
         on_assign,
         on_revoke,
+        isolation_level,
     )

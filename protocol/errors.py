@@ -37,7 +37,9 @@ ERROR_TABLE: Final[tuple[ErrorSpec, ...]] = (
     ErrorSpec(412, "OutOfOrderSequence", False, False, "producer sequence number gap"),
     ErrorSpec(413, "ProducerFenced", False, False, "producer epoch older than the current"),
     ErrorSpec(414, "FencedInstanceId", False, False, "a newer member took this static instance id"),
+    ErrorSpec(415, "InvalidTxnState", False, False, "request not valid in the transaction's state"),
     ErrorSpec(416, "OffsetOutOfRange", False, False, "offset outside earliest..latest"),
+    ErrorSpec(417, "TransactionAborted", False, False, "the coordinator aborted the transaction"),
     ErrorSpec(501, "FrameError", True, False, "malformed framing or msgpack payload"),
     ErrorSpec(502, "ProtocolSyntaxError", False, False, "frame fields have wrong types/count"),
     ErrorSpec(503, "CommandInvalid", False, False, "frame not valid in this state"),
@@ -98,7 +100,9 @@ UnknownMember: type[WharfError] = _BY_NAME["UnknownMember"]
 OutOfOrderSequence: type[WharfError] = _BY_NAME["OutOfOrderSequence"]
 ProducerFenced: type[WharfError] = _BY_NAME["ProducerFenced"]
 FencedInstanceId: type[WharfError] = _BY_NAME["FencedInstanceId"]
+InvalidTxnState: type[WharfError] = _BY_NAME["InvalidTxnState"]
 OffsetOutOfRange: type[WharfError] = _BY_NAME["OffsetOutOfRange"]
+TransactionAborted: type[WharfError] = _BY_NAME["TransactionAborted"]
 FrameError: type[WharfError] = _BY_NAME["FrameError"]
 ProtocolSyntaxError: type[WharfError] = _BY_NAME["ProtocolSyntaxError"]
 CommandInvalid: type[WharfError] = _BY_NAME["CommandInvalid"]

@@ -78,6 +78,9 @@ TOPIC_LIST: Final = 88
 INIT_PRODUCER: Final = 89
 TOPIC_BIND: Final = 90
 TOPIC_UNBIND: Final = 91
+INIT_TRANSACTIONS: Final = 92
+TXN_SEND_OFFSETS: Final = 93
+END_TXN: Final = 94
 GROUP_JOIN: Final = 100
 GROUP_HEARTBEAT: Final = 101
 GROUP_LEAVE: Final = 102
@@ -490,11 +493,18 @@ class Produce(NamedTuple):
     producer_id: int = -1
     producer_epoch: int = -1
     base_sequence: int = -1
+    transactional: bool = False
+
+
+# Fetch isolation levels (FETCH / FETCH_MANY ``isolation_level``).
+READ_UNCOMMITTED: Final = 0
+READ_COMMITTED: Final = 1
 
 
 class Fetch(NamedTuple):
     """Stored batches from ``offset`` on; waits up to ``max_wait_ms`` for data when
-    there is none yet (long poll)."""
+    there is none yet (long poll).  ``isolation_level`` 1 (read committed): only up to
+    the last stable offset, without the batches of aborted transactions."""
 
     request_id: int
     topic: str
@@ -502,6 +512,7 @@ class Fetch(NamedTuple):
     offset: int
     max_bytes: int = 1_048_576
     max_wait_ms: int = 0
+    isolation_level: int = READ_UNCOMMITTED
 
 
 class FetchMany(NamedTuple):
@@ -512,6 +523,7 @@ class FetchMany(NamedTuple):
     partitions: list[Any]
     max_wait_ms: int = 0
     max_bytes: int = 52_428_800
+    isolation_level: int = READ_UNCOMMITTED
 
 
 class ListOffsets(NamedTuple):
@@ -528,6 +540,40 @@ class InitProducer(NamedTuple):
     """Allocate an idempotent producer id (answered with producer_id, producer_epoch)."""
 
     request_id: int
+
+
+class InitTransactions(NamedTuple):
+    """Register a transactional producer: answers ``producer_id`` and a bumped
+    ``producer_epoch`` (fencing older ones) and aborts a transaction the previous epoch
+    left open.  ``timeout_ms`` -1: the broker's transaction_timeout_ms."""
+
+    request_id: int
+    transactional_id: str
+    timeout_ms: int = -1
+
+
+class TxnSendOffsets(NamedTuple):
+    """Add consumed offsets of ``group`` to the transaction: committed only if it
+    commits.  ``offsets``: array of [topic, partition, offset, metadata str|nil]."""
+
+    request_id: int
+    transactional_id: str
+    producer_id: int
+    producer_epoch: int
+    group: str
+    offsets: list[Any]
+    member_id: str = ""
+    generation: int = -1
+
+
+class EndTxn(NamedTuple):
+    """Commit (``commit`` true) or abort the producer's open transaction."""
+
+    request_id: int
+    transactional_id: str
+    producer_id: int
+    producer_epoch: int
+    commit: bool
 
 
 class TopicBind(NamedTuple):
@@ -680,6 +726,9 @@ Frame = (
     | InitProducer
     | TopicBind
     | TopicUnbind
+    | InitTransactions
+    | TxnSendOffsets
+    | EndTxn
     | GroupJoin
     | GroupHeartbeat
     | GroupLeave
@@ -746,6 +795,9 @@ TYPE_OF: Final[dict[type, int]] = {
     InitProducer: INIT_PRODUCER,
     TopicBind: TOPIC_BIND,
     TopicUnbind: TOPIC_UNBIND,
+    InitTransactions: INIT_TRANSACTIONS,
+    TxnSendOffsets: TXN_SEND_OFFSETS,
+    EndTxn: END_TXN,
     GroupJoin: GROUP_JOIN,
     GroupHeartbeat: GROUP_HEARTBEAT,
     GroupLeave: GROUP_LEAVE,
@@ -814,13 +866,16 @@ _FIELD_TYPES: dict[Any, tuple[tuple[type, ...], ...]] = {
     TopicDescribe: (_INT, _STR),
     TopicAlter: (_INT, _STR, _OPT_INT, _OPT_MAP),
     TopicList: (_INT,),
-    Produce: (_INT, _STR, _INT, _BIN, _INT, _STR, _INT, _INT, _INT),
-    Fetch: (_INT, _STR, _INT, _INT, _INT, _INT),
-    FetchMany: (_INT, _LIST, _INT, _INT),
+    Produce: (_INT, _STR, _INT, _BIN, _INT, _STR, _INT, _INT, _INT, _BOOL),
+    Fetch: (_INT, _STR, _INT, _INT, _INT, _INT, _INT),
+    FetchMany: (_INT, _LIST, _INT, _INT, _INT),
     ListOffsets: (_INT, _STR, _INT, _OPT_INT),
     InitProducer: (_INT,),
     TopicBind: (_INT, _STR, _STR, _STR, _OPT_MAP),
     TopicUnbind: (_INT, _STR, _STR, _STR, _OPT_MAP),
+    InitTransactions: (_INT, _STR, _INT),
+    TxnSendOffsets: (_INT, _STR, _INT, _INT, _STR, _LIST, _STR, _INT),
+    EndTxn: (_INT, _STR, _INT, _INT, _BOOL),
     GroupJoin: (_INT, _STR, _LIST, _STR, _OPT_STR, _STR, _INT, _INT, _OPT_LIST),
     GroupHeartbeat: (_INT, _STR, _STR, _INT),
     GroupLeave: (_INT, _STR, _STR),

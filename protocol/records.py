@@ -14,7 +14,10 @@ Header, all integers big-endian::
     u32 record_count       records in the payload (< last_offset_delta + 1 after compaction)
     u8  magic              2
     u8  attributes         bits 0-2 codec (0 none, 1 gzip); bit 3 timestamp type
-                           (0 create time, 1 log-append time); bits 4-7 zero
+                           (0 create time, 1 log-append time); bit 4 transactional
+                           (written by a transactional producer); bit 5 control (a
+                           COMMIT/ABORT marker, never an application record); bits 6-7
+                           zero
     i64 first_timestamp    smallest record timestamp (epoch ms)
     i64 max_timestamp      largest record timestamp; with log-append time, the
                            broker's clock at append, and every record reads as it
@@ -29,6 +32,12 @@ Payload: a msgpack array of records, gzip-compressed as a whole when the codec s
 so.  One record is ``[offset_delta, timestamp, key, value, headers]``: offset_delta
 int (0 .. last_offset_delta, increasing), timestamp int epoch ms, key bin|nil, value
 bin|nil (nil = tombstone), headers map|nil.  A producer numbers its records 0..n-1.
+
+Control batches (attribute bit 5) hold one record: key = msgpack ``[0, type]`` (type 0
+ABORT, 1 COMMIT), value = msgpack ``[coordinator_epoch, txn_first_offset]`` (the offset
+of the transaction's first batch in this partition, for the aborted-transaction index),
+producer id and epoch of the transaction in the header, base_sequence -1.  Their offset
+is counted like any record's; SDKs never hand them to applications.
 """
 
 from __future__ import annotations
@@ -52,6 +61,12 @@ CODEC_GZIP: Final = 1
 CODECS: Final = {"none": CODEC_NONE, "gzip": CODEC_GZIP}
 CODEC_MASK: Final = 0x07
 LOG_APPEND_TIME: Final = 0x08
+TRANSACTIONAL: Final = 0x10
+CONTROL: Final = 0x20
+# Control record types (the key of a control batch's one record).
+MARKER_ABORT: Final = 0
+MARKER_COMMIT: Final = 1
+MARKER_NAMES: Final = {MARKER_ABORT: "abort", MARKER_COMMIT: "commit"}
 
 # A batch claiming more than this is corruption, not something to allocate.
 MAX_BATCH_BYTES: Final = 256 * 1024 * 1024
@@ -93,6 +108,14 @@ class BatchHeader(NamedTuple):
     @property
     def log_append_time(self) -> bool:
         return bool(self.attributes & LOG_APPEND_TIME)
+
+    @property
+    def transactional(self) -> bool:
+        return bool(self.attributes & TRANSACTIONAL)
+
+    @property
+    def control(self) -> bool:
+        return bool(self.attributes & CONTROL)
 
 
 # -- producer side ---------------------------------------------------------------------
@@ -321,6 +344,38 @@ def with_delete_horizon(batch: bytes, horizon: int) -> bytes:
         base_sequence=h.base_sequence,
         delete_horizon=horizon,
     )
+
+
+def marker_payload(
+    kind: int, coordinator_epoch: int, txn_first_offset: int, timestamp: int
+) -> bytes:
+    """The payload of a control batch: one COMMIT or ABORT record."""
+    key = msgpack.packb([0, kind])
+    value = msgpack.packb([coordinator_epoch, txn_first_offset])
+    payload: bytes = msgpack.packb([[0, timestamp, key, value, None]], use_bin_type=True)
+    return payload
+
+
+class Marker(NamedTuple):
+    kind: int  # MARKER_ABORT or MARKER_COMMIT
+    coordinator_epoch: int
+    txn_first_offset: int  # -1 when unknown
+
+
+def read_marker(batch: bytes | memoryview) -> Marker | None:
+    """The marker of a control batch; None when it is not one or is unreadable."""
+    h = read_header(batch)
+    if not h.attributes & CONTROL:
+        return None
+    try:
+        rows = msgpack.unpackb(
+            decompress(memoryview(batch)[HEADER_BYTES:], h.codec), raw=False, use_list=False
+        )
+        _version, kind = msgpack.unpackb(rows[0][2], raw=False)
+        epoch, first = msgpack.unpackb(rows[0][3], raw=False)
+        return Marker(int(kind), int(epoch), int(first))
+    except Exception:  # a damaged control record: treated as no marker
+        return None
 
 
 # -- consumer side ---------------------------------------------------------------------

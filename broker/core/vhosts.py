@@ -42,6 +42,7 @@ from wharf.protocol.errors import (
 from ..logs import TopicRegistry
 from ..logs.cleaner import LogCleaner
 from ..logs.groups import GroupCoordinator
+from ..logs.transactions import TransactionCoordinator
 from ..store.definitions import save_definitions
 from ..store.recovery import Recovered, drop_unknown_queues, recover
 from ..store.segments import MessageStore
@@ -136,6 +137,7 @@ class VirtualHost:
         self.logs: TopicRegistry | None = None
         self.log_cleaner: LogCleaner | None = None
         self.groups: GroupCoordinator | None = None
+        self.transactions: TransactionCoordinator | None = None
         # Authenticated client connections on this vhost, any protocol (registry id ->
         # connection): max-connections, deletion and the per-vhost connection metric.
         self.clients: dict[int, ClientConnection] = {}
@@ -233,6 +235,14 @@ class VirtualHost:
         topology.attach_topics(self.logs)  # topic bindings load with the definitions
         self.log_cleaner = LogCleaner(self.logs, settings.log_cleaner_interval_ms)
         self.groups = GroupCoordinator(self.logs, path / "logs-internal" / "offsets", settings)
+        # Completes or aborts the transactions a crash left open (markers, offsets).
+        self.transactions = TransactionCoordinator(
+            self.logs,
+            self.groups,
+            path / "logs-internal" / "transactions",
+            default_timeout_ms=settings.transaction_timeout_ms,
+            max_timeout_ms=settings.transaction_max_timeout_ms,
+        )
         topology.memory_budget_bytes = settings.queue_memory_budget_bytes
         topology.load_definitions(definitions)
         return recover(msg_dir)
@@ -325,6 +335,11 @@ class VirtualHost:
                 self.groups.tick()
             except Exception:
                 log.exception("vhost '%s': consumer groups: periodic check failed", self.name)
+        if self.transactions is not None:
+            try:
+                self.transactions.tick()
+            except Exception:
+                log.exception("vhost '%s': transactions: periodic check failed", self.name)
 
     def drop_topology(self) -> None:
         """Deletion: delete every queue (their consumers are told, as on a queue

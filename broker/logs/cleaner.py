@@ -55,6 +55,7 @@ from ..store.fsio import FAULTS, fsync, fsync_dir, record_synced_many, write_all
 from .compaction import (
     CLEANED_SUFFIX,
     OFFSET_MAP_BUDGET_BYTES,
+    Aborted,
     CleanAborted,
     CleanResult,
     CorruptSegment,
@@ -66,6 +67,7 @@ from .compaction import (
     swap_path,
 )
 from .index import SegmentIndex, index_paths, scan_log
+from .txnindex import txn_index_path
 
 if TYPE_CHECKING:
     from .partition import Partition
@@ -195,7 +197,12 @@ class LogCleaner:
         checkpoint = self._checkpoint(part)
         closed: list[SegmentFile] = []
         limit = part.segments[-1].base_offset
+        stable = part.last_stable_offset
         for seg in part.segments[:-1]:
+            if seg.next_offset > stable:
+                # An open transaction's batches may be in it: their fate is unknown.
+                limit = seg.base_offset
+                break
             if check_indexes and not _index_written(seg):
                 # Still being finished after its roll (index files not yet written):
                 # cleaning stops before it this time.
@@ -239,6 +246,9 @@ class LogCleaner:
             budget_bytes=self.budget_bytes,
             abort=self._abort,
             merge_bytes=part.config.segment_bytes,
+            # Aborted transactions below the limit all have their markers already:
+            # a copy is complete for the pass (the table changes on the loop).
+            aborted=part.aborted.copy().aborted if part.aborted else None,
         )
         try:
             prepared = await self._in_worker(job)
@@ -325,6 +335,7 @@ def prepare(
     budget_bytes: int,
     abort: threading.Event | None = None,
     merge_bytes: int = 0,
+    aborted: Aborted = None,
 ) -> _Prepared:
     """Step 1 of a pass: cleaned (and merged) logs and their index files, all fsynced."""
     result = clean_partition(
@@ -337,6 +348,7 @@ def prepare(
         budget_bytes=budget_bytes,
         abort=abort,
         merge_bytes=merge_bytes,
+        aborted=aborted,
     )
     ends = dict(
         zip((s.base_offset for s in segments), segment_ends(segments, limit_offset), strict=True)
@@ -435,7 +447,9 @@ def swap_in(part: Partition, prepared: _Prepared, sizes: dict[int, int]) -> list
                 swap = swap_path(seg.path, c.end_offset)
                 os.rename(c.cleaned, swap)
                 for old in (seg, *members):
-                    for p in (old.path, *index_paths(old.path)):
+                    # The merged segment's .txnindex is rebuilt from its markers at
+                    # the next start (load_txn_index finds none).
+                    for p in (old.path, *index_paths(old.path), txn_index_path(old.path)):
                         with contextlib.suppress(FileNotFoundError):
                             p.unlink()
                 os.rename(swap, seg.path)

@@ -27,6 +27,14 @@ the cleaner checkpoint (the first offset no pass has covered yet, ``dirty_offset
    name; cleaner.py swaps it in through ``<first>.log.swap-<end offset>`` (see
    ``complete_swaps`` for the crash rule).
 
+Transactions: control batches (COMMIT/ABORT markers) are never part of the offset map
+and are always kept (a marker costs one small record, and keeping every one keeps the
+aborted-transaction index valid); the batches of aborted transactions (``aborted``,
+the partition's table of them) are left out of the offset map, so an aborted record
+never replaces a committed one, and are removed (except the last batch of an idempotent
+producer, kept whole as above).  cleaner.py never cleans past the last stable offset,
+so no batch of an open transaction is looked at.
+
 Offsets never change: the cleaned log has gaps, a segment keeps its name (its base
 offset) even when it ends up empty.  Everything here is blocking file I/O meant for a
 worker thread; ``abort`` (a threading.Event) stops a pass between two batches.
@@ -38,7 +46,7 @@ import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, NamedTuple
@@ -47,9 +55,11 @@ import msgpack
 
 from wharf.protocol.errors import InvalidArgument
 from wharf.protocol.records import (
+    CONTROL,
     HEADER_BYTES,
     LENGTH_BYTES,
     MAX_BATCH_BYTES,
+    TRANSACTIONAL,
     BatchHeader,
     build_batch,
     check_batch,
@@ -127,6 +137,20 @@ class CleanResult(NamedTuple):
 # -- reading segments ------------------------------------------------------------------
 
 
+# Whether the transactional batch of (producer id, base offset) belongs to an aborted
+# transaction; None: the partition has none.
+Aborted = Callable[[int, int], bool] | None
+
+
+def _skipped(h: BatchHeader, aborted: Aborted) -> bool:
+    """A batch whose records never count as a key's latest value."""
+    if not h.attributes & (CONTROL | TRANSACTIONAL):
+        return False
+    if h.attributes & CONTROL:
+        return True
+    return aborted is not None and aborted(h.producer_id, h.base_offset)
+
+
 def map_key(key: bytes) -> bytes:
     """The offset-map key for a record key (bounded size)."""
     if len(key) < _MAP_KEY_BYTES:
@@ -188,6 +212,7 @@ def build_offset_map(
     limit_offset: int,
     budget_bytes: int = OFFSET_MAP_BUDGET_BYTES,
     abort: threading.Event | None = None,
+    aborted: Aborted = None,
 ) -> tuple[dict[bytes, int], int]:
     """Latest offset per key over the records from ``dirty_offset`` to
     ``limit_offset``; returns ``(map, end)`` where ``end`` is the first offset the map
@@ -203,6 +228,8 @@ def build_offset_map(
                     continue
                 if used >= budget_bytes and offsets:
                     return offsets, max(h.base_offset, dirty_offset)
+                if _skipped(h, aborted):
+                    continue
                 base = h.base_offset
                 for rec in decode_batch(batch, h):
                     key = rec[2]
@@ -228,9 +255,16 @@ def clean_batch(
     delete_retention_ms: int,
     keep_whole: bool,
     stats: CleanStats,
+    aborted: Aborted = None,
 ) -> bytes | None:
     """The batch as it should be after cleaning: the same object when nothing changes,
     a new batch when records go or a delete horizon is stamped, None when it goes."""
+    if _skipped(h, aborted):
+        if h.attributes & CONTROL or keep_whole:
+            return batch  # a marker; or an aborted batch holding producer state
+        stats.records_removed += h.record_count
+        stats.batches_dropped += 1
+        return None
     records = decode_batch(batch, h)
     base = h.base_offset
     horizon_passed = 0 <= h.delete_horizon <= now_ms
@@ -304,6 +338,7 @@ def clean_segment(
     keep_batches: Collection[int],
     stats: CleanStats,
     abort: threading.Event | None = None,
+    aborted: Aborted = None,
 ) -> CleanedSegment | None:
     """Write the cleaned copy of one segment to ``<segment>.cleaned`` and fsync it;
     None (and no file) when cleaning changes nothing in it.  Batches at or after
@@ -325,6 +360,7 @@ def clean_segment(
                         now_ms=now_ms,
                         delete_retention_ms=delete_retention_ms,
                         keep_whole=h.base_offset in keep_batches,
+                        aborted=aborted,
                         stats=stats,
                     )
                 if out is None and new is not batch:
@@ -372,12 +408,15 @@ def clean_partition(
     budget_bytes: int = OFFSET_MAP_BUDGET_BYTES,
     abort: threading.Event | None = None,
     merge_bytes: int = 0,
+    aborted: Aborted = None,
 ) -> CleanResult:
     """One cleaning pass over the closed ``segments`` (oldest first, ending where the
     active segment ``limit_offset`` begins), merging small neighbours up to
     ``merge_bytes`` (0: no merging).  Blocking file I/O: run it in a worker thread.
     On error no ``.cleaned`` file is left behind."""
-    offsets, end = build_offset_map(segments, dirty_offset, limit_offset, budget_bytes, abort)
+    offsets, end = build_offset_map(
+        segments, dirty_offset, limit_offset, budget_bytes, abort, aborted
+    )
     stats = CleanStats()
     cleaned: list[CleanedSegment] = []
     try:
@@ -393,6 +432,7 @@ def clean_partition(
                 keep_batches=keep_batches,
                 stats=stats,
                 abort=abort,
+                aborted=aborted,
             )
             if done is not None:
                 cleaned.append(done)

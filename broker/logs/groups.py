@@ -465,6 +465,18 @@ class GroupCoordinator:
         self, group: str, member_id: str, generation: int, offsets: Any
     ) -> asyncio.Future[None]:
         """Queue committed offsets; the future is done once they are fsynced."""
+        entries = self.check_commit(group, member_id, generation, offsets)
+        now_ms = int(time.time() * 1000)
+        changes: list[Change] = [
+            ((group, t, p), (off, meta, now_ms)) for t, p, off, meta in entries
+        ]
+        return self.offsets.commit(changes)
+
+    def check_commit(
+        self, group: str, member_id: str, generation: int, offsets: Any
+    ) -> list[tuple[str, int, int, str | None]]:
+        """The checks of a commit (also of a transaction's send_offsets): the
+        ``(topic, partition, offset, metadata)`` entries, or the error."""
         check_group_name(group)
         g = self.groups.get(group)
         if member_id == "" and generation == -1:
@@ -483,14 +495,10 @@ class GroupCoordinator:
                     details={"generation": g.generation},
                 )
             self._touch(g, m)
-        now_ms = int(time.time() * 1000)
         entries = check_offset_entries(offsets)
         for t, p, _, _ in entries:
             self._partition(t, p)  # 404 when unknown
-        changes: list[Change] = [
-            ((group, t, p), (off, meta, now_ms)) for t, p, off, meta in entries
-        ]
-        return self.offsets.commit(changes)
+        return entries
 
     def fetch_offsets(self, group: str, topics: Any) -> dict[str, Any]:
         if topics is not None and (

@@ -33,9 +33,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, NamedTuple
 
-from wharf.protocol.records import HEADER, HEADER_BYTES, check_batch
+from wharf.protocol.records import (
+    CONTROL,
+    HEADER,
+    HEADER_BYTES,
+    MARKER_ABORT,
+    Marker,
+    check_batch,
+    read_marker,
+)
 
 from ..store.fsio import fsync_dir, write_atomically
+from .txnindex import AbortedTxn
 
 OFFSET_ENTRY: Final = struct.Struct(">II")
 TIME_ENTRY: Final = struct.Struct(">qI")
@@ -201,6 +210,8 @@ class ScannedBatch(NamedTuple):
     producer_id: int
     producer_epoch: int
     base_sequence: int
+    attributes: int = 0
+    marker: Marker | None = None  # of a control batch
 
 
 class ScanResult(NamedTuple):
@@ -209,7 +220,8 @@ class ScanResult(NamedTuple):
     next_offset: int  # after the last whole batch; the segment base when empty
     first_timestamp: int  # max_timestamp of the first batch, -1 when empty
     problem: str | None  # why the bytes after valid_bytes are not a whole batch
-    producer_batches: list[ScannedBatch]  # idempotent batches, in order
+    producer_batches: list[ScannedBatch]  # idempotent and control batches, in order
+    aborts: list[AbortedTxn]  # transactions whose ABORT marker is in the segment
 
 
 def scan_log(log_path: Path, base_offset: int, end_offset: int | None = None) -> ScanResult:
@@ -217,12 +229,13 @@ def scan_log(log_path: Path, base_offset: int, end_offset: int | None = None) ->
     the first bad batch.  Builds the index as appends would have."""
     idx = SegmentIndex(base_offset)
     producers: list[ScannedBatch] = []
+    aborts: list[AbortedTxn] = []
     next_offset = base_offset
     first_ts = -1
     with open(log_path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
-            return ScanResult(idx, 0, next_offset, first_ts, None, producers)
+            return ScanResult(idx, 0, next_offset, first_ts, None, producers, aborts)
         with (
             mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mapped,
             memoryview(mapped) as data,
@@ -235,7 +248,7 @@ def scan_log(log_path: Path, base_offset: int, end_offset: int | None = None) ->
                 if problem is not None:
                     break
                 h = unpack(data, pos)
-                length, base, last_delta, _count, _m, _a, _f, max_ts, pid, epoch, seq = h[:11]
+                length, base, last_delta, _count, _m, attrs, _f, max_ts, pid, epoch, seq = h[:11]
                 last = base + last_delta
                 if base < next_offset or (end_offset is not None and last >= end_offset):
                     problem = f"batch offsets {base}..{last} out of order"
@@ -247,11 +260,18 @@ def scan_log(log_path: Path, base_offset: int, end_offset: int | None = None) ->
                     first_ts = max_ts
                 total = length + 4
                 idx.observe(base - base_offset, pos, total, max_ts)
-                if pid >= 0:
-                    producers.append(ScannedBatch(base, last, max_ts, pid, epoch, seq))
+                if attrs & CONTROL:
+                    marker = read_marker(data[pos : pos + total])
+                    producers.append(
+                        ScannedBatch(base, last, max_ts, pid, epoch, seq, attrs, marker)
+                    )
+                    if marker is not None and marker.kind == MARKER_ABORT:
+                        aborts.append(AbortedTxn(pid, marker.txn_first_offset, base - 1, base))
+                elif pid >= 0:
+                    producers.append(ScannedBatch(base, last, max_ts, pid, epoch, seq, attrs))
                 next_offset = last + 1
                 pos += total
-    return ScanResult(idx, pos, next_offset, first_ts, problem, producers)
+    return ScanResult(idx, pos, next_offset, first_ts, problem, producers, aborts)
 
 
 def rebuild_indexes(log_path: Path, base_offset: int) -> None:

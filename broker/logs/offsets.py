@@ -197,6 +197,19 @@ class OffsetsLog:
             self._start_job(loop)
         return fut
 
+    def commit_now(self, changes: list[Change]) -> None:
+        """Write and fsync ``changes`` on the calling thread (start-up recovery of
+        transactions, before any job runs)."""
+        if not changes:
+            return
+        assert self._job is None, "commit_now while a write job runs"
+        data = _encode(changes, self._next_offset, int(time.time() * 1000))
+        self._append(self._fd, data)
+        self._next_offset += len(changes)
+        self.file_bytes += len(data)
+        for change in changes:
+            self._apply(change)
+
     def _wants_rewrite(self) -> bool:
         if self._failed:
             return True

@@ -5,7 +5,18 @@ Layout of ``<topic dir>/<partition>/``::
     <base:020d>.log         batches (protocol/records.py), see segment.py
     <base:020d>.index       sparse offset index   } of closed segments, see index.py
     <base:020d>.timeindex   time index            }
+    <base:020d>.txnindex    aborted transactions (closed segments), see txnindex.py
+    has-transactions        present once a transaction touched the partition
     <offset:020d>.snapshot  idempotent producer state below offset, see producers.py
+
+Transactions: a transactional batch opens its producer's transaction in the partition
+(``producers.open_txns``) until the coordinator appends a COMMIT or ABORT marker
+(``append_marker``); the last stable offset is the first offset of the earliest open
+transaction (else the high watermark), and read-committed fetches stop there and drop
+the batches of aborted transactions (``aborted``, from the .txnindex files).  Only a
+partition with ``has-transactions`` (created, fsynced, before its first transactional
+batch) has .txnindex files: the others never write them at a roll nor read or rebuild
+them at start (nor scan their closed segments for markers after an upgrade).
 
 The last segment is the active one; appends go to it with one ``pwrite`` per batch
 (page cache only) and it is rolled when the next batch would pass ``segment_bytes``,
@@ -40,7 +51,17 @@ from pathlib import Path
 from typing import Final
 
 from wharf.protocol.errors import InternalError, OffsetOutOfRange, ResourceError, WharfError
-from wharf.protocol.records import LOG_APPEND_TIME, build_batch, decode_records, read_header
+from wharf.protocol.records import (
+    CONTROL,
+    LOG_APPEND_TIME,
+    MARKER_ABORT,
+    MARKER_COMMIT,
+    TRANSACTIONAL,
+    build_batch,
+    decode_records,
+    marker_payload,
+    read_header,
+)
 
 from ..store.fsio import (
     FAULTS,
@@ -68,12 +89,26 @@ from .producers import (
 )
 from .segment import LOG_SUFFIX, ReadArena, Segment, segment_name
 from .topicconfig import DEFAULTS, TopicConfig
+from .txnindex import (
+    TXN_INDEX_SUFFIX,
+    AbortedTable,
+    AbortedTxn,
+    load_txn_index,
+    write_txn_index,
+)
 
 log = logging.getLogger("wharf.topics")
 
 __all__ = ["Partition", "segment_name"]
 
 TMP_SUFFIX: Final = ".tmp"
+TXN_FLAG_FILE: Final = "has-transactions"
+# Byte positions in a batch header (protocol/records.py) read by read-committed fetches.
+_ATTRIBUTES_AT: Final = 21
+_PRODUCER_ID_AT: Final = 38
+# A read-committed fetch whose batches all belong to aborted transactions reads on
+# this many times before answering with nothing.
+_MAX_ABORTED_REREADS: Final = 64
 
 
 def _now_ms() -> int:
@@ -99,6 +134,8 @@ class Partition:
         self.segments: list[Segment] = []
         self._bases: list[int] = []  # base offsets of segments, for bisect
         self.producers = ProducerStates()
+        self.aborted = AbortedTable()
+        self.has_txns = False  # the TXN_FLAG_FILE exists
         self.failed: WharfError | None = None
         self._sync_running = False
         self._sync_waiters: list[asyncio.Future[None]] = []
@@ -149,6 +186,16 @@ class Partition:
         return max(self._durable, held)
 
     @property
+    def last_stable_offset(self) -> int:
+        """The end of what read-committed readers see: the first offset of the earliest
+        open transaction, else the high watermark."""
+        hw = self.high_watermark
+        txns = self.producers.open_txns
+        if not txns:
+            return hw
+        return min(hw, min(txns.values()))
+
+    @property
     def durable(self) -> int:
         """Every offset below this one is fsynced."""
         return self._durable
@@ -163,6 +210,8 @@ class Partition:
             "earliest": self.earliest,
             "latest": self.high_watermark,
             "log_end": self.latest,
+            "last_stable": self.last_stable_offset,
+            "open_transactions": len(self.producers.open_txns),
             "bytes": self.size_bytes,
             "segments": len(self.segments),
         }
@@ -187,6 +236,7 @@ class Partition:
         base_sequence: int = -1,
         now_ms: int | None = None,
         hold_until_fsynced: bool = False,
+        transactional: bool = False,
     ) -> tuple[int, int]:
         """Write one batch to the page cache; returns (base offset, log append time
         or -1).  Not yet durable: ``await sync()`` before saying it is fsynced.
@@ -197,7 +247,7 @@ class Partition:
             raise self.failed
         if now_ms is None:
             now_ms = _now_ms()
-        attributes = codec
+        attributes = codec | TRANSACTIONAL if transactional else codec
         append_time = -1
         if self.config.log_append_time:
             attributes |= LOG_APPEND_TIME
@@ -216,6 +266,27 @@ class Partition:
             producer_epoch=producer_epoch,
             base_sequence=base_sequence,
         )
+        self._write(data, base, last, max_timestamp, now_ms)
+        if producer_id >= 0:
+            self.producers.record(producer_id, producer_epoch, base_sequence, base, last, now_ms)
+            if transactional:
+                if not self.has_txns:  # callers without a coordinator (tools, tests)
+                    self._write_txn_flag()
+                    self.has_txns = True
+                self.producers.record_transactional(producer_id, base)
+        if hold_until_fsynced:
+            self._held_end = last + 1
+            if self._held_from is None:
+                self._held_from = base
+            # Whoever appended may not wait for the fsync (a publish without confirm):
+            # start it anyway, or held records would stay hidden.  Group commit
+            # shares it with the producer's own sync().
+            self._sync_soon()
+        elif self._held_from is None:
+            self._wake_readers()
+        return base, append_time
+
+    def _write(self, data: bytes, base: int, last: int, max_timestamp: int, now_ms: int) -> None:
         seg = self.segments[-1]
         cfg = self.config
         if seg.size and (
@@ -231,19 +302,64 @@ class Partition:
         if seg.first_append_ms < 0:
             seg.first_append_ms = now_ms
         self._written += len(data)
-        if producer_id >= 0:
-            self.producers.record(producer_id, producer_epoch, base_sequence, base, last, now_ms)
-        if hold_until_fsynced:
-            self._held_end = last + 1
-            if self._held_from is None:
-                self._held_from = base
-            # Whoever appended may not wait for the fsync (a publish without confirm):
-            # start it anyway, or held records would stay hidden.  Group commit
-            # shares it with the producer's own sync().
-            self._sync_soon()
-        elif self._held_from is None:
-            self._wake_readers()
-        return base, append_time
+
+    def mark_transactional(self) -> asyncio.Future[None] | None:
+        """Before the first transactional batch: a future done once the partition's
+        TXN_FLAG_FILE is durable (None when it is already)."""
+        if self.has_txns:
+            return None
+        loop = asyncio.get_running_loop()
+        job = self._track(loop.run_in_executor(None, self._write_txn_flag))
+
+        def done(fut: asyncio.Future[None]) -> None:
+            if not fut.cancelled() and fut.exception() is None:
+                self.has_txns = True
+
+        job.add_done_callback(done)
+        return job
+
+    def _write_txn_flag(self) -> None:
+        flag = self.path / TXN_FLAG_FILE
+        write_atomically(flag, b"")
+        self._synced(flag, 0)
+
+    def has_open_txn(self, producer_id: int) -> bool:
+        return producer_id in self.producers.open_txns
+
+    def append_marker(
+        self, producer_id: int, producer_epoch: int, commit: bool, coordinator_epoch: int = 0
+    ) -> int | None:
+        """End the producer's open transaction here with a COMMIT or ABORT control
+        batch (page cache: ``await sync()`` after); returns its offset, or None when the
+        producer has no open transaction here (nothing to mark: a repeated marker)."""
+        if self.failed is not None:
+            raise self.failed
+        first = self.producers.open_txns.get(producer_id)
+        if first is None:
+            return None
+        now_ms = _now_ms()
+        kind = MARKER_COMMIT if commit else MARKER_ABORT
+        base = self.latest
+        data = build_batch(
+            base,
+            marker_payload(kind, coordinator_epoch, first, now_ms),
+            record_count=1,
+            last_offset_delta=0,
+            attributes=CONTROL | TRANSACTIONAL,
+            first_timestamp=now_ms,
+            max_timestamp=now_ms,
+            producer_id=producer_id,
+            producer_epoch=producer_epoch,
+        )
+        self._write(data, base, base, now_ms, now_ms)
+        self.producers.record_marker(producer_id, producer_epoch, now_ms)
+        if not commit:
+            entry = AbortedTxn(producer_id, first, base - 1, base)
+            self.segments[-1].aborts.append(entry)
+            self.aborted.add(entry)
+        if self._held_from is None:
+            self._wake_readers()  # the last stable offset may have moved
+        return base
 
     def _sync_soon(self) -> None:
         try:
@@ -349,7 +465,8 @@ class Partition:
         base = self.segments[-1].base_offset
         job = _ClosedSegment(
             [(str(s.path), s.size) for s in unsynced],
-            [(s.path, s.index.offset_bytes(), s.index.time_bytes()) for s in unfinished],
+            [(s.path, s.index.offset_bytes(), s.index.time_bytes(), s.aborts) for s in unfinished],
+            self.has_txns,
             self.path / snapshot_name(base),
             self.producers.snapshot_bytes(base),
             self._sync_log,
@@ -412,6 +529,7 @@ class Partition:
         gone = set(map(id, members))
         merged.next_offset = members[-1].next_offset
         for seg in members:
+            merged.aborts += seg.aborts
             seg.close()  # pooled read handles; a pinned one closes at its release
         self.segments = [s for s in self.segments if id(s) not in gone]
         self._bases = [s.base_offset for s in self.segments]
@@ -479,6 +597,7 @@ class Partition:
         # releases the handle (handles.py); new reads get OffsetOutOfRange.
         for seg in gone:
             seg.delete_files()
+        self.aborted.drop_below(self.earliest)
         snaps = list_snapshots(self.path)
         for offset, p in snaps[:-1]:
             if offset < self.earliest:
@@ -508,6 +627,20 @@ class Partition:
             if not self._sync_running:
                 self._start_sync(loop)
         return fut
+
+    def sync_now(self) -> None:
+        """fsync what is unsynced on the calling thread (start-up recovery of
+        transactions, before the loop serves anyone)."""
+        if self.failed is not None:
+            raise self.failed
+        dirty = [s for s in self.segments if s.synced_size < s.size or s.new]
+        new_dir = self.path if any(s.new for s in dirty) else None
+        _fsync_files([(str(s.path), s.size) for s in dirty], new_dir, self._sync_log)
+        for seg in dirty:
+            seg.synced_size = seg.size
+            seg.new = False
+        self._synced_through = self._written
+        self._advance_durable(self.latest)
 
     def _start_sync(self, loop: asyncio.AbstractEventLoop) -> None:
         waiters, self._sync_waiters = self._sync_waiters, []
@@ -588,6 +721,7 @@ class Partition:
         *,
         at_least_one: bool = True,
         arena: ReadArena | None = None,
+        committed: bool = False,
     ) -> list[memoryview]:
         """Whole stored batches from the one holding ``offset`` on, up to ``max_bytes``
         (``at_least_one``: even when the first batch is bigger); the first may start
@@ -598,19 +732,60 @@ class Partition:
         lost its records from ``offset`` on (it keeps its last offset) is skipped.  So
         with ``at_least_one`` an empty answer means that no record at or after
         ``offset`` exists yet, even when ``offset`` is below ``latest`` (a compacted
-        gap at the end of the log)."""
+        gap at the end of the log).
+
+        ``committed`` (read committed): only batches below the last stable offset, and
+        none of an aborted transaction.  Control batches (markers) stay in: they carry
+        the offsets a reader moves on by, and SDKs skip them."""
         self.check_offset(offset)
-        out = self._read(offset, max_bytes, at_least_one, arena)
+        visible = self.last_stable_offset if committed else self.high_watermark
+        out = self._read(offset, max_bytes, at_least_one, arena, visible)
         if out and _ends_before(out[0], offset):
             if len(out) > 1:
-                return out[1:]
-            out = self._read(read_header(out[0]).next_offset, max_bytes, at_least_one, arena)
+                out = out[1:]
+            else:
+                nxt = read_header(out[0]).next_offset
+                out = self._read(nxt, max_bytes, at_least_one, arena, visible)
+        if committed and self.aborted and out:
+            out = self._without_aborted(out, max_bytes, at_least_one, arena, visible)
         return out
 
-    def _read(
-        self, offset: int, max_bytes: int, at_least_one: bool, arena: ReadArena | None
+    def _without_aborted(
+        self,
+        out: list[memoryview],
+        max_bytes: int,
+        at_least_one: bool,
+        arena: ReadArena | None,
+        visible: int,
     ) -> list[memoryview]:
-        visible = self.high_watermark
+        """``out`` without the batches of aborted transactions; when that leaves
+        nothing, the batches after them (so an answer is empty only at the end)."""
+        aborted = self.aborted.aborted
+        for _ in range(_MAX_ABORTED_REREADS):
+            kept = []
+            for b in out:
+                attrs = b[_ATTRIBUTES_AT]
+                if attrs & TRANSACTIONAL and not attrs & CONTROL:
+                    pid = int.from_bytes(b[_PRODUCER_ID_AT : _PRODUCER_ID_AT + 8], "big")
+                    if aborted(pid, int.from_bytes(b[4:12], "big")):
+                        continue
+                kept.append(b)
+            if kept or not out:
+                return kept
+            nxt = read_header(out[-1]).next_offset
+            if nxt >= visible:
+                return []
+            out = self._read(nxt, max_bytes, at_least_one, arena, visible)
+        return []
+
+    def _read(
+        self,
+        offset: int,
+        max_bytes: int,
+        at_least_one: bool,
+        arena: ReadArena | None,
+        visible: int,
+    ) -> list[memoryview]:
         if offset >= visible:
             return []
         segments = self.segments
@@ -623,7 +798,8 @@ class Partition:
                 offset, max_bytes - used, at_least_one=at_least_one and not out, arena=arena
             )
             if visible < self.latest:
-                # Held batches are whole batches from a boundary on: cut there.
+                # Held batches (and an open transaction's) are whole batches from a
+                # boundary on: cut there.
                 kept = [b for b in got if int.from_bytes(b[4:12], "big") < visible]
                 if len(kept) < len(got):
                     out += kept
@@ -676,7 +852,8 @@ class Partition:
         path.mkdir(parents=True, exist_ok=True)
         for tmp in path.glob(f"*{TMP_SUFFIX}"):
             _unlink(tmp)
-        swapped = complete_swaps(path, LOG_SUFFIX, index_suffixes())
+        self.has_txns = (path / TXN_FLAG_FILE).exists()
+        swapped = complete_swaps(path, LOG_SUFFIX, (*index_suffixes(), TXN_INDEX_SUFFIX))
         if swapped:
             log.warning("log %s: completed %d segment merges a crash interrupted", path, swapped)
         found: list[tuple[int, Path]] = []
@@ -708,6 +885,13 @@ class Partition:
                 if idx is not None and self._index_fits(seg, idx):
                     seg.index = idx
                     seg.next_offset = end
+                    if self.has_txns:
+                        aborts = load_txn_index(seg_path)
+                        if aborts is None:  # lost: from its markers
+                            aborts = scan_log(seg_path, base, end).aborts
+                            txn = write_txn_index(seg_path, aborts)
+                            self._synced(txn, txn.stat().st_size)
+                        seg.aborts = aborts
                     i += 1
                     continue
                 scan = scan_log(seg_path, base, end)
@@ -736,6 +920,10 @@ class Partition:
                         scan.segment_index.time_bytes(),
                         self._synced,
                     )
+                    seg.aborts = scan.aborts
+                    if self.has_txns:
+                        txn = write_txn_index(seg_path, scan.aborts)
+                        self._synced(txn, txn.stat().st_size)
                     scans[base] = scan
                     rebuilt += 1
                     i += 1
@@ -765,8 +953,12 @@ class Partition:
             seg.next_offset = scan.next_offset
             seg.first_timestamp = scan.first_timestamp
             seg.first_append_ms = scan.first_timestamp
+            seg.aborts = scan.aborts
             scans[base] = scan
             i += 1
+        for seg in self.segments:
+            for entry in seg.aborts:
+                self.aborted.add(entry)
         self._recover_producers(scans)
         # What survived is the log: fsync the active segment once, so that every record
         # a reader can see from now on is durable (it may be a page-cache leftover of a
@@ -830,16 +1022,23 @@ class Partition:
             scan = scans.get(seg.base_offset)
             if scan is None:
                 scan = scan_log(seg.path, seg.base_offset)
+            producers = self.producers
             for b in scan.producer_batches:
-                if b.base_offset >= snap_offset:
-                    record(
-                        b.producer_id,
-                        b.producer_epoch,
-                        b.base_sequence,
-                        b.base_offset,
-                        b.last_offset,
-                        b.max_timestamp,
-                    )
+                if b.base_offset < snap_offset:
+                    continue
+                if b.attributes & CONTROL:
+                    producers.record_marker(b.producer_id, b.producer_epoch, b.max_timestamp)
+                    continue
+                record(
+                    b.producer_id,
+                    b.producer_epoch,
+                    b.base_sequence,
+                    b.base_offset,
+                    b.last_offset,
+                    b.max_timestamp,
+                )
+                if b.attributes & TRANSACTIONAL:
+                    producers.record_transactional(b.producer_id, b.base_offset)
 
     def _synced(self, path: Path, length: int) -> None:
         record_synced(path, length)
@@ -859,6 +1058,9 @@ class Partition:
                 seg.path, seg.index.offset_bytes(), seg.index.time_bytes(), self._synced,
                 sync_dir=False,
             )  # fmt: skip
+            if self.has_txns:
+                txn = write_txn_index(seg.path, seg.aborts, sync_dir=False)
+                self._synced(txn, txn.stat().st_size)
             seg.finished = True
         if rest:
             fsync_dir(self.path)
@@ -899,18 +1101,20 @@ class _ClosedSegment:
     (the one just closed and any older) fsynced in order, then the index files of the
     closed segments not finished yet and the producer snapshot written and fsynced."""
 
-    __slots__ = ("logs", "indexes", "snap_path", "snap", "sync_log")
+    __slots__ = ("logs", "indexes", "txn_indexes", "snap_path", "snap", "sync_log")
 
     def __init__(
         self,
         logs: list[tuple[str, int]],
-        indexes: list[tuple[Path, bytes, bytes]],
+        indexes: list[tuple[Path, bytes, bytes, list[AbortedTxn]]],
+        txn_indexes: bool,
         snap_path: Path,
         snap: bytes,
         sync_log: str | None,
     ) -> None:
         self.logs = logs
         self.indexes = indexes
+        self.txn_indexes = txn_indexes
         self.snap_path = snap_path
         self.snap = snap
         self.sync_log = sync_log
@@ -921,9 +1125,12 @@ class _ClosedSegment:
     def run(self) -> None:
         _fsync_files(self.logs, None, self.sync_log)
         written = False
-        for path, offsets, times in self.indexes:
+        for path, offsets, times, aborts in self.indexes:
             if path.exists():  # else deleted with its topic meanwhile
                 write_index_files(path, offsets, times, self.synced, sync_dir=False)
+                if self.txn_indexes:
+                    txn = write_txn_index(path, aborts, sync_dir=False)
+                    self.synced(txn, txn.stat().st_size)
                 written = True
         if written:
             fsync_dir(self.indexes[0][0].parent)

@@ -20,7 +20,13 @@ the state of every batch below ``offset``, plus the batches after it.  A snapsho
 written when a segment rolls (named by the new segment's base) and at a clean close;
 the last ``SNAPSHOTS_KEPT`` are kept.  Snapshot file: u32 CRC-32 of the rest, then a
 msgpack array ``[offset, [[producer_id, epoch, last_timestamp, [[first_seq,
-last_seq, base_offset, last_offset], ...]], ...]]``.
+last_seq, base_offset, last_offset], ...], txn_first_offset], ...]]``.
+
+Transactions: ``open_txns`` maps a producer id to the offset of its open transaction's
+first batch in this partition (from its first transactional batch until the COMMIT or
+ABORT marker); the partition's last stable offset is the smallest of them.  The
+snapshot's ``txn_first_offset`` (-1: none; absent in snapshots of older versions)
+keeps them across restarts.  A producer with an open transaction is never expired.
 
 Producer ids never repeat, even across restarts: ``<logs dir>/.producer_ids`` holds
 the first id not yet handed out in blocks of ``PRODUCER_ID_BLOCK``; a new block is
@@ -70,6 +76,7 @@ class ProducerStates:
 
     def __init__(self) -> None:
         self.producers: dict[int, ProducerEntry] = {}
+        self.open_txns: dict[int, int] = {}  # producer id -> first offset of its transaction
 
     def check(self, pid: int, epoch: int, first_seq: int, count: int) -> int | None:
         """Before an append: the base offset of the batch it retries (a duplicate), or
@@ -119,11 +126,26 @@ class ProducerStates:
         if timestamp > entry.last_timestamp:
             entry.last_timestamp = timestamp
 
+    def record_transactional(self, pid: int, base: int) -> None:
+        """A transactional batch at ``base``: it opens the producer's transaction here
+        unless one is open."""
+        if pid not in self.open_txns:
+            self.open_txns[pid] = base
+
+    def record_marker(self, pid: int, epoch: int, timestamp: int) -> int:
+        """A COMMIT/ABORT marker: closes the producer's transaction (returns the offset
+        of its first batch, -1 when none was open).  A marker with a newer epoch (the
+        coordinator fenced the producer) makes that epoch the current one."""
+        entry = self.producers.get(pid)
+        if entry is None or epoch > entry.epoch:
+            self.producers[pid] = ProducerEntry(epoch, timestamp)
+        return self.open_txns.pop(pid, -1)
+
     def expire(self, now_ms: int) -> int:
         old = [
             pid
             for pid, e in self.producers.items()
-            if now_ms - e.last_timestamp > PRODUCER_EXPIRATION_MS
+            if now_ms - e.last_timestamp > PRODUCER_EXPIRATION_MS and pid not in self.open_txns
         ]
         for pid in old:
             del self.producers[pid]
@@ -136,7 +158,13 @@ class ProducerStates:
             [
                 offset,
                 [
-                    [pid, e.epoch, e.last_timestamp, [list(b) for b in e.batches]]
+                    [
+                        pid,
+                        e.epoch,
+                        e.last_timestamp,
+                        [list(b) for b in e.batches],
+                        self.open_txns.get(pid, -1),
+                    ]
                     for pid, e in self.producers.items()
                 ],
             ],
@@ -152,8 +180,10 @@ class ProducerStates:
         try:
             offset, rows = msgpack.unpackb(data[4:], raw=False)
             states = cls()
-            for pid, epoch, last_ts, batches in rows:
+            for pid, epoch, last_ts, batches, *rest in rows:
                 entry = states.producers[pid] = ProducerEntry(epoch, last_ts)
+                if rest and rest[0] >= 0:
+                    states.open_txns[pid] = int(rest[0])
                 for first, last_seq, base, last in batches:
                     entry.batches.append((first, last_seq, base, last))
             return int(offset), states

@@ -25,6 +25,7 @@ from wharf.protocol.records import HEADER, HEADER_BYTES, LENGTH_BYTES, decode_re
 from ..store.fsio import pwrite_all
 from .handles import SHARED, Handle, SegmentHandles
 from .index import INDEX_INTERVAL_BYTES, MAX_RELATIVE, SegmentIndex, index_paths
+from .txnindex import AbortedTxn, txn_index_path
 
 LOG_SUFFIX: Final = ".log"
 SNAPSHOT_SUFFIX: Final = ".snapshot"
@@ -86,6 +87,7 @@ class Segment:
         "first_append_ms",
         "handles",
         "finished",
+        "aborts",
     )
 
     def __init__(
@@ -110,6 +112,8 @@ class Segment:
         # Closed and its roll job done (log fsynced, index files written); retention
         # and compaction leave it alone until then.  True for the active segment.
         self.finished = True
+        # Aborted transactions whose ABORT marker is in this segment (txnindex.py).
+        self.aborts: list[AbortedTxn] = []
 
     def __repr__(self) -> str:
         return f"<Segment {self.base_offset}..{self.next_offset} {self.size} bytes>"
@@ -250,7 +254,7 @@ class Segment:
     def delete_files(self) -> None:
         """Close and unlink the segment with its index files."""
         self.close()
-        for p in (self.path, *index_paths(self.path)):
+        for p in (self.path, *index_paths(self.path), txn_index_path(self.path)):
             try:
                 os.unlink(p)
             except FileNotFoundError:

@@ -305,10 +305,12 @@ class TopicRegistry:
         producer_id: int = -1,
         producer_epoch: int = -1,
         base_sequence: int = -1,
+        transactional: bool = False,
     ) -> ProduceResult:
         """Validate and append one produced batch, its payload stored unchanged.  With
         acks="fsynced" the caller must ``await result.partition.sync()`` before
-        replying."""
+        replying.  ``transactional``: the transaction coordinator has checked the
+        producer and added the partition to its transaction (transactions.py)."""
         if acks not in ACKS_LEVELS:
             raise InvalidArgument(f"acks must be one of {', '.join(ACKS_LEVELS)}, got {acks!r}")
         topic = self.get(name)
@@ -351,6 +353,7 @@ class TopicRegistry:
             producer_epoch=producer_epoch if producer_id >= 0 else -1,
             base_sequence=base_sequence if producer_id >= 0 else -1,
             hold_until_fsynced=acks == "fsynced",
+            transactional=transactional and producer_id >= 0,
         )
         self.records_produced += info.count
         self.bytes_produced += len(payload)
@@ -390,12 +393,15 @@ class TopicRegistry:
         self.bytes_produced += len(payload)
         return part, base
 
-    def fetch(self, name: str, partition: int, offset: int, max_bytes: int) -> dict[str, Any]:
+    def fetch(
+        self, name: str, partition: int, offset: int, max_bytes: int, committed: bool = False
+    ) -> dict[str, Any]:
+        """``committed`` (read committed): "high_watermark" is the last stable offset."""
         check_fetch_bytes(max_bytes)
         part = self.get(name).partition(partition)
         return {
-            "batches": part.fetch(offset, max_bytes),
-            "high_watermark": part.high_watermark,
+            "batches": part.fetch(offset, max_bytes, committed=committed),
+            "high_watermark": part.last_stable_offset if committed else part.high_watermark,
             "log_start": part.earliest,
         }
 
@@ -411,7 +417,11 @@ class TopicRegistry:
 
     def list_offsets(self, name: str, partition: int, ts: int | None = None) -> dict[str, Any]:
         part = self.get(name).partition(partition)
-        out: dict[str, Any] = {"earliest": part.earliest, "latest": part.high_watermark}
+        out: dict[str, Any] = {
+            "earliest": part.earliest,
+            "latest": part.high_watermark,
+            "last_stable": part.last_stable_offset,
+        }
         if ts is not None:
             out["offset"], out["timestamp"] = part.offset_for_timestamp(ts)
         return out

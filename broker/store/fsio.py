@@ -12,6 +12,10 @@ live here and nowhere else (:data:`FAULTS`):
 - ``WHARF_TEST_WRITE_DELAY_MS=<ms>``: every :func:`write_all` takes that much longer, as
   on a slow or FUSE-backed disk, so that a write is in flight nearly all the time (not
   :func:`pwrite_all`: log appends run on the event loop).
+- ``WHARF_TEST_HALT_AT=<step>``: a multi-step commit that names its steps (the
+  transaction coordinator: ``txn-prepared`` once PrepareCommit/PrepareAbort is fsynced,
+  ``txn-marked`` once the markers are) logs ``halting at <step>`` there and never goes
+  on, so a test can kill -9 the broker at exactly that point.
 - ``FAULTS.failing(op, error, under=dir)``: in-process tests make every ``"write"`` or
   ``"fsync"`` of a file under ``dir`` raise ``error``, as a dying disk would; this is the
   commit step that tests fail on purpose.
@@ -35,6 +39,7 @@ from typing import Final, Literal
 
 SYNC_LOG_ENV: Final = "WHARF_TEST_SYNC_LOG"
 WRITE_DELAY_ENV: Final = "WHARF_TEST_WRITE_DELAY_MS"
+HALT_AT_ENV: Final = "WHARF_TEST_HALT_AT"
 
 FaultOp = Literal["write", "fsync"]
 StrPath = str | os.PathLike[str]
@@ -43,9 +48,12 @@ StrPath = str | os.PathLike[str]
 class FaultPoint:
     """The test hooks of every durable write and fsync; one instance, :data:`FAULTS`."""
 
-    def __init__(self, sync_log: str | None, write_delay_ms: int) -> None:
+    def __init__(
+        self, sync_log: str | None, write_delay_ms: int, halt_at: str | None = None
+    ) -> None:
         self.sync_log = sync_log
         self.write_delay_s = write_delay_ms / 1000.0
+        self.halt_at = halt_at
         # (op, directory, error); replaced whole, so worker threads read it without a lock.
         self._failures: tuple[tuple[FaultOp, Path, OSError], ...] = ()
         # (op, directory, release, longest wait in seconds); replaced whole, like _failures.
@@ -55,7 +63,11 @@ class FaultPoint:
 
     @classmethod
     def from_environ(cls) -> FaultPoint:
-        return cls(os.environ.get(SYNC_LOG_ENV) or None, int(os.environ.get(WRITE_DELAY_ENV) or 0))
+        return cls(
+            os.environ.get(SYNC_LOG_ENV) or None,
+            int(os.environ.get(WRITE_DELAY_ENV) or 0),
+            os.environ.get(HALT_AT_ENV) or None,
+        )
 
     @contextmanager
     def failing(self, op: FaultOp, error: OSError, *, under: StrPath) -> Iterator[None]:

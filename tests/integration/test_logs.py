@@ -233,7 +233,7 @@ async def test_bad_batches_are_refused(
     assert (err[0], err[1], err[2]) == (F.ERROR, 4, 400)
     client.send(F.ListOffsets(5, "t", 0))
     ok = await client.recv()
-    assert ok[0] == F.OK and ok[2] == {"earliest": 0, "latest": 0}
+    assert ok[0] == F.OK and ok[2] == {"earliest": 0, "latest": 0, "last_stable": 0}
 
 
 @pytest.mark.parametrize(

@@ -144,7 +144,13 @@ async def test_list_offsets_by_timestamp(
     assert await conn.offset_for_time("t", 0, 99_999) == len(stamps)  # none: latest
     # The raw reply also carries the found record's timestamp.
     reply = await (await frame_client()).result(F.LIST_OFFSETS, "t", 0, 10_450)
-    assert reply == {"earliest": 0, "latest": len(stamps), "offset": 8, "timestamp": 10_500}
+    assert reply == {
+        "earliest": 0,
+        "latest": len(stamps),
+        "last_stable": len(stamps),
+        "offset": 8,
+        "timestamp": 10_500,
+    }
 
 
 async def test_retention_state_survives_restart(tmp_path: Path) -> None:

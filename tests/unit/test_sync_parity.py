@@ -19,6 +19,8 @@ from wharf.stream import Stream
 NOT_TWINNED: dict[type, dict[str, str]] = {
     Connection: {
         "producer": "an idempotent Producer is an async object: use it on SyncConnection.loop",
+        "transactional_producer": "a TransactionalProducer is an async object: use it on "
+        "SyncConnection.loop",
     },
     Consumer: {
         "on_deliver": "DeliverySink: called by the connection core",

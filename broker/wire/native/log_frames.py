@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ...core.vhosts import VirtualHost
     from ...logs.groups import GroupCoordinator
     from ...logs.topics import TopicRegistry
+    from ...logs.transactions import TransactionCoordinator
     from .broker_api import BrokerApi
 
 
@@ -77,6 +78,9 @@ class LogFrames:
             F.INIT_PRODUCER: self._on_init_producer,
             F.TOPIC_BIND: self._on_topic_bind,
             F.TOPIC_UNBIND: self._on_topic_unbind,
+            F.INIT_TRANSACTIONS: self._on_init_transactions,
+            F.TXN_SEND_OFFSETS: self._on_txn_send_offsets,
+            F.END_TXN: self._on_end_txn,
             F.GROUP_JOIN: self._on_group_join,
             F.GROUP_HEARTBEAT: self._on_group_heartbeat,
             F.GROUP_LEAVE: self._on_group_leave,
@@ -114,6 +118,7 @@ class LogFrames:
                 self.name,
                 self.settings.max_frame_bytes,
                 self.reply_fetched,
+                lambda: self.virtual_host.transactions,
             )
         return requests
 
@@ -171,6 +176,34 @@ class LogFrames:
         self._topics()
         self.core.unbind_topic(f.topic, f.exchange, f.routing_key, f.arguments)
         self._ok(f.request_id)
+
+    # -- transactions (transactions.py) --------------------------------------------
+
+    def _txns(self) -> TransactionCoordinator:
+        txns = self.virtual_host.transactions
+        if txns is None:
+            raise CommandInvalid("transactions are not available before the broker has started")
+        return txns
+
+    def _on_init_transactions(self, f: F.InitTransactions) -> None:
+        self._ok_when_done(f.request_id, self._txns().init(f.transactional_id, f.timeout_ms))
+
+    def _on_txn_send_offsets(self, f: F.TxnSendOffsets) -> None:
+        self.core.authorize("group.commit", group=f.group)
+        fut = self._txns().send_offsets(
+            f.transactional_id,
+            f.producer_id,
+            f.producer_epoch,
+            f.group,
+            f.member_id,
+            f.generation,
+            f.offsets,
+        )
+        self._ok_when_done(f.request_id, fut, {})
+
+    def _on_end_txn(self, f: F.EndTxn) -> None:
+        fut = self._txns().end(f.transactional_id, f.producer_id, f.producer_epoch, f.commit)
+        self._ok_when_done(f.request_id, fut, {"committed": f.commit})
 
     # -- consumer groups (groups.py) -----------------------------------------------
 

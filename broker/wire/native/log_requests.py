@@ -27,6 +27,7 @@ from wharf.protocol.errors import InternalError, InvalidArgument, ResourceError,
 from ...logs.partition import Partition
 from ...logs.segment import ReadArena
 from ...logs.topics import MAX_FETCH_BYTES, TopicRegistry, check_fetch_bytes
+from ...logs.transactions import TransactionCoordinator
 from .throttle import fetched_bytes
 
 log = logging.getLogger("wharf.topics")
@@ -51,7 +52,7 @@ _ARENA: Final = ReadArena()
 class _Poll:
     """One fetch waiting for data."""
 
-    __slots__ = ("rid", "frame", "partitions", "timer", "wake", "answered")
+    __slots__ = ("rid", "frame", "partitions", "timer", "wake", "answered", "deadline")
 
     def __init__(self, rid: int, frame: F.Fetch | F.FetchMany, partitions: list[Partition]):
         self.rid = rid
@@ -60,6 +61,7 @@ class _Poll:
         self.timer: asyncio.TimerHandle | None = None
         self.wake: Callable[[], None] = lambda: None
         self.answered = False
+        self.deadline = -1.0  # loop time the wait ends
 
 
 class LogRequests:
@@ -71,8 +73,10 @@ class LogRequests:
         name: str,
         max_frame_bytes: int,
         reply_fetched: ReplyFetched | None = None,
+        transactions: Callable[[], TransactionCoordinator | None] = lambda: None,
     ) -> None:
         self._registry = registry
+        self._transactions = transactions
         self._reply = reply
         self._reply_fetched: ReplyFetched = reply_fetched or (
             lambda rid, result, _nbytes: reply(rid, result)
@@ -88,6 +92,52 @@ class LogRequests:
     # -- produce -------------------------------------------------------------------
 
     def produce(self, f: F.Produce) -> None:
+        if f.producer_id >= 0:
+            coordinator = self._transactions()
+            if f.transactional:
+                if coordinator is None:
+                    raise InvalidArgument(
+                        "transactions are not available before the broker started"
+                    )
+                if f.acks == "none" or f.partition < 0:
+                    raise InvalidArgument(
+                        "a transactional produce needs acks 'written' or 'fsynced' and a "
+                        "partition number"
+                    )
+                wait = coordinator.before_produce(
+                    f.producer_id, f.producer_epoch, f.topic, f.partition
+                )
+                if wait is not None:
+                    # Appended once the partition is durably part of the transaction.
+                    wait.add_done_callback(lambda fut: self._produce_added(f, fut))
+                    return
+            elif coordinator is not None:
+                try:
+                    coordinator.check_plain_produce(f.producer_id)
+                except WharfError as exc:
+                    if f.acks != "none":
+                        raise
+                    self._log_unanswered(f.topic, exc)
+                    return
+        elif f.transactional:
+            raise InvalidArgument("a transactional produce needs its producer id and epoch")
+        self._append(f)
+
+    def _produce_added(self, f: F.Produce, fut: asyncio.Future[None]) -> None:
+        if self.closed:
+            return
+        try:
+            exc = fut.exception()
+            if exc is not None:
+                raise exc
+            self.produce(f)  # checks the transaction again: it may have ended meanwhile
+        except WharfError as exc:
+            self._send_error(f.request_id, exc)
+        except Exception:
+            log.exception("%s: a transactional produce failed", self._name)
+            self._send_error(f.request_id, InternalError("internal error; the broker logged it"))
+
+    def _append(self, f: F.Produce) -> None:
         try:
             res = self._registry().produce(
                 f.topic,
@@ -98,6 +148,7 @@ class LogRequests:
                 f.producer_id,
                 f.producer_epoch,
                 f.base_sequence,
+                f.transactional,
             )
         except WharfError as exc:
             if f.acks != "none":
@@ -170,7 +221,11 @@ class LogRequests:
 
     def _fetch_one(self, registry: TopicRegistry, f: F.Fetch) -> dict[str, Any]:
         return registry.fetch(
-            f.topic, f.partition, f.offset, min(f.max_bytes, self._max_reply_bytes)
+            f.topic,
+            f.partition,
+            f.offset,
+            min(f.max_bytes, self._max_reply_bytes),
+            _committed(f.isolation_level),
         )
 
     def fetch_many(self, f: F.FetchMany) -> None:
@@ -209,6 +264,7 @@ class LogRequests:
         results: list[list[Any]] = []
         parts: list[Partition] = []
         answer_now = got = False
+        committed = _committed(f.isolation_level)
         for topic, number, offset, max_bytes in (e[:4] for e in f.partitions):
             part: Partition | None = None
             try:
@@ -218,7 +274,9 @@ class LogRequests:
                 # As Kafka: only the first batch of the answer may pass the limits.
                 limit = min(max_bytes, budget)
                 batches = (
-                    part.fetch(offset, limit, at_least_one=not got, arena=arena)
+                    part.fetch(
+                        offset, limit, at_least_one=not got, arena=arena, committed=committed
+                    )
                     if limit > 0
                     else []
                 )
@@ -231,7 +289,8 @@ class LogRequests:
                 answer_now = got = True
                 budget -= sum(len(b) for b in batches)
             parts.append(part)
-            results.append([topic, number, 0, part.high_watermark, part.earliest, batches])
+            end = part.last_stable_offset if committed else part.high_watermark
+            results.append([topic, number, 0, end, part.earliest, batches])
         return results, answer_now, parts
 
     # -- long poll -----------------------------------------------------------------
@@ -248,6 +307,9 @@ class LogRequests:
                 self._loop.call_soon(self._answer, poll)
 
         poll.wake = wake
+        poll.answered = False
+        if poll.deadline < 0:
+            poll.deadline = self._loop.time() + wait_ms / 1000
         for part in poll.partitions:
             part.add_waiter(wake)
         poll.timer = self._loop.call_later(wait_ms / 1000, wake)
@@ -262,8 +324,17 @@ class LogRequests:
             registry = self._registry()
             if isinstance(f, F.Fetch):
                 result = self._fetch_one(registry, f)
+                empty = not result["batches"]
             else:
-                result = {"results": self._fetch_many(registry, f)[0]}
+                results, has_data, _parts = self._fetch_many(registry, f)
+                result = {"results": results}
+                empty = not has_data
+            left_ms = int((poll.deadline - self._loop.time()) * 1000)
+            if empty and left_ms > 0 and f.isolation_level == F.READ_COMMITTED:
+                # Woken by an append that is still behind the last stable offset (an
+                # open transaction's batch): wait on for a marker, not answer empty.
+                self._wait(poll, left_ms)
+                return
         except WharfError as exc:
             self._send_error(poll.rid, exc)
             return
@@ -286,6 +357,17 @@ class LogRequests:
         self.closed = True
         for poll in list(self._polls):
             self._drop(poll)
+
+
+def _committed(isolation_level: int) -> bool:
+    if isolation_level == F.READ_COMMITTED:
+        return True
+    if isolation_level != F.READ_UNCOMMITTED:
+        raise InvalidArgument(
+            f"isolation_level must be {F.READ_UNCOMMITTED} (read uncommitted) or "
+            f"{F.READ_COMMITTED} (read committed), got {isolation_level}"
+        )
+    return False
 
 
 def _check_wait(max_wait_ms: int) -> int:

@@ -1,0 +1,233 @@
+"""The transactional producer of the SDK (``conn.transactional_producer(id)``; docs/logs.md,
+"Transactions").
+
+Records produced between ``begin()`` and ``commit()`` to any partitions of any topics,
+and the consumer-group offsets given to ``send_offsets``, become visible to
+read-committed readers together, or (``abort()``, a crash, a timeout) never.  The
+first ``begin()`` registers the transactional id with the broker (INIT_TRANSACTIONS),
+which fences any older producer with the same id and aborts what it left open.
+
+Errors: ``InvalidTxnState`` (415) for a call out of order (produce or commit without
+``begin()``, ``begin()`` twice); ``TransactionAborted`` (417) when the broker aborted
+the transaction (timeout): call ``abort()``, then begin again; ``ProducerFenced`` (413)
+once a newer producer took the id: this producer is finished (every later call
+raises it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from wharf.protocol import frames as F
+from wharf.protocol.errors import InvalidArgument, InvalidTxnState, ProducerFenced, WharfError
+
+from .core import NEW_REQUEST, Reply, result_of
+from .logs import Producer, RecordTuple
+
+TopicPartition = tuple[str, int]
+_T = TypeVar("_T")
+
+
+class TransactionalProducer:
+    """A producer whose records are written in transactions (Kafka's transactional
+    producer): ``async with p.transaction(): await p.produce(...)``."""
+
+    def __init__(
+        self,
+        request: Callable[[F.Frame], Awaitable[Reply]],
+        transactional_id: str,
+        timeout: float | None = None,
+    ) -> None:
+        if not transactional_id:
+            raise InvalidArgument("a transactional producer needs a transactional id")
+        self._request = request
+        self.transactional_id = transactional_id
+        self._timeout_ms = -1 if timeout is None else int(timeout * 1000)
+        self._producer = Producer(request, transactional=True)
+        self._initialised = False
+        self._in_txn = False
+        self._sent = False  # something produced or sent in the current transaction
+        self._fenced: WharfError | None = None
+
+    @property
+    def producer_id(self) -> int:
+        return self._producer.producer_id
+
+    @property
+    def producer_epoch(self) -> int:
+        return self._producer.producer_epoch
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_txn
+
+    async def init(self) -> None:
+        """Register the transactional id (``begin()`` does it the first time): bumps its
+        epoch, fencing older producers, and aborts what they left open."""
+        self._check_fenced()
+        reply = await self._call(
+            F.InitTransactions(NEW_REQUEST, self.transactional_id, self._timeout_ms)
+        )
+        result = result_of(reply)
+        self._producer.use_epoch(int(result["producer_id"]), int(result["producer_epoch"]))
+        self._initialised = True
+        self._in_txn = False
+
+    async def begin(self) -> None:
+        self._check_fenced()
+        if self._in_txn:
+            raise InvalidTxnState("a transaction is already in progress: commit or abort it first")
+        if not self._initialised or self._producer.producer_id < 0:
+            await self.init()
+        self._in_txn = True
+        self._sent = False
+
+    async def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: dict[str, Any] | None = None,
+        partition: int | None = None,
+        acks: str = "written",
+        timestamp: int | None = None,
+        compression: str | None = None,
+    ) -> tuple[int, int]:
+        """Append one record in the transaction; returns ``(partition, offset)``."""
+        self._check_in_txn("produce")
+        self._sent = True
+        return await self._guard(
+            self._producer.produce(
+                topic, value, key, headers, partition, acks, timestamp, compression
+            )
+        )
+
+    async def produce_many(
+        self,
+        topic: str,
+        values: Sequence[bytes | None],
+        key: bytes | None = None,
+        headers: dict[str, Any] | None = None,
+        partition: int | None = None,
+        acks: str = "written",
+        timestamp: int | None = None,
+        compression: str | None = None,
+    ) -> tuple[int, int]:
+        """Append ``values`` as one batch in the transaction."""
+        self._check_in_txn("produce")
+        self._sent = True
+        return await self._guard(
+            self._producer.produce_many(
+                topic, values, key, headers, partition, acks, timestamp, compression
+            )
+        )
+
+    async def produce_records(
+        self,
+        topic: str,
+        records: Sequence[RecordTuple],
+        partition: int | None = None,
+        acks: str = "written",
+        compression: str | None = None,
+    ) -> tuple[int, int]:
+        self._check_in_txn("produce")
+        self._sent = True
+        return await self._guard(
+            self._producer.produce_records(topic, records, partition, acks, compression)
+        )
+
+    async def send_offsets(
+        self,
+        group: str,
+        offsets: Mapping[TopicPartition, int],
+        *,
+        member_id: str = "",
+        generation: int = -1,
+        metadata: str | None = None,
+    ) -> None:
+        """Commit ``offsets`` (the next offset to read, per partition) for ``group`` if
+        and only if the transaction commits.  A group with members needs the member id
+        and generation of the stream that read the records (``stream.member_id``,
+        ``stream.generation``): a stale generation is ``IllegalGeneration`` (410)."""
+        self._check_in_txn("send_offsets")
+        entries = [[t, p, o, metadata] for (t, p), o in offsets.items()]
+        self._sent = True
+        p = self._producer
+        await self._guard(
+            self._call(
+                F.TxnSendOffsets(
+                    NEW_REQUEST,
+                    self.transactional_id,
+                    p.producer_id,
+                    p.producer_epoch,
+                    group,
+                    entries,
+                    member_id,
+                    generation,
+                )
+            )
+        )
+
+    async def commit(self) -> None:
+        """Make the transaction's records and offsets visible, atomically."""
+        self._check_in_txn("commit")
+        if self._sent:
+            await self._guard(self._end(True))
+        self._in_txn = False
+
+    async def abort(self) -> None:
+        """Drop the transaction's records and offsets."""
+        self._check_in_txn("abort")
+        if self._sent and self._producer.producer_id >= 0:
+            await self._guard(self._end(False))
+        # Without a producer id the next begin() registers again, which aborts it.
+        self._in_txn = False
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[TransactionalProducer]:
+        """``async with p.transaction():`` begin; commit on success, abort on exception."""
+        await self.begin()
+        try:
+            yield self
+        except BaseException:
+            if self._in_txn and self._fenced is None:
+                with contextlib.suppress(WharfError):
+                    await self.abort()
+            raise
+        await self.commit()
+
+    # -- internals -----------------------------------------------------------------
+
+    async def _end(self, commit: bool) -> None:
+        p = self._producer
+        await self._call(
+            F.EndTxn(NEW_REQUEST, self.transactional_id, p.producer_id, p.producer_epoch, commit)
+        )
+
+    async def _call(self, frame: F.Frame) -> Reply:
+        return await self._request(frame)
+
+    async def _guard(self, aw: Awaitable[_T]) -> _T:
+        try:
+            return await aw
+        except ProducerFenced as exc:
+            self._fenced = exc
+            self._in_txn = False
+            raise
+
+    def _check_fenced(self) -> None:
+        if self._fenced is not None:
+            raise ProducerFenced(
+                f"transactional producer {self.transactional_id!r} was fenced by a newer "
+                f"one: {self._fenced.message}"
+            )
+
+    def _check_in_txn(self, what: str) -> None:
+        self._check_fenced()
+        if not self._in_txn:
+            raise InvalidTxnState(
+                f"{what} outside a transaction: call begin() (or use `async with "
+                "p.transaction():`) first"
+            )
