@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..core.vhosts import VirtualHost
     from ..security.users import StoredUser
     from .api_broker import ApiBroker
+    from .sessions import Session
 
 JSON_CONTENT_TYPE: Final = "application/json"
 # Nesting depth allowed in request bodies (arguments, headers): deep JSON would make
@@ -213,6 +214,11 @@ class Call:
     query: dict[str, str]
     body: bytes
     peer: str = ""  # the client's address
+    # The web UI session that authenticated the request (None: HTTP basic).
+    session: Session | None = None
+    tls: bool = False  # came over HTTPS
+    # Headers for the answer (a login's or logout's Set-Cookie).
+    reply_headers: dict[str, str] = field(default_factory=dict)
 
     def actor(self) -> dict[str, str]:
         """Who made a change, for its audit line (security/audit.py)."""
