@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck shape unit bench fuzz fuzz-merge clean
+.PHONY: serve test lint typecheck shape unit bench fuzz fuzz-merge clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,20 @@ serve: $(STAMP)
 	$(BIN)/wharf serve
 
 ## Lint, type-check and run the whole test suite.
-test: lint typecheck
+test: lint typecheck chromium
 	$(BIN)/pytest -q -p no:cacheprovider
+
+## The browser tests (tests/ui/) drive Debian's chromium, never a browser Playwright
+## downloads: install it with apt when it is missing and we are root (CI is).
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; \
+		else \
+			echo "$(CHROMIUM) is missing: sudo apt-get install chromium (tests/ui/ are skipped without it)"; \
+		fi; \
+	fi
 
 ## Style, format, and the import contracts of pyproject.toml ([tool.importlinter]).
 lint: shape

@@ -61,6 +61,7 @@ from ..security.users import (
     check_tags,
     check_user_name,
 )
+from .api_auth import LOGIN_PATH, ApiAuth
 from .api_core import (
     INTERNAL_ERROR_CODE,
     JSON_CONTENT_TYPE,
@@ -78,7 +79,6 @@ from .api_core import (
     vhost_parameter,
     visible_vhosts,
 )
-from .api_auth import LOGIN_PATH, ApiAuth
 from .api_limits import UserLimitsApi  # per-user limits and quotas
 from .api_logs import LogsApi  # log topics and consumer groups
 from .api_perms import PermissionsApi  # permissions and topic permissions

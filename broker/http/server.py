@@ -49,8 +49,8 @@ from .guards import (
     origin_refusal,
 )
 from .limits import ConnectionCaps
-from .ui import UiFiles
 from .metrics import MetricsBroker, build_registry
+from .ui import UiFiles
 
 if TYPE_CHECKING:
     from ..config import Settings

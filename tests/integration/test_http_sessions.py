@@ -123,9 +123,7 @@ async def test_basic_auth_needs_no_csrf_token(client: Client) -> None:
     assert status == 201, doc
 
 
-async def test_logout_ends_the_session_and_both_are_audited(
-    client: Client, broker: Broker
-) -> None:
+async def test_logout_ends_the_session_and_both_are_audited(client: Client, broker: Broker) -> None:
     await client.login("monitor", MONITOR_PASSWORD)
     status, _, _ = await client.call("POST", "/api/auth/logout")
     assert status == 403  # logout is a change: it needs the token too
@@ -149,7 +147,9 @@ async def test_a_wrong_password_gets_401_and_no_cookie(client: Client, broker: B
         "POST", "/api/auth/login", {"username": "admin", "password": "wrong"}
     )
     assert status == 401 and doc["code"] == 403 and "Set-Cookie" not in headers
-    assert any(e["event"] == "auth.failure" and e["mechanism"] == "LOGIN" for e in audit_events(broker))
+    assert any(
+        e["event"] == "auth.failure" and e["mechanism"] == "LOGIN" for e in audit_events(broker)
+    )
 
 
 async def test_login_takes_an_html_form(client: Client) -> None:
@@ -186,9 +186,9 @@ async def test_a_password_change_ends_the_users_sessions(client: Client) -> None
 
 
 async def test_a_401_without_a_cookie_still_challenges_basic_clients(broker: Broker) -> None:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(f"http://127.0.0.1:{broker.http_port}/api/overview") as r:
-            assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Basic")
+    url = f"http://127.0.0.1:{broker.http_port}/api/overview"
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Basic")
 
 
 async def test_the_ui_is_served_with_its_csp_and_revalidated_by_etag(broker: Broker) -> None:

@@ -43,6 +43,7 @@ class BrokerThread:
                 amqp_port=0,
                 amqps_port=0,
                 data_dir=str(data_dir),
+                group_initial_rebalance_delay_ms=0,  # a lone member joins at once
                 users=[
                     UserConfig("admin", hash_password(ADMIN_PASSWORD), ["administrator"]),
                     UserConfig("monitor", hash_password(MONITOR_PASSWORD), ["monitoring"]),
@@ -124,7 +125,13 @@ def fill(conn: wharf.sync.SyncConnection) -> list[Any]:
     conn.reset_offsets("billing", "events", "latest")  # an empty group with offsets
     for i in range(5):
         conn.produce("events", f'{{"late": {i}}}'.encode(), partition=i % 3)
-    return [consumer]
+    # A group with a live member that has read and committed a few records.
+    stream = conn.subscribe("events", group="analytics", auto_offset_reset="earliest")
+    records: list[Any] = []
+    while len(records) < 4:
+        records += stream.getmany(timeout=CALL_TIMEOUT_S, max_records=4)
+    stream.commit()
+    return [consumer, stream]
 
 
 @pytest.fixture(scope="session")
@@ -146,7 +153,7 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filled]:
             keep = fill(conn)
             yield Filled(f"http://127.0.0.1:{bt.broker.http_port}", url, conn, keep)
             for k in keep:
-                k.cancel()
+                (k.close if hasattr(k, "close") else k.cancel)()
     finally:
         bt.stop()
 

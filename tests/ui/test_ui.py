@@ -36,7 +36,7 @@ PAGES: Final = [
     ("topics", "#/topics", "events"),
     ("topic", "#/topics/%2F/events", "retention_ms"),
     ("groups", "#/groups", "billing"),
-    ("group", "#/groups/%2F/billing", "Lag per partition"),
+    ("group", "#/groups/%2F/analytics", "Stable"),
     ("connections", "#/connections", "native"),
     ("admin", "#/admin", "Virtual hosts"),
 ]
