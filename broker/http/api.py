@@ -1,15 +1,17 @@
 """The management HTTP API under /api (JSON, RabbitMQ-management-like shapes).
 
 http.py parses requests and hands every ``/api`` request to ``ManagementApi.handle``; this
-module authenticates (HTTP basic, the broker's users), routes, validates and answers.
+module authenticates (HTTP basic or a web UI session: api_auth.py), routes, validates and
+answers.
 Log topics and consumer groups are answered by api_logs.py, the request plumbing is in
 api_core.py.  docs/management.md is the user-facing reference; ``GET /api/openapi.json``
 (openapi.py) describes every endpoint.
 
 Rules:
 
-* Every request needs HTTP basic credentials of a broker user (same users, loopback rule
-  and failure slowdown as the native protocol) with one of the tags administrator,
+* Every request (but the login) needs HTTP basic credentials of a broker user, or the web
+  UI's session cookie and, for changes, its CSRF token (same users, loopback rule and
+  failure slowdown as the native protocol) with one of the tags administrator,
   monitoring, policymaker or management (as RabbitMQ's management plugin; ``whoami`` and
   the OpenAPI document need none).  Listings are open to those users, filtered to what
   the core says each may see (``AccessControl.can_see_vhost``, ``can_see_connection``);

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 
 from wharf.broker.config import UserConfig
 from wharf.broker.security.passwords import hash_password
 from wharf.broker.server import Broker
+
+from ..conftest import make_settings
 
 ADMIN_PASSWORD = "admin-secret-1"
 MONITOR_PASSWORD = "monitor-secret-1"
@@ -219,3 +223,37 @@ async def test_each_login_gets_its_own_session(client: Client) -> None:
     assert first["set_cookie"] != second["set_cookie"]
     status, _, _ = await client.call("GET", "/api/whoami")  # the second one
     assert status == 200
+
+
+async def test_over_https_the_cookie_is_secure_and_the_ui_is_served(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    leaf.private_key_pem.write_to_path(str(key))
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    broker = Broker(
+        make_settings(
+            tmp_path,
+            https_port=0,
+            tls_port=0,
+            tls_cert_file=str(cert),
+            tls_key_file=str(key),
+            users=USERS,
+        )
+    )
+    await broker.start()
+    try:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        base = f"https://127.0.0.1:{broker.https_port}"
+        connector = aiohttp.TCPConnector(ssl=context)
+        async with aiohttp.ClientSession(connector=connector) as s:
+            async with s.get(base + "/") as r:
+                assert r.status == 200 and r.headers["Content-Security-Policy"] == CSP
+            body = {"username": "admin", "password": ADMIN_PASSWORD}
+            async with s.post(base + "/api/auth/login", json=body) as r:
+                assert r.status == 200
+                attrs = [a.strip() for a in r.headers["Set-Cookie"].split(";")]
+            assert "Secure" in attrs and "HttpOnly" in attrs
+    finally:
+        await broker.stop()

@@ -216,6 +216,39 @@ def test_a_forged_change_without_the_csrf_token_is_refused(
         filled.conn.declare_queue("forged", passive=True)
 
 
+def tab_to(page: Page, text: str, limit: int = 80) -> None:
+    """Press Tab until the focused element's text is ``text``."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent.trim()") == text:
+            return
+    raise AssertionError(f"{text!r} is not reachable with Tab")
+
+
+def test_the_keyboard_reaches_pages_and_actions(context: BrowserContext, filled: Filled) -> None:
+    page = context.new_page()
+    page.goto(filled.base + "/")
+    page.keyboard.type("admin")  # the user name field has the focus
+    page.keyboard.press("Tab")
+    page.keyboard.type(ADMIN_PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.locator("#whoami")).to_contain_text("admin")
+    tab_to(page, "Queues")
+    page.keyboard.press("Enter")
+    expect(page.locator("#page")).to_contain_text("orders.eu")
+    tab_to(page, "orders.eu")
+    page.keyboard.press("Enter")
+    expect(page.locator("#page")).to_contain_text("Purge or delete")
+    tab_to(page, "Purge")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("dialog")).to_be_visible()
+    page.keyboard.press("Escape")  # cancels: nothing purged
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    assert filled.conn.declare_queue("orders.eu", passive=True).messages == 2
+    focused = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert focused != "none"  # the focus stays visible
+
+
 def test_group_reset_offsets_with_a_dry_run(context: BrowserContext, filled: Filled) -> None:
     # Last: it moves the group's offsets.  The dry run needs the API's "dry_run" field.
     before = filled.conn.committed_offsets("billing", ["events"])
