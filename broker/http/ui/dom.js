@@ -26,9 +26,21 @@ function append(el, children) {
   }
 }
 
+// Replace el's content.  Pages re-render on every poll: a focused link or button inside
+// is found again in the new content (same tag, text and label) and keeps the focus, so
+// keyboard users are not thrown back to the top.
 export function clear(el, ...children) {
+  const active = document.activeElement;
+  const had = active && active !== el && el.contains(active)
+    ? { tag: active.tagName, text: active.textContent, label: active.getAttribute('aria-label') }
+    : null;
   el.replaceChildren();
   append(el, children);
+  if (had) {
+    const same = [...el.querySelectorAll(had.tag)].find((n) =>
+      n.textContent === had.text && n.getAttribute('aria-label') === had.label);
+    if (same) same.focus();
+  }
   return el;
 }
 
