@@ -40,7 +40,9 @@ async def fill(target: Target, queues: int, topics: int, connections: int) -> li
     for start in range(0, queues, DECLARE_BATCH):
         names = range(start, min(queues, start + DECLARE_BATCH))
         await asyncio.gather(*(conn.declare_queue(f"bench.q{i:05d}") for i in names))
-    await asyncio.gather(*(conn.create_topic(f"bench.t{i:03d}", partitions=3) for i in range(topics)))
+    await asyncio.gather(
+        *(conn.create_topic(f"bench.t{i:03d}", partitions=3) for i in range(topics))
+    )
     log(f"{queues} queues and {topics} topics declared")
     opened: list[Any] = [conn]
     while len(opened) < connections:

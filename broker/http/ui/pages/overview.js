@@ -32,7 +32,8 @@ export async function render(root, params, ctx) {
       const n = o.node || {};
       const q = o.queue_totals || {};
       messages.push(MESSAGE_RATES.map((k) => stats[k]), t);
-      logs.push([stats.produced ?? n.produced ?? o.produced, stats.fetched ?? n.fetched ?? o.fetched], t);
+      const lg = o.logs || {};
+      logs.push([stats.produced ?? lg.produced ?? n.produced, stats.fetched ?? lg.fetched ?? n.fetched], t);
       depth.push([q.messages_ready, q.messages_unacked, q.messages_delayed], t);
       fsyncs.push([n.fsyncs_total], t);
       const ot = o.object_totals || {};
