@@ -78,6 +78,12 @@ def show(page: Page, base: str, route: str, text: str) -> None:
     expect(page.locator("#page")).to_contain_text(text)
 
 
+def open_first_connection(page: Page, base: str) -> None:
+    show(page, base, "#/connections", "native")
+    page.locator("#page table tbody a").first.click()
+    expect(page.locator("#page")).to_contain_text("Client properties")
+
+
 def test_log_in_and_out(context: BrowserContext, filled: Filled) -> None:
     page = context.new_page()
     console = Console(page)
@@ -114,9 +120,17 @@ def test_every_page_renders_real_data_without_console_errors(
             page.get_by_label("Show bodies as").select_option("json")
             page.get_by_role("button", name="Peek").click()
             expect(page.locator("#page")).to_contain_text('"item": "boat"')
+        browse = page.get_by_role("button", name="Browse")
+        if name == "topic" and browse.count():  # the API can browse records
+            browse.click()
+            expect(page.locator("#page")).to_contain_text('{"n": ')
         page.wait_for_load_state("networkidle")
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
         assert console.errors == [], (name, console.errors)
+    open_first_connection(page, filled.base)
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(SCREENSHOTS / "connection.png"), full_page=True)
+    assert console.errors == [], ("connection", console.errors)
     page.set_viewport_size(PHONE)
     for name, route, text in PAGES[:2]:
         show(page, filled.base, route, text)
@@ -196,6 +210,8 @@ def test_a_monitoring_user_sees_no_write_buttons(context: BrowserContext, filled
         page.wait_for_load_state("networkidle")
         assert page.locator("button.write").count() == 0, name
     expect(page.locator("#page")).to_contain_text("Only users with the administrator tag")
+    open_first_connection(page, filled.base)
+    assert page.locator("button.write").count() == 0, "connection"
     assert console.errors == []
 
 

@@ -47,35 +47,38 @@ export async function render(root, params, ctx) {
 }
 
 function channelTable(rows) {
+  const stats = (c) => c.message_stats || {};
   return table('Channels', [
-    { label: 'Connection', value: (c) => c.connection ?? c.connection_name },
-    { label: 'Number', num: true, value: (c) => String(c.number ?? c.channel ?? '—') },
+    { label: 'Channel', value: (c) => c.name ?? `${c.connection} (${c.number})` },
+    { label: 'Protocol', value: (c) => c.protocol },
     { label: 'User', value: (c) => c.user },
     { label: 'Vhost', value: (c) => c.vhost },
-    { label: 'Consumers', num: true, value: (c) => fmtNum(c.consumers ?? c.consumer_count) },
-    { label: 'Unacked', num: true, value: (c) => fmtNum(c.unacked ?? c.messages_unacknowledged) },
-    { label: 'Prefetch', num: true, value: (c) => fmtNum(c.prefetch ?? c.prefetch_count) },
+    { label: 'Consumers', num: true, value: (c) => fmtNum(c.consumer_count) },
+    { label: 'Unacked', num: true, value: (c) => fmtNum(c.messages_unacknowledged) },
+    { label: 'Prefetch', num: true, value: (c) => fmtNum(c.prefetch_count) },
+    { label: 'Mode', value: (c) => (c.transactional ? 'transactional' : c.confirm ? 'confirm' : '') },
+    { label: 'Published', num: true, value: (c) => fmtNum(stats(c).publish) },
+    { label: 'Delivered', num: true, value: (c) => fmtNum(stats(c).deliver_get) },
   ], rows, 'No channels.');
 }
 
 async function detail(root, name, ctx) {
   const base = `/connections/${enc(name)}`;
-  const rates = new LiveChart(`connection.${name}.rates`, 'Traffic', ['received', 'sent'], { unit: 'bytes/s' });
+  const rates = new LiveChart(`connection.${name}.rates`, 'Message rates', ['published', 'delivered'], { unit: 'messages/s' });
   const facts = h('div');
   const channels = h('div');
   root.append(
     h('p', {}, h('a', { href: '#/connections' }, '← All connections')),
     h('h1', {}, `Connection ${name}`),
     section('Connection', facts),
-    section('Rates', rates.el),
   );
+  // Rates come from the channels' counters, where the broker's API has channels.
   const hasChannels = ctx.caps.has('GET', '/connections/{name}/channels');
-  if (hasChannels) root.append(section('Channels', channels));
+  if (hasChannels) root.append(section('Rates', rates.el), section('Channels', channels));
   if (ctx.isAdmin) root.append(closeSection(base, name));
   return {
     async refresh() {
       const c = await get(base);
-      rates.push([c.recv_oct ?? c.bytes_received, c.send_oct ?? c.bytes_sent]);
       clear(facts, dl([
         ['Protocol', c.protocol], ['User', c.user], ['Vhost', c.vhost], ['Peer', c.peer],
         ['Client', client(c)], ['TLS', tls(c)], ['State', c.state],
@@ -83,7 +86,12 @@ async function detail(root, name, ctx) {
         ['Heartbeat', c.heartbeat_s === undefined ? '—' : `${c.heartbeat_s} s`],
         ['Client properties', fmtJson(c.client_properties)],
       ]));
-      if (hasChannels) clear(channels, channelTable(await get(`${base}/channels`)));
+      if (hasChannels) {
+        const chs = await get(`${base}/channels`);
+        const sum = (k) => chs.reduce((a, ch) => a + ((ch.message_stats || {})[k] || 0), 0);
+        rates.push([sum('publish'), sum('deliver_get')]);
+        clear(channels, channelTable(chs));
+      }
     },
     destroy() { rates.destroy(); },
   };

@@ -8,7 +8,7 @@ const MESSAGE_RATES = ['published', 'delivered', 'acked', 'redelivered', 'dead_l
 
 export async function render(root, params, ctx) {
   const messages = new LiveChart('overview.messages', 'Message rates', MESSAGE_RATES);
-  const logs = new LiveChart('overview.logs', 'Log produce and fetch rates', ['produced', 'fetched']);
+  const logs = new LiveChart('overview.logs', 'Log records produced and fetched', ['produced', 'fetched']);
   const depth = new LiveChart('overview.depth', 'Queued messages', ['ready', 'unacked', 'delayed'], { mode: 'gauge', unit: 'messages' });
   const fsyncs = new LiveChart('overview.fsyncs', 'fsyncs', ['fsyncs']);
   const totals = h('div');
@@ -32,8 +32,8 @@ export async function render(root, params, ctx) {
       const n = o.node || {};
       const q = o.queue_totals || {};
       messages.push(MESSAGE_RATES.map((k) => stats[k]), t);
-      const lg = o.logs || {};
-      logs.push([stats.produced ?? lg.produced ?? n.produced, stats.fetched ?? lg.fetched ?? n.fetched], t);
+      const lg = o.log_stats || {};  // records appended to and fetched from log topics
+      logs.push([lg.records_produced, lg.records_fetched], t);
       depth.push([q.messages_ready, q.messages_unacked, q.messages_delayed], t);
       fsyncs.push([n.fsyncs_total], t);
       const ot = o.object_totals || {};
@@ -59,7 +59,9 @@ export async function render(root, params, ctx) {
         ['Memory (RSS)', fmtBytes(mem.rss_bytes)],
         ['Memory high watermark', fmtBytes(mem.high_watermark_bytes)],
         ['Disk free', fmtBytes(n.disk_free_bytes)],
+        ['Disk free limit', fmtBytes(n.disk_free_limit_bytes)],
         ['fsyncs', fmtNum(n.fsyncs_total)],
+        ['File descriptors', n.fd_limit ? `${fmtNum(n.fd_used)} of ${fmtNum(n.fd_limit)}` : fmtNum(n.fd_used)],
         ['Listeners', (o.listeners || []).map((l) => `${l.protocol} ${l.port}`).join(', ')],
       ]));
     },

@@ -71,7 +71,7 @@ async function detail(root, vhost, name, ctx) {
         { label: 'Bytes', num: true, value: (p) => fmtBytes(p.bytes) },
         { label: 'Segments', num: true, value: (p) => fmtNum(p.segments) },
       ], t.offsets || []));
-      clear(config, dl(Object.entries(t.config || {}).map(([k, v]) => [k, fmtJson(v)])));
+      clear(config, dl(Object.entries(t.config || {}).map(([k, v]) => [k, typeof v === 'string' ? v : fmtJson(v)])));
     },
   };
 }
