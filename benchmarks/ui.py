@@ -6,7 +6,10 @@ chromium (Debian's, through Playwright) then logs in and loads the Overview and 
 pages ``--runs`` times each: the figure is the time from the navigation to the page
 showing the broker's data (the Overview's totals, the Queues table's first row).  Then the
 broker's CPU time (``/proc/PID/stat``) is read over ``--seconds`` with no tab open and
-with one tab on the Overview at the default 5 s refresh.  Prints one JSON object.
+with one tab on the Overview at the default 5 s refresh.  Last, message throughput
+(``benchmarks throughput``'s raw client, ``--tp-count`` messages) is measured on the same
+broker with no tab and with ``--tabs`` tabs open (Overview, Queues, Connections, ...),
+alternately, ``--tp-runs`` times each.  Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 from typing import Any, Final
 
 import wharf
+from benchmarks.perf import scenarios
 from benchmarks.perf.common import Target, emit, local_broker, log, run_async
 
 CHROMIUM: Final = os.environ.get("WHARF_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -104,12 +108,72 @@ async def tab_cpu(base: str, pid: int, seconds: float) -> dict[str, float]:
     }
 
 
+TAB_PAGES: Final = ("overview", "queues", "connections", "topics", "groups")
+
+
+async def login(page: Any, base: str) -> None:
+    await page.goto(base + "/")
+    await page.fill("#login-user", "guest")
+    await page.fill("#login-password", "guest")
+    await page.click("button[type=submit]")
+    await page.wait_for_selector("#whoami:has-text('guest')")
+
+
+def one_throughput(target: Target, count: int) -> float:
+    url = f"wharf://{target.username}:{target.password}@{target.host}:{target.port}"
+    result = scenarios.throughput(
+        url=url,
+        count=count,
+        size=100,
+        producers=1,
+        consumers=1,
+        batch=500,
+        prefetch=2000,
+        msg_rate=0.0,
+        confirm=True,
+        inflight=4,
+        raw=True,
+        timeout_s=300.0,
+    )
+    return float(result["end_to_end_msgs_s"] or 0.0)
+
+
+async def throughput_with_tabs(target: Target, tabs: int, count: int, runs: int) -> dict[str, Any]:
+    from playwright.async_api import async_playwright
+
+    assert target.http_url is not None
+    without: list[float] = []
+    with_tabs: list[float] = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        for _ in range(runs):
+            without.append(await asyncio.to_thread(one_throughput, target, count))
+            context = await browser.new_context()
+            for i in range(tabs):
+                page = await context.new_page()
+                if i == 0:  # the others share its session cookie
+                    await login(page, target.http_url)
+                await page.goto(f"{target.http_url}/#/{TAB_PAGES[i % len(TAB_PAGES)]}")
+                await page.wait_for_selector("#page h1")
+            with_tabs.append(await asyncio.to_thread(one_throughput, target, count))
+            await context.close()
+        await browser.close()
+    a, b = statistics.median(without), statistics.median(with_tabs)
+    return {
+        "tabs": tabs,
+        "end_to_end_msgs_s_no_tab": [round(x) for x in without],
+        f"end_to_end_msgs_s_{tabs}_tabs": [round(x) for x in with_tabs],
+        "throughput_change_pct": round(100 * (b - a) / a, 1) if a else None,
+    }
+
+
 async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     assert target.http_url is not None and target.pid is not None
     opened = await fill(target, args.queues, args.topics, args.connections)
     try:
         times = await page_times(target.http_url, args.runs)
         cpu = await tab_cpu(target.http_url, target.pid, args.seconds)
+        tp = await throughput_with_tabs(target, args.tabs, args.tp_count, args.tp_runs)
     finally:
         await asyncio.gather(*(c.close() for c in opened), return_exceptions=True)
     return {
@@ -121,6 +185,7 @@ async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
         **{f"{k}_load_s_max": round(max(v), 3) for k, v in times.items()},
         **cpu,
         "cpu_window_s": args.seconds,
+        **tp,
     }
 
 
@@ -131,6 +196,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--connections", type=int, default=1_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=30.0, help="each CPU window")
+    parser.add_argument("--tabs", type=int, default=5)
+    parser.add_argument("--tp-count", type=int, default=300_000, help="messages per run")
+    parser.add_argument("--tp-runs", type=int, default=3)
     args = parser.parse_args(argv)
     with local_broker() as target:
         emit(run_async(run(args, target)))
