@@ -33,33 +33,43 @@ export async function render(root, params, ctx) {
   });
   root.append(h('h1', {}, 'Connections'), section('All connections', list.el));
   if (ctx.caps.has('GET', '/channels')) {
-    const channels = h('div');
-    root.append(section('Channels', channels));
-    const load = list.load;
+    // Paged like the connections: 1,000 connections have at least as many channels.
+    const channels = pagedList({
+      caption: 'Channels',
+      path: '/channels',
+      routePath: '/channels',
+      caps: ctx.caps,
+      empty: 'No channels.',
+      sorts: [['name', 'name'], ['connection', 'connection'], ['user', 'user'], ['consumer_count', 'consumers'], ['messages_unacknowledged', 'unacked']],
+      columns: CHANNEL_COLUMNS,
+    });
+    root.append(section('Channels', channels.el));
     return {
       async refresh() {
-        await load();
-        clear(channels, channelTable(await get('/channels')));
+        await list.load();
+        await channels.load();
       },
     };
   }
   return { refresh: list.load };
 }
 
+const stats = (c) => c.message_stats || {};
+const CHANNEL_COLUMNS = [
+  { label: 'Channel', value: (c) => c.name ?? `${c.connection} (${c.number})` },
+  { label: 'Protocol', value: (c) => c.protocol },
+  { label: 'User', value: (c) => c.user },
+  { label: 'Vhost', value: (c) => c.vhost },
+  { label: 'Consumers', num: true, value: (c) => fmtNum(c.consumer_count) },
+  { label: 'Unacked', num: true, value: (c) => fmtNum(c.messages_unacknowledged) },
+  { label: 'Prefetch', num: true, value: (c) => fmtNum(c.prefetch_count) },
+  { label: 'Mode', value: (c) => (c.transactional ? 'transactional' : c.confirm ? 'confirm' : '') },
+  { label: 'Published', num: true, value: (c) => fmtNum(stats(c).publish) },
+  { label: 'Delivered', num: true, value: (c) => fmtNum(stats(c).deliver_get) },
+];
+
 function channelTable(rows) {
-  const stats = (c) => c.message_stats || {};
-  return table('Channels', [
-    { label: 'Channel', value: (c) => c.name ?? `${c.connection} (${c.number})` },
-    { label: 'Protocol', value: (c) => c.protocol },
-    { label: 'User', value: (c) => c.user },
-    { label: 'Vhost', value: (c) => c.vhost },
-    { label: 'Consumers', num: true, value: (c) => fmtNum(c.consumer_count) },
-    { label: 'Unacked', num: true, value: (c) => fmtNum(c.messages_unacknowledged) },
-    { label: 'Prefetch', num: true, value: (c) => fmtNum(c.prefetch_count) },
-    { label: 'Mode', value: (c) => (c.transactional ? 'transactional' : c.confirm ? 'confirm' : '') },
-    { label: 'Published', num: true, value: (c) => fmtNum(stats(c).publish) },
-    { label: 'Delivered', num: true, value: (c) => fmtNum(stats(c).deliver_get) },
-  ], rows, 'No channels.');
+  return table('Channels', CHANNEL_COLUMNS, rows, 'No channels.');
 }
 
 async function detail(root, name, ctx) {
