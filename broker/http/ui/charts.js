@@ -4,6 +4,7 @@
 // (keyed by what it shows), so going back to a page shows its history.
 
 export const WINDOW_S = 600;
+const EDGE_S = 5; // room after the last point, so it is not drawn on the edge
 const PALETTE = ['#1f5fbf', '#b3261e', '#2e7d32', '#8a4b00', '#6a1b9a', '#00695c', '#ad1457'];
 const histories = new Map();
 
@@ -74,7 +75,7 @@ export class LiveChart {
         width, height: 180,
         scales: {
           // Always the whole window, so one sample does not stretch over years.
-          x: { time: true, range: () => { const t = this.hist.times; const end = t.length ? t[t.length - 1] : Date.now() / 1000; return [end - WINDOW_S, end]; } },
+          x: { time: true, range: () => { const t = this.hist.times; const end = t.length ? t[t.length - 1] : Date.now() / 1000; return [end - WINDOW_S, end + EDGE_S]; } },
           y: { range: (u, min, max) => [0, Math.max(1, (max || 0) * 1.1)] },
         },
         axes: [{}, { size: 60 }],
