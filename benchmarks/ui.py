@@ -119,6 +119,22 @@ async def login(page: Any, base: str) -> None:
     await page.wait_for_selector("#whoami:has-text('guest')")
 
 
+def browser_cpu_seconds() -> float:
+    """CPU time of every chromium process on the machine (the tabs' own cost)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if "chrom" not in f.read():
+                    continue
+            total += cpu_seconds(int(entry))
+        except OSError:
+            continue  # gone meanwhile
+    return total
+
+
 def one_throughput(target: Target, count: int) -> float:
     url = f"wharf://{target.username}:{target.password}@{target.host}:{target.port}"
     result = scenarios.throughput(
@@ -144,10 +160,17 @@ async def throughput_with_tabs(target: Target, tabs: int, count: int, runs: int)
     assert target.http_url is not None
     without: list[float] = []
     with_tabs: list[float] = []
+    # Broker CPU seconds per run, and the browser's during the runs with tabs.
+    broker_cpu: dict[str, list[float]] = {"none": [], "tabs": []}
+    browser_cpu: list[float] = []
+    assert target.pid is not None
+    pid = target.pid
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         for _ in range(runs):
+            c0 = cpu_seconds(pid)
             without.append(await asyncio.to_thread(one_throughput, target, count))
+            broker_cpu["none"].append(cpu_seconds(pid) - c0)
             context = await browser.new_context()
             for i in range(tabs):
                 page = await context.new_page()
@@ -155,7 +178,10 @@ async def throughput_with_tabs(target: Target, tabs: int, count: int, runs: int)
                     await login(page, target.http_url)
                 await page.goto(f"{target.http_url}/#/{TAB_PAGES[i % len(TAB_PAGES)]}")
                 await page.wait_for_selector("#page h1")
+            c0, b0 = cpu_seconds(pid), browser_cpu_seconds()
             with_tabs.append(await asyncio.to_thread(one_throughput, target, count))
+            broker_cpu["tabs"].append(cpu_seconds(pid) - c0)
+            browser_cpu.append(browser_cpu_seconds() - b0)
             await context.close()
         await browser.close()
     a, b = statistics.median(without), statistics.median(with_tabs)
@@ -164,6 +190,14 @@ async def throughput_with_tabs(target: Target, tabs: int, count: int, runs: int)
         "end_to_end_msgs_s_no_tab": [round(x) for x in without],
         f"end_to_end_msgs_s_{tabs}_tabs": [round(x) for x in with_tabs],
         "throughput_change_pct": round(100 * (b - a) / a, 1) if a else None,
+        # What the broker spends per message, tabs or not: the tabs' own cost to it.
+        "broker_cpu_us_per_msg_no_tab": round(
+            1e6 * statistics.median(broker_cpu["none"]) / count, 2
+        ),
+        f"broker_cpu_us_per_msg_{tabs}_tabs": round(
+            1e6 * statistics.median(broker_cpu["tabs"]) / count, 2
+        ),
+        "browser_cpu_s_per_run_with_tabs": round(statistics.median(browser_cpu), 2),
     }
 
 
