@@ -103,8 +103,9 @@ async function route() {
 
 async function refresh() {
   const page = state.page;
-  // One refresh of a page at a time: a slow broker is not asked again meanwhile.
-  if (!page || !page.refresh || page.busy) return;
+  // One refresh of a page at a time: a slow broker is not asked again meanwhile.  A tab
+  // in the background asks nothing (it refreshes when shown again).
+  if (!page || !page.refresh || page.busy || document.hidden) return;
   page.busy = true;
   try {
     await page.refresh();
@@ -157,6 +158,7 @@ async function start() {
   $('login-form').addEventListener('submit', login);
   $('logout').addEventListener('click', logout);
   window.addEventListener('hashchange', route);
+  document.addEventListener('visibilitychange', () => { if (!document.hidden) refresh(); });
   document.addEventListener('wharf:logged-out', (e) => { if (state.user) showLogin(e.detail); });
   setTimer();
   if (!localStorage.getItem(LOGGED_IN_KEY)) { showLogin(); return; }
