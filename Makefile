@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck shape unit bench fuzz fuzz-merge clean node-deps amqplib-suite amqp-recordings
+.PHONY: serve test lint typecheck shape unit bench fuzz fuzz-merge clean node-deps amqplib-suite amqp-recordings chromium
 
 # The Node client (amqplib, from npm) that tests/integration/amqp/test_amqp_node.py runs:
 # installed from the committed package-lock.json.  A machine without npm gets Debian's
@@ -23,8 +23,20 @@ serve: $(STAMP)
 	$(BIN)/wharf serve
 
 ## Lint, type-check and run the whole test suite.
-test: lint typecheck $(NODE_STAMP)
+test: lint typecheck $(NODE_STAMP) chromium
 	$(BIN)/pytest -q -p no:cacheprovider
+
+## The browser tests (tests/ui/) drive Debian's chromium, never a browser Playwright
+## downloads: install it with apt when it is missing and we are root (CI is).
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; \
+		else \
+			echo "$(CHROMIUM) is missing: sudo apt-get install chromium (tests/ui/ are skipped without it)"; \
+		fi; \
+	fi
 
 ## Style, format, and the import contracts of pyproject.toml ([tool.importlinter]).
 lint: shape

@@ -87,6 +87,9 @@ DEFAULT_LOG_RETENTION_CHECK_INTERVAL_MS: Final = 300_000
 # peer address; over either, a new socket gets a 503 and is closed (docs/security.md).
 DEFAULT_HTTP_MAX_CONNECTIONS: Final = 1_000
 DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS: Final = 100
+# A web UI session ends after this long without a request (broker/http/sessions.py).
+DEFAULT_HTTP_SESSION_IDLE_TIMEOUT_S: Final = 1800
+MAX_HTTP_SESSION_IDLE_TIMEOUT_S: Final = 86_400
 # Consumer groups, as Kafka's group.initial.rebalance.delay.ms,
 # group.min/max.session.timeout.ms and offsets.retention.minutes.
 DEFAULT_GROUP_INITIAL_REBALANCE_DELAY_MS: Final = 3_000
@@ -265,6 +268,8 @@ class Settings:
     # HTTP and HTTPS connections open at once, in total and per peer address.
     http_max_connections: int = DEFAULT_HTTP_MAX_CONNECTIONS
     http_max_connections_per_address: int = DEFAULT_HTTP_MAX_CONNECTIONS_PER_ADDRESS
+    # Web UI sessions (docs/management.md, "Web UI"): idle time before a login expires.
+    http_session_idle_timeout_s: int = DEFAULT_HTTP_SESSION_IDLE_TIMEOUT_S
     # Audit log (docs/security.md, "Audit log"): JSON lines, rotated by size.  None (the
     # default) writes <data_dir>/audit.log; "" turns the audit log off.
     audit_log_file: str | None = None
@@ -504,6 +509,7 @@ _CHECKS: Final[dict[str, _Check]] = {
     "http_allowed_origins": _str_list_check,
     "http_max_connections": _int_check(1),
     "http_max_connections_per_address": _int_check(1),
+    "http_session_idle_timeout_s": _int_check(1, MAX_HTTP_SESSION_IDLE_TIMEOUT_S),
     "audit_log_file": _path_or_off_check,
     "audit_log_max_bytes": _int_check(4096),
     "audit_log_backups": _int_check(0, 1_000),

@@ -1,15 +1,17 @@
 """The management HTTP API under /api (JSON, RabbitMQ-management-like shapes).
 
 http.py parses requests and hands every ``/api`` request to ``ManagementApi.handle``; this
-module authenticates (HTTP basic, the broker's users), routes, validates and answers.
+module authenticates (HTTP basic or a web UI session: api_auth.py), routes, validates and
+answers.
 Log topics and consumer groups are answered by api_logs.py, the request plumbing is in
 api_core.py.  docs/management.md is the user-facing reference; ``GET /api/openapi.json``
 (openapi.py) describes every endpoint.
 
 Rules:
 
-* Every request needs HTTP basic credentials of a broker user (same users, loopback rule
-  and failure slowdown as the native protocol) with one of the tags administrator,
+* Every request (but the login) needs HTTP basic credentials of a broker user, or the web
+  UI's session cookie and, for changes, its CSRF token (same users, loopback rule and
+  failure slowdown as the native protocol) with one of the tags administrator,
   monitoring, policymaker or management (as RabbitMQ's management plugin; ``whoami`` and
   the OpenAPI document need none).  Listings are open to those users, filtered to what
   the core says each may see (``AccessControl.can_see_vhost``, ``can_see_connection``);
@@ -53,7 +55,6 @@ from ..core.policies.registry import (  # server-side policies
 from ..core.routed import sync_in_background
 from ..core.vhosts import VirtualHost, check_vhost_name, vhost_metadata
 from ..security.audit import AuditEvent, policy_fields
-from ..security.auth import MECHANISM_HTTP_BASIC
 from ..security.users import (
     ADMINISTRATOR_TAG,
     MAX_PASSWORD_CHARS,
@@ -62,6 +63,7 @@ from ..security.users import (
     check_tags,
     check_user_name,
 )
+from .api_auth import LOGIN_PATH, ApiAuth
 from .api_core import (
     INTERNAL_ERROR_CODE,
     JSON_CONTENT_TYPE,
@@ -96,7 +98,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("wharf.api")
 
 DEFAULT_EXCHANGE_ALIAS: Final = "amq.default"
-AUTH_REALM: Final = 'Basic realm="wharf", charset="UTF-8"'
 # DELETE /api/connections/{name}: RabbitMQ's header for the close's reply text.
 CLOSE_REASON_HEADER: Final = "X-Reason"
 DEFAULT_CLOSE_REASON: Final = "closed by operator"
@@ -112,7 +113,7 @@ def wharf_version() -> str:
 
 
 # Endpoints any authenticated user may call, whatever its tags.
-_OPEN_PATHS: Final = frozenset({("whoami",), ("openapi.json",)})
+_OPEN_PATHS: Final = frozenset({("whoami",), ("openapi.json",), ("auth", "logout")})
 
 # Stands in for "a connection" where topology methods check exclusive-queue ownership: it
 # owns nothing, so exclusive queues raise ResourceLocked and nothing is ever owned by it.
@@ -136,6 +137,8 @@ class ManagementApi:
     def __init__(self, broker: ApiBroker) -> None:
         self.broker = broker
         self.version = wharf_version()
+        # Basic auth and the web UI's sessions (api_auth.py); None: the route table alone.
+        self.auth = ApiAuth(cast("ApiBroker | None", broker))
         r = Route
         self.routes: list[Route] = [
             r(
@@ -145,6 +148,21 @@ class ManagementApi:
                 doc="200 Overview - Broker version, totals, counters, alarms, listeners.",
             ),
             r("GET", ("whoami",), self.whoami, doc="200 WhoAmI - The authenticated user."),
+            r(
+                "POST",
+                LOGIN_PATH,
+                self.login_elsewhere,
+                doc=(
+                    "200 Login LoginRequest Log in (web UI): sets the wharf_session cookie; "
+                    "needs no credentials. Also takes an HTML form."
+                ),
+            ),
+            r(
+                "POST",
+                ("auth", "logout"),
+                self.auth.logout,
+                doc="200 Empty - End the caller's web UI session and delete its cookie.",
+            ),
             r("GET", ("openapi.json",), self.openapi, doc="200 - - This document."),
             *self._vhost_routes(),
             r(
@@ -421,11 +439,12 @@ class ManagementApi:
         """Answer one /api request: (status, content type, body, extra headers); ``tls``:
         it came over HTTPS (basic credentials in clear are refused from non-loopback
         addresses otherwise, unless allow_plain_without_tls)."""
+        reply_headers: dict[str, str] = {}
         try:
             status, result = await self._dispatch(
-                method, path, query, headers, body, peer_host, tls
+                method, path, query, headers, body, peer_host, tls, reply_headers
             )
-            return status, JSON_CONTENT_TYPE, dump_json(result), {}
+            return status, JSON_CONTENT_TYPE, dump_json(result), reply_headers
         except ApiError as exc:
             return self._error(exc.status, exc.code, exc.message, exc.headers)
         except WharfError as exc:
@@ -453,11 +472,14 @@ class ManagementApi:
         body: bytes,
         peer_host: str,
         tls: bool,
+        reply_headers: dict[str, str],
     ) -> Result:
-        user = await self._authenticate(headers.get("authorization"), peer_host, tls)
+        segments = path[len("/api/") :].split("/") if path.startswith("/api/") else []
+        if method == "POST" and tuple(segments) == LOGIN_PATH:  # the one route without a user
+            return await self.auth.login(headers, body, peer_host, tls, reply_headers)
+        user, session = await self.auth.authenticate(method, headers, peer_host, tls)
         if method == "HEAD":
             method = "GET"  # http.py drops the body
-        segments = path[len("/api/") :].split("/") if path.startswith("/api/") else []
         matched: Route | None = None
         params: list[str] = []
         allowed: list[str] = []
@@ -498,7 +520,7 @@ class ManagementApi:
         for key in query:
             if key not in matched.query:
                 raise InvalidArgument(f"unknown query parameter {key!r}")
-        call = Call(user, names, query, body, peer_host, headers)
+        call = Call(user, names, query, body, peer_host, headers, session, tls, reply_headers)
         vhost = vhost_parameter(matched.path, names)
         if vhost is not None:
             # A vhost the user may not see is refused before anything in it is looked up
@@ -507,41 +529,6 @@ class ManagementApi:
                 call.core_actor(vhost), exists=vhost in self.broker.vhosts
             )
         return await matched.handler(call)
-
-    async def _authenticate(
-        self, authorization: str | None, peer_host: str, tls: bool
-    ) -> StoredUser:
-        challenge = {"WWW-Authenticate": AUTH_REALM}
-        if not authorization:
-            raise ApiError(401, AccessRefused.code, "authentication required", challenge)
-        scheme, _, encoded = authorization.partition(" ")
-        try:
-            if scheme.lower() != "basic":
-                raise ValueError("not basic")
-            raw = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (ValueError, binascii.Error):
-            raise ApiError(
-                401, AccessRefused.code, "use HTTP basic authentication", challenge
-            ) from None
-        username, sep, password = raw.partition(":")
-        if not sep:
-            raise ApiError(401, AccessRefused.code, "malformed basic credentials", challenge)
-        authenticator = self.broker.authenticator
-        try:
-            user = await authenticator.authenticate_plain(
-                username,
-                password,
-                peer_host,
-                tls=tls,
-                mechanism=MECHANISM_HTTP_BASIC,
-                protocol="http",
-            )
-        except WharfError as exc:
-            raise ApiError(401, AccessRefused.code, exc.message, challenge) from None
-        stored = authenticator.users.get(user.name)
-        if stored is None:  # deleted while its password was being checked
-            raise ApiError(401, AccessRefused.code, "invalid credentials", challenge)
-        return stored
 
     # -- overview ------------------------------------------------------------------------
 
@@ -619,7 +606,13 @@ class ManagementApi:
         return 200, self.broker.reload_tls(call.actor())
 
     async def whoami(self, call: Call) -> Result:
-        return 200, {"name": call.user.name, "tags": list(call.user.tags)}
+        answer: dict[str, Any] = {"name": call.user.name, "tags": list(call.user.tags)}
+        if call.session is not None:  # the web UI reloads its CSRF token from here
+            answer["csrf_token"] = call.session.csrf_token
+        return 200, answer
+
+    async def login_elsewhere(self, call: Call) -> Result:
+        raise AssertionError("POST /api/auth/login is answered before authentication")
 
     async def openapi(self, call: Call) -> Result:
         return 200, openapi_document(self.version, self.routes)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..core.vhosts import VirtualHost
     from ..security.users import StoredUser
     from .api_broker import ApiBroker
+    from .sessions import Session
 
 JSON_CONTENT_TYPE: Final = "application/json"
 # Nesting depth allowed in request bodies (arguments, headers): deep JSON would make
@@ -229,6 +230,11 @@ class Call:
     peer: str = ""  # the client's address
     # The request's headers (case-insensitive in the server; X-Reason of a close).
     headers: Mapping[str, str] = field(default_factory=dict)
+    # The web UI session that authenticated the request (None: HTTP basic).
+    session: Session | None = None
+    tls: bool = False  # came over HTTPS
+    # Headers for the answer (a login's or logout's Set-Cookie).
+    reply_headers: dict[str, str] = field(default_factory=dict)
 
     def actor(self) -> dict[str, str]:
         """Who made a change, for its audit line (security/audit.py)."""

@@ -356,7 +356,7 @@ class BrokerCollector:
             return
         failures = CounterMetricFamily(
             "wharf_auth_failures",
-            "Refused logins, by mechanism (PLAIN: native protocol, BASIC: HTTP API).",
+            "Refused logins, by mechanism (PLAIN: native protocol, BASIC: HTTP API, LOGIN: web UI)",
             labels=["mechanism"],
         )
         counts: dict[str, int] = {
@@ -364,6 +364,7 @@ class BrokerCollector:
             "PLAIN": 0,
             "EXTERNAL": 0,
             "BASIC": 0,
+            "LOGIN": 0,
             **authenticator.failures_by_mechanism,
         }
         for mechanism, count in sorted(counts.items()):

@@ -60,6 +60,7 @@ from .api_core import (
 )
 from .api_logs import MAX_BROWSE_RECORDS, MAX_RESET_PARTITIONS, MAX_RESET_VALUE
 from .api_paging import MAX_NAME_FILTER_CHARS, MAX_PAGE_SIZE
+from .sessions import SESSION_COOKIE
 
 _TYPES: Final[dict[str, dict[str, Any]]] = {
     "s": {"type": "string"},
@@ -139,7 +140,14 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "records_produced:i! records_fetched:i! bytes_produced:i! bytes_fetched:i!"
         ),
     ),
-    "WhoAmI": _schema("name:s! tags:l!"),
+    "WhoAmI": _schema("name:s! tags:l! csrf_token:s"),
+    "Login": _schema("name:s! tags:l! csrf_token:s! idle_timeout_s:i!"),
+    "LoginRequest": _schema(
+        "username:s! password:s!",
+        closed=True,
+        username={"minLength": 1, "maxLength": MAX_USER_NAME_CHARS},
+        password={"maxLength": MAX_PASSWORD_CHARS},
+    ),
     "Tls": _schema(
         "cert_file:s! key_file:s! ca_file:s client_auth:s! min_version:s! not_after:s! "
         "expiry_seconds:i! loaded_at:s! reloads:i! last_error:s",
@@ -381,8 +389,9 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
 
 _ERRORS: Final = {
     "400": "Bad request: malformed body, unknown field, bad value (code 400).",
-    "401": "Missing or wrong credentials (HTTP basic).",
-    "403": "Not permitted: needs the administrator tag, or a reserved name (code 403).",
+    "401": "Missing or wrong credentials (HTTP basic), or an ended web UI session.",
+    "403": "Not permitted: needs the administrator tag, a reserved name, or a change made "
+    "with the session cookie without its X-CSRF-Token (code 403).",
     "404": "No such queue, exchange, binding, connection, user, topic or group (code 404).",
     "409": "Precondition failed (406: also a group that has members), exclusive queue owned "
     "by a connection (405), consumer group rebalancing (409).",
@@ -513,6 +522,8 @@ def openapi_document(api_version: str, routes: Iterable[Route]) -> dict[str, Any
             summary += " Needs the administrator tag."
         op_id = method.lower() + re.sub(r"[{}]", "", path).replace("/", "_").replace(".", "_")
         op: dict[str, Any] = {"summary": summary, "operationId": op_id, "responses": responses}
+        if route.path == ("auth", "login"):
+            op["security"] = []  # the one operation that takes no credentials
         if params:
             op["parameters"] = params
         if body != "-":
@@ -531,10 +542,15 @@ def openapi_document(api_version: str, routes: Iterable[Route]) -> dict[str, Any
             "the user's permissions (docs/security.md); users, permissions and TLS need the "
             "administrator tag.",
         },
-        "security": [{"basic": []}],
+        # Either HTTP basic, or the web UI's session cookie (POST /api/auth/login; changes
+        # then also need its X-CSRF-Token header).
+        "security": [{"basic": []}, {"session": []}],
         "paths": paths,
         "components": {
-            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic"},
+                "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
+            },
             "schemas": _SCHEMAS,
         },
     }

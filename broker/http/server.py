@@ -19,6 +19,10 @@ Malformed requests get aiohttp's 4xx and their connection is closed; a bad clien
 costs its own connection.  Connections are capped in total and per peer address
 (limits.py); requests from browsers are checked for Host, Origin and Content-Type
 (guards.py), and every answer carries guards.SECURITY_HEADERS.
+
+The web UI's files (``/`` and ``/ui/...``, ui.py) are read once from the package and
+served with their own Content-Security-Policy (scripts, styles and requests from the
+broker's origin only, nothing inline) and ETags; the UI then talks to /api like any client.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from .guards import (
 )
 from .limits import ConnectionCaps
 from .metrics import MetricsBroker, build_registry
+from .ui import UiFiles
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -57,6 +62,8 @@ MAX_HEADER_COUNT: Final = 100
 MAX_BODY_BYTES: Final = 64 * 1024  # request bodies outside /api are discarded
 MAX_API_BODY_BYTES: Final = 1024 * 1024  # management API: bodies are kept for the handler
 API_PREFIX: Final = "/api"
+LOGIN_PATH: Final = API_PREFIX + "/auth/login"
+FORM_CONTENT_TYPE: Final = "application/x-www-form-urlencoded"
 # Default head timeout: a request head must arrive within this; also keep-alive idle.
 HEAD_TIMEOUT_S: Final = 10.0
 STOP_TIMEOUT_S: Final = 5.0
@@ -126,6 +133,12 @@ class HttpServer:
         self.tls_port = tls_port  # 0 without HTTPS
 
 
+def is_form(content_type: str | None) -> bool:
+    if content_type is None:
+        return False
+    return content_type.partition(";")[0].strip().lower() == FORM_CONTENT_TYPE
+
+
 def _is_api(path: str) -> bool:
     return path == API_PREFIX or path.startswith(API_PREFIX + "/")
 
@@ -139,6 +152,7 @@ def build_app(broker: HttpBroker, options: HttpOptions | None = None) -> web.App
     opts = HttpOptions() if options is None else options
     policy = opts.cross_site
     body_timeout_s = HEAD_TIMEOUT_S if opts.head_timeout_s is None else opts.head_timeout_s
+    ui = UiFiles.load()
 
     async def handle(request: web.Request) -> web.StreamResponse:
         if request.version not in _VERSIONS:
@@ -166,6 +180,8 @@ def build_app(broker: HttpBroker, options: HttpOptions | None = None) -> web.App
             # Before the body is read, too: a form post's body is not worth receiving.
             content_type = headers.get("Content-Type")
             refusal = content_type_refusal(request.method, request.body_exists, content_type)
+            if refusal is not None and path == LOGIN_PATH and is_form(content_type):
+                refusal = None  # the login also takes an HTML form (api_auth.py)
             if refusal is not None:
                 return await _refuse(request, 415, refusal, INVALID_ARGUMENT_CODE)
         if api is not None and is_api:
@@ -187,6 +203,8 @@ def build_app(broker: HttpBroker, options: HttpOptions | None = None) -> web.App
                 peer,
                 tls=request.secure,
             )
+        elif ui.serves(path):
+            return ui.reply(request.method, path, headers.get("If-None-Match"))
         else:
             result = _route(broker, registry, request.method, path)
         status, content_type, body_out, extra = result

@@ -53,6 +53,7 @@ class AuditEvent(StrEnum):
     """Every kind of audit line.  Fields each kind carries (all optional but these):
 
     * ``auth.success`` / ``auth.failure``: user, peer, protocol, mechanism, [reason]
+    * ``auth.logout``: user, peer, protocol (a web UI session ended by its user)
     * ``connection.open`` / ``connection.close``: connection, user, vhost, peer, protocol,
       tls_version (null on a plain connection), [duration_s]
     * ``connection.forced``: actor, peer, protocol, connection, user, vhost, reason (an
@@ -78,6 +79,7 @@ class AuditEvent(StrEnum):
 
     AUTH_SUCCESS = "auth.success"
     AUTH_FAILURE = "auth.failure"
+    AUTH_LOGOUT = "auth.logout"
     CONNECTION_OPEN = "connection.open"
     CONNECTION_CLOSE = "connection.close"
     CONNECTION_FORCED = "connection.forced"

@@ -103,6 +103,7 @@ MECHANISM_SCRAM: Final = "SCRAM-SHA-256"
 MECHANISM_PLAIN: Final = "PLAIN"
 MECHANISM_EXTERNAL: Final = "EXTERNAL"
 MECHANISM_HTTP_BASIC: Final = "BASIC"
+MECHANISM_HTTP_LOGIN: Final = "LOGIN"  # the web UI's login form (POST /api/auth/login)
 MECHANISM_OTHER: Final = "other"  # a mechanism the broker does not offer
 
 INVALID_CREDENTIALS: Final = "invalid credentials"
@@ -145,6 +146,12 @@ class User:
 
 def plain_refusal_message(mechanism: str) -> str:
     """Why PLAIN (or HTTP basic) is refused on this connection, and what to do."""
+    if mechanism == MECHANISM_HTTP_LOGIN:
+        return (
+            "a login over plain HTTP from a non-loopback address would send the password "
+            "in clear: use HTTPS (https_port), or set allow_plain_without_tls = true on "
+            "the broker"
+        )
     if mechanism == MECHANISM_HTTP_BASIC:
         return (
             "HTTP basic authentication over plain HTTP from a non-loopback address would "

@@ -211,6 +211,14 @@ def test_wheel_contains_the_mapped_packages_only(wheel: Path) -> None:
         and f"{prefixes[d]}/{path.relative_to(REPO / d).as_posix()}" not in names
     ]
     assert not missing, f"source modules missing from the wheel: {missing}"
+    # The web UI's files (broker/http/ui.py serves them from the package).
+    ui = REPO / "broker" / "http" / "ui"
+    missing_ui = [
+        f"wharf/broker/http/ui/{p.relative_to(ui).as_posix()}"
+        for p in sorted(ui.rglob("*"))
+        if p.is_file() and f"wharf/broker/http/ui/{p.relative_to(ui).as_posix()}" not in names
+    ]
+    assert not missing_ui, f"web UI files missing from the wheel: {missing_ui}"
     top_level = {n.split("/", 1)[0] for n in names}
     dist_info = {t for t in top_level if t.endswith(".dist-info")}
     assert len(dist_info) == 1
