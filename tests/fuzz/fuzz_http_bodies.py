@@ -20,6 +20,7 @@ import logging
 from collections.abc import Coroutine, Iterator
 from typing import Any, Final, cast
 
+from wharf.broker.config import Settings
 from wharf.broker.core.access import AccessControl, Actor
 from wharf.broker.core.session import CoreSession
 from wharf.broker.core.vhosts import VirtualHosts
@@ -94,7 +95,14 @@ class _Topics:
 
 class _Groups:
     def reset_offsets(
-        self, group: str, topic: str, to: str, value: int | None, partitions: list[int] | None
+        self,
+        group: str,
+        topic: str,
+        to: str,
+        value: int | None,
+        partitions: list[int] | None,
+        *,
+        dry_run: bool = False,
     ) -> tuple[dict[str, Any], Coroutine[Any, Any, None]]:
         return {"offsets": [(topic, p, value or 0) for p in partitions or [0]]}, _done()
 
@@ -109,6 +117,7 @@ class _Broker:
     def reset(self) -> None:
         """Back to the initial state (the API object is built once: that takes ~1 ms)."""
         # The default vhost only, its topology real, its topics and groups stand-ins.
+        self.settings = Settings(amqp_port=0)
         self.vhosts = VirtualHosts()
         vhost = self.vhosts.default
         self.topology = vhost.topology
