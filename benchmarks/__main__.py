@@ -113,9 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "aiopika",
         help="aio-pika natural code on RabbitMQ and on Wharf's AMQP port (aiopika --help)",
     )
-    sub.add_parser(
-        "celery", help="10,000 no-op Celery tasks, RabbitMQ vs Wharf (celery --help)"
-    )
+    sub.add_parser("celery", help="10,000 no-op Celery tasks, RabbitMQ vs Wharf (celery --help)")
     sub.add_parser("logs", help="log topics vs Redis streams (logs --help for its options)")
     sub.add_parser("soak", help="hours of persistent publish/consume/ack (soak --help)")
     sub.add_parser(

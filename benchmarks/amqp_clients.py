@@ -19,9 +19,10 @@ Wharf / RabbitMQ.
 
 ``celery``: a Celery app without a result backend (``benchmarks/celery_app.py``), one
 worker process ``celery worker -P solo -c 1`` (the solo pool runs the tasks in the worker
-process; prefetch multiplier 4 and early acks, Celery's defaults), ``--count`` no-op tasks sent with ``delay`` in a loop from a separate
-process (py-amqp, Celery's defaults: persistent messages on a durable queue, no publisher
-confirms).  The worker counts the tasks it ran and stamps the time of the last one.
+process; prefetch multiplier 4 and early acks, Celery's defaults), ``--count`` no-op
+tasks sent with ``delay`` in a loop from a separate process (py-amqp, Celery's defaults:
+persistent messages on a durable queue, no publisher confirms).  The worker counts the
+tasks it ran and stamps the time of the last one.
 Figure: wall time from the first ``delay`` to the last task done; ratio RabbitMQ / Wharf.
 
 Prints one JSON object.
@@ -146,9 +147,7 @@ def _aiopika_producer(url: str, queue: str, count: int, batch: int, out: Any) ->
                 await asyncio.gather(
                     *(
                         exchange.publish(
-                            aio_pika.Message(
-                                body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-                            ),
+                            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                             routing_key=queue,
                         )
                         for _ in range(min(batch, count - first))
@@ -170,9 +169,7 @@ def aiopika_once(
     queue = unique_name("bench_aiopika")
     ready = ctx.Event()
     out = ctx.Queue()
-    consumer = ctx.Process(
-        target=_aiopika_consumer, args=(url, queue, count, prefetch, ready, out)
-    )
+    consumer = ctx.Process(target=_aiopika_consumer, args=(url, queue, count, prefetch, ready, out))
     consumer.start()
     procs = [consumer]
     try:
@@ -293,7 +290,11 @@ def celery_once(url: str, count: int, prefetch_multiplier: int, timeout_s: float
             if done_ns is None:
                 return {"error": f"tasks not all done: {log_path.read_text()[-800:]}"}
             start = sent["first_send_ns"]
+            # The worker's CPU seconds against the wall time: near 1 s per second means the
+            # worker, not the broker, set the pace.
+            worker_cpu = _cpu_s(worker.pid)
             return {
+                "worker_cpu_s": worker_cpu,
                 "wall_s": round((done_ns - start) / 1e9, 3),
                 "send_s": round((sent["last_send_ns"] - start) / 1e9, 3),
                 "tasks_s": round(count / ((done_ns - start) / 1e9)),
@@ -425,7 +426,7 @@ def celery_main(argv: list[str]) -> int:
         args.runs,
         lambda url: celery_once(url, args.count, args.prefetch_multiplier, args.timeout),
         lambda w, r: _ratio(r.get("wall_s"), w.get("wall_s")),
-        ("wall_s", "send_s", "tasks_s", "broker_cpu_s"),
+        ("wall_s", "send_s", "tasks_s", "broker_cpu_s", "worker_cpu_s"),
         {
             "count": args.count,
             "worker": "celery worker -P solo -c 1 (one process)",

@@ -176,12 +176,12 @@ async def test_pika_confirmed_publishes_survive_kill_past_segment_rolls(tmp_path
         pub = Publisher(port)
         pub.start()
         async with asyncio.timeout(TIMEOUT_S):
-            while pub.confirmed < ACKED + HELD and not pub.errors:
+            while pub.confirmed < ACKED + HELD and not pub.errors:  # noqa: ASYNC110 (a thread)
                 await asyncio.sleep(POLL_S)
         acked, held = await asyncio.to_thread(consume_part, port)
         assert acked + held == list(range(ACKED + HELD))
         async with asyncio.timeout(TIMEOUT_S):
-            while pub.confirmed < MIN_CONFIRMED_AT_KILL and not pub.errors:
+            while pub.confirmed < MIN_CONFIRMED_AT_KILL and not pub.errors:  # noqa: ASYNC110
                 await asyncio.sleep(POLL_S)
         segs = list((data / "vhosts" / VHOST / "messages").glob("*.seg"))
         assert len(segs) >= 4, segs  # several rolls

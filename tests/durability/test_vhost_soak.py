@@ -196,7 +196,7 @@ async def test_vhost_log_topic_past_rolls_and_retention_survives_kill(tmp_path: 
         # Retention deletes the oldest closed segments (bounded polling: it runs on its
         # interval).
         async with asyncio.timeout(WAIT_S):
-            while (await conn.list_offsets(TOPIC, 0))[0] == 0:
+            while (await conn.list_offsets(TOPIC, 0))[0] == 0:  # noqa: ASYNC110 (polling)
                 await asyncio.sleep(POLL_S)
         earliest_before, recs = await read_all(conn, TOPIC)
         assert [r.offset for r in recs] == list(range(earliest_before, LOG_RECORDS))
