@@ -28,15 +28,15 @@ from harness import SMALL_SEGMENT_BYTES, BrokerProcess, broker_process, free_por
 VHOST = "orders"
 QUEUE = "amqp.soak"
 BARRIER_QUEUE = "amqp.barrier"
-BODY_PAD = b"." * 2048
+BODY_PAD = b"." * 4096
 ID_RE = re.compile(rb"m(\d+)\|")
-# About 500 messages of 2 KiB per 1 MiB segment: at least four rolls before the kill.
-MIN_CONFIRMED_AT_KILL = 2500
-ACKED = 600
+# About 250 messages of 4 KiB per 1 MiB segment: at least four rolls before the kill.
+MIN_CONFIRMED_AT_KILL = 1300
+ACKED = 400
 HELD = 100
 PREFETCH = 200
 MEMORY_BUDGET_BYTES = 8192
-TIMEOUT_S = 20.0
+TIMEOUT_S = 30.0
 POLL_S = 0.02
 
 
