@@ -13,6 +13,7 @@ from benchmarks.perf import scenarios
 from benchmarks.perf.common import emit
 
 from . import amqp as amqp_mod
+from . import amqp_clients as amqp_clients_mod
 from . import compare as compare_mod
 from . import connect_rate as connect_rate_mod
 from . import logs as logs_mod
@@ -109,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         "amqp",
         help="the RabbitMQ raw-client anchor on RabbitMQ and on Wharf's AMQP port (amqp --help)",
     )
+    sub.add_parser(
+        "aiopika",
+        help="aio-pika natural code on RabbitMQ and on Wharf's AMQP port (aiopika --help)",
+    )
+    sub.add_parser("celery", help="10,000 no-op Celery tasks, RabbitMQ vs Wharf (celery --help)")
     sub.add_parser("logs", help="log topics vs Redis streams (logs --help for its options)")
     sub.add_parser("soak", help="hours of persistent publish/consume/ack (soak --help)")
     sub.add_parser(
@@ -123,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["amqp"]:
         return amqp_mod.main(argv[1:])
+    if argv[:1] == ["aiopika"]:
+        return amqp_clients_mod.aiopika_main(argv[1:])
+    if argv[:1] == ["celery"]:
+        return amqp_clients_mod.celery_main(argv[1:])
     if argv[:1] == ["logs"]:
         return logs_mod.main(argv[1:])
     if argv[:1] == ["soak"]:
