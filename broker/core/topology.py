@@ -175,6 +175,11 @@ class Topology:
         _check_name("exchange", name)
         existing = self.exchanges.get(name)
         if passive:
+            if name == DEFAULT_EXCHANGE:
+                # RabbitMQ refuses every exchange method on it, a passive declare too.
+                raise AccessRefused(
+                    "operation not permitted on the default exchange", details={"exchange": ""}
+                )
             if existing is None:
                 raise NotFound(f"no exchange '{name}'", details={"exchange": name})
             return existing
@@ -523,6 +528,10 @@ class Topology:
         routing_key: str,
         arguments: dict[str, Any] | None,
     ) -> None:
+        if source_name == DEFAULT_EXCHANGE or destination is self.default_exchange:
+            raise AccessRefused(
+                "the default exchange cannot take part in bindings", details={"exchange": ""}
+            )
         source = self.get_exchange(source_name)
         binding = source.find_binding(destination, routing_key, arguments)
         if binding is None:

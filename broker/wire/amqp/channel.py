@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pamqp import commands as C
 
 from wharf.protocol import frames as F
-from wharf.protocol.errors import NotFound, ResourceError, WharfError
+from wharf.protocol.errors import NotFound, PreconditionFailed, ResourceError, WharfError
 
 from ...core.deliveries import Deliveries
 from ...core.exchanges import EXCHANGE_TYPES
@@ -41,6 +41,7 @@ from .errors import (
     NOT_FOUND,
     NOT_IMPLEMENTED,
     PRECONDITION_FAILED,
+    RESOURCE_LOCKED,
     SYNTAX_ERROR,
     UNEXPECTED_FRAME,
     AmqpError,
@@ -886,12 +887,15 @@ class Channel:
             self.conn.send(M.exchange_bind_ok(self.number))
 
     def _on_exchange_unbind(self, mid: int, method: C.Exchange.Unbind) -> None:
-        self.conn.core.unbind_exchange(
-            method.destination or "",
-            method.source or "",
-            method.routing_key or "",
-            plain_arguments(method.arguments or {}) or None,
-        )
+        try:
+            self.conn.core.unbind_exchange(
+                method.destination or "",
+                method.source or "",
+                method.routing_key or "",
+                plain_arguments(method.arguments or {}) or None,
+            )
+        except NotFound:
+            pass  # RabbitMQ: unbinding from or to an exchange that does not exist succeeds
         if not method.nowait:
             self.conn.send(M.exchange_unbind_ok(self.number))
 
@@ -920,15 +924,30 @@ class Channel:
                 f"not '{qtype}'",
                 mid,
             )
-        q = conn.core.declare_queue(
-            name,
-            owner=conn,
-            durable=bool(method.durable),
-            exclusive=bool(method.exclusive),
-            auto_delete=bool(method.auto_delete),
-            passive=bool(method.passive),
-            arguments=arguments or None,
-        )
+        exclusive = bool(method.exclusive)
+        try:
+            q = conn.core.declare_queue(
+                name,
+                owner=conn,
+                durable=bool(method.durable),
+                exclusive=exclusive,
+                auto_delete=bool(method.auto_delete),
+                passive=bool(method.passive),
+                arguments=arguments or None,
+            )
+        except PreconditionFailed:
+            existing = conn.topology.queues.get(name)
+            if existing is not None and existing.exclusive != exclusive:
+                # RabbitMQ checks the exclusive flag first, as a lock: 405, not 406.
+                raise AmqpError(
+                    RESOURCE_LOCKED,
+                    f"cannot obtain exclusive access to locked queue '{name}' in vhost "
+                    f"'{conn.vhost}'. It could be originally declared on another connection "
+                    "or the exclusive property value does not match that of the original "
+                    "declaration.",
+                    mid,
+                ) from None
+            raise
         self.last_queue = q.name
         if not method.nowait:
             conn.send(M.queue_declare_ok(self.number, q.name, q.ready_count, q.consumer_count))
@@ -947,13 +966,19 @@ class Channel:
 
     def _on_queue_unbind(self, mid: int, method: C.Queue.Unbind) -> None:
         conn = self.conn
-        conn.core.unbind_queue(
-            self._queue_name(method.queue),
-            method.exchange or "",
-            method.routing_key or "",
-            plain_arguments(method.arguments or {}) or None,
-            conn,
-        )
+        try:
+            conn.core.unbind_queue(
+                self._queue_name(method.queue),
+                method.exchange or "",
+                method.routing_key or "",
+                plain_arguments(method.arguments or {}) or None,
+                conn,
+            )
+        except NotFound:
+            # RabbitMQ: unbinding a queue or an exchange that does not exist succeeds
+            # (aio-pika's RPC unbinds its auto-delete reply queue after cancelling its
+            # consumer, which deleted the queue).
+            pass
         conn.send(M.queue_unbind_ok(self.number))
 
     def _on_queue_purge(self, mid: int, method: C.Queue.Purge) -> None:

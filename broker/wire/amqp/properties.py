@@ -140,13 +140,17 @@ def parse_expiration(raw: bytes) -> int:
 
 def _amqp_death(entry: Any) -> Any:
     """An x-death entry as RabbitMQ writes it: ``time`` a timestamp (Wharf keeps epoch
-    ms), ``count`` a long."""
+    ms), ``count`` a long, ``original-expiration`` the expiration property as it was
+    (a string of digits; Wharf keeps integer ms)."""
     if not isinstance(entry, dict):
         return entry
     out = dict(entry)
     t = out.get("time")
     if type(t) is int and t >= 0:
         out["time"] = msgpack.Timestamp(t // MS_PER_S)
+    exp = out.get("original-expiration")
+    if type(exp) is int:
+        out["original-expiration"] = str(exp)
     return out
 
 
