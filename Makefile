@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck shape unit bench fuzz fuzz-merge clean
+.PHONY: serve test lint typecheck shape unit bench fuzz fuzz-merge clean client-suites
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ shape: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks throughput
+
+## pika's, aio-pika's and aiormq's own integration suites against Wharf's AMQP listener and
+## against the RabbitMQ on 127.0.0.1:5672 (not part of `make test`; 30-40 min; sources and a
+## scratch venv in /tmp/amqpsuites; benchmarks/client_suites.py says how).
+CLIENT_SUITES_ARGS ?=
+client-suites: $(STAMP)
+	nice -n 10 $(BIN)/python -m benchmarks.client_suites $(CLIENT_SUITES_ARGS)
 
 ## Coverage-guided fuzzing with atheris, one target after another (not part of `make test`;
 ## tests/README.md).  Each target runs FUZZ_RUNS executions from its committed corpus
