@@ -1,13 +1,14 @@
 """``python -m benchmarks.client_suites``: the AMQP client libraries' own integration test
-suites against Wharf's AMQP listener, and against RabbitMQ for comparison.
+suites (pika, aio-pika, aiormq, and kombu's py-amqp transport) against Wharf's AMQP
+listener, and against RabbitMQ for comparison.
 
 Not part of ``make test`` (a full run takes 30-40 minutes on two cores); ``make
 client-suites`` runs it.  Steps:
 
 1. Sources, in ``--workdir`` (default /tmp/amqpsuites), at the versions installed in the
-   project venv: aio-pika's and aiormq's sdists (``pip download --no-binary``; they carry
-   their tests), pika's git tag (its sdist has no tests: ``git clone``, or ``--pika-git``
-   naming a local git directory to ``git archive`` from).
+   project venv: aio-pika's, aiormq's and kombu's sdists (``pip download
+   --no-binary``; they carry their tests), pika's git tag (its sdist has no tests:
+   ``git clone``, or ``--pika-git`` naming a local git directory to ``git archive`` from).
 2. A scratch venv there with those clients and their test dependencies (aiomisc-pytest,
    shortuuid, timeout-decorator), so nothing conflicts with ours.
 3. The suites start RabbitMQ in Docker; a stand-in ``tests/docker_client.py`` (and a
@@ -23,7 +24,8 @@ client-suites`` runs it.  Steps:
    counts per suite and broker and the tests that pass on RabbitMQ and fail on Wharf.
 
 pika runs its blocking and async acceptance tests (asyncio and select-based ioloops; the
-gevent, tornado and twisted variants need packages the suite does not install).
+gevent, tornado and twisted variants need packages the suite does not install); kombu
+runs ``t/integration/test_py_amqp.py``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from typing import Any, Final
 
 from benchmarks.perf.common import free_port, log, port_open
 
-SUITES: Final = ("pika", "aio-pika", "aiormq")
+SUITES: Final = ("pika", "aio-pika", "aiormq", "kombu")
 RABBIT_HOST: Final = "127.0.0.1"
 RABBIT_PORT: Final = 5672
 RABBIT_TLS_PORT: Final = 5671
@@ -56,6 +58,7 @@ PIKA_TESTS: Final = (
     "tests/acceptance/async_adapter_tests.py",
     "tests/acceptance/enforce_one_basicget_test.py",
 )
+KOMBU_TESTS: Final = "t/integration/test_py_amqp.py"
 WHARF_MAX_MESSAGE_BYTES: Final = 32 * 1024 * 1024
 TEST_TIMEOUT_S: Final = 60
 SUITE_TIMEOUT_S: Final = 3600
@@ -170,7 +173,7 @@ def fetch_sources(work: Path, pika_git: str | None) -> dict[str, Path]:
     sdist.mkdir(parents=True, exist_ok=True)
     trees: dict[str, Path] = {}
     pip = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(sdist)]
-    for name, prefix in (("aio-pika", "aio_pika"), ("aiormq", "aiormq")):
+    for name, prefix in (("aio-pika", "aio_pika"), ("aiormq", "aiormq"), ("kombu", "kombu")):
         version = installed(name)
         tree = work / f"{prefix}-{version}"
         if not tree.exists():
@@ -211,8 +214,11 @@ def scratch_venv(work: Path) -> Path:
     python = venv / "bin" / "python"
     if not python.exists():
         run([sys.executable, "-m", "venv", str(venv)])
-        clients = [f"{n}=={installed(n)}" for n in ("pika", "aio-pika", "aiormq")]
-        run([str(python), "-m", "pip", "install", "-q", *clients, *TEST_DEPS])
+    wanted = [f"{n}=={installed(n)}" for n in (*SUITES, "amqp")] + list(TEST_DEPS)
+    stamp = venv / "requirements.txt"
+    if not stamp.exists() or stamp.read_text().split() != wanted:
+        run([str(python), "-m", "pip", "install", "-q", *wanted])
+        stamp.write_text("\n".join(wanted))
     return python
 
 
@@ -263,6 +269,8 @@ def run_suite(
         "SUITE_AMQP_PORT": str(port),
         "SUITE_AMQPS_PORT": str(tls_port),
         "PYTHONPATH": str(shim),
+        "RABBITMQ_HOST": "127.0.0.1",  # kombu's
+        "RABBITMQ_5672_TCP": str(port),
     }
     cmd = ["nice", "-n", "10", str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     cmd += ["--timeout", str(TEST_TIMEOUT_S), f"--junitxml={xml}"]
@@ -270,6 +278,8 @@ def run_suite(
         pika_only = "not gevent and not tornado"
         keyword = f"({pika_only}) and ({keyword})" if keyword else pika_only
         cmd += PIKA_TESTS
+    elif suite == "kombu":
+        cmd += ["-W", "ignore", KOMBU_TESTS]
     else:
         cmd += ["-o", "log_cli=false"]
         if suite == "aiormq":

@@ -150,6 +150,9 @@ class Channel:
         self._batch_props: dict[str, Any] | None = None
         self._publish_seq = 0
         self.last_queue = ""
+        # While this channel's queue.delete runs: the basic.cancel frames for its own
+        # consumers of the queue, sent after queue.delete-ok.
+        self._held_cancels: list[bytes] | None = None
         # Direct reply-to: the reply consumer's tag and this channel's reply name
         # (reply_to.py), and the last publish properties rewritten to carry the name.
         self.reply_tag: str | None = None
@@ -672,7 +675,11 @@ class Channel:
         del self.consumers[consumer.tag]
         consumer.queue.remove_consumer(consumer)
         if not self.closing and self.conn.capabilities.get("consumer_cancel_notify") is True:
-            self.conn.send(M.basic_cancel(self.number, consumer.tag))
+            frame = M.basic_cancel(self.number, consumer.tag)
+            if self._held_cancels is not None:
+                self._held_cancels.append(frame)
+            else:
+                self.conn.send(frame)
 
     def resume_dispatch(self) -> None:
         self.writable = self.conn.can_deliver and self.flow_active
@@ -997,6 +1004,10 @@ class Channel:
 
     def _on_queue_delete(self, mid: int, method: C.Queue.Delete) -> None:
         conn = self.conn
+        # As RabbitMQ: a channel that deletes a queue it consumes from gets delete-ok
+        # first, then basic.cancel; py-amqp (kombu) raises ConsumerCancelled out of its
+        # wait for delete-ok otherwise.
+        self._held_cancels = held = []
         try:
             n = conn.core.delete_queue(
                 self._queue_name(method.queue),
@@ -1006,5 +1017,9 @@ class Channel:
             )
         except NotFound:
             n = 0  # RabbitMQ: deleting a queue that does not exist succeeds
+        finally:
+            self._held_cancels = None
         if not method.nowait:
             conn.send(M.queue_delete_ok(self.number, n))
+        if held:
+            conn.send_many(held)

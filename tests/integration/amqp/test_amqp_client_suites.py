@@ -10,8 +10,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import amqp
 import pika
 from pamqp import commands as C
+
+from wharf.broker.server import Broker
 
 from .raw_amqp import RawAmqp
 
@@ -138,3 +141,27 @@ async def test_x_death_original_expiration_reads_as_the_expiration_sent(
     assert death["original-expiration"] == "50"
     assert death["reason"] == "expired"
     assert props.expiration is None
+
+
+async def test_a_channel_deleting_its_consumed_queue_gets_delete_ok_before_cancel(
+    broker: Broker,
+) -> None:
+    # kombu's test_ack_from_another_thread deletes the queue its consumer's channel reads;
+    # py-amqp raises ConsumerCancelled out of queue_delete() if basic.cancel comes first.
+    def scenario() -> list[str]:
+        conn = amqp.Connection(f"127.0.0.1:{broker.amqp_port}", userid="guest", password="guest")
+        conn.connect()
+        try:
+            ch = conn.channel()
+            ch.queue_declare("q-consumed")
+            cancelled: list[str] = []
+            tag = ch.basic_consume("q-consumed", callback=print, on_cancel=cancelled.append)
+            ch.queue_delete("q-consumed")
+            assert cancelled == [], "basic.cancel came before queue.delete-ok"
+            conn.drain_events(timeout=DEAD_LETTER_WAIT_S)
+            assert cancelled == [tag]
+            return cancelled
+        finally:
+            conn.close()
+
+    await asyncio.to_thread(scenario)
