@@ -1007,7 +1007,8 @@ class Channel:
         # As RabbitMQ: a channel that deletes a queue it consumes from gets delete-ok
         # first, then basic.cancel; py-amqp (kombu) raises ConsumerCancelled out of its
         # wait for delete-ok otherwise.
-        self._held_cancels = held = []
+        held: list[bytes] = []
+        self._held_cancels = held
         try:
             n = conn.core.delete_queue(
                 self._queue_name(method.queue),
