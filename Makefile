@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck shape unit bench fuzz fuzz-merge clean node-deps amqplib-suite amqp-recordings chromium
+.PHONY: serve test lint typecheck shape unit bench fuzz fuzz-merge clean node-deps amqplib-suite amqp-recordings chromium client-suites
 
 # The Node client (amqplib, from npm) that tests/integration/amqp/test_amqp_node.py runs:
 # installed from the committed package-lock.json.  A machine without npm gets Debian's
@@ -73,6 +73,13 @@ amqplib-suite: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks throughput
+
+## pika's, aio-pika's and aiormq's own integration suites against Wharf's AMQP listener and
+## against the RabbitMQ on 127.0.0.1:5672 (not part of `make test`; 30-40 min; sources and a
+## scratch venv in /tmp/amqpsuites; benchmarks/client_suites.py says how).
+CLIENT_SUITES_ARGS ?=
+client-suites: $(STAMP)
+	nice -n 10 $(BIN)/python -m benchmarks.client_suites $(CLIENT_SUITES_ARGS)
 
 ## Coverage-guided fuzzing with atheris, one target after another (not part of `make test`;
 ## tests/README.md).  Each target runs FUZZ_RUNS executions from its committed corpus

@@ -181,6 +181,11 @@ class Topology:
         _check_name("exchange", name)
         existing = self.exchanges.get(name)
         if passive:
+            if name == DEFAULT_EXCHANGE:
+                # RabbitMQ refuses every exchange method on it, a passive declare too.
+                raise AccessRefused(
+                    "operation not permitted on the default exchange", details={"exchange": ""}
+                )
             if existing is None:
                 raise NotFound(f"no exchange '{name}'", details={"exchange": name})
             return existing
@@ -561,6 +566,8 @@ class Topology:
         arguments: dict[str, Any] | None,
     ) -> None:
         self.check_binding_source(source_name)
+        if destination is self.default_exchange:
+            raise AccessRefused(DEFAULT_EXCHANGE_REFUSED, details={"exchange": ""})
         source = self.get_exchange(source_name)
         binding = source.find_binding(destination, routing_key, arguments)
         if binding is None:

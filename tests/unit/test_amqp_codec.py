@@ -255,6 +255,14 @@ def test_x_death_reads_as_rabbitmq_writes_it() -> None:
     assert naive(entry["time"]) == datetime.datetime(2023, 11, 14, 22, 13, 20)
 
 
+def test_x_death_original_expiration_reads_as_a_string() -> None:
+    # Wharf keeps the expiration in integer ms; RabbitMQ copies the property's text.
+    deaths = [{"queue": "q", "reason": "expired", "count": 1, "original-expiration": 500}]
+    back = pika.spec.BasicProperties()
+    back.decode(encode_properties({"headers": {"x-death": deaths}}))
+    assert back.headers["x-death"][0]["original-expiration"] == "500"
+
+
 def test_no_properties() -> None:
     assert decode_properties(b"\x00\x00") is None
     assert encode_properties(None) == b"\x00\x00"

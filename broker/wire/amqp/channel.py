@@ -43,6 +43,7 @@ from .errors import (
     NOT_FOUND,
     NOT_IMPLEMENTED,
     PRECONDITION_FAILED,
+    RESOURCE_LOCKED,
     SYNTAX_ERROR,
     UNEXPECTED_FRAME,
     AmqpError,
@@ -151,6 +152,9 @@ class Channel:
         self._publish_seq = 0
         self.published = 0  # messages published on it (the API's message_stats)
         self.last_queue = ""
+        # While this channel's queue.delete runs: the basic.cancel frames for its own
+        # consumers of the queue, sent after queue.delete-ok.
+        self._held_cancels: list[bytes] | None = None
         # Direct reply-to: the reply consumer's tag and this channel's reply name
         # (reply_to.py), and the last publish properties rewritten to carry the name.
         self.reply_tag: str | None = None
@@ -725,7 +729,11 @@ class Channel:
         del self.consumers[consumer.tag]
         consumer.queue.remove_consumer(consumer)
         if not self.closing and self.conn.capabilities.get("consumer_cancel_notify") is True:
-            self.conn.send(M.basic_cancel(self.number, consumer.tag))
+            frame = M.basic_cancel(self.number, consumer.tag)
+            if self._held_cancels is not None:
+                self._held_cancels.append(frame)
+            else:
+                self.conn.send(frame)
 
     def resume_dispatch(self) -> None:
         self.writable = self.conn.can_deliver and self.flow_active
@@ -944,12 +952,15 @@ class Channel:
             self.conn.send(M.exchange_bind_ok(self.number))
 
     def _on_exchange_unbind(self, mid: int, method: C.Exchange.Unbind) -> None:
-        self.conn.core.unbind_exchange(
-            method.destination or "",
-            method.source or "",
-            method.routing_key or "",
-            plain_arguments(method.arguments or {}) or None,
-        )
+        try:
+            self.conn.core.unbind_exchange(
+                method.destination or "",
+                method.source or "",
+                method.routing_key or "",
+                plain_arguments(method.arguments or {}) or None,
+            )
+        except NotFound:
+            pass  # RabbitMQ: unbinding from or to an exchange that does not exist succeeds
         if not method.nowait:
             self.conn.send(M.exchange_unbind_ok(self.number))
 
@@ -996,20 +1007,19 @@ class Channel:
 
     def _on_queue_unbind(self, mid: int, method: C.Queue.Unbind) -> None:
         conn = self.conn
-        name = self._queue_name(method.queue)
         try:
             conn.core.unbind_queue(
-                name,
+                self._queue_name(method.queue),
                 method.exchange or "",
                 method.routing_key or "",
                 plain_arguments(method.arguments or {}) or None,
                 conn,
             )
-        except NotFound as exc:
-            # RabbitMQ answers unbind-ok for a queue that does not exist (nothing is bound
-            # to it); the permission check ran before.
-            if exc.details.get("queue") != name:
-                raise
+        except NotFound:
+            # RabbitMQ: unbinding a queue or an exchange that does not exist succeeds
+            # (aio-pika's RPC unbinds its auto-delete reply queue after cancelling its
+            # consumer, which deleted the queue).
+            pass
         conn.send(M.queue_unbind_ok(self.number))
 
     def _on_queue_purge(self, mid: int, method: C.Queue.Purge) -> None:
@@ -1028,6 +1038,11 @@ class Channel:
 
     def _on_queue_delete(self, mid: int, method: C.Queue.Delete) -> None:
         conn = self.conn
+        # As RabbitMQ: a channel that deletes a queue it consumes from gets delete-ok
+        # first, then basic.cancel; py-amqp (kombu) raises ConsumerCancelled out of its
+        # wait for delete-ok otherwise.
+        held: list[bytes] = []
+        self._held_cancels = held
         try:
             n = conn.core.delete_queue(
                 self._queue_name(method.queue),
@@ -1037,5 +1052,9 @@ class Channel:
             )
         except NotFound:
             n = 0  # RabbitMQ: deleting a queue that does not exist succeeds
+        finally:
+            self._held_cancels = None
         if not method.nowait:
             conn.send(M.queue_delete_ok(self.number, n))
+        if held:
+            conn.send_many(held)

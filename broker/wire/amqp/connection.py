@@ -650,6 +650,8 @@ class AmqpConnection(asyncio.Protocol):
         ch.handle_frame(ftype, payload)
 
     def _open_channel(self, number: int, mid: int) -> None:
+        # channel_max limits how many channels are open, not their numbers: RabbitMQ
+        # opens any number from 1 to 65535 (aiormq lets an application choose one).
         limit = self.channel_max
         if limit and len(self.open_channels) >= limit:
             raise AmqpError(
@@ -657,10 +659,6 @@ class AmqpConnection(asyncio.Protocol):
                 f"number of channels opened ({len(self.open_channels)}) has reached the "
                 f"negotiated channel_max ({limit})",
                 mid,
-            )
-        if limit and number > limit:
-            raise AmqpError(
-                NOT_ALLOWED, f"channel {number} is above the negotiated channel_max ({limit})", mid
             )
         if self.usage is not None:
             try:
