@@ -43,7 +43,6 @@ from .errors import (
     NOT_FOUND,
     NOT_IMPLEMENTED,
     PRECONDITION_FAILED,
-    RESOURCE_LOCKED,
     SYNTAX_ERROR,
     UNEXPECTED_FRAME,
     AmqpError,
