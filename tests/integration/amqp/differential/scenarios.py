@@ -176,6 +176,9 @@ def close_instead_of_eof(code: int, text: str, class_id: int, method_id: int) ->
     return expect
 
 
+# ---- connection ----------------------------------------------------------------------
+
+
 @scenario()
 async def handshake(s: Scenario) -> None:
     c = await s.connect(record=True)
