@@ -443,8 +443,9 @@ _QUERY_KINDS: Final = {
     "limit": "i",
     "isolation_level": "s",
 }
-# Bounds of integer query parameters, as the handlers check them.
-_QUERY_BOUNDS: Final = {
+# Bounds of query parameters (integer ranges, string lengths, enums), as the handlers
+# check them.
+_QUERY_BOUNDS: Final[dict[str, dict[str, Any]]] = {
     "page": {"minimum": 1},
     "page_size": {"minimum": 1, "maximum": MAX_PAGE_SIZE},
     "partition": {"minimum": 0, "maximum": MAX_PARTITIONS - 1},
