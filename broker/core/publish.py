@@ -29,7 +29,7 @@ from wharf.protocol.errors import (
 )
 
 from .exchanges import Exchange, TopicTarget
-from .replies import ReplyRegistry, is_reply_name
+from .replies import REPLY_TO_PREFIX, ReplyRegistry
 from .routed import append_routed, routed_records
 
 if TYPE_CHECKING:
@@ -189,7 +189,8 @@ class Publisher:
     ) -> PublishResult:
         """Check, route and enqueue ``bodies`` (one routing key and properties)."""
         ex = self.check(exchange_name, props, bodies, user)
-        if is_reply_name(exchange_name, routing_key):
+        # A direct reply (replies.py): the default exchange and a reply name.
+        if not exchange_name and routing_key.startswith(REPLY_TO_PREFIX):
             return self.reply(routing_key, props, bodies)
         return self.route(ex, ex.name, routing_key, props, bodies)
 

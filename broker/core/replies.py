@@ -23,11 +23,6 @@ REPLY_TO_PREFIX: Final = REPLY_TO_QUEUE + "."
 TOKEN_BYTES: Final = 18
 
 
-def is_reply_name(exchange: str, routing_key: str) -> bool:
-    """A publish to ``exchange`` with ``routing_key`` is a direct reply."""
-    return not exchange and routing_key.startswith(REPLY_TO_PREFIX)
-
-
 class ReplyConsumer(Protocol):
     """A session's reply consumer, as the wire adapter that owns it implements it."""
 
