@@ -61,7 +61,6 @@ from .security.users import SOURCE_RUNTIME
 from .store.definitions import load_definitions, save_definitions
 from .store.segments import MessageStore
 from .wire.amqp.connection import AmqpConnection
-from .wire.amqp.reply_to import ReplyRegistry
 from .wire.native.connection import Connection
 
 if TYPE_CHECKING:
@@ -177,7 +176,6 @@ class Broker:
         # AMQP over TLS (amqps_port): the same certificates as the native TLS listener.
         self.amqps_port = 0
         self.amqps_listener: TlsListener | None = None
-        self.amqp_replies = ReplyRegistry()  # direct reply-to (wire/amqp/reply_to.py)
         self._server: asyncio.Server | None = None
         self._http: HttpServer | None = None
         self._ticker: asyncio.Task[None] | None = None

@@ -1,7 +1,9 @@
 """The one publish path: validation, routing, overflow, persistence.
 
 Every way a message enters the queues goes through ``Publisher``: the native wire
-(PUBLISH, PUBLISH_MANY), HTTP publish, dead-lettering and DLQ replay.  The publisher
+(PUBLISH, PUBLISH_MANY), AMQP basic.publish, HTTP publish, dead-lettering and DLQ replay.
+A publish to the default exchange with a direct reply-to name as routing key
+(replies.py) goes to that name's reply consumer instead of a queue.  The publisher
 knows nothing of frames or HTTP; it answers with a ``PublishResult`` from which each
 adapter builds its own answer (confirms/nacks/RETURN frames, a JSON body).
 
@@ -27,6 +29,7 @@ from wharf.protocol.errors import (
 )
 
 from .exchanges import Exchange, TopicTarget
+from .replies import REPLY_TO_PREFIX, ReplyRegistry
 from .routed import append_routed, routed_records
 
 if TYPE_CHECKING:
@@ -94,7 +97,8 @@ class PublishResult:
         # queue they were routed to had accepted their message_id within its window, so
         # none enqueued them.  Confirmed, flagged as duplicates where the wire can say so.
         self.duplicates = 0
-        # Routed nowhere (the adapter returns mandatory messages).
+        # Routed nowhere, or a direct reply whose consumer is gone (the adapter returns
+        # mandatory messages).
         self.unroutable = False
         # The store batch a confirm must wait for (0: nothing written to the store).
         self.store_batch = 0
@@ -104,14 +108,15 @@ class PublishResult:
 
     @property
     def routed(self) -> bool:
-        return bool(self.queues or self.topics)
+        """Reached a queue, a log topic or a reply consumer."""
+        return not self.unroutable
 
 
 class Publisher:
     """Owned by the topology; the broker sets ``stats``, ``alarms`` and
     ``max_message_bytes``."""
 
-    __slots__ = ("topology", "stats", "alarms", "max_message_bytes", "result")
+    __slots__ = ("topology", "stats", "alarms", "max_message_bytes", "result", "replies")
 
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
@@ -120,6 +125,8 @@ class Publisher:
         self.alarms: set[str] = set()
         self.max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
         self.result = PublishResult()
+        # The vhost's direct reply-to consumers (replies.py).
+        self.replies = ReplyRegistry()
 
     # -- validation ----------------------------------------------------------------
 
@@ -182,7 +189,34 @@ class Publisher:
     ) -> PublishResult:
         """Check, route and enqueue ``bodies`` (one routing key and properties)."""
         ex = self.check(exchange_name, props, bodies, user)
+        # A direct reply (replies.py): the default exchange and a reply name.
+        if not exchange_name and routing_key.startswith(REPLY_TO_PREFIX):
+            return self.reply(routing_key, props, bodies)
         return self.route(ex, ex.name, routing_key, props, bodies)
+
+    def reply(
+        self, name: str, props: dict[str, Any] | None, bodies: list[bytes] | tuple[bytes, ...]
+    ) -> PublishResult:
+        """Checked messages published to the reply name ``name``: delivered to its consumer
+        at once (nothing stored, so nothing for a confirm to wait for), or unroutable when
+        the consumer is gone."""
+        n = len(bodies)
+        consumer = self.replies.get(name)
+        if consumer is not None:
+            consumer.deliver_replies(name, props, bodies)
+        stats = self.stats
+        stats.published += n
+        if consumer is None:
+            stats.unroutable += n
+        res = self.result
+        res.queues = 0
+        res.topics = 0
+        res.refused = 0
+        res.duplicates = 0
+        res.unroutable = consumer is None
+        res.store_batch = 0
+        res.log_parts = None
+        return res
 
     def route(
         self,

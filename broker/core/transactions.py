@@ -42,8 +42,6 @@ OUTCOMES: Final = (ACK, REJECT, REQUEUE)
 _Publish = tuple[str, str, "dict[str, Any] | None", list[bytes], "Callable[[PublishResult], None]"]
 # A held settlement: delivery tags and outcome.
 _Settle = tuple[list[int], str]
-# Anything else the adapter applies in order at commit (it must not touch the store).
-_Action = Callable[[], None]
 
 
 class CoreTransaction:
@@ -54,7 +52,7 @@ class CoreTransaction:
     def __init__(self, session: CoreSession, deliveries: Deliveries) -> None:
         self.session = session
         self.deliveries = deliveries
-        self._ops: list[_Publish | _Settle | _Action] = []
+        self._ops: list[_Publish | _Settle] = []
         # Delivery tags settled by the held operations.
         self._tags: set[int] = set()
         self.commits = 0
@@ -93,10 +91,6 @@ class CoreTransaction:
         pending.update(fresh)
         self._ops.append((fresh, outcome))
 
-    def defer(self, action: _Action) -> None:
-        """Hold an adapter action that touches no queue or store (direct reply-to)."""
-        self._ops.append(action)
-
     def rollback(self) -> None:
         self._ops = []
         self._tags.clear()
@@ -111,7 +105,7 @@ class CoreTransaction:
         """
         ops = self._ops
         for op in ops:
-            if isinstance(op, tuple) and len(op) == 2:
+            if len(op) == 2:
                 self._check_known(op[0])
         self._ops = []
         self._tags.clear()
@@ -123,9 +117,7 @@ class CoreTransaction:
         done = False
         try:
             for op in ops:
-                if not isinstance(op, tuple):
-                    op()
-                elif len(op) == 2:
+                if len(op) == 2:
                     self._apply_settle(op[0], op[1])
                 else:
                     exchange, routing_key, props, bodies, on_result = op

@@ -40,7 +40,11 @@ MAX_BROWSE_RECORDS: Final = 500
 MAX_BROWSE_BYTES: Final = 8 * 1024 * 1024
 # Bytes of stored batches read from the partition per step.
 BROWSE_READ_BYTES: Final = 1024 * 1024
-RECORDS_QUERY: Final = ("partition", "offset", "timestamp", "limit")
+RECORDS_QUERY: Final = ("partition", "offset", "timestamp", "limit", "isolation_level")
+# Browsing reads as a fetch with this isolation level does (docs/logs.md, transactions).
+READ_UNCOMMITTED: Final = "read_uncommitted"
+READ_COMMITTED: Final = "read_committed"
+ISOLATION_LEVELS: Final = (READ_UNCOMMITTED, READ_COMMITTED)
 
 
 class LogsApi:
@@ -216,7 +220,9 @@ class LogsApi:
     async def topic_records(self, call: Call) -> Result:
         """Records of one partition from ``offset`` (default: the earliest still stored;
         an offset before it starts there) or from the first record at or after
-        ``timestamp``, as a consumer fetching them would see them."""
+        ``timestamp``, as a consumer fetching them with ``isolation_level`` would see
+        them: never the control records (transaction markers), and with read_committed
+        nothing of an open or aborted transaction."""
         name = call.params[1]
         topics = self._topics(call)
         self._authorize(call, "topic.fetch", topic=name)
@@ -227,6 +233,13 @@ class LogsApi:
             )
         part = topics.get(name).partition(query_int(q, "partition", 0, 0, MAX_PARTITIONS - 1))
         limit = query_int(q, "limit", DEFAULT_BROWSE_RECORDS, 1, MAX_BROWSE_RECORDS)
+        isolation = q.get("isolation_level", READ_UNCOMMITTED)
+        if isolation not in ISOLATION_LEVELS:
+            raise InvalidArgument(
+                f"query parameter 'isolation_level' must be {READ_UNCOMMITTED} or {READ_COMMITTED}",
+                details={"argument": "isolation_level"},
+            )
+        committed = isolation == READ_COMMITTED
         if "timestamp" in q:
             offset = part.offset_for_timestamp(query_int(q, "timestamp", 0, 0, MAX_RESET_VALUE))[0]
         else:
@@ -234,12 +247,19 @@ class LogsApi:
         offset = max(offset, part.earliest)
         out: list[dict[str, Any]] = []
         size = 0
-        while len(out) < limit and size < MAX_BROWSE_BYTES and offset < part.high_watermark:
-            batches = part.fetch(offset, BROWSE_READ_BYTES)
+        # The log layer leaves the batches of aborted transactions out of a read-committed
+        # fetch and stops it at the last stable offset; the markers are for the reader
+        # to skip, as the SDKs do.
+        end = part.last_stable_offset if committed else part.high_watermark
+        while len(out) < limit and size < MAX_BROWSE_BYTES and offset < end:
+            batches = part.fetch(offset, BROWSE_READ_BYTES, committed=committed)
             if not batches:
                 break  # a compacted gap at the end of the log
             for batch in batches:
                 header = read_header(batch)
+                if header.control:
+                    offset = header.next_offset
+                    continue
                 for off, ts, key, value, headers in decode_records(batch, offset):
                     if len(out) >= limit or (out and size >= MAX_BROWSE_BYTES):
                         break

@@ -58,7 +58,7 @@ from .api_core import (
     MSGPACK_INT_MIN,
     Route,
 )
-from .api_logs import MAX_BROWSE_RECORDS, MAX_RESET_PARTITIONS, MAX_RESET_VALUE
+from .api_logs import ISOLATION_LEVELS, MAX_BROWSE_RECORDS, MAX_RESET_PARTITIONS, MAX_RESET_VALUE
 from .api_paging import MAX_NAME_FILTER_CHARS, MAX_PAGE_SIZE
 from .sessions import SESSION_COOKIE
 
@@ -441,15 +441,18 @@ _QUERY_KINDS: Final = {
     "offset": "i",
     "timestamp": "i",
     "limit": "i",
+    "isolation_level": "s",
 }
-# Bounds of integer query parameters, as the handlers check them.
-_QUERY_BOUNDS: Final = {
+# Bounds of query parameters (integer ranges, string lengths, enums), as the handlers
+# check them.
+_QUERY_BOUNDS: Final[dict[str, dict[str, Any]]] = {
     "page": {"minimum": 1},
     "page_size": {"minimum": 1, "maximum": MAX_PAGE_SIZE},
     "partition": {"minimum": 0, "maximum": MAX_PARTITIONS - 1},
     "offset": {"minimum": 0, "maximum": MAX_RESET_VALUE},
     "timestamp": {"minimum": 0, "maximum": MAX_RESET_VALUE},
     "limit": {"minimum": 1, "maximum": MAX_BROWSE_RECORDS},
+    "isolation_level": {"enum": list(ISOLATION_LEVELS)},
     "name": {"maxLength": MAX_NAME_FILTER_CHARS},
     "sort": {"maxLength": MAX_NAME_FILTER_CHARS},
 }

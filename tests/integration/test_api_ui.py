@@ -320,6 +320,54 @@ async def test_browse_topic_records_by_offset_and_timestamp(
     assert r.status == 404, r
 
 
+async def test_browsing_records_of_transactions_by_isolation_level(
+    broker: Broker, conn: wharf.Connection
+) -> None:
+    """Transaction markers are never shown; read_committed (as a fetch) hides aborted
+    records and stops at the last stable offset; read_uncommitted is the default."""
+    t = _name("tx")
+    await conn.create_topic(t)
+    p = conn.transactional_producer(_name("txid"))
+    async with p.transaction():
+        await p.produce(t, b"c1", partition=0)
+    await p.begin()
+    await p.produce(t, b"a1", partition=0)
+    await p.abort()
+    await conn.produce(t, b"plain", partition=0)
+    async with p.transaction():
+        await p.produce(t, b"c2", partition=0)
+    await p.begin()
+    await p.produce(t, b"open", partition=0)
+    await conn.produce(t, b"after", partition=0)
+    # c1 0, marker 1, a1 2, marker 3, plain 4, c2 5, marker 6, open 7, after 8.
+    path = f"/api/topics/%2F/{t}/records"
+
+    async def browse(query: str = "") -> list[tuple[int, str]]:
+        r = await api(broker, "GET", path + query)
+        assert r.status == 200, r
+        return [(x["offset"], x["value"]["text"]) for x in r.json()]
+
+    everything = [(0, "c1"), (2, "a1"), (4, "plain"), (5, "c2"), (7, "open"), (8, "after")]
+    assert await browse() == everything
+    assert await browse("?isolation_level=read_uncommitted") == everything
+    assert await browse("?isolation_level=read_committed") == [(0, "c1"), (4, "plain"), (5, "c2")]
+    # From a marker's offset, and paging past markers one record at a time.
+    assert await browse("?offset=1&limit=1") == [(2, "a1")]
+    assert await browse("?offset=3&limit=1&isolation_level=read_committed") == [(4, "plain")]
+    assert await browse("?offset=6&isolation_level=read_committed") == []
+    await p.commit()
+    assert await browse("?isolation_level=read_committed") == [
+        (0, "c1"),
+        (4, "plain"),
+        (5, "c2"),
+        (7, "open"),
+        (8, "after"),
+    ]
+    for bad in ("committed", "READ_COMMITTED", ""):
+        r = await api(broker, "GET", f"{path}?isolation_level={bad}")
+        assert r.status == 400 and r.json()["code"] == 400, (bad, r)
+
+
 async def test_browsing_records_needs_read_permission_on_the_topic(
     broker: Broker, conn: wharf.Connection
 ) -> None:

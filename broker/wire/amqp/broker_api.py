@@ -23,15 +23,12 @@ if TYPE_CHECKING:
     from ...security.audit import AuditLog
     from ...security.auth import Authenticator
     from ...store.segments import MessageStore
-    from .reply_to import ReplyRegistry
 
 
 class AmqpBrokerApi(Protocol):
     """The broker as an AMQP connection uses it."""
 
     connections: dict[int, ServedConnection]
-    # Direct reply-to: the channels with a reply consumer (reply_to.py).
-    amqp_replies: ReplyRegistry
 
     @property
     def settings(self) -> Settings: ...

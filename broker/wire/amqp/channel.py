@@ -30,6 +30,7 @@ from ...core.deliveries import Deliveries
 from ...core.exchanges import EXCHANGE_TYPES
 from ...core.policies.queue_types import with_delivery_count
 from ...core.queues import Consumer, Message
+from ...core.replies import REPLY_TO_PREFIX, REPLY_TO_QUEUE, ReplyRegistry
 from ...core.transactions import ACK, REJECT, REQUEUE, CoreTransaction
 from ..native.confirms import Confirms
 from . import methods as M
@@ -71,7 +72,6 @@ from .properties import (
     encode_properties,
     parse_content_header,
 )
-from .reply_to import REPLY_TO_PREFIX, REPLY_TO_QUEUE
 
 if TYPE_CHECKING:
     from ...core.publish import PublishResult
@@ -155,7 +155,7 @@ class Channel:
         # consumers of the queue, sent after queue.delete-ok.
         self._held_cancels: list[bytes] | None = None
         # Direct reply-to: the reply consumer's tag and this channel's reply name
-        # (reply_to.py), and the last publish properties rewritten to carry the name.
+        # (core/replies.py), and the last publish properties rewritten to carry the name.
         self.reply_tag: str | None = None
         self.reply_name = ""
         self._reply_src: dict[str, Any] | None = None
@@ -441,10 +441,8 @@ class Channel:
         usage = conn.usage
         if usage is not None and usage.produce is not None:
             conn.quota_produced(sum(map(len, bodies)))
-        if not exchange and routing_key.startswith(REPLY_TO_PREFIX):
-            self._publish_replies(routing_key, mandatory, props, bodies, seq)
-            return
         try:
+            # A reply name as routing key reaches its reply consumer (core/replies.py).
             res = conn.core.publish(exchange, routing_key, props, bodies)
         except ResourceError as exc:
             if confirms is not None:
@@ -472,7 +470,7 @@ class Channel:
         if confirms is not None and n:
             confirms.published(seq, n, res.store_batch, res.log_parts)
 
-    # -- direct reply-to (reply_to.py) ----------------------------------------------------
+    # -- direct reply-to (core/replies.py) -----------------------------------------------
 
     def _with_reply_name(self, props: dict[str, Any]) -> dict[str, Any] | None:
         """``props`` with reply_to = this channel's reply name (the same dict for the same
@@ -488,36 +486,16 @@ class Channel:
             self._reply_props = {**props, "reply_to": self.reply_name}
         return self._reply_props
 
-    def _publish_replies(
-        self,
-        name: str,
-        mandatory: bool,
-        props: dict[str, Any] | None,
-        bodies: list[bytes],
-        seq: int,
-    ) -> None:
-        """Publishes to a reply name: straight to its channel, or dropped (returned when
-        mandatory) when the channel is gone; confirmed at once (nothing is stored)."""
-        conn = self.conn
-        try:
-            conn.core.check_publish("", name)
-        except WharfError as exc:
-            self._fail(from_wharf(exc, BASIC_PUBLISH, conn.vhost))
-            return
-        target = conn.broker.amqp_replies.get(name, conn.vhost)
-        if target is not None:
-            target.deliver_replies(name, props, bodies)
-        elif mandatory:
-            raw = self._encode_props(props)
-            for body in bodies:
-                conn.send(M.basic_return(self.number, NO_ROUTE, "NO_ROUTE", "", name))
-                header = content_header(raw, len(body))
-                conn.send_many(content_frames(self.number, header, body, conn.frame_max))
-        if self.confirms is not None:
-            self.confirms.published(seq, len(bodies), 0, None)
+    @property
+    def _replies(self) -> ReplyRegistry:
+        """The reply names of the connection's vhost."""
+        return self.conn.core.topology.publisher.replies
 
-    def deliver_replies(self, name: str, props: dict[str, Any] | None, bodies: list[bytes]) -> None:
-        """basic.deliver to the reply consumer (no-ack: the tags are never settled)."""
+    def deliver_replies(
+        self, name: str, props: dict[str, Any] | None, bodies: list[bytes] | tuple[bytes, ...]
+    ) -> None:
+        """basic.deliver to the reply consumer of a reply published on any protocol (no-ack:
+        the tags are never settled)."""
         tag_text = self.reply_tag
         assert tag_text is not None
         conn = self.conn
@@ -543,13 +521,13 @@ class Channel:
         if tag in self.consumers:
             raise AmqpError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", mid)
         self.reply_tag = tag
-        self.reply_name = self.conn.broker.amqp_replies.register(self)
+        self.reply_name = self._replies.register(self)
         if not method.nowait:
             self.conn.send(M.basic_consume_ok(self.number, tag))
 
     def _end_reply_consumer(self) -> None:
         if self.reply_name:
-            self.conn.broker.amqp_replies.unregister(self.reply_name)
+            self._replies.unregister(self.reply_name)
         self.reply_tag = None
         self.reply_name = ""
         self._reply_src = self._reply_props = None
@@ -655,11 +633,6 @@ class Channel:
             conn.quota_produced(len(body))
         key = (method.exchange, method.routing_key, method.mandatory)
         try:
-            if not method.exchange and method.routing_key.startswith(REPLY_TO_PREFIX):
-                # Direct reply-to goes to a channel, not a queue: held as is.
-                conn.core.check_publish(method.exchange, method.routing_key)
-                tx.defer(lambda: self._publish_many(key, props, [body]))
-                return
             tx.publish(
                 method.exchange,
                 method.routing_key,
@@ -973,7 +946,7 @@ class Channel:
         if name == REPLY_TO_QUEUE or name.startswith(REPLY_TO_PREFIX):
             # RabbitMQ: the pseudo-queue and a live reply name "exist" (declare-ok, with
             # no messages and one consumer); a reply name whose channel is gone does not.
-            if name != REPLY_TO_QUEUE and conn.broker.amqp_replies.get(name, conn.vhost) is None:
+            if name != REPLY_TO_QUEUE and self._replies.get(name) is None:
                 raise AmqpError(NOT_FOUND, f"no queue '{name}' in vhost '{conn.vhost}'", mid)
             if not method.nowait:
                 conn.send(M.queue_declare_ok(self.number, name, 0, 1))

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
+import decimal
+import struct
 from typing import Any
 
 import aio_pika
 import aiohttp
 import aiormq
 import aiormq.exceptions
+import msgpack
 import pytest
 from aio_pika.patterns import RPC
 
+import wharf
 from wharf.broker.server import Broker
 
 from ...helpers import wait_until
@@ -269,3 +274,148 @@ async def test_qos_raised_after_consume_reaches_the_consumer(broker: Broker) -> 
         await channel.basic_ack(last.delivery_tag, multiple=True)
     finally:
         await connection.close()
+
+
+# -- every property and header type, across protocols ------------------------------------------
+
+# Epoch seconds of the timestamps below (AMQP timestamps are whole seconds).
+WHEN_S = 1_765_040_400
+
+
+def _native_headers() -> dict[str, Any]:
+    """Headers of every Wharf value type that maps to an AMQP field type (docs/amqp.md)."""
+    return {
+        "s": "text é",
+        "n": 42,
+        "neg": -70_000,
+        "big": 2**40,
+        "pi": 3.25,
+        "yes": True,
+        "no": False,
+        "none": None,
+        "raw": b"\x00\xff\x10",
+        "list": [1, "two", [None, False, {"deep": "x"}]],
+        "nested": {"k": "v", "deeper": {"x": 1, "arr": ["a", b"\x01"]}},
+        "dec": msgpack.ExtType(1, struct.pack(">Bi", 2, -1234)),  # -12.34
+        "when": msgpack.Timestamp(WHEN_S),
+        "empty": {},
+        "none_list": [],
+    }
+
+
+def _as_aio_pika_reads(headers: dict[str, Any]) -> dict[str, Any]:
+    """What aio-pika (pamqp) decodes ``_native_headers()`` to."""
+    return {
+        **headers,
+        "dec": decimal.Decimal("-12.34"),
+        "when": datetime.datetime.fromtimestamp(WHEN_S, datetime.UTC),
+    }
+
+
+def _for_pamqp(value: Any) -> Any:
+    """``value`` with bytes as bytearray: pamqp encodes a byte array (``x``) only from
+    a bytearray (and reads it back as bytes)."""
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, dict):
+        return {k: _for_pamqp(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_for_pamqp(v) for v in value]
+    return value
+
+
+def _naive(value: Any) -> Any:
+    if isinstance(value, datetime.datetime):
+        return value.replace(tzinfo=datetime.UTC) if value.tzinfo is None else value
+    return value
+
+
+async def test_native_message_with_every_property_read_by_aio_pika(
+    broker: Broker, conn: wharf.Connection
+) -> None:
+    await conn.declare_queue("native-to-aio")
+    body = bytes(range(256)) * 4
+    await conn.publish(
+        "",
+        "native-to-aio",
+        body,
+        headers=_native_headers(),
+        content_type="application/octet-stream",
+        content_encoding="gzip",
+        message_id="native-1",
+        correlation_id="corr-1",
+        reply_to="replies",
+        timestamp=WHEN_S * 1000 + 999,  # epoch ms: AMQP keeps the seconds
+        type="order.created",
+        app_id="shop",
+        user_id="guest",
+        persistent=True,
+        priority=7,
+        expiration=60_000,
+    )
+    connection = await aio_pika.connect(amqp_url(broker), timeout=REPLY_TIMEOUT_S)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue("native-to-aio")
+        msg = await queue.get(no_ack=True, timeout=REPLY_TIMEOUT_S)
+        assert msg is not None
+    assert msg.body == body
+    assert msg.content_type == "application/octet-stream"
+    assert msg.content_encoding == "gzip"
+    assert msg.message_id == "native-1"
+    assert msg.correlation_id == "corr-1"
+    assert msg.reply_to == "replies"
+    assert msg.timestamp is not None and _naive(msg.timestamp).timestamp() == WHEN_S
+    assert msg.type == "order.created"
+    assert msg.app_id == "shop"
+    assert msg.user_id == "guest"
+    assert msg.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert msg.priority == 7
+    assert msg.expiration == 60.0  # aio-pika reads the "60000" ms string as seconds
+    assert {k: _naive(v) for k, v in msg.headers.items()} == _as_aio_pika_reads(_native_headers())
+
+
+async def test_aio_pika_message_with_every_property_read_by_the_native_sdk(
+    broker: Broker, conn: wharf.Connection
+) -> None:
+    await conn.declare_queue("aio-to-native")
+    body = bytes(range(255, -1, -1)) * 4
+    headers = _for_pamqp(_as_aio_pika_reads(_native_headers()))
+    connection = await aio_pika.connect(amqp_url(broker), timeout=REPLY_TIMEOUT_S)
+    async with connection:
+        channel = await connection.channel()
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                body,
+                headers=headers,
+                content_type="application/octet-stream",
+                content_encoding="gzip",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                priority=7,
+                correlation_id="corr-2",
+                reply_to="replies",
+                expiration=60,  # seconds in aio-pika: "60000" on the wire
+                message_id="aio-1",
+                timestamp=datetime.datetime.fromtimestamp(WHEN_S, datetime.UTC),
+                type="order.created",
+                user_id="guest",
+                app_id="shop",
+            ),
+            routing_key="aio-to-native",
+        )
+    got = await conn.get("aio-to-native", no_ack=True)
+    assert got is not None
+    assert got.body == body
+    assert got.content_type == "application/octet-stream"
+    assert got.content_encoding == "gzip"
+    assert got.persistent is True
+    assert got.priority == 7
+    assert got.correlation_id == "corr-2"
+    assert got.reply_to == "replies"
+    assert got.expiration == 60_000
+    assert got.message_id == "aio-1"
+    assert got.timestamp == WHEN_S * 1000
+    assert got.type == "order.created"
+    assert got.user_id == "guest"
+    assert got.app_id == "shop"
+    assert got.headers == _native_headers()

@@ -185,6 +185,10 @@ async def test_native_publishes_node_worker_consumes_with_prefetch_and_nack(
             priority=1,
             type="job",
             app_id="native",
+            content_encoding="identity",
+            reply_to=f"replies-{i}",
+            expiration=3_600_000,
+            user_id="guest",
         )
     run = await node("consumer.js", queue="work", prefetch=prefetch, count=count)
     lines = await run.finish()
@@ -208,6 +212,10 @@ async def test_native_publishes_node_worker_consumes_with_prefetch_and_nack(
         assert props["priority"] == 1
         assert props["timestamp"] == FIRST_TIMESTAMP_S + i
         assert props["type"] == "job" and props["appId"] == "native"
+        assert props["contentEncoding"] == "identity"
+        assert props["replyTo"] == f"replies-{i}"
+        assert props["expiration"] == "3600000"  # AMQP's string of milliseconds
+        assert props["userId"] == "guest"
         assert props["headers"] == {
             "s": "text é",
             "n": i,

@@ -78,7 +78,7 @@ async def test_rpc_over_direct_reply_to(
                 sch.basic_publish("", names.pop(), b"late", mandatory=True)
 
     await asyncio.to_thread(scenario)
-    assert len(broker.amqp_replies) == 0
+    assert len(broker.topology.publisher.replies) == 0
 
 
 async def test_direct_reply_to_refusals(
@@ -105,8 +105,8 @@ async def test_direct_reply_to_refusals(
             assert info.value.reply_code == 404
             ch = conn.channel()
             tag = ch.basic_consume(REPLY_TO, lambda *a: None, auto_ack=True)
-            assert len(broker.amqp_replies) == 1
+            assert len(broker.topology.publisher.replies) == 1
             ch.basic_cancel(tag)
-            assert len(broker.amqp_replies) == 0
+            assert len(broker.topology.publisher.replies) == 0
 
     await asyncio.to_thread(scenario)

@@ -92,11 +92,13 @@ function browseSection(base, ctx) {
     field('From', 'from', { kind: 'select', options: [['offset', 'offset'], ['timestamp', 'timestamp (epoch ms)']], value: 'offset' }),
     field('Offset or timestamp', 'value', { kind: 'number', value: '0' }),
     field('Records', 'limit', { kind: 'number', value: '20' }),
+    // As a consumer's fetch: read_committed hides open and aborted transactions.
+    field('Isolation', 'isolation_level', { kind: 'select', options: [['read_uncommitted', 'read uncommitted'], ['read_committed', 'read committed']], value: 'read_uncommitted' }),
     h('button', { type: 'submit' }, 'Browse'), st);
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     const v = formValues(form);
-    const q = new URLSearchParams({ partition: v.partition, limit: v.limit });
+    const q = new URLSearchParams({ partition: v.partition, limit: v.limit, isolation_level: v.isolation_level });
     q.set(v.from, v.value);
     try {
       const recs = await get(`${base}/records?${q}`);
