@@ -206,7 +206,6 @@ class AmqpConnection(asyncio.Protocol):
         self._quota_read_timer: asyncio.TimerHandle | None = None
         self._quota_read_direction = PRODUCE
         self._quota_deliver_timer: asyncio.TimerHandle | None = None
-        self._update_secret_task: asyncio.Task[None] | None = None
 
     # -- the registry's view (core/clients.py) ----------------------------------------
 
@@ -489,9 +488,8 @@ class AmqpConnection(asyncio.Protocol):
             return
         was_open = self._opened
         self.state = AmqpState.CLOSED
-        for task in (self._auth_task, self._update_secret_task):
-            if task is not None:
-                task.cancel()
+        if self._auth_task is not None:
+            self._auth_task.cancel()
         for timer in (self._quota_read_timer, self._quota_deliver_timer):
             if timer is not None:
                 timer.cancel()
@@ -813,47 +811,15 @@ class AmqpConnection(asyncio.Protocol):
         self._send(M.connection_tune(CHANNEL_MAX, FRAME_MAX_BYTES, self.settings.heartbeat_s))
 
     def _update_secret(self, method: C.Connection.UpdateSecret, mid: int) -> None:
-        """RabbitMQ's connection.update-secret: the new secret must log the same user in
-        again (a password, checked as PLAIN would be); refused: 530, the connection
-        closes.  Frames after it wait for the answer (reading stops meanwhile)."""
-        if self._update_secret_task is not None and not self._update_secret_task.done():
-            raise AmqpError(COMMAND_INVALID, "connection.update-secret already in progress", mid)
-        secret = method.new_secret or b""
-        raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
-        if self.transport is not None:
-            self.transport.pause_reading()
-        self._update_secret_task = self._loop.create_task(self._check_new_secret(raw, mid))
-
-    async def _check_new_secret(self, secret: bytes, mid: int) -> None:
-        tls, _ = self._tls_info()
-        try:
-            password = secret.decode("utf-8")
-            user = await self.broker.authenticator.authenticate_plain(
-                self.username,
-                password,
-                self.peer_host,
-                tls=tls,
-                mechanism=MECHANISM_PLAIN,
-                protocol=PROTOCOL_NAME,
-                peer=self.peer,
-            )
-        except (WharfError, UnicodeDecodeError) as exc:
-            if self.state is AmqpState.OPEN:
-                reason = exc.message if isinstance(exc, WharfError) else "not UTF-8"
-                self.close_with(
-                    AmqpError(
-                        NOT_ALLOWED,
-                        f"Secret update was refused for user '{self.username}': {reason}",
-                        mid,
-                    )
-                )
-            return
-        if self.state is not AmqpState.OPEN:
-            return
-        self._user_tags = tuple(user.tags)
-        log.info("%s: user %s updated its secret", self.name, self.username)
+        """RabbitMQ's connection.update-secret, as its internal user database answers it:
+        the connection's user stays logged in and the new secret changes nothing (it is
+        meant for expiring credentials, OAuth 2 tokens, which Wharf's users do not have);
+        update-secret-ok, and the connection goes on with the user's current tags."""
+        stored = self.broker.authenticator.users.get(self.username)
+        if stored is not None:
+            self._user_tags = tuple(stored.tags)
+        log.info("%s: user %s updated its secret (%s)", self.name, self.username, method.reason)
         self._send(M.connection_update_secret_ok())
-        self._resume_reading_if_allowed()
 
     def _tune_ok(self, method: C.Connection.TuneOk, mid: int) -> None:
         channel_max = method.channel_max or 0
