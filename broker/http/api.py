@@ -74,6 +74,7 @@ from .api_core import (
     MSGPACK_INT_MAX,
     ApiError,
     Call,
+    EncodedJson,
     Result,
     Route,
     dump_json,
@@ -150,6 +151,7 @@ class ManagementApi:
         self.auth = ApiAuth(cast("ApiBroker | None", broker))
         # The overview's walks over queues and connections: (monotonic time, result).
         self._overview_cache: dict[tuple[str, ...], tuple[float, Any]] = {}
+        self._openapi: EncodedJson | None = None  # GET /api/openapi.json, encoded once
         r = Route
         self.routes: list[Route] = [
             r(
@@ -664,7 +666,11 @@ class ManagementApi:
         raise AssertionError("POST /api/auth/login is answered before authentication")
 
     async def openapi(self, call: Call) -> Result:
-        return 200, openapi_document(self.version, self.routes)
+        # The same for the process's life; every web UI tab reads it when it opens
+        # (180 kB: tens of milliseconds to build and encode each time).
+        if self._openapi is None:
+            self._openapi = EncodedJson(dump_json(openapi_document(self.version, self.routes)))
+        return 200, self._openapi
 
     # -- vhosts (RabbitMQ's /api/vhosts and /api/vhost-limits) -----------------------------
 
