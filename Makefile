@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck shape unit bench fuzz fuzz-merge clean node-deps amqplib-suite amqp-recordings chromium client-suites
+.PHONY: serve test screenshots lint typecheck shape unit bench fuzz fuzz-merge clean node-deps amqplib-suite amqp-recordings chromium client-suites
 
 # The Node client (amqplib, from npm) that tests/integration/amqp/test_amqp_node.py runs:
 # installed from the committed package-lock.json.  A machine without npm gets Debian's
@@ -25,6 +25,11 @@ serve: $(STAMP)
 ## Lint, type-check and run the whole test suite.
 test: lint typecheck $(NODE_STAMP) chromium
 	$(BIN)/pytest -q -p no:cacheprovider
+
+## The web UI's screenshots in docs/ui/ (linked from the README), rewritten by its browser
+## tests; a plain test run writes them to its tmp dir and leaves the tree clean.
+screenshots: $(STAMP) chromium
+	WHARF_UI_SCREENSHOTS=1 $(BIN)/pytest -q -p no:cacheprovider tests/ui -k renders_real_data
 
 ## The browser tests (tests/ui/) drive Debian's chromium, never a browser Playwright
 ## downloads: install it with apt when it is missing and we are root (CI is).

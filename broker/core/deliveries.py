@@ -162,7 +162,9 @@ class Deliveries:
         self._next_tag = tag
         stats = self.stats
         stats.delivered += len(batch)
-        stats.redelivered += redelivered
+        if redelivered:
+            stats.redelivered += redelivered
+            consumer.queue.stats_redelivered += redelivered
         return first
 
     def reserve_tags(self, n: int) -> int:
@@ -179,8 +181,10 @@ class Deliveries:
         tag = self._next_tag
         stats = self.stats
         stats.delivered += 1
+        queue.stats_got += 1
         if msg.delivery_count > 1:
             stats.redelivered += 1
+            queue.stats_redelivered += 1
         queue.note_delivered()
         if no_ack:
             queue.forget(msg)
@@ -243,9 +247,21 @@ class Deliveries:
 
     def ack(self, entries: list[Unacked]) -> None:
         """Settled entries were acked: stored messages get their ack record."""
+        # Each queue's ack counter once per run of entries from it (an ACK_MANY is
+        # mostly one run), as ``settle`` counts.
+        run_queue: Queue | None = None
+        run = 0
         for msg, queue, _ in entries:
             if msg.seg is not None:
                 queue.forget(msg)
+            if queue is not run_queue:
+                if run_queue is not None:
+                    run_queue.stats_acked += run
+                run_queue = queue
+                run = 0
+            run += 1
+        if run_queue is not None:
+            run_queue.stats_acked += run
         self.stats.acked += len(entries)
 
     @staticmethod

@@ -196,6 +196,9 @@ class Queue:
         "on_unused",
         "stats_delivered",
         "stats_published",
+        "stats_got",
+        "stats_acked",
+        "stats_redelivered",
         "ready_bytes",
         "uid",
         "store",
@@ -257,8 +260,15 @@ class Queue:
         self.bindings: list[Any] = []
         # Called when an auto-delete queue loses its last consumer.
         self.on_unused: Callable[[Queue], None] | None = None
+        # Message counters since start, the API's per-queue message_stats (RabbitMQ's
+        # names there): published, pushed to consumers, taken by gets, acked, and
+        # deliveries (pushes or gets) of messages delivered before.  Plain ints, bumped
+        # once per batch where the queue or the session already counts.
         self.stats_published = 0
         self.stats_delivered = 0
+        self.stats_got = 0
+        self.stats_acked = 0
+        self.stats_redelivered = 0
         self.ready_bytes = 0
         # The message store (persistence for durable queues, paging for long ones), this
         # queue's id in it, and whether persistent messages are made durable.
@@ -349,7 +359,22 @@ class Queue:
             "messages_ready": self.ready_count,
             "messages_unacked": self.unacked_count,
             "consumers": self.consumer_count,
+            "message_stats": self.message_stats(),
             **self._describe_dedup(),
+        }
+
+    def message_stats(self) -> dict[str, int]:
+        """Counts since start in RabbitMQ's queue ``message_stats`` shape (a client
+        computes rates from two readings)."""
+        return {
+            "publish": self.stats_published,
+            "deliver": self.stats_delivered,
+            "get": self.stats_got,
+            "deliver_get": self.stats_delivered + self.stats_got,
+            "ack": self.stats_acked,
+            "redeliver": self.stats_redelivered,
+            "dead_lettered": sum(self.stats_dead_lettered.values()),
+            "expired": self.stats_expired,
         }
 
     def _describe_dedup(self) -> dict[str, Any]:

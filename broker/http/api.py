@@ -32,10 +32,11 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from wharf.protocol.errors import (
     AccessRefused,
@@ -73,6 +74,7 @@ from .api_core import (
     MSGPACK_INT_MAX,
     ApiError,
     Call,
+    EncodedJson,
     Result,
     Route,
     dump_json,
@@ -96,6 +98,7 @@ if TYPE_CHECKING:
     from .api_broker import ApiBroker
 
 log = logging.getLogger("wharf.api")
+T = TypeVar("T")
 
 DEFAULT_EXCHANGE_ALIAS: Final = "amq.default"
 # DELETE /api/connections/{name}: RabbitMQ's header for the close's reply text.
@@ -103,6 +106,13 @@ CLOSE_REASON_HEADER: Final = "X-Reason"
 DEFAULT_CLOSE_REASON: Final = "closed by operator"
 # AMQP's reply-text is a short string (255 bytes, with "CONNECTION_FORCED - " before it).
 MAX_CLOSE_REASON_CHARS: Final = 200
+# The overview's totals walk every queue and connection: on a broker with at least this
+# many of them together a walk is reused for this long (seconds) by the next overviews
+# (open UI tabs poll it); ManagementApi._cached.
+OVERVIEW_CACHE_MIN_OBJECTS: Final = 1_000
+OVERVIEW_CACHE_TTL_S: Final = 1.0
+# Cached walks at most (a few per distinct set of vhosts users see).
+OVERVIEW_CACHE_KEYS: Final = 256
 
 
 def wharf_version() -> str:
@@ -139,6 +149,9 @@ class ManagementApi:
         self.version = wharf_version()
         # Basic auth and the web UI's sessions (api_auth.py); None: the route table alone.
         self.auth = ApiAuth(cast("ApiBroker | None", broker))
+        # The overview's walks over queues and connections: (monotonic time, result).
+        self._overview_cache: dict[tuple[str, ...], tuple[float, Any]] = {}
+        self._openapi: EncodedJson | None = None  # GET /api/openapi.json, encoded once
         r = Route
         self.routes: list[Route] = [
             r(
@@ -537,15 +550,20 @@ class ManagementApi:
         stats = b.stats
         # Totals over what the user may see (core/access.py): its vhosts, its connections.
         vhosts = visible_vhosts(b, call)
-        queues = [q for v in vhosts for q in v.topology.queues.values()]
-        connections = self._visible_connections(call)
+        connections = self._cached(
+            ("connections of", call.user.name), lambda: len(self._visible_connections(call))
+        )
         actor = call.core_actor()
+        names = tuple(v.name for v in vhosts)
         if b.access.sees_everything(actor):
-            consumers = b.consumer_count
+            consumers = self._cached(("all consumers",), lambda: b.consumer_count)
         else:
-            names = {v.name for v in vhosts}
-            consumers = sum(
-                len(c.all_consumers()) for c in b.connections.values() if c.vhost in names
+            seen = set(names)
+            consumers = self._cached(
+                ("consumers", *names),
+                lambda: sum(
+                    len(c.all_consumers()) for c in b.connections.values() if c.vhost in seen
+                ),
             )
         # Every counter the broker keeps (its stats object's COUNTERS), not a copied list.
         counters: tuple[str, ...] = getattr(type(stats), "COUNTERS", ())
@@ -554,22 +572,21 @@ class ManagementApi:
             "version": self.version,
             "ready": b.ready,
             "object_totals": {
-                "connections": len(connections),
-                "queues": len(queues),
+                "connections": connections,
+                "queues": sum(len(v.topology.queues) for v in vhosts),
                 "exchanges": sum(len(v.topology.exchanges) for v in vhosts),
                 "consumers": consumers,
                 "topics": sum(len(v.logs.topics) for v in vhosts if v.logs is not None),
                 "vhosts": len(vhosts),
             },
-            "queue_totals": {
-                "messages_ready": sum(q.ready_count for q in queues),
-                "messages_unacked": sum(q.unacked_count for q in queues),
-            },
+            "queue_totals": self._cached(
+                ("queue_totals", *names), lambda: self._queue_totals(vhosts)
+            ),
             "message_stats": {name: int(getattr(stats, name, 0)) for name in counters},
             "alarms": sorted(b.alarms),
             # What the memory alarm compares with memory_high_watermark, by kind.
             "memory": {
-                "accounted": b.memory_breakdown(),
+                "accounted": self._cached(("memory",), b.memory_breakdown),
                 "high_watermark_bytes": b.monitor.memory_limit_bytes if b.monitor else 0,
                 "rss_bytes": b.monitor.rss_bytes if b.monitor else 0,
             },
@@ -581,6 +598,40 @@ class ManagementApi:
                 for key in _LOG_STATS
             },
         }
+
+    def _cached(self, key: tuple[str, ...], compute: Callable[[], T]) -> T:
+        """``compute()``, reused for ``OVERVIEW_CACHE_TTL_S`` on a big broker.
+
+        The overview's totals walk every queue and connection; with 10,000 queues that
+        is tens of milliseconds, and every open UI tab asks every few seconds.  On a
+        broker with at least ``OVERVIEW_CACHE_MIN_OBJECTS`` queues and connections a
+        walk is reused by the overviews of the next second (the figures may be that
+        old); a small broker answers exact figures every time.
+        """
+        now = time.monotonic()
+        cached = self._overview_cache.get(key)
+        if cached is not None and now - cached[0] < OVERVIEW_CACHE_TTL_S:
+            return cast("T", cached[1])
+        value = compute()
+        b = self.broker
+        size = len(b.connections) + sum(len(v.topology.queues) for v in b.vhosts)
+        if size >= OVERVIEW_CACHE_MIN_OBJECTS:
+            if len(self._overview_cache) >= OVERVIEW_CACHE_KEYS:
+                self._overview_cache.clear()  # the vhost sets of many users: start again
+            self._overview_cache[key] = (now, value)
+        return value
+
+    @staticmethod
+    def _queue_totals(vhosts: list[VirtualHost]) -> dict[str, int]:
+        """Ready, unacked and delayed messages over the queues of ``vhosts``."""
+        ready = unacked = delayed = 0
+        for v in vhosts:
+            for q in v.topology.queues.values():
+                ready += q.ready_count
+                unacked += q.unacked_count
+                delayed += q.delayed_count
+        return {"messages_ready": ready, "messages_unacked": unacked,
+                "messages_delayed": delayed}  # fmt: skip
 
     def _node(self) -> dict[str, int]:
         """The process: what the resource monitor measured at its last check (about
@@ -615,7 +666,11 @@ class ManagementApi:
         raise AssertionError("POST /api/auth/login is answered before authentication")
 
     async def openapi(self, call: Call) -> Result:
-        return 200, openapi_document(self.version, self.routes)
+        # The same for the process's life; every web UI tab reads it when it opens
+        # (180 kB: tens of milliseconds to build and encode each time).
+        if self._openapi is None:
+            self._openapi = EncodedJson(dump_json(openapi_document(self.version, self.routes)))
+        return 200, self._openapi
 
     # -- vhosts (RabbitMQ's /api/vhosts and /api/vhost-limits) -----------------------------
 
@@ -1256,6 +1311,9 @@ _QUEUE_SORT_KEYS: Final[dict[str, Callable[[tuple[VirtualHost, Queue]], Any]]] =
     "messages_ready": lambda vq: vq[1].ready_count,
     "messages_unacked": lambda vq: vq[1].unacked_count,
     "consumers": lambda vq: vq[1].consumer_count,
+    "message_stats.publish": lambda vq: vq[1].stats_published,
+    "message_stats.deliver_get": lambda vq: vq[1].stats_delivered + vq[1].stats_got,
+    "message_stats.ack": lambda vq: vq[1].stats_acked,
 }
 _EXCHANGE_SORT_KEYS: Final[dict[str, Callable[[tuple[VirtualHost, Exchange]], Any]]] = {
     "name": lambda ve: ve[1].name,

@@ -94,7 +94,14 @@ def jsonable(value: Any, depth: int = 0) -> Any:
     return str(value)
 
 
+class EncodedJson(bytes):
+    """A handler's answer already encoded by ``dump_json`` (a large answer that does not
+    change, such as the OpenAPI document): sent as it is."""
+
+
 def dump_json(obj: Any) -> bytes:
+    if isinstance(obj, EncodedJson):
+        return obj
     return json.dumps(jsonable(obj), allow_nan=False).encode("utf-8")
 
 

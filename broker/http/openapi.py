@@ -157,8 +157,13 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "Queue": _schema(
         "name:s! type:s! durable:b! exclusive:b auto_delete:b! arguments:m! messages_ready:i! "
         "messages_unacked:i consumers:i! policy:s effective_arguments:m "
-        "dedup_window_ms:i dedup_ids:i duplicates_dropped:i",
+        "dedup_window_ms:i dedup_ids:i duplicates_dropped:i message_stats:m!",
         policy={"nullable": True},
+        # Counts since start (RabbitMQ's names); rates are two readings apart.
+        message_stats=_schema(
+            "publish:i! deliver:i! get:i! deliver_get:i! ack:i! redeliver:i! "
+            "dead_lettered:i! expired:i!"
+        ),
     ),
     "QueueDeclare": _schema(
         "durable:b auto_delete:b exclusive:b arguments:m", closed=True, exclusive=_enum(False)
@@ -210,7 +215,7 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     ),
     "Connection": _schema(
         "name:s! peer:s! user:s! state:s! protocol:s! channels:i! heartbeat_s:i consumers:i "
-        "unacked:i client_properties:m",
+        "unacked:i client_properties:m tls:b! tls_version:s cipher:s",
         state=_enum("starting", "open", "closing"),
     ),
     "Channel": _schema(

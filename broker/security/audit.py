@@ -141,6 +141,19 @@ def tls_version_of(transport: Any) -> str | None:
     return None if ssl_object is None else str(ssl_object.version())
 
 
+def tls_fields(transport: Any) -> dict[str, Any]:
+    """A connection's transport for the API: ``{"tls": False}``, or with TLS its
+    protocol version and cipher suite (RabbitMQ's ``ssl_protocol``/``ssl_cipher``)."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return {"tls": False}
+    fields: dict[str, Any] = {"tls": True, "tls_version": str(ssl_object.version())}
+    cipher = ssl_object.cipher()  # None only before the handshake ends
+    if cipher:
+        fields["cipher"] = str(cipher[0])
+    return fields
+
+
 class AuditLog:
     """Writes audit events to ``path`` (rotated), or nowhere when ``path`` is None.
 

@@ -1,6 +1,7 @@
 """What the web UI needs of the management API, over real HTTP next to SDK clients:
 server-side paging of lists, channels, bindings of one queue or exchange, browsing topic
-records, a dry run of reset-offsets, node figures in the overview and X-Reason on close."""
+records, a dry run of reset-offsets, node figures in the overview, X-Reason on close and
+per-queue message counters."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 import wharf
+from wharf.broker.http import api as api_module
 from wharf.broker.server import Broker
 
 from ..helpers import wait_until
@@ -437,3 +439,86 @@ async def test_overview_shows_node_figures_and_log_totals(
     stats = o["log_stats"]
     assert stats["records_produced"] == 3 and stats["records_fetched"] == 3
     assert stats["bytes_produced"] > 9 and stats["bytes_fetched"] >= stats["bytes_produced"]
+
+
+# -- per-queue message counters ----------------------------------------------------------------
+
+
+async def test_queue_message_stats_count_publish_deliver_get_ack_and_redeliver(
+    broker: Broker, conn: wharf.Connection
+) -> None:
+    q = _name("stats")
+    await conn.declare_queue(q)
+    path = f"/api/queues/%2F/{q}"
+    zero = (await api(broker, "GET", path)).json()["message_stats"]
+    assert zero == {
+        "publish": 0,
+        "deliver": 0,
+        "get": 0,
+        "deliver_get": 0,
+        "ack": 0,
+        "redeliver": 0,
+        "dead_lettered": 0,
+        "expired": 0,
+    }
+    for body in (b"1", b"2", b"3", b"4"):
+        await conn.publish("", q, body)
+    # Gets: one acked, one requeued and got again (a redelivery), then acked.
+    first = await conn.get(q)
+    assert first is not None
+    await first.ack()
+    second = await conn.get(q)
+    assert second is not None and second.body == b"2"
+    await second.nack(requeue=True)
+    again = await conn.get(q)
+    assert again is not None and again.body == b"2" and again.redelivered
+    await again.ack()
+    # Pushes: the other two to a consumer, acked with one multiple ack.
+    async with conn.consume(q, prefetch=10) as messages:
+        got = [await anext(messages) for _ in range(2)]
+        await got[-1].ack(multiple=True)
+
+    async def acked() -> bool:
+        stats = (await api(broker, "GET", path)).json()["message_stats"]
+        return bool(stats["ack"] == 4)
+
+    await wait_until(acked, timeout=TIMEOUT_S, what="4 acks counted")
+    stats = (await api(broker, "GET", path)).json()["message_stats"]
+    assert {k: stats[k] for k in ("publish", "deliver", "get", "deliver_get", "redeliver")} == {
+        "publish": 4,
+        "deliver": 2,
+        "get": 3,
+        "deliver_get": 5,
+        "redeliver": 1,
+    }
+    # In lists too, and sortable there without describing every queue.
+    doc = (await api(broker, "GET", "/api/queues?page=1&sort=message_stats.publish")).json()
+    assert doc["items"][-1]["name"] == q and doc["items"][-1]["message_stats"]["ack"] == 4
+
+
+async def test_overview_reuses_its_queue_walk_on_a_big_broker_only(
+    broker: Broker, conn: wharf.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = _name("walk")
+    await conn.declare_queue(q)
+
+    async def ready() -> int:
+        return int(
+            (await api(broker, "GET", "/api/overview")).json()["queue_totals"]["messages_ready"]
+        )
+
+    # A small broker (fewer queues and connections than OVERVIEW_CACHE_MIN_OBJECTS): exact.
+    before = await ready()
+    await conn.publish("", q, b"x")
+    assert (await conn.declare_queue(q, passive=True)).messages == 1
+    assert await ready() == before + 1
+    # A "big" one (the threshold lowered, the reuse window made long for the test): the
+    # walk is reused, the new message not yet counted; with no window, counted at once.
+    monkeypatch.setattr(api_module, "OVERVIEW_CACHE_MIN_OBJECTS", 1)
+    monkeypatch.setattr(api_module, "OVERVIEW_CACHE_TTL_S", 3600.0)
+    cached = await ready()
+    await conn.publish("", q, b"y")
+    assert (await conn.declare_queue(q, passive=True)).messages == 2
+    assert await ready() == cached
+    monkeypatch.setattr(api_module, "OVERVIEW_CACHE_TTL_S", 0.0)
+    assert await ready() == cached + 1

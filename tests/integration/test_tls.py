@@ -541,3 +541,21 @@ async def test_ctl_tls_reload_over_https(broker: Broker, pki: Pki) -> None:
     assert "reloaded" in out
     code, out, err = await run_wharf("ctl", "--url", url, "tls", "show")  # system CAs only
     assert code == 1 and "--cafile" in err, err
+
+
+async def test_connections_api_says_which_came_over_tls(broker: Broker, pki: Pki) -> None:
+    secure = await wharf.connect(tls_url(broker, pki), timeout=TIMEOUT_S)
+    plain = await wharf.connect(f"wharf://guest:guest@127.0.0.1:{broker.port}")
+    try:
+        status, body = await asyncio.to_thread(
+            https_get, broker.https_port, "/api/connections", pki
+        )
+        assert status == 200 and len(body) == 2
+        by_tls = {c["tls"]: c for c in body}
+        over_tls, not_tls = by_tls[True], by_tls[False]
+        assert over_tls["tls_version"] in ("TLSv1.2", "TLSv1.3")
+        assert isinstance(over_tls["cipher"], str) and over_tls["cipher"]
+        assert "tls_version" not in not_tls and "cipher" not in not_tls
+    finally:
+        await secure.close()
+        await plain.close()

@@ -29,7 +29,7 @@ from wharf.protocol.errors import WharfError
 from ...core.access import DEFAULT_VHOST, Actor
 from ...core.clients import describe_channel, next_connection_id
 from ...core.quotas import CONSUME, PRODUCE
-from ...security.audit import AuditEvent, tls_version_of
+from ...security.audit import AuditEvent, tls_fields, tls_version_of
 from ...security.auth import MECHANISM_EXTERNAL, MECHANISM_OTHER, MECHANISM_PLAIN, User
 from ...security.cert_login import CERT_LOGIN_NONE
 from ..peer import peer_of
@@ -251,6 +251,7 @@ class AmqpConnection(asyncio.Protocol):
                 for k in ("product", "version", "platform", "connection_name", "information")
                 if isinstance(props.get(k), str)
             },
+            **tls_fields(self.transport),
         }
 
     def describe_channels(self) -> list[dict[str, Any]]:

@@ -45,7 +45,7 @@ from ...core.deliveries import Deliveries, Unacked
 from ...core.publish import QUEUE_FULL_MESSAGE
 from ...core.queues import Consumer, Message
 from ...core.quotas import PRODUCE, UserUsage
-from ...security.audit import AuditEvent, tls_version_of
+from ...security.audit import AuditEvent, tls_fields, tls_version_of
 from ..peer import peer_of
 from .confirms import Confirms
 from .lifecycle import ENDING, UNAUTHENTICATED, Event, Lifecycle, State
@@ -985,4 +985,5 @@ class Connection(TopologyFrames, LogFrames, LoginFrames, asyncio.Protocol):
             "consumers": len(self.consumers),
             "unacked": len(self.deliveries),
             "client_properties": self.client_properties,
+            **tls_fields(self.transport),
         }

@@ -71,3 +71,35 @@ async def test_close_with_x_reason_is_the_amqp_reply_text(broker: Broker) -> Non
     with pytest.raises(aiormq.exceptions.ConnectionClosed) as info:
         await asyncio.wait_for(connection.closing, REPLY_TIMEOUT_S * 2)
     assert info.value.args == (320, "CONNECTION_FORCED - node maintenance"), info.value.args
+
+
+async def test_amqp_gets_acks_and_redeliveries_count_in_the_queue_message_stats(
+    broker: Broker,
+) -> None:
+    connection = await aiormq.connect(amqp_url(broker))
+    try:
+        ch = await connection.channel()
+        await ch.queue_declare("amqp-stats")
+        for body in (b"a", b"b"):
+            await ch.basic_publish(body, routing_key="amqp-stats")
+        first = await ch.basic_get("amqp-stats")
+        assert first.delivery_tag is not None
+        await ch.basic_reject(first.delivery_tag, requeue=True)
+        for _ in range(2):  # the requeued one again (redelivered), then the other
+            msg = await ch.basic_get("amqp-stats")
+            assert msg.delivery_tag is not None
+            await ch.basic_ack(msg.delivery_tag)
+
+        async def stats() -> dict[str, int]:
+            r = await api(broker, "GET", "/api/queues/%2F/amqp-stats")
+            return dict(r.json()["message_stats"])
+
+        await wait_until(lambda: _has(stats(), "ack", 2), timeout=REPLY_TIMEOUT_S, what="2 acks")
+        got = await stats()
+        assert (got["publish"], got["get"], got["deliver_get"], got["redeliver"]) == (2, 3, 3, 1)
+    finally:
+        await connection.close()
+
+
+async def _has(stats: Any, key: str, value: int) -> bool:
+    return bool((await stats)[key] == value)

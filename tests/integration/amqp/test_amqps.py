@@ -8,6 +8,7 @@ import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiormq
 import pika
 import pika.credentials
 import pika.exceptions
@@ -20,6 +21,7 @@ from wharf.broker.security.passwords import hash_password
 from wharf.broker.server import Broker
 
 from ...conftest import make_settings
+from ..test_api import api
 from ..test_auth import non_loopback_ipv4
 from .raw_amqp import PROTOCOL_HEADER, RawAmqp, free_port
 
@@ -52,6 +54,7 @@ async def tls_broker(tmp_path: Path, pki: dict[str, str]) -> AsyncIterator[Broke
         tls_port=0,
         https_port=0,
         amqps_port=free_port(),
+        amqp_port=free_port(),
         tls_cert_file=pki["server"],
         tls_key_file=pki["key"],
         tls_ca_file=pki["ca"],
@@ -226,3 +229,25 @@ async def test_a_tls_reload_applies_to_new_amqps_connections(
     assert await start_mechanisms(tls_broker, new_ctx) == "PLAIN AMQPLAIN"
     with pytest.raises(ssl.SSLCertVerificationError):
         await start_mechanisms(tls_broker, client_context(pki))  # the old CA
+
+
+async def test_connections_api_says_which_amqp_connection_is_tls(
+    tls_broker: Broker, pki: dict[str, str]
+) -> None:
+    b = tls_broker
+    secure = await aiormq.connect(
+        f"amqps://app:app-pw@127.0.0.1:{b.amqps_port}/", context=client_context(pki)
+    )
+    plain = await aiormq.connect(f"amqp://app:app-pw@127.0.0.1:{b.amqp_port}/")
+    try:
+        r = await api(b, "GET", "/api/connections")
+        assert r.status == 200, r
+        conns = [c for c in r.json() if c["protocol"] == "amqp"]
+        assert sorted(c["tls"] for c in conns) == [False, True]
+        [over_tls] = [c for c in conns if c["tls"]]
+        assert over_tls["tls_version"] in ("TLSv1.2", "TLSv1.3") and over_tls["cipher"]
+        r = await api(b, "GET", "/api/connections/" + over_tls["name"].replace(" ", "%20"))
+        assert r.json()["tls_version"] == over_tls["tls_version"]
+    finally:
+        await secure.close()
+        await plain.close()

@@ -1,11 +1,15 @@
-// Queues: a paged list; per queue: depth chart, consumers, bindings, effective policy and
-// arguments, peek (text / JSON / hex), publish a test message, purge, delete, replay
-// dead letters.
+// Queues: a paged list; per queue: depth and message-rate charts, consumers, bindings,
+// effective policy and arguments, peek (text / JSON / hex), publish a test message, purge,
+// delete, replay dead letters.
 
 import { api, enc, get } from '../api.js';
 import { LiveChart } from '../charts.js';
 import { clear, confirmDialog, dl, field, fmtJson, fmtNum, formValues, h, hexDump, section, status, table } from '../dom.js';
 import { link, pagedList } from './common.js';
+
+// The queue's message_stats counters charted as rates, and their legends.
+const QUEUE_RATES = ['publish', 'deliver_get', 'ack', 'redeliver'];
+const QUEUE_RATES_LABELS = ['published', 'delivered', 'acked', 'redelivered'];
 
 export async function render(root, params, ctx) {
   if (params.length >= 2) return detail(root, params[0], params[1], ctx);
@@ -55,7 +59,7 @@ function declareForm(list) {
 async function detail(root, vhost, name, ctx) {
   const base = `/queues/${enc(vhost)}/${enc(name)}`;
   const depth = new LiveChart(`queue.${vhost}.${name}.depth`, 'Queue depth', ['ready', 'unacked'], { mode: 'gauge', unit: 'messages' });
-  const rates = new LiveChart(`queue.${vhost}.${name}.rates`, 'Message rates', ['published', 'delivered', 'acked']);
+  const rates = new LiveChart(`queue.${vhost}.${name}.rates`, 'Message rates', QUEUE_RATES_LABELS);
   const facts = h('div');
   const args = h('div');
   const consumers = h('div');
@@ -79,9 +83,11 @@ async function detail(root, vhost, name, ctx) {
       const q = await get(base);
       const t = Date.now() / 1000;
       depth.push([q.messages_ready, q.messages_unacked], t);
-      // Per-queue counters, where the broker's API gives them.
-      rates.el.hidden = !q.message_stats;
-      if (q.message_stats) rates.push([q.message_stats.published, q.message_stats.delivered, q.message_stats.acked], t);
+      // Per-queue counters (RabbitMQ's message_stats names), where the broker's API
+      // gives them; the chart turns two readings into rates.
+      const ms = q.message_stats;
+      rates.el.hidden = !ms;
+      if (ms) rates.push(QUEUE_RATES.map((k) => ms[k]), t);
       clear(facts, dl([
         ['Durable', q.durable ? 'yes' : 'no'],
         ['Exclusive', q.exclusive ? 'yes' : 'no'],
