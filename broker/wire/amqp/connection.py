@@ -101,6 +101,15 @@ _CONNECTION_CLOSE: Final = C.Connection.Close.index
 _CONNECTION_CLOSE_OK: Final = C.Connection.CloseOk.index
 _CHANNEL_OPEN: Final = C.Channel.Open.index
 _BASIC_PUBLISH_ID: Final = C.Basic.Publish.index.to_bytes(4, "big")
+# RabbitMQ's connection.blocked reason names its alarms in this order.
+_RABBITMQ_ALARMS: Final = ("memory", "disk")
+
+
+def blocked_reason(alarms: set[str]) -> str:
+    """connection.blocked's reason as RabbitMQ words it: "low on memory & disk"."""
+    order = [a for a in _RABBITMQ_ALARMS if a in alarms]
+    order += sorted(alarms.difference(_RABBITMQ_ALARMS))
+    return "low on " + " & ".join(order)
 
 
 class AmqpState(enum.Enum):
@@ -920,8 +929,6 @@ class AmqpConnection(asyncio.Protocol):
         self.state = AmqpState.OPEN
         self._opened = True
         self._send(M.connection_open_ok())
-        if broker.alarms:
-            self.set_blocked(broker.alarms)
         log.info("%s opened from %s as %s (AMQP 0-9-1)", self.name, self.peer, self.username)
         broker.audit.event(AuditEvent.CONNECTION_OPEN, **self.audit_fields())
 
@@ -946,26 +953,32 @@ class AmqpConnection(asyncio.Protocol):
     # -- resource alarms -------------------------------------------------------------------
 
     def set_blocked(self, alarms: set[str]) -> None:
-        """connection.blocked/unblocked to clients that announced the capability; a
-        publisher's socket is not read while an alarm is raised (publish_blocked)."""
-        if self.state is not AmqpState.OPEN:
-            return
-        notify = self.capabilities.get("connection.blocked") is True
-        if alarms:
-            if notify and not self._blocked_sent:
-                self._blocked_sent = True
-                self._send(M.connection_blocked(",".join(sorted(alarms))))
+        """The alarms changed. As RabbitMQ, a connection is blocked (and told so with
+        connection.blocked, if it announced the capability) when it publishes during an
+        alarm (block_reading), not when the alarm is raised: connections that only
+        consume go on, and a client that opens during an alarm has registered its
+        listener by the time it hears of it. When the alarms clear, a blocked connection
+        is told connection.unblocked and read again."""
+        if self.state is not AmqpState.OPEN or alarms:
             return
         if self._blocked_sent:
             self._blocked_sent = False
             self._send(M.connection_unblocked())
         if self._blocked_reading:
             self._blocked_reading = False
+            # RabbitMQ pauses its heartbeat monitor while it does not read a blocked
+            # connection: the client's heartbeats wait unread in the socket meanwhile.
+            self.last_recv = self._loop.time()
             self._resume_reading_if_allowed()
 
     def block_reading(self) -> None:
-        """A publish arrived during an alarm: read nothing more until it clears."""
+        """A publish arrived during an alarm: say so (RabbitMQ's "low on memory"), then
+        read nothing more until it clears."""
         self._blocked_reading = True
+        alarms = self.broker.alarms
+        if alarms and not self._blocked_sent and self.capabilities.get("connection.blocked"):
+            self._blocked_sent = True
+            self._send(M.connection_blocked(blocked_reason(alarms)))
         if self.transport is not None:
             self.transport.pause_reading()
 
@@ -990,7 +1003,11 @@ class AmqpConnection(asyncio.Protocol):
             return
         hb = self.heartbeat_s
         if hb:
-            if now - self.last_recv > 2 * hb and self._quota_read_timer is None:
+            if (
+                now - self.last_recv > 2 * hb
+                and self._quota_read_timer is None
+                and not self._blocked_reading
+            ):
                 log.warning(
                     "%s: missed heartbeats from client, timeout: %d s; closing", self.name, hb
                 )
