@@ -194,6 +194,7 @@ class Queue:
         "had_consumer",
         "bindings",
         "on_unused",
+        "on_idle",
         "stats_delivered",
         "stats_published",
         "ready_bytes",
@@ -257,6 +258,8 @@ class Queue:
         self.bindings: list[Any] = []
         # Called when an auto-delete queue loses its last consumer.
         self.on_unused: Callable[[Queue], None] | None = None
+        # Called when a queue with x-expires loses its last consumer (its expiry timer).
+        self.on_idle: Callable[[Queue], None] | None = None
         self.stats_published = 0
         self.stats_delivered = 0
         self.ready_bytes = 0
@@ -1100,6 +1103,13 @@ class Queue:
             return
         if not self._consumers and self.auto_delete and self.on_unused is not None:
             self.on_unused(self)
+        if (
+            not self._consumers
+            and not self.deleted
+            and self.limits.expires_ms is not None
+            and self.on_idle is not None
+        ):
+            self.on_idle(self)
 
     def has_exclusive_consumer(self) -> bool:
         return any(c.exclusive for c in self._consumers)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pika
 import pika.compat
+import pika.exceptions
 import pytest
 from pamqp import body as pamqp_body
 from pamqp import commands as C
@@ -237,3 +238,40 @@ async def test_a_blocked_publisher_is_not_closed_for_missed_heartbeats(
     client.send(1, C.Basic.Get(queue="absent", no_ack=True))
     _, answer = await client.recv()
     assert isinstance(answer, C.Channel.Close) and answer.reply_code == 404, answer
+
+
+EXPIRES_MS = 300
+# Well under the broker's 1 s tick, so only a timer at the deadline passes.
+EXPIRES_WAIT_S = 0.7
+
+
+async def test_x_expires_deletes_an_unused_queue_on_time(
+    amqp_params: pika.ConnectionParameters,
+) -> None:
+    """RabbitMQ deletes a queue x-expires after its last use: declared and never used,
+    and after its last consumer is cancelled."""
+
+    def gone(ch: Any, name: str) -> bool:
+        try:
+            ch.queue_declare(name, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            assert exc.reply_code == 404
+            return True
+        return False
+
+    def scenario() -> None:
+        with pika.BlockingConnection(amqp_params) as conn:
+            args = {"x-expires": EXPIRES_MS}
+            ch = conn.channel()
+            ch.queue_declare("expires.idle", arguments=args)
+            ch.queue_declare("expires.consumed", arguments=args)
+            tag = ch.basic_consume("expires.consumed", lambda *_: None)
+            time.sleep(EXPIRES_WAIT_S)  # the broker's clock is what is tested
+            assert not gone(ch, "expires.consumed")  # a consumer keeps it
+            assert gone(ch, "expires.idle")
+            ch = conn.channel()
+            ch.basic_cancel(tag)
+            time.sleep(EXPIRES_WAIT_S)
+            assert gone(ch, "expires.consumed")
+
+    await asyncio.to_thread(scenario)
