@@ -102,12 +102,12 @@ _CONNECTION_CLOSE_OK: Final = C.Connection.CloseOk.index
 _CHANNEL_OPEN: Final = C.Channel.Open.index
 _BASIC_PUBLISH_ID: Final = C.Basic.Publish.index.to_bytes(4, "big")
 # RabbitMQ's connection.blocked reason names its alarms in this order.
-_RABBITMQ_ALARMS: Final = ("memory", "disk")
+_RABBITMQ_ALARMS: Final[tuple[str, ...]] = ("memory", "disk")
 
 
 def blocked_reason(alarms: set[str]) -> str:
     """connection.blocked's reason as RabbitMQ words it: "low on memory & disk"."""
-    order = [a for a in _RABBITMQ_ALARMS if a in alarms]
+    order: list[str] = [a for a in _RABBITMQ_ALARMS if a in alarms]
     order += sorted(alarms.difference(_RABBITMQ_ALARMS))
     return "low on " + " & ".join(order)
 
