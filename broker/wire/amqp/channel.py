@@ -944,12 +944,21 @@ class Channel:
             self.conn.send(M.exchange_bind_ok(self.number))
 
     def _on_exchange_unbind(self, mid: int, method: C.Exchange.Unbind) -> None:
-        self.conn.core.unbind_exchange(
-            method.destination or "",
-            method.source or "",
-            method.routing_key or "",
-            plain_arguments(method.arguments or {}) or None,
-        )
+        destination = method.destination or ""
+        source = method.source or ""
+        try:
+            self.conn.core.unbind_exchange(
+                destination,
+                source,
+                method.routing_key or "",
+                plain_arguments(method.arguments or {}) or None,
+            )
+        except NotFound as exc:
+            # RabbitMQ answers unbind-ok when either exchange does not exist (no binding
+            # to remove; an auto-delete exchange may have gone with its last binding);
+            # the permission check ran before.
+            if exc.details.get("exchange") not in (destination, source):
+                raise
         if not method.nowait:
             self.conn.send(M.exchange_unbind_ok(self.number))
 
@@ -1006,9 +1015,11 @@ class Channel:
                 conn,
             )
         except NotFound as exc:
-            # RabbitMQ answers unbind-ok for a queue that does not exist (nothing is bound
-            # to it); the permission check ran before.
-            if exc.details.get("queue") != name:
+            # RabbitMQ answers unbind-ok for a queue or an exchange that does not exist
+            # (no binding to remove); the permission check ran before.
+            if exc.details.get("queue") != name and exc.details.get("exchange") != (
+                method.exchange or ""
+            ):
                 raise
         conn.send(M.queue_unbind_ok(self.number))
 
