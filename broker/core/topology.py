@@ -185,13 +185,14 @@ class Topology:
         arguments: dict[str, Any] | None,
     ) -> Exchange:
         _check_name("exchange", name)
+        if name == DEFAULT_EXCHANGE:
+            # As RabbitMQ: a passive declare of the default exchange is refused too.
+            raise AccessRefused(DEFAULT_EXCHANGE_REFUSED, details={"exchange": name})
         existing = self.exchanges.get(name)
         if passive:
             if existing is None:
                 raise NotFound(f"no exchange '{name}'", details={"exchange": name})
             return existing
-        if name == DEFAULT_EXCHANGE:
-            raise AccessRefused(DEFAULT_EXCHANGE_REFUSED, details={"exchange": name})
         if existing is not None:
             # As RabbitMQ: an equivalent redeclare succeeds, amq.* ones included.
             check_exchange_equivalent(

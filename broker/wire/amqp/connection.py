@@ -657,6 +657,8 @@ class AmqpConnection(asyncio.Protocol):
         ch.handle_frame(ftype, payload)
 
     def _open_channel(self, number: int, mid: int) -> None:
+        # As RabbitMQ 3.x: channel_max bounds how many channels are open, not their
+        # numbers (aiormq's own tests open channel 65535 under a channel_max of 2047).
         limit = self.channel_max
         if limit and len(self.open_channels) >= limit:
             raise AmqpError(
@@ -664,10 +666,6 @@ class AmqpConnection(asyncio.Protocol):
                 f"number of channels opened ({len(self.open_channels)}) has reached the "
                 f"negotiated channel_max ({limit})",
                 mid,
-            )
-        if limit and number > limit:
-            raise AmqpError(
-                NOT_ALLOWED, f"channel {number} is above the negotiated channel_max ({limit})", mid
             )
         if self.usage is not None:
             try:

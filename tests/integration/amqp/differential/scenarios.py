@@ -176,22 +176,6 @@ def close_instead_of_eof(code: int, text: str, class_id: int, method_id: int) ->
     return expect
 
 
-def channel_refused(channel: int, text: str) -> Expect:
-    """RabbitMQ opens the channel; Wharf closes the connection with 530."""
-
-    def expect(obs: Observation) -> Observation:
-        out: Observation = []
-        for e in obs:
-            if e["m"] == "Channel.OpenOk" and e.get("ch") == channel:
-                out.append({"m": "Connection.Close", "ch": 0, "reply_code": 530,
-                            "reply_text": text, "class_id": 20, "method_id": 10})  # fmt: skip
-                break
-            out.append(e)
-        return out
-
-    return expect
-
-
 # ---- connection ----------------------------------------------------------------------
 
 
@@ -371,31 +355,13 @@ async def method_on_closed_channel(s: Scenario) -> None:
     await c.call(1, C.Exchange.Declare(exchange="amq.direct", passive=True))
 
 
-@scenario(
-    Deviation(
-        docs=ERRORS,
-        reason="Wharf refuses a channel number above the negotiated channel_max (the spec's "
-        "reading); RabbitMQ 3.10 only counts open channels",
-        expect=channel_refused(
-            11, "NOT_ALLOWED - channel 11 is above the negotiated channel_max (10)"
-        ),
-    )
-)
+@scenario()
 async def channel_above_channel_max(s: Scenario) -> None:
     c = await s.connect(channel_max=10)
     await c.call(11, C.Channel.Open())
 
 
-@scenario(
-    Deviation(
-        docs=ERRORS,
-        reason="Wharf refuses a channel number above channel_max (the spec's reading); "
-        "RabbitMQ 3.10 only counts open channels",
-        expect=channel_refused(
-            2048, "NOT_ALLOWED - channel 2048 is above the negotiated channel_max (2047)"
-        ),
-    )
-)
+@scenario()
 async def channel_above_server_channel_max(s: Scenario) -> None:
     c = await s.connect()
     await c.call(2048, C.Channel.Open())
@@ -1585,6 +1551,14 @@ async def unbind_missing_things(s: Scenario) -> None:
     await c.call(3, C.Exchange.Bind(destination=s.x("missing"), source="amq.direct"))
     await c.open_channel(4)
     await c.call(4, C.Exchange.Delete(exchange=s.x("e")))
+
+
+@scenario()
+async def exchange_declare_default_passive(s: Scenario) -> None:
+    """Even passively, the default exchange cannot be declared (aiormq's own tests)."""
+    c = await s.channel(1, 2)
+    await c.call(1, C.Exchange.Declare(exchange="", passive=True))
+    await c.call(2, C.Exchange.Declare(exchange="", exchange_type="direct"))
 
 
 @scenario()
