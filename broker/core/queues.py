@@ -194,6 +194,7 @@ class Queue:
         "had_consumer",
         "bindings",
         "on_unused",
+        "on_idle",
         "stats_delivered",
         "stats_published",
         "stats_got",
@@ -260,6 +261,8 @@ class Queue:
         self.bindings: list[Any] = []
         # Called when an auto-delete queue loses its last consumer.
         self.on_unused: Callable[[Queue], None] | None = None
+        # Called when a queue with x-expires loses its last consumer (its expiry timer).
+        self.on_idle: Callable[[Queue], None] | None = None
         # Message counters since start, the API's per-queue message_stats (RabbitMQ's
         # names there): published, pushed to consumers, taken by gets, acked, and
         # deliveries (pushes or gets) of messages delivered before.  Plain ints, bumped
@@ -1125,6 +1128,13 @@ class Queue:
             return
         if not self._consumers and self.auto_delete and self.on_unused is not None:
             self.on_unused(self)
+        if (
+            not self._consumers
+            and not self.deleted
+            and self.limits.expires_ms is not None
+            and self.on_idle is not None
+        ):
+            self.on_idle(self)
 
     def has_exclusive_consumer(self) -> bool:
         return any(c.exclusive for c in self._consumers)

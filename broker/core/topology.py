@@ -9,6 +9,7 @@ mutates exchanges, queues or bindings.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -51,6 +52,8 @@ STANDARD_EXCHANGES: Final = (
     ("amq.match", "headers"),
 )
 MAX_NAME_CHARS: Final = 255
+# A timer may fire a hair before its deadline by the monotonic clock: this much later.
+EXPIRY_SLACK_S: Final = 0.001
 # How many exchange hops (e2e bindings, alternate exchanges) one publish may follow.
 MAX_ROUTE_HOPS: Final = 32
 
@@ -77,6 +80,7 @@ class Topology:
         "topic_targets",
         "publisher",
         "_owned",
+        "_expiry_timers",
         "check_new_queue",
     )
 
@@ -102,6 +106,8 @@ class Topology:
         self.publisher = Publisher(self)
         # Exclusive queues by the session that owns them (deleted with it).
         self._owned: dict[QueueOwner, list[Queue]] = {}
+        # x-expires: one timer per queue that may expire, at its deadline.
+        self._expiry_timers: dict[str, asyncio.TimerHandle] = {}
         # Raises when no more queues may be created (the vhost's max-queues, vhosts.py).
         self.check_new_queue: Callable[[], None] | None = None
         for name, kind in STANDARD_EXCHANGES:
@@ -179,6 +185,9 @@ class Topology:
         arguments: dict[str, Any] | None,
     ) -> Exchange:
         _check_name("exchange", name)
+        if name == DEFAULT_EXCHANGE:
+            # As RabbitMQ: a passive declare of the default exchange is refused too.
+            raise AccessRefused(DEFAULT_EXCHANGE_REFUSED, details={"exchange": name})
         existing = self.exchanges.get(name)
         if passive:
             if name == DEFAULT_EXCHANGE:
@@ -189,8 +198,6 @@ class Topology:
             if existing is None:
                 raise NotFound(f"no exchange '{name}'", details={"exchange": name})
             return existing
-        if name == DEFAULT_EXCHANGE:
-            raise AccessRefused(DEFAULT_EXCHANGE_REFUSED, details={"exchange": name})
         if existing is not None:
             # As RabbitMQ: an equivalent redeclare succeeds, amq.* ones included.
             check_exchange_equivalent(
@@ -280,6 +287,7 @@ class Topology:
         if existing is not None:
             self._check_access(existing, owner)
             existing.last_used = time.monotonic()
+            self.arm_queue_expiry(existing)
             check_queue_equivalent(
                 name,
                 existing.arguments,
@@ -303,8 +311,10 @@ class Topology:
             arguments=arguments,
         )
         q.on_unused = self._queue_unused
+        q.on_idle = self.arm_queue_expiry
         self.queues[name] = q
         self.apply_policy(q)
+        self.arm_queue_expiry(q)
         # Exclusive queues go with their connection, so never outlive a restart.
         self.attach_store(q, secrets.randbits(62) + 1, persist=durable and not exclusive)
         if exclusive:
@@ -354,6 +364,10 @@ class Topology:
         return self.delete_queue_object(q)
 
     def delete_queue_object(self, q: Queue) -> int:
+        timer = self._expiry_timers.get(q.name)
+        if timer is not None and self.queues.get(q.name) is q:
+            timer.cancel()
+            del self._expiry_timers[q.name]
         n = q.purge()
         q.drop_delayed()
         q.deleted = True
@@ -509,6 +523,35 @@ class Topology:
         for m in moved:
             source.forget(m)
         return len(moved)
+
+    def arm_queue_expiry(self, q: Queue) -> None:
+        """x-expires on time, as RabbitMQ's queue timer: a timer at the queue's deadline
+        (use moves the deadline later; the timer then arms itself again), so a queue
+        does not outlive its x-expires by up to a tick. The tick still checks them all."""
+        ttl = q.limits.expires_ms
+        if ttl is None or q.deleted or q.name in self._expiry_timers:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (recovery before start): the tick expires it
+            return
+        delay = max(0.0, q.last_used + ttl / 1000.0 - time.monotonic())
+        self._expiry_timers[q.name] = loop.call_later(
+            delay + EXPIRY_SLACK_S, self._on_expiry_timer, q
+        )
+
+    def _on_expiry_timer(self, q: Queue) -> None:
+        if self._expiry_timers.get(q.name) is not None:
+            del self._expiry_timers[q.name]
+        if self.queues.get(q.name) is not q or q.consumers:
+            return  # deleted, or in use: losing its last consumer arms it again
+        ttl = q.limits.expires_ms
+        if ttl is None:
+            return
+        if (time.monotonic() - q.last_used) * 1000 >= ttl:
+            self.delete_queue_object(q)
+        else:
+            self.arm_queue_expiry(q)
 
     def expire_unused_queues(self) -> None:
         """x-expires: delete queues unused (no consumers, no get, no redeclare) that long."""
@@ -697,6 +740,7 @@ class Topology:
                     arguments=qd.get("arguments"),
                 )
                 q.on_unused = self._queue_unused
+                q.on_idle = self.arm_queue_expiry
                 self.queues[q.name] = q
                 self.apply_policy(q)
                 self.attach_store(q, int(qd["uid"]), persist=True)

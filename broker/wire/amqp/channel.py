@@ -924,15 +924,21 @@ class Channel:
             self.conn.send(M.exchange_bind_ok(self.number))
 
     def _on_exchange_unbind(self, mid: int, method: C.Exchange.Unbind) -> None:
+        destination = method.destination or ""
+        source = method.source or ""
         try:
             self.conn.core.unbind_exchange(
-                method.destination or "",
-                method.source or "",
+                destination,
+                source,
                 method.routing_key or "",
                 plain_arguments(method.arguments or {}) or None,
             )
-        except NotFound:
-            pass  # RabbitMQ: unbinding from or to an exchange that does not exist succeeds
+        except NotFound as exc:
+            # RabbitMQ answers unbind-ok when either exchange does not exist (no binding
+            # to remove; an auto-delete exchange may have gone with its last binding);
+            # the permission check ran before.
+            if exc.details.get("exchange") not in (destination, source):
+                raise
         if not method.nowait:
             self.conn.send(M.exchange_unbind_ok(self.number))
 
@@ -979,19 +985,22 @@ class Channel:
 
     def _on_queue_unbind(self, mid: int, method: C.Queue.Unbind) -> None:
         conn = self.conn
+        name = self._queue_name(method.queue)
         try:
             conn.core.unbind_queue(
-                self._queue_name(method.queue),
+                name,
                 method.exchange or "",
                 method.routing_key or "",
                 plain_arguments(method.arguments or {}) or None,
                 conn,
             )
-        except NotFound:
-            # RabbitMQ: unbinding a queue or an exchange that does not exist succeeds
-            # (aio-pika's RPC unbinds its auto-delete reply queue after cancelling its
-            # consumer, which deleted the queue).
-            pass
+        except NotFound as exc:
+            # RabbitMQ answers unbind-ok for a queue or an exchange that does not exist
+            # (no binding to remove); the permission check ran before.
+            if exc.details.get("queue") != name and exc.details.get("exchange") != (
+                method.exchange or ""
+            ):
+                raise
         conn.send(M.queue_unbind_ok(self.number))
 
     def _on_queue_purge(self, mid: int, method: C.Queue.Purge) -> None:

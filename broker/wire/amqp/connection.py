@@ -101,6 +101,15 @@ _CONNECTION_CLOSE: Final = C.Connection.Close.index
 _CONNECTION_CLOSE_OK: Final = C.Connection.CloseOk.index
 _CHANNEL_OPEN: Final = C.Channel.Open.index
 _BASIC_PUBLISH_ID: Final = C.Basic.Publish.index.to_bytes(4, "big")
+# RabbitMQ's connection.blocked reason names its alarms in this order.
+_RABBITMQ_ALARMS: Final[tuple[str, ...]] = ("memory", "disk")
+
+
+def blocked_reason(alarms: set[str]) -> str:
+    """connection.blocked's reason as RabbitMQ words it: "low on memory & disk"."""
+    order: list[str] = [a for a in _RABBITMQ_ALARMS if a in alarms]
+    order += sorted(alarms.difference(_RABBITMQ_ALARMS))
+    return "low on " + " & ".join(order)
 
 
 class AmqpState(enum.Enum):
@@ -649,8 +658,8 @@ class AmqpConnection(asyncio.Protocol):
         ch.handle_frame(ftype, payload)
 
     def _open_channel(self, number: int, mid: int) -> None:
-        # channel_max limits how many channels are open, not their numbers: RabbitMQ
-        # opens any number from 1 to 65535 (aiormq lets an application choose one).
+        # As RabbitMQ 3.x: channel_max bounds how many channels are open, not their
+        # numbers (aiormq's own tests open channel 65535 under a channel_max of 2047).
         limit = self.channel_max
         if limit and len(self.open_channels) >= limit:
             raise AmqpError(
@@ -812,13 +821,20 @@ class AmqpConnection(asyncio.Protocol):
         self._send(M.connection_tune(CHANNEL_MAX, FRAME_MAX_BYTES, self.settings.heartbeat_s))
 
     def _update_secret(self, method: C.Connection.UpdateSecret, mid: int) -> None:
-        """RabbitMQ's connection.update-secret, as its internal user database answers it:
-        the connection's user stays logged in and the new secret changes nothing (it is
-        meant for expiring credentials, OAuth 2 tokens, which Wharf's users do not have);
-        update-secret-ok, and the connection goes on with the user's current tags."""
-        stored = self.broker.authenticator.users.get(self.username)
-        if stored is not None:
-            self._user_tags = tuple(stored.tags)
+        """RabbitMQ's connection.update-secret (made to refresh an OAuth 2 token). As
+        RabbitMQ's internal user database, which keeps no expiring credentials, the new
+        secret is not a password to check (clients' test suites send any string): the
+        connection goes on as its user, with the user's current tags, while the user
+        exists; a user deleted meanwhile is refused with 530 and the connection closes."""
+        account = self.broker.authenticator.users.get(self.username)
+        if account is None:
+            raise AmqpError(
+                NOT_ALLOWED,
+                f"Secret update was refused for user '{self.username}': "
+                f"user '{self.username}' no longer exists",
+                mid,
+            )
+        self._user_tags = tuple(account.tags)
         log.info("%s: user %s updated its secret (%s)", self.name, self.username, method.reason)
         self._send(M.connection_update_secret_ok())
 
@@ -885,8 +901,6 @@ class AmqpConnection(asyncio.Protocol):
         self.state = AmqpState.OPEN
         self._opened = True
         self._send(M.connection_open_ok())
-        if broker.alarms:
-            self.set_blocked(broker.alarms)
         log.info("%s opened from %s as %s (AMQP 0-9-1)", self.name, self.peer, self.username)
         broker.audit.event(AuditEvent.CONNECTION_OPEN, **self.audit_fields())
 
@@ -911,26 +925,32 @@ class AmqpConnection(asyncio.Protocol):
     # -- resource alarms -------------------------------------------------------------------
 
     def set_blocked(self, alarms: set[str]) -> None:
-        """connection.blocked/unblocked to clients that announced the capability; a
-        publisher's socket is not read while an alarm is raised (publish_blocked)."""
-        if self.state is not AmqpState.OPEN:
-            return
-        notify = self.capabilities.get("connection.blocked") is True
-        if alarms:
-            if notify and not self._blocked_sent:
-                self._blocked_sent = True
-                self._send(M.connection_blocked(",".join(sorted(alarms))))
+        """The alarms changed. As RabbitMQ, a connection is blocked (and told so with
+        connection.blocked, if it announced the capability) when it publishes during an
+        alarm (block_reading), not when the alarm is raised: connections that only
+        consume go on, and a client that opens during an alarm has registered its
+        listener by the time it hears of it. When the alarms clear, a blocked connection
+        is told connection.unblocked and read again."""
+        if self.state is not AmqpState.OPEN or alarms:
             return
         if self._blocked_sent:
             self._blocked_sent = False
             self._send(M.connection_unblocked())
         if self._blocked_reading:
             self._blocked_reading = False
+            # RabbitMQ pauses its heartbeat monitor while it does not read a blocked
+            # connection: the client's heartbeats wait unread in the socket meanwhile.
+            self.last_recv = self._loop.time()
             self._resume_reading_if_allowed()
 
     def block_reading(self) -> None:
-        """A publish arrived during an alarm: read nothing more until it clears."""
+        """A publish arrived during an alarm: say so (RabbitMQ's "low on memory"), then
+        read nothing more until it clears."""
         self._blocked_reading = True
+        alarms = self.broker.alarms
+        if alarms and not self._blocked_sent and self.capabilities.get("connection.blocked"):
+            self._blocked_sent = True
+            self._send(M.connection_blocked(blocked_reason(alarms)))
         if self.transport is not None:
             self.transport.pause_reading()
 
@@ -955,7 +975,11 @@ class AmqpConnection(asyncio.Protocol):
             return
         hb = self.heartbeat_s
         if hb:
-            if now - self.last_recv > 2 * hb and self._quota_read_timer is None:
+            if (
+                now - self.last_recv > 2 * hb
+                and self._quota_read_timer is None
+                and not self._blocked_reading
+            ):
                 log.warning(
                     "%s: missed heartbeats from client, timeout: %d s; closing", self.name, hb
                 )

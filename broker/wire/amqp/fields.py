@@ -63,6 +63,11 @@ _I64_MIN: Final = -(2**63)
 _I64_MAX: Final = 2**63 - 1
 
 
+class Long(int):
+    """An integer sent as a signed 64-bit ``l`` whatever its size: where RabbitMQ's
+    clients expect a long (x-death's ``count``), not the narrowest width."""
+
+
 class FieldError(ValueError):
     """A field table, array or value that cannot be decoded or encoded."""
 
@@ -225,6 +230,8 @@ def encode_value(value: Any, depth: int = 0) -> bytes:
     if isinstance(value, bool):
         return b"t\x01" if value else b"t\x00"
     if isinstance(value, int):
+        if type(value) is Long and _I64_MIN <= value <= _I64_MAX:
+            return b"l" + _pack_i64(value)
         if _I32_MIN <= value <= _I32_MAX:
             return b"I" + _pack_i32(value)
         if _I64_MIN <= value <= _I64_MAX:

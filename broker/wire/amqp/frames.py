@@ -44,6 +44,8 @@ BASIC_DELIVER: Final = 0x003C003C
 _frame_head = struct.Struct(">BHI")
 _method_head = struct.Struct(">I")
 _u64_bit = struct.Struct(">QB")
+# basic.ack: method id, delivery-tag, bits.
+_ACK_PAYLOAD_BYTES: Final = _method_head.size + _u64_bit.size
 _deliver_mid = struct.Struct(">QB")
 _pack_head = _frame_head.pack
 
@@ -98,6 +100,10 @@ def decode_method(payload: bytes) -> tuple[int, Any]:
             exchange, pos = _shortstr_at(payload, 6)
             routing_key, pos = _shortstr_at(payload, pos)
             bits = payload[pos]
+            if pos + 1 != len(payload):
+                # Bytes behind the arguments: a short string longer than its length
+                # octet said (a name over 255 bytes), not a publish to guess at.
+                raise IndexError
         except (IndexError, UnicodeDecodeError):
             raise AmqpError(SYNTAX_ERROR, "malformed basic.publish", mid) from None
         publish = Publish(exchange, routing_key, bool(bits & 1), bool(bits & 2))
@@ -107,6 +113,8 @@ def decode_method(payload: bytes) -> tuple[int, Any]:
     if mid == BASIC_ACK:
         try:
             tag, bits = _u64_bit.unpack_from(payload, 4)
+            if len(payload) != _ACK_PAYLOAD_BYTES:
+                raise struct.error
         except struct.error:
             raise AmqpError(SYNTAX_ERROR, "malformed basic.ack", mid) from None
         return mid, Ack(tag, bool(bits & 1))

@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import msgpack
 
-from .fields import FieldError, decode_table, encode_table
+from .fields import FieldError, Long, decode_table, encode_table
 
 BASIC_CLASS: Final = 60
 MAX_SHORTSTR_BYTES: Final = 255
@@ -145,6 +145,9 @@ def _amqp_death(entry: Any) -> Any:
     if not isinstance(entry, dict):
         return entry
     out = dict(entry)
+    count = out.get("count")
+    if type(count) is int:
+        out["count"] = Long(count)
     t = out.get("time")
     if type(t) is int and t >= 0:
         out["time"] = msgpack.Timestamp(t // MS_PER_S)

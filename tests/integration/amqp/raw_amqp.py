@@ -43,7 +43,13 @@ class RawAmqp:
 
     @classmethod
     async def open(
-        cls, port: int, *, channel_max: int = 2047, heartbeat: int = 0, login: bool = True
+        cls,
+        port: int,
+        *,
+        channel_max: int = 2047,
+        heartbeat: int = 0,
+        login: bool = True,
+        client_properties: dict[str, Any] | None = None,
     ) -> RawAmqp:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         client = cls(reader, writer)
@@ -51,7 +57,12 @@ class RawAmqp:
             writer.write(PROTOCOL_HEADER)
             _, start = await client.recv()
             assert isinstance(start, C.Connection.Start), start
-            client.send(0, C.Connection.StartOk(client_properties={}, response="\0guest\0guest"))
+            client.send(
+                0,
+                C.Connection.StartOk(
+                    client_properties=client_properties or {}, response="\0guest\0guest"
+                ),
+            )
             _, tune = await client.recv()
             assert isinstance(tune, C.Connection.Tune), tune
             client.send(0, C.Connection.TuneOk(channel_max, tune.frame_max, heartbeat))

@@ -419,3 +419,46 @@ async def test_aio_pika_message_with_every_property_read_by_the_native_sdk(
     assert got.user_id == "guest"
     assert got.app_id == "shop"
     assert got.headers == _native_headers()
+BIG_BODY_BYTES = 10 * 1024 * 1024
+
+
+async def test_large_body_and_direct_reply_to_rpc(broker: Broker) -> None:
+    """A 10 MiB body through aio-pika, and RPC over ``amq.rabbitmq.reply-to`` (RabbitMQ's
+    direct reply-to) as aio-pika users write it: no reply queue declared."""
+    conn = await aio_pika.connect_robust(amqp_url(broker))
+    async with conn:
+        ch = await conn.channel()
+        queue = await ch.declare_queue("", exclusive=True)
+        big = bytes(range(256)) * (BIG_BODY_BYTES // 256)
+        await ch.default_exchange.publish(aio_pika.Message(big), routing_key=queue.name)
+        got = await queue.get(timeout=REPLY_TIMEOUT_S)
+        assert got is not None and got.body == big
+        await got.ack()
+
+        server_ch = await conn.channel()
+        requests = await server_ch.declare_queue("", exclusive=True)
+
+        async def serve(request: aio_pika.abc.AbstractIncomingMessage) -> None:
+            async with request.process():
+                assert request.reply_to is not None
+                assert request.reply_to.startswith("amq.rabbitmq.reply-to.")
+                await server_ch.default_exchange.publish(
+                    aio_pika.Message(b"re:" + request.body, correlation_id=request.correlation_id),
+                    routing_key=request.reply_to,
+                )
+
+        await requests.consume(serve)
+        client_ch = await conn.channel()
+        replies = await client_ch.get_queue("amq.rabbitmq.reply-to", ensure=False)
+        answers: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+        await replies.consume(answers.put, no_ack=True)
+        for n in range(3):
+            await client_ch.default_exchange.publish(
+                aio_pika.Message(
+                    f"ping{n}".encode(), correlation_id=str(n), reply_to="amq.rabbitmq.reply-to"
+                ),
+                routing_key=requests.name,
+            )
+        for n in range(3):
+            reply = await asyncio.wait_for(answers.get(), REPLY_TIMEOUT_S)
+            assert (reply.body, reply.correlation_id) == (f"re:ping{n}".encode(), str(n))

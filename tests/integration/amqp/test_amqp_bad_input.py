@@ -162,6 +162,43 @@ async def test_an_invalid_field_table_closes_with_502(
     await other_connections_still_work(params_for(broker))
 
 
+async def test_a_routing_key_over_255_bytes_closes_with_502(
+    broker: Broker, raw_amqp: Callable[..., Any]
+) -> None:
+    """A short string carries at most 255 bytes: a client that writes a longer queue name
+    as basic.publish's routing key (its length octet wrapped, or 255 and more bytes
+    behind) sent arguments that do not decode. Nothing is published."""
+    name = b"q" * 300
+    for length_octet in (len(name) % 256, 255):
+        client: RawAmqp = await raw_amqp()
+        client.send(1, C.Channel.Open())
+        await client.recv()
+        # reserved-1, exchange "", routing key, bits (mandatory, immediate)
+        args = struct.pack(">H", 0) + b"\x00" + bytes((length_octet,)) + name + b"\x00"
+        client.send_bytes(
+            raw_frame(FRAME_METHOD, 1, struct.pack(">I", C.Basic.Publish.index) + args)
+        )
+        client.send_bytes(content_header(1) + body_frame(1, b"x"))
+        close = await client.expect_connection_close()
+        assert (close.reply_code, close.class_id, close.method_id) == (502, 60, 40), close
+    await other_connections_still_work(params_for(broker))
+
+
+async def test_trailing_bytes_after_publish_or_ack_arguments_close_with_502(
+    broker: Broker, raw_amqp: Callable[..., Any]
+) -> None:
+    publish = struct.pack(">I", C.Basic.Publish.index) + struct.pack(">H", 0) + b"\x00\x01q\x00"
+    ack = struct.pack(">IQB", C.Basic.Ack.index, 1, 0)
+    for method in (publish, ack):
+        client: RawAmqp = await raw_amqp()
+        client.send(1, C.Channel.Open())
+        await client.recv()
+        client.send_bytes(raw_frame(FRAME_METHOD, 1, method + b"junk"))
+        close = await client.expect_connection_close()
+        assert close.reply_code == 502, close
+    await other_connections_still_work(params_for(broker))
+
+
 async def test_an_invalid_expiration_closes_the_channel_with_406(
     broker: Broker, raw_amqp: Callable[..., Any]
 ) -> None:

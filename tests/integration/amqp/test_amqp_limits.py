@@ -103,17 +103,24 @@ async def test_channel_flow_stops_and_resumes_deliveries(
     await asyncio.to_thread(scenario)
 
 
-async def test_update_secret_is_accepted_as_rabbitmqs_internal_users_accept_it(
+async def test_update_secret_is_accepted_as_rabbitmqs_internal_users_do(
     broker: Broker, amqp_params: pika.ConnectionParameters
 ) -> None:
+    """RabbitMQ's internal user database answers update-secret-ok whatever the secret
+    (pika's and amqplib's own test suites send "new_secret"); a user deleted meanwhile
+    is refused with 530."""
+    users = broker.authenticator.users
+
     def scenario() -> None:
         with pika.BlockingConnection(amqp_params) as conn:
             conn.update_secret("guest", "rotation")
-            # RabbitMQ's internal user database accepts any secret and changes nothing
-            # (pika's and amqplib's own suites send a made-up one).
-            conn.update_secret("made-up", "rotation")
+            conn.update_secret("new_secret", "reason")
             ch = conn.channel()
             ch.queue_declare("after-update")
-            assert conn.is_open
+            assert users.delete("guest")
+            with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as info:
+                conn.update_secret("new_secret", "reason")
+            assert info.value.reply_code == 530
+            assert "Secret update was refused for user 'guest'" in info.value.reply_text
 
     await asyncio.to_thread(scenario)

@@ -1554,6 +1554,33 @@ async def unbind_missing_things(s: Scenario) -> None:
 
 
 @scenario()
+async def exchange_declare_default_passive(s: Scenario) -> None:
+    """Even passively, the default exchange cannot be declared (aiormq's own tests)."""
+    c = await s.channel(1, 2)
+    await c.call(1, C.Exchange.Declare(exchange="", passive=True))
+    await c.call(2, C.Exchange.Declare(exchange="", exchange_type="direct"))
+
+
+@scenario()
+async def unbind_missing_exchanges(s: Scenario) -> None:
+    """An unbind names an exchange that does not exist (an auto-delete exchange gone with
+    its last binding, as aio-pika's tests clean up): unbind-ok, nothing to remove."""
+    c = await s.channel(1)
+    await c.call(1, C.Queue.Declare(queue=s.q("q")))
+    await c.call(1, C.Queue.Unbind(queue=s.q("q"), exchange=s.x("missing"), routing_key="k"))
+    await c.call(1, C.Exchange.Unbind(destination=s.x("gone"), source="amq.direct"))
+    await c.call(1, C.Exchange.Unbind(destination="amq.fanout", source=s.x("gone")))
+    await c.call(1, C.Exchange.Declare(exchange=s.x("src"), auto_delete=True))
+    await c.call(1, C.Exchange.Declare(exchange=s.x("dst"), auto_delete=True))
+    await c.call(1, C.Exchange.Bind(destination=s.x("dst"), source=s.x("src"), routing_key="k"))
+    await c.call(1, C.Queue.Bind(queue=s.q("q"), exchange=s.x("dst"), routing_key="k"))
+    # The queue's was dst's last binding as a source: dst goes, and src with it.
+    await c.call(1, C.Queue.Unbind(queue=s.q("q"), exchange=s.x("dst"), routing_key="k"))
+    await c.call(1, C.Exchange.Unbind(destination=s.x("dst"), source=s.x("src"), routing_key="k"))
+    await c.call(1, C.Exchange.Declare(exchange=s.x("src"), passive=True))
+
+
+@scenario()
 async def queue_delete_with_unacked(s: Scenario) -> None:
     c = await s.channel(1, 2)
     await c.call(1, C.Queue.Declare(queue=s.q("q")))
