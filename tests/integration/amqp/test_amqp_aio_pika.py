@@ -419,6 +419,8 @@ async def test_aio_pika_message_with_every_property_read_by_the_native_sdk(
     assert got.user_id == "guest"
     assert got.app_id == "shop"
     assert got.headers == _native_headers()
+
+
 BIG_BODY_BYTES = 10 * 1024 * 1024
 
 
