@@ -57,8 +57,11 @@ DEFAULT_TLS_MIN_VERSION: Final = "1.2"
 DEFAULT_DATA_DIR: Final = "./data"
 DEFAULT_LOG_LEVEL: Final = "info"
 DEFAULT_LOG_FORMAT: Final = "human"
-DEFAULT_MAX_FRAME_BYTES: Final = 32 * MIB
-DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * MIB
+# RabbitMQ 3.x's max_message_size (128 MiB): AMQP clients' own suites publish 20-22 MB
+# bodies.  A native message travels in one frame: the frame limit leaves room for the
+# PUBLISH frame's exchange, routing key and properties around the body.
+DEFAULT_MAX_MESSAGE_BYTES: Final = 128 * MIB
+DEFAULT_MAX_FRAME_BYTES: Final = DEFAULT_MAX_MESSAGE_BYTES + 4 * MIB
 DEFAULT_MAX_CONNECTIONS: Final = 10_000
 DEFAULT_MAX_CONSUMERS_PER_CONNECTION: Final = 1_024
 DEFAULT_HEARTBEAT_S: Final = 60

@@ -52,7 +52,7 @@ def test_defaults() -> None:
     s = load_settings(None, {})
     assert s == Settings()
     assert (s.host, s.port, s.http_port, s.data_dir) == ("0.0.0.0", 5680, 8680, "./data")
-    assert s.max_frame_bytes == 32 * MIB and s.max_message_bytes == 16 * MIB
+    assert s.max_frame_bytes == 132 * MIB and s.max_message_bytes == 128 * MIB
     assert s.max_connections == 10_000 and s.max_consumers_per_connection == 1_024
     assert s.heartbeat_s == 60 and s.ack_timeout_ms == 1_800_000
     assert s.handshake_timeout_s == 10.0 and s.shutdown_timeout_s == 10.0
@@ -146,7 +146,7 @@ tags = ["monitoring"]
         ("handshake_timeout_s = 0", "handshake_timeout_s"),
         ("default_user_enabled = 1", "default_user_enabled"),
         ("loopback_users = 'guest'", "loopback_users"),
-        ("max_message_bytes = 40000000", "max_message_bytes"),
+        ("max_message_bytes = 140000000", "max_message_bytes"),
         ("[[users]]\nname = 'a'\npassword_hash = 'plain'", "users[0].password_hash"),
         ("[[users]]\nname = 'a'", "missing key 'password_hash'"),
         (f"[[users]]\nname = 'a'\npassword_hash = '{HASH}'\nrole = 'x'", "unknown key 'role'"),
