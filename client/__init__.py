@@ -34,6 +34,7 @@ from wharf.protocol.errors import (
 )
 
 from . import sync
+from .confirms import PublishResult
 from .connection import Connection, __version__, connect
 from .consumer import Consumer
 from .logs import Producer, Record
@@ -73,6 +74,7 @@ __all__ = [
     "ProducerFenced",
     "ProtocolMismatch",
     "ProtocolSyntaxError",
+    "PublishResult",
     "QueueInfo",
     "RebalanceInProgress",
     "Record",

@@ -8,27 +8,53 @@ covers it).  A batch is complete when every sequence in it is either covered by 
 confirm or nacked; it then resolves, with an error if any of its messages failed.
 A nacked sequence is not necessarily followed by a confirm covering it, so a batch
 whose remaining sequences are all nacked completes at once.
+
+A CONFIRM may name the sequences it covers that were duplicates (a queue with
+``x-dedup-window-ms`` had accepted their message_id within its window and did not
+enqueue them again); a batch resolves to a ``PublishResult`` that lists them.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 from wharf.protocol.errors import WharfError, error_from_code
 
 
-class _Batch:
-    __slots__ = ("first", "last", "future", "failures", "nacked")
+class PublishResult(NamedTuple):
+    """What a confirmed ``publish`` / ``publish_many`` learned from the broker.
 
-    def __init__(self, first: int, last: int, future: asyncio.Future[None]) -> None:
+    ``duplicates``: indexes (in the call's bodies; 0 for ``publish``) of the messages the
+    broker confirmed as duplicates: every queue they were routed to had accepted their
+    ``message_id`` within its deduplication window (``x-dedup-window-ms``), so they were
+    not enqueued again.  Always empty for ``confirm=False``.
+    """
+
+    duplicates: tuple[int, ...] = ()
+
+    @property
+    def duplicate(self) -> bool:
+        """True if (one of) the message(s) was a duplicate."""
+        return bool(self.duplicates)
+
+
+NOT_CONFIRMED: Final = PublishResult()
+
+
+class _Batch:
+    __slots__ = ("first", "last", "future", "failures", "nacked", "duplicates")
+
+    def __init__(self, first: int, last: int, future: asyncio.Future[PublishResult]) -> None:
         self.first = first
         self.last = last
         self.future = future
         # (seq, error) for every nacked or returned message, in arrival order.
         self.failures: list[tuple[int, WharfError]] | None = None
         self.nacked: set[int] | None = None
+        # Sequences the broker confirmed as duplicates.
+        self.duplicates: list[int] | None = None
 
 
 class ConfirmTracker:
@@ -44,7 +70,7 @@ class ConfirmTracker:
     def __len__(self) -> int:
         return len(self._batches)
 
-    def add(self, count: int, future: asyncio.Future[None]) -> int:
+    def add(self, count: int, future: asyncio.Future[PublishResult]) -> int:
         """Reserve ``count`` consecutive sequence numbers; returns the first."""
         first = self.next_seq
         self.next_seq = first + count
@@ -64,6 +90,20 @@ class ConfirmTracker:
                 break
             batches.popleft()
             _resolve(batch)
+
+    def duplicates(self, seqs: list[Any]) -> None:
+        """Sequences the next ``confirm`` covers were duplicates (call it first)."""
+        batch: _Batch | None = None
+        for seq in seqs:
+            if type(seq) is not int:
+                continue
+            if batch is None or not batch.first <= seq <= batch.last:
+                batch = self._find(seq)
+                if batch is None:
+                    continue
+            if batch.duplicates is None:
+                batch.duplicates = []
+            batch.duplicates.append(seq)
 
     def nack(self, seq: int, code: int, message: str) -> None:
         batch = self._find(seq)
@@ -148,7 +188,12 @@ def _resolve(batch: _Batch) -> None:
         return
     failures = batch.failures
     if failures is None:
-        future.set_result(None)
+        dups = batch.duplicates
+        if dups is None:
+            future.set_result(NOT_CONFIRMED)
+        else:
+            first = batch.first
+            future.set_result(PublishResult(tuple(sorted(s - first for s in dups))))
     else:
         future.set_exception(batch_error(batch.first, batch.last, failures))
 

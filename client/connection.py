@@ -17,6 +17,7 @@ from wharf.protocol import frames as F
 from wharf.protocol.codec import MAX_BATCH_ITEMS
 from wharf.protocol.errors import ConnectionLost, ContentTooLarge, InvalidArgument, WharfError
 
+from .confirms import NOT_CONFIRMED, PublishResult
 from .consumer import Consumer
 from .core import NEW_REQUEST, ConnectionCore, Reply, clone_error, open_core, result_of
 from .logs_api import LogsApi
@@ -519,12 +520,14 @@ class Connection(LogsApi):
         expiration: int | None = None,
         mandatory: bool = False,
         confirm: bool = True,
-    ) -> None:
+    ) -> PublishResult:
         """Publish one message; with ``confirm`` (the default) return once the broker
         confirmed it (for persistent messages: once it is on disk).
 
         Raises ``wharf.Unroutable`` for a ``mandatory`` message that reached no queue,
         and the broker's error if it refused the message.  ``timestamp`` is epoch ms.
+        The result's ``duplicate`` is True when a deduplicating queue
+        (``x-dedup-window-ms``) had already accepted this ``message_id``.
         """
         core = self._core
         if core.ended:
@@ -540,11 +543,11 @@ class Connection(LogsApi):
         flags = F.FLAG_MANDATORY if mandatory else 0
         if not confirm:
             core.send_frame(F.Publish(0, exchange, routing_key, props, body, flags))
-            return
-        fut: asyncio.Future[None] = core.loop.create_future()
+            return NOT_CONFIRMED
+        fut: asyncio.Future[PublishResult] = core.loop.create_future()
         seq = core.confirms.add(1, fut)
         core.send_frame(F.Publish(seq, exchange, routing_key, props, body, flags))
-        await fut
+        return await fut
 
     async def publish_many(
         self,
@@ -567,9 +570,11 @@ class Connection(LogsApi):
         expiration: int | None = None,
         mandatory: bool = False,
         confirm: bool = True,
-    ) -> None:
+    ) -> PublishResult:
         """Publish several bodies with the same routing and properties in one frame and
-        wait for one confirm covering them all.
+        wait for one confirm covering them all.  The result's ``duplicates`` are the
+        indexes a deduplicating queue did not enqueue again (with a ``message_id``, all
+        bodies of one call share it: all but the first are duplicates).
 
         If any message failed, raises the first failure; its ``details`` carry
         ``failed_indexes`` (positions in ``bodies``), ``failed_seqs`` and ``errors``.
@@ -578,7 +583,7 @@ class Connection(LogsApi):
         """
         n = len(bodies)
         if n == 0:
-            return
+            return NOT_CONFIRMED
         core = self._core
         if core.ended:
             core = await self._usable_core()
@@ -595,7 +600,7 @@ class Connection(LogsApi):
             timestamp, type, app_id, user_id, persistent, priority, expiration,
         )  # fmt: skip
         flags = F.FLAG_MANDATORY if mandatory else 0
-        fut: asyncio.Future[None] | None = None
+        fut: asyncio.Future[PublishResult] | None = None
         seq = 0
         if confirm:
             fut = core.loop.create_future()
@@ -612,7 +617,8 @@ class Connection(LogsApi):
                 if core.must_wait_writable():
                     core.flush()
         if fut is not None:
-            await fut
+            return await fut
+        return NOT_CONFIRMED
 
     # -- consuming -------------------------------------------------------------------
 

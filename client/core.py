@@ -18,7 +18,7 @@ import itertools
 import logging
 import ssl
 from collections.abc import Callable, Iterator
-from typing import Any, Final, NoReturn, Protocol, cast
+from typing import Any, Final, NamedTuple, NoReturn, Protocol, cast
 
 from wharf.protocol import frames as F
 from wharf.protocol.codec import (
@@ -98,7 +98,16 @@ def result_of(reply: Reply) -> dict[str, Any]:
     return result if isinstance(result, dict) else {}
 
 
-def read_frame(raw: list[Any]) -> F.Frame | None:
+class ConfirmDuplicates(NamedTuple):
+    """CONFIRM with its optional trailing field: the covered seqs that were duplicates
+    (a queue's x-dedup-window-ms)."""
+
+    request_id: int
+    up_to: int
+    duplicates: list[Any]
+
+
+def read_frame(raw: list[Any]) -> F.Frame | ConfirmDuplicates | None:
     """The typed frame for a decoded array from the broker (None: a type this SDK does
     not know, ignored for forward compatibility).  Raises ``ProtocolSyntaxError`` for a
     malformed frame.
@@ -111,6 +120,8 @@ def read_frame(raw: list[Any]) -> F.Frame | None:
     if ftype == F.DELIVER and len(raw) >= 4 and type(raw[2]) is str and type(raw[3]) is list:
         return F.Deliver._make(raw[1:4])
     if ftype == F.CONFIRM and len(raw) >= 3 and type(raw[2]) is int:
+        if len(raw) > 3 and isinstance(raw[3], (list, tuple)):
+            return ConfirmDuplicates(raw[1], raw[2], list(raw[3]))
         return F.Confirm._make(raw[1:3])
     try:
         return F.parse(raw)
@@ -303,6 +314,9 @@ class ConnectionCore(asyncio.BufferedProtocol):
                     else:
                         self._orphan_delivery(frame)
                 elif type(frame) is F.Confirm:
+                    self.confirms.confirm(frame.up_to)
+                elif isinstance(frame, ConfirmDuplicates):
+                    self.confirms.duplicates(frame.duplicates)
                     self.confirms.confirm(frame.up_to)
                 elif type(frame) is F.Ok or type(frame) is F.GetOk:
                     waiter = self._pending.pop(frame.request_id, None)

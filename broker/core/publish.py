@@ -74,7 +74,15 @@ class PublishResult:
     the call, so a publish nested inside it (dead-lettering on overflow) cannot leave
     its values behind."""
 
-    __slots__ = ("queues", "topics", "refused", "unroutable", "store_batch", "log_parts")
+    __slots__ = (
+        "queues",
+        "topics",
+        "refused",
+        "duplicates",
+        "unroutable",
+        "store_batch",
+        "log_parts",
+    )
 
     def __init__(self) -> None:
         # Queues and log topics the message(s) were routed to.
@@ -82,6 +90,10 @@ class PublishResult:
         self.topics = 0
         # How many of the call's last messages a full queue refused (x-overflow).
         self.refused = 0
+        # How many of the call's last messages were duplicates (x-dedup-window-ms): every
+        # queue they were routed to had accepted their message_id within its window, so
+        # none enqueued them.  Confirmed, flagged as duplicates where the wire can say so.
+        self.duplicates = 0
         # Routed nowhere (the adapter returns mandatory messages).
         self.unroutable = False
         # The store batch a confirm must wait for (0: nothing written to the store).
@@ -218,14 +230,22 @@ class Publisher:
             stats.published += n
         stored = False
         refused = 0
+        # A message is a duplicate only if no queue (nor log topic) took it.
+        duplicates = n if queues and not topics else 0
+        durable_dup = False
         for q in queues:
-            durable, accepted = q.enqueue_many(
-                exchange_name, routing_key, props, bodies, persistent
+            # Dead-lettered and replayed messages (count=False) are not deduplicated.
+            durable, accepted, dups = q.enqueue_many(
+                exchange_name, routing_key, props, bodies, persistent, count
             )
             if durable:
                 stored = True
-            if accepted < n:
-                refused = max(refused, n - accepted)
+            if accepted + dups < n:
+                refused = max(refused, n - accepted - dups)
+            if dups < duplicates:
+                duplicates = dups
+            if dups and persistent and q.persist:
+                durable_dup = True
         unroutable = not queues and not topics
         if unroutable and count:
             stats.unroutable += n
@@ -234,10 +254,17 @@ class Publisher:
             store = topology.store
             assert store is not None
             batch = store.batch
+        elif durable_dup:
+            # The original may still be on its way to the disk: the duplicate's confirm
+            # must not overtake it.
+            store = topology.store
+            assert store is not None
+            batch = store.tail_batch
         res = self.result
         res.queues = len(queues)
         res.topics = len(topics) if topics else 0
         res.refused = refused
+        res.duplicates = duplicates
         res.unroutable = unroutable
         res.store_batch = batch
         res.log_parts = log_parts

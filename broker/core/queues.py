@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from .dedup import DedupWindow
 from .paging import PagedRow, PagedTail
 from .policies.arguments import QueueLimits, parse_queue_arguments
 from .policies.deadletter import DELIVERY_LIMIT, EXPIRED, MAXLEN
@@ -215,6 +216,8 @@ class Queue:
         "_delayed",
         "_delay_timer",
         "stats_retried",
+        "dedup",
+        "stats_duplicates",
     )
 
     def __init__(
@@ -276,6 +279,10 @@ class Queue:
         self._delayed = DelayedMessages()
         self._delay_timer: asyncio.TimerHandle | None = None
         self.stats_retried = 0
+        # x-dedup-window-ms: the ids accepted within the window (made on first use, so
+        # a policy can turn it on for an existing queue), and the duplicates dropped.
+        self.dedup: DedupWindow | None = None
+        self.stats_duplicates = 0
         # Highest position ever handed out (everything at or below it was delivered).
         self.max_delivered = -1
 
@@ -344,6 +351,22 @@ class Queue:
             "messages_ready": self.ready_count,
             "messages_unacked": self.unacked_count,
             "consumers": self.consumer_count,
+            **self._describe_dedup(),
+        }
+
+    def _describe_dedup(self) -> dict[str, Any]:
+        """x-dedup-window-ms in effect (argument or policy): the window, the ids in it
+        and the duplicates dropped so far."""
+        window = self.limits.dedup_window_ms
+        if window is None:
+            return {}
+        dedup = self.dedup
+        if dedup is not None:
+            dedup.purge(int(time.time() * 1000))
+        return {
+            "dedup_window_ms": window,
+            "dedup_ids": len(dedup) if dedup is not None else 0,
+            "duplicates_dropped": self.stats_duplicates,
         }
 
     # -- enqueue -------------------------------------------------------------------
@@ -355,14 +378,42 @@ class Queue:
         properties: dict[str, Any] | None,
         bodies: list[bytes] | tuple[bytes, ...],
         persistent: bool = False,
-    ) -> tuple[bool, int]:
+        deduplicate: bool = True,
+    ) -> tuple[bool, int, int]:
         """Append messages.
 
-        Returns (written to the store as persistent, how many were accepted).  A bounded
-        queue with x-overflow reject-publish(-dlx) accepts only what fits; the caller
-        nacks the rest.
+        Returns (written to the store as persistent, how many were accepted, how many of
+        the last ones were duplicates).  A bounded queue with x-overflow
+        reject-publish(-dlx) accepts only what fits; the caller nacks the rest.  A queue
+        with x-dedup-window-ms drops a message whose message_id it accepted within the
+        window (the bodies of one call share their properties, so all but the first are
+        duplicates of the first).  ``deduplicate`` False: a message moved inside the broker
+        (dead-lettered, replayed) is not a publisher's retry and is never dropped.
         """
         limits = self.limits
+        message_id: str | None = None
+        duplicates = 0
+        now_ms = 0
+        window = limits.dedup_window_ms if deduplicate else None
+        if window is not None:
+            if properties is not None:
+                message_id = properties.get("message_id")
+            if message_id is not None:
+                now_ms = int(time.time() * 1000)
+                dedup = self.dedup
+                if dedup is None:
+                    dedup = self.dedup = DedupWindow(window)
+                elif dedup.window_ms != window:
+                    dedup.set_window(window)
+                if dedup.seen(message_id, now_ms):
+                    self.stats_duplicates += len(bodies)
+                    return False, 0, len(bodies)
+                if len(bodies) > 1:
+                    duplicates = len(bodies) - 1
+                    self.stats_duplicates += duplicates
+                    bodies = bodies[:1]
+        elif self.dedup is not None and limits.dedup_window_ms is None:
+            self.dedup = None  # the window was turned off: its ids are forgotten
         if limits.bounded and limits.overflow != "drop-head":
             room = self._room(bodies)
             if room < len(bodies):
@@ -371,7 +422,7 @@ class Queue:
                 if limits.overflow == "reject-publish-dlx":
                     self._dead_letter_new(exchange, routing_key, properties, refused, MAXLEN)
                 if not bodies:
-                    return False, 0
+                    return False, 0, duplicates
         n = len(bodies)
         first_pos = self._next_position
         self._next_position = first_pos + n
@@ -428,13 +479,20 @@ class Queue:
                 self._prio.extend(fresh, properties)
             else:
                 self._ready.extend(fresh)
+        if message_id is not None:
+            dedup = self.dedup
+            assert dedup is not None
+            dedup.add(message_id, now_ms)
+            if durable:
+                assert store is not None
+                store.dedup(self.uid, message_id, now_ms, dedup.expires_at(now_ms))
         if limits.bounded and limits.overflow == "drop-head":
             self._drop_head_over_limit()
         if expires_at and self._expiry_timer is None:
             self._schedule_expiry()
         if self._consumers and not self._dispatch_scheduled:
             self.schedule_dispatch()
-        return durable, n
+        return durable, n, duplicates
 
     # -- policies: TTL, length limits, delivery limit, dead-lettering ------------------
 
@@ -741,6 +799,22 @@ class Queue:
         self.ready_bytes += n
         self._head_bytes += n + len(messages) * MESSAGE_OVERHEAD_BYTES
         self._next_position = max(self._next_position, next_position)
+
+    def restore_dedup(self, entries: dict[str, tuple[int, int]], now_ms: int) -> int:
+        """Recovery: the stored ids ``{message_id: (accepted_ms, expires_ms)}`` still
+        inside the window; returns how many."""
+        window = self.limits.dedup_window_ms
+        if window is None or not entries:
+            return 0
+        dedup = self.dedup = DedupWindow(window)
+        live = sorted(
+            (expires, accepted, mid)
+            for mid, (accepted, expires) in entries.items()
+            if expires > now_ms
+        )
+        for expires, _accepted, mid in live:
+            dedup.add(mid, expires - window)
+        return len(live)
 
     def restore_paged_row(self, row: PagedRow) -> None:
         """Recovery of a long queue: an index row only; the body stays in its segment."""

@@ -390,6 +390,12 @@ class Topology:
     # a redeclare; message TTLs are stamped at enqueue (messages already in the queue keep
     # theirs), and a lowered max-length takes effect on the queue's next enqueue.
 
+    def purge_dedup_windows(self) -> int:
+        """On the broker's tick: forget the ids whose deduplication window ended (a queue
+        nobody publishes to would keep them otherwise); how many went."""
+        now_ms = int(time.time() * 1000)
+        return sum(q.dedup.purge(now_ms) for q in self.queues.values() if q.dedup is not None)
+
     def apply_policy(self, q: Queue) -> None:
         limits = effective_limits(q.arguments, self.policies.match(q.name))
         if limits != q.limits:

@@ -312,6 +312,7 @@ class VirtualHost:
             head.append(m)
         q.restore(head, rec.max_position.get(uid, -1) + 1)
         q.max_delivered = delivered_up_to
+        q.restore_dedup(rec.dedup.get(uid, {}), now_ms)
         return len(stored)
 
     def save_definitions(self) -> None:
@@ -328,6 +329,7 @@ class VirtualHost:
 
     def tick(self) -> None:
         self.topology.expire_unused_queues()
+        self.topology.purge_dedup_windows()
         if self.groups is not None:
             try:
                 self.groups.tick()

@@ -842,9 +842,13 @@ class ManagementApi:
         if res.log_parts:  # nothing waits for the fsync; a failure is logged
             sync_in_background(res.log_parts, "HTTP publish")
         # RabbitMQ's shape ({"routed": bool}); a full queue's refusal (x-overflow
-        # reject-publish), which the native protocol nacks, adds "refused": true.
+        # reject-publish), which the native protocol nacks, adds "refused": true; a
+        # duplicate (x-dedup-window-ms: the queue accepted its message_id within the
+        # window, nothing enqueued) adds "duplicate": true.
         if res.refused:
             return 200, {"routed": res.routed, "refused": True}
+        if res.duplicates:
+            return 200, {"routed": res.routed, "duplicate": True}
         return 200, {"routed": res.routed}
 
     # -- bindings ------------------------------------------------------------------------

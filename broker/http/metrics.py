@@ -433,6 +433,12 @@ class BrokerCollector:
             "Messages dropped without a dead-letter exchange (max-length, rejection).",
             labels=q_labels,
         )
+        duplicates = CounterMetricFamily(
+            "wharf_queue_duplicates_dropped",
+            "Publishes not enqueued because the queue accepted their message_id within its "
+            "x-dedup-window-ms (confirmed as duplicates).",
+            labels=q_labels,
+        )
         paged = GaugeMetricFamily(
             "wharf_queue_messages_paged", "Ready messages kept on disk.", labels=q_labels
         )
@@ -457,6 +463,8 @@ class BrokerCollector:
                 paged.add_metric(labels, getattr(q, "paged_count", 0))
                 delayed.add_metric(labels, getattr(q, "delayed_count", 0))
                 retried.add_metric(labels, getattr(q, "stats_retried", 0))
+                duplicates.add_metric(labels, getattr(q, "stats_duplicates", 0))
+        yield duplicates
         yield delayed
         yield retried
         yield dead

@@ -20,6 +20,7 @@ from ..core.policies.registry import (  # server-side policies
     POLICY_KEYS,
     PRIORITY_MAX,
     PRIORITY_MIN,
+    int_bounds,
 )
 from ..core.quotas import LIMIT_NAMES as USER_LIMIT_NAMES
 from ..core.quotas import MAX_LIMIT_VALUE as USER_MAX_LIMIT_VALUE
@@ -139,7 +140,8 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     ),
     "Queue": _schema(
         "name:s! durable:b! exclusive:b auto_delete:b! arguments:m! messages_ready:i! "
-        "messages_unacked:i consumers:i! policy:s effective_arguments:m",
+        "messages_unacked:i consumers:i! policy:s effective_arguments:m "
+        "dedup_window_ms:i dedup_ids:i duplicates_dropped:i",
         policy={"nullable": True},
     ),
     "QueueDeclare": _schema(
@@ -287,8 +289,8 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
                         if k == "overflow"
                         else {
                             "type": "integer",
-                            "minimum": 1 if k == "expires" else 0,
-                            "maximum": 2**63 - 1,
+                            "minimum": int_bounds(k)[0],
+                            "maximum": int_bounds(k)[1],
                         }
                     )
                     for k in POLICY_KEYS

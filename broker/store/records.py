@@ -9,15 +9,23 @@ A segment file is a sequence of records::
 ``crc32`` (zlib) covers the type byte and the payload.  Record types and payloads:
 
     MSGS       [queue_uid, first_position, exchange, routing_key, properties,
-                [body, ...], delivery_count, flags, expires_at]
+                [body, ...], delivery_count, flags, expires_at, txid]
                flags bit 0: transient (paged out of memory only; ignored by recovery)
                expires_at: epoch ms when the messages expire (TTL), 0 = never
                consecutive positions first_position, first_position+1, ...
-    ACKS       [queue_uid, [position, ...]]            settled (acked, dropped, purged)
+               txid (optional, 0 = none): written by a transaction's commit, see TXEND
+    ACKS       [queue_uid, [position, ...], txid]      settled (acked, dropped, purged)
     DELIVERED  [queue_uid, position]                   every position <= this one has
                                                        been handed to a consumer
     COUNTS     [queue_uid, [[position, delivery_count], ...]]   after requeues
     DELAYS     [queue_uid, [[position, due_ms], ...]]   held for a delayed retry until due
+    DEDUP      [queue_uid, [[message_id, accepted_ms, expires_ms], ...], txid]
+               ids a deduplicating queue (x-dedup-window-ms) accepted; a segment about
+               to be deleted has its unexpired entries copied forward first
+    TXEND      [txid]                                  the end of an atomic commit
+               (core/transactions.py): the records tagged with ``txid`` all lie in this
+               segment before it, and recovery applies them only if this record is
+               there (a torn or lost tail drops the whole transaction, never a part)
 
 A message is identified by (queue_uid, position); the same message may appear in two
 segments after compaction copies it forward, and recovery keeps one copy.
@@ -37,7 +45,9 @@ ACKS: Final = 2
 DELIVERED: Final = 3
 COUNTS: Final = 4
 DELAYS: Final = 5
-RECORD_TYPES: Final = frozenset((MSGS, ACKS, DELIVERED, COUNTS, DELAYS))
+DEDUP: Final = 6
+TXEND: Final = 7
+RECORD_TYPES: Final = frozenset((MSGS, ACKS, DELIVERED, COUNTS, DELAYS, DEDUP, TXEND))
 # MSGS flags (the record's 8th field): bodies paged out of a long queue's memory that
 # are not persistent; recovery skips them.
 FLAG_TRANSIENT: Final = 0x01

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fsio import fsync
-from .records import ACKS, COUNTS, DELAYS, DELIVERED, FLAG_TRANSIENT, MSGS, scan
+from .records import ACKS, COUNTS, DEDUP, DELAYS, DELIVERED, FLAG_TRANSIENT, MSGS, TXEND, scan
 from .segments import Segment, list_segments
 
 log = logging.getLogger("wharf.store")
@@ -45,7 +45,12 @@ class Recovered:
     max_position: dict[int, int] = field(default_factory=dict)
     # queue uid -> position -> epoch ms when a delayed retry is due
     delayed: dict[int, dict[int, int]] = field(default_factory=dict)
+    # queue uid -> message_id -> (accepted_ms, expires_ms) of its deduplication window
+    # (every DEDUP entry found; the queue keeps those still inside its window)
+    dedup: dict[int, dict[str, tuple[int, int]]] = field(default_factory=dict)
     records: int = 0
+    # Records of atomic commits whose TXEND never reached the disk (skipped).
+    uncommitted: int = 0
     cut_bytes: int = 0
     seconds: float = 0.0
 
@@ -88,12 +93,18 @@ def recover(directory: Path) -> Recovered:
         seg.size = seg.written_size = seg.synced_size = result.good_bytes
         out.segments.append(seg)
         out.records += len(result.records)
+        # Atomic commits whose TXEND record made it: their tagged records apply, the
+        # records of any other (torn or lost tail) are skipped, all of them.
+        committed = {rec.payload[0] for rec in result.records if rec.rtype == TXEND}
         for rec in result.records:
             p = rec.payload
             if rec.rtype == MSGS:
                 uid, first, _exchange, _routing_key, _props, bodies, dc = p[:7]
                 if len(p) > 7 and p[7] & FLAG_TRANSIENT:
                     continue  # a transient message paged to disk: gone after a restart
+                if len(p) > 9 and p[9] and p[9] not in committed:
+                    out.uncommitted += 1
+                    continue
                 expires_at = p[8] if len(p) > 8 else 0
                 qmsgs = messages.get(uid)
                 if qmsgs is None:
@@ -111,6 +122,9 @@ def recover(directory: Path) -> Recovered:
                     max_pos[uid] = last
             elif rec.rtype == ACKS:
                 uid, positions = p[:2]
+                if len(p) > 2 and p[2] and p[2] not in committed:
+                    out.uncommitted += 1
+                    continue
                 qmsgs = messages.get(uid)
                 if qmsgs is not None:
                     for pos in positions:
@@ -132,6 +146,19 @@ def recover(directory: Path) -> Recovered:
                 qdelays = out.delayed.setdefault(uid, {})
                 for pos, due in entries:
                     qdelays[pos] = due
+            elif rec.rtype == DEDUP:
+                uid, entries = p[:2]
+                if len(p) > 2 and p[2] and p[2] not in committed:
+                    out.uncommitted += 1
+                    continue
+                qdedup = out.dedup.setdefault(uid, {})
+                for message_id, accepted_ms, expires_ms in entries:
+                    # A copy carried forward keeps the first acceptance time.
+                    if message_id not in qdedup:
+                        qdedup[message_id] = (accepted_ms, expires_ms)
+                    if expires_ms > seg.dedup_until:
+                        seg.dedup_until = expires_ms
+                seg.dedup_offsets.append(rec.offset)
             elif rec.rtype == COUNTS:
                 uid, counts = p[:2]
                 qmsgs = messages.get(uid)

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -54,11 +55,13 @@ from .fsio import fsync, fsync_dir, record_synced, write_all
 from .records import (
     ACKS,
     COUNTS,
+    DEDUP,
     DELAYS,
     DELIVERED,
     FLAG_TRANSIENT,
     HEADER,
     MSGS,
+    TXEND,
     decode_record,
     encode_record,
 )
@@ -86,6 +89,8 @@ class Segment:
         "written_size",
         "synced_size",
         "new",
+        "dedup_until",
+        "dedup_offsets",
     )
 
     def __init__(self, number: int, path: Path) -> None:
@@ -98,6 +103,10 @@ class Segment:
         self.written_size = 0
         self.synced_size = 0
         self.new = True  # directory entry not yet fsynced
+        # DEDUP records here (offsets) and when the last of their entries expires
+        # (epoch ms): the entries are copied forward before the segment is deleted.
+        self.dedup_until = 0
+        self.dedup_offsets: list[int] = []
 
     def __repr__(self) -> str:
         return f"<Segment {self.number} live={self.live} size={self.size}>"
@@ -143,6 +152,18 @@ class MessageStore:
         self._acks: dict[int, list[int]] = {}
         self._watermarks: dict[int, int] = {}
         self._counts: dict[int, list[list[int]]] = {}
+        # queue uid -> [message_id, accepted_ms, expires_ms] entries for a DEDUP record.
+        self._dedups: dict[int, list[list[Any]]] = {}
+        # An atomic commit in progress (begin_atomic): its id, its acks and DEDUP entries
+        # (written tagged at end_atomic), whether it wrote anything, the last id used.
+        self._txid = 0
+        self._tx_acks: dict[int, list[int]] = {}
+        self._tx_dedups: dict[int, list[list[Any]]] = {}
+        self._tx_wrote = False
+        self._tx_segs: dict[Segment, int] = {}
+        self._last_txid = 0
+        # (batch, callback): told once ``batch`` is durable (True) or failed (False).
+        self._durable_waiters: list[tuple[int, Callable[[bool], None]]] = []
         self.batch = 1  # the batch now accumulating
         self.durable_batch = 0
         self.synced_batch = 0  # newest batch known to be fsynced (every mode)
@@ -208,7 +229,8 @@ class MessageStore:
     def _append(self, data: bytes) -> Segment:
         seg = self.active
         assert seg is not None
-        if seg.size >= self.segment_bytes:
+        if seg.size >= self.segment_bytes and not self._txid:
+            # (An atomic commit's records stay in one segment: begin_atomic rolled.)
             seg = self._roll(seg.number + 1)
         self._pending.append((seg, data))
         self._last_offset = seg.size
@@ -235,6 +257,9 @@ class MessageStore:
         ``durable=False`` stores the bodies of a long queue's transient messages (paging):
         flagged so that recovery skips them, and settled without an ACK record.
         """
+        txid = self._txid if durable else 0
+        if txid:
+            self._tx_wrote = True
         rec = encode_record(
             MSGS,
             (
@@ -247,6 +272,7 @@ class MessageStore:
                 delivery_count,
                 0 if durable else FLAG_TRANSIENT,
                 expires_at,
+                txid,
             ),
         )
         seg = self._append(rec)
@@ -261,12 +287,19 @@ class MessageStore:
 
     def settle(self, queue_uid: int, position: int, seg: Segment, durable: bool = True) -> None:
         """A stored message was acked, dropped or purged."""
-        seg.live -= 1
         if not durable:
+            seg.live -= 1
             return
-        acks = self._acks.get(queue_uid)
+        if self._txid:
+            # Inside an atomic commit the segment may go only once the commit is on
+            # disk (else a crash could keep the ack's effect and drop the rest).
+            self._tx_segs[seg] = self._tx_segs.get(seg, 0) + 1
+        else:
+            seg.live -= 1
+        pending = self._tx_acks if self._txid else self._acks
+        acks = pending.get(queue_uid)
         if acks is None:
-            acks = self._acks[queue_uid] = []
+            acks = pending[queue_uid] = []
         acks.append(position)
         if not self._scheduled:
             self._schedule()
@@ -287,6 +320,95 @@ class MessageStore:
         if entries:
             self._append(encode_record(DELAYS, (queue_uid, entries)))
 
+    def dedup(self, queue_uid: int, message_id: str, accepted_ms: int, expires_ms: int) -> None:
+        """A deduplicating queue accepted a persistent message: its id goes into a DEDUP
+        record of the same group commit as the message (no fsync of its own)."""
+        pending = self._tx_dedups if self._txid else self._dedups
+        entries = pending.get(queue_uid)
+        if entries is None:
+            entries = pending[queue_uid] = []
+        entries.append([message_id, accepted_ms, expires_ms])
+        if not self._scheduled:
+            self._schedule()
+
+    def _append_dedup(self, queue_uid: int, entries: list[list[Any]], txid: int = 0) -> None:
+        seg = self._append(encode_record(DEDUP, (queue_uid, entries, txid)))
+        seg.dedup_offsets.append(self._last_offset)
+        until = max(e[2] for e in entries)
+        if until > seg.dedup_until:
+            seg.dedup_until = until
+
+    # -- atomic commits (core/transactions.py) -----------------------------------------
+
+    def begin_atomic(self) -> None:
+        """Until ``end_atomic``, persistent records (messages, acks, DEDUP entries) belong
+        to one transaction: tagged with its id, all in one segment, in one group commit
+        (so one write and one fsync), and applied by recovery only if the TXEND record
+        that ``end_atomic`` appends is on disk: all of them or none."""
+        assert not self._txid, "atomic commits do not nest"
+        seg = self.active
+        if seg is not None and seg.size >= self.segment_bytes:
+            self._roll(seg.number + 1)
+        self._last_txid += 1
+        self._txid = self._last_txid
+        self._tx_wrote = False
+
+    def end_atomic(self, commit: bool = True) -> int:
+        """Close the transaction: its acks and DEDUP entries, then TXEND (``commit``
+        False: no TXEND, recovery drops what was written).  Returns the batch that makes
+        it durable (0: it wrote nothing persistent)."""
+        txid = self._txid
+        acks, self._tx_acks = self._tx_acks, {}
+        dedups, self._tx_dedups = self._tx_dedups, {}
+        segs, self._tx_segs = self._tx_segs, {}
+        for seg, n in segs.items():
+            self._moved.append((self.batch, seg, n))
+        if not (self._tx_wrote or acks or dedups):
+            self._txid = 0
+            return 0
+        # Still inside the transaction: these records stay in its segment too.
+        for uid, positions in acks.items():
+            self._append(encode_record(ACKS, (uid, positions, txid)))
+        for uid, entries in dedups.items():
+            self._append_dedup(uid, entries, txid)
+        if commit:
+            self._append(encode_record(TXEND, (txid,)))
+        self._txid = 0
+        return self.batch
+
+    def when_durable(self, batch: int, callback: Callable[[bool], None]) -> None:
+        """``callback(True)`` once ``batch`` is durable (now, if it is), ``callback(False)``
+        if the store fails first."""
+        if batch <= self.durable_batch:
+            callback(True)
+        elif self.failed is not None:
+            callback(False)
+        else:
+            self._durable_waiters.append((batch, callback))
+
+    def _tell_durable(self, ok: bool) -> None:
+        waiters = self._durable_waiters
+        if not waiters:
+            return
+        durable = self.durable_batch
+        still = []
+        for batch, callback in waiters:
+            if not ok or batch <= durable:
+                callback(ok)
+            else:
+                still.append((batch, callback))
+        self._durable_waiters = still
+
+    @property
+    def tail_batch(self) -> int:
+        """The newest batch holding anything appended so far, if it is not durable yet
+        (0: everything appended is durable).  A duplicate publish's confirm waits for it:
+        the original's records are in that batch or an older one."""
+        if self._pending or self._acks or self._watermarks or self._counts or self._dedups:
+            return self.batch
+        newest = self._submitted_batch
+        return newest if newest > self.durable_batch else 0
+
     def requeued(self, queue_uid: int, position: int, delivery_count: int) -> None:
         counts = self._counts.get(queue_uid)
         if counts is None:
@@ -305,6 +427,10 @@ class MessageStore:
         loop.call_soon(self._commit)
 
     def _drain_side_records(self) -> None:
+        if self._dedups:
+            for uid, entries in self._dedups.items():
+                self._append_dedup(uid, entries)
+            self._dedups = {}
         if self._acks:
             for uid, positions in self._acks.items():
                 self._append(encode_record(ACKS, (uid, positions)))
@@ -459,6 +585,7 @@ class MessageStore:
             self._fail(f"write/fsync failed: {exc!r}")
             for listener in list(self.listeners):
                 listener(-batch)
+            self._tell_durable(False)
             self._wake()
             return
         self.durable_batch = batch
@@ -470,13 +597,14 @@ class MessageStore:
         self._release_moved()
         for listener in list(self.listeners):
             listener(batch)
+        self._tell_durable(True)
         if self._after_commit:
             callbacks, self._after_commit = self._after_commit, []
             for cb in callbacks:
                 cb()
         self._collect_garbage()
         self._wake()
-        if self._pending or self._acks or self._watermarks or self._counts:
+        if self._pending or self._acks or self._watermarks or self._counts or self._dedups:
             self._commit()
 
     def _collect_garbage(self) -> None:
@@ -498,6 +626,8 @@ class MessageStore:
             and segs[0].live <= 0
             and segs[0].synced_size >= segs[0].size
         ):
+            if segs[0].dedup_offsets and self._carry_dedup(segs[0]):
+                break  # deleted once the copies are fsynced (the `moved` rule)
             seg = segs.pop(0)
             self.by_number.pop(seg.number, None)
             rfd = self._read_fds.pop(seg.number, None)
@@ -510,6 +640,29 @@ class MessageStore:
                 os.unlink(seg.path)
             except FileNotFoundError:
                 pass
+
+    def _carry_dedup(self, seg: Segment) -> bool:
+        """Copy the unexpired DEDUP entries of ``seg`` (about to be deleted) into the
+        active segment; True if there were any: ``seg`` then stays until the copies are
+        fsynced, exactly as for messages moved by compaction."""
+        now_ms = int(time.time() * 1000)
+        offsets = seg.dedup_offsets
+        seg.dedup_offsets = []
+        if seg.dedup_until <= now_ms or self.failed is not None:
+            return False
+        carried: dict[int, list[list[Any]]] = {}
+        for offset in offsets:
+            uid, entries = self.read_record(seg.number, offset)[:2]
+            live = [e for e in entries if e[2] > now_ms]
+            if live:
+                carried.setdefault(uid, []).extend(live)
+        if not carried:
+            return False
+        for uid, entries in carried.items():
+            self._append_dedup(uid, entries)
+        seg.live += 1
+        self.moved(seg, 1)
+        return True
 
     # -- compaction -------------------------------------------------------------------
 
@@ -574,7 +727,12 @@ class MessageStore:
     def idle(self) -> bool:
         """Nothing appended waits to be written (copies may still wait for an fsync)."""
         return not (
-            self._in_flight or self._pending or self._acks or self._watermarks or self._counts
+            self._in_flight
+            or self._pending
+            or self._acks
+            or self._watermarks
+            or self._counts
+            or self._dedups
         )
 
     def disk_bytes(self) -> int:

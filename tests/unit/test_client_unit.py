@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import wharf
-from wharf.confirms import ConfirmTracker
+from wharf.confirms import ConfirmTracker, PublishResult
 from wharf.connection import Connection
 from wharf.core import NEW_REQUEST, ConnectionCore, Reply
 from wharf.message import build_properties, messages_from_entries
@@ -134,7 +134,7 @@ async def test_confirms_cumulative_over_batches() -> None:
     t.confirm(3)
     assert a.done() and not b.done() and not c.done()
     t.confirm(5)
-    assert b.result() is None and c.result() is None
+    assert b.result() == PublishResult() and c.result() == PublishResult()
     assert len(t) == 0
 
 
@@ -160,7 +160,7 @@ async def test_nack_of_single_publish_resolves_without_confirm() -> None:
     assert info.value.details["seq"] == 1
     assert not b.done() and len(t) == 1
     t.confirm(2)
-    assert b.result() is None
+    assert b.result() == PublishResult()
 
 
 async def test_nack_later_batch_first_then_confirm_earlier() -> None:
@@ -171,7 +171,7 @@ async def test_nack_later_batch_first_then_confirm_earlier() -> None:
     t.nack(2, 311, "too large")
     assert b.done() and not a.done()
     t.confirm(1)
-    assert a.result() is None and len(t) == 0
+    assert a.result() == PublishResult() and len(t) == 0
 
 
 async def test_batch_with_a_nack_fails_with_indexes() -> None:
@@ -221,7 +221,7 @@ async def test_confirm_skips_cancelled_publisher() -> None:
     t.add(1, b)
     a.cancel()
     t.confirm(2)
-    assert b.result() is None
+    assert b.result() == PublishResult()
 
 
 async def test_fail_all() -> None:
@@ -243,7 +243,7 @@ async def test_nack_for_unknown_seq_is_ignored() -> None:
     t.nack(99, 404, "x")
     t.returned(42, 312, "NO_ROUTE", "", "", None, b"")
     t.confirm(1)
-    assert a.result() is None
+    assert a.result() == PublishResult()
 
 
 # -- the connection core over a fake transport ------------------------------------------
@@ -1219,3 +1219,18 @@ async def test_a_second_hello_fails_the_connection() -> None:
     assert conn._core.state is State.FAILED and conn.is_closed
     with pytest.raises(wharf.FrameError, match="hello is not expected in state open"):
         await conn.declare_queue("q")
+
+
+async def test_confirm_with_duplicates_resolves_to_their_indexes() -> None:
+    t = ConfirmTracker()
+    a, b = _future(), _future()
+    t.add(1, a)
+    t.add(3, b)
+    t.duplicates([1, 3, 4, 99, "junk"])  # unknown seqs and bad entries are ignored
+    t.confirm(4)
+    assert a.result().duplicate and a.result().duplicates == (0,)
+    assert b.result().duplicates == (1, 2)
+    c = _future()
+    t.add(1, c)
+    t.confirm(5)
+    assert not c.result().duplicate

@@ -100,3 +100,30 @@ async def test_an_unnumbered_nack_is_an_error() -> None:
     assert fakes.errors == [(0, exc)]
     assert fakes.frames == []
     assert fakes.publish_nacked == 4
+
+
+async def test_duplicates_go_out_with_the_confirm_that_covers_them() -> None:
+    fakes = Fakes()
+    confirms = fakes.confirms(asyncio.get_running_loop())
+    confirms.published(1, 1, 0, None, 1)  # a duplicate, nothing to wait for
+    confirms.published(2, 3, 5, None, 2)  # seqs 3 and 4 duplicates, waits for batch 5
+    confirms.published(5, 1, 0, None)
+    assert confirms.take_ready_with_duplicates() == (1, [1])
+    assert confirms.take_ready_with_duplicates() == (0, None)
+    fakes.durable = 5
+    confirms.store_committed(5)
+    assert confirms.take_ready_with_duplicates() == (5, [3, 4])
+    # AMQP takes plain confirms: the flags are dropped, not kept for later.
+    confirms.published(6, 1, 0, None, 1)
+    assert confirms.take_ready() == 6
+    confirms.published(7, 1, 0, None)
+    assert confirms.take_ready_with_duplicates() == (7, None)
+
+
+async def test_a_nacked_batch_reports_no_duplicates() -> None:
+    fakes = Fakes()
+    confirms = fakes.confirms(asyncio.get_running_loop())
+    confirms.published(1, 2, 5, None, 1)
+    confirms.store_committed(-5)
+    assert confirms.take_ready_with_duplicates() == (0, None)
+    assert [f.seq for f in fakes.frames if isinstance(f, F.PublishNack)] == [1, 2]

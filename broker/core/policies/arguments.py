@@ -14,6 +14,8 @@ from wharf.protocol.errors import InvalidArgument
 OVERFLOW_MODES: Final = ("drop-head", "reject-publish", "reject-publish-dlx")
 MAX_PRIORITY_LIMIT: Final = 255
 MAX_RETRY_DELAY_MS: Final = 7 * 24 * 3600 * 1000
+# The longest deduplication window (ids stay in memory and in the store that long).
+MAX_DEDUP_WINDOW_MS: Final = 7 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,9 @@ class QueueLimits:
     # the message is dead-lettered as usual.
     retry_delays_ms: tuple[int, ...] = ()
     retry_jitter: float = 0.0
+    # x-dedup-window-ms: a publish whose message_id this queue accepted less than this
+    # long ago is confirmed as a duplicate and not enqueued (core/dedup.py).
+    dedup_window_ms: int | None = None
 
     @property
     def bounded(self) -> bool:
@@ -110,4 +115,5 @@ def parse_queue_arguments(args: dict[str, Any] | None) -> QueueLimits:
         delivery_limit=_int(args, "x-delivery-limit", 0),
         max_priority=_int(args, "x-max-priority", 1, MAX_PRIORITY_LIMIT),
         single_active_consumer=sac,
+        dedup_window_ms=_int(args, "x-dedup-window-ms", 1, MAX_DEDUP_WINDOW_MS),
     )

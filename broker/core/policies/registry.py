@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from wharf.protocol.errors import InvalidArgument, NotFound, ResourceError, WharfError
 
-from .arguments import OVERFLOW_MODES, QueueLimits, parse_queue_arguments
+from .arguments import MAX_DEDUP_WINDOW_MS, OVERFLOW_MODES, QueueLimits, parse_queue_arguments
 
 MAX_POLICIES: Final = 1000
 MAX_POLICY_NAME_CHARS: Final = 255
@@ -43,6 +43,7 @@ POLICY_KEYS: Final[dict[str, str]] = {
     "max-length-bytes": "x-max-length-bytes",
     "overflow": "x-overflow",
     "delivery-limit": "x-delivery-limit",
+    "dedup-window-ms": "x-dedup-window-ms",
 }
 # Limits where the lower of policy and queue argument applies.
 LOWER_WINS: Final = frozenset(
@@ -55,8 +56,16 @@ _INT_MINIMUM: Final[dict[str, int]] = {
     "max-length": 0,
     "max-length-bytes": 0,
     "delivery-limit": 0,
+    "dedup-window-ms": 1,
 }
 _INT_MAXIMUM: Final = 2**63 - 1
+# Keys with their own upper bound (the queue argument's).
+_INT_MAXIMUM_OF: Final[dict[str, int]] = {"dedup-window-ms": MAX_DEDUP_WINDOW_MS}
+
+
+def int_bounds(key: str) -> tuple[int, int]:
+    """The allowed range of an integer policy key (the API's schema shows it)."""
+    return _INT_MINIMUM[key], _INT_MAXIMUM_OF.get(key, _INT_MAXIMUM)
 
 
 def _bad(message: str, key: str) -> WharfError:
@@ -82,9 +91,11 @@ def validate_definition(definition: Any) -> dict[str, Any]:
             )
         if key in _INT_MINIMUM:
             lo = _INT_MINIMUM[key]
-            if type(value) is not int or not lo <= value <= _INT_MAXIMUM:
+            hi = _INT_MAXIMUM_OF.get(key, _INT_MAXIMUM)
+            if type(value) is not int or not lo <= value <= hi:
+                bound = f">= {lo}" if hi == _INT_MAXIMUM else f"{lo}..{hi}"
                 raise _bad(
-                    f"policy definition key {key!r} must be an integer >= {lo}, got {value!r}",
+                    f"policy definition key {key!r} must be an integer {bound}, got {value!r}",
                     key,
                 )
         elif key == "overflow":

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any, Final
 from pamqp import commands as C
 
 from wharf.protocol import frames as F
-from wharf.protocol.errors import NotFound, ResourceError, WharfError
+from wharf.protocol.errors import NotFound, PreconditionFailed, ResourceError, WharfError
 
 from ...core.deliveries import Deliveries
 from ...core.exchanges import EXCHANGE_TYPES
 from ...core.queues import Consumer, Message
+from ...core.transactions import ACK, REJECT, REQUEUE, CoreTransaction
 from ..native.confirms import Confirms
 from . import methods as M
 from .errors import (
@@ -72,6 +73,7 @@ from .properties import (
 from .reply_to import REPLY_TO_PREFIX, REPLY_TO_QUEUE
 
 if TYPE_CHECKING:
+    from ...core.publish import PublishResult
     from .connection import AmqpConnection
 
 log = logging.getLogger("wharf.amqp")
@@ -139,10 +141,9 @@ class Channel:
         self.prefetch_count = 0  # basic.qos global=false: each consumer's limit
         self.global_prefetch = 0  # basic.qos global=true: the channel's unacked limit
         self.confirms: Confirms | None = None
-        # tx.select: the held publishes and settlements, applied in order by tx.commit;
-        # the delivery tags settled in the open transaction.
-        self.tx: list[Callable[[], None]] | None = None
-        self._tx_tags: set[int] = set()
+        # tx.select: the core transaction holding publishes and settlements until
+        # tx.commit (core/transactions.py), which applies them as one unit.
+        self.tx: CoreTransaction | None = None
         # Publishes of this read not yet handed to the core (flush_publishes).
         self._batch: list[bytes] = []
         self._batch_key: tuple[str, str, bool] = ("", "", False)
@@ -290,8 +291,7 @@ class Channel:
         self._batch = []
         self.conn.batching.discard(self)
         if self.tx is not None:
-            self.tx = []  # an open transaction is rolled back
-            self._tx_tags.clear()
+            self.tx.rollback()  # an open transaction is rolled back
         for consumer in list(self.consumers.values()):
             consumer.queue.remove_consumer(consumer)
         self.consumers.clear()
@@ -388,17 +388,7 @@ class Channel:
             if props is None:
                 return  # no reply consumer: the channel closed
         if self.tx is not None:
-            # Held until tx.commit; the permission and the exchange are checked now.
-            conn = self.conn
-            try:
-                conn.core.check_publish(method.exchange, method.routing_key)
-                if method.exchange not in conn.topology.exchanges:
-                    raise NotFound(f"no exchange '{method.exchange}'")
-            except WharfError as exc:
-                self._fail(from_wharf(exc, BASIC_PUBLISH, conn.vhost))
-                return
-            key = (method.exchange, method.routing_key, method.mandatory)
-            self.tx.append(lambda: self._publish_many(key, props, [body]))
+            self._tx_publish(method, props, body)
             return
         # Consecutive publishes with the same exchange, routing key, flag and properties
         # go to the core as one batch (one routing, one enqueue), as the native
@@ -605,44 +595,97 @@ class Channel:
         if self.confirms is not None:
             raise AmqpError(PRECONDITION_FAILED, "cannot switch from confirm to tx mode", mid)
         if self.tx is None:
-            self.tx = []
+            self.tx = CoreTransaction(self.conn.core, self.deliveries)
         self.conn.send(M.tx_select_ok(self.number))
 
     def _on_tx_commit(self, mid: int, method: Any) -> None:
-        if self.tx is None:
+        tx = self.tx
+        if tx is None:
             raise AmqpError(PRECONDITION_FAILED, "channel is not transactional", mid)
-        actions = self.tx
-        self.tx = []
-        self._tx_tags.clear()
-        for action in actions:
-            if self.closing:
-                return  # an action failed: the channel closed
-            action()
-        self.conn.send(M.tx_commit_ok(self.number))
+        conn = self.conn
+        try:
+            batch = tx.commit()
+        except PreconditionFailed as exc:
+            raise AmqpError(PRECONDITION_FAILED, exc.message, mid) from None
+        except WharfError as exc:
+            self._fail(from_wharf(exc, BASIC_PUBLISH, conn.vhost))
+            return
+        if self.closing:
+            return  # a mandatory return could not be sent: the channel closed
+        store = conn.virtual_host.store
+        if not batch or store is None:
+            conn.send(M.tx_commit_ok(self.number))
+            return
+        # As RabbitMQ: commit-ok once the commit's persistent messages and acks are on
+        # disk (one group commit: core/transactions.py).
+        store.when_durable(batch, lambda ok: self._tx_durable(ok, mid))
+
+    def _tx_durable(self, ok: bool, mid: int) -> None:
+        if self.closing or self.conn.open_channels.get(self.number) is not self:
+            return
+        if ok:
+            self.conn.send(M.tx_commit_ok(self.number))
+        else:
+            exc = ResourceError("message store write failed; the commit is not durable")
+            self.close_soft(from_wharf(exc, mid, self.conn.vhost))
 
     def _on_tx_rollback(self, mid: int, method: Any) -> None:
         if self.tx is None:
             raise AmqpError(PRECONDITION_FAILED, "channel is not transactional", mid)
-        self.tx = []
-        self._tx_tags.clear()
+        self.tx.rollback()
         self.conn.send(M.tx_rollback_ok(self.number))
 
-    def _tx_settle(self, mid: int, tags: list[int], apply: Callable[[list[Any]], None]) -> None:
+    def _tx_publish(self, method: Publish, props: dict[str, Any] | None, body: bytes) -> None:
+        """basic.publish inside a transaction: checked now, routed at tx.commit."""
+        tx = self.tx
+        assert tx is not None
+        conn = self.conn
+        if conn.broker.alarms and not conn.reading_blocked:
+            conn.block_reading()
+        usage = conn.usage
+        if usage is not None and usage.produce is not None:
+            conn.quota_produced(len(body))
+        key = (method.exchange, method.routing_key, method.mandatory)
+        try:
+            if not method.exchange and method.routing_key.startswith(REPLY_TO_PREFIX):
+                # Direct reply-to goes to a channel, not a queue: held as is.
+                conn.core.check_publish(method.exchange, method.routing_key)
+                tx.defer(lambda: self._publish_many(key, props, [body]))
+                return
+            tx.publish(
+                method.exchange,
+                method.routing_key,
+                props,
+                [body],
+                lambda res: self._tx_published(res, key, props, body),
+            )
+        except WharfError as exc:
+            self._fail(from_wharf(exc, BASIC_PUBLISH, conn.vhost))
+
+    def _tx_published(
+        self,
+        res: PublishResult,
+        key: tuple[str, str, bool],
+        props: dict[str, Any] | None,
+        body: bytes,
+    ) -> None:
+        """A held publish was routed at tx.commit: a mandatory one that reached no queue
+        comes back (x-overflow refusals are dropped: no confirms in tx mode)."""
+        exchange, routing_key, mandatory = key
+        if res.unroutable and mandatory and not res.refused:
+            conn = self.conn
+            conn.send(M.basic_return(self.number, NO_ROUTE, "NO_ROUTE", exchange, routing_key))
+            header = content_header(self._encode_props(props), len(body))
+            conn.send_many(content_frames(self.number, header, body, conn.frame_max))
+
+    def _tx_settle(self, mid: int, tags: list[int], outcome: str) -> None:
         """An ack/nack/reject inside a transaction: its tags are checked now (unknown, or
         already settled in this transaction: 406) and applied at tx.commit."""
-        pending = self._tx_tags
-        known = set(self.deliveries.tags(max(tags) if tags else 0))
-        tags = [t for t in tags if t not in pending]
-        for t in tags:
-            if t not in known:
-                raise AmqpError(PRECONDITION_FAILED, f"unknown delivery tag {t}", mid)
-        pending.update(tags)
         assert self.tx is not None
-
-        def settle() -> None:
-            apply(self._settle(mid, tags))
-
-        self.tx.append(settle)
+        try:
+            self.tx.settle(tags, outcome)
+        except PreconditionFailed as exc:
+            raise AmqpError(PRECONDITION_FAILED, exc.message, mid) from None
 
     # -- delivering (the core's DeliverySink) ------------------------------------------------
 
@@ -821,7 +864,7 @@ class Channel:
     def _on_ack(self, mid: int, method: Ack) -> None:
         tags = self._tags(mid, method.delivery_tag, method.multiple)
         if self.tx is not None:
-            self._tx_settle(mid, tags, lambda entries: self.deliveries.ack(entries))
+            self._tx_settle(mid, tags, ACK)
             return
         self.deliveries.ack(self._settle(mid, tags))
 
@@ -829,7 +872,7 @@ class Channel:
         tags = self._tags(mid, method.delivery_tag or 0, bool(method.multiple))
         requeue = bool(method.requeue)
         if self.tx is not None:
-            self._tx_settle(mid, tags, lambda entries: self.deliveries.reject(entries, requeue))
+            self._tx_settle(mid, tags, REQUEUE if requeue else REJECT)
             return
         self.deliveries.reject(self._settle(mid, tags), requeue)
 
@@ -837,7 +880,7 @@ class Channel:
         tags = [method.delivery_tag or 0]
         requeue = bool(method.requeue)
         if self.tx is not None:
-            self._tx_settle(mid, tags, lambda entries: self.deliveries.reject(entries, requeue))
+            self._tx_settle(mid, tags, REQUEUE if requeue else REJECT)
             return
         self.deliveries.reject(self._settle(mid, tags), requeue)
 

@@ -49,8 +49,9 @@ class LogSyncWait:
 
 
 # A publish waiting for its confirm: (first seq, last seq, store batch or 0, log fsyncs
-# or None).  Every publish after the first waiting one waits too, in order.
-ConfirmWait = tuple[int, int, int, LogSyncWait | None]
+# or None, how many of its last seqs were duplicates).  Every publish after the first
+# waiting one waits too, in order.
+ConfirmWait = tuple[int, int, int, LogSyncWait | None, int]
 
 
 class Confirms:
@@ -69,6 +70,7 @@ class Confirms:
         "_failed_batch",
         "_log_sync",
         "_closed",
+        "_duplicates",
     )
 
     def __init__(
@@ -102,6 +104,8 @@ class Confirms:
         # Log-topic fsyncs the persistent publishes of this loop iteration wait for.
         self._log_sync: LogSyncWait | None = None
         self._closed = False
+        # Seqs <= _up_to that were duplicates (x-dedup-window-ms), sent with the confirm.
+        self._duplicates: list[int] = []
 
     @property
     def waiting(self) -> int:
@@ -109,11 +113,16 @@ class Confirms:
         return len(self._waits)
 
     def published(
-        self, seq: int, n: int, store_batch: int, log_parts: list[Partition] | None
+        self,
+        seq: int,
+        n: int,
+        store_batch: int,
+        log_parts: list[Partition] | None,
+        duplicates: int = 0,
     ) -> None:
         """``n`` messages from sequence number ``seq`` (0: no confirm wanted) were
         accepted; ``store_batch`` (or 0) and ``log_parts`` (or None) are what makes them
-        durable."""
+        durable; the last ``duplicates`` of them were duplicates (not enqueued)."""
         log_sync: LogSyncWait | None = None
         if log_parts is not None:
             wait = self._log_sync_for(log_parts)
@@ -127,17 +136,30 @@ class Confirms:
             # confirmed before it.
             if store_batch:
                 self._await_store()
-            self._waits.append((seq, last, store_batch, log_sync))
+            self._waits.append((seq, last, store_batch, log_sync, duplicates))
             return
+        if duplicates:
+            self._duplicates.extend(range(last - duplicates + 1, last + 1))
         if last > self._up_to:
             self._up_to = last
         self._schedule_flush()
 
     def take_ready(self) -> int:
-        """The sequence number to confirm up to now (0: none); the caller sends it."""
+        """The sequence number to confirm up to now (0: none); the caller sends it.
+        (AMQP: a duplicate is a plain basic.ack, its flag is dropped.)"""
         up_to = self._up_to
         self._up_to = 0
+        if self._duplicates:
+            self._duplicates = []
         return up_to
+
+    def take_ready_with_duplicates(self) -> tuple[int, list[int] | None]:
+        """``take_ready`` and the seqs it covers that were duplicates (None: none)."""
+        duplicates = self._duplicates
+        if duplicates:
+            self._duplicates = []
+            return self.take_ready(), duplicates
+        return self.take_ready(), None
 
     def store_committed(self, batch: int) -> bool:
         """The store made ``batch`` durable (negative: that batch failed).
@@ -161,7 +183,7 @@ class Confirms:
         failed = self._failed_batch
         up_to = self._up_to
         while waits:
-            first, last, batch, log_sync = waits[0]
+            first, last, batch, log_sync, duplicates = waits[0]
             error: WharfError | None = None
             if log_sync is not None:
                 if log_sync.pending:
@@ -174,7 +196,10 @@ class Confirms:
             waits.popleft()
             if error is not None:
                 self.nack(first, last - first + 1, error)
-            elif last > up_to:
+                continue
+            if duplicates:
+                self._duplicates.extend(range(last - duplicates + 1, last + 1))
+            if last > up_to:
                 up_to = last
         self._up_to = up_to
         if up_to:

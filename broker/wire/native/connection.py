@@ -485,9 +485,12 @@ class Connection(TopologyFrames, LogFrames, LoginFrames, asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        up_to = self.confirms.take_ready()
+        up_to, duplicates = self.confirms.take_ready_with_duplicates()
         if up_to:
-            self._wbuf.append(self.encode_frame(F.Confirm(0, up_to)))
+            # CONFIRM [32, 0, up_to] or, when some seqs it covers were duplicates,
+            # [32, 0, up_to, [seq, ...]] (older clients ignore the trailing field).
+            frame = (F.CONFIRM, 0, up_to, duplicates) if duplicates else (F.CONFIRM, 0, up_to)
+            self._wbuf.append(self._encode(frame))
         if not self._wbuf or self.transport is None or self.transport.is_closing():
             self._wbuf.clear()
             return
@@ -750,7 +753,7 @@ class Connection(TopologyFrames, LogFrames, LoginFrames, asyncio.Protocol):
                 self.send_frame(
                     F.Return(0, s, Unroutable.code, "NO_ROUTE", exchange, routing_key, props, body)
                 )
-        self.confirms.published(seq, n, res.store_batch, res.log_parts)
+        self.confirms.published(seq, n, res.store_batch, res.log_parts, res.duplicates)
 
     def _produced(self, usage: UserUsage, nbytes: int) -> None:
         """Bytes published or produced under a quota: stop reading while over it."""

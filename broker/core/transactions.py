@@ -1,0 +1,155 @@
+"""The core's atomic commit: publishes and settlements held until ``commit``.
+
+A ``CoreTransaction`` belongs to one session of one wire adapter (today AMQP's
+``tx.select`` channel).  ``publish`` and ``settle`` check what they can at once (publish
+permission, the exchange, properties and sizes; that the delivery tags are unacked and
+not settled twice in the transaction) and hold the operation; ``rollback`` forgets them;
+``commit`` applies them in order as one unit:
+
+* in memory, in one go on the event loop: nothing else runs between two of them;
+* in the message store, inside ``MessageStore.begin_atomic``/``end_atomic``: the
+  persistent publishes, acks and DEDUP entries of the commit are tagged with one
+  transaction id, written in one segment by one group commit (one write, one fsync),
+  and recovery applies them only if the TXEND record behind them is on disk, so after
+  a crash (kill -9, power loss) either all or none of a committed batch is visible.
+
+``commit`` returns the store batch that makes the commit durable (0: nothing persistent);
+the adapter answers (tx.commit-ok) once ``MessageStore.when_durable`` says so.
+
+Settlements are checked again at commit, before anything is applied: a tag that went
+away meanwhile (basic.recover requeued it) fails the whole commit with nothing applied.
+Issue 15's queue-to-topic transactions extend this (topic appends in the same unit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from wharf.protocol.errors import NotFound, PreconditionFailed
+
+if TYPE_CHECKING:
+    from .deliveries import Deliveries
+    from .publish import PublishResult
+    from .session import CoreSession
+
+ACK: Final = "ack"
+REJECT: Final = "reject"  # nack/reject without requeue: dead-lettered or dropped
+REQUEUE: Final = "requeue"
+OUTCOMES: Final = (ACK, REJECT, REQUEUE)
+
+# A held publish: exchange, routing key, properties, bodies, what to do with the result.
+_Publish = tuple[str, str, "dict[str, Any] | None", list[bytes], "Callable[[PublishResult], None]"]
+# A held settlement: delivery tags and outcome.
+_Settle = tuple[list[int], str]
+# Anything else the adapter applies in order at commit (it must not touch the store).
+_Action = Callable[[], None]
+
+
+class CoreTransaction:
+    """The held operations of one transactional session."""
+
+    __slots__ = ("session", "deliveries", "_ops", "_tags", "commits", "rollbacks")
+
+    def __init__(self, session: CoreSession, deliveries: Deliveries) -> None:
+        self.session = session
+        self.deliveries = deliveries
+        self._ops: list[_Publish | _Settle | _Action] = []
+        # Delivery tags settled by the held operations.
+        self._tags: set[int] = set()
+        self.commits = 0
+        self.rollbacks = 0
+
+    @property
+    def pending(self) -> int:
+        """Operations held for the next commit."""
+        return len(self._ops)
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        props: dict[str, Any] | None,
+        bodies: list[bytes],
+        on_result: Callable[[PublishResult], None],
+    ) -> None:
+        """Hold a publish; checked now (permission, exchange, properties, sizes), routed
+        at commit; ``on_result`` gets its result then (mandatory returns)."""
+        session = self.session
+        session.check_publish(exchange, routing_key)
+        topology = session.topology
+        if exchange not in topology.exchanges:
+            raise NotFound(f"no exchange '{exchange}'", details={"exchange": exchange})
+        topology.publisher.check(exchange, props, bodies, session.actor.user)
+        self._ops.append((exchange, routing_key, props, bodies, on_result))
+
+    def settle(self, tags: list[int], outcome: str) -> None:
+        """Hold an ack, reject or requeue of delivery ``tags``: each must be unacked and
+        not settled already in this transaction (PreconditionFailed naming it)."""
+        assert outcome in OUTCOMES
+        pending = self._tags
+        fresh = [t for t in tags if t not in pending]
+        self._check_known(fresh)
+        pending.update(fresh)
+        self._ops.append((fresh, outcome))
+
+    def defer(self, action: _Action) -> None:
+        """Hold an adapter action that touches no queue or store (direct reply-to)."""
+        self._ops.append(action)
+
+    def rollback(self) -> None:
+        self._ops = []
+        self._tags.clear()
+        self.rollbacks += 1
+
+    def commit(self) -> int:
+        """Apply the held operations as one unit; the store batch to wait for (0: none).
+
+        A failure before anything is applied (a settled tag is gone) raises and the
+        transaction stays open; a publish refused at commit (the store failed) raises
+        with the operations before it applied in memory and none of them on disk.
+        """
+        ops = self._ops
+        for op in ops:
+            if isinstance(op, tuple) and len(op) == 2:
+                self._check_known(op[0])
+        self._ops = []
+        self._tags.clear()
+        self.commits += 1
+        topology = self.session.topology
+        store = topology.store
+        if store is not None:
+            store.begin_atomic()
+        done = False
+        try:
+            for op in ops:
+                if not isinstance(op, tuple):
+                    op()
+                elif len(op) == 2:
+                    self._apply_settle(op[0], op[1])
+                else:
+                    exchange, routing_key, props, bodies, on_result = op
+                    on_result(self.session.publish(exchange, routing_key, props, bodies))
+            done = True
+        finally:
+            batch = store.end_atomic(commit=done) if store is not None else 0
+        return batch
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _check_known(self, tags: list[int]) -> None:
+        if not tags:
+            return
+        known = set(self.deliveries.tags(max(tags)))
+        for t in tags:
+            if t not in known:
+                raise PreconditionFailed(f"unknown delivery tag {t}", details={"tag": t})
+
+    def _apply_settle(self, tags: list[int], outcome: str) -> None:
+        deliveries = self.deliveries
+        entries, unknown = deliveries.settle(tags)
+        assert unknown is None, "checked before the commit began"
+        if outcome == ACK:
+            deliveries.ack(entries)
+        else:
+            deliveries.reject(entries, outcome == REQUEUE)
