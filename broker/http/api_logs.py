@@ -1,7 +1,9 @@
-"""Management API endpoints for log topics and consumer groups (docs/management.md).
+"""Management API endpoints for log topics, consumer groups and transactions
+(docs/management.md).
 
 Topics come from the broker's ``TopicRegistry`` (logs/topics.py), groups from its group
-coordinator (logs/groups.py); both answer plain dicts, which these handlers pass on with
+coordinator (logs/groups.py), transactions from its transaction coordinator
+(logs/transactions.py); all answer plain dicts, which these handlers pass on with
 little reshaping.  Same rules as the rest of the API (api.py): listings for the
 management tags, changes decided by the core's permission table (core/access.py) as on
 the native protocol.
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from ..core.vhosts import VirtualHost
     from ..logs import TopicRegistry
     from ..logs.groups import GroupCoordinator
+    from ..logs.transactions import TransactionCoordinator
     from .api_broker import ApiBroker
 
 DEFAULT_PARTITIONS: Final = 1  # as Kafka's num.partitions
@@ -31,7 +34,7 @@ MAX_RESET_VALUE: Final = 2**63 - 1
 
 
 class LogsApi:
-    """Handlers for /api/topics and /api/groups."""
+    """Handlers for /api/topics, /api/groups and /api/transactions."""
 
     def __init__(self, broker: ApiBroker) -> None:
         self.broker = broker
@@ -112,6 +115,36 @@ class LogsApi:
                 doc=(
                     "200 OffsetsReset ResetOffsets Move committed offsets of a group without "
                     "members."
+                ),
+            ),
+            r(
+                "GET",
+                ("transactions",),
+                self.list_transactions,
+                doc="200 [Transaction] - Transactional ids the coordinators know, all vhosts.",
+            ),
+            r(
+                "GET",
+                ("transactions", "{vhost}"),
+                self.list_transactions,
+                doc="200 [Transaction] - A vhost's transactional ids.",
+            ),
+            r(
+                "GET",
+                ("transactions", "{vhost}", "{name}"),
+                self.get_transaction,
+                doc=(
+                    "200 Transaction - One transactional id: producer id, epoch, state, "
+                    "partitions and groups of its open transaction, age."
+                ),
+            ),
+            r(
+                "POST",
+                ("transactions", "{vhost}", "{name}", "abort"),
+                self.abort_transaction,
+                doc=(
+                    "200 Transaction - Abort the open transaction of a transactional id (as "
+                    "on its timeout); answered once the abort markers are written."
                 ),
             ),
         ]
@@ -242,6 +275,35 @@ class LogsApi:
         await synced
         offsets = [{"topic": t, "partition": p, "offset": o} for t, p, o in result["offsets"]]
         return 200, {"group": group, "topic": topic, "offsets": offsets}
+
+    # -- transactions --------------------------------------------------------------------
+
+    @staticmethod
+    def _txns_of(vhost: VirtualHost) -> TransactionCoordinator:
+        txns = vhost.transactions
+        if txns is None:
+            raise ResourceError("transactions are not available while the broker starts or stops")
+        return txns
+
+    def _txns(self, call: Call) -> TransactionCoordinator:
+        return self._txns_of(self._vhost(call))
+
+    async def list_transactions(self, call: Call) -> Result:
+        return 200, [
+            {**t, "vhost": v.name} for v in self._vhosts(call) for t in self._txns_of(v).list()
+        ]
+
+    async def get_transaction(self, call: Call) -> Result:
+        return 200, {**self._txns(call).describe(call.params[1]), "vhost": call.params[0]}
+
+    async def abort_transaction(self, call: Call) -> Result:
+        """Write permission on the transactional id (Kafka's Write on a TransactionalId),
+        or the administrator tag."""
+        txns = self._txns(call)
+        tid = call.params[1]
+        self._authorize(call, "transaction.abort", transaction=tid)
+        await txns.abort(tid)  # answered once the markers and the log record are fsynced
+        return 200, {**txns.describe(tid), "vhost": call.params[0]}
 
 
 def _partition_list(raw: Any) -> list[int]:

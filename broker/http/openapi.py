@@ -357,15 +357,23 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "group:s! topic:s! offsets:m!",
         offsets={"type": "array", "items": _schema("topic:s! partition:i! offset:i!")},
     ),
+    # transactions (api_logs.py, logs/transactions.py)
+    "Transaction": _schema(
+        "transactional_id:s! producer_id:i! producer_epoch:i! state:s! timeout_ms:i! "
+        "partitions:m! groups:l! start_ms:i! age_ms:i! vhost:s",
+        partitions={"type": "array", "items": {"type": "array"}},
+    ),
 }
 
 _ERRORS: Final = {
     "400": "Bad request: malformed body, unknown field, bad value (code 400).",
     "401": "Missing or wrong credentials (HTTP basic).",
     "403": "Not permitted: needs the administrator tag, or a reserved name (code 403).",
-    "404": "No such queue, exchange, binding, connection, user, topic or group (code 404).",
+    "404": "No such queue, exchange, binding, connection, user, topic, group or transactional "
+    "id (code 404).",
     "409": "Precondition failed (406: also a group that has members), exclusive queue owned "
-    "by a connection (405), consumer group rebalancing (409).",
+    "by a connection (405), consumer group rebalancing (409), a transactional id without an "
+    "open transaction (415).",
     "413": "Request body over 1 MiB, or message over max_message_bytes (code 311).",
     "503": "Resource alarm or message store unavailable (code 506).",
 }
