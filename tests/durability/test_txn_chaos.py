@@ -1,10 +1,12 @@
 """Chaos test of exactly-once pipelines (docs/logs.md, "Transactions"): an application
 process (txn_pipeline.py) reads an input topic in a group, read_committed, and writes a
 transformed record per input to an output topic with ``send_offsets`` in each
-transaction, while the test kill -9s the application, the broker, or both, once with a
-simulated power loss.  At the end a read_committed reader of the output sees every
-input's output exactly once, in input order per partition; records of the transactions
-the kills aborted are in the log (read_uncommitted) but never visible to it.
+transaction (the queue variant: takes jobs from a durable queue and acks each in the
+transaction that appends its output), while the test kill -9s the application, the
+broker, or both, once with a simulated power loss.  At the end a read_committed reader
+of the output sees every input's output exactly once, in input order per partition;
+records of the transactions the kills aborted are in the log (read_uncommitted) but
+never visible to it.
 
 ``python -m benchmarks txn-soak --minutes N`` runs the same loop for longer, with
 default settings, past segment rolls.
@@ -22,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+import pytest
 import txn_pipeline as app
-from harness import BrokerProcess, broker_process
+from harness import BrokerProcess, broker_process, simulate_power_loss
 from test_transactions_crash import lose_power
 
 import wharf
@@ -32,6 +35,8 @@ APP: Final = Path(__file__).with_name("txn_pipeline.py")
 PARTITIONS: Final = 2
 # Inputs produced per partition before each cycle.
 CHUNK: Final = 100
+# Jobs published before each cycle of the queue variant (one transaction per job).
+QUEUE_CHUNK: Final = 30
 CYCLES: Final = 8
 # The cycle (0-based) whose broker kill is followed by a power loss.
 POWER_LOSS_CYCLE: Final = 4
@@ -101,26 +106,36 @@ async def app_process(log_dir: Path, mode: str) -> AsyncIterator[AppProcess]:
         await a.kill()
 
 
-async def committed(conn: wharf.Connection) -> dict[int, int]:
-    offsets = await conn.committed_offsets(app.GROUP)
-    return {p: offsets.get((app.IN, p), 0) for p in range(PARTITIONS)}
+async def progress(conn: wharf.Connection, mode: str) -> tuple[int, ...]:
+    """What the pipeline has committed: the group's offsets (topic) or the output's last
+    stable offset (queue)."""
+    if mode == "topic":
+        offsets = await conn.committed_offsets(app.GROUP)
+        return tuple(offsets.get((app.IN, p), 0) for p in range(PARTITIONS))
+    return ((await conn.describe_topic(app.OUT))["offsets"][0]["last_stable"],)
 
 
-async def wait_for_progress(bp: BrokerProcess, after: dict[int, int], goal: int | None) -> None:
-    """Bounded polling: until the group's committed offsets pass ``after`` (or reach
-    ``goal`` on every partition)."""
+async def finished(conn: wharf.Connection, mode: str, run: Run) -> bool:
+    if mode == "topic":
+        now = await progress(conn, mode)
+        return all(now[p] >= len(run.inputs[p]) for p in range(PARTITIONS))
+    return len(await read_all(conn, app.OUT, 0, RC)) >= len(run.inputs[0])
+
+
+async def wait_for(bp: BrokerProcess, mode: str, run: Run, after: tuple[int, ...] | None) -> None:
+    """Bounded polling: until the pipeline committed past ``after`` (None: until it
+    has finished every input)."""
     conn = await bp.connect()
     try:
         for _ in range(int(PROGRESS_TIMEOUT_S / POLL_S)):
-            now = await committed(conn)
-            if goal is None and now != after:
+            if after is None and await finished(conn, mode, run):
                 return
-            if goal is not None and all(o >= goal for o in now.values()):
+            if after is not None and await progress(conn, mode) != after:
                 return
             await asyncio.sleep(POLL_S)
     finally:
         await conn.close()
-    raise AssertionError(f"the pipeline made no progress past {after} (goal {goal})")
+    raise AssertionError(f"the pipeline made no progress past {after} ({run.actions})")
 
 
 async def read_all(
@@ -140,9 +155,16 @@ async def read_all(
     return out
 
 
-async def produce_inputs(bp: BrokerProcess, run: Run) -> None:
+async def produce_inputs(bp: BrokerProcess, mode: str, run: Run) -> None:
     conn = await bp.connect()
     try:
+        if mode == "queue":
+            start = len(run.inputs[0])
+            jobs = [f"job-{i:06d}".encode() for i in range(start, start + QUEUE_CHUNK)]
+            for body in jobs:  # each confirmed (fsynced) before the next
+                await conn.publish("", app.JOBS, body, persistent=True)
+            run.inputs[0] += jobs
+            return
         for p in range(PARTITIONS):
             start = len(run.inputs[p])
             chunk = [f"{p}-{i:06d}".encode() for i in range(start, start + CHUNK)]
@@ -152,7 +174,7 @@ async def produce_inputs(bp: BrokerProcess, run: Run) -> None:
         await conn.close()
 
 
-async def chaos(tmp_path: Path, *, cycles: int, seed: int, env: dict[str, str]) -> Run:
+async def chaos(tmp_path: Path, mode: str, *, cycles: int, seed: int, env: dict[str, str]) -> Run:
     """The loop shared with the soak benchmark; returns what it did once judged."""
     rng = random.Random(seed)
     sync_log = tmp_path / "sync.log"
@@ -160,20 +182,24 @@ async def chaos(tmp_path: Path, *, cycles: int, seed: int, env: dict[str, str]) 
     broker_env = {**BROKER_ENV, "WHARF_TEST_SYNC_LOG": str(sync_log), **env}
     async with (
         broker_process(tmp_path / "data", env=broker_env, budget_s=BUDGET_S) as bp,
-        app_process(tmp_path, "topic") as pipeline,
+        app_process(tmp_path, mode) as pipeline,
     ):
         conn = await bp.connect()
-        await conn.create_topic(app.IN, PARTITIONS)
-        await conn.create_topic(app.OUT, PARTITIONS)
+        if mode == "topic":
+            await conn.create_topic(app.IN, PARTITIONS)
+            await conn.create_topic(app.OUT, PARTITIONS)
+        else:
+            await conn.declare_queue(app.JOBS, durable=True)
+            await conn.create_topic(app.OUT, 1)
         await conn.close()
         for cycle in range(cycles):
-            await produce_inputs(bp, run)
+            await produce_inputs(bp, mode, run)
             conn = await bp.connect()
-            before = await committed(conn)
+            before = await progress(conn, mode)
             await conn.close()
             if pipeline.proc is None:
                 await pipeline.start(bp.url)
-            await wait_for_progress(bp, before, None)
+            await wait_for(bp, mode, run, before)
             await asyncio.sleep(rng.uniform(*RUN_ON_S))  # chaos timing, not a wait for state
             what = "power" if cycle == POWER_LOSS_CYCLE else rng.choice(["app", "broker", "both"])
             run.actions.append(what)
@@ -185,15 +211,15 @@ async def chaos(tmp_path: Path, *, cycles: int, seed: int, env: dict[str, str]) 
             await bp.kill()
             await pipeline.gone()
             if what == "power":
-                lose_power(bp.data_dir, sync_log)
+                lose_power_everywhere(bp.data_dir, sync_log)
             await bp.start()
         # Let the pipeline finish every input, then judge.
         if pipeline.proc is None:
             await pipeline.start(bp.url)
-        await wait_for_progress(bp, {}, len(run.inputs[0]))
+        await wait_for(bp, mode, run, None)
         await pipeline.kill()
         conn = await bp.connect()
-        for p in range(PARTITIONS):
+        for p in range(PARTITIONS if mode == "topic" else 1):
             expected = [app.transform(v) for v in run.inputs[p]]
             got = await read_all(conn, app.OUT, p, RC)
             assert got == expected, (
@@ -202,9 +228,23 @@ async def chaos(tmp_path: Path, *, cycles: int, seed: int, env: dict[str, str]) 
                 f"first difference at {_first_difference(got, expected)}"
             )
             run.aborted += len(await read_all(conn, app.OUT, p, "read_uncommitted")) - len(got)
+        if mode == "queue":  # every job acked exactly with its output
+            assert (await conn.declare_queue(app.JOBS, durable=True, passive=True)).messages == 0
         await conn.close()
         assert not bp.log_problems(), bp.log_problems()
     return run
+
+
+def lose_power_everywhere(data_dir: Path, sync_log: Path) -> None:
+    """A power loss for the message store (harness.simulate_power_loss) and for the log
+    topics, offsets and transaction logs (test_transactions_crash.lose_power): each
+    rewrites the sync log with its own files only, so the two are combined."""
+    before = sync_log.read_text() if sync_log.exists() else ""
+    simulate_power_loss(data_dir, sync_log)
+    store_lines = sync_log.read_text()
+    sync_log.write_text(before)
+    lose_power(data_dir, sync_log)
+    sync_log.write_text(store_lines + sync_log.read_text())
 
 
 def _first_difference(got: list[bytes], expected: list[bytes]) -> int:
@@ -212,11 +252,12 @@ def _first_difference(got: list[bytes], expected: list[bytes]) -> int:
     return next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(got), len(expected)))
 
 
+@pytest.mark.parametrize("mode", ["topic", "queue"])
 async def test_pipeline_outputs_each_input_once_across_kills_and_power_loss(
-    tmp_path: Path,
+    tmp_path: Path, mode: str
 ) -> None:
     seed = int(os.environ.get("WHARF_CHAOS_SEED", random.randrange(1 << 30)))
-    run = await chaos(tmp_path, cycles=CYCLES, seed=seed, env={})
+    run = await chaos(tmp_path, mode, cycles=CYCLES, seed=seed, env={})
     assert "power" in run.actions
     # Kills landed mid-transaction: aborted output is in the log, never seen above.
     assert run.aborted > 0, run

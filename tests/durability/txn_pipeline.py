@@ -7,6 +7,10 @@ process takes its slot back at once) reads ``IN`` read_committed and, per transa
 appends ``out-<input value>`` for each record read to the same partition of ``OUT`` and
 sends the next offsets with ``send_offsets``.
 
+``python txn_pipeline.py URL queue``: a worker takes jobs from the durable queue
+``JOBS`` one at a time and, per transaction, appends ``out-<job body>`` to partition 0 of
+``OUT`` and acks the job in the same transaction (``msg.ack(transaction=p)``).
+
 It runs until killed; any error (the broker went away, a fenced epoch) ends it with exit
 code 1, and the test starts it again.
 """
@@ -21,6 +25,7 @@ from typing import Final
 import wharf
 
 IN: Final = "chaos.in"
+JOBS: Final = "chaos.jobs"
 OUT: Final = "chaos.out"
 GROUP: Final = "chaos-pipeline"
 TRANSACTIONAL_ID: Final = "chaos-pipeline"
@@ -69,10 +74,26 @@ async def topic_pipeline(url: str) -> None:
                 )
 
 
+async def queue_worker(url: str) -> None:
+    conn = await wharf.connect(url, timeout=10.0)
+    p = conn.transactional_producer(TRANSACTIONAL_ID)
+    # Registering first aborts what a killed predecessor left open, so its job is back
+    # at its place in the queue before this worker takes the next one.
+    await p.init()
+    async with conn.consume(JOBS, prefetch=1) as jobs:
+        async for job in jobs:
+            async with p.transaction():
+                await p.produce(OUT, transform(job.body), partition=0)
+                await job.ack(transaction=p)
+                await asyncio.sleep(WORK_S)  # the work between taking and committing
+
+
 def main() -> None:
     url, mode = sys.argv[1], sys.argv[2]
     if mode == "topic":
         asyncio.run(topic_pipeline(url))
+    elif mode == "queue":
+        asyncio.run(queue_worker(url))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 
