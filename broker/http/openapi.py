@@ -360,7 +360,7 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     # transactions (api_logs.py, logs/transactions.py)
     "Transaction": _schema(
         "transactional_id:s! producer_id:i! producer_epoch:i! state:s! timeout_ms:i! "
-        "partitions:m! groups:l! start_ms:i! age_ms:i! vhost:s",
+        "partitions:m! groups:l! start_ms:i! age_ms:i! queue_acks:i vhost:s",
         partitions={"type": "array", "items": {"type": "array"}},
     ),
 }
