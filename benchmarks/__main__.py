@@ -17,6 +17,7 @@ from . import compare as compare_mod
 from . import connect_rate as connect_rate_mod
 from . import logs as logs_mod
 from . import soak as soak_mod
+from . import txn as txn_mod
 
 
 def _positive(text: str) -> int:
@@ -114,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         "connect_rate",
         help="connection set-ups per second: SCRAM, TLS+SCRAM vs RabbitMQ (connect_rate --help)",
     )
+    sub.add_parser("txn", help="transactional vs plain produce, read_committed (txn --help)")
+    sub.add_parser("txn-soak", help="the transactions chaos test for N minutes (txn-soak --help)")
     return parser
 
 
@@ -127,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         return soak_mod.main(argv[1:])
     if argv[:1] == ["connect_rate"]:
         return connect_rate_mod.main(argv[1:])
+    if argv[:1] in (["txn"], ["txn-soak"]):
+        return txn_mod.main(argv[1:], argv[0])
     args = build_parser().parse_args(argv)
     result: dict[str, Any]
     if args.scenario == "throughput":

@@ -19,6 +19,7 @@ import contextlib
 import os
 import random
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,23 @@ BUDGET_S: Final = 110.0
 FETCH_BYTES: Final = 1 << 20
 RC: Final = "read_committed"
 BROKER_ENV: Final = {"WHARF_GROUP_INITIAL_REBALANCE_DELAY_MS": "0"}
+
+
+@dataclass
+class Shape:
+    """How much each cycle feeds the pipeline (the soak benchmark feeds more)."""
+
+    chunk: int = CHUNK  # input records per partition per cycle (topic variant)
+    queue_chunk: int = QUEUE_CHUNK  # jobs per cycle (queue variant)
+    pad: int = 0  # bytes added to each input value
+    segment_bytes: int | None = None  # topic setting (None: the default)
+    budget_s: float = BUDGET_S
+    # Also a power loss every this many cycles (0: only at POWER_LOSS_CYCLE).
+    power_every: int = 0
+    # Stop starting cycles after this time.monotonic() value (None: after ``cycles``).
+    deadline: float | None = None
+    # Bound on the wait for the pipeline to finish the last inputs.
+    finish_timeout_s: float = PROGRESS_TIMEOUT_S
 
 
 @dataclass
@@ -122,12 +140,18 @@ async def finished(conn: wharf.Connection, mode: str, run: Run) -> bool:
     return len(await read_all(conn, app.OUT, 0, RC)) >= len(run.inputs[0])
 
 
-async def wait_for(bp: BrokerProcess, mode: str, run: Run, after: tuple[int, ...] | None) -> None:
+async def wait_for(
+    bp: BrokerProcess,
+    mode: str,
+    run: Run,
+    after: tuple[int, ...] | None,
+    timeout_s: float = PROGRESS_TIMEOUT_S,
+) -> None:
     """Bounded polling: until the pipeline committed past ``after`` (None: until it
     has finished every input)."""
     conn = await bp.connect()
     try:
-        for _ in range(int(PROGRESS_TIMEOUT_S / POLL_S)):
+        for _ in range(int(timeout_s / POLL_S)):
             if after is None and await finished(conn, mode, run):
                 return
             if after is not None and await progress(conn, mode) != after:
@@ -155,45 +179,59 @@ async def read_all(
     return out
 
 
-async def produce_inputs(bp: BrokerProcess, mode: str, run: Run) -> None:
+async def produce_inputs(bp: BrokerProcess, mode: str, run: Run, shape: Shape) -> None:
     conn = await bp.connect()
+    pad = b"." * shape.pad
     try:
         if mode == "queue":
             start = len(run.inputs[0])
-            jobs = [f"job-{i:06d}".encode() for i in range(start, start + QUEUE_CHUNK)]
+            end = start + shape.queue_chunk
+            jobs = [f"job-{i:06d}".encode() + pad for i in range(start, end)]
             for body in jobs:  # each confirmed (fsynced) before the next
                 await conn.publish("", app.JOBS, body, persistent=True)
             run.inputs[0] += jobs
             return
         for p in range(PARTITIONS):
             start = len(run.inputs[p])
-            chunk = [f"{p}-{i:06d}".encode() for i in range(start, start + CHUNK)]
+            chunk = [f"{p}-{i:06d}".encode() + pad for i in range(start, start + shape.chunk)]
             await conn.produce_many(app.IN, chunk, partition=p, acks="fsynced")
             run.inputs[p] += chunk
     finally:
         await conn.close()
 
 
-async def chaos(tmp_path: Path, mode: str, *, cycles: int, seed: int, env: dict[str, str]) -> Run:
+async def chaos(
+    tmp_path: Path,
+    mode: str,
+    *,
+    cycles: int,
+    seed: int,
+    env: dict[str, str],
+    shape: Shape | None = None,
+) -> Run:
     """The loop shared with the soak benchmark; returns what it did once judged."""
+    shape = shape or Shape()
     rng = random.Random(seed)
     sync_log = tmp_path / "sync.log"
     run = Run()
     broker_env = {**BROKER_ENV, "WHARF_TEST_SYNC_LOG": str(sync_log), **env}
     async with (
-        broker_process(tmp_path / "data", env=broker_env, budget_s=BUDGET_S) as bp,
+        broker_process(tmp_path / "data", env=broker_env, budget_s=shape.budget_s) as bp,
         app_process(tmp_path, mode) as pipeline,
     ):
         conn = await bp.connect()
+        config = {} if shape.segment_bytes is None else {"segment_bytes": shape.segment_bytes}
         if mode == "topic":
-            await conn.create_topic(app.IN, PARTITIONS)
-            await conn.create_topic(app.OUT, PARTITIONS)
+            await conn.create_topic(app.IN, PARTITIONS, **config)
+            await conn.create_topic(app.OUT, PARTITIONS, **config)
         else:
             await conn.declare_queue(app.JOBS, durable=True)
-            await conn.create_topic(app.OUT, 1)
+            await conn.create_topic(app.OUT, 1, **config)
         await conn.close()
         for cycle in range(cycles):
-            await produce_inputs(bp, mode, run)
+            if shape.deadline is not None and time.monotonic() > shape.deadline:
+                break
+            await produce_inputs(bp, mode, run, shape)
             conn = await bp.connect()
             before = await progress(conn, mode)
             await conn.close()
@@ -201,7 +239,10 @@ async def chaos(tmp_path: Path, mode: str, *, cycles: int, seed: int, env: dict[
                 await pipeline.start(bp.url)
             await wait_for(bp, mode, run, before)
             await asyncio.sleep(rng.uniform(*RUN_ON_S))  # chaos timing, not a wait for state
-            what = "power" if cycle == POWER_LOSS_CYCLE else rng.choice(["app", "broker", "both"])
+            power = cycle == POWER_LOSS_CYCLE or (
+                shape.power_every > 0 and cycle % shape.power_every == shape.power_every - 1
+            )
+            what = "power" if power else rng.choice(["app", "broker", "both"])
             run.actions.append(what)
             if what == "app":
                 await pipeline.kill()
@@ -216,7 +257,7 @@ async def chaos(tmp_path: Path, mode: str, *, cycles: int, seed: int, env: dict[
         # Let the pipeline finish every input, then judge.
         if pipeline.proc is None:
             await pipeline.start(bp.url)
-        await wait_for(bp, mode, run, None)
+        await wait_for(bp, mode, run, None, shape.finish_timeout_s)
         await pipeline.kill()
         conn = await bp.connect()
         for p in range(PARTITIONS if mode == "topic" else 1):
