@@ -151,11 +151,6 @@ class Message(MessageFields):
 
     # -- settling ------------------------------------------------------------------
 
-    @property
-    def ack_channel(self) -> AckChannel | None:
-        """Where this delivery is settled (None: nothing to settle, a no_ack delivery)."""
-        return self._channel
-
     async def ack(
         self, multiple: bool = False, *, transaction: TransactionalProducer | None = None
     ) -> None:
@@ -194,6 +189,11 @@ class Message(MessageFields):
 
 
 _new_message = Message.__new__
+
+
+def ack_channel_of(message: Message) -> AckChannel | None:
+    """Where ``message`` is settled (None: nothing to settle, a no_ack delivery)."""
+    return message._channel
 
 
 def messages_from_entries(entries: Iterable[Any], channel: AckChannel | None) -> list[Message]:

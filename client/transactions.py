@@ -25,7 +25,7 @@ from wharf.protocol.errors import InvalidArgument, InvalidTxnState, ProducerFenc
 
 from .core import NEW_REQUEST, Reply, result_of
 from .logs import Producer, RecordTuple
-from .message import Message
+from .message import Message, ack_channel_of
 
 TopicPartition = tuple[str, int]
 _T = TypeVar("_T")
@@ -184,7 +184,7 @@ class TransactionalProducer:
         session = self._connection() if self._connection is not None else None
         tags = []
         for m in messages:
-            channel = m.ack_channel
+            channel = ack_channel_of(m)
             if channel is None:
                 raise InvalidArgument(f"{m!r} came from a no_ack consumer: nothing to ack")
             if session is None or channel.core is not session:
