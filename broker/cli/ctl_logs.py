@@ -288,6 +288,7 @@ def _txn_text(t: dict[str, Any]) -> str:
             "age_ms": t["age_ms"],
             "partitions": _txn_partitions(t),
             "groups": ",".join(t.get("groups", [])) or None,
+            "queue_acks": t.get("queue_acks", 0),
         }
     )
 

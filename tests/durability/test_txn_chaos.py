@@ -77,6 +77,7 @@ class Run:
 
     inputs: dict[int, list[bytes]] = field(default_factory=lambda: {p: [] for p in range(2)})
     actions: list[str] = field(default_factory=list)
+    seed: int = 0
     # Output records in the log that read_committed readers do not see: aborted ones.
     aborted: int = 0
 
@@ -159,7 +160,9 @@ async def wait_for(
             await asyncio.sleep(POLL_S)
     finally:
         await conn.close()
-    raise AssertionError(f"the pipeline made no progress past {after} ({run.actions})")
+    raise AssertionError(
+        f"the pipeline made no progress past {after} after {run.actions} (seed {run.seed})"
+    )
 
 
 async def read_all(
@@ -213,7 +216,7 @@ async def chaos(
     shape = shape or Shape()
     rng = random.Random(seed)
     sync_log = tmp_path / "sync.log"
-    run = Run()
+    run = Run(seed=seed)
     broker_env = {**BROKER_ENV, "WHARF_TEST_SYNC_LOG": str(sync_log), **env}
     async with (
         broker_process(tmp_path / "data", env=broker_env, budget_s=shape.budget_s) as bp,

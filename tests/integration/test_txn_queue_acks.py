@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 
 import wharf
+from wharf.broker.server import Broker
+
+from .test_api import api
 
 RC = "read_committed"
 
@@ -120,3 +123,21 @@ async def test_bad_acks_change_nothing(conn: wharf.Connection, connect: Callable
         await p.ack_in_transaction(m)  # already in the transaction
     await p.commit()
     assert await conn.get("jobs-b") is None
+
+
+async def test_an_operator_abort_requeues(conn: wharf.Connection, broker: Broker) -> None:
+    await _setup(conn, "jobs-o", "results-o")
+    p = conn.transactional_producer("worker-o")
+    m = await conn.get("jobs-o")
+    assert m is not None
+    await p.begin()
+    await p.produce("results-o", b"stuck", partition=0)
+    await p.ack_in_transaction(m)
+    doc = (await api(broker, "GET", "/api/transactions/%2F/worker-o")).json()
+    assert doc["queue_acks"] == 1 and doc["state"] == "Ongoing"
+    r = await api(broker, "POST", "/api/transactions/%2F/worker-o/abort")
+    assert r.status == 200, r
+    again = await conn.get("jobs-o")
+    assert again is not None and again.redelivered
+    with pytest.raises(wharf.TransactionAborted):
+        await p.commit()
