@@ -272,6 +272,11 @@ class VirtualHost:
             self.transactions.recovered_acks_applied()  # nothing left to ack
         return len(by_uid), restored, dropped
 
+    async def recovery_done(self) -> None:
+        """Wait for what ``restore`` left running (the acks of recovered transactions)."""
+        while self._recovery_tasks:
+            await asyncio.gather(*list(self._recovery_tasks))
+
     def _take_recovered_acks(self, rec: Recovered) -> list[tuple[int, int, Any]]:
         """Messages a transaction recovered in PrepareCommit acked (logs/transactions.py,
         core/transactions.py ``TransactionAcks``): taken out before the queues are

@@ -532,7 +532,7 @@ class TransactionCoordinator:
         transactions that held them are CompleteCommit in the log too."""
         tids, self._awaiting_acks = self._awaiting_acks, []
         self.recovered_acks = {}
-        return _all_of(*(self._persist(self.txns[t]) for t in tids if t in self.txns))
+        return self._track(_all_of(*(self._persist(self.txns[t]) for t in tids if t in self.txns)))
 
     def _write_markers_now(self, txn: Txn, commit: bool) -> None:
         for part in self._partitions_of(txn):
