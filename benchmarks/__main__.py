@@ -19,6 +19,7 @@ from . import connect_rate as connect_rate_mod
 from . import logs as logs_mod
 from . import soak as soak_mod
 from . import ui as ui_mod
+from . import txn as txn_mod
 
 
 def _positive(text: str) -> int:
@@ -122,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="connection set-ups per second: SCRAM, TLS+SCRAM vs RabbitMQ (connect_rate --help)",
     )
     sub.add_parser("ui", help="web UI page loads and tab CPU on a big broker (ui --help)")
+    sub.add_parser("txn", help="transactional vs plain produce, read_committed (txn --help)")
+    sub.add_parser("txn-soak", help="the transactions chaos test for N minutes (txn-soak --help)")
     return parser
 
 
@@ -141,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         return connect_rate_mod.main(argv[1:])
     if argv[:1] == ["ui"]:
         return ui_mod.main(argv[1:])
+    if argv[:1] in (["txn"], ["txn-soak"]):
+        return txn_mod.main(argv[1:], argv[0])
     args = build_parser().parse_args(argv)
     result: dict[str, Any]
     if args.scenario == "throughput":

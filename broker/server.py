@@ -582,6 +582,9 @@ class Broker:
         )
         self.authenticator.audit = self.audit
         self._recover()
+        for vhost in self.vhosts:
+            # Acks of transactions recovered in PrepareCommit: durable before clients.
+            await vhost.recovery_done()
         self.monitor = ResourceMonitor(
             self.data_path,
             s.memory_high_watermark,

@@ -171,6 +171,12 @@ class AckChannel:
         """Queue an ACK(multiple)/NACK/REJECT frame, after any pending acks."""
         self._core.send_settle(frame)
 
+    @property
+    def core(self) -> ConnectionCore:
+        """The connection (one TCP session) the deliveries came on: tags mean
+        something only there."""
+        return self._core
+
 
 class ConnectionCore(asyncio.BufferedProtocol):
     def __init__(

@@ -67,6 +67,8 @@ class LogsApi:
 
         async def _usable_core(self) -> ConnectionCore: ...
 
+        _core: ConnectionCore
+
         @property
         def _topology(self) -> Topology | None: ...
 
@@ -185,7 +187,9 @@ class LogsApi:
         ``async with p.transaction(): await p.produce(...); await p.send_offsets(...)``.
         ``timeout`` (seconds): the broker aborts a transaction open longer (default:
         its transaction_timeout_ms)."""
-        return TransactionalProducer(self._request, transactional_id, timeout)
+        return TransactionalProducer(
+            self._request, transactional_id, timeout, connection=lambda: self._core
+        )
 
     async def fetch(
         self,

@@ -7,9 +7,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from wharf.protocol import frames as F
+from wharf.protocol.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from .core import AckChannel
+    from .transactions import TransactionalProducer
 
 
 class QueueInfo(NamedTuple):
@@ -149,8 +151,19 @@ class Message(MessageFields):
 
     # -- settling ------------------------------------------------------------------
 
-    async def ack(self, multiple: bool = False) -> None:
-        """Acknowledge (with ``multiple``: every unsettled delivery up to this one)."""
+    async def ack(
+        self, multiple: bool = False, *, transaction: TransactionalProducer | None = None
+    ) -> None:
+        """Acknowledge (with ``multiple``: every unsettled delivery up to this one).
+
+        ``transaction=p``: the ack is part of ``p``'s open transaction (same
+        connection): applied if it commits, the message redelivered if it aborts
+        (``p.ack_in_transaction(message)``)."""
+        if transaction is not None:
+            if multiple:
+                raise InvalidArgument("an ack in a transaction names its messages (no multiple)")
+            await transaction.ack_in_transaction(self)
+            return
         channel = self._channel
         if channel is not None:
             if multiple:
@@ -176,6 +189,11 @@ class Message(MessageFields):
 
 
 _new_message = Message.__new__
+
+
+def ack_channel_of(message: Message) -> AckChannel | None:
+    """Where ``message`` is settled (None: nothing to settle, a no_ack delivery)."""
+    return message._channel
 
 
 def messages_from_entries(entries: Iterable[Any], channel: AckChannel | None) -> list[Message]:

@@ -25,6 +25,7 @@ from wharf.protocol.errors import InvalidArgument, InvalidTxnState, ProducerFenc
 
 from .core import NEW_REQUEST, Reply, result_of
 from .logs import Producer, RecordTuple
+from .message import Message, ack_channel_of
 
 TopicPartition = tuple[str, int]
 _T = TypeVar("_T")
@@ -39,10 +40,14 @@ class TransactionalProducer:
         request: Callable[[F.Frame], Awaitable[Reply]],
         transactional_id: str,
         timeout: float | None = None,
+        connection: Callable[[], object] | None = None,
     ) -> None:
         if not transactional_id:
             raise InvalidArgument("a transactional producer needs a transactional id")
         self._request = request
+        # The connection's current session, where deliveries acked in a transaction
+        # must have come from (None: acks in transactions are not available).
+        self._connection = connection
         self.transactional_id = transactional_id
         self._timeout_ms = -1 if timeout is None else int(timeout * 1000)
         self._producer = Producer(request, transactional=True)
@@ -167,6 +172,34 @@ class TransactionalProducer:
                     member_id,
                     generation,
                 )
+            )
+        )
+
+    async def ack_in_transaction(self, *messages: Message) -> None:
+        """Ack ``messages`` (consumed from queues on this producer's connection) in the
+        transaction: the acks apply if and only if it commits; if it aborts (``abort()``,
+        its timeout, a newer producer with this id, a crash) the messages are requeued
+        and redelivered.  Until then they count as neither ready nor unacked."""
+        self._check_in_txn("ack_in_transaction")
+        session = self._connection() if self._connection is not None else None
+        tags = []
+        for m in messages:
+            channel = ack_channel_of(m)
+            if channel is None:
+                raise InvalidArgument(f"{m!r} came from a no_ack consumer: nothing to ack")
+            if session is None or channel.core is not session:
+                raise InvalidArgument(
+                    f"{m!r} was delivered on another connection (or before a reconnect): "
+                    "a transaction acks deliveries of its producer's connection only"
+                )
+            tags.append(m.delivery_tag)
+        if not tags:
+            return
+        self._sent = True
+        p = self._producer
+        await self._guard(
+            self._call(
+                F.TxnAck(NEW_REQUEST, self.transactional_id, p.producer_id, p.producer_epoch, tags)
             )
         )
 

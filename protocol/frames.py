@@ -81,6 +81,7 @@ TOPIC_UNBIND: Final = 91
 INIT_TRANSACTIONS: Final = 92
 TXN_SEND_OFFSETS: Final = 93
 END_TXN: Final = 94
+TXN_ACK: Final = 95
 GROUP_JOIN: Final = 100
 GROUP_HEARTBEAT: Final = 101
 GROUP_LEAVE: Final = 102
@@ -566,6 +567,17 @@ class TxnSendOffsets(NamedTuple):
     generation: int = -1
 
 
+class TxnAck(NamedTuple):
+    """Ack deliveries of this connection in the transaction: applied only if it commits,
+    requeued (redelivered) if it aborts.  ``delivery_tags``: array of unacked tags."""
+
+    request_id: int
+    transactional_id: str
+    producer_id: int
+    producer_epoch: int
+    delivery_tags: list[Any]
+
+
 class EndTxn(NamedTuple):
     """Commit (``commit`` true) or abort the producer's open transaction."""
 
@@ -728,6 +740,7 @@ Frame = (
     | TopicUnbind
     | InitTransactions
     | TxnSendOffsets
+    | TxnAck
     | EndTxn
     | GroupJoin
     | GroupHeartbeat
@@ -797,6 +810,7 @@ TYPE_OF: Final[dict[type, int]] = {
     TopicUnbind: TOPIC_UNBIND,
     InitTransactions: INIT_TRANSACTIONS,
     TxnSendOffsets: TXN_SEND_OFFSETS,
+    TxnAck: TXN_ACK,
     EndTxn: END_TXN,
     GroupJoin: GROUP_JOIN,
     GroupHeartbeat: GROUP_HEARTBEAT,
@@ -875,6 +889,7 @@ _FIELD_TYPES: dict[Any, tuple[tuple[type, ...], ...]] = {
     TopicUnbind: (_INT, _STR, _STR, _STR, _OPT_MAP),
     InitTransactions: (_INT, _STR, _INT),
     TxnSendOffsets: (_INT, _STR, _INT, _INT, _STR, _LIST, _STR, _INT),
+    TxnAck: (_INT, _STR, _INT, _INT, _LIST),
     EndTxn: (_INT, _STR, _INT, _INT, _BOOL),
     GroupJoin: (_INT, _STR, _LIST, _STR, _OPT_STR, _STR, _INT, _INT, _OPT_LIST),
     GroupHeartbeat: (_INT, _STR, _STR, _INT),

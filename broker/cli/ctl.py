@@ -27,7 +27,7 @@ from .ctl_client import (
     table,
 )
 from .ctl_limits import user_limits
-from .ctl_logs import groups, topics  # log topics and consumer groups
+from .ctl_logs import groups, topics, transactions  # log topics, groups, transactions
 from .ctl_perms import permissions, topic_permissions
 from .ctl_progress import TerminalProgress
 from .ctl_vhosts import vhosts
@@ -685,6 +685,7 @@ def publish(
 
 ctl.add_command(topics)  # ctl_logs.py
 ctl.add_command(groups)  # ctl_logs.py
+ctl.add_command(transactions)  # ctl_logs.py
 ctl.add_command(permissions)  # ctl_perms.py
 ctl.add_command(topic_permissions)  # ctl_perms.py
 ctl.add_command(vhosts)  # ctl_vhosts.py

@@ -1,6 +1,7 @@
-"""``wharf ctl topics ...`` and ``wharf ctl groups ...``: log topics and consumer groups
-over the management API (api_logs.py), in the spirit of kafka-topics.sh and
-kafka-consumer-groups.sh.  Added to ``wharf ctl`` by ctl.py.
+"""``wharf ctl topics ...``, ``wharf ctl groups ...`` and ``wharf ctl transactions ...``:
+log topics, consumer groups and transactions over the management API (api_logs.py), in
+the spirit of kafka-topics.sh, kafka-consumer-groups.sh and kafka-transactions.sh.  Added to
+``wharf ctl`` by ctl.py.
 """
 
 from __future__ import annotations
@@ -247,3 +248,74 @@ def groups_reset_offsets(
     r = c.request("POST", f"/groups/{c.v}/{seg(group)}/reset-offsets", body)
     rows = [(o["topic"], o["partition"], o["offset"]) for o in r["offsets"]]
     c.show(r, table(("TOPIC", "PARTITION", "NEW_OFFSET"), rows))
+
+
+# -- transactions ----------------------------------------------------------------------------
+
+
+@click.group()
+def transactions() -> None:
+    """List and describe transactional ids; abort an open transaction."""
+
+
+def _txn_partitions(t: dict[str, Any]) -> str:
+    """[[topic, 0], [topic, 1]] as 'topic:0,1'."""
+    by_topic: dict[str, list[str]] = {}
+    for topic, p in t.get("partitions", []):
+        by_topic.setdefault(topic, []).append(str(p))
+    return " ".join(f"{topic}:{','.join(ps)}" for topic, ps in by_topic.items()) or "-"
+
+
+@transactions.command("list")
+@pass_client
+def transactions_list(c: ApiClient) -> None:
+    """Transactional ids with their producer, epoch, state and the age of the open one."""
+    ts = c.request("GET", f"/transactions/{c.v}")
+    rows = [
+        (
+            t["transactional_id"],
+            t["producer_id"],
+            t["producer_epoch"],
+            t["state"],
+            t["age_ms"],
+            len(t["partitions"]),
+        )
+        for t in ts
+    ]
+    headers = ("TRANSACTIONAL_ID", "PRODUCER_ID", "EPOCH", "STATE", "AGE_MS", "PARTITIONS")
+    c.show(ts, table(headers, rows) if rows else "no transactional ids")
+
+
+def _txn_text(t: dict[str, Any]) -> str:
+    return key_values(
+        {
+            "transactional_id": t["transactional_id"],
+            "producer_id": t["producer_id"],
+            "producer_epoch": t["producer_epoch"],
+            "state": t["state"],
+            "timeout_ms": t["timeout_ms"],
+            "age_ms": t["age_ms"],
+            "partitions": _txn_partitions(t),
+            "groups": ",".join(t.get("groups", [])) or None,
+            "queue_acks": t.get("queue_acks", 0),
+        }
+    )
+
+
+@transactions.command("describe")
+@click.argument("tid")
+@pass_client
+def transactions_describe(c: ApiClient, tid: str) -> None:
+    """State of transactional id TID and the partitions and groups of its transaction."""
+    t = c.request("GET", f"/transactions/{c.v}/{seg(tid)}")
+    c.show(t, _txn_text(t))
+
+
+@transactions.command("abort")
+@click.argument("tid")
+@pass_client
+def transactions_abort(c: ApiClient, tid: str) -> None:
+    """Abort the open transaction of TID (its producer's next request is refused with
+    TransactionAborted, as after a timeout)."""
+    t = c.request("POST", f"/transactions/{c.v}/{seg(tid)}/abort")
+    c.show(t, f"transaction of {tid} aborted\n" + _txn_text(t))

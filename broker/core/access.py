@@ -221,6 +221,9 @@ OPERATIONS: Final[dict[str, tuple[Need, ...]]] = {
     "group.describe": (_n(READ, "group"),),
     "group.reset_offsets": (_n(READ, "group"), _n(READ, "topic")),
     "group.delete": (_n(CONFIGURE, "group"),),
+    # transactions: an operator's abort needs what the producer of that id needs (Kafka's
+    # Write on the TransactionalId resource)
+    "transaction.abort": (_n(WRITE, "transaction"),),
     # listings and producer ids: any user with access to the vhost
     "list": (),
     "producer.init": (),

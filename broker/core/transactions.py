@@ -18,18 +18,29 @@ the adapter answers (tx.commit-ok) once ``MessageStore.when_durable`` says so.
 
 Settlements are checked again at commit, before anything is applied: a tag that went
 away meanwhile (basic.recover requeued it) fails the whole commit with nothing applied.
-Issue 15's queue-to-topic transactions extend this (topic appends in the same unit).
+
+``TransactionAcks`` is the other half, for log-topic transactions (issue 15, "exactly
+once from a queue into a topic"): acks of a session's deliveries that apply only if a
+transaction of the log transaction coordinator (logs/transactions.py) commits.  The
+deliveries leave the session when they join the transaction (closing the session does
+not requeue them); the coordinator commits them after its PrepareCommit record is
+fsynced (the acks and their ACKS records in one atomic store unit, then fsynced) and
+aborts them on END_TXN(abort), a timeout, fencing or an operator's abort: the messages
+are requeued and redelivered.  Recovery of a PrepareCommit transaction acks its stored
+messages from the positions in that record (``VirtualHost.restore``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from wharf.protocol.errors import NotFound, PreconditionFailed
+from wharf.protocol.errors import NotFound, PreconditionFailed, ResourceError
 
 if TYPE_CHECKING:
-    from .deliveries import Deliveries
+    from ..store.segments import MessageStore
+    from .deliveries import Deliveries, Unacked
     from .publish import PublishResult
     from .session import CoreSession
 
@@ -145,3 +156,87 @@ class CoreTransaction:
             deliveries.ack(entries)
         else:
             deliveries.reject(entries, outcome == REQUEUE)
+
+
+class TransactionAcks:
+    """Deliveries of one session acked inside a log transaction: applied by ``commit``,
+    requeued by ``abort`` (``logs.transactions.HeldSettlements``)."""
+
+    __slots__ = ("deliveries", "store", "entries", "ended")
+
+    def __init__(
+        self, deliveries: Deliveries, store: MessageStore | None, entries: list[Unacked]
+    ) -> None:
+        self.deliveries = deliveries
+        self.store = store
+        self.entries = entries
+        self.ended = False
+
+    @classmethod
+    def hold(
+        cls, deliveries: Deliveries, store: MessageStore | None, tags: list[int]
+    ) -> TransactionAcks:
+        """Take ``tags`` out of the session's unacked table (every one must be unacked:
+        else PreconditionFailed naming it, and nothing is taken)."""
+        if not tags:
+            raise PreconditionFailed("no delivery tags to ack in the transaction")
+        known = set(deliveries.tags(max(tags)))
+        for t in tags:
+            if t not in known:
+                raise PreconditionFailed(
+                    f"unknown delivery tag {t}: not an unacked delivery of this connection",
+                    details={"tag": t},
+                )
+        if len(set(tags)) != len(tags):
+            raise PreconditionFailed("a delivery tag is named twice")
+        entries, unknown = deliveries.settle(tags)
+        assert unknown is None, "checked above"
+        return cls(deliveries, store, entries)
+
+    def stored(self) -> dict[int, list[int]]:
+        """Queue uid -> positions of the persistent messages (for recovery)."""
+        out: dict[int, list[int]] = {}
+        for msg, queue, _ in self.entries:
+            if msg.seg is not None and msg.persisted and queue.persist:
+                out.setdefault(queue.uid, []).append(msg.position)
+        return out
+
+    def commit(self) -> asyncio.Future[None]:
+        """Ack the messages; done once their ACKS records (one atomic store unit) are
+        fsynced."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.ended:
+            fut.set_result(None)
+            return fut
+        self.ended = True
+        store = self.store
+        if store is None:
+            self.deliveries.ack(self.entries)
+            fut.set_result(None)
+            return fut
+        store.begin_atomic()
+        done = False
+        try:
+            self.deliveries.ack(self.entries)
+            done = True
+        finally:
+            batch = store.end_atomic(commit=done)
+
+        def durable(ok: bool) -> None:
+            if fut.done():
+                return
+            if ok:
+                fut.set_result(None)
+            else:
+                fut.set_exception(
+                    ResourceError("the message store failed before the acks were fsynced")
+                )
+
+        store.when_durable(batch, durable)
+        return fut
+
+    def abort(self) -> None:
+        """Requeue the messages (they are redelivered, delivery count raised)."""
+        if not self.ended:
+            self.ended = True
+            self.deliveries.reject(self.entries, requeue=True)

@@ -22,6 +22,7 @@ when a queue is created, ``max-topics`` by the topic registry when a topic is cr
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import shutil
@@ -138,6 +139,8 @@ class VirtualHost:
         self.log_cleaner: LogCleaner | None = None
         self.groups: GroupCoordinator | None = None
         self.transactions: TransactionCoordinator | None = None
+        # Writing the acks of transactions recovered in PrepareCommit (restore).
+        self._recovery_tasks: set[asyncio.Future[None]] = set()
         # Authenticated client connections on this vhost, any protocol (registry id ->
         # connection): max-connections, deletion and the per-vhost connection metric.
         self.clients: dict[int, ClientConnection] = {}
@@ -255,6 +258,7 @@ class VirtualHost:
         by_uid = {q.uid: q for q in self.topology.queues.values() if q.persist}
         dropped = drop_unknown_queues(rec, set(by_uid))
         store.adopt(rec.segments)
+        acked = self._take_recovered_acks(rec)
         restored = 0
         for uid, q in by_uid.items():
             restored += self._restore_queue(q, rec, uid)
@@ -262,7 +266,52 @@ class VirtualHost:
         for q in by_uid.values():
             q.start_expiry()
             q.start_delays()
+        if acked:
+            self._ack_recovered(acked)
+        elif self.transactions is not None and self.transactions.recovered_acks:
+            self.transactions.recovered_acks_applied()  # nothing left to ack
         return len(by_uid), restored, dropped
+
+    async def recovery_done(self) -> None:
+        """Wait for what ``restore`` left running (the acks of recovered transactions)."""
+        while self._recovery_tasks:
+            await asyncio.gather(*list(self._recovery_tasks))
+
+    def _take_recovered_acks(self, rec: Recovered) -> list[tuple[int, int, Any]]:
+        """Messages a transaction recovered in PrepareCommit acked (logs/transactions.py,
+        core/transactions.py ``TransactionAcks``): taken out before the queues are
+        rebuilt.  Returns (queue uid, position, segment) of each."""
+        txns = self.transactions
+        if txns is None or not txns.recovered_acks:
+            return []
+        out = []
+        for uid, positions in txns.recovered_acks.items():
+            stored = rec.messages.get(uid)
+            if not stored:
+                continue  # acked for good before the crash, or its queue is gone
+            for pos in sorted(positions):
+                r = stored.pop(pos, None)
+                if r is not None:
+                    out.append((uid, pos, r.segment))
+        return out
+
+    def _ack_recovered(self, acked: list[tuple[int, int, Any]]) -> None:
+        """Write the ACKS records of ``acked``; once fsynced, the transactions that held
+        them are CompleteCommit in the transaction log too (until then a crash redoes
+        this)."""
+        store, txns = self.store, self.transactions
+        assert store is not None and txns is not None
+        for uid, pos, seg in acked:
+            store.settle(uid, pos, seg)
+        log.info("vhost '%s': acked %d messages of committed transactions", self.name, len(acked))
+
+        async def complete() -> None:
+            await store.flush()
+            await txns.recovered_acks_applied()
+
+        task = asyncio.ensure_future(complete())
+        self._recovery_tasks.add(task)
+        task.add_done_callback(self._recovery_tasks.discard)
 
     def _restore_queue(self, q: Queue, rec: Recovered, uid: int) -> int:
         """Rebuild one durable queue: the head in memory, the rest as paged index rows."""

@@ -42,6 +42,7 @@ _STATUS_BY_CODE: Final = {
     405: 409,  # ResourceLocked: exclusive queue owned by a connection
     406: 409,  # PreconditionFailed (also: a consumer group that still has members)
     409: 409,  # RebalanceInProgress
+    415: 409,  # InvalidTxnState: no open transaction to abort
     506: 503,  # ResourceError: a limit, an alarm, or the store is unavailable
     541: 500,  # InternalError
 }

@@ -1,7 +1,9 @@
-"""Management API endpoints for log topics and consumer groups (docs/management.md).
+"""Management API endpoints for log topics, consumer groups and transactions
+(docs/management.md).
 
 Topics come from the broker's ``TopicRegistry`` (logs/topics.py), groups from its group
-coordinator (logs/groups.py); both answer plain dicts, which these handlers pass on with
+coordinator (logs/groups.py), transactions from its transaction coordinator
+(logs/transactions.py); all answer plain dicts, which these handlers pass on with
 little reshaping.  Same rules as the rest of the API (api.py): listings for the
 management tags, changes decided by the core's permission table (core/access.py) as on
 the native protocol.
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from ..logs import TopicRegistry
     from ..logs.groups import GroupCoordinator
     from ..logs.topics import Topic
+    from ..logs.transactions import TransactionCoordinator
     from .api_broker import ApiBroker
 
 DEFAULT_PARTITIONS: Final = 1  # as Kafka's num.partitions
@@ -48,7 +51,7 @@ ISOLATION_LEVELS: Final = (READ_UNCOMMITTED, READ_COMMITTED)
 
 
 class LogsApi:
-    """Handlers for /api/topics and /api/groups."""
+    """Handlers for /api/topics, /api/groups and /api/transactions."""
 
     def __init__(self, broker: ApiBroker) -> None:
         self.broker = broker
@@ -143,6 +146,36 @@ class LogsApi:
                 doc=(
                     "200 OffsetsReset ResetOffsets Move committed offsets of a group without "
                     "members."
+                ),
+            ),
+            r(
+                "GET",
+                ("transactions",),
+                self.list_transactions,
+                doc="200 [Transaction] - Transactional ids the coordinators know, all vhosts.",
+            ),
+            r(
+                "GET",
+                ("transactions", "{vhost}"),
+                self.list_transactions,
+                doc="200 [Transaction] - A vhost's transactional ids.",
+            ),
+            r(
+                "GET",
+                ("transactions", "{vhost}", "{name}"),
+                self.get_transaction,
+                doc=(
+                    "200 Transaction - One transactional id: producer id, epoch, state, "
+                    "partitions and groups of its open transaction, age."
+                ),
+            ),
+            r(
+                "POST",
+                ("transactions", "{vhost}", "{name}", "abort"),
+                self.abort_transaction,
+                doc=(
+                    "200 Transaction - Abort the open transaction of a transactional id (as "
+                    "on its timeout); answered once the abort markers are written."
                 ),
             ),
         ]
@@ -347,6 +380,35 @@ class LogsApi:
         offsets = [{"topic": t, "partition": p, "offset": o} for t, p, o in result["offsets"]]
         return 200, {"group": group, "topic": topic, "offsets": offsets, "dry_run": dry_run}
 
+    # -- transactions --------------------------------------------------------------------
+
+    @staticmethod
+    def _txns_of(vhost: VirtualHost) -> TransactionCoordinator:
+        txns = vhost.transactions
+        if txns is None:
+            raise ResourceError("transactions are not available while the broker starts or stops")
+        return txns
+
+    def _txns(self, call: Call) -> TransactionCoordinator:
+        return self._txns_of(self._vhost(call))
+
+    async def list_transactions(self, call: Call) -> Result:
+        return 200, [
+            {**t, "vhost": v.name} for v in self._vhosts(call) for t in self._txns_of(v).list()
+        ]
+
+    async def get_transaction(self, call: Call) -> Result:
+        return 200, {**self._txns(call).describe(call.params[1]), "vhost": call.params[0]}
+
+    async def abort_transaction(self, call: Call) -> Result:
+        """Write permission on the transactional id (Kafka's Write on a TransactionalId),
+        or the administrator tag."""
+        txns = self._txns(call)
+        tid = call.params[1]
+        self._authorize(call, "transaction.abort", transaction=tid)
+        await txns.abort(tid)  # answered once the markers and the log record are fsynced
+        return 200, {**txns.describe(tid), "vhost": call.params[0]}
+
 
 _TOPIC_SORT_KEYS: Final[dict[str, Callable[[tuple[VirtualHost, Topic]], Any]]] = {
     "name": lambda vt: vt[1].name,
@@ -365,7 +427,6 @@ def _browse_bytes(data: bytes | None) -> dict[str, str | None] | None:
     except UnicodeDecodeError:
         text = None
     return {"text": text, "base64": base64.b64encode(data).decode("ascii")}
-
 
 def _partition_list(raw: Any) -> list[int]:
     if (

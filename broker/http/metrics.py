@@ -63,6 +63,7 @@ class _Space(NamedTuple):
     queues: list[Any]
     logs: Any
     groups: Any
+    transactions: Any
     store: Any
     cleaner: Any
     connections: int
@@ -124,6 +125,7 @@ class BrokerCollector:
                     list(broker.queues.values()),
                     getattr(broker, "logs", None),
                     getattr(broker, "groups", None),
+                    getattr(broker, "transactions", None),
                     getattr(broker, "store", None),
                     getattr(broker, "log_cleaner", None),
                     len(broker.connections),
@@ -136,6 +138,7 @@ class BrokerCollector:
                 list(v.topology.queues.values()),
                 v.logs,
                 v.groups,
+                v.transactions,
                 v.store,
                 v.log_cleaner,
                 len(v.clients),
@@ -196,6 +199,7 @@ class BrokerCollector:
         yield from self._policy_metrics(spaces)
         yield from self._topic_metrics(spaces)
         yield from self._group_metrics(spaces)
+        yield from self._transaction_metrics(spaces)
         if getattr(broker, "vhosts", None) is not None:
             per_vhost = GaugeMetricFamily(
                 "wharf_vhost_connections",
@@ -499,6 +503,12 @@ class BrokerCollector:
             "Long-poll fetches parked at the end of the partition until a record comes.",
             labels=part_labels,
         )
+        lso_lag = GaugeMetricFamily(
+            "wharf_topic_partition_lso_lag",
+            "High watermark minus last stable offset: records read_committed consumers "
+            "cannot see yet because a transaction is open.",
+            labels=part_labels,
+        )
         for vhost, topic in found:
             info = topic.describe()
             partitions.add_metric([info["name"], vhost], info["partitions"])
@@ -506,12 +516,14 @@ class BrokerCollector:
                 labels = [info["name"], str(p["partition"]), vhost]
                 for key, family in families.items():
                     family.add_metric(labels, p.get(key, 0))
+                lso_lag.add_metric(labels, p["latest"] - p.get("last_stable", p["latest"]))
             for part in topic.partitions:
                 waiting.add_metric([info["name"], str(part.number), vhost], part.waiting_fetches)
         yield count
         yield partitions
         yield from families.values()
         yield waiting
+        yield lso_lag
         logs = next((sp.logs for sp in spaces if sp.logs is not None), None)
         if logs is not None:
             handles = logs.handles  # one budget shared by every vhost's topics
@@ -565,6 +577,41 @@ class BrokerCollector:
         yield committed
         yield members
         yield rebalances
+
+    @staticmethod
+    def _transaction_metrics(spaces: list[_Space]) -> Iterator[Metric]:
+        """The transaction coordinators: open transactions and how they ended."""
+        found = [sp for sp in spaces if sp.transactions is not None]
+        if not found:
+            return
+        labels = ["vhost"]
+        open_now = GaugeMetricFamily(
+            "wharf_transactions_open",
+            "Transactions begun and not yet completed (committed or aborted).",
+            labels=labels,
+        )
+        ended = [
+            CounterMetricFamily(name, help_text, labels=labels)
+            for name, help_text in (
+                ("wharf_transactions_committed", "Transactions committed."),
+                (
+                    "wharf_transactions_aborted",
+                    "Transactions aborted (by the producer, a timeout, fencing or an operator).",
+                ),
+                (
+                    "wharf_transactions_timed_out",
+                    "Transactions the coordinator aborted "
+                    "because they were open past their transaction_timeout_ms.",
+                ),
+            )
+        ]
+        for sp in found:
+            txns = sp.transactions
+            open_now.add_metric([sp.name], txns.open_count)
+            for family, n in zip(ended, (txns.commits, txns.aborts, txns.timeouts), strict=True):
+                family.add_metric([sp.name], n)
+        yield open_now
+        yield from ended
 
     @staticmethod
     def _families() -> tuple[

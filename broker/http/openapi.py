@@ -390,6 +390,12 @@ _SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         "group:s! topic:s! offsets:m! dry_run:b!",
         offsets={"type": "array", "items": _schema("topic:s! partition:i! offset:i!")},
     ),
+    # transactions (api_logs.py, logs/transactions.py)
+    "Transaction": _schema(
+        "transactional_id:s! producer_id:i! producer_epoch:i! state:s! timeout_ms:i! "
+        "partitions:m! groups:l! start_ms:i! age_ms:i! queue_acks:i vhost:s",
+        partitions={"type": "array", "items": {"type": "array"}},
+    ),
 }
 
 _ERRORS: Final = {
@@ -397,9 +403,11 @@ _ERRORS: Final = {
     "401": "Missing or wrong credentials (HTTP basic), or an ended web UI session.",
     "403": "Not permitted: needs the administrator tag, a reserved name, or a change made "
     "with the session cookie without its X-CSRF-Token (code 403).",
-    "404": "No such queue, exchange, binding, connection, user, topic or group (code 404).",
+    "404": "No such queue, exchange, binding, connection, user, topic, group or transactional "
+    "id (code 404).",
     "409": "Precondition failed (406: also a group that has members), exclusive queue owned "
-    "by a connection (405), consumer group rebalancing (409).",
+    "by a connection (405), consumer group rebalancing (409), a transactional id without an "
+    "open transaction (415).",
     "413": "Request body over 1 MiB, or message over max_message_bytes (code 311).",
     "503": "Resource alarm or message store unavailable (code 506).",
 }

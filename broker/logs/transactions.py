@@ -52,7 +52,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgpack
 
@@ -97,6 +97,25 @@ STATES: Final = (EMPTY, ONGOING, PREPARE_COMMIT, PREPARE_ABORT, COMPLETE_COMMIT,
 TopicPartition = tuple[str, int]
 # group -> {(topic, partition): (offset, metadata)}
 PendingOffsets = dict[str, dict[TopicPartition, tuple[int, str | None]]]
+# queue uid -> positions of the stored messages a transaction acks (issue 15 part 3)
+PendingAcks = dict[int, list[int]]
+
+
+class HeldSettlements(Protocol):
+    """Queue deliveries acked inside a transaction, held by the core
+    (core/transactions.py, ``TransactionAcks``) until the transaction ends."""
+
+    def stored(self) -> PendingAcks:
+        """Queue uid -> positions of the persistent messages among them."""
+        ...
+
+    def commit(self) -> asyncio.Future[None]:
+        """Apply the acks; done once their store records are fsynced."""
+        ...
+
+    def abort(self) -> None:
+        """Requeue the messages (redelivered)."""
+        ...
 
 
 def _now_ms() -> int:
@@ -121,6 +140,8 @@ class Txn:
         "adding",
         "completing",
         "lock",
+        "settlements",
+        "acks",
     )
 
     def __init__(self, tid: str, producer_id: int, epoch: int, timeout_ms: int) -> None:
@@ -142,6 +163,10 @@ class Txn:
         # The END_TXN (or abort) running, if any: done when the state is Complete*.
         self.completing: asyncio.Future[None] | None = None
         self.lock = asyncio.Lock()  # INIT_TRANSACTIONS of one id, one at a time
+        # Queue acks of the open transaction: what applies or requeues them (in memory)
+        # and the stored messages they ack (in the log, for recovery of PrepareCommit).
+        self.settlements: list[HeldSettlements] = []
+        self.acks: PendingAcks = {}
 
     def value(self) -> bytes:
         packed: bytes = msgpack.packb(
@@ -157,6 +182,7 @@ class Txn:
                 },
                 self.start_ms,
                 self.update_ms,
+                {uid: sorted(positions) for uid, positions in self.acks.items()},
             ],
             use_bin_type=True,
         )
@@ -172,15 +198,15 @@ class Txn:
             "timeout_ms": self.timeout_ms,
             "partitions": [list(tp) for tp in sorted(self.partitions)],
             "groups": sorted(self.offsets),
+            "queue_acks": sum(len(s) for s in self.acks.values()) if self.acks else 0,
             "start_ms": self.start_ms,
             "age_ms": now - self.start_ms if self.state == ONGOING else 0,
         }
 
 
 def _decode_value(tid: str, value: bytes) -> Txn:
-    pid, epoch, timeout_ms, state, parts, offsets, start_ms, update_ms = msgpack.unpackb(
-        value, raw=False
-    )[:8]
+    fields = msgpack.unpackb(value, raw=False, strict_map_key=False)
+    pid, epoch, timeout_ms, state, parts, offsets, start_ms, update_ms = fields[:8]
     if state not in STATES:
         raise ValueError(f"unknown transaction state {state!r}")
     txn = Txn(tid, int(pid), int(epoch), int(timeout_ms))
@@ -193,6 +219,8 @@ def _decode_value(tid: str, value: bytes) -> Txn:
     }
     txn.start_ms = int(start_ms)
     txn.update_ms = int(update_ms)
+    if len(fields) > 8:  # queue acks (records written before them have none)
+        txn.acks = {int(uid): [int(p) for p in ps] for uid, ps in fields[8].items()}
     return txn
 
 
@@ -457,6 +485,10 @@ class TransactionCoordinator:
         self.aborts = 0
         self.timeouts = 0
         self._tasks: set[asyncio.Future[Any]] = set()
+        # Acks of transactions recovered in PrepareCommit, for the message store's
+        # recovery to apply (``recovered_acks_applied``); their CompleteCommit waits.
+        self.recovered_acks: dict[int, set[int]] = {}
+        self._awaiting_acks: list[str] = []
         self._recover()
 
     # -- recovery --------------------------------------------------------------------
@@ -477,6 +509,10 @@ class TransactionCoordinator:
                 self._write_markers_now(txn, commit)
                 if commit:
                     self.groups.offsets.commit_now(self._offset_changes(txn))
+                if commit and txn.acks:
+                    for uid, positions in txn.acks.items():
+                        self.recovered_acks.setdefault(uid, set()).update(positions)
+                    self._awaiting_acks.append(tid)
                 log.warning(
                     "transactional id %r: %s a transaction left %s by the last run",
                     tid,
@@ -484,11 +520,19 @@ class TransactionCoordinator:
                     txn.state,
                 )
                 self._completed(txn, commit)
-                fixes.append((tid, txn.value()))
+                if tid not in self._awaiting_acks:
+                    fixes.append((tid, txn.value()))
         self._abort_dangling()
         self.log.write_now(fixes)
         if self.txns:
             log.info("transactions: %d transactional ids recovered", len(self.txns))
+
+    def recovered_acks_applied(self) -> asyncio.Future[None]:
+        """The message store applied ``recovered_acks`` and fsynced them: the
+        transactions that held them are CompleteCommit in the log too."""
+        tids, self._awaiting_acks = self._awaiting_acks, []
+        self.recovered_acks = {}
+        return self._track(_all_of(*(self._persist(self.txns[t]) for t in tids if t in self.txns)))
 
     def _write_markers_now(self, txn: Txn, commit: bool) -> None:
         for part in self._partitions_of(txn):
@@ -541,6 +585,8 @@ class TransactionCoordinator:
         txn.partitions = set()
         txn.durable = set()
         txn.offsets = {}
+        txn.settlements = []
+        txn.acks = {}
         txn.update_ms = _now_ms()
         if commit:
             self.commits += 1
@@ -595,6 +641,8 @@ class TransactionCoordinator:
             txn.partitions = set()
             txn.durable = set()
             txn.offsets = {}
+            txn.settlements = []
+            txn.acks = {}
             txn.start_ms = _now_ms()
 
     def _persist(self, txn: Txn) -> asyncio.Future[None]:
@@ -740,6 +788,25 @@ class TransactionCoordinator:
             pending[(t, p)] = (off, meta)
         return self._persist(txn)
 
+    def check_work(self, tid: str, producer_id: int, epoch: int) -> None:
+        """Raise unless the producer may add work to its transaction now (before the
+        core takes deliveries out of a session for ``add_acks``)."""
+        self._check_open_for_work(self._txn(tid, producer_id, epoch))
+
+    def add_acks(
+        self, tid: str, producer_id: int, epoch: int, held: HeldSettlements
+    ) -> asyncio.Future[None]:
+        """TXN_ACK: queue acks applied if the transaction commits, requeued if it aborts
+        (for any reason: END_TXN abort, timeout, fencing, an operator).  ``held`` owns
+        the deliveries from here on; call ``check_work`` first."""
+        txn = self._txn(tid, producer_id, epoch)
+        self._check_open_for_work(txn)
+        self._begin_if_needed(txn)
+        txn.settlements.append(held)
+        for uid, positions in held.stored().items():
+            txn.acks.setdefault(uid, []).extend(positions)
+        return self._persist(txn)
+
     def end(self, tid: str, producer_id: int, epoch: int, commit: bool) -> asyncio.Future[None]:
         """END_TXN: done once the transaction is CompleteCommit / CompleteAbort."""
         txn = self._txn(tid, producer_id, epoch)
@@ -792,9 +859,18 @@ class TransactionCoordinator:
             parts = self._partitions_of(txn)
             if commit:
                 await asyncio.gather(*(p.sync() for p in parts))  # the data, durable
+            else:
+                settlements, txn.settlements = txn.settlements, []
+                for held in settlements:
+                    held.abort()  # the messages are redelivered
             txn.state = PREPARE_COMMIT if commit else PREPARE_ABORT
             await self._persist(txn)
             await _halt_point("txn-prepared")
+            if commit:
+                # Decided: the acks apply (recovery applies them from the PrepareCommit
+                # record if the broker stops before they are fsynced).
+                settlements, txn.settlements = txn.settlements, []
+                await asyncio.gather(*(held.commit() for held in settlements))
             syncs = []
             for part in parts:
                 if part.closed:

@@ -82,6 +82,7 @@ SAMPLES: list[F.Frame] = [
     F.TopicUnbind(26, "audit", "orders", "eu.#", None),
     F.InitTransactions(40, "payments-enricher", 60_000),
     F.TxnSendOffsets(41, "payments-enricher", 7, 1, "g", [["in", 0, 12, None]], "m-1", 3),
+    F.TxnAck(44, "payments-enricher", 7, 1, [3, 4, 9]),
     F.EndTxn(42, "payments-enricher", 7, 1, True),
     F.GroupJoin(
         30, "billing", ["events", "orders"], "", "w-1", "sticky", 10_000, 30_000, [["events", [0]]]
@@ -320,7 +321,7 @@ def test_documented_defaults(raw: list[Any], expected: F.Frame) -> None:
     assert F.parse(raw) == expected
 
 
-@pytest.mark.parametrize("ftype", [14, 29, 35, 46, 54, 95, 99, 255, 70000, -1, 2**64 - 1])
+@pytest.mark.parametrize("ftype", [14, 29, 35, 46, 54, 96, 99, 255, 70000, -1, 2**64 - 1])
 def test_unknown_frame_type(ftype: int) -> None:
     with pytest.raises(NotImplementedByBroker) as info:
         F.parse([ftype, 77, "whatever", {"a": 1}])

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from wharf.protocol import frames as F
-from wharf.protocol.errors import CommandInvalid, InternalError, WharfError
+from wharf.protocol.errors import CommandInvalid, InternalError, ProtocolSyntaxError, WharfError
 
+from ...core.transactions import TransactionAcks
 from .log_requests import LogRequests
+
+# Delivery tags in one TXN_ACK (as in one ACK_MANY: bounded work per frame).
+MAX_TXN_ACK_TAGS: Final = 65_536
 
 if TYPE_CHECKING:
     from ...config import Settings
+    from ...core.deliveries import Deliveries
     from ...core.quotas import UserUsage
     from ...core.session import CoreSession
     from ...core.topology import Topology
@@ -45,6 +50,7 @@ class LogFrames:
     peer_host: str
     client_properties: dict[str, Any]
     usage: UserUsage | None
+    deliveries: Deliveries
     # Log-topic produce acks and fetch long-polls (made at the first such request).
     _log_requests: LogRequests | None = None
 
@@ -80,6 +86,7 @@ class LogFrames:
             F.TOPIC_UNBIND: self._on_topic_unbind,
             F.INIT_TRANSACTIONS: self._on_init_transactions,
             F.TXN_SEND_OFFSETS: self._on_txn_send_offsets,
+            F.TXN_ACK: self._on_txn_ack,
             F.END_TXN: self._on_end_txn,
             F.GROUP_JOIN: self._on_group_join,
             F.GROUP_HEARTBEAT: self._on_group_heartbeat,
@@ -199,6 +206,18 @@ class LogFrames:
             f.generation,
             f.offsets,
         )
+        self._ok_when_done(f.request_id, fut, {})
+
+    def _on_txn_ack(self, f: F.TxnAck) -> None:
+        tags = f.delivery_tags
+        if len(tags) > MAX_TXN_ACK_TAGS or not all(type(t) is int for t in tags):
+            raise ProtocolSyntaxError(
+                f"TxnAck.delivery_tags must be at most {MAX_TXN_ACK_TAGS} integers"
+            )
+        txns = self._txns()
+        txns.check_work(f.transactional_id, f.producer_id, f.producer_epoch)
+        held = TransactionAcks.hold(self.deliveries, self.topology.store, tags)
+        fut = txns.add_acks(f.transactional_id, f.producer_id, f.producer_epoch, held)
         self._ok_when_done(f.request_id, fut, {})
 
     def _on_end_txn(self, f: F.EndTxn) -> None:

@@ -1,0 +1,231 @@
+"""``python -m benchmarks txn``: the cost of transactions on log topics (issue 15 targets).
+
+Each of ``--runs`` runs starts a fresh broker (default settings, a subprocess on free
+ports with a temporary data directory) and measures, in that run and alternating which
+goes first:
+
+- **produce**: ``--count`` records of ``--size`` bytes appended with ``produce_many`` in
+  batches of ``--batch`` (acks "written"), ``--inflight`` batches awaiting their reply at a
+  time, to a one-partition topic: once plainly (an idempotent producer id, as every SDK
+  produce) and once by a transactional producer, ``--txn-records`` records per
+  transaction (begin, the batches, commit, and the next transaction only once committed).
+  Target: transactional >= 60% of plain records/s.
+- **consume**: the transactional topic read back from offset 0 with ``fetch`` (1 MiB per
+  request) as read_committed and as read_uncommitted.  Target: read_committed >= 90%.
+
+Prints one JSON document: every run, the medians, the median of the per-run ratios,
+and the load average before and after (``uptime``: the machine may be shared).
+
+``python -m benchmarks txn-soak --minutes N``: the chaos test of tests/durability
+(test_txn_chaos.py) for N minutes per variant (topic pipeline, queue worker), with the
+broker's default settings, topics made with ``--segment-bytes`` so that their segments
+roll many times, and a power loss every ``--power-every`` cycles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import wharf
+from benchmarks.perf.common import emit, local_broker, log, run_async
+
+TARGET_PRODUCE_RATIO: Final = 0.60
+TARGET_CONSUME_RATIO: Final = 0.90
+FETCH_BYTES: Final = 1 << 20
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+async def _produce(
+    conn: wharf.Connection, topic: str, values: list[bytes], args: argparse.Namespace, txn: bool
+) -> float:
+    """Records/s of one producer appending ``values``."""
+    await conn.create_topic(topic, 1)
+    batches = [values[i : i + args.batch] for i in range(0, len(values), args.batch)]
+    per_txn = max(1, args.txn_records // args.batch)
+    p = conn.transactional_producer(f"bench-{topic}") if txn else None
+    producer = conn.producer() if p is None else None
+    sem = asyncio.Semaphore(args.inflight)
+
+    async def send(batch: list[bytes]) -> None:
+        async with sem:
+            if p is not None:
+                await p.produce_many(topic, batch, partition=0)
+            else:
+                assert producer is not None
+                await producer.produce_many(topic, batch, partition=0)
+
+    start = time.perf_counter()
+    for i in range(0, len(batches), per_txn):
+        group = batches[i : i + per_txn]
+        if p is not None:
+            await p.begin()
+        await asyncio.gather(*(send(b) for b in group))
+        if p is not None:
+            await p.commit()
+    return len(values) / (time.perf_counter() - start)
+
+
+async def _consume(conn: wharf.Connection, topic: str, isolation: str, expected: int) -> float:
+    start = time.perf_counter()
+    offset = n = 0
+    while n < expected:
+        recs = await conn.fetch(topic, 0, offset, max_bytes=FETCH_BYTES, isolation_level=isolation)
+        if not recs:
+            raise RuntimeError(f"{isolation}: {n} of {expected} records, then nothing")
+        n += len(recs)
+        offset = recs[-1].offset + 1
+    return n / (time.perf_counter() - start)
+
+
+async def _run(url: str, args: argparse.Namespace, index: int) -> dict[str, Any]:
+    conn = await wharf.connect(url)
+    try:
+        values = [os.urandom(args.size) for _ in range(min(args.count, 1000))]
+        values = (values * (args.count // len(values) + 1))[: args.count]
+        order = ["plain", "txn"] if index % 2 == 0 else ["txn", "plain"]
+        row: dict[str, Any] = {"produce_order": order}
+        for kind in order:
+            row[f"{kind}_records_s"] = round(
+                await _produce(conn, f"{kind}-{index}", values, args, kind == "txn")
+            )
+        levels = ["read_committed", "read_uncommitted"]
+        if index % 2:
+            levels.reverse()
+        row["consume_order"] = levels
+        for level in levels:
+            row[f"{level}_records_s"] = round(
+                await _consume(conn, f"txn-{index}", level, args.count)
+            )
+        row["ratio_produce"] = round(row["txn_records_s"] / row["plain_records_s"], 3)
+        row["ratio_consume"] = round(
+            row["read_committed_records_s"] / row["read_uncommitted_records_s"], 3
+        )
+        return row
+    finally:
+        await conn.close()
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def txn(args: argparse.Namespace) -> dict[str, Any]:
+    rows = []
+    load_before = _load()
+    for i in range(args.runs):
+        with local_broker() as target:
+            log(f"run {i + 1}/{args.runs}")
+            row = run_async(_run(target.url, args, i))
+            log(f"run {i + 1}: {row}")
+            rows.append(row)
+    medians = {
+        k: _median([r[k] for r in rows])
+        for k in (
+            "plain_records_s",
+            "txn_records_s",
+            "read_committed_records_s",
+            "read_uncommitted_records_s",
+            "ratio_produce",
+            "ratio_consume",
+        )
+    }
+    return {
+        "scenario": "txn",
+        "runs": rows,
+        "count": args.count,
+        "size": args.size,
+        "batch": args.batch,
+        "txn_records": args.txn_records,
+        "inflight": args.inflight,
+        "median": medians,
+        "targets": {
+            "produce_ratio": TARGET_PRODUCE_RATIO,
+            "produce_met": medians["ratio_produce"] >= TARGET_PRODUCE_RATIO,
+            "consume_ratio": TARGET_CONSUME_RATIO,
+            "consume_met": medians["ratio_consume"] >= TARGET_CONSUME_RATIO,
+        },
+        "load_before": load_before,
+        "load_after": _load(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def soak(args: argparse.Namespace) -> dict[str, Any]:
+    durability = Path(__file__).resolve().parent.parent / "tests" / "durability"
+    if str(durability) not in sys.path:
+        sys.path.insert(0, str(durability))
+    import test_txn_chaos as chaos_mod
+
+    out: dict[str, Any] = {"scenario": "txn-soak", "minutes": args.minutes, "variants": {}}
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    out["seed"] = seed
+    for mode in ("topic", "queue"):
+        start = time.monotonic()
+        shape = chaos_mod.Shape(
+            chunk=args.chunk,
+            queue_chunk=args.queue_chunk,
+            pad=args.pad,
+            segment_bytes=args.segment_bytes,
+            budget_s=args.minutes * 60 + 600,
+            power_every=args.power_every,
+            deadline=start + args.minutes * 60,
+            finish_timeout_s=300.0,
+        )
+        with tempfile.TemporaryDirectory(prefix=f"wharf-txn-soak-{mode}-") as tmp:
+            log(f"txn-soak {mode}: {args.minutes} min in {tmp}")
+            run = asyncio.run(
+                chaos_mod.chaos(Path(tmp), mode, cycles=10**9, seed=seed, env={}, shape=shape)
+            )
+            segments = len(list((Path(tmp) / "data" / "logs").rglob("*.log")))
+        out["variants"][mode] = {
+            "cycles": len(run.actions),
+            "actions": {a: run.actions.count(a) for a in sorted(set(run.actions))},
+            "inputs": sum(len(v) for v in run.inputs.values()),
+            "aborted_output_records": run.aborted,
+            "log_segment_files": segments,
+            "seconds": round(time.monotonic() - start, 1),
+            "ok": True,  # chaos() raises on any lost, duplicated or visible-aborted record
+        }
+    return out
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"python -m benchmarks {prog}",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if prog == "txn":
+        p.add_argument("--runs", type=int, default=3)
+        p.add_argument("--count", type=int, default=300_000, help="records per producer")
+        p.add_argument("--size", type=int, default=100, help="value bytes")
+        p.add_argument("--batch", type=int, default=100, help="records per produce_many")
+        p.add_argument("--txn-records", type=int, default=1000, help="records per transaction")
+        p.add_argument("--inflight", type=int, default=4, help="batches awaiting a reply")
+    else:
+        p.add_argument("--minutes", type=float, default=10.0, help="per variant")
+        p.add_argument("--chunk", type=int, default=2000, help="inputs per partition per cycle")
+        p.add_argument("--queue-chunk", type=int, default=200, help="jobs per cycle")
+        p.add_argument("--pad", type=int, default=1000, help="bytes added to each input")
+        p.add_argument("--segment-bytes", type=int, default=1 << 20, help="topic segment size")
+        p.add_argument("--power-every", type=int, default=10, help="cycles between power losses")
+        p.add_argument("--seed", type=int)
+    return p
+
+
+def main(argv: list[str], prog: str = "txn") -> int:
+    args = build_parser(prog).parse_args(argv)
+    emit(txn(args) if prog == "txn" else soak(args))
+    return 0
