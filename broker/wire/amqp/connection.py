@@ -76,6 +76,7 @@ PRE_TUNE_FRAME_MAX_BYTES: Final = 8 * 1024
 # After connection.close is sent, the client's close-ok is awaited this long.
 CLOSE_OK_TIMEOUT_S: Final = 3.0
 WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
+WRITE_BUFFER_LOW_BYTES: Final = 1024 * 1024
 # A consumer whose prefetch window Wharf has just filled, on a connection that then stays
 # silent this long, gets one heartbeat frame (heartbeats negotiated only). Event-loop
 # clients that defer their acks to "after the next poll" (kombu's hub: Celery's early
@@ -83,7 +84,6 @@ WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
 # window: nothing else will arrive on the socket to wake them. Any frame wakes them; a
 # heartbeat is the one every client accepts at any time.
 WINDOW_NUDGE_S: Final = 0.005
-WRITE_BUFFER_LOW_BYTES: Final = 1024 * 1024
 MECHANISM_AMQPLAIN: Final = "AMQPLAIN"
 MECHANISMS: Final = f"{MECHANISM_PLAIN} {MECHANISM_AMQPLAIN}"
 # On amqps_port with a verified client certificate and tls_cert_login on, EXTERNAL too.
