@@ -690,6 +690,8 @@ class Channel:
             append(delivery(number, args, encode_props(props), m.body, frame_max))
             tag += 1
         conn.send_many(out)
+        if not consumer.no_ack and consumer.credit() <= 0:
+            conn.window_filled()
         usage = conn.usage
         if usage is not None and usage.consume is not None:
             conn.quota_consumed(sum(len(m.body) for m in batch))

@@ -79,6 +79,13 @@ PRE_TUNE_FRAME_MAX_BYTES: Final = 8 * 1024
 CLOSE_OK_TIMEOUT_S: Final = 3.0
 WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
 WRITE_BUFFER_LOW_BYTES: Final = 1024 * 1024
+# A consumer whose prefetch window Wharf has just filled, on a connection that then stays
+# silent this long, gets one heartbeat frame (heartbeats negotiated only). Event-loop
+# clients that defer their acks to "after the next poll" (kombu's hub: Celery's early
+# acks) otherwise sit in poll until their own timer fires (up to 10 s) while holding the
+# window: nothing else will arrive on the socket to wake them. Any frame wakes them; a
+# heartbeat is the one every client accepts at any time.
+WINDOW_NUDGE_S: Final = 0.005
 MECHANISM_AMQPLAIN: Final = "AMQPLAIN"
 MECHANISMS: Final = f"{MECHANISM_PLAIN} {MECHANISM_AMQPLAIN}"
 # On amqps_port with a verified client certificate and tls_cert_login on, EXTERNAL too.
@@ -215,6 +222,11 @@ class AmqpConnection(asyncio.Protocol):
         self._quota_read_timer: asyncio.TimerHandle | None = None
         self._quota_read_direction = PRODUCE
         self._quota_deliver_timer: asyncio.TimerHandle | None = None
+        # window_filled(): the pending nudge and the read count when it was armed.
+        self._nudge_timer: asyncio.TimerHandle | None = None
+        self._reads = 0
+        self._nudge_reads = 0
+        self._nudge_at = 0.0
 
     # -- the registry's view (core/clients.py) ----------------------------------------
 
@@ -312,6 +324,7 @@ class AmqpConnection(asyncio.Protocol):
         if state is AmqpState.CLOSED:
             return
         self.last_recv = self._loop.time()
+        self._reads += 1
         if state is AmqpState.AWAITING_HEADER:
             data = self._read_header(data)
             if not data:
@@ -500,7 +513,7 @@ class AmqpConnection(asyncio.Protocol):
         self.state = AmqpState.CLOSED
         if self._auth_task is not None:
             self._auth_task.cancel()
-        for timer in (self._quota_read_timer, self._quota_deliver_timer):
+        for timer in (self._quota_read_timer, self._quota_deliver_timer, self._nudge_timer):
             if timer is not None:
                 timer.cancel()
         self._release_channels()
@@ -542,6 +555,27 @@ class AmqpConnection(asyncio.Protocol):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    def window_filled(self) -> None:
+        """A consumer's prefetch window is now all delivered: unless the client sends
+        something within WINDOW_NUDGE_S of the latest such fill (an ack, usually), wake it
+        with a heartbeat."""
+        if not self.heartbeat_s:
+            return
+        self._nudge_reads = self._reads
+        self._nudge_at = self._loop.time()
+        if self._nudge_timer is None:
+            self._nudge_timer = self._loop.call_later(WINDOW_NUDGE_S, self._nudge)
+
+    def _nudge(self) -> None:
+        self._nudge_timer = None
+        if self.state is not AmqpState.OPEN or self._reads != self._nudge_reads:
+            return  # the client answered after the latest fill
+        wait_s = self._nudge_at + WINDOW_NUDGE_S - self._loop.time()
+        if wait_s > 0:  # a later fill moved the deadline
+            self._nudge_timer = self._loop.call_later(wait_s, self._nudge)
+        else:
+            self._send(HEARTBEAT_FRAME)
 
     def schedule_flush(self) -> None:
         if not self._flush_scheduled:
