@@ -18,8 +18,8 @@ from . import compare as compare_mod
 from . import connect_rate as connect_rate_mod
 from . import logs as logs_mod
 from . import soak as soak_mod
-from . import ui as ui_mod
 from . import txn as txn_mod
+from . import ui as ui_mod
 
 
 def _positive(text: str) -> int:

@@ -428,6 +428,7 @@ def _browse_bytes(data: bytes | None) -> dict[str, str | None] | None:
         text = None
     return {"text": text, "base64": base64.b64encode(data).decode("ascii")}
 
+
 def _partition_list(raw: Any) -> list[int]:
     if (
         not isinstance(raw, list)
