@@ -210,6 +210,17 @@ def query_flag(query: Mapping[str, str], key: str) -> bool:
     raise InvalidArgument(f"query parameter {key!r} must be true or false")
 
 
+def query_bool(query: Mapping[str, str], key: str) -> bool:
+    """A boolean query parameter as OpenAPI writes one: exactly ``true`` or ``false``
+    (400, code 400, otherwise); absent is false."""
+    raw = query.get(key)
+    if raw is None or raw == "false":
+        return False
+    if raw == "true":
+        return True
+    raise InvalidArgument(f"query parameter {key!r} must be true or false")
+
+
 def query_int(query: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
     """An integer query parameter in ``low..high`` (400, code 400, otherwise)."""
     raw = query.get(key)

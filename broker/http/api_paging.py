@@ -25,7 +25,7 @@ from typing import Any, Final, TypeVar
 
 from wharf.protocol.errors import InvalidArgument
 
-from .api_core import query_flag, query_int
+from .api_core import query_bool, query_int
 
 PAGE_QUERY: Final = ("page", "page_size", "name", "use_regex", "sort", "sort_reverse")
 DEFAULT_PAGE_SIZE: Final = 100  # RabbitMQ's
@@ -64,9 +64,9 @@ def list_query(query: Mapping[str, str]) -> ListQuery:
         page=page,
         page_size=query_int(query, "page_size", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE),
         name=name,
-        use_regex=query_flag(query, "use_regex"),
+        use_regex=query_bool(query, "use_regex"),
         sort=sort,
-        sort_reverse=query_flag(query, "sort_reverse"),
+        sort_reverse=query_bool(query, "sort_reverse"),
     )
 
 
