@@ -61,10 +61,13 @@ async def test_a_silent_full_window_gets_a_heartbeat(broker: Broker) -> None:
             ch = conn.channel()
             ch.queue_declare("nudge.q", auto_delete=True)
             ch.basic_qos(0, 1, False)
-            got: list[Any] = []
-            ch.basic_consume("nudge.q", callback=got.append)
+            # Published before the consumer exists: the window fills at basic.consume,
+            # and the client sends nothing after it (a publish just after the delivery
+            # would count as the client speaking, and rightly cancel the nudge).
             ch.basic_publish(amqp.Message(b"one"), routing_key="nudge.q")
             ch.basic_publish(amqp.Message(b"two"), routing_key="nudge.q")
+            got: list[Any] = []
+            ch.basic_consume("nudge.q", callback=got.append)
             while not got:
                 conn.drain_events(timeout=NUDGE_WAIT_S)
             start = time.monotonic()
