@@ -17,18 +17,38 @@ raises it).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Concatenate, ParamSpec, TypeVar
 
 from wharf.protocol import frames as F
 from wharf.protocol.errors import InvalidArgument, InvalidTxnState, ProducerFenced, WharfError
 
 from .core import NEW_REQUEST, Reply, result_of
-from .logs import Producer, RecordTuple
+from .logs import Producer
 from .message import Message, ack_channel_of
 
 TopicPartition = tuple[str, int]
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+
+def _in_transaction(
+    verb: Callable[Concatenate[Producer, _P], Awaitable[_T]],
+) -> Callable[Concatenate[TransactionalProducer, _P], Awaitable[_T]]:
+    """``verb`` of the idempotent ``Producer``, as a verb of the transactional one: it
+    needs a transaction in progress, counts as something sent in it, and a fence it
+    meets finishes the producer."""
+
+    async def run(self: TransactionalProducer, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        self._check_in_txn("produce")
+        self._sent = True
+        return await self._guard(verb(self._producer, *args, **kwargs))
+
+    functools.update_wrapper(run, verb)
+    run.__qualname__ = f"TransactionalProducer.{verb.__name__}"
+    run.__doc__ = f"{verb.__doc__} Written in the transaction: visible once it commits."
+    return run
 
 
 class TransactionalProducer:
@@ -89,59 +109,11 @@ class TransactionalProducer:
         self._in_txn = True
         self._sent = False
 
-    async def produce(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None = None,
-        headers: dict[str, Any] | None = None,
-        partition: int | None = None,
-        acks: str = "written",
-        timestamp: int | None = None,
-        compression: str | None = None,
-    ) -> tuple[int, int]:
-        """Append one record in the transaction; returns ``(partition, offset)``."""
-        self._check_in_txn("produce")
-        self._sent = True
-        return await self._guard(
-            self._producer.produce(
-                topic, value, key, headers, partition, acks, timestamp, compression
-            )
-        )
-
-    async def produce_many(
-        self,
-        topic: str,
-        values: Sequence[bytes | None],
-        key: bytes | None = None,
-        headers: dict[str, Any] | None = None,
-        partition: int | None = None,
-        acks: str = "written",
-        timestamp: int | None = None,
-        compression: str | None = None,
-    ) -> tuple[int, int]:
-        """Append ``values`` as one batch in the transaction."""
-        self._check_in_txn("produce")
-        self._sent = True
-        return await self._guard(
-            self._producer.produce_many(
-                topic, values, key, headers, partition, acks, timestamp, compression
-            )
-        )
-
-    async def produce_records(
-        self,
-        topic: str,
-        records: Sequence[RecordTuple],
-        partition: int | None = None,
-        acks: str = "written",
-        compression: str | None = None,
-    ) -> tuple[int, int]:
-        self._check_in_txn("produce")
-        self._sent = True
-        return await self._guard(
-            self._producer.produce_records(topic, records, partition, acks, compression)
-        )
+    # The record-producing verbs are the idempotent producer's own (same parameters,
+    # batching, encoding and retries), run inside the transaction's checks.
+    produce = _in_transaction(Producer.produce)
+    produce_many = _in_transaction(Producer.produce_many)
+    produce_records = _in_transaction(Producer.produce_records)
 
     async def send_offsets(
         self,
