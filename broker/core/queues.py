@@ -26,6 +26,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from wharf.protocol.errors import ResourceLocked
+
 from .dedup import DedupWindow
 from .paging import PagedRow, PagedTail
 from .policies.arguments import QueueLimits, parse_queue_arguments
@@ -40,6 +42,9 @@ if TYPE_CHECKING:
     from ..store.segments import MessageStore, Segment
     from .deliveries import Deliveries
 
+# The ``reason`` in the details of the ResourceLocked a consume meets on a queue held by
+# an exclusive consumer (or an exclusive consume on a queue with consumers).
+EXCLUSIVE_USE: Final = "exclusive-use"
 # Messages handed out by one dispatch round before yielding to the event loop.
 DISPATCH_BATCH_MESSAGES: Final = 4096
 # Body bytes in one DELIVER frame before the batch is cut.
@@ -1138,6 +1143,18 @@ class Queue:
 
     def has_exclusive_consumer(self) -> bool:
         return any(c.exclusive for c in self._consumers)
+
+    def check_new_consumer(self, exclusive: bool) -> None:
+        """Raise ``ResourceLocked`` (details ``reason``: ``EXCLUSIVE_USE``) unless a new
+        consumer may join: none joins a queue that has an exclusive consumer, and an
+        exclusive one only a queue with no consumers (RabbitMQ's basic.consume rule,
+        whichever connection asks).  The AMQP adapter answers it as RabbitMQ does, 403
+        ACCESS_REFUSED; the native protocol as 405."""
+        if self.has_exclusive_consumer() or (exclusive and self._consumers):
+            raise ResourceLocked(
+                f"queue '{self.name}' in exclusive use",
+                details={"queue": self.name, "reason": EXCLUSIVE_USE},
+            )
 
     # -- dispatch ------------------------------------------------------------------
 

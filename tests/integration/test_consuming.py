@@ -144,8 +144,10 @@ async def test_exclusive_consumer(conn: wharf.Connection, connect: Connect) -> N
     await exclusive.cancel()
     plain = await other.consume("q")
     # A queue with consumers cannot get an exclusive one.
-    with pytest.raises(wharf.ResourceLocked):
+    with pytest.raises(wharf.ResourceLocked, match="queue 'q' in exclusive use") as refused:
         await conn.consume("q", exclusive=True)
+    # The core's one refusal (the AMQP listener answers it 403, as RabbitMQ).
+    assert refused.value.details == {"queue": "q", "reason": "exclusive-use"}
     await plain.cancel()
 
 

@@ -35,7 +35,6 @@ from ...core.transactions import ACK, REJECT, REQUEUE, CoreTransaction
 from ..native.confirms import Confirms
 from . import methods as M
 from .errors import (
-    ACCESS_REFUSED,
     CHANNEL_ERROR,
     COMMAND_INVALID,
     FRAME_ERROR,
@@ -759,12 +758,7 @@ class Channel:
             raise AmqpError(SYNTAX_ERROR, "consumer tag too long", mid)
         if tag in self.consumers or tag == self.reply_tag:
             raise AmqpError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", mid)
-        if queue.has_exclusive_consumer() or (method.exclusive and queue.consumer_count):
-            raise AmqpError(
-                ACCESS_REFUSED,
-                f"queue '{queue.name}' in vhost '{conn.vhost}' in exclusive use",
-                mid,
-            )
+        queue.check_new_consumer(bool(method.exclusive))
         no_ack = bool(method.no_ack)
         consumer = ChannelConsumer(
             tag, queue, self, self.prefetch_count, no_ack, bool(method.exclusive), arguments, 0

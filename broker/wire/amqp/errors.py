@@ -12,6 +12,8 @@ from typing import Final
 
 from wharf.protocol.errors import WharfError
 
+from ...core.queues import EXCLUSIVE_USE
+
 SHORTSTR_MAX_BYTES: Final = 255
 CONTENT_TOO_LARGE: Final = 311
 NO_ROUTE: Final = 312
@@ -114,6 +116,10 @@ def from_wharf(exc: WharfError, method: int, vhost: str) -> AmqpError:
     """The AMQP exception for a Wharf error raised by the core, worded as RabbitMQ words
     it where the error's details say which refusal it is."""
     code = _FROM_WHARF.get(exc.code, INTERNAL_ERROR)
+    if code == RESOURCE_LOCKED and exc.details.get("reason") == EXCLUSIVE_USE:
+        # RabbitMQ refuses a consume that an exclusive consumer blocks with 403, not
+        # the 405 of another connection's exclusive queue.
+        code = ACCESS_REFUSED
     return AmqpError(code, with_vhost(exc, vhost), method)
 
 

@@ -33,7 +33,6 @@ from wharf.protocol.errors import (
     PreconditionFailed,
     ProtocolSyntaxError,
     ResourceError,
-    ResourceLocked,
     UnknownDeliveryTag,
     Unroutable,
     WharfError,
@@ -892,12 +891,7 @@ class Connection(TopologyFrames, LogFrames, LoginFrames, asyncio.Protocol):
             raise InvalidArgument("consumer tag too long")
         if tag in self.consumers:
             raise PreconditionFailed(f"consumer tag '{tag}' already in use on this connection")
-        if queue.has_exclusive_consumer():
-            raise ResourceLocked(f"queue '{queue.name}' has an exclusive consumer")
-        if f.exclusive and queue.consumer_count:
-            raise ResourceLocked(
-                f"queue '{queue.name}' already has consumers; cannot consume exclusively"
-            )
+        queue.check_new_consumer(f.exclusive)
         consumer = Consumer(
             tag, queue, self, f.prefetch, f.no_ack, f.exclusive, f.arguments, f.request_id
         )
