@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final
 from wharf.protocol.errors import AccessRefused, InvalidArgument, WharfError
 
 from ..security.audit import AuditEvent
-from ..security.auth import MECHANISM_HTTP_BASIC, MECHANISM_HTTP_LOGIN
+from ..security.identity import MECHANISM_HTTP_BASIC, MECHANISM_HTTP_LOGIN
 from ..security.users import MAX_PASSWORD_CHARS, MAX_USER_NAME_CHARS
 from .api_core import ApiError, Call, Fields, Result, parse_body
 from .guards import is_json_media_type

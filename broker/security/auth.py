@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 import os
 import time
@@ -54,6 +53,19 @@ from wharf.protocol.errors import AccessRefused, WharfError
 
 from .audit import AuditEvent, AuditLog
 from .cert_login import CERT_LOGIN_NONE, user_from_cert
+from .identity import (
+    DEFAULT_USER,
+    INVALID_CREDENTIALS,
+    MECHANISM_EXTERNAL,
+    MECHANISM_HTTP_BASIC,
+    MECHANISM_HTTP_LOGIN,
+    MECHANISM_PLAIN,
+    MECHANISM_SCRAM,
+    RefusedLogin,
+    User,
+    host_key,
+    is_loopback,
+)
 from .passwords import (
     SCRAM_ITERATIONS,
     SCRAM_SALT_BYTES,
@@ -65,6 +77,7 @@ from .passwords import (
     parse_scram_credential,
     verify_password,
 )
+from .scram import ScramConversation
 from .throttle import (
     FAILURE_DECAY_S,
     FAILURE_LOG_INTERVAL_S,
@@ -74,18 +87,16 @@ from .throttle import (
     TooManyAttempts,
     failure_delay_s,
 )
+from .users import SOURCE_BUILTIN, SOURCE_CONFIG, StoredUser, UserStore
 
 if TYPE_CHECKING:
     from ..config import Settings
-    from .scram import ScramConversation
-    from .users import StoredUser
 
 log = logging.getLogger(__name__)
 
 # Concurrent scrypt checks; each holds 128 * r * n bytes (16 MiB at the defaults).
 SCRYPT_WORKERS: Final = 4
 
-DEFAULT_USER: Final = "guest"
 DEFAULT_PASSWORD: Final = "guest"
 DEFAULT_USER_TAGS: Final = ("administrator",)
 
@@ -98,15 +109,6 @@ DEFAULT_USER_TAGS: Final = ("administrator",)
 # faster oracle for a guesser than scrypt.
 AUTH_CACHE_MAX_ENTRIES: Final = 1_024
 
-# Mechanism labels (wharf_auth_failures_total{mechanism}, audit "mechanism").
-MECHANISM_SCRAM: Final = "SCRAM-SHA-256"
-MECHANISM_PLAIN: Final = "PLAIN"
-MECHANISM_EXTERNAL: Final = "EXTERNAL"
-MECHANISM_HTTP_BASIC: Final = "BASIC"
-MECHANISM_HTTP_LOGIN: Final = "LOGIN"  # the web UI's login form (POST /api/auth/login)
-MECHANISM_OTHER: Final = "other"  # a mechanism the broker does not offer
-
-INVALID_CREDENTIALS: Final = "invalid credentials"
 # How a refused login under a name that is no user is recorded (logs, audit).
 UNKNOWN_USER: Final = "<unknown>"
 UNKNOWN_USER_REF_CHARS: Final = 12
@@ -114,34 +116,6 @@ UNKNOWN_USER_REF_CHARS: Final = 12
 __all__ = ["FAILURE_DECAY_S", "failure_delay_s"]  # re-exported for callers and tests
 
 _T = TypeVar("_T")
-
-
-def is_loopback(peer_host: str) -> bool:
-    """127.0.0.0/8, ::1 and ::ffff:127.x are loopback; anything unparsable is not."""
-    try:
-        addr = ipaddress.ip_address(peer_host)
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped.is_loopback
-    return addr.is_loopback
-
-
-def host_key(peer_host: str) -> str:
-    """Normalise so that ::ffff:10.0.0.1 and 10.0.0.1 share one failure record."""
-    try:
-        addr = ipaddress.ip_address(peer_host)
-    except ValueError:
-        return peer_host
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
-
-
-@dataclass(frozen=True, slots=True)
-class User:
-    name: str
-    tags: tuple[str, ...] = ()
 
 
 def plain_refusal_message(mechanism: str) -> str:
@@ -165,16 +139,6 @@ def plain_refusal_message(mechanism: str) -> str:
     )
 
 
-class RefusedLogin(Exception):
-    """A check's refusal whose client is told less than the log and audit say (e.g. that
-    the user exists but has no SCRAM credential yet); the caller gets AccessRefused(told)."""
-
-    def __init__(self, told: str, logged_reason: str) -> None:
-        super().__init__(logged_reason)
-        self.told = told
-        self.logged_reason = logged_reason
-
-
 @dataclass(frozen=True, slots=True)
 class _Verdict:
     user: User | None
@@ -193,9 +157,6 @@ class Authenticator:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         audit: AuditLog | None = None,
     ) -> None:
-        # Runtime user store (management API): users.py imports this module, hence here.
-        from .users import SOURCE_BUILTIN, SOURCE_CONFIG, StoredUser, UserStore
-
         initial: dict[str, StoredUser] = {}
         for cfg in settings.users:
             try:
@@ -277,8 +238,6 @@ class Authenticator:
         self, peer_host: str, *, protocol: str = "native", peer: str | None = None
     ) -> ScramConversation:
         """A SCRAM-SHA-256 exchange for one connection (scram.py)."""
-        from .scram import ScramConversation  # scram.py imports this module
-
         return ScramConversation(self, peer_host, protocol, peer if peer is not None else peer_host)
 
     async def authenticate_external(

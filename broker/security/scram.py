@@ -18,18 +18,18 @@ scrypt before it is refused.  Channel binding (``-PLUS``) is not offered.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final, Protocol
 
 import scramp
 
 from wharf.protocol.errors import AccessRefused, WharfError
 
-from .auth import INVALID_CREDENTIALS, MECHANISM_SCRAM, RefusedLogin, User, host_key
+from .identity import INVALID_CREDENTIALS, MECHANISM_SCRAM, RefusedLogin, User, host_key
 
 if TYPE_CHECKING:
-    from .auth import Authenticator
     from .passwords import ScramCredential
-    from .users import StoredUser
+    from .users import StoredUser, UserStore
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,42 @@ NO_SCRAM_CREDENTIAL: Final = (
     "user has no SCRAM-SHA-256 credential yet: it gets one at its next PLAIN login "
     "(over TLS or from loopback), or when its password is set again"
 )
+
+
+class ScramAuthority(Protocol):
+    """What an exchange uses of the authenticator (auth.py ``Authenticator``, which
+    makes the exchanges): credentials, the login throttle, failure records."""
+
+    @property
+    def users(self) -> UserStore: ...
+
+    def scram_credential(self, username: str) -> tuple[ScramCredential, StoredUser | None]: ...
+
+    def note_failure(
+        self,
+        username: str,
+        where: str,
+        mechanism: str,
+        protocol: str,
+        reason: str,
+        *,
+        pair: tuple[str, str] | None,
+    ) -> None: ...
+
+    async def burn_check(self) -> None: ...
+
+    def check_loopback(self, username: str, peer_host: str) -> None: ...
+
+    async def throttled(
+        self,
+        username: str,
+        peer_host: str,
+        check: Callable[[], Awaitable[User]],
+        *,
+        mechanism: str,
+        protocol: str,
+        peer: str | None,
+    ) -> User: ...
 
 
 class ScramConversation:
@@ -55,7 +91,7 @@ class ScramConversation:
         "username",
     )
 
-    def __init__(self, authenticator: Authenticator, peer_host: str, protocol: str, where: str):
+    def __init__(self, authenticator: ScramAuthority, peer_host: str, protocol: str, where: str):
         self._auth = authenticator
         self._peer_host = peer_host
         self._protocol = protocol

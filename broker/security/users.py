@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .auth import DEFAULT_USER, User
+from .identity import DEFAULT_USER, User
 from .passwords import parse_password_hash, parse_scram_credential
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from wharf.broker.http.api import ManagementApi
 from wharf.broker.logs.topicconfig import DEFAULTS
 from wharf.broker.logs.topics import _check_partition_count
 from wharf.broker.security.audit import AuditLog
-from wharf.broker.security.auth import User
+from wharf.broker.security.identity import User
 from wharf.broker.security.users import ADMINISTRATOR_TAG, StoredUser, UserStore
 
 TARGET: Final = "http_bodies"

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from wharf.broker.cli.main import main
 from wharf.broker.config import ConfigError, Settings, UserConfig
 from wharf.broker.security import auth, passwords, throttle
-from wharf.broker.security.auth import Authenticator, User, failure_delay_s, is_loopback
+from wharf.broker.security.auth import Authenticator, failure_delay_s
+from wharf.broker.security.identity import User, is_loopback
 from wharf.broker.security.passwords import hash_password, parse_password_hash, verify_password
 from wharf.protocol.errors import AccessRefused, WharfError
 

@@ -95,7 +95,7 @@ def test_config_user_may_carry_a_scram_credential() -> None:
 
 
 def test_upgrade_keeps_config_users_in_memory_and_saves_runtime_ones() -> None:
-    from wharf.broker.security.auth import User
+    from wharf.broker.security.identity import User
     from wharf.broker.security.users import SOURCE_CONFIG, StoredUser
 
     store = UserStore([StoredUser(User("cfg"), APP_HASH, SOURCE_CONFIG)])

@@ -30,8 +30,8 @@ from ...core.access import DEFAULT_VHOST, Actor
 from ...core.clients import describe_channel, next_connection_id
 from ...core.quotas import CONSUME, PRODUCE
 from ...security.audit import AuditEvent, tls_fields, tls_version_of
-from ...security.auth import MECHANISM_EXTERNAL, MECHANISM_OTHER, MECHANISM_PLAIN, User
 from ...security.cert_login import CERT_LOGIN_NONE
+from ...security.identity import MECHANISM_EXTERNAL, MECHANISM_OTHER, MECHANISM_PLAIN, User
 from ..peer import peer_of
 from . import methods as M
 from .channel import Channel

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from wharf.protocol import frames as F
 from wharf.protocol.errors import AccessRefused, WharfError
 
-from ...security.auth import (
+from ...security.identity import (
     MECHANISM_EXTERNAL,
     MECHANISM_OTHER,
     MECHANISM_PLAIN,
