@@ -80,6 +80,7 @@ from .api_core import (
     dump_json,
     http_status,
     query_flag,
+    route,
     vhost_parameter,
     visible_vhosts,
 )
@@ -152,16 +153,14 @@ class ManagementApi:
         # The overview's walks over queues and connections: (monotonic time, result).
         self._overview_cache: dict[tuple[str, ...], tuple[float, Any]] = {}
         self._openapi: EncodedJson | None = None  # GET /api/openapi.json, encoded once
-        r = Route
         self.routes: list[Route] = [
-            r(
-                "GET",
-                ("overview",),
+            route(
+                "GET /overview",
                 self.overview,
-                doc="200 Overview - Broker version, totals, counters, alarms, listeners.",
+                "200 Overview - Broker version, totals, counters, alarms, listeners.",
             ),
-            r("GET", ("whoami",), self.whoami, doc="200 WhoAmI - The authenticated user."),
-            r(
+            route("GET /whoami", self.whoami, "200 WhoAmI - The authenticated user."),
+            Route(
                 "POST",
                 LOGIN_PATH,
                 self.login_elsewhere,
@@ -170,269 +169,207 @@ class ManagementApi:
                     "needs no credentials. Also takes an HTML form."
                 ),
             ),
-            r(
-                "POST",
-                ("auth", "logout"),
+            route(
+                "POST /auth/logout",
                 self.auth.logout,
-                doc="200 Empty - End the caller's web UI session and delete its cookie.",
+                "200 Empty - End the caller's web UI session and delete its cookie.",
             ),
-            r("GET", ("openapi.json",), self.openapi, doc="200 - - This document."),
+            route("GET /openapi.json", self.openapi, "200 - - This document."),
             *self._vhost_routes(),
-            r(
-                "GET",
-                ("queues",),
+            route(
+                "GET /queues",
                 self.list_queues,
+                "200 [Queue] - All queues, all vhosts.",
                 query=PAGE_QUERY,
-                doc="200 [Queue] - All queues, all vhosts.",
             ),
-            r(
-                "GET",
-                ("queues", "{vhost}"),
+            route(
+                "GET /queues/{vhost}",
                 self.list_queues,
+                "200 [Queue] - A vhost's.",
                 query=PAGE_QUERY,
-                doc="200 [Queue] - A vhost's.",
             ),
-            r("GET", ("queues", "{vhost}", "{name}"), self.get_queue, doc="200 Queue - One queue."),
-            r(
-                "PUT",
-                ("queues", "{vhost}", "{name}"),
+            route("GET /queues/{vhost}/{name}", self.get_queue, "200 Queue - One queue."),
+            route(
+                "PUT /queues/{vhost}/{name}",
                 self.put_queue,
-                False,
-                doc="201 Queue QueueDeclare Declare a queue.",
+                "201 Queue QueueDeclare Declare a queue.",
             ),
-            r(
-                "DELETE",
-                ("queues", "{vhost}", "{name}"),
+            route(
+                "DELETE /queues/{vhost}/{name}",
                 self.delete_queue,
-                False,
-                ("if_unused", "if_empty"),
-                doc="200 MessageCount - Delete a queue.",
+                "200 MessageCount - Delete a queue.",
+                query=("if_unused", "if_empty"),
             ),
-            r(
-                "GET",
-                ("queues", "{vhost}", "{name}", "bindings"),
+            route(
+                "GET /queues/{vhost}/{name}/bindings",
                 self.queue_bindings,
-                doc="200 [Binding] - Bindings to a queue, the default exchange's included.",
+                "200 [Binding] - Bindings to a queue, the default exchange's included.",
             ),
-            r(
-                "DELETE",
-                ("queues", "{vhost}", "{name}", "contents"),
+            route(
+                "DELETE /queues/{vhost}/{name}/contents",
                 self.purge_queue,
-                False,
-                doc="200 MessageCount - Purge ready messages.",
+                "200 MessageCount - Purge ready messages.",
             ),
-            r(
-                "POST",
-                ("queues", "{vhost}", "{name}", "get"),
+            route(
+                "POST /queues/{vhost}/{name}/get",
                 self.peek_queue,
-                doc="200 [PeekedMessage] PeekRequest Peek without consuming.",
+                "200 [PeekedMessage] PeekRequest Peek without consuming.",
             ),
-            r(
-                "POST",
-                ("queues", "{vhost}", "{name}", "replay"),
+            route(
+                "POST /queues/{vhost}/{name}/replay",
                 self.replay_queue,
-                False,
-                doc="200 Moved ReplayRequest Move dead-lettered messages back where they died.",
+                "200 Moved ReplayRequest Move dead-lettered messages back where they died.",
             ),
-            r(
-                "GET",
-                ("exchanges",),
+            route(
+                "GET /exchanges",
                 self.list_exchanges,
+                "200 [Exchange] - All exchanges, all vhosts.",
                 query=PAGE_QUERY,
-                doc="200 [Exchange] - All exchanges, all vhosts.",
             ),
-            r(
-                "GET",
-                ("exchanges", "{vhost}"),
+            route(
+                "GET /exchanges/{vhost}",
                 self.list_exchanges,
+                "200 [Exchange] - A vhost's exchanges.",
                 query=PAGE_QUERY,
-                doc="200 [Exchange] - A vhost's exchanges.",
             ),
-            r(
-                "GET",
-                ("exchanges", "{vhost}", "{name}"),
+            route(
+                "GET /exchanges/{vhost}/{name}",
                 self.get_exchange,
-                doc="200 Exchange - One exchange (amq.default: the default).",
+                "200 Exchange - One exchange (amq.default: the default).",
             ),
-            r(
-                "PUT",
-                ("exchanges", "{vhost}", "{name}"),
+            route(
+                "PUT /exchanges/{vhost}/{name}",
                 self.put_exchange,
-                False,
-                doc="201 Exchange ExchangeDeclare Declare an exchange.",
+                "201 Exchange ExchangeDeclare Declare an exchange.",
             ),
-            r(
-                "DELETE",
-                ("exchanges", "{vhost}", "{name}"),
+            route(
+                "DELETE /exchanges/{vhost}/{name}",
                 self.delete_exchange,
-                False,
-                ("if_unused",),
-                doc="200 Empty - Delete an exchange.",
+                "200 Empty - Delete an exchange.",
+                query=("if_unused",),
             ),
-            r(
-                "GET",
-                ("exchanges", "{vhost}", "{name}", "bindings", "source"),
+            route(
+                "GET /exchanges/{vhost}/{name}/bindings/source",
                 self.exchange_source_bindings,
-                doc="200 [Binding] - Bindings from an exchange (to queues, exchanges, topics).",
+                "200 [Binding] - Bindings from an exchange (to queues, exchanges, topics).",
             ),
-            r(
-                "GET",
-                ("exchanges", "{vhost}", "{name}", "bindings", "destination"),
+            route(
+                "GET /exchanges/{vhost}/{name}/bindings/destination",
                 self.exchange_destination_bindings,
-                doc="200 [Binding] - Bindings to an exchange (from other exchanges).",
+                "200 [Binding] - Bindings to an exchange (from other exchanges).",
             ),
-            r(
-                "POST",
-                ("exchanges", "{vhost}", "{name}", "publish"),
+            route(
+                "POST /exchanges/{vhost}/{name}/publish",
                 self.publish,
-                False,
-                doc="200 Routed Publish Publish a test message.",
+                "200 Routed Publish Publish a test message.",
             ),
-            r(
-                "GET",
-                ("bindings",),
-                self.list_bindings,
-                doc="200 [Binding] - All bindings, all vhosts.",
+            route("GET /bindings", self.list_bindings, "200 [Binding] - All bindings, all vhosts."),
+            route(
+                "GET /bindings/{vhost}", self.list_bindings, "200 [Binding] - A vhost's bindings."
             ),
-            r(
-                "GET",
-                ("bindings", "{vhost}"),
-                self.list_bindings,
-                doc="200 [Binding] - A vhost's bindings.",
-            ),
-            r("POST", ("bindings", "{vhost}"), self.add_binding, doc="201 Binding Binding Bind."),
-            r(
-                "DELETE",
-                ("bindings", "{vhost}"),
+            route("POST /bindings/{vhost}", self.add_binding, "201 Binding Binding Bind."),
+            route(
+                "DELETE /bindings/{vhost}",
                 self.remove_binding,
-                False,
-                doc="200 Binding Binding Unbind (404 if not bound).",
+                "200 Binding Binding Unbind (404 if not bound).",
             ),
-            r(
-                "GET",
-                ("connections",),
+            route(
+                "GET /connections",
                 self.list_connections,
+                "200 [Connection] - Client connections.",
                 query=PAGE_QUERY,
-                doc="200 [Connection] - Client connections.",
             ),
-            r(
-                "GET",
-                ("connections", "{name}"),
-                self.get_connection,
-                doc="200 Connection - One connection.",
+            route(
+                "GET /connections/{name}", self.get_connection, "200 Connection - One connection."
             ),
-            r(
-                "GET",
-                ("connections", "{name}", "channels"),
+            route(
+                "GET /connections/{name}/channels",
                 self.connection_channels,
+                "200 [Channel] - A connection's channels (native: its one session).",
                 query=PAGE_QUERY,
-                doc="200 [Channel] - A connection's channels (native: its one session).",
             ),
-            r(
-                "GET",
-                ("channels",),
+            route(
+                "GET /channels",
                 self.list_channels,
+                "200 [Channel] - Channels of every connection the user may see.",
                 query=PAGE_QUERY,
-                doc="200 [Channel] - Channels of every connection the user may see.",
             ),
-            r(
-                "DELETE",
-                ("connections", "{name}"),
+            route(
+                "DELETE /connections/{name}",
                 self.close_connection,
-                True,
-                doc="200 Empty - Close a connection (320).",
+                "200 Empty - Close a connection (320).",
+                admin=True,
             ),
-            r(
-                "GET",
-                ("consumers",),
+            route(
+                "GET /consumers", self.list_consumers, "200 [Consumer] - All consumers, all vhosts."
+            ),
+            route(
+                "GET /consumers/{vhost}",
                 self.list_consumers,
-                doc="200 [Consumer] - All consumers, all vhosts.",
+                "200 [Consumer] - A vhost's consumers.",
             ),
-            r(
-                "GET",
-                ("consumers", "{vhost}"),
-                self.list_consumers,
-                doc="200 [Consumer] - A vhost's consumers.",
-            ),
-            r(
-                "GET",
-                ("users",),
+            route(
+                "GET /users",
                 self.list_users,
-                True,
-                doc="200 [User] - Users (administrators only).",
+                "200 [User] - Users (administrators only).",
+                admin=True,
             ),
-            r(
-                "GET",
-                ("users", "{name}"),
+            route(
+                "GET /users/{name}",
                 self.get_user,
-                True,
-                doc="200 User - One user (administrators only).",
+                "200 User - One user (administrators only).",
+                admin=True,
             ),
-            r(
-                "PUT",
-                ("users", "{name}"),
+            route(
+                "PUT /users/{name}",
                 self.put_user,
-                True,
-                doc="201 User UserPut Create or change a user.",
+                "201 User UserPut Create or change a user.",
+                admin=True,
             ),
-            r(
-                "DELETE",
-                ("users", "{name}"),
+            route(
+                "DELETE /users/{name}",
                 self.delete_user,
-                True,
-                doc="200 UserDeleted - Delete a user, close its connections.",
+                "200 UserDeleted - Delete a user, close its connections.",
+                admin=True,
             ),
             # server-side policies
-            r(
-                "GET",
-                ("policies",),
+            route(
+                "GET /policies",
                 self.list_policies,
-                doc="200 [Policy] - Server-side queue policies, all vhosts.",
+                "200 [Policy] - Server-side queue policies, all vhosts.",
             ),
-            r(
-                "GET",
-                ("policies", "{vhost}"),
-                self.list_policies,
-                doc="200 [Policy] - A vhost's policies.",
+            route(
+                "GET /policies/{vhost}", self.list_policies, "200 [Policy] - A vhost's policies."
             ),
-            r(
-                "GET",
-                ("policies", "{vhost}", "{name}"),
-                self.get_policy,
-                doc="200 Policy - One policy.",
-            ),
-            r(
-                "PUT",
-                ("policies", "{vhost}", "{name}"),
+            route("GET /policies/{vhost}/{name}", self.get_policy, "200 Policy - One policy."),
+            route(
+                "PUT /policies/{vhost}/{name}",
                 self.put_policy,
-                doc=(
+                (
                     "201 Policy PolicyPut Create or replace a policy; applies to existing "
                     "queues at once."
                 ),
             ),
-            r(
-                "DELETE",
-                ("policies", "{vhost}", "{name}"),
+            route(
+                "DELETE /policies/{vhost}/{name}",
                 self.delete_policy,
-                doc="200 Empty - Delete a policy; its queues fall back to their own arguments.",
+                "200 Empty - Delete a policy; its queues fall back to their own arguments.",
             ),
             *LogsApi(broker).routes(),  # log topics and consumer groups
             *PermissionsApi(broker).routes(),
             *UserLimitsApi(broker).routes(),
             # TLS (docs/security.md)
-            r(
-                "GET",
-                ("tls",),
+            route(
+                "GET /tls",
                 self.get_tls,
-                True,
-                doc="200 Tls - The TLS certificate in use (administrators only).",
+                "200 Tls - The TLS certificate in use (administrators only).",
+                admin=True,
             ),
-            r(
-                "POST",
-                ("tls", "reload"),
+            route(
+                "POST /tls/reload",
                 self.reload_tls,
-                True,
-                doc="200 Tls - Reload the TLS certificate, key and CA for new connections.",
+                "200 Tls - Reload the TLS certificate, key and CA for new connections.",
+                admin=True,
             ),
         ]
 
@@ -496,13 +433,13 @@ class ManagementApi:
         matched: Route | None = None
         params: list[str] = []
         allowed: list[str] = []
-        for route in self.routes:
-            found = route.match(segments)
+        for candidate in self.routes:
+            found = candidate.match(segments)
             if found is None:
                 continue
-            allowed.append(route.method)
-            if route.method == method:
-                matched, params = route, found
+            allowed.append(candidate.method)
+            if candidate.method == method:
+                matched, params = candidate, found
         if matched is None:
             if allowed:
                 raise ApiError(
@@ -675,61 +612,53 @@ class ManagementApi:
     # -- vhosts (RabbitMQ's /api/vhosts and /api/vhost-limits) -----------------------------
 
     def _vhost_routes(self) -> list[Route]:
-        r = Route
         return [
-            r("GET", ("vhosts",), self.list_vhosts, doc="200 [Vhost] - Virtual hosts."),
-            r("GET", ("vhosts", "{name}"), self.get_vhost, doc="200 Vhost - One vhost."),
-            r(
-                "PUT",
-                ("vhosts", "{name}"),
+            route("GET /vhosts", self.list_vhosts, "200 [Vhost] - Virtual hosts."),
+            route("GET /vhosts/{name}", self.get_vhost, "200 Vhost - One vhost."),
+            route(
+                "PUT /vhosts/{name}",
                 self.put_vhost,
-                True,
-                doc="201 Vhost VhostPut Create a vhost (or change its description and tags).",
+                "201 Vhost VhostPut Create a vhost (or change its description and tags).",
+                admin=True,
             ),
-            r(
-                "DELETE",
-                ("vhosts", "{name}"),
+            route(
+                "DELETE /vhosts/{name}",
                 self.delete_vhost,
-                True,
-                doc=(
+                (
                     "200 VhostDeleted - Delete a vhost: closes its connections, deletes "
                     "everything in it and its permissions (not the default vhost /)."
                 ),
+                admin=True,
             ),
-            r(
-                "GET",
-                ("vhosts", "{name}", "connections"),
+            route(
+                "GET /vhosts/{name}/connections",
                 self.list_vhost_connections,
-                doc="200 [Connection] - A vhost's connections.",
+                "200 [Connection] - A vhost's connections.",
             ),
-            r(
-                "GET",
-                ("vhost-limits",),
+            route(
+                "GET /vhost-limits",
                 self.list_vhost_limits,
-                doc="200 [VhostLimits] - The limits of every vhost that has some.",
+                "200 [VhostLimits] - The limits of every vhost that has some.",
             ),
-            r(
-                "GET",
-                ("vhost-limits", "{vhost}"),
+            route(
+                "GET /vhost-limits/{vhost}",
                 self.list_vhost_limits,
-                doc="200 [VhostLimits] - One vhost's limits.",
+                "200 [VhostLimits] - One vhost's limits.",
             ),
-            r(
-                "PUT",
-                ("vhost-limits", "{vhost}", "{name}"),
+            route(
+                "PUT /vhost-limits/{vhost}/{name}",
                 self.put_vhost_limit,
-                True,
-                doc=(
+                (
                     "200 Empty VhostLimitPut Set max-connections, max-queues or max-topics "
                     "(a negative value removes it)."
                 ),
+                admin=True,
             ),
-            r(
-                "DELETE",
-                ("vhost-limits", "{vhost}", "{name}"),
+            route(
+                "DELETE /vhost-limits/{vhost}/{name}",
                 self.delete_vhost_limit,
-                True,
-                doc="200 Empty - Remove a vhost limit.",
+                "200 Empty - Remove a vhost limit.",
+                admin=True,
             ),
         ]
 

@@ -27,6 +27,8 @@ JSON_CONTENT_TYPE: Final = "application/json"
 # Nesting depth allowed in request bodies (arguments, headers): deep JSON would make
 # the msgpack encoder or the definitions writer recurse without bound.
 MAX_BODY_DEPTH: Final = 32
+# A route's OpenAPI line when it has none ("STATUS RESULT BODY summary", see Route.doc).
+UNDOCUMENTED: Final = "- - - (undocumented)"
 MAX_PEEK_COUNT: Final = 100
 # A peek stops adding messages once their bodies reach this many bytes (at least one).
 MAX_PEEK_BODY_BYTES: Final = 8 * 1024 * 1024
@@ -298,7 +300,7 @@ class Route:
     query: tuple[str, ...] = field(default=())
     # For the OpenAPI document (openapi.py): "STATUS RESULT BODY summary", RESULT and BODY
     # naming component schemas ("[X]": array of X, "-": none).
-    doc: str = "- - - (undocumented)"
+    doc: str = UNDOCUMENTED
 
     def match(self, segments: list[str]) -> list[str] | None:
         if len(segments) != len(self.path):
@@ -310,3 +312,17 @@ class Route:
             elif pattern != seg:
                 return None
         return params
+
+
+def route(
+    spec: str,
+    handler: Handler,
+    doc: str = UNDOCUMENTED,
+    *,
+    admin: bool = False,
+    query: tuple[str, ...] = (),
+) -> Route:
+    """One row of a route table, its path written as the URL reads (below /api):
+    ``route("GET /queues/{vhost}/{name}", handler, doc)``; ``{...}`` is a parameter."""
+    method, _, path = spec.partition(" /")
+    return Route(method, tuple(path.split("/")), handler, admin, query, doc)

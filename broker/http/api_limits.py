@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from wharf.protocol.errors import NotFound
 
 from ..core.quotas import NO_LIMIT, check_limit
-from .api_core import Call, Result, Route
+from .api_core import Call, Result, Route, route
 
 if TYPE_CHECKING:
     from .api_broker import ApiBroker
@@ -27,31 +27,31 @@ class UserLimitsApi:
         self.broker = broker
 
     def routes(self) -> list[Route]:
-        r = Route
-        one = ("user-limits", "{user}", "{name}")
         return [
-            r(
-                "GET",
-                ("user-limits",),
+            route(
+                "GET /user-limits",
                 self.list_limits,
-                True,
-                doc="200 [UserLimits] - Every user's limits.",
+                "200 [UserLimits] - Every user's limits.",
+                admin=True,
             ),
-            r(
-                "GET",
-                ("user-limits", "{user}"),
+            route(
+                "GET /user-limits/{user}",
                 self.get_limits,
-                True,
-                doc="200 [UserLimits] - One user's limits (an empty list: none).",
+                "200 [UserLimits] - One user's limits (an empty list: none).",
+                admin=True,
             ),
-            r(
-                "PUT",
-                one,
+            route(
+                "PUT /user-limits/{user}/{name}",
                 self.put_limit,
-                True,
-                doc="201 UserLimit UserLimitPut Set one limit of a user (-1: no limit).",
+                "201 UserLimit UserLimitPut Set one limit of a user (-1: no limit).",
+                admin=True,
             ),
-            r("DELETE", one, self.delete_limit, True, doc="200 Empty - Clear one limit."),
+            route(
+                "DELETE /user-limits/{user}/{name}",
+                self.delete_limit,
+                "200 Empty - Clear one limit.",
+                admin=True,
+            ),
         ]
 
     def _user(self, call: Call) -> str:

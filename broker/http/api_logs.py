@@ -20,7 +20,7 @@ from wharf.protocol.records import decode_records, read_header
 
 from ..logs.group_model import RESET_TARGETS
 from ..logs.topics import MAX_PARTITIONS
-from .api_core import Call, Result, Route, query_int, visible_vhosts
+from .api_core import Call, Result, Route, query_int, route, visible_vhosts
 from .api_paging import PAGE_QUERY, list_answer
 
 if TYPE_CHECKING:
@@ -57,123 +57,106 @@ class LogsApi:
         self.broker = broker
 
     def routes(self) -> list[Route]:
-        r = Route
         return [
-            r(
-                "GET",
-                ("topics",),
+            route(
+                "GET /topics",
                 self.list_topics,
+                "200 [Topic] - All log topics, all vhosts.",
                 query=PAGE_QUERY,
-                doc="200 [Topic] - All log topics, all vhosts.",
             ),
-            r(
-                "GET",
-                ("topics", "{vhost}"),
+            route(
+                "GET /topics/{vhost}",
                 self.list_topics,
+                "200 [Topic] - A vhost's log topics.",
                 query=PAGE_QUERY,
-                doc="200 [Topic] - A vhost's log topics.",
             ),
-            r(
-                "GET",
-                ("topics", "{vhost}", "{name}"),
+            route(
+                "GET /topics/{vhost}/{name}",
                 self.get_topic,
-                doc="200 Topic - One topic: settings, offsets and size per partition.",
+                "200 Topic - One topic: settings, offsets and size per partition.",
             ),
-            r(
-                "PUT",
-                ("topics", "{vhost}", "{name}"),
+            route(
+                "PUT /topics/{vhost}/{name}",
                 self.put_topic,
-                doc="201 Topic TopicPut Create a topic (200: exists with this partition count).",
+                "201 Topic TopicPut Create a topic (200: exists with this partition count).",
             ),
-            r(
-                "PATCH",
-                ("topics", "{vhost}", "{name}"),
+            route(
+                "PATCH /topics/{vhost}/{name}",
                 self.alter_topic,
-                doc="200 Topic TopicAlter Grow the partition count and/or change settings.",
+                "200 Topic TopicAlter Grow the partition count and/or change settings.",
             ),
-            r(
-                "GET",
-                ("topics", "{vhost}", "{name}", "records"),
+            route(
+                "GET /topics/{vhost}/{name}/records",
                 self.topic_records,
-                query=RECORDS_QUERY,
-                doc=(
+                (
                     "200 [TopicRecord] - Browse a partition's records from an offset or a "
                     "timestamp (read permission on the topic)."
                 ),
+                query=RECORDS_QUERY,
             ),
-            r(
-                "DELETE",
-                ("topics", "{vhost}", "{name}"),
+            route(
+                "DELETE /topics/{vhost}/{name}",
                 self.delete_topic,
-                doc="200 Empty - Delete a topic and its records.",
+                "200 Empty - Delete a topic and its records.",
             ),
-            r(
-                "GET",
-                ("groups",),
+            route(
+                "GET /groups",
                 self.list_groups,
-                query=PAGE_QUERY,
-                doc=(
+                (
                     "200 [GroupSummary] - Consumer groups with members or committed offsets, "
                     "all vhosts."
                 ),
-            ),
-            r(
-                "GET",
-                ("groups", "{vhost}"),
-                self.list_groups,
                 query=PAGE_QUERY,
-                doc="200 [GroupSummary] - A vhost's consumer groups.",
             ),
-            r(
-                "GET",
-                ("groups", "{vhost}", "{name}"),
+            route(
+                "GET /groups/{vhost}",
+                self.list_groups,
+                "200 [GroupSummary] - A vhost's consumer groups.",
+                query=PAGE_QUERY,
+            ),
+            route(
+                "GET /groups/{vhost}/{name}",
                 self.get_group,
-                doc=(
+                (
                     "200 Group - Members, assignment, committed and latest offset, lag per "
                     "partition."
                 ),
             ),
-            r(
-                "DELETE",
-                ("groups", "{vhost}", "{name}"),
+            route(
+                "DELETE /groups/{vhost}/{name}",
                 self.delete_group,
-                doc="200 Empty - Delete a group without members and its committed offsets.",
+                "200 Empty - Delete a group without members and its committed offsets.",
             ),
-            r(
-                "POST",
-                ("groups", "{vhost}", "{name}", "reset-offsets"),
+            route(
+                "POST /groups/{vhost}/{name}/reset-offsets",
                 self.reset_offsets,
-                doc=(
+                (
                     "200 OffsetsReset ResetOffsets Move committed offsets of a group without "
                     "members."
                 ),
             ),
-            r(
-                "GET",
-                ("transactions",),
+            route(
+                "GET /transactions",
                 self.list_transactions,
-                doc="200 [Transaction] - Transactional ids the coordinators know, all vhosts.",
+                "200 [Transaction] - Transactional ids the coordinators know, all vhosts.",
             ),
-            r(
-                "GET",
-                ("transactions", "{vhost}"),
+            route(
+                "GET /transactions/{vhost}",
                 self.list_transactions,
-                doc="200 [Transaction] - A vhost's transactional ids.",
+                "200 [Transaction] - A vhost's transactional ids.",
             ),
-            r(
-                "GET",
-                ("transactions", "{vhost}", "{name}"),
+            route(
+                "GET /transactions/{vhost}/{name}",
                 self.get_transaction,
-                doc=(
+                (
                     "200 Transaction - One transactional id: producer id, epoch, state, "
                     "partitions and groups of its open transaction, age."
                 ),
             ),
-            r(
-                "POST",
-                ("transactions", "{vhost}", "{name}", "abort"),
+            route(
+                "POST /transactions/{vhost}/{name}/abort",
                 self.abort_transaction,
-                doc=(
+                (
                     "200 Transaction - Abort the open transaction of a transactional id (as "
                     "on its timeout); answered once the abort markers are written."
                 ),

@@ -15,7 +15,7 @@ from wharf.protocol.errors import NotFound
 
 from ..core.access import Permission
 from ..security.audit import AuditEvent
-from .api_core import Call, Result, Route
+from .api_core import Call, Result, Route, route
 
 if TYPE_CHECKING:
     from .api_broker import ApiBroker
@@ -28,60 +28,55 @@ class PermissionsApi:
         self.broker = broker
 
     def routes(self) -> list[Route]:
-        r = Route
-        one = ("permissions", "{vhost}", "{user}")
-        topic = ("topic-permissions", "{vhost}", "{user}")
         return [
-            r(
-                "GET",
-                ("permissions",),
+            route(
+                "GET /permissions",
                 self.list_permissions,
-                True,
-                doc="200 [Permission] - Every user's permissions on every vhost.",
+                "200 [Permission] - Every user's permissions on every vhost.",
+                admin=True,
             ),
-            r("GET", one, self.get_permission, True, doc="200 Permission - One user's, one vhost."),
-            r(
-                "PUT",
-                one,
+            route(
+                "GET /permissions/{vhost}/{user}",
+                self.get_permission,
+                "200 Permission - One user's, one vhost.",
+                admin=True,
+            ),
+            route(
+                "PUT /permissions/{vhost}/{user}",
                 self.put_permission,
-                True,
-                doc="201 Permission PermissionPut Set a user's configure/write/read regexes.",
+                "201 Permission PermissionPut Set a user's configure/write/read regexes.",
+                admin=True,
             ),
-            r(
-                "DELETE",
-                one,
+            route(
+                "DELETE /permissions/{vhost}/{user}",
                 self.delete_permission,
-                True,
-                doc="200 Empty - Remove a user's access to a vhost.",
+                "200 Empty - Remove a user's access to a vhost.",
+                admin=True,
             ),
-            r(
-                "GET",
-                ("topic-permissions",),
+            route(
+                "GET /topic-permissions",
                 self.list_topic_permissions,
-                True,
-                doc="200 [TopicPermission] - Every topic permission.",
+                "200 [TopicPermission] - Every topic permission.",
+                admin=True,
             ),
-            r(
-                "GET",
-                topic,
+            route(
+                "GET /topic-permissions/{vhost}/{user}",
                 self.get_topic_permission,
-                True,
-                doc="200 [TopicPermission] - One user's topic permissions on one vhost.",
+                "200 [TopicPermission] - One user's topic permissions on one vhost.",
+                admin=True,
             ),
-            r(
-                "PUT",
-                topic,
+            route(
+                "PUT /topic-permissions/{vhost}/{user}",
                 self.put_topic_permission,
-                True,
-                doc="201 TopicPermission TopicPermissionPut Routing-key regexes of an exchange.",
+                "201 TopicPermission TopicPermissionPut Routing-key regexes of an exchange.",
+                admin=True,
             ),
-            r(
-                "DELETE",
-                topic,
+            route(
+                "DELETE /topic-permissions/{vhost}/{user}",
                 self.delete_topic_permission,
-                True,
-                ("exchange",),
-                doc="200 Empty - Remove topic permissions (one exchange's with ?exchange=).",
+                "200 Empty - Remove topic permissions (one exchange's with ?exchange=).",
+                admin=True,
+                query=("exchange",),
             ),
         ]
 
