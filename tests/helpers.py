@@ -10,6 +10,8 @@ cutting TCP connections), never through private attributes.
 - :class:`TcpProxy`: sits between a client and the broker and can drop every connection
   as a failing network would, optionally at the moment the broker answers a given frame.
 - :func:`scrape_metrics` / :func:`metric`: the broker's /metrics text and one sample of it.
+- :func:`broker_thread`: a broker on its own event loop in a thread, for tests that are
+  plain functions (the blocking SDK, the web UI's browser tests).
 
 Test modules import them relatively (``from ..helpers import wait_until``).
 """
@@ -20,10 +22,15 @@ import asyncio
 import contextlib
 import inspect
 import itertools
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final
 
+import uvloop
+
+from wharf.broker.config import Settings
+from wharf.broker.server import Broker
 from wharf.protocol import frames as F
 from wharf.protocol.codec import FrameDecoder, encode, encode_array
 from wharf.protocol.errors import ConnectionLost, WharfError, error_from_code
@@ -325,3 +332,58 @@ __all__ = [
     "wait_until",
     "wait_until_sync",
 ]
+
+
+BROKER_THREAD_START_TIMEOUT_S: Final = 30.0
+BROKER_THREAD_STOP_TIMEOUT_S: Final = 30.0
+
+
+class BrokerThread:
+    """A broker on its own event loop in a daemon thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.loop = uvloop.new_event_loop()
+        self.broker = Broker(settings)
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, name="broker", daemon=True)
+
+    def _main(self) -> None:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self.broker.start())
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+            loop.close()
+            return
+        self._started.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self.broker.stop())
+            loop.close()
+
+    def start(self) -> None:
+        self.thread.start()
+        assert self._started.wait(BROKER_THREAD_START_TIMEOUT_S), "broker did not start"
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(BROKER_THREAD_STOP_TIMEOUT_S)
+        assert not self.thread.is_alive(), "broker did not stop"
+
+
+@contextlib.contextmanager
+def broker_thread(settings: Settings) -> Iterator[Broker]:
+    """``with broker_thread(settings) as broker:`` a started broker (ports 0 in the
+    settings: read ``broker.port``, ``broker.http_port``), stopped on the way out."""
+    bt = BrokerThread(settings)
+    bt.start()
+    try:
+        yield bt.broker
+    finally:
+        bt.stop()

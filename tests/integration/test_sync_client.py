@@ -6,7 +6,6 @@ loop), so the broker runs in this process on an event loop in a background threa
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,68 +13,24 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-import uvloop
 
 import wharf
 from wharf.broker.config import Settings
-from wharf.broker.server import Broker
 
-START_TIMEOUT_S: Final = 30.0
-STOP_TIMEOUT_S: Final = 30.0
+from ..helpers import broker_thread
+
 # Iteration ends after this long without a message (consume's idle timeout).
 IDLE_TIMEOUT_S: Final = 0.5
 CALL_TIMEOUT_S: Final = 10.0
 
 
-class BrokerThread:
-    """A broker on port 0, on its own event loop in a daemon thread."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.loop = uvloop.new_event_loop()
-        self.broker = Broker(
-            Settings(host="127.0.0.1", port=0, http_port=0, amqp_port=0, data_dir=str(data_dir))
-        )
-        self._started = threading.Event()
-        self._error: BaseException | None = None
-        self.thread = threading.Thread(target=self._main, name="broker", daemon=True)
-
-    def _main(self) -> None:
-        loop = self.loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self.broker.start())
-        except BaseException as exc:
-            self._error = exc
-            self._started.set()
-            loop.close()
-            return
-        self._started.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(self.broker.stop())
-            loop.close()
-
-    def start(self) -> None:
-        self.thread.start()
-        assert self._started.wait(START_TIMEOUT_S), "broker did not start"
-        if self._error is not None:
-            raise self._error
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(STOP_TIMEOUT_S)
-        assert not self.thread.is_alive(), "broker did not stop"
-
-
 @pytest.fixture
 def sync_url(tmp_path: Path) -> Iterator[str]:
-    bt = BrokerThread(tmp_path / "data")
-    bt.start()
-    try:
-        yield f"wharf://guest:guest@127.0.0.1:{bt.broker.port}"
-    finally:
-        bt.stop()
+    settings = Settings(
+        host="127.0.0.1", port=0, http_port=0, amqp_port=0, data_dir=str(tmp_path / "data")
+    )
+    with broker_thread(settings) as broker:
+        yield f"wharf://guest:guest@127.0.0.1:{broker.port}"
 
 
 @pytest.fixture

@@ -5,82 +5,24 @@ through its executable path (never Playwright's own browser download)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 import pytest
-import uvloop
 
 import wharf
 from wharf.broker.config import Settings, UserConfig
 from wharf.broker.security.passwords import hash_password
-from wharf.broker.server import Broker
+
+from ..helpers import broker_thread
 
 CHROMIUM: Final = os.environ.get("WHARF_TEST_CHROMIUM", "/usr/bin/chromium")
-START_TIMEOUT_S: Final = 30.0
-STOP_TIMEOUT_S: Final = 30.0
 CALL_TIMEOUT_S: Final = 10.0
 MONITOR_PASSWORD: Final = "monitor-secret-1"
 ADMIN_PASSWORD: Final = "admin-secret-1"
-
-
-class BrokerThread:
-    """A broker on port 0, on its own event loop in a daemon thread."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.loop = uvloop.new_event_loop()
-        self.broker = Broker(
-            Settings(
-                host="127.0.0.1",
-                port=0,
-                http_port=0,
-                amqp_port=0,
-                amqps_port=0,
-                data_dir=str(data_dir),
-                group_initial_rebalance_delay_ms=0,  # a lone member joins at once
-                users=[
-                    UserConfig("admin", hash_password(ADMIN_PASSWORD), ["administrator"]),
-                    UserConfig("monitor", hash_password(MONITOR_PASSWORD), ["monitoring"]),
-                ],
-            )
-        )
-        self._started = threading.Event()
-        self._error: BaseException | None = None
-        self.thread = threading.Thread(target=self._main, name="broker", daemon=True)
-
-    def _main(self) -> None:
-        loop = self.loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self.broker.start())
-        except BaseException as exc:
-            self._error = exc
-            self._started.set()
-            loop.close()
-            return
-        self._started.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(self.broker.stop())
-            loop.close()
-
-    def start(self) -> None:
-        self.thread.start()
-        assert self._started.wait(START_TIMEOUT_S), "broker did not start"
-        if self._error is not None:
-            raise self._error
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(STOP_TIMEOUT_S)
-        assert not self.thread.is_alive(), "broker did not stop"
 
 
 @dataclass
@@ -145,17 +87,26 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filled]:
-    bt = BrokerThread(tmp_path_factory.mktemp("ui") / "data")
-    bt.start()
-    url = f"wharf://guest:guest@127.0.0.1:{bt.broker.port}"
-    try:
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        http_port=0,
+        amqp_port=0,
+        amqps_port=0,
+        data_dir=str(tmp_path_factory.mktemp("ui") / "data"),
+        group_initial_rebalance_delay_ms=0,  # a lone member joins at once
+        users=[
+            UserConfig("admin", hash_password(ADMIN_PASSWORD), ["administrator"]),
+            UserConfig("monitor", hash_password(MONITOR_PASSWORD), ["monitoring"]),
+        ],
+    )
+    with broker_thread(settings) as broker:
+        url = f"wharf://guest:guest@127.0.0.1:{broker.port}"
         with wharf.sync.connect(url, call_timeout=CALL_TIMEOUT_S) as conn:
             keep = fill(conn)
-            yield Filled(f"http://127.0.0.1:{bt.broker.http_port}", url, conn, keep)
+            yield Filled(f"http://127.0.0.1:{broker.http_port}", url, conn, keep)
             for k in keep:
                 (k.close if hasattr(k, "close") else k.cancel)()
-    finally:
-        bt.stop()
 
 
 @pytest.fixture(scope="module")
