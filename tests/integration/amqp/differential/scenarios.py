@@ -88,6 +88,13 @@ class Scenario:
             await obs.open_channel(ch)
         return obs
 
+    async def channel_with_queue(self, *channels: int) -> Observer:
+        """``channel(*channels)``, then the exclusive queue ``q("q")`` declared on channel
+        1: where most scenarios start."""
+        obs = await self.channel(*channels)
+        await obs.call(1, C.Queue.Declare(queue=self.q("q"), exclusive=True))
+        return obs
+
     async def finish(self) -> None:
         for obs in self.observers:
             await obs.close()
@@ -176,6 +183,27 @@ def close_instead_of_eof(code: int, text: str, class_id: int, method_id: int) ->
     return expect
 
 
+def own_words(text: str) -> Deviation:
+    """RabbitMQ answers with an Erlang term where Wharf says ``text``; the code is the same."""
+    return Deviation(ERRORS, "same code, Wharf's words instead of an Erlang term", reply_text(text))
+
+
+def own_argument_words(text: str) -> Deviation:
+    """An x-argument Wharf refuses, with the same code and ``text`` for words."""
+    return Deviation(
+        ERRORS, "same code, Wharf's words for an x-argument it refuses", reply_text(text)
+    )
+
+
+def tune_refused(text: str) -> Deviation:
+    """A connection.tune-ok out of bounds: RabbitMQ hangs up, Wharf closes with 530."""
+    return Deviation(
+        ERRORS,
+        "RabbitMQ 3.10 hangs up 3 s later without a word; Wharf sends its 530",
+        close_instead_of_eof(530, text, 10, 31),
+    )
+
+
 # ---- connection ----------------------------------------------------------------------
 
 
@@ -243,16 +271,9 @@ async def unknown_vhost(s: Scenario) -> None:
 
 
 @scenario(
-    Deviation(
-        docs=ERRORS,
-        reason="RabbitMQ 3.10 hangs up 3 s later without a word; Wharf sends its 530",
-        expect=close_instead_of_eof(
-            530,
-            "NOT_ALLOWED - negotiated channel_max = 65535 is higher than the maximum allowed "
-            "value (2047)",
-            10,
-            31,
-        ),
+    tune_refused(
+        "NOT_ALLOWED - negotiated channel_max = 65535 is higher than the maximum allowed "
+        "value (2047)"
     )
 )
 async def tune_channel_max_above_server(s: Scenario) -> None:
@@ -260,16 +281,8 @@ async def tune_channel_max_above_server(s: Scenario) -> None:
 
 
 @scenario(
-    Deviation(
-        docs=ERRORS,
-        reason="RabbitMQ 3.10 hangs up 3 s later without a word; Wharf sends its 530",
-        expect=close_instead_of_eof(
-            530,
-            "NOT_ALLOWED - negotiated frame_max = 1024 is lower than the minimum allowed "
-            "value (4096)",
-            10,
-            31,
-        ),
+    tune_refused(
+        "NOT_ALLOWED - negotiated frame_max = 1024 is lower than the minimum allowed value (4096)"
     )
 )
 async def tune_frame_max_too_small(s: Scenario) -> None:
@@ -277,29 +290,16 @@ async def tune_frame_max_too_small(s: Scenario) -> None:
 
 
 @scenario(
-    Deviation(
-        docs=ERRORS,
-        reason="RabbitMQ 3.10 hangs up 3 s later without a word; Wharf sends its 530",
-        expect=close_instead_of_eof(
-            530,
-            "NOT_ALLOWED - negotiated frame_max = 1073741824 is higher than the maximum "
-            "allowed value (131072)",
-            10,
-            31,
-        ),
+    tune_refused(
+        "NOT_ALLOWED - negotiated frame_max = 1073741824 is higher than the maximum "
+        "allowed value (131072)"
     )
 )
 async def tune_frame_max_above_server(s: Scenario) -> None:
     await s.connect(frame_max=1 << 30, record=True)
 
 
-@scenario(
-    Deviation(
-        docs=ERRORS,
-        reason="same code, Wharf's words instead of an Erlang term",
-        expect=reply_text("UNEXPECTED_FRAME - frame on a channel before the connection was opened"),
-    )
-)
+@scenario(own_words("UNEXPECTED_FRAME - frame on a channel before the connection was opened"))
 async def method_before_connection_open(s: Scenario) -> None:
     c = await s.connect(login=False)
     c.send_raw(b"AMQP\x00\x00\x09\x01")
@@ -552,8 +552,7 @@ async def exchange_alternate_exchange(s: Scenario) -> None:
 
 @scenario()
 async def routing_topic_fanout_headers(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Exchange.Declare(exchange=s.x("t"), exchange_type="topic"))
     await c.call(1, C.Exchange.Declare(exchange=s.x("h"), exchange_type="headers"))
     await c.call(1, C.Queue.Bind(queue=s.q("q"), exchange=s.x("t"), routing_key="a.#"))
@@ -626,8 +625,7 @@ async def queue_declare_passive_missing(s: Scenario) -> None:
 
 @scenario()
 async def queue_declare_counts(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     c.publish(1, "", s.q("q"), b"1")
     c.publish(1, "", s.q("q"), b"2")
     await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="t1"))
@@ -690,8 +688,7 @@ async def queue_auto_delete_after_last_consumer(s: Scenario) -> None:
 
 @scenario()
 async def queue_delete_if_unused(s: Scenario) -> None:
-    c = await s.channel(1, 2)
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue(1, 2)
     await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="t1"))
     await c.call(2, C.Queue.Delete(queue=s.q("q"), if_unused=True))
     await c.call(1, C.Basic.Cancel(consumer_tag="t1"))
@@ -700,8 +697,7 @@ async def queue_delete_if_unused(s: Scenario) -> None:
 
 @scenario()
 async def queue_delete_if_empty(s: Scenario) -> None:
-    c = await s.channel(1, 2)
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue(1, 2)
     await c.call(1, C.Confirm.Select())
     c.publish(1, "", s.q("q"))
     await c.expect("Basic.Ack", ch=1)  # enqueued: RabbitMQ's queue counts it from now on
@@ -712,8 +708,7 @@ async def queue_delete_if_empty(s: Scenario) -> None:
 
 @scenario()
 async def queue_delete_counts_and_missing(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     for _ in range(3):
         c.publish(1, "", s.q("q"))
     await c.call(1, C.Queue.Delete(queue=s.q("q")))
@@ -722,8 +717,7 @@ async def queue_delete_counts_and_missing(s: Scenario) -> None:
 
 @scenario()
 async def queue_purge(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     for _ in range(4):
         c.publish(1, "", s.q("q"))
     await c.call(1, C.Queue.Purge(queue=s.q("q")))
@@ -733,8 +727,7 @@ async def queue_purge(s: Scenario) -> None:
 
 @scenario()
 async def queue_bind_missing_exchange(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Queue.Bind(queue=s.q("q"), exchange=s.x("missing"), routing_key="k"))
 
 
@@ -746,15 +739,13 @@ async def queue_bind_missing_queue(s: Scenario) -> None:
 
 @scenario()
 async def queue_unbind_absent_binding(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Queue.Unbind(queue=s.q("q"), exchange="amq.direct", routing_key="never"))
 
 
 @scenario()
 async def queue_bind_default_exchange(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Queue.Bind(queue=s.q("q"), exchange="", routing_key="k"))
 
 
@@ -796,12 +787,8 @@ async def queue_message_ttl_expires(s: Scenario) -> None:
 
 
 @scenario(
-    Deviation(
-        docs=ERRORS,
-        reason="same code, Wharf's words for an x-argument it refuses",
-        expect=reply_text(
-            "PRECONDITION_FAILED - queue argument x-max-length must be an integer >= 0, got 'ten'"
-        ),
+    own_argument_words(
+        "PRECONDITION_FAILED - queue argument x-max-length must be an integer >= 0, got 'ten'"
     )
 )
 async def queue_invalid_argument_type(s: Scenario) -> None:
@@ -812,13 +799,9 @@ async def queue_invalid_argument_type(s: Scenario) -> None:
 
 
 @scenario(
-    Deviation(
-        docs=ERRORS,
-        reason="same code, Wharf's words for an x-argument it refuses",
-        expect=reply_text(
-            "PRECONDITION_FAILED - queue argument x-overflow must be one of drop-head, "
-            "reject-publish, reject-publish-dlx, got 'nope'"
-        ),
+    own_argument_words(
+        "PRECONDITION_FAILED - queue argument x-overflow must be one of drop-head, "
+        "reject-publish, reject-publish-dlx, got 'nope'"
     )
 )
 async def queue_invalid_overflow_value(s: Scenario) -> None:
@@ -930,16 +913,14 @@ async def queue_dead_letter_on_expiry(s: Scenario) -> None:
 
 @scenario()
 async def queue_passive_exclusive_same_connection(s: Scenario) -> None:
-    c = await s.channel(1, 2)
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue(1, 2)
     await c.call(2, C.Queue.Declare(queue=s.q("q"), passive=True))
     await c.call(2, C.Queue.Declare(queue=s.q("q"), exclusive=True))
 
 
 @scenario()
 async def routing_patterns(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Exchange.Declare(exchange=s.x("t"), exchange_type="topic"))
     await c.call(1, C.Exchange.Declare(exchange=s.x("h"), exchange_type="headers"))
     await c.call(1, C.Queue.Bind(queue=s.q("q"), exchange=s.x("t"), routing_key="*.b.#"))
@@ -958,16 +939,14 @@ async def routing_patterns(s: Scenario) -> None:
 
 @scenario()
 async def publish_to_amq_default(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     c.publish(1, "amq.default", s.q("q"), b"via amq.default")
     await c.call(1, C.Basic.Get(queue=s.q("q"), no_ack=True), "Basic.GetOk", "Basic.GetEmpty")
 
 
 @scenario()
 async def get_with_consumers_present(s: Scenario) -> None:
-    c = await s.channel(1, 2)
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue(1, 2)
     await c.call(1, C.Basic.Qos(prefetch_count=1))
     await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="busy"))
     for i in range(2):
@@ -979,8 +958,7 @@ async def get_with_consumers_present(s: Scenario) -> None:
 
 @scenario()
 async def consume_no_local_and_exclusive_queue(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="nl", no_local=True))
     c.publish(1, "", s.q("q"), b"own")
     await c.expect("Basic.Deliver", ch=1)
@@ -988,8 +966,7 @@ async def consume_no_local_and_exclusive_queue(s: Scenario) -> None:
 
 @scenario()
 async def requeued_message_order(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     for i in range(3):
         c.publish(1, "", s.q("q"), str(i).encode())
     await c.call(1, C.Basic.Get(queue=s.q("q")), "Basic.GetOk")
@@ -1010,8 +987,7 @@ async def requeued_message_order(s: Scenario) -> None:
     )
 )
 async def exchange_declare_headers_bad_x_match(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(
         1,
         C.Queue.Bind(queue=s.q("q"), exchange="amq.headers", arguments={"x-match": "some"}),
@@ -1039,8 +1015,7 @@ ALL_PROPERTIES = props(
 
 @scenario()
 async def publish_get_every_property(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     c.publish(1, "", s.q("q"), b'{"k": 1}', properties=ALL_PROPERTIES)
     c.publish(1, "", s.q("q"), b"")
     await c.call(1, C.Basic.Get(queue=s.q("q"), no_ack=True), "Basic.GetOk")
@@ -1050,8 +1025,7 @@ async def publish_get_every_property(s: Scenario) -> None:
 
 @scenario()
 async def publish_header_field_types(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     headers = {
         "table": {"nested": {"deep": "x"}, "n": 1},
         "array": [1, "two", True, {"t": 1}, [3]],
@@ -1121,8 +1095,7 @@ async def publish_header_integer_widths(s: Scenario) -> None:
 
 @scenario()
 async def publish_large_body_in_frames(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     body = bytes(range(256)) * 2048  # 512 KiB: several frames of frame_max each way
     head = pamqp_frame.marshal(C.Basic.Publish(exchange="", routing_key=s.q("q")), 1)
     head += content_header(1, len(body))
@@ -1166,32 +1139,28 @@ async def publish_immediate(s: Scenario) -> None:
 
 @scenario()
 async def publish_invalid_expiration(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     c.publish(1, "", s.q("q"), properties=props(expiration="soon"))
     await c.sync(1)
 
 
 @scenario()
 async def publish_foreign_user_id(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     c.publish(1, "", s.q("q"), properties=props(user_id="somebody-else"))
     await c.sync(1)
 
 
 @scenario()
 async def get_empty(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Basic.Get(queue=s.q("q")), "Basic.GetOk", "Basic.GetEmpty")
     await c.call(1, C.Basic.Get(queue=s.q("missing")), "Basic.GetOk", "Basic.GetEmpty")
 
 
 @scenario()
 async def get_unacked_requeued_on_channel_close(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     c.publish(1, "", s.q("q"), b"again")
     c.publish(1, "", s.q("q"), b"second")
     await c.open_channel(2)
@@ -1206,8 +1175,7 @@ async def get_unacked_requeued_on_channel_close(s: Scenario) -> None:
 
 @scenario()
 async def consume_ack(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="tag-a"))
     c.publish(1, "", s.q("q"), b"1", properties=props(correlation_id="c1"))
     c.publish(1, "", s.q("q"), b"2")
@@ -1221,8 +1189,7 @@ async def consume_ack(s: Scenario) -> None:
 
 @scenario()
 async def consume_server_named_tag_no_ack(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Basic.Consume(queue=s.q("q"), no_ack=True))
     c.publish(1, "", s.q("q"), b"no ack")
     await c.expect("Basic.Deliver")
@@ -1237,16 +1204,14 @@ async def consume_missing_queue(s: Scenario) -> None:
 
 @scenario()
 async def consume_reused_tag(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="same"))
     await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="same"))
 
 
 @scenario()
 async def consume_exclusive_conflict(s: Scenario) -> None:
-    c = await s.channel(1, 2, 3)
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue(1, 2, 3)
     await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="solo", exclusive=True))
     await c.call(2, C.Basic.Consume(queue=s.q("q"), consumer_tag="other"))
     await c.call(1, C.Basic.Cancel(consumer_tag="solo"))
@@ -1256,8 +1221,7 @@ async def consume_exclusive_conflict(s: Scenario) -> None:
 
 @scenario()
 async def consume_priority_consumers(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Basic.Qos(prefetch_count=10))
     await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="low"))
     await c.call(
@@ -1297,8 +1261,7 @@ async def cancel_by_server_without_capability(s: Scenario) -> None:
 
 @scenario()
 async def cancel_requeues_nothing_unacked_stays(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="t"))
     c.publish(1, "", s.q("q"), b"held")
     await c.expect("Basic.Deliver")
@@ -1312,8 +1275,7 @@ async def cancel_requeues_nothing_unacked_stays(s: Scenario) -> None:
 
 
 async def _three_delivered(s: Scenario, *, prefetch: int = 0) -> Observer:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     if prefetch:
         await c.call(1, C.Basic.Qos(prefetch_count=prefetch))
     for i in range(3):
@@ -1376,8 +1338,7 @@ async def ack_multiple_repeated(s: Scenario) -> None:
 
 @scenario()
 async def ack_on_no_ack_consumer(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="t", no_ack=True))
     c.publish(1, "", s.q("q"))
     await c.expect("Basic.Deliver")
@@ -1440,8 +1401,7 @@ async def qos_prefetch_count(s: Scenario) -> None:
 
 @scenario()
 async def qos_global(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Basic.Qos(prefetch_count=2, global_=True))
     for i in range(4):
         c.publish(1, "", s.q("q"), str(i).encode())
@@ -1487,8 +1447,7 @@ async def qos_after_consume(s: Scenario) -> None:
 
 @scenario()
 async def consumers_round_robin(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="a", no_ack=True))
     await c.call(1, C.Basic.Consume(queue=s.q("q"), consumer_tag="b", no_ack=True))
     for i in range(4):
@@ -1507,12 +1466,8 @@ async def consumers_round_robin(s: Scenario) -> None:
 
 
 @scenario(
-    Deviation(
-        docs=ERRORS,
-        reason="same code, Wharf's words for an x-argument it refuses",
-        expect=reply_text(
-            "PRECONDITION_FAILED - queue argument x-max-priority must be an integer 1..255, got 300"
-        ),
+    own_argument_words(
+        "PRECONDITION_FAILED - queue argument x-max-priority must be an integer 1..255, got 300"
     )
 )
 async def queue_priority_bounds(s: Scenario) -> None:
@@ -1532,8 +1487,7 @@ async def queue_priority_bounds(s: Scenario) -> None:
 
 @scenario()
 async def get_then_recover(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     c.publish(1, "", s.q("q"), b"got")
     await c.call(1, C.Basic.Get(queue=s.q("q")), "Basic.GetOk")
     await c.call(1, C.Basic.Recover(requeue=True))
@@ -1600,8 +1554,7 @@ async def queue_delete_with_unacked(s: Scenario) -> None:
 
 @scenario()
 async def confirm_select_acks(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Confirm.Select())
     for _ in range(3):
         c.publish(1, "", s.q("q"))
@@ -1635,8 +1588,7 @@ async def tx_after_confirm(s: Scenario) -> None:
 
 @scenario()
 async def tx_commit_and_rollback_publishes(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     await c.call(1, C.Tx.Select())
     c.publish(1, "", s.q("q"), b"rolled back")
     await c.call(1, C.Queue.Declare(queue=s.q("q"), passive=True))
@@ -1649,8 +1601,7 @@ async def tx_commit_and_rollback_publishes(s: Scenario) -> None:
 
 @scenario()
 async def tx_acks_held_until_commit(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     c.publish(1, "", s.q("q"), b"1")
     c.publish(1, "", s.q("q"), b"2")
     await c.call(1, C.Tx.Select())
@@ -1680,8 +1631,7 @@ async def tx_publish_to_missing_exchange(s: Scenario) -> None:
 
 @scenario()
 async def tx_rollback_of_acks(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     c.publish(1, "", s.q("q"), b"kept")
     await c.call(1, C.Tx.Select())
     await c.call(1, C.Basic.Get(queue=s.q("q")), "Basic.GetOk")
@@ -1738,13 +1688,7 @@ async def direct_reply_to_without_consumer(s: Scenario) -> None:
 
 
 @scenario(
-    Deviation(
-        docs=ERRORS,
-        reason="same code, Wharf's words instead of an Erlang term",
-        expect=reply_text(
-            "FRAME_ERROR - type 3, frame of 200008 bytes exceeds the negotiated frame_max 131072"
-        ),
-    )
+    own_words("FRAME_ERROR - type 3, frame of 200008 bytes exceeds the negotiated frame_max 131072")
 )
 async def frame_over_frame_max(s: Scenario) -> None:
     c = await s.channel()
@@ -1752,13 +1696,7 @@ async def frame_over_frame_max(s: Scenario) -> None:
     await c.expect("Connection.Close")
 
 
-@scenario(
-    Deviation(
-        docs=ERRORS,
-        reason="same code, Wharf's words instead of an Erlang term",
-        expect=reply_text("FRAME_ERROR - type 1, frame end octet missing"),
-    )
-)
+@scenario(own_words("FRAME_ERROR - type 1, frame end octet missing"))
 async def frame_without_frame_end(s: Scenario) -> None:
     c = await s.channel()
     bad = method_bytes(1, C.Exchange.Declare(exchange="amq.direct", passive=True))
@@ -1766,13 +1704,7 @@ async def frame_without_frame_end(s: Scenario) -> None:
     await c.expect("Connection.Close")
 
 
-@scenario(
-    Deviation(
-        docs=ERRORS,
-        reason="same code, Wharf's words instead of an Erlang term",
-        expect=reply_text("FRAME_ERROR - type 9, unknown frame type"),
-    )
-)
+@scenario(own_words("FRAME_ERROR - type 9, unknown frame type"))
 async def frame_unknown_type(s: Scenario) -> None:
     c = await s.channel()
     c.send_raw(raw_frame(9, 1, b"junk"))
@@ -1792,8 +1724,7 @@ async def frame_unknown_type(s: Scenario) -> None:
     )
 )
 async def body_longer_than_header(s: Scenario) -> None:
-    c = await s.channel()
-    await c.call(1, C.Queue.Declare(queue=s.q("q"), exclusive=True))
+    c = await s.channel_with_queue()
     c.send(1, C.Basic.Publish(exchange="", routing_key=s.q("q")))
     c.send_raw(content_header(1, 5) + raw_frame(FRAME_BODY, 1, b"0123456789"))
     await c.call(1, C.Basic.Get(queue=s.q("q"), no_ack=True), "Basic.GetOk", "Basic.GetEmpty")
@@ -1906,13 +1837,7 @@ async def content_header_wrong_class(s: Scenario) -> None:
     await c.sync(1)
 
 
-@scenario(
-    Deviation(
-        docs=ERRORS,
-        reason="same code, Wharf's words instead of an Erlang term",
-        expect=reply_text("UNEXPECTED_FRAME - heartbeat frame on a channel other than 0"),
-    )
-)
+@scenario(own_words("UNEXPECTED_FRAME - heartbeat frame on a channel other than 0"))
 async def heartbeat_on_a_channel(s: Scenario) -> None:
     c = await s.channel()
     c.send_raw(raw_frame(8, 1, b""))
@@ -1934,13 +1859,7 @@ async def client_sends_server_method(s: Scenario) -> None:
 
 
 @scenario(
-    Deviation(
-        docs=ERRORS,
-        reason="same code, Wharf's words instead of an Erlang term",
-        expect=reply_text(
-            "FRAME_ERROR - type 3, frame of 200008 bytes exceeds the negotiated frame_max 131072"
-        ),
-    )
+    own_words("FRAME_ERROR - type 3, frame of 200008 bytes exceeds the negotiated frame_max 131072")
 )
 async def other_connections_unaffected(s: Scenario) -> None:
     ok = await s.channel()
