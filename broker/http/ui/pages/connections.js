@@ -3,7 +3,7 @@
 import { api, enc, get } from '../api.js';
 import { LiveChart } from '../charts.js';
 import { clear, confirmDialog, dl, fmtJson, fmtNum, h, section, status, table } from '../dom.js';
-import { pagedList } from './common.js';
+import { count, mountList, pagedList, text, VHOST } from '../tables.js';
 
 const client = (c) => {
   const p = c.client_properties || {};
@@ -13,31 +13,28 @@ const tls = (c) => (c.tls === undefined ? '—' : c.tls ? (c.tls_version || 'yes
 
 export async function render(root, params, ctx) {
   if (params.length >= 1 && params[0]) return detail(root, params[0], ctx);
-  const list = pagedList({
-    caption: 'Connections',
+  const list = mountList(root, ctx, {
+    title: 'Connections',
+    heading: 'All connections',
     path: '/connections',
-    routePath: '/connections',
-    caps: ctx.caps,
     empty: 'No connections.',
     sorts: [['name', 'name'], ['user', 'user'], ['vhost', 'vhost'], ['protocol', 'protocol'], ['channels', 'channels']],
     columns: [
       { label: 'Name', value: (c) => h('a', { href: `#/connections/${encodeURIComponent(c.name)}` }, c.name) },
-      { label: 'Protocol', value: (c) => c.protocol },
-      { label: 'User', value: (c) => c.user },
-      { label: 'Vhost', value: (c) => c.vhost },
+      text('Protocol', 'protocol'),
+      text('User', 'user'),
+      VHOST,
       { label: 'Client', value: client },
       { label: 'TLS', value: tls },
-      { label: 'Channels', num: true, value: (c) => fmtNum(c.channels) },
-      { label: 'State', value: (c) => c.state },
+      count('Channels', 'channels'),
+      text('State', 'state'),
     ],
   });
-  root.append(h('h1', {}, 'Connections'), section('All connections', list.el));
   if (ctx.caps.has('GET', '/channels')) {
     // Paged like the connections: 1,000 connections have at least as many channels.
     const channels = pagedList({
       caption: 'Channels',
       path: '/channels',
-      routePath: '/channels',
       caps: ctx.caps,
       empty: 'No channels.',
       sorts: [['name', 'name'], ['connection', 'connection'], ['user', 'user'], ['consumer_count', 'consumers'], ['messages_unacknowledged', 'unacked']],
@@ -57,12 +54,12 @@ export async function render(root, params, ctx) {
 const stats = (c) => c.message_stats || {};
 const CHANNEL_COLUMNS = [
   { label: 'Channel', value: (c) => c.name ?? `${c.connection} (${c.number})` },
-  { label: 'Protocol', value: (c) => c.protocol },
-  { label: 'User', value: (c) => c.user },
-  { label: 'Vhost', value: (c) => c.vhost },
-  { label: 'Consumers', num: true, value: (c) => fmtNum(c.consumer_count) },
-  { label: 'Unacked', num: true, value: (c) => fmtNum(c.messages_unacknowledged) },
-  { label: 'Prefetch', num: true, value: (c) => fmtNum(c.prefetch_count) },
+  text('Protocol', 'protocol'),
+  text('User', 'user'),
+  VHOST,
+  count('Consumers', 'consumer_count'),
+  count('Unacked', 'messages_unacknowledged'),
+  count('Prefetch', 'prefetch_count'),
   { label: 'Mode', value: (c) => (c.transactional ? 'transactional' : c.confirm ? 'confirm' : '') },
   { label: 'Published', num: true, value: (c) => fmtNum(stats(c).publish) },
   { label: 'Delivered', num: true, value: (c) => fmtNum(stats(c).deliver_get) },

@@ -3,28 +3,26 @@
 
 import { api, enc, get } from '../api.js';
 import { clear, confirmDialog, dl, field, fmtJson, formValues, h, section, status, table } from '../dom.js';
-import { link, pagedList } from './common.js';
+import { link, mountList, text, VHOST, yesNo } from '../tables.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
 const DEFAULT = 'amq.default';
 
 export async function render(root, params, ctx) {
   if (params.length >= 2) return detail(root, params[0], params[1], ctx);
-  const list = pagedList({
-    caption: 'Exchanges',
+  const list = mountList(root, ctx, {
+    title: 'Exchanges',
+    heading: 'All exchanges',
     path: '/exchanges',
-    routePath: '/exchanges',
-    caps: ctx.caps,
     sorts: [['name', 'name'], ['type', 'type'], ['vhost', 'vhost']],
     columns: [
-      { label: 'Vhost', value: (x) => x.vhost },
+      VHOST,
       { label: 'Name', value: (x) => link('exchanges', x.vhost, x.name || DEFAULT, x.name || '(default)') },
-      { label: 'Type', value: (x) => x.type },
-      { label: 'Durable', value: (x) => (x.durable ? 'yes' : 'no') },
-      { label: 'Internal', value: (x) => (x.internal ? 'yes' : 'no') },
+      text('Type', 'type'),
+      yesNo('Durable', 'durable'),
+      yesNo('Internal', 'internal'),
     ],
   });
-  root.append(h('h1', {}, 'Exchanges'), section('All exchanges', list.el));
   if (ctx.canWrite) root.append(declareForm(list));
   return { refresh: list.load };
 }

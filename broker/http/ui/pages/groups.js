@@ -4,27 +4,25 @@
 import { api, enc, get } from '../api.js';
 import { LiveChart } from '../charts.js';
 import { clear, dl, field, fmtNum, formValues, h, section, status, table } from '../dom.js';
-import { link, pagedList } from './common.js';
+import { count, link, mountList, nameLink, text, VHOST } from '../tables.js';
 
 export async function render(root, params, ctx) {
   if (params.length >= 2) return detail(root, params[0], params[1], ctx);
-  const list = pagedList({
-    caption: 'Consumer groups',
+  const list = mountList(root, ctx, {
+    title: 'Consumer groups',
+    heading: 'All groups',
     path: '/groups',
-    routePath: '/groups',
-    caps: ctx.caps,
     empty: 'No consumer groups.',
     sorts: [['group', 'group'], ['state', 'state'], ['members', 'members'], ['vhost', 'vhost']],
     columns: [
-      { label: 'Vhost', value: (g) => g.vhost },
-      { label: 'Group', value: (g) => link('groups', g.vhost, g.group) },
-      { label: 'State', value: (g) => g.state },
-      { label: 'Members', num: true, value: (g) => fmtNum(g.members) },
-      { label: 'Generation', num: true, value: (g) => fmtNum(g.generation) },
-      { label: 'Strategy', value: (g) => g.strategy },
+      VHOST,
+      nameLink('groups', 'Group', 'group'),
+      text('State', 'state'),
+      count('Members', 'members'),
+      count('Generation', 'generation'),
+      text('Strategy', 'strategy'),
     ],
   });
-  root.append(h('h1', {}, 'Consumer groups'), section('All groups', list.el));
   return { refresh: list.load };
 }
 

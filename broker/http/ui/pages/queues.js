@@ -5,7 +5,7 @@
 import { api, enc, get } from '../api.js';
 import { LiveChart } from '../charts.js';
 import { clear, confirmDialog, dl, field, fmtJson, fmtNum, formValues, h, hexDump, section, status, table } from '../dom.js';
-import { link, pagedList } from './common.js';
+import { count, link, mountList, nameLink, VHOST, yesNo } from '../tables.js';
 
 // The queue's message_stats counters charted as rates, and their legends.
 const QUEUE_RATES = ['publish', 'deliver_get', 'ack', 'redeliver'];
@@ -13,24 +13,22 @@ const QUEUE_RATES_LABELS = ['published', 'delivered', 'acked', 'redelivered'];
 
 export async function render(root, params, ctx) {
   if (params.length >= 2) return detail(root, params[0], params[1], ctx);
-  const list = pagedList({
-    caption: 'Queues',
+  const list = mountList(root, ctx, {
+    title: 'Queues',
+    heading: 'All queues',
     path: '/queues',
-    routePath: '/queues',
-    caps: ctx.caps,
     empty: 'No queues.',
     sorts: [['name', 'name'], ['messages_ready', 'ready'], ['messages_unacked', 'unacked'], ['consumers', 'consumers'], ['vhost', 'vhost']],
     columns: [
-      { label: 'Vhost', value: (q) => q.vhost },
-      { label: 'Name', value: (q) => link('queues', q.vhost, q.name) },
-      { label: 'Durable', value: (q) => (q.durable ? 'yes' : 'no') },
+      VHOST,
+      nameLink('queues'),
+      yesNo('Durable', 'durable'),
       { label: 'Policy', value: (q) => q.policy ?? '' },
-      { label: 'Ready', num: true, value: (q) => fmtNum(q.messages_ready) },
-      { label: 'Unacked', num: true, value: (q) => fmtNum(q.messages_unacked) },
-      { label: 'Consumers', num: true, value: (q) => fmtNum(q.consumers) },
+      count('Ready', 'messages_ready'),
+      count('Unacked', 'messages_unacked'),
+      count('Consumers', 'consumers'),
     ],
   });
-  root.append(h('h1', {}, 'Queues'), section('All queues', list.el));
   if (ctx.canWrite) root.append(declareForm(list));
   return { refresh: list.load };
 }

@@ -3,27 +3,26 @@
 
 import { api, enc, get } from '../api.js';
 import { clear, confirmDialog, dl, field, fmtBytes, fmtJson, fmtNum, formValues, h, section, status, table } from '../dom.js';
-import { keyValues, link, pagedList } from './common.js';
+import { keyValues } from './common.js';
+import { count, mountList, nameLink, VHOST } from '../tables.js';
 
 export async function render(root, params, ctx) {
   if (params.length >= 2) return detail(root, params[0], params[1], ctx);
-  const list = pagedList({
-    caption: 'Topics',
+  const list = mountList(root, ctx, {
+    title: 'Topics',
+    heading: 'All topics',
     path: '/topics',
-    routePath: '/topics',
-    caps: ctx.caps,
     empty: 'No topics.',
     sorts: [['name', 'name'], ['partitions', 'partitions'], ['vhost', 'vhost']],
     columns: [
-      { label: 'Vhost', value: (t) => t.vhost },
-      { label: 'Name', value: (t) => link('topics', t.vhost, t.name) },
-      { label: 'Partitions', num: true, value: (t) => fmtNum(t.partitions) },
+      VHOST,
+      nameLink('topics'),
+      count('Partitions', 'partitions'),
       { label: 'Bytes', num: true, value: (t) => fmtBytes((t.offsets || []).reduce((a, p) => a + (p.bytes || 0), 0)) },
       { label: 'Cleanup', value: (t) => (t.config || {}).cleanup_policy },
       { label: 'Retention (ms)', num: true, value: (t) => fmtNum((t.config || {}).retention_ms) },
     ],
   });
-  root.append(h('h1', {}, 'Topics'), section('All topics', list.el));
   if (ctx.canWrite) root.append(createForm(list));
   return { refresh: list.load };
 }
