@@ -302,3 +302,16 @@ def test_group_reset_offsets_with_a_dry_run(context: BrowserContext, filled: Fil
     assert set(after.values()) == {0}, json.dumps({str(k): v for k, v in after.items()})
     if not dry_run:
         pytest.xfail("the broker's API has no dry run for reset-offsets yet")
+
+
+def test_declare_a_queue_from_the_ui_lists_it(context: BrowserContext, filled: Filled) -> None:
+    page = context.new_page()
+    login(page, filled.base)
+    show(page, filled.base, "#/queues", "Declare a queue")
+    form = page.locator("form", has=page.get_by_role("button", name="Declare queue"))
+    form.get_by_label("Name").fill("declared.here")
+    form.get_by_role("button", name="Declare queue").click()
+    expect(page.locator("#page")).to_contain_text("Queue declared.here declared.")
+    # The form reloads the list after its write.
+    expect(page.get_by_role("link", name="declared.here")).to_be_visible()
+    assert filled.conn.declare_queue("declared.here", passive=True).messages == 0

@@ -153,6 +153,22 @@ export function status() {
   return el;
 }
 
+// A form that writes: ``fields``, a submit button labelled ``button`` and a status line.
+// On submit ``write(values)`` runs (it calls the API) and returns what the status line
+// says; then ``after()`` (a list's reload), if given.  An error of either is shown instead.
+export function writeForm(fields, button, write, after) {
+  const st = status();
+  const form = h('form', {}, ...fields, h('button', { type: 'submit', class: 'write' }, button), st);
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      st.ok(await write(formValues(form)));
+      if (after) await after();
+    } catch (err) { st.fail(err); }
+  });
+  return form;
+}
+
 export function hexDump(bytes) {
   const lines = [];
   for (let i = 0; i < bytes.length; i += 16) {

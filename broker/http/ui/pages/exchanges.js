@@ -2,7 +2,7 @@
 // exchanges and topics, publish a message, delete.
 
 import { api, enc, get } from '../api.js';
-import { clear, confirmDialog, dl, field, fmtJson, formValues, h, section, status, table } from '../dom.js';
+import { clear, confirmDialog, dl, field, fmtJson, h, section, status, table, writeForm } from '../dom.js';
 import { link, mountList, text, VHOST, yesNo } from '../tables.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
@@ -28,22 +28,15 @@ export async function render(root, params, ctx) {
 }
 
 function declareForm(list) {
-  const st = status();
-  const form = h('form', {},
+  const form = writeForm([
     field('Vhost', 'vhost', { value: '/' }),
     field('Name', 'name', { required: true }),
     field('Type', 'type', { kind: 'select', options: ['direct', 'fanout', 'topic', 'headers'], value: 'direct' }),
     field('Durable', 'durable', { kind: 'checkbox', value: true }),
-    h('button', { type: 'submit', class: 'write' }, 'Declare exchange'), st);
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    const v = formValues(form);
-    try {
-      await api('PUT', `/exchanges/${enc(v.vhost)}/${enc(v.name)}`, { type: v.type, durable: v.durable });
-      st.ok(`Exchange ${v.name} declared.`);
-      await list.load();
-    } catch (err) { st.fail(err); }
-  });
+  ], 'Declare exchange', async (v) => {
+    await api('PUT', `/exchanges/${enc(v.vhost)}/${enc(v.name)}`, { type: v.type, durable: v.durable });
+    return `Exchange ${v.name} declared.`;
+  }, list.load);
   return section('Declare an exchange', form);
 }
 
@@ -120,22 +113,16 @@ async function detail(root, vhost, name, ctx) {
 }
 
 function publishSection(base) {
-  const st = status();
-  const form = h('form', {},
+  const form = writeForm([
     field('Routing key', 'routing_key'),
     field('Payload', 'payload', { kind: 'textarea' }),
     field('Headers (JSON)', 'headers', { kind: 'textarea', value: '{}' }),
-    h('button', { type: 'submit', class: 'write' }, 'Publish'), st);
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    const v = formValues(form);
-    try {
-      const r = await api('POST', `${base}/publish`, {
-        routing_key: v.routing_key, payload: v.payload, payload_encoding: 'string',
-        properties: { headers: JSON.parse(v.headers || '{}') },
-      });
-      st.ok(r.routed ? 'Published and routed.' : 'Published, but no queue or topic was bound for it.');
-    } catch (err) { st.fail(err); }
+  ], 'Publish', async (v) => {
+    const r = await api('POST', `${base}/publish`, {
+      routing_key: v.routing_key, payload: v.payload, payload_encoding: 'string',
+      properties: { headers: JSON.parse(v.headers || '{}') },
+    });
+    return r.routed ? 'Published and routed.' : 'Published, but no queue or topic was bound for it.';
   });
   return section('Publish a message', form);
 }

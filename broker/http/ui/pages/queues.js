@@ -4,7 +4,7 @@
 
 import { api, enc, get } from '../api.js';
 import { LiveChart } from '../charts.js';
-import { clear, confirmDialog, dl, field, fmtJson, fmtNum, formValues, h, hexDump, section, status, table } from '../dom.js';
+import { clear, confirmDialog, dl, field, fmtJson, fmtNum, formValues, h, hexDump, section, status, table, writeForm } from '../dom.js';
 import { count, link, mountList, nameLink, VHOST, yesNo } from '../tables.js';
 
 // The queue's message_stats counters charted as rates, and their legends.
@@ -34,23 +34,16 @@ export async function render(root, params, ctx) {
 }
 
 function declareForm(list) {
-  const st = status();
-  const form = h('form', {},
+  const form = writeForm([
     field('Vhost', 'vhost', { value: '/' }),
     field('Name', 'name', { required: true }),
     field('Durable', 'durable', { kind: 'checkbox', value: true }),
     field('Arguments (JSON)', 'arguments', { kind: 'textarea', value: '{}' }),
-    h('button', { type: 'submit', class: 'write' }, 'Declare queue'), st);
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    const v = formValues(form);
-    try {
-      const args = JSON.parse(v.arguments || '{}');
-      await api('PUT', `/queues/${enc(v.vhost)}/${enc(v.name)}`, { durable: v.durable, arguments: args });
-      st.ok(`Queue ${v.name} declared.`);
-      await list.load();
-    } catch (err) { st.fail(err); }
-  });
+  ], 'Declare queue', async (v) => {
+    const args = JSON.parse(v.arguments || '{}');
+    await api('PUT', `/queues/${enc(v.vhost)}/${enc(v.name)}`, { durable: v.durable, arguments: args });
+    return `Queue ${v.name} declared.`;
+  }, list.load);
   return section('Declare a queue', form);
 }
 
@@ -161,46 +154,34 @@ function peekSection(base) {
 }
 
 function publishSection(vhost, name) {
-  const st = status();
-  const form = h('form', {},
+  const form = writeForm([
     field('Payload', 'payload', { kind: 'textarea', value: '' }),
     field('Headers (JSON)', 'headers', { kind: 'textarea', value: '{}' }),
     field('Persistent', 'persistent', { kind: 'checkbox', value: true }),
-    h('button', { type: 'submit', class: 'write' }, 'Publish to this queue'), st);
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    const v = formValues(form);
-    try {
-      const headers = JSON.parse(v.headers || '{}');
-      const properties = { headers };
-      if (v.persistent) properties.delivery_mode = 2;
-      const r = await api('POST', `/exchanges/${enc(vhost)}/amq.default/publish`, {
-        routing_key: name, payload: v.payload, payload_encoding: 'string', properties,
-      });
-      st.ok(r.routed ? 'Published.' : 'Not routed.');
-    } catch (err) { st.fail(err); }
+  ], 'Publish to this queue', async (v) => {
+    const headers = JSON.parse(v.headers || '{}');
+    const properties = { headers };
+    if (v.persistent) properties.delivery_mode = 2;
+    const r = await api('POST', `/exchanges/${enc(vhost)}/amq.default/publish`, {
+      routing_key: name, payload: v.payload, payload_encoding: 'string', properties,
+    });
+    return r.routed ? 'Published.' : 'Not routed.';
   });
   return section('Publish a test message', h('p', { class: 'muted' }, 'Through the default exchange, with the queue name as routing key.'), form);
 }
 
 function replaySection(base) {
-  const st = status();
-  const form = h('form', {},
+  const form = writeForm([
     field('Move to queue (empty: the queue each died in)', 'target'),
     field('Only this last death reason', 'reason', { kind: 'select', options: [['', 'any'], 'rejected', 'expired', 'maxlen', 'delivery_limit'] }),
     field('At most (0: all)', 'limit', { kind: 'number', value: '0' }),
     field('Skip messages that died more often than (0: no limit)', 'max_deaths', { kind: 'number', value: '0' }),
-    h('button', { type: 'submit', class: 'write' }, 'Replay dead letters'), st);
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    const v = formValues(form);
+  ], 'Replay dead letters', async (v) => {
     const body = { limit: Number(v.limit) || 0, max_deaths: Number(v.max_deaths) || 0 };
     if (v.target) body.target = v.target;
     if (v.reason) body.reason = v.reason;
-    try {
-      const r = await api('POST', `${base}/replay`, body);
-      st.ok(`Moved ${r.moved} message(s) back where they died.`);
-    } catch (err) { st.fail(err); }
+    const r = await api('POST', `${base}/replay`, body);
+    return `Moved ${r.moved} message(s) back where they died.`;
   });
   return section('Replay dead letters', h('p', { class: 'muted' }, 'Moves dead-lettered messages out of this queue back to the queue each last died in, or to the queue named; messages that do not match stay in place.'), form);
 }

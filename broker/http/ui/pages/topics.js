@@ -2,7 +2,7 @@
 // settings, browse records by offset or timestamp, alter, delete.
 
 import { api, enc, get } from '../api.js';
-import { clear, confirmDialog, dl, field, fmtBytes, fmtJson, fmtNum, formValues, h, section, status, table } from '../dom.js';
+import { clear, confirmDialog, dl, field, fmtBytes, fmtJson, fmtNum, formValues, h, section, status, table, writeForm } from '../dom.js';
 import { keyValues } from './common.js';
 import { count, mountList, nameLink, VHOST } from '../tables.js';
 
@@ -28,22 +28,15 @@ export async function render(root, params, ctx) {
 }
 
 function createForm(list) {
-  const st = status();
-  const form = h('form', {},
+  const form = writeForm([
     field('Vhost', 'vhost', { value: '/' }),
     field('Name', 'name', { required: true }),
     field('Partitions', 'partitions', { kind: 'number', value: '1' }),
     field('Settings (key=value, one per line)', 'config', { kind: 'textarea', hint: 'e.g. retention_ms=86400000 or cleanup_policy=compact' }),
-    h('button', { type: 'submit', class: 'write' }, 'Create topic'), st);
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    const v = formValues(form);
-    try {
-      await api('PUT', `/topics/${enc(v.vhost)}/${enc(v.name)}`, { partitions: Number(v.partitions) || 1, config: keyValues(v.config) });
-      st.ok(`Topic ${v.name} ready.`);
-      await list.load();
-    } catch (err) { st.fail(err); }
-  });
+  ], 'Create topic', async (v) => {
+    await api('PUT', `/topics/${enc(v.vhost)}/${enc(v.name)}`, { partitions: Number(v.partitions) || 1, config: keyValues(v.config) });
+    return `Topic ${v.name} ready.`;
+  }, list.load);
   return section('Create a topic', form);
 }
 
@@ -115,22 +108,16 @@ function browseSection(base, ctx) {
 }
 
 function alterSection(base) {
-  const st = status();
-  const form = h('form', {},
+  const form = writeForm([
     field('New partition count (empty: unchanged; grows only)', 'partitions', { kind: 'number' }),
     field('Settings to change (key=value, one per line)', 'config', { kind: 'textarea' }),
-    h('button', { type: 'submit', class: 'write' }, 'Alter topic'), st);
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    const v = formValues(form);
+  ], 'Alter topic', async (v) => {
     const body = {};
     if (v.partitions) body.partitions = Number(v.partitions);
     const config = keyValues(v.config);
     if (Object.keys(config).length) body.config = config;
-    try {
-      await api('PATCH', base, body);
-      st.ok('Topic changed.');
-    } catch (err) { st.fail(err); }
+    await api('PATCH', base, body);
+    return 'Topic changed.';
   });
   return section('Alter', form);
 }
