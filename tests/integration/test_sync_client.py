@@ -15,8 +15,8 @@ from typing import Final
 import pytest
 
 import wharf
-from wharf.broker.config import Settings
 
+from ..conftest import make_settings
 from ..helpers import broker_thread
 
 # Iteration ends after this long without a message (consume's idle timeout).
@@ -26,10 +26,7 @@ CALL_TIMEOUT_S: Final = 10.0
 
 @pytest.fixture
 def sync_url(tmp_path: Path) -> Iterator[str]:
-    settings = Settings(
-        host="127.0.0.1", port=0, http_port=0, amqp_port=0, data_dir=str(tmp_path / "data")
-    )
-    with broker_thread(settings) as broker:
+    with broker_thread(make_settings(tmp_path)) as broker:
         yield f"wharf://guest:guest@127.0.0.1:{broker.port}"
 
 

@@ -14,9 +14,10 @@ from typing import Any, Final
 import pytest
 
 import wharf
-from wharf.broker.config import Settings, UserConfig
+from wharf.broker.config import UserConfig
 from wharf.broker.security.passwords import hash_password
 
+from ..conftest import make_settings
 from ..helpers import broker_thread
 
 CHROMIUM: Final = os.environ.get("WHARF_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -87,13 +88,8 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filled]:
-    settings = Settings(
-        host="127.0.0.1",
-        port=0,
-        http_port=0,
-        amqp_port=0,
-        amqps_port=0,
-        data_dir=str(tmp_path_factory.mktemp("ui") / "data"),
+    settings = make_settings(
+        tmp_path_factory.mktemp("ui"),
         group_initial_rebalance_delay_ms=0,  # a lone member joins at once
         users=[
             UserConfig("admin", hash_password(ADMIN_PASSWORD), ["administrator"]),
