@@ -16,9 +16,15 @@ written elsewhere:
   the Ongoing record naming it is fsynced, so recovery knows every partition that may
   hold the transaction's batches;
 - END_TXN(commit): the touched partitions are fsynced (the data), then PrepareCommit
-  (with the pending group offsets) is fsynced, then a COMMIT marker is appended to each
-  partition and fsynced, the offsets are written to the offsets log (fsynced), then
-  CompleteCommit; then the answer.  Abort: the same with ABORT markers and no offsets.
+  (with the pending group offsets) is fsynced, the offsets are written to the offsets
+  log (fsynced: visible before the records are) and the queue acks applied, a COMMIT
+  marker is appended to each partition, and END_TXN is answered (Kafka's order: the
+  outcome is decided once PrepareCommit is durable).  Then the markers are fsynced and
+  CompleteCommit written.  Until then the log says PrepareCommit, so recovery completes
+  the transaction, and the id's next records (the next transaction's first produce to a
+  partition, its send_offsets or acks, INIT_TRANSACTIONS) wait in ``Txn.after_marking``
+  and are written with CompleteCommit in one record.  Abort: the same with ABORT markers,
+  no offsets, the acks requeued first.
 
 Recovery (``recover``, at start, before clients): PrepareCommit is completed (COMMIT
 markers, offsets), Ongoing and PrepareAbort are aborted.  Markers are idempotent: a
@@ -139,6 +145,8 @@ class Txn:
         "durable",
         "adding",
         "completing",
+        "marking",
+        "after_marking",
         "lock",
         "settlements",
         "acks",
@@ -160,8 +168,13 @@ class Txn:
         # Partitions whose Ongoing record is fsynced; ``adding``: those being written.
         self.durable: set[TopicPartition] = set()
         self.adding: dict[TopicPartition, asyncio.Future[None]] = {}
-        # The END_TXN (or abort) running, if any: done when the state is Complete*.
+        # The END_TXN (or abort) deciding, if any: done when the state is Complete* in
+        # memory (PrepareX durable, offsets and acks applied, markers appended): the answer.
         self.completing: asyncio.Future[None] | None = None
+        # The markers of the last ended transaction being fsynced, if any; until they are,
+        # the records of this id wait in ``after_marking`` (the log still says PrepareX).
+        self.marking: asyncio.Future[None] | None = None
+        self.after_marking: list[asyncio.Future[None]] = []
         self.lock = asyncio.Lock()  # INIT_TRANSACTIONS of one id, one at a time
         # Queue acks of the open transaction: what applies or requeues them (in memory)
         # and the stored messages they ack (in the log, for recovery of PrepareCommit).
@@ -646,7 +659,20 @@ class TransactionCoordinator:
             txn.start_ms = _now_ms()
 
     def _persist(self, txn: Txn) -> asyncio.Future[None]:
+        """Write the state of ``txn``; done once fsynced.  While the markers of its last
+        transaction are being fsynced the write waits for them (``_finish``), so the log
+        says PrepareX until they are durable: recovery then completes that transaction,
+        and the next one's records never supersede it too early."""
         txn.update_ms = _now_ms()
+        if txn.marking is not None:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if txn.marking.done():  # fsyncing the markers failed: until a restart
+                fut.set_exception(
+                    InternalError("writing the transaction markers failed; the broker logged it")
+                )
+            else:
+                txn.after_marking.append(fut)
+            return fut
         return self.log.write(txn.tid, txn.value())
 
     def _track(self, fut: asyncio.Future[Any]) -> asyncio.Future[Any]:
@@ -853,8 +879,10 @@ class TransactionCoordinator:
         return task
 
     async def _end(self, txn: Txn, commit: bool) -> None:
-        """Complete ``txn``: (commit: fsync its partitions,) PrepareX, markers, offsets,
-        CompleteX."""
+        """Decide ``txn``: (commit: fsync its partitions,) fsync PrepareX, (commit: apply
+        its queue acks and group offsets,) append the markers, CompleteX in memory.  Done
+        then, which answers END_TXN (as Kafka answers EndTxn once PrepareCommit is
+        durable); ``_finish`` fsyncs the markers and writes CompleteX after the answer."""
         try:
             parts = self._partitions_of(txn)
             if commit:
@@ -868,22 +896,22 @@ class TransactionCoordinator:
             await _halt_point("txn-prepared")
             if commit:
                 # Decided: the acks apply (recovery applies them from the PrepareCommit
-                # record if the broker stops before they are fsynced).
+                # record if the broker stops before they are fsynced), and the offsets
+                # are durable and visible before the markers make the records visible.
                 settlements, txn.settlements = txn.settlements, []
-                await asyncio.gather(*(held.commit() for held in settlements))
-            syncs = []
+                waits = [held.commit() for held in settlements]
+                changes = self._offset_changes(txn)
+                if changes:
+                    waits.append(self.groups.offsets.commit(changes))
+                await asyncio.gather(*waits)
+            marked = []
             for part in parts:
                 if part.closed:
                     continue  # its topic was deleted meanwhile
                 if part.append_marker(txn.producer_id, txn.epoch, commit, COORDINATOR_EPOCH):
-                    syncs.append(part.sync())
-            await asyncio.gather(*syncs)
-            await _halt_point("txn-marked")
-            changes = self._offset_changes(txn) if commit else []
-            if changes:
-                await self.groups.offsets.commit(changes)
+                    marked.append(part)
             self._completed(txn, commit)
-            await self._persist(txn)
+            txn.marking = self._track(asyncio.ensure_future(self._finish(txn, marked)))
         except WharfError as exc:
             log.error("transactional id %r: completing the transaction failed: %s", txn.tid, exc)
             raise
@@ -892,6 +920,42 @@ class TransactionCoordinator:
             raise InternalError("completing the transaction failed; the broker logged it") from exc
         finally:
             txn.completing = None
+
+    async def _finish(self, txn: Txn, marked: list[Partition]) -> None:
+        """After the answer: fsync the markers, then write the id's state (CompleteX, or
+        the next transaction's records that waited meanwhile) in one record."""
+        error: BaseException | None = None
+        try:
+            await _halt_point("txn-answered")
+            await asyncio.gather(*(part.sync() for part in marked))
+            await _halt_point("txn-marked")
+        except BaseException as exc:
+            # The log keeps PrepareX: a restart completes the transaction.  Until then
+            # this id's next records fail (a failed partition refuses work anyway).
+            log.error("transactional id %r: fsyncing the markers failed: %s", txn.tid, exc)
+            error = exc
+        waiters, txn.after_marking = txn.after_marking, []
+        if error is not None:
+            failed = InternalError("writing the transaction markers failed; the broker logged it")
+            for w in waiters:
+                if not w.done():
+                    w.set_exception(failed)
+            return  # txn.marking stays set (done): later writes of this id fail until a restart
+        txn.marking = None
+        wrote = self._persist(txn)
+
+        def written(f: asyncio.Future[None]) -> None:
+            exc = f.exception()
+            for w in waiters:
+                if w.done():
+                    continue
+                if exc is None:
+                    w.set_result(None)
+                else:
+                    w.set_exception(exc)
+
+        wrote.add_done_callback(written)
+        await wrote
 
     # -- periodic ---------------------------------------------------------------------
 

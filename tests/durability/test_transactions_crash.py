@@ -3,8 +3,9 @@
 - A commit whose PrepareCommit reached the transaction log (the broker halts right
   after it: ``WHARF_TEST_HALT_AT=txn-prepared``) and is then killed is committed by the
   restarted broker: its records become visible to read-committed readers and its
-  ``send_offsets`` offsets are committed.  The same after the markers were written
-  (``txn-marked``), and with the files cut back to what was fsynced.
+  ``send_offsets`` offsets are committed.  The same once ``commit()`` was answered, with
+  the markers appended but not fsynced (``txn-answered``; a power loss cuts them) and
+  once they are (``txn-marked``), and with the files cut back to what was fsynced.
 - A transaction killed while Ongoing is aborted at restart: read-committed readers never
   see its records, the last stable offset is the log end again, and its offsets are not
   committed.
@@ -76,11 +77,19 @@ async def committed_values(conn: wharf.Connection, topic: str) -> list[bytes | N
 
 
 @pytest.mark.parametrize(
-    ("halt_at", "power_loss"),
-    [("txn-prepared", False), ("txn-marked", False), ("txn-prepared", True)],
+    ("halt_at", "power_loss", "answered"),
+    [
+        ("txn-prepared", False, False),
+        ("txn-prepared", True, False),
+        # commit() returned; the markers are appended but not fsynced (a power loss
+        # drops them), then once they are.
+        ("txn-answered", False, True),
+        ("txn-answered", True, True),
+        ("txn-marked", False, True),
+    ],
 )
 async def test_a_prepared_commit_is_completed_after_a_crash(
-    tmp_path: Path, halt_at: str, power_loss: bool
+    tmp_path: Path, halt_at: str, power_loss: bool, answered: bool
 ) -> None:
     data_dir = tmp_path / "data"
     sync_log = tmp_path / "sync.log"
@@ -97,7 +106,12 @@ async def test_a_prepared_commit_is_completed_after_a_crash(
         await p.send_offsets(GROUP, {(IN, 0): 3})
         commit = asyncio.create_task(p.commit())
         await wait_for_line(bp.output, f"halting at {halt_at}")
-        assert not commit.done()
+        if answered:
+            await commit  # answered once PrepareCommit is durable, markers or not
+            assert await committed_values(conn, OUT) == [b"A", b"B"]
+            assert await conn.committed_offsets(GROUP) == {(IN, 0): 3}
+        else:
+            assert not commit.done()
         await bp.kill()
         with contextlib.suppress(wharf.WharfError):
             await commit
