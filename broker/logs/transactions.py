@@ -20,14 +20,16 @@ written elsewhere:
   log (fsynced: visible before the records are) and the queue acks applied, a COMMIT
   marker is appended to each partition, and END_TXN is answered (Kafka's order: the
   outcome is decided once PrepareCommit is durable).  Then the markers are fsynced and
-  CompleteCommit written.  Until then the log says PrepareCommit, so recovery completes
-  the transaction, and the id's next records (the next transaction's first produce to a
-  partition, its send_offsets or acks, INIT_TRANSACTIONS) wait in ``Txn.after_marking``
-  and are written with CompleteCommit in one record.  Abort: the same with ABORT markers,
-  no offsets, the acks requeued first.
+  CompleteCommit written, unless a record of the id's next transaction came first.
+  Until the markers are durable, every record of the id carries ``Txn.prev`` (the
+  outcome and each marker's partition and offset), so the next transaction need not
+  wait for them: recovery writes again a marker that a power loss cut.  Abort: the same
+  with ABORT markers, no offsets, the acks requeued first.
 
-Recovery (``recover``, at start, before clients): PrepareCommit is completed (COMMIT
-markers, offsets), Ongoing and PrepareAbort are aborted.  Markers are idempotent: a
+Recovery (``recover``, at start, before clients): the markers of ``prev`` missing from
+their partitions (the log ends at or before their offset) are written again;
+PrepareCommit is completed (COMMIT markers, offsets), Ongoing and PrepareAbort are
+aborted.  Markers are idempotent: a
 partition where the producer has no open transaction gets none.  A partition left with
 an open transaction of a producer the coordinator does not know as Ongoing (its log
 lost) gets an ABORT marker too, so its last stable offset cannot stay stuck.
@@ -146,7 +148,8 @@ class Txn:
         "adding",
         "completing",
         "marking",
-        "after_marking",
+        "prev",
+        "writes",
         "lock",
         "settlements",
         "acks",
@@ -171,10 +174,14 @@ class Txn:
         # The END_TXN (or abort) deciding, if any: done when the state is Complete* in
         # memory (PrepareX durable, offsets and acks applied, markers appended): the answer.
         self.completing: asyncio.Future[None] | None = None
-        # The markers of the last ended transaction being fsynced, if any; until they are,
-        # the records of this id wait in ``after_marking`` (the log still says PrepareX).
+        # The markers of the last ended transaction being fsynced after the answer, if
+        # any.  Until they are, every record of this id carries ``prev``: [commit,
+        # producer id, epoch, [[topic, partition, marker offset], ...]], so that recovery
+        # writes again the markers a power loss took (the next transaction's records
+        # need not wait for the fsync).
         self.marking: asyncio.Future[None] | None = None
-        self.after_marking: list[asyncio.Future[None]] = []
+        self.prev: list[Any] | None = None
+        self.writes = 0  # records queued for this id (CompleteX is skipped if superseded)
         self.lock = asyncio.Lock()  # INIT_TRANSACTIONS of one id, one at a time
         # Queue acks of the open transaction: what applies or requeues them (in memory)
         # and the stored messages they ack (in the log, for recovery of PrepareCommit).
@@ -196,6 +203,7 @@ class Txn:
                 self.start_ms,
                 self.update_ms,
                 {uid: sorted(positions) for uid, positions in self.acks.items()},
+                self.prev,
             ],
             use_bin_type=True,
         )
@@ -234,6 +242,14 @@ def _decode_value(tid: str, value: bytes) -> Txn:
     txn.update_ms = int(update_ms)
     if len(fields) > 8:  # queue acks (records written before them have none)
         txn.acks = {int(uid): [int(p) for p in ps] for uid, ps in fields[8].items()}
+    if len(fields) > 9 and fields[9] is not None:  # markers maybe not durable (``prev``)
+        commit, pid, epoch, marks = fields[9]
+        txn.prev = [
+            bool(commit),
+            int(pid),
+            int(epoch),
+            [[str(t), int(p), int(o)] for t, p, o in marks],
+        ]
     return txn
 
 
@@ -517,6 +533,11 @@ class TransactionCoordinator:
                 continue
             self.txns[tid] = txn
             self.by_pid[txn.producer_id] = txn
+            if txn.prev is not None:
+                # The last transaction was answered; its markers may not be durable.
+                self._rewrite_lost_markers(txn.prev)
+                txn.prev = None
+                fixes.append((tid, txn.value()))
             if txn.state in (ONGOING, PREPARE_ABORT, PREPARE_COMMIT):
                 commit = txn.state == PREPARE_COMMIT
                 self._write_markers_now(txn, commit)
@@ -535,6 +556,8 @@ class TransactionCoordinator:
                 self._completed(txn, commit)
                 if tid not in self._awaiting_acks:
                     fixes.append((tid, txn.value()))
+                elif fixes and fixes[-1][0] == tid:
+                    fixes.pop()  # its CompleteCommit waits for the acks (``prev`` is done)
         self._abort_dangling()
         self.log.write_now(fixes)
         if self.txns:
@@ -546,6 +569,29 @@ class TransactionCoordinator:
         tids, self._awaiting_acks = self._awaiting_acks, []
         self.recovered_acks = {}
         return self._track(_all_of(*(self._persist(self.txns[t]) for t in tids if t in self.txns)))
+
+    def _rewrite_lost_markers(self, prev: list[Any]) -> None:
+        """The markers of an answered transaction (``Txn.prev``) that a power loss cut:
+        a partition whose log ends at or before its marker's offset lost it (and
+        everything after it), so the producer's open transaction there is that one."""
+        commit, pid, epoch, marks = prev
+        for topic, number, at in marks:
+            t = self.topics.topics.get(topic)
+            if t is None or number >= len(t.partitions):
+                continue
+            part = t.partitions[number]
+            if part.latest > at:
+                continue  # the marker is there
+            if part.append_marker(pid, epoch, commit, COORDINATOR_EPOCH) is not None:
+                log.warning(
+                    "topic %s partition %d: writing again the %s marker of producer %d "
+                    "that the last run lost",
+                    topic,
+                    number,
+                    "COMMIT" if commit else "ABORT",
+                    pid,
+                )
+                part.sync_now()
 
     def _write_markers_now(self, txn: Txn, commit: bool) -> None:
         for part in self._partitions_of(txn):
@@ -659,20 +705,9 @@ class TransactionCoordinator:
             txn.start_ms = _now_ms()
 
     def _persist(self, txn: Txn) -> asyncio.Future[None]:
-        """Write the state of ``txn``; done once fsynced.  While the markers of its last
-        transaction are being fsynced the write waits for them (``_finish``), so the log
-        says PrepareX until they are durable: recovery then completes that transaction,
-        and the next one's records never supersede it too early."""
+        """Write the state of ``txn``; done once fsynced."""
         txn.update_ms = _now_ms()
-        if txn.marking is not None:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            if txn.marking.done():  # fsyncing the markers failed: until a restart
-                fut.set_exception(
-                    InternalError("writing the transaction markers failed; the broker logged it")
-                )
-            else:
-                txn.after_marking.append(fut)
-            return fut
+        txn.writes += 1
         return self.log.write(txn.tid, txn.value())
 
     def _track(self, fut: asyncio.Future[Any]) -> asyncio.Future[Any]:
@@ -884,6 +919,15 @@ class TransactionCoordinator:
         then, which answers END_TXN (as Kafka answers EndTxn once PrepareCommit is
         durable); ``_finish`` fsyncs the markers and writes CompleteX after the answer."""
         try:
+            if txn.marking is not None:
+                # The last transaction's markers: durable before ``prev`` names these.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(txn.marking)
+                if txn.marking is not None:
+                    raise InternalError(
+                        "fsyncing the markers of the last transaction failed; the broker "
+                        "logged it (a restart completes that transaction)"
+                    )
             parts = self._partitions_of(txn)
             if commit:
                 await asyncio.gather(*(p.sync() for p in parts))  # the data, durable
@@ -904,14 +948,21 @@ class TransactionCoordinator:
                 if changes:
                     waits.append(self.groups.offsets.commit(changes))
                 await asyncio.gather(*waits)
+            prepared = txn.writes
             marked = []
+            marks = []
             for part in parts:
                 if part.closed:
                     continue  # its topic was deleted meanwhile
-                if part.append_marker(txn.producer_id, txn.epoch, commit, COORDINATOR_EPOCH):
+                at = part.append_marker(txn.producer_id, txn.epoch, commit, COORDINATOR_EPOCH)
+                if at is not None:
                     marked.append(part)
+                    marks.append([part.topic, part.number, at])
+            txn.prev = [commit, txn.producer_id, txn.epoch, marks] if marks else None
             self._completed(txn, commit)
-            txn.marking = self._track(asyncio.ensure_future(self._finish(txn, marked)))
+            txn.marking = self._track(
+                asyncio.ensure_future(self._finish(txn, marked, prepared, commit))
+            )
         except WharfError as exc:
             log.error("transactional id %r: completing the transaction failed: %s", txn.tid, exc)
             raise
@@ -921,41 +972,22 @@ class TransactionCoordinator:
         finally:
             txn.completing = None
 
-    async def _finish(self, txn: Txn, marked: list[Partition]) -> None:
-        """After the answer: fsync the markers, then write the id's state (CompleteX, or
-        the next transaction's records that waited meanwhile) in one record."""
-        error: BaseException | None = None
+    async def _finish(self, txn: Txn, marked: list[Partition], prepared: int, commit: bool) -> None:
+        """After the answer: fsync the markers, then write CompleteX unless a later record
+        of the id (the next transaction's, with ``prev``) already superseded PrepareX."""
         try:
             await _halt_point("txn-answered")
             await asyncio.gather(*(part.sync() for part in marked))
             await _halt_point("txn-marked")
-        except BaseException as exc:
-            # The log keeps PrepareX: a restart completes the transaction.  Until then
-            # this id's next records fail (a failed partition refuses work anyway).
+        except Exception as exc:
+            # Every record of this id keeps ``prev`` (or the log PrepareX): a restart
+            # writes the markers again.  Until then this id ends no transaction (``_end``).
             log.error("transactional id %r: fsyncing the markers failed: %s", txn.tid, exc)
-            error = exc
-        waiters, txn.after_marking = txn.after_marking, []
-        if error is not None:
-            failed = InternalError("writing the transaction markers failed; the broker logged it")
-            for w in waiters:
-                if not w.done():
-                    w.set_exception(failed)
-            return  # txn.marking stays set (done): later writes of this id fail until a restart
+            return
         txn.marking = None
-        wrote = self._persist(txn)
-
-        def written(f: asyncio.Future[None]) -> None:
-            exc = f.exception()
-            for w in waiters:
-                if w.done():
-                    continue
-                if exc is None:
-                    w.set_result(None)
-                else:
-                    w.set_exception(exc)
-
-        wrote.add_done_callback(written)
-        await wrote
+        txn.prev = None
+        if txn.writes == prepared:  # the log still says PrepareX
+            await self._persist(txn)
 
     # -- periodic ---------------------------------------------------------------------
 

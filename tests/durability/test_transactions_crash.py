@@ -166,3 +166,48 @@ async def test_an_ongoing_transaction_is_aborted_after_a_crash(
         assert desc["last_stable"] == desc["latest"] == 5
         assert await conn.committed_offsets(GROUP) == {}
         assert not bp.log_problems(), bp.log_problems()
+
+
+@pytest.mark.parametrize("power_loss", [False, True])
+async def test_the_next_transaction_begins_before_the_markers_are_durable(
+    tmp_path: Path, power_loss: bool
+) -> None:
+    """commit() returned, its markers are not fsynced (the broker halts that step), and
+    the producer's next transaction writes its first record and batches meanwhile.  After
+    kill -9 (and a power loss, which cuts the markers and the new batches) the first
+    transaction is committed, the second aborted."""
+    data_dir = tmp_path / "data"
+    sync_log = tmp_path / "sync.log"
+    env = {"WHARF_TEST_HALT_AT": "txn-answered", "WHARF_TEST_SYNC_LOG": str(sync_log)}
+    async with broker_process(data_dir, env=env) as bp:
+        conn = await bp.connect()
+        await conn.create_topic(IN, 1)
+        await conn.create_topic(OUT, 2)
+        p = conn.transactional_producer("crash-next")
+        await p.begin()
+        await p.produce_many(OUT, [b"A", b"B"], partition=0)
+        await p.produce(OUT, b"C", partition=1)
+        await p.send_offsets(GROUP, {(IN, 0): 3})
+        await p.commit()
+        await wait_for_line(bp.output, "halting at txn-answered")
+        await p.begin()
+        await p.produce(OUT, b"D", partition=0)  # its partition is part of it: logged
+        await p.produce(OUT, b"E", partition=1)
+        await bp.kill()
+        if power_loss:
+            assert lose_power(bp.data_dir, sync_log) > 0
+        bp.extra_env.pop("WHARF_TEST_HALT_AT")
+        await bp.start()
+        conn = await bp.connect()
+        assert await committed_values(conn, OUT) == [b"A", b"B"]
+        recs = await conn.fetch(OUT, 1, 0, isolation_level="read_committed")
+        assert [r.value for r in recs] == [b"C"]
+        assert await conn.committed_offsets(GROUP) == {(IN, 0): 3}
+        for part in (0, 1):
+            desc = (await conn.describe_topic(OUT))["offsets"][part]
+            assert desc["last_stable"] == desc["latest"]
+        p2 = conn.transactional_producer("crash-next")
+        async with p2.transaction():
+            await p2.produce(OUT, b"F", partition=0)
+        assert await committed_values(conn, OUT) == [b"A", b"B", b"F"]
+        assert not bp.log_problems(), bp.log_problems()
