@@ -9,18 +9,22 @@ group offsets of the open transaction, start time, timeout).  States::
     Complete* --produce/send_offsets--> Ongoing (the next transaction)
 
 Durability: every change is a record of the transaction log (``TxnLog`` below), fsynced
-before the request that made it is answered, and before anything depending on it is
-written elsewhere:
+before anything depending on it is written elsewhere:
 
-- a partition joins a transaction (its first transactional produce there) only once
-  the Ongoing record naming it is fsynced, so recovery knows every partition that may
-  hold the transaction's batches;
-- END_TXN(commit): the touched partitions are fsynced (the data), then PrepareCommit
-  (with the pending group offsets) is fsynced, the offsets are written to the offsets
-  log (fsynced: visible before the records are) and the queue acks applied, a COMMIT
-  marker is appended to each partition, and END_TXN is answered (Kafka's order: the
-  outcome is decided once PrepareCommit is durable).  Then the markers are fsynced and
-  CompleteCommit written, unless a record of the id's next transaction came first.
+- a partition joins a transaction (its first transactional produce there) with an
+  Ongoing record that is not waited for: a crash before PrepareX aborts the batches
+  anyway (``_abort_dangling``: every open transaction the log does not show prepared),
+  and PrepareX lists every partition.  Only a partition's first transactional batch
+  ever waits, for its has-transactions flag (so recovery scans it);
+- END_TXN(commit): the touched partitions (the data) and PrepareCommit (with the
+  pending group offsets and ``Txn.ends``, each partition's log end) are fsynced at the
+  same time; recovery commits only if every partition still reaches its end (else the
+  answer was never sent: it aborts), and marks only an open transaction starting below
+  it (later batches are the next transaction's).  Then the offsets are written to the
+  offsets log (fsynced: visible before the records are) and the queue acks applied, a
+  COMMIT marker is appended to each partition, and END_TXN is answered (Kafka's order:
+  the outcome is decided once PrepareCommit is durable).  Then the markers are fsynced
+  and CompleteCommit written, unless a record of the id's next transaction came first.
   Until the markers are durable, every record of the id carries ``Txn.prev`` (the
   outcome and each marker's partition and offset), so the next transaction need not
   wait for them: recovery writes again a marker that a power loss cut.  Abort: the same
@@ -29,10 +33,10 @@ written elsewhere:
 Recovery (``recover``, at start, before clients): the markers of ``prev`` missing from
 their partitions (the log ends at or before their offset) are written again;
 PrepareCommit is completed (COMMIT markers, offsets), Ongoing and PrepareAbort are
-aborted.  Markers are idempotent: a
-partition where the producer has no open transaction gets none.  A partition left with
-an open transaction of a producer the coordinator does not know as Ongoing (its log
-lost) gets an ABORT marker too, so its last stable offset cannot stay stuck.
+aborted.  Markers are idempotent: a partition where the producer has no open
+transaction gets none.  A partition left with an open transaction of a producer the
+coordinator does not know as Ongoing (its Ongoing record not written, or lost) gets an
+ABORT marker too, so its last stable offset cannot stay stuck.
 
 Fencing: INIT_TRANSACTIONS with a known transactional id bumps the epoch (a new
 producer id once the epoch would pass 32767) and aborts the previous epoch's open
@@ -150,6 +154,7 @@ class Txn:
         "marking",
         "prev",
         "writes",
+        "ends",
         "lock",
         "settlements",
         "acks",
@@ -182,6 +187,9 @@ class Txn:
         self.marking: asyncio.Future[None] | None = None
         self.prev: list[Any] | None = None
         self.writes = 0  # records queued for this id (CompleteX is skipped if superseded)
+        # PrepareX: each partition's log end when the outcome was decided.  The
+        # transaction's batches lie below it, the next one's at or above (recovery).
+        self.ends: dict[TopicPartition, int] = {}
         self.lock = asyncio.Lock()  # INIT_TRANSACTIONS of one id, one at a time
         # Queue acks of the open transaction: what applies or requeues them (in memory)
         # and the stored messages they ack (in the log, for recovery of PrepareCommit).
@@ -204,6 +212,7 @@ class Txn:
                 self.update_ms,
                 {uid: sorted(positions) for uid, positions in self.acks.items()},
                 self.prev,
+                [[t, p, e] for (t, p), e in sorted(self.ends.items())],
             ],
             use_bin_type=True,
         )
@@ -250,6 +259,8 @@ def _decode_value(tid: str, value: bytes) -> Txn:
             int(epoch),
             [[str(t), int(p), int(o)] for t, p, o in marks],
         ]
+    if len(fields) > 10:
+        txn.ends = {(str(t), int(p)): int(e) for t, p, e in fields[10]}
     return txn
 
 
@@ -540,6 +551,14 @@ class TransactionCoordinator:
                 fixes.append((tid, txn.value()))
             if txn.state in (ONGOING, PREPARE_ABORT, PREPARE_COMMIT):
                 commit = txn.state == PREPARE_COMMIT
+                if commit and self._data_lost(txn):
+                    log.warning(
+                        "transactional id %r: PrepareCommit was fsynced but not all of the "
+                        "transaction's records (power lost before its commit was answered): "
+                        "aborting it",
+                        tid,
+                    )
+                    commit = False
                 self._write_markers_now(txn, commit)
                 if commit:
                     self.groups.offsets.commit_now(self._offset_changes(txn))
@@ -593,8 +612,19 @@ class TransactionCoordinator:
                 )
                 part.sync_now()
 
+    def _data_lost(self, txn: Txn) -> bool:
+        """A partition of a PrepareX record ends below the log end it had then."""
+        return any(
+            part.latest < txn.ends.get((part.topic, part.number), -1)
+            for part in self._partitions_of(txn)
+        )
+
     def _write_markers_now(self, txn: Txn, commit: bool) -> None:
         for part in self._partitions_of(txn):
+            end = txn.ends.get((part.topic, part.number))
+            first = part.producers.open_txns.get(txn.producer_id)
+            if end is not None and first is not None and first >= end:
+                continue  # the next transaction's batches: ``_abort_dangling`` aborts them
             if (
                 part.append_marker(txn.producer_id, txn.epoch, commit, COORDINATOR_EPOCH)
                 is not None
@@ -641,6 +671,7 @@ class TransactionCoordinator:
 
     def _completed(self, txn: Txn, commit: bool) -> None:
         txn.state = COMPLETE_COMMIT if commit else COMPLETE_ABORT
+        txn.ends = {}
         txn.partitions = set()
         txn.durable = set()
         txn.offsets = {}
@@ -697,6 +728,7 @@ class TransactionCoordinator:
     def _begin_if_needed(self, txn: Txn) -> None:
         if txn.state != ONGOING:
             txn.state = ONGOING
+            txn.ends = {}
             txn.partitions = set()
             txn.durable = set()
             txn.offsets = {}
@@ -818,7 +850,16 @@ class TransactionCoordinator:
                 f"a transaction may touch at most {MAX_TXN_PARTITIONS} partitions"
             )
         txn.partitions.add(tp)
-        fut = _all_of(self._persist(txn), part.mark_transactional())
+        # The Ongoing record naming the partition is not waited for: a crash before
+        # PrepareX aborts the transaction's batches anyway (``_abort_dangling``), and
+        # PrepareX lists every partition.  Only the partition's has-transactions flag
+        # must be durable first (once per partition), so recovery scans it for markers.
+        self._track(self._persist(txn))
+        marking = part.mark_transactional()
+        if marking is None:
+            txn.durable.add(tp)
+            return None
+        fut = marking
         txn.adding[tp] = fut
 
         def added(f: asyncio.Future[None]) -> None:
@@ -929,14 +970,17 @@ class TransactionCoordinator:
                         "logged it (a restart completes that transaction)"
                     )
             parts = self._partitions_of(txn)
+            txn.ends = {(p.topic, p.number): p.latest for p in parts}
+            txn.state = PREPARE_COMMIT if commit else PREPARE_ABORT
             if commit:
-                await asyncio.gather(*(p.sync() for p in parts))  # the data, durable
+                # The data and PrepareCommit are fsynced at the same time: recovery
+                # commits only if every partition still reaches its ``ends`` offset.
+                await asyncio.gather(*(p.sync() for p in parts), self._persist(txn))
             else:
                 settlements, txn.settlements = txn.settlements, []
                 for held in settlements:
                     held.abort()  # the messages are redelivered
-            txn.state = PREPARE_COMMIT if commit else PREPARE_ABORT
-            await self._persist(txn)
+                await self._persist(txn)
             await _halt_point("txn-prepared")
             if commit:
                 # Decided: the acks apply (recovery applies them from the PrepareCommit

@@ -211,3 +211,42 @@ async def test_the_next_transaction_begins_before_the_markers_are_durable(
             await p2.produce(OUT, b"F", partition=0)
         assert await committed_values(conn, OUT) == [b"A", b"B", b"F"]
         assert not bp.log_problems(), bp.log_problems()
+
+
+async def test_a_prepared_commit_whose_records_were_lost_is_aborted(tmp_path: Path) -> None:
+    """The records and PrepareCommit are fsynced at the same time.  Power lost when
+    PrepareCommit was durable but the records were not (the sync log is cut back to
+    before them, as if their fsync never completed): commit() was never answered, and
+    recovery aborts the transaction instead of committing what is left of it."""
+    data_dir = tmp_path / "data"
+    sync_log = tmp_path / "sync.log"
+    env = {"WHARF_TEST_HALT_AT": "txn-prepared", "WHARF_TEST_SYNC_LOG": str(sync_log)}
+    async with broker_process(data_dir, env=env) as bp:
+        conn = await bp.connect()
+        await conn.create_topic(IN, 1)
+        await conn.create_topic(OUT, 1)
+        await conn.produce(OUT, b"before", partition=0, acks="fsynced")
+        segment = next((bp.data_dir / "logs" / OUT / "0").glob("*.log"))
+        synced_before = segment.stat().st_size
+        p = conn.transactional_producer("crash-lost")
+        await p.begin()
+        await p.produce_many(OUT, [b"x", b"y"], partition=0)
+        await p.send_offsets(GROUP, {(IN, 0): 9})
+        commit = asyncio.create_task(p.commit())
+        await wait_for_line(bp.output, "halting at txn-prepared")
+        assert not commit.done()
+        await bp.kill()
+        with contextlib.suppress(wharf.WharfError):
+            await commit
+        lines = sync_log.read_text().splitlines(keepends=True)
+        kept = [ln for ln in lines if not ln.startswith(f"{segment} ")]
+        sync_log.write_text("".join([*kept, f"{segment} {synced_before}\n"]))
+        assert lose_power(bp.data_dir, sync_log) > 0
+        bp.extra_env.pop("WHARF_TEST_HALT_AT")
+        await bp.start()
+        conn = await bp.connect()
+        assert await committed_values(conn, OUT) == [b"before"]
+        assert await conn.committed_offsets(GROUP) == {}
+        desc = (await conn.describe_topic(OUT))["offsets"][0]
+        assert desc["last_stable"] == desc["latest"] == 1
+        assert not bp.log_problems(), bp.log_problems()
