@@ -9,22 +9,34 @@ group offsets of the open transaction, start time, timeout).  States::
     Complete* --produce/send_offsets--> Ongoing (the next transaction)
 
 Durability: every change is a record of the transaction log (``TxnLog`` below), fsynced
-before the request that made it is answered, and before anything depending on it is
-written elsewhere:
+before anything depending on it is written elsewhere:
 
-- a partition joins a transaction (its first transactional produce there) only once
-  the Ongoing record naming it is fsynced, so recovery knows every partition that may
-  hold the transaction's batches;
-- END_TXN(commit): the touched partitions are fsynced (the data), then PrepareCommit
-  (with the pending group offsets) is fsynced, then a COMMIT marker is appended to each
-  partition and fsynced, the offsets are written to the offsets log (fsynced), then
-  CompleteCommit; then the answer.  Abort: the same with ABORT markers and no offsets.
+- a partition joins a transaction (its first transactional produce there) with an
+  Ongoing record that is not waited for: a crash before PrepareX aborts the batches
+  anyway (``_abort_dangling``: every open transaction the log does not show prepared),
+  and PrepareX lists every partition.  Only a partition's first transactional batch
+  ever waits, for its has-transactions flag (so recovery scans it);
+- END_TXN(commit): the touched partitions (the data) and PrepareCommit (with the
+  pending group offsets and ``Txn.ends``, each partition's log end) are fsynced at the
+  same time; recovery commits only if every partition still reaches its end (else the
+  answer was never sent: it aborts), and marks only an open transaction starting below
+  it (later batches are the next transaction's).  Then the offsets are written to the
+  offsets log (fsynced: visible before the records are) and the queue acks applied, a
+  COMMIT marker is appended to each partition, and END_TXN is answered (Kafka's order:
+  the outcome is decided once PrepareCommit is durable).  Then the markers are fsynced
+  and CompleteCommit written, unless a record of the id's next transaction came first.
+  Until the markers are durable, every record of the id carries ``Txn.prev`` (the
+  outcome and each marker's partition and offset), so the next transaction need not
+  wait for them: recovery writes again a marker that a power loss cut.  Abort: the same
+  with ABORT markers, no offsets, the acks requeued first.
 
-Recovery (``recover``, at start, before clients): PrepareCommit is completed (COMMIT
-markers, offsets), Ongoing and PrepareAbort are aborted.  Markers are idempotent: a
-partition where the producer has no open transaction gets none.  A partition left with
-an open transaction of a producer the coordinator does not know as Ongoing (its log
-lost) gets an ABORT marker too, so its last stable offset cannot stay stuck.
+Recovery (``recover``, at start, before clients): the markers of ``prev`` missing from
+their partitions (the log ends at or before their offset) are written again;
+PrepareCommit is completed (COMMIT markers, offsets), Ongoing and PrepareAbort are
+aborted.  Markers are idempotent: a partition where the producer has no open
+transaction gets none.  A partition left with an open transaction of a producer the
+coordinator does not know as Ongoing (its Ongoing record not written, or lost) gets an
+ABORT marker too, so its last stable offset cannot stay stuck.
 
 Fencing: INIT_TRANSACTIONS with a known transactional id bumps the epoch (a new
 producer id once the epoch would pass 32767) and aborts the previous epoch's open
@@ -139,6 +151,10 @@ class Txn:
         "durable",
         "adding",
         "completing",
+        "marking",
+        "prev",
+        "writes",
+        "ends",
         "lock",
         "settlements",
         "acks",
@@ -160,8 +176,20 @@ class Txn:
         # Partitions whose Ongoing record is fsynced; ``adding``: those being written.
         self.durable: set[TopicPartition] = set()
         self.adding: dict[TopicPartition, asyncio.Future[None]] = {}
-        # The END_TXN (or abort) running, if any: done when the state is Complete*.
+        # The END_TXN (or abort) deciding, if any: done when the state is Complete* in
+        # memory (PrepareX durable, offsets and acks applied, markers appended): the answer.
         self.completing: asyncio.Future[None] | None = None
+        # The markers of the last ended transaction being fsynced after the answer, if
+        # any.  Until they are, every record of this id carries ``prev``: [commit,
+        # producer id, epoch, [[topic, partition, marker offset], ...]], so that recovery
+        # writes again the markers a power loss took (the next transaction's records
+        # need not wait for the fsync).
+        self.marking: asyncio.Future[None] | None = None
+        self.prev: list[Any] | None = None
+        self.writes = 0  # records queued for this id (CompleteX is skipped if superseded)
+        # PrepareX: each partition's log end when the outcome was decided.  The
+        # transaction's batches lie below it, the next one's at or above (recovery).
+        self.ends: dict[TopicPartition, int] = {}
         self.lock = asyncio.Lock()  # INIT_TRANSACTIONS of one id, one at a time
         # Queue acks of the open transaction: what applies or requeues them (in memory)
         # and the stored messages they ack (in the log, for recovery of PrepareCommit).
@@ -183,6 +211,8 @@ class Txn:
                 self.start_ms,
                 self.update_ms,
                 {uid: sorted(positions) for uid, positions in self.acks.items()},
+                self.prev,
+                [[t, p, e] for (t, p), e in sorted(self.ends.items())],
             ],
             use_bin_type=True,
         )
@@ -221,6 +251,16 @@ def _decode_value(tid: str, value: bytes) -> Txn:
     txn.update_ms = int(update_ms)
     if len(fields) > 8:  # queue acks (records written before them have none)
         txn.acks = {int(uid): [int(p) for p in ps] for uid, ps in fields[8].items()}
+    if len(fields) > 9 and fields[9] is not None:  # markers maybe not durable (``prev``)
+        commit, pid, epoch, marks = fields[9]
+        txn.prev = [
+            bool(commit),
+            int(pid),
+            int(epoch),
+            [[str(t), int(p), int(o)] for t, p, o in marks],
+        ]
+    if len(fields) > 10:
+        txn.ends = {(str(t), int(p)): int(e) for t, p, e in fields[10]}
     return txn
 
 
@@ -504,8 +544,21 @@ class TransactionCoordinator:
                 continue
             self.txns[tid] = txn
             self.by_pid[txn.producer_id] = txn
+            if txn.prev is not None:
+                # The last transaction was answered; its markers may not be durable.
+                self._rewrite_lost_markers(txn.prev)
+                txn.prev = None
+                fixes.append((tid, txn.value()))
             if txn.state in (ONGOING, PREPARE_ABORT, PREPARE_COMMIT):
                 commit = txn.state == PREPARE_COMMIT
+                if commit and self._data_lost(txn):
+                    log.warning(
+                        "transactional id %r: PrepareCommit was fsynced but not all of the "
+                        "transaction's records (power lost before its commit was answered): "
+                        "aborting it",
+                        tid,
+                    )
+                    commit = False
                 self._write_markers_now(txn, commit)
                 if commit:
                     self.groups.offsets.commit_now(self._offset_changes(txn))
@@ -522,6 +575,8 @@ class TransactionCoordinator:
                 self._completed(txn, commit)
                 if tid not in self._awaiting_acks:
                     fixes.append((tid, txn.value()))
+                elif fixes and fixes[-1][0] == tid:
+                    fixes.pop()  # its CompleteCommit waits for the acks (``prev`` is done)
         self._abort_dangling()
         self.log.write_now(fixes)
         if self.txns:
@@ -534,8 +589,42 @@ class TransactionCoordinator:
         self.recovered_acks = {}
         return self._track(_all_of(*(self._persist(self.txns[t]) for t in tids if t in self.txns)))
 
+    def _rewrite_lost_markers(self, prev: list[Any]) -> None:
+        """The markers of an answered transaction (``Txn.prev``) that a power loss cut:
+        a partition whose log ends at or before its marker's offset lost it (and
+        everything after it), so the producer's open transaction there is that one."""
+        commit, pid, epoch, marks = prev
+        for topic, number, at in marks:
+            t = self.topics.topics.get(topic)
+            if t is None or number >= len(t.partitions):
+                continue
+            part = t.partitions[number]
+            if part.latest > at:
+                continue  # the marker is there
+            if part.append_marker(pid, epoch, commit, COORDINATOR_EPOCH) is not None:
+                log.warning(
+                    "topic %s partition %d: writing again the %s marker of producer %d "
+                    "that the last run lost",
+                    topic,
+                    number,
+                    "COMMIT" if commit else "ABORT",
+                    pid,
+                )
+                part.sync_now()
+
+    def _data_lost(self, txn: Txn) -> bool:
+        """A partition of a PrepareX record ends below the log end it had then."""
+        return any(
+            part.latest < txn.ends.get((part.topic, part.number), -1)
+            for part in self._partitions_of(txn)
+        )
+
     def _write_markers_now(self, txn: Txn, commit: bool) -> None:
         for part in self._partitions_of(txn):
+            end = txn.ends.get((part.topic, part.number))
+            first = part.producers.open_txns.get(txn.producer_id)
+            if end is not None and first is not None and first >= end:
+                continue  # the next transaction's batches: ``_abort_dangling`` aborts them
             if (
                 part.append_marker(txn.producer_id, txn.epoch, commit, COORDINATOR_EPOCH)
                 is not None
@@ -582,6 +671,7 @@ class TransactionCoordinator:
 
     def _completed(self, txn: Txn, commit: bool) -> None:
         txn.state = COMPLETE_COMMIT if commit else COMPLETE_ABORT
+        txn.ends = {}
         txn.partitions = set()
         txn.durable = set()
         txn.offsets = {}
@@ -638,6 +728,7 @@ class TransactionCoordinator:
     def _begin_if_needed(self, txn: Txn) -> None:
         if txn.state != ONGOING:
             txn.state = ONGOING
+            txn.ends = {}
             txn.partitions = set()
             txn.durable = set()
             txn.offsets = {}
@@ -646,7 +737,9 @@ class TransactionCoordinator:
             txn.start_ms = _now_ms()
 
     def _persist(self, txn: Txn) -> asyncio.Future[None]:
+        """Write the state of ``txn``; done once fsynced."""
         txn.update_ms = _now_ms()
+        txn.writes += 1
         return self.log.write(txn.tid, txn.value())
 
     def _track(self, fut: asyncio.Future[Any]) -> asyncio.Future[Any]:
@@ -757,7 +850,16 @@ class TransactionCoordinator:
                 f"a transaction may touch at most {MAX_TXN_PARTITIONS} partitions"
             )
         txn.partitions.add(tp)
-        fut = _all_of(self._persist(txn), part.mark_transactional())
+        # The Ongoing record naming the partition is not waited for: a crash before
+        # PrepareX aborts the transaction's batches anyway (``_abort_dangling``), and
+        # PrepareX lists every partition.  Only the partition's has-transactions flag
+        # must be durable first (once per partition), so recovery scans it for markers.
+        self._track(self._persist(txn))
+        marking = part.mark_transactional()
+        if marking is None:
+            txn.durable.add(tp)
+            return None
+        fut = marking
         txn.adding[tp] = fut
 
         def added(f: asyncio.Future[None]) -> None:
@@ -853,37 +955,58 @@ class TransactionCoordinator:
         return task
 
     async def _end(self, txn: Txn, commit: bool) -> None:
-        """Complete ``txn``: (commit: fsync its partitions,) PrepareX, markers, offsets,
-        CompleteX."""
+        """Decide ``txn``: (commit: fsync its partitions,) fsync PrepareX, (commit: apply
+        its queue acks and group offsets,) append the markers, CompleteX in memory.  Done
+        then, which answers END_TXN (as Kafka answers EndTxn once PrepareCommit is
+        durable); ``_finish`` fsyncs the markers and writes CompleteX after the answer."""
         try:
+            if txn.marking is not None:
+                # The last transaction's markers: durable before ``prev`` names these.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(txn.marking)
+                if txn.marking is not None:
+                    raise InternalError(
+                        "fsyncing the markers of the last transaction failed; the broker "
+                        "logged it (a restart completes that transaction)"
+                    )
             parts = self._partitions_of(txn)
+            txn.ends = {(p.topic, p.number): p.latest for p in parts}
+            txn.state = PREPARE_COMMIT if commit else PREPARE_ABORT
             if commit:
-                await asyncio.gather(*(p.sync() for p in parts))  # the data, durable
+                # The data and PrepareCommit are fsynced at the same time: recovery
+                # commits only if every partition still reaches its ``ends`` offset.
+                await asyncio.gather(*(p.sync() for p in parts), self._persist(txn))
             else:
                 settlements, txn.settlements = txn.settlements, []
                 for held in settlements:
                     held.abort()  # the messages are redelivered
-            txn.state = PREPARE_COMMIT if commit else PREPARE_ABORT
-            await self._persist(txn)
+                await self._persist(txn)
             await _halt_point("txn-prepared")
             if commit:
                 # Decided: the acks apply (recovery applies them from the PrepareCommit
-                # record if the broker stops before they are fsynced).
+                # record if the broker stops before they are fsynced), and the offsets
+                # are durable and visible before the markers make the records visible.
                 settlements, txn.settlements = txn.settlements, []
-                await asyncio.gather(*(held.commit() for held in settlements))
-            syncs = []
+                waits = [held.commit() for held in settlements]
+                changes = self._offset_changes(txn)
+                if changes:
+                    waits.append(self.groups.offsets.commit(changes))
+                await asyncio.gather(*waits)
+            prepared = txn.writes
+            marked = []
+            marks = []
             for part in parts:
                 if part.closed:
                     continue  # its topic was deleted meanwhile
-                if part.append_marker(txn.producer_id, txn.epoch, commit, COORDINATOR_EPOCH):
-                    syncs.append(part.sync())
-            await asyncio.gather(*syncs)
-            await _halt_point("txn-marked")
-            changes = self._offset_changes(txn) if commit else []
-            if changes:
-                await self.groups.offsets.commit(changes)
+                at = part.append_marker(txn.producer_id, txn.epoch, commit, COORDINATOR_EPOCH)
+                if at is not None:
+                    marked.append(part)
+                    marks.append([part.topic, part.number, at])
+            txn.prev = [commit, txn.producer_id, txn.epoch, marks] if marks else None
             self._completed(txn, commit)
-            await self._persist(txn)
+            txn.marking = self._track(
+                asyncio.ensure_future(self._finish(txn, marked, prepared, commit))
+            )
         except WharfError as exc:
             log.error("transactional id %r: completing the transaction failed: %s", txn.tid, exc)
             raise
@@ -892,6 +1015,23 @@ class TransactionCoordinator:
             raise InternalError("completing the transaction failed; the broker logged it") from exc
         finally:
             txn.completing = None
+
+    async def _finish(self, txn: Txn, marked: list[Partition], prepared: int, commit: bool) -> None:
+        """After the answer: fsync the markers, then write CompleteX unless a later record
+        of the id (the next transaction's, with ``prev``) already superseded PrepareX."""
+        try:
+            await _halt_point("txn-answered")
+            await asyncio.gather(*(part.sync() for part in marked))
+            await _halt_point("txn-marked")
+        except Exception as exc:
+            # Every record of this id keeps ``prev`` (or the log PrepareX): a restart
+            # writes the markers again.  Until then this id ends no transaction (``_end``).
+            log.error("transactional id %r: fsyncing the markers failed: %s", txn.tid, exc)
+            return
+        txn.marking = None
+        txn.prev = None
+        if txn.writes == prepared:  # the log still says PrepareX
+            await self._persist(txn)
 
     # -- periodic ---------------------------------------------------------------------
 

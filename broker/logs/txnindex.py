@@ -80,12 +80,21 @@ class AbortedTable:
     one bisect.  Ranges of one producer never overlap (its transactions follow each
     other), so they are kept sorted by first offset."""
 
-    __slots__ = ("_firsts", "_markers", "count")
+    __slots__ = ("_firsts", "_markers", "count", "_low", "_high")
 
     def __init__(self) -> None:
         self._firsts: dict[int, list[int]] = {}
         self._markers: dict[int, list[int]] = {}
         self.count = 0
+        # Every aborted batch known lies in _low.._high - 1 (the lowest first offset, the
+        # highest marker offset ever added; retention does not narrow them).
+        self._low = -1
+        self._high = -1
+
+    def any_between(self, start: int, end: int) -> bool:
+        """Whether a batch at an offset in ``start..end - 1`` may be part of an aborted
+        transaction (False: a read-committed fetch of that range needs no filtering)."""
+        return self.count > 0 and self._high > start and self._low < end
 
     def add(self, entry: AbortedTxn) -> None:
         if entry.first_offset < 0:
@@ -98,12 +107,17 @@ class AbortedTable:
         firsts.insert(i, entry.first_offset)
         markers.insert(i, entry.marker_offset)
         self.count += 1
+        if self._low < 0 or entry.first_offset < self._low:
+            self._low = entry.first_offset
+        self._high = max(self._high, entry.marker_offset)
 
     def copy(self) -> AbortedTable:
         other = AbortedTable()
         other._firsts = {pid: list(v) for pid, v in self._firsts.items()}
         other._markers = {pid: list(v) for pid, v in self._markers.items()}
         other.count = self.count
+        other._low = self._low
+        other._high = self._high
         return other
 
     def aborted(self, producer_id: int, offset: int) -> bool:

@@ -3,8 +3,9 @@
 - A commit whose PrepareCommit reached the transaction log (the broker halts right
   after it: ``WHARF_TEST_HALT_AT=txn-prepared``) and is then killed is committed by the
   restarted broker: its records become visible to read-committed readers and its
-  ``send_offsets`` offsets are committed.  The same after the markers were written
-  (``txn-marked``), and with the files cut back to what was fsynced.
+  ``send_offsets`` offsets are committed.  The same once ``commit()`` was answered, with
+  the markers appended but not fsynced (``txn-answered``; a power loss cuts them) and
+  once they are (``txn-marked``), and with the files cut back to what was fsynced.
 - A transaction killed while Ongoing is aborted at restart: read-committed readers never
   see its records, the last stable offset is the log end again, and its offsets are not
   committed.
@@ -76,11 +77,19 @@ async def committed_values(conn: wharf.Connection, topic: str) -> list[bytes | N
 
 
 @pytest.mark.parametrize(
-    ("halt_at", "power_loss"),
-    [("txn-prepared", False), ("txn-marked", False), ("txn-prepared", True)],
+    ("halt_at", "power_loss", "answered"),
+    [
+        ("txn-prepared", False, False),
+        ("txn-prepared", True, False),
+        # commit() returned; the markers are appended but not fsynced (a power loss
+        # drops them), then once they are.
+        ("txn-answered", False, True),
+        ("txn-answered", True, True),
+        ("txn-marked", False, True),
+    ],
 )
 async def test_a_prepared_commit_is_completed_after_a_crash(
-    tmp_path: Path, halt_at: str, power_loss: bool
+    tmp_path: Path, halt_at: str, power_loss: bool, answered: bool
 ) -> None:
     data_dir = tmp_path / "data"
     sync_log = tmp_path / "sync.log"
@@ -97,7 +106,12 @@ async def test_a_prepared_commit_is_completed_after_a_crash(
         await p.send_offsets(GROUP, {(IN, 0): 3})
         commit = asyncio.create_task(p.commit())
         await wait_for_line(bp.output, f"halting at {halt_at}")
-        assert not commit.done()
+        if answered:
+            await commit  # answered once PrepareCommit is durable, markers or not
+            assert await committed_values(conn, OUT) == [b"A", b"B"]
+            assert await conn.committed_offsets(GROUP) == {(IN, 0): 3}
+        else:
+            assert not commit.done()
         await bp.kill()
         with contextlib.suppress(wharf.WharfError):
             await commit
@@ -151,4 +165,88 @@ async def test_an_ongoing_transaction_is_aborted_after_a_crash(
         # before 0, x 1, y 2, after 3, the ABORT marker written at recovery 4.
         assert desc["last_stable"] == desc["latest"] == 5
         assert await conn.committed_offsets(GROUP) == {}
+        assert not bp.log_problems(), bp.log_problems()
+
+
+@pytest.mark.parametrize("power_loss", [False, True])
+async def test_the_next_transaction_begins_before_the_markers_are_durable(
+    tmp_path: Path, power_loss: bool
+) -> None:
+    """commit() returned, its markers are not fsynced (the broker halts that step), and
+    the producer's next transaction writes its first record and batches meanwhile.  After
+    kill -9 (and a power loss, which cuts the markers and the new batches) the first
+    transaction is committed, the second aborted."""
+    data_dir = tmp_path / "data"
+    sync_log = tmp_path / "sync.log"
+    env = {"WHARF_TEST_HALT_AT": "txn-answered", "WHARF_TEST_SYNC_LOG": str(sync_log)}
+    async with broker_process(data_dir, env=env) as bp:
+        conn = await bp.connect()
+        await conn.create_topic(IN, 1)
+        await conn.create_topic(OUT, 2)
+        p = conn.transactional_producer("crash-next")
+        await p.begin()
+        await p.produce_many(OUT, [b"A", b"B"], partition=0)
+        await p.produce(OUT, b"C", partition=1)
+        await p.send_offsets(GROUP, {(IN, 0): 3})
+        await p.commit()
+        await wait_for_line(bp.output, "halting at txn-answered")
+        await p.begin()
+        await p.produce(OUT, b"D", partition=0)  # its partition is part of it: logged
+        await p.produce(OUT, b"E", partition=1)
+        await bp.kill()
+        if power_loss:
+            assert lose_power(bp.data_dir, sync_log) > 0
+        bp.extra_env.pop("WHARF_TEST_HALT_AT")
+        await bp.start()
+        conn = await bp.connect()
+        assert await committed_values(conn, OUT) == [b"A", b"B"]
+        recs = await conn.fetch(OUT, 1, 0, isolation_level="read_committed")
+        assert [r.value for r in recs] == [b"C"]
+        assert await conn.committed_offsets(GROUP) == {(IN, 0): 3}
+        for part in (0, 1):
+            desc = (await conn.describe_topic(OUT))["offsets"][part]
+            assert desc["last_stable"] == desc["latest"]
+        p2 = conn.transactional_producer("crash-next")
+        async with p2.transaction():
+            await p2.produce(OUT, b"F", partition=0)
+        assert await committed_values(conn, OUT) == [b"A", b"B", b"F"]
+        assert not bp.log_problems(), bp.log_problems()
+
+
+async def test_a_prepared_commit_whose_records_were_lost_is_aborted(tmp_path: Path) -> None:
+    """The records and PrepareCommit are fsynced at the same time.  Power lost when
+    PrepareCommit was durable but the records were not (the sync log is cut back to
+    before them, as if their fsync never completed): commit() was never answered, and
+    recovery aborts the transaction instead of committing what is left of it."""
+    data_dir = tmp_path / "data"
+    sync_log = tmp_path / "sync.log"
+    env = {"WHARF_TEST_HALT_AT": "txn-prepared", "WHARF_TEST_SYNC_LOG": str(sync_log)}
+    async with broker_process(data_dir, env=env) as bp:
+        conn = await bp.connect()
+        await conn.create_topic(IN, 1)
+        await conn.create_topic(OUT, 1)
+        await conn.produce(OUT, b"before", partition=0, acks="fsynced")
+        segment = next((bp.data_dir / "logs" / OUT / "0").glob("*.log"))
+        synced_before = segment.stat().st_size
+        p = conn.transactional_producer("crash-lost")
+        await p.begin()
+        await p.produce_many(OUT, [b"x", b"y"], partition=0)
+        await p.send_offsets(GROUP, {(IN, 0): 9})
+        commit = asyncio.create_task(p.commit())
+        await wait_for_line(bp.output, "halting at txn-prepared")
+        assert not commit.done()
+        await bp.kill()
+        with contextlib.suppress(wharf.WharfError):
+            await commit
+        lines = sync_log.read_text().splitlines(keepends=True)
+        kept = [ln for ln in lines if not ln.startswith(f"{segment} ")]
+        sync_log.write_text("".join([*kept, f"{segment} {synced_before}\n"]))
+        assert lose_power(bp.data_dir, sync_log) > 0
+        bp.extra_env.pop("WHARF_TEST_HALT_AT")
+        await bp.start()
+        conn = await bp.connect()
+        assert await committed_values(conn, OUT) == [b"before"]
+        assert await conn.committed_offsets(GROUP) == {}
+        desc = (await conn.describe_topic(OUT))["offsets"][0]
+        assert desc["last_stable"] == desc["latest"] == 1
         assert not bp.log_problems(), bp.log_problems()

@@ -78,10 +78,14 @@ def test_aborted_table_lookup_copy_and_retention() -> None:
         False, True, True, False, False, True, True, False,
     ]  # fmt: skip
     assert t.aborted(8, 40) and not t.aborted(9, 4) and not t.aborted(1, 12)
+    # A fetch of offsets 41.. or ..9 needs no filtering; one overlapping 10..40 does.
+    assert not t.any_between(41, 100) and not t.any_between(0, 10)
+    assert t.any_between(40, 100) and t.any_between(0, 11) and t.any_between(25, 26)
+    assert not AbortedTable().any_between(0, 100)
     c = t.copy()
     t.drop_below(21)  # retention took offsets below 21: the first range goes
     assert not t.aborted(7, 10) and t.aborted(7, 30) and t.count == 2
-    assert c.aborted(7, 10) and c.count == 3
+    assert c.aborted(7, 10) and c.count == 3 and c.any_between(0, 11)
 
 
 def test_txn_index_file_round_trip_and_damage(tmp_path: Path) -> None:
