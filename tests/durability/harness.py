@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import re
@@ -47,6 +48,16 @@ from typing import Any, Final
 import wharf
 
 WHARF_BIN: Final = Path(sys.executable).with_name("wharf")
+# ``wharf`` with module constants set first (BrokerProcess's ``constants``).
+CONSTANTS_PRELUDE: Final = """
+import importlib, json, sys
+for target, value in json.loads(sys.argv.pop(1)).items():
+    module, _, name = target.rpartition(".")
+    setattr(importlib.import_module(module), name, value)
+from wharf.broker.cli.main import main
+sys.argv[0] = "wharf"
+sys.exit(main())
+"""
 # Budget for a broker to start (recovery included) and open its native port.
 START_TIMEOUT_S: Final = 30.0
 # A broker that found a freshly picked port taken meanwhile is started again on others.
@@ -111,8 +122,13 @@ class BrokerProcess:
         env: dict[str, str] | None = None,
         log_dir: Path | None = None,
         max_open_files: int | None = None,
+        constants: dict[str, int] | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        # Module constants of the broker overridden before it starts ("module.NAME" ->
+        # value), for thresholds that are not settings (the transaction log's compaction
+        # size): a soak with small ones crosses them many times in a short test.
+        self.constants = dict(constants or {})
         # RLIMIT_NOFILE of the broker process (as ``ulimit -n``), None: inherited.
         self.max_open_files = max_open_files
         self.log_dir = log_dir if log_dir is not None else self.data_dir.parent
@@ -146,8 +162,11 @@ class BrokerProcess:
             self.http_port = free_port()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_dir / f"broker-{self.runs}.log"
+        prefix = [str(WHARF_BIN)]
+        if self.constants:
+            prefix = [sys.executable, "-c", CONSTANTS_PRELUDE, json.dumps(self.constants)]
         cmd = [
-            str(WHARF_BIN),
+            *prefix,
             "serve",
             "--host", "127.0.0.1",
             "--port", str(self.port),
@@ -282,10 +301,11 @@ async def broker_process(
     start: bool = True,
     budget_s: float = TEST_BUDGET_S,
     max_open_files: int | None = None,
+    constants: dict[str, int] | None = None,
 ) -> AsyncIterator[BrokerProcess]:
     """A broker (started unless ``start=False``), killed at the end; the whole ``async
     with`` body runs within ``budget_s`` (TimeoutError beyond it)."""
-    bp = BrokerProcess(data_dir, env=env, max_open_files=max_open_files)
+    bp = BrokerProcess(data_dir, env=env, max_open_files=max_open_files, constants=constants)
     try:
         async with asyncio.timeout(budget_s):
             if start:
