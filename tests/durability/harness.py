@@ -29,6 +29,7 @@ back settled messages, never lose one.)
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -40,6 +41,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +60,7 @@ from wharf.broker.cli.main import main
 sys.argv[0] = "wharf"
 sys.exit(main())
 """
+HTTP_TIMEOUT_S: Final = 30.0
 # Budget for a broker to start (recovery included) and open its native port.
 START_TIMEOUT_S: Final = 30.0
 # A broker that found a freshly picked port taken meanwhile is started again on others.
@@ -313,6 +316,14 @@ async def broker_process(
             yield bp
     finally:
         await bp.close()
+
+
+def http_json(bp: BrokerProcess, path: str, method: str = "GET") -> Any:
+    """A management API call as guest (blocking: run it in a thread from a test)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{bp.http_port}{path}", method=method)
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
+        return json.loads(resp.read())
 
 
 # -- power loss ---------------------------------------------------------------------------

@@ -23,18 +23,15 @@ each restart:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import os
 import random
 import re
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from harness import BrokerProcess
+from harness import BrokerProcess, http_json
 
 import wharf
 
@@ -88,13 +85,6 @@ class SoakResult:
             "aborted_records": self.aborted_records,
             "power_losses": self.power_losses,
         }
-
-
-def http_json(bp: BrokerProcess, path: str, method: str = "GET") -> Any:
-    req = urllib.request.Request(f"http://127.0.0.1:{bp.http_port}{path}", method=method)
-    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
 
 
 def lose_power(data_dir: Path, sync_log: Path) -> None:
