@@ -6,8 +6,11 @@ the next write rewrites it to the last record of every transactional id.  Here t
 broker runs with that threshold at 8 KiB (BrokerProcess ``constants``), and many
 transactional ids begin, commit, abort and fence each other for rounds that rewrite the
 log dozens of times; each cycle ends with some transactions left open and the broker
-killed (kill -9, every other cycle with the files cut back to what was fsynced).  After
-each restart:
+killed (kill -9, every other cycle with the files cut back to what was fsynced), every
+third cycle at a random moment in the middle of the transactions instead (a
+registration, a commit or a rewrite of the log may be under way: the restarted broker
+decides, and the check takes its decision only where the outcome was unknown: a commit
+is all visible or none, an epoch bump happened or not).  After each restart:
 
 - the coordinator knows every id's producer id and epoch as its producer last saw them,
   and the transactions left open are aborted (their records never visible);
@@ -27,6 +30,7 @@ import contextlib
 import os
 import random
 import re
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -51,7 +55,9 @@ MAX_LIVE_RECORD_BYTES: Final = 200
 MAX_APPEND_BYTES: Final = 64 * 1024
 MAX_EXTRA_CYCLES: Final = 20
 SAMPLE_S: Final = 0.01  # how often the log's size is sampled during traffic
-OPEN_AT_KILL: Final = 0.2  # share of ids whose transaction is left open at each kill
+OPEN_AT_KILL: Final = 0.2
+# Every third cycle kills the broker this many seconds into its transactions instead.
+KILL_AFTER_S: Final = (0.3, 2.0)  # share of ids whose transaction is left open at each kill
 
 
 @dataclass
@@ -61,6 +67,9 @@ class IdState:
     epoch: int = -1
     txns: int = 0
     open_values: list[bytes] = field(default_factory=list)
+    # A kill in the middle of a request: its outcome is known only after the restart.
+    doubt_init: bool = False  # a registration (epoch bump) was under way
+    doubt_values: list[bytes] = field(default_factory=list)  # a commit was under way
 
 
 @dataclass
@@ -144,7 +153,13 @@ class TxnLogSoak:
         self.committed: set[bytes] = set()
         self.aborted: set[bytes] = set()
         self.result = SoakResult()
-        self.result.transactions = {"commit": 0, "abort": 0, "fenced": 0, "left_open": 0}
+        self.result.transactions = {
+            "commit": 0,
+            "abort": 0,
+            "fenced": 0,
+            "left_open": 0,
+            "killed_midway": 0,
+        }
         self.log_path = self.bp.data_dir / TXN_LOG
 
     def _observe_log(self) -> None:
@@ -168,7 +183,9 @@ class TxnLogSoak:
                 await old.produce(TOPIC, zombie, partition=self.rng.randrange(PARTITIONS))
                 self.aborted.add(zombie)
             st.producer = conn.transactional_producer(tid)
+            st.doubt_init = True
             await st.producer.begin()
+            st.doubt_init = False
             st.producer_id, st.epoch = st.producer.producer_id, st.producer.producer_epoch
             if old is not None:
                 for call in (
@@ -188,14 +205,18 @@ class TxnLogSoak:
         p = st.producer
         st.txns += 1
         values = [value_of(tid, st.epoch, st.txns, i) for i in range(self.rng.randint(1, 3))]
+        if kind == "commit":
+            st.doubt_values = values
+        else:
+            self.aborted.update(values)  # aborted, or left open by a kill: aborted then
         for v in values:
             await p.produce(TOPIC, v, partition=self.rng.randrange(PARTITIONS))
         if kind == "commit":
             await p.commit()
             self.committed.update(values)
+            st.doubt_values = []
         else:
             await p.abort()
-            self.aborted.update(values)
         self.result.transactions[kind] += 1
 
     async def _leave_open(self, conn: wharf.Connection, tid: str) -> None:
@@ -226,6 +247,45 @@ class TxnLogSoak:
         for tid in self.rng.sample(self.tids, max(1, int(len(self.tids) * OPEN_AT_KILL))):
             await self._leave_open(conn, tid)
 
+    async def _traffic_killed(self, conn: wharf.Connection) -> None:
+        """Rounds of transactions until a kill -9 at a random moment of them (during a
+        registration, a produce, a commit, a compaction of the log...)."""
+        assert self.bp.proc is not None
+        pid = self.bp.proc.pid
+        sampler = asyncio.ensure_future(self._sample_log())
+        loop = asyncio.get_running_loop()
+        killer = loop.call_later(self.rng.uniform(*KILL_AFTER_S), os.kill, pid, signal.SIGKILL)
+        try:
+            for _ in range(self.rounds * 10):
+                outcomes = await asyncio.gather(
+                    *(self._one(conn, tid) for tid in self.tids), return_exceptions=True
+                )
+                errors = [e for e in outcomes if isinstance(e, BaseException)]
+                unexpected = [e for e in errors if not isinstance(e, wharf.ConnectionLost)]
+                if unexpected:
+                    raise unexpected[0]
+                if errors:
+                    self.result.transactions["killed_midway"] += len(errors)
+                    return
+            raise AssertionError("the kill came after every round")
+        finally:
+            killer.cancel()
+            sampler.cancel()
+
+    def _settle_doubts(self, known: dict[str, Any], visible: set[bytes]) -> None:
+        """What the restarted broker decided for the requests a kill interrupted."""
+        for tid, st in self.state.items():
+            t = known[tid]
+            if st.doubt_init:  # the new epoch registered, or not
+                assert t["producer_epoch"] in (st.epoch, st.epoch + 1) or st.epoch < 0, (tid, t)
+                st.producer_id, st.epoch = t["producer_id"], t["producer_epoch"]
+                st.doubt_init = False
+            if st.doubt_values:  # the commit completed (all visible) or not (none)
+                shown = [v in visible for v in st.doubt_values]
+                assert all(shown) or not any(shown), (tid, st.doubt_values, shown)
+                (self.committed if all(shown) else self.aborted).update(st.doubt_values)
+                st.doubt_values = []
+
     async def _check(self, conn: wharf.Connection) -> None:
         """After a restart: every id's epoch known, open transactions aborted, exactly
         the committed records visible to read-committed readers."""
@@ -233,12 +293,12 @@ class TxnLogSoak:
             self.aborted.update(st.open_values)
             st.open_values = []
             st.producer = None  # its connection died with the broker
-        known = {t["transactional_id"]: t for t in http_json(self.bp, "/api/transactions/%2F")}
-        assert set(known) == set(self.tids), set(self.tids) ^ set(known)
-        for tid, st in self.state.items():
-            t = known[tid]
-            assert (t["producer_id"], t["producer_epoch"]) == (st.producer_id, st.epoch), (tid, t)
-            assert t["state"] in ("Empty", "CompleteCommit", "CompleteAbort"), (tid, t)
+        leftovers = [p.name for p in self.log_path.parent.iterdir() if p.name.endswith(".tmp")]
+        assert not leftovers, leftovers  # an interrupted compaction's file is gone
+        doc = await asyncio.to_thread(http_json, self.bp, "/api/transactions/%2F")
+        known = {t["transactional_id"]: t for t in doc}
+        assert set(known) >= {tid for tid, st in self.state.items() if st.epoch >= 0}
+        assert set(known) <= set(self.tids), set(known) - set(self.tids)
         seen: list[bytes] = []
         for part in range(PARTITIONS):
             offset = 0
@@ -254,6 +314,14 @@ class TxnLogSoak:
             assert desc["last_stable"] == desc["latest"], desc
         assert len(seen) == len(set(seen)), "a committed record is visible twice"
         visible = set(seen)
+        self._settle_doubts(known, visible)
+        for tid, st in self.state.items():
+            t = known.get(tid)
+            if t is None:  # never registered: its first registration was killed
+                assert st.epoch < 0, tid
+                continue
+            assert (t["producer_id"], t["producer_epoch"]) == (st.producer_id, st.epoch), (tid, t)
+            assert t["state"] in ("Empty", "CompleteCommit", "CompleteAbort"), (tid, t)
         assert not visible & self.aborted, sorted(visible & self.aborted)[:5]
         assert visible == self.committed, (
             sorted(self.committed - visible)[:5],
@@ -273,7 +341,10 @@ class TxnLogSoak:
                 await conn.create_topic(TOPIC, PARTITIONS, segment_bytes=self.segment_bytes)
             else:
                 await self._check(conn)
-            await self._traffic(conn)
+            if n % 3 == 2:
+                await self._traffic_killed(conn)
+            else:
+                await self._traffic(conn)
         finally:
             await conn.close()
         self._observe_log()
@@ -286,8 +357,6 @@ class TxnLogSoak:
         size = self.log_path.stat().st_size
         self.result.log_bytes_after.append(size)
         assert self.result.max_log_bytes <= self.bound(), (self.result.max_log_bytes, self.bound())
-        leftovers = [p.name for p in self.log_path.parent.iterdir() if p.name.endswith(".tmp")]
-        assert not leftovers, leftovers
         self.result.cycles += 1
 
     async def run(self, cycles: int, *, min_compactions: int = 0) -> SoakResult:
@@ -323,9 +392,9 @@ class TxnLogSoak:
 async def test_transaction_log_compacts_many_times_and_survives_kill_and_power_loss(
     tmp_path: Path,
 ) -> None:
-    soak = TxnLogSoak(tmp_path, ids=60, rounds=6, seed=15, compact_bytes=SMALL_COMPACT_BYTES)
-    async with asyncio.timeout(240):
-        result = await soak.run(cycles=4)
+    soak = TxnLogSoak(tmp_path, ids=60, rounds=5, seed=15, compact_bytes=SMALL_COMPACT_BYTES)
+    async with asyncio.timeout(300):
+        result = await soak.run(cycles=6)
     assert result.compactions >= 8, result.summary()
-    assert result.power_losses == 2
+    assert result.power_losses == 3
     assert all(t > 0 for t in result.transactions.values()), result.transactions
