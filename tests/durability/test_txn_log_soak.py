@@ -98,14 +98,19 @@ class SoakResult:
 
 def lose_power(data_dir: Path, sync_log: Path) -> None:
     """Cut every file of the log topics and the internal logs back to its last fsynced
-    length (the last line of a file in the sync log wins: a compacted transaction log is
-    shorter than before), deleting files never fsynced except segment logs."""
+    length, deleting files never fsynced except segment logs.  For the internal logs the
+    last line of a file in the sync log wins (one writer at a time, and a compacted log
+    is shorter than before); for segments, which only grow and whose fsyncs may be
+    reported by two worker threads out of order, the longest."""
     synced: dict[str, int] = {}
     if sync_log.exists():
         for line in sync_log.read_text().splitlines(keepends=True):
             if line.endswith("\n"):
                 path, _, length = line.strip().rpartition(" ")
-                synced[path] = int(length)
+                if "/logs-internal/" in path:
+                    synced[path] = int(length)
+                else:
+                    synced[path] = max(synced.get(path, 0), int(length))
     roots = (data_dir / "logs", data_dir / "logs-internal")
     for root in roots:
         for f in sorted(root.rglob("*")):
