@@ -19,7 +19,9 @@ and the load average before and after (``uptime``: the machine may be shared).
 ``python -m benchmarks txn-soak --minutes N``: the chaos test of tests/durability
 (test_txn_chaos.py) for N minutes per variant (topic pipeline, queue worker), with the
 broker's default settings, topics made with ``--segment-bytes`` so that their segments
-roll many times, and a power loss every ``--power-every`` cycles.
+roll many times, and a power loss every ``--power-every`` cycles.  Its ``txn-log``
+variant soaks the transaction log at its default compaction threshold until it was
+compacted ``--txn-compactions`` times (tests/durability/test_txn_log_soak.py).
 """
 
 from __future__ import annotations
@@ -168,10 +170,17 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         sys.path.insert(0, str(durability))
     import test_txn_chaos as chaos_mod
 
-    out: dict[str, Any] = {"scenario": "txn-soak", "minutes": args.minutes, "variants": {}}
+    out: dict[str, Any] = {
+        "scenario": "txn-soak",
+        "minutes": args.minutes,
+        "load_before": _load(),
+        "variants": {},
+    }
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     out["seed"] = seed
     for mode in ("topic", "queue"):
+        if mode not in args.variants:
+            continue
         start = time.monotonic()
         shape = chaos_mod.Shape(
             chunk=args.chunk,
@@ -198,7 +207,35 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": round(time.monotonic() - start, 1),
             "ok": True,  # chaos() raises on any lost, duplicated or visible-aborted record
         }
+    if "txn-log" in args.variants:
+        out["variants"]["txn-log"] = _txn_log_soak(args, seed)
+    out["load_after"] = _load()
     return out
+
+
+def _txn_log_soak(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """The transaction log at its default compaction threshold (1 MiB): many
+    transactional ids commit, abort and fence each other until it was compacted
+    ``--txn-compactions`` times, with kill -9 and power loss between cycles
+    (tests/durability/test_txn_log_soak.py; it raises on any lost epoch, visible aborted
+    record, missing committed one, or a log above its bound)."""
+    import test_txn_log_soak as soak_mod
+
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="wharf-txn-soak-log-") as tmp:
+        log(f"txn-soak txn-log: {args.txn_ids} ids in {tmp}")
+        soak_run = soak_mod.TxnLogSoak(
+            Path(tmp), ids=args.txn_ids, rounds=args.txn_rounds, seed=seed, compact_bytes=None
+        )
+        result = asyncio.run(soak_run.run(cycles=4, min_compactions=args.txn_compactions))
+    return {
+        **result.summary(),
+        "ids": args.txn_ids,
+        "compact_threshold_bytes": soak_mod.DEFAULT_COMPACT_BYTES,
+        "log_bound_bytes": soak_run.bound(),
+        "seconds": round(time.monotonic() - start, 1),
+        "ok": result.compactions >= args.txn_compactions,
+    }
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -222,6 +259,17 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         p.add_argument("--segment-bytes", type=int, default=1 << 20, help="topic segment size")
         p.add_argument("--power-every", type=int, default=10, help="cycles between power losses")
         p.add_argument("--seed", type=int)
+        p.add_argument(
+            "--variants",
+            type=lambda text: text.split(","),
+            default=["topic", "queue", "txn-log"],
+            help="comma-separated: topic, queue, txn-log",
+        )
+        p.add_argument("--txn-ids", type=int, default=200, help="txn-log: transactional ids")
+        p.add_argument("--txn-rounds", type=int, default=20, help="txn-log: rounds per cycle")
+        p.add_argument(
+            "--txn-compactions", type=int, default=6, help="txn-log: compactions to reach"
+        )
     return p
 
 

@@ -136,6 +136,9 @@ class Partition:
         self.producers = ProducerStates()
         self.aborted = AbortedTable()
         self.has_txns = False  # the TXN_FLAG_FILE exists
+        # The job writing TXN_FLAG_FILE: producers that begin transactions here at the
+        # same time share it (two jobs would race on its temp file).
+        self._txn_flag_job: asyncio.Future[None] | None = None
         self.failed: WharfError | None = None
         self._sync_running = False
         self._sync_waiters: list[asyncio.Future[None]] = []
@@ -308,10 +311,14 @@ class Partition:
         TXN_FLAG_FILE is durable (None when it is already)."""
         if self.has_txns:
             return None
+        if self._txn_flag_job is not None:
+            return self._txn_flag_job
         loop = asyncio.get_running_loop()
         job = self._track(loop.run_in_executor(None, self._write_txn_flag))
+        self._txn_flag_job = job
 
         def done(fut: asyncio.Future[None]) -> None:
+            self._txn_flag_job = None  # after a failure, the next caller tries again
             if not fut.cancelled() and fut.exception() is None:
                 self.has_txns = True
 

@@ -29,7 +29,9 @@ back settled messages, never lose one.)
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import random
 import re
@@ -39,6 +41,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +50,17 @@ from typing import Any, Final
 import wharf
 
 WHARF_BIN: Final = Path(sys.executable).with_name("wharf")
+# ``wharf`` with module constants set first (BrokerProcess's ``constants``).
+CONSTANTS_PRELUDE: Final = """
+import importlib, json, sys
+for target, value in json.loads(sys.argv.pop(1)).items():
+    module, _, name = target.rpartition(".")
+    setattr(importlib.import_module(module), name, value)
+from wharf.broker.cli.main import main
+sys.argv[0] = "wharf"
+sys.exit(main())
+"""
+HTTP_TIMEOUT_S: Final = 30.0
 # Budget for a broker to start (recovery included) and open its native port.
 START_TIMEOUT_S: Final = 30.0
 # A broker that found a freshly picked port taken meanwhile is started again on others.
@@ -111,8 +125,13 @@ class BrokerProcess:
         env: dict[str, str] | None = None,
         log_dir: Path | None = None,
         max_open_files: int | None = None,
+        constants: dict[str, int] | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        # Module constants of the broker overridden before it starts ("module.NAME" ->
+        # value), for thresholds that are not settings (the transaction log's compaction
+        # size): a soak with small ones crosses them many times in a short test.
+        self.constants = dict(constants or {})
         # RLIMIT_NOFILE of the broker process (as ``ulimit -n``), None: inherited.
         self.max_open_files = max_open_files
         self.log_dir = log_dir if log_dir is not None else self.data_dir.parent
@@ -146,8 +165,11 @@ class BrokerProcess:
             self.http_port = free_port()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_dir / f"broker-{self.runs}.log"
+        prefix = [str(WHARF_BIN)]
+        if self.constants:
+            prefix = [sys.executable, "-c", CONSTANTS_PRELUDE, json.dumps(self.constants)]
         cmd = [
-            str(WHARF_BIN),
+            *prefix,
             "serve",
             "--host", "127.0.0.1",
             "--port", str(self.port),
@@ -282,10 +304,11 @@ async def broker_process(
     start: bool = True,
     budget_s: float = TEST_BUDGET_S,
     max_open_files: int | None = None,
+    constants: dict[str, int] | None = None,
 ) -> AsyncIterator[BrokerProcess]:
     """A broker (started unless ``start=False``), killed at the end; the whole ``async
     with`` body runs within ``budget_s`` (TimeoutError beyond it)."""
-    bp = BrokerProcess(data_dir, env=env, max_open_files=max_open_files)
+    bp = BrokerProcess(data_dir, env=env, max_open_files=max_open_files, constants=constants)
     try:
         async with asyncio.timeout(budget_s):
             if start:
@@ -293,6 +316,14 @@ async def broker_process(
             yield bp
     finally:
         await bp.close()
+
+
+def http_json(bp: BrokerProcess, path: str, method: str = "GET") -> Any:
+    """A management API call as guest (blocking: run it in a thread from a test)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{bp.http_port}{path}", method=method)
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
+        return json.loads(resp.read())
 
 
 # -- power loss ---------------------------------------------------------------------------

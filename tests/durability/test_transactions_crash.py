@@ -34,13 +34,20 @@ POLL_S = 0.02
 def lose_power(data_dir: Path, sync_log: Path) -> int:
     """Cut every file of the log topics, the offsets log and the transaction log back
     to its last fsynced length (deleting files never fsynced, but keeping empty segment
-    logs), as a machine that lost power would find them.  Returns the bytes cut."""
+    logs), as a machine that lost power would find them.  Returns the bytes cut.
+
+    The offsets and transaction logs are rewritten shorter when they compact: their
+    last line in the sync log wins (one writer at a time each).  Segments only grow,
+    and two worker threads may report their fsyncs out of order: the longest wins."""
     synced: dict[str, int] = {}
     if sync_log.exists():
         for line in sync_log.read_text().splitlines(keepends=True):
             if line.endswith("\n"):
                 path, _, length = line.strip().rpartition(" ")
-                synced[path] = max(synced.get(path, 0), int(length))
+                if "/logs-internal/" in path:
+                    synced[path] = int(length)
+                else:
+                    synced[path] = max(synced.get(path, 0), int(length))
     cut = 0
     for root in (data_dir / "logs", data_dir / "logs-internal"):
         for f in sorted(root.rglob("*")):
