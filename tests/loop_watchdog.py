@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Generator
+from types import FrameType
 from typing import Any, Final
 
 import pytest
@@ -90,6 +91,25 @@ def item_timeout(item: pytest.Item) -> float:
         return 0.0
 
 
+def await_chain(task: asyncio.Task[Any]) -> traceback.StackSummary:
+    """Where ``task`` waits, outermost first: each coroutine of its ``await`` chain.
+    (``Task.print_stack`` shows only the outermost coroutine's frame of a waiting task.)"""
+    frames: list[tuple[FrameType, int]] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:
+            frame = getattr(awaited, "ag_frame", None)
+        if frame is not None:
+            frames.append((frame, frame.f_lineno))
+        awaited = (
+            getattr(awaited, "cr_await", None)
+            or getattr(awaited, "gi_yieldfrom", None)
+            or getattr(awaited, "ag_await", None)
+        )
+    return traceback.StackSummary.extract(frames, capture_locals=False)
+
+
 class Watchdog:
     """One test's timer: fires WATCHDOG_MARGIN_S (at most a quarter of the limit) before
     pytest-timeout's ``timeout_s``, then every RECANCEL_INTERVAL_S until the test ends."""
@@ -100,36 +120,38 @@ class Watchdog:
         self.after_s = timeout_s - min(WATCHDOG_MARGIN_S, timeout_s / 4)
         self.started = time.monotonic()
         self.done = threading.Event()
+        self.cancelled: asyncio.Future[Any] | None = None
         self.thread = threading.Thread(target=self.run, name="test-watchdog", daemon=True)
 
     def run(self) -> None:
         if self.done.wait(self.after_s):
             return
-        first = True
         while True:
             for loop in list(LOOPS):
                 if loop.is_running() and not loop.is_closed():
                     try:
-                        loop.call_soon_threadsafe(self.cancel_test, loop, first)
+                        loop.call_soon_threadsafe(self.cancel_test, loop)
                     except RuntimeError:
                         pass  # closed in between: the test is over
-            first = False
             if self.done.wait(RECANCEL_INTERVAL_S):
                 return
 
-    def cancel_test(self, loop: WatchedLoop, dump: bool) -> None:
-        """On the loop's thread: print the tasks' stacks, cancel what the loop runs."""
-        if self.done.is_set():
+    def cancel_test(self, loop: WatchedLoop) -> None:
+        """On the loop's thread: print the tasks' stacks, cancel what the loop runs.
+        Later calls only cancel that same future again (the teardown that follows the
+        cancellation gets the rest of pytest-timeout's margin)."""
+        fut = loop.running_future
+        if self.done.is_set() or fut is None or fut.done():
             return
         elapsed = time.monotonic() - self.started
         reason = (
             f"test watchdog: {self.item.nodeid} still running after {elapsed:.0f} s "
             f"(pytest-timeout's limit is {self.timeout_s:g} s); cancelled"
         )
-        if dump:
+        if self.cancelled is None:
+            self.cancelled = fut
             self.dump_tasks(loop, reason)
-        fut = loop.running_future
-        if fut is not None and not fut.done():
+        if fut is self.cancelled:
             fut.cancel(msg=reason)
 
     def dump_tasks(self, loop: WatchedLoop, reason: str) -> None:
@@ -143,9 +165,8 @@ class Watchdog:
             terminal.line(reason)
             for task in sorted(asyncio.all_tasks(loop), key=lambda t: t.get_name()):
                 terminal.sep("~", title=task.get_name())
-                terminal.flush()
-                task.print_stack(file=sys.stderr)
-                sys.stderr.flush()
+                terminal.line(repr(task))
+                terminal.write("".join(await_chain(task).format()))
             terminal.sep("+", title="Test watchdog")
             terminal.flush()
 
