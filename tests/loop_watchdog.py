@@ -10,11 +10,12 @@ coroutine that waits.
 
 So, shortly before pytest-timeout's limit, this watchdog reaches into the test's event
 loop from a timer thread (``call_soon_threadsafe``): on the loop's own thread it prints
-the node id and the stack of every task of that loop, then cancels the future the loop
-is running (the test, or the async fixture being set up or torn down).  That test fails
-with the reason, its teardown runs, and the run goes on.  A loop blocked in C code (or a
-test that swallows the cancellation) never gets there: pytest-timeout then ends the run
-as before.  Tests that run their own loops in threads are covered by the backstop only.
+the node id, the stack of every task of that loop and of every thread, then cancels the
+future the loop is running (the test, or the async fixture being set up or torn down).
+That test fails with the reason, its teardown runs, and the run goes on.  A loop blocked
+in C code (or a test that swallows the cancellation) never gets there: pytest-timeout
+then ends the run as before.  Tests that run their own loops in threads are covered by
+the backstop only.
 
 The loop is uvloop's (as in production), subclassed to remember the future its
 ``run_until_complete`` waits for; ``pytest_asyncio_loop_factories`` hands it to
@@ -25,7 +26,9 @@ test_test_watchdog.py`` loads this file as a plugin (``-p loop_watchdog``).
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
+import sys
 import threading
 import time
 import traceback
@@ -167,6 +170,11 @@ class Watchdog:
                 terminal.sep("~", title=task.get_name())
                 terminal.line(repr(task))
                 terminal.write("".join(await_chain(task).format()))
+            # A task waiting on to_thread waits on that thread: the threads' stacks too.
+            terminal.sep("~", title="threads")
+            terminal.flush()
+            faulthandler.dump_traceback(sys.stderr, all_threads=True)
+            sys.stderr.flush()
             terminal.sep("+", title="Test watchdog")
             terminal.flush()
 

@@ -73,20 +73,23 @@ async def test_fd_alarm_is_raised_near_the_limit_and_clears(tmp_path: Path) -> N
                 s.close()
         try:
             await wait_for_fd_alarm(watch, raised=False)
-            assert await wait_ready(watch), "/readyz never answered 200 again"
+            ok, last = await wait_ready(watch)
+            assert ok, f"/readyz never answered 200 again: {last}\n{bp.output()[-3000:]}"
             assert "fds alarm raised" in bp.output()
         finally:
             await conn.close()
             watch.close()
 
 
-async def wait_ready(watch: http.client.HTTPConnection) -> bool:
+async def wait_ready(watch: http.client.HTTPConnection) -> tuple[bool, object]:
     """/readyz answers 200 again (polled: it follows the broker's once-a-second check)."""
+    last: object = None
     try:
         async with asyncio.timeout(WAIT_S):
             while True:
-                if (await asyncio.to_thread(scrape, watch, "/readyz"))[0] == 200:
-                    return True
+                last = await asyncio.to_thread(scrape, watch, "/readyz")
+                if last[0] == 200:
+                    return True, last
                 await asyncio.sleep(POLL_S)
-    except TimeoutError:
-        return False
+    except TimeoutError as exc:
+        return False, (last, repr(exc))
