@@ -2,11 +2,11 @@
 
 pytest-timeout is the backstop (``timeout_method = "thread"`` in pyproject.toml): at the
 limit it prints the threads' stacks and ends the whole pytest process.  Its "signal"
-method does not work here: under uvloop, SIGALRM's Python handler runs inside whatever
-loop callback runs next (the broker's tick), and the ``Failed`` it raises there is
-logged by the loop as a callback error while the test goes on waiting.  A thread dump
-is little help either: it shows the main thread inside ``run_until_complete``, not the
-coroutine that waits.
+method, which would fail just the one test, does not work here: under uvloop a test that
+awaits a future nobody resolves runs on past the limit, SIGALRM or not (with or without
+a periodic callback such as the broker's tick on the loop).  And a thread dump is little
+help: it shows the main thread inside ``run_until_complete``, not the coroutine that
+waits.
 
 So, shortly before pytest-timeout's limit, this watchdog reaches into the test's event
 loop from a timer thread (``call_soon_threadsafe``): on the loop's own thread it prints
