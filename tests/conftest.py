@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvloop
 
 import wharf
 from wharf.broker.config import Settings
@@ -19,10 +18,11 @@ from wharf.protocol.codec import FrameDecoder, encode, encode_array
 
 from .helpers import FrameClient, TcpProxy
 
+# uvloop for every asyncio test, and a hung one fails alone with its tasks' stacks
+# (tests/loop_watchdog.py): pytest picks these hooks up from this module.
+from .loop_watchdog import pytest_asyncio_loop_factories, pytest_runtest_protocol
 
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
-    # The broker runs on uvloop in production; test it on the same loop.
-    return {"uvloop": uvloop.new_event_loop}
+__all__ = ["pytest_asyncio_loop_factories", "pytest_runtest_protocol"]
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

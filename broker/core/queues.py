@@ -946,7 +946,7 @@ class Queue:
         moved += self._relocate_rows(self._tail, old)
         for rows, due, shift in self._delayed.tails():
             moved += self._relocate_rows(rows, old, due, shift)
-        if self.max_delivered >= 0:
+        if self.max_delivered >= 0 and self.persist:
             # The newest DELIVERED record may be in ``old``: without it, messages handed
             # out before a restart would come back without their redelivered flag.
             store.delivered(self.uid, self.max_delivered)
@@ -1218,13 +1218,17 @@ class Queue:
             self._delivered(len(batch))
 
     def note_delivered(self) -> None:
-        if self.store is not None and self.max_delivered >= 0:
+        if self.store is not None and self.persist and self.max_delivered >= 0:
             self.store.delivered(self.uid, self.max_delivered)
 
     def _delivered(self, n: int) -> None:
         """A dispatched batch of ``n`` went to a sink (its session counts it as unacked)."""
         self.stats_delivered += n
-        if self.store is not None:
+        # The DELIVERED watermark is read by recovery only, which skips a queue that does
+        # not persist (its store only pages): written for it, it cost a write and an
+        # fsync per delivery, and a file descriptor (a new segment's directory fsync)
+        # at a time the broker may have none to spare.
+        if self.store is not None and self.persist:
             self.store.delivered(self.uid, self.max_delivered)
 
     def _dispatch_round_robin(self, budget: int, consumers: list[Consumer]) -> int:

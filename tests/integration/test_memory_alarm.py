@@ -3,6 +3,12 @@
 Flood a queue with no consumer until the alarm is raised, then purge it (or drain it
 with a consumer): publishers are unblocked within a few seconds.  The old alarm compared
 RSS with the watermark and latched, because freed pages are not given back.
+
+The flood comes from a connection of its own, which stops at the alarm: a publish that
+arrives during the alarm is the last one the broker reads from that connection, so a
+flood that went on past it would wait forever (it did, on a loaded machine, when the
+broker's once-a-second check raised the alarm mid-flood).  The test runs that check
+itself after every batch, so the alarm is raised at the same batch on any machine.
 """
 
 from __future__ import annotations
@@ -16,7 +22,11 @@ from typing import Any
 import pytest
 
 import wharf
-from wharf.broker.alarms import MEMORY_CLEAR_FRACTION, total_memory_bytes
+from wharf.broker.alarms import (
+    MEMORY_CLEAR_FRACTION,
+    RSS_BACKSTOP_ACCOUNTED_FRACTION,
+    total_memory_bytes,
+)
 from wharf.broker.server import Broker
 
 from ..helpers import wait_until
@@ -29,19 +39,35 @@ BODY = b"m" * 2048
 BATCH = 256
 # Ticks run every second; raising, clearing and unblocking take a few of them.
 TIMEOUT_S = 10.0
+# The alarm is raised by half of LIMIT_BYTES already; a flood this long without one fails.
+FLOOD_LIMIT_BYTES = 4 * LIMIT_BYTES
 SMALL_WATERMARK = {"memory_high_watermark": LIMIT_BYTES / total_memory_bytes()}
 
 
-async def _flood_until_alarm(broker: Broker, publisher: wharf.Connection, queue: str) -> None:
+async def _flood_until_alarm(
+    broker: Broker, flooder: wharf.Connection, publisher: wharf.Connection, queue: str
+) -> None:
+    """Fill ``queue`` from ``flooder`` until the memory alarm is raised; ``publisher``
+    publishes nothing meanwhile, so the broker still reads its next publish."""
     assert broker.alarms == set()
     sent = 0
-    while sent < 2 * LIMIT_BYTES:  # well past the watermark; nothing reads the queue
-        await publisher.publish_many("", queue, [BODY] * BATCH)
+    while not broker.alarms:
+        assert sent < FLOOD_LIMIT_BYTES, f"no memory alarm after {sent} bytes"
+        # One frame per batch: a batch in flight when the tick raises the alarm is read
+        # whole (and is the flooder's last), so its confirm comes.
+        await flooder.publish_many("", queue, [BODY] * BATCH)
         sent += BATCH * len(BODY)
-    await wait_until(timeout=TIMEOUT_S, check=lambda: broker.alarms == {"memory"})
+        # The broker's tick does this every second; here it runs between every two
+        # batches too, as on the slowest machine, and the flood stops at the alarm.
+        broker.check_resources()
+    assert broker.alarms == {"memory"}
     await wait_until(timeout=TIMEOUT_S, check=lambda: publisher.blocked == "memory")
+    await wait_until(timeout=TIMEOUT_S, check=lambda: flooder.blocked == "memory")
     monitor = broker.monitor
-    assert monitor is not None and monitor.accounted_bytes >= monitor.memory_limit_bytes
+    assert monitor is not None
+    # Raised by the accounted memory: at the watermark, or at RSS_BACKSTOP_ACCOUNTED_FRACTION
+    # of it (the RSS backstop: this process's RSS is far above this small watermark).
+    assert monitor.accounted_bytes >= monitor.memory_limit_bytes * RSS_BACKSTOP_ACCOUNTED_FRACTION
 
 
 async def _assert_blocked_then_released(
@@ -63,11 +89,12 @@ async def _assert_blocked_then_released(
 
 @pytest.mark.parametrize("settings_overrides", [SMALL_WATERMARK])
 async def test_memory_alarm_clears_after_a_purge(broker: Broker, connect: Connect) -> None:
+    flooder: wharf.Connection = await connect()
     publisher: wharf.Connection = await connect()
     admin: wharf.Connection = await connect()
     queue = f"flood-{uuid.uuid4().hex[:8]}"
     await admin.declare_queue(queue)
-    await _flood_until_alarm(broker, publisher, queue)
+    await _flood_until_alarm(broker, flooder, publisher, queue)
 
     async def purge() -> None:
         assert await admin.purge_queue(queue) > 0
@@ -79,11 +106,12 @@ async def test_memory_alarm_clears_after_a_purge(broker: Broker, connect: Connec
 async def test_memory_alarm_clears_after_a_consumer_drains_the_queue(
     broker: Broker, connect: Connect
 ) -> None:
+    flooder: wharf.Connection = await connect()
     publisher: wharf.Connection = await connect()
     consumer_conn: wharf.Connection = await connect()
     queue = f"flood-{uuid.uuid4().hex[:8]}"
     await consumer_conn.declare_queue(queue)
-    await _flood_until_alarm(broker, publisher, queue)
+    await _flood_until_alarm(broker, flooder, publisher, queue)
 
     async def drain() -> None:
         async with consumer_conn.consume(queue, prefetch=500) as messages:

@@ -3,6 +3,13 @@ value: x-death's ``count`` is a long (``l``), as RabbitMQ writes it; and what th
 told: connection.blocked/unblocked when a resource alarm is raised and cleared.
 
 pika code runs in a worker thread (the broker serves in the test's loop).
+
+The memory alarm's flood comes from a connection of its own and stops at the alarm: a
+publish that arrives during an alarm is the last one the broker reads from that
+connection, and a flood that went on past it filled the socket and blocked pika for good
+(on a loaded machine, when the broker's once-a-second check raised the alarm mid-flood).
+The test runs that check itself after every message, so the alarm comes at the same
+message on any machine.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pamqp import header as pamqp_header
 from wharf.broker.alarms import total_memory_bytes
 from wharf.broker.server import Broker
 
+from ...helpers import wait_until
 from .raw_amqp import HEARTBEAT, RawAmqp, free_port
 
 
@@ -61,6 +69,9 @@ ALARM_LIMIT_BYTES = 8 * MIB
 ALARM_BODY = b"m" * (64 * 1024)
 # Alarms are checked on the broker's 1 s tick; raising and clearing take a few of them.
 ALARM_TIMEOUT_S = 15.0
+# The RSS backstop raises the memory alarm by half of ALARM_LIMIT_BYTES already (this
+# process's RSS is far above it); a flood this long without an alarm fails.
+FLOOD_LIMIT_BYTES = 4 * ALARM_LIMIT_BYTES
 HUGE_DISK_LIMIT = 2**62
 
 
@@ -91,9 +102,29 @@ def _params_with(params: pika.ConnectionParameters) -> pika.ConnectionParameters
 async def test_memory_alarm_blocks_and_unblocks_amqp_publishers(
     broker: Broker, amqp_params: pika.ConnectionParameters
 ) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def queued_then_checked(sent: int) -> bool:
+        """On the broker's loop: once the flood's ``sent`` messages are queued (or the
+        alarm stopped reading them), the resource check the tick runs; True: raised."""
+        await wait_until(
+            lambda: broker.queues["alarm.flood"].ready_count >= sent or bool(broker.alarms),
+            timeout=ALARM_TIMEOUT_S,
+            what=f"{sent} flood messages queued",
+        )
+        broker.check_resources()
+        return bool(broker.alarms)
+
+    def alarm_raised(sent: int) -> bool:
+        return asyncio.run_coroutine_threadsafe(queued_then_checked(sent), loop).result()
+
     def scenario() -> None:
         params = _params_with(amqp_params)
-        with pika.BlockingConnection(params) as pub, pika.BlockingConnection(params) as admin:
+        with (
+            pika.BlockingConnection(params) as flood,
+            pika.BlockingConnection(params) as pub,
+            pika.BlockingConnection(params) as admin,
+        ):
             events: list[str] = []
             pub.add_on_connection_blocked_callback(
                 lambda _c, frame: events.append(f"blocked:{frame.method.reason}")
@@ -101,11 +132,13 @@ async def test_memory_alarm_blocks_and_unblocks_amqp_publishers(
             pub.add_on_connection_unblocked_callback(lambda _c, _f: events.append("unblocked"))
             ch = pub.channel()
             ch.queue_declare("alarm.flood")
+            flood_ch = flood.channel()
             sent = 0
-            while sent < 2 * ALARM_LIMIT_BYTES:  # past the watermark; nothing reads the queue
-                ch.basic_publish("", "alarm.flood", ALARM_BODY)
-                sent += len(ALARM_BODY)
-            assert events == []
+            while not alarm_raised(sent):  # nothing reads the queue
+                assert sent * len(ALARM_BODY) < FLOOD_LIMIT_BYTES, "no memory alarm"
+                flood_ch.basic_publish("", "alarm.flood", ALARM_BODY)
+                sent += 1
+            assert events == []  # pub has not published during the alarm yet
             # The alarm is raised on the broker's tick; the next publish is told of it.
             deadline = time.monotonic() + ALARM_TIMEOUT_S
             while not events:
