@@ -116,8 +116,9 @@ async def test_group_commands_list_describe_reset_delete(
     r = await run_ctl("groups", "list", url=http_url)
     assert r.code == 0 and r.out.strip() == "no consumer groups", r
     # One member (the GROUP_JOIN frame, as subscribe() sends it) with a commit on partition 0.
+    # It never heartbeats, so its session outlasts the ctl subprocesses on a loaded machine.
     raw = await frame_client()
-    joined = await raw.result(F.GROUP_JOIN, g, [t], "", None, "range", 10_000, 60_000, None)
+    joined = await raw.result(F.GROUP_JOIN, g, [t], "", None, "range", 600_000, 60_000, None)
     member = joined["member_id"]
     await raw.request(F.OFFSET_COMMIT, g, member, joined["generation"], [[t, 0, 6, None]])
 

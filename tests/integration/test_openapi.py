@@ -77,7 +77,7 @@ def live_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedBr
 
 def _get(url: str) -> Any:
     req = urllib.request.Request(url, headers={"Authorization": GUEST_AUTH})
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
 
 
@@ -156,7 +156,7 @@ def test_no_request_shape_breaks_the_api(
             base_url=live_broker.base_url,
             headers={"Authorization": GUEST_AUTH},
             excluded_checks=excluded,
-            timeout=10,
+            timeout=30,
         )
 
     run()
