@@ -871,6 +871,7 @@ class TransactionCoordinator:
                 # record if the broker stops before they are fsynced).
                 settlements, txn.settlements = txn.settlements, []
                 await asyncio.gather(*(held.commit() for held in settlements))
+                await _halt_point("txn-acked")
             syncs = []
             for part in parts:
                 if part.closed:
