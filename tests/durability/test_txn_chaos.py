@@ -47,8 +47,9 @@ RUN_ON_S: Final = (0.0, 0.4)
 POLL_S: Final = 0.02
 PROGRESS_TIMEOUT_S: Final = 20.0
 APP_EXIT_TIMEOUT_S: Final = 5.0
-# The whole test: well within make test's patience.
-BUDGET_S: Final = 110.0
+# The whole test: well within make test's patience (WHARF_CHAOS_BUDGET_S: more, for
+# repeated runs on a loaded machine).
+BUDGET_S: Final = float(os.environ.get("WHARF_CHAOS_BUDGET_S", "110"))
 FETCH_BYTES: Final = 1 << 20
 RC: Final = "read_committed"
 BROKER_ENV: Final = {"WHARF_GROUP_INITIAL_REBALANCE_DELAY_MS": "0"}
