@@ -297,20 +297,12 @@ def _first_difference(got: list[bytes], expected: list[bytes]) -> int:
     return next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(got), len(expected)))
 
 
-# The queue variant failed once in about six runs: a job whose transaction had committed
-# (output visible, ack applied in memory) came back after a later kill -9 of the broker
-# and was processed again (its ack never reached the store).  Not understood yet; kept
-# running (non-strict xfail) so that the failure stays visible with its seed.  Ruled out
-# so far: store compaction while the job is held in the transaction (its segment is
-# pinned until the commit: tests/integration/test_txn_ack_compaction.py), and a crash
-# after the acks' store unit is fsynced (test_txn_queue_crash.py, txn-acked).  22 runs
-# passed since (14 in a row, 8 two at a time): replay a failure with WHARF_CHAOS_SEED.
-QUEUE_KNOWN_ISSUE = pytest.mark.xfail(
-    strict=False, reason="rare duplicate after a broker kill: a committed ack lost (open)"
-)
-
-
-@pytest.mark.parametrize("mode", ["topic", pytest.param("queue", marks=QUEUE_KNOWN_ISSUE)])
+# The queue variant once showed a duplicate (a committed job processed again after a
+# later power loss): a broker killed while the acks' store unit was written but not yet
+# fsynced; the restarted broker read the unit from the page cache and completed the
+# commit without ever fsyncing that segment.  Store recovery now fsyncs what it reads
+# (tests/durability/test_txn_ack_page_cache.py).  Replay a seed with WHARF_CHAOS_SEED.
+@pytest.mark.parametrize("mode", ["topic", "queue"])
 async def test_pipeline_outputs_each_input_once_across_kills_and_power_loss(
     tmp_path: Path, mode: str
 ) -> None:
