@@ -992,6 +992,7 @@ class TransactionCoordinator:
                 if changes:
                     waits.append(self.groups.offsets.commit(changes))
                 await asyncio.gather(*waits)
+                await _halt_point("txn-acked")
             prepared = txn.writes
             marked = []
             marks = []

@@ -14,6 +14,7 @@ live here and nowhere else (:data:`FAULTS`):
   :func:`pwrite_all`: log appends run on the event loop).
 - ``WHARF_TEST_HALT_AT=<step>``: a multi-step commit that names its steps (the
   transaction coordinator: ``txn-prepared`` once PrepareCommit/PrepareAbort is fsynced,
+  ``txn-acked`` once a commit's queue acks and group offsets are,
   ``txn-answered`` once END_TXN is answered (markers appended, not fsynced),
   ``txn-marked`` once the markers are) logs ``halting at <step>`` there and never goes
   on, so a test can kill -9 the broker at exactly that point.

@@ -5,6 +5,15 @@ are kept beside the segment in ``<segment>.cut-<unix time>`` and the cut is logg
 nothing after a bad record is used silently.  Recovery reads only the segments that
 still exist, which hold live messages plus at most a segment or two of settled
 history, so its time grows with live data.
+
+What recovery reads is made durable before anything acts on it: every segment is
+fsynced once (and the directory), since after a kill -9 a segment may end in bytes that
+were written but never fsynced (the page cache survives a killed process, not a power
+loss).  Without that, a restarted broker would treat such a tail as settled state (an
+atomic commit's ACKS records whose fsync the kill interrupted, say), complete the
+transaction that held them, and never write that segment again: a power loss later
+would then take the acks and bring the messages back, though their transaction had
+committed.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fsio import fsync
+from .fsio import fsync, fsync_dir, record_synced_many
 from .records import ACKS, COUNTS, DEDUP, DELAYS, DELIVERED, FLAG_TRANSIENT, MSGS, TXEND, scan
 from .segments import Segment, list_segments
 
@@ -83,6 +92,7 @@ def recover(directory: Path) -> Recovered:
     out = Recovered()
     messages = out.messages
     max_pos = out.max_position
+    synced: list[tuple[Path, int]] = []
     for number, path in list_segments(directory):
         seg = Segment(number, path)
         seg.new = False
@@ -90,6 +100,9 @@ def recover(directory: Path) -> Recovered:
             result = scan(f)
         if result.error is not None:
             out.cut_bytes += _cut_tail(path, result.good_bytes, result.total_bytes, result.error)
+        else:
+            _fsync_file(path)
+        synced.append((path, result.good_bytes))
         seg.size = seg.written_size = seg.synced_size = result.good_bytes
         out.segments.append(seg)
         out.records += len(result.records)
@@ -167,8 +180,18 @@ def recover(directory: Path) -> Recovered:
                         m = qmsgs.get(pos)
                         if m is not None:
                             m.delivery_count = dc
+    if synced:
+        fsync_dir(directory)  # their names too (a segment rolled just before a kill)
+        record_synced_many(synced)
     out.seconds = time.monotonic() - started
     return out
+
+
+def _fsync_file(path: Path) -> None:
+    """fsync a recovered segment: a leftover of a killed broker may still be only in
+    the page cache (a clean file costs next to nothing)."""
+    with open(path, "rb") as f:
+        fsync(f.fileno(), path)
 
 
 def drop_unknown_queues(rec: Recovered, known_uids: set[int]) -> int:

@@ -7,7 +7,10 @@ result to a topic with the job's ack in the same transaction.
 - kill -9 of the broker after the commit: the ack stays, the output is visible;
 - kill -9 of the broker right after PrepareCommit reached the transaction log (before
   the ack was applied), also with a power loss: the restarted broker completes the
-  commit, the ack included.
+  commit, the ack included;
+- kill -9 of the broker once the ack's store unit is fsynced, before the markers
+  (``WHARF_TEST_HALT_AT=txn-acked``), also with a power loss: the commit is completed
+  with nothing left to ack, and the job stays acked across the next kill -9.
 """
 
 from __future__ import annotations
@@ -136,5 +139,49 @@ async def test_prepared_commit_applies_the_ack_at_recovery(
         # Once more after a clean restart: the ack was made durable.
         await bp.restart("sigterm")
         conn = await bp.connect()
+        assert await conn.get(app.JOBS) is None
+        assert not bp.log_problems(), bp.log_problems()
+
+
+@pytest.mark.parametrize("power_loss", [False, True])
+async def test_acks_fsynced_before_the_markers_stay_after_a_crash(
+    tmp_path: Path, power_loss: bool
+) -> None:
+    """Killed after the acks' store unit is fsynced, before the markers: recovery
+    completes the PrepareCommit (markers) with nothing left to ack, and the job stays
+    acked across a second kill -9."""
+    sync_log = tmp_path / "sync.log"
+    env = {"WHARF_TEST_HALT_AT": "txn-acked", "WHARF_TEST_SYNC_LOG": str(sync_log)}
+    async with broker_process(tmp_path / "data", env=env) as bp:
+        conn = await _setup(bp, [b"job-1", b"job-2"])
+        p = conn.transactional_producer("worker")
+        m = await conn.get(app.JOBS)
+        assert m is not None and m.body == b"job-1"
+        await p.begin()
+        await p.produce(app.OUT, b"out-job-1", partition=0)
+        await p.ack_in_transaction(m)
+        commit = asyncio.create_task(p.commit())
+        await wait_for_line(bp.output, "halting at txn-acked")
+        await bp.kill()
+        with pytest.raises(wharf.WharfError):
+            await commit
+        if power_loss:
+            lose_power_everywhere(bp.data_dir, sync_log)
+        bp.extra_env.pop("WHARF_TEST_HALT_AT")
+        await bp.start()
+        assert "acked 1 messages of committed transactions" not in bp.output()
+        conn = await bp.connect()
+        assert await read_all(conn, app.OUT, 0, RC) == [b"out-job-1"]
+        # A new producer with the id, and its own transaction, after the recovery.
+        p = conn.transactional_producer("worker")
+        left = await conn.get(app.JOBS)
+        assert left is not None and left.body == b"job-2"
+        async with p.transaction():
+            await p.produce(app.OUT, b"out-job-2", partition=0)
+            await p.ack_in_transaction(left)
+        await bp.kill()
+        await bp.start()
+        conn = await bp.connect()
+        assert await read_all(conn, app.OUT, 0, RC) == [b"out-job-1", b"out-job-2"]
         assert await conn.get(app.JOBS) is None
         assert not bp.log_problems(), bp.log_problems()
