@@ -133,6 +133,29 @@ class Deliveries:
             if consumer.active:
                 queue.schedule_dispatch()
 
+    def keep_credit(self, entries: list[Unacked]) -> None:
+        """Settled ``entries`` whose outcome waits for a transaction still use their
+        consumers' prefetch credit, until :meth:`return_credit` (RabbitMQ's acks in a
+        transaction free the window at commit, not before)."""
+        by_consumer = self._by_consumer
+        for _, _, consumer in entries:
+            if consumer is not None:
+                by_consumer[consumer] = by_consumer.get(consumer, 0) + 1
+
+    def return_credit(self, entries: list[Unacked]) -> None:
+        """The transaction of ``entries`` ended: their consumers get the credit back."""
+        by_consumer = self._by_consumer
+        for _, queue, consumer in entries:
+            if consumer is None or consumer not in by_consumer:
+                continue
+            left = by_consumer[consumer] - 1
+            if left > 0:
+                by_consumer[consumer] = left
+            else:
+                del by_consumer[consumer]
+            if consumer.active:
+                queue.schedule_dispatch()
+
     # -- delivering ----------------------------------------------------------------
 
     def deliver(self, consumer: Consumer, batch: list[Message]) -> int:

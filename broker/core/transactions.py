@@ -191,6 +191,10 @@ class TransactionAcks:
             raise PreconditionFailed("a delivery tag is named twice")
         entries, unknown = deliveries.settle(tags)
         assert unknown is None, "checked above"
+        # Held, the deliveries still fill their consumers' prefetch window: a worker
+        # with prefetch 1 gets its next job after the commit, and an aborted job back
+        # before the ones behind it.
+        deliveries.keep_credit(entries)
         return cls(deliveries, store, entries)
 
     def stored(self) -> dict[int, list[int]]:
@@ -212,6 +216,7 @@ class TransactionAcks:
         store = self.store
         if store is None:
             self.deliveries.ack(self.entries)
+            self.deliveries.return_credit(self.entries)
             fut.set_result(None)
             return fut
         store.begin_atomic()
@@ -221,6 +226,7 @@ class TransactionAcks:
             done = True
         finally:
             batch = store.end_atomic(commit=done)
+        self.deliveries.return_credit(self.entries)
 
         def durable(ok: bool) -> None:
             if fut.done():
@@ -240,3 +246,4 @@ class TransactionAcks:
         if not self.ended:
             self.ended = True
             self.deliveries.reject(self.entries, requeue=True)
+            self.deliveries.return_credit(self.entries)

@@ -11,13 +11,18 @@ sends the next offsets with ``send_offsets``.
 ``JOBS`` one at a time and, per transaction, appends ``out-<job body>`` to partition 0 of
 ``OUT`` and acks the job in the same transaction (``msg.ack(transaction=p)``).
 
-It runs until killed; any error (the broker went away, a fenced epoch) ends it with exit
+Every ``ABORT_EVERY``-th transaction is aborted on purpose after its produce (the topic
+pipeline then does the same records again; the queue worker's job is requeued and comes
+back), so aborted output is in the log however the kills land.
+
+It runs until killed; any other error (the broker went away, a fenced epoch) ends it with exit
 code 1, and the test starts it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from typing import Final
@@ -38,6 +43,11 @@ POLL_TIMEOUT_S: Final = 0.5
 WORK_S: Final = float(os.environ.get("WHARF_PIPELINE_WORK_S", "0.02"))
 # A static member's session outlives the process restarts of the test.
 SESSION_TIMEOUT_S: Final = 30.0
+ABORT_EVERY: Final = 5
+
+
+class PlannedAbort(Exception):
+    """Raised inside a transaction to abort it on purpose."""
 
 
 def transform(value: bytes | None) -> bytes:
@@ -56,22 +66,31 @@ async def topic_pipeline(url: str) -> None:
         auto_offset_reset="earliest",
         isolation_level="read_committed",
     ) as stream:
+        done = 0
         while True:
             records = await stream.getmany(timeout=POLL_TIMEOUT_S, max_records=BATCH)
             if not records:
                 continue
-            async with p.transaction():
-                by_partition: dict[int, list[bytes | None]] = {}
-                offsets: dict[tuple[str, int], int] = {}
-                for rec in records:
-                    by_partition.setdefault(rec.partition, []).append(transform(rec.value))
-                    offsets[(rec.topic, rec.partition)] = rec.offset + 1
-                for partition, values in by_partition.items():
-                    await p.produce_many(OUT, values, partition=partition)
-                await asyncio.sleep(WORK_S)  # the work between reading and committing
-                await p.send_offsets(
-                    GROUP, offsets, member_id=stream.member_id, generation=stream.generation
-                )
+            done += 1
+            by_partition: dict[int, list[bytes | None]] = {}
+            offsets: dict[tuple[str, int], int] = {}
+            for rec in records:
+                by_partition.setdefault(rec.partition, []).append(transform(rec.value))
+                offsets[(rec.topic, rec.partition)] = rec.offset + 1
+            for planned_abort in (True, False) if done % ABORT_EVERY == 0 else (False,):
+                with contextlib.suppress(PlannedAbort):
+                    async with p.transaction():
+                        for partition, values in by_partition.items():
+                            await p.produce_many(OUT, values, partition=partition)
+                        await asyncio.sleep(WORK_S)  # the work between reading and committing
+                        if planned_abort:
+                            raise PlannedAbort
+                        await p.send_offsets(
+                            GROUP,
+                            offsets,
+                            member_id=stream.member_id,
+                            generation=stream.generation,
+                        )
 
 
 async def queue_worker(url: str) -> None:
@@ -81,11 +100,16 @@ async def queue_worker(url: str) -> None:
     # at its place in the queue before this worker takes the next one.
     await p.init()
     async with conn.consume(JOBS, prefetch=1) as jobs:
+        done = 0
         async for job in jobs:
-            async with p.transaction():
-                await p.produce(OUT, transform(job.body), partition=0)
-                await job.ack(transaction=p)
-                await asyncio.sleep(WORK_S)  # the work between taking and committing
+            done += 1
+            with contextlib.suppress(PlannedAbort):
+                async with p.transaction():
+                    await p.produce(OUT, transform(job.body), partition=0)
+                    await job.ack(transaction=p)
+                    await asyncio.sleep(WORK_S)  # the work between taking and committing
+                    if done % ABORT_EVERY == 0:
+                        raise PlannedAbort  # the job is requeued and comes back
 
 
 def main() -> None:

@@ -141,3 +141,32 @@ async def test_an_operator_abort_requeues(conn: wharf.Connection, broker: Broker
     assert again is not None and again.redelivered
     with pytest.raises(wharf.TransactionAborted):
         await p.commit()
+
+
+async def test_a_held_ack_keeps_the_prefetch_window_until_the_transaction_ends(
+    conn: wharf.Connection,
+) -> None:
+    """As RabbitMQ's acks in a transaction: the window frees at commit or abort, so a
+    worker with prefetch 1 gets an aborted job back before the jobs behind it."""
+    await _setup(conn, "jobs-w", "results-w", jobs=3)
+    p = conn.transactional_producer("worker-w")
+    seen: list[tuple[bytes, bool]] = []
+    async with conn.consume("jobs-w", prefetch=1) as jobs:
+        it = jobs.__aiter__()
+        first = await it.__anext__()
+        with pytest.raises(RuntimeError):
+            async with p.transaction():
+                await p.produce("results-w", b"half", partition=0)
+                await first.ack(transaction=p)
+                # Held: the next job is not delivered while the transaction is open.
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(it.__anext__(), 0.3)
+                raise RuntimeError("the worker failed")
+        for _ in range(3):
+            job = await asyncio.wait_for(it.__anext__(), 5)
+            seen.append((job.body, job.redelivered))
+            async with p.transaction():
+                await p.produce("results-w", b"done:" + job.body, partition=0)
+                await job.ack(transaction=p)
+    assert seen == [(b"job-0", True), (b"job-1", False), (b"job-2", False)]
+    assert await _out(conn, "results-w") == [b"done:job-0", b"done:job-1", b"done:job-2"]
