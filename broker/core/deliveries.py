@@ -17,8 +17,9 @@ consumer's prefetch credit comes back.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 from typing import TYPE_CHECKING, Final, Protocol
 
 from .policies.deadletter import REJECTED
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 # Unacked table entry: (message, queue, consumer or None for a get).
 Unacked = tuple[Message, Queue, Consumer | None]
+_queue_of: Final = itemgetter(1)  # an Unacked entry's queue
 
 
 class DeliveryStats(Protocol):
@@ -270,22 +272,22 @@ class Deliveries:
 
     def ack(self, entries: list[Unacked]) -> None:
         """Settled entries were acked: stored messages get their ack record."""
-        # Each queue's ack counter once per run of entries from it (an ACK_MANY is
-        # mostly one run), as ``settle`` counts.
-        run_queue: Queue | None = None
-        run = 0
         for msg, queue, _ in entries:
             if msg.seg is not None:
                 queue.forget(msg)
-            if queue is not run_queue:
-                if run_queue is not None:
-                    run_queue.stats_acked += run
-                run_queue = queue
-                run = 0
-            run += 1
-        if run_queue is not None:
-            run_queue.stats_acked += run
-        self.stats.acked += len(entries)
+        n = len(entries)
+        self.stats.acked += n
+        # Each queue's ack counter (message_stats), counted without Python work per
+        # entry: an ack settles one delivery, or (multiple) mostly those of one queue.
+        if n == 1:
+            entries[0][1].stats_acked += 1
+        elif n:
+            queues = set(map(_queue_of, entries))
+            if len(queues) == 1:
+                queues.pop().stats_acked += n
+            else:
+                for queue, k in Counter(map(_queue_of, entries)).items():
+                    queue.stats_acked += k
 
     @staticmethod
     def _by_queue_of(entries: list[Unacked]) -> dict[Queue, list[Message]]:

@@ -294,9 +294,10 @@ class MessageStore:
             # Inside an atomic commit the segment may go only once the commit is on
             # disk (else a crash could keep the ack's effect and drop the rest).
             self._tx_segs[seg] = self._tx_segs.get(seg, 0) + 1
+            pending = self._tx_acks
         else:
             seg.live -= 1
-        pending = self._tx_acks if self._txid else self._acks
+            pending = self._acks
         acks = pending.get(queue_uid)
         if acks is None:
             acks = pending[queue_uid] = []

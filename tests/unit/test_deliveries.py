@@ -118,3 +118,26 @@ async def test_one_ack_across_consumers_and_queues_settles_each_count() -> None:
     assert unknown == 9 and len(entries) == 5
     assert (q1.unacked_count, c1.unacked, q2.unacked_count, c2.unacked) == (0, 0, 1, 1)
     assert s.deliveries.unacked_bytes == 1  # tag 4's body b"1"
+
+
+async def test_each_queue_counts_its_own_acks_whatever_the_ack_spans() -> None:
+    """Queue.stats_acked (the API's message_stats ack): one tag, a multiple ack of one
+    queue's deliveries, and one that spans two queues, interleaved."""
+    a, b = _queue(4), _queue(4)
+    s = Session()
+    ca, cb = _consumer(a, s, "a"), _consumer(b, s, "b")
+    d = s.deliveries
+    s.deliver(ca, _take(a, 1))  # tag 1
+    s.deliver(cb, _take(b, 1))  # tag 2
+    s.deliver(ca, _take(a, 2))  # tags 3, 4
+    s.deliver(cb, _take(b, 2))  # tags 5, 6
+    d.ack(d.settle([1])[0])
+    assert (a.stats_acked, b.stats_acked) == (1, 0)
+    d.ack(d.settle([3, 4])[0])
+    assert (a.stats_acked, b.stats_acked) == (3, 0)
+    s.deliver(ca, _take(a, 1))  # tag 7
+    d.ack(d.settle([2, 5, 6, 7])[0])
+    assert (a.stats_acked, b.stats_acked) == (4, 3)
+    assert d.stats.acked == 7
+    d.ack([])
+    assert (a.stats_acked, b.stats_acked, d.stats.acked) == (4, 3, 7)

@@ -678,18 +678,25 @@ class Channel:
         encode_props = self._encode_props
         out: list[bytes] = []
         append = out.append
-        quorum = consumer.queue.keeps_all
-        for m in batch:
-            redelivered = m.delivery_count > 1
-            args = deliver_args(wire_tag, tag, redelivered, m.exchange, m.routing_key)
-            props = m.properties
-            if quorum and redelivered:
-                # RabbitMQ 3.10 marks a quorum queue's redeliveries (not first deliveries).
-                props = with_delivery_count(props, m.delivery_count - 1)
-            append(delivery(number, args, encode_props(props), m.body, frame_max))
-            tag += 1
+        if consumer.queue.keeps_all:
+            for m in batch:
+                redelivered = m.delivery_count > 1
+                args = deliver_args(wire_tag, tag, redelivered, m.exchange, m.routing_key)
+                props = m.properties
+                if redelivered:
+                    # RabbitMQ 3.10 marks a quorum queue's redeliveries (not first ones).
+                    props = with_delivery_count(props, m.delivery_count - 1)
+                append(delivery(number, args, encode_props(props), m.body, frame_max))
+                tag += 1
+        else:
+            for m in batch:
+                args = deliver_args(wire_tag, tag, m.delivery_count > 1, m.exchange, m.routing_key)
+                append(delivery(number, args, encode_props(m.properties), m.body, frame_max))
+                tag += 1
         conn.send_many(out)
-        if not consumer.no_ack and consumer.credit() <= 0:
+        # The window nudge needs heartbeats (window_filled): without them, no credit
+        # to compute for each batch.
+        if conn.heartbeat_s and not consumer.no_ack and consumer.credit() <= 0:
             conn.window_filled()
         usage = conn.usage
         if usage is not None and usage.consume is not None:

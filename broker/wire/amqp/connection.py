@@ -334,10 +334,22 @@ class AmqpConnection(asyncio.Protocol):
         except AmqpError as exc:
             self.close_with(exc)
             return
+        open_channels = self.open_channels
         for ftype, channel, payload in frames:
-            if self.state is AmqpState.CLOSED:
+            state = self.state
+            if state is AmqpState.CLOSED:
                 return
             try:
+                # FRAME_HEADER 2 and FRAME_BODY 3: the content frames.
+                if FRAME_HEADER <= ftype <= FRAME_BODY and state is AmqpState.OPEN:
+                    # Two of a publish's three frames: straight to their open channel
+                    # (channel 0 is never in open_channels), past _handle_frame's checks
+                    # for heartbeats, closing, unknown types and method frames, none of
+                    # which a content frame on an open channel meets.
+                    ch = open_channels.get(channel)
+                    if ch is not None:
+                        ch.handle_frame(ftype, payload)
+                        continue
                 self._handle_frame(ftype, channel, payload)
             except AmqpError as exc:
                 self.close_with(exc)

@@ -109,6 +109,51 @@ async def test_a_method_on_a_closed_channel_closes_with_504(
     await other_connections_still_work(params_for(broker))
 
 
+async def test_content_frames_outside_an_open_channels_publish_keep_their_codes(
+    broker: Broker, raw_amqp: Callable[..., Any]
+) -> None:
+    """Content frames on an open channel skip the connection's per-frame checks (the
+    publish fast path); everywhere else they still get RabbitMQ's codes: on channel 0,
+    on a channel never opened or closed, and on an open channel expecting a method."""
+    cases: list[tuple[bytes, int, str]] = [
+        (body_frame(0, b"x"), 505, "UNEXPECTED_FRAME - content frame (type 3) on channel 0"),
+        (
+            raw_frame(FRAME_HEADER, 0, content_header(1)[7:-1]),
+            505,
+            "UNEXPECTED_FRAME - content frame (type 2) on channel 0",
+        ),
+        (body_frame(5, b"x"), 504, "CHANNEL_ERROR - expected 'channel.open'"),
+        (
+            body_frame(1, b"x"),
+            505,
+            "UNEXPECTED_FRAME - expected method frame, got non method frame instead",
+        ),
+        (
+            content_header(1),
+            505,
+            "UNEXPECTED_FRAME - expected method frame, got non method frame instead",
+        ),
+    ]
+    for frame, code, text in cases:
+        client: RawAmqp = await raw_amqp()
+        client.send(1, C.Channel.Open())
+        await client.recv()
+        client.send_bytes(frame)
+        close = await client.expect_connection_close()
+        assert (close.reply_code, close.reply_text) == (code, text)
+    # A channel the client closed: a body frame for it is a frame on an unopened channel.
+    client = await raw_amqp()
+    client.send(1, C.Channel.Open())
+    await client.recv()
+    client.send(1, C.Channel.Close(200, "bye", 0, 0))
+    _, ok = await client.recv()
+    assert isinstance(ok, C.Channel.CloseOk)
+    client.send_bytes(body_frame(1, b"x"))
+    close = await client.expect_connection_close()
+    assert (close.reply_code, close.reply_text) == (504, "CHANNEL_ERROR - expected 'channel.open'")
+    await other_connections_still_work(params_for(broker))
+
+
 async def test_a_channel_above_channel_max_closes_with_530(
     broker: Broker, raw_amqp: Callable[..., Any]
 ) -> None:
