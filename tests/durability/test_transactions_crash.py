@@ -127,19 +127,25 @@ async def test_a_prepared_commit_is_completed_after_a_crash(
         bp.extra_env.pop("WHARF_TEST_HALT_AT")
         await bp.start()
         conn = await bp.connect()
-        assert await committed_values(conn, OUT) == [b"A", b"B"]
-        recs = await conn.fetch(OUT, 1, 0, isolation_level="read_committed")
-        assert [r.value for r in recs] == [b"C"]
-        assert await conn.committed_offsets(GROUP) == {(IN, 0): 3}
-        for part in (0, 1):
-            desc = (await conn.describe_topic(OUT))["offsets"][part]
-            assert desc["last_stable"] == desc["latest"]
-        # The producer goes on with a new epoch.
-        p2 = conn.transactional_producer("crash-commit")
-        async with p2.transaction():
-            await p2.produce(OUT, b"D", partition=0)
-        assert await committed_values(conn, OUT) == [b"A", b"B", b"D"]
+        await _first_committed_then_next(conn, "crash-commit", b"D")
         assert not bp.log_problems(), bp.log_problems()
+
+
+async def _first_committed_then_next(conn: wharf.Connection, tid: str, value: bytes) -> None:
+    """After recovery: the transaction of A, B (partition 0), C (partition 1) and the
+    offset 3 is committed, every LSO is at its partition's end, and the producer goes on
+    with a new epoch (``value`` committed after A, B)."""
+    assert await committed_values(conn, OUT) == [b"A", b"B"]
+    recs = await conn.fetch(OUT, 1, 0, isolation_level="read_committed")
+    assert [r.value for r in recs] == [b"C"]
+    assert await conn.committed_offsets(GROUP) == {(IN, 0): 3}
+    for part in (0, 1):
+        desc = (await conn.describe_topic(OUT))["offsets"][part]
+        assert desc["last_stable"] == desc["latest"]
+    p2 = conn.transactional_producer(tid)
+    async with p2.transaction():
+        await p2.produce(OUT, value, partition=0)
+    assert await committed_values(conn, OUT) == [b"A", b"B", value]
 
 
 @pytest.mark.parametrize("power_loss", [False, True])
@@ -206,17 +212,7 @@ async def test_the_next_transaction_begins_before_the_markers_are_durable(
         bp.extra_env.pop("WHARF_TEST_HALT_AT")
         await bp.start()
         conn = await bp.connect()
-        assert await committed_values(conn, OUT) == [b"A", b"B"]
-        recs = await conn.fetch(OUT, 1, 0, isolation_level="read_committed")
-        assert [r.value for r in recs] == [b"C"]
-        assert await conn.committed_offsets(GROUP) == {(IN, 0): 3}
-        for part in (0, 1):
-            desc = (await conn.describe_topic(OUT))["offsets"][part]
-            assert desc["last_stable"] == desc["latest"]
-        p2 = conn.transactional_producer("crash-next")
-        async with p2.transaction():
-            await p2.produce(OUT, b"F", partition=0)
-        assert await committed_values(conn, OUT) == [b"A", b"B", b"F"]
+        await _first_committed_then_next(conn, "crash-next", b"F")
         assert not bp.log_problems(), bp.log_problems()
 
 

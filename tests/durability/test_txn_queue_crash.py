@@ -88,6 +88,29 @@ async def test_worker_killed_mid_transaction(tmp_path: Path) -> None:
         assert not bp.log_problems(), bp.log_problems()
 
 
+async def _commit_job_1_halted(bp: BrokerProcess, sync_log: Path, power_loss: bool) -> None:
+    """Jobs job-1 and job-2; a transaction outputs job-1 and acks it, its commit halts at
+    the broker's WHARF_TEST_HALT_AT step; kill -9 there (then a power loss if asked) and
+    restart without the halt."""
+    step = bp.extra_env["WHARF_TEST_HALT_AT"]
+    conn = await _setup(bp, [b"job-1", b"job-2"])
+    p = conn.transactional_producer("worker")
+    m = await conn.get(app.JOBS)
+    assert m is not None and m.body == b"job-1"
+    await p.begin()
+    await p.produce(app.OUT, b"out-job-1", partition=0)
+    await p.ack_in_transaction(m)
+    commit = asyncio.create_task(p.commit())
+    await wait_for_line(bp.output, f"halting at {step}")
+    await bp.kill()
+    with pytest.raises(wharf.WharfError):
+        await commit
+    if power_loss:
+        lose_power_everywhere(bp.data_dir, sync_log)
+    bp.extra_env.pop("WHARF_TEST_HALT_AT")
+    await bp.start()
+
+
 async def test_broker_killed_after_commit(tmp_path: Path) -> None:
     async with broker_process(tmp_path / "data") as bp:
         conn = await _setup(bp, [b"job-1", b"job-2"])
@@ -113,22 +136,7 @@ async def test_prepared_commit_applies_the_ack_at_recovery(
     sync_log = tmp_path / "sync.log"
     env = {"WHARF_TEST_HALT_AT": "txn-prepared", "WHARF_TEST_SYNC_LOG": str(sync_log)}
     async with broker_process(tmp_path / "data", env=env) as bp:
-        conn = await _setup(bp, [b"job-1", b"job-2"])
-        p = conn.transactional_producer("worker")
-        m = await conn.get(app.JOBS)
-        assert m is not None and m.body == b"job-1"
-        await p.begin()
-        await p.produce(app.OUT, b"out-job-1", partition=0)
-        await p.ack_in_transaction(m)
-        commit = asyncio.create_task(p.commit())
-        await wait_for_line(bp.output, "halting at txn-prepared")
-        await bp.kill()
-        with pytest.raises(wharf.WharfError):
-            await commit
-        if power_loss:
-            lose_power_everywhere(bp.data_dir, sync_log)
-        bp.extra_env.pop("WHARF_TEST_HALT_AT")
-        await bp.start()
+        await _commit_job_1_halted(bp, sync_log, power_loss)
         assert "acked 1 messages of committed transactions" in bp.output()
         conn = await bp.connect()
         assert await read_all(conn, app.OUT, 0, RC) == [b"out-job-1"]
@@ -153,22 +161,7 @@ async def test_acks_fsynced_before_the_markers_stay_after_a_crash(
     sync_log = tmp_path / "sync.log"
     env = {"WHARF_TEST_HALT_AT": "txn-acked", "WHARF_TEST_SYNC_LOG": str(sync_log)}
     async with broker_process(tmp_path / "data", env=env) as bp:
-        conn = await _setup(bp, [b"job-1", b"job-2"])
-        p = conn.transactional_producer("worker")
-        m = await conn.get(app.JOBS)
-        assert m is not None and m.body == b"job-1"
-        await p.begin()
-        await p.produce(app.OUT, b"out-job-1", partition=0)
-        await p.ack_in_transaction(m)
-        commit = asyncio.create_task(p.commit())
-        await wait_for_line(bp.output, "halting at txn-acked")
-        await bp.kill()
-        with pytest.raises(wharf.WharfError):
-            await commit
-        if power_loss:
-            lose_power_everywhere(bp.data_dir, sync_log)
-        bp.extra_env.pop("WHARF_TEST_HALT_AT")
-        await bp.start()
+        await _commit_job_1_halted(bp, sync_log, power_loss)
         assert "acked 1 messages of committed transactions" not in bp.output()
         conn = await bp.connect()
         assert await read_all(conn, app.OUT, 0, RC) == [b"out-job-1"]

@@ -14,36 +14,12 @@ from pathlib import Path
 import pytest
 
 import wharf
-from wharf.broker.config import Settings
 from wharf.broker.server import Broker
 
-MIB = 1024 * 1024
+from .test_compaction import _churn, _settings
+
 JOBS = "jobs"
 OUT = "out"
-
-
-def _settings(tmp_path: Path) -> Settings:
-    return Settings(
-        host="127.0.0.1",
-        port=0,
-        http_port=0,
-        amqp_port=0,
-        data_dir=str(tmp_path / "data"),
-        segment_bytes=MIB,
-    )
-
-
-async def _churn(conn: wharf.Connection, queue: str, rounds: int) -> None:
-    body = b"c" * 4000
-    for _ in range(rounds):
-        await conn.publish_many("", queue, [body] * 100, persistent=True)
-        async with conn.consume(queue, prefetch=100) as messages:
-            n = 0
-            async for msg in messages:
-                await msg.ack()
-                n += 1
-                if n == 100:
-                    break
 
 
 async def _read(conn: wharf.Connection) -> list[bytes]:
