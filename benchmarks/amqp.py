@@ -54,8 +54,10 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` (None once it is gone)."""
+def _cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of process ``pid`` (None once it is gone, or unknown)."""
+    if pid is None:
+        return None
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:

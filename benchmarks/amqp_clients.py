@@ -45,6 +45,7 @@ from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from typing import Any, Final
 
+from benchmarks.amqp import _beam_pid, _cpu_s
 from benchmarks.compare import RABBIT_HOST, RABBIT_PORT, _median, _ratio
 from benchmarks.perf.common import emit, free_port, local_broker, log, port_open, unique_name
 
@@ -57,29 +58,11 @@ DEFAULT_TIMEOUT_S: Final = 300.0
 # A Celery worker's start-up (imports, connection, consumer) on a loaded machine.
 WORKER_START_TIMEOUT_S: Final = 60.0
 WORKER_STOP_TIMEOUT_S: Final = 15.0
-CLOCK_TICKS_PER_S: Final = os.sysconf("SC_CLK_TCK")
 BODY_SIZE: Final = 100
 
 
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def _cpu_s(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
-
-
-def _beam_pid() -> int | None:
-    out = subprocess.run(
-        ["ps", "-C", "beam.smp", "-o", "pid="], capture_output=True, text=True, check=False
-    ).stdout.split()
-    return int(out[0]) if len(out) == 1 else None
 
 
 @contextmanager
