@@ -79,6 +79,10 @@ DRAIN_TIMEOUT_S: Final = 60.0
 # cannot interrupt a test blocked in uvloop (its SIGALRM handler's exception is lost in
 # a loop callback), so every await here runs under an asyncio budget of its own.
 CYCLE_TIMEOUT_S: Final = 60.0
+# pytest-timeout's backstop for a whole crash loop: start-up, the drain, and a cycle a few
+# times as long as an idle machine's (~3 s) for each cycle.
+LOOP_TIMEOUT_BASE_S: Final = 120.0
+LOOP_TIMEOUT_PER_CYCLE_S: Final = 20.0
 TEST_BUDGET_S: Final = 60.0
 # The smallest segment the broker accepts: small segments make rolls and deletions
 # of settled segments happen within a few cycles.
@@ -899,6 +903,13 @@ def crash_config_from_env(
     cycles = int(os.environ.get(cycles_env, default_cycles))
     seed = int(os.environ.get(SEED_ENV, default_seed))
     return CrashConfig(cycles=cycles, seed=seed, power_loss=power_loss)
+
+
+def crash_loop_timeout_s(cycles_env: str, default_cycles: int) -> float:
+    """pytest-timeout's limit for a crash loop: it grows with the cycles, whose length a
+    loaded machine stretches (each cycle is also bounded by CYCLE_TIMEOUT_S)."""
+    cycles = int(os.environ.get(cycles_env, default_cycles))
+    return LOOP_TIMEOUT_BASE_S + cycles * LOOP_TIMEOUT_PER_CYCLE_S
 
 
 def describe_failure(report: CrashReport) -> str:

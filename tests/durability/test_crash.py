@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness import CrashLoop, crash_config_from_env, describe_failure
+import pytest
+from harness import CrashLoop, crash_config_from_env, crash_loop_timeout_s, describe_failure
 
 DEFAULT_CYCLES = 20
 DEFAULT_SEED = 20_240_611
 
 
+@pytest.mark.timeout(crash_loop_timeout_s("WHARF_CRASH_CYCLES", DEFAULT_CYCLES))
 async def test_kill_9_loses_no_confirmed_message(tmp_path: Path) -> None:
     config = crash_config_from_env(
         "WHARF_CRASH_CYCLES", DEFAULT_CYCLES, DEFAULT_SEED, power_loss=False

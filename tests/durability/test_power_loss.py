@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from harness import (
     BrokerProcess,
     CrashLoop,
     broker_process,
     crash_config_from_env,
+    crash_loop_timeout_s,
     describe_failure,
     read_sync_log,
     segment_files,
@@ -32,6 +34,7 @@ DEFAULT_CYCLES = 6
 DEFAULT_SEED = 19_700_101
 
 
+@pytest.mark.timeout(crash_loop_timeout_s("WHARF_POWER_LOSS_CYCLES", DEFAULT_CYCLES))
 async def test_power_loss_loses_no_confirmed_message(tmp_path: Path) -> None:
     config = crash_config_from_env(
         "WHARF_POWER_LOSS_CYCLES", DEFAULT_CYCLES, DEFAULT_SEED, power_loss=True

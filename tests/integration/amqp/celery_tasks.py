@@ -33,6 +33,14 @@ app.conf.broker_connection_retry_on_startup = True
 OUT: Final = Path(os.environ.get(OUT_DIR_ENV, "."))
 
 
+def leave(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (write, then rename): the test polls for the
+    file's existence and reads it at once."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    part.rename(path)
+
+
 @app.task(name="wharf_test.add")
 def add(x: int, y: int) -> int:
     return x + y
@@ -48,15 +56,16 @@ def hold(self: Task, name: str) -> int:
     """Leave ``<name>.started.<pid>`` (with the delivery's redelivered flag), wait for
     ``<name>.release``, then leave ``<name>.done`` with the pid that finished it."""
     info: dict[str, Any] = self.request.delivery_info or {}
-    (OUT / f"{name}.started.{os.getpid()}").write_text(
-        json.dumps({"redelivered": bool(info.get("redelivered"))})
+    leave(
+        OUT / f"{name}.started.{os.getpid()}",
+        json.dumps({"redelivered": bool(info.get("redelivered"))}),
     )
     deadline = time.monotonic() + HOLD_MAX_S
     while not (OUT / f"{name}.release").exists():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{name} was never released")
         time.sleep(HOLD_POLL_S)
-    (OUT / f"{name}.done").write_text(str(os.getpid()))
+    leave(OUT / f"{name}.done", str(os.getpid()))
     return os.getpid()
 
 
@@ -65,7 +74,7 @@ def flaky(self: Task, name: str, countdown: float) -> int:
     """Fails twice, retried each time with ``countdown``; ``<name>.try<n>`` holds the
     time each try started."""
     tries = self.request.retries
-    (OUT / f"{name}.try{tries}").write_text(repr(time.time()))
+    leave(OUT / f"{name}.try{tries}", repr(time.time()))
     if tries < 2:
         raise self.retry(countdown=countdown)
     return tries
