@@ -158,6 +158,7 @@ class Txn:
         "lock",
         "settlements",
         "acks",
+        "number",
     )
 
     def __init__(self, tid: str, producer_id: int, epoch: int, timeout_ms: int) -> None:
@@ -195,6 +196,14 @@ class Txn:
         # and the stored messages they ack (in the log, for recovery of PrepareCommit).
         self.settlements: list[HeldSettlements] = []
         self.acks: PendingAcks = {}
+        # Counts the transactions begun under this id (in memory only): with the
+        # producer id and epoch, it names one transaction, so that a callback
+        # registered for one never changes the next (``before_produce``).
+        self.number = 0
+
+    def current(self) -> tuple[int, int, int]:
+        """The transaction open now (or the last one): producer id, epoch, number."""
+        return (self.producer_id, self.epoch, self.number)
 
     def value(self) -> bytes:
         packed: bytes = msgpack.packb(
@@ -728,9 +737,13 @@ class TransactionCoordinator:
     def _begin_if_needed(self, txn: Txn) -> None:
         if txn.state != ONGOING:
             txn.state = ONGOING
+            txn.number += 1
             txn.ends = {}
             txn.partitions = set()
             txn.durable = set()
+            # A partition of an earlier transaction whose flag is still being written
+            # is not this one's: its callback checks the transaction (before_produce).
+            txn.adding = {}
             txn.offsets = {}
             txn.settlements = []
             txn.acks = {}
@@ -804,6 +817,7 @@ class TransactionCoordinator:
         txn.state = EMPTY
         txn.partitions = set()
         txn.durable = set()
+        txn.adding = {}  # the old epoch's (their callbacks check the epoch)
         txn.offsets = {}
         # Read now: a concurrent INIT_TRANSACTIONS may bump the epoch during the fsync.
         result = {
@@ -861,10 +875,19 @@ class TransactionCoordinator:
             return None
         fut = marking
         txn.adding[tp] = fut
+        # The flag's write may outlast this transaction (aborted on a timeout, by an
+        # operator or by a new epoch's INIT_TRANSACTIONS; the flag job is shared, so
+        # it may also finish for another producer): the partition is durably part of
+        # the transaction it was added to, not of a later one, which must add it
+        # again (else its batches there would get no marker).
+        registered = txn.current()
 
         def added(f: asyncio.Future[None]) -> None:
-            txn.adding.pop(tp, None)
-            if f.exception() is None:
+            if txn.current() != registered:
+                return  # a later transaction (which dropped ``adding``)
+            if txn.adding.get(tp) is f:
+                del txn.adding[tp]
+            if txn.state == ONGOING and not f.cancelled() and f.exception() is None:
                 txn.durable.add(tp)
 
         fut.add_done_callback(added)
