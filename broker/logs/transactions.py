@@ -50,7 +50,9 @@ Transaction log file ``<vhost>/logs-internal/transactions/transactions.log``: re
 batches (protocol/records.py), one record per change, key = the transactional id
 (UTF-8), value = msgpack ``[producer_id, epoch, timeout_ms, state, [[topic,
 partition], ...], {group: [[topic, partition, offset, metadata], ...]}, start_ms,
-update_ms]``.  Read fully at start, the last record of a key wins; a torn tail is cut.
+update_ms]``.  Read fully at start, once it and its directory are fsynced (a kill -9
+leaves written but unfsynced records in the page cache), the last record of a key wins;
+a torn tail is cut.
 Group commit: one write+fsync job at a time in a worker thread.  Compaction: when the
 file is above ``COMPACT_MIN_BYTES`` and twice the size of its live records, the next
 job rewrites the live records to ``transactions.log.tmp`` (fsync, rename, fsync dir).
@@ -300,6 +302,11 @@ class TxnLog:
         if tmp.exists():
             tmp.unlink()  # an interrupted compaction: the old file is still whole
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        # Durable before recovery acts on it: after a kill -9 the file may end in
+        # records written but never fsynced (in the page cache), such as a PrepareCommit
+        # that recovery would complete; a power loss later must not take it back.
+        fsync(self._fd, self.path)
+        fsync_dir(self.directory)
         data = self.path.read_bytes()
         values: dict[str, bytes] = {}
         pos = 0
@@ -332,6 +339,8 @@ class TxnLog:
             self._next_offset = h.next_offset
             pos += h.size
         self.file_bytes = pos
+        if pos == len(data):  # (a cut tail reported its own length)
+            record_synced(self.path, pos)
         return values
 
     def write_now(self, records: list[tuple[str, bytes]]) -> None:
