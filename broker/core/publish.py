@@ -250,12 +250,12 @@ class Publisher:
         persistent = props is not None and props.get("persistent") is True
         if queues:
             store = topology.store
-            if (
-                store is not None
-                and store.failed is not None
-                and any(q.persist and (persistent or q.keeps_all) for q in queues)
-            ):
-                raise ResourceError(f"message store unavailable: {store.failed}")
+            if store is not None and any(q.persist and (persistent or q.keeps_all) for q in queues):
+                if store.failed is not None:
+                    raise ResourceError(f"message store unavailable: {store.failed}")
+                # A new segment, if one is due, before any queue takes the message: out
+                # of fds, the publish is refused here with nothing changed.
+                store.ensure_room()
         log_parts: list[Partition] | None = None
         if topics:
             # Appended before the queues get the message: a refused append raises
