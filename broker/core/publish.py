@@ -253,9 +253,12 @@ class Publisher:
             if store is not None and any(q.persist and (persistent or q.keeps_all) for q in queues):
                 if store.failed is not None:
                     raise ResourceError(f"message store unavailable: {store.failed}")
-                # A new segment, if one is due, before any queue takes the message: out
-                # of fds, the publish is refused here with nothing changed.
-                store.ensure_room()
+                if count:
+                    # A client's publish: a new segment, if one is due, before any queue
+                    # takes the message, so that out of fds it is refused here with
+                    # nothing changed.  (Dead-lettered and replayed messages, which
+                    # nobody could retry, go to the full segment instead.)
+                    store.ensure_room()
         log_parts: list[Partition] | None = None
         if topics:
             # Appended before the queues get the message: a refused append raises
