@@ -211,6 +211,7 @@ class MessageStore:
         # The directory, open for the store's life (fsyncs after rolls need no new fd).
         self._dir_fd = -1
         self.fd_errors = 0  # rolls that found no free fd (EMFILE/ENFILE), for the alarm
+        self._overfull: Segment | None = None  # appended to past its size (no fd to roll)
 
     # -- opening -------------------------------------------------------------------
 
@@ -259,12 +260,14 @@ class MessageStore:
         except OSError as exc:
             if exc.errno not in FD_EXHAUSTED:
                 raise
-            log.warning(
-                "message store: cannot start a new segment, out of file descriptors (%s); "
-                "appending to segment %d past its size until one is free",
-                exc.strerror,
-                seg.number,
-            )
+            if self._overfull is not seg:  # once per segment, not per record
+                self._overfull = seg
+                log.warning(
+                    "message store: cannot start a new segment, out of file descriptors "
+                    "(%s); appending to segment %d past its size until one is free",
+                    exc.strerror,
+                    seg.number,
+                )
             return seg
 
     def _roll(self, number: int) -> Segment:
