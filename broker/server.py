@@ -705,7 +705,8 @@ class Broker:
         return moved
 
     def _fd_errors(self) -> int:
-        return self.segment_handles.fd_errors_total
+        stores = sum(v.store.fd_errors for v in self.vhosts if v.store is not None)
+        return self.segment_handles.fd_errors_total + stores
 
     def _reclaimable_fds(self) -> int:
         return self.segment_handles.idle

@@ -250,12 +250,15 @@ class Publisher:
         persistent = props is not None and props.get("persistent") is True
         if queues:
             store = topology.store
-            if (
-                store is not None
-                and store.failed is not None
-                and any(q.persist and (persistent or q.keeps_all) for q in queues)
-            ):
-                raise ResourceError(f"message store unavailable: {store.failed}")
+            if store is not None and any(q.persist and (persistent or q.keeps_all) for q in queues):
+                if store.failed is not None:
+                    raise ResourceError(f"message store unavailable: {store.failed}")
+                if count:
+                    # A client's publish: a new segment, if one is due, before any queue
+                    # takes the message, so that out of fds it is refused here with
+                    # nothing changed.  (Dead-lettered and replayed messages, which
+                    # nobody could retry, go to the full segment instead.)
+                    store.ensure_room()
         log_parts: list[Partition] | None = None
         if topics:
             # Appended before the queues get the message: a refused append raises

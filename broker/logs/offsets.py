@@ -7,9 +7,12 @@ payload).  One record per committed offset::
     key   = msgpack [group str, topic str, partition int]
     value = msgpack [offset int, metadata str|nil, commit_ts_ms int]   (nil = tombstone)
 
-The file is read fully at start; the last record of a key wins and a tombstone removes
-it.  A torn or corrupt tail is cut off, the cut bytes kept beside the file as
-``offsets.log.torn-<unix ms>``, and logged (as partition.py does for segments).
+The file is read fully at start, once it and its directory are fsynced (a kill -9
+leaves written but unfsynced commits in the page cache: a power loss after the restart
+must not take back offsets the groups resumed from); the last record of a key wins and
+a tombstone removes it.  A torn or corrupt tail is cut off, the cut bytes kept beside
+the file as ``offsets.log.torn-<unix ms>``, and logged (as partition.py does for
+segments).
 
 Writes: every change is queued; one job at a time, in a worker thread, writes all the
 batches queued since the previous job and fsyncs once (group commit).  The in-memory
@@ -105,6 +108,12 @@ class OffsetsLog:
         if tmp.exists():
             tmp.unlink()  # an interrupted compaction: the old file is still whole
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        # What is read here is made durable first: after a kill -9 the file may end in
+        # commits that were written but never fsynced (the page cache outlives a killed
+        # process, not a power loss).  Groups would resume from such an offset, and a
+        # power loss later would take it back (the group rewound under its consumers).
+        fsync(self._fd, self.path)
+        fsync_dir(self.directory)
         data = self.path.read_bytes()
         pos = 0
         records = 0
@@ -123,6 +132,8 @@ class OffsetsLog:
             self._next_offset = h.next_offset
             pos += h.size
         self.file_bytes = pos
+        if pos == len(data):  # (a cut tail reported its own length)
+            self._synced(self.path, pos)
         if records:
             log.info(
                 "offsets log: %d committed offsets of %d groups from %d records",

@@ -36,7 +36,10 @@ Recovery reads the index files of closed segments and checks them against the lo
 their indexes rewritten), plus the active segment, whose torn or corrupt tail is cut
 off and kept beside it in ``<segment>.torn-<unix ms>``.  A bad batch in a closed
 segment is refused unless every later segment is empty (a machine that lost power
-after a roll): dropping it would silently skip valid batches after it.
+after a roll): dropping it would silently skip valid batches after it.  Before the
+partition serves anything, the active segment and the directory are fsynced: a kill -9
+leaves written but unfsynced bytes and renames in the page cache, which this run would
+otherwise act on and a later power loss take back.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ from .index import (
     write_index_files,
 )
 from .producers import (
+    SNAPSHOT_SUFFIX,
     SNAPSHOTS_KEPT,
     ProducerStates,
     list_snapshots,
@@ -979,6 +983,12 @@ class Partition:
         active = self.segments[-1]
         fsync(active.fd, active.path)
         self._synced(active.path, active.size)
+        # And the names: a segment rolled, or a flag, index or snapshot file renamed in
+        # just before a kill -9 may be in the page cache only (their contents were
+        # fsynced before the rename), and this run acts on them: serves that segment's
+        # records, treats the partition as transactional, trusts the indexes.
+        fsync_dir(path)
+        self._report_recovered()
         self._durable = self.latest
         if rebuilt:
             log.warning("log %s: rebuilt the indexes of %d segments", path, rebuilt)
@@ -1055,6 +1065,18 @@ class Partition:
 
     def _synced(self, path: Path, length: int) -> None:
         record_synced(path, length)
+
+    def _report_recovered(self) -> None:
+        """For the sync log (tests): every file recovery kept is durable now."""
+        if not self._sync_log:
+            return
+        suffixes = (LOG_SUFFIX, *index_suffixes(), TXN_INDEX_SUFFIX, SNAPSHOT_SUFFIX)
+        kept = [
+            (p, p.stat().st_size)
+            for p in self.path.iterdir()
+            if p.name == TXN_FLAG_FILE or (p.name.endswith(suffixes) and p.name[:1].isdigit())
+        ]
+        record_synced_many(kept)
 
     # -- closing -------------------------------------------------------------------
 

@@ -160,6 +160,10 @@ class TopicRegistry:
         self.records_fetched = 0
         self.bytes_fetched = 0
         root.mkdir(parents=True, exist_ok=True)
+        # The names recovery goes by (topic dirs created, deleted or renamed in, the
+        # producer ids file) durable first: a kill -9 may leave such a rename in the
+        # page cache only, which a power loss after this run acted on would undo.
+        fsync_dir(root)
         self.producer_ids = ProducerIds(root)
         self._recover()
 
@@ -181,6 +185,7 @@ class TopicRegistry:
             if count == 0:
                 log.warning("topic dir %s has no partitions; ignoring it", entry)
                 continue
+            fsync_dir(entry)  # its topic.json and partition dirs (see __init__)
             config = _load_config(entry)
             parts = [
                 Partition(entry / str(i), i, config, entry.name, self.handles) for i in range(count)

@@ -50,7 +50,9 @@ Transaction log file ``<vhost>/logs-internal/transactions/transactions.log``: re
 batches (protocol/records.py), one record per change, key = the transactional id
 (UTF-8), value = msgpack ``[producer_id, epoch, timeout_ms, state, [[topic,
 partition], ...], {group: [[topic, partition, offset, metadata], ...]}, start_ms,
-update_ms]``.  Read fully at start, the last record of a key wins; a torn tail is cut.
+update_ms]``.  Read fully at start, once it and its directory are fsynced (a kill -9
+leaves written but unfsynced records in the page cache), the last record of a key wins;
+a torn tail is cut.
 Group commit: one write+fsync job at a time in a worker thread.  Compaction: when the
 file is above ``COMPACT_MIN_BYTES`` and twice the size of its live records, the next
 job rewrites the live records to ``transactions.log.tmp`` (fsync, rename, fsync dir).
@@ -158,6 +160,7 @@ class Txn:
         "lock",
         "settlements",
         "acks",
+        "number",
     )
 
     def __init__(self, tid: str, producer_id: int, epoch: int, timeout_ms: int) -> None:
@@ -195,6 +198,14 @@ class Txn:
         # and the stored messages they ack (in the log, for recovery of PrepareCommit).
         self.settlements: list[HeldSettlements] = []
         self.acks: PendingAcks = {}
+        # Counts the transactions begun under this id (in memory only): with the
+        # producer id and epoch, it names one transaction, so that a callback
+        # registered for one never changes the next (``before_produce``).
+        self.number = 0
+
+    def current(self) -> tuple[int, int, int]:
+        """The transaction open now (or the last one): producer id, epoch, number."""
+        return (self.producer_id, self.epoch, self.number)
 
     def value(self) -> bytes:
         packed: bytes = msgpack.packb(
@@ -291,6 +302,11 @@ class TxnLog:
         if tmp.exists():
             tmp.unlink()  # an interrupted compaction: the old file is still whole
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        # Durable before recovery acts on it: after a kill -9 the file may end in
+        # records written but never fsynced (in the page cache), such as a PrepareCommit
+        # that recovery would complete; a power loss later must not take it back.
+        fsync(self._fd, self.path)
+        fsync_dir(self.directory)
         data = self.path.read_bytes()
         values: dict[str, bytes] = {}
         pos = 0
@@ -323,6 +339,8 @@ class TxnLog:
             self._next_offset = h.next_offset
             pos += h.size
         self.file_bytes = pos
+        if pos == len(data):  # (a cut tail reported its own length)
+            record_synced(self.path, pos)
         return values
 
     def write_now(self, records: list[tuple[str, bytes]]) -> None:
@@ -728,9 +746,13 @@ class TransactionCoordinator:
     def _begin_if_needed(self, txn: Txn) -> None:
         if txn.state != ONGOING:
             txn.state = ONGOING
+            txn.number += 1
             txn.ends = {}
             txn.partitions = set()
             txn.durable = set()
+            # A partition of an earlier transaction whose flag is still being written
+            # is not this one's: its callback checks the transaction (before_produce).
+            txn.adding = {}
             txn.offsets = {}
             txn.settlements = []
             txn.acks = {}
@@ -804,6 +826,7 @@ class TransactionCoordinator:
         txn.state = EMPTY
         txn.partitions = set()
         txn.durable = set()
+        txn.adding = {}  # the old epoch's (their callbacks check the epoch)
         txn.offsets = {}
         # Read now: a concurrent INIT_TRANSACTIONS may bump the epoch during the fsync.
         result = {
@@ -861,10 +884,19 @@ class TransactionCoordinator:
             return None
         fut = marking
         txn.adding[tp] = fut
+        # The flag's write may outlast this transaction (aborted on a timeout, by an
+        # operator or by a new epoch's INIT_TRANSACTIONS; the flag job is shared, so
+        # it may also finish for another producer): the partition is durably part of
+        # the transaction it was added to, not of a later one, which must add it
+        # again (else its batches there would get no marker).
+        registered = txn.current()
 
         def added(f: asyncio.Future[None]) -> None:
-            txn.adding.pop(tp, None)
-            if f.exception() is None:
+            if txn.current() != registered:
+                return  # a later transaction (which dropped ``adding``)
+            if txn.adding.get(tp) is f:
+                del txn.adding[tp]
+            if txn.state == ONGOING and not f.cancelled() and f.exception() is None:
                 txn.durable.add(tp)
 
         fut.add_done_callback(added)

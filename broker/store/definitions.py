@@ -5,7 +5,9 @@ Bindings name their destination with ``destination_type`` "queue", "exchange" or
 
 ``<data_dir>/definitions.json`` is replaced as a whole on every change to a durable
 definition: write a temporary file, fsync it, rename it over the old one, fsync the
-directory.  A crash leaves either the old or the new file, never a mix.  Binary
+directory.  A crash leaves either the old or the new file, never a mix; the directory
+is fsynced again before the file is read at start (a kill -9 may leave the rename in
+the page cache only).  Binary
 argument values are written as ``{"$bin": "<hex>"}``.
 """
 
@@ -15,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
-from .fsio import write_atomically
+from .fsio import fsync_dir, write_atomically
 
 DEFINITIONS_FILE: Final = "definitions.json"
 FORMAT_VERSION: Final = 1
@@ -54,6 +56,10 @@ def load_definitions(data_dir: Path) -> dict[str, Any]:
         raw = path.read_bytes()
     except FileNotFoundError:
         return {"version": FORMAT_VERSION, "exchanges": [], "queues": [], "bindings": []}
+    # Its contents were fsynced before the rename; the rename itself may be in the page
+    # cache only after a kill -9.  Durable before this run declares what it names (and
+    # stores messages for it), so a power loss later cannot take it back.
+    fsync_dir(data_dir)
     doc = _decode(json.loads(raw))
     if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported definitions format")

@@ -37,11 +37,22 @@ fsync failures: the kernel may have dropped the dirty pages, so a failed fsync i
 never retried on the same file: the segment is abandoned, the batch's waiters are
 failed, and the store stops accepting persistent writes (``failed`` is set) while
 consumers keep being served from memory.
+
+File descriptors: a write or fsync never needs a new fd.  The ``messages/`` directory
+is opened once, when appending starts, and kept open for the store's life for the
+directory fsync after a roll (opening it then, with the process out of fds, used to
+fail the batch and so the whole store).  Only a roll opens a file: ``ensure_room``
+rolls before a persistent publish is routed, so that a roll without a free fd refuses
+that publish (``ResourceError``, 506) and changes nothing; any other record (acks,
+watermarks, copies, an atomic commit) that finds the active segment full and no fd for
+a new one is appended to the active segment, past ``segment_bytes``, and the next
+append tries the roll again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -50,6 +61,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
+
+from wharf.protocol.errors import ResourceError
 
 from .fsio import fsync, fsync_dir, record_synced, write_all
 from .records import (
@@ -76,6 +89,8 @@ COMPACT_LIVE_RATIO: Final = 0.5
 COMPACT_MIN_SEGMENTS: Final = 3
 # Read-only fds kept open for paging reads (least recently used closed first).
 MAX_READ_FDS: Final = 8
+# errnos of an open() that found no free file descriptor (process or system limit).
+FD_EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE})
 
 
 class Segment:
@@ -193,6 +208,10 @@ class MessageStore:
         # Segments rolled away from whose write fd is still open (bytes not yet on disk).
         self._retiring: list[Segment] = []
         self._progress: list[asyncio.Future[None]] = []
+        # The directory, open for the store's life (fsyncs after rolls need no new fd).
+        self._dir_fd = -1
+        self.fd_errors = 0  # rolls that found no free fd (EMFILE/ENFILE), for the alarm
+        self._overfull: Segment | None = None  # appended to past its size (no fd to roll)
 
     # -- opening -------------------------------------------------------------------
 
@@ -211,11 +230,55 @@ class MessageStore:
         self.segments = recovered
         self.by_number = {seg.number: seg for seg in recovered}
         number = recovered[-1].number + 1 if recovered else 1
+        self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_CLOEXEC)
         self._roll(number)
 
+    def ensure_room(self) -> None:
+        """Before a persistent publish is routed: start a new segment now if the active
+        one is full, so that appending the messages needs no fd.  Out of fds: a clear
+        ResourceError (506) for that publish, and nothing changed."""
+        seg = self.active
+        if seg is None or seg.size < self.segment_bytes or self._txid:
+            return
+        try:
+            self._roll(seg.number + 1)
+        except OSError as exc:
+            if exc.errno not in FD_EXHAUSTED:
+                raise
+            raise ResourceError(
+                "message store: cannot start a new segment, the broker is out of file "
+                f"descriptors ({exc.strerror}); the message was not stored, retry later and "
+                "raise the broker's open-file limit (ulimit -n / LimitNOFILE)",
+                details={"errno": exc.errno},
+            ) from exc
+
+    def _roll_or_stay(self, seg: Segment) -> Segment:
+        """Roll away from the full ``seg``; with no fd free, stay in it (past
+        ``segment_bytes``) and try again at the next append."""
+        try:
+            return self._roll(seg.number + 1)
+        except OSError as exc:
+            if exc.errno not in FD_EXHAUSTED:
+                raise
+            if self._overfull is not seg:  # once per segment, not per record
+                self._overfull = seg
+                log.warning(
+                    "message store: cannot start a new segment, out of file descriptors "
+                    "(%s); appending to segment %d past its size until one is free",
+                    exc.strerror,
+                    seg.number,
+                )
+            return seg
+
     def _roll(self, number: int) -> Segment:
+        """A new active segment; when its file cannot be opened, nothing is changed."""
         seg = Segment(number, segment_path(self.directory, number))
-        seg.fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            seg.fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            if exc.errno in FD_EXHAUSTED:
+                self.fd_errors += 1
+            raise
         old = self.active
         if old is not None and old.fd >= 0:
             self._retiring.append(old)
@@ -231,7 +294,7 @@ class MessageStore:
         assert seg is not None
         if seg.size >= self.segment_bytes and not self._txid:
             # (An atomic commit's records stay in one segment: begin_atomic rolled.)
-            seg = self._roll(seg.number + 1)
+            seg = self._roll_or_stay(seg)
         self._pending.append((seg, data))
         self._last_offset = seg.size
         seg.size += len(data)
@@ -349,7 +412,7 @@ class MessageStore:
         assert not self._txid, "atomic commits do not nest"
         seg = self.active
         if seg is not None and seg.size >= self.segment_bytes:
-            self._roll(seg.number + 1)
+            self._roll_or_stay(seg)
         self._last_txid += 1
         self._txid = self._last_txid
         self._tx_wrote = False
@@ -504,7 +567,10 @@ class MessageStore:
         fsync(seg.fd, seg.path)
         self.fsyncs += 1
         if seg.new:
-            fsync_dir(self.directory)
+            if self._dir_fd >= 0:
+                fsync(self._dir_fd, self.directory)  # no new fd (module docstring)
+            else:
+                fsync_dir(self.directory)
             seg.new = False
         record_synced(seg.path, target)
         # Last: from here on the event loop may close the fd (see the lifetime rules).
@@ -740,10 +806,12 @@ class MessageStore:
         return sum(s.size for s in self.segments)
 
     def open_fds(self) -> int:
-        """File descriptors the store holds now (write fds plus cached read fds)."""
+        """File descriptors the store holds now (write fds, the directory's, cached read
+        fds)."""
         active = self.active
         writing = sum(1 for s in self._retiring if s.fd >= 0)
-        return writing + (1 if active is not None and active.fd >= 0 else 0) + len(self._read_fds)
+        held = int(active is not None and active.fd >= 0) + int(self._dir_fd >= 0)
+        return writing + held + len(self._read_fds)
 
     async def flush(self) -> None:
         """Commit everything appended so far, fsync it, and wait (shutdown, tests)."""
@@ -776,6 +844,9 @@ class MessageStore:
         for rfd in self._read_fds.values():
             os.close(rfd)
         self._read_fds.clear()
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
 
     def adopt(self, segments: Iterable[Segment]) -> None:
         """Recovered segments, readable before ``open_for_append``."""

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from harness import BrokerProcess, broker_process
 
+import wharf
+
 MAX_OPEN_FILES = 96
 POLL_S = 0.2
 # Every wait (and each HTTP request on the watch connection) is bounded by this; the
@@ -35,6 +37,11 @@ WAIT_S = 30.0
 # The whole test (the harness's default is 60 s): three waits and a broker start, below
 # pytest-timeout's 120 s.
 BUDGET_S = 90.0
+# The message store's smallest segment (the segment_bytes setting's minimum): one
+# message this big fills it, so the next persistent publish needs a new segment.
+SEGMENT_BYTES = 1024 * 1024
+# Persistent publishes sent while the broker is out of fds, each needing a new segment.
+PUBLISHES_AT_THE_LIMIT = 5
 
 
 def scrape(watch: http.client.HTTPConnection, path: str) -> tuple[int, str]:
@@ -70,6 +77,18 @@ async def poll(
                 f"broker log:\n{bp.output()[-3000:]}"
             )
         await asyncio.sleep(POLL_S)
+
+
+def fill_fds(port: int) -> list[socket.socket]:
+    """Idle sockets to the broker's native port, enough to use up its fds and then some
+    (the rest wait in the listen backlog and take every fd that is freed)."""
+    fillers: list[socket.socket] = []
+    for _ in range(MAX_OPEN_FILES):
+        try:
+            fillers.append(socket.create_connection(("127.0.0.1", port)))
+        except OSError:
+            break
+    return fillers
 
 
 async def wait_for_fd_alarm(
@@ -123,6 +142,51 @@ async def test_fd_alarm_is_raised_near_the_limit_and_clears(tmp_path: Path) -> N
             )
             assert json.loads(body)["status"] == "ready"
             assert "fds alarm raised" in bp.output()
+        finally:
+            await conn.close()
+            watch.close()
+
+
+async def test_a_persistent_publish_needing_a_new_segment_without_fds(tmp_path: Path) -> None:
+    """A persistent publish that needs a new store segment while the broker is out of
+    fds is refused with a clear ResourceError, or stored; the store never fails, and the
+    broker takes persistent messages again once fds are free.  The first write into a
+    new segment used to fsync the directory through a new fd: with none free the store
+    failed until a restart (/readyz 503, every persistent publish refused); and a roll
+    whose segment could not be opened escaped the publish as an internal error."""
+    data_dir = tmp_path / "data"
+    env = {"WHARF_SEGMENT_BYTES": str(SEGMENT_BYTES)}
+    async with broker_process(
+        data_dir, env=env, max_open_files=MAX_OPEN_FILES, budget_s=BUDGET_S
+    ) as bp:
+        watch = http.client.HTTPConnection("127.0.0.1", bp.http_port, timeout=WAIT_S)
+        conn = await bp.connect()
+        try:
+            await wait_for_fd_alarm(bp, watch, raised=False)  # connects the watch
+            await conn.declare_queue("q", durable=True)
+            await conn.publish("", "q", b"f" * SEGMENT_BYTES, persistent=True)  # fills it
+            stored = 1
+            refused: list[str] = []
+            fillers = fill_fds(bp.port)
+            try:
+                await wait_for_fd_alarm(bp, watch, raised=True)
+                for i in range(PUBLISHES_AT_THE_LIMIT):
+                    try:
+                        await conn.publish("", "q", b"at the limit %d" % i, persistent=True)
+                        stored += 1
+                    except wharf.ResourceError as exc:
+                        refused.append(str(exc))
+            finally:
+                for s in fillers:
+                    s.close()
+            assert all("out of file descriptors" in r for r in refused), refused
+            text = await wait_for_fd_alarm(bp, watch, raised=False)
+            assert metric(text, "wharf_store_failed") == 0, bp.output()[-3000:]
+            await conn.publish("", "q", b"after", persistent=True)
+            stored += 1
+            queue = await conn.declare_queue("q", durable=True, passive=True)
+            assert queue.messages == stored
+            await poll(bp, watch, "/readyz", lambda status, _: status == 200, "/readyz 200")
         finally:
             await conn.close()
             watch.close()

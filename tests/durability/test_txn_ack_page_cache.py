@@ -52,7 +52,7 @@ async def _until(done: Callable[[], bool]) -> None:
     raise AssertionError("timed out")
 
 
-def _kill_copy(data: Path, sync_log: Path, to: Path) -> Path:
+def kill_copy(data: Path, sync_log: Path, to: Path) -> Path:
     """What a kill -9 leaves: the files as they are now (written bytes included,
     fsynced or not), and the sync log of what is durable, moved along with them."""
     shutil.copytree(data, to)
@@ -94,7 +94,7 @@ async def test_acks_left_in_the_page_cache_by_a_kill_survive_a_later_power_loss(
                 commit = asyncio.create_task(p.commit())
                 # The acks' unit is written, its fsync held: kill -9 now.
                 await _until(lambda: segment.stat().st_size > before)
-                second_sync = _kill_copy(first, sync_log, second)
+                second_sync = kill_copy(first, sync_log, second)
             await commit
     finally:
         await b.stop()

@@ -9,13 +9,18 @@ due while a write is in flight) happen on every run, in the order the test choos
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from wharf.broker.store.records import DELAYS, scan
 from wharf.broker.store.segments import MAX_READ_FDS, MessageStore, Segment
+from wharf.protocol.errors import ResourceError
 
 BODY = b"x" * 100
 # A MSGS record of one BODY is ~130 bytes: two fit in a segment, the third rolls.
@@ -105,11 +110,11 @@ async def test_finished_segments_hold_no_write_fd(tmp_path: Path) -> None:
     assert store.failed is None
     assert len(store.segments) == 20
     assert [s for s in store.segments if s.fd >= 0] == [store.active]
-    assert store.open_fds() == 1
+    assert store.open_fds() == 2  # the active segment's and the directory's
     # Paging reads use a bounded set of read fds.
     for seg in store.segments:
         store.read_record(seg.number, 0)
-    assert store.open_fds() == 1 + MAX_READ_FDS
+    assert store.open_fds() == 2 + MAX_READ_FDS
     store.close()
     assert store.open_fds() == 0
 
@@ -173,4 +178,60 @@ async def test_delays_many_writes_one_record(tmp_path: Path) -> None:
     with active.path.open("rb") as f:
         recs = scan(f).records
     assert [(r.rtype, r.payload) for r in recs] == [(DELAYS, [UID, [[3, 1000], [4, 2000]]])]
+    store.close()
+
+
+async def run_all(ex: ManualExecutor) -> None:
+    """Run every job the store submits until it is idle."""
+    await loop_turns()
+    while ex.jobs:
+        await step(ex)
+
+
+def _no_fd_for(monkeypatch: pytest.MonkeyPatch, refuse: Callable[[Path], bool]) -> None:
+    """From now on ``os.open`` of a path ``refuse`` picks fails as with no free fd."""
+    real_open = os.open
+
+    def open_(path: Any, flags: int, mode: int = 0o777, **kwargs: Any) -> int:
+        if refuse(Path(path)):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, flags, mode, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+
+
+async def test_a_roll_out_of_fds_refuses_the_publish_and_the_store_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first write into a new segment fsyncs the directory: that took a new fd, and
+    with none free the batch failed, and with it the store for good.  A roll that finds
+    no fd refuses the publish asking for it (ResourceError) and changes nothing; other
+    records go to the full segment until an fd is free."""
+    ex = ManualExecutor()
+    store = open_store(tmp_path, ex)
+    first = append(store, 0)
+    append(store, 1)  # the segment is full now
+    await run_all(ex)
+    # The directory can no longer be opened: the roll must not need it.
+    _no_fd_for(monkeypatch, lambda p: p.is_dir())
+    second = append(store, 2)  # rolls
+    assert second is not first
+    await run_all(ex)
+    assert store.failed is None, store.failed
+    assert store.durable_batch == store.batch - 1  # everything appended is on disk
+    # Now no segment can be opened either.
+    _no_fd_for(monkeypatch, lambda p: p.suffix == ".seg")
+    append(store, 3)  # full again
+    with pytest.raises(ResourceError, match="out of file descriptors"):
+        store.ensure_room()
+    assert store.active is second and store.fd_errors == 1
+    store.delivered(UID, 3)  # a watermark: appended to the full segment
+    await run_all(ex)
+    assert store.failed is None and store.active is second
+    monkeypatch.undo()  # fds are free again
+    store.ensure_room()
+    third = append(store, 4)
+    assert third is not second
+    await run_all(ex)
+    assert store.failed is None and store.durable_batch == store.batch - 1
     store.close()
