@@ -1,6 +1,7 @@
-"""Names are at most 255 bytes of UTF-8 (an AMQP short string), not 255 characters, on
-every way in: the native protocol, the HTTP API and AMQP. The core decides
-(broker/core/names.py); a name that fits is usable from all three."""
+"""Names (queues, exchanges, binding and publish routing keys, consumer tags) are at most
+255 bytes of UTF-8 (an AMQP short string), not 255 characters, on every way in: the
+native protocol, the HTTP API and AMQP. The core decides (broker/core/names.py); a name
+that fits is usable from all three."""
 
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ async def test_a_multibyte_name_over_255_bytes_is_refused_natively(
     with pytest.raises(wharf.InvalidArgument, match="consumer tag is 400 bytes"):
         async with conn.consume(q, consumer_tag=TOO_LONG):
             pass
+    # A publish's routing key too: an AMQP consumer could not be given it whole.
+    with pytest.raises(wharf.InvalidArgument, match="routing key is 400 bytes"):
+        await conn.publish("amq.topic", TOO_LONG, b"x")
     assert TOO_LONG not in broker.queues
 
 
@@ -75,6 +79,9 @@ async def test_a_multibyte_name_over_255_bytes_is_refused_over_http(broker: Brok
     status, body = await http(broker, "POST", "/api/bindings/%2F", binding)
     assert (status, body["code"]) == (400, 400), body
     assert "routing key is 400 bytes" in body["error"]
+    publish = {"routing_key": TOO_LONG, "payload": "x", "payload_encoding": "string"}
+    status, body = await http(broker, "POST", "/api/exchanges/%2F/amq.topic/publish", publish)
+    assert (status, body["code"]) == (400, 400), body
     assert TOO_LONG not in broker.queues
 
 
