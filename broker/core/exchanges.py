@@ -19,7 +19,6 @@ from wharf.protocol.errors import InvalidArgument
 EXCHANGE_TYPES: Final = ("direct", "fanout", "topic", "headers")
 # Routing keys remembered per topic/headers-free exchange before the cache is reset.
 ROUTE_CACHE_ENTRIES: Final = 4096
-MAX_ROUTING_KEY_CHARS: Final = 255
 
 
 class Destination(Protocol):

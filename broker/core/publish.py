@@ -29,6 +29,7 @@ from wharf.protocol.errors import (
 )
 
 from .exchanges import Exchange, TopicTarget
+from .names import check_name_length
 from .replies import REPLY_TO_PREFIX, ReplyRegistry
 from .routed import append_routed, routed_records
 
@@ -148,8 +149,10 @@ class Publisher:
         props: dict[str, Any] | None,
         bodies: list[bytes] | tuple[bytes, ...],
         user: str,
+        routing_key: str,
     ) -> Exchange:
-        """The exchange to publish to, after checking it, the properties and bodies."""
+        """The exchange to publish to, after checking it, the routing key, the properties
+        and bodies."""
         ex = self.topology.exchanges.get(exchange_name)
         if ex is None:
             raise NotFound(f"no exchange '{exchange_name}'", details={"exchange": exchange_name})
@@ -158,6 +161,8 @@ class Publisher:
                 f"cannot publish to internal exchange '{exchange_name}'",
                 details={"exchange": exchange_name},
             )
+        # An AMQP consumer must get the routing key whole (a short string).
+        check_name_length("routing key", routing_key)
         if props:
             check_properties(props, user)
         limit = self.max_message_bytes
@@ -188,7 +193,7 @@ class Publisher:
         user: str,
     ) -> PublishResult:
         """Check, route and enqueue ``bodies`` (one routing key and properties)."""
-        ex = self.check(exchange_name, props, bodies, user)
+        ex = self.check(exchange_name, props, bodies, user, routing_key)
         # A direct reply (replies.py): the default exchange and a reply name.
         if not exchange_name and routing_key.startswith(REPLY_TO_PREFIX):
             return self.reply(routing_key, props, bodies)

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 from wharf.protocol.errors import (
     AccessRefused,
-    InvalidArgument,
     NotFound,
     PreconditionFailed,
     WharfError,
 )
 
-from .exchanges import MAX_ROUTING_KEY_CHARS, Binding, Exchange, TopicTarget
+from .exchanges import Binding, Exchange, TopicTarget
+from .names import check_name_length
 from .policies.deadletter import is_cycle, with_death
 from .policies.queue_types import (
     check_exchange_equivalent,
@@ -51,7 +51,6 @@ STANDARD_EXCHANGES: Final = (
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
 )
-MAX_NAME_CHARS: Final = 255
 # A timer may fire a hair before its deadline by the monotonic clock: this much later.
 EXPIRY_SLACK_S: Final = 0.001
 # How many exchange hops (e2e bindings, alternate exchanges) one publish may follow.
@@ -61,8 +60,7 @@ log = logging.getLogger("wharf.topology")
 
 
 def _check_name(kind: str, name: str) -> None:
-    if len(name) > MAX_NAME_CHARS:
-        raise InvalidArgument(f"{kind} name longer than {MAX_NAME_CHARS} characters")
+    check_name_length(f"{kind} name", name)
 
 
 class Topology:
@@ -579,8 +577,7 @@ class Topology:
     ) -> None:
         if source_name == DEFAULT_EXCHANGE or destination is self.default_exchange:
             raise AccessRefused(DEFAULT_EXCHANGE_REFUSED, details={"exchange": ""})
-        if len(routing_key) > MAX_ROUTING_KEY_CHARS:
-            raise InvalidArgument(f"routing key longer than {MAX_ROUTING_KEY_CHARS} characters")
+        check_name_length("routing key", routing_key)
         source = self.get_exchange(source_name)
         binding = Binding(source, destination, routing_key, arguments)
         if source.add_binding(binding):

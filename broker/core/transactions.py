@@ -89,7 +89,7 @@ class CoreTransaction:
         topology = session.topology
         if exchange not in topology.exchanges:
             raise NotFound(f"no exchange '{exchange}'", details={"exchange": exchange})
-        topology.publisher.check(exchange, props, bodies, session.actor.user)
+        topology.publisher.check(exchange, props, bodies, session.actor.user, routing_key)
         self._ops.append((exchange, routing_key, props, bodies, on_result))
 
     def settle(self, tags: list[int], outcome: str) -> None:

@@ -520,6 +520,40 @@ async def _halt_point(step: str) -> None:
 # -- the coordinator --------------------------------------------------------------------
 
 
+def admit_produce(
+    coordinator: TransactionCoordinator | None,
+    producer_id: int,
+    producer_epoch: int,
+    topic: str,
+    partition: int,
+    acks: str,
+    transactional: bool,
+) -> asyncio.Future[None] | None:
+    """The transaction rules of one produced batch, the same for every way in: raises
+    when the batch is refused; None when it may be appended now; else a future done once
+    its partition is durably part of the producer's transaction (then ask again: the
+    transaction may have ended meanwhile).
+
+    A transactional batch needs the producer's id and epoch, a running coordinator (the
+    broker started), an answer (acks "written" or "fsynced": the client must learn
+    whether it is in the transaction) and a partition number (a transaction names its
+    partitions before it writes to them). A producer that is transactional sends all
+    its batches in transactions. Plain batches of other producers pass."""
+    if transactional:
+        if producer_id < 0:
+            raise InvalidArgument("a transactional produce needs its producer id and epoch")
+        if coordinator is None:
+            raise InvalidArgument("transactions are not available before the broker started")
+        if acks == "none" or partition < 0:
+            raise InvalidArgument(
+                "a transactional produce needs acks 'written' or 'fsynced' and a partition number"
+            )
+        return coordinator.before_produce(producer_id, producer_epoch, topic, partition)
+    if producer_id >= 0 and coordinator is not None:
+        coordinator.check_plain_produce(producer_id)
+    return None
+
+
 class TransactionCoordinator:
     """Transactional producers of one vhost's log topics."""
 

@@ -17,6 +17,7 @@ import pika.spec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pamqp import commands as pamqp_commands
 from pamqp import decode as pamqp_decode
 
 from wharf.broker.wire.amqp.errors import FRAME_ERROR, AmqpError
@@ -28,7 +29,7 @@ from wharf.broker.wire.amqp.fields import (
     encode_table,
     make_decimal,
 )
-from wharf.broker.wire.amqp.frames import FrameReader, content_frames
+from wharf.broker.wire.amqp.frames import FrameReader, content_frames, decode_method
 from wharf.broker.wire.amqp.properties import (
     PropertyError,
     decode_properties,
@@ -364,3 +365,56 @@ def test_bodies_are_split_at_frame_max() -> None:
     assert [f[0] for f in parsed] == [2, 3, 3, 3]
     assert b"".join(f[2] for f in parsed[1:]) == b"x" * 10_000
     assert all(len(f) <= 4096 for f in out)
+
+
+# -- method arguments: exactly the method's layout ---------------------------------------
+
+_SAMPLE_BY_TYPE: dict[str, Any] = {
+    "shortstr": "s",
+    "longstr": "long",
+    "table": {"k": 1, "t": {"n": "v"}},
+    "octet": 1,
+    "short": 2,
+    "long": 3,
+    "longlong": 4,
+    "bit": True,
+}
+
+# Values pamqp's marshal insists on (deprecated fields).
+_FIXED_BY_NAME: dict[str, Any] = {
+    "capabilities": "",
+    "insist": False,
+    "known_hosts": "",
+    "out_of_band": "0",
+    "channel_id": "0",
+    "cluster_id": "",
+    "ticket": 0,
+}
+
+
+def _every_method() -> list[tuple[int, bytes]]:
+    """Each method pamqp knows, every argument set, as (method id, argument bytes)."""
+    out = []
+    for mid, cls in sorted(pamqp_commands.INDEX_MAPPING.items()):
+        method = cls.__new__(cls)
+        for name in cls.__slots__:
+            setattr(method, name, _FIXED_BY_NAME.get(name, _SAMPLE_BY_TYPE[cls.amqp_type(name)]))
+        out.append((mid, method.marshal()))
+    return out
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pamqp's basic.recover-async
+@pytest.mark.parametrize(("mid", "args"), _every_method())
+def test_every_method_decodes_and_a_byte_more_or_less_is_cannot_decode(
+    mid: int, args: bytes
+) -> None:
+    """RabbitMQ matches a method's whole argument payload: one byte short of it or one
+    behind it is 501 `cannot decode <<...>>` naming the method; the exact layout decodes."""
+    got_mid, _ = decode_method(struct.pack(">I", mid) + args)
+    assert got_mid == mid
+    for bad in (args + b"\x07", args[:-1]) if args else (b"\x07",):
+        with pytest.raises(AmqpError) as info:
+            decode_method(struct.pack(">I", mid) + bad)
+        shown = ",".join(str(b) for b in bad)
+        assert (info.value.code, info.value.method) == (FRAME_ERROR, mid)
+        assert info.value.text == f"cannot decode <<{shown}>>"

@@ -28,6 +28,7 @@ from wharf.protocol.errors import NotFound, PreconditionFailed, ResourceError, W
 
 from ...core.deliveries import Deliveries
 from ...core.exchanges import EXCHANGE_TYPES
+from ...core.names import check_name_length
 from ...core.policies.queue_types import with_delivery_count
 from ...core.queues import Consumer, Message
 from ...core.replies import REPLY_TO_PREFIX, REPLY_TO_QUEUE, ReplyRegistry
@@ -78,7 +79,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wharf.amqp")
 
-MAX_CONSUMER_TAG_BYTES: Final = 255
 _CHANNEL_CLOSE: Final = C.Channel.Close.index
 _CHANNEL_CLOSE_OK: Final = C.Channel.CloseOk.index
 # What a channel waits for after basic.publish.
@@ -515,8 +515,7 @@ class Channel:
         if self.reply_tag is not None:
             raise AmqpError(PRECONDITION_FAILED, "reply consumer already set", mid)
         tag = method.consumer_tag or f"amq.ctag-{secrets.token_urlsafe(16)}"
-        if len(tag.encode()) > MAX_CONSUMER_TAG_BYTES:
-            raise AmqpError(SYNTAX_ERROR, "consumer tag too long", mid)
+        check_name_length("consumer tag", tag)
         if tag in self.consumers:
             raise AmqpError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", mid)
         self.reply_tag = tag
@@ -761,8 +760,7 @@ class Channel:
                 PRECONDITION_FAILED, "consumer argument x-priority must be an integer", mid
             )
         tag = method.consumer_tag or f"amq.ctag-{secrets.token_urlsafe(16)}"
-        if len(tag.encode()) > MAX_CONSUMER_TAG_BYTES:
-            raise AmqpError(SYNTAX_ERROR, "consumer tag too long", mid)
+        check_name_length("consumer tag", tag)
         if tag in self.consumers or tag == self.reply_tag:
             raise AmqpError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", mid)
         queue.check_new_consumer(bool(method.exclusive))

@@ -15,11 +15,14 @@ buffered and written once per event-loop iteration, like the native connection.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import enum
+import fcntl
 import functools
 import logging
 import platform
+import termios
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from pamqp import commands as C
@@ -86,6 +89,13 @@ WRITE_BUFFER_LOW_BYTES: Final = 1024 * 1024
 # window: nothing else will arrive on the socket to wake them. Any frame wakes them; a
 # heartbeat is the one every client accepts at any time.
 WINDOW_NUDGE_S: Final = 0.005
+# Heartbeats follow the negotiated interval T, each connection on its own timers (not the
+# broker's 1 s tick), as RabbitMQ's rabbit_heartbeat: every T/2 a heartbeat is sent if
+# nothing was written since the previous check; every T the broker looks whether anything
+# was read since the previous check, and closes the socket when this many checks in a
+# row found nothing: between 2T and 3T of silence from the client.
+HEARTBEAT_SENDS_PER_INTERVAL: Final = 2
+MISSED_HEARTBEAT_CHECKS: Final = 2
 MECHANISM_AMQPLAIN: Final = "AMQPLAIN"
 MECHANISMS: Final = f"{MECHANISM_PLAIN} {MECHANISM_AMQPLAIN}"
 # On amqps_port with a verified client certificate and tls_cert_login on, EXTERNAL too.
@@ -227,6 +237,17 @@ class AmqpConnection(asyncio.Protocol):
         self._reads = 0
         self._nudge_reads = 0
         self._nudge_at = 0.0
+        # The heartbeat timers (started at open-ok), and what they saw at their last check:
+        # the flushes (writes), the reads, and the checks in a row that found no read.
+        self._hb_send_timer: asyncio.TimerHandle | None = None
+        self._hb_recv_timer: asyncio.TimerHandle | None = None
+        self._writes = 0
+        self._writes_seen = 0
+        self._reads_seen = 0
+        self._silent_checks = 0
+        # While the write buffer is over its mark (reading paused): the bytes waiting
+        # unread in the socket and the bytes still to write, at the last check.
+        self._backlog_seen = (0, 0)
 
     # -- the registry's view (core/clients.py) ----------------------------------------
 
@@ -525,7 +546,13 @@ class AmqpConnection(asyncio.Protocol):
         self.state = AmqpState.CLOSED
         if self._auth_task is not None:
             self._auth_task.cancel()
-        for timer in (self._quota_read_timer, self._quota_deliver_timer, self._nudge_timer):
+        for timer in (
+            self._quota_read_timer,
+            self._quota_deliver_timer,
+            self._nudge_timer,
+            self._hb_send_timer,
+            self._hb_recv_timer,
+        ):
             if timer is not None:
                 timer.cancel()
         self._release_channels()
@@ -608,6 +635,7 @@ class AmqpConnection(asyncio.Protocol):
         self._wbuf = []
         transport.writelines(buf)
         self.last_send = self._loop.time()
+        self._writes += 1
 
     def _await_client_close(self) -> None:
         """After close-ok to a client's connection.close: the client closes the socket
@@ -947,6 +975,7 @@ class AmqpConnection(asyncio.Protocol):
         self.state = AmqpState.OPEN
         self._opened = True
         self._send(M.connection_open_ok())
+        self._start_heartbeats()
         log.info("%s opened from %s as %s (AMQP 0-9-1)", self.name, self.peer, self.username)
         broker.audit.event(AuditEvent.CONNECTION_OPEN, **self.audit_fields())
 
@@ -1019,23 +1048,99 @@ class AmqpConnection(asyncio.Protocol):
             return
         if state is not AmqpState.OPEN:
             return
-        hb = self.heartbeat_s
-        if hb:
-            if (
-                now - self.last_recv > 2 * hb
-                and self._quota_read_timer is None
-                and not self._blocked_reading
-            ):
-                log.warning(
-                    "%s: missed heartbeats from client, timeout: %d s; closing", self.name, hb
-                )
-                self._abort()
-                return
-            if now - self.last_send >= hb / 2:
-                self._send(HEARTBEAT_FRAME)
         timeout_s = self.settings.ack_timeout_ms / 1000.0
         for ch in list(self.open_channels.values()):
             ch.check_ack_timeout(now, timeout_s)
+
+    # -- heartbeats ----------------------------------------------------------------------
+
+    def _start_heartbeats(self) -> None:
+        hb = self.heartbeat_s
+        if not hb:
+            return
+        # As RabbitMQ's first checks: the first sends a heartbeat whatever was written, and
+        # the first counts the handshake as read (a client silent since connection.open
+        # is closed at 3T).
+        self._writes_seen = -1
+        self._reads_seen = -1
+        loop = self._loop
+        self._hb_send_timer = loop.call_later(hb / HEARTBEAT_SENDS_PER_INTERVAL, self._hb_send)
+        self._hb_recv_timer = loop.call_later(hb, self._hb_check)
+
+    def _hb_send(self) -> None:
+        """Every T/2: a heartbeat unless something was written since the last check (or is
+        about to be: frames in the buffer go out at this iteration's flush)."""
+        self._hb_send_timer = None
+        if self.state is not AmqpState.OPEN:
+            return
+        if self._writes_seen < 0 or (self._writes == self._writes_seen and not self._wbuf):
+            self._send(HEARTBEAT_FRAME)
+            self._flush()
+        # The heartbeat just written does not count as traffic for the next check.
+        self._writes_seen = self._writes
+        self._hb_send_timer = self._loop.call_later(
+            self.heartbeat_s / HEARTBEAT_SENDS_PER_INTERVAL, self._hb_send
+        )
+
+    def _hb_check(self) -> None:
+        """Every T: anything read since the last check?  Checks made while the socket is
+        not read (a blocked publisher, a publish quota's wait, a write buffer over its
+        high mark) do not count: the client's heartbeats wait unread in the socket, as
+        RabbitMQ pauses its monitor.  The reads of a stalled event loop are handled
+        before its timers, so a busy broker does not take its own delay for silence."""
+        self._hb_recv_timer = None
+        if self.state is not AmqpState.OPEN:
+            return
+        hb = self.heartbeat_s
+        backlog = (0, 0) if self.writable else self._backlog()
+        if (
+            self._reads != self._reads_seen
+            or self._quota_read_timer is not None
+            or self._blocked_reading
+            or (not self.writable and self._peer_moved(backlog))
+        ):
+            self._silent_checks = 0
+        else:
+            self._silent_checks += 1
+            if self._silent_checks >= MISSED_HEARTBEAT_CHECKS:
+                log.warning(
+                    "%s: missed heartbeats from client, timeout: %d s; closing", self.name, hb
+                )
+                # The peer is gone: what is still buffered for it is dropped, not flushed
+                # (a close would wait for a reader that is not there).
+                self._enter_closing()
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+        self._reads_seen = self._reads
+        self._backlog_seen = backlog
+        self._hb_recv_timer = self._loop.call_later(hb, self._hb_check)
+
+    def _peer_moved(self, backlog: tuple[int, int]) -> bool:
+        """While the write buffer is over its high mark Wharf does not read the socket (as
+        RabbitMQ stops reading under flow control): the client is alive if bytes it sent
+        wait unread in the socket (more than at the last check), or if it took some of
+        what Wharf writes (the write buffer shrank). A dead peer does neither, and is
+        closed as a silent one."""
+        unread, unsent = backlog
+        unread_seen, unsent_seen = self._backlog_seen
+        return unread != unread_seen or unsent < unsent_seen
+
+    def _backlog(self) -> tuple[int, int]:
+        """(bytes received and not read yet, bytes buffered to write), 0 when unknown."""
+        transport = self.transport
+        if transport is None:
+            return (0, 0)
+        unread = 0
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            count = array.array("i", [0])
+            try:
+                fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+                unread = count[0]
+            except OSError:
+                pass
+        return (unread, transport.get_write_buffer_size())
 
     def relocate(self, old: Segment) -> int:
         return sum(ch.deliveries.relocate(old) for ch in self.open_channels.values())

@@ -11,7 +11,11 @@ its 7 header bytes and the end octet included.
 Methods are decoded with pamqp (``pamqp.commands``), except the hot ones, read and
 written here by hand (docs/decisions.md): basic.publish and basic.ack in, and
 basic.deliver, content headers and bodies out.  Every decoding error becomes
-``AmqpError`` (a hard error: 501 for framing, 502 for a method's arguments).
+``AmqpError`` (a hard error): 501 FRAME_ERROR for framing and for arguments that do not
+fill the method's layout exactly (short of it, or bytes behind it: RabbitMQ's decoder
+matches the whole payload and answers ``cannot decode <<...>>``), 502 SYNTAX_ERROR for
+arguments of the right length that still do not decode (a field table, a string that is
+not UTF-8).
 """
 
 from __future__ import annotations
@@ -48,6 +52,17 @@ _u64_bit = struct.Struct(">QB")
 _ACK_PAYLOAD_BYTES: Final = _method_head.size + _u64_bit.size
 _deliver_mid = struct.Struct(">QB")
 _pack_head = _frame_head.pack
+# The argument bytes printed in a "cannot decode" reply: a reply text is cut at 255 bytes
+# anyway, and each byte prints as up to 4 characters.
+CANNOT_DECODE_SHOWN_BYTES: Final = 128
+# Fixed-width AMQP argument types (pamqp's names) and their sizes in bytes.
+_FIXED_BYTES: Final[dict[str, int]] = {"octet": 1, "short": 2, "long": 4, "longlong": 8}
+_LENGTH_PREFIX: Final[dict[str, struct.Struct]] = {
+    "shortstr": struct.Struct(">B"),
+    "longstr": struct.Struct(">I"),
+    "table": struct.Struct(">I"),
+}
+_BITS_PER_OCTET: Final = 8
 
 
 class Publish:
@@ -81,6 +96,56 @@ def _shortstr_at(payload: bytes, pos: int) -> tuple[str, int]:
     return payload[pos:end].decode("utf-8"), end
 
 
+def cannot_decode(mid: int, args: bytes | memoryview) -> AmqpError:
+    """RabbitMQ's 501 for method arguments that do not match the method's layout: the
+    bytes as Erlang prints a binary (``<<0,0,32,97>>``)."""
+    shown = ",".join(map(str, bytes(args[:CANNOT_DECODE_SHOWN_BYTES])))
+    more = ",..." if len(args) > CANNOT_DECODE_SHOWN_BYTES else ""
+    return AmqpError(FRAME_ERROR, f"cannot decode <<{shown}{more}>>", mid)
+
+
+_layouts: dict[int, tuple[str, ...]] = {}
+
+
+def _layout(mid: int, cls: Any) -> tuple[str, ...]:
+    """The method's argument types in order, a run of up to 8 bits as one ``octet``."""
+    layout = _layouts.get(mid)
+    if layout is None:
+        types: list[str] = []
+        bits = 0
+        for name in cls.__slots__:
+            kind = cls.amqp_type(name)
+            if kind == "bit":
+                if bits % _BITS_PER_OCTET == 0:
+                    types.append("octet")
+                bits += 1
+                continue
+            bits = 0
+            types.append(kind)
+        layout = _layouts[mid] = tuple(types)
+    return layout
+
+
+def _fills_layout(layout: tuple[str, ...], args: bytes) -> bool:
+    """Whether the argument bytes are exactly the layout's, no byte short and none over
+    (the length prefixes read, not the contents)."""
+    pos = 0
+    n = len(args)
+    for kind in layout:
+        width = _FIXED_BYTES.get(kind)
+        if width is not None:
+            pos += width
+            continue
+        prefix = _LENGTH_PREFIX[kind]
+        if pos + prefix.size > n:
+            return False
+        (length,) = prefix.unpack_from(args, pos)
+        pos += prefix.size + length
+        if pos > n:
+            return False
+    return pos == n
+
+
 _last_publish: list[Any] = [b"", None]  # the last basic.publish payload and its method
 
 
@@ -101,31 +166,33 @@ def decode_method(payload: bytes) -> tuple[int, Any]:
             routing_key, pos = _shortstr_at(payload, pos)
             bits = payload[pos]
             if pos + 1 != len(payload):
-                # Bytes behind the arguments: a short string longer than its length
-                # octet said (a name over 255 bytes), not a publish to guess at.
+                # Bytes behind the arguments (a short string longer than its length octet
+                # said: a name over 255 bytes): not a publish to guess at.
                 raise IndexError
-        except (IndexError, UnicodeDecodeError):
+        except IndexError:
+            raise cannot_decode(mid, payload[4:]) from None
+        except UnicodeDecodeError:
             raise AmqpError(SYNTAX_ERROR, "malformed basic.publish", mid) from None
         publish = Publish(exchange, routing_key, bool(bits & 1), bool(bits & 2))
         _last_publish[0] = payload
         _last_publish[1] = publish
         return mid, publish
     if mid == BASIC_ACK:
-        try:
-            tag, bits = _u64_bit.unpack_from(payload, 4)
-            if len(payload) != _ACK_PAYLOAD_BYTES:
-                raise struct.error
-        except struct.error:
-            raise AmqpError(SYNTAX_ERROR, "malformed basic.ack", mid) from None
+        if len(payload) != _ACK_PAYLOAD_BYTES:
+            raise cannot_decode(mid, payload[4:])
+        tag, bits = _u64_bit.unpack_from(payload, 4)
         return mid, Ack(tag, bool(bits & 1))
     cls = C.INDEX_MAPPING.get(mid)
     if cls is None:
         raise AmqpError(
             FRAME_ERROR, f"unknown method class {mid >> 16}, method {mid & 0xFFFF}", mid
         )
+    args = payload[4:]
+    if not _fills_layout(_layout(mid, cls), args):
+        raise cannot_decode(mid, args)
     method = cls()
     try:
-        method.unmarshal(payload[4:])
+        method.unmarshal(args)
     except Exception:  # pamqp raises struct.error, ValueError, TypeError, IndexError...
         raise AmqpError(SYNTAX_ERROR, f"malformed {method.name}", mid) from None
     return mid, method

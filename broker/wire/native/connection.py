@@ -41,6 +41,7 @@ from wharf.protocol.errors import (
 from ...core.access import DEFAULT_VHOST, Actor
 from ...core.clients import describe_channel, next_connection_id
 from ...core.deliveries import Deliveries, Unacked
+from ...core.names import check_name_length
 from ...core.publish import QUEUE_FULL_MESSAGE
 from ...core.queues import Consumer, Message
 from ...core.quotas import PRODUCE, UserUsage
@@ -66,7 +67,6 @@ SERVER_NAME: Final = "wharf"
 WRITE_BUFFER_HIGH_BYTES: Final = 4 * 1024 * 1024
 WRITE_BUFFER_LOW_BYTES: Final = 1024 * 1024
 MAX_PREFETCH: Final = 1_000_000
-MAX_CONSUMER_TAG_CHARS: Final = 255
 # A frame at least this big asks the broker to give freed memory back to the system
 # once it has been handled (rate limited; see alarms.MemoryTrimmer).
 LARGE_FRAME_BYTES: Final = 1024 * 1024
@@ -887,8 +887,7 @@ class Connection(TopologyFrames, LogFrames, LoginFrames, asyncio.Protocol):
                 f"prefetch must be 0..{MAX_PREFETCH}", details={"argument": "prefetch"}
             )
         tag = f.consumer_tag or f"ctag-{self.id}.{next(self._ctag_seq)}"
-        if len(tag) > MAX_CONSUMER_TAG_CHARS:
-            raise InvalidArgument("consumer tag too long")
+        check_name_length("consumer tag", tag)
         if tag in self.consumers:
             raise PreconditionFailed(f"consumer tag '{tag}' already in use on this connection")
         queue.check_new_consumer(f.exclusive)

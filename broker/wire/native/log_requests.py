@@ -27,7 +27,7 @@ from wharf.protocol.errors import InternalError, InvalidArgument, ResourceError,
 from ...logs.partition import Partition
 from ...logs.segment import ReadArena
 from ...logs.topics import MAX_FETCH_BYTES, TopicRegistry, check_fetch_bytes
-from ...logs.transactions import TransactionCoordinator
+from ...logs.transactions import TransactionCoordinator, admit_produce
 from .throttle import fetched_bytes
 
 log = logging.getLogger("wharf.topics")
@@ -92,35 +92,27 @@ class LogRequests:
     # -- produce -------------------------------------------------------------------
 
     def produce(self, f: F.Produce) -> None:
-        if f.producer_id >= 0:
-            coordinator = self._transactions()
-            if f.transactional:
-                if coordinator is None:
-                    raise InvalidArgument(
-                        "transactions are not available before the broker started"
-                    )
-                if f.acks == "none" or f.partition < 0:
-                    raise InvalidArgument(
-                        "a transactional produce needs acks 'written' or 'fsynced' and a "
-                        "partition number"
-                    )
-                wait = coordinator.before_produce(
-                    f.producer_id, f.producer_epoch, f.topic, f.partition
-                )
-                if wait is not None:
-                    # Appended once the partition is durably part of the transaction.
-                    wait.add_done_callback(lambda fut: self._produce_added(f, fut))
-                    return
-            elif coordinator is not None:
-                try:
-                    coordinator.check_plain_produce(f.producer_id)
-                except WharfError as exc:
-                    if f.acks != "none":
-                        raise
-                    self._log_unanswered(f.topic, exc)
-                    return
-        elif f.transactional:
-            raise InvalidArgument("a transactional produce needs its producer id and epoch")
+        try:
+            wait = admit_produce(
+                self._transactions(),
+                f.producer_id,
+                f.producer_epoch,
+                f.topic,
+                f.partition,
+                f.acks,
+                f.transactional,
+            )
+        except WharfError as exc:
+            # A refused transactional batch is always answered (acks "none" is one of
+            # the reasons); a plain one only when it asked for an answer.
+            if f.transactional or f.acks != "none":
+                raise
+            self._log_unanswered(f.topic, exc)
+            return
+        if wait is not None:
+            # Appended once the partition is durably part of the transaction.
+            wait.add_done_callback(lambda fut: self._produce_added(f, fut))
+            return
         self._append(f)
 
     def _produce_added(self, f: F.Produce, fut: asyncio.Future[None]) -> None:

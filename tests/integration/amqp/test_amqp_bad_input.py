@@ -207,12 +207,12 @@ async def test_an_invalid_field_table_closes_with_502(
     await other_connections_still_work(params_for(broker))
 
 
-async def test_a_routing_key_over_255_bytes_closes_with_502(
+async def test_a_routing_key_over_255_bytes_closes_with_501(
     broker: Broker, raw_amqp: Callable[..., Any]
 ) -> None:
     """A short string carries at most 255 bytes: a client that writes a longer queue name
     as basic.publish's routing key (its length octet wrapped, or 255 and more bytes
-    behind) sent arguments that do not decode. Nothing is published."""
+    behind) sent arguments that do not decode: 501 as RabbitMQ. Nothing is published."""
     name = b"q" * 300
     for length_octet in (len(name) % 256, 255):
         client: RawAmqp = await raw_amqp()
@@ -225,22 +225,45 @@ async def test_a_routing_key_over_255_bytes_closes_with_502(
         )
         client.send_bytes(content_header(1) + body_frame(1, b"x"))
         close = await client.expect_connection_close()
-        assert (close.reply_code, close.class_id, close.method_id) == (502, 60, 40), close
+        assert (close.reply_code, close.class_id, close.method_id) == (501, 60, 40), close
+        assert close.reply_text.startswith("FRAME_ERROR - cannot decode <<0,0,0,"), close
     await other_connections_still_work(params_for(broker))
 
 
-async def test_trailing_bytes_after_publish_or_ack_arguments_close_with_502(
+async def test_trailing_bytes_after_a_methods_arguments_close_the_connection_with_501(
     broker: Broker, raw_amqp: Callable[..., Any]
 ) -> None:
-    publish = struct.pack(">I", C.Basic.Publish.index) + struct.pack(">H", 0) + b"\x00\x01q\x00"
-    ack = struct.pack(">IQB", C.Basic.Ack.index, 1, 0)
-    for method in (publish, ack):
+    """RabbitMQ decodes a method's arguments by matching the whole payload: a byte more
+    than the arguments is connection.close 501 FRAME_ERROR `cannot decode <<...>>` (the
+    argument bytes as Erlang prints them) naming the method, whatever the method (the
+    hand-decoded publish and ack, and those pamqp decodes). Nothing of it is applied."""
+    publish = struct.pack(">H", 0) + b"\x00\x01q\x00"
+    ack = struct.pack(">QB", 1, 0)
+    declare = struct.pack(">H", 0) + b"\x01q" + b"\x00" + struct.pack(">I", 0)
+    qos = struct.pack(">IHB", 0, 5, 0)
+    cases = [
+        (C.Basic.Publish.index, publish),
+        (C.Basic.Ack.index, ack),
+        (C.Queue.Declare.index, declare),
+        (C.Basic.Qos.index, qos),
+    ]
+    for index, args in cases:
         client: RawAmqp = await raw_amqp()
         client.send(1, C.Channel.Open())
         await client.recv()
-        client.send_bytes(raw_frame(FRAME_METHOD, 1, method + b"junk"))
+        client.send_bytes(raw_frame(FRAME_METHOD, 1, struct.pack(">I", index) + args + b"j"))
         close = await client.expect_connection_close()
-        assert close.reply_code == 502, close
+        shown = ",".join(str(b) for b in args + b"j")
+        assert close.reply_code == 501, close
+        assert close.reply_text == f"FRAME_ERROR - cannot decode <<{shown}>>", close
+        assert (close.class_id << 16 | close.method_id) == index, close
+        await client.close()
+    client = await raw_amqp()  # the queue "q" was never declared
+    client.send(1, C.Channel.Open())
+    await client.recv()
+    client.send(1, C.Queue.Declare(queue="q", passive=True))
+    _, reply = await client.recv()
+    assert isinstance(reply, C.Channel.Close) and reply.reply_code == 404, reply
     await other_connections_still_work(params_for(broker))
 
 
