@@ -9,7 +9,10 @@ goes first:
   time, to a one-partition topic: once plainly (an idempotent producer id, as every SDK
   produce) and once by a transactional producer, ``--txn-records`` records per
   transaction (begin, the batches, commit, and the next transaction only once committed).
-  Target: transactional >= 60% of plain records/s.
+  The two take turns in slices of ``--slice`` records (10 transactions by default), so
+  that a change of the machine's load during the run (it may be shared) weighs on both
+  alike.  Target: transactional >= 60% of plain records/s (``ratio_produce``: over the
+  whole run; ``ratio_produce_slices_median``: the median over pairs of adjacent slices).
 - **consume**: the transactional topic read back from offset 0 with ``fetch`` (1 MiB per
   request) as read_committed and as read_uncommitted.  Target: read_committed >= 90%.
 
@@ -49,34 +52,66 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+class _Producers:
+    """The plain and the transactional producer of one run, each appending to its own
+    one-partition topic, a slice at a time (``_slice``)."""
+
+    def __init__(self, conn: wharf.Connection, index: int, args: argparse.Namespace) -> None:
+        self.args = args
+        self.topics = {"plain": f"plain-{index}", "txn": f"txn-{index}"}
+        self.plain = conn.producer()
+        self.txn = conn.transactional_producer(f"bench-txn-{index}")
+        self.sem = asyncio.Semaphore(args.inflight)
+
+    async def _send(self, kind: str, batch: list[bytes]) -> None:
+        async with self.sem:
+            p = self.plain if kind == "plain" else self.txn
+            await p.produce_many(self.topics[kind], batch, partition=0)
+
+    async def slice(self, kind: str, values: list[bytes]) -> float:
+        """Seconds to append ``values``: plainly, ``--inflight`` batches at a time, or in
+        transactions of ``--txn-records`` (begin, the batches, commit; the next
+        transaction only once committed)."""
+        args = self.args
+        batches = [values[i : i + args.batch] for i in range(0, len(values), args.batch)]
+        start = time.perf_counter()
+        if kind == "plain":
+            await asyncio.gather(*(self._send(kind, b) for b in batches))
+        else:
+            per_txn = max(1, args.txn_records // args.batch)
+            for i in range(0, len(batches), per_txn):
+                await self.txn.begin()
+                await asyncio.gather(*(self._send(kind, b) for b in batches[i : i + per_txn]))
+                await self.txn.commit()
+        return time.perf_counter() - start
+
+
 async def _produce(
-    conn: wharf.Connection, topic: str, values: list[bytes], args: argparse.Namespace, txn: bool
-) -> float:
-    """Records/s of one producer appending ``values``."""
-    await conn.create_topic(topic, 1)
-    batches = [values[i : i + args.batch] for i in range(0, len(values), args.batch)]
-    per_txn = max(1, args.txn_records // args.batch)
-    p = conn.transactional_producer(f"bench-{topic}") if txn else None
-    producer = conn.producer() if p is None else None
-    sem = asyncio.Semaphore(args.inflight)
-
-    async def send(batch: list[bytes]) -> None:
-        async with sem:
-            if p is not None:
-                await p.produce_many(topic, batch, partition=0)
-            else:
-                assert producer is not None
-                await producer.produce_many(topic, batch, partition=0)
-
-    start = time.perf_counter()
-    for i in range(0, len(batches), per_txn):
-        group = batches[i : i + per_txn]
-        if p is not None:
-            await p.begin()
-        await asyncio.gather(*(send(b) for b in group))
-        if p is not None:
-            await p.commit()
-    return len(values) / (time.perf_counter() - start)
+    conn: wharf.Connection, values: list[bytes], args: argparse.Namespace, index: int
+) -> dict[str, Any]:
+    """Both producers append ``values``, interleaved: slices of ``--slice`` records,
+    plain and transactional in turn (the first alternating per run), so that both see
+    the same machine load however it changes during the run."""
+    producers = _Producers(conn, index, args)
+    for topic in producers.topics.values():
+        await conn.create_topic(topic, 1)
+    seconds = {"plain": 0.0, "txn": 0.0}
+    pair_ratios = []
+    order = ["plain", "txn"] if index % 2 == 0 else ["txn", "plain"]
+    step = max(args.slice, args.txn_records)
+    for at in range(0, len(values), step):
+        chunk = values[at : at + step]
+        took = {kind: await producers.slice(kind, chunk) for kind in order}
+        for kind, s in took.items():
+            seconds[kind] += s
+        pair_ratios.append(took["plain"] / took["txn"])
+        order.reverse()
+    return {
+        "plain_records_s": round(len(values) / seconds["plain"]),
+        "txn_records_s": round(len(values) / seconds["txn"]),
+        "slices": len(pair_ratios),
+        "ratio_produce_slices_median": round(statistics.median(pair_ratios), 3),
+    }
 
 
 async def _consume(conn: wharf.Connection, topic: str, isolation: str, expected: int) -> float:
@@ -96,12 +131,7 @@ async def _run(url: str, args: argparse.Namespace, index: int) -> dict[str, Any]
     try:
         values = [os.urandom(args.size) for _ in range(min(args.count, 1000))]
         values = (values * (args.count // len(values) + 1))[: args.count]
-        order = ["plain", "txn"] if index % 2 == 0 else ["txn", "plain"]
-        row: dict[str, Any] = {"produce_order": order}
-        for kind in order:
-            row[f"{kind}_records_s"] = round(
-                await _produce(conn, f"{kind}-{index}", values, args, kind == "txn")
-            )
+        row = await _produce(conn, values, args, index)
         levels = ["read_committed", "read_uncommitted"]
         if index % 2:
             levels.reverse()
@@ -140,6 +170,7 @@ def txn(args: argparse.Namespace) -> dict[str, Any]:
             "read_committed_records_s",
             "read_uncommitted_records_s",
             "ratio_produce",
+            "ratio_produce_slices_median",
             "ratio_consume",
         )
     }
@@ -151,6 +182,7 @@ def txn(args: argparse.Namespace) -> dict[str, Any]:
         "batch": args.batch,
         "txn_records": args.txn_records,
         "inflight": args.inflight,
+        "slice": args.slice,
         "median": medians,
         "targets": {
             "produce_ratio": TARGET_PRODUCE_RATIO,
@@ -251,6 +283,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         p.add_argument("--batch", type=int, default=100, help="records per produce_many")
         p.add_argument("--txn-records", type=int, default=1000, help="records per transaction")
         p.add_argument("--inflight", type=int, default=4, help="batches awaiting a reply")
+        p.add_argument(
+            "--slice",
+            type=int,
+            default=10_000,
+            help="records per slice: plain and transactional slices take turns",
+        )
     else:
         p.add_argument("--minutes", type=float, default=10.0, help="per variant")
         p.add_argument("--chunk", type=int, default=2000, help="inputs per partition per cycle")
