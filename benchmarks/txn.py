@@ -12,7 +12,9 @@ goes first:
   The two take turns in slices of ``--slice`` records (10 transactions by default), so
   that a change of the machine's load during the run (it may be shared) weighs on both
   alike.  Target: transactional >= 60% of plain records/s (``ratio_produce``: over the
-  whole run; ``ratio_produce_slices_median``: the median over pairs of adjacent slices).
+  whole run; ``ratio_produce_slices_median``: the median over pairs of adjacent slices),
+  and the broker's CPU seconds per record of each (``broker_cpu_us_per_record_*``: less
+  sensitive to the load than the rates).
 - **consume**: the transactional topic read back from offset 0 with ``fetch`` (1 MiB per
   request) as read_committed and as read_uncommitted.  Target: read_committed >= 90%.
 
@@ -46,6 +48,13 @@ from benchmarks.perf.common import emit, local_broker, log, run_async
 TARGET_PRODUCE_RATIO: Final = 0.60
 TARGET_CONSUME_RATIO: Final = 0.90
 FETCH_BYTES: Final = 1 << 20
+CLOCK_TICKS_PER_S: Final = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
 
 
 def _load() -> list[float]:
@@ -87,7 +96,11 @@ class _Producers:
 
 
 async def _produce(
-    conn: wharf.Connection, values: list[bytes], args: argparse.Namespace, index: int
+    conn: wharf.Connection,
+    values: list[bytes],
+    args: argparse.Namespace,
+    index: int,
+    broker_pid: int,
 ) -> dict[str, Any]:
     """Both producers append ``values``, interleaved: slices of ``--slice`` records,
     plain and transactional in turn (the first alternating per run), so that both see
@@ -96,14 +109,18 @@ async def _produce(
     for topic in producers.topics.values():
         await conn.create_topic(topic, 1)
     seconds = {"plain": 0.0, "txn": 0.0}
+    cpu = {"plain": 0.0, "txn": 0.0}
     pair_ratios = []
     order = ["plain", "txn"] if index % 2 == 0 else ["txn", "plain"]
     step = max(args.slice, args.txn_records)
     for at in range(0, len(values), step):
         chunk = values[at : at + step]
-        took = {kind: await producers.slice(kind, chunk) for kind in order}
-        for kind, s in took.items():
-            seconds[kind] += s
+        took = {}
+        for kind in order:
+            cpu_before = _cpu_s(broker_pid)
+            took[kind] = await producers.slice(kind, chunk)
+            cpu[kind] += _cpu_s(broker_pid) - cpu_before
+            seconds[kind] += took[kind]
         pair_ratios.append(took["plain"] / took["txn"])
         order.reverse()
     return {
@@ -111,6 +128,8 @@ async def _produce(
         "txn_records_s": round(len(values) / seconds["txn"]),
         "slices": len(pair_ratios),
         "ratio_produce_slices_median": round(statistics.median(pair_ratios), 3),
+        "broker_cpu_us_per_record_plain": round(cpu["plain"] / len(values) * 1e6, 2),
+        "broker_cpu_us_per_record_txn": round(cpu["txn"] / len(values) * 1e6, 2),
     }
 
 
@@ -126,12 +145,12 @@ async def _consume(conn: wharf.Connection, topic: str, isolation: str, expected:
     return n / (time.perf_counter() - start)
 
 
-async def _run(url: str, args: argparse.Namespace, index: int) -> dict[str, Any]:
+async def _run(url: str, broker_pid: int, args: argparse.Namespace, index: int) -> dict[str, Any]:
     conn = await wharf.connect(url)
     try:
         values = [os.urandom(args.size) for _ in range(min(args.count, 1000))]
         values = (values * (args.count // len(values) + 1))[: args.count]
-        row = await _produce(conn, values, args, index)
+        row = await _produce(conn, values, args, index, broker_pid)
         levels = ["read_committed", "read_uncommitted"]
         if index % 2:
             levels.reverse()
@@ -159,7 +178,8 @@ def txn(args: argparse.Namespace) -> dict[str, Any]:
     for i in range(args.runs):
         with local_broker() as target:
             log(f"run {i + 1}/{args.runs}")
-            row = run_async(_run(target.url, args, i))
+            assert target.pid is not None  # a local broker
+            row = run_async(_run(target.url, target.pid, args, i))
             log(f"run {i + 1}: {row}")
             rows.append(row)
     medians = {
@@ -171,6 +191,8 @@ def txn(args: argparse.Namespace) -> dict[str, Any]:
             "read_uncommitted_records_s",
             "ratio_produce",
             "ratio_produce_slices_median",
+            "broker_cpu_us_per_record_plain",
+            "broker_cpu_us_per_record_txn",
             "ratio_consume",
         )
     }
