@@ -18,12 +18,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from harness import CrashLoop, crash_config_from_env, describe_failure
 
 DEFAULT_CYCLES = 20
 DEFAULT_SEED = 20_240_611
+# A bound on work that must complete, not a claim: 20 cycles of starting, loading and
+# killing a broker process took over pytest's default 120 s (its watchdog cancelled the
+# test at 100 s, in cycle restarts) on a loaded 2-core machine.
+TEST_TIMEOUT_S = 400
 
 
+@pytest.mark.timeout(TEST_TIMEOUT_S)
 async def test_kill_9_loses_no_confirmed_message(tmp_path: Path) -> None:
     config = crash_config_from_env(
         "WHARF_CRASH_CYCLES", DEFAULT_CYCLES, DEFAULT_SEED, power_loss=False
