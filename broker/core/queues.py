@@ -194,6 +194,7 @@ class Queue:
         "unacked_holders",
         "_next_position",
         "_dispatch_scheduled",
+        "_dispatch_clock_ms",
         "_loop",
         "deleted",
         "had_consumer",
@@ -259,6 +260,10 @@ class Queue:
         self.unacked_holders: set[Deliveries] = set()
         self._next_position = 0
         self._dispatch_scheduled = False
+        # Epoch ms at which the pending dispatch was scheduled: its TTL clock.  A message
+        # is judged by the moment a consumer could have taken it, not by how long a loaded
+        # loop took to run the dispatch (a TTL of 0 still reaches a consumer already waiting).
+        self._dispatch_clock_ms = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.deleted = False
         self.had_consumer = False
@@ -814,7 +819,12 @@ class Queue:
         self._expiry_timer = None
         if self.deleted:
             return
-        self.expire_head()
+        if self._dispatch_scheduled and self._consumers:
+            # Leave what the pending dispatch may still hand to a waiting consumer; the
+            # timer comes back right after it for what nobody took.
+            self.expire_head(self._dispatch_clock_ms)
+        else:
+            self.expire_head()
         self._schedule_expiry()
 
     def restore(self, messages: list[Message], next_position: int) -> None:
@@ -1162,6 +1172,7 @@ class Queue:
         if self._dispatch_scheduled or self.deleted:
             return
         self._dispatch_scheduled = True
+        self._dispatch_clock_ms = int(time.time() * 1000)
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -1171,6 +1182,7 @@ class Queue:
         self._dispatch_scheduled = False
         if self.deleted or not self._consumers:
             return
+        now = self._dispatch_clock_ms
         budget = DISPATCH_BATCH_MESSAGES
         consumers = self._consumers
         if self.limits.single_active_consumer:
@@ -1181,25 +1193,24 @@ class Queue:
             c = consumers[0]
             n = min(c.credit(), budget)
             if n > 0:
-                self._deliver_batch(c, n)
+                self._deliver_batch(c, n, now)
         elif any(c.priority for c in consumers):
             # Consumer priorities: lower-priority consumers get messages only while every
             # higher-priority one is out of credit; round-robin among equals.
             for prio in sorted({c.priority for c in consumers}, reverse=True):
                 group = [c for c in consumers if c.priority == prio]
-                budget = self._dispatch_round_robin(budget, group)
+                budget = self._dispatch_round_robin(budget, group, now)
                 if budget <= 0 or not self.ready_count:
                     break
         else:
-            budget = self._dispatch_round_robin(budget, consumers)
+            budget = self._dispatch_round_robin(budget, consumers, now)
         if self.ready_count and any(c.credit() > 0 for c in consumers):
             self.schedule_dispatch()
 
-    def _deliver_batch(self, consumer: Consumer, n: int) -> None:
+    def _deliver_batch(self, consumer: Consumer, n: int, now: int) -> None:
         batch: list[Message] = []
         size = 0
         take = self.take
-        now = int(time.time() * 1000) if self._has_ttl else 0
         while len(batch) < n:
             msg = take(now)
             if msg is None:
@@ -1231,7 +1242,7 @@ class Queue:
         if self.store is not None and self.persist:
             self.store.delivered(self.uid, self.max_delivered)
 
-    def _dispatch_round_robin(self, budget: int, consumers: list[Consumer]) -> int:
+    def _dispatch_round_robin(self, budget: int, consumers: list[Consumer], now: int) -> int:
         k = len(consumers)
         batches: dict[int, list[Message]] = {}
         credits = [c.credit() for c in consumers]
@@ -1242,7 +1253,7 @@ class Queue:
                 idle += 1
                 rr = (rr + 1) % k
                 continue
-            msg = self.take()
+            msg = self.take(now)
             if msg is None:
                 break
             idle = 0

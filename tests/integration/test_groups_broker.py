@@ -38,15 +38,23 @@ INITIAL_DELAY_MS = 150
 SESSION_MS = 10_000
 REBALANCE_MS = 3_000
 WAIT_S = 5.0
+# For the tests whose second member must join while the first one's initial delay runs:
+# room for a loaded machine between the two joins (the group's rebalance timeout,
+# REBALANCE_MS, caps it).
+LATE_JOIN_DELAY_MS = 2_000
+
+
+GROUP_SETTINGS: dict[str, Any] = {
+    "group_initial_rebalance_delay_ms": INITIAL_DELAY_MS,
+    "group_min_session_timeout_ms": 100,
+    "group_max_session_timeout_ms": 60_000,
+}
+LATE_JOIN_SETTINGS = {**GROUP_SETTINGS, "group_initial_rebalance_delay_ms": LATE_JOIN_DELAY_MS}
 
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
-    return {
-        "group_initial_rebalance_delay_ms": INITIAL_DELAY_MS,
-        "group_min_session_timeout_ms": 100,
-        "group_max_session_timeout_ms": 60_000,
-    }
+    return GROUP_SETTINGS
 
 
 class Member(FrameClient):
@@ -271,11 +279,21 @@ async def test_leave_rebalances_the_rest(connect: Connect) -> None:
     assert partitions_of(again, "t") == [0, 1, 2, 3]
 
 
+async def group_listed(conn: FrameClient, group: str) -> None:
+    """Wait until ``group`` exists: a first join has reached the broker."""
+
+    async def listed() -> bool:
+        return group in [g["group"] for g in (await request(conn, F.GROUP_LIST))["groups"]]
+
+    await wait_until(listed, what=f"a first join to create group {group}")
+
+
+@pytest.mark.parametrize("settings_overrides", [LATE_JOIN_SETTINGS])
 async def test_initial_delay_gathers_late_joiners(connect: Connect) -> None:
     a, b = await connect(), await connect()
     await a.create_topic("t", partitions=2)
     first = asyncio.ensure_future(join(a, "g", ["t"]))
-    await asyncio.sleep(INITIAL_DELAY_MS / 1000 / 3)  # within the initial delay
+    await group_listed(b, "g")  # b joins later than a, within the initial delay
     ra, rb = await asyncio.gather(first, join(b, "g", ["t"]))
     assert ra["generation"] == rb["generation"] == 1
     assert ra["members"] == 2
@@ -491,17 +509,14 @@ async def test_static_member_rejoins_without_a_rebalance(connect: Connect) -> No
     assert {m["instance_id"] for m in desc["members"]} == {"worker-1", None}
 
 
+@pytest.mark.parametrize("settings_overrides", [LATE_JOIN_SETTINGS])
 async def test_static_member_replaced_while_joining_is_fenced(connect: Connect) -> None:
     a, a2 = await connect(), await connect()
     await a.create_topic("t", partitions=2)
     # The first join waits for the initial delay; a second process with the same
     # instance id takes the slot meanwhile.
     first = asyncio.ensure_future(join(a, "g", ["t"], instance_id="worker-1"))
-
-    async def group_listed() -> bool:
-        return bool((await request(a2, F.GROUP_LIST))["groups"])
-
-    await wait_until(group_listed, what="the first join to create the group")
+    await group_listed(a2, "g")
     second = await join(a2, "g", ["t"], instance_id="worker-1")
     with pytest.raises(FencedInstanceId) as info:
         await first

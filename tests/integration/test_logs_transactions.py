@@ -5,6 +5,7 @@ clear error that change nothing."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -117,18 +118,27 @@ async def test_fencing_aborts_the_old_epoch(connect: Callable[..., Any]) -> None
     assert await values(c1, "f", "read_uncommitted") == [b"zombie", b"fresh"]
 
 
-@pytest.mark.parametrize("settings_overrides", [{"transaction_timeout_ms": 50}])
+# Long enough that no transaction below reaches it by the wall clock, however loaded the
+# machine: the test moves the clock past it by calling the coordinator's tick itself.
+TXN_TIMEOUT_MS = 60_000
+
+
+@pytest.mark.parametrize("settings_overrides", [{"transaction_timeout_ms": TXN_TIMEOUT_MS}])
 async def test_timeout_aborts(conn: wharf.Connection, broker: Broker) -> None:
     await conn.create_topic("to", 1)
     p = conn.transactional_producer("tx-to")
     await p.begin()
+    before_ms = int(time.time() * 1000)
     await p.produce("to", b"slow", partition=0)
+    after_ms = int(time.time() * 1000)
     coordinator = broker.vhosts.get("/").transactions
     assert coordinator is not None
-    for _ in range(300):  # the broker's tick (1 s) aborts it
-        if coordinator.timeouts:
-            break
-        await asyncio.sleep(0.02)
+    assert coordinator.describe("tx-to")["timeout_ms"] == TXN_TIMEOUT_MS  # the broker's default
+    # The broker's tick calls this once a second with the wall clock (test_txn_queue_acks
+    # waits for that one); here the clock is given, so the quick transaction below can
+    # never be aborted by a tick that a loaded machine delayed into it.
+    assert coordinator.tick(before_ms + TXN_TIMEOUT_MS) == 0  # not yet past the timeout
+    assert coordinator.tick(after_ms + TXN_TIMEOUT_MS + 1) == 1
     assert coordinator.timeouts == 1
     with pytest.raises(wharf.TransactionAborted) as info:
         await p.commit()
@@ -136,8 +146,8 @@ async def test_timeout_aborts(conn: wharf.Connection, broker: Broker) -> None:
     await p.abort()  # acknowledged; a new transaction works
     async with p.transaction():
         await p.produce("to", b"quick", partition=0)
-    # the timeout is per producer: 50 ms is too short for this one too, unless quick
-    assert b"slow" not in await values(conn, "to", RC)
+    assert coordinator.timeouts == 1
+    assert await values(conn, "to", RC) == [b"quick"]
 
 
 async def test_send_offsets_committed_only_on_commit(conn: wharf.Connection) -> None:

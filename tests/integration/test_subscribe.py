@@ -4,6 +4,7 @@ seek, pause/resume, lag, wait_for safety, reconnect, and the group admin calls."
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,8 @@ from wharf.logs import Record
 
 from ..helpers import TcpProxy
 
+WAIT_S = 10.0  # a bound on waits for records that come; returned as soon as they do
+END_AFTER_S = 1.0  # a blocking stream's iteration ends after this long without a record
 # Small group timeouts so tests take well under a second per rebalance.
 FAST: dict[str, Any] = {
     "heartbeat_interval": 0.1,
@@ -354,12 +357,18 @@ async def test_blocking_client_stream(conn: wharf.Connection, url: str) -> None:
     def read() -> tuple[list[int], list[int], dict[tuple[str, int], int]]:
         with wharf.sync.connect(url) as sc:
             opts = dict(group="sg", auto_offset_reset="earliest", **FAST)
-            with sc.subscribe("t", timeout=1.0, **opts) as records:
-                got = [r.offset for r in records]  # ends after 1 s without a record
+            with sc.subscribe("t", timeout=END_AFTER_S, **opts) as records:
+                # The join and the first fetch may take longer than END_AFTER_S on a
+                # loaded machine: the records are waited for, then the iteration's end.
+                got: list[int] = []
+                deadline = time.monotonic() + WAIT_S
+                while len(got) < 5 and time.monotonic() < deadline:
+                    got += [r.offset for r in records.getmany(timeout=WAIT_S)]
+                assert [r.offset for r in records] == []  # ends after 1 s without a record
                 assert records.assignment() == [("t", 0)]
                 assert records.lag() == {("t", 0): 0}
                 records.seek(("t", 0), 3)
-                again = [r.offset for r in records.getmany(timeout=2)]
+                again = [r.offset for r in records.getmany(timeout=WAIT_S)]
             return got, again, sc.committed_offsets("sg")
 
     got, again, committed = await asyncio.to_thread(read)

@@ -19,8 +19,11 @@ import wharf
 from ..conftest import make_settings
 from ..helpers import broker_thread
 
-# Iteration ends after this long without a message (consume's idle timeout).
-IDLE_TIMEOUT_S: Final = 0.5
+# Iteration ends after this long without a message (consume's idle timeout).  It is also
+# how long a delivery may take to follow an ack across three threads (test, SDK loop,
+# broker loop): 0.5 s could end an iteration early on a loaded machine, as 1 s did in
+# test_subscribe's blocking stream.
+IDLE_TIMEOUT_S: Final = 2.0
 CALL_TIMEOUT_S: Final = 10.0
 
 

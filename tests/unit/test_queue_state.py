@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -97,6 +99,46 @@ async def test_paused_connection_gets_nothing() -> None:
     q.schedule_dispatch()
     await _settle()
     assert conn.bodies() == [b"x"]
+
+
+class SlowClock:
+    """``time.time`` for the queue: it moves only when told, as a loaded loop's would
+    between a publish and the dispatch that follows it."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_ttl_zero_reaches_a_consumer_waiting_however_late_the_dispatch_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = SlowClock()
+    monkeypatch.setattr(time, "time", clock)
+    q = Queue("q", arguments={"x-message-ttl": 0})
+    conn = FakeConnection()
+    _consumer(q, conn, "c1")
+    await _settle()
+    q.enqueue_many("", "q", None, [b"now"])
+    clock.now += 0.05  # the dispatch (and the expiry timer) run 50 ms after the publish
+    await _settle()
+    assert conn.bodies() == [b"now"]
+    assert q.stats_expired == 0
+
+
+async def test_ttl_zero_expires_when_nobody_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = SlowClock()
+    monkeypatch.setattr(time, "time", clock)
+    q = Queue("q", arguments={"x-message-ttl": 0})
+    q.enqueue_many("", "q", None, [b"late"])
+    clock.now += 0.05
+    assert q.expire_head() == 1
+    conn = FakeConnection()
+    _consumer(q, conn, "c1")
+    await _settle()
+    assert conn.delivered == [] and q.ready_count == 0 and q.stats_expired == 1
 
 
 @settings(max_examples=200, deadline=None)
