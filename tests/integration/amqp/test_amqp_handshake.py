@@ -13,7 +13,7 @@ from wharf.broker.server import Broker
 
 from .raw_amqp import PROTOCOL_HEADER, RawAmqp, free_port
 
-HANDSHAKE_TIMEOUT_MS = 1500
+HANDSHAKE_TIMEOUT_MS = 3000
 
 
 @pytest.fixture
