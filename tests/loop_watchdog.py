@@ -14,8 +14,10 @@ the node id, the stack of every task of that loop and of every thread, then canc
 future the loop is running (the test, or the async fixture being set up or torn down).
 That test fails with the reason, its teardown runs, and the run goes on.  A loop blocked
 in C code (or a test that swallows the cancellation) never gets there: pytest-timeout
-then ends the run as before.  Tests that run their own loops in threads are covered by
-the backstop only.
+then ends the run as before.  pytest-timeout stops its timer once a test has errored,
+so a teardown that hangs after an error would run forever: shortly after the limit the
+watchdog ends the run itself, with every thread's stack.  Tests that run their own
+loops in threads are covered by the backstops only.
 
 The loop is uvloop's (as in production), subclassed to remember the future its
 ``run_until_complete`` waits for; ``pytest_asyncio_loop_factories`` hands it to
@@ -47,6 +49,11 @@ WATCHDOG_MARGIN_S: Final = 20.0
 # A test that catches the cancellation and waits on is cancelled again this often, until
 # pytest-timeout's backstop ends the run.
 RECANCEL_INTERVAL_S: Final = 5.0
+# pytest-timeout cancels a test's timer as soon as the test has errored
+# (pytest_exception_interact), so a teardown that then hangs has no backstop: the
+# watchdog ends the run itself this long after pytest-timeout's limit (or a quarter of
+# the limit after it when that is shorter), with every thread's stack.
+BACKSTOP_GRACE_S: Final = 30.0
 
 
 class WatchedLoop(uvloop.Loop):  # type: ignore[misc]
@@ -121,6 +128,7 @@ class Watchdog:
         self.item = item
         self.timeout_s = timeout_s
         self.after_s = timeout_s - min(WATCHDOG_MARGIN_S, timeout_s / 4)
+        self.backstop_s = timeout_s + min(BACKSTOP_GRACE_S, timeout_s / 4)
         self.started = time.monotonic()
         self.done = threading.Event()
         self.cancelled: asyncio.Future[Any] | None = None
@@ -136,8 +144,25 @@ class Watchdog:
                         loop.call_soon_threadsafe(self.cancel_test, loop)
                     except RuntimeError:
                         pass  # closed in between: the test is over
+            if time.monotonic() - self.started > self.backstop_s:
+                self.end_run()
             if self.done.wait(RECANCEL_INTERVAL_S):
                 return
+
+    def end_run(self) -> None:
+        """The backstop's own: print why and every thread's stack, end the process."""
+        elapsed = time.monotonic() - self.started
+        capman: Any = self.item.config.pluginmanager.getplugin("capturemanager")
+        if capman is not None:  # the real stderr, not the capture os._exit would lose
+            capman.suspend_global_capture(in_=True)
+        sys.stderr.write(
+            f"\n+++ test watchdog: {self.item.nodeid} still running after {elapsed:.0f} s, "
+            f"past pytest-timeout's limit of {self.timeout_s:g} s, which did not end it "
+            "(its timer stops once a test has errored); ending the run +++\n"
+        )
+        faulthandler.dump_traceback(sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        os._exit(1)
 
     def cancel_test(self, loop: WatchedLoop) -> None:
         """On the loop's thread: print the tasks' stacks, cancel what the loop runs.

@@ -43,6 +43,24 @@ async def test_never_reached():
     pass
 """
 
+# A test that errors, then a fixture teardown that blocks: pytest-timeout has stopped its
+# timer by then (pytest_exception_interact), so only the watchdog can end the run.
+ERRORS_THEN_TEARDOWN_BLOCKS: Final = """
+import time
+import pytest
+
+@pytest.fixture
+def blocks_in_teardown():
+    yield
+    time.sleep(60)
+
+def test_errors(blocks_in_teardown):
+    raise RuntimeError("the test fails")
+
+def test_never_reached():
+    pass
+"""
+
 
 def run_pytest(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_case.py").write_text(source)
@@ -83,4 +101,14 @@ def test_a_loop_blocked_in_c_code_still_ends_the_run(tmp_path: Path) -> None:
     assert res.returncode != 0, out
     assert "+ Timeout +" in out, out
     assert "time.sleep(60)" in out, out
+    assert "test_never_reached" not in out, out
+
+
+def test_a_teardown_hung_after_an_error_still_ends_the_run(tmp_path: Path) -> None:
+    res = run_pytest(tmp_path, ERRORS_THEN_TEARDOWN_BLOCKS)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    assert "test_case.py::test_errors still running after" in out, out
+    assert "ending the run" in out, out
+    assert "time.sleep(60)" in out or "blocks_in_teardown" in out, out
     assert "test_never_reached" not in out, out
