@@ -1172,7 +1172,9 @@ class Queue:
         if self._dispatch_scheduled or self.deleted:
             return
         self._dispatch_scheduled = True
-        self._dispatch_clock_ms = int(time.time() * 1000)
+        # No clock read per dispatch without TTLs (0: a TTL message arriving before the
+        # dispatch runs is judged by the clock then, in expire_head).
+        self._dispatch_clock_ms = int(time.time() * 1000) if self._has_ttl else 0
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
